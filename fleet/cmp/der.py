@@ -1,0 +1,297 @@
+"""Minimal DER: a writer for the shapes CMP needs and a strict TLV reader.
+
+pyasn1 costs milliseconds per CMP message (shared/docs/measured-costs.md); these helpers cost
+microseconds. They know nothing of CMP: ``messages`` composes them. The reader is strict
+(definite lengths that fit their parent, minimal length octets, bounded nesting) because it reads
+bytes from hostile peers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Iterator
+
+from fleet.errors import FleetError
+
+# Universal tags used by CMP.
+BOOLEAN = 0x01
+INTEGER = 0x02
+BIT_STRING = 0x03
+OCTET_STRING = 0x04
+NULL = 0x05
+OID = 0x06
+ENUMERATED = 0x0A
+UTF8_STRING = 0x0C
+SEQUENCE = 0x30
+SET = 0x31
+PRINTABLE_STRING = 0x13
+IA5_STRING = 0x16
+UTC_TIME = 0x17
+GENERALIZED_TIME = 0x18
+
+NULL_DER = b"\x05\x00"
+
+
+class DerError(FleetError):
+    """Bytes that are not the DER we expect; the message says where and what."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer
+
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def tlv(tag: int, content: bytes) -> bytes:
+    """One TLV with a single-octet tag (all tags CMP uses fit in one octet)."""
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    return bytes((tag,)) + _length(n) + content
+
+
+def sequence(*parts: bytes) -> bytes:
+    return tlv(SEQUENCE, b"".join(parts))
+
+
+def set_of(*parts: bytes) -> bytes:
+    return tlv(SET, b"".join(sorted(parts)))
+
+
+def explicit(number: int, content: bytes) -> bytes:
+    """``[number] EXPLICIT``: a constructed context tag around a whole TLV."""
+    return tlv(0xA0 | number, content)
+
+
+def implicit(number: int, tlv_bytes: bytes, *, constructed: bool) -> bytes:
+    """``[number] IMPLICIT``: replace the tag octet of an already encoded TLV."""
+    tag = (0xA0 if constructed else 0x80) | number
+    return bytes((tag,)) + tlv_bytes[1:]
+
+
+def integer(value: int) -> bytes:
+    if value == 0:
+        return b"\x02\x01\x00"
+    length = (value.bit_length() + 8) // 8  # room for the sign bit
+    return tlv(INTEGER, value.to_bytes(length, "big", signed=True))
+
+
+def octet_string(value: bytes) -> bytes:
+    return tlv(OCTET_STRING, value)
+
+
+def bit_string(value: bytes, unused_bits: int = 0) -> bytes:
+    return tlv(BIT_STRING, bytes((unused_bits,)) + value)
+
+
+def named_bits(bits: int) -> bytes:
+    """A BIT STRING of named bits (bit 0 first), DER-minimal: trailing zero bits removed."""
+    if bits == 0:
+        return b"\x03\x01\x00"
+    nbits = bits.bit_length()
+    nbytes = (nbits + 7) // 8
+    value = 0
+    for i in range(nbits):  # bit i of the ASN.1 string is the most significant first
+        if bits >> i & 1:
+            value |= 1 << (nbytes * 8 - 1 - i)
+    return bit_string(value.to_bytes(nbytes, "big"), nbytes * 8 - nbits)
+
+
+def utf8_string(value: str) -> bytes:
+    return tlv(UTF8_STRING, value.encode("utf-8"))
+
+
+def boolean(value: bool) -> bytes:
+    return b"\x01\x01\xff" if value else b"\x01\x01\x00"
+
+
+def generalized_time(value: datetime) -> bytes:
+    """GeneralizedTime in UTC, whole seconds (DER forbids fractional zeros and offsets)."""
+    value = value.astimezone(timezone.utc)
+    return tlv(GENERALIZED_TIME, value.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+
+
+@lru_cache(maxsize=512)
+def oid(dotted: str) -> bytes:
+    """An OBJECT IDENTIFIER TLV; cached because CMP repeats a handful of OIDs."""
+    arcs = [int(a) for a in dotted.split(".")]
+    if len(arcs) < 2 or arcs[0] > 2 or (arcs[0] < 2 and arcs[1] >= 40):
+        raise ValueError(f"not an OID: {dotted!r}")
+    out = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        out.extend(reversed(chunk))
+    return tlv(OID, bytes(out))
+
+
+def algorithm_identifier(dotted: str, parameters: bytes | None = None) -> bytes:
+    """AlgorithmIdentifier; ``parameters`` is an encoded TLV (``NULL_DER`` where required)."""
+    return sequence(oid(dotted), parameters or b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reader
+
+MAX_DEPTH = 32
+
+
+class Tlv:
+    """One decoded TLV: a view of ``data[start:end]`` whose content is ``data[cstart:end]``.
+
+    Slices are taken only on request, so walking a 1 KB message allocates little.
+    """
+
+    __slots__ = ("data", "tag", "start", "cstart", "end", "depth")
+
+    def __init__(self, data: bytes, tag: int, start: int, cstart: int, end: int, depth: int):
+        self.data = data
+        self.tag = tag
+        self.start = start
+        self.cstart = cstart
+        self.end = end
+        self.depth = depth
+
+    @property
+    def raw(self) -> bytes:
+        """The whole TLV as received (what signatures and MACs are computed over)."""
+        return self.data[self.start : self.end]
+
+    @property
+    def content(self) -> bytes:
+        return self.data[self.cstart : self.end]
+
+    @property
+    def constructed(self) -> bool:
+        return bool(self.tag & 0x20)
+
+    def children(self) -> list[Tlv]:
+        """The TLVs inside a constructed TLV, in order."""
+        if not self.constructed:
+            raise DerError(f"expected a constructed value, got tag 0x{self.tag:02x}")
+        return list(_iter(self.data, self.cstart, self.end, self.depth + 1))
+
+    def expect(self, tag: int, what: str) -> Tlv:
+        if self.tag != tag:
+            raise DerError(f"{what}: expected tag 0x{tag:02x}, got 0x{self.tag:02x}")
+        return self
+
+    def unwrap(self) -> Tlv:
+        """The single TLV inside an EXPLICIT tag."""
+        inner = self.children()
+        if len(inner) != 1:
+            raise DerError(f"explicit tag 0x{self.tag:02x} must hold exactly one value")
+        return inner[0]
+
+    def as_int(self) -> int:
+        c = self.content
+        if not c or (len(c) > 1 and ((c[0] == 0 and c[1] < 0x80) or (c[0] == 0xFF and c[1] >= 0x80))):
+            raise DerError("INTEGER is empty or not minimally encoded")
+        if len(c) > 64:
+            raise DerError("INTEGER longer than 512 bits")
+        return int.from_bytes(c, "big", signed=True)
+
+    def as_bits(self) -> tuple[bytes, int]:
+        c = self.content
+        if not c or c[0] > 7 or (len(c) == 1 and c[0] != 0):
+            raise DerError("malformed BIT STRING")
+        return c[1:], c[0]
+
+    def as_named_bits(self) -> int:
+        """A named-bit BIT STRING as an int whose bit i is ASN.1 bit i."""
+        value, unused = self.as_bits()
+        nbits = len(value) * 8 - unused
+        as_int = int.from_bytes(value, "big")
+        total = len(value) * 8
+        return sum(1 << i for i in range(nbits) if as_int >> (total - 1 - i) & 1)
+
+    def as_oid(self) -> str:
+        return decode_oid(self.expect(OID, "OBJECT IDENTIFIER").content)
+
+    def as_text(self) -> str:
+        try:
+            return self.content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DerError("string is not valid UTF-8") from exc
+
+    def as_time(self) -> datetime:
+        text = self.content.decode("ascii", "replace")
+        try:
+            if self.tag == GENERALIZED_TIME:
+                return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
+            if self.tag == UTC_TIME:
+                return datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
+        except ValueError:
+            pass
+        raise DerError(f"malformed time value {text[:32]!r}")
+
+
+def decode_oid(content: bytes) -> str:
+    if not content or content[-1] & 0x80:
+        raise DerError("malformed OBJECT IDENTIFIER")
+    arcs: list[int] = []
+    value = 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = arcs[0]
+    head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
+    return ".".join(map(str, head + arcs[1:]))
+
+
+def _read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """Return (tag, content start, content end) of the TLV at ``pos``, bounded by ``end``."""
+    if pos + 2 > end:
+        raise DerError(f"truncated TLV at offset {pos}")
+    tag = data[pos]
+    if tag & 0x1F == 0x1F:
+        raise DerError(f"multi-octet tag at offset {pos} is not used by CMP")
+    first = data[pos + 1]
+    pos += 2
+    if first < 0x80:
+        length = first
+    elif first == 0x80:
+        raise DerError(f"indefinite length at offset {pos - 2} is not DER")
+    else:
+        n = first & 0x7F
+        if n > 4:
+            raise DerError(f"length field of {n} octets at offset {pos - 2} is absurd")
+        if pos + n > end:
+            raise DerError(f"truncated length at offset {pos - 2}")
+        length = int.from_bytes(data[pos : pos + n], "big")
+        if length < 0x80 or data[pos] == 0:
+            raise DerError(f"length at offset {pos - 2} is not minimally encoded")
+        pos += n
+    if pos + length > end:
+        raise DerError(f"value at offset {pos} claims {length} bytes but only {end - pos} remain")
+    return tag, pos, pos + length
+
+
+def _iter(data: bytes, pos: int, end: int, depth: int) -> Iterator[Tlv]:
+    if depth > MAX_DEPTH:
+        raise DerError("nesting deeper than CMP ever needs")
+    while pos < end:
+        tag, cstart, cend = _read_header(data, pos, end)
+        yield Tlv(data, tag, pos, cstart, cend, depth)
+        pos = cend
+
+
+def parse(data: bytes) -> Tlv:
+    """Parse exactly one TLV that spans all of ``data``."""
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    tag, cstart, cend = _read_header(data, 0, len(data))
+    if cend != len(data):
+        raise DerError(f"{len(data) - cend} trailing bytes after the message")
+    return Tlv(data, tag, 0, cstart, cend, 0)

@@ -1,0 +1,89 @@
+"""Object identifiers CMP uses (RFC 9810, RFC 9480, RFC 9481), as dotted strings."""
+
+# Protection: MAC
+PASSWORD_BASED_MAC = "1.2.840.113533.7.66.13"
+PBMAC1 = "1.2.840.113549.1.5.14"
+PBKDF2 = "1.2.840.113549.1.5.12"
+HMAC_SHA1 = "1.3.6.1.5.5.8.1.2"
+HMAC_WITH_SHA1 = "1.2.840.113549.2.7"
+HMAC_WITH_SHA224 = "1.2.840.113549.2.8"
+HMAC_WITH_SHA256 = "1.2.840.113549.2.9"
+HMAC_WITH_SHA384 = "1.2.840.113549.2.10"
+HMAC_WITH_SHA512 = "1.2.840.113549.2.11"
+
+# Hashes (PBM one-way functions, certHash)
+SHA1 = "1.3.14.3.2.26"
+SHA224 = "2.16.840.1.101.3.4.2.4"
+SHA256 = "2.16.840.1.101.3.4.2.1"
+SHA384 = "2.16.840.1.101.3.4.2.2"
+SHA512 = "2.16.840.1.101.3.4.2.3"
+
+# Signatures
+ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+ECDSA_SHA384 = "1.2.840.10045.4.3.3"
+ECDSA_SHA512 = "1.2.840.10045.4.3.4"
+RSA_SHA256 = "1.2.840.113549.1.1.11"
+RSA_SHA384 = "1.2.840.113549.1.1.12"
+RSA_SHA512 = "1.2.840.113549.1.1.13"
+RSA_SHA1 = "1.2.840.113549.1.1.5"
+RSASSA_PSS = "1.2.840.113549.1.1.10"
+MGF1 = "1.2.840.113549.1.1.8"
+ED25519 = "1.3.101.112"
+ED448 = "1.3.101.113"
+
+# id-it: InfoTypeAndValue types (RFC 9810 §5.3.19, RFC 9480)
+_IT = "1.3.6.1.5.5.7.4."
+IT_CA_PROT_ENC_CERT = _IT + "1"
+IT_SIGN_KEY_PAIR_TYPES = _IT + "2"
+IT_ENC_KEY_PAIR_TYPES = _IT + "3"
+IT_PREFERRED_SYMM_ALG = _IT + "4"
+IT_CA_KEY_UPDATE_INFO = _IT + "5"
+IT_CURRENT_CRL = _IT + "6"
+IT_UNSUPPORTED_OIDS = _IT + "7"
+IT_KEY_PAIR_PARAM_REQ = _IT + "10"
+IT_KEY_PAIR_PARAM_REP = _IT + "11"
+IT_REV_PASSPHRASE = _IT + "12"
+IT_IMPLICIT_CONFIRM = _IT + "13"
+IT_CONFIRM_WAIT_TIME = _IT + "14"
+IT_ORIG_PKI_MESSAGE = _IT + "15"
+IT_SUPP_LANG_TAGS = _IT + "16"
+IT_CA_CERTS = _IT + "17"
+IT_ROOT_CA_KEY_UPDATE = _IT + "18"
+IT_CERT_REQ_TEMPLATE = _IT + "19"
+IT_ROOT_CA_CERT = _IT + "20"
+IT_CERT_PROFILE = _IT + "21"
+IT_CRL_STATUS_LIST = _IT + "22"
+IT_CRLS = _IT + "23"
+
+# X.509 extensions used in templates and revocation requests
+CRL_REASON = "2.5.29.21"
+SUBJECT_ALT_NAME = "2.5.29.17"
+
+# Key agreement / encryption parameters we recognise in SPKI
+EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+
+INFO_TYPE_NAMES = {
+    IT_CA_PROT_ENC_CERT: "caProtEncCert",
+    IT_SIGN_KEY_PAIR_TYPES: "signKeyPairTypes",
+    IT_ENC_KEY_PAIR_TYPES: "encKeyPairTypes",
+    IT_PREFERRED_SYMM_ALG: "preferredSymmAlg",
+    IT_CA_KEY_UPDATE_INFO: "caKeyUpdateInfo",
+    IT_CURRENT_CRL: "currentCRL",
+    IT_UNSUPPORTED_OIDS: "unsupportedOIDs",
+    IT_KEY_PAIR_PARAM_REQ: "keyPairParamReq",
+    IT_KEY_PAIR_PARAM_REP: "keyPairParamRep",
+    IT_REV_PASSPHRASE: "revPassphrase",
+    IT_IMPLICIT_CONFIRM: "implicitConfirm",
+    IT_CONFIRM_WAIT_TIME: "confirmWaitTime",
+    IT_ORIG_PKI_MESSAGE: "origPKIMessage",
+    IT_SUPP_LANG_TAGS: "suppLangTags",
+    IT_CA_CERTS: "caCerts",
+    IT_ROOT_CA_KEY_UPDATE: "rootCaKeyUpdate",
+    IT_CERT_REQ_TEMPLATE: "certReqTemplate",
+    IT_ROOT_CA_CERT: "rootCaCert",
+    IT_CERT_PROFILE: "certProfile",
+    IT_CRL_STATUS_LIST: "crlStatusList",
+    IT_CRLS: "crls",
+}
+INFO_TYPES_BY_NAME = {name: dotted for dotted, name in INFO_TYPE_NAMES.items()}
