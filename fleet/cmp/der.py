@@ -78,7 +78,9 @@ def implicit(number: int, tlv_bytes: bytes, *, constructed: bool) -> bytes:
 def integer(value: int) -> bytes:
     if value == 0:
         return b"\x02\x01\x00"
-    length = (value.bit_length() + 8) // 8  # room for the sign bit
+    # Room for the sign bit. For negatives, ~value (= -value - 1) gives the magnitude bits, so
+    # -128 is one octet (0x80), not the non-minimal 0xff80 the strict reader rejects.
+    length = ((value if value >= 0 else ~value).bit_length() + 8) // 8
     return tlv(INTEGER, value.to_bytes(length, "big", signed=True))
 
 
