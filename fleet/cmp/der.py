@@ -237,16 +237,26 @@ class Tlv:
         raise DerError(f"malformed time value {text[:32]!r}")
 
 
+MAX_OID_ARC_OCTETS = 20  # 140 bits: room for 2.25.<UUID> arcs (128 bits)
+
+
 def decode_oid(content: bytes) -> str:
     if not content or content[-1] & 0x80:
         raise DerError("malformed OBJECT IDENTIFIER")
     arcs: list[int] = []
     value = 0
+    octets = 0  # octets in the arc being read
     for byte in content:
+        if octets == 0 and byte == 0x80:
+            raise DerError("OBJECT IDENTIFIER arc is not minimally encoded")
+        octets += 1
+        if octets > MAX_OID_ARC_OCTETS:  # bounds int->str work (and Python's 4300-digit limit)
+            raise DerError("OBJECT IDENTIFIER arc is absurdly long")
         value = (value << 7) | (byte & 0x7F)
         if not byte & 0x80:
             arcs.append(value)
             value = 0
+            octets = 0
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     return ".".join(map(str, head + arcs[1:]))
