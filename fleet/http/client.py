@@ -1,0 +1,452 @@
+"""CMP over HTTP (RFC 9811, RFC 9483 §6.1) client: h11 on trio streams with a keep-alive pool.
+
+One ``CmpHttpClient`` per CA URL is shared by every task that talks to that CA (tens of thousands
+of virtual devices, a CLI transaction, a provisioning batch). It keeps at most ``max_connections``
+sockets; tasks wait for a free connection in FIFO order rather than opening more, so the fleet
+never exhausts file descriptors or ephemeral ports.
+
+CMP requests are not idempotent, so a request is re-sent only in the one case where the server
+cannot have seen it: a reused keep-alive connection that turns out dead before any response byte
+arrived (the server closed it while it was idle). Even then it is re-sent once, on a fresh
+connection.
+
+httpx costs 3-10x more client CPU per request (see shared/docs/measured-costs.md); this module
+stays on h11's public API and trio streams and keeps the per-request path short.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import select
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from types import TracebackType
+from urllib.parse import quote, urlsplit
+
+import h11
+import trio
+
+from fleet import __version__
+from fleet.http.errors import (
+    ConnectError,
+    ConnectionLost,
+    ConnectTimeout,
+    HttpStatusError,
+    InvalidUrl,
+    ProtocolError,
+    ReadTimeout,
+    ResponseTooLarge,
+)
+
+__all__ = [
+    "CMP_CONTENT_TYPE",
+    "CMP_OPERATIONS",
+    "CmpHttpClient",
+    "CmpHttpResponse",
+    "PoolStatistics",
+    "cmp_path",
+    "default_ssl_context",
+]
+
+CMP_CONTENT_TYPE = "application/pkixcmp"
+
+#: Operation path segments of RFC 9483 §6.1 (a CA may define others; ``cmp_path`` accepts them).
+CMP_OPERATIONS = frozenset(
+    {
+        "initialization",
+        "certification",
+        "keyupdate",
+        "pkcs10",
+        "revocation",
+        "getcacerts",
+        "getrootupdate",
+        "getcertreqtemplate",
+        "getcrls",
+    }
+)
+
+_RECEIVE_SIZE = 65536
+# Body of a non-CMP answer (an error page) read to keep the connection; larger ones close it.
+_ERROR_BODY_LIMIT = 65536
+_CMP_MEDIA_TYPE = b"application/pkixcmp"
+_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class CmpHttpResponse:
+    """A CMP body as the server sent it, with the HTTP status (2xx, 4xx or 5xx)."""
+
+    status: int
+    content_type: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """Point-in-time state of a client's connection pool, for metrics and tests."""
+
+    open_connections: int
+    idle_connections: int
+    tasks_waiting: int
+    max_connections: int
+
+
+@functools.cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The verifying client context for https URLs without one; made once (costs ~22 ms)."""
+    return ssl.create_default_context()
+
+
+def cmp_path(base_path: str, *, profile: str | None = None, operation: str | None = None) -> str:
+    """Append RFC 9483 §6.1 segments to ``base_path``: ``<base>[/p/<profile>][/<operation>]``.
+
+    ``cmp_path("/.well-known/cmp", profile="tls", operation="initialization")`` gives
+    ``/.well-known/cmp/p/tls/initialization``. With neither, ``base_path`` is returned unchanged
+    (so ``/pkix/`` keeps its trailing slash, as OpenSSL's mock server wants).
+    """
+    path = base_path or "/"
+    if not path.startswith("/"):
+        raise ValueError(f"base path must start with '/': {base_path!r}")
+    segments = []
+    if profile is not None:
+        segments += ["p", _segment(profile, "profile")]
+    if operation is not None:
+        segments.append(_segment(operation, "operation"))
+    if not segments:
+        return path
+    return path.rstrip("/") + "/" + "/".join(segments)
+
+
+def _segment(value: str, what: str) -> str:
+    encoded = quote(value, safe="")
+    if not value or value in (".", "..") or not _SEGMENT.fullmatch(encoded):
+        raise ValueError(f"invalid CMP {what} path segment: {value!r}")
+    return encoded
+
+
+class _Conn:
+    """One pooled connection: the stream, its h11 state, and the raw socket for cheap checks."""
+
+    __slots__ = ("stream", "h11", "sock")
+
+    def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType) -> None:
+        self.stream = stream
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT)
+
+
+class _StaleConnection(Exception):
+    """A reused connection died before any response byte: the server never saw the request."""
+
+
+class CmpHttpClient:
+    """POST CMP messages to one CA URL over a bounded pool of keep-alive connections.
+
+    Timeouts: ``connect_timeout`` bounds TCP connect plus TLS handshake; ``request_timeout``
+    (or ``post(timeout=...)``) bounds sending the request and receiving the whole response.
+    Waiting for a free pooled connection is not bounded here: wrap ``post`` in a trio cancel
+    scope for an overall deadline.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_connections: int = 100,
+        request_timeout: float = 30.0,
+        max_response_bytes: int = 8 * 2**20,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 10.0,
+        keep_alive: bool = True,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidUrl(f"CA URL must be http:// or https://, got scheme {parts.scheme!r}")
+        if parts.username is not None or parts.password is not None:
+            raise InvalidUrl("CA URL must not contain credentials (user:password@)")
+        try:
+            port = parts.port
+        except ValueError:
+            raise InvalidUrl(f"CA URL has an invalid port: {url}") from None
+        host = parts.hostname
+        if not host:
+            raise InvalidUrl(f"CA URL has no host: {url}")
+        tls = scheme == "https"
+        if port is None:
+            port = 443 if tls else 80
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        try:
+            target = path.encode("ascii")
+            host_bytes = host.encode("idna") if not host.isascii() else host.encode("ascii")
+        except UnicodeError:
+            raise InvalidUrl(f"CA URL must be ASCII (percent-encode the path): {url}") from None
+
+        self.url = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+        self.base_path = parts.path or "/"
+        self.host = host
+        self.port = port
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self.max_response_bytes = max_response_bytes
+        self.keep_alive = keep_alive
+        self._tls = tls
+        self._ssl_context = ssl_context if ssl_context is not None or not tls else None
+        self._target = target
+        host_header = b"[" + host_bytes + b"]" if b":" in host_bytes else host_bytes
+        if port != (443 if tls else 80):
+            host_header += b":%d" % port
+        self._headers: list[tuple[bytes, bytes]] = [
+            (b"Host", host_header),
+            (b"User-Agent", b"fleet/" + __version__.encode()),
+            (b"Content-Type", _CMP_MEDIA_TYPE),
+        ]
+        if not keep_alive:
+            self._headers.append((b"Connection", b"close"))
+        self._idle: deque[_Conn] = deque()
+        self._slots = trio.Semaphore(max_connections)  # FIFO: trio's ParkingLot hands off in order
+        self._open = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<CmpHttpClient {self.url} open={self._open}/{self.max_connections}>"
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            open_connections=self._open,
+            idle_connections=len(self._idle),
+            tasks_waiting=self._slots.statistics().tasks_waiting,
+            max_connections=self.max_connections,
+        )
+
+    async def __aenter__(self) -> CmpHttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close idle connections now; connections in use close when their request ends."""
+        self._closed = True
+        while self._idle:
+            self._discard(self._idle.pop())
+        await trio.lowlevel.checkpoint()
+
+    async def post(
+        self, body: bytes, *, path: str | None = None, timeout: float | None = None
+    ) -> CmpHttpResponse:
+        """POST one DER-encoded PKIMessage; return the CMP response or raise a TransportError.
+
+        ``path`` replaces the URL's path (see ``cmp_path``); ``timeout`` replaces
+        ``request_timeout`` for this request.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("CmpHttpClient is closed")
+        if path is None:
+            target = self._target
+        else:
+            if not path.startswith("/"):
+                raise ValueError(f"request path must start with '/': {path!r}")
+            target = path.encode("ascii")
+        headers = self._headers + [(b"Content-Length", b"%d" % len(body))]
+        if timeout is None:
+            timeout = self.request_timeout
+        async with self._slots:
+            conn = self._take_idle()
+            if conn is not None:
+                try:
+                    return await self._exchange(conn, target, headers, body, timeout, True)
+                except _StaleConnection:
+                    pass  # the server closed it while idle: it never saw this request
+            conn = await self._connect()
+            return await self._exchange(conn, target, headers, body, timeout, False)
+
+    def _take_idle(self) -> _Conn | None:
+        """Most recently used idle connection that does not look closed by the server."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            # An idle keep-alive socket has nothing to read; if it is readable, the server sent
+            # EOF (or junk): drop it before sending, which avoids most stale-connection retries.
+            poller = select.poll()
+            poller.register(conn.sock.fileno(), select.POLLIN)
+            if not poller.poll(0):
+                return conn
+            self._discard(conn)
+        return None
+
+    def _discard(self, conn: _Conn) -> None:
+        """Close a connection at once (no TLS close_notify: the peer is https_compatible)."""
+        if conn.sock.fileno() != -1:
+            self._open -= 1
+            conn.sock.close()
+
+    async def _connect(self) -> _Conn:
+        stream: trio.abc.Stream | None = None
+        with trio.move_on_after(self.connect_timeout):
+            try:
+                tcp = await trio.open_tcp_stream(self.host, self.port)
+            except OSError as exc:
+                raise ConnectError(self.url, f"cannot connect to {self._where()}: {_why(exc)}") from None
+            try:
+                if self._tls:
+                    ctx = self._ssl_context or default_ssl_context()
+                    stream = trio.SSLStream(
+                        tcp, ctx, server_hostname=self.host, https_compatible=True
+                    )
+                    await stream.do_handshake()
+                else:
+                    stream = tcp
+            except trio.BrokenResourceError as exc:
+                tcp.socket.close()
+                raise ConnectError(
+                    self.url, f"TLS handshake with {self._where()} failed: {_why(exc)}", kind="tls"
+                ) from None
+            except BaseException:
+                tcp.socket.close()
+                raise
+            self._open += 1
+            return _Conn(stream, tcp.socket)
+        raise ConnectTimeout(
+            self.url, f"no connection to {self._where()} within {self.connect_timeout:g} s"
+        )
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeout: float,
+        reused: bool,
+    ) -> CmpHttpResponse:
+        """One request/response on ``conn``; returns the connection to the pool or closes it."""
+        h = conn.h11
+        stream = conn.stream
+        pooled = False
+        got_bytes = False
+        eof = False
+        try:
+            with trio.move_on_after(timeout):
+                data = h.send(h11.Request(method=b"POST", target=target, headers=headers))
+                data += h.send(h11.Data(data=body))  # type: ignore[operator]
+                data += h.send(h11.EndOfMessage())  # type: ignore[operator]
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    if reused:
+                        raise _StaleConnection from None
+                    raise ConnectionLost(self.url, f"sending the request failed: {_why(exc)}") from None
+
+                status = 0
+                content_type: bytes | None = None
+                cmp = False
+                limit = self.max_response_bytes
+                chunks: list[bytes] = []
+                size = 0
+                while True:
+                    try:
+                        event = h.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        if eof:
+                            raise ConnectionLost(
+                                self.url, "server closed the connection before the response was complete"
+                            ) from None
+                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
+                    if event is h11.NEED_DATA:
+                        try:
+                            chunk = await stream.receive_some(_RECEIVE_SIZE)
+                        except (trio.BrokenResourceError, OSError) as exc:
+                            if reused and not got_bytes:
+                                raise _StaleConnection from None
+                            raise ConnectionLost(
+                                self.url, f"connection broken while reading the response: {_why(exc)}"
+                            ) from None
+                        if chunk:
+                            got_bytes = True
+                        else:
+                            if reused and not got_bytes:
+                                raise _StaleConnection
+                            eof = True
+                        h.receive_data(chunk)
+                        continue
+                    kind = type(event)
+                    if kind is h11.Data:
+                        size += len(event.data)  # type: ignore[union-attr]
+                        if size > limit:
+                            if not cmp:
+                                raise HttpStatusError(self.url, status, _str(content_type))
+                            raise ResponseTooLarge(self.url, limit)
+                        chunks.append(event.data)  # type: ignore[union-attr]
+                    elif kind is h11.Response:
+                        status = event.status_code  # type: ignore[union-attr]
+                        declared = None
+                        for name, value in event.headers:  # type: ignore[union-attr]
+                            if name == b"content-type":
+                                content_type = value
+                            elif name == b"content-length":
+                                declared = int(value)
+                        cmp = (
+                            content_type is not None
+                            and status // 100 in (2, 4, 5)
+                            and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
+                        )
+                        if not cmp:
+                            limit = min(limit, _ERROR_BODY_LIMIT)
+                        if declared is not None and declared > limit:
+                            if not cmp:
+                                raise HttpStatusError(self.url, status, _str(content_type))
+                            raise ResponseTooLarge(self.url, limit, declared)
+                    elif kind is h11.EndOfMessage:
+                        break
+                    elif kind is h11.ConnectionClosed:
+                        raise ConnectionLost(self.url, "server closed the connection without a response")
+                    # InformationalResponse (100 Continue, 1xx): keep reading.
+
+                if (
+                    self.keep_alive
+                    and not self._closed
+                    and h.our_state is h11.DONE
+                    and h.their_state is h11.DONE
+                ):
+                    h.start_next_cycle()
+                    self._idle.append(conn)
+                    pooled = True
+                if not cmp:
+                    raise HttpStatusError(self.url, status, _str(content_type))
+                return CmpHttpResponse(status, _str(content_type), b"".join(chunks))
+            raise ReadTimeout(
+                self.url, f"no complete response from {self._where()} within {timeout:g} s"
+            )
+        finally:
+            if not pooled:
+                self._discard(conn)
+
+    def _where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _str(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def _why(exc: BaseException) -> str:
+    """The innermost OS/TLS reason of a trio error, in one line."""
+    while exc.__cause__ is not None and not isinstance(exc, (OSError, ssl.SSLError)):
+        exc = exc.__cause__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc) or type(exc).__name__
+    return text

@@ -1,0 +1,390 @@
+"""HTTP/1.1 server for the embedded CMP CA: trio streams, h11 for parsing requests.
+
+Requests are parsed by h11; responses are written here (they are always a complete body with
+Content-Length). That also lets the server keep HTTP/1.0 clients that ask for
+``Connection: keep-alive`` open, which OpenSSL 3.0's ``openssl cmp`` does and h11 alone refuses:
+each request on a connection gets a fresh h11 parser seeded with the bytes left over from the
+previous one.
+
+Defences: headers capped at 16 KiB, bodies at ``max_body_bytes`` (413 without reading it all), a
+whole request must arrive within ``request_timeout`` of its first byte (slowloris), idle
+keep-alive connections close after ``idle_timeout``, a response must be taken by the client within
+``request_timeout``, and connections beyond ``max_connections`` are closed as soon as accepted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+
+import h11
+import trio
+
+__all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServerStats", "serve_http"]
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_SIZE = 65536
+_MAX_HEADER_BYTES = 16384
+# After an error answer, read (and drop) at most this much for at most this long before closing,
+# so that the client sees the answer instead of a reset caused by its unread upload.
+_LINGER_BYTES = 1 << 20
+_LINGER_SECONDS = 1.0
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """One complete request. ``path`` is the raw request target (not normalised or decoded);
+    header names are lower-case, values as sent."""
+
+    method: str
+    path: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    peer: str
+    http_version: str = "1.1"
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of header ``name`` (lower-case bytes), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """What a handler answers.
+
+    ``drop_connection=True`` closes the socket without answering (simulates a dropped
+    connection); ``close=True`` answers and then closes the connection.
+    """
+
+    status: int
+    body: bytes = b""
+    content_type: str = "application/pkixcmp"
+    headers: tuple[tuple[str, str], ...] = ()
+    drop_connection: bool = False
+    close: bool = False
+
+
+Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+_INTERNAL_ERROR = HttpResponse(500, b"internal server error\n", content_type="text/plain")
+
+
+@dataclass(slots=True)
+class HttpServerStats:
+    """Live counters of one server; pass one to ``serve_http`` to read them (metrics, tests)."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_rejected: int = 0
+    requests_total: int = 0
+    handler_errors: int = 0
+
+
+async def serve_http(
+    handler: Handler,
+    host: str,
+    port: int,
+    *,
+    max_body_bytes: int = 1_000_000,
+    idle_timeout: float = 30.0,
+    request_timeout: float = 30.0,
+    max_connections: int = 10_000,
+    ssl_context: ssl.SSLContext | None = None,
+    stats: HttpServerStats | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``handler`` on ``host``:``port`` until cancelled.
+
+    ``task_status.started()`` reports the bound port (the real one when ``port`` is 0). ``host``
+    may be an IPv4 or IPv6 address ("::" listens on IPv6 only) or a name; when a name resolves
+    to several addresses and ``port`` is 0, all listeners share the first one's port.
+    With ``ssl_context`` (server side, certificate loaded) the server speaks HTTPS.
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+    if port == 0 and len(listeners) > 1:
+        for extra in listeners[1:]:
+            await extra.aclose()
+        listeners = [listeners[0]] + [
+            listener
+            for listener in await trio.open_tcp_listeners(bound, host=host)
+            if listener.socket.getsockname()[:2] != listeners[0].socket.getsockname()[:2]
+        ]
+    server = _Server(
+        handler,
+        max_body_bytes=max_body_bytes,
+        idle_timeout=idle_timeout,
+        request_timeout=request_timeout,
+        max_connections=max_connections,
+        stats=stats if stats is not None else HttpServerStats(),
+    )
+    wrapped: list[trio.abc.Listener[trio.abc.Stream]] = [
+        trio.SSLListener(listener, ssl_context, https_compatible=True) if ssl_context else listener
+        for listener in listeners
+    ]
+    try:
+        async with trio.open_nursery() as nursery:
+            for listener in wrapped:
+                nursery.start_soon(server.accept_loop, listener, nursery)
+            task_status.started(bound)
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+
+
+class _Server:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        idle_timeout: float,
+        request_timeout: float,
+        max_connections: int,
+        stats: HttpServerStats,
+    ) -> None:
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout = idle_timeout
+        self.request_timeout = request_timeout
+        self.max_connections = max_connections
+        self.stats = stats
+
+    async def accept_loop(
+        self, listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery
+    ) -> None:
+        stats = self.stats
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno in _ACCEPT_RETRY_ERRNOS:
+                    log.warning("accept failed (%s); retrying in 0.1 s", exc.strerror)
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            if stats.connections_open >= self.max_connections:
+                stats.connections_rejected += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            stats.connections_open += 1
+            stats.connections_total += 1
+            nursery.start_soon(self.serve_connection, stream)
+
+    async def serve_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            peer = _peer(stream)
+            conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
+            while True:
+                request = await self._read_request(stream, conn, peer)
+                if request is None:
+                    return
+                self.stats.requests_total += 1
+                response = await self._call_handler(request)
+                if response.drop_connection:
+                    return
+                keep_alive = not response.close and _wants_keep_alive(request)
+                try:
+                    data = _render(response, keep_alive, request.http_version == "1.0")
+                except (ValueError, UnicodeError) as exc:
+                    self.stats.handler_errors += 1
+                    log.error("handler answered %s %s with an invalid response: %s",
+                              request.method, request.path[:200], exc)
+                    data = _render(_INTERNAL_ERROR, keep_alive, request.http_version == "1.0")
+                with trio.move_on_after(self.request_timeout) as scope:
+                    await stream.send_all(data)
+                if scope.cancelled_caught or not keep_alive:
+                    return
+                # A fresh parser per request; pipelined bytes carry over.
+                leftover, closed = conn.trailing_data
+                conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
+                if leftover:
+                    conn.receive_data(leftover)
+                if closed:
+                    conn.receive_data(b"")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client went away; nothing to answer
+        except Exception:
+            # A bug here must cost one connection, not the whole server.
+            log.exception("HTTP connection failed unexpectedly")
+        finally:
+            self.stats.connections_open -= 1
+            await trio.aclose_forcefully(stream)
+
+    async def _read_request(
+        self, stream: trio.abc.Stream, conn: h11.Connection, peer: str
+    ) -> HttpRequest | None:
+        """The next complete request, or None when the connection should close."""
+        started = bool(conn.trailing_data[0])
+        timeout = self.request_timeout if started else self.idle_timeout
+        chunks: list[bytes] = []
+        size = 0
+        start: h11.Request | None = None
+        eof = False
+        with trio.move_on_after(timeout) as scope:
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if not eof:
+                        await self._refuse(stream, exc.error_status_hint or 400)
+                    return None
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(_RECEIVE_SIZE)
+                    if not data:
+                        eof = True
+                    elif not started:
+                        started = True
+                        scope.deadline = trio.current_time() + self.request_timeout
+                    conn.receive_data(data)
+                    continue
+                kind = type(event)
+                if kind is h11.Data:
+                    size += len(event.data)  # type: ignore[union-attr]
+                    if size > self.max_body_bytes:
+                        await self._refuse(stream, 413)
+                        return None
+                    chunks.append(event.data)  # type: ignore[union-attr]
+                elif kind is h11.Request:
+                    start = event  # type: ignore[assignment]
+                    for name, value in start.headers:  # type: ignore[union-attr]
+                        if name == b"content-length" and int(value) > self.max_body_bytes:
+                            await self._refuse(stream, 413)
+                            return None
+                    if conn.client_is_waiting_for_100_continue:
+                        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                elif kind is h11.EndOfMessage:
+                    break
+                else:  # ConnectionClosed
+                    return None
+        if scope.cancelled_caught or start is None:
+            return None  # idle too long, or a request too slow to arrive (slowloris)
+        return HttpRequest(
+            method=start.method.decode("ascii"),
+            path=start.target.decode("ascii", "replace"),
+            headers=list(start.headers),
+            body=b"".join(chunks),
+            peer=peer,
+            http_version=start.http_version.decode("ascii"),
+        )
+
+    async def _refuse(self, stream: trio.abc.Stream, status: int) -> None:
+        """Answer an unusable request with an empty error, then close after a short linger."""
+        with trio.move_on_after(min(self.request_timeout, _LINGER_SECONDS)):
+            await stream.send_all(_render(HttpResponse(status, content_type=""), False, False))
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+            drained = 0
+            while drained < _LINGER_BYTES:
+                data = await stream.receive_some(_RECEIVE_SIZE)
+                if not data:
+                    break
+                drained += len(data)
+
+    async def _call_handler(self, request: HttpRequest) -> HttpResponse:
+        try:
+            response = await self.handler(request)
+            if not isinstance(response, HttpResponse):
+                raise TypeError(f"handler returned {type(response).__name__}, not HttpResponse")
+            return response
+        except Exception as exc:
+            self.stats.handler_errors += 1
+            # The message names the request, never its body; the traceback is for the developer.
+            log.error(
+                "handler failed on %s %s from %s: %s",
+                request.method,
+                request.path[:200],
+                request.peer,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            return _INTERNAL_ERROR
+
+
+def _wants_keep_alive(request: HttpRequest) -> bool:
+    tokens: set[bytes] = set()
+    for name, value in request.headers:
+        if name == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    if request.http_version == "1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
+
+
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def _http_date() -> bytes:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date_cache[1]
+
+
+def _render(response: HttpResponse, keep_alive: bool, http10: bool) -> bytes:
+    """Serialise a whole response; always HTTP/1.1 with Content-Length (no chunking)."""
+    status = response.status
+    if not 100 <= status <= 999:
+        raise ValueError(f"invalid HTTP status {status}")
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")),
+        b"Date: " + _http_date(),
+    ]
+    body = response.body
+    if status < 200 or status in (204, 304):
+        body = b""
+    else:
+        if response.content_type and body:
+            lines.append(b"Content-Type: " + _header_value(response.content_type))
+        lines.append(b"Content-Length: %d" % len(body))
+    for name, value in response.headers:
+        lines.append(_header_name(name) + b": " + _header_value(value))
+    if not keep_alive:
+        lines.append(b"Connection: close")
+    elif http10:
+        lines.append(b"Connection: keep-alive")
+    lines.append(b"")
+    lines.append(body)
+    return b"\r\n".join(lines)
+
+
+_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _header_name(name: str) -> bytes:
+    raw = name.encode("ascii")
+    if not raw or not _TOKEN_CHARS.issuperset(raw):
+        raise ValueError(f"invalid header name {name!r}")
+    return raw
+
+
+def _header_value(value: str) -> bytes:
+    raw = value.encode("latin-1")
+    if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+        raise ValueError("header value contains CR, LF or NUL")
+    return raw
+
+
+def _peer(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return "?"
+    address = stream.socket.getpeername()
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
