@@ -116,7 +116,9 @@ def boolean(value: bool) -> bytes:
 def generalized_time(value: datetime) -> bytes:
     """GeneralizedTime in UTC, whole seconds (DER forbids fractional zeros and offsets)."""
     value = value.astimezone(timezone.utc)
-    return tlv(GENERALIZED_TIME, value.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+    # f"{year:04d}", not strftime("%Y"), which writes years before 1000 with fewer digits.
+    text = f"{value.year:04d}{value:%m%d%H%M%S}Z"
+    return tlv(GENERALIZED_TIME, text.encode("ascii"))
 
 
 @lru_cache(maxsize=512)
@@ -226,14 +228,25 @@ class Tlv:
             raise DerError("string is not valid UTF-8") from exc
 
     def as_time(self) -> datetime:
-        text = self.content.decode("ascii", "replace")
-        try:
-            if self.tag == GENERALIZED_TIME:
-                return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
-            if self.tag == UTC_TIME:
-                return datetime.strptime(text, "%y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
-        except ValueError:
-            pass
+        """GeneralizedTime ``YYYYMMDDHHMMSSZ`` or UTCTime ``YYMMDDHHMMSSZ``, the only DER forms.
+
+        The length and digit checks matter: ``strptime`` alone takes ``2024111...`` (one-digit
+        fields). UTCTime years 50-99 are 19xx (RFC 5280 §4.1.2.5.1), not Python's 69 pivot.
+        """
+        c = self.content
+        text = c.decode("ascii", "replace")
+        size = {GENERALIZED_TIME: 15, UTC_TIME: 13}.get(self.tag)
+        if size is not None and len(c) == size and c[-1:] == b"Z" and c[:-1].isdigit():
+            try:
+                if self.tag == GENERALIZED_TIME:
+                    value = datetime.strptime(text, "%Y%m%d%H%M%SZ")
+                else:
+                    value = datetime.strptime(text, "%y%m%d%H%M%SZ")
+                    if value.year >= 2050:
+                        value = value.replace(year=value.year - 100)
+                return value.replace(tzinfo=timezone.utc)
+            except ValueError:
+                pass
         raise DerError(f"malformed time value {text[:32]!r}")
 
 
