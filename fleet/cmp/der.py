@@ -208,6 +208,8 @@ class Tlv:
         c = self.content
         if not c or c[0] > 7 or (len(c) == 1 and c[0] != 0):
             raise DerError("malformed BIT STRING")
+        if c[-1] & ((1 << c[0]) - 1):  # X.690 11.2.1
+            raise DerError("BIT STRING has unused bits that are not zero")
         return c[1:], c[0]
 
     def as_named_bits(self) -> int:
