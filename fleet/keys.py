@@ -109,7 +109,7 @@ _COST_SECONDS = {
 @dataclass(frozen=True)
 class KeySpec:
     """A key type: ``algorithm`` is ``"ec"``, ``"ed25519"`` or ``"rsa"``; ``ec`` has a
-    ``curve`` (``"P-256"``/``"P-384"``), ``rsa`` has ``bits``. ``str()`` gives the canonical text."""
+    ``curve`` (``"P-256"``/``"P-384"``), ``rsa`` has ``bits``. ``str()`` is the canonical text."""
 
     algorithm: Literal["ec", "ed25519", "rsa"]
     curve: str | None = None
@@ -691,7 +691,9 @@ class KeyPoolStore:
                 if progress is not None:
                     progress(len(out))
         except BrokenProcessPool as exc:
-            raise KeyPoolError(f"a key generation worker died ({exc}); kept {len(out)} keys") from None
+            raise KeyPoolError(
+                f"a key generation worker died ({exc}); kept {len(out)} keys"
+            ) from None
         finally:
             for future in pending:
                 future.cancel()

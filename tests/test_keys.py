@@ -75,8 +75,9 @@ def test_spec_accepts_case_and_aliases(text: str, canonical: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "rsa", "rsa:1024", "rsa:2047", "rsa:abc", "ec", "ec:P-521", "dsa:2048", "ed25519:x",
-             "ed448", "rsa:2048:1", "rsa:99999999999"],
+    "text",
+    ["", "rsa", "rsa:1024", "rsa:2047", "rsa:abc", "ec", "ec:P-521", "dsa:2048", "ed25519:x",
+     "ed448", "rsa:2048:1", "rsa:99999999999"],
 )  # fmt: skip
 def test_bad_spec_names_what_is_allowed(text: str) -> None:
     with pytest.raises(KeySpecError) as info:
@@ -101,7 +102,8 @@ def test_generate_makes_the_named_type(text: str) -> None:
     assert KeySpec.of(key) == spec
     assert KeySpec.of(key.public_key()) == spec
     der = spec.generate_der()
-    assert KeySpec.of(serialization.load_der_private_key(der, None)) == spec  # type: ignore[arg-type]
+    loaded = serialization.load_der_private_key(der, None)
+    assert KeySpec.of(loaded) == spec  # type: ignore[arg-type]
 
 
 def test_rsa_uses_exponent_65537() -> None:
@@ -154,7 +156,8 @@ def test_pool_generate_makes_fresh_cheap_keys() -> None:
     got = [der_of(pool.take()) for _ in range(4)]
     assert got[:2] == ders
     assert len(set(got)) == 4
-    assert all(KeySpec.of(serialization.load_der_private_key(d, None)) == EC for d in got[2:])  # type: ignore[arg-type]
+    for der in got[2:]:
+        assert KeySpec.of(serialization.load_der_private_key(der, None)) == EC  # type: ignore[arg-type]
     assert pool.statistics() == KeyPoolStatistics("ec:P-256", 2, 4, 0, 0, 2)
 
 
@@ -211,7 +214,7 @@ def test_default_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_round_trip_through_store(store: KeyPoolStore) -> None:
-    ders = [EC.generate_der() for _ in range(10)] 
+    ders = [EC.generate_der() for _ in range(10)]
     assert store.append(EC, ders) == 10
     pool = store.load(EC)
     assert len(pool) == 10
@@ -343,7 +346,10 @@ def test_list(store: KeyPoolStore) -> None:
     store.generate(EC, 4)
     store.generate(ED, 2)
     infos = store.list()
-    assert [(i.spec, i.count, i.problem) for i in infos] == [("ec:P-256", 4, None), ("ed25519", 2, None)]
+    assert [(i.spec, i.count, i.problem) for i in infos] == [
+        ("ec:P-256", 4, None),
+        ("ed25519", 2, None),
+    ]
     assert infos[0].path == store.path_for(EC)
     assert infos[0].bytes == store.path_for(EC).stat().st_size
 
@@ -385,7 +391,9 @@ def _damaged(store: KeyPoolStore, how: str) -> Path:
         ("magic", "not a fleet key pool"),
     ],
 )
-def test_damage_is_detected_on_load_and_append(store: KeyPoolStore, how: str, expect: str) -> None:
+def test_damage_is_detected_on_load_and_append(
+    store: KeyPoolStore, how: str, expect: str
+) -> None:
     path = _damaged(store, how)
     before = path.read_bytes()
     with pytest.raises(KeyPoolError, match=expect) as info:
