@@ -1,0 +1,481 @@
+"""The end-entity side of one CMP transaction, without I/O (in the manner of h11).
+
+``ClientTransaction.start()`` returns the first request to send; each response goes to
+``receive(data)``, which returns the next request to send (``Send``, possibly after a delay the
+caller must wait, for polling) or the outcome (``Done``). It never sleeps, reads a clock for
+scheduling, or touches a socket: the device loop and the CLI do that.
+
+Every response is checked before anything in it is believed: version, transactionID, recipNonce,
+protection (MAC with our secret, or a signature by a certificate chaining to the trust anchors),
+body type, certReqId, status, and that the certificate is for the key we asked about. All
+transitions are in ``_TRANSITIONS``; anything else raises ``UnexpectedBody``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fleet.cmp import der, messages, oids
+from fleet.cmp.errors import (
+    BadVersion,
+    CaPubsNotAllowed,
+    CertReqIdMismatch,
+    LocalProtocolError,
+    MalformedMessage,
+    PollingLimit,
+    RecipNonceMismatch,
+    RequestRejected,
+    ServerError,
+    TransactionIdMismatch,
+    UnexpectedBody,
+    UnprotectedMessage,
+    WrongPublicKey,
+)
+from fleet.cmp.messages import (
+    BodyType,
+    CertConfirmContent,
+    CertRepMessage,
+    CertStatus,
+    ErrorMsgContent,
+    FailInfo,
+    GenMsgContent,
+    InfoTypeAndValue,
+    PKIHeader,
+    PKIMessage,
+    PKIStatus,
+    PKIStatusInfo,
+    PollRepContent,
+    PollReqContent,
+    RevRepContent,
+)
+from fleet.cmp.protection import (
+    DEFAULT_MAX_ITERATIONS,
+    HASH_OID_BY_NAME,
+    MacProtector,
+    ProtectionError,
+    Protector,
+    SignatureProtector,
+    is_mac_algorithm,
+    verify_mac,
+    verify_signature,
+)
+from fleet.cmp.requests import (
+    CertRequest,
+    CsrRequest,
+    GeneralRequest,
+    Request,
+    RevocationRequest,
+    build_body,
+    operation_of,
+)
+from fleet.cmp.trust import TrustStore, find_signer, is_self_signed, load_cert
+from fleet.errors import FleetError
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    AWAIT_RESPONSE = "await_response"
+    AWAIT_POLL = "await_poll"
+    AWAIT_CONFIRM = "await_confirm"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """How a device protects its requests and whom it believes.
+
+    ``mode`` "lcmpp" follows RFC 9483 (caPubs only under MAC protection); "3gpp" follows
+    TS 33.310 §9.5.4.3: for an ir, a self-signed operator root in the ip's extraCerts may serve as
+    the trust anchor for that response.
+    """
+
+    protector: Protector
+    trust: TrustStore | None = None
+    untrusted: tuple[x509.Certificate, ...] = ()
+    recipient: bytes = messages.NULL_DN_GENERAL_NAME
+    sender: bytes | None = None  # GeneralName; default from the protector or the request
+    mode: Literal["lcmpp", "3gpp"] = "lcmpp"
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    max_polls: int = 64
+    max_check_after: int = 3600
+    message_time: bool = True
+    accept_unprotected_errors: bool = True
+    confirm_hash_alg: str | None = None  # set to use pvno 3 with hashAlg in certConf
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``data`` after waiting ``delay`` seconds (non-zero only for pollReq)."""
+
+    data: bytes
+    body_type: BodyType
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """The transaction completed. Fields not relevant to the request stay empty."""
+
+    status: PKIStatusInfo
+    certificate: bytes | None = None  # DER of the issued certificate
+    extra_certs: tuple[bytes, ...] = ()  # the response's extraCerts (chain material)
+    ca_pubs: tuple[bytes, ...] = ()  # trust anchors (only when MAC-protected, LCMPP)
+    operator_root: bytes | None = None  # 3GPP mode: the root taken from extraCerts
+    items: tuple[InfoTypeAndValue, ...] = ()  # genp content
+    implicit_confirm: bool = False
+    polls: int = 0
+
+    @property
+    def chain(self) -> tuple[bytes, ...]:
+        """extraCerts other than the issued certificate itself."""
+        return tuple(c for c in self.extra_certs if c != self.certificate)
+
+
+Event = Send | Done
+
+_HASH_FOR_CERT_SIG = {"sha1": "sha1", "sha224": "sha224", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
+
+
+def cert_hash(cert_bytes: bytes, hash_name: str | None = None) -> bytes:
+    """certHash for certConf: the hash of the certificate's signature algorithm (RFC 9483 §4.1.1);
+    SHA-512 for Ed25519 certificates (RFC 9481 §2)."""
+    if hash_name is None:
+        cert = load_cert(cert_bytes)
+        algo = cert.signature_hash_algorithm
+        hash_name = _HASH_FOR_CERT_SIG.get(algo.name, "sha256") if algo is not None else "sha512"
+    return hashlib.new(hash_name, cert_bytes).digest()
+
+
+class ClientTransaction:
+    """One transaction (ir/cr/kur/p10cr/rr/genm), its certConf/pkiConf and its polling."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        request: Request,
+        *,
+        transaction_id: bytes | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.request = request
+        self.operation = operation_of(request)
+        self.state = State.IDLE
+        self.transaction_id = transaction_id or random(16)
+        self._random = random
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._last_nonce: bytes | None = None
+        self._peer_nonce: bytes | None = None
+        self._polls = 0
+        self._cert_req_id = -1 if isinstance(request, (RevocationRequest, GeneralRequest)) else 0
+        self._requested_spki = self._spki_of(request)
+        self._result: Done | None = None
+        self._pending_error: FleetError | None = None
+        self._response_was_mac = False
+
+    # -- public surface -------------------------------------------------------------------
+
+    def start(self) -> Send:
+        self._require(State.IDLE)
+        info: list[InfoTypeAndValue] = []
+        if self.request.implicit_confirm:
+            info.append(InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER))
+        if self.request.cert_profile:
+            profile = der.sequence(der.utf8_string(self.request.cert_profile))
+            info.append(InfoTypeAndValue(oids.IT_CERT_PROFILE, profile))
+        self.state = State.AWAIT_RESPONSE
+        return self._send(self.request.kind, build_body(self.request), tuple(info))
+
+    def receive(self, data: bytes) -> Event:
+        """Check one response and return what to do next. Raises a ``CmpError`` subclass when the
+        response is bad or the server refused; the transaction is then FAILED."""
+        if self.state not in _TRANSITIONS:
+            raise LocalProtocolError(f"no response expected in state {self.state.value}")
+        try:
+            msg = self._check(data)
+            handler = _TRANSITIONS[self.state].get(self._event_of(msg))
+            if handler is None:
+                raise UnexpectedBody(
+                    f"unexpected {msg.label} response while {self.state.value.replace('_', ' ')}"
+                )
+            return handler(self, msg)
+        except Exception:
+            self.state = State.FAILED
+            raise
+
+    @property
+    def result(self) -> Done | None:
+        return self._result
+
+    # -- building requests ----------------------------------------------------------------
+
+    def _header(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> PKIHeader:
+        self._last_nonce = self._random(16)
+        protector = self.config.protector
+        return PKIHeader(
+            sender=self._sender(),
+            recipient=self.config.recipient,
+            transaction_id=self.transaction_id,
+            sender_nonce=self._last_nonce,
+            recip_nonce=self._peer_nonce,
+            sender_kid=protector.sender_kid,
+            message_time=self._now().replace(microsecond=0) if self.config.message_time else None,
+            protection_alg=protector.algorithm,
+            general_info=info,
+            pvno=pvno,
+        )
+
+    def _sender(self) -> bytes:
+        if self.config.sender is not None:
+            return self.config.sender
+        protector = self.config.protector
+        if isinstance(protector, SignatureProtector):
+            return messages.directory_name(protector.sender_name)
+        subject = getattr(self.request, "subject", None)
+        if subject is not None and len(subject):
+            return messages.directory_name(subject.public_bytes())
+        if protector.sender_kid:
+            cn = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, protector.sender_kid.decode("utf-8", "replace"))])
+            return messages.directory_name(cn.public_bytes())
+        return messages.NULL_DN_GENERAL_NAME
+
+    def _send(
+        self, body_type: BodyType, body: messages.Body, info: tuple[InfoTypeAndValue, ...] = (), *, delay: float = 0.0, pvno: int = 2
+    ) -> Send:
+        header_der = messages.encode_header(self._header(info, pvno))
+        body_der = messages.encode_body(body_type, body)
+        protector = self.config.protector
+        protection = protector.protect(messages.protected_part(header_der, body_der))
+        extra = protector.extra_certs if isinstance(protector, SignatureProtector) else ()
+        return Send(messages.assemble(header_der, body_der, protection, extra), body_type, delay)
+
+    # -- checking responses ---------------------------------------------------------------
+
+    def _check(self, data: bytes) -> PKIMessage:
+        try:
+            msg = messages.decode(data)
+        except FleetError as exc:
+            raise MalformedMessage(f"malformed response: {exc}") from None
+        h = msg.header
+        if h.pvno not in (2, 3):
+            raise BadVersion(f"response has unsupported pvno {h.pvno}")
+        if h.transaction_id != self.transaction_id:
+            raise TransactionIdMismatch("response transactionID differs from the request's")
+        if h.recip_nonce != self._last_nonce:
+            raise RecipNonceMismatch("response recipNonce does not echo our senderNonce")
+        self._verify_protection(msg)
+        self._peer_nonce = h.sender_nonce
+        return msg
+
+    def _verify_protection(self, msg: PKIMessage) -> None:
+        h = msg.header
+        if msg.protection is None or h.protection_alg is None:
+            if msg.body_type is BodyType.ERROR and self.config.accept_unprotected_errors:
+                body = msg.body
+                assert isinstance(body, ErrorMsgContent)
+                raise ServerError(
+                    f"server error (unprotected): {body.status.describe()}", body.status, protected=False
+                )
+            raise UnprotectedMessage(f"{msg.label} response is not protected")
+        protector = self.config.protector
+        if is_mac_algorithm(h.protection_alg):
+            if not isinstance(protector, MacProtector):
+                raise ProtectionError("MAC-protected response to a signature-protected request")
+            verify_mac(
+                h.protection_alg, msg.protected_part, msg.protection, protector.secret,
+                max_iterations=self.config.max_iterations,
+            )
+            self._response_was_mac = True
+            return
+        signer = find_signer(msg.extra_certs, h.sender_kid)
+        verify_signature(h.protection_alg, signer.public_key(), msg.protected_part, msg.protection)
+        untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
+        trust = self.config.trust or TrustStore()
+        if self.config.mode == "3gpp" and self.request.kind is BodyType.IR:
+            roots = [c for c in untrusted if is_self_signed(c)]
+            if roots:  # TS 33.310 §9.5.4.3: the operator root arrives in the ip's extraCerts
+                trust = TrustStore([*trust.anchors, *roots])
+        trust.verify(signer, untrusted)
+        self._response_was_mac = False
+
+    def _event_of(self, msg: PKIMessage) -> str:
+        if msg.body_type is _RESPONSE[self.request.kind]:
+            return "response"
+        return _EVENT_BY_BODY.get(msg.body_type, "other")
+
+    # -- transitions ----------------------------------------------------------------------
+
+    def _on_cert_response(self, msg: PKIMessage) -> Event:
+        body = msg.body
+        assert isinstance(body, CertRepMessage)
+        if len(body.responses) != 1:
+            raise UnexpectedBody(f"{msg.label} holds {len(body.responses)} responses, expected 1")
+        response = body.responses[0]
+        if response.cert_req_id != self._cert_req_id:
+            raise CertReqIdMismatch(f"{msg.label} certReqId {response.cert_req_id}, expected {self._cert_req_id}")
+        status = response.status
+        if status.status == PKIStatus.WAITING:
+            return self._poll(0)
+        if status.status not in (PKIStatus.ACCEPTED, PKIStatus.GRANTED_WITH_MODS):
+            raise RequestRejected(f"{msg.label}: request rejected: {status.describe()}", status)
+        if response.certificate is None:
+            raise UnexpectedBody(f"{msg.label} accepted but carries no certificate")
+        if body.ca_pubs and not self._response_was_mac:
+            raise CaPubsNotAllowed(f"{msg.label} carries caPubs without MAC protection")
+        operator_root = None
+        if self.config.mode == "3gpp":
+            operator_root = next((c for c in msg.extra_certs if is_self_signed(load_cert(c))), None)
+        result = Done(
+            status=status,
+            certificate=response.certificate,
+            extra_certs=msg.extra_certs,
+            ca_pubs=body.ca_pubs,
+            operator_root=operator_root,
+            implicit_confirm=msg.header.implicit_confirm,
+            polls=self._polls,
+        )
+        cert = load_cert(response.certificate)
+        issued_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        if self._requested_spki is not None and issued_spki != self._requested_spki:
+            # Tell the CA we refuse it (so it can revoke), then fail once it acknowledges.
+            self._pending_error = WrongPublicKey("issued certificate is for a different public key")
+            return self._confirm(response.certificate, PKIStatusInfo(
+                PKIStatus.REJECTION, ("certificate public key differs from the requested key",),
+                FailInfo.badCertTemplate.mask,
+            ))
+        if self.request.implicit_confirm and result.implicit_confirm:
+            return self._finish(result)
+        self._result = result
+        return self._confirm(response.certificate, None)
+
+    def _confirm(self, certificate: bytes, status: PKIStatusInfo | None) -> Send:
+        hash_name = self.config.confirm_hash_alg
+        pvno = 3 if hash_name else 2
+        hash_alg = der.algorithm_identifier(HASH_OID_BY_NAME[hash_name]) if hash_name else None
+        body = CertConfirmContent(
+            (CertStatus(cert_hash(certificate, hash_name), self._cert_req_id, status, hash_alg),)
+        )
+        self.state = State.AWAIT_CONFIRM
+        return self._send(BodyType.CERTCONF, body, pvno=pvno)
+
+    def _on_pkiconf(self, msg: PKIMessage) -> Event:
+        if self._pending_error is not None:
+            self.state = State.FAILED
+            raise self._pending_error
+        assert self._result is not None
+        return self._finish(self._result)
+
+    def _on_rp(self, msg: PKIMessage) -> Event:
+        body = msg.body
+        assert isinstance(body, RevRepContent)
+        if len(body.statuses) != 1:
+            raise UnexpectedBody(f"rp holds {len(body.statuses)} statuses, expected 1")
+        status = body.statuses[0]
+        if status.status == PKIStatus.WAITING:
+            return self._poll(0)
+        if status.status not in (PKIStatus.ACCEPTED, PKIStatus.GRANTED_WITH_MODS):
+            raise RequestRejected(f"rp: revocation rejected: {status.describe()}", status)
+        return self._finish(Done(status=status, extra_certs=msg.extra_certs, polls=self._polls))
+
+    def _on_genp(self, msg: PKIMessage) -> Event:
+        body = msg.body
+        assert isinstance(body, GenMsgContent)
+        return self._finish(
+            Done(status=messages.ACCEPTED, items=body.items, extra_certs=msg.extra_certs, polls=self._polls)
+        )
+
+    def _on_error(self, msg: PKIMessage) -> Event:
+        body = msg.body
+        assert isinstance(body, ErrorMsgContent)
+        if body.status.status == PKIStatus.WAITING and self.state is State.AWAIT_RESPONSE:
+            return self._poll(0)  # RFC 9483 §4.4: delayed delivery of non-certificate responses
+        raise ServerError(f"server error: {body.status.describe()}", body.status)
+
+    def _on_pollrep(self, msg: PKIMessage) -> Event:
+        body = msg.body
+        assert isinstance(body, PollRepContent)
+        if len(body.entries) != 1 or body.entries[0].cert_req_id != self._cert_req_id:
+            raise CertReqIdMismatch("pollRep does not answer our certReqId")
+        check_after = body.entries[0].check_after
+        if not 0 <= check_after <= self.config.max_check_after:
+            raise PollingLimit(f"pollRep checkAfter {check_after} s is outside 0..{self.config.max_check_after}")
+        return self._poll(check_after)
+
+    def _poll(self, delay: float) -> Send:
+        self._polls += 1
+        if self._polls > self.config.max_polls:
+            raise PollingLimit(f"still waiting after {self.config.max_polls} polls")
+        self.state = State.AWAIT_POLL
+        return self._send(BodyType.POLLREQ, PollReqContent((self._cert_req_id,)), delay=delay)
+
+    def _finish(self, result: Done) -> Done:
+        self._result = result
+        self.state = State.DONE
+        return result
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _require(self, state: State) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"cannot do that in state {self.state.value}")
+
+    @staticmethod
+    def _spki_of(request: Request) -> bytes | None:
+        if isinstance(request, CertRequest):
+            key = request.new_key.public_key()
+        elif isinstance(request, CsrRequest):
+            key = request.csr.public_key()
+        else:
+            return None
+        return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+_RESPONSE = {
+    BodyType.IR: BodyType.IP,
+    BodyType.CR: BodyType.CP,
+    BodyType.KUR: BodyType.KUP,
+    BodyType.P10CR: BodyType.CP,
+    BodyType.RR: BodyType.RP,
+    BodyType.GENM: BodyType.GENP,
+}
+_EVENT_BY_BODY = {
+    BodyType.ERROR: "error",
+    BodyType.POLLREP: "pollRep",
+    BodyType.PKICONF: "pkiconf",
+}
+
+
+def _on_response(tx: ClientTransaction, msg: PKIMessage) -> Event:
+    if msg.body_type in messages.CERT_RESPONSE_BODIES:
+        return tx._on_cert_response(msg)
+    if msg.body_type is BodyType.RP:
+        return tx._on_rp(msg)
+    return tx._on_genp(msg)
+
+
+# state -> event -> handler. Anything not listed is an UnexpectedBody.
+_TRANSITIONS: dict[State, dict[str, Callable[[ClientTransaction, PKIMessage], Event]]] = {
+    State.AWAIT_RESPONSE: {
+        "response": _on_response,
+        "error": ClientTransaction._on_error,
+    },
+    State.AWAIT_POLL: {
+        "response": _on_response,
+        "pollRep": ClientTransaction._on_pollrep,
+        "error": ClientTransaction._on_error,
+    },
+    State.AWAIT_CONFIRM: {
+        "pkiconf": ClientTransaction._on_pkiconf,
+        "error": ClientTransaction._on_error,
+    },
+}

@@ -1,0 +1,192 @@
+"""What an end entity asks for, and the DER pieces of each request body.
+
+Request specs are plain frozen dataclasses; ``build_body`` turns one into a PKIBody using the
+fast codec. Kept apart from the state machine so the server role and tests can reuse the
+template and POP builders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence, Union
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fleet.cmp import der, oids
+from fleet.cmp.messages import (
+    NULL_DN,
+    Body,
+    BodyType,
+    CertReqMessages,
+    CertReqMsg,
+    CertTemplate,
+    GenMsgContent,
+    InfoTypeAndValue,
+    P10Request,
+    Popo,
+    RevDetails,
+    RevReqContent,
+    directory_name,
+    encode_cert_request,
+)
+from fleet.cmp.protection import PrivateKey, Signer
+
+ID_REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"
+
+
+@dataclass(frozen=True)
+class CertRequest:
+    """ir, cr or kur: a new certificate for ``new_key``.
+
+    For kur, ``old_cert`` names the certificate being updated (oldCertID control) and its subject
+    is used when ``subject`` is None.
+    """
+
+    kind: BodyType
+    new_key: PrivateKey
+    subject: x509.Name | None = None
+    sans: Sequence[x509.GeneralName] = ()
+    extensions: Sequence[x509.Extension[x509.ExtensionType]] = ()
+    old_cert: x509.Certificate | None = None
+    implicit_confirm: bool = False
+    cert_profile: str | None = None
+    pop: str = "signature"  # or "raVerified" / "none" (for tests of servers)
+
+    def __post_init__(self) -> None:
+        if self.kind not in (BodyType.IR, BodyType.CR, BodyType.KUR):
+            raise ValueError(f"CertRequest kind must be ir, cr or kur, not {self.kind.label}")
+        if self.kind is BodyType.KUR and self.old_cert is None:
+            raise ValueError("kur needs the certificate being updated")
+
+
+@dataclass(frozen=True)
+class CsrRequest:
+    """p10cr: a PKCS#10 request the device built with its own key."""
+
+    csr: x509.CertificateSigningRequest
+    implicit_confirm: bool = False
+    cert_profile: str | None = None
+    kind: BodyType = field(default=BodyType.P10CR, init=False)
+
+
+@dataclass(frozen=True)
+class RevocationRequest:
+    """rr for one certificate, named by issuer and serial."""
+
+    issuer: x509.Name
+    serial: int
+    reason: int | None = None  # CRLReason code (x509.ReasonFlags order: 0 unspecified, 1 keyCompromise ...)
+    kind: BodyType = field(default=BodyType.RR, init=False)
+    implicit_confirm: bool = field(default=False, init=False)
+    cert_profile: str | None = None
+
+    @classmethod
+    def for_certificate(cls, cert: x509.Certificate, reason: int | None = None) -> RevocationRequest:
+        return cls(cert.issuer, cert.serial_number, reason)
+
+
+@dataclass(frozen=True)
+class GeneralRequest:
+    """genm with one or more InfoTypeAndValue items (caCerts, rootCaCert, certReqTemplate, ...)."""
+
+    items: tuple[InfoTypeAndValue, ...]
+    kind: BodyType = field(default=BodyType.GENM, init=False)
+    implicit_confirm: bool = field(default=False, init=False)
+    cert_profile: str | None = None
+
+
+Request = Union[CertRequest, CsrRequest, RevocationRequest, GeneralRequest]
+
+# RFC 9483 §6.1 operation path segments.
+_OPERATION_BY_KIND = {
+    BodyType.IR: "initialization",
+    BodyType.CR: "certification",
+    BodyType.KUR: "keyupdate",
+    BodyType.P10CR: "pkcs10",
+    BodyType.RR: "revocation",
+}
+_OPERATION_BY_INFO = {
+    oids.IT_CA_CERTS: "getcacerts",
+    oids.IT_ROOT_CA_CERT: "getrootupdate",
+    oids.IT_CERT_REQ_TEMPLATE: "getcertreqtemplate",
+    oids.IT_CRL_STATUS_LIST: "getcrls",
+}
+
+
+def operation_of(request: Request) -> str | None:
+    """The RFC 9483 §6.1 path segment for a request, or None where none is defined."""
+    if isinstance(request, GeneralRequest):
+        return _OPERATION_BY_INFO.get(request.items[0].oid) if len(request.items) == 1 else None
+    return _OPERATION_BY_KIND.get(request.kind)
+
+
+def spki_der(key: PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def extensions_der(exts: Sequence[tuple[str, bool, bytes]]) -> bytes:
+    """Extensions from (OID, critical, encoded extnValue content) triples."""
+    return der.sequence(
+        *(
+            der.sequence(der.oid(o), der.boolean(True) if critical else b"", der.octet_string(value))
+            for o, critical, value in exts
+        )
+    )
+
+
+def template_for(request: CertRequest) -> CertTemplate:
+    subject = request.subject
+    if subject is None and request.old_cert is not None:
+        subject = request.old_cert.subject
+    exts: list[tuple[str, bool, bytes]] = []
+    if request.sans:
+        san = x509.SubjectAlternativeName(list(request.sans))
+        exts.append((oids.SUBJECT_ALT_NAME, subject is None or len(subject) == 0, san.public_bytes()))
+    for ext in request.extensions:
+        exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
+    return CertTemplate(
+        subject=subject.public_bytes() if subject is not None else NULL_DN,
+        public_key=spki_der(request.new_key),
+        extensions=extensions_der(exts) if exts else None,
+    )
+
+
+def old_cert_id_control(cert: x509.Certificate) -> bytes:
+    """Controls with id-regCtrl-oldCertID naming ``cert`` (RFC 4211 §6.5)."""
+    cert_id = der.sequence(directory_name(cert.issuer.public_bytes()), der.integer(cert.serial_number))
+    return der.sequence(der.sequence(der.oid(ID_REG_CTRL_OLD_CERT_ID), cert_id))
+
+
+def build_cert_req_msg(request: CertRequest, cert_req_id: int = 0) -> CertReqMsg:
+    template = template_for(request)
+    controls = old_cert_id_control(request.old_cert) if request.old_cert is not None else None
+    cert_request = encode_cert_request(cert_req_id, template, controls)
+    popo: Popo | None
+    if request.pop == "signature":
+        signer = Signer(request.new_key)
+        popo = Popo("signature", signer.algorithm, signer.sign(cert_request))
+    elif request.pop == "raVerified":
+        popo = Popo("raVerified")
+    else:
+        popo = None
+    return CertReqMsg(cert_req_id, template, popo, controls, cert_request)
+
+
+def revocation_details(request: RevocationRequest) -> RevDetails:
+    template = CertTemplate(issuer=request.issuer.public_bytes(), serial=request.serial)
+    entry = None
+    if request.reason is not None:
+        reason = der.tlv(der.ENUMERATED, der.integer(request.reason)[2:])
+        entry = extensions_der([(oids.CRL_REASON, False, reason)])
+    return RevDetails(template, entry)
+
+
+def build_body(request: Request) -> Body:
+    if isinstance(request, CertRequest):
+        return CertReqMessages((build_cert_req_msg(request),))
+    if isinstance(request, CsrRequest):
+        return P10Request(request.csr.public_bytes(Encoding.DER))
+    if isinstance(request, RevocationRequest):
+        return RevReqContent((revocation_details(request),))
+    return GenMsgContent(request.items)
