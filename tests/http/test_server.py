@@ -1,0 +1,319 @@
+"""fleet's HTTP server, driven with raw sockets to check exactly what goes over the wire."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+from conftest import RawReader, http_server
+
+from fleet.http import HttpRequest, HttpResponse, serve_http
+
+
+async def echo(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(200, b"re:" + request.body)
+
+
+def post(body: bytes, *, version: bytes = b"1.1", path: bytes = b"/pkix/", extra: bytes = b"") -> bytes:
+    return (
+        b"POST %s HTTP/%s\r\nHost: 127.0.0.1\r\nContent-Type: application/pkixcmp\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (path, version, len(body), extra)
+    ) + body
+
+
+async def connect(port: int) -> tuple[trio.SocketStream, RawReader]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    return stream, RawReader(stream)
+
+
+async def test_started_reports_the_bound_port_and_serves() -> None:
+    async with http_server(echo) as (port, _):
+        assert port > 0
+        stream, reader = await connect(port)
+        async with stream:
+            await stream.send_all(post(b"hello"))
+            status, headers, body, line = await reader.read_response()
+    assert line.startswith(b"HTTP/1.1 200")
+    assert body == b"re:hello"
+    assert headers[b"content-type"] == b"application/pkixcmp"
+    assert headers[b"content-length"] == b"8"
+    assert b"date" in headers
+    assert b"connection" not in headers
+
+
+async def test_http10_keep_alive_like_openssl_stays_open() -> None:
+    """OpenSSL 3.0's `openssl cmp` sends HTTP/1.0 with Connection: keep-alive."""
+    async with http_server(echo) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                for i in range(2):
+                    await stream.send_all(
+                        post(b"req%d" % i, version=b"1.0", extra=b"Connection: keep-alive\r\n")
+                    )
+                    status, headers, body, line = await reader.read_response()
+                    assert line.startswith(b"HTTP/1.1 200")
+                    assert headers[b"connection"].lower() == b"keep-alive"
+                    assert body == b"re:req%d" % i
+    assert stats.connections_total == 1 and stats.requests_total == 2
+
+
+async def test_http10_without_keep_alive_is_closed_after_the_answer() -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x", version=b"1.0"))
+                status, headers, body, _ = await reader.read_response()
+                assert (status, body) == (200, b"re:x")
+                assert headers[b"connection"] == b"close"
+                assert await reader.at_eof()
+
+
+async def test_connection_close_is_honoured() -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x", extra=b"Connection: close\r\n"))
+                status, headers, _, _ = await reader.read_response()
+                assert status == 200 and headers[b"connection"] == b"close"
+                assert await reader.at_eof()
+
+
+async def test_pipelined_requests_are_answered_in_order() -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"one") + post(b"two") + post(b"three"))
+                bodies = [(await reader.read_response())[2] for _ in range(3)]
+    assert bodies == [b"re:one", b"re:two", b"re:three"]
+
+
+async def test_raw_path_reaches_the_handler_unchanged() -> None:
+    paths: list[str] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        paths.append(request.path)
+        return HttpResponse(404, content_type="")
+
+    async with http_server(handler) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            await stream.send_all(post(b"x", path=b"/.Well-Known/CMP/p/a%2Fb/../initialization?q=1"))
+            status, headers, body, _ = await reader.read_response()
+    assert paths == ["/.Well-Known/CMP/p/a%2Fb/../initialization?q=1"]
+    assert status == 404 and body == b"" and b"content-type" not in headers
+
+
+async def test_large_declared_body_gets_413_without_being_read() -> None:
+    calls = 0
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        nonlocal calls
+        calls += 1
+        return HttpResponse(200, b"")
+
+    async with http_server(handler, max_body_bytes=1000) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                head = post(b"")[: -len(b"Content-Length: 0\r\n\r\n")]
+                await stream.send_all(head + b"Content-Length: 50000000\r\n\r\n" + b"x" * 5000)
+                status, headers, _, _ = await reader.read_response()
+                assert status == 413 and headers[b"connection"] == b"close"
+                assert await reader.at_eof()
+    assert calls == 0
+
+
+async def test_large_chunked_body_gets_413() -> None:
+    async with http_server(echo, max_body_bytes=1000) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    + b"200\r\n" + b"y" * 0x200 + b"\r\n"
+                    + b"200\r\n" + b"y" * 0x200 + b"\r\n"
+                )
+                status, _, _, _ = await reader.read_response()
+                assert status == 413
+                assert await reader.at_eof()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"THIS IS NOT HTTP\r\n\r\n", b"POST / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", b"\x16\x03\x01\x02\x00"],
+)
+async def test_malformed_request_gets_400_and_close(garbage: bytes) -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(garbage + b"\r\n\r\n")
+                status, _, _, _ = await reader.read_response()
+                assert status == 400
+                assert await reader.at_eof()
+
+
+async def test_oversized_headers_are_refused() -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * 40000)
+                status, _, _, _ = await reader.read_response()
+                assert status == 431
+
+
+async def test_handler_exception_gives_500_and_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if request.body == b"boom":
+            raise RuntimeError("handler bug")
+        return HttpResponse(200, b"fine")
+
+    async with http_server(handler) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5), caplog.at_level(logging.ERROR, "fleet.http.server"):
+                await stream.send_all(post(b"boom"))
+                status, headers, _, _ = await reader.read_response()
+                assert status == 500 and headers[b"content-type"] == b"text/plain"
+                await stream.send_all(post(b"ok"))  # same connection still served
+                assert (await reader.read_response())[:1] == (200,)
+    assert stats.handler_errors == 1
+    assert "RuntimeError" in caplog.text and "boom" not in caplog.text
+
+
+async def test_invalid_response_from_handler_gives_500() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, b"x", headers=(("X-Evil", "a\r\nSet-Cookie: b"),))
+
+    async with http_server(handler) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x"))
+                status, headers, _, _ = await reader.read_response()
+    assert status == 500 and b"set-cookie" not in headers
+
+
+async def test_drop_connection_closes_without_answer() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(503, drop_connection=True)
+
+    async with http_server(handler) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x"))
+                assert await reader.at_eof()
+
+
+async def test_close_flag_answers_then_closes() -> None:
+    async def handler(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, b"bye", close=True)
+
+    async with http_server(handler) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x"))
+                _, headers, body, _ = await reader.read_response()
+                assert body == b"bye" and headers[b"connection"] == b"close"
+                assert await reader.at_eof()
+
+
+async def test_expect_100_continue_gets_interim_answer() -> None:
+    async with http_server(echo) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"", extra=b"Expect: 100-continue\r\n")[:-4]
+                                      .replace(b"Content-Length: 0", b"Content-Length: 4") + b"\r\n\r\n")
+                assert (await reader.read_head()).startswith(b"HTTP/1.1 100")
+                await stream.send_all(b"body")
+                assert (await reader.read_response())[2] == b"re:body"
+
+
+async def closed_by_peer(reader: RawReader) -> bool:
+    try:
+        return await reader.at_eof()
+    except trio.BrokenResourceError:  # reset because our unread bytes were still queued
+        return True
+
+
+async def test_slowloris_request_is_cut_off() -> None:
+    """Bytes keep coming, but the request is not complete within request_timeout: closed."""
+    async with http_server(echo, request_timeout=0.3, idle_timeout=10) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+
+            async def dribble() -> None:
+                try:
+                    for byte in post(b"x" * 100):
+                        await stream.send_all(bytes([byte]))
+                        await trio.sleep(0.05)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+
+            start = trio.current_time()
+            with trio.fail_after(5):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(dribble)
+                    assert await closed_by_peer(reader)
+                    nursery.cancel_scope.cancel()
+            assert 0.25 < trio.current_time() - start < 1.5
+    assert stats.requests_total == 0
+
+
+async def test_idle_keep_alive_connection_is_closed() -> None:
+    async with http_server(echo, idle_timeout=0.2) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"x"))
+                await reader.read_response()
+                start = trio.current_time()
+                assert await reader.at_eof()
+                assert 0.15 < trio.current_time() - start < 1.5
+        with trio.fail_after(5):
+            while stats.connections_open:
+                await trio.sleep(0.01)
+
+
+async def test_connections_over_the_limit_are_closed_at_once() -> None:
+    async with http_server(echo, max_connections=2) as (port, stats):
+        held = [await connect(port) for _ in range(2)]
+        with trio.fail_after(5):
+            for stream, reader in held:  # both are served
+                await stream.send_all(post(b"x"))
+                await reader.read_response()
+            stream, reader = await connect(port)
+            async with stream:
+                try:
+                    await stream.send_all(post(b"x"))
+                except trio.BrokenResourceError:
+                    pass
+                with pytest.raises((EOFError, trio.BrokenResourceError)):
+                    await reader.read_response()
+        assert stats.connections_rejected == 1
+        for stream, _ in held:
+            await stream.aclose()
+
+
+async def test_ipv6_any_address_port_zero() -> None:
+    async with trio.open_nursery() as nursery:
+        try:
+            port = await nursery.start(serve_http, echo, "::1", 0)
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        stream = await trio.open_tcp_stream("::1", port)
+        async with stream:
+            await stream.send_all(post(b"6"))
+            assert (await RawReader(stream).read_response())[2] == b"re:6"
+        nursery.cancel_scope.cancel()
