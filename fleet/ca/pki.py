@@ -1,0 +1,883 @@
+"""The embedded CA's X.509 side: its certificate hierarchy and end-entity issuance.
+
+``CaHierarchy`` holds the root CA, the issuing CA and the CMP protection (RA) signer, created once
+in a state directory and reloaded on every start so a restart serves the same PKI. Operators who
+bring their own credentials use ``CaHierarchy.from_files``.
+
+``CertificateIssuer`` turns a public key plus requested names/extensions into a signed end-entity
+certificate, applying a fixed policy (what a request may ask for, what the CA always adds). It is
+pure computation: no I/O, no store; the CMP layer records the result with ``fleet.ca.store``.
+
+Everything the CMP layer puts on the wire on every response (certificate DER, chains) is encoded
+once here and cached, because re-encoding per response would cost more than the issuance itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificatePublicKeyTypes,
+)
+from cryptography.x509.oid import (
+    AuthorityInformationAccessOID,
+    ExtensionOID,
+    NameOID,
+    ObjectIdentifier,
+)
+
+from fleet.errors import FleetError
+
+__all__ = [
+    "CA_VALIDITY",
+    "ID_KP_CMC_RA",
+    "CaHierarchy",
+    "CertificateIssuer",
+    "CertificateRequestRejected",
+    "HierarchyError",
+    "HierarchyFiles",
+    "IssuedCert",
+    "generate_private_key",
+    "key_fingerprint",
+    "public_key_bits",
+    "signature_hash_for",
+]
+
+#: id-kp-cmcRA (RFC 6402): marks the certificate the CA/RA uses to protect CMP responses.
+ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
+#: Validity of the hierarchy's own certificates.
+CA_VALIDITY = timedelta(days=3650)
+#: Certificates start this far in the past so devices with a slightly slow clock accept them.
+_BACKDATE = timedelta(minutes=5)
+
+_DER = serialization.Encoding.DER
+_SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
+
+
+class HierarchyError(FleetError):
+    """The CA hierarchy on disk or handed in by an operator is unusable."""
+
+
+class CertificateRequestRejected(FleetError):
+    """A request asks for something the issuance policy refuses (CMP failInfo badCertTemplate)."""
+
+
+# --------------------------------------------------------------------------- keys and hashes
+
+
+def generate_private_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:
+    """Generate a key from a spec: ``ec:P-256``, ``ec:P-384``, ``ec:P-521``, ``rsa:2048``...,
+    ``ed25519`` or ``ed448``."""
+    spec = key_type.strip().lower()
+    kind, _, param = spec.partition(":")
+    if kind == "ec":
+        curves: dict[str, ec.EllipticCurve] = {
+            "p-256": ec.SECP256R1(),
+            "p-384": ec.SECP384R1(),
+            "p-521": ec.SECP521R1(),
+            "secp256r1": ec.SECP256R1(),
+            "secp384r1": ec.SECP384R1(),
+            "secp521r1": ec.SECP521R1(),
+        }
+        curve = curves.get(param or "p-256")
+        if curve is None:
+            raise HierarchyError(f"unsupported EC curve in key type {key_type!r}")
+        return ec.generate_private_key(curve)
+    if kind == "rsa":
+        bits = int(param) if param.isdigit() else 0 if param else 2048
+        if bits < 2048 or bits > 8192:
+            raise HierarchyError(f"RSA key size in key type {key_type!r} must be 2048..8192")
+        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    if spec == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if spec == "ed448":
+        return ed448.Ed448PrivateKey.generate()
+    raise HierarchyError(
+        f"unsupported key type {key_type!r} (use ec:P-256, ec:P-384, rsa:2048, ed25519)"
+    )
+
+
+def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
+    """The hash a CA key signs with: SHA-256 for P-256 and RSA, SHA-384 for P-384, SHA-512 for
+    P-521, none for EdDSA (the algorithm fixes it)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = key.curve.key_size
+        if size > 384:
+            return hashes.SHA512()
+        if size > 256:
+            return hashes.SHA384()
+        return hashes.SHA256()
+    if isinstance(key, rsa.RSAPrivateKey):
+        return hashes.SHA256()
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return None
+    raise HierarchyError(f"unsupported CA key type {type(key).__name__}")
+
+
+def key_fingerprint(public_key: CertificatePublicKeyTypes) -> bytes:
+    """SHA-256 of the SubjectPublicKeyInfo DER: the store's key identity (key reuse, kur)."""
+    return hashlib.sha256(public_key.public_bytes(_DER, _SPKI)).digest()
+
+
+def public_key_bits(public_key: CertificatePublicKeyTypes) -> bytes:
+    """The subjectPublicKey BIT STRING value: what SKI method 1 and OCSP's issuerKeyHash hash."""
+    return _spki_bit_string(public_key.public_bytes(_DER, _SPKI))
+
+
+def _public_keys_equal(a: CertificatePublicKeyTypes, b: CertificatePublicKeyTypes) -> bool:
+    return a.public_bytes(_DER, _SPKI) == b.public_bytes(_DER, _SPKI)
+
+
+# --------------------------------------------------------------------------- hierarchy
+
+
+@dataclass(frozen=True)
+class HierarchyFiles:
+    """Where the hierarchy's PEM files live (``None`` for credentials handed in as objects)."""
+
+    root_cert: Path | None = None
+    root_key: Path | None = None
+    issuing_cert: Path | None = None
+    issuing_key: Path | None = None
+    signer_cert: Path | None = None
+    signer_key: Path | None = None
+
+
+_FILE_NAMES = {
+    "root_cert": "root-ca.pem",
+    "root_key": "root-ca.key.pem",
+    "issuing_cert": "issuing-ca.pem",
+    "issuing_key": "issuing-ca.key.pem",
+    "signer_cert": "cmp-signer.pem",
+    "signer_key": "cmp-signer.key.pem",
+}
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class CaHierarchy:
+    """Root CA, issuing CA and CMP signer, with their keys and pre-encoded DER.
+
+    ``chain`` is the issuing CA's issuers, nearest first (empty when the issuing CA is
+    self-signed). ``root`` is the top of that chain.
+    """
+
+    issuing: x509.Certificate
+    issuing_key: CertificateIssuerPrivateKeyTypes
+    signer: x509.Certificate
+    signer_key: CertificateIssuerPrivateKeyTypes
+    chain: tuple[x509.Certificate, ...]
+    files: HierarchyFiles = field(default_factory=HierarchyFiles)
+    root_key: CertificateIssuerPrivateKeyTypes | None = None
+
+    def __repr__(self) -> str:  # never show keys
+        return (
+            f"CaHierarchy(issuing={self.issuing.subject.rfc4514_string()!r}, "
+            f"signer={self.signer.subject.rfc4514_string()!r}, root={self.root.subject.rfc4514_string()!r})"
+        )
+
+    # -- certificates and cached encodings
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.chain[-1] if self.chain else self.issuing
+
+    @cached_property
+    def root_der(self) -> bytes:
+        return self.root.public_bytes(_DER)
+
+    @cached_property
+    def issuing_der(self) -> bytes:
+        return self.issuing.public_bytes(_DER)
+
+    @cached_property
+    def signer_der(self) -> bytes:
+        return self.signer.public_bytes(_DER)
+
+    @cached_property
+    def chain_for_issued(self) -> tuple[x509.Certificate, ...]:
+        """What a relying party needs above an issued certificate: issuing CA, then up to root."""
+        return (self.issuing, *self.chain)
+
+    @cached_property
+    def chain_for_issued_der(self) -> tuple[bytes, ...]:
+        return tuple(c.public_bytes(_DER) for c in self.chain_for_issued)
+
+    @cached_property
+    def signer_chain(self) -> tuple[x509.Certificate, ...]:
+        """The CMP signer first, then its issuers (RFC 9483 §3.3 extraCerts order)."""
+        pool = [self.issuing, *self.chain]
+        out = [self.signer]
+        current = self.signer
+        while current.issuer != current.subject:
+            parent = next((c for c in pool if c.subject == current.issuer and c not in out), None)
+            if parent is None:
+                break
+            out.append(parent)
+            current = parent
+        return tuple(out)
+
+    @cached_property
+    def signer_chain_der(self) -> tuple[bytes, ...]:
+        return tuple(c.public_bytes(_DER) for c in self.signer_chain)
+
+    @cached_property
+    def issuing_hash(self) -> hashes.HashAlgorithm | None:
+        """Hash the issuing CA signs certificates, CRLs and OCSP responses with."""
+        return signature_hash_for(self.issuing_key)
+
+    @cached_property
+    def signer_hash(self) -> hashes.HashAlgorithm | None:
+        """Hash the CMP signer protects responses with."""
+        return signature_hash_for(self.signer_key)
+
+    @cached_property
+    def issuing_ski(self) -> bytes:
+        """The issuing CA's key identifier (its SKI extension, else computed from the key)."""
+        try:
+            return self.issuing.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.issuing.public_key()).digest
+
+    @cached_property
+    def signer_ski(self) -> bytes:
+        """SKI of the CMP signer: the senderKID of signature-protected responses."""
+        try:
+            return self.signer.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            ).value.digest
+        except x509.ExtensionNotFound:
+            return x509.SubjectKeyIdentifier.from_public_key(self.signer.public_key()).digest
+
+    # -- construction
+
+    @classmethod
+    def load_or_create(
+        cls, state_dir: Path, *, key_type: str = "ec:P-256", name_prefix: str = "fleet"
+    ) -> CaHierarchy:
+        """Load the hierarchy kept in ``state_dir``, creating it on first start.
+
+        ``key_type`` and ``name_prefix`` only matter at creation; an existing hierarchy is served
+        as it is. A directory holding only part of a hierarchy is an error rather than being
+        overwritten, so a key is never silently replaced.
+        """
+        state_dir = Path(state_dir)
+        if not state_dir.exists():
+            state_dir.mkdir(parents=True, mode=0o700)
+            os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by umask
+        elif not state_dir.is_dir():
+            raise HierarchyError(f"CA state path {state_dir} is not a directory")
+        paths = {k: state_dir / v for k, v in _FILE_NAMES.items()}
+        files = HierarchyFiles(**paths)
+        with _locked(state_dir / ".lock"):
+            present = [k for k, p in paths.items() if p.exists()]
+            if len(present) == len(paths):
+                return cls._load(files)
+            if present:
+                missing = ", ".join(sorted(paths[k].name for k in paths if k not in present))
+                raise HierarchyError(f"CA state dir {state_dir} holds a partial hierarchy; missing {missing}")
+            return cls._create(files, key_type=key_type, name_prefix=name_prefix)
+
+    @classmethod
+    def _create(cls, files: HierarchyFiles, *, key_type: str, name_prefix: str) -> CaHierarchy:
+        if not name_prefix.strip():
+            raise HierarchyError("CA name prefix must not be empty")
+        try:
+            root_name = _name(name_prefix, f"{name_prefix} Root CA")
+            issuing_name = _name(name_prefix, f"{name_prefix} Issuing CA")
+            signer_name = _name(name_prefix, f"{name_prefix} CMP RA")
+        except ValueError as exc:
+            raise HierarchyError(f"CA name prefix {name_prefix!r} is unusable: {exc}") from None
+        now = datetime.now(UTC).replace(microsecond=0)
+        root_key = generate_private_key(key_type)
+        issuing_key = generate_private_key(key_type)
+        signer_key = generate_private_key(key_type)
+
+        root = _build_ca_cert(
+            subject=root_name, public_key=root_key.public_key(), issuer=None,
+            issuer_key=root_key, not_before=now - _BACKDATE, not_after=now + CA_VALIDITY,
+            path_length=None,
+        )
+        issuing = _build_ca_cert(
+            subject=issuing_name, public_key=issuing_key.public_key(), issuer=root,
+            issuer_key=root_key, not_before=now - _BACKDATE, not_after=root.not_valid_after_utc,
+            path_length=0,
+        )
+        signer = _build_signer_cert(
+            subject=signer_name, public_key=signer_key.public_key(), issuer=issuing,
+            issuer_key=issuing_key, not_before=now - _BACKDATE,
+            not_after=issuing.not_valid_after_utc,
+        )
+        # Keys first, certificates last: a crash mid-way leaves a partial directory, which
+        # load_or_create refuses, rather than certificates without keys being reused.
+        assert files.root_key and files.issuing_key and files.signer_key
+        assert files.root_cert and files.issuing_cert and files.signer_cert
+        _write_atomic(files.root_key, _key_pem(root_key), 0o600)
+        _write_atomic(files.issuing_key, _key_pem(issuing_key), 0o600)
+        _write_atomic(files.signer_key, _key_pem(signer_key), 0o600)
+        _write_atomic(files.root_cert, root.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write_atomic(files.issuing_cert, issuing.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write_atomic(files.signer_cert, signer.public_bytes(serialization.Encoding.PEM), 0o644)
+        return cls(
+            issuing=issuing, issuing_key=issuing_key, signer=signer, signer_key=signer_key,
+            chain=(root,), files=files, root_key=root_key,
+        )
+
+    @classmethod
+    def _load(cls, files: HierarchyFiles) -> CaHierarchy:
+        assert files.root_cert and files.root_key and files.issuing_cert
+        assert files.issuing_key and files.signer_cert and files.signer_key
+        root = _load_cert(files.root_cert)
+        root_key = _load_key(files.root_key, None)
+        _check_pair(root, root_key, files.root_key)
+        hierarchy = cls._checked(
+            issuing=_load_cert(files.issuing_cert),
+            issuing_key=_load_key(files.issuing_key, None),
+            signer=_load_cert(files.signer_cert),
+            signer_key=_load_key(files.signer_key, None),
+            chain=(root,),
+            files=files,
+            root_key=root_key,
+        )
+        return hierarchy
+
+    @classmethod
+    def from_files(
+        cls,
+        issuing_cert: x509.Certificate | Path | str,
+        issuing_key: CertificateIssuerPrivateKeyTypes | Path | str,
+        signer_cert: x509.Certificate | Path | str,
+        signer_key: CertificateIssuerPrivateKeyTypes | Path | str,
+        chain: Sequence[x509.Certificate | Path | str] = (),
+        *,
+        key_password: bytes | None = None,
+    ) -> CaHierarchy:
+        """Serve operator-supplied credentials (objects, or PEM/DER file paths).
+
+        ``chain`` lists the issuing CA's issuers, nearest first, root last (a path may hold
+        several PEM certificates). The signer may be issued by any CA in ``[issuing, *chain]``
+        or elsewhere (OpenSSL's test tables sign CMP responses with a ``server.crt`` issued by
+        their root). Each key must match its certificate.
+        """
+        issuing = _as_cert(issuing_cert)
+        signer = _as_cert(signer_cert)
+        chain_certs: list[x509.Certificate] = []
+        for item in chain:
+            if isinstance(item, x509.Certificate):
+                chain_certs.append(item)
+            else:
+                chain_certs.extend(_load_certs(Path(item)))
+        return cls._checked(
+            issuing=issuing,
+            issuing_key=_as_key(issuing_key, key_password),
+            signer=signer,
+            signer_key=_as_key(signer_key, key_password),
+            chain=tuple(chain_certs),
+            files=HierarchyFiles(
+                issuing_cert=_path_or_none(issuing_cert),
+                issuing_key=_path_or_none(issuing_key),
+                signer_cert=_path_or_none(signer_cert),
+                signer_key=_path_or_none(signer_key),
+                root_cert=_path_or_none(chain[-1]) if chain else _path_or_none(issuing_cert),
+            ),
+        )
+
+    @classmethod
+    def _checked(
+        cls,
+        *,
+        issuing: x509.Certificate,
+        issuing_key: CertificateIssuerPrivateKeyTypes,
+        signer: x509.Certificate,
+        signer_key: CertificateIssuerPrivateKeyTypes,
+        chain: tuple[x509.Certificate, ...],
+        files: HierarchyFiles,
+        root_key: CertificateIssuerPrivateKeyTypes | None = None,
+    ) -> CaHierarchy:
+        _check_pair(issuing, issuing_key, files.issuing_key or "issuing CA key")
+        _check_pair(signer, signer_key, files.signer_key or "CMP signer key")
+        signature_hash_for(issuing_key)  # raises on an unsupported key type
+        signature_hash_for(signer_key)
+        child = issuing
+        for parent in chain:
+            if child.issuer != parent.subject:
+                raise HierarchyError(
+                    f"CA chain is out of order: {child.subject.rfc4514_string()!r} is not issued "
+                    f"by {parent.subject.rfc4514_string()!r}"
+                )
+            try:
+                child.verify_directly_issued_by(parent)
+            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+                raise HierarchyError(
+                    f"CA certificate {child.subject.rfc4514_string()!r} does not verify "
+                    f"against {parent.subject.rfc4514_string()!r}: {exc}"
+                ) from None
+            child = parent
+        return cls(
+            issuing=issuing, issuing_key=issuing_key, signer=signer, signer_key=signer_key,
+            chain=chain, files=files, root_key=root_key,
+        )
+
+
+def _name(org: str, cn: str) -> x509.Name:
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
+
+
+def _build_ca_cert(
+    *,
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    issuer: x509.Certificate | None,
+    issuer_key: CertificateIssuerPrivateKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+    path_length: int | None,
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_CA_KEY_USAGE, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(_aki_for(issuer), critical=False)
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))  # type: ignore[arg-type]
+
+
+def _build_signer_cert(
+    *,
+    subject: x509.Name,
+    public_key: CertificatePublicKeyTypes,
+    issuer: x509.Certificate,
+    issuer_key: CertificateIssuerPrivateKeyTypes,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_DIGITAL_SIGNATURE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ID_KP_CMC_RA]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_aki_for(issuer), critical=False)
+    )
+    return builder.sign(issuer_key, signature_hash_for(issuer_key))  # type: ignore[arg-type]
+
+
+def _aki_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+
+
+def _key_usage(**flags: bool) -> x509.KeyUsage:
+    names = (
+        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+        "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+    )
+    return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
+
+
+_CA_KEY_USAGE = _key_usage(key_cert_sign=True, crl_sign=True)
+_DIGITAL_SIGNATURE = _key_usage(digital_signature=True)
+_RSA_KEY_USAGE = _key_usage(digital_signature=True, key_encipherment=True)
+_KEY_AGREEMENT = _key_usage(key_agreement=True)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Serialise hierarchy creation between processes started on the same state dir."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Write to a temporary file created with ``mode``, fsync, rename over ``path``, fsync dir."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise HierarchyError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _load_certs(path: Path) -> list[x509.Certificate]:
+    data = _read(path)
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise HierarchyError(f"{path} does not hold a readable X.509 certificate") from None
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    return _load_certs(path)[0]
+
+
+def _load_key(path: Path, password: bytes | None) -> CertificateIssuerPrivateKeyTypes:
+    data = _read(path)
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password)
+        else:
+            key = serialization.load_der_private_key(data, password)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # The library's message may quote parts of the input; name the file only.
+        raise HierarchyError(f"{path} does not hold a readable private key (wrong password?)") from None
+    if isinstance(key, x25519.X25519PrivateKey | x448.X448PrivateKey) or not hasattr(key, "sign"):
+        raise HierarchyError(f"{path} holds a key that cannot sign")
+    return key  # type: ignore[return-value]
+
+
+def _as_cert(item: x509.Certificate | Path | str) -> x509.Certificate:
+    return item if isinstance(item, x509.Certificate) else _load_cert(Path(item))
+
+
+def _as_key(
+    item: CertificateIssuerPrivateKeyTypes | Path | str, password: bytes | None
+) -> CertificateIssuerPrivateKeyTypes:
+    if isinstance(item, Path | str):
+        return _load_key(Path(item), password)
+    return item
+
+
+def _path_or_none(item: object) -> Path | None:
+    return Path(item) if isinstance(item, Path | str) else None
+
+
+def _check_pair(
+    cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes, what: Path | str
+) -> None:
+    if not _public_keys_equal(cert.public_key(), key.public_key()):
+        raise HierarchyError(
+            f"{what} does not match the certificate {cert.subject.rfc4514_string()!r}"
+        )
+
+
+# --------------------------------------------------------------------------- issuance
+
+
+@dataclass(frozen=True, eq=False)
+class IssuedCert:
+    """One issued certificate: DER (what goes on the wire), parsed form, and the fields the
+    store records, filled at issuance so nothing is parsed back."""
+
+    der: bytes
+    cert: x509.Certificate
+    serial: int
+    not_before: datetime
+    not_after: datetime
+    key_fingerprint: bytes
+
+    @cached_property
+    def subject(self) -> str:
+        """RFC 4514 string of the subject ('' for the NULL-DN)."""
+        return self.cert.subject.rfc4514_string()
+
+    @classmethod
+    def from_certificate(cls, cert: x509.Certificate) -> IssuedCert:
+        """Wrap a certificate issued elsewhere (imports, tests) so the store can record it."""
+        return cls(
+            der=cert.public_bytes(_DER),
+            cert=cert,
+            serial=cert.serial_number,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            key_fingerprint=key_fingerprint(cert.public_key()),
+        )
+
+
+#: Requested extensions the policy takes over from a request (others: ignored if non-critical,
+#: refused if critical).
+_ACCEPTED_EXTENSIONS: tuple[type[x509.ExtensionType], ...] = (
+    x509.SubjectAlternativeName,
+    x509.KeyUsage,
+    x509.ExtendedKeyUsage,
+    x509.CertificatePolicies,
+)
+#: Requested extensions the CA always sets itself; a request carrying them is not refused.
+_CA_SET_EXTENSIONS: tuple[type[x509.ExtensionType], ...] = (
+    x509.SubjectKeyIdentifier,
+    x509.AuthorityKeyIdentifier,
+    x509.CRLDistributionPoints,
+    x509.AuthorityInformationAccess,
+)
+
+
+class CertificateIssuer:
+    """Issues end-entity certificates from the hierarchy's issuing CA.
+
+    Policy: the subject's requested SAN, keyUsage, extendedKeyUsage and certificatePolicies are
+    honoured (keyUsage without CA bits); a CA basicConstraints or any other critical extension
+    is refused with ``CertificateRequestRejected``; other non-critical extensions are ignored.
+    The CA always adds basicConstraints CA:FALSE, SKI, AKI, a default keyUsage when none was
+    asked for, and with ``base_url`` a CRL distribution point and an OCSP AIA entry.
+    """
+
+    def __init__(
+        self,
+        hierarchy: CaHierarchy,
+        *,
+        base_url: str | None = None,
+        validity: timedelta = timedelta(days=365),
+    ) -> None:
+        if validity <= timedelta(0):
+            raise FleetError("certificate validity must be positive")
+        self.hierarchy = hierarchy
+        self.validity = validity
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self._issuer_name = hierarchy.issuing.subject
+        self._issuing_key = hierarchy.issuing_key
+        self._hash = hierarchy.issuing_hash
+        self._ca_not_after = hierarchy.issuing.not_valid_after_utc
+        self._ext_aki = _raw(x509.AuthorityKeyIdentifier(hierarchy.issuing_ski, None, None), False)
+        self._ext_basic = _raw(x509.BasicConstraints(ca=False, path_length=None), True)
+        self._ext_ku_ds = _raw(_DIGITAL_SIGNATURE, True)
+        self._ext_urls: list[x509.Extension[x509.ExtensionType]] = []
+        if self.base_url:
+            crl_dp = x509.CRLDistributionPoints(
+                [
+                    x509.DistributionPoint(
+                        full_name=[x509.UniformResourceIdentifier(self.crl_url)],
+                        relative_name=None, reasons=None, crl_issuer=None,
+                    )
+                ]
+            )
+            aia = x509.AuthorityInformationAccess(
+                [
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(self.ocsp_url),
+                    )
+                ]
+            )
+            self._ext_urls = [_raw(crl_dp, False), _raw(aia, False)]
+
+    @property
+    def crl_url(self) -> str:
+        """Where relying parties fetch the issuing CA's CRL (HTTP layer mounts it)."""
+        return f"{self.base_url}/crl/issuing.crl" if self.base_url else ""
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.base_url}/ocsp" if self.base_url else ""
+
+    def issue(
+        self,
+        public_key: CertificatePublicKeyTypes,
+        subject: x509.Name | None,
+        *,
+        sans: Sequence[x509.GeneralName] | None = None,
+        extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
+        not_after: datetime | None = None,
+    ) -> IssuedCert:
+        """Sign a certificate for ``public_key``.
+
+        ``subject`` ``None`` or empty means the NULL-DN, allowed only with a SAN (which is then
+        critical, RFC 5280 §4.2.1.6). ``sans`` wins over a SAN among ``extensions``.
+        ``not_after`` is clamped to the issuing CA's own expiry. Raises
+        ``CertificateRequestRejected`` when the request breaks the policy.
+        """
+        requested: dict[type[x509.ExtensionType], x509.Extension[x509.ExtensionType]] = {}
+        for ext in extensions:
+            value = ext.value
+            if isinstance(value, _ACCEPTED_EXTENSIONS):
+                requested[type(value)] = ext
+            elif isinstance(value, x509.BasicConstraints):
+                if value.ca:
+                    raise CertificateRequestRejected("request asks for a CA certificate")
+            elif isinstance(value, _CA_SET_EXTENSIONS):
+                continue
+            elif ext.critical:
+                raise CertificateRequestRejected(
+                    f"request carries an unsupported critical extension {ext.oid.dotted_string}"
+                )
+
+        san_value: x509.SubjectAlternativeName | None = None
+        if sans:
+            san_value = x509.SubjectAlternativeName(list(sans))
+        elif x509.SubjectAlternativeName in requested:
+            san_value = requested[x509.SubjectAlternativeName].value  # type: ignore[assignment]
+            if not len(san_value):  # type: ignore[arg-type]
+                san_value = None
+        if subject is None:
+            subject = _NULL_DN
+        null_dn = len(subject) == 0
+        if null_dn and san_value is None:
+            raise CertificateRequestRejected("request has neither a subject nor a subjectAltName")
+
+        if x509.KeyUsage in requested:
+            key_usage: x509.KeyUsage = requested[x509.KeyUsage].value  # type: ignore[assignment]
+            if key_usage.key_cert_sign or key_usage.crl_sign:
+                raise CertificateRequestRejected("request asks for keyCertSign or cRLSign")
+        else:
+            key_usage = _default_key_usage(public_key)
+
+        now = datetime.now(UTC)
+        end = now + self.validity if not_after is None else not_after
+        if end > self._ca_not_after:
+            end = self._ca_not_after
+        start = now - _BACKDATE
+        if end <= start:
+            raise CertificateRequestRejected("requested notAfter lies in the past")
+        serial = x509.random_serial_number()
+        spki = public_key.public_bytes(_DER, _SPKI)
+
+        # Constant extensions are pre-encoded Extension objects, and the builder is made in one
+        # constructor call: the chained builder methods copy the builder and re-check every
+        # extension on each step, which cost a quarter of the issuance time.
+        exts: list[x509.Extension[x509.ExtensionType]] = [self._ext_basic]
+        if key_usage is _DIGITAL_SIGNATURE:
+            exts.append(self._ext_ku_ds)
+        else:
+            exts.append(x509.Extension(ExtensionOID.KEY_USAGE, True, key_usage))
+        eku = requested.get(x509.ExtendedKeyUsage)
+        if eku is not None:
+            exts.append(eku)
+        if san_value is not None:
+            exts.append(x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, null_dn, san_value))
+        exts.append(_ski_extension(spki))
+        exts.append(self._ext_aki)
+        policies = requested.get(x509.CertificatePolicies)
+        if policies is not None:
+            exts.append(x509.Extension(ExtensionOID.CERTIFICATE_POLICIES, False, policies.value))
+        exts.extend(self._ext_urls)
+        builder = x509.CertificateBuilder(
+            issuer_name=self._issuer_name,
+            subject_name=subject,
+            public_key=public_key,
+            serial_number=serial,
+            not_valid_before=_naive_utc(start),
+            not_valid_after=_naive_utc(end),
+            extensions=exts,
+        )
+        try:
+            cert = builder.sign(self._issuing_key, self._hash)  # type: ignore[arg-type]
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise CertificateRequestRejected(f"cannot issue for this request: {exc}") from None
+        return IssuedCert(
+            der=cert.public_bytes(_DER),
+            cert=cert,
+            serial=serial,
+            not_before=start.replace(microsecond=0),
+            not_after=end.replace(microsecond=0),
+            key_fingerprint=hashlib.sha256(spki).digest(),
+        )
+
+
+_NULL_DN = x509.Name([])
+
+
+def _raw(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    """An extension encoded once: the builder copies its bytes instead of re-encoding."""
+    return x509.Extension(value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes()))
+
+
+def _naive_utc(when: datetime) -> datetime:
+    """What the builder's setters would store: naive UTC."""
+    return when.astimezone(UTC).replace(tzinfo=None)
+
+
+def _spki_bit_string(spki: bytes) -> bytes:
+    """The subjectPublicKey BIT STRING value (without unused-bits octet) inside an SPKI DER."""
+    pos = _skip_header(spki, 0)  # into the outer SEQUENCE
+    pos = _skip_tlv(spki, pos)  # past the AlgorithmIdentifier
+    if spki[pos] != 0x03:
+        raise ValueError("SubjectPublicKeyInfo without a BIT STRING")
+    start = _skip_header(spki, pos)
+    return spki[start + 1 :]
+
+
+def _skip_header(der: bytes, pos: int) -> int:
+    length = der[pos + 1]
+    if length < 0x80:
+        return pos + 2
+    return pos + 2 + (length & 0x7F)
+
+
+def _skip_tlv(der: bytes, pos: int) -> int:
+    length = der[pos + 1]
+    if length < 0x80:
+        return pos + 2 + length
+    n = length & 0x7F
+    return pos + 2 + n + int.from_bytes(der[pos + 2 : pos + 2 + n], "big")
+
+
+def _ski_extension(spki: bytes) -> x509.Extension[x509.ExtensionType]:
+    """SKI by RFC 5280 §4.2.1.2 method 1 (SHA-1 of the key bits), the value OpenSSL computes."""
+    digest = hashlib.sha1(_spki_bit_string(spki), usedforsecurity=False).digest()
+    return x509.Extension(
+        ExtensionOID.SUBJECT_KEY_IDENTIFIER,
+        False,
+        x509.UnrecognizedExtension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, b"\x04\x14" + digest),
+    )
+
+
+def _default_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return _RSA_KEY_USAGE
+    if isinstance(public_key, x25519.X25519PublicKey | x448.X448PublicKey):
+        return _KEY_AGREEMENT
+    return _DIGITAL_SIGNATURE

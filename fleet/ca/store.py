@@ -1,0 +1,537 @@
+"""Durable records of every certificate the embedded CA issued (SQLite in WAL mode).
+
+Writes are batched: ``record_issued``, ``confirm``, ``reject`` and ``revoke`` change an in-memory
+overlay at once (every read sees them immediately) and reach the database in one transaction
+when the batch holds ``max_batch`` changes, when the oldest change is ``max_delay`` seconds old
+(checked on the next write, and by ``run_flusher``), on ``flush()``, and on ``close()``.
+
+Durability, stated plainly:
+
+* A change is durable against a killed process (kill -9, crash) once ``flush()`` has returned:
+  the transaction is committed in the WAL, which survives the process. With
+  ``synchronous=NORMAL`` a power loss or OS crash may still roll back the last commits since
+  the previous WAL checkpoint; the database stays consistent.
+* Until then a kill -9 loses at most the unflushed batch: at most ``max_batch`` changes, or
+  ``max_delay`` seconds of them when ``run_flusher`` runs.
+* The contract with the CMP layer: an ip/cp/kup may be sent before its record is durable (the
+  certificate is recorded 'pending'; losing it loses a certificate nobody confirmed yet), but
+  the CMP layer calls ``flush()`` before answering an rr, and should before a pkiConf when it
+  needs the confirmation durable. Issuance stays batched; revocation never is.
+
+Threading: every method is synchronous and runs in the caller's thread; the store is meant for
+one trio thread (the CA's event loop) and uses no ``trio.to_thread``. A flush blocks that thread
+for the length of one SQLite transaction (about a millisecond for a full batch, see the report in
+tests/ca/test_store.py). One process owns a database file: the status counters and the
+duplicate-serial check assume no other writer.
+"""
+
+from __future__ import annotations
+
+import enum
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+import trio
+from cryptography import x509
+
+from fleet.errors import FleetError
+
+__all__ = [
+    "CertRecord",
+    "CertStatus",
+    "CertStore",
+    "CertificateAlreadyRevoked",
+    "InvalidStatusChange",
+    "Recordable",
+    "SerialCollision",
+    "StoreError",
+    "StoreStatistics",
+    "UnknownCertificate",
+    "serial_hex",
+]
+
+
+class StoreError(FleetError):
+    """The certificate database cannot be used."""
+
+
+class UnknownCertificate(StoreError):
+    """No certificate with this serial was issued by this CA (CMP: badCertId)."""
+
+
+class CertificateAlreadyRevoked(StoreError):
+    """The certificate is revoked or rejected already (CMP: certRevoked)."""
+
+
+class InvalidStatusChange(StoreError):
+    """The requested status change is not allowed from the certificate's current status."""
+
+
+class SerialCollision(StoreError):
+    """A serial number was recorded twice; the issuer must draw a new one."""
+
+
+class CertStatus(enum.StrEnum):
+    """Lifecycle of an issued certificate.
+
+    pending -> issued (certConf accepted) | rejected (certConf rejected, or never came);
+    pending | issued -> revoked. Rejected certificates were signed and sent, so CRL and OCSP
+    treat them as revoked.
+    """
+
+    PENDING = "pending"
+    ISSUED = "issued"
+    REVOKED = "revoked"
+    REJECTED = "rejected"
+
+
+_DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
+
+
+def serial_hex(serial: int) -> str:
+    """Canonical text form of a serial: upper-case hex, even length (as ``openssl x509 -serial``)."""
+    text = format(serial, "X")
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+class Recordable(Protocol):
+    """What ``record_issued`` needs; ``fleet.ca.pki.IssuedCert`` provides it."""
+
+    @property
+    def der(self) -> bytes: ...
+    @property
+    def serial(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def not_before(self) -> datetime: ...
+    @property
+    def not_after(self) -> datetime: ...
+    @property
+    def key_fingerprint(self) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """One row of the certificate table. Times are timezone-aware UTC, whole seconds."""
+
+    serial: int
+    subject: str
+    device_ref: str | None
+    key_fingerprint: bytes
+    not_before: datetime
+    not_after: datetime
+    status: CertStatus
+    revocation_reason: x509.ReasonFlags | None
+    revocation_time: datetime | None
+    transaction_id: bytes | None
+    created: datetime
+    der: bytes
+
+    def __repr__(self) -> str:
+        return f"CertRecord(serial={serial_hex(self.serial)}, subject={self.subject!r}, status={self.status})"
+
+
+@dataclass(frozen=True)
+class StoreStatistics:
+    """Counters for metrics: changes waiting, flushes done, rows written, last flush time."""
+
+    unflushed: int
+    flushes: int
+    changes_flushed: int
+    last_flush_seconds: float
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS certificates (
+    id INTEGER PRIMARY KEY,
+    serial TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    device_ref TEXT,
+    key_sha256 BLOB NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked', 'rejected')),
+    revocation_reason TEXT,
+    revocation_time INTEGER,
+    transaction_id TEXT,
+    created INTEGER NOT NULL,
+    der BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_key ON certificates (key_sha256);
+CREATE INDEX IF NOT EXISTS certificates_dead ON certificates (status)
+    WHERE status IN ('revoked', 'rejected');
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+_COLUMNS = (
+    "serial, subject, device_ref, key_sha256, not_before, not_after, status, "
+    "revocation_reason, revocation_time, transaction_id, created, der"
+)
+_INSERT = f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_UPDATE = (
+    "UPDATE certificates SET status = ?, revocation_reason = ?, revocation_time = ? "
+    "WHERE serial = ?"
+)
+
+
+def _ts(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+def _dt(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def _row(rec: CertRecord) -> tuple[object, ...]:
+    return (
+        serial_hex(rec.serial),
+        rec.subject,
+        rec.device_ref,
+        rec.key_fingerprint,
+        _ts(rec.not_before),
+        _ts(rec.not_after),
+        rec.status.value,
+        rec.revocation_reason.value if rec.revocation_reason else None,
+        _ts(rec.revocation_time) if rec.revocation_time else None,
+        rec.transaction_id.hex() if rec.transaction_id is not None else None,
+        _ts(rec.created),
+        rec.der,
+    )
+
+
+def _record(row: tuple[object, ...]) -> CertRecord:
+    (serial, subject, device_ref, key, nb, na, status, reason, rtime, tid, created, der) = row
+    return CertRecord(
+        serial=int(str(serial), 16),
+        subject=str(subject),
+        device_ref=device_ref if device_ref is None else str(device_ref),
+        key_fingerprint=bytes(key),  # type: ignore[arg-type]
+        not_before=_dt(int(nb)),  # type: ignore[call-overload]
+        not_after=_dt(int(na)),  # type: ignore[call-overload]
+        status=CertStatus(status),
+        revocation_reason=x509.ReasonFlags(reason) if reason else None,
+        revocation_time=_dt(int(rtime)) if rtime is not None else None,  # type: ignore[call-overload]
+        transaction_id=bytes.fromhex(str(tid)) if tid is not None else None,
+        created=_dt(int(created)),  # type: ignore[call-overload]
+        der=bytes(der),  # type: ignore[arg-type]
+    )
+
+
+class CertStore:
+    """Issued-certificate records with batched, explicitly flushed writes (see module doc)."""
+
+    def __init__(self, path: Path | str, *, max_batch: int = 512, max_delay: float = 0.05) -> None:
+        if max_batch < 1 or max_delay <= 0:
+            raise StoreError("certificate store batch size and delay must be positive")
+        self.path = Path(path)
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open certificate store {self.path}: {exc}") from None
+        # Unflushed changes: new rows, and status changes of rows already in the database.
+        self._new: dict[int, CertRecord] = {}
+        self._changed: dict[int, CertRecord] = {}
+        self._oldest_change: float | None = None
+        self._counts = {s.value: 0 for s in CertStatus}
+        for status, n in self._db.execute("SELECT status, count(*) FROM certificates GROUP BY status"):
+            self._counts[status] = n
+        self._revocation_generation = 0
+        self._flushes = 0
+        self._changes_flushed = 0
+        self._last_flush_seconds = 0.0
+        self._closed = False
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Flush what is pending and close the database."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._db.close()
+
+    def __enter__(self) -> CertStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes
+
+    def record_issued(
+        self,
+        issued: Recordable,
+        *,
+        transaction_id: bytes | None = None,
+        device_ref: str | None = None,
+        status: CertStatus = CertStatus.PENDING,
+    ) -> CertRecord:
+        """Record a certificate just issued, 'pending' until ``confirm`` (pass
+        ``status=CertStatus.ISSUED`` when implicit confirmation was granted)."""
+        serial = issued.serial
+        if serial in self._new or serial in self._changed or self._db_has(serial):
+            raise SerialCollision(f"serial {serial_hex(serial)} is already recorded")
+        if status not in (CertStatus.PENDING, CertStatus.ISSUED):
+            raise InvalidStatusChange(f"a new certificate cannot start as {status}")
+        rec = CertRecord(
+            serial=serial,
+            subject=issued.subject,
+            device_ref=device_ref,
+            key_fingerprint=issued.key_fingerprint,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+            status=status,
+            revocation_reason=None,
+            revocation_time=None,
+            transaction_id=transaction_id,
+            created=datetime.now(UTC).replace(microsecond=0),
+            der=issued.der,
+        )
+        self._new[serial] = rec
+        self._counts[status.value] += 1
+        self._changed_one()
+        return rec
+
+    def confirm(self, serial: int | str) -> CertRecord:
+        """The device accepted the certificate (certConf): pending -> issued. Idempotent."""
+        rec = self._require(serial)
+        if rec.status is CertStatus.ISSUED:
+            return rec
+        if rec.status is not CertStatus.PENDING:
+            raise InvalidStatusChange(f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot confirm")
+        return self._set(rec, replace(rec, status=CertStatus.ISSUED))
+
+    def reject(self, serial: int | str, when: datetime | None = None) -> CertRecord:
+        """The device rejected the certificate, or its certConf never came: pending -> rejected.
+
+        The rejection time is kept as the revocation time so CRL and OCSP can list it."""
+        rec = self._require(serial)
+        if rec.status is CertStatus.REJECTED:
+            return rec
+        if rec.status is not CertStatus.PENDING:
+            raise InvalidStatusChange(f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot reject")
+        return self._set(
+            rec,
+            replace(rec, status=CertStatus.REJECTED, revocation_time=_whole(when)),
+        )
+
+    def revoke(
+        self,
+        serial: int | str,
+        reason: x509.ReasonFlags | None = None,
+        when: datetime | None = None,
+    ) -> CertRecord:
+        """Revoke a pending or issued certificate. Call ``flush()`` before telling anyone."""
+        if reason is x509.ReasonFlags.remove_from_crl:
+            raise InvalidStatusChange("removeFromCRL is for delta CRLs, not a revocation reason")
+        rec = self._require(serial)
+        if rec.status in _DEAD:
+            raise CertificateAlreadyRevoked(f"certificate {serial_hex(rec.serial)} is {rec.status} already")
+        if reason is x509.ReasonFlags.unspecified:
+            reason = None  # RFC 5280 §5.3.1: leave the reason code out rather than unspecified
+        return self._set(
+            rec,
+            replace(
+                rec, status=CertStatus.REVOKED, revocation_reason=reason,
+                revocation_time=_whole(when),
+            ),
+        )
+
+    def flush(self) -> None:
+        """Write every unflushed change in one transaction; durable on return (module doc)."""
+        if not self._new and not self._changed:
+            self._oldest_change = None
+            return
+        started = time.perf_counter()
+        n = len(self._new) + len(self._changed)
+        try:
+            self._db.execute("BEGIN")
+            try:
+                if self._new:
+                    self._db.executemany(_INSERT, [_row(r) for r in self._new.values()])
+                if self._changed:
+                    self._db.executemany(
+                        _UPDATE,
+                        [
+                            (
+                                r.status.value,
+                                r.revocation_reason.value if r.revocation_reason else None,
+                                _ts(r.revocation_time) if r.revocation_time else None,
+                                serial_hex(r.serial),
+                            )
+                            for r in self._changed.values()
+                        ],
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError as exc:
+            raise SerialCollision(f"certificate store rejected a batch: {exc}") from None
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write certificate store {self.path}: {exc}") from None
+        self._new.clear()
+        self._changed.clear()
+        self._oldest_change = None
+        self._flushes += 1
+        self._changes_flushed += n
+        self._last_flush_seconds = time.perf_counter() - started
+
+    def flush_if_due(self) -> bool:
+        """Flush when the oldest unflushed change is ``max_delay`` old; True if it flushed."""
+        if self._oldest_change is not None and time.monotonic() - self._oldest_change >= self.max_delay:
+            self.flush()
+            return True
+        return False
+
+    async def run_flusher(self) -> None:
+        """Flush every ``max_delay`` seconds while changes wait; run it in the CA's nursery so
+        a quiet CA still writes its last issuances. Runs until cancelled."""
+        while True:
+            await trio.sleep(self.max_delay)
+            self.flush_if_due()
+
+    # -- reads (all see unflushed changes)
+
+    def get(self, serial: int | str) -> CertRecord | None:
+        key = _serial_int(serial)
+        rec = self._new.get(key) or self._changed.get(key)
+        if rec is not None:
+            return rec
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM certificates WHERE serial = ?", (serial_hex(key),)
+        ).fetchone()
+        return _record(row) if row else None
+
+    def find_by_key(self, fingerprint: bytes) -> list[CertRecord]:
+        """Every certificate for the key with this SPKI SHA-256, oldest first."""
+        found = {
+            rec.serial: rec
+            for rec in map(
+                _record,
+                self._db.execute(
+                    f"SELECT {_COLUMNS} FROM certificates WHERE key_sha256 = ? ORDER BY id",
+                    (fingerprint,),
+                ),
+            )
+        }
+        for rec in self._overlay():
+            if rec.key_fingerprint == fingerprint:
+                found[rec.serial] = rec
+        return list(found.values())
+
+    def revoked(self) -> list[tuple[int, datetime, x509.ReasonFlags | None]]:
+        """(serial, revocation time, reason) for every revoked or rejected certificate."""
+        dead: dict[int, tuple[int, datetime, x509.ReasonFlags | None]] = {}
+        for serial, rtime, reason in self._db.execute(
+            "SELECT serial, revocation_time, revocation_reason FROM certificates "
+            "WHERE status IN ('revoked', 'rejected')"
+        ):
+            key = int(serial, 16)
+            dead[key] = (key, _dt(rtime), x509.ReasonFlags(reason) if reason else None)
+        for rec in self._overlay():
+            if rec.status in _DEAD:
+                assert rec.revocation_time is not None
+                dead[rec.serial] = (rec.serial, rec.revocation_time, rec.revocation_reason)
+            else:
+                dead.pop(rec.serial, None)
+        return list(dead.values())
+
+    def counts_by_status(self) -> dict[str, int]:
+        """Certificates per status (kept in memory: cheap enough for every metrics scrape)."""
+        return dict(self._counts)
+
+    @property
+    def revocation_generation(self) -> int:
+        """Grows whenever a certificate becomes revoked or rejected (CRL cache invalidation)."""
+        return self._revocation_generation
+
+    def statistics(self) -> StoreStatistics:
+        return StoreStatistics(
+            unflushed=len(self._new) + len(self._changed),
+            flushes=self._flushes,
+            changes_flushed=self._changes_flushed,
+            last_flush_seconds=self._last_flush_seconds,
+        )
+
+    def next_crl_number(self) -> int:
+        """Allocate the next CRL number, durably (RFC 5280 §5.2.3: it must only grow)."""
+        try:
+            row = self._db.execute(
+                "INSERT INTO meta (name, value) VALUES ('crl_number', 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write certificate store {self.path}: {exc}") from None
+        return int(row[0])
+
+    # -- internals
+
+    def _overlay(self) -> Iterator[CertRecord]:
+        yield from self._changed.values()
+        yield from self._new.values()
+
+    def _db_has(self, serial: int) -> bool:
+        return (
+            self._db.execute(
+                "SELECT 1 FROM certificates WHERE serial = ?", (serial_hex(serial),)
+            ).fetchone()
+            is not None
+        )
+
+    def _require(self, serial: int | str) -> CertRecord:
+        rec = self.get(serial)
+        if rec is None:
+            raise UnknownCertificate(f"no certificate with serial {serial_hex(_serial_int(serial))}")
+        return rec
+
+    def _set(self, old: CertRecord, new: CertRecord) -> CertRecord:
+        if old.serial in self._new:
+            self._new[old.serial] = new
+        else:
+            self._changed[old.serial] = new
+        self._counts[old.status.value] -= 1
+        self._counts[new.status.value] += 1
+        if new.status in _DEAD:
+            self._revocation_generation += 1
+        self._changed_one()
+        return new
+
+    def _changed_one(self) -> None:
+        now = time.monotonic()
+        if self._oldest_change is None:
+            self._oldest_change = now
+        if (
+            len(self._new) + len(self._changed) >= self.max_batch
+            or now - self._oldest_change >= self.max_delay
+        ):
+            self.flush()
+
+
+def _serial_int(serial: int | str) -> int:
+    if isinstance(serial, int):
+        return serial
+    try:
+        return int(serial.replace(":", ""), 16)
+    except ValueError:
+        raise UnknownCertificate(f"serial {serial[:50]!r} is not hexadecimal") from None
+
+
+def _whole(when: datetime | None) -> datetime:
+    when = datetime.now(UTC) if when is None else when.astimezone(UTC)
+    return when.replace(microsecond=0)
+
