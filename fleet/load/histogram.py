@@ -9,7 +9,7 @@ bucket; above that each power of two ``[2**k, 2**(k+1))`` is split into 128 equa
 bucket is at most 1/128 of its lower bound wide. Reporting the bucket midpoint bounds the relative
 error by 1/256 (0.4 %) for anything from 1 µs up to the 3,600 s ceiling (4,562 buckets, 36 KiB).
 Values above the ceiling are counted in the top bucket (``max`` still keeps the true value);
-negative values count as zero.
+negative values (float noise in a clock difference) count as zero.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ class LatencyHistogram:
         """Count one value in seconds. About 0.5 µs; NaN raises ValueError, inf OverflowError."""
         t = int(value * 1e9)
         if t < 256:
-            if t < 0:
+            if value < 0:  # float noise in a clock difference; counts (and sums) as zero
                 t = 0
+                value = 0.0
             self._counts[t] += 1
         else:
             if t > _T_MAX:
@@ -109,6 +110,7 @@ class LatencyHistogram:
             return
         if not np.all(np.isfinite(v)):
             raise ValueError("latency values must be finite")
+        v = np.maximum(v, 0.0)
         # Clip in float first so the int64 conversion cannot overflow, then truncate like int().
         ticks = np.clip(v * 1e9, 0.0, float(_T_MAX)).astype(np.int64)
         self._counts += np.bincount(_indices(ticks), minlength=BUCKET_COUNT)
@@ -160,7 +162,7 @@ class LatencyHistogram:
         return view
 
     def percentile(self, q: float) -> float:
-        """The value at rank ceil(q% of count), within 0.4 %; NaN when empty."""
+        """The value at rank ceil(q% of count) (0 is min, 100 is max), within 0.4 %; NaN if empty."""
         return float(self.percentiles([q])[0])
 
     def percentiles(self, qs: Iterable[float]) -> npt.NDArray[np.float64]:
@@ -175,8 +177,12 @@ class LatencyHistogram:
         rank = np.maximum(np.ceil(np.round(q * self._n / 100.0, 9)), 1)
         cumulative = np.cumsum(self._counts)
         bucket = np.searchsorted(cumulative, rank, side="left")
-        # Never report beyond what was seen: clamp the midpoint into [min, max].
-        return np.clip(_MID_S[bucket], self._min, self._max)
+        # Never report beyond what was seen: clamp the midpoint into [min, max]; the first and
+        # last ranks are the exact min and max.
+        value = np.clip(_MID_S[bucket], self._min, self._max)
+        value[rank <= 1] = self._min
+        value[rank >= self._n] = self._max
+        return value
 
     def summary(self, qs: Iterable[float] = (50, 90, 99, 99.9)) -> dict[str, float]:
         """count, min, mean, max and the given percentiles, keyed like ``p99.9``."""
