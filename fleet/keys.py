@@ -26,6 +26,7 @@ the files 0600. Nothing in this module logs, prints or puts key material into a 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -43,7 +44,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -69,6 +70,11 @@ log = logging.getLogger(__name__)
 PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 OnExhausted = Literal["reuse", "generate", "error"]
+# Record offsets into a pool's buffer; ``array`` is not subscriptable at runtime before 3.12.
+if TYPE_CHECKING:
+    _Offsets = array[int]
+else:
+    _Offsets = array
 
 RSA_PUBLIC_EXPONENT = 65537
 
@@ -253,14 +259,14 @@ class KeyPool:
 
     @classmethod
     def _from_records(
-        cls, spec: KeySpec, blob: bytes, offsets: array[int], on_exhausted: OnExhausted
+        cls, spec: KeySpec, blob: bytes, offsets: _Offsets, on_exhausted: OnExhausted
     ) -> KeyPool:
         pool = cls.__new__(cls)
         pool._init(spec, blob, offsets, on_exhausted)
         return pool
 
     def _init(
-        self, spec: KeySpec, blob: bytes, offsets: array[int], on_exhausted: OnExhausted
+        self, spec: KeySpec, blob: bytes, offsets: _Offsets, on_exhausted: OnExhausted
     ) -> None:
         if on_exhausted not in ("reuse", "generate", "error"):
             raise KeyPoolError(
@@ -384,7 +390,7 @@ def _parse_header(data: bytes, path: Path) -> _Header:
     return _Header(spec=spec, count=count, records_len=records_len, size=end)
 
 
-def _index_records(records: bytes, count: int, path: Path) -> array[int]:
+def _index_records(records: bytes, count: int, path: Path) -> _Offsets:
     offsets = array("Q", [0])
     pos = 0
     end = len(records)
@@ -401,7 +407,7 @@ def _index_records(records: bytes, count: int, path: Path) -> array[int]:
     return offsets
 
 
-def _read_pool_file(path: Path, spec: KeySpec) -> tuple[bytes, array[int]]:
+def _read_pool_file(path: Path, spec: KeySpec) -> tuple[bytes, _Offsets]:
     """Read and verify a whole pool file: (records, offsets). Any damage is a KeyPoolError."""
     try:
         with open(path, "rb") as f:
@@ -528,7 +534,7 @@ class KeyPoolStore:
             raise KeyPoolError(f"cannot read key pool file {path}: {exc.strerror}") from None
         return _parse_header(head, path).count
 
-    def list(self) -> list[PoolInfo]:
+    def list(self) -> builtins.list[PoolInfo]:
         """Every pool file in the directory, read from headers only (fast; ``load`` verifies)."""
         if not self.directory.is_dir():
             return []
@@ -583,7 +589,7 @@ class KeyPoolStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def append(self, spec: KeySpec, ders: list[bytes]) -> int:
+    def append(self, spec: KeySpec, ders: builtins.list[bytes]) -> int:
         """Append PKCS#8 DER keys to the pool; the existing keys stay, byte for byte and in order.
         Returns the pool's new size."""
         self._ensure_directory()
@@ -631,7 +637,7 @@ class KeyPoolStore:
         if in_process is None:
             in_process = n_workers == 1 or count * cost < _IN_PROCESS_BELOW_SECONDS
         started = time.monotonic()
-        ders: list[bytes] = []
+        ders: builtins.list[bytes] = []
         try:
             if in_process:
                 self._generate_here(spec, count, ders, progress)
@@ -649,7 +655,7 @@ class KeyPoolStore:
 
     @staticmethod
     def _generate_here(
-        spec: KeySpec, count: int, out: list[bytes], progress: Callable[[int], None] | None
+        spec: KeySpec, count: int, out: builtins.list[bytes], progress: Callable[[int], None] | None
     ) -> None:
         step = max(1, min(count, math.ceil(0.25 / spec.estimated_seconds_per_key)))
         for i in range(count):
@@ -662,7 +668,7 @@ class KeyPoolStore:
         spec: KeySpec,
         count: int,
         n_workers: int,
-        out: list[bytes],
+        out: builtins.list[bytes],
         progress: Callable[[int], None] | None,
     ) -> None:
         # Chunks of about half a second each, and at least four per worker for balance.
@@ -681,7 +687,7 @@ class KeyPoolStore:
         executor = ProcessPoolExecutor(
             max_workers=min(n_workers, len(sizes)), mp_context=context, initializer=_worker_init
         )
-        pending: set[Future[list[bytes]]] = set()
+        pending: set[Future[builtins.list[bytes]]] = set()
         try:
             pending = {executor.submit(_generate_chunk, str(spec), n) for n in sizes}
             while pending:

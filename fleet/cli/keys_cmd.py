@@ -112,12 +112,15 @@ def generate(
     try:
         added = store.generate(spec, count, workers=workers, progress=progress)
     except KeyboardInterrupt:
+        # Exit here rather than re-raise: in typer's non-standalone mode a KeyboardInterrupt
+        # becomes a returned 130 that the entry point would turn into exit status 0.
         progress.finish()
         typer.echo(
-            f"kept finished keys: {store.path_for(spec)} holds {store.count(spec)} {spec} keys",
+            f"fleet: interrupted; kept finished keys: {store.path_for(spec)} holds "
+            f"{store.count(spec)} {spec} keys",
             err=True,
         )
-        raise
+        raise SystemExit(130) from None
     progress.finish()
     elapsed = time.monotonic() - started
     typer.echo(

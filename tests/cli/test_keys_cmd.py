@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import typer.main
@@ -112,3 +114,32 @@ def test_corrupt_pool_is_one_line_error(tmp_path: Path) -> None:
     assert str(path) in line and "corrupt" in line
     assert "Traceback" not in result.stderr
     assert path.read_bytes() == bytes(data)
+
+
+def test_ctrl_c_keeps_finished_keys(tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group; workers ignore it, the parent saves what is done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli.main", "keys", "generate", "--type", "rsa:2048",
+         "--count", "400", "--workers", "2", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    kept = KeyPoolStore(tmp_path).count(KeySpec.parse("rsa:2048"))
+    assert 0 < kept < 400
+    assert stderr.splitlines()[-1] == (
+        f"fleet: interrupted; kept finished keys: {tmp_path / 'rsa-2048.keys'} holds "
+        f"{kept} rsa:2048 keys"
+    )
+    assert len(KeyPoolStore(tmp_path).load(KeySpec.parse("rsa:2048"))) == kept
