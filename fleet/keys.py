@@ -296,19 +296,23 @@ class KeyPool:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def _der(self, index: int) -> bytes:
-        return self._blob[self._offsets[index] + 4 : self._offsets[index + 1]]
+    def _load(self, index: int) -> PrivateKey:
+        der = self._blob[self._offsets[index] + 4 : self._offsets[index + 1]]
+        key = _load_der(der)
+        if KeySpec.of(key) != self._spec:  # ~1 µs; catches a pool built from the wrong DERs
+            raise KeyPoolError(f"key {index} of a {self._spec} pool is a {KeySpec.of(key)} key")
+        return key
 
     def take(self) -> PrivateKey:
         """The next key; once all are taken, apply the ``on_exhausted`` policy."""
         size = len(self)
         served_from_pool = self._taken - self._generated
         if served_from_pool < size:
-            key = _load_der(self._der(served_from_pool % size))
+            key = self._load(served_from_pool % size)
             self._taken += 1
             return key
         if self._on_exhausted == "reuse" and size:
-            key = _load_der(self._der(served_from_pool % size))
+            key = self._load(served_from_pool % size)
             self._taken += 1
             self._reused += 1
             return key
@@ -719,7 +723,11 @@ def ensure(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> KeyPool:
-    """A pool of ``count`` keys, generating (and storing) whatever the store lacks first."""
+    """A pool of ``count`` keys, generating (and storing) whatever the store lacks first.
+
+    This blocks (minutes, for many RSA keys): call it before ``trio.run`` or through
+    ``trio.to_thread.run_sync``, never directly inside a running event loop.
+    """
     missing = count - store.count(spec)
     if missing > 0:
         store.generate(spec, missing, workers=workers, progress=progress)

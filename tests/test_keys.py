@@ -426,3 +426,9 @@ def test_generate_argument_checks(store: KeyPoolStore) -> None:
         store.generate(EC, 1, workers=0)
     with pytest.raises(KeyPoolError):
         store.load(EC, -1)
+
+
+def test_pool_refuses_keys_of_another_type() -> None:
+    pool = KeyPool(EC, [ED.generate_der()])
+    with pytest.raises(KeyPoolError, match="key 0 of a ec:P-256 pool is a ed25519 key"):
+        pool.take()
