@@ -1,0 +1,390 @@
+"""CA hierarchy on disk, issuance policy and extensions, checked with cryptography and openssl."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+
+from fleet.ca.pki import (
+    ID_KP_CMC_RA,
+    CaHierarchy,
+    CertificateIssuer,
+    CertificateRequestRejected,
+    HierarchyError,
+    IssuedCert,
+    key_fingerprint,
+)
+from fleet.errors import FleetError
+
+from .conftest import BASE_URL, device_name, ec_public_key, openssl, openssl_verify
+
+
+def _ext(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.Extension[x509.ExtensionType]:
+    return cert.extensions.get_extension_for_class(kind)
+
+
+# --------------------------------------------------------------------------- hierarchy
+
+
+def test_first_start_creates_and_restart_reloads_the_same_hierarchy(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = CaHierarchy.load_or_create(state, name_prefix="lab")
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    files = first.files
+    for key_file in (files.root_key, files.issuing_key, files.signer_key):
+        assert key_file is not None and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert key_file.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")  # PKCS#8
+    for cert_file in (files.root_cert, files.issuing_cert, files.signer_cert):
+        assert cert_file is not None and cert_file.read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    assert not list(state.glob("*.tmp"))
+
+    again = CaHierarchy.load_or_create(state, key_type="rsa:2048")  # key_type ignored on reload
+    assert again.root_der == first.root_der
+    assert again.issuing_der == first.issuing_der
+    assert again.signer_der == first.signer_der
+    assert again.chain_for_issued_der == first.chain_for_issued_der
+    assert again.signer_chain_der == (first.signer_der, first.issuing_der, first.root_der)
+    assert again.issuing.subject.rfc4514_string() == "CN=lab Issuing CA,O=lab"
+
+
+def test_partial_state_dir_is_refused_not_overwritten(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    h = CaHierarchy.load_or_create(state)
+    assert h.files.signer_key is not None
+    h.files.signer_key.unlink()
+    with pytest.raises(HierarchyError, match="partial hierarchy; missing cmp-signer.key.pem"):
+        CaHierarchy.load_or_create(state)
+    assert h.files.issuing_key is not None and h.files.issuing_key.exists()
+
+
+def test_mismatched_key_on_disk_is_refused_without_showing_it(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    h = CaHierarchy.load_or_create(state)
+    assert h.files.issuing_key is not None and h.files.signer_key is not None
+    secret = h.files.signer_key.read_bytes()
+    h.files.issuing_key.write_bytes(secret)
+    with pytest.raises(HierarchyError) as info:
+        CaHierarchy.load_or_create(state)
+    assert "does not match" in str(info.value)
+    assert "PRIVATE" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_key_type_is_a_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match="unsupported key type 'dsa:1024'"):
+        CaHierarchy.load_or_create(tmp_path / "s", key_type="dsa:1024")
+
+
+def test_hierarchy_extensions(hierarchy: CaHierarchy) -> None:
+    root, issuing, signer = hierarchy.root, hierarchy.issuing, hierarchy.signer
+    assert root.issuer == root.subject
+    bc = _ext(root, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca is True  # type: ignore[attr-defined]
+    ku = _ext(root, x509.KeyUsage)
+    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign  # type: ignore[attr-defined]
+    assert not ku.value.digital_signature  # type: ignore[attr-defined]
+    root_ski = _ext(root, x509.SubjectKeyIdentifier).value.digest  # type: ignore[attr-defined]
+
+    bc = _ext(issuing, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca and bc.value.path_length == 0  # type: ignore[attr-defined]
+    assert _ext(issuing, x509.AuthorityKeyIdentifier).value.key_identifier == root_ski  # type: ignore[attr-defined]
+    issuing.verify_directly_issued_by(root)
+
+    assert _ext(signer, x509.BasicConstraints).value.ca is False  # type: ignore[attr-defined]
+    ku = _ext(signer, x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_cert_sign  # type: ignore[attr-defined]
+    assert list(_ext(signer, x509.ExtendedKeyUsage).value) == [ID_KP_CMC_RA]  # type: ignore[call-overload]
+    assert ID_KP_CMC_RA.dotted_string == "1.3.6.1.5.5.7.3.28"
+    assert _ext(signer, x509.AuthorityKeyIdentifier).value.key_identifier == hierarchy.issuing_ski  # type: ignore[attr-defined]
+    assert hierarchy.signer_ski == _ext(signer, x509.SubjectKeyIdentifier).value.digest  # type: ignore[attr-defined]
+    signer.verify_directly_issued_by(issuing)
+
+    validity = root.not_valid_after_utc - root.not_valid_before_utc
+    assert validity >= timedelta(days=3650)
+    assert issuing.not_valid_after_utc <= root.not_valid_after_utc
+    assert signer.not_valid_after_utc <= issuing.not_valid_after_utc
+
+
+def test_repr_shows_names_never_keys(hierarchy: CaHierarchy) -> None:
+    text = repr(hierarchy)
+    assert "fleet Issuing CA" in text and "Key" not in text and "PRIVATE" not in text
+
+
+def test_signer_chain_verifies_with_openssl(hierarchy: CaHierarchy, tmp_path: Path) -> None:
+    result = openssl_verify(hierarchy, hierarchy.signer, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(": OK")
+
+
+# --------------------------------------------------------------------------- issuance
+
+
+def test_issued_certificate_carries_the_policy_extensions(
+    issuer: CertificateIssuer, hierarchy: CaHierarchy, tmp_path: Path
+) -> None:
+    key = ec_public_key()
+    issued = issuer.issue(key, device_name("dev-7"), sans=[x509.DNSName("dev-7.example")])
+    cert = x509.load_der_x509_certificate(issued.der)
+    assert cert == issued.cert and cert.serial_number == issued.serial
+    assert cert.issuer == hierarchy.issuing.subject
+    assert cert.subject == device_name("dev-7") and issued.subject == "CN=dev-7"
+    assert cert.signature_hash_algorithm is not None and cert.signature_hash_algorithm.name == "sha256"
+
+    bc = _ext(cert, x509.BasicConstraints)
+    assert bc.critical and bc.value.ca is False  # type: ignore[attr-defined]
+    ku = _ext(cert, x509.KeyUsage)
+    assert ku.critical and ku.value.digital_signature and not ku.value.key_encipherment  # type: ignore[attr-defined]
+    san = _ext(cert, x509.SubjectAlternativeName)
+    assert not san.critical and san.value.get_values_for_type(x509.DNSName) == ["dev-7.example"]  # type: ignore[attr-defined]
+    assert _ext(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(key)
+    assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == hierarchy.issuing_ski  # type: ignore[attr-defined]
+    dp = _ext(cert, x509.CRLDistributionPoints).value
+    assert [n.value for n in dp[0].full_name] == [f"{BASE_URL}/crl/issuing.crl"]  # type: ignore[index]
+    aia = _ext(cert, x509.AuthorityInformationAccess).value
+    assert [(a.access_method.dotted_string, a.access_location.value) for a in aia] == [  # type: ignore[attr-defined]
+        ("1.3.6.1.5.5.7.48.1", f"{BASE_URL}/ocsp")
+    ]
+    assert issued.key_fingerprint == key_fingerprint(key)
+    assert issued.not_before == cert.not_valid_before_utc
+    assert issued.not_after == cert.not_valid_after_utc
+    assert timedelta(days=364) < issued.not_after - datetime.now(UTC) <= timedelta(days=365)
+
+    result = openssl_verify(hierarchy, cert, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_without_base_url_no_crl_or_ocsp_pointers(hierarchy: CaHierarchy) -> None:
+    cert = CertificateIssuer(hierarchy).issue(ec_public_key(), device_name()).cert
+    oids = {e.oid for e in cert.extensions}
+    assert x509.CRLDistributionPoints.oid not in oids
+    assert x509.AuthorityInformationAccess.oid not in oids
+
+
+def test_null_dn_subject_with_san_makes_the_san_critical(
+    issuer: CertificateIssuer, hierarchy: CaHierarchy, tmp_path: Path
+) -> None:
+    uri = "urn:uuid:0f8fad5b-d9cb-469f-a165-70867728950e"
+    issued = issuer.issue(ec_public_key(), None, sans=[x509.UniformResourceIdentifier(uri)])
+    assert len(issued.cert.subject) == 0 and issued.subject == ""
+    san = _ext(issued.cert, x509.SubjectAlternativeName)
+    assert san.critical
+    assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [uri]  # type: ignore[attr-defined]
+    result = openssl_verify(hierarchy, issued.cert, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_san_may_come_from_the_requested_extensions(issuer: CertificateIssuer) -> None:
+    requested = x509.Extension(
+        x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName([x509.DNSName("a.example")])
+    )
+    issued = issuer.issue(ec_public_key(), x509.Name([]), extensions=[requested])
+    assert _ext(issued.cert, x509.SubjectAlternativeName).critical
+
+
+def test_null_dn_without_san_is_rejected(issuer: CertificateIssuer) -> None:
+    with pytest.raises(CertificateRequestRejected, match="neither a subject nor a subjectAltName"):
+        issuer.issue(ec_public_key(), x509.Name([]))
+
+
+def test_requested_extensions_policy(issuer: CertificateIssuer) -> None:
+    policy_oid = ObjectIdentifier("1.3.6.1.4.1.99999.1.2")
+    unknown_oid = ObjectIdentifier("1.3.6.1.4.1.99999.7")
+    requested = [
+        x509.Extension(
+            x509.KeyUsage.oid,
+            True,
+            x509.KeyUsage(True, True, False, False, False, False, False, False, False),
+        ),
+        x509.Extension(
+            x509.ExtendedKeyUsage.oid,
+            False,
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+        ),
+        x509.Extension(
+            x509.CertificatePolicies.oid,
+            False,
+            x509.CertificatePolicies([x509.PolicyInformation(policy_oid, None)]),
+        ),
+        x509.Extension(unknown_oid, False, x509.UnrecognizedExtension(unknown_oid, b"\x05\x00")),
+        x509.Extension(
+            x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)
+        ),
+    ]
+    cert = issuer.issue(ec_public_key(), device_name(), extensions=requested).cert
+    ku = _ext(cert, x509.KeyUsage).value
+    assert ku.digital_signature and ku.content_commitment  # type: ignore[attr-defined]
+    assert list(_ext(cert, x509.ExtendedKeyUsage).value) == [  # type: ignore[call-overload]
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+    ]
+    assert _ext(cert, x509.CertificatePolicies).value[0].policy_identifier == policy_oid  # type: ignore[index]
+    oids = [e.oid for e in cert.extensions]
+    assert unknown_oid not in oids
+    assert len(oids) == len(set(oids))  # the CA's own basicConstraints only once
+
+
+@pytest.mark.parametrize(
+    ("extension", "message"),
+    [
+        (
+            x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None)),
+            "CA certificate",
+        ),
+        (
+            x509.Extension(
+                x509.KeyUsage.oid, True,
+                x509.KeyUsage(False, False, False, False, False, True, False, False, False),
+            ),
+            "keyCertSign",
+        ),
+        (
+            x509.Extension(
+                ObjectIdentifier("1.3.6.1.4.1.99999.8"), True,
+                x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.8"), b"\x05\x00"),
+            ),
+            "unsupported critical extension 1.3.6.1.4.1.99999.8",
+        ),
+    ],
+)
+def test_requests_outside_the_policy_are_rejected(
+    issuer: CertificateIssuer, extension: x509.Extension[x509.ExtensionType], message: str
+) -> None:
+    with pytest.raises(CertificateRequestRejected, match=message):
+        issuer.issue(ec_public_key(), device_name(), extensions=[extension])
+
+
+def test_not_after_is_honoured_and_clamped_to_the_ca(issuer: CertificateIssuer, hierarchy: CaHierarchy) -> None:
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=2)
+    assert issuer.issue(ec_public_key(), device_name(), not_after=soon).cert.not_valid_after_utc == soon
+    far = datetime.now(UTC) + timedelta(days=365 * 50)
+    clamped = issuer.issue(ec_public_key(), device_name(), not_after=far).cert
+    assert clamped.not_valid_after_utc == hierarchy.issuing.not_valid_after_utc
+    with pytest.raises(CertificateRequestRejected, match="in the past"):
+        issuer.issue(ec_public_key(), device_name(), not_after=datetime.now(UTC) - timedelta(days=1))
+
+
+def test_rsa_subject_key_gets_key_encipherment(issuer: CertificateIssuer) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    ku = _ext(issuer.issue(key, device_name()).cert, x509.KeyUsage).value
+    assert ku.digital_signature and ku.key_encipherment  # type: ignore[attr-defined]
+
+
+def test_unique_serials_over_10000_issues(issuer: CertificateIssuer) -> None:
+    key = ec_public_key()
+    name = device_name()
+    started = time.perf_counter()
+    serials = {issuer.issue(key, name).serial for _ in range(10_000)}
+    per_issue_us = (time.perf_counter() - started) / 10_000 * 1e6
+    print(f"\nissue(): {per_issue_us:.0f} us per certificate (EC P-256 issuer, with CRL DP + AIA)")
+    assert len(serials) == 10_000
+    assert all(0 < s < 2**159 for s in serials)
+    assert per_issue_us < 1_000  # target 150 on an idle core; generous for a shared machine
+
+
+@pytest.mark.parametrize(
+    ("key_type", "hash_name"),
+    [("ec:P-384", "sha384"), ("rsa:2048", "sha256"), ("ed25519", None)],
+)
+def test_other_issuing_key_types(key_type: str, hash_name: str | None, tmp_path: Path) -> None:
+    h = CaHierarchy.load_or_create(tmp_path / "state", key_type=key_type)
+    cert = CertificateIssuer(h, base_url=BASE_URL).issue(ec_public_key(), device_name()).cert
+    algorithm = cert.signature_hash_algorithm
+    assert (algorithm.name if algorithm else None) == hash_name
+    result = openssl_verify(h, cert, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_ed25519_subject_key(issuer: CertificateIssuer) -> None:
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    cert = issuer.issue(key, device_name()).cert
+    assert cert.public_key() == key
+    assert _ext(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(key)
+
+
+# --------------------------------------------------------------------------- operator credentials
+
+
+@pytest.fixture(scope="module")
+def openssl_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test PKI of docs/openssl-peer.md: root.crt/key and server.crt/key, made by openssl."""
+    d = tmp_path_factory.mktemp("openssl-pki")
+    ec_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    steps = [
+        ["req", "-x509", *ec_args, "-keyout", "root.key", "-out", "root.crt", "-days", "365",
+         "-subj", "/CN=Test Root CA", "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-config", os.devnull],
+        ["req", "-new", *ec_args, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server",
+         "-config", os.devnull],
+        ["x509", "-req", "-in", "server.csr", "-CA", "root.crt", "-CAkey", "root.key",
+         "-CAcreateserial", "-out", "server.crt", "-days", "365", "-extfile", "ee.ext"],
+    ]
+    (d / "ee.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+    for step in steps:
+        result = openssl(*step, cwd=d)
+        assert result.returncode == 0, result.stderr
+    return d
+
+
+def test_from_files_serves_openssl_made_credentials(openssl_pki: Path, tmp_path: Path) -> None:
+    d = openssl_pki
+    h = CaHierarchy.from_files(d / "root.crt", d / "root.key", d / "server.crt", d / "server.key", chain=[])
+    assert h.root == h.issuing  # a self-signed issuing CA is its own root
+    assert h.signer.subject.rfc4514_string() == "CN=server"
+    assert h.signer_chain == (h.signer, h.issuing)
+    assert h.chain_for_issued_der == (h.issuing_der,)
+    assert h.files.signer_key == d / "server.key"
+    issued = CertificateIssuer(h, base_url=BASE_URL).issue(ec_public_key(), device_name())
+    result = openssl_verify(h, issued.cert, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_from_files_with_an_intermediate_and_objects(hierarchy: CaHierarchy, tmp_path: Path) -> None:
+    h = CaHierarchy.from_files(
+        hierarchy.issuing, hierarchy.issuing_key, hierarchy.signer, hierarchy.signer_key,
+        chain=[hierarchy.root],
+    )
+    assert h.root_der == hierarchy.root_der
+    assert h.signer_chain_der == hierarchy.signer_chain_der
+    assert h.files.issuing_key is None
+
+
+def test_from_files_refuses_a_key_that_does_not_match(openssl_pki: Path) -> None:
+    d = openssl_pki
+    with pytest.raises(HierarchyError, match="root.key does not match the certificate .CN=server."):
+        CaHierarchy.from_files(d / "server.crt", d / "server.key", d / "server.crt", d / "root.key")
+    with pytest.raises(HierarchyError, match="does not hold a readable private key"):
+        CaHierarchy.from_files(d / "root.crt", d / "root.crt", d / "server.crt", d / "server.key")
+
+
+def test_from_files_refuses_a_chain_out_of_order(hierarchy: CaHierarchy, openssl_pki: Path) -> None:
+    with pytest.raises(HierarchyError, match="out of order"):
+        CaHierarchy.from_files(
+            hierarchy.issuing, hierarchy.issuing_key, hierarchy.signer, hierarchy.signer_key,
+            chain=[openssl_pki / "root.crt"],
+        )
+
+
+def test_issued_cert_from_a_foreign_certificate(openssl_pki: Path) -> None:
+    cert = x509.load_pem_x509_certificate((openssl_pki / "server.crt").read_bytes())
+    wrapped = IssuedCert.from_certificate(cert)
+    assert wrapped.serial == cert.serial_number and wrapped.subject == "CN=server"
+    assert wrapped.key_fingerprint == key_fingerprint(cert.public_key())
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(
+        cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    assert wrapped.key_fingerprint == digest.finalize()
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)

@@ -1,0 +1,303 @@
+"""Certificate store: round trips, status changes, batching and what survives a kill -9."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from fleet.ca.pki import CertificateIssuer, IssuedCert
+from fleet.ca.store import (
+    CertificateAlreadyRevoked,
+    CertStatus,
+    CertStore,
+    InvalidStatusChange,
+    SerialCollision,
+    UnknownCertificate,
+    serial_hex,
+)
+
+from .conftest import device_name, ec_public_key, openssl, write_pem
+
+
+@pytest.fixture(scope="module")
+def template(issuer: CertificateIssuer) -> IssuedCert:
+    """One real certificate; copies with fresh serials stand in for many issuances cheaply."""
+    return issuer.issue(ec_public_key(), device_name("template"))
+
+
+def fresh(template: IssuedCert) -> IssuedCert:
+    return IssuedCert(
+        der=template.der,
+        cert=template.cert,
+        serial=x509.random_serial_number(),
+        not_before=template.not_before,
+        not_after=template.not_after,
+        key_fingerprint=template.key_fingerprint,
+    )
+
+
+def _rows(path: Path) -> int:
+    """Rows visible to an independent reader (what another process would see)."""
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+
+
+def test_round_trip_before_and_after_flush_and_reopen(issuer: CertificateIssuer, tmp_path: Path) -> None:
+    issued = issuer.issue(ec_public_key(), device_name("dev-42"), sans=[x509.DNSName("d.example")])
+    tid = os.urandom(16)
+    path = tmp_path / "certs.db"
+    with CertStore(path) as store:
+        rec = store.record_issued(issued, transaction_id=tid, device_ref="dev-42")
+        assert store.get(issued.serial) == rec  # visible before the flush
+        assert store.get(serial_hex(issued.serial)) == rec
+        store.flush()
+    with CertStore(path) as store:
+        got = store.get(issued.serial)
+        assert got is not None
+        assert got == rec
+        assert got.subject == "CN=dev-42" and got.device_ref == "dev-42"
+        assert got.transaction_id == tid and got.der == issued.der
+        assert got.status is CertStatus.PENDING
+        assert got.not_after == issued.cert.not_valid_after_utc
+        assert got.key_fingerprint == issued.key_fingerprint
+        assert got.revocation_time is None and got.revocation_reason is None
+        assert store.get(12345) is None
+
+
+def test_serial_text_matches_openssl(template: IssuedCert, tmp_path: Path) -> None:
+    assert serial_hex(0xABC) == "0ABC"
+    pem = write_pem(tmp_path / "cert.pem", template.cert)
+    result = openssl("x509", "-in", pem, "-noout", "-serial")
+    assert result.stdout.strip() == f"serial={serial_hex(template.serial)}"
+
+
+def test_status_changes_and_counts(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db")
+    a, b, c, d = (fresh(template) for _ in range(4))
+    for item in (a, b, c, d):
+        store.record_issued(item)
+    store.record_issued(fresh(template), status=CertStatus.ISSUED)  # implicit confirmation
+    assert store.counts_by_status() == {"pending": 4, "issued": 1, "revoked": 0, "rejected": 0}
+
+    assert store.confirm(a.serial).status is CertStatus.ISSUED
+    assert store.confirm(a.serial).status is CertStatus.ISSUED  # idempotent
+    store.flush()  # b, c, d now change rows that are already in the database
+    rejected = store.reject(b.serial)
+    assert rejected.status is CertStatus.REJECTED and rejected.revocation_time is not None
+    when = datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+    revoked = store.revoke(c.serial, x509.ReasonFlags.key_compromise, when)
+    assert revoked.revocation_time == when.replace(microsecond=0)
+    unspecified = store.revoke(a.serial, x509.ReasonFlags.unspecified)
+    assert unspecified.revocation_reason is None
+    expected = {"pending": 1, "issued": 1, "revoked": 2, "rejected": 1}
+    assert store.counts_by_status() == expected
+
+    with pytest.raises(CertificateAlreadyRevoked, match="revoked already"):
+        store.revoke(c.serial)
+    with pytest.raises(CertificateAlreadyRevoked, match="rejected already"):
+        store.revoke(b.serial)
+    with pytest.raises(InvalidStatusChange, match="cannot confirm"):
+        store.confirm(c.serial)
+    with pytest.raises(InvalidStatusChange, match="cannot reject"):
+        store.reject(c.serial)
+    with pytest.raises(InvalidStatusChange, match="removeFromCRL"):
+        store.revoke(d.serial, x509.ReasonFlags.remove_from_crl)
+    with pytest.raises(UnknownCertificate, match="no certificate with serial 0F"):
+        store.revoke(15)
+    with pytest.raises(UnknownCertificate, match="not hexadecimal"):
+        store.get("zz")
+    store.close()
+
+    reopened = CertStore(tmp_path / "certs.db")
+    assert reopened.counts_by_status() == expected  # rebuilt from the table
+    got = reopened.get(c.serial)
+    assert got is not None and got.revocation_reason is x509.ReasonFlags.key_compromise
+    assert got.revocation_time == when.replace(microsecond=0)
+    reopened.close()
+
+
+def test_revoked_lists_database_and_unflushed_changes(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db")
+    old, new, fresh_rejected, good = (fresh(template) for _ in range(4))
+    for item in (old, new, fresh_rejected, good):
+        store.record_issued(item)
+    store.revoke(old.serial, x509.ReasonFlags.superseded)
+    store.flush()
+    store.revoke(new.serial, x509.ReasonFlags.key_compromise)
+    store.reject(fresh_rejected.serial)
+    generation = store.revocation_generation
+    assert generation == 3
+    listed = {serial: reason for serial, _, reason in store.revoked()}
+    assert listed == {
+        old.serial: x509.ReasonFlags.superseded,
+        new.serial: x509.ReasonFlags.key_compromise,
+        fresh_rejected.serial: None,
+    }
+    store.confirm(good.serial)
+    assert store.revocation_generation == generation  # confirmations do not touch the CRL
+    store.flush()
+    assert {s for s, _, _ in store.revoked()} == set(listed)
+    store.close()
+
+
+def test_find_by_key(issuer: CertificateIssuer, tmp_path: Path) -> None:
+    key = ec_public_key()
+    store = CertStore(tmp_path / "certs.db")
+    first = issuer.issue(key, device_name())
+    store.record_issued(first)
+    store.flush()
+    second = issuer.issue(key, device_name())
+    store.record_issued(second)
+    store.record_issued(issuer.issue(ec_public_key(), device_name()))
+    found = store.find_by_key(first.key_fingerprint)
+    assert [r.serial for r in found] == [first.serial, second.serial]
+    assert store.find_by_key(b"\0" * 32) == []
+    store.close()
+
+
+def test_duplicate_serial_is_refused(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db")
+    item = fresh(template)
+    store.record_issued(item)
+    with pytest.raises(SerialCollision):
+        store.record_issued(item)  # still unflushed
+    store.flush()
+    with pytest.raises(SerialCollision, match=serial_hex(item.serial)):
+        store.record_issued(item)  # in the database
+    assert store.counts_by_status()["pending"] == 1
+    store.close()
+
+
+def test_batches_are_flushed_by_size_and_visible_to_other_readers(
+    template: IssuedCert, tmp_path: Path
+) -> None:
+    path = tmp_path / "certs.db"
+    store = CertStore(path, max_batch=100, max_delay=3600)
+    for _ in range(99):
+        store.record_issued(fresh(template))
+    assert store.statistics().unflushed == 99
+    assert _rows(path) == 0  # not durable yet: another reader sees nothing
+    store.record_issued(fresh(template))  # the 100th change fills the batch
+    stats = store.statistics()
+    assert stats.unflushed == 0 and stats.flushes == 1 and stats.changes_flushed == 100
+    assert _rows(path) == 100
+    store.record_issued(fresh(template))
+    store.flush()
+    assert _rows(path) == 101
+    store.close()
+
+
+def test_batches_are_flushed_by_age(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db", max_batch=10_000, max_delay=0.02)
+    store.record_issued(fresh(template))
+    assert not store.flush_if_due()
+    time.sleep(0.03)
+    store.record_issued(fresh(template))  # the next write notices the oldest change is due
+    assert store.statistics().unflushed == 0
+    store.close()
+
+
+async def test_run_flusher_writes_a_quiet_tail(template: IssuedCert, tmp_path: Path) -> None:
+    path = tmp_path / "certs.db"
+    store = CertStore(path, max_batch=10_000, max_delay=0.01)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(store.run_flusher)
+        store.record_issued(fresh(template))
+        with trio.fail_after(5):
+            while store.statistics().unflushed:
+                await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
+    assert _rows(path) == 1
+    store.close()
+
+
+def test_kill_9_loses_only_the_unflushed_batch(tmp_path: Path) -> None:
+    """A real SIGKILL after a flush: the flushed rows are there, the unflushed ones are not."""
+    path = tmp_path / "certs.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        from fleet.ca.pki import CaHierarchy, CertificateIssuer
+        from fleet.ca.store import CertStore
+        h = CaHierarchy.load_or_create({str(tmp_path / "state")!r})
+        issuer = CertificateIssuer(h)
+        store = CertStore({str(path)!r}, max_batch=10_000, max_delay=3600)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "d")])
+        key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        for _ in range(300):
+            store.record_issued(issuer.issue(key, name))
+        store.flush()
+        for _ in range(50):
+            store.record_issued(issuer.issue(key, name))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    with CertStore(path) as store:
+        assert store.counts_by_status() == {"pending": 300, "issued": 0, "revoked": 0, "rejected": 0}
+
+
+def test_crl_numbers_grow_across_restarts(tmp_path: Path) -> None:
+    with CertStore(tmp_path / "certs.db") as store:
+        assert [store.next_crl_number() for _ in range(3)] == [1, 2, 3]
+    with CertStore(tmp_path / "certs.db") as store:
+        assert store.next_crl_number() == 4
+
+
+def test_records_per_second(template: IssuedCert, tmp_path: Path) -> None:
+    items = [fresh(template) for _ in range(10_000)]
+    tids = [os.urandom(16) for _ in items]
+    store = CertStore(tmp_path / "certs.db")
+    started = time.perf_counter()
+    for item, tid in zip(items, tids, strict=True):
+        store.record_issued(item, transaction_id=tid, device_ref="dev")
+    store.flush()
+    batched = len(items) / (time.perf_counter() - started)
+
+    started = time.perf_counter()
+    for item in items[:1000]:
+        store.confirm(item.serial)
+    store.flush()
+    confirms = 1000 / (time.perf_counter() - started)
+    store.close()
+
+    strict = CertStore(tmp_path / "strict.db")
+    started = time.perf_counter()
+    for item in items[:1000]:
+        strict.record_issued(item)
+        strict.flush()  # one transaction per record: the "durable before answering" mode
+    per_record = 1000 / (time.perf_counter() - started)
+    strict.close()
+    print(
+        f"\nstore: {batched:,.0f} records/s batched, {confirms:,.0f} confirms/s, "
+        f"{per_record:,.0f} records/s flushing each"
+    )
+    assert batched >= 2_000
+
+
+def test_bad_path_is_a_store_error(tmp_path: Path) -> None:
+    from fleet.ca.store import StoreError
+
+    with pytest.raises(StoreError, match="cannot open certificate store"):
+        CertStore(tmp_path / "missing-dir" / "certs.db")
+
+
+def test_record_times_are_whole_utc_seconds(template: IssuedCert, tmp_path: Path) -> None:
+    with CertStore(tmp_path / "certs.db") as store:
+        rec = store.record_issued(fresh(template))
+        assert rec.created.tzinfo is UTC and rec.created.microsecond == 0
+        assert abs(datetime.now(UTC) - rec.created) < timedelta(seconds=5)
