@@ -184,10 +184,8 @@ class CaHierarchy:
     root_key: CertificateIssuerPrivateKeyTypes | None = None
 
     def __repr__(self) -> str:  # never show keys
-        return (
-            f"CaHierarchy(issuing={self.issuing.subject.rfc4514_string()!r}, "
-            f"signer={self.signer.subject.rfc4514_string()!r}, root={self.root.subject.rfc4514_string()!r})"
-        )
+        names = (c.subject.rfc4514_string() for c in (self.issuing, self.signer, self.root))
+        return "CaHierarchy(issuing={!r}, signer={!r}, root={!r})".format(*names)
 
     # -- certificates and cached encodings
 
@@ -290,7 +288,9 @@ class CaHierarchy:
                 return cls._load(files)
             if present:
                 missing = ", ".join(sorted(paths[k].name for k in paths if k not in present))
-                raise HierarchyError(f"CA state dir {state_dir} holds a partial hierarchy; missing {missing}")
+                raise HierarchyError(
+                    f"CA state dir {state_dir} holds a partial hierarchy; missing {missing}"
+                )
             return cls._create(files, key_type=key_type, name_prefix=name_prefix)
 
     @classmethod
@@ -309,18 +309,29 @@ class CaHierarchy:
         signer_key = generate_private_key(key_type)
 
         root = _build_ca_cert(
-            subject=root_name, public_key=root_key.public_key(), issuer=None,
-            issuer_key=root_key, not_before=now - _BACKDATE, not_after=now + CA_VALIDITY,
+            subject=root_name,
+            public_key=root_key.public_key(),
+            issuer=None,
+            issuer_key=root_key,
+            not_before=now - _BACKDATE,
+            not_after=now + CA_VALIDITY,
             path_length=None,
         )
         issuing = _build_ca_cert(
-            subject=issuing_name, public_key=issuing_key.public_key(), issuer=root,
-            issuer_key=root_key, not_before=now - _BACKDATE, not_after=root.not_valid_after_utc,
+            subject=issuing_name,
+            public_key=issuing_key.public_key(),
+            issuer=root,
+            issuer_key=root_key,
+            not_before=now - _BACKDATE,
+            not_after=root.not_valid_after_utc,
             path_length=0,
         )
         signer = _build_signer_cert(
-            subject=signer_name, public_key=signer_key.public_key(), issuer=issuing,
-            issuer_key=issuing_key, not_before=now - _BACKDATE,
+            subject=signer_name,
+            public_key=signer_key.public_key(),
+            issuer=issuing,
+            issuer_key=issuing_key,
+            not_before=now - _BACKDATE,
             not_after=issuing.not_valid_after_utc,
         )
         # Keys first, certificates last: a crash mid-way leaves a partial directory, which
@@ -334,8 +345,13 @@ class CaHierarchy:
         _write_atomic(files.issuing_cert, issuing.public_bytes(serialization.Encoding.PEM), 0o644)
         _write_atomic(files.signer_cert, signer.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(
-            issuing=issuing, issuing_key=issuing_key, signer=signer, signer_key=signer_key,
-            chain=(root,), files=files, root_key=root_key,
+            issuing=issuing,
+            issuing_key=issuing_key,
+            signer=signer,
+            signer_key=signer_key,
+            chain=(root,),
+            files=files,
+            root_key=root_key,
         )
 
     @classmethod
@@ -429,14 +445,22 @@ class CaHierarchy:
                 ) from None
             child = parent
         return cls(
-            issuing=issuing, issuing_key=issuing_key, signer=signer, signer_key=signer_key,
-            chain=chain, files=files, root_key=root_key,
+            issuing=issuing,
+            issuing_key=issuing_key,
+            signer=signer,
+            signer_key=signer_key,
+            chain=chain,
+            files=files,
+            root_key=root_key,
         )
 
 
 def _name(org: str, cn: str) -> x509.Name:
     return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
     )
 
 
@@ -498,13 +522,21 @@ def _aki_for(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+        key = issuer.public_key()
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(key)  # type: ignore[arg-type]
 
 
 def _key_usage(**flags: bool) -> x509.KeyUsage:
     names = (
-        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-        "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
     )
     return x509.KeyUsage(**{n: flags.get(n, False) for n in names})
 
@@ -585,7 +617,9 @@ def _load_key(path: Path, password: bytes | None) -> CertificateIssuerPrivateKey
             key = serialization.load_der_private_key(data, password)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # The library's message may quote parts of the input; name the file only.
-        raise HierarchyError(f"{path} does not hold a readable private key (wrong password?)") from None
+        raise HierarchyError(
+            f"{path} does not hold a readable private key (wrong password?)"
+        ) from None
     if isinstance(key, x25519.X25519PrivateKey | x448.X448PrivateKey) or not hasattr(key, "sign"):
         raise HierarchyError(f"{path} holds a key that cannot sign")
     return key  # type: ignore[return-value]
@@ -701,7 +735,9 @@ class CertificateIssuer:
                 [
                     x509.DistributionPoint(
                         full_name=[x509.UniformResourceIdentifier(self.crl_url)],
-                        relative_name=None, reasons=None, crl_issuer=None,
+                        relative_name=None,
+                        reasons=None,
+                        crl_issuer=None,
                     )
                 ]
             )
@@ -832,7 +868,8 @@ _NULL_DN = x509.Name([])
 
 def _raw(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
     """An extension encoded once: the builder copies its bytes instead of re-encoding."""
-    return x509.Extension(value.oid, critical, x509.UnrecognizedExtension(value.oid, value.public_bytes()))
+    encoded = x509.UnrecognizedExtension(value.oid, value.public_bytes())
+    return x509.Extension(value.oid, critical, encoded)
 
 
 def _naive_utc(when: datetime) -> datetime:

@@ -99,9 +99,8 @@ class CrlPublisher:
             if entry is None:
                 exts: list[x509.Extension[x509.ExtensionType]] = []
                 if reason is not None:
-                    exts.append(
-                        x509.Extension(CRLEntryExtensionOID.CRL_REASON, False, x509.CRLReason(reason))
-                    )
+                    value = x509.CRLReason(reason)
+                    exts.append(x509.Extension(CRLEntryExtensionOID.CRL_REASON, False, value))
                 # One constructor call: the chained builder copies itself per step.
                 entry = x509.RevokedCertificateBuilder(
                     serial, when.astimezone(UTC).replace(tzinfo=None), exts
@@ -121,7 +120,8 @@ class CrlPublisher:
             ],
             revoked_certificates=entries,
         )
-        signed = builder.sign(self.hierarchy.issuing_key, self.hierarchy.issuing_hash)  # type: ignore[arg-type]
+        h = self.hierarchy
+        signed = builder.sign(h.issuing_key, h.issuing_hash)  # type: ignore[arg-type]
         crl = PublishedCrl(
             der=signed.public_bytes(_DER),
             number=number,
@@ -170,7 +170,10 @@ class OcspResponder:
         name_der = hierarchy.issuing.subject.public_bytes()
         key_bits = public_key_bits(hierarchy.issuing.public_key())
         for algorithm in _OCSP_HASHES:
-            self._issuer_ids[algorithm.name] = (_digest(algorithm, name_der), _digest(algorithm, key_bits))
+            self._issuer_ids[algorithm.name] = (
+                _digest(algorithm, name_der),
+                _digest(algorithm, key_bits),
+            )
         self._malformed = ocsp.OCSPResponseBuilder.build_unsuccessful(
             ocsp.OCSPResponseStatus.MALFORMED_REQUEST
         ).public_bytes(_DER)
@@ -240,7 +243,8 @@ class OcspResponder:
         )
         if nonce is not None:
             builder = builder.add_extension(nonce, critical=False)
-        response = builder.sign(self.hierarchy.issuing_key, self.hierarchy.issuing_hash)  # type: ignore[arg-type]
+        h = self.hierarchy
+        response = builder.sign(h.issuing_key, h.issuing_hash)  # type: ignore[arg-type]
         return response.public_bytes(_DER)
 
 

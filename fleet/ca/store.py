@@ -94,7 +94,7 @@ _DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
 
 
 def serial_hex(serial: int) -> str:
-    """Canonical text form of a serial: upper-case hex, even length (as ``openssl x509 -serial``)."""
+    """Canonical text of a serial: upper-case hex, even length (as ``openssl x509 -serial``)."""
     text = format(serial, "X")
     return text if len(text) % 2 == 0 else "0" + text
 
@@ -134,7 +134,10 @@ class CertRecord:
     der: bytes
 
     def __repr__(self) -> str:
-        return f"CertRecord(serial={serial_hex(self.serial)}, subject={self.subject!r}, status={self.status})"
+        return (
+            f"CertRecord(serial={serial_hex(self.serial)}, subject={self.subject!r}, "
+            f"status={self.status})"
+        )
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ def _record(row: tuple[object, ...]) -> CertRecord:
         not_after=_dt(int(na)),  # type: ignore[call-overload]
         status=CertStatus(status),
         revocation_reason=x509.ReasonFlags(reason) if reason else None,
-        revocation_time=_dt(int(rtime)) if rtime is not None else None,  # type: ignore[call-overload]
+        revocation_time=None if rtime is None else _dt(int(rtime)),  # type: ignore[call-overload]
         transaction_id=bytes.fromhex(str(tid)) if tid is not None else None,
         created=_dt(int(created)),  # type: ignore[call-overload]
         der=bytes(der),  # type: ignore[arg-type]
@@ -244,7 +247,9 @@ class CertStore:
         self._changed: dict[int, CertRecord] = {}
         self._oldest_change: float | None = None
         self._counts = {s.value: 0 for s in CertStatus}
-        for status, n in self._db.execute("SELECT status, count(*) FROM certificates GROUP BY status"):
+        for status, n in self._db.execute(
+            "SELECT status, count(*) FROM certificates GROUP BY status"
+        ):
             self._counts[status] = n
         self._revocation_generation = 0
         self._flushes = 0
@@ -312,7 +317,9 @@ class CertStore:
         if rec.status is CertStatus.ISSUED:
             return rec
         if rec.status is not CertStatus.PENDING:
-            raise InvalidStatusChange(f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot confirm")
+            raise InvalidStatusChange(
+                f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot confirm"
+            )
         return self._set(rec, replace(rec, status=CertStatus.ISSUED))
 
     def reject(self, serial: int | str, when: datetime | None = None) -> CertRecord:
@@ -323,7 +330,9 @@ class CertStore:
         if rec.status is CertStatus.REJECTED:
             return rec
         if rec.status is not CertStatus.PENDING:
-            raise InvalidStatusChange(f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot reject")
+            raise InvalidStatusChange(
+                f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot reject"
+            )
         return self._set(
             rec,
             replace(rec, status=CertStatus.REJECTED, revocation_time=_whole(when)),
@@ -340,13 +349,17 @@ class CertStore:
             raise InvalidStatusChange("removeFromCRL is for delta CRLs, not a revocation reason")
         rec = self._require(serial)
         if rec.status in _DEAD:
-            raise CertificateAlreadyRevoked(f"certificate {serial_hex(rec.serial)} is {rec.status} already")
+            raise CertificateAlreadyRevoked(
+                f"certificate {serial_hex(rec.serial)} is {rec.status} already"
+            )
         if reason is x509.ReasonFlags.unspecified:
             reason = None  # RFC 5280 §5.3.1: leave the reason code out rather than unspecified
         return self._set(
             rec,
             replace(
-                rec, status=CertStatus.REVOKED, revocation_reason=reason,
+                rec,
+                status=CertStatus.REVOKED,
+                revocation_reason=reason,
                 revocation_time=_whole(when),
             ),
         )
@@ -393,7 +406,8 @@ class CertStore:
 
     def flush_if_due(self) -> bool:
         """Flush when the oldest unflushed change is ``max_delay`` old; True if it flushed."""
-        if self._oldest_change is not None and time.monotonic() - self._oldest_change >= self.max_delay:
+        oldest = self._oldest_change
+        if oldest is not None and time.monotonic() - oldest >= self.max_delay:
             self.flush()
             return True
         return False
@@ -496,7 +510,9 @@ class CertStore:
     def _require(self, serial: int | str) -> CertRecord:
         rec = self.get(serial)
         if rec is None:
-            raise UnknownCertificate(f"no certificate with serial {serial_hex(_serial_int(serial))}")
+            raise UnknownCertificate(
+                f"no certificate with serial {serial_hex(_serial_int(serial))}"
+            )
         return rec
 
     def _set(self, old: CertRecord, new: CertRecord) -> CertRecord:
@@ -534,4 +550,3 @@ def _serial_int(serial: int | str) -> int:
 def _whole(when: datetime | None) -> datetime:
     when = datetime.now(UTC) if when is None else when.astimezone(UTC)
     return when.replace(microsecond=0)
-

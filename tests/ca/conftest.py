@@ -46,7 +46,9 @@ def openssl(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedP
     )
 
 
-def openssl_verify(hierarchy: CaHierarchy, cert: x509.Certificate, tmp: Path) -> subprocess.CompletedProcess[str]:
+def openssl_verify(
+    hierarchy: CaHierarchy, cert: x509.Certificate, tmp: Path
+) -> subprocess.CompletedProcess[str]:
     """`openssl verify -CAfile root -untrusted <issuing and above> cert.pem`."""
     root = write_pem(tmp / "root.pem", hierarchy.root)
     untrusted = tmp / "untrusted.pem"

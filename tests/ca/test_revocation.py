@@ -67,7 +67,9 @@ def test_crl_lists_revoked_and_rejected_serials(
     crl_file = tmp_path / "issuing.crl"
     crl_file.write_bytes(publisher.current_crl_der())
     ca_file = write_pem(tmp_path / "issuing.pem", hierarchy.issuing)
-    result = openssl("crl", "-inform", "DER", "-in", crl_file, "-noout", "-text", "-CAfile", ca_file)
+    result = openssl(
+        "crl", "-inform", "DER", "-in", crl_file, "-noout", "-text", "-CAfile", ca_file
+    )
     assert result.returncode == 0 and "verify OK" in result.stderr, result.stderr
     assert format(revoked.serial, "X") in result.stdout.replace(":", "")
     assert "Key Compromise" in result.stdout
@@ -103,22 +105,28 @@ def test_crl_rebuild_can_be_throttled_under_mass_revocation(
     assert publisher.current(fresh=True).entries == 3
 
 
-def test_crl_is_refreshed_when_next_update_nears(
-    hierarchy: CaHierarchy, store: CertStore
-) -> None:
+def test_crl_is_refreshed_when_next_update_nears(hierarchy: CaHierarchy, store: CertStore) -> None:
     publisher = CrlPublisher(hierarchy, store, validity=timedelta(seconds=2))
     first = publisher.current()
     time.sleep(1.1)  # half the validity has passed
     assert publisher.current().number == first.number + 1
 
 
-def test_crl_with_many_entries(hierarchy: CaHierarchy, issuer: CertificateIssuer, store: CertStore) -> None:
+def test_crl_with_many_entries(
+    hierarchy: CaHierarchy, issuer: CertificateIssuer, store: CertStore
+) -> None:
     template = _issue(issuer, store)
     for _ in range(2_000):
         serial = x509.random_serial_number()
         store.record_issued(
-            IssuedCert(template.der, template.cert, serial, template.not_before,
-                       template.not_after, template.key_fingerprint)
+            IssuedCert(
+                template.der,
+                template.cert,
+                serial,
+                template.not_before,
+                template.not_after,
+                template.key_fingerprint,
+            )
         )
         store.revoke(serial, x509.ReasonFlags.cessation_of_operation)
     publisher = CrlPublisher(hierarchy, store)
@@ -129,15 +137,22 @@ def test_crl_with_many_entries(hierarchy: CaHierarchy, issuer: CertificateIssuer
     started = time.perf_counter()
     crl = x509.load_der_x509_crl(publisher.current_crl_der())
     rebuild_ms = (time.perf_counter() - started) * 1e3
-    print(f"\nCRL with 2,000 entries: {build_ms:.0f} ms first build, {rebuild_ms:.0f} ms after one more")
+    print(
+        f"\nCRL with 2,000 entries: {build_ms:.0f} ms first build, "
+        f"{rebuild_ms:.0f} ms after one more"
+    )
     assert len(crl) == 2_001
 
 
 # --------------------------------------------------------------------------- OCSP
 
 
-def _request(cert: x509.Certificate, issuer: x509.Certificate, algorithm: hashes.HashAlgorithm,
-             nonce: bytes | None = None) -> bytes:
+def _request(
+    cert: x509.Certificate,
+    issuer: x509.Certificate,
+    algorithm: hashes.HashAlgorithm,
+    nonce: bytes | None = None,
+) -> bytes:
     builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm)
     if nonce is not None:
         builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
@@ -177,20 +192,29 @@ def test_ocsp_good_revoked_unknown(
     responder = OcspResponder(hierarchy, store)
 
     nonce = os.urandom(16)
-    r = _verified(hierarchy, responder.respond(_request(good.cert, hierarchy.issuing, hashes.SHA1(), nonce)))
+    r = _verified(
+        hierarchy, responder.respond(_request(good.cert, hierarchy.issuing, hashes.SHA1(), nonce))
+    )
     assert r.certificate_status is ocsp.OCSPCertStatus.GOOD and r.serial_number == good.serial
     assert r.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
     assert r.next_update_utc is not None and r.this_update_utc < r.next_update_utc
 
-    r = _verified(hierarchy, responder.respond(_request(revoked.cert, hierarchy.issuing, hashes.SHA256())))
+    r = _verified(
+        hierarchy, responder.respond(_request(revoked.cert, hierarchy.issuing, hashes.SHA256()))
+    )
     assert r.certificate_status is ocsp.OCSPCertStatus.REVOKED
     assert r.revocation_time_utc == when and r.revocation_reason is x509.ReasonFlags.superseded
     assert isinstance(r.hash_algorithm, hashes.SHA256)
 
-    r = _verified(hierarchy, responder.respond(_request(rejected.cert, hierarchy.issuing, hashes.SHA1())))
+    r = _verified(
+        hierarchy, responder.respond(_request(rejected.cert, hierarchy.issuing, hashes.SHA1()))
+    )
     assert r.certificate_status is ocsp.OCSPCertStatus.REVOKED and r.revocation_reason is None
 
-    r = _verified(hierarchy, responder.respond(_request(never_recorded.cert, hierarchy.issuing, hashes.SHA1())))
+    r = _verified(
+        hierarchy,
+        responder.respond(_request(never_recorded.cert, hierarchy.issuing, hashes.SHA1())),
+    )
     assert r.certificate_status is ocsp.OCSPCertStatus.UNKNOWN
 
 
@@ -200,12 +224,16 @@ def test_ocsp_unknown_for_another_issuer(
     issued = _issue(issuer, store)
     responder = OcspResponder(hierarchy, store)
     # Same serial, but the CertID names the root as issuer: not a certificate of ours.
-    r = _verified(hierarchy, responder.respond(_request(issued.cert, hierarchy.root, hashes.SHA1())))
+    r = _verified(
+        hierarchy, responder.respond(_request(issued.cert, hierarchy.root, hashes.SHA1()))
+    )
     assert r.certificate_status is ocsp.OCSPCertStatus.UNKNOWN
     assert r.serial_number == issued.serial
 
 
-@pytest.mark.parametrize("garbage", [b"", b"\x30\x03\x02\x01\x01", os.urandom(64), b"\x30" * 10_000])
+@pytest.mark.parametrize(
+    "garbage", [b"", b"\x30\x03\x02\x01\x01", os.urandom(64), b"\x30" * 10_000]
+)
 def test_ocsp_malformed_request_gets_malformed_response(
     hierarchy: CaHierarchy, store: CertStore, garbage: bytes
 ) -> None:
@@ -227,8 +255,16 @@ def test_ocsp_checked_by_openssl(
     answer = OcspResponder(hierarchy, store).respond((tmp_path / "req.der").read_bytes())
     (tmp_path / "resp.der").write_bytes(answer)
     checked = openssl(
-        "ocsp", "-reqin", tmp_path / "req.der", "-respin", tmp_path / "resp.der",
-        "-CAfile", root, "-verify_other", ca, "-resp_text",
+        "ocsp",
+        "-reqin",
+        tmp_path / "req.der",
+        "-respin",
+        tmp_path / "resp.der",
+        "-CAfile",
+        root,
+        "-verify_other",
+        ca,
+        "-resp_text",
     )
     assert checked.returncode == 0, checked.stderr
     assert "Response verify OK" in checked.stderr

@@ -52,7 +52,9 @@ def _rows(path: Path) -> int:
         return int(db.execute("SELECT count(*) FROM certificates").fetchone()[0])
 
 
-def test_round_trip_before_and_after_flush_and_reopen(issuer: CertificateIssuer, tmp_path: Path) -> None:
+def test_round_trip_before_and_after_flush_and_reopen(
+    issuer: CertificateIssuer, tmp_path: Path
+) -> None:
     issued = issuer.issue(ec_public_key(), device_name("dev-42"), sans=[x509.DNSName("d.example")])
     tid = os.urandom(16)
     path = tmp_path / "certs.db"
@@ -248,7 +250,12 @@ def test_kill_9_loses_only_the_unflushed_batch(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
     with CertStore(path) as store:
-        assert store.counts_by_status() == {"pending": 300, "issued": 0, "revoked": 0, "rejected": 0}
+        assert store.counts_by_status() == {
+            "pending": 300,
+            "issued": 0,
+            "revoked": 0,
+            "rejected": 0,
+        }
 
 
 def test_crl_numbers_grow_across_restarts(tmp_path: Path) -> None:
