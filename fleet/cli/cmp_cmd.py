@@ -1,5 +1,350 @@
-"""Command group placeholder; filled in by its owning issue."""
+"""``fleet cmp ir|cr|kur|p10cr|rr|genm``: one CMP transaction, with options shaped like ``openssl cmp``."""
 
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import trio
 import typer
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-app = typer.Typer(no_args_is_help=True)
+from fleet.cmp import genm, oids
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done
+from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
+from fleet.cmp.trust import TrustStore, load_cert
+from fleet.errors import FleetError
+from fleet.exchange import run_transaction
+from fleet.files import (
+    load_certificate,
+    load_certificates,
+    load_csr,
+    load_private_key,
+    write_certificates,
+    write_private_key,
+)
+from fleet.http.client import CmpHttpClient, cmp_path
+from fleet.keys import KeySpec
+from fleet.names import parse_name, parse_sans
+from fleet.secrets import read_secret
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Run one CMP transaction against a CA (options follow `openssl cmp`).",
+)
+
+
+class UsageError(FleetError):
+    """Options that do not fit together."""
+
+
+# -- options shared by every command -------------------------------------------------------------
+
+Server = Annotated[str, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp", show_default=False)]
+Ref = Annotated[Optional[str], typer.Option("--ref", help="Reference (senderKID) for MAC protection.")]
+Secret = Annotated[Optional[str], typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
+Pbmac1 = Annotated[bool, typer.Option("--pbmac1", help="Protect with PBMAC1 (RFC 9481) instead of PasswordBasedMac.")]
+Iterations = Annotated[Optional[int], typer.Option("--iterations", help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
+Mac = Annotated[str, typer.Option("--mac", help="HMAC hash for MAC protection (sha1 for old CAs).")]
+Cert = Annotated[Optional[Path], typer.Option("--cert", help="Certificate for signature protection (PEM/DER).")]
+Key = Annotated[Optional[Path], typer.Option("--key", help="Private key of --cert.")]
+KeyPass = Annotated[Optional[str], typer.Option("--keypass", help="Passphrase of --key: pass:, env: or file:.")]
+ExtraCerts = Annotated[Optional[Path], typer.Option("--extracerts", help="Chain of --cert to send in extraCerts.")]
+Trusted = Annotated[Optional[list[Path]], typer.Option("--trusted", help="Trust anchors for signed responses (repeatable).")]
+Untrusted = Annotated[Optional[list[Path]], typer.Option("--untrusted", help="Intermediate certificates for path building.")]
+Recipient = Annotated[Optional[str], typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
+Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310: operator root from ip extraCerts).")]
+Profile = Annotated[Optional[str], typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
+OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
+Timeout = Annotated[float, typer.Option("--timeout", help="Seconds for the whole transaction, polling included.")]
+Implicit = Annotated[bool, typer.Option("--implicit-confirm", help="Ask for implicit confirmation (no certConf).")]
+CertOut = Annotated[Optional[Path], typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
+ChainOut = Annotated[Optional[Path], typer.Option("--chainout", help="Where to write the chain from extraCerts (PEM).")]
+CaCertsOut = Annotated[Optional[Path], typer.Option("--cacertsout", help="Where to write caPubs / caCerts (PEM).")]
+NewKey = Annotated[Optional[Path], typer.Option("--newkey", help="Key to certify; generated and written here when absent.")]
+NewKeyType = Annotated[str, typer.Option("--newkey-type", help="Type for a generated key: ec:P-256, ec:P-384, rsa:2048, ed25519 ...")]
+NewKeyPass = Annotated[Optional[str], typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
+Subject = Annotated[Optional[str], typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
+Sans = Annotated[Optional[str], typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
+CertProfile = Annotated[Optional[str], typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
+
+
+@dataclasses.dataclass
+class _Common:
+    server: str
+    ref: str | None
+    secret: str | None
+    pbmac1: bool
+    iterations: int | None
+    mac: str
+    cert: Path | None
+    key: Path | None
+    keypass: str | None
+    extracerts: Path | None
+    trusted: list[Path] | None
+    untrusted: list[Path] | None
+    recipient: str | None
+    mode: str
+    profile: str | None
+    operation_paths: bool
+    timeout: float
+    implicit_confirm: bool
+    certout: Path | None
+    chainout: Path | None
+    cacertsout: Path | None
+
+    def protector(self) -> MacProtector | SignatureProtector:
+        if self.cert is not None or self.key is not None:
+            if self.cert is None or self.key is None:
+                raise UsageError("signature protection needs both --cert and --key")
+            password = read_secret(self.keypass) if self.keypass else None
+            chain = load_certificates(self.extracerts) if self.extracerts else []
+            return SignatureProtector(load_private_key(self.key, password), load_certificate(self.cert), chain)
+        if self.secret is None:
+            raise UsageError("give --secret (MAC protection) or --cert and --key (signature protection)")
+        return MacProtector(
+            read_secret(self.secret),
+            reference=self.ref.encode() if self.ref else None,
+            pbmac1=self.pbmac1,
+            iterations=self.iterations,
+            mac=self.mac,
+        )
+
+    def config(self) -> ClientConfig:
+        if self.mode not in ("lcmpp", "3gpp"):
+            raise UsageError(f"--mode must be lcmpp or 3gpp, not {self.mode!r}")
+        anchors = [c for p in self.trusted or [] for c in load_certificates(p)]
+        untrusted = tuple(c for p in self.untrusted or [] for c in load_certificates(p))
+        protector = self.protector()
+        if isinstance(protector, SignatureProtector) and not anchors and self.mode != "3gpp":
+            raise UsageError("signature protection needs --trusted to verify the CA's responses")
+        recipient = directory_name(parse_name(self.recipient).public_bytes()) if self.recipient else None
+        kwargs = {"recipient": recipient} if recipient else {}
+        return ClientConfig(protector, TrustStore(anchors), untrusted, mode=self.mode, **kwargs)  # type: ignore[arg-type]
+
+
+def _run(common: _Common, request: Request) -> Done:
+    config = common.config()
+    tx = ClientTransaction(config, request)
+
+    async def go() -> Done:
+        async with CmpHttpClient(common.server, max_connections=1, request_timeout=common.timeout) as client:
+            path = None
+            if common.profile or common.operation_paths:
+                op = tx.operation if common.operation_paths or common.profile else None
+                path = cmp_path(client.base_path, profile=common.profile, operation=op)
+            return await run_transaction(client, tx, path=path, timeout=common.timeout)
+
+    return trio.run(go)
+
+
+def _write_outputs(common: _Common, done: Done) -> None:
+    if done.certificate is not None and common.certout:
+        write_certificates(common.certout, [done.certificate])
+    if common.chainout and done.chain:
+        write_certificates(common.chainout, done.chain)
+    anchors = done.ca_pubs or ((done.operator_root,) if done.operator_root else ())
+    if common.cacertsout and anchors:
+        write_certificates(common.cacertsout, anchors)
+
+
+def _report(kind: str, done: Done) -> None:
+    parts = [f"{kind}: {done.status.describe()}"]
+    if done.certificate is not None:
+        cert = load_cert(done.certificate)
+        parts.append(f"serial {cert.serial_number:#x}")
+        parts.append(f"subject {cert.subject.rfc4514_string() or '<empty>'!r}")
+        parts.append(f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    if done.polls:
+        parts.append(f"after {done.polls} polls")
+    if done.implicit_confirm:
+        parts.append("implicitly confirmed")
+    print(", ".join(parts))
+
+
+def _new_key(path: Path | None, key_type: str, passphrase: str | None) -> PrivateKey:
+    password = read_secret(passphrase) if passphrase else None
+    if path is not None and path.exists():
+        return load_private_key(path, password)
+    key = KeySpec.parse(key_type).generate()
+    if path is not None:
+        write_private_key(path, key, password)
+    return key
+
+
+def _common(**kw: object) -> _Common:
+    names = {f.name for f in dataclasses.fields(_Common)}
+    return _Common(**{k: v for k, v in kw.items() if k in names})  # type: ignore[arg-type]
+
+
+def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certificate | None = None) -> None:
+    common = _common(**kw)
+    key = _new_key(kw["newkey"], kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
+    subject = parse_name(kw["subject"]) if kw["subject"] else None  # type: ignore[arg-type]
+    sans = parse_sans(kw["sans"])  # type: ignore[arg-type]
+    if kind is not BodyType.KUR and subject is None and not sans:
+        raise UsageError("give --subject and/or --sans for the new certificate")
+    request = CertRequest(
+        kind, key, subject, sans, old_cert=old_cert,
+        implicit_confirm=common.implicit_confirm, cert_profile=kw["cert_profile"],  # type: ignore[arg-type]
+    )
+    done = _run(common, request)
+    _write_outputs(common, done)
+    _report(kind.label, done)
+
+
+@app.command("ir", help="Initial registration: first certificate for a new key.")
+def ir(
+    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
+    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
+    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+) -> None:
+    _cert_request(BodyType.IR, locals())
+
+
+@app.command("cr", help="Certification request: another certificate, signed with an existing one.")
+def cr(
+    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
+    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
+    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+) -> None:
+    _cert_request(BodyType.CR, locals())
+
+
+@app.command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.")
+def kur(
+    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
+    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
+    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+    oldcert: Annotated[Optional[Path], typer.Option("--oldcert", help="Certificate to update (default --cert).")] = None,
+) -> None:
+    if cert is None or key is None:
+        raise UsageError("kur is signed with the certificate being updated: give --cert and --key")
+    _cert_request(BodyType.KUR, locals(), old_cert=load_certificate(oldcert or cert))
+
+
+@app.command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).")
+def p10cr(
+    server: Server, csr: Annotated[Path, typer.Option("--csr", help="PKCS#10 request (PEM/DER).")],
+    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
+    cacertsout: CaCertsOut = None, cert_profile: CertProfile = None,
+) -> None:
+    common = _common(**locals())
+    done = _run(common, CsrRequest(load_csr(csr), implicit_confirm=implicit_confirm, cert_profile=cert_profile))
+    _write_outputs(common, done)
+    _report("p10cr", done)
+
+
+def _reason_code(text: str | None) -> int | None:
+    if text is None:
+        return None
+    names = ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+             "cessationOfOperation", "certificateHold", "", "removeFromCRL", "privilegeWithdrawn", "aACompromise"]
+    if text.lstrip("-").isdigit():
+        code = int(text)
+        if code == -1:
+            return None
+    elif text in names:
+        code = names.index(text)
+    else:
+        raise UsageError(f"--revreason must be -1..10 or one of {', '.join(n for n in names if n)}")
+    if not 0 <= code <= 10 or code == 7:
+        raise UsageError(f"--revreason {code} is not a CRLReason (0-6, 8-10)")
+    return code
+
+
+@app.command("rr", help="Revocation request for --oldcert, signed with --cert/--key (or MAC).")
+def rr(
+    server: Server,
+    oldcert: Annotated[Path, typer.Option("--oldcert", help="Certificate to revoke.")],
+    revreason: Annotated[Optional[str], typer.Option("--revreason", help="CRLReason code or name (e.g. 1 or keyCompromise).")] = None,
+    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+) -> None:
+    common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None, cacertsout=None)
+    target = load_certificate(oldcert)
+    done = _run(common, RevocationRequest.for_certificate(target, _reason_code(revreason)))
+    print(f"rr: {done.status.describe()}, serial {target.serial_number:#x} revoked")
+
+
+_INFOTYPE_ALIASES = {name.lower(): dotted for name, dotted in oids.INFO_TYPES_BY_NAME.items()}
+
+
+@app.command("genm", help="General message: caCerts, rootCaCert, certReqTemplate, crlStatusList, or an OID.")
+def genm_cmd(
+    server: Server,
+    infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert, certReqTemplate, crlStatusList, signKeyPairTypes or a dotted OID.")] = "caCerts",
+    oldroot: Annotated[Optional[Path], typer.Option("--oldroot", help="rootCaCert: the root to ask an update for.")] = None,
+    crl_issuer: Annotated[Optional[Path], typer.Option("--crl-issuer", help="crlStatusList: CA certificate whose CRL to fetch.")] = None,
+    newwithnew: Annotated[Optional[Path], typer.Option("--newwithnew", help="rootCaCert: write the new root here.")] = None,
+    crlout: Annotated[Optional[Path], typer.Option("--crlout", help="crlStatusList: write the CRLs here (DER, first CRL).")] = None,
+    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    cacertsout: CaCertsOut = None,
+) -> None:
+    dotted = _INFOTYPE_ALIASES.get(infotype.lower(), infotype)
+    if not all(p.isdigit() for p in dotted.split(".")) or dotted.count(".") < 2:
+        raise UsageError(f"unknown --infotype {infotype!r}")
+    if dotted == oids.IT_ROOT_CA_CERT:
+        item = genm.root_ca_cert_request(load_certificate(oldroot).public_bytes(Encoding.DER) if oldroot else None)
+    elif dotted == oids.IT_CRL_STATUS_LIST:
+        if crl_issuer is None:
+            raise UsageError("crlStatusList needs --crl-issuer (the CA certificate whose CRL to fetch)")
+        item = genm.crl_status_list_request(load_certificate(crl_issuer).subject.public_bytes())
+    else:
+        item = InfoTypeAndValue(dotted)
+    common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None)
+    done = _run(common, GeneralRequest((item,)))
+    for answer in done.items:
+        summary = _genp_summary(answer, cacertsout, newwithnew, crlout)
+        print(f"genp: {answer.name}: {summary}")
+    if not done.items:
+        print("genp: no content")
+
+
+def _genp_summary(item: InfoTypeAndValue, cacertsout: Path | None, newwithnew: Path | None, crlout: Path | None) -> str:
+    if item.oid == oids.IT_CA_CERTS:
+        certs = genm.decode_ca_certs(item)
+        if cacertsout and certs:
+            write_certificates(cacertsout, certs)
+        return f"{len(certs)} certificates" + (f" written to {cacertsout}" if cacertsout and certs else "")
+    if item.oid == oids.IT_ROOT_CA_KEY_UPDATE:
+        update = genm.decode_root_ca_key_update(item)
+        if update is None:
+            return "no root update available"
+        if newwithnew:
+            write_certificates(newwithnew, [update.new_with_new])
+        return "new root " + load_cert(update.new_with_new).subject.rfc4514_string()
+    if item.oid == oids.IT_CRLS:
+        crls = genm.decode_crls(item)
+        if crlout and crls:
+            crlout.write_bytes(crls[0])
+        return f"{len(crls)} CRLs"
+    if item.oid == oids.IT_CERT_REQ_TEMPLATE:
+        decoded = genm.decode_cert_req_template(item)
+        return "no template" if decoded is None else "template received"
+    return "value present" if item.value is not None else "no value"

@@ -26,29 +26,36 @@ def _register() -> None:
     app.add_typer(keys_cmd.app, name="keys")
 
 
+def _click_exceptions() -> tuple[type[BaseException], type[BaseException]]:
+    """typer >= 0.29 vendors its own click; older typer uses the click package."""
+    try:
+        from typer._click import exceptions  # type: ignore[import-not-found]
+    except ImportError:
+        from click import exceptions
+    abort = getattr(exceptions, "Abort", None) or getattr(typer, "Abort", KeyboardInterrupt)
+    return exceptions.ClickException, abort
+
+
 def main() -> None:
     """Entry point: run the app, turning every ``FleetError`` into one line and exit status 1."""
     _register()
+    click_error, click_abort = _click_exceptions()
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except FleetError as exc:
         print(f"fleet: error: {exc}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("fleet: interrupted", file=sys.stderr)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # typer/click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            print("fleet: aborted", file=sys.stderr)
-            sys.exit(1)
-        raise
+    except click_error as exc:  # usage errors: click's own one-line message and exit code
+        exc.show()  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except click_abort:
+        print("fleet: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if isinstance(rv, int) and rv:
+        sys.exit(rv)
 
 
 if __name__ == "__main__":

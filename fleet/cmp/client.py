@@ -177,7 +177,8 @@ class ClientTransaction:
         self._last_nonce: bytes | None = None
         self._peer_nonce: bytes | None = None
         self._polls = 0
-        self._cert_req_id = -1 if isinstance(request, (RevocationRequest, GeneralRequest)) else 0
+        # RFC 9810 §5.3.4 / RFC 9483 §4.4: -1 where no CertReqMsg carries an id (p10cr, rr, genm).
+        self._cert_req_id = 0 if isinstance(request, CertRequest) else -1
         self._requested_spki = self._spki_of(request)
         self._result: Done | None = None
         self._pending_error: FleetError | None = None

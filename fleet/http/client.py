@@ -338,6 +338,7 @@ class CmpHttpClient:
         pooled = False
         got_bytes = False
         eof = False
+        http10_keep_alive = False
         try:
             with trio.move_on_after(timeout):
                 data = h.send(h11.Request(method=b"POST", target=target, headers=headers))
@@ -398,6 +399,9 @@ class CmpHttpClient:
                                 content_type = value
                             elif name == b"content-length":
                                 declared = int(value)
+                            elif name == b"connection" and b"keep-alive" in value.lower():
+                                http10_keep_alive = event.http_version == b"1.0"  # type: ignore[union-attr]
+                        http10_keep_alive = http10_keep_alive and declared is not None
                         cmp = (
                             content_type is not None
                             and status // 100 in (2, 4, 5)
@@ -422,6 +426,19 @@ class CmpHttpClient:
                     and h.their_state is h11.DONE
                 ):
                     h.start_next_cycle()
+                    self._idle.append(conn)
+                    pooled = True
+                elif (
+                    self.keep_alive
+                    and not self._closed
+                    and http10_keep_alive
+                    and h.their_state is h11.MUST_CLOSE
+                    and h.trailing_data == (b"", False)
+                ):
+                    # An HTTP/1.0 server that said "Connection: keep-alive" (OpenSSL's CMP
+                    # server) keeps the socket open and waits on it for the transaction's next
+                    # message; h11 only knows 1.1 persistence, so start a fresh parser on it.
+                    conn.h11 = h11.Connection(h11.CLIENT)
                     self._idle.append(conn)
                     pooled = True
                 if not cmp:

@@ -1,0 +1,113 @@
+"""Reading credentials and writing results safely: atomic writes, 0600 for keys, PEM or DER in."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from fleet.cmp.protection import PrivateKey
+from fleet.errors import FleetError
+
+
+class CredentialError(FleetError):
+    """A certificate or key file that is missing or unreadable."""
+
+
+def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: never a torn file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent or ".", os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _read(path: Path | str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CredentialError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+
+
+def load_certificates(path: Path | str) -> list[x509.Certificate]:
+    """All certificates in a PEM file (or the one in a DER file)."""
+    data = _read(path, "certificate file")
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        else:
+            certs = [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise CredentialError(f"{str(path)!r} holds no readable certificate") from None
+    return certs
+
+
+def load_certificate(path: Path | str) -> x509.Certificate:
+    return load_certificates(path)[0]
+
+
+def load_private_key(path: Path | str, password: bytes | None = None) -> PrivateKey:
+    data = _read(path, "key file")
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, password)
+        else:
+            key = serialization.load_der_private_key(data, password)
+    except TypeError:
+        raise CredentialError(f"key file {str(path)!r} is encrypted: give its passphrase") from None
+    except ValueError:
+        raise CredentialError(f"{str(path)!r} holds no readable private key (or the passphrase is wrong)") from None
+    return key  # type: ignore[return-value]
+
+
+def load_csr(path: Path | str) -> x509.CertificateSigningRequest:
+    data = _read(path, "CSR file")
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_csr(data)
+        return x509.load_der_x509_csr(data)
+    except ValueError:
+        raise CredentialError(f"{str(path)!r} holds no readable PKCS#10 request") from None
+
+
+def private_key_pem(key: PrivateKey, password: bytes | None = None) -> bytes:
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    )
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
+
+def write_private_key(path: Path | str, key: PrivateKey, password: bytes | None = None) -> None:
+    atomic_write(path, private_key_pem(key, password), mode=0o600)
+
+
+def certs_pem(certs: Iterable[bytes | x509.Certificate]) -> bytes:
+    out = []
+    for c in certs:
+        cert = x509.load_der_x509_certificate(c) if isinstance(c, bytes) else c
+        out.append(cert.public_bytes(serialization.Encoding.PEM))
+    return b"".join(out)
+
+
+def write_certificates(path: Path | str, certs: Iterable[bytes | x509.Certificate]) -> None:
+    atomic_write(path, certs_pem(certs))
