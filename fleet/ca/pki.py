@@ -271,8 +271,9 @@ class CaHierarchy:
         """Load the hierarchy kept in ``state_dir``, creating it on first start.
 
         ``key_type`` and ``name_prefix`` only matter at creation; an existing hierarchy is served
-        as it is. A directory holding only part of a hierarchy is an error rather than being
-        overwritten, so a key is never silently replaced.
+        as it is. A directory holding only part of a hierarchy (some certificates missing) is
+        an error rather than being overwritten, so a CA key is never silently replaced; keys
+        without any certificate are the trace of an interrupted creation and are replaced.
         """
         state_dir = Path(state_dir)
         if not state_dir.exists():
@@ -286,6 +287,10 @@ class CaHierarchy:
             present = [k for k, p in paths.items() if p.exists()]
             if len(present) == len(paths):
                 return cls._load(files)
+            if present and not any(k.endswith("_cert") for k in present):
+                # Creation was interrupted before any certificate was written: the keys were
+                # never certified or used, so starting over replaces nothing that matters.
+                present = []
             if present:
                 missing = ", ".join(sorted(paths[k].name for k in paths if k not in present))
                 raise HierarchyError(
@@ -773,7 +778,7 @@ class CertificateIssuer:
 
         ``subject`` ``None`` or empty means the NULL-DN, allowed only with a SAN (which is then
         critical, RFC 5280 §4.2.1.6). ``sans`` wins over a SAN among ``extensions``.
-        ``not_after`` is clamped to the issuing CA's own expiry. Raises
+        ``not_after`` (naive means UTC) is clamped to the issuing CA's own expiry. Raises
         ``CertificateRequestRejected`` when the request breaks the policy.
         """
         requested: dict[type[x509.ExtensionType], x509.Extension[x509.ExtensionType]] = {}
@@ -812,7 +817,10 @@ class CertificateIssuer:
             key_usage = _default_key_usage(public_key)
 
         now = datetime.now(UTC)
-        end = now + self.validity if not_after is None else not_after
+        if not_after is None:
+            end = now + self.validity
+        else:  # a naive time is taken as UTC, as the builder itself would
+            end = not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC)
         if end > self._ca_not_after:
             end = self._ca_not_after
         start = now - _BACKDATE

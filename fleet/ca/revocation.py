@@ -244,7 +244,7 @@ class OcspResponder:
         if nonce is not None:
             builder = builder.add_extension(nonce, critical=False)
         h = self.hierarchy
-        response = builder.sign(h.issuing_key, h.issuing_hash)  # type: ignore[arg-type]
+        response = builder.sign(h.issuing_key, h.issuing_hash)
         return response.public_bytes(_DER)
 
 

@@ -20,8 +20,8 @@ Durability, stated plainly:
 
 Threading: every method is synchronous and runs in the caller's thread; the store is meant for
 one trio thread (the CA's event loop) and uses no ``trio.to_thread``. A flush blocks that thread
-for the length of one SQLite transaction (about a millisecond for a full batch, see the report in
-tests/ca/test_store.py). One process owns a database file: the status counters and the
+for the length of one SQLite transaction (a batch of 512 new records took about 1 ms on the
+development machine). One process owns a database file: the status counters and the
 duplicate-serial check assume no other writer.
 """
 
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 from cryptography import x509
@@ -208,21 +208,21 @@ def _row(rec: CertRecord) -> tuple[object, ...]:
     )
 
 
-def _record(row: tuple[object, ...]) -> CertRecord:
+def _record(row: tuple[Any, ...]) -> CertRecord:
     (serial, subject, device_ref, key, nb, na, status, reason, rtime, tid, created, der) = row
     return CertRecord(
-        serial=int(str(serial), 16),
-        subject=str(subject),
-        device_ref=device_ref if device_ref is None else str(device_ref),
-        key_fingerprint=bytes(key),  # type: ignore[arg-type]
-        not_before=_dt(int(nb)),  # type: ignore[call-overload]
-        not_after=_dt(int(na)),  # type: ignore[call-overload]
+        serial=int(serial, 16),
+        subject=subject,
+        device_ref=device_ref,
+        key_fingerprint=bytes(key),
+        not_before=_dt(nb),
+        not_after=_dt(na),
         status=CertStatus(status),
         revocation_reason=x509.ReasonFlags(reason) if reason else None,
-        revocation_time=None if rtime is None else _dt(int(rtime)),  # type: ignore[call-overload]
-        transaction_id=bytes.fromhex(str(tid)) if tid is not None else None,
-        created=_dt(int(created)),  # type: ignore[call-overload]
-        der=bytes(der),  # type: ignore[arg-type]
+        revocation_time=None if rtime is None else _dt(rtime),
+        transaction_id=None if tid is None else bytes.fromhex(tid),
+        created=_dt(created),
+        der=bytes(der),
     )
 
 

@@ -70,6 +70,17 @@ def test_partial_state_dir_is_refused_not_overwritten(tmp_path: Path) -> None:
     assert h.files.issuing_key is not None and h.files.issuing_key.exists()
 
 
+def test_creation_interrupted_before_any_certificate_starts_over(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    first = CaHierarchy.load_or_create(state)
+    for cert_file in (first.files.root_cert, first.files.issuing_cert, first.files.signer_cert):
+        assert cert_file is not None
+        cert_file.unlink()
+    again = CaHierarchy.load_or_create(state)
+    assert again.issuing_der != first.issuing_der
+    assert CaHierarchy.load_or_create(state).issuing_der == again.issuing_der
+
+
 def test_mismatched_key_on_disk_is_refused_without_showing_it(tmp_path: Path) -> None:
     state = tmp_path / "state"
     h = CaHierarchy.load_or_create(state)
@@ -285,6 +296,8 @@ def test_not_after_is_honoured_and_clamped_to_the_ca(
         issuer.issue(ec_public_key(), device_name(), not_after=soon).cert.not_valid_after_utc
         == soon
     )
+    naive = soon.replace(tzinfo=None)  # taken as UTC
+    assert issuer.issue(ec_public_key(), device_name(), not_after=naive).not_after == soon
     far = datetime.now(UTC) + timedelta(days=365 * 50)
     clamped = issuer.issue(ec_public_key(), device_name(), not_after=far).cert
     assert clamped.not_valid_after_utc == hierarchy.issuing.not_valid_after_utc

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509 import ocsp
 
 from fleet.ca.pki import CaHierarchy, CertificateIssuer, IssuedCert
@@ -160,25 +161,19 @@ def _request(
 
 
 def _verified(hierarchy: CaHierarchy, der: bytes) -> ocsp.OCSPResponse:
+    """Load a response, insist it is successful, and check the issuing CA signed it."""
     response = ocsp.load_der_ocsp_response(der)
     assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
-    hierarchy.issuing.public_key().verify(  # type: ignore[call-arg]
-        response.signature,
-        response.tbs_response_bytes,
-        *_verify_args(hierarchy, response),
-    )
+    key = hierarchy.issuing.public_key()
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        algorithm = response.signature_hash_algorithm
+        assert algorithm is not None
+        key.verify(response.signature, response.tbs_response_bytes, ec.ECDSA(algorithm))
+    else:
+        assert isinstance(key, ed25519.Ed25519PublicKey)
+        key.verify(response.signature, response.tbs_response_bytes)
     assert response.responder_key_hash == hierarchy.issuing_ski
     return response
-
-
-def _verify_args(hierarchy: CaHierarchy, response: ocsp.OCSPResponse) -> tuple[object, ...]:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    algorithm = response.signature_hash_algorithm
-    if isinstance(hierarchy.issuing.public_key(), ec.EllipticCurvePublicKey):
-        assert algorithm is not None
-        return (ec.ECDSA(algorithm),)
-    return ()
 
 
 def test_ocsp_good_revoked_unknown(
