@@ -199,8 +199,12 @@ class _Server:
                     data = _render(response, keep_alive, request.http_version == "1.0")
                 except (ValueError, UnicodeError) as exc:
                     self.stats.handler_errors += 1
-                    log.error("handler answered %s %s with an invalid response: %s",
-                              request.method, request.path[:200], exc)
+                    log.error(
+                        "handler answered %s %s with an invalid response: %s",
+                        request.method,
+                        request.path[:200],
+                        exc,
+                    )
                     data = _render(_INTERNAL_ERROR, keep_alive, request.http_version == "1.0")
                 with trio.move_on_after(self.request_timeout) as scope:
                     await stream.send_all(data)
@@ -247,7 +251,7 @@ class _Server:
                     elif not started:
                         started = True
                         scope.deadline = trio.current_time() + self.request_timeout
-                    conn.receive_data(data)
+                    conn.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
                     continue
                 kind = type(event)
                 if kind is h11.Data:
@@ -301,13 +305,12 @@ class _Server:
         except Exception as exc:
             self.stats.handler_errors += 1
             # The message names the request, never its body; the traceback is for the developer.
-            log.error(
+            log.exception(
                 "handler failed on %s %s from %s: %s",
                 request.method,
                 request.path[:200],
                 request.peer,
                 type(exc).__name__,
-                exc_info=True,
             )
             return _INTERNAL_ERROR
 
@@ -361,7 +364,9 @@ def _render(response: HttpResponse, keep_alive: bool, http10: bool) -> bytes:
     return b"\r\n".join(lines)
 
 
-_TOKEN_CHARS = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_CHARS = frozenset(
+    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
 
 
 def _header_name(name: str) -> bytes:

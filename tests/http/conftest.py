@@ -12,7 +12,9 @@ from fleet.http import Handler, HttpServerStats, serve_http
 
 
 @asynccontextmanager
-async def http_server(handler: Handler, **options: object) -> AsyncIterator[tuple[int, HttpServerStats]]:
+async def http_server(
+    handler: Handler, **options: object
+) -> AsyncIterator[tuple[int, HttpServerStats]]:
     """fleet's server on 127.0.0.1:<free port>; yields (port, live stats)."""
     stats = HttpServerStats()
     async with trio.open_nursery() as nursery:

@@ -49,9 +49,10 @@ async def test_round_trip_sends_cmp_post_and_returns_body() -> None:
         seen.append(request)
         return HttpResponse(200, b"\x30\x03\x02\x01\x02")
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/.well-known/cmp"
-    ) as client:
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/.well-known/cmp") as client,
+    ):
         response = await client.post(b"\x30\x00" * 300)
     assert response == CmpHttpResponse(200, "application/pkixcmp", b"\x30\x03\x02\x01\x02")
     (request,) = seen
@@ -72,10 +73,13 @@ async def test_path_argument_and_cmp_path() -> None:
         paths.append(request.path)
         return HttpResponse(200, b"ok")
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/.well-known/cmp"
-    ) as client:
-        await client.post(b"a", path=cmp_path(client.base_path, profile="5g nf", operation="keyupdate"))
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/.well-known/cmp") as client,
+    ):
+        await client.post(
+            b"a", path=cmp_path(client.base_path, profile="5g nf", operation="keyupdate")
+        )
         await client.post(b"b")
     assert paths == ["/.well-known/cmp/p/5g%20nf/keyupdate", "/.well-known/cmp"]
 
@@ -94,9 +98,10 @@ def test_cmp_path_shapes() -> None:
 
 
 async def test_keep_alive_reuses_one_connection() -> None:
-    async with http_server(echo) as (port, stats), CmpHttpClient(
-        f"http://127.0.0.1:{port}/pkix/"
-    ) as client:
+    async with (
+        http_server(echo) as (port, stats),
+        CmpHttpClient(f"http://127.0.0.1:{port}/pkix/") as client,
+    ):
         for i in range(20):
             assert (await client.post(b"%d" % i)).body == b"re:%d" % i
         assert client.statistics().open_connections == 1
@@ -112,9 +117,10 @@ async def test_keep_alive_false_sends_connection_close_and_reconnects() -> None:
         headers.append(request.header(b"connection"))
         return HttpResponse(200, b"ok")
 
-    async with http_server(handler) as (port, stats), CmpHttpClient(
-        f"http://127.0.0.1:{port}/", keep_alive=False
-    ) as client:
+    async with (
+        http_server(handler) as (port, stats),
+        CmpHttpClient(f"http://127.0.0.1:{port}/", keep_alive=False) as client,
+    ):
         for _ in range(3):
             await client.post(b"x")
         assert client.statistics().open_connections == 0
@@ -135,9 +141,10 @@ async def test_pool_never_exceeds_max_connections() -> None:
         in_flight -= 1
         return HttpResponse(200, request.body)
 
-    async with http_server(handler) as (port, stats), CmpHttpClient(
-        f"http://127.0.0.1:{port}/", max_connections=5
-    ) as client:
+    async with (
+        http_server(handler) as (port, stats),
+        CmpHttpClient(f"http://127.0.0.1:{port}/", max_connections=5) as client,
+    ):
 
         async def one(i: int) -> None:
             nonlocal waiting_seen
@@ -164,9 +171,10 @@ async def test_waiting_tasks_are_served_in_fifo_order() -> None:
         await trio.sleep(0.001)
         return HttpResponse(200, b"ok")
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/", max_connections=1
-    ) as client:
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/", max_connections=1) as client,
+    ):
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 for i in range(30):
@@ -183,9 +191,10 @@ async def test_cmp_body_accepted_with_2xx_4xx_5xx(status: int) -> None:
     async def handler(request: HttpRequest) -> HttpResponse:
         return HttpResponse(status, b"\x30\x01\x00", content_type="Application/PKIXCMP; x=y")
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/"
-    ) as client:
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/") as client,
+    ):
         response = await client.post(b"x")
         assert (response.status, response.body) == (status, b"\x30\x01\x00")
         assert response.content_type == "Application/PKIXCMP; x=y"
@@ -201,9 +210,10 @@ async def test_non_cmp_answer_raises_http_status_error(status: int, content_type
     async def handler(request: HttpRequest) -> HttpResponse:
         return HttpResponse(status, b"<h1>secret page body</h1>", content_type=content_type)
 
-    async with http_server(handler) as (port, stats), CmpHttpClient(
-        f"http://127.0.0.1:{port}/"
-    ) as client:
+    async with (
+        http_server(handler) as (port, stats),
+        CmpHttpClient(f"http://127.0.0.1:{port}/") as client,
+    ):
         with pytest.raises(HttpStatusError) as info:
             await client.post(b"x")
         # Small error pages are read, so the connection is reused.
@@ -259,9 +269,10 @@ def junk_server(head: bytes, total: int):  # type: ignore[no-untyped-def]
 )
 async def test_100_mb_response_raises_too_large_quickly(head: bytes) -> None:
     serve, sent = junk_server(head, 100_000_000)
-    async with raw_server(serve) as port, CmpHttpClient(
-        f"http://127.0.0.1:{port}/", max_response_bytes=1_000_000
-    ) as client:
+    async with (
+        raw_server(serve) as port,
+        CmpHttpClient(f"http://127.0.0.1:{port}/", max_response_bytes=1_000_000) as client,
+    ):
         start = trio.current_time()
         with pytest.raises(ResponseTooLarge) as info:
             await client.post(b"x")
@@ -282,9 +293,10 @@ async def test_chunked_response_over_limit_raises_too_large() -> None:
             await stream.send_all(b"4000\r\n" + b"z" * 0x4000 + b"\r\n")
         await trio.sleep_forever()
 
-    async with raw_server(serve) as port, CmpHttpClient(
-        f"http://127.0.0.1:{port}/", max_response_bytes=100_000
-    ) as client:
+    async with (
+        raw_server(serve) as port,
+        CmpHttpClient(f"http://127.0.0.1:{port}/", max_response_bytes=100_000) as client,
+    ):
         with trio.fail_after(5), pytest.raises(ResponseTooLarge):
             await client.post(b"x")
 
@@ -312,9 +324,10 @@ async def test_server_that_never_answers_raises_read_timeout() -> None:
         await read_request(RawReader(stream))
         await trio.sleep_forever()
 
-    async with raw_server(serve) as port, CmpHttpClient(
-        f"http://127.0.0.1:{port}/", request_timeout=0.3
-    ) as client:
+    async with (
+        raw_server(serve) as port,
+        CmpHttpClient(f"http://127.0.0.1:{port}/", request_timeout=0.3) as client,
+    ):
         start = trio.current_time()
         with pytest.raises(ReadTimeout) as info:
             await client.post(b"x")
@@ -327,7 +340,9 @@ async def test_server_that_never_answers_raises_read_timeout() -> None:
 async def test_dribbling_server_raises_read_timeout() -> None:
     async def serve(stream: trio.SocketStream) -> None:
         await read_request(RawReader(stream))
-        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\nContent-Length: 9999\r\n\r\n"
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/pkixcmp\r\nContent-Length: 9999\r\n\r\n"
+        )
         for byte in head + b"x" * 9999:
             await stream.send_all(bytes([byte]))
             await trio.sleep(0.02)
@@ -365,9 +380,7 @@ async def test_connect_timeout_when_backlog_is_full() -> None:
                 filler.connect_ex(("127.0.0.1", port))
                 fillers.append(filler)
             await trio.sleep(0.1)
-            async with CmpHttpClient(
-                f"http://127.0.0.1:{port}/", connect_timeout=0.3
-            ) as client:
+            async with CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=0.3) as client:
                 start = trio.current_time()
                 try:
                     await client.post(b"x")
@@ -391,9 +404,10 @@ async def test_dropped_connection_on_fresh_connection_is_not_retried() -> None:
         requests += 1
         return HttpResponse(500, drop_connection=True)
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/"
-    ) as client:
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/") as client,
+    ):
         with pytest.raises(ConnectionLost) as info:
             await client.post(b"x")
     assert requests == 1
@@ -402,9 +416,10 @@ async def test_dropped_connection_on_fresh_connection_is_not_retried() -> None:
 
 async def test_stale_keep_alive_connection_is_replaced() -> None:
     """The server closes an idle connection; the next post still succeeds, on a new one."""
-    async with http_server(echo, idle_timeout=0.1) as (port, stats), CmpHttpClient(
-        f"http://127.0.0.1:{port}/"
-    ) as client:
+    async with (
+        http_server(echo, idle_timeout=0.1) as (port, stats),
+        CmpHttpClient(f"http://127.0.0.1:{port}/") as client,
+    ):
         assert (await client.post(b"1")).body == b"re:1"
         await trio.sleep(0.4)
         assert (await client.post(b"2")).body == b"re:2"
@@ -465,9 +480,10 @@ async def test_cancelled_post_closes_its_connection() -> None:
         await trio.sleep(10)
         return HttpResponse(200, b"late")
 
-    async with http_server(handler) as (port, _), CmpHttpClient(
-        f"http://127.0.0.1:{port}/"
-    ) as client:
+    async with (
+        http_server(handler) as (port, _),
+        CmpHttpClient(f"http://127.0.0.1:{port}/") as client,
+    ):
         with trio.move_on_after(0.1):
             await client.post(b"x")
         assert client.statistics().open_connections == 0  # its state was unknown: discarded
@@ -488,7 +504,8 @@ async def test_aclose_closes_idle_connections_and_refuses_new_posts() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://ca/", "http:///path", "https://user:secret@ca/", "http://ca:99999/", "ca.example"]
+    "url",
+    ["ftp://ca/", "http:///path", "https://user:secret@ca/", "http://ca:99999/", "ca.example"],
 )
 def test_invalid_urls_are_rejected_without_leaking_credentials(url: str) -> None:
     with pytest.raises(InvalidUrl) as info:
@@ -524,7 +541,7 @@ async def test_ipv6_loopback_round_trip() -> None:
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet test CA server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
