@@ -102,14 +102,14 @@ class ArrivalDriver:
             max_in_flight < 1
         ):
             raise ValueError(f"max_in_flight must be a positive integer, not {max_in_flight!r}")
+        if not 0.0 <= slack < 1.0:
+            raise ValueError(f"slack must be in [0, 1) seconds, not {slack!r}")
         self._offsets = arr
         self._start = start
         self._max_in_flight = max_in_flight
         self._clock_t0 = clock_t0
         self._on_late = on_late
         self._late_threshold = late_threshold
-        if not 0.0 <= slack < 1.0:
-            raise ValueError(f"slack must be in [0, 1) seconds, not {slack!r}")
         self._slack = slack
         self._lateness = LatencyHistogram()
         self._started = 0

@@ -162,7 +162,7 @@ class LatencyHistogram:
         return view
 
     def percentile(self, q: float) -> float:
-        """The value at rank ceil(q% of count) (0 is min, 100 is max), within 0.4 %; NaN if empty."""
+        """The value at rank ceil(q% of count), within 0.4 %; q=0 gives min, q=100 max."""
         return float(self.percentiles([q])[0])
 
     def percentiles(self, qs: Iterable[float]) -> npt.NDArray[np.float64]:

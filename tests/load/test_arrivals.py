@@ -93,19 +93,31 @@ async def test_statistics_are_live(autojump_clock):
     snapshots = []
 
     async def watch() -> None:
-        await trio.sleep(100.1)
+        await trio.sleep(100.05)  # no ties with arrivals or completions
         snapshots.append(driver.statistics())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch)
         stats = await driver.run()
     (mid,) = snapshots
-    # Arrivals at 0, 0.2, ..., 100.0 are due by 100.1; those at 99.8 and 100.0 still run.
+    # Arrivals at 0, 0.2, ..., 100.0 are due by 100.05; those at 99.8 and 100.0 still run.
     assert (mid.scheduled, mid.started, mid.dropped, mid.due) == (1000, 501, 0, 501)
     assert (mid.in_flight, mid.completed) == (2, 499)
     end = driver.statistics()
     assert (end.started, end.completed, end.in_flight) == (1000, 1000, 0)
     assert stats.started == 1000
+
+
+async def test_cancelling_the_run_cancels_its_tasks_and_keeps_the_counts(autojump_clock):
+    driver = ArrivalDriver(
+        Constant(5).offsets(60), lambda i, t: trio.sleep(0.5), max_in_flight=100
+    )
+    with trio.move_on_after(10.05):
+        await driver.run()
+    stats = driver.stats()
+    # Arrivals at 0 .. 10.0 started; those from 9.6 on were still running and were cancelled.
+    assert (stats.started, stats.completed, stats.dropped) == (51, 48, 0)
+    assert driver.statistics().in_flight == 0
 
 
 async def test_arrivals_already_due_start_in_one_wake_up_or_are_dropped(autojump_clock):
@@ -164,11 +176,14 @@ async def test_empty_schedule():
         (np.array([0.0, np.nan]), 1, "finite"),
         (np.zeros((2, 2)), 1, "one-dimensional"),
         (np.zeros(2), 0, "max_in_flight"),
+        (np.zeros(2), True, "max_in_flight"),
     ],
 )
 def test_bad_arguments(offsets, max_in_flight, message):
     with pytest.raises(ValueError, match=message):
         ArrivalDriver(offsets, lambda i, t: trio.sleep(0), max_in_flight=max_in_flight)
+    with pytest.raises(ValueError, match="slack"):
+        ArrivalDriver(np.zeros(1), lambda i, t: trio.sleep(0), max_in_flight=1, slack=-0.1)
 
 
 async def test_a_driver_runs_once(autojump_clock):
