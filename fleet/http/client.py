@@ -265,7 +265,12 @@ class CmpHttpClient:
         else:
             if not path.startswith("/"):
                 raise ValueError(f"request path must start with '/': {path!r}")
-            target = path.encode("ascii")
+            try:
+                target = path.encode("ascii")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"request path must be ASCII (percent-encoded): {path!r}"
+                ) from None
         request = self._request_event(target, len(body))
         if timeout is None:
             timeout = self.request_timeout
@@ -277,6 +282,8 @@ class CmpHttpClient:
         except trio.WouldBlock:
             await slots.acquire()
         try:
+            if self._closed:
+                raise trio.ClosedResourceError("CmpHttpClient was closed while waiting")
             conn = self._take_idle()
             if conn is not None:
                 try:
@@ -295,11 +302,14 @@ class CmpHttpClient:
         if event is None:
             if len(self._request_cache) >= _REQUEST_CACHE_SIZE:
                 self._request_cache.clear()
-            event = h11.Request(
-                method=b"POST",
-                target=target,
-                headers=self._headers + [(b"Content-Length", b"%d" % length)],
-            )
+            try:
+                event = h11.Request(
+                    method=b"POST",
+                    target=target,
+                    headers=self._headers + [(b"Content-Length", b"%d" % length)],
+                )
+            except h11.LocalProtocolError:
+                raise ValueError(f"invalid request path: {target!r}") from None
             self._request_cache[key] = event
         return event
 

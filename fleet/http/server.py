@@ -111,16 +111,8 @@ async def serve_http(
     to several addresses and ``port`` is 0, all listeners share the first one's port.
     With ``ssl_context`` (server side, certificate loaded) the server speaks HTTPS.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await _open_listeners(host, port)
     bound = listeners[0].socket.getsockname()[1]
-    if port == 0 and len(listeners) > 1:
-        for extra in listeners[1:]:
-            await extra.aclose()
-        listeners = [listeners[0]] + [
-            listener
-            for listener in await trio.open_tcp_listeners(bound, host=host)
-            if listener.socket.getsockname()[:2] != listeners[0].socket.getsockname()[:2]
-        ]
     server = _Server(
         handler,
         max_body_bytes=max_body_bytes,
@@ -141,6 +133,26 @@ async def serve_http(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+async def _open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Listeners on every address of ``host``; with port 0, all on the first one's port."""
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    if port != 0 or len(listeners) == 1:
+        return listeners
+    bound = listeners[0].socket.getsockname()[1]
+    others = [listener.socket.getsockname()[0] for listener in listeners[1:]]
+    for extra in listeners[1:]:
+        await extra.aclose()
+    rebound = [listeners[0]]
+    try:
+        for address in others:
+            rebound += await trio.open_tcp_listeners(bound, host=address)
+    except BaseException:
+        for listener in rebound:
+            await trio.aclose_forcefully(listener)
+        raise
+    return rebound
 
 
 class _Server:

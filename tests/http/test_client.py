@@ -84,6 +84,14 @@ async def test_path_argument_and_cmp_path() -> None:
     assert paths == ["/.well-known/cmp/p/5g%20nf/keyupdate", "/.well-known/cmp"]
 
 
+async def test_invalid_request_paths_are_value_errors() -> None:
+    async with CmpHttpClient("http://127.0.0.1:9/") as client:
+        for bad in ("relative", "/with space", "/caf\u00e9"):
+            with pytest.raises(ValueError):
+                await client.post(b"x", path=bad)
+        assert client.statistics().open_connections == 0
+
+
 def test_cmp_path_shapes() -> None:
     assert cmp_path("/.well-known/cmp", profile=None, operation=None) == "/.well-known/cmp"
     assert cmp_path("/.well-known/cmp/", profile=None, operation="initialization") == (
