@@ -1,0 +1,187 @@
+"""Client CPU per full enrollment (ir, ip, certConf, pkiConf), fleet vs one `openssl cmp` process.
+
+fleet side: each enrollment is a new device (new EC P-256 key, its own MAC protector: PBM,
+SHA-256, 500 iterations, fresh salt) against a responder in another process on the other core
+that issues a real certificate for the requested key and answers with PBM reusing the
+request's parameters (as fleet's CA does; that keeps the device's derived key cached). Client
+CPU is `time.process_time()` of the client process only.
+
+openssl side: one `openssl cmp -cmd ir` process per enrollment (PBM, `-keep_alive 0`) against
+OpenSSL's mock server; its CPU is the children's user+sys time (os.times).
+
+Usage: python bench/enroll_cpu.py [--enrollments N] [--concurrency C] [--openssl N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fleet.cmp import messages  # noqa: E402
+from fleet.cmp.client import ClientConfig, ClientTransaction  # noqa: E402
+from fleet.cmp.messages import BodyType  # noqa: E402
+from fleet.cmp.protection import compute_mac, parse_mac_params  # noqa: E402
+from fleet.cmp.requests import CertRequest  # noqa: E402
+from fleet.cmp.protection import MacProtector  # noqa: E402
+from fleet.exchange import run_transaction  # noqa: E402
+from fleet.http.client import CmpHttpClient  # noqa: E402
+from fleet.http.server import HttpRequest, HttpResponse, serve_http  # noqa: E402
+
+SECRET = b"bench-secret"
+SALT = None
+NAME = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "bench")])
+
+
+def _pin(cpu: int) -> None:
+    try:
+        os.sched_setaffinity(0, {cpu % os.cpu_count()})  # type: ignore[operator]
+    except (AttributeError, OSError):
+        pass
+
+
+def _responder(port_queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    """A minimal valid CMP responder: issue for the requested key, answer certConf."""
+    _pin(1)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(timezone.utc)
+
+    def respond(req: messages.PKIMessage, body_type: BodyType, body: messages.Body) -> bytes:
+        assert req.header.protection_alg is not None
+        params = parse_mac_params(req.header.protection_alg)
+        header = messages.PKIHeader(
+            sender=messages.NULL_DN_GENERAL_NAME,
+            recipient=req.header.sender,
+            transaction_id=req.header.transaction_id,
+            sender_nonce=os.urandom(16),
+            recip_nonce=req.header.sender_nonce,
+            protection_alg=req.header.protection_alg,
+            sender_kid=req.header.sender_kid,
+        )
+        h = messages.encode_header(header)
+        b = messages.encode_body(body_type, body)
+        return messages.assemble(h, b, compute_mac(params, SECRET, messages.protected_part(h, b)))
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        req = messages.decode(request.body)
+        if req.body_type is BodyType.IR:
+            crm = req.body.messages[0]  # type: ignore[union-attr]
+            cert = (
+                x509.CertificateBuilder()
+                .subject_name(NAME)
+                .issuer_name(NAME)
+                .public_key(load_der_public_key(crm.template.public_key))  # type: ignore[arg-type]
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now)
+                .not_valid_after(now + timedelta(days=1))
+                .sign(ca_key, hashes.SHA256())
+            )
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            body = messages.CertRepMessage(
+                (messages.CertResponse(0, messages.ACCEPTED, cert.public_bytes(Encoding.DER)),)
+            )
+            return HttpResponse(200, respond(req, BodyType.IP, body))
+        return HttpResponse(200, respond(req, BodyType.PKICONF, messages.PKIConfirmContent()))
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_http, handler, "127.0.0.1", 0)
+            port_queue.put(port if isinstance(port, int) else port[0])
+
+    trio.run(main)
+
+
+async def _fleet_run(url: str, n: int, concurrency: int) -> tuple[float, float]:
+    async with CmpHttpClient(url, max_connections=concurrency) as client:
+        # warm-up: connections, imports, caches that are per process rather than per device
+        for _ in range(20):
+            tx = ClientTransaction(
+                ClientConfig(MacProtector(SECRET, reference=b"warm")),
+                CertRequest(BodyType.IR, ec.generate_private_key(ec.SECP256R1()), NAME),
+            )
+            await run_transaction(client, tx)
+        limiter = trio.Semaphore(concurrency)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+
+        async def one(i: int) -> None:
+            async with limiter:
+                protector = MacProtector(SECRET, reference=b"dev%d" % i, salt=SALT)
+                key = ec.generate_private_key(ec.SECP256R1())
+                tx = ClientTransaction(ClientConfig(protector), CertRequest(BodyType.IR, key, NAME))
+                await run_transaction(client, tx)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+        return time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def bench_fleet(n: int, concurrency: int) -> tuple[float, float]:
+    queue: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()  # type: ignore[type-arg]
+    proc = multiprocessing.get_context("spawn").Process(target=_responder, args=(queue,), daemon=True)
+    proc.start()
+    try:
+        port = queue.get(timeout=20)
+        _pin(0)
+        cpu, wall = trio.run(_fleet_run, f"http://127.0.0.1:{port}/pkix/", n, concurrency)
+    finally:
+        proc.terminate()
+        proc.join(5)
+    return cpu / n * 1e6, n / wall
+
+
+def bench_openssl(n: int) -> float:
+    """Children's CPU µs per enrollment, one `openssl cmp` process each, against OpenSSL's mock."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from openssl_peer import OpenSSLMockServer, make_test_pki  # type: ignore[import-not-found]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pki = make_test_pki(Path(tmp))
+        with OpenSSLMockServer(pki) as mock:
+            args = [
+                "openssl", "cmp", "-config", "", "-cmd", "ir", "-server", mock.server,
+                "-ref", pki.ref, "-secret", pki.secret_arg, "-newkey", str(pki.new_key),
+                "-subject", "/CN=bench", "-keep_alive", "0", "-certout", str(Path(tmp) / "out.pem"),
+                "-recipient", "/CN=bench",
+            ]
+            before = os.times()
+            for _ in range(n):
+                subprocess.run(args, check=True, capture_output=True, timeout=30)
+            after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    return cpu / n * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--enrollments", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--openssl", type=int, default=40, help="openssl enrollments (0 to skip)")
+    args = parser.parse_args()
+    fleet_us, rate = bench_fleet(args.enrollments, args.concurrency)
+    print(f"fleet:   {fleet_us:8.0f} µs client CPU per enrollment "
+          f"({1e6 / fleet_us:,.0f}/s per core; {rate:,.0f}/s wall with {args.concurrency} in flight)")
+    print("target:       500 µs (2,000 per second per core)", "MET" if fleet_us <= 500 else "MISSED")
+    if args.openssl:
+        ossl_us = bench_openssl(args.openssl)
+        print(f"openssl: {ossl_us:8.0f} µs CPU per enrollment (one `openssl cmp` process each)")
+        print(f"ratio:   {ossl_us / fleet_us:8.1f}x cheaper (target >= 20x)")
+
+
+if __name__ == "__main__":
+    main()
