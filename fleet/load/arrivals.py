@@ -94,12 +94,12 @@ class ArrivalDriver:
         arr = np.array(offsets, dtype=np.float64)  # a private copy
         if arr.ndim != 1:
             raise ValueError("offsets must be a one-dimensional array")
-        if arr.size and (
-            not np.all(np.isfinite(arr)) or arr[0] < 0 or np.any(np.diff(arr) < 0)
-        ):
+        if arr.size and (not np.all(np.isfinite(arr)) or arr[0] < 0 or np.any(np.diff(arr) < 0)):
             raise ValueError("offsets must be finite, non-negative and sorted")
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or (
-            max_in_flight < 1
+        if (
+            isinstance(max_in_flight, bool)
+            or not isinstance(max_in_flight, int)
+            or (max_in_flight < 1)
         ):
             raise ValueError(f"max_in_flight must be a positive integer, not {max_in_flight!r}")
         if not 0.0 <= slack < 1.0:
@@ -169,8 +169,7 @@ class ArrivalDriver:
             self._in_flight += take
             self._started += take
             self._dropped += j - i - take
-            if self._in_flight > self._peak:
-                self._peak = self._in_flight
+            self._peak = max(self._peak, self._in_flight)
             i = j
 
     async def _one(self, index: int, intended: float) -> None:

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from fleet.errors import FleetError
 
-__all__ = ["HistogramError", "LatencyHistogram", "HIGHEST_TRACKABLE", "BUCKET_COUNT"]
+__all__ = ["BUCKET_COUNT", "HIGHEST_TRACKABLE", "HistogramError", "LatencyHistogram"]
 
 _SUB_BITS = 7  # 128 linear sub-buckets per power of two
 _NS_PER_S = 1e9
@@ -39,9 +39,7 @@ class HistogramError(FleetError):
 
 def _index(ticks: int) -> int:
     """Bucket index of a non-negative nanosecond count (the scalar twin of ``_indices``)."""
-    e = ticks.bit_length() - (_SUB_BITS + 1)
-    if e < 0:
-        e = 0
+    e = max(ticks.bit_length() - (_SUB_BITS + 1), 0)
     return (e << _SUB_BITS) + (ticks >> e)
 
 
@@ -72,7 +70,7 @@ _MID_S = (_LOWER_NS + _WIDTH_NS / 2) / _NS_PER_S
 class LatencyHistogram:
     """Counts of latencies (seconds) in fixed log-linear buckets; mergeable across processes."""
 
-    __slots__ = ("_counts", "_n", "_sum", "_min", "_max")
+    __slots__ = ("_counts", "_max", "_min", "_n", "_sum")
 
     def __init__(self) -> None:
         self._counts = np.zeros(BUCKET_COUNT, dtype=np.int64)
@@ -85,6 +83,7 @@ class LatencyHistogram:
 
     def record(self, value: float) -> None:
         """Count one value in seconds. About 0.5 µs; NaN raises ValueError, inf OverflowError."""
+        # Written out by hand (no min()/max() calls): this is the per-request hot path.
         t = int(value * 1e9)
         if t < 256:
             if value < 0:  # float noise in a clock difference; counts (and sums) as zero
@@ -92,15 +91,15 @@ class LatencyHistogram:
                 value = 0.0
             self._counts[t] += 1
         else:
-            if t > _T_MAX:
+            if t > _T_MAX:  # noqa: PLR1730
                 t = _T_MAX
             e = t.bit_length() - 8
             self._counts[(e << 7) + (t >> e)] += 1
         self._n += 1
         self._sum += value
-        if value > self._max:
+        if value > self._max:  # noqa: PLR1730
             self._max = value
-        if value < self._min:
+        if value < self._min:  # noqa: PLR1730
             self._min = value
 
     def record_many(self, values: npt.ArrayLike) -> None:

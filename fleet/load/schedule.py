@@ -27,19 +27,19 @@ import numpy.typing as npt
 from fleet.errors import FleetError
 
 __all__ = [
-    "ScheduleError",
+    "MAX_ARRIVALS",
+    "SHAPES",
     "ArrivalShape",
+    "Closed",
     "Constant",
+    "OpenShape",
     "Poisson",
     "Ramp",
-    "Steps",
-    "Spike",
-    "Sine",
-    "Closed",
-    "OpenShape",
+    "ScheduleError",
     "Shape",
-    "SHAPES",
-    "MAX_ARRIVALS",
+    "Sine",
+    "Spike",
+    "Steps",
     "parse_shape",
 ]
 
@@ -377,7 +377,7 @@ def _invert(
         r = rate(t)
         step = np.divide(cumulative(t) - k, r, out=np.zeros_like(k), where=r > 1e-12)
         t = np.clip(t - step, lo, hi)
-    return t
+    return np.asarray(t, dtype=np.float64)
 
 
 def _empty() -> Offsets:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
+from itertools import pairwise
 from math import lcm
 
 import numpy as np
@@ -27,7 +28,7 @@ import numpy.typing as npt
 
 from fleet.errors import FleetError
 
-__all__ = ["SegmentError", "Segment", "split", "MAX_PATTERN"]
+__all__ = ["MAX_PATTERN", "Segment", "SegmentError", "split"]
 
 MAX_PATTERN = 1_000_000
 """Largest common denominator accepted (length of the dealing pattern)."""
@@ -46,7 +47,7 @@ class Segment:
 
     def __post_init__(self) -> None:
         b = self.boundaries
-        if len(b) < 2 or b[0] != 0 or b[-1] != 1 or any(x >= y for x, y in zip(b, b[1:])):
+        if len(b) < 2 or b[0] != 0 or b[-1] != 1 or any(x >= y for x, y in pairwise(b)):
             raise SegmentError("segment boundaries must rise strictly from 0 to 1")
         if not 0 <= self.index < len(b) - 1:
             raise SegmentError(f"segment index {self.index} out of range 0..{len(b) - 2}")
@@ -114,7 +115,7 @@ def _pattern(boundaries: tuple[Fraction, ...]) -> npt.NDArray[np.int64]:
     if cached is not None:
         return cached
     d = _denominator(boundaries)
-    weights = np.asarray([int((b - a) * d) for a, b in zip(boundaries, boundaries[1:])])
+    weights = np.asarray([int((b - a) * d) for a, b in pairwise(boundaries)])
     # Each owner's ideal positions are the midpoints of w equal slices of the block; dealing
     # positions in order of those ideals spreads every owner evenly (ties: lower index first).
     owner = np.repeat(np.arange(len(weights), dtype=np.int64), weights)

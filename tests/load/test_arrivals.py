@@ -11,6 +11,19 @@ from fleet.load.arrivals import ArrivalDriver, drive_arrivals
 from fleet.load.schedule import Constant, Poisson
 
 
+async def _instant(i: int, intended: float) -> None:
+    await trio.lowlevel.checkpoint()
+
+
+def _takes(seconds: float):
+    """A start function whose every arrival runs for ``seconds``."""
+
+    async def start(i: int, intended: float) -> None:
+        await trio.sleep(seconds)
+
+    return start
+
+
 async def test_two_simulated_hours_start_every_arrival_exactly_on_time(autojump_clock):
     offsets = Constant(5).offsets(7200)  # 36,000 arrivals
     t0 = trio.current_time()
@@ -89,7 +102,7 @@ async def test_drops_match_an_event_simulation_for_poisson_arrivals(autojump_clo
 
 async def test_statistics_are_live(autojump_clock):
     offsets = Constant(5).offsets(200)
-    driver = ArrivalDriver(offsets, lambda i, t: trio.sleep(0.3), max_in_flight=100)
+    driver = ArrivalDriver(offsets, _takes(0.3), max_in_flight=100)
     snapshots = []
 
     async def watch() -> None:
@@ -109,9 +122,7 @@ async def test_statistics_are_live(autojump_clock):
 
 
 async def test_cancelling_the_run_cancels_its_tasks_and_keeps_the_counts(autojump_clock):
-    driver = ArrivalDriver(
-        Constant(5).offsets(60), lambda i, t: trio.sleep(0.5), max_in_flight=100
-    )
+    driver = ArrivalDriver(Constant(5).offsets(60), _takes(0.5), max_in_flight=100)
     with trio.move_on_after(10.05):
         await driver.run()
     stats = driver.stats()
@@ -147,7 +158,7 @@ async def test_arrivals_already_due_start_in_one_wake_up_or_are_dropped(autojump
 async def test_slack_batches_arrivals_and_reports_the_lateness(autojump_clock):
     offsets = Constant(100).offsets(10)
     # 100/s with 50 ms of slack: batches of about six; the cap must hold a whole batch.
-    stats = await drive_arrivals(offsets, lambda i, t: trio.sleep(0), max_in_flight=8, slack=0.05)
+    stats = await drive_arrivals(offsets, _instant, max_in_flight=8, slack=0.05)
     assert (stats.started, stats.dropped) == (1000, 0)
     assert 0.0 < stats.max_lateness <= 0.05 + 1e-9
     assert stats.lateness.percentile(50) > 0.0
@@ -163,7 +174,7 @@ async def test_an_exception_in_start_stops_the_run():
 
 
 async def test_empty_schedule():
-    stats = await drive_arrivals(np.zeros(0), lambda i, t: trio.sleep(0), max_in_flight=1)
+    stats = await drive_arrivals(np.zeros(0), _instant, max_in_flight=1)
     assert (stats.scheduled, stats.started, stats.dropped, stats.completed) == (0, 0, 0, 0)
     assert stats.max_lateness == 0.0 and stats.in_flight_peak == 0
 
@@ -181,13 +192,13 @@ async def test_empty_schedule():
 )
 def test_bad_arguments(offsets, max_in_flight, message):
     with pytest.raises(ValueError, match=message):
-        ArrivalDriver(offsets, lambda i, t: trio.sleep(0), max_in_flight=max_in_flight)
+        ArrivalDriver(offsets, _instant, max_in_flight=max_in_flight)
     with pytest.raises(ValueError, match="slack"):
-        ArrivalDriver(np.zeros(1), lambda i, t: trio.sleep(0), max_in_flight=1, slack=-0.1)
+        ArrivalDriver(np.zeros(1), _instant, max_in_flight=1, slack=-0.1)
 
 
 async def test_a_driver_runs_once(autojump_clock):
-    driver = ArrivalDriver(np.zeros(1), lambda i, t: trio.sleep(0), max_in_flight=1)
+    driver = ArrivalDriver(np.zeros(1), _instant, max_in_flight=1)
     await driver.run()
     with pytest.raises(RuntimeError, match="once"):
         await driver.run()

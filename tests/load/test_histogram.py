@@ -3,6 +3,7 @@
 import json
 import math
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -72,7 +73,7 @@ def test_merge_of_parts_equals_whole(values, cuts):
     whole = _hist(values)
     edges = sorted({0, len(values), *(c % (len(values) + 1) for c in cuts)})
     merged = LatencyHistogram()
-    for a, b in zip(edges, edges[1:]):
+    for a, b in pairwise(edges):
         merged.merge(_hist(values[a:b]))
     assert merged == whole
     np.testing.assert_array_equal(merged.percentiles(QS), whole.percentiles(QS))

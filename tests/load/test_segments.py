@@ -1,6 +1,7 @@
 """Execution segments: exact shares, every arrival in exactly one worker, even spread."""
 
 from fractions import Fraction
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ def test_fractions_add_up_to_exactly_one(n):
     assert sum(s.fraction for s in segs) == 1
     assert [s.index for s in segs] == list(range(n))
     assert segs[0].start == 0 and segs[-1].end == 1
-    assert all(a.end == b.start for a, b in zip(segs, segs[1:]))
+    assert all(a.end == b.start for a, b in pairwise(segs))
 
 
 def _check_partition(segs: list[Segment], n: int) -> list[np.ndarray]:
@@ -88,7 +89,7 @@ def test_weighted_workers_are_interleaved_not_bunched():
 def test_device_ranges_are_disjoint_and_cover_all(n_workers, n_devices):
     ranges = [s.range(n_devices) for s in split(n_workers)]
     assert ranges[0].start == 0 and ranges[-1].stop == n_devices
-    assert all(a.stop == b.start for a, b in zip(ranges, ranges[1:]))
+    assert all(a.stop == b.start for a, b in pairwise(ranges))
     sizes = [len(r) for r in ranges]
     assert sum(sizes) == n_devices and max(sizes) - min(sizes) <= 1
 
