@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from conftest import RawReader, cmp_response, http_server, raw_server, read_request
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from loopback_servers import RawReader, cmp_response, http_server, raw_server, read_request
 
 from fleet.errors import FleetError
 from fleet.http import (

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import trio
-from conftest import RawReader, http_server
+from loopback_servers import RawReader, http_server
 
 from fleet.http import HttpRequest, HttpResponse, serve_http
 
