@@ -1,0 +1,217 @@
+"""The embedded CA behind the CMP server role: issuance policy, records, revocation, genp answers.
+
+``Authority`` implements ``fleet.cmp.server.CaBackend`` on ``fleet.ca.pki`` (hierarchy and
+issuer), ``fleet.ca.store`` (durable records) and ``fleet.ca.revocation`` (CRL and OCSP), and
+builds the ``CmpServer`` with the RA signer, trust anchors and shared secrets. No I/O beyond the
+store's SQLite file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Iterable, Literal
+
+from cryptography import x509
+
+from fleet.ca.pki import CaHierarchy, CertificateIssuer, CertificateRequestRejected, IssuedCert
+from fleet.ca.revocation import CrlPublisher, OcspResponder
+from fleet.ca.store import (
+    CertificateAlreadyRevoked,
+    CertStatus,
+    CertStore,
+    InvalidStatusChange,
+    SerialCollision,
+    UnknownCertificate,
+)
+from fleet.cmp import der, genm, oids
+from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
+from fleet.cmp.protection import SignatureProtector
+from fleet.cmp.server import (
+    CmpServer,
+    IssueRequest,
+    KnownCert,
+    Rejected,
+    SecretLookup,
+    ServerConfig,
+)
+from fleet.cmp.trust import TrustStore, load_cert
+
+__all__ = ["Authority", "STORE_FILE"]
+
+STORE_FILE = "certs.sqlite"
+ID_REG_CTRL_ALG_ID = "1.3.6.1.5.5.7.5.1.11"
+_P256 = "1.2.840.10045.3.1.7"
+_P384 = "1.3.132.0.34"
+
+# signKeyPairTypes: the key types this CA certifies (and verifies POPs of).
+_SIGN_KEY_PAIR_TYPES = der.sequence(
+    der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid(_P256)),
+    der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid(_P384)),
+    der.algorithm_identifier(oids.RSA_ENCRYPTION, der.NULL_DER),
+    der.algorithm_identifier(oids.ED25519),
+)
+# certReqTemplate: no fixed names, key spec EC P-256 (RFC 9483 §4.3.3 controls with id-regCtrl-algId).
+_KEY_SPEC = der.sequence(
+    der.sequence(der.oid(ID_REG_CTRL_ALG_ID), der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid(_P256)))
+)
+
+
+@dataclass(frozen=True)
+class AuthorityStatistics:
+    by_status: dict[str, int]
+
+
+class Authority:
+    """Issues, records and revokes certificates for the CMP server role."""
+
+    def __init__(
+        self,
+        hierarchy: CaHierarchy,
+        store: CertStore,
+        *,
+        base_url: str | None = None,
+        validity: timedelta = timedelta(days=365),
+    ) -> None:
+        self.hierarchy = hierarchy
+        self.store = store
+        self.issuer = CertificateIssuer(hierarchy, base_url=base_url, validity=validity)
+        self.crl = CrlPublisher(hierarchy, store)
+        self.ocsp = OcspResponder(hierarchy, store)
+        root_der = hierarchy.root_der
+        self._issued_chain = tuple(c for c in hierarchy.chain_for_issued_der if c != root_der)
+        self._ca_certs = hierarchy.chain_for_issued_der
+        self._issuing_name = hierarchy.issuing.subject
+        self._issuing_name_der = self._issuing_name.public_bytes()
+
+    @classmethod
+    def open(
+        cls,
+        state_dir: Path,
+        *,
+        base_url: str | None = None,
+        key_type: str = "ec:P-256",
+        validity: timedelta = timedelta(days=365),
+    ) -> Authority:
+        """Load (or on first start create) the hierarchy and the store in ``state_dir``."""
+        hierarchy = CaHierarchy.load_or_create(Path(state_dir), key_type=key_type)
+        store = CertStore(Path(state_dir) / STORE_FILE)
+        return cls(hierarchy, store, base_url=base_url, validity=validity)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- CaBackend ------------------------------------------------------------------------
+
+    @property
+    def issued_chain(self) -> tuple[bytes, ...]:
+        return self._issued_chain
+
+    @property
+    def root(self) -> bytes:
+        return self.hierarchy.root_der
+
+    def issue(self, request: IssueRequest) -> IssuedCert:
+        status = CertStatus.ISSUED if request.confirmed else CertStatus.PENDING
+        for _ in range(3):  # a serial collision (2^-159) just draws again
+            try:
+                issued = self.issuer.issue(
+                    request.public_key,  # type: ignore[arg-type]
+                    request.subject,
+                    extensions=request.extensions,
+                    not_after=request.not_after,
+                )
+            except CertificateRequestRejected as exc:
+                raise Rejected(str(exc), FailInfo.badCertTemplate) from None
+            try:
+                self.store.record_issued(
+                    issued, transaction_id=request.transaction_id, device_ref=request.device_ref, status=status
+                )
+            except SerialCollision:
+                continue
+            return issued
+        raise Rejected("could not draw a unique serial number", FailInfo.systemFailure)
+
+    def confirm(self, serial: int) -> None:
+        try:
+            self.store.confirm(serial)
+        except InvalidStatusChange as exc:  # revoked before its certConf arrived
+            raise Rejected(str(exc), FailInfo.certRevoked) from None
+
+    def reject(self, serial: int, now: datetime) -> None:
+        try:
+            self.store.reject(serial, now)
+        except (InvalidStatusChange, UnknownCertificate):
+            pass  # confirmed or revoked meanwhile: nothing to reject
+
+    def find(self, issuer: x509.Name, serial: int) -> KnownCert | None:
+        if issuer != self._issuing_name:
+            return None
+        rec = self.store.get(serial)
+        if rec is None:
+            return None
+        return KnownCert(load_cert(rec.der), rec.der, rec.status.value, rec.revocation_reason)
+
+    def revoke(self, serial: int, reason: x509.ReasonFlags | None, now: datetime) -> None:
+        try:
+            self.store.revoke(serial, reason, now)
+        except CertificateAlreadyRevoked as exc:
+            raise Rejected(str(exc), FailInfo.certRevoked) from None
+        except UnknownCertificate as exc:
+            raise Rejected(str(exc), FailInfo.badCertId) from None
+        self.store.flush()  # durable before the rp says so (store contract)
+
+    def general_info(self, item: InfoTypeAndValue) -> InfoTypeAndValue:
+        oid = item.oid
+        if oid == oids.IT_CA_CERTS:
+            return genm.ca_certs_response(self._ca_certs)
+        if oid == oids.IT_ROOT_CA_CERT:
+            return genm.root_ca_key_update_response(None)  # no root update pending
+        if oid == oids.IT_CERT_REQ_TEMPLATE:
+            return genm.cert_req_template_response(CertTemplate(), _KEY_SPEC)
+        if oid == oids.IT_CRL_STATUS_LIST:
+            issuers = genm.crl_status_issuers(item)
+            if issuers and self._issuing_name_der not in issuers:
+                return genm.crls_response(())
+            return genm.crls_response((self.crl.current_crl_der(),))
+        if oid == oids.IT_SIGN_KEY_PAIR_TYPES:
+            return InfoTypeAndValue(oid, _SIGN_KEY_PAIR_TYPES)
+        if oid == oids.IT_CURRENT_CRL:
+            return InfoTypeAndValue(oid, self.crl.current_crl_der())
+        return InfoTypeAndValue(oid)  # unknown or unsupported: answered without a value
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def signer(self) -> SignatureProtector:
+        """The RA signer that protects signed responses: its certificate, then its chain."""
+        h = self.hierarchy
+        return SignatureProtector(h.signer_key, h.signer, h.signer_chain[1:])  # type: ignore[arg-type]
+
+    def server(
+        self,
+        *,
+        config: ServerConfig | None = None,
+        secrets: SecretLookup | None = None,
+        trusted: Iterable[x509.Certificate] = (),
+        vendor: Iterable[x509.Certificate] = (),
+        untrusted: Iterable[x509.Certificate] = (),
+    ) -> CmpServer:
+        """A ``CmpServer`` for this CA. Signed requests are accepted from certificates chaining to
+        this CA's root or to ``trusted``; ir also from ``vendor`` (IDevID) anchors."""
+        vendor_list = list(vendor)
+        return CmpServer(
+            self,
+            self.signer(),
+            config=config,
+            secrets=secrets,
+            trust=TrustStore([self.hierarchy.root, *trusted]),
+            vendor_trust=TrustStore(vendor_list) if vendor_list else None,
+            untrusted=(*self.hierarchy.chain_for_issued, *untrusted),
+        )
+
+    def statistics(self) -> AuthorityStatistics:
+        return AuthorityStatistics(self.store.counts_by_status())
+
+
+Mode = Literal["lcmpp", "3gpp"]

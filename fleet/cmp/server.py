@@ -1,0 +1,1146 @@
+"""The CA/RA side of CMP, without I/O (the server role of ``fleet.cmp.client``, in the manner of h11).
+
+``CmpServer.handle(data, now)`` takes one request's bytes and returns a ``Reply``: the response
+bytes and a small ``Outcome`` record for metrics. ``tick(now)`` expires transactions whose
+certConf never came (their certificate is rejected, which CRL and OCSP list as revoked) and
+transactions that hung while waiting; callers run it periodically. Nothing here reads a clock,
+sleeps or touches a socket: ``fleet.ca.service`` does that.
+
+Checks, in order (RFC 9483 §3, checklist items 13-17): DER; protection (MAC with the secret the
+``SecretLookup`` finds for senderKID, or a signature by a certificate that chains to the trust
+anchors; vendor (IDevID) anchors are accepted for ir only); pvno 2 or 3; transactionID and a
+senderNonce of 16+ octets; messageTime within the allowed skew; then the per-transaction table
+(``_TRANSITIONS``): a new request on a live or recently closed transactionID is
+``transactionIdInUse``, a follow-up must echo our senderNonce as recipNonce and use the same kind
+of protection (and the same signer) as the request it follows.
+
+Responses are protected like the request: a MAC request is answered with the same MAC algorithm
+and parameters under the same secret, a signed request (and any request whose MAC could not be
+verified) with the RA signer's signature, its certificate first in extraCerts with its chain, and
+its SKI as senderKID.
+
+Issuance, revocation and records live behind ``CaBackend`` (``fleet.ca.authority``), so this
+module stays protocol logic only.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Literal, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from fleet.cmp import der, messages, oids
+from fleet.cmp.der import DerError
+from fleet.cmp.messages import (
+    BodyType,
+    CertConfirmContent,
+    CertRepMessage,
+    CertReqMessages,
+    CertResponse,
+    ErrorMsgContent,
+    FailInfo,
+    GenMsgContent,
+    InfoTypeAndValue,
+    P10Request,
+    PKIConfirmContent,
+    PKIHeader,
+    PKIMessage,
+    PKIStatus,
+    PKIStatusInfo,
+    PollRepContent,
+    PollRepEntry,
+    PollReqContent,
+    RevRepContent,
+    RevReqContent,
+)
+from fleet.cmp.protection import (
+    HASH_OID_BY_NAME,
+    BadMac,
+    PbmParams,
+    Pbmac1Params,
+    ProtectionError,
+    SignatureProtector,
+    UnsupportedAlgorithm,
+    compute_mac,
+    is_mac_algorithm,
+    parse_algorithm,
+    verify_mac,
+    verify_signature,
+)
+from fleet.cmp.trust import TrustStore, UntrustedSigner, find_signer, load_cert
+from fleet.errors import FleetError
+
+__all__ = [
+    "CaBackend",
+    "CmpServer",
+    "IssueRequest",
+    "KnownCert",
+    "Outcome",
+    "Rejected",
+    "Reply",
+    "SecretLookup",
+    "ServerConfig",
+    "ServerStatistics",
+    "SharedSecrets",
+    "TxState",
+    "derive_device_secret",
+]
+
+ID_REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"
+_EXTENSION_REQUEST = "1.2.840.113549.1.9.14"
+_NEW_REQUESTS = frozenset(
+    {BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.RR, BodyType.GENM}
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared secrets
+
+
+def derive_device_secret(master: bytes, reference: bytes) -> bytes:
+    """The per-device MAC secret fleet's devices and CA agree on without a table.
+
+    ``secret = lower-case hex of HMAC-SHA256(master, reference)`` as ASCII (64 octets), where
+    ``reference`` is the device's senderKID octets (e.g. ``b"device-000042"``). Hex rather than
+    raw bytes so the same secret can be typed into ``openssl cmp -secret pass:<hex>``.
+    """
+    return hmac.new(master, reference, "sha256").hexdigest().encode("ascii")
+
+
+SecretLookup = Callable[[bytes | None], bytes | None]
+"""senderKID (the reference, or None when absent) -> the shared secret, or None if unknown."""
+
+
+class SharedSecrets:
+    """MAC secrets by reference: a table, then a master-derived secret, then a default.
+
+    ``default`` answers requests whose reference is absent or not in ``table`` when no
+    ``master`` is set (``fleet ca serve --secret`` without ``--ref``). With ``master``, every
+    reference not in the table gets ``derive_device_secret(master, reference)``.
+    """
+
+    def __init__(
+        self,
+        table: Mapping[bytes, bytes] | None = None,
+        *,
+        default: bytes | None = None,
+        master: bytes | None = None,
+    ) -> None:
+        self._table = dict(table or {})
+        self._default = default
+        self._master = master
+
+    def __call__(self, reference: bytes | None) -> bytes | None:
+        if reference is not None:
+            secret = self._table.get(reference)
+            if secret is not None:
+                return secret
+            if self._master is not None:
+                return derive_device_secret(self._master, reference)
+        return self._default
+
+    def __repr__(self) -> str:
+        return (
+            f"SharedSecrets(references={len(self._table)}, default={'set' if self._default else 'none'}, "
+            f"master={'set' if self._master else 'none'})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# What the server asks of the CA behind it
+
+
+class Rejected(FleetError):
+    """The CA refuses a request with one ``FailInfo``; ``fail_info`` is its bit mask."""
+
+    def __init__(self, message: str, fail: FailInfo = FailInfo.badRequest) -> None:
+        super().__init__(message)
+        self.fail = fail
+        self.fail_info = fail.mask
+
+
+@dataclass(frozen=True, slots=True)
+class IssueRequest:
+    """A checked certificate request (POP verified, requester authorised)."""
+
+    kind: BodyType
+    public_key: object  # cryptography public key
+    subject: x509.Name
+    extensions: tuple[x509.Extension[x509.ExtensionType], ...]
+    not_after: datetime | None
+    device_ref: str | None
+    transaction_id: bytes
+    confirmed: bool  # implicit confirm granted: record as issued at once
+    old_cert: x509.Certificate | None = None  # kur: the certificate being updated
+
+
+@dataclass(frozen=True, slots=True)
+class KnownCert:
+    """A certificate this CA issued, as its records know it."""
+
+    cert: x509.Certificate
+    der: bytes
+    status: str  # "pending", "issued", "revoked", "rejected"
+    reason: x509.ReasonFlags | None = None
+
+
+class IssuedLike(Protocol):
+    @property
+    def der(self) -> bytes: ...
+    @property
+    def serial(self) -> int: ...
+    @property
+    def cert(self) -> x509.Certificate: ...
+
+
+class CaBackend(Protocol):
+    """Issuance, records and revocation behind the server role (``fleet.ca.authority``).
+
+    Methods raise ``Rejected`` to refuse; anything else is a server failure (systemFailure).
+    """
+
+    @property
+    def issued_chain(self) -> tuple[bytes, ...]:
+        """CA certificates above an issued certificate, issuing CA first, root excluded."""
+        ...
+
+    @property
+    def root(self) -> bytes: ...
+
+    def issue(self, request: IssueRequest) -> IssuedLike: ...
+
+    def confirm(self, serial: int) -> None: ...
+
+    def reject(self, serial: int, now: datetime) -> None: ...
+
+    def find(self, issuer: x509.Name, serial: int) -> KnownCert | None: ...
+
+    def revoke(self, serial: int, reason: x509.ReasonFlags | None, now: datetime) -> None: ...
+
+    def general_info(self, item: InfoTypeAndValue) -> InfoTypeAndValue:
+        """Answer one genm item; unknown types come back without a value."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration, results, statistics
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Policy of the server role. Times are seconds.
+
+    ``mode`` "lcmpp": caPubs (the root) only in ip to a MAC-protected ir; "3gpp" (TS 33.310
+    §9.5.4.3): the operator root always goes into the ip's extraCerts, never caPubs.
+    """
+
+    mode: Literal["lcmpp", "3gpp"] = "lcmpp"
+    max_time_skew: float | None = 300.0  # None: messageTime not checked
+    confirm_wait: float = 60.0  # confirmWaitTime granted when implicit confirm is not
+    grant_implicit_confirm: bool = True
+    hung_timeout: float = 300.0  # a waiting transaction not polled for this long is closed
+    closed_ttl: float = 3600.0  # closed transactionIDs stay rejected for reuse this long
+    max_closed: int = 1_000_000  # ... and at most this many are remembered
+    max_transactions: int | None = None  # live transactions beyond which new ones get systemUnavail
+    max_iterations: int = 10_000  # PBM/PBMAC1 iteration cap (checklist item 17)
+    max_rsa_bits: int = 8192  # RSA key size cap for signers and requested keys
+    min_nonce_bytes: int = 16
+    allow_mac_rr: bool = False  # rr must be signed by the certificate (or its key) by default
+
+
+class TxState(enum.Enum):
+    AWAIT_CONFIRM = "await_confirm"
+    WAITING = "waiting"  # delayed delivery: the response is ready at ``ready_at``
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one request came to, for metrics and logs (bounded label values)."""
+
+    request: str  # request body label ("ir", "certConf", ...), or "malformed"
+    response: str  # response body label
+    status: str  # "accepted", "rejection", "waiting", "error"
+    fail_info: int | None = None
+    serial: int | None = None  # certificate issued or revoked by this request
+    text: str = ""
+
+    @property
+    def fail_names(self) -> tuple[str, ...]:
+        return messages.fail_info_names(self.fail_info)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    data: bytes
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    live: int
+    awaiting_confirm: int
+    waiting: int
+    closed_remembered: int
+    issued: int
+    confirmed: int
+    expired_unconfirmed: int
+    hung_closed: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Internal records
+
+
+@dataclass(slots=True)
+class _Auth:
+    """How a request was authenticated; responses in its transaction are protected the same way."""
+
+    kind: Literal["mac", "signature", "none"]
+    secret: bytes | None = None
+    mac_alg: bytes | None = None
+    mac_params: PbmParams | Pbmac1Params | None = None
+    sender_kid: bytes | None = None
+    signer: x509.Certificate | None = None
+    signer_der: bytes | None = None
+
+    @property
+    def reference(self) -> str | None:
+        if self.kind == "mac" and self.sender_kid is not None:
+            return self.sender_kid.decode("utf-8", "replace")
+        if self.signer is not None:
+            cns = self.signer.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            return str(cns[0].value) if cns else self.signer.subject.rfc4514_string()
+        return None
+
+
+@dataclass(slots=True)
+class _Tx:
+    tid: bytes
+    kind: BodyType
+    state: TxState
+    auth: _Auth
+    recipient: bytes  # GeneralName of the requester: the recipient of our responses
+    our_nonce: bytes
+    deadline: float
+    cert_req_id: int = 0
+    issued: IssuedLike | None = None
+    pending: tuple[BodyType, messages.Body, tuple[InfoTypeAndValue, ...], tuple[bytes, ...]] | None = None
+    ready_at: float = 0.0
+    implicit: bool = False
+
+
+@dataclass(slots=True)
+class _Ctx:
+    """One request being handled."""
+
+    msg: PKIMessage
+    now: float
+    when: datetime
+    auth: _Auth = field(default_factory=lambda: _Auth("none"))
+    tx: _Tx | None = None
+
+
+class _Refuse(Exception):
+    """Answer with an error message (internal control flow, never escapes ``handle``)."""
+
+    def __init__(self, fail: FailInfo, text: str, status: PKIStatus = PKIStatus.REJECTION) -> None:
+        super().__init__(text)
+        self.fail = fail
+        self.text = text
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# The server
+
+
+class CmpServer:
+    """Many concurrent CMP transactions of one CA/RA, keyed by transactionID."""
+
+    def __init__(
+        self,
+        backend: CaBackend,
+        signer: SignatureProtector,
+        *,
+        config: ServerConfig | None = None,
+        secrets: SecretLookup | None = None,
+        trust: TrustStore | None = None,
+        vendor_trust: TrustStore | None = None,
+        untrusted: tuple[x509.Certificate, ...] = (),
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.backend = backend
+        self.signer = signer
+        self.config = config or ServerConfig()
+        self.secrets = secrets
+        self.trust = trust or TrustStore()
+        self.vendor_trust = vendor_trust
+        self.untrusted = tuple(untrusted)
+        self._random = random
+        self._signer_name = messages.directory_name(signer.sender_name)
+        self._live: dict[bytes, _Tx] = {}
+        self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+        self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
+
+    # -- public surface -------------------------------------------------------------------
+
+    def handle(
+        self, data: bytes, now: float, *, defer: float = 0.0, inject_error: bool = False
+    ) -> Reply:
+        """Answer one request received at ``now`` (seconds since the epoch).
+
+        ``defer`` > 0 answers a new request "waiting" and delivers the real response to a
+        pollReq from ``now + defer`` on (delayed delivery, RFC 9483 §4.4); ``inject_error``
+        answers a new request with an error (fault injection for capacity tests).
+        """
+        when = datetime.fromtimestamp(now, timezone.utc)
+        try:
+            msg = messages.decode(data)
+        except (FleetError, ValueError, IndexError, RecursionError) as exc:
+            ctx = _Ctx(_EMPTY_MESSAGE, now, when)
+            return self._error(ctx, FailInfo.badDataFormat, f"cannot decode request: {_short(exc)}",
+                               request="malformed")
+        ctx = _Ctx(msg, now, when)
+        try:
+            self._authenticate(ctx)
+            self._check_header(ctx)
+            return self._dispatch(ctx, defer, inject_error)
+        except _Refuse as refusal:
+            return self._error(ctx, refusal.fail, refusal.text, status=refusal.status)
+        except Rejected as exc:
+            return self._error(ctx, exc.fail, str(exc))
+        except Exception as exc:  # a bug or a broken store must cost one answer, not the server
+            return self._error(ctx, FailInfo.systemFailure, "internal error",
+                               detail=f"{type(exc).__name__}: {_short(exc)}")
+
+    def tick(self, now: float) -> list[Outcome]:
+        """Expire transactions at ``now``: unconfirmed certificates are rejected (and so listed
+        as revoked), hung waiting transactions closed, old closed IDs forgotten."""
+        when = datetime.fromtimestamp(now, timezone.utc)
+        expired: list[Outcome] = []
+        for tx in [t for t in self._live.values() if t.deadline <= now]:
+            if tx.issued is not None and not tx.implicit:
+                try:
+                    self.backend.reject(tx.issued.serial, when)
+                except FleetError:
+                    pass  # revoked meanwhile: nothing to undo
+            if tx.state is TxState.AWAIT_CONFIRM:
+                self._counts["expired_unconfirmed"] += 1
+                reason = "confirm_timeout"
+            else:
+                self._counts["hung_closed"] += 1
+                reason = "hung"
+            self._close(tx, now, reason)
+            expired.append(Outcome("tick", "none", reason, FailInfo.systemUnavail.mask,
+                                   tx.issued.serial if tx.issued else None))
+        limit = now - self.config.closed_ttl
+        closed = self._closed
+        while closed and (next(iter(closed.values()))[0] <= limit or len(closed) > self.config.max_closed):
+            closed.popitem(last=False)
+        return expired
+
+    def state_of(self, transaction_id: bytes) -> TxState | None:
+        tx = self._live.get(transaction_id)
+        if tx is not None:
+            return tx.state
+        return TxState.CLOSED if transaction_id in self._closed else None
+
+    def statistics(self) -> ServerStatistics:
+        states = [t.state for t in self._live.values()]
+        return ServerStatistics(
+            live=len(states),
+            awaiting_confirm=states.count(TxState.AWAIT_CONFIRM),
+            waiting=states.count(TxState.WAITING),
+            closed_remembered=len(self._closed),
+            **self._counts,
+        )
+
+    @property
+    def live_transactions(self) -> int:
+        return len(self._live)
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _authenticate(self, ctx: _Ctx) -> None:
+        msg = ctx.msg
+        h = msg.header
+        if msg.protection is None or h.protection_alg is None:
+            raise _Refuse(FailInfo.badMessageCheck, "request is not protected")
+        if is_mac_algorithm(h.protection_alg):
+            secret = self.secrets(h.sender_kid) if self.secrets is not None else None
+            if secret is None:
+                raise _Refuse(FailInfo.badMessageCheck, "no shared secret for this reference")
+            try:
+                params = verify_mac(h.protection_alg, msg.protected_part, msg.protection, secret,
+                           max_iterations=self.config.max_iterations)
+            except UnsupportedAlgorithm as exc:
+                raise _Refuse(FailInfo.badAlg, str(exc)) from None
+            except BadMac:
+                raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify") from None
+            except ProtectionError as exc:
+                raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+            ctx.auth = _Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
+                             sender_kid=h.sender_kid)
+            return
+        try:
+            signer = find_signer(msg.extra_certs, h.sender_kid)
+            public_key = signer.public_key()
+            self._check_key_size(public_key, "signer")
+            verify_signature(h.protection_alg, public_key, msg.protected_part, msg.protection)
+        except UnsupportedAlgorithm as exc:
+            raise _Refuse(FailInfo.badAlg, str(exc)) from None
+        except ProtectionError as exc:
+            raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+        except (ValueError, TypeError) as exc:  # unusable key in the signer certificate
+            raise _Refuse(FailInfo.badMessageCheck, f"unusable signer certificate: {_short(exc)}") from None
+        untrusted = [load_cert(c) for c in msg.extra_certs]
+        untrusted.extend(self.untrusted)
+        try:
+            self.trust.verify(signer, untrusted, at=ctx.when)
+        except UntrustedSigner as exc:
+            vendor = self.vendor_trust
+            if vendor is None or not self._vendor_allowed(msg):
+                raise _Refuse(FailInfo.signerNotTrusted, str(exc)) from None
+            try:
+                vendor.verify(signer, untrusted, at=ctx.when)
+            except UntrustedSigner as exc2:
+                raise _Refuse(FailInfo.signerNotTrusted, str(exc2)) from None
+        ctx.auth = _Auth("signature", sender_kid=h.sender_kid, signer=signer,
+                         signer_der=signer.public_bytes(Encoding.DER))
+
+    def _vendor_allowed(self, msg: PKIMessage) -> bool:
+        """Vendor (IDevID) certificates may sign an ir and the follow-ups of its transaction."""
+        if msg.body_type is BodyType.IR:
+            return True
+        tx = self._live.get(msg.header.transaction_id or b"")
+        return tx is not None and tx.kind is BodyType.IR
+
+    def _check_key_size(self, public_key: object, what: str) -> None:
+        if isinstance(public_key, rsa.RSAPublicKey) and not 2048 <= public_key.key_size <= self.config.max_rsa_bits:
+            raise _Refuse(FailInfo.badAlg, f"{what} RSA key of {public_key.key_size} bits is outside "
+                                           f"2048..{self.config.max_rsa_bits}")
+
+    def _check_header(self, ctx: _Ctx) -> None:
+        h = ctx.msg.header
+        if h.pvno not in (2, 3):
+            raise _Refuse(FailInfo.unsupportedVersion, f"pvno {h.pvno} is not supported (use 2 or 3)")
+        if not h.transaction_id:
+            raise _Refuse(FailInfo.badRequest, "request lacks a transactionID")
+        if h.sender_nonce is None or len(h.sender_nonce) < self.config.min_nonce_bytes:
+            raise _Refuse(FailInfo.badSenderNonce,
+                          f"senderNonce must be at least {self.config.min_nonce_bytes} octets")
+        skew = self.config.max_time_skew
+        if skew is not None and h.message_time is not None:
+            if abs(h.message_time.timestamp() - ctx.now) > skew:
+                raise _Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    def _dispatch(self, ctx: _Ctx, defer: float, inject_error: bool) -> Reply:
+        msg = ctx.msg
+        tid = msg.header.transaction_id
+        assert tid is not None
+        tx = self._live.get(tid)
+        body_type = msg.body_type
+        if tx is None:
+            if tid in self._closed:
+                if body_type in _NEW_REQUESTS:
+                    raise _Refuse(FailInfo.transactionIdInUse, "transactionID was used before")
+                reason = self._closed[tid][1]
+                if reason in ("confirm_timeout", "hung"):
+                    raise _Refuse(FailInfo.systemUnavail, f"transaction was closed ({reason.replace('_', ' ')})")
+                raise _Refuse(FailInfo.badRequest, f"{msg.label} for a closed transaction")
+            handler = _TRANSITIONS[None].get(body_type)
+            if handler is None:
+                raise _Refuse(FailInfo.badRequest, f"{msg.label} does not start a transaction")
+            limit = self.config.max_transactions
+            if limit is not None and len(self._live) >= limit:
+                raise _Refuse(FailInfo.systemUnavail, "too many concurrent transactions; retry later")
+            if inject_error:
+                raise _Refuse(FailInfo.systemFailure, "injected failure (load-target knob)")
+            return handler(self, ctx, defer)
+        ctx.tx = tx
+        if body_type in _NEW_REQUESTS:
+            raise _Refuse(FailInfo.transactionIdInUse, "transactionID belongs to a transaction in progress")
+        handler = _TRANSITIONS[tx.state].get(body_type)
+        if handler is None:
+            raise _Refuse(FailInfo.badRequest, f"unexpected {msg.label} while {tx.state.value.replace('_', ' ')}")
+        if msg.header.recip_nonce != tx.our_nonce:
+            raise _Refuse(FailInfo.badRecipientNonce, "recipNonce does not echo our senderNonce")
+        self._check_same_requester(ctx, tx)
+        return handler(self, ctx, 0.0)
+
+    def _check_same_requester(self, ctx: _Ctx, tx: _Tx) -> None:
+        auth, first = ctx.auth, tx.auth
+        if auth.kind != first.kind:
+            raise _Refuse(FailInfo.wrongIntegrity, "protection differs from the transaction's first request")
+        if auth.kind == "mac" and not hmac.compare_digest(auth.secret or b"", first.secret or b""):
+            raise _Refuse(FailInfo.notAuthorized, "MAC secret differs from the transaction's first request")
+        if auth.kind == "signature" and auth.signer_der != first.signer_der:
+            raise _Refuse(FailInfo.notAuthorized, "signer differs from the transaction's first request")
+
+    # -- new transactions -----------------------------------------------------------------
+
+    def _on_cert_request(self, ctx: _Ctx, defer: float) -> Reply:
+        msg = ctx.msg
+        body = msg.body
+        assert isinstance(body, CertReqMessages)
+        rsp_type = messages.RESPONSE_FOR[msg.body_type]
+        if len(body.messages) != 1:
+            raise _Refuse(FailInfo.badRequest, "exactly one CertReqMsg is supported")
+        req = body.messages[0]
+        if req.cert_req_id != 0:
+            raise _Refuse(FailInfo.badRequest, f"certReqId must be 0, not {req.cert_req_id}")
+        if msg.body_type is BodyType.KUR and ctx.auth.kind != "signature":
+            raise _Refuse(FailInfo.notAuthorized, "kur must be signed with the certificate being updated")
+        try:
+            template = req.template
+            if template.public_key is None:
+                raise Rejected("certTemplate lacks a publicKey", FailInfo.badCertTemplate)
+            csr = _template_as_csr(template)
+            public_key = _public_key(csr)
+            self._check_key_size_rejected(public_key)
+            self._check_pop(req, public_key)
+            old_cert = self._authorize_kur(ctx, req.controls) if msg.body_type is BodyType.KUR else None
+            subject = csr.subject
+            if old_cert is not None and template.subject is None:
+                subject = old_cert.subject
+            extensions = _extensions(csr)
+            not_after = template.validity.not_after if template.validity else None
+        except Rejected as exc:
+            return self._cert_rejection(ctx, rsp_type, 0, exc)
+        return self._issue(ctx, rsp_type, 0, public_key, subject, extensions, not_after, old_cert, defer)
+
+    def _on_p10cr(self, ctx: _Ctx, defer: float) -> Reply:
+        body = ctx.msg.body
+        assert isinstance(body, P10Request)
+        try:
+            try:
+                csr = x509.load_der_x509_csr(body.csr)
+                public_key = _public_key(csr)
+                self._check_key_size_rejected(public_key)
+                pop_ok = csr.is_signature_valid
+            except (ValueError, TypeError) as exc:
+                raise Rejected(f"unusable PKCS#10 request: {_short(exc)}", FailInfo.badDataFormat) from None
+            if not pop_ok:
+                raise Rejected("PKCS#10 signature (POP) does not verify", FailInfo.badPOP)
+            extensions = _extensions(csr)
+        except Rejected as exc:
+            return self._cert_rejection(ctx, BodyType.CP, -1, exc)
+        return self._issue(ctx, BodyType.CP, -1, public_key, csr.subject, extensions, None, None, defer)
+
+    def _issue(
+        self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, public_key: object, subject: x509.Name,
+        extensions: tuple[x509.Extension[x509.ExtensionType], ...], not_after: datetime | None,
+        old_cert: x509.Certificate | None, defer: float,
+    ) -> Reply:
+        msg = ctx.msg
+        implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm
+        tid = msg.header.transaction_id
+        assert tid is not None
+        try:
+            issued = self.backend.issue(IssueRequest(
+                kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
+                not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
+                confirmed=implicit, old_cert=old_cert,
+            ))
+        except Rejected as exc:
+            return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
+        self._counts["issued"] += 1
+        if implicit:
+            self._counts["confirmed"] += 1
+        ca_pubs: tuple[bytes, ...] = ()
+        chain = self.backend.issued_chain
+        if self.config.mode == "3gpp":
+            chain = (*chain, self.backend.root)
+        elif ctx.auth.kind == "mac" and msg.body_type is BodyType.IR:
+            ca_pubs = (self.backend.root,)
+        body = CertRepMessage(
+            (CertResponse(cert_req_id, messages.ACCEPTED, issued.der),), ca_pubs
+        )
+        info = self._confirm_info(ctx, implicit)
+        tx = _Tx(tid, msg.body_type, TxState.CLOSED, ctx.auth, msg.header.sender, b"", 0.0,
+                 cert_req_id, issued, implicit=implicit)
+        if defer > 0:
+            return self._defer(ctx, tx, (rsp_type, body, info, chain), defer, serial=issued.serial)
+        return self._deliver(ctx, tx, rsp_type, body, info, chain, serial=issued.serial)
+
+    def _confirm_info(self, ctx: _Ctx, implicit: bool) -> tuple[InfoTypeAndValue, ...]:
+        if implicit:
+            return (InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),)
+        deadline = datetime.fromtimestamp(math.floor(ctx.now + self.config.confirm_wait), timezone.utc)
+        return (InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(deadline)),)
+
+    def _deliver(
+        self, ctx: _Ctx, tx: _Tx, rsp_type: BodyType, body: messages.Body,
+        info: tuple[InfoTypeAndValue, ...], extra: tuple[bytes, ...], *, serial: int | None = None,
+    ) -> Reply:
+        """Send a final response of a transaction and move it to its next state."""
+        data, nonce = self._encode(ctx, rsp_type, body, info, extra)
+        tx.our_nonce = nonce
+        if tx.issued is not None and not tx.implicit:
+            tx.state = TxState.AWAIT_CONFIRM
+            tx.deadline = ctx.now + self.config.confirm_wait
+            self._live[tx.tid] = tx
+        else:
+            self._close(tx, ctx.now, "done")
+        return Reply(data, Outcome(ctx.msg.label, rsp_type.label, "accepted", serial=serial))
+
+    def _defer(
+        self, ctx: _Ctx, tx: _Tx,
+        pending: tuple[BodyType, messages.Body, tuple[InfoTypeAndValue, ...], tuple[bytes, ...]],
+        defer: float, *, serial: int | None = None,
+    ) -> Reply:
+        rsp_type = pending[0]
+        waiting = PKIStatusInfo(PKIStatus.WAITING, ("response delayed; poll",))
+        if rsp_type in messages.CERT_RESPONSE_BODIES:
+            body_type, body = rsp_type, CertRepMessage((CertResponse(tx.cert_req_id, waiting),))
+        else:  # RFC 9483 §4.4: non-certificate responses are delayed with an error "waiting"
+            body_type, body = BodyType.ERROR, ErrorMsgContent(waiting)
+            tx.cert_req_id = -1
+        data, nonce = self._encode(ctx, body_type, body)
+        tx.our_nonce = nonce
+        tx.state = TxState.WAITING
+        tx.pending = pending
+        tx.ready_at = ctx.now + defer
+        tx.deadline = tx.ready_at + self.config.hung_timeout
+        self._live[tx.tid] = tx
+        return Reply(data, Outcome(ctx.msg.label, body_type.label, "waiting", serial=serial))
+
+    def _cert_rejection(self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, exc: Rejected) -> Reply:
+        status = PKIStatusInfo(PKIStatus.REJECTION, (_short(exc),), exc.fail_info)
+        tid = ctx.msg.header.transaction_id
+        assert tid is not None
+        data, _ = self._encode(ctx, rsp_type, CertRepMessage((CertResponse(cert_req_id, status),)))
+        self._closed[tid] = (ctx.now, "rejected")
+        return Reply(data, Outcome(ctx.msg.label, rsp_type.label, "rejection", exc.fail_info, text=_short(exc)))
+
+    def _on_rr(self, ctx: _Ctx, defer: float) -> Reply:
+        body = ctx.msg.body
+        assert isinstance(body, RevReqContent)
+        tid = ctx.msg.header.transaction_id
+        assert tid is not None
+        if len(body.details) != 1:
+            raise _Refuse(FailInfo.badRequest, "exactly one RevDetails is supported")
+        serial: int | None = None
+        try:
+            detail = body.details[0]
+            template = detail.template
+            if template.issuer is None or template.serial is None:
+                raise Rejected("RevDetails must name issuer and serialNumber", FailInfo.badCertId)
+            if ctx.auth.kind != "signature" and not self.config.allow_mac_rr:
+                raise Rejected("rr must be signed with the certificate to revoke", FailInfo.notAuthorized)
+            try:
+                issuer = _name(template.issuer)
+                reason_code = detail.reason
+            except (DerError, ValueError) as exc:
+                raise Rejected(f"malformed RevDetails: {_short(exc)}", FailInfo.badDataFormat) from None
+            known = self.backend.find(issuer, template.serial)
+            if known is None:
+                raise Rejected("certificate to revoke was not issued by this CA", FailInfo.badCertId)
+            serial = template.serial
+            self._authorize_rr(ctx, known)
+            reason = _reason(reason_code)
+            if known.status in ("revoked", "rejected"):
+                raise Rejected("certificate is already revoked", FailInfo.certRevoked)
+            self.backend.revoke(template.serial, reason, ctx.when)
+            status = messages.ACCEPTED
+            outcome_status, fail = "accepted", None
+        except Rejected as exc:
+            status = PKIStatusInfo(PKIStatus.REJECTION, (_short(exc),), exc.fail_info)
+            outcome_status, fail = "rejection", exc.fail_info
+        body_out = RevRepContent((status,))
+        tx = _Tx(tid, BodyType.RR, TxState.CLOSED, ctx.auth, ctx.msg.header.sender, b"", 0.0, -1)
+        if defer > 0 and fail is None:
+            return self._defer(ctx, tx, (BodyType.RP, body_out, (), ()), defer, serial=serial)
+        data, _ = self._encode(ctx, BodyType.RP, body_out)
+        self._closed[tid] = (ctx.now, "done")
+        return Reply(data, Outcome("rr", "rp", outcome_status, fail, serial))
+
+    def _on_genm(self, ctx: _Ctx, defer: float) -> Reply:
+        body = ctx.msg.body
+        assert isinstance(body, GenMsgContent)
+        tid = ctx.msg.header.transaction_id
+        assert tid is not None
+        try:
+            items = tuple(self.backend.general_info(item) for item in body.items)
+        except (DerError, ValueError) as exc:
+            raise _Refuse(FailInfo.badDataFormat, f"malformed genm value: {_short(exc)}") from None
+        tx = _Tx(tid, BodyType.GENM, TxState.CLOSED, ctx.auth, ctx.msg.header.sender, b"", 0.0, -1)
+        if defer > 0:
+            return self._defer(ctx, tx, (BodyType.GENP, GenMsgContent(items), (), ()), defer)
+        data, _ = self._encode(ctx, BodyType.GENP, GenMsgContent(items))
+        self._closed[tid] = (ctx.now, "done")
+        return Reply(data, Outcome("genm", "genp", "accepted"))
+
+    # -- follow-ups -----------------------------------------------------------------------
+
+    def _on_cert_conf(self, ctx: _Ctx, defer: float) -> Reply:
+        tx = ctx.tx
+        assert tx is not None and tx.issued is not None
+        body = ctx.msg.body
+        assert isinstance(body, CertConfirmContent)
+        serial = tx.issued.serial
+        if len(body.statuses) > 1:
+            raise _Refuse(FailInfo.badRequest, "certConf holds more than one CertStatus")
+        accepted = False
+        if body.statuses:
+            status = body.statuses[0]
+            if status.cert_req_id != tx.cert_req_id:
+                raise _Refuse(FailInfo.badRequest,
+                              f"certConf certReqId {status.cert_req_id}, expected {tx.cert_req_id}")
+            if not hmac.compare_digest(status.cert_hash, _cert_hash(tx.issued, status.hash_alg)):
+                self.backend.reject(serial, ctx.when)
+                self._close(tx, ctx.now, "rejected")
+                raise _Refuse(FailInfo.badCertId, "certHash does not match the certificate issued")
+            info = status.status_info
+            accepted = info is None or info.status in (PKIStatus.ACCEPTED, PKIStatus.GRANTED_WITH_MODS)
+        # An empty certConf rejects every certificate (RFC 9810 §5.3.18).
+        if accepted:
+            self.backend.confirm(serial)
+            self._counts["confirmed"] += 1
+        else:
+            self.backend.reject(serial, ctx.when)
+        data, _ = self._encode(ctx, BodyType.PKICONF, PKIConfirmContent())
+        self._close(tx, ctx.now, "done")
+        return Reply(data, Outcome("certConf", "pkiconf", "accepted" if accepted else "rejection", serial=serial))
+
+    def _on_poll_req(self, ctx: _Ctx, defer: float) -> Reply:
+        tx = ctx.tx
+        assert tx is not None and tx.pending is not None
+        body = ctx.msg.body
+        assert isinstance(body, PollReqContent)
+        if body.cert_req_ids != (tx.cert_req_id,):
+            raise _Refuse(FailInfo.badRequest, f"pollReq must name certReqId {tx.cert_req_id}")
+        tx.deadline = max(tx.ready_at, ctx.now) + self.config.hung_timeout
+        if ctx.now < tx.ready_at:
+            check_after = max(1, math.ceil(tx.ready_at - ctx.now))
+            data, nonce = self._encode(
+                ctx, BodyType.POLLREP, PollRepContent((PollRepEntry(tx.cert_req_id, check_after),))
+            )
+            tx.our_nonce = nonce
+            return Reply(data, Outcome("pollReq", "pollRep", "waiting"))
+        rsp_type, rsp_body, info, extra = tx.pending
+        tx.pending = None
+        if not tx.implicit and tx.issued is not None:
+            info = self._confirm_info(ctx, False)  # the confirm deadline runs from delivery
+        reply = self._deliver(ctx, tx, rsp_type, rsp_body, info, extra,
+                              serial=tx.issued.serial if tx.issued else None)
+        return Reply(reply.data, Outcome("pollReq", rsp_type.label, "accepted", serial=reply.outcome.serial))
+
+    def _on_client_error(self, ctx: _Ctx, defer: float) -> Reply:
+        """The end entity gave up (error message): reject what it was given, close, pkiConf."""
+        tx = ctx.tx
+        assert tx is not None
+        if tx.issued is not None and not tx.implicit:
+            self.backend.reject(tx.issued.serial, ctx.when)
+        data, _ = self._encode(ctx, BodyType.PKICONF, PKIConfirmContent())
+        self._close(tx, ctx.now, "client_error")
+        return Reply(data, Outcome("error", "pkiconf", "accepted"))
+
+    # -- authorization and POP ------------------------------------------------------------
+
+    def _check_pop(self, req: messages.CertReqMsg, public_key: object) -> None:
+        popo = req.popo
+        if popo is None:
+            raise Rejected("proof of possession is missing", FailInfo.badPOP)
+        if popo.kind != "signature":
+            raise Rejected(f"{popo.kind} proof of possession is not accepted", FailInfo.badPOP)
+        if popo.poposk_input is not None or popo.algorithm is None or popo.signature is None:
+            raise Rejected("POP must sign the CertRequest itself (no poposkInput)", FailInfo.badPOP)
+        try:
+            verify_signature(popo.algorithm, public_key, req.cert_request_der, popo.signature)  # type: ignore[arg-type]
+        except UnsupportedAlgorithm as exc:
+            raise Rejected(f"POP: {exc}", FailInfo.badAlg) from None
+        except ProtectionError:
+            raise Rejected("POP signature does not verify with the requested key", FailInfo.badPOP) from None
+
+    def _check_key_size_rejected(self, public_key: object) -> None:
+        try:
+            self._check_key_size(public_key, "requested")
+        except _Refuse as refusal:
+            raise Rejected(refusal.text, FailInfo.badCertTemplate) from None
+
+    def _authorize_kur(self, ctx: _Ctx, controls: bytes | None) -> x509.Certificate:
+        """kur: the certificate being updated must be ours and alive, and the request signed with
+        it or with its key (RFC 9483 §4.1.3)."""
+        signer = ctx.auth.signer
+        assert signer is not None
+        target: KnownCert | None
+        old_id = _old_cert_id(controls)
+        if old_id is not None:
+            issuer, serial = old_id
+            target = self.backend.find(issuer, serial)
+        else:
+            target = self.backend.find(signer.issuer, signer.serial_number)
+        if target is None:
+            raise Rejected("certificate to update was not issued by this CA", FailInfo.badCertId)
+        if target.status in ("revoked", "rejected"):
+            raise Rejected("certificate to update is revoked", FailInfo.certRevoked)
+        if target.der != ctx.auth.signer_der and not _same_key(target.cert, signer):
+            raise Rejected("kur is not signed with the certificate being updated", FailInfo.notAuthorized)
+        return target.cert
+
+    def _authorize_rr(self, ctx: _Ctx, target: KnownCert) -> None:
+        if ctx.auth.kind == "mac":
+            return  # allowed by configuration (allow_mac_rr)
+        signer = ctx.auth.signer
+        assert signer is not None
+        if target.der == ctx.auth.signer_der:
+            return
+        if _same_key(target.cert, signer) and target.cert.subject == signer.subject:
+            return
+        raise Rejected("rr must be signed with the certificate to revoke or its key", FailInfo.notAuthorized)
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def _encode(
+        self, ctx: _Ctx, body_type: BodyType, body: messages.Body,
+        info: tuple[InfoTypeAndValue, ...] = (), extra: tuple[bytes, ...] = (),
+    ) -> tuple[bytes, bytes]:
+        """Encode and protect a response; returns (bytes, our senderNonce)."""
+        req = ctx.msg.header
+        auth = ctx.auth
+        nonce = self._random(16)
+        mac = auth.kind == "mac"
+        if mac:
+            sender = _mac_sender(req.recipient) or self._signer_name
+            alg, kid = auth.mac_alg, auth.sender_kid
+        else:
+            sender, alg, kid = self._signer_name, self.signer.algorithm, self.signer.sender_kid
+        header = PKIHeader(
+            sender=sender,
+            recipient=req.sender,
+            transaction_id=req.transaction_id,
+            sender_nonce=nonce,
+            recip_nonce=req.sender_nonce,
+            sender_kid=kid,
+            message_time=ctx.when.replace(microsecond=0),
+            protection_alg=alg,
+            general_info=info,
+            pvno=2,
+        )
+        header_der = messages.encode_header(header)
+        body_der = messages.encode_body(body_type, body)
+        part = messages.protected_part(header_der, body_der)
+        if mac:
+            assert auth.mac_params is not None and auth.secret is not None
+            protection = compute_mac(auth.mac_params, auth.secret, part)
+            certs = extra
+        else:
+            protection = self.signer.protect(part)
+            certs = _dedupe(self.signer.extra_certs + extra)
+        return messages.assemble(header_der, body_der, protection, certs), nonce
+
+    def _error(
+        self, ctx: _Ctx, fail: FailInfo | int, text: str, *, status: PKIStatus = PKIStatus.REJECTION,
+        request: str | None = None, detail: str | None = None,
+    ) -> Reply:
+        mask = fail.mask if isinstance(fail, FailInfo) else int(fail)
+        body = ErrorMsgContent(PKIStatusInfo(status, (text[:200],), mask))
+        data, _ = self._encode(ctx, BodyType.ERROR, body)
+        return Reply(data, Outcome(request or ctx.msg.label, "error", "error", mask, text=(detail or text)[:200]))
+
+    def _close(self, tx: _Tx, now: float, reason: str) -> None:
+        tx.state = TxState.CLOSED
+        tx.pending = None
+        self._live.pop(tx.tid, None)
+        self._closed[tx.tid] = (now, reason)
+        self._closed.move_to_end(tx.tid)
+
+
+_Handler = Callable[[CmpServer, _Ctx, float], Reply]
+
+# state -> request body -> handler (None: no transaction with this ID yet). Anything else is
+# refused: a new request on a known transactionID with transactionIdInUse, others badRequest.
+_TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
+    None: {
+        BodyType.IR: CmpServer._on_cert_request,
+        BodyType.CR: CmpServer._on_cert_request,
+        BodyType.KUR: CmpServer._on_cert_request,
+        BodyType.P10CR: CmpServer._on_p10cr,
+        BodyType.RR: CmpServer._on_rr,
+        BodyType.GENM: CmpServer._on_genm,
+    },
+    TxState.AWAIT_CONFIRM: {
+        BodyType.CERTCONF: CmpServer._on_cert_conf,
+        BodyType.ERROR: CmpServer._on_client_error,
+    },
+    TxState.WAITING: {
+        BodyType.POLLREQ: CmpServer._on_poll_req,
+        BodyType.ERROR: CmpServer._on_client_error,
+    },
+    TxState.CLOSED: {},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+_EMPTY_MESSAGE = PKIMessage(
+    PKIHeader(sender=messages.NULL_DN_GENERAL_NAME, recipient=messages.NULL_DN_GENERAL_NAME),
+    BodyType.ERROR,
+    ErrorMsgContent(messages.ACCEPTED),
+)
+
+
+def _short(exc: BaseException | str) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__ if isinstance(exc, BaseException) else ""
+    return text[:200]
+
+
+def _dedupe(certs: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    seen: set[bytes] = set()
+    out = []
+    for c in certs:
+        if c not in seen:
+            seen.add(c)
+            out.append(c)
+    return tuple(out)
+
+
+def _mac_sender(recipient: bytes) -> bytes | None:
+    """For MAC responses, answer as whom the request addressed (OpenSSL checks the sender
+    against its -recipient), unless that was the NULL-DN."""
+    if recipient == messages.NULL_DN_GENERAL_NAME:
+        return None
+    try:
+        name = messages.general_name_directory(recipient)
+    except DerError:
+        return None
+    return recipient if name is not None else None
+
+
+def _name(name_der: bytes) -> x509.Name:
+    """Parse an encoded Name through a minimal CSR (cryptography has no public Name parser)."""
+    csr = x509.load_der_x509_csr(_csr_der(name_der, _DUMMY_SPKI, None))
+    return csr.subject
+
+
+def _csr_der(subject: bytes, spki: bytes, extensions: bytes | None) -> bytes:
+    attrs = b""
+    if extensions is not None:
+        attrs = der.sequence(der.oid(_EXTENSION_REQUEST), der.set_of(extensions))
+    info = der.sequence(der.integer(0), subject, spki, der.tlv(0xA0, attrs))
+    return der.sequence(info, der.algorithm_identifier(oids.ECDSA_SHA256), der.bit_string(b"\x00"))
+
+
+def _template_as_csr(template: messages.CertTemplate) -> x509.CertificateSigningRequest:
+    """Subject, key and extensions of a CertTemplate, parsed by cryptography in one go: the
+    template is wrapped in an (unsigned) PKCS#10 structure, whose signature is never checked."""
+    assert template.public_key is not None
+    try:
+        return x509.load_der_x509_csr(
+            _csr_der(template.subject or messages.NULL_DN, template.public_key, template.extensions)
+        )
+    except ValueError as exc:
+        raise Rejected(f"unusable certTemplate: {_short(exc)}", FailInfo.badCertTemplate) from None
+
+
+def _public_key(csr: x509.CertificateSigningRequest) -> object:
+    try:
+        return csr.public_key()
+    except (ValueError, TypeError) as exc:
+        raise Rejected(f"unusable public key: {_short(exc)}", FailInfo.badCertTemplate) from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+        raise Rejected(f"unsupported public key: {_short(exc)}", FailInfo.badAlg) from None
+
+
+def _extensions(csr: x509.CertificateSigningRequest) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+    try:
+        return tuple(csr.extensions)
+    except (ValueError, TypeError) as exc:
+        raise Rejected(f"unusable requested extensions: {_short(exc)}", FailInfo.badCertTemplate) from None
+    except x509.DuplicateExtension:
+        raise Rejected("duplicate requested extension", FailInfo.badCertTemplate) from None
+
+
+def _old_cert_id(controls: bytes | None) -> tuple[x509.Name, int] | None:
+    """The (issuer, serial) of an id-regCtrl-oldCertID control, if any."""
+    if controls is None:
+        return None
+    try:
+        for item in der.parse(controls).children():
+            parts = item.children()
+            if len(parts) == 2 and parts[0].as_oid() == ID_REG_CTRL_OLD_CERT_ID:
+                cert_id = parts[1].children()
+                issuer = messages.general_name_directory(cert_id[0].raw)
+                if issuer is None:
+                    raise Rejected("oldCertID issuer must be a directoryName", FailInfo.badCertId)
+                return _name(issuer), cert_id[1].expect(der.INTEGER, "serialNumber").as_int()
+    except (DerError, IndexError, ValueError) as exc:
+        raise Rejected(f"malformed oldCertID: {_short(exc)}", FailInfo.badDataFormat) from None
+    return None
+
+
+def _same_key(a: x509.Certificate, b: x509.Certificate) -> bool:
+    return a.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == b.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+_REASON_BY_CODE = {
+    0: None,
+    1: x509.ReasonFlags.key_compromise,
+    2: x509.ReasonFlags.ca_compromise,
+    3: x509.ReasonFlags.affiliation_changed,
+    4: x509.ReasonFlags.superseded,
+    5: x509.ReasonFlags.cessation_of_operation,
+    6: x509.ReasonFlags.certificate_hold,
+    9: x509.ReasonFlags.privilege_withdrawn,
+    10: x509.ReasonFlags.aa_compromise,
+}
+
+
+def _reason(code: int | None) -> x509.ReasonFlags | None:
+    if code is None:
+        return None
+    if code == 8:
+        raise Rejected("removeFromCRL is not supported (no certificate holds to release)", FailInfo.badRequest)
+    if code not in _REASON_BY_CODE:
+        raise Rejected(f"CRLReason {code} is not a revocation reason", FailInfo.badRequest)
+    return _REASON_BY_CODE[code]
+
+
+_HASH_NAMES = {"sha1", "sha224", "sha256", "sha384", "sha512"}
+_HASH_BY_DOTTED = {dotted: name for name, dotted in HASH_OID_BY_NAME.items()}
+
+
+def _cert_hash(issued: IssuedLike, hash_alg: bytes | None) -> bytes:
+    """certHash as the end entity computes it: hashAlg (pvno 3) or the certificate's signature
+    hash; SHA-512 for EdDSA-signed certificates (RFC 9481 §2)."""
+    if hash_alg is not None:
+        try:
+            dotted, _ = parse_algorithm(hash_alg)
+        except DerError:
+            raise _Refuse(FailInfo.badAlg, "malformed certConf hashAlg") from None
+        name = _HASH_BY_DOTTED.get(dotted)
+        if name is None:
+            raise _Refuse(FailInfo.badAlg, f"unsupported certConf hashAlg {dotted}")
+    else:
+        algo = issued.cert.signature_hash_algorithm
+        name = algo.name if algo is not None and algo.name in _HASH_NAMES else "sha512"
+    return hashlib.new(name, issued.der).digest()
+
+
+def _dummy_spki() -> bytes:
+    # A fixed valid P-256 point (the generator) so parsing a Name never needs a real key.
+    gx = bytes.fromhex("6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296")
+    gy = bytes.fromhex("4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5")
+    alg = der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid("1.2.840.10045.3.1.7"))
+    return der.sequence(alg, der.bit_string(b"\x04" + gx + gy))
+
+
+_DUMMY_SPKI = _dummy_spki()
