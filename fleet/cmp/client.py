@@ -400,6 +400,10 @@ class ClientTransaction:
         assert isinstance(body, ErrorMsgContent)
         if body.status.status == PKIStatus.WAITING and self.state is State.AWAIT_RESPONSE:
             return self._poll(0)  # RFC 9483 §4.4: delayed delivery of non-certificate responses
+        if self._pending_error is not None:
+            # We refused the certificate in certConf; a CA may answer that with an error, but the
+            # transaction failed because of the certificate, and that is what the caller must see.
+            raise self._pending_error
         raise ServerError(f"server error: {body.status.describe()}", body.status)
 
     def _on_pollrep(self, msg: PKIMessage) -> Event:
