@@ -1,0 +1,772 @@
+"""ClientTransaction without I/O, in the manner of h11's test_state: drive the machine with
+hand-built responses (tests/cmp/ca_stub.py) and real OpenSSL bytes (tests/data/openssl), and
+assert the state after every step; moves the table does not allow raise LocalProtocolError."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.cmp import der, messages, oids
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send, State, cert_hash
+from fleet.cmp.errors import (
+    BadVersion,
+    CaPubsNotAllowed,
+    CertReqIdMismatch,
+    CmpError,
+    LocalProtocolError,
+    MalformedMessage,
+    PollingLimit,
+    RecipNonceMismatch,
+    RequestRejected,
+    ServerError,
+    TransactionIdMismatch,
+    UnexpectedBody,
+    UnprotectedMessage,
+    WrongPublicKey,
+)
+from fleet.cmp.messages import (
+    BodyType,
+    CertRepMessage,
+    CertResponse,
+    FailInfo,
+    InfoTypeAndValue,
+    PKIMessage,
+    PKIStatus,
+    PKIStatusInfo,
+    PollRepContent,
+    PollRepEntry,
+    RevRepContent,
+)
+from fleet.cmp.protection import (
+    BadMac,
+    BadSignature,
+    MacProtector,
+    PbmParams,
+    ProtectionError,
+    SignatureProtector,
+    UnsupportedAlgorithm,
+)
+from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, RevocationRequest
+from fleet.cmp.trust import TrustStore, UntrustedSigner
+
+from .ca_stub import CaStub, Reply, error_reply, issue, make_ca
+
+KEY = ec.generate_private_key(ec.SECP256R1())
+SUBJECT = x509.Name.from_rfc4514_string("CN=device 1")
+CORPUS = Path(__file__).parent.parent / "data" / "openssl"
+
+
+def spki(key: object) -> bytes:
+    return key.public_key().public_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture
+def stub() -> CaStub:
+    return CaStub()
+
+
+def mac_config(stub: CaStub, **kw: object) -> ClientConfig:
+    return ClientConfig(stub.mac_protector(), **kw)  # type: ignore[arg-type]
+
+
+def sig_config(stub: CaStub, **kw: object) -> ClientConfig:
+    device = stub.device()
+    protector = SignatureProtector(device.key, device.cert, list(device.chain))
+    return ClientConfig(protector, TrustStore([stub.root.cert]), **kw)  # type: ignore[arg-type]
+
+
+def ir(**kw: object) -> CertRequest:
+    return CertRequest(BodyType.IR, KEY, SUBJECT, **kw)  # type: ignore[arg-type]
+
+
+def step(tx: ClientTransaction, stub: CaStub, event: Send, expect: State) -> Send | Done:
+    """One round trip through the stub, asserting the state it leaves the transaction in."""
+    result = tx.receive(stub.answer(event.data))
+    assert tx.state is expect
+    return result
+
+
+def answer_with(stub: CaStub, make: Callable[[Reply, PKIMessage], Reply]) -> None:
+    stub.mutate = make
+
+
+# ---------------------------------------------------------------------------------------------
+# Happy paths, every operation, both protections
+
+
+def test_ir_with_mac_walks_request_confirm_done(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub), ir())
+    assert tx.state is State.IDLE and tx.result is None
+    first = tx.start()
+    assert tx.state is State.AWAIT_RESPONSE
+    assert first.body_type is BodyType.IR and first.delay == 0
+    conf = step(tx, stub, first, State.AWAIT_CONFIRM)
+    assert isinstance(conf, Send) and conf.body_type is BodyType.CERTCONF
+    assert tx.result is not None  # known, but not final until pkiConf
+    done = step(tx, stub, conf, State.DONE)
+    assert isinstance(done, Done) and tx.result is done
+    cert = x509.load_der_x509_certificate(done.certificate or b"")
+    assert spki(cert) == spki(KEY)
+    assert cert.subject == SUBJECT
+    assert done.ca_pubs == (stub.root_der,) and done.chain == (stub.root_der,)
+    assert done.status.status == PKIStatus.ACCEPTED and not done.implicit_confirm and done.polls == 0
+
+    ir_msg, conf_msg = stub.received
+    assert ir_msg.header.transaction_id == conf_msg.header.transaction_id == tx.transaction_id
+    assert ir_msg.header.sender_kid == stub.reference
+    assert conf_msg.header.sender_nonce != ir_msg.header.sender_nonce
+    assert conf_msg.header.recip_nonce is not None and conf_msg.header.recip_nonce != ir_msg.header.sender_nonce
+    status = conf_msg.body.statuses[0]  # type: ignore[union-attr]
+    assert status.cert_hash == cert_hash(done.certificate or b"") and status.cert_req_id == 0
+    assert status.status_info is None  # accepted
+
+
+REQUESTS: dict[str, Callable[[CaStub], object]] = {
+    "ir": lambda s: ir(),
+    "cr": lambda s: CertRequest(BodyType.CR, KEY, SUBJECT),
+    "kur": lambda s: CertRequest(BodyType.KUR, KEY, old_cert=s.device("old").cert),
+    "p10cr": lambda s: CsrRequest(
+        x509.CertificateSigningRequestBuilder().subject_name(SUBJECT).sign(KEY, hashes.SHA256())
+    ),
+    "rr": lambda s: RevocationRequest.for_certificate(s.device("old").cert, 1),
+    "genm": lambda s: GeneralRequest((InfoTypeAndValue(oids.IT_CA_CERTS),)),
+}
+CERT_OPS = {"ir", "cr", "kur", "p10cr"}
+
+
+@pytest.mark.parametrize("protection", ["mac", "signature"])
+@pytest.mark.parametrize("op", list(REQUESTS))
+def test_every_operation(stub: CaStub, op: str, protection: str) -> None:
+    stub.ca_pubs = protection == "mac"
+    config = mac_config(stub) if protection == "mac" else sig_config(stub)
+    request = REQUESTS[op](stub)
+    tx = ClientTransaction(config, request)  # type: ignore[arg-type]
+    event: Send | Done = tx.start()
+    assert tx.state is State.AWAIT_RESPONSE
+    if op in CERT_OPS:
+        event = step(tx, stub, event, State.AWAIT_CONFIRM)
+        assert isinstance(event, Send) and event.body_type is BodyType.CERTCONF
+    event = step(tx, stub, event, State.DONE)
+    assert isinstance(event, Done)
+    kinds = [m.body_type for m in stub.received]
+    assert kinds[0].label == op
+    if op in CERT_OPS:
+        assert kinds[1] is BodyType.CERTCONF
+        assert spki(x509.load_der_x509_certificate(event.certificate or b"")) == spki(KEY)
+        expected_id = -1 if op == "p10cr" else 0
+        assert stub.received[1].body.statuses[0].cert_req_id == expected_id  # type: ignore[union-attr]
+    if op == "genm":
+        assert event.items[0].oid == oids.IT_CA_CERTS
+    if op == "kur":
+        assert stub.received[0].body.messages[0].controls is not None  # type: ignore[union-attr]
+    if protection == "signature":
+        assert event.ca_pubs == ()
+        assert stub.received[0].extra_certs[0] == config.protector.extra_certs[0]  # type: ignore[union-attr]
+
+
+def test_operation_paths() -> None:
+    stub = CaStub()
+    assert ClientTransaction(mac_config(stub), ir()).operation == "initialization"
+    assert ClientTransaction(mac_config(stub), REQUESTS["p10cr"](stub)).operation == "pkcs10"  # type: ignore[arg-type]
+    genm = GeneralRequest((InfoTypeAndValue(oids.IT_CA_CERTS),))
+    assert ClientTransaction(mac_config(stub), genm).operation == "getcacerts"
+
+
+# ---------------------------------------------------------------------------------------------
+# Polling and implicit confirmation
+
+
+def test_polling_returns_check_after_as_delay(stub: CaStub) -> None:
+    stub.polls, stub.check_after = 3, 7
+    tx = ClientTransaction(mac_config(stub), ir())
+    event = tx.start()
+    delays = []
+    for _ in range(3):
+        event = step(tx, stub, event, State.AWAIT_POLL)  # type: ignore[arg-type]
+        assert isinstance(event, Send) and event.body_type is BodyType.POLLREQ
+        delays.append(event.delay)
+    assert delays == [0, 7, 7]  # "waiting" ip: poll at once; pollRep: after checkAfter
+    event = step(tx, stub, event, State.AWAIT_CONFIRM)  # type: ignore[arg-type]
+    done = step(tx, stub, event, State.DONE)  # type: ignore[arg-type]
+    assert isinstance(done, Done) and done.polls == 3
+    assert [m.body.cert_req_ids for m in stub.received[1:4]] == [(0,)] * 3  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("op", ["rr", "genm"])
+def test_polling_for_non_certificate_responses_starts_with_error_waiting(stub: CaStub, op: str) -> None:
+    stub.polls = 2
+    tx = ClientTransaction(mac_config(stub), REQUESTS[op](stub))  # type: ignore[arg-type]
+    event = step(tx, stub, tx.start(), State.AWAIT_POLL)
+    event = step(tx, stub, event, State.AWAIT_POLL)  # type: ignore[arg-type]
+    done = step(tx, stub, event, State.DONE)  # type: ignore[arg-type]
+    assert isinstance(done, Done) and done.polls == 2
+    assert [m.body.cert_req_ids for m in stub.received[1:]] == [(-1,), (-1,)]  # type: ignore[union-attr]
+
+
+def test_implicit_confirm_granted_skips_certconf(stub: CaStub) -> None:
+    stub.grant_implicit_confirm = True
+    tx = ClientTransaction(mac_config(stub), ir(implicit_confirm=True))
+    done = step(tx, stub, tx.start(), State.DONE)
+    assert isinstance(done, Done) and done.implicit_confirm
+    assert stub.received[0].header.implicit_confirm
+    with pytest.raises(LocalProtocolError):
+        tx.receive(b"")
+    assert tx.state is State.DONE
+
+
+def test_implicit_confirm_refused_means_certconf(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub), ir(implicit_confirm=True))
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    done = step(tx, stub, conf, State.DONE)  # type: ignore[arg-type]
+    assert isinstance(done, Done) and not done.implicit_confirm
+
+
+def test_implicit_confirm_not_asked_for_is_not_taken(stub: CaStub) -> None:
+    stub.grant_implicit_confirm = True
+    answer_with(stub, lambda r, q: dataclasses.replace(
+        r, header=dataclasses.replace(r.header, general_info=(InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),))
+    ))
+    tx = ClientTransaction(mac_config(stub), ir())
+    step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+
+
+def test_certconf_with_hash_alg_uses_pvno_3(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub, confirm_hash_alg="sha384"), ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    step(tx, stub, conf, State.DONE)  # type: ignore[arg-type]
+    msg = stub.received[1]
+    assert msg.header.pvno == 3
+    status = msg.body.statuses[0]  # type: ignore[union-attr]
+    assert status.hash_alg is not None and len(status.cert_hash) == 48
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals by the server
+
+
+def test_rejection_names_fail_info(stub: CaStub) -> None:
+    status = PKIStatusInfo(PKIStatus.REJECTION, ("no",), FailInfo.badRequest.mask | FailInfo.badPOP.mask)
+
+    def reject(reply: Reply, request: PKIMessage) -> Reply:
+        return dataclasses.replace(reply, body=CertRepMessage((CertResponse(0, status),)))
+
+    answer_with(stub, reject)
+    tx = ClientTransaction(mac_config(stub), ir())
+    event = tx.start()
+    with pytest.raises(RequestRejected) as info:
+        tx.receive(stub.answer(event.data))
+    assert tx.state is State.FAILED and tx.result is None
+    assert info.value.kind == "rejected"
+    assert set(info.value.fail_names) == {"badRequest", "badPOP"}
+    assert "badPOP" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_rr_rejection(stub: CaStub) -> None:
+    status = PKIStatusInfo(PKIStatus.REJECTION, (), FailInfo.certRevoked.mask)
+    answer_with(stub, lambda r, q: dataclasses.replace(r, body=RevRepContent((status,))))
+    tx = ClientTransaction(mac_config(stub), REQUESTS["rr"](stub))  # type: ignore[arg-type]
+    with pytest.raises(RequestRejected) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.fail_names == ("certRevoked",) and tx.state is State.FAILED
+
+
+@pytest.mark.parametrize("when", ["response", "poll", "confirm"])
+def test_error_message_in_every_waiting_state(stub: CaStub, when: str) -> None:
+    status = PKIStatusInfo(PKIStatus.REJECTION, ("system down",), FailInfo.systemUnavail.mask)
+    stub.polls = 2 if when == "poll" else 0
+    target = {"response": BodyType.IR, "poll": BodyType.POLLREQ, "confirm": BodyType.CERTCONF}[when]
+    answer_with(stub, lambda r, q: error_reply(stub, q, status) if q.body_type is target else r)
+    tx = ClientTransaction(mac_config(stub), ir())
+    event = tx.start()
+    with pytest.raises(ServerError) as info:
+        while True:
+            event = tx.receive(stub.answer(event.data))  # type: ignore[union-attr]
+    assert tx.state is State.FAILED
+    assert info.value.kind == "error_message" and info.value.protected
+    assert info.value.fail_names == ("systemUnavail",)
+
+
+def test_unprotected_error_is_a_server_error_unless_refused(stub: CaStub) -> None:
+    status = PKIStatusInfo(PKIStatus.REJECTION, (), FailInfo.badMessageCheck.mask)
+    answer_with(stub, lambda r, q: dataclasses.replace(error_reply(stub, q, status), protect="none"))
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(ServerError) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert not info.value.protected and info.value.fail_names == ("badMessageCheck",)
+
+    tx = ClientTransaction(mac_config(stub, accept_unprotected_errors=False), ir())
+    with pytest.raises(UnprotectedMessage) as refused:
+        tx.receive(stub.answer(tx.start().data))
+    assert refused.value.kind == "unprotected" and tx.state is State.FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses that must not be believed (each with its own error)
+
+
+def _tid(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, header=dataclasses.replace(reply.header, transaction_id=b"\x01" * 16))
+
+
+def _nonce(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, header=dataclasses.replace(reply.header, recip_nonce=b"\x02" * 16))
+
+
+def _no_nonce(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, header=dataclasses.replace(reply.header, recip_nonce=None))
+
+
+def _pvno(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, header=dataclasses.replace(reply.header, pvno=1))
+
+
+def _unprotected(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, protect="none")
+
+
+def _wrong_body(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, body_type=BodyType.KUP)
+
+
+def _rp_for_ir(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, body_type=BodyType.RP, body=RevRepContent((messages.ACCEPTED,)))
+
+
+def _pkiconf_early(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, body_type=BodyType.PKICONF, body=messages.PKIConfirmContent())
+
+
+def _cert_req_id(reply: Reply, request: PKIMessage) -> Reply:
+    resp = reply.body.responses[0]  # type: ignore[union-attr]
+    return dataclasses.replace(reply, body=CertRepMessage((dataclasses.replace(resp, cert_req_id=5),), ()))
+
+
+def _two_responses(reply: Reply, request: PKIMessage) -> Reply:
+    resp = reply.body.responses[0]  # type: ignore[union-attr]
+    return dataclasses.replace(reply, body=CertRepMessage((resp, resp), ()))
+
+
+def _no_cert(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, body=CertRepMessage((CertResponse(0, messages.ACCEPTED),), ()))
+
+
+def _pollrep_unasked(reply: Reply, request: PKIMessage) -> Reply:
+    return dataclasses.replace(reply, body_type=BodyType.POLLREP, body=PollRepContent((PollRepEntry(0, 1),)))
+
+
+HOSTILE: dict[str, tuple[Callable[[Reply, PKIMessage], Reply], type[CmpError], str]] = {
+    "wrong transactionID": (_tid, TransactionIdMismatch, "wrong_transaction_id"),
+    "wrong recipNonce": (_nonce, RecipNonceMismatch, "wrong_recip_nonce"),
+    "missing recipNonce": (_no_nonce, RecipNonceMismatch, "wrong_recip_nonce"),
+    "pvno 1": (_pvno, BadVersion, "unsupported_version"),
+    "unprotected ip": (_unprotected, UnprotectedMessage, "unprotected"),
+    "kup for ir": (_wrong_body, UnexpectedBody, "unexpected_body"),
+    "rp for ir": (_rp_for_ir, UnexpectedBody, "unexpected_body"),
+    "pkiconf for ir": (_pkiconf_early, UnexpectedBody, "unexpected_body"),
+    "pollRep unasked": (_pollrep_unasked, UnexpectedBody, "unexpected_body"),
+    "certReqId 5": (_cert_req_id, CertReqIdMismatch, "wrong_cert_req_id"),
+    "two responses": (_two_responses, UnexpectedBody, "unexpected_body"),
+    "accepted without cert": (_no_cert, UnexpectedBody, "unexpected_body"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_response_is_refused(stub: CaStub, case: str) -> None:
+    mutate, error, kind = HOSTILE[case]
+    answer_with(stub, mutate)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(error) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == kind
+    assert tx.state is State.FAILED and tx.result is None
+    assert "\n" not in str(info.value)
+
+
+def test_replayed_response_is_refused(stub: CaStub) -> None:
+    """The ip sent again in answer to certConf: its recipNonce is the ir's, not the certConf's."""
+    tx = ClientTransaction(mac_config(stub), ir())
+    ip = stub.answer(tx.start().data)
+    tx.receive(ip)
+    assert tx.state is State.AWAIT_CONFIRM
+    with pytest.raises(RecipNonceMismatch):
+        tx.receive(ip)
+    assert tx.state is State.FAILED
+
+
+def test_response_from_another_transaction_is_refused(stub: CaStub) -> None:
+    other = ClientTransaction(mac_config(stub), ir())
+    ip = stub.answer(other.start().data)
+    tx = ClientTransaction(mac_config(stub), ir())
+    tx.start()
+    with pytest.raises(TransactionIdMismatch):
+        tx.receive(ip)
+
+
+def test_wrong_mac(stub: CaStub) -> None:
+    stub.reply_secret = b"not the secret"
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(BadMac) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "bad_mac" and tx.state is State.FAILED
+
+
+def flip_protection(data: bytes) -> bytes:
+    """The same message with one bit of its MAC or signature flipped."""
+    msg = messages.decode(data)
+    protection = bytearray(msg.protection or b"")
+    protection[-1] ^= 1
+    return messages.assemble(*_parts(msg), bytes(protection), msg.extra_certs)
+
+
+def test_flipped_mac_bit(stub: CaStub) -> None:
+    stub.tamper = flip_protection
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(BadMac):
+        tx.receive(stub.answer(tx.start().data))
+
+
+def test_flipped_signature_bit(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    stub.tamper = flip_protection
+    tx = ClientTransaction(sig_config(stub), ir())
+    with pytest.raises(BadSignature) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "bad_signature"
+
+
+def _parts(msg: PKIMessage) -> tuple[bytes, bytes]:
+    part = der.parse(msg.protected_part).children()
+    return part[0].raw, part[1].raw
+
+
+def test_signer_outside_the_trust_anchors(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    config = sig_config(stub)
+    stub.signer = issue(make_ca("Mallory Root"), "Mallory RA")
+    tx = ClientTransaction(config, ir())
+    with pytest.raises(UntrustedSigner) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "untrusted_signer" and tx.state is State.FAILED
+
+
+def test_signature_response_without_trust_anchors(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    device = stub.device()
+    tx = ClientTransaction(ClientConfig(SignatureProtector(device.key, device.cert)), ir())
+    with pytest.raises(UntrustedSigner):
+        tx.receive(stub.answer(tx.start().data))
+
+
+def test_mac_response_to_signed_request(stub: CaStub) -> None:
+    answer_with(stub, lambda r, q: dataclasses.replace(r, protect="mac"))
+    tx = ClientTransaction(sig_config(stub), ir())
+    with pytest.raises(ProtectionError) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "bad_protection"
+
+
+def test_signed_response_to_mac_request_needs_trust(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    answer_with(stub, lambda r, q: dataclasses.replace(r, protect="signature"))
+    tx = ClientTransaction(mac_config(stub, trust=TrustStore([stub.root.cert])), ir())
+    assert isinstance(tx.receive(stub.answer(tx.start().data)), Send)  # trusted signer: fine
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(UntrustedSigner):
+        tx.receive(stub.answer(tx.start().data))
+
+
+def test_ca_pubs_only_under_mac(stub: CaStub) -> None:
+    tx = ClientTransaction(sig_config(stub), ir())  # stub.ca_pubs is on by default
+    with pytest.raises(CaPubsNotAllowed) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "capubs_not_allowed" and tx.state is State.FAILED
+
+
+def test_3gpp_mode_takes_operator_root_from_ip_extra_certs(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    device = stub.device()
+    config = ClientConfig(SignatureProtector(device.key, device.cert), mode="3gpp")
+    tx = ClientTransaction(config, ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    done = step(tx, stub, conf, State.DONE)  # type: ignore[arg-type]
+    assert isinstance(done, Done) and done.operator_root == stub.root_der
+    # Not for a cr: there the trust anchors must be configured.
+    tx = ClientTransaction(config, CertRequest(BodyType.CR, KEY, SUBJECT))
+    with pytest.raises(UntrustedSigner):
+        tx.receive(stub.answer(tx.start().data))
+
+
+def test_mac_iteration_count_is_capped(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub, max_iterations=1000), ir())
+    request = messages.decode(tx.start().data)
+    reply = stub.reply_to(request)
+    params = PbmParams(b"salt", "sha256", 10**9, "sha256")
+    header = dataclasses.replace(reply.header, protection_alg=params.encode())
+    header_der = messages.encode_header(header)
+    body_der = messages.encode_body(reply.body_type, reply.body)
+    data = messages.assemble(header_der, body_der, b"\x00" * 32)
+    with pytest.raises(UnsupportedAlgorithm) as info:
+        tx.receive(data)
+    assert info.value.kind == "bad_alg"
+
+
+def test_issued_certificate_for_another_key_is_rejected_in_certconf(stub: CaStub) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+
+    def swap(reply: Reply, request: PKIMessage) -> Reply:
+        if reply.body_type is not BodyType.IP:
+            return reply
+        cert = stub.issue_for(other.public_key())
+        return dataclasses.replace(reply, body=CertRepMessage((CertResponse(0, messages.ACCEPTED, cert),), ()))
+
+    answer_with(stub, swap)
+    tx = ClientTransaction(mac_config(stub), ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    assert isinstance(conf, Send) and conf.body_type is BodyType.CERTCONF
+    status = messages.decode(conf.data).body.statuses[0]  # type: ignore[union-attr]
+    assert status.status_info is not None and status.status_info.status == PKIStatus.REJECTION
+    assert status.status_info.fail_names == ("badCertTemplate",)
+    with pytest.raises(WrongPublicKey) as info:
+        tx.receive(stub.answer(conf.data))
+    assert info.value.kind == "wrong_public_key"
+    assert tx.state is State.FAILED and tx.result is None
+
+
+def test_wrong_key_stays_the_error_when_the_rejection_is_answered_with_an_error(stub: CaStub) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    refused = PKIStatusInfo(PKIStatus.REJECTION, (), FailInfo.badCertTemplate.mask)
+
+    def swap(reply: Reply, request: PKIMessage) -> Reply:
+        if request.body_type is BodyType.CERTCONF:
+            return error_reply(stub, request, refused)
+        cert = stub.issue_for(other.public_key())
+        return dataclasses.replace(reply, body=CertRepMessage((CertResponse(0, messages.ACCEPTED, cert),), ()))
+
+    answer_with(stub, swap)
+    tx = ClientTransaction(mac_config(stub), ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    with pytest.raises(WrongPublicKey):
+        tx.receive(stub.answer(conf.data))  # type: ignore[union-attr]
+
+
+def test_polling_limits(stub: CaStub) -> None:
+    stub.polls = 10
+    tx = ClientTransaction(mac_config(stub, max_polls=3), ir())
+    event: Send | Done = tx.start()
+    with pytest.raises(PollingLimit) as info:
+        for _ in range(10):
+            event = tx.receive(stub.answer(event.data))  # type: ignore[union-attr]
+            assert tx.state is State.AWAIT_POLL
+    assert info.value.kind == "poll_limit" and tx.state is State.FAILED and len(stub.received) == 4
+
+    stub = CaStub(polls=3, check_after=86400 * 365)
+    tx = ClientTransaction(mac_config(stub), ir())
+    event = step(tx, stub, tx.start(), State.AWAIT_POLL)
+    with pytest.raises(PollingLimit):
+        tx.receive(stub.answer(event.data))  # type: ignore[union-attr]
+
+
+def test_pollrep_for_another_cert_req_id(stub: CaStub) -> None:
+    stub.polls = 3
+
+    def other_id(reply: Reply, request: PKIMessage) -> Reply:
+        if reply.body_type is BodyType.POLLREP:
+            return dataclasses.replace(reply, body=PollRepContent((PollRepEntry(9, 0),)))
+        return reply
+
+    answer_with(stub, other_id)
+    tx = ClientTransaction(mac_config(stub), ir())
+    event = step(tx, stub, tx.start(), State.AWAIT_POLL)
+    with pytest.raises(CertReqIdMismatch):
+        tx.receive(stub.answer(event.data))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x30", b"\x30\x03\x02\x01\x02", b"\x30\x84\xff\xff\xff\xff", b"garbage" * 10],
+    ids=["empty", "one byte", "no body", "absurd length", "garbage"],
+)
+def test_malformed_bytes(stub: CaStub, data: bytes) -> None:
+    tx = ClientTransaction(mac_config(stub), ir())
+    tx.start()
+    with pytest.raises(MalformedMessage) as info:
+        tx.receive(data)
+    assert info.value.kind == "malformed" and tx.state is State.FAILED
+
+
+def test_truncated_response_at_every_length(stub: CaStub) -> None:
+    """Every proper prefix of a valid ip is refused as malformed, never with another error."""
+    tx = ClientTransaction(mac_config(stub), ir())
+    request = tx.start()
+    ip = stub.answer(request.data)
+    for cut in range(0, len(ip), 7):
+        copy = ClientTransaction(tx.config, ir(), transaction_id=tx.transaction_id, random=lambda n, d=request: _nonce_of(d))
+        copy.start()
+        with pytest.raises(MalformedMessage):
+            copy.receive(ip[:cut])
+
+
+def _nonce_of(send: Send) -> bytes:
+    return messages.decode(send.data).header.sender_nonce or b""
+
+
+# ---------------------------------------------------------------------------------------------
+# Illegal moves by the caller
+
+
+def test_illegal_moves_raise_local_protocol_error(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(LocalProtocolError) as info:
+        tx.receive(b"anything")
+    assert tx.state is State.IDLE and info.value.kind == "local_protocol_error"
+    event = tx.start()
+    with pytest.raises(LocalProtocolError):
+        tx.start()
+    assert tx.state is State.AWAIT_RESPONSE
+    conf = step(tx, stub, event, State.AWAIT_CONFIRM)
+    with pytest.raises(LocalProtocolError):
+        tx.start()
+    step(tx, stub, conf, State.DONE)  # type: ignore[arg-type]
+    for move in (tx.start, lambda: tx.receive(b"")):
+        with pytest.raises(LocalProtocolError):
+            move()
+        assert tx.state is State.DONE
+
+
+def test_no_moves_after_failure(stub: CaStub) -> None:
+    tx = ClientTransaction(mac_config(stub), ir())
+    tx.start()
+    with pytest.raises(MalformedMessage):
+        tx.receive(b"\x00")
+    for move in (tx.start, lambda: tx.receive(b"")):
+        with pytest.raises(LocalProtocolError):
+            move()
+        assert tx.state is State.FAILED
+
+
+def test_reprs_hide_the_secret(stub: CaStub) -> None:
+    protector = MacProtector(b"sup3r-s3cret", reference=b"ref")
+    assert "sup3r" not in repr(protector) and "sup3r" not in repr(ClientConfig(protector))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real OpenSSL 3.0 responses (tests/data/openssl), replayed into a transaction whose
+# transactionID and senderNonces are those of the captured requests
+
+
+def _corpus(flow: str) -> tuple[list[PKIMessage], list[bytes]]:
+    reqs = sorted(CORPUS.glob(f"{flow}.req*.der"))
+    rsps = sorted(CORPUS.glob(f"{flow}.rsp*.der"))
+    return [messages.decode(p.read_bytes()) for p in reqs], [p.read_bytes() for p in rsps]
+
+
+def _pki(name: str) -> bytes:
+    return (CORPUS / "pki" / name).read_bytes()
+
+
+def _key(name: str) -> object:
+    return serialization.load_pem_private_key(_pki(name), None)
+
+
+def _cert(name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(_pki(name))
+
+
+def replay(flow: str, config: ClientConfig, request: object) -> Iterator[tuple[State, Send | Done]]:
+    """Feed the flow's responses in order; yields the state and event after each."""
+    reqs, rsps = _corpus(flow)
+    nonces = iter(r.header.sender_nonce for r in reqs)
+    tx = ClientTransaction(config, request, transaction_id=reqs[0].header.transaction_id, random=lambda n: next(nonces))  # type: ignore[arg-type]
+    event: Send | Done = tx.start()
+    for i, data in enumerate(rsps):
+        assert isinstance(event, Send) and event.body_type is reqs[i].body_type
+        event = tx.receive(data)
+        yield tx.state, event
+
+
+def _openssl_mac() -> ClientConfig:
+    return ClientConfig(MacProtector(b"test1234", reference=b"1234"))  # as in pki/secret.txt
+
+
+def _openssl_sig(cert: str = "client.crt", key: str = "client.key") -> ClientConfig:
+    return ClientConfig(SignatureProtector(_key(key), _cert(cert)), TrustStore([_cert("root.crt")]))  # type: ignore[arg-type]
+
+
+def _new_ir(**kw: object) -> CertRequest:
+    return CertRequest(BodyType.IR, _key("new.key"), x509.Name.from_rfc4514_string("CN=Enrolled Device"), **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flow", ["ir_pbm", "ir_pbm_hmacsha256"])
+def test_openssl_ip_with_hmac_sha1_pbm(flow: str) -> None:
+    states = [(state, type(ev)) for state, ev in replay(flow, _openssl_mac(), _new_ir())]
+    assert states == [(State.AWAIT_CONFIRM, Send), (State.DONE, Done)]
+
+
+def test_openssl_polling() -> None:
+    steps = list(replay("ir_poll", _openssl_mac(), _new_ir()))
+    assert [state for state, _ in steps] == [State.AWAIT_POLL, State.AWAIT_POLL, State.AWAIT_CONFIRM, State.DONE]
+    assert steps[-1][1].polls == 2  # type: ignore[union-attr]
+
+
+def test_openssl_implicit_confirm() -> None:
+    [(state, done)] = list(replay("ir_implicit", _openssl_mac(), _new_ir(implicit_confirm=True)))
+    assert state is State.DONE and done.implicit_confirm  # type: ignore[union-attr]
+
+
+def test_openssl_rejection_and_errors() -> None:
+    with pytest.raises(RequestRejected) as rejected:
+        list(replay("ir_rejected", _openssl_mac(), _new_ir()))
+    assert rejected.value.fail_names  # the flow's -failure bit
+    with pytest.raises(ServerError) as error:
+        list(replay("ir_error", _openssl_mac(), _new_ir()))
+    assert error.value.protected
+    with pytest.raises(ServerError) as unprotected:
+        list(replay("ir_error_unprot", _openssl_mac(), _new_ir()))
+    assert not unprotected.value.protected
+
+
+def test_openssl_signed_flows() -> None:
+    new_key = _key("new.key")
+    steps = list(replay("cr", _openssl_sig(), CertRequest(BodyType.CR, new_key, SUBJECT)))  # type: ignore[arg-type]
+    assert [state for state, _ in steps] == [State.AWAIT_CONFIRM, State.DONE]
+    kur = CertRequest(BodyType.KUR, new_key, old_cert=_cert("rsp.crt"))  # type: ignore[arg-type]
+    assert list(replay("kur", _openssl_sig("rsp.crt", "new.key"), kur))[-1][0] is State.DONE
+    csr = x509.load_pem_x509_csr(_pki("new.csr"))
+    assert list(replay("p10cr", _openssl_sig(), CsrRequest(csr)))[-1][0] is State.DONE
+    rr = RevocationRequest.for_certificate(_cert("rsp.crt"))
+    [(state, done)] = list(replay("rr", _openssl_sig("rsp.crt", "new.key"), rr))
+    assert state is State.DONE and done.status.status == PKIStatus.ACCEPTED  # type: ignore[union-attr]
+
+
+def test_openssl_genm_echo() -> None:
+    reqs, _ = _corpus("genm")
+    items = reqs[0].body.items  # type: ignore[union-attr]
+    [(state, done)] = list(replay("genm", _openssl_mac(), GeneralRequest(items)))
+    assert state is State.DONE and done.items == items  # type: ignore[union-attr]
+
+
+def test_openssl_signed_ip_with_ca_pubs_is_refused() -> None:
+    """The 3.0 mock puts caPubs into signature-protected ip: valid signature, refused by LCMPP."""
+    with pytest.raises(CaPubsNotAllowed):
+        list(replay("ir_sig", _openssl_sig(), _new_ir()))
+
+
+def test_openssl_response_with_one_byte_changed_is_refused() -> None:
+    _, rsps = _corpus("ir_pbm")
+    ip = bytearray(rsps[0])
+    ip[len(ip) // 2] ^= 0x01  # somewhere inside the body: DER may still parse, the MAC must not
+    reqs, _ = _corpus("ir_pbm")
+    nonces = iter(r.header.sender_nonce for r in reqs)
+    tx = ClientTransaction(_openssl_mac(), _new_ir(), transaction_id=reqs[0].header.transaction_id, random=lambda n: next(nonces))  # type: ignore[arg-type]
+    tx.start()
+    with pytest.raises((BadMac, MalformedMessage)):
+        tx.receive(bytes(ip))
