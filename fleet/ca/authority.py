@@ -99,6 +99,10 @@ class Authority:
         store = CertStore(Path(state_dir) / STORE_FILE)
         return cls(hierarchy, store, base_url=base_url, validity=validity)
 
+    def set_base_url(self, base_url: str) -> None:
+        """Where issued certificates point for the CRL and OCSP (known once the port is bound)."""
+        self.issuer = CertificateIssuer(self.hierarchy, base_url=base_url, validity=self.issuer.validity)
+
     def close(self) -> None:
         self.store.close()
 

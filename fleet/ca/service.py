@@ -1,0 +1,323 @@
+"""The embedded CA as a trio HTTP service: CMP, CRL and OCSP on one port, plus load-target knobs.
+
+Routes (paths compared case-sensitively; leading slashes stripped and trailing ones collapsed, as
+OpenSSL's test tables require):
+
+* POST ``/.well-known/cmp[/p/<profile>][/<operation>]`` and ``/pkix/``: CMP (RFC 9811, RFC 9483
+  §6.1). Profiles ``lcmpp`` and ``3gpp`` select that mode; any other profile gets the default.
+  CMP answers always come with HTTP 200, errors included, because OpenSSL 3.0's client reads a
+  CMP body only from a 200.
+* GET ``/crl/issuing.crl``: the issuing CA's CRL (``application/pkix-crl``).
+* POST ``/ocsp`` (and GET ``/ocsp/<base64>``): OCSP (``application/ocsp-response``).
+
+Knobs (``LoadKnobs``) turn it into a load target: added latency, a fraction of new requests
+answered "waiting" (delivered after ``check_after`` s to a pollReq), a fraction answered with an
+error, HTTP 503s, dropped connections, and (in ``ServerConfig``) a cap on concurrent transactions.
+A periodic tick expires unconfirmed certificates and hung transactions.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
+from urllib.parse import unquote
+
+import trio
+
+from fleet.ca.authority import Authority
+from fleet.cmp.server import CmpServer, Outcome, SecretLookup, ServerConfig
+from fleet.errors import FleetError
+from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
+
+__all__ = ["CaService", "Latency", "LoadKnobs", "ServiceError", "route"]
+
+log = logging.getLogger(__name__)
+
+CMP_TYPE = "application/pkixcmp"
+_TEXT = "text/plain"
+_OPERATIONS = frozenset(
+    {
+        "initialization", "certification", "keyupdate", "pkcs10", "revocation", "getcacerts",
+        "getrootupdate", "getcertreqtemplate", "getcrls",
+    }
+)
+_MODES = ("lcmpp", "3gpp")
+
+
+class ServiceError(FleetError):
+    """A service option that cannot work (a bad latency spec, a fraction outside 0..1)."""
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Added response latency in seconds: ``fixed:S``, ``uniform:A:B``, ``exp:MEAN`` or
+    ``lognormal:MEDIAN:SIGMA``; capped at ``cap`` seconds."""
+
+    kind: str = "none"
+    a: float = 0.0
+    b: float = 0.0
+    cap: float = 60.0
+
+    @classmethod
+    def parse(cls, spec: str | None) -> Latency:
+        if not spec or spec == "none":
+            return cls()
+        kind, _, rest = spec.partition(":")
+        try:
+            values = [float(v) for v in rest.split(":")] if rest else []
+        except ValueError:
+            raise ServiceError(f"latency {spec!r}: values must be numbers of seconds") from None
+        want = {"fixed": 1, "uniform": 2, "exp": 1, "lognormal": 2}.get(kind)
+        if want is None:
+            raise ServiceError(f"latency {spec!r}: use fixed:S, uniform:A:B, exp:MEAN or lognormal:MEDIAN:SIGMA")
+        if len(values) != want or any(v < 0 for v in values):
+            raise ServiceError(f"latency {spec!r}: {kind} takes {want} non-negative value(s)")
+        return cls(kind, values[0], values[1] if want == 2 else 0.0)
+
+    def sample(self, rng: random.Random) -> float:
+        if self.kind == "fixed":
+            value = self.a
+        elif self.kind == "uniform":
+            value = rng.uniform(self.a, self.b)
+        elif self.kind == "exp":
+            value = rng.expovariate(1 / self.a) if self.a > 0 else 0.0
+        elif self.kind == "lognormal":
+            value = self.a * rng.lognormvariate(0.0, self.b) if self.a > 0 else 0.0
+        else:
+            return 0.0
+        return min(value, self.cap)
+
+    def __str__(self) -> str:
+        if self.kind == "none":
+            return "none"
+        return f"{self.kind}:{self.a:g}" + (f":{self.b:g}" if self.kind in ("uniform", "lognormal") else "")
+
+
+@dataclass(frozen=True)
+class LoadKnobs:
+    """Fault and load shaping for capacity tests; all off by default. Fractions are 0..1 and
+    drawn independently per request (waiting and error only for requests that start a
+    transaction)."""
+
+    latency: Latency = field(default_factory=Latency)
+    waiting_fraction: float = 0.0
+    check_after: float = 1.0
+    error_fraction: float = 0.0
+    http_503_fraction: float = 0.0
+    drop_fraction: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("waiting_fraction", "error_fraction", "http_503_fraction", "drop_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ServiceError(f"{name.replace('_', ' ')} must be between 0 and 1, not {value}")
+        if self.check_after < 0:
+            raise ServiceError("check-after must not be negative")
+
+    @property
+    def active(self) -> bool:
+        return bool(
+            self.latency.kind != "none" or self.waiting_fraction or self.error_fraction
+            or self.http_503_fraction or self.drop_fraction
+        )
+
+
+def route(path: str) -> tuple[str, str | None]:
+    """Classify a request target: ("cmp", profile or None), ("crl", None), ("ocsp", rest) or
+    ("none", None). Leading slashes are stripped and trailing ones collapsed."""
+    target = path.split("?", 1)[0]
+    trimmed = target.lstrip("/")
+    trailing = trimmed.endswith("/")
+    trimmed = trimmed.rstrip("/")
+    if trimmed == "pkix":
+        return "cmp", None
+    if trimmed == "crl/issuing.crl" and not trailing:
+        return "crl", None
+    if trimmed == "ocsp":
+        return "ocsp", None
+    if trimmed.startswith("ocsp/"):
+        return "ocsp", trimmed[5:]
+    if trimmed == ".well-known/cmp" or trimmed.startswith(".well-known/cmp/"):
+        segments = trimmed.split("/")[2:]
+        profile = None
+        if len(segments) >= 2 and segments[0] == "p":
+            profile = unquote(segments[1])
+            segments = segments[2:]
+            if not profile:
+                return "none", None
+        if len(segments) > 1 or (segments and segments[0] not in _OPERATIONS):
+            return "none", None
+        return "cmp", profile
+    return "none", None
+
+
+class CaService:
+    """HTTP front of one ``Authority``: routes, knobs, transaction ticks, counters."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        *,
+        config: ServerConfig | None = None,
+        secrets: SecretLookup | None = None,
+        trusted: tuple = (),
+        vendor: tuple = (),
+        knobs: LoadKnobs | None = None,
+        clock: Callable[[], float] = time.time,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self.authority = authority
+        self.config = config or ServerConfig()
+        self.knobs = knobs or LoadKnobs()
+        self.clock = clock
+        self.tick_interval = tick_interval
+        self._rng = random.Random(self.knobs.seed)
+        self.servers: dict[str, CmpServer] = {
+            mode: authority.server(
+                config=replace(self.config, mode=mode),  # type: ignore[arg-type]
+                secrets=secrets, trusted=trusted, vendor=vendor,
+            )
+            for mode in _MODES
+        }
+        self.default = self.servers[self.config.mode]
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()
+        self.http = Counter[str]()
+        self.http_stats = HttpServerStats()
+        self.base_url: str | None = None
+
+    # -- HTTP -----------------------------------------------------------------------------
+
+    async def handle(self, request: HttpRequest) -> HttpResponse:
+        kind, arg = route(request.path)
+        if kind == "cmp":
+            if request.method != "POST":
+                return self._plain(405, "CMP takes POST\n", headers=(("Allow", "POST"),))
+            return await self._cmp(request, arg)
+        if kind == "crl":
+            if request.method not in ("GET", "HEAD"):
+                return self._plain(405, "GET the CRL\n", headers=(("Allow", "GET"),))
+            self.http["crl"] += 1
+            return HttpResponse(200, self.authority.crl.current_crl_der(), "application/pkix-crl")
+        if kind == "ocsp":
+            return self._ocsp(request, arg)
+        return self._plain(404, "not found\n")
+
+    async def _cmp(self, request: HttpRequest, profile: str | None) -> HttpResponse:
+        content_type = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
+        if content_type != CMP_TYPE.encode():
+            return self._plain(415, "Content-Type must be application/pkixcmp\n")
+        knobs = self.knobs
+        defer = 0.0
+        inject = False
+        if knobs.active:
+            rng = self._rng
+            if knobs.drop_fraction and rng.random() < knobs.drop_fraction:
+                self.http["dropped"] += 1
+                return HttpResponse(0, drop_connection=True)
+            if knobs.http_503_fraction and rng.random() < knobs.http_503_fraction:
+                self.http["503"] += 1
+                return self._plain(503, "service unavailable (load-target knob)\n", headers=(("Retry-After", "1"),))
+            if knobs.waiting_fraction and rng.random() < knobs.waiting_fraction:
+                defer = knobs.check_after
+            if knobs.error_fraction and rng.random() < knobs.error_fraction:
+                inject = True
+        server = self.servers.get(profile or "", self.default)
+        reply = server.handle(request.body, self.clock(), defer=defer, inject_error=inject)
+        self._count(reply.outcome)
+        if knobs.latency.kind != "none":
+            delay = knobs.latency.sample(self._rng)
+            if delay > 0:
+                await trio.sleep(delay)
+        return HttpResponse(200, reply.data, CMP_TYPE)
+
+    def _ocsp(self, request: HttpRequest, arg: str | None) -> HttpResponse:
+        ocsp = self.authority.ocsp
+        self.http["ocsp"] += 1
+        if request.method == "POST" and arg is None:
+            body = ocsp.respond(request.body)
+        elif request.method == "GET" and arg:
+            try:
+                body = ocsp.respond(base64.b64decode(unquote(arg), validate=True))
+            except ValueError:
+                body = ocsp.malformed_response_der
+        else:
+            return self._plain(405, "OCSP takes POST /ocsp or GET /ocsp/<base64>\n")
+        return HttpResponse(200, body, "application/ocsp-response")
+
+    def _plain(self, status: int, text: str, *, headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
+        self.http[str(status)] += 1
+        return HttpResponse(status, text.encode(), _TEXT, headers=headers)
+
+    def _count(self, outcome: Outcome) -> None:
+        fail = ",".join(outcome.fail_names)
+        self.outcomes[(outcome.request, outcome.status, fail)] += 1
+        if outcome.status == "error" and "systemFailure" in outcome.fail_names and "injected" not in outcome.text:
+            log.error("CMP %s failed inside the server: %s", outcome.request, outcome.text)
+
+    # -- running --------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock()
+        for server in self.servers.values():
+            for outcome in server.tick(now):
+                self._count(outcome)
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(self.tick_interval)
+            self.tick()
+
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        max_body_bytes: int = 1_000_000,
+        max_connections: int = 10_000,
+        public_url: str | None = None,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until cancelled; ``task_status.started`` gets the bound port.
+
+        Issued certificates point their CRL distribution point and OCSP URL at ``public_url``
+        (default ``http://<host>:<bound port>``), set before the first request is served.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                bound = await nursery.start(
+                    partial(
+                        serve_http, self.handle, host, port, max_body_bytes=max_body_bytes,
+                        max_connections=max_connections, stats=self.http_stats,
+                    )
+                )
+                # No checkpoint between the bind and this: no request is served before it.
+                self.base_url = public_url or f"http://{_url_host(host)}:{bound}"
+                self.authority.set_base_url(self.base_url)
+                nursery.start_soon(self._ticker)
+                nursery.start_soon(self.authority.store.run_flusher)
+                task_status.started(bound)
+        finally:
+            self.authority.store.flush()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "transactions": {mode: s.statistics() for mode, s in self.servers.items()},
+            "outcomes": dict(self.outcomes),
+            "http": dict(self.http),
+            "certificates": self.authority.store.counts_by_status(),
+        }
+
+
+def _url_host(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host

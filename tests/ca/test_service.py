@@ -1,0 +1,244 @@
+"""The CA service on a real loopback socket, driven by fleet's own HTTP client and CMP client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+from fleet.ca.authority import Authority
+from fleet.ca.service import CaService, Latency, LoadKnobs, ServiceError, route
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done
+from fleet.cmp.errors import ServerError
+from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import MacProtector, SignatureProtector
+from fleet.cmp.requests import CertRequest, RevocationRequest
+from fleet.cmp.server import ServerConfig, SharedSecrets
+from fleet.cmp.trust import TrustStore, load_cert
+from fleet.exchange import run_transaction
+from fleet.http.client import CmpHttpClient
+from fleet.http.errors import ConnectionLost, HttpStatusError
+
+SECRET = b"service-secret"
+REF = b"ref-1"
+
+
+def name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+class Running:
+    def __init__(self, service: CaService, port: int) -> None:
+        self.service = service
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/.well-known/cmp"
+
+    @property
+    def authority(self) -> Authority:
+        return self.service.authority
+
+    def mac(self, **kw: object) -> ClientConfig:
+        return ClientConfig(
+            protector=MacProtector(SECRET, reference=REF),
+            trust=TrustStore([self.authority.hierarchy.root]),
+            **kw,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+async def start(tmp_path: Path) -> AsyncIterator[object]:
+    """Factory: ``await start(knobs=..., **ServerConfig fields)`` runs a service on port 0."""
+    authorities: list[Authority] = []
+    async with trio.open_nursery() as nursery:
+
+        async def _start(knobs: LoadKnobs | None = None, **config: object) -> Running:
+            authority = Authority.open(tmp_path / f"ca{len(authorities)}")
+            authorities.append(authority)
+            service = CaService(
+                authority, config=ServerConfig(**config),  # type: ignore[arg-type]
+                secrets=SharedSecrets({REF: SECRET}), knobs=knobs, tick_interval=0.05,
+            )
+            port = await nursery.start(service.serve, "127.0.0.1", 0)
+            return Running(service, port)
+
+        yield _start
+        nursery.cancel_scope.cancel()
+    for a in authorities:
+        a.close()
+
+
+async def enroll(ca: Running, client: CmpHttpClient, cn: str = "dev", **kw: object) -> tuple[Done, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    tx = ClientTransaction(ca.mac(), CertRequest(BodyType.IR, key, subject=name(cn), **kw))  # type: ignore[arg-type]
+    return await run_transaction(client, tx, timeout=10), key
+
+
+def test_route() -> None:
+    assert route("/pkix/") == ("cmp", None)
+    assert route("/pkix/////") == ("cmp", None)
+    assert route("//pkix") == ("cmp", None)
+    assert route("/PKIX/")[0] == "none" and route("/pKiX/")[0] == "none"
+    assert route("/.well-known/cmp") == ("cmp", None)
+    assert route("/.well-known/cmp/p/3gpp/initialization") == ("cmp", "3gpp")
+    assert route("/.well-known/cmp/certification") == ("cmp", None)
+    assert route("/.well-known/cmp/bogus")[0] == "none"
+    assert route("/crl/issuing.crl") == ("crl", None)
+    assert route("/ocsp") == ("ocsp", None)
+    assert route("/") == ("none", None)
+
+
+def test_knob_validation() -> None:
+    assert str(Latency.parse("uniform:0.001:0.002")) == "uniform:0.001:0.002"
+    with pytest.raises(ServiceError):
+        Latency.parse("gauss:1")
+    with pytest.raises(ServiceError):
+        LoadKnobs(error_fraction=1.5)
+
+
+async def test_enroll_kur_rr_then_crl_and_ocsp(start) -> None:  # type: ignore[no-untyped-def]
+    ca = await start()
+    async with CmpHttpClient(ca.url) as client:
+        done, key = await enroll(ca, client)
+        cert = load_cert(done.certificate)
+        cdp = cert.extensions.get_extension_for_oid(ExtensionOID.CRL_DISTRIBUTION_POINTS).value
+        crl_url = cdp[0].full_name[0].value
+        assert crl_url == f"http://127.0.0.1:{ca.port}/crl/issuing.crl"
+        signed = ClientConfig(
+            protector=SignatureProtector(key, cert, ca.authority.hierarchy.chain_for_issued),
+            trust=TrustStore([ca.authority.hierarchy.root]),
+        )
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        kup = await run_transaction(client, ClientTransaction(signed, CertRequest(BodyType.KUR, new_key, old_cert=cert)),
+                                    path="/.well-known/cmp/keyupdate", timeout=10)
+        updated = load_cert(kup.certificate)
+        rr = ClientTransaction(
+            ClientConfig(protector=SignatureProtector(new_key, updated, ca.authority.hierarchy.chain_for_issued),
+                         trust=TrustStore([ca.authority.hierarchy.root])),
+            RevocationRequest.for_certificate(updated, reason=4),
+        )
+        await run_transaction(client, rr, timeout=10)
+    async with httpx.AsyncClient() as http:
+        crl_rsp = await http.get(crl_url)
+        assert crl_rsp.headers["content-type"] == "application/pkix-crl"
+        crl = x509.load_der_x509_crl(crl_rsp.content)
+        assert crl.get_revoked_certificate_by_serial_number(updated.serial_number) is not None
+        assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is None
+        req = ocsp.OCSPRequestBuilder().add_certificate(updated, ca.authority.hierarchy.issuing, hashes.SHA256()).build()
+        aia = updated.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+        ocsp_rsp = await http.post(aia[0].access_location.value, content=req.public_bytes(serialization.Encoding.DER),
+                                   headers={"content-type": "application/ocsp-request"})
+        answer = ocsp.load_der_ocsp_response(ocsp_rsp.content)
+        assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        assert answer.revocation_reason is x509.ReasonFlags.superseded
+
+
+async def test_http_errors_and_server_keeps_serving(start) -> None:  # type: ignore[no-untyped-def]
+    ca = await start()
+    base = f"http://127.0.0.1:{ca.port}"
+    async with httpx.AsyncClient() as http:
+        assert (await http.post(base + "/PKIX/", content=b"x", headers={"content-type": "application/pkixcmp"})).status_code == 404
+        assert (await http.get(base + "/pkix/")).status_code == 405
+        assert (await http.post(base + "/pkix/", content=b"x", headers={"content-type": "text/plain"})).status_code == 415
+        truncated = await http.post(base + "/pkix/", content=b"\x30\x82\x01", headers={"content-type": "application/pkixcmp"})
+        assert truncated.status_code == 200 and truncated.headers["content-type"] == "application/pkixcmp"
+    # A 100 MB body is refused from its Content-Length without being read.
+    stream = await trio.open_tcp_stream("127.0.0.1", ca.port)
+    async with stream:
+        await stream.send_all(
+            b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/pkixcmp\r\n"
+            b"Content-Length: 104857600\r\n\r\n" + b"\x00" * 65536
+        )
+        with trio.fail_after(5):
+            head = await stream.receive_some(4096)
+        assert head.startswith(b"HTTP/1.1 413")
+    # HTTP/1.0 keep-alive, as OpenSSL 3.0 sends it: two requests on one connection.
+    stream = await trio.open_tcp_stream("127.0.0.1", ca.port)
+    async with stream:
+        for _ in range(2):
+            await stream.send_all(
+                b"POST /pkix/ HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/pkixcmp\r\n"
+                b"Content-Length: 3\r\n\r\n\x30\x01\x00"
+            )
+            with trio.fail_after(5):
+                data = await stream.receive_some(65536)
+            assert data.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive" in data
+    async with CmpHttpClient(ca.url) as client:
+        done, _ = await enroll(ca, client)
+        assert done.certificate
+
+
+async def test_knobs_503_drop_error_latency(start) -> None:  # type: ignore[no-untyped-def]
+    for knobs, expected in (
+        (LoadKnobs(http_503_fraction=1.0), HttpStatusError),
+        (LoadKnobs(drop_fraction=1.0), ConnectionLost),
+        (LoadKnobs(error_fraction=1.0), ServerError),
+    ):
+        ca = await start(knobs=knobs)
+        async with CmpHttpClient(ca.url) as client:
+            with pytest.raises(expected):
+                await enroll(ca, client)
+    ca = await start(knobs=LoadKnobs(latency=Latency.parse("fixed:0.05")))
+    async with CmpHttpClient(ca.url) as client:
+        started = trio.current_time()
+        await enroll(ca, client)
+        assert trio.current_time() - started >= 0.1  # ip and pkiConf both delayed
+
+
+async def test_waiting_knob_delivers_after_polling(start) -> None:  # type: ignore[no-untyped-def]
+    ca = await start(knobs=LoadKnobs(waiting_fraction=1.0, check_after=0.2))
+    async with CmpHttpClient(ca.url) as client:
+        done, _ = await enroll(ca, client)
+    assert done.polls >= 1 and done.certificate
+    assert ca.service.outcomes[("ir", "waiting", "")] == 1
+
+
+async def test_transaction_cap_and_confirm_deadline(start) -> None:  # type: ignore[no-untyped-def]
+    ca = await start(max_transactions=1, confirm_wait=0.2)
+    server = ca.service.default
+    key = ec.generate_private_key(ec.SECP256R1())
+    tx = ClientTransaction(ca.mac(), CertRequest(BodyType.IR, key, subject=name("held")))
+    async with CmpHttpClient(ca.url) as client:
+        rsp = await client.post(tx.start().data)
+        tx.receive(rsp.body)  # ip received, certConf never sent: the transaction stays live
+        assert server.live_transactions == 1
+        with pytest.raises(ServerError) as err:
+            await enroll(ca, client)
+        assert err.value.fail_names == ("systemUnavail",)
+        with trio.fail_after(3):
+            while server.live_transactions:
+                await trio.sleep(0.05)
+        assert ca.service.outcomes[("tick", "confirm_timeout", "systemUnavail")] == 1
+        done, _ = await enroll(ca, client)
+        assert done.certificate
+
+
+async def test_concurrent_enrollments(start) -> None:  # type: ignore[no-untyped-def]
+    ca = await start()
+    serials: list[int] = []
+    failures: list[BaseException] = []
+    started = time.monotonic()
+    async with CmpHttpClient(ca.url, max_connections=50) as client:
+
+        async def one(i: int) -> None:
+            try:
+                done, _ = await enroll(ca, client, cn=f"dev-{i}")
+                serials.append(load_cert(done.certificate).serial_number)
+            except Exception as exc:  # counted, asserted below
+                failures.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one, i)
+    assert failures == []
+    assert len(set(serials)) == 200
+    assert time.monotonic() - started < 30
+    assert ca.authority.store.counts_by_status()["issued"] == 200
