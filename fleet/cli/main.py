@@ -19,8 +19,9 @@ app = typer.Typer(
 
 def _register() -> None:
     """Attach the command groups; each module owns one group and knows nothing of the others."""
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd
+    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, run_cmd
 
+    app.command("run", help="Run a load profile against a CA (the embedded one by default).")(run_cmd.run)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")

@@ -1,0 +1,247 @@
+"""Virtual devices: identities derived from an index, credentials, and one lifecycle step at a time.
+
+A device costs nothing until it acts: its reference, subject, SANs and MAC secret are derived
+from its index on demand. Only devices holding a certificate keep state (the certificate and
+its key), which is what kur and rr need.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.cmp import genm as genm_items
+from fleet.cmp.client import ClientConfig
+from fleet.cmp.messages import BodyType, InfoTypeAndValue
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
+from fleet.cmp.server import derive_device_secret
+from fleet.cmp.trust import TrustStore, load_cert
+from fleet.keys import KeyPool
+from fleet.names import parse_name, parse_san
+from fleet.profiles import DeviceSpec
+from fleet.errors import FleetError
+
+_NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
+
+
+class DeviceSetupError(FleetError):
+    """A device template (subject, SAN pattern) that cannot be filled in."""
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What a device holds once enrolled."""
+
+    key: PrivateKey
+    cert: bytes
+
+
+class VendorCa:
+    """A manufacturer CA that issues IDevID certificates to virtual devices on demand
+    (TS 33.310 §9.2: base stations ship with a vendor key and certificate)."""
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey | None = None, name: str = "fleet vendor root") -> None:
+        self.key = key or ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
+        now = datetime.now(timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+
+    def idevid(self, serial_text: str, key: PrivateKey) -> x509.Certificate:
+        now = datetime.now(timezone.utc)
+        subject = x509.Name([
+            x509.NameAttribute(x509.NameOID.COMMON_NAME, f"IDevID {serial_text}"),
+            x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, serial_text),
+        ])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(self._aki, critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+
+class DeviceFactory:
+    """Builds each device's requests and protection from its index, lazily."""
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        pools: dict[str, KeyPool],
+        *,
+        master_secret: bytes | None,
+        trust: TrustStore,
+        mode: str = "lcmpp",
+        vendor: VendorCa | None = None,
+        genm: tuple[str, ...] = ("caCerts",),
+        seed: int = 1,
+    ) -> None:
+        self.spec = spec
+        self.pools = pools
+        self.master_secret = master_secret
+        self.trust = trust
+        self.mode = mode
+        self.vendor = vendor
+        self.genm = genm
+        self.states: dict[int, DeviceState] = {}
+        self._rng = np.random.default_rng(seed)
+        self._kinds = [str(k) for k, _ in spec.key_types]
+        self._weights = np.array([w for _, w in spec.key_types])
+        self._salt = self._rng.bytes(16)  # one PBM salt per worker: derived keys stay cached per device
+        self.check_templates()
+
+    def check_templates(self) -> None:
+        """Fill the templates once for device 0 so a typo fails before the run, not 50,000 times."""
+        try:
+            self.subject(0)
+            self.sans(0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise DeviceSetupError(f"device subject/SAN template: {exc!r} (use {{index}}, {{uuid}}, {{imei}})") from None
+
+    # -- identity -----------------------------------------------------------------------------
+
+    def reference(self, index: int) -> bytes:
+        return b"dev-%08d" % index
+
+    def _fields(self, index: int) -> dict[str, object]:
+        return {
+            "index": index,
+            "uuid": uuid.uuid5(_NAMESPACE, str(index)),
+            "imei": f"35{index:013d}"[:15],
+        }
+
+    def subject(self, index: int) -> x509.Name:
+        return parse_name(self.spec.subject.format(**self._fields(index)))
+
+    def sans(self, index: int) -> list[x509.GeneralName]:
+        fields = self._fields(index)
+        return [parse_san(s.format(**fields)) for s in self.spec.sans]
+
+    # -- credentials --------------------------------------------------------------------------
+
+    def new_key(self) -> PrivateKey:
+        kind = self._kinds[0] if len(self._kinds) == 1 else self._kinds[int(self._rng.choice(len(self._kinds), p=self._weights))]
+        return self.pools[kind].take()
+
+    def mac(self, index: int) -> MacProtector:
+        if self.master_secret is None:
+            raise DeviceSetupError("MAC devices need a master secret")
+        reference = self.reference(index)
+        return MacProtector(
+            derive_device_secret(self.master_secret, reference),
+            reference=reference,
+            iterations=self.spec.pbm_iterations,
+            salt=self._salt,
+        )
+
+    def config(self, protector: MacProtector | SignatureProtector) -> ClientConfig:
+        return ClientConfig(protector, self.trust, mode=self.mode)  # type: ignore[arg-type]
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(self, op: str, index: int) -> tuple[ClientConfig, Request, PrivateKey | None]:
+        """(config, request, new key or None) for one operation of device ``index``."""
+        state = self.states.get(index)
+        spec = self.spec
+        if op == "genm":
+            items = tuple(self._genm_item(name) for name in self.genm)
+            protector = self._signed(state) if state else self.mac(index)
+            return self.config(protector), GeneralRequest(items), None
+        if op in ("kur", "rr"):
+            if state is None:
+                raise DeviceSetupError(f"{op} needs an enrolled device")
+            cert = load_cert(state.cert)
+            if op == "rr":
+                return self.config(self._signed(state)), RevocationRequest.for_certificate(cert, 1), None
+            key = self.new_key()
+            request = CertRequest(
+                BodyType.KUR, key, old_cert=cert, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
+            )
+            return self.config(self._signed(state)), request, key
+        key = self.new_key()
+        subject, sans = self.subject(index), self.sans(index)
+        if op == "p10cr":
+            csr_builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+            if sans:
+                csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            csr = csr_builder.sign(key, _csr_hash(key))
+            return self.config(self.mac(index)), CsrRequest(csr, spec.implicit_confirm, spec.cert_profile), key
+        kind = BodyType.CR if op == "cr" else BodyType.IR
+        if kind is BodyType.CR and state is not None:
+            protector: MacProtector | SignatureProtector = self._signed(state)
+        elif spec.auth == "vendor" and self.vendor is not None:
+            protector = self._vendor_signed(index)
+        else:
+            protector = self.mac(index)
+        request = CertRequest(
+            kind, key, subject, sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
+        )
+        return self.config(protector), request, key
+
+    def _signed(self, state: DeviceState) -> SignatureProtector:
+        return SignatureProtector(state.key, load_cert(state.cert))
+
+    def _vendor_signed(self, index: int) -> SignatureProtector:
+        assert self.vendor is not None
+        idevid_key = self.pools["ec:P-256"].take() if "ec:P-256" in self.pools else ec.generate_private_key(ec.SECP256R1())
+        cert = self.vendor.idevid(f"{index:08d}", idevid_key)
+        return SignatureProtector(idevid_key, cert, [self.vendor.cert])
+
+    def _genm_item(self, name: str) -> InfoTypeAndValue:
+        if name == "caCerts":
+            return genm_items.ca_certs_request()
+        if name == "rootCaCert":
+            anchors = self.trust.anchors
+            return genm_items.root_ca_cert_request(_der(anchors[0]) if anchors else None)
+        if name == "certReqTemplate":
+            return genm_items.cert_req_template_request()
+        anchors = self.trust.anchors
+        issuer = anchors[0].subject.public_bytes() if anchors else x509.Name([]).public_bytes()
+        return genm_items.crl_status_list_request(issuer)
+
+    # -- results ------------------------------------------------------------------------------
+
+    def enrolled(self, index: int, key: PrivateKey, cert: bytes) -> None:
+        self.states[index] = DeviceState(key, cert)
+
+    def revoked(self, index: int) -> None:
+        self.states.pop(index, None)
+
+
+def _csr_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    from fleet.cmp.protection import default_hash
+
+    name = default_hash(key)
+    return None if name is None else {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[name]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)

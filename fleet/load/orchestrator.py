@@ -1,0 +1,438 @@
+"""``fleet run``: key pools, the embedded CA when no server is given, worker processes, live
+progress, the merged report and the SLO verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import queue
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+from fleet.cmp.trust import TrustStore
+from fleet.errors import FleetError
+from fleet.files import atomic_write, load_certificates
+from fleet.keys import KeyPool, KeyPoolStore, KeySpec
+from fleet.load.device import DeviceFactory, VendorCa
+from fleet.load.embedded_ca import EmbeddedCa
+from fleet.load.results import RunResults
+from fleet.load.runner import Observer, WorkerPlan, WorkerRun
+from fleet.load.schedule import Closed
+from fleet.load.segments import Segment, split
+from fleet.profiles import Profile
+
+KEY_OPS = ("ir", "cr", "p10cr", "kur")
+
+
+class RunError(FleetError):
+    """A run that cannot start as configured."""
+
+
+@dataclass
+class RunOptions:
+    server: str | None = None
+    trusted: list[Path] = field(default_factory=list)
+    master_secret: bytes | None = None
+    keys_dir: Path | None = None
+    report: Path | None = None
+    abort_on_fail: bool = False
+    progress: bool = True
+    metrics_port: int | None = None
+    ca_dir: Path | None = None
+    path: str | None = None
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    checks: list[tuple[bool, str]]
+
+    def line(self) -> str:
+        if not self.checks:
+            return "PASS: no SLO thresholds set" if self.passed else "FAIL"
+        parts = "; ".join(text for _, text in self.checks)
+        return f"{'PASS' if self.passed else 'FAIL'}: {parts}"
+
+
+# -- planning -------------------------------------------------------------------------------------
+
+
+def expected_arrivals(profile: Profile) -> int:
+    if isinstance(profile.shape, Closed):
+        return profile.devices.count * 4
+    return int(math.ceil(profile.shape.expected_count(profile.duration)))
+
+
+def keys_needed(profile: Profile) -> dict[str, int]:
+    """How many keys of each type the run will consume (bounded: pools are reused beyond it)."""
+    per_arrival = sum(1 for op in profile.flow if op in KEY_OPS)
+    total = min(expected_arrivals(profile) * per_arrival, 200_000)
+    needs = {str(spec): max(16, int(total * weight * 1.1) + 16) for spec, weight in profile.devices.key_types}
+    if profile.devices.auth == "vendor":
+        needs["ec:P-256"] = needs.get("ec:P-256", 0) + min(expected_arrivals(profile), 200_000) + 16
+    return needs
+
+
+def prepare_keys(profile: Profile, keys_dir: Path | None, out: TextIO) -> dict[str, int]:
+    """Generate what the on-disk pools lack, before the run starts (RSA keygen is slow)."""
+    store = KeyPoolStore(keys_dir)
+    needs = keys_needed(profile)
+    for spec_text, count in needs.items():
+        spec = KeySpec.parse(spec_text)
+        have = store.count(spec)
+        if have < count and not spec.is_cheap:
+            missing = count - have
+            print(f"fleet: generating {missing} {spec} keys into {store.path_for(spec)} (cached for later runs)", file=out)
+            store.generate(spec, missing)
+    return needs
+
+
+def load_pools(profile: Profile, keys_dir: Path | None, needs: dict[str, int], segment: Segment) -> dict[str, KeyPool]:
+    store = KeyPoolStore(keys_dir)
+    pools: dict[str, KeyPool] = {}
+    for spec_text, count in needs.items():
+        spec = KeySpec.parse(spec_text)
+        have = store.count(spec)
+        share = segment.count(min(have, count)) if have else 0
+        start = segment.range(min(have, count)).start if have else 0
+        policy = "generate" if spec.is_cheap else "reuse"
+        if share == 0:
+            pools[spec_text] = KeyPool(spec, (), on_exhausted="generate" if spec.is_cheap else "error")
+        else:
+            pools[spec_text] = store.load(spec, share, start=start, on_exhausted=policy)
+    return pools
+
+
+# -- one worker ----------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerSetup:
+    profile: Profile
+    url: str
+    worker: int
+    workers: int
+    trusted_pem: list[bytes]
+    master_secret: bytes | None
+    keys_dir: Path | None
+    needs: dict[str, int]
+    vendor_key_pem: bytes | None
+    mode: str
+    path: str | None = None
+    metrics_port: int | None = None
+
+
+def _build_run(setup: WorkerSetup) -> WorkerRun:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    segment = split(setup.workers)[setup.worker]
+    anchors = [c for pem in setup.trusted_pem for c in x509.load_pem_x509_certificates(pem)]
+    vendor = None
+    if setup.vendor_key_pem is not None:
+        vendor = VendorCa(load_pem_private_key(setup.vendor_key_pem, None))  # type: ignore[arg-type]
+    pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
+    devices = DeviceFactory(
+        setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
+        mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.worker,
+    )
+    observer: Observer | None = None
+    if setup.metrics_port is not None:
+        from fleet.metrics import FleetMetrics
+
+        observer = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
+    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
+    return WorkerRun(plan, devices, observer=observer)
+
+
+def _worker_main(setup: WorkerSetup, outbox: Any) -> None:
+    """Entry point of a worker process: run, stream snapshots, send the final results."""
+    try:
+        run = _build_run(setup)
+
+        async def main() -> RunResults:
+            async with trio.open_nursery() as nursery:
+                async def report() -> None:
+                    while True:
+                        await trio.sleep(1.0)
+                        outbox.put(("snapshot", setup.worker, _snapshot(run)))
+
+                nursery.start_soon(report)
+                results = await run.run()
+                nursery.cancel_scope.cancel()
+            return results
+
+        results = trio.run(main)
+        outbox.put(("done", setup.worker, results.to_dict()))
+    except FleetError as exc:
+        outbox.put(("error", setup.worker, str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as one line
+        outbox.put(("error", setup.worker, f"worker crashed: {type(exc).__name__}: {exc}"))
+
+
+def _snapshot(run: WorkerRun) -> dict[str, Any]:
+    driver = run.driver.statistics() if run.driver is not None else None
+    return {
+        "elapsed": trio.current_time() - run.t0 if run.t0 else 0.0,
+        "ok": run.live.ok,
+        "failed": run.live.failed,
+        "in_flight": run.live.in_flight,
+        "due": driver.due if driver else run.results.started,
+        "dropped": driver.dropped if driver else 0,
+        "errors": dict(run.live.last_errors),
+        "ops": {name: s.latency.to_dict() for name, s in run.results.ops.items()},
+    }
+
+
+# -- the whole run -------------------------------------------------------------------------------
+
+
+class Progress:
+    """A live line: elapsed, achieved vs target rate, in flight, p50/p99 of the first operation, errors."""
+
+    def __init__(self, profile: Profile, out: TextIO, enabled: bool) -> None:
+        self.profile = profile
+        self.out = out
+        self.enabled = enabled
+        self.tty = out.isatty()
+        self.last_print = 0.0
+
+    def show(self, snapshots: dict[int, dict[str, Any]]) -> None:
+        if not self.enabled or not snapshots:
+            return
+        from fleet.load.histogram import LatencyHistogram
+
+        now = time.monotonic()
+        if not self.tty and now - self.last_print < 5.0:
+            return
+        self.last_print = now
+        elapsed = max(s["elapsed"] for s in snapshots.values())
+        ok = sum(s["ok"] for s in snapshots.values())
+        failed = sum(s["failed"] for s in snapshots.values())
+        in_flight = sum(s["in_flight"] for s in snapshots.values())
+        dropped = sum(s["dropped"] for s in snapshots.values())
+        first = self.profile.flow[0]
+        hist = LatencyHistogram()
+        for s in snapshots.values():
+            if first in s["ops"]:
+                hist.merge(LatencyHistogram.from_dict(s["ops"][first]))
+        errors: dict[str, int] = {}
+        for s in snapshots.values():
+            for k, v in s["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        target = "closed" if isinstance(self.profile.shape, Closed) else f"{self.profile.shape.rate_at(min(elapsed, self.profile.duration), self.profile.duration):.0f}/s"
+        rate = ok / elapsed if elapsed > 0 else 0.0
+        lat = f"{first} p50 {hist.percentile(50) * 1e3:.1f} ms p99 {hist.percentile(99) * 1e3:.1f} ms" if hist.count else f"{first} -"
+        err = " ".join(f"{k}={v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+        line = (
+            f"t={elapsed:5.1f}s ok {ok} ({rate:.0f} ops/s, target {target}) in-flight {in_flight} "
+            f"failed {failed} dropped {dropped} | {lat}" + (f" | {err}" if err else "")
+        )
+        if self.tty:
+            print("\r" + line[:160].ljust(160), end="", file=self.out, flush=True)
+        else:
+            print(line, file=self.out, flush=True)
+
+    def done(self) -> None:
+        if self.enabled and self.tty:
+            print(file=self.out)
+
+
+def verdict(profile: Profile, results: RunResults) -> Verdict:
+    checks: list[tuple[bool, str]] = []
+    for op, limit in sorted(profile.slo.p99_seconds.items()):
+        stats = results.ops.get(op)
+        if stats is None or not stats.latency.count:
+            checks.append((False, f"{op} p99: no successful {op}"))
+            continue
+        p99 = stats.latency.percentile(99)
+        checks.append((p99 <= limit, f"{op} p99 {p99 * 1e3:.0f} ms {'<=' if p99 <= limit else '>'} {limit * 1e3:.0f} ms"))
+    total = sum(s.total for s in results.ops.values())
+    failed = sum(s.failed for s in results.ops.values())
+    if profile.slo.max_error_rate is not None:
+        rate = failed / total if total else 1.0
+        ok = total > 0 and rate <= profile.slo.max_error_rate
+        checks.append((ok, f"errors {rate:.2%} {'<=' if ok else '>'} {profile.slo.max_error_rate:.2%}"))
+    if profile.slo.min_rate_ratio is not None and not isinstance(profile.shape, Closed):
+        first = results.ops.get(profile.flow[0])
+        achieved = (first.ok if first else 0) / results.scheduled if results.scheduled else 0.0
+        ok = achieved >= profile.slo.min_rate_ratio
+        checks.append((ok, f"achieved {achieved:.1%} of target {'>=' if ok else '<'} {profile.slo.min_rate_ratio:.0%}"))
+    return Verdict(all(ok for ok, _ in checks), checks)
+
+
+def summary_table(profile: Profile, results: RunResults) -> str:
+    rows = [("operation", "ok", "failed", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")]
+    elapsed = max(results.elapsed, 1e-9)
+    for op in [o for o in dict.fromkeys(profile.flow) if o in results.ops]:
+        s = results.ops[op]
+        q = s.latency.percentiles((50, 90, 99)) if s.latency.count else [math.nan] * 3
+        errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common(3))
+        if s.fail_info:
+            errors += " [" + ", ".join(f"{k} {v}" for k, v in s.fail_info.most_common(3)) + "]"
+        rows.append((
+            op, str(s.ok), str(s.failed), f"{s.ok / elapsed:.1f}",
+            *(f"{v * 1e3:.1f}" for v in q), f"{s.latency.max * 1e3:.1f}" if s.latency.count else "nan", errors or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    arrivals = (
+        f"arrivals: {results.scheduled} scheduled, {results.started} started, {results.dropped} dropped "
+        f"(max in flight), start lateness p99 {results.lateness.percentile(99) * 1e3:.1f} ms"
+        if results.lateness.count else f"arrivals: {results.started} started"
+    )
+    return "\n".join([*lines, arrivals])
+
+
+def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str) -> dict[str, Any]:
+    target_rate = (
+        None if isinstance(profile.shape, Closed) else results.scheduled / profile.duration if profile.duration else None
+    )
+    first = results.ops.get(profile.flow[0])
+    return {
+        "fleet_report": 1,
+        "profile": profile.name,
+        "server": target_url,
+        "duration_seconds": profile.duration,
+        "flow": list(profile.flow),
+        "target_rate": target_rate,
+        "achieved_rate": (first.ok / results.elapsed) if first and results.elapsed else 0.0,
+        "verdict": {"passed": verdict_.passed, "line": verdict_.line(), "checks": [t for _, t in verdict_.checks]},
+        "results": results.to_dict(),
+    }
+
+
+def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
+    """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
+    needs = prepare_keys(profile, options.keys_dir, out)
+    with ExitStack() as stack:
+        trusted_pem = [p.read_bytes() for p in options.trusted]
+        for p in options.trusted:
+            load_certificates(p)  # a clear error now rather than in every worker
+        vendor_key_pem = None
+        vendor_root = None
+        mode = str(profile.ca.get("mode", "lcmpp"))
+        if profile.devices.auth == "vendor":
+            from fleet.files import certs_pem, private_key_pem
+
+            vendor = VendorCa()
+            vendor_key_pem = private_key_pem(vendor.key)
+            vendor_root = vendor.cert
+        master = options.master_secret
+        if options.server is None:
+            vendor_path = None
+            ca = EmbeddedCa(options.ca_dir, options=profile.ca, metrics_port=None)
+            if vendor_root is not None:
+                vendor_path = ca.state_dir / "vendor-root.pem"
+                ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                atomic_write(vendor_path, certs_pem([vendor_root]))
+                ca.vendor_trust = vendor_path
+            stack.enter_context(ca)
+            url = ca.url
+            master = ca.master_secret
+            trusted_pem.append(ca.root_path.read_bytes())
+            print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
+        else:
+            url = options.server
+            if profile.devices.auth == "mac" and master is None:
+                raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
+        workers = profile.workers
+        setups = [
+            WorkerSetup(
+                profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
+                options.path, options.metrics_port,
+            )
+            for w in range(workers)
+        ]
+        progress = Progress(profile, out, options.progress)
+        if workers == 1:
+            results = _run_in_process(setups[0], progress, profile, options)
+        else:
+            results = _run_workers(setups, progress, profile, options)
+        progress.done()
+        results.workers = workers
+    v = verdict(profile, results)
+    if options.report is not None:
+        atomic_write(options.report, json.dumps(report_dict(profile, results, v, url), indent=1).encode())
+    return results, v
+
+
+def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
+    run = _build_run(setup)
+
+    async def main() -> RunResults:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                while True:
+                    await trio.sleep(1.0)
+                    progress.show({0: _snapshot(run)})
+                    if options.abort_on_fail and _early_failure(profile, run.results):
+                        run.stop()
+
+            nursery.start_soon(watch)
+            results = await run.run()
+            nursery.cancel_scope.cancel()
+        return results
+
+    return trio.run(main)
+
+
+def _early_failure(profile: Profile, results: RunResults) -> bool:
+    """With --abort-on-fail: stop once the error-rate SLO is clearly broken (after 50 operations)."""
+    limit = profile.slo.max_error_rate
+    total = sum(s.total for s in results.ops.values())
+    failed = sum(s.failed for s in results.ops.values())
+    return limit is not None and total >= 50 and failed / total > limit
+
+
+def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
+    ctx = multiprocessing.get_context("spawn")
+    outbox = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(s, outbox), daemon=True) for s in setups]
+    for p in procs:
+        p.start()
+    snapshots: dict[int, dict[str, Any]] = {}
+    merged = RunResults()
+    pending = set(range(len(setups)))
+    errors: list[str] = []
+    deadline = time.monotonic() + profile.duration + profile.transaction_timeout * 2 + 120
+    try:
+        while pending and time.monotonic() < deadline:
+            try:
+                kind, worker, payload = outbox.get(timeout=1.0)
+            except queue.Empty:
+                dead = [w for w in pending if not procs[w].is_alive()]
+                for w in dead:
+                    errors.append(f"worker {w} died (exit code {procs[w].exitcode})")
+                    pending.discard(w)
+                continue
+            if kind == "snapshot":
+                snapshots[worker] = payload
+                progress.show(snapshots)
+            elif kind == "done":
+                merged.merge(RunResults.from_dict(payload))
+                pending.discard(worker)
+            else:
+                errors.append(f"worker {worker}: {payload}")
+                pending.discard(worker)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+    if errors:
+        raise RunError("; ".join(errors))
+    if pending:
+        raise RunError(f"workers {sorted(pending)} did not finish in time")
+    return merged
+
+
+__all__ = ["RunOptions", "Verdict", "run_profile", "verdict", "summary_table", "report_dict"]
+

@@ -1,0 +1,219 @@
+"""One worker's load run: a trio nursery of virtual devices driven by the arrival schedule.
+
+Each arrival picks a device and runs the profile's flow (e.g. genm, ir, kur, rr) through the
+sans-I/O client, one operation after another. A failure is recorded and ends that arrival's
+flow; it never touches another device. Latency is recorded from the arrival's intended start
+(open model) and, separately, per operation from the moment its first request was sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import trio
+
+from fleet.cmp.client import ClientTransaction, Done, Send
+from fleet.cmp.errors import StatusError
+from fleet.exchange import run_transaction
+from fleet.errors import FleetError
+from fleet.http.client import CmpHttpClient
+from fleet.load.arrivals import ArrivalDriver
+from fleet.load.device import DeviceFactory
+from fleet.load.results import RunResults
+from fleet.load.schedule import Closed
+from fleet.load.segments import Segment
+from fleet.profiles import Profile
+
+log = logging.getLogger(__name__)
+
+
+class Observer(Protocol):
+    """Told about every finished operation (the Prometheus exporter implements this)."""
+
+    def operation_done(self, op: str, ok: bool, kind: str, fail_info: tuple[str, ...], latency: float, service: float, polls: int) -> None: ...
+
+    def exchange(self, op: str, body: str, seconds: float) -> None: ...
+
+
+@dataclass
+class WorkerPlan:
+    """What one worker does: its share of the schedule and of the device identities."""
+
+    profile: Profile
+    url: str
+    segment: Segment
+    worker: int = 0
+    path: str | None = None
+
+
+@dataclass
+class LiveCounters:
+    """Cheap counters the progress line and metrics read while the run goes on."""
+
+    in_flight: int = 0
+    ok: int = 0
+    failed: int = 0
+    last_errors: dict[str, int] = field(default_factory=dict)
+
+
+def classify(exc: BaseException) -> tuple[str, tuple[str, ...]]:
+    """(bounded error kind, PKIFailureInfo names) for any failure of one operation."""
+    if isinstance(exc, StatusError):
+        return exc.kind, exc.fail_names
+    if isinstance(exc, FleetError):
+        return getattr(exc, "kind", "error"), ()
+    return "internal", ()
+
+
+class WorkerRun:
+    def __init__(
+        self,
+        plan: WorkerPlan,
+        devices: DeviceFactory,
+        *,
+        observer: Observer | None = None,
+    ) -> None:
+        self.plan = plan
+        self.profile = plan.profile
+        self.devices = devices
+        self.observer = observer
+        self.results = RunResults()
+        self.live = LiveCounters()
+        self.driver: ArrivalDriver | None = None
+        self.t0 = 0.0
+        self._device_range = plan.segment.range(self.profile.devices.count)
+        self._next_device = 0
+        self._internal_logged = False
+        self.stopped = trio.Event()
+
+    def _pick_device(self, arrival: int) -> int:
+        """Devices take turns: arrival k of this worker uses the k-th device of its shard."""
+        r = self._device_range
+        return r.start + arrival % max(1, len(r))
+
+    async def run(self) -> RunResults:
+        profile = self.profile
+        async with CmpHttpClient(
+            self.plan.url,
+            max_connections=profile.max_connections,
+            request_timeout=profile.transaction_timeout,
+        ) as client:
+            self.client = client
+            self.t0 = trio.current_time()
+            with trio.CancelScope() as self.cancel_scope:
+                if isinstance(profile.shape, Closed):
+                    await self._closed_model(profile.shape)
+                else:
+                    await self._open_model()
+        self.results.elapsed = trio.current_time() - self.t0
+        self.stopped.set()
+        return self.results
+
+    def stop(self) -> None:
+        """Stop early (``--abort-on-fail``, Ctrl-C): what was measured so far stays valid."""
+        self.cancel_scope.cancel()
+
+    async def _open_model(self) -> None:
+        profile = self.profile
+        rng = np.random.default_rng(profile.seed)
+        offsets = self.plan.segment.select(profile.shape.offsets(profile.duration, rng))
+        self.driver = ArrivalDriver(offsets, self._arrival, max_in_flight=profile.max_in_flight, clock_t0=self.t0)
+        try:
+            await self.driver.run()
+        finally:
+            stats = self.driver.stats()
+            self.results.scheduled = stats.scheduled
+            self.results.started = stats.started
+            self.results.dropped = stats.dropped
+            self.results.completed = stats.completed
+            self.results.lateness = stats.lateness
+            self.results.in_flight_peak = stats.in_flight_peak
+
+    async def _closed_model(self, shape: Closed) -> None:
+        deadline = self.t0 + self.profile.duration
+        devices = list(self._device_range)
+
+        async def loop(device: int) -> None:
+            arrival = 0
+            while trio.current_time() < deadline:
+                self.results.started += 1
+                await self._flow(device, trio.current_time())
+                self.results.completed += 1
+                arrival += 1
+                if shape.think_time:
+                    await trio.sleep(shape.think_time)
+
+        with trio.move_on_at(deadline + self.profile.transaction_timeout):
+            async with trio.open_nursery() as nursery:
+                for device in devices:
+                    nursery.start_soon(loop, device)
+        self.results.in_flight_peak = len(devices)
+
+    async def _arrival(self, arrival: int, intended: float) -> None:
+        await self._flow(self._pick_device(arrival), intended)
+
+    async def _flow(self, device: int, intended: float) -> None:
+        self.live.in_flight += 1
+        try:
+            for op in self.profile.flow:
+                if not await self._operation(op, device, intended):
+                    return
+                intended = trio.current_time()  # later steps: latency from when they could start
+        finally:
+            self.live.in_flight -= 1
+
+    async def _operation(self, op: str, device: int, intended: float) -> bool:
+        stats = self.results.op(op)
+        sent_at = trio.current_time()
+        polls = 0
+        try:
+            config, request, new_key = self.devices.request(op, device)
+            tx = ClientTransaction(config, request)
+            observer = self.observer
+
+            def on_exchange(send: Send, seconds: float) -> None:
+                if observer is not None:
+                    observer.exchange(op, send.body_type.label, seconds)
+
+            done: Done = await run_transaction(
+                self.client, tx, path=self.plan.path, timeout=self.profile.transaction_timeout,
+                on_exchange=on_exchange if observer is not None else None,
+            )
+            polls = done.polls
+        except trio.Cancelled:
+            raise
+        except Exception as exc:  # one device's failure is a result, never a crash of the run
+            kind, fail_names = classify(exc)
+            if kind == "internal" and not self._internal_logged:
+                self._internal_logged = True
+                log.exception("internal error in a virtual device (reported once)")
+            now = trio.current_time()
+            stats.failed += 1
+            stats.errors[kind] += 1
+            stats.fail_info.update(fail_names)
+            self.results.failures[op].add(now - self.t0)
+            self.live.failed += 1
+            self.live.last_errors[kind] = self.live.last_errors.get(kind, 0) + 1
+            if self.observer is not None:
+                self.observer.operation_done(op, False, kind, fail_names, now - intended, now - sent_at, polls)
+            return False
+        now = trio.current_time()
+        if done.certificate is not None and new_key is not None:
+            self.devices.enrolled(device, new_key, done.certificate)
+        elif op == "rr":
+            self.devices.revoked(device)
+        stats.ok += 1
+        stats.polls += polls
+        stats.latency.record(now - intended)
+        stats.service.record(now - sent_at)
+        self.results.completions[op].add(now - self.t0)
+        self.live.ok += 1
+        if self.observer is not None:
+            self.observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)
+        return True
+
+
+ProgressFn = Callable[[WorkerRun], None]

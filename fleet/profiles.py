@@ -1,0 +1,266 @@
+"""Load-test profiles (``profiles/*.toml``), validated on load.
+
+A typo must not silently become a default: every unknown section or key, wrong type or bad value
+is one ``ProfileError`` line naming the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from fleet.errors import FleetError
+from fleet.keys import KeySpec, KeySpecError
+from fleet.load.schedule import Closed, ScheduleError, Shape, parse_shape
+
+OPERATIONS = ("genm", "ir", "cr", "p10cr", "kur", "rr")
+AUTH_KINDS = ("mac", "vendor")
+GENM_INFOTYPES = ("caCerts", "rootCaCert", "certReqTemplate", "crlStatusList")
+
+
+class ProfileError(FleetError):
+    """A profile that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Who the virtual devices are and how they authenticate."""
+
+    count: int = 1000
+    key_types: tuple[tuple[KeySpec, float], ...] = ((KeySpec.parse("ec:P-256"), 1.0),)
+    auth: str = "mac"  # "mac": per-device secret from the master secret; "vendor": IDevID-signed ir
+    subject: str = "/CN=fleet-device-{index:06d}"
+    sans: tuple[str, ...] = ()
+    implicit_confirm: bool = False
+    cert_profile: str | None = None
+    pbm_iterations: int = 500
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Pass/fail thresholds: p99 latency per operation, error rate, achieved share of the target rate."""
+
+    p99_seconds: Mapping[str, float] = field(default_factory=dict)
+    max_error_rate: float | None = None
+    min_rate_ratio: float | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    path: Path | None
+    duration: float
+    shape: Shape
+    flow: tuple[str, ...] = ("ir",)
+    genm: tuple[str, ...] = ("caCerts",)
+    max_in_flight: int = 1000
+    max_connections: int = 200
+    transaction_timeout: float = 30.0
+    workers: int = 1
+    seed: int = 1
+    devices: DeviceSpec = DeviceSpec()
+    slo: Slo = Slo()
+    ca: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    def with_overrides(self, **changes: Any) -> Profile:
+        """Command-line flags win over profile values; ``None`` means "not given"."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# -- validation helpers ------------------------------------------------------------------------
+
+
+class _Section:
+    def __init__(self, where: str, data: Mapping[str, Any], allowed: Mapping[str, str]) -> None:
+        self.where = where
+        self.data = data
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ProfileError(
+                f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})"
+            )
+
+    def _fail(self, key: str, what: str, value: Any) -> ProfileError:
+        return ProfileError(f"{self.where}.{key}: must be {what}, got {value!r}")
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0, strict: bool = False) -> float:
+        value = self.data.get(key, default)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise self._fail(key, f"a number {bound}", value)
+        return float(value)
+
+    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self._fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def string(self, key: str, default: str | None, choices: tuple[str, ...] | None = None) -> str | None:
+        value = self.data.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or (choices and value not in choices):
+            raise self._fail(key, f"one of {', '.join(choices)}" if choices else "a string", value)
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            raise self._fail(key, "true or false", value)
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...], choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = self.data.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self._fail(key, "a list of strings", value)
+        if choices:
+            for v in value:
+                if v not in choices:
+                    raise self._fail(key, f"a list of {', '.join(choices)}", v)
+        return tuple(value)
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self.data.get(key, {})
+        if not isinstance(value, dict):
+            raise self._fail(key, "a table", value)
+        return value
+
+
+_TOP = {
+    "name": "profile name",
+    "description": "free text",
+    "run": "[run] section",
+    "arrivals": "[arrivals] section",
+    "devices": "[devices] section",
+    "slo": "[slo] section",
+    "ca": "[ca] section: options for the embedded CA",
+}
+_RUN = {
+    "duration": "seconds",
+    "flow": "operations per arrival",
+    "genm": "infotypes for genm",
+    "max_in_flight": "cap",
+    "max_connections": "HTTP connections",
+    "transaction_timeout": "seconds",
+    "workers": "processes",
+    "seed": "rng seed",
+}
+_DEVICES = {
+    "count": "", "key_types": "", "auth": "", "subject": "", "sans": "", "implicit_confirm": "",
+    "cert_profile": "", "pbm_iterations": "",
+}
+_SLO = {"p99_seconds": "", "max_error_rate": "", "min_rate_ratio": ""}
+_CA = {
+    "mode": "", "latency_ms": "", "latency_jitter_ms": "", "waiting_fraction": "", "check_after": "",
+    "error_fraction": "", "http_503_fraction": "", "drop_fraction": "", "max_transactions": "",
+    "implicit_confirm": "", "confirm_wait": "",
+}
+
+
+def _key_types(section: _Section) -> tuple[tuple[KeySpec, float], ...]:
+    value = section.data.get("key_types", {"ec:P-256": 1.0})
+    if isinstance(value, str):
+        value = {value: 1.0}
+    if not isinstance(value, dict) or not value:
+        raise section._fail("key_types", 'a key type or a table like {"ec:P-256" = 0.7, "rsa:2048" = 0.3}', value)
+    out = []
+    for spec, weight in value.items():
+        try:
+            parsed = KeySpec.parse(spec)
+        except KeySpecError as exc:
+            raise ProfileError(f"{section.where}.key_types: {exc}") from None
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            raise section._fail(f"key_types.{spec}", "a positive weight", weight)
+        out.append((parsed, float(weight)))
+    total = sum(w for _, w in out)
+    return tuple((s, w / total) for s, w in out)
+
+
+def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = None) -> Profile:
+    top = _Section(where, data, _TOP)
+    run = _Section(f"{where}: [run]", top.table("run"), _RUN)
+    devices = _Section(f"{where}: [devices]", top.table("devices"), _DEVICES)
+    slo = _Section(f"{where}: [slo]", top.table("slo"), _SLO)
+    ca = _Section(f"{where}: [ca]", top.table("ca"), _CA)
+    arrivals = top.table("arrivals")
+    try:
+        shape = parse_shape(arrivals or {"shape": "constant", "rate": 10})
+    except ScheduleError as exc:
+        raise ProfileError(f"{where}: [arrivals] {exc}") from None
+    flow = run.strings("flow", ("ir",), OPERATIONS)
+    if not flow:
+        raise ProfileError(f"{where}: [run].flow: needs at least one operation ({', '.join(OPERATIONS)})")
+    if flow[0] in ("kur", "rr"):
+        raise ProfileError(f"{where}: [run].flow: {flow[0]} needs a certificate: put ir, cr or p10cr before it")
+    p99 = slo.table("p99_seconds")
+    for op, limit in p99.items():
+        if op not in OPERATIONS:
+            raise ProfileError(f"{where}: [slo].p99_seconds: unknown operation {op!r} (allowed: {', '.join(OPERATIONS)})")
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0:
+            raise ProfileError(f"{where}: [slo].p99_seconds.{op}: must be a positive number of seconds, got {limit!r}")
+    max_error = slo.data.get("max_error_rate")
+    min_ratio = slo.data.get("min_rate_ratio")
+    for key, value in (("max_error_rate", max_error), ("min_rate_ratio", min_ratio)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ProfileError(f"{where}: [slo].{key}: must be a fraction between 0 and 1, got {value!r}")
+    sans = devices.strings("sans", ())
+    duration = (
+        shape.total_duration
+        if hasattr(shape, "total_duration") and "duration" not in run.data
+        else run.number("duration", 10.0, strict=True)
+    )
+    if isinstance(shape, Closed) and "count" not in devices.data:
+        devices.data = {**devices.data, "count": shape.devices}
+    ca.string("mode", "lcmpp", ("lcmpp", "3gpp"))
+    return Profile(
+        name=str(data.get("name") or (path.stem if path else "profile")),
+        path=path,
+        description=str(data.get("description", "")),
+        duration=duration,
+        shape=shape,
+        flow=flow,
+        genm=run.strings("genm", ("caCerts",), GENM_INFOTYPES),
+        max_in_flight=run.integer("max_in_flight", 1000),
+        max_connections=run.integer("max_connections", 200),
+        transaction_timeout=run.number("transaction_timeout", 30.0, strict=True),
+        workers=run.integer("workers", 1),
+        seed=run.integer("seed", 1, minimum=0),
+        devices=DeviceSpec(
+            count=devices.integer("count", 1000),
+            key_types=_key_types(devices),
+            auth=devices.string("auth", "mac", AUTH_KINDS) or "mac",
+            subject=devices.string("subject", DeviceSpec.subject) or DeviceSpec.subject,
+            sans=sans,
+            implicit_confirm=devices.boolean("implicit_confirm", False),
+            cert_profile=devices.string("cert_profile", None),
+            pbm_iterations=devices.integer("pbm_iterations", 500),
+        ),
+        slo=Slo(
+            p99_seconds={k: float(v) for k, v in p99.items()},
+            max_error_rate=None if max_error is None else float(max_error),
+            min_rate_ratio=None if min_ratio is None else float(min_ratio),
+        ),
+        ca=dict(ca.data),
+    )
+
+
+def load_profile(path: Path | str) -> Profile:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProfileError(f"cannot read profile {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ProfileError(f"{path}: not valid TOML: {exc}") from None
+    return parse_profile(data, where=str(path), path=path)
+
+
+def profile_fields() -> list[str]:
+    return [f.name for f in fields(Profile)]
