@@ -155,10 +155,11 @@ _DEVICES = {
     "cert_profile": "", "pbm_iterations": "",
 }
 _SLO = {"p99_seconds": "", "max_error_rate": "", "min_rate_ratio": ""}
+# Options of the embedded CA (`fleet ca serve`), used when a run has no --server.
 _CA = {
-    "mode": "", "latency_ms": "", "latency_jitter_ms": "", "waiting_fraction": "", "check_after": "",
-    "error_fraction": "", "http_503_fraction": "", "drop_fraction": "", "max_transactions": "",
-    "implicit_confirm": "", "confirm_wait": "",
+    "mode": "", "latency": "", "waiting_fraction": "", "check_after": "", "error_fraction": "",
+    "http_503_fraction": "", "drop_fraction": "", "max_transactions": "", "implicit_confirm": "",
+    "confirm_wait": "", "validity_days": "", "key_type": "", "seed": "",
 }
 
 

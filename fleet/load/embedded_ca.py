@@ -24,9 +24,9 @@ class EmbeddedCaError(FleetError):
     """The embedded CA could not be started."""
 
 
+# profile [ca] key -> `fleet ca serve` option
 _KNOB_FLAGS = {
-    "latency_ms": "--latency-ms",
-    "latency_jitter_ms": "--latency-jitter-ms",
+    "latency": "--latency",
     "waiting_fraction": "--waiting-fraction",
     "check_after": "--check-after",
     "error_fraction": "--error-fraction",
@@ -34,6 +34,9 @@ _KNOB_FLAGS = {
     "drop_fraction": "--drop-fraction",
     "max_transactions": "--max-transactions",
     "confirm_wait": "--confirm-wait",
+    "validity_days": "--validity-days",
+    "key_type": "--key-type",
+    "seed": "--seed",
 }
 
 
@@ -81,7 +84,7 @@ class EmbeddedCa:
         args = [
             sys.executable, "-m", "fleet.cli.main", "ca", "serve",
             "--dir", str(self.state_dir), "--host", "127.0.0.1", "--port", str(self.port),
-            "--secret", "env:FLEET_CA_MASTER_SECRET",
+            "--master-secret", "env:FLEET_CA_MASTER_SECRET",
         ]
         mode = self.options.get("mode")
         if mode:
@@ -89,8 +92,8 @@ class EmbeddedCa:
         for key, flag in _KNOB_FLAGS.items():
             if key in self.options:
                 args += [flag, str(self.options[key])]
-        if self.options.get("implicit_confirm") is False:
-            args.append("--no-implicit-confirm")
+        if "implicit_confirm" in self.options:
+            args.append("--implicit-confirm" if self.options["implicit_confirm"] else "--no-implicit-confirm")
         if self.vendor_trust is not None:
             args += ["--vendor-trust", str(self.vendor_trust)]
         if self.metrics_port is not None:
