@@ -1,0 +1,60 @@
+"""RunResults: merging workers adds counts and histograms exactly; JSON round trips."""
+
+import json
+
+from fleet.load.results import RunResults, SecondSeries
+
+
+def _worker(ok: int, failed: int, latency: float, elapsed: float) -> RunResults:
+    r = RunResults()
+    s = r.op("ir")
+    for i in range(ok):
+        s.ok += 1
+        s.latency.record(latency)
+        s.service.record(latency / 2)
+        r.completions["ir"].add(i * elapsed / max(ok, 1))
+    for _ in range(failed):
+        s.failed += 1
+        s.errors["timeout"] += 1
+        s.fail_info["badPOP"] += 1
+        r.failures["ir"].add(elapsed - 0.5)
+    r.scheduled = r.started = ok + failed
+    r.completed = ok + failed
+    r.elapsed = elapsed
+    return r
+
+
+def test_merge_adds_counts_and_histograms() -> None:
+    a, b = _worker(100, 2, 0.010, 10.0), _worker(300, 0, 0.100, 12.0)
+    merged = RunResults()
+    merged.merge(a)
+    merged.merge(b)
+    ir = merged.ops["ir"]
+    assert (ir.ok, ir.failed) == (400, 2)
+    assert ir.errors["timeout"] == 2 and ir.fail_info["badPOP"] == 2
+    assert ir.latency.count == 400
+    # 75% of the samples are 100 ms: the merged median is ~100 ms, not an average of medians
+    assert abs(ir.latency.percentile(50) - 0.100) < 0.001
+    assert merged.elapsed == 12.0
+    assert sum(merged.completions["ir"].values) == 400
+    assert merged.scheduled == 402
+
+
+def test_json_round_trip() -> None:
+    r = _worker(50, 5, 0.02, 3.0)
+    data = json.loads(json.dumps(r.to_dict()))
+    back = RunResults.from_dict(data)
+    assert back.ops["ir"].ok == 50 and back.ops["ir"].failed == 5
+    assert back.ops["ir"].latency == r.ops["ir"].latency
+    assert data["per_second"]["ir"]["completed"] == r.completions["ir"].trimmed(3)
+    assert data["operations"]["ir"]["latency_seconds"]["p50"] is not None
+
+
+def test_second_series_grows_and_merges() -> None:
+    a, b = SecondSeries(2), SecondSeries(2)
+    a.add(0.5)
+    a.add(70.2, 3)
+    b.add(1.0)
+    a.merge(b)
+    assert a.values[0] == 1 and a.values[1] == 1 and a.values[70] == 3
+    assert a.trimmed(3) == [1, 1, 0]
