@@ -113,8 +113,11 @@ def boolean(value: bool) -> bytes:
     return b"\x01\x01\xff" if value else b"\x01\x01\x00"
 
 
+@lru_cache(maxsize=8)
 def generalized_time(value: datetime) -> bytes:
-    """GeneralizedTime in UTC, whole seconds (DER forbids fractional zeros and offsets)."""
+    """GeneralizedTime in UTC, whole seconds (DER forbids fractional zeros and offsets).
+
+    Cached: every message of a second carries the same messageTime."""
     value = value.astimezone(timezone.utc)
     # f"{year:04d}", not strftime("%Y"), which writes years before 1000 with fewer digits.
     text = f"{value.year:04d}{value:%m%d%H%M%S}Z"

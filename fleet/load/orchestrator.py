@@ -74,10 +74,7 @@ def keys_needed(profile: Profile) -> dict[str, int]:
     """How many keys of each type the run will consume (bounded: pools are reused beyond it)."""
     per_arrival = sum(1 for op in profile.flow if op in KEY_OPS)
     total = min(expected_arrivals(profile) * per_arrival, 200_000)
-    needs = {str(spec): max(16, int(total * weight * 1.1) + 16) for spec, weight in profile.devices.key_types}
-    if profile.devices.auth == "vendor":
-        needs["ec:P-256"] = needs.get("ec:P-256", 0) + min(expected_arrivals(profile), 200_000) + 16
-    return needs
+    return {str(spec): max(16, int(total * weight * 1.1) + 16) for spec, weight in profile.devices.key_types}
 
 
 def prepare_keys(profile: Profile, keys_dir: Path | None, out: TextIO) -> dict[str, int]:
@@ -95,18 +92,17 @@ def prepare_keys(profile: Profile, keys_dir: Path | None, out: TextIO) -> dict[s
 
 
 def load_pools(profile: Profile, keys_dir: Path | None, needs: dict[str, int], segment: Segment) -> dict[str, KeyPool]:
+    """This worker's slice of each expensive pool; cheap key types are generated on the spot."""
     store = KeyPoolStore(keys_dir)
     pools: dict[str, KeyPool] = {}
     for spec_text, count in needs.items():
         spec = KeySpec.parse(spec_text)
-        have = store.count(spec)
-        share = segment.count(min(have, count)) if have else 0
-        start = segment.range(min(have, count)).start if have else 0
-        policy = "generate" if spec.is_cheap else "reuse"
-        if share == 0:
-            pools[spec_text] = KeyPool(spec, (), on_exhausted="generate" if spec.is_cheap else "error")
-        else:
-            pools[spec_text] = store.load(spec, share, start=start, on_exhausted=policy)
+        if spec.is_cheap:
+            pools[spec_text] = KeyPool(spec, (), on_exhausted="generate")
+            continue
+        available = min(store.count(spec), count)
+        shard = segment.range(available)
+        pools[spec_text] = store.load(spec, len(shard), start=shard.start, on_exhausted="reuse")
     return pools
 
 
