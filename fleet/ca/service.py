@@ -169,6 +169,7 @@ class CaService:
         secrets: SecretLookup | None = None,
         trusted: tuple = (),
         vendor: tuple = (),
+        untrusted: tuple = (),
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
@@ -182,7 +183,7 @@ class CaService:
         self.servers: dict[str, CmpServer] = {
             mode: authority.server(
                 config=replace(self.config, mode=mode),  # type: ignore[arg-type]
-                secrets=secrets, trusted=trusted, vendor=vendor,
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted,
             )
             for mode in _MODES
         }

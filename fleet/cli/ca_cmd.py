@@ -1,5 +1,208 @@
-"""Command group placeholder; filled in by its owning issue."""
+"""``fleet ca``: run the embedded CMP CA (``serve``) and read its records (``stats``)."""
 
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Optional
+
+import trio
 import typer
+from cryptography import x509
 
-app = typer.Typer(no_args_is_help=True)
+from fleet.ca.authority import STORE_FILE, Authority
+from fleet.ca.pki import CaHierarchy
+from fleet.ca.service import CaService, Latency, LoadKnobs
+from fleet.ca.store import CertStore
+from fleet.cmp.server import ServerConfig, SharedSecrets
+from fleet.errors import FleetError
+from fleet.secrets import read_secret
+
+app = typer.Typer(no_args_is_help=True, help="The embedded CMP CA/RA (loopback runs, load target).")
+
+_SECRET_HELP = "as pass:TEXT, env:VAR or file:PATH (never printed)"
+
+
+def _certs(path: Path | None, what: str) -> list[x509.Certificate]:
+    if path is None:
+        return []
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FleetError(f"cannot read {what} file {path}: {exc.strerror}") from None
+    try:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificates(data)
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        raise FleetError(f"{what} file {path} holds no readable certificate") from None
+
+
+@app.command()
+def serve(
+    state: Annotated[Path, typer.Option("--dir", help="State directory: CA keys, certificates, records.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8080,
+    secret: Annotated[Optional[str], typer.Option(help=f"Shared MAC secret {_SECRET_HELP}.")] = None,
+    ref: Annotated[Optional[str], typer.Option(help="Reference (senderKID) the --secret belongs to; "
+                                                    "without it the secret answers any reference.")] = None,
+    master_secret: Annotated[Optional[str], typer.Option(
+        help=f"Master secret for per-device MAC secrets hex(HMAC-SHA256(master, reference)), {_SECRET_HELP}.")] = None,
+    vendor_trust: Annotated[Optional[Path], typer.Option(
+        help="PEM file of vendor (IDevID) trust anchors: ir signed by certificates chaining to them is accepted.")] = None,
+    trusted: Annotated[Optional[Path], typer.Option(
+        help="PEM file of extra trust anchors for signed requests (the CA's own root is always trusted).")] = None,
+    untrusted: Annotated[Optional[Path], typer.Option(help="PEM file of intermediate certificates for paths.")] = None,
+    mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
+    key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
+    validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
+    issuing_cert: Annotated[Optional[Path], typer.Option(help="Bring your own issuing CA certificate (with --issuing-key, --signer-cert, --signer-key).")] = None,
+    issuing_key: Annotated[Optional[Path], typer.Option(help="Issuing CA key file.")] = None,
+    signer_cert: Annotated[Optional[Path], typer.Option(help="CMP protection (RA) certificate file.")] = None,
+    signer_key: Annotated[Optional[Path], typer.Option(help="CMP protection (RA) key file.")] = None,
+    chain: Annotated[Optional[Path], typer.Option(help="Issuing CA's issuers, nearest first, root last (PEM).")] = None,
+    public_url: Annotated[Optional[str], typer.Option(help="Base URL put into certificates for CRL and OCSP.")] = None,
+    confirm_wait: Annotated[float, typer.Option(help="Seconds a certConf may take before the certificate is rejected.")] = 60.0,
+    implicit_confirm: Annotated[bool, typer.Option(help="Grant implicit confirmation when asked.")] = True,
+    max_time_skew: Annotated[float, typer.Option(help="Allowed messageTime skew in seconds (0: unchecked).")] = 300.0,
+    max_iterations: Annotated[int, typer.Option(help="Cap on PBM/PBMAC1 iteration counts.")] = 10_000,
+    max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
+    latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
+    waiting_fraction: Annotated[float, typer.Option(help="Fraction of new requests answered 'waiting' (polling).")] = 0.0,
+    check_after: Annotated[float, typer.Option(help="Seconds until a 'waiting' response is ready.")] = 1.0,
+    error_fraction: Annotated[float, typer.Option(help="Fraction of new requests answered with a CMP error.")] = 0.0,
+    http_503_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests answered HTTP 503.")] = 0.0,
+    drop_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests whose connection is dropped.")] = 0.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the knobs' random draws.")] = None,
+) -> None:
+    """Serve CMP (/.well-known/cmp, /pkix/), the CRL and OCSP until interrupted."""
+    if mode not in ("lcmpp", "3gpp"):
+        raise FleetError(f"--mode must be lcmpp or 3gpp, not {mode!r}")
+    if validity_days < 1:
+        raise FleetError("--validity-days must be at least 1")
+    table: dict[bytes, bytes] = {}
+    default = None
+    if secret is not None:
+        value = read_secret(secret)
+        if ref is not None:
+            table[ref.encode()] = value
+        else:
+            default = value
+    elif ref is not None:
+        raise FleetError("--ref needs --secret")
+    master = read_secret(master_secret) if master_secret is not None else None
+    knobs = LoadKnobs(
+        latency=Latency.parse(latency), waiting_fraction=waiting_fraction, check_after=check_after,
+        error_fraction=error_fraction, http_503_fraction=http_503_fraction, drop_fraction=drop_fraction,
+        seed=seed,
+    )
+    config = ServerConfig(
+        mode=mode,  # type: ignore[arg-type]
+        confirm_wait=confirm_wait,
+        grant_implicit_confirm=implicit_confirm,
+        max_time_skew=max_time_skew or None,
+        max_iterations=max_iterations,
+        max_transactions=max_transactions or None,
+    )
+    vendor = _certs(vendor_trust, "vendor trust")
+    if vendor_trust is not None and not vendor:
+        raise FleetError(f"vendor trust file {vendor_trust} holds no certificate")
+    own = [issuing_cert, issuing_key, signer_cert, signer_key]
+    if any(own) and not all(own):
+        raise FleetError("--issuing-cert, --issuing-key, --signer-cert and --signer-key go together")
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if all(own):
+        assert issuing_cert and issuing_key and signer_cert and signer_key
+        hierarchy = CaHierarchy.from_files(issuing_cert, issuing_key, signer_cert, signer_key,
+                                           [chain] if chain else [])
+    else:
+        hierarchy = CaHierarchy.load_or_create(state, key_type=key_type)
+    authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=timedelta(days=validity_days))
+    service = CaService(
+        authority, config=config,
+        secrets=SharedSecrets(table, default=default, master=master) if (table or default or master) else None,
+        trusted=tuple(_certs(trusted, "trusted")), vendor=tuple(vendor),
+        untrusted=tuple(_certs(untrusted, "untrusted")), knobs=knobs,
+    )
+    try:
+        trio.run(_run, service, host, port, max_body_bytes, public_url, _describe(
+            hierarchy, ref, default is not None or bool(table), master is not None, vendor_trust, trusted, mode, knobs))
+    finally:
+        authority.close()
+
+
+async def _run(service: CaService, host: str, port: int, max_body: int, public_url: str | None, lines: list[str]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(_serve, service, host, port, max_body, public_url)
+            base = service.base_url
+            print(f"fleet CA listening on {base} (port {bound})")
+            print(f"  CMP:  {base}/.well-known/cmp  (also {base}/pkix/, /.well-known/cmp/p/<lcmpp|3gpp>/<op>)")
+            print(f"  CRL:  {base}/crl/issuing.crl   OCSP: {base}/ocsp")
+            for line in lines:
+                print(line)
+            sys.stdout.flush()
+            async for _ in signals:
+                print("fleet CA stopping", flush=True)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _serve(service: CaService, host: str, port: int, max_body: int, public_url: str | None,
+                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    await service.serve(host, port, max_body_bytes=max_body, public_url=public_url, task_status=task_status)
+
+
+def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,
+              vendor: Path | None, trusted: Path | None, mode: str, knobs: LoadKnobs) -> list[str]:
+    files = hierarchy.files
+    lines = [
+        f"  root certificate: {files.root_cert}" if files.root_cert else "  root certificate: (in memory)",
+        f"  RA signer: {hierarchy.signer.subject.rfc4514_string()} ({files.signer_cert})",
+        f"  mode: {mode}",
+        "  clients authenticate with:",
+    ]
+    if mac:
+        who = f"reference {ref!r}" if ref else "any reference"
+        lines.append(f"    - MAC (PBM/PBMAC1) with the --secret for {who}"
+                     + (f"  (openssl cmp -ref {ref} -secret ...)" if ref else ""))
+    if master:
+        lines.append("    - MAC with per-device secrets: hex(HMAC-SHA256(master secret, reference)) as ASCII")
+    lines.append(f"    - signatures by certificates chaining to the root above"
+                 + (f" or to {trusted}" if trusted else "") + " (kur/rr: certificates this CA issued)")
+    if vendor:
+        lines.append(f"    - ir signed by vendor (IDevID) certificates chaining to {vendor}")
+    if not mac and not master:
+        lines.append("    (no MAC secret configured: MAC-protected requests are refused)")
+    if knobs.active:
+        lines.append(
+            f"  load knobs: latency {knobs.latency}, waiting {knobs.waiting_fraction:g} "
+            f"(checkAfter {knobs.check_after:g} s), error {knobs.error_fraction:g}, "
+            f"HTTP 503 {knobs.http_503_fraction:g}, dropped {knobs.drop_fraction:g}"
+        )
+    return lines
+
+
+@app.command()
+def stats(
+    state: Annotated[Path, typer.Option("--dir", help="State directory of a CA.")],
+) -> None:
+    """Print the CA's certificate counts by status."""
+    path = state / STORE_FILE
+    if not path.exists():
+        raise FleetError(f"no certificate store in {state} (run `fleet ca serve --dir {state}` first)")
+    store = CertStore(path)
+    try:
+        counts = store.counts_by_status()
+    finally:
+        store.close()
+    total = sum(counts.values())
+    for status in ("pending", "issued", "revoked", "rejected"):
+        print(f"{status:<9} {counts.get(status, 0)}")
+    print(f"{'total':<9} {total}")
+
+
+__all__ = ["app"]
