@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Callable, Literal
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleet.cmp import der, messages, oids
@@ -76,7 +77,14 @@ from fleet.cmp.requests import (
     build_body,
     operation_of,
 )
-from fleet.cmp.trust import TrustStore, find_signer, is_self_signed, load_cert
+from fleet.cmp.trust import (
+    CertificateError,
+    TrustStore,
+    find_signer,
+    is_self_signed,
+    load_cert,
+    public_key_of,
+)
 from fleet.errors import FleetError
 
 
@@ -150,7 +158,12 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None) -> bytes:
     SHA-512 for Ed25519 certificates (RFC 9481 §2)."""
     if hash_name is None:
         cert = load_cert(cert_bytes)
-        algo = cert.signature_hash_algorithm
+        try:
+            algo = cert.signature_hash_algorithm
+        except CryptoUnsupported:
+            raise CertificateError(
+                "cannot tell the hash of the certificate's signature algorithm for certConf"
+            ) from None
         hash_name = _HASH_FOR_CERT_SIG.get(algo.name, "sha256") if algo is not None else "sha512"
     return hashlib.new(hash_name, cert_bytes).digest()
 
@@ -299,7 +312,7 @@ class ClientTransaction:
             self._response_was_mac = True
             return
         signer = find_signer(msg.extra_certs, h.sender_kid)
-        verify_signature(h.protection_alg, signer.public_key(), msg.protected_part, msg.protection)
+        verify_signature(h.protection_alg, public_key_of(signer), msg.protected_part, msg.protection)
         untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
         trust = self.config.trust or TrustStore()
         if self.config.mode == "3gpp" and self.request.kind is BodyType.IR:
@@ -346,7 +359,7 @@ class ClientTransaction:
             polls=self._polls,
         )
         cert = load_cert(response.certificate)
-        issued_spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        issued_spki = public_key_of(cert).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         if self._requested_spki is not None and issued_spki != self._requested_spki:
             # Tell the CA we refuse it (so it can revoke), then fail once it acknowledges.
             self._pending_error = WrongPublicKey("issued certificate is for a different public key")

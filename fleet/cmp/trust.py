@@ -12,10 +12,10 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.cmp.protection import ProtectionError, subject_key_id
+from fleet.cmp.protection import ProtectionError, PublicKey, subject_key_id
 
 MAX_PATH_LENGTH = 8
 
@@ -27,16 +27,35 @@ class UntrustedSigner(ProtectionError):
 
 
 class CertificateError(ProtectionError):
-    """Bytes that should be an X.509 certificate are not."""
+    """Bytes that should be an X.509 certificate are not (or hold a key fleet cannot read)."""
+
+    kind = "bad_certificate"
 
 
 @lru_cache(maxsize=4096)
 def load_cert(der_bytes: bytes) -> x509.Certificate:
-    """Parse a DER certificate once; CMP repeats the same few CA certificates in every message."""
+    """Parse a DER certificate once; CMP repeats the same few CA certificates in every message.
+
+    cryptography parses version, names and extensions lazily: they are read here, so a peer's
+    malformed certificate fails as a ``CertificateError`` now rather than as a bare ``ValueError``
+    in the middle of path building.
+    """
     try:
-        return x509.load_der_x509_certificate(der_bytes)
-    except ValueError as exc:
+        cert = x509.load_der_x509_certificate(der_bytes)
+        cert.version, cert.subject, cert.issuer, cert.extensions  # noqa: B018
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateError(f"malformed certificate: {exc}") from None
+    return cert
+
+
+def public_key_of(cert: x509.Certificate) -> PublicKey:
+    """The certificate's public key, or a ``CertificateError`` when it is malformed or of a type
+    cryptography does not support (also parsed lazily)."""
+    try:
+        return cert.public_key()  # type: ignore[return-value]
+    except (ValueError, UnsupportedAlgorithm):
+        subject = cert.subject.rfc4514_string() or "<empty subject>"
+        raise CertificateError(f"certificate {subject!r} has a malformed or unsupported public key") from None
 
 
 def cert_der(cert: x509.Certificate) -> bytes:
@@ -48,7 +67,7 @@ def is_self_signed(cert: x509.Certificate) -> bool:
         return False
     try:
         cert.verify_directly_issued_by(cert)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
 
@@ -79,7 +98,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
 
