@@ -5,6 +5,7 @@ assert the state after every step; moves the table does not allow raise LocalPro
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -54,7 +55,7 @@ from fleet.cmp.protection import (
     UnsupportedAlgorithm,
 )
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, RevocationRequest
-from fleet.cmp.trust import TrustStore, UntrustedSigner
+from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner
 
 from .ca_stub import CaStub, Reply, error_reply, issue, make_ca
 
@@ -770,3 +771,73 @@ def test_openssl_response_with_one_byte_changed_is_refused() -> None:
     tx.start()
     with pytest.raises((BadMac, MalformedMessage)):
         tx.receive(bytes(ip))
+
+
+# ---------------------------------------------------------------------------------------------
+# Certificates a hostile peer malformed: typed errors, never a bare ValueError from cryptography
+# (which parses keys, names and extensions lazily)
+
+
+def corrupt_key(cert_der: bytes) -> bytes:
+    """The certificate with its EC point made unreadable (0x04 uncompressed -> 0x05, no such form)."""
+    point = x509.load_der_x509_certificate(cert_der).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    assert cert_der.count(point) == 1
+    return cert_der.replace(point, b"\x05" + point[1:])
+
+
+def test_issued_certificate_with_a_malformed_key(stub: CaStub) -> None:
+    def corrupt(reply: Reply, request: PKIMessage) -> Reply:
+        resp = reply.body.responses[0]  # type: ignore[union-attr]
+        bad = dataclasses.replace(resp, certificate=corrupt_key(resp.certificate))
+        return dataclasses.replace(reply, body=CertRepMessage((bad,), ()))
+
+    answer_with(stub, corrupt)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(CertificateError) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.kind == "bad_certificate" and tx.state is State.FAILED
+
+
+def test_signer_certificate_with_a_malformed_key(stub: CaStub) -> None:
+    stub.ca_pubs = False
+    signer = stub.signer.der
+    stub.tamper = lambda data: data.replace(signer, corrupt_key(signer))
+    tx = ClientTransaction(sig_config(stub), ir())
+    with pytest.raises(CertificateError):
+        tx.receive(stub.answer(tx.start().data))
+
+
+@pytest.mark.parametrize("protection", ["mac", "signature"])
+def test_random_corruption_only_ever_raises_cmp_errors(stub: CaStub, protection: str) -> None:
+    """Seeded byte edits of a valid ip (the signed one carries its unprotected extraCerts):
+    each is accepted or refused with a CmpError, nothing else escapes."""
+    stub.ca_pubs = False
+    config = mac_config(stub) if protection == "mac" else sig_config(stub)
+    first = ClientTransaction(config, ir())
+    request = first.start()
+    nonce = _nonce_of(request)
+    good = stub.answer(request.data)
+    rnd = random.Random(2024)
+    outcomes: set[str] = set()
+    for _ in range(400):
+        data = bytearray(good)
+        for _ in range(rnd.randint(1, 3)):
+            at = rnd.randrange(len(data))
+            choice = rnd.random()
+            if choice < 0.6:
+                data[at] = rnd.randrange(256)
+            elif choice < 0.8:
+                del data[at]
+            else:
+                data.insert(at, rnd.randrange(256))
+        tx = ClientTransaction(config, first.request, transaction_id=first.transaction_id, random=lambda n: nonce)
+        tx.start()
+        try:
+            tx.receive(bytes(data))
+            outcomes.add("accepted")
+        except CmpError as exc:
+            outcomes.add(exc.kind)
+            assert tx.state is State.FAILED
+    assert "malformed" in outcomes and len(outcomes) >= 4
