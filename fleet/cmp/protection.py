@@ -169,10 +169,13 @@ def _hash_name(alg: der.Tlv, table: dict[str, str], what: str) -> str:
         raise UnsupportedAlgorithm(f"unsupported {what} algorithm {dotted}") from None
 
 
+@lru_cache(maxsize=4096)
 def parse_mac_params(
     alg_der: bytes, *, max_iterations: int = DEFAULT_MAX_ITERATIONS
 ) -> PbmParams | Pbmac1Params:
-    """Parse PBM or PBMAC1 parameters, refusing counts above ``max_iterations``."""
+    """Parse PBM or PBMAC1 parameters, refusing counts above ``max_iterations``.
+
+    Cached: a CA answers thousands of devices with a handful of distinct parameter sets."""
     try:
         dotted, params = parse_algorithm(alg_der)
         if params is None:
@@ -249,6 +252,7 @@ def verify_mac(
     return params
 
 
+@lru_cache(maxsize=1024)
 def is_mac_algorithm(alg_der: bytes) -> bool:
     try:
         dotted, _ = parse_algorithm(alg_der)

@@ -1,4 +1,4 @@
-"""CMP over HTTP (RFC 9811, RFC 9483 §6.1) client: h11 on trio streams with a keep-alive pool.
+"""CMP over HTTP (RFC 9811, RFC 9483 §6.1) client: trio streams with a keep-alive pool.
 
 One ``CmpHttpClient`` per CA URL is shared by every task that talks to that CA (tens of thousands
 of virtual devices, a CLI transaction, a provisioning batch). It keeps at most ``max_connections``
@@ -10,8 +10,9 @@ cannot have seen it: a reused keep-alive connection that turns out dead before a
 arrived (the server closed it while it was idle). Even then it is re-sent once, on a fresh
 connection.
 
-httpx costs 3-10x more client CPU per request (see shared/docs/measured-costs.md); this module
-stays on h11's public API and trio streams and keeps the per-request path short.
+httpx costs 3-10x more client CPU per request (see shared/docs/measured-costs.md), and h11 about
+75 µs per request; this module writes its one request shape itself and frames responses with
+``fleet.http.wire`` (status line, headers, Content-Length, chunked, close-delimited).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit
 
-import h11
 import trio
 
 from fleet import __version__
@@ -40,6 +40,7 @@ from fleet.http.errors import (
     ReadTimeout,
     ResponseTooLarge,
 )
+from fleet.http.wire import MAX_HEAD_BYTES, ChunkedDecoder, WireError, parse_head
 
 __all__ = [
     "CMP_CONTENT_TYPE",
@@ -130,14 +131,13 @@ def _segment(value: str, what: str) -> str:
 
 
 class _Conn:
-    """One pooled connection: the stream, its h11 state, and the raw socket for cheap checks."""
+    """One pooled connection: the stream and the raw socket for cheap liveness checks."""
 
-    __slots__ = ("h11", "sock", "stream")
+    __slots__ = ("sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType) -> None:
         self.stream = stream
         self.sock = sock
-        self.h11 = h11.Connection(h11.CLIENT)
 
 
 class _StaleConnection(Exception):
@@ -219,7 +219,7 @@ class CmpHttpClient:
         self._slots = trio.Semaphore(max_connections)  # FIFO: trio's ParkingLot hands off in order
         self._open = 0
         self._closed = False
-        self._request_cache: dict[tuple[bytes, int], h11.Request] = {}
+        self._request_cache: dict[tuple[bytes, int], bytes] = {}
 
     def __repr__(self) -> str:
         return f"<CmpHttpClient {self.url} open={self._open}/{self.max_connections}>"
@@ -295,23 +295,21 @@ class CmpHttpClient:
         finally:
             slots.release()
 
-    def _request_event(self, target: bytes, length: int) -> h11.Request:
-        """The request head for this target and body length, validated by h11 once (~10 µs)."""
+    def _request_event(self, target: bytes, length: int) -> bytes:
+        """The request head for this target and body length, built once per pair."""
         key = (target, length)
-        event = self._request_cache.get(key)
-        if event is None:
+        head = self._request_cache.get(key)
+        if head is None:
+            if not target or any(c <= 0x20 or c >= 0x7F for c in target):
+                raise ValueError(f"invalid request path: {target!r}")
             if len(self._request_cache) >= _REQUEST_CACHE_SIZE:
                 self._request_cache.clear()
-            try:
-                event = h11.Request(
-                    method=b"POST",
-                    target=target,
-                    headers=self._headers + [(b"Content-Length", b"%d" % length)],
-                )
-            except h11.LocalProtocolError:
-                raise ValueError(f"invalid request path: {target!r}") from None
-            self._request_cache[key] = event
-        return event
+            lines = [b"POST " + target + b" HTTP/1.1"]
+            lines += [name + b": " + value for name, value in self._headers]
+            lines.append(b"Content-Length: %d" % length)
+            head = b"\r\n".join(lines) + b"\r\n\r\n"
+            self._request_cache[key] = head
+        return head
 
     def _take_idle(self) -> _Conn | None:
         """Most recently used idle connection that does not look closed by the server."""
@@ -368,25 +366,36 @@ class CmpHttpClient:
     async def _exchange(
         self,
         conn: _Conn,
-        request: h11.Request,
+        request: bytes,
         body: bytes,
         timeout: float,
         reused: bool,
     ) -> CmpHttpResponse:
         """One request/response on ``conn``; returns the connection to the pool or closes it."""
-        h = conn.h11
         stream = conn.stream
         pooled = False
         got_bytes = False
-        eof = False
-        http10_keep_alive = False
+
+        async def receive() -> bytes:
+            nonlocal got_bytes
+            try:
+                chunk = await stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, OSError) as exc:
+                if reused and not got_bytes:
+                    raise _StaleConnection from None
+                raise ConnectionLost(
+                    self.url, f"connection broken while reading the response: {_why(exc)}"
+                ) from None
+            if chunk:
+                got_bytes = True
+            elif reused and not got_bytes:
+                raise _StaleConnection
+            return chunk
+
         try:
             with trio.move_on_after(timeout):
-                data = h.send(request)
-                data += h.send(h11.Data(data=body))  # type: ignore[operator,unused-ignore]
-                data += h.send(h11.EndOfMessage())  # type: ignore[operator,unused-ignore]
                 try:
-                    await stream.send_all(data)
+                    await stream.send_all(request + body)
                 except (trio.BrokenResourceError, OSError) as exc:
                     if reused:
                         raise _StaleConnection from None
@@ -394,103 +403,105 @@ class CmpHttpClient:
                         self.url, f"sending the request failed: {_why(exc)}"
                     ) from None
 
-                status = 0
-                content_type: bytes | None = None
-                cmp = False
-                limit = self.max_response_bytes
-                chunks: list[bytes] = []
-                size = 0
-                while True:
+                buf = b""
+                while True:  # the head; 1xx interim responses are skipped
+                    end = buf.find(b"\r\n\r\n")
+                    if end < 0:
+                        if len(buf) > MAX_HEAD_BYTES:
+                            raise ProtocolError(self.url, "malformed HTTP response: head too large")
+                        chunk = await receive()
+                        if not chunk:
+                            raise ConnectionLost(
+                                self.url,
+                                "server closed the connection without a response"
+                                if not buf
+                                else "server closed the connection before the response was complete",
+                            )
+                        buf += chunk
+                        continue
                     try:
-                        event = h.next_event()
-                    except h11.RemoteProtocolError as exc:
-                        if eof:
+                        head = parse_head(buf[:end])
+                    except WireError as exc:
+                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
+                    buf = buf[end + 4 :]
+                    if 100 <= head.status < 200:
+                        continue
+                    break
+
+                status = head.status
+                content_type = head.content_type
+                cmp = (
+                    content_type is not None
+                    and status // 100 in (2, 4, 5)
+                    and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
+                )
+                limit = self.max_response_bytes if cmp else min(self.max_response_bytes, _ERROR_BODY_LIMIT)
+
+                def too_large(declared: int | None = None) -> Exception:
+                    if not cmp:
+                        return HttpStatusError(self.url, status, _str(content_type))
+                    return ResponseTooLarge(self.url, limit, declared)
+
+                reusable = head.persistent
+                if head.bodiless:
+                    data = b""
+                    reusable = reusable and not buf
+                elif head.chunked:
+                    decoder = ChunkedDecoder(limit)
+                    try:
+                        rest = decoder.feed(buf)
+                        while not decoder.done:
+                            chunk = await receive()
+                            if not chunk:
+                                raise ConnectionLost(
+                                    self.url,
+                                    "server closed the connection before the response was complete",
+                                )
+                            rest = decoder.feed(chunk)
+                    except WireError as exc:
+                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
+                    except OverflowError:
+                        raise too_large() from None
+                    data = decoder.body()
+                    reusable = reusable and not rest
+                elif head.content_length is not None:
+                    length = head.content_length
+                    if length > limit:
+                        raise too_large(length)
+                    parts = [buf]
+                    have = len(buf)
+                    while have < length:
+                        chunk = await receive()
+                        if not chunk:
                             raise ConnectionLost(
                                 self.url,
                                 "server closed the connection before the response was complete",
-                            ) from None
-                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
-                    if event is h11.NEED_DATA:
-                        try:
-                            chunk = await stream.receive_some(_RECEIVE_SIZE)
-                        except (trio.BrokenResourceError, OSError) as exc:
-                            if reused and not got_bytes:
-                                raise _StaleConnection from None
-                            raise ConnectionLost(
-                                self.url,
-                                f"connection broken while reading the response: {_why(exc)}",
-                            ) from None
-                        if chunk:
-                            got_bytes = True
-                        else:
-                            if reused and not got_bytes:
-                                raise _StaleConnection
-                            eof = True
-                        h.receive_data(chunk)  # type: ignore[arg-type]  # bytearray is fine
-                        continue
-                    kind = type(event)
-                    if kind is h11.Data:
-                        size += len(event.data)  # type: ignore[union-attr]
-                        if size > limit:
-                            if not cmp:
-                                raise HttpStatusError(self.url, status, _str(content_type))
-                            raise ResponseTooLarge(self.url, limit)
-                        chunks.append(event.data)  # type: ignore[union-attr]
-                    elif kind is h11.Response:
-                        status = event.status_code  # type: ignore[union-attr]
-                        declared = None
-                        for name, value in event.headers:  # type: ignore[union-attr]
-                            if name == b"content-type":
-                                content_type = value
-                            elif name == b"content-length":
-                                declared = int(value)
-                            elif name == b"connection" and b"keep-alive" in value.lower():
-                                http10_keep_alive = event.http_version == b"1.0"  # type: ignore[union-attr]
-                        http10_keep_alive = http10_keep_alive and declared is not None
-                        cmp = (
-                            content_type is not None
-                            and status // 100 in (2, 4, 5)
-                            and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
-                        )
-                        if not cmp:
-                            limit = min(limit, _ERROR_BODY_LIMIT)
-                        if declared is not None and declared > limit:
-                            if not cmp:
-                                raise HttpStatusError(self.url, status, _str(content_type))
-                            raise ResponseTooLarge(self.url, limit, declared)
-                    elif kind is h11.EndOfMessage:
-                        break
-                    elif kind is h11.ConnectionClosed:
-                        raise ConnectionLost(
-                            self.url, "server closed the connection without a response"
-                        )
-                    # InformationalResponse (100 Continue, 1xx): keep reading.
+                            )
+                        parts.append(chunk)
+                        have += len(chunk)
+                    joined = b"".join(parts) if len(parts) > 1 else buf
+                    data = joined[:length]
+                    reusable = reusable and have == length
+                else:  # delimited by the server closing the connection
+                    parts = [buf]
+                    have = len(buf)
+                    while True:
+                        if have > limit:
+                            raise too_large()
+                        chunk = await receive()
+                        if not chunk:
+                            break
+                        parts.append(chunk)
+                        have += len(chunk)
+                    data = b"".join(parts)
+                    reusable = False
 
-                if (
-                    self.keep_alive
-                    and not self._closed
-                    and h.our_state is h11.DONE
-                    and h.their_state is h11.DONE
-                ):
-                    h.start_next_cycle()
-                    self._idle.append(conn)
-                    pooled = True
-                elif (
-                    self.keep_alive
-                    and not self._closed
-                    and http10_keep_alive
-                    and h.their_state is h11.MUST_CLOSE
-                    and h.trailing_data == (b"", False)
-                ):
-                    # An HTTP/1.0 server that said "Connection: keep-alive" (OpenSSL's CMP
-                    # server) keeps the socket open and waits on it for the transaction's next
-                    # message; h11 only knows 1.1 persistence, so start a fresh parser on it.
-                    conn.h11 = h11.Connection(h11.CLIENT)
+                if reusable and self.keep_alive and not self._closed:
                     self._idle.append(conn)
                     pooled = True
                 if not cmp:
                     raise HttpStatusError(self.url, status, _str(content_type))
-                return CmpHttpResponse(status, _str(content_type), b"".join(chunks))
+                return CmpHttpResponse(status, _str(content_type), data)
             raise ReadTimeout(
                 self.url, f"no complete response from {self._where()} within {timeout:g} s"
             )
