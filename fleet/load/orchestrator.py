@@ -145,7 +145,18 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
 
         observer = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
-    return WorkerRun(plan, devices, observer=observer)
+    run = WorkerRun(plan, devices, observer=observer)
+    if observer is not None:
+        observer.attach(run)  # type: ignore[attr-defined]  # scrape-time gauges read the run
+    return run
+
+
+def _finish_metrics(run: WorkerRun) -> None:
+    """Keep /metrics up until Prometheus has scraped the final counts (bounded; no wait when
+    nobody scraped)."""
+    finish = getattr(run.observer, "finish", None)
+    if finish is not None:
+        finish()
 
 
 def _worker_main(setup: WorkerSetup, outbox: Any) -> None:
@@ -166,6 +177,7 @@ def _worker_main(setup: WorkerSetup, outbox: Any) -> None:
             return results
 
         results = trio.run(main)
+        _finish_metrics(run)
         outbox.put(("done", setup.worker, results.to_dict()))
     except FleetError as exc:
         outbox.put(("error", setup.worker, str(exc)))
@@ -377,7 +389,9 @@ def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, op
             nursery.cancel_scope.cancel()
         return results
 
-    return trio.run(main)
+    results = trio.run(main)
+    _finish_metrics(run)
+    return results
 
 
 def _early_failure(profile: Profile, results: RunResults) -> bool:

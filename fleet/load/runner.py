@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 class Observer(Protocol):
     """Told about every finished operation (the Prometheus exporter implements this)."""
 
+    def operation_started(self, op: str) -> None: ...
+
     def operation_done(self, op: str, ok: bool, kind: str, fail_info: tuple[str, ...], latency: float, service: float, polls: int) -> None: ...
 
     def exchange(self, op: str, body: str, seconds: float) -> None: ...
@@ -169,6 +171,8 @@ class WorkerRun:
         stats = self.results.op(op)
         sent_at = trio.current_time()
         polls = 0
+        if self.observer is not None:
+            self.observer.operation_started(op)
         try:
             config, request, new_key = self.devices.request(op, device)
             tx = ClientTransaction(config, request)
