@@ -1,0 +1,146 @@
+"""What a provisioned device gets on disk, and the run's summary.
+
+``<out>/<device id>/`` (mode 0700) holds ``key.pem`` (PKCS#8 PEM, encrypted with ``--key-pass``,
+mode 0600; absent for p10cr devices, which keep their own key), ``chain.pem`` (intermediate CA
+certificates, issuing CA first), ``ca.pem`` (the root), optionally ``device.p12`` (0600) and
+``cert.pem``. Every file is written atomically (temporary file, fsync, rename, fsync of the
+folder) and ``cert.pem`` is written last, so its presence means the set is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs12
+
+from fleet.cmp.protection import PrivateKey
+from fleet.cmp.trust import is_self_signed, load_cert
+from fleet.files import atomic_write, certs_pem, load_private_key, write_private_key
+
+__all__ = [
+    "CA_FILE",
+    "CERT_FILE",
+    "CHAIN_FILE",
+    "KEY_FILE",
+    "P12_FILE",
+    "SUMMARY_FILE",
+    "device_dir",
+    "format_table",
+    "key_id",
+    "load_key",
+    "split_chain",
+    "store_key",
+    "write_certificate",
+    "write_summary",
+]
+
+KEY_FILE = "key.pem"
+CERT_FILE = "cert.pem"
+CHAIN_FILE = "chain.pem"
+CA_FILE = "ca.pem"
+P12_FILE = "device.p12"
+SUMMARY_FILE = "summary.json"
+
+
+def device_dir(out: Path, device_id: str) -> Path:
+    path = out / device_id
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def key_id(public_key: object) -> str:
+    """SHA-256 of the SubjectPublicKeyInfo: names a key in the journal without revealing it."""
+    spki = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+    return hashlib.sha256(spki).hexdigest()
+
+
+def store_key(out: Path, device_id: str, key: PrivateKey, password: bytes | None) -> None:
+    write_private_key(device_dir(out, device_id) / KEY_FILE, key, password)
+
+
+def load_key(out: Path, device_id: str, password: bytes | None) -> PrivateKey | None:
+    """The device's stored key, or None when it has none yet."""
+    path = out / device_id / KEY_FILE
+    if not path.exists():
+        return None
+    return load_private_key(path, password)
+
+
+def split_chain(cert_der: bytes, candidates: Iterable[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """The path above ``cert_der`` built from ``candidates`` (extraCerts, caPubs, anchors):
+    (intermediates from the issuing CA up, roots). Certificates not on the path are dropped."""
+    pool = [load_cert(c) for c in dict.fromkeys(candidates) if c != cert_der]
+    current = load_cert(cert_der)
+    intermediates: list[bytes] = []
+    roots: list[bytes] = []
+    for _ in range(8):
+        parent = next((c for c in pool if c.subject == current.issuer and _signed_by(current, c)), None)
+        if parent is None:
+            break
+        parent_der = parent.public_bytes(Encoding.DER)
+        if is_self_signed(parent):
+            roots.append(parent_der)
+            break
+        intermediates.append(parent_der)
+        current = parent
+    return intermediates, roots
+
+
+def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(parent)
+    except Exception:  # InvalidSignature, ValueError, TypeError: not this parent
+        return False
+    return True
+
+
+def write_certificate(
+    out: Path,
+    device_id: str,
+    cert_der: bytes,
+    intermediates: Sequence[bytes],
+    roots: Sequence[bytes],
+    *,
+    key: PrivateKey | None = None,
+    p12_password: bytes | None = None,
+    p12: bool = False,
+) -> None:
+    """Write the chain, CA and PKCS#12 files, then ``cert.pem`` last."""
+    folder = device_dir(out, device_id)
+    atomic_write(folder / CHAIN_FILE, certs_pem(intermediates))
+    atomic_write(folder / CA_FILE, certs_pem(roots))
+    if p12 and key is not None:
+        encryption: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(p12_password) if p12_password else serialization.NoEncryption()
+        )
+        data = pkcs12.serialize_key_and_certificates(
+            device_id.encode(), key, load_cert(cert_der),  # type: ignore[arg-type]
+            [load_cert(c) for c in [*intermediates, *roots]], encryption,
+        )
+        atomic_write(folder / P12_FILE, data, mode=0o600)
+    atomic_write(folder / CERT_FILE, certs_pem([cert_der]))
+
+
+def write_summary(out: Path, summary: dict[str, object]) -> Path:
+    path = out / SUMMARY_FILE
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (json.dumps(summary, indent=1, sort_keys=False) + "\n").encode())
+    return path
+
+
+def format_table(rows: Sequence[dict[str, object]], columns: Sequence[str], limit: int = 50) -> str:
+    """A plain text table of the first ``limit`` rows (the JSON summary has them all)."""
+    shown = list(rows[:limit])
+    cells = [[str(r.get(c, "") if r.get(c) is not None else "") for c in columns] for r in shown]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more devices in {SUMMARY_FILE}")
+    return os.linesep.join(lines)

@@ -1,0 +1,628 @@
+"""Provision a batch of devices: one resumable state machine per device, decided from the journal.
+
+Each device task reads its journal record and takes the step its state calls for; every step is
+durable in the journal before the next one starts, so a run killed at any moment resumes where
+the journal says, and the same code path serves retries within a run and resumption after a
+crash:
+
+``new``/``failed``
+    Make (or reload) the key, write it 0600, record ``key``. p10cr devices use their CSR's key.
+``key``
+    First settle orphans waiting for revocation (below). Then record ``sent`` with a fresh
+    transactionID, run ir/p10cr **without** implicitConfirm, and when the certificate arrives,
+    before certConf: write the files and record ``received`` (certificate, the CA's response, and
+    the senderNonce it answered). certConf + pkiConf: record ``confirmed``.
+``sent`` (found at start: the process died while a request was in flight)
+    The transaction cannot be resumed: we never saw the response, so we lack the CA's nonce. If
+    the CA issued a certificate it is unconfirmed and the CA rejects it after confirmWaitTime
+    (listed as revoked in its CRL). Record a possible orphan (fate ``left_to_ca_expiry``) and go
+    back to ``key``: a new transaction, same key.
+``received`` (the process died, or the network failed, between storing and pkiConf)
+    Continue the *same* transaction: rebuild the client with the stored transactionID, feed it the
+    stored response (its recipNonce is the stored senderNonce; protection is checked again) and
+    send the certConf it produces. pkiConf: ``confirmed``. A CMP refusal (transaction expired after
+    confirmWaitTime, or already closed): the stored certificate is an orphan; record it
+    (``pending_revoke``), delete its files, go back to ``key``, which revokes it with rr signed
+    by the orphan certificate and its key (reason superseded) before requesting a new one.
+    A transport failure: retry the certConf later (still ``received``).
+
+Transient failures (timeouts, connection errors, HTTP 5xx/408/429, systemUnavail, systemFailure,
+transactionIdInUse, polling limits) are retried with exponential backoff and full jitter up to
+``max_attempts`` per device and run; permanent ones (rejections with other failInfo, bad
+protection, HTTP 4xx) end the device as ``failed`` with the failInfo recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
+from fleet.cmp.errors import CmpError, PollingLimit, StatusError
+from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
+from fleet.cmp.trust import TrustStore, load_cert
+from fleet.exchange import TransactionTimeout, run_transaction
+from fleet.files import load_certificates
+from fleet.http.client import CmpHttpClient, cmp_path
+from fleet.http.errors import HttpStatusError, TransportError
+from fleet.provision import outputs
+from fleet.provision.journal import (
+    DeviceRecord,
+    DeviceState,
+    Journal,
+    JournalWriter,
+    Orphan,
+    OrphanFate,
+    updated,
+)
+from fleet.provision.manifest import CertAuth, DeviceSpec, MacAuth
+
+__all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient", "summarize"]
+
+SUPERSEDED = 4  # CRLReason for an orphan replaced by a new certificate
+_TRANSIENT_FAILINFO = frozenset({"systemUnavail", "systemFailure", "transactionIdInUse"})
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    server: str
+    out: Path
+    concurrency: int = 16
+    rate: float | None = None  # new requests per second, all devices together
+    timeout: float = 60.0  # one transaction, polling included
+    max_attempts: int = 8  # per device and run, for transient failures
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    key_pass: bytes | None = field(default=None, repr=False)
+    p12: bool = False
+    trusted: tuple[x509.Certificate, ...] = ()
+    mode: str = "lcmpp"
+    progress: Callable[[Progress], None] | None = None
+    progress_interval: float = 1.0
+    seed: int | None = None  # jitter
+
+
+@dataclass(frozen=True)
+class Progress:
+    total: int
+    confirmed: int
+    failed: int
+    in_flight: int
+    elapsed: float
+    provisioned_now: int
+
+    @property
+    def rate(self) -> float:
+        return self.provisioned_now / self.elapsed if self.elapsed > 0 else 0.0
+
+    def line(self) -> str:
+        return (f"provision: {self.confirmed}/{self.total} confirmed, {self.failed} failed, "
+                f"{self.in_flight} in flight, {self.rate:.1f} devices/s")
+
+
+@dataclass
+class RunStats:
+    total: int = 0
+    skipped: int = 0  # confirmed before this run
+    provisioned: int = 0  # confirmed in this run
+    failed: int = 0
+    retries: int = 0
+    orphans_revoked: int = 0
+    possible_orphans: int = 0
+    elapsed: float = 0.0
+    commits: int = 0
+
+
+class _Transient(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Permanent(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _NonceTape:
+    """``random`` for a ClientTransaction: remembers the last nonce drawn; replays ``first`` once.
+
+    The transactionID is always passed explicitly, so every draw is a senderNonce."""
+
+    def __init__(self, first: bytes | None = None) -> None:
+        self._first = first
+        self.last: bytes | None = None
+
+    def __call__(self, n: int) -> bytes:
+        if self._first is not None:
+            value, self._first = self._first, None
+        else:
+            value = os.urandom(n)
+        self.last = value
+        return value
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying later: the CA or the network may do better next time."""
+    if isinstance(exc, HttpStatusError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    if isinstance(exc, (TransportError, TransactionTimeout, PollingLimit)):
+        return True
+    if isinstance(exc, StatusError):
+        return bool(_TRANSIENT_FAILINFO.intersection(exc.fail_names))
+    return False
+
+
+def _kind(exc: BaseException) -> str:
+    return str(getattr(exc, "kind", type(exc).__name__))
+
+
+class _Pacer:
+    """At most ``rate`` request starts per second, on an absolute schedule."""
+
+    def __init__(self, rate: float | None) -> None:
+        self._interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        if not self._interval:
+            return
+        now = trio.current_time()
+        at = max(now, self._next)
+        self._next = at + self._interval
+        await trio.sleep_until(at)
+
+
+class Provisioner:
+    """Runs the devices of a manifest against one CA; the journal decides what each one does."""
+
+    def __init__(self, devices: Sequence[DeviceSpec], journal: Journal, options: ProvisionOptions) -> None:
+        self.devices = list(devices)
+        self.journal = journal
+        self.options = options
+        self.writer = JournalWriter(journal)
+        self.stats = RunStats(total=len(self.devices))
+        self._random = random.Random(options.seed)
+        self._pacer = _Pacer(options.rate)
+        self._trusted_der = tuple(c.public_bytes(Encoding.DER) for c in options.trusted)
+        self._in_flight = 0
+        self._client: CmpHttpClient | None = None
+        self._started = 0.0
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self) -> RunStats:
+        """Provision every device; returns when each is confirmed or has given up. On
+        cancellation (Ctrl-C) the journal keeps every step that completed."""
+        self._started = trio.current_time()
+        queue = list(reversed(self.devices))
+        try:
+            async with CmpHttpClient(
+                self.options.server,
+                max_connections=max(1, self.options.concurrency),
+                request_timeout=self.options.timeout,
+            ) as client:
+                self._client = client
+                async with trio.open_nursery() as outer:
+                    await outer.start(self.writer.run)
+                    if self.options.progress is not None:
+                        outer.start_soon(self._report_progress)
+                    async with trio.open_nursery() as workers:
+                        for _ in range(max(1, min(self.options.concurrency, len(queue)))):
+                            workers.start_soon(self._worker, queue)
+                    outer.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.writer.close)
+            self.stats.elapsed = trio.current_time() - self._started
+            self.stats.commits = self.writer.commits
+            if self.options.progress is not None:
+                self.options.progress(self._progress())
+        return self.stats
+
+    async def _worker(self, queue: list[DeviceSpec]) -> None:
+        while queue:
+            device = queue.pop()
+            self._in_flight += 1
+            try:
+                await self._device(device)
+            finally:
+                self._in_flight -= 1
+
+    async def _report_progress(self) -> None:
+        assert self.options.progress is not None
+        while True:
+            await trio.sleep(self.options.progress_interval)
+            self.options.progress(self._progress())
+
+    def _progress(self) -> Progress:
+        states = [self.journal.device(d.id).state for d in self.devices]
+        return Progress(
+            total=len(self.devices),
+            confirmed=states.count(DeviceState.CONFIRMED),
+            failed=self.stats.failed,
+            in_flight=self._in_flight,
+            elapsed=trio.current_time() - self._started,
+            provisioned_now=self.stats.provisioned,
+        )
+
+    # -- one device -------------------------------------------------------------------------
+
+    async def _device(self, dev: DeviceSpec) -> None:
+        rec = self.journal.device(dev.id)
+        if rec.state is DeviceState.CONFIRMED:
+            self.stats.skipped += 1
+            if not (self.options.out / dev.id / outputs.CERT_FILE).exists():
+                await self._rewrite_files(dev, rec)
+            return
+        if rec.error is not None or rec.fingerprint != dev.fingerprint:
+            rec = updated(rec, fingerprint=dev.fingerprint, error=None, error_kind=None, fail_names=None)
+            self.journal.remember([(rec, "resume")])
+        failures = 0
+        while True:
+            try:
+                if await self._step(dev):
+                    self.stats.provisioned += 1
+                    return
+            except _Transient as t:
+                failures += 1
+                self.stats.retries += 1
+                if failures >= self.options.max_attempts:
+                    await self._give_up(dev, t.error, permanent=False)
+                    return
+                cap = min(self.options.backoff_max, self.options.backoff_base * 2 ** (failures - 1))
+                await trio.sleep(self._random.uniform(0, cap))
+            except _Permanent as p:
+                await self._give_up(dev, p.error, permanent=True)
+                return
+
+    async def _step(self, dev: DeviceSpec) -> bool:
+        """Take the step the journal calls for; True once the device is confirmed."""
+        rec = self.journal.device(dev.id)
+        state = rec.state
+        if state in (DeviceState.NEW, DeviceState.FAILED):
+            await self._make_key(dev, rec)
+        elif state is DeviceState.SENT:
+            await self._abandon_sent(dev, rec, "request in flight when the previous run stopped")
+        elif state is DeviceState.RECEIVED:
+            return await self._confirm_stored(dev, rec)
+        elif state is DeviceState.KEY:
+            await self._settle_orphans(dev)
+            return await self._request(dev, rec)
+        return self.journal.device(dev.id).state is DeviceState.CONFIRMED
+
+    async def _give_up(self, dev: DeviceSpec, error: BaseException, *, permanent: bool) -> None:
+        rec = self.journal.device(dev.id)
+        fields: dict[str, object] = {
+            "error_kind": _kind(error),
+            "error": " ".join(str(error).split())[:300],
+            "fail_names": ",".join(getattr(error, "fail_names", ())) or None,
+        }
+        if permanent and rec.state is DeviceState.KEY:
+            fields["state"] = DeviceState.FAILED
+        self.stats.failed += 1
+        await self.writer.write((updated(rec, **fields), "failed" if permanent else "gave_up"))
+
+    # -- steps ------------------------------------------------------------------------------
+
+    async def _make_key(self, dev: DeviceSpec, rec: DeviceRecord) -> None:
+        if dev.csr is not None:
+            kid = outputs.key_id(dev.csr.public_key())
+        else:
+            key = await trio.to_thread.run_sync(self._load_or_make_key, dev)
+            kid = outputs.key_id(key.public_key())
+        await self.writer.write((updated(rec, state=DeviceState.KEY, key_id=kid, error=None,
+                                         error_kind=None, fail_names=None), "key"))
+
+    def _load_or_make_key(self, dev: DeviceSpec) -> PrivateKey:
+        """Reuse a key already on disk (a crash after writing it), else make and store one."""
+        key = outputs.load_key(self.options.out, dev.id, self.options.key_pass)
+        if key is None:
+            assert dev.key_type is not None
+            key = dev.key_type.generate()
+            outputs.store_key(self.options.out, dev.id, key, self.options.key_pass)
+        return key
+
+    def _device_key(self, dev: DeviceSpec) -> PrivateKey | None:
+        if dev.csr is not None:
+            return dev.csr_key
+        return outputs.load_key(self.options.out, dev.id, self.options.key_pass)
+
+    async def _abandon_sent(self, dev: DeviceSpec, rec: DeviceRecord, why: str) -> None:
+        """No response to keep: an issued certificate (if any) stays unconfirmed and dies."""
+        assert rec.transaction_id is not None
+        orphan = Orphan(dev.id, rec.transaction_id, False, OrphanFate.LEFT_TO_CA, detail=why,
+                        updated=time.time())
+        self.stats.possible_orphans += 1
+        back = updated(rec, state=DeviceState.KEY, transaction_id=None, nonce=None)
+        await self.writer.write(orphan, (back, "abandoned"))
+
+    async def _request(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
+        key = None
+        if dev.csr is None:
+            key = await trio.to_thread.run_sync(self._device_key, dev)
+            if key is None:  # the key file vanished: make a new one next step
+                await self.writer.write((updated(rec, state=DeviceState.NEW), "key_missing"))
+                return False
+        await self._pacer.wait()
+        tid = os.urandom(16)
+        rec = updated(rec, state=DeviceState.SENT, transaction_id=tid, nonce=None, response=None,
+                      certificate=None, serial=None, attempts=rec.attempts + 1)
+        await self.writer.write((rec, "sent"))
+        request = self._cert_request(dev, key)
+        tape = _NonceTape()
+        tx = ClientTransaction(self._config(dev), request, transaction_id=tid, random=tape)
+        client = self._client
+        assert client is not None
+        path = self._path(dev, client, tx.operation)
+        polled = False
+        try:
+            with trio.fail_after(self.options.timeout):
+                event: Send | Done = tx.start()
+                while isinstance(event, Send):
+                    if event.delay:
+                        await trio.sleep(event.delay)
+                    polled = polled or event.body_type is BodyType.POLLREQ
+                    response = await client.post(event.data, path=path)
+                    answered = tape.last
+                    event = tx.receive(response.body)
+                    if isinstance(event, Send) and event.body_type is BodyType.CERTCONF and tx.result is not None:
+                        # Ours to keep: durable on disk and in the journal before we confirm it.
+                        assert answered is not None
+                        rec = await self._store(dev, rec, tx.result, response.body, answered, key)
+        except trio.TooSlowError:
+            return await self._request_failed(dev, rec, TransactionTimeout(
+                f"transaction did not complete within {self.options.timeout:g} s"), polled)
+        except (TransportError, CmpError) as exc:
+            return await self._request_failed(dev, rec, exc, polled)
+        await self.writer.write((updated(rec, state=DeviceState.CONFIRMED), "confirmed"))
+        return True
+
+    async def _request_failed(self, dev: DeviceSpec, rec: DeviceRecord, exc: Exception, polled: bool) -> bool:
+        if rec.state is DeviceState.RECEIVED:
+            raise _Transient(exc)  # stored: the next step continues this transaction's certConf
+        if isinstance(exc, (TransportError, TransactionTimeout)) or polled:
+            # The CA may have issued without our seeing it: a possible, unconfirmed orphan.
+            await self._abandon_sent(dev, rec, f"{_kind(exc)}: {exc}"[:300])
+        else:  # the CA answered with a refusal: nothing was issued
+            await self.writer.write((updated(rec, state=DeviceState.KEY, transaction_id=None), "refused"))
+        if is_transient(exc):
+            raise _Transient(exc)
+        raise _Permanent(exc)
+
+    async def _store(
+        self, dev: DeviceSpec, rec: DeviceRecord, done: Done, response: bytes, nonce: bytes,
+        key: PrivateKey | None,
+    ) -> DeviceRecord:
+        cert_der = done.certificate
+        assert cert_der is not None
+        await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs, key)
+        serial = format(load_cert(cert_der).serial_number, "X")
+        rec = updated(rec, state=DeviceState.RECEIVED, nonce=nonce, response=response,
+                      certificate=cert_der, serial=serial)
+        await self.writer.write((rec, "received"))
+        return rec
+
+    def _write_files(self, dev: DeviceSpec, cert_der: bytes, candidates: tuple[bytes, ...],
+                     key: PrivateKey | None) -> None:
+        inter, roots = outputs.split_chain(cert_der, (*candidates, *self._trusted_der))
+        outputs.write_certificate(self.options.out, dev.id, cert_der, inter, roots, key=key,
+                                  p12_password=self.options.key_pass, p12=self.options.p12)
+
+    async def _rewrite_files(self, dev: DeviceSpec, rec: DeviceRecord) -> None:
+        """A confirmed device whose cert.pem is gone: write it again from the journal."""
+        if rec.certificate is None:
+            return
+        extra: tuple[bytes, ...] = ()
+        if rec.response is not None:
+            from fleet.cmp import messages
+
+            msg = messages.decode(rec.response)
+            extra = tuple(msg.extra_certs) + tuple(getattr(msg.body, "ca_pubs", ()) or ())
+        key = await trio.to_thread.run_sync(self._device_key, dev) if dev.csr is None else None
+        await trio.to_thread.run_sync(self._write_files, dev, rec.certificate, extra, key)
+
+    async def _confirm_stored(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
+        """certConf for the stored certificate, in its original transaction (see module doc)."""
+        assert rec.transaction_id and rec.nonce and rec.response and rec.certificate
+        key = None
+        if dev.csr is None:
+            key = await trio.to_thread.run_sync(self._device_key, dev)
+            if key is None:
+                await self._orphan_received(dev, rec, "the key of the stored certificate is gone")
+                return False
+        tx = ClientTransaction(self._config(dev), self._cert_request(dev, key),
+                               transaction_id=rec.transaction_id, random=_NonceTape(rec.nonce))
+        tx.start()
+        try:
+            event = tx.receive(rec.response)
+        except CmpError as exc:  # e.g. the RA certificate expired since: cannot confirm
+            await self._orphan_received(dev, rec, f"stored response no longer verifies: {exc}")
+            return False
+        if not isinstance(event, Send) or event.body_type is not BodyType.CERTCONF:
+            await self._orphan_received(dev, rec, "stored response does not lead to certConf")
+            return False
+        client = self._client
+        assert client is not None
+        try:
+            with trio.fail_after(self.options.timeout):
+                response = await client.post(event.data, path=self._path(dev, client, tx.operation))
+            done = tx.receive(response.body)
+        except trio.TooSlowError:
+            raise _Transient(TransactionTimeout("certConf not answered in time")) from None
+        except TransportError as exc:
+            raise _Transient(exc) from None
+        except CmpError as exc:
+            await self._orphan_received(dev, rec, f"certConf refused: {exc}"[:300])
+            return False
+        assert isinstance(done, Done)
+        await self.writer.write((updated(rec, state=DeviceState.CONFIRMED), "confirmed_resumed"))
+        return True
+
+    async def _orphan_received(self, dev: DeviceSpec, rec: DeviceRecord, why: str) -> None:
+        assert rec.transaction_id is not None
+        orphan = Orphan(dev.id, rec.transaction_id, True, OrphanFate.PENDING_REVOKE, rec.certificate,
+                        rec.serial, why, time.time())
+        back = updated(rec, state=DeviceState.KEY, transaction_id=None, nonce=None, response=None,
+                       certificate=None, serial=None)
+        await self.writer.write(orphan, (back, "orphaned"))
+        await trio.to_thread.run_sync(_remove_certificate_files, self.options.out / dev.id)
+
+    async def _settle_orphans(self, dev: DeviceSpec) -> None:
+        """rr for every received orphan of ``dev``, signed with its own certificate and key."""
+        for orphan in self.journal.orphans_of(dev.id):
+            if orphan.fate is not OrphanFate.PENDING_REVOKE:
+                continue
+            assert orphan.certificate is not None
+            key = await trio.to_thread.run_sync(self._device_key, dev)
+            cert = load_cert(orphan.certificate)
+            if key is None:
+                await self._orphan_fate(orphan, OrphanFate.LEFT_TO_CA,
+                                        "no key to sign rr (p10cr without csr_key): the CA rejects it unconfirmed")
+                continue
+            anchors = list(self.options.trusted) + self._device_roots(dev)
+            config = ClientConfig(SignatureProtector(key, cert), TrustStore(anchors), mode=self.options.mode)  # type: ignore[arg-type]
+            tx = ClientTransaction(config, RevocationRequest.for_certificate(cert, SUPERSEDED))
+            client = self._client
+            assert client is not None
+            await self._pacer.wait()
+            try:
+                await run_transaction(client, tx, path=self._path(dev, client, tx.operation),
+                                      timeout=self.options.timeout)
+            except StatusError as exc:
+                if "certRevoked" in exc.fail_names:
+                    await self._orphan_fate(orphan, OrphanFate.ALREADY_DEAD, "the CA had revoked or rejected it")
+                elif is_transient(exc):
+                    raise _Transient(exc) from None
+                else:
+                    await self._orphan_fate(orphan, OrphanFate.REVOKE_FAILED, f"rr refused: {exc}"[:300])
+                continue
+            except (TransportError, TransactionTimeout, PollingLimit) as exc:
+                raise _Transient(exc) from None
+            except CmpError as exc:
+                await self._orphan_fate(orphan, OrphanFate.REVOKE_FAILED, f"rr failed: {exc}"[:300])
+                continue
+            self.stats.orphans_revoked += 1
+            await self._orphan_fate(orphan, OrphanFate.REVOKED, "revoked with rr (superseded)")
+
+    async def _orphan_fate(self, orphan: Orphan, fate: OrphanFate, detail: str) -> None:
+        await self.writer.write(Orphan(orphan.device_id, orphan.transaction_id, orphan.received, fate,
+                                       orphan.certificate, orphan.serial, detail, time.time()))
+
+    def _device_roots(self, dev: DeviceSpec) -> list[x509.Certificate]:
+        path = self.options.out / dev.id / outputs.CA_FILE
+        try:
+            return load_certificates(path) if path.exists() and path.stat().st_size else []
+        except Exception:
+            return []
+
+    # -- building transactions --------------------------------------------------------------
+
+    def _config(self, dev: DeviceSpec) -> ClientConfig:
+        auth = dev.auth
+        protector: MacProtector | SignatureProtector
+        if isinstance(auth, MacAuth):
+            protector = MacProtector(auth.secret, reference=auth.reference.encode())
+        else:
+            assert isinstance(auth, CertAuth)
+            protector = SignatureProtector(auth.key, auth.certificate, auth.chain)  # type: ignore[arg-type]
+        return ClientConfig(protector, TrustStore(list(self.options.trusted)), mode=self.options.mode)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _cert_request(dev: DeviceSpec, key: PrivateKey | None) -> Request:
+        if dev.csr is not None:
+            return CsrRequest(dev.csr, cert_profile=dev.cert_profile)
+        assert key is not None
+        return CertRequest(BodyType.IR, key, dev.subject, dev.sans, cert_profile=dev.cert_profile)
+
+    @staticmethod
+    def _path(dev: DeviceSpec, client: CmpHttpClient, operation: str | None) -> str | None:
+        if dev.path is not None:
+            return dev.path
+        if dev.profile is not None:
+            return cmp_path(client.base_path, profile=dev.profile, operation=operation)
+        return None
+
+
+def _remove_certificate_files(folder: Path) -> None:
+    """An orphan's files must not look like a provisioned device: cert.pem (and p12) go."""
+    for name in (outputs.CERT_FILE, outputs.P12_FILE):
+        try:
+            os.unlink(folder / name)
+        except FileNotFoundError:
+            pass
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats | None = None,
+              *, interrupted: bool = False) -> dict[str, object]:
+    """The summary, from the journal: every manifest device with its outcome and orphans.
+    Holds no key, secret or CMP message."""
+    rows: list[dict[str, object]] = []
+    counts = {"provisioned": 0, "failed": 0, "not_done": 0}
+    for dev in devices:
+        rec = journal.device(dev.id)
+        if rec.state is DeviceState.CONFIRMED:
+            outcome = "provisioned"
+        elif rec.error is not None:
+            outcome = "failed"
+        else:
+            outcome = "not_done"
+        counts[outcome] += 1
+        not_after = None
+        if rec.certificate is not None and outcome == "provisioned":
+            not_after = load_cert(rec.certificate).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        orphans = [
+            {"transaction_id": o.transaction_id.hex(), "serial": o.serial, "received": o.received,
+             "fate": o.fate.value, "detail": o.detail}
+            for o in journal.orphans_of(dev.id)
+        ]
+        rows.append({
+            "id": dev.id,
+            "outcome": outcome,
+            "state": rec.state.value,
+            "operation": dev.operation,
+            "auth": dev.auth_kind,
+            "serial": rec.serial if outcome == "provisioned" else None,
+            "not_after": not_after,
+            "requests": rec.attempts,
+            "error_kind": rec.error_kind if outcome != "provisioned" else None,
+            "fail_info": rec.fail_names if outcome != "provisioned" else None,
+            "error": rec.error if outcome != "provisioned" else None,
+            "orphans": orphans,
+        })
+    fates: dict[str, int] = {}
+    for row in rows:
+        for o in row["orphans"]:  # type: ignore[attr-defined]
+            fates[o["fate"]] = fates.get(o["fate"], 0) + 1
+    summary: dict[str, object] = {
+        "devices": len(devices),
+        **counts,
+        "orphans": fates,
+        "interrupted": interrupted,
+        "complete": counts["provisioned"] == len(devices),
+    }
+    if stats is not None:
+        summary["run"] = {
+            "provisioned": stats.provisioned, "skipped_confirmed": stats.skipped, "failed": stats.failed,
+            "retries": stats.retries, "orphans_revoked": stats.orphans_revoked,
+            "possible_orphans": stats.possible_orphans, "seconds": round(stats.elapsed, 3),
+            "journal_commits": stats.commits,
+        }
+    summary["results"] = rows
+    return summary
