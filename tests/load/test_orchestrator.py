@@ -1,0 +1,115 @@
+"""fleet run end to end: the embedded CA in its own process, real devices, real verdicts."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _fleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _profile(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "p.toml"
+    path.write_text(body)
+    return path
+
+
+def test_smoke_profile_passes_and_reports(tmp_path: Path) -> None:
+    report = tmp_path / "run.json"
+    proc = _fleet("run", "profiles/smoke.toml", "--duration", "2", "--report", str(report), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("PASS")
+    data = json.loads(report.read_text())
+    ir = data["results"]["operations"]["ir"]
+    assert ir["ok"] == data["results"]["scheduled"] == 80
+    assert ir["failed"] == 0
+    assert data["verdict"]["passed"] is True
+    assert sum(data["results"]["per_second"]["ir"]["completed"]) == 80
+    assert 0 < ir["latency_seconds"]["p50"] < 1.0
+    assert "secret" not in report.read_text().lower()
+
+
+def test_full_lifecycle_two_workers(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, """
+[run]
+duration = 2
+flow = ["genm", "ir", "kur", "rr"]
+workers = 2
+[arrivals]
+shape = "constant"
+rate = 15
+[devices]
+count = 40
+key_types = { "ec:P-256" = 0.5, "ed25519" = 0.5 }
+sans = ["URI:urn:uuid:{uuid}", "DNS:nf-{index}.example.org"]
+subject = "/O=Test/CN=nf-{index}"
+[slo]
+max_error_rate = 0.0
+""")
+    report = tmp_path / "run.json"
+    proc = _fleet("run", str(profile), "--report", str(report), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    results = json.loads(report.read_text())["results"]
+    assert results["workers"] == 2
+    assert results["scheduled"] == 30
+    for op in ("genm", "ir", "kur", "rr"):
+        assert results["operations"][op]["ok"] == 30, (op, results["operations"][op])
+
+
+def test_slo_failure_exits_1_with_one_line_verdict(tmp_path: Path) -> None:
+    profile = _profile(tmp_path, """
+[run]
+duration = 1
+[arrivals]
+shape = "constant"
+rate = 5
+[slo]
+p99_seconds = { ir = 0.000001 }
+""")
+    proc = _fleet("run", str(profile), "--quiet")
+    assert proc.returncode == 1
+    assert proc.stdout.strip().splitlines()[-1].startswith("FAIL: ir p99")
+
+
+def test_errors_are_counted_not_fatal(tmp_path: Path) -> None:
+    """A CA that fails a share of requests: the run completes and reports them by failInfo."""
+    profile = _profile(tmp_path, """
+[run]
+duration = 2
+[arrivals]
+shape = "constant"
+rate = 20
+[ca]
+error_fraction = 0.5
+seed = 7
+""")
+    report = tmp_path / "run.json"
+    proc = _fleet("run", str(profile), "--report", str(report), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    ir = json.loads(report.read_text())["results"]["operations"]["ir"]
+    assert ir["ok"] + ir["failed"] == 40
+    assert 5 <= ir["failed"] <= 35
+    assert set(ir["errors"]) <= {"error_message", "rejected"}
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("[run]\nduraton = 5\n", "[run]: unknown key 'duraton'"),
+        ("[arrivals]\nshape = 'constant'\nrate = -3\n", "[arrivals]"),
+    ],
+)
+def test_bad_profile_is_one_line(tmp_path: Path, body: str, fragment: str) -> None:
+    proc = _fleet("run", str(_profile(tmp_path, body)), "--quiet")
+    assert proc.returncode == 1
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
