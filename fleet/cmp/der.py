@@ -242,14 +242,18 @@ class Tlv:
         text = c.decode("ascii", "replace")
         size = {GENERALIZED_TIME: 15, UTC_TIME: 13}.get(self.tag)
         if size is not None and len(c) == size and c[-1:] == b"Z" and c[:-1].isdigit():
+            # int() on fixed slices, not strptime (20 µs a call, on every message's messageTime);
+            # datetime() still rejects out-of-range fields.
             try:
                 if self.tag == GENERALIZED_TIME:
-                    value = datetime.strptime(text, "%Y%m%d%H%M%SZ")
+                    year, rest = int(c[0:4]), 4
                 else:
-                    value = datetime.strptime(text, "%y%m%d%H%M%SZ")
-                    if value.year >= 2050:
-                        value = value.replace(year=value.year - 100)
-                return value.replace(tzinfo=timezone.utc)
+                    year, rest = int(c[0:2]), 2
+                    year += 1900 if year >= 50 else 2000
+                return datetime(
+                    year, int(c[rest:rest + 2]), int(c[rest + 2:rest + 4]), int(c[rest + 4:rest + 6]),
+                    int(c[rest + 6:rest + 8]), int(c[rest + 8:rest + 10]), tzinfo=timezone.utc,
+                )
             except ValueError:
                 pass
         raise DerError(f"malformed time value {text[:32]!r}")
