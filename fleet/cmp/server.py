@@ -33,6 +33,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Literal, Protocol
 
@@ -66,7 +67,6 @@ from fleet.cmp.messages import (
 )
 from fleet.cmp.protection import (
     HASH_OID_BY_NAME,
-    BadMac,
     PbmParams,
     Pbmac1Params,
     ProtectionError,
@@ -75,7 +75,7 @@ from fleet.cmp.protection import (
     compute_mac,
     is_mac_algorithm,
     parse_algorithm,
-    verify_mac,
+    parse_mac_params,
     verify_signature,
 )
 from fleet.cmp.trust import TrustStore, UntrustedSigner, find_signer, load_cert
@@ -478,19 +478,18 @@ class CmpServer:
         h = msg.header
         if msg.protection is None or h.protection_alg is None:
             raise _Refuse(FailInfo.badMessageCheck, "request is not protected")
-        if is_mac_algorithm(h.protection_alg):
+        if _is_mac(h.protection_alg):
             secret = self.secrets(h.sender_kid) if self.secrets is not None else None
             if secret is None:
                 raise _Refuse(FailInfo.badMessageCheck, "no shared secret for this reference")
             try:
-                params = verify_mac(h.protection_alg, msg.protected_part, msg.protection, secret,
-                           max_iterations=self.config.max_iterations)
+                params = _mac_params(h.protection_alg, self.config.max_iterations)
             except UnsupportedAlgorithm as exc:
                 raise _Refuse(FailInfo.badAlg, str(exc)) from None
-            except BadMac:
-                raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify") from None
             except ProtectionError as exc:
                 raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+            if not hmac.compare_digest(compute_mac(params, secret, msg.protected_part), msg.protection):
+                raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify")
             ctx.auth = _Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
                              sender_kid=h.sender_kid)
             return
@@ -1112,6 +1111,17 @@ def _reason(code: int | None) -> x509.ReasonFlags | None:
     if code not in _REASON_BY_CODE:
         raise Rejected(f"CRLReason {code} is not a revocation reason", FailInfo.badRequest)
     return _REASON_BY_CODE[code]
+
+
+@lru_cache(maxsize=65_536)
+def _is_mac(alg_der: bytes) -> bool:
+    return is_mac_algorithm(alg_der)
+
+
+@lru_cache(maxsize=65_536)
+def _mac_params(alg_der: bytes, max_iterations: int) -> PbmParams | Pbmac1Params:
+    """Parsed MAC parameters, cached: a device reuses its salt, so its protectionAlg repeats."""
+    return parse_mac_params(alg_der, max_iterations=max_iterations)
 
 
 _HASH_NAMES = {"sha1", "sha224", "sha256", "sha384", "sha512"}

@@ -1,0 +1,160 @@
+"""Enrollments per second the embedded CA completes on one core, and its CPU µs per enrollment.
+
+The CA is the real thing (`fleet ca serve`, EC P-256 hierarchy, SQLite store) in a subprocess
+pinned to core 0; fleet's own client (ClientTransaction over CmpHttpClient, one task per device,
+``--concurrency`` transactions in flight) runs in this process pinned to core 1. Each enrollment
+is ir + ip + certConf + pkiConf with a fresh EC P-256 key and a signature POP, PBM-protected
+(SHA-256, 500 iterations, one salt per device so both sides' derived-key caches hit, as in a
+real fleet). Server CPU is read from /proc/<pid>/stat over the measurement window, so the figure
+includes HTTP parsing, CMP checks, issuance and the store.
+
+On a 2-core machine the client usually saturates its core first; then the enrollments/s shown
+is the client's limit, and "server capacity" (1e6 / server µs per enrollment) is what one CA
+core would do with a faster client.
+
+Usage: python bench/ca_throughput.py [--concurrency 1000] [--seconds 10] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fleet.cmp.client import ClientConfig, ClientTransaction  # noqa: E402
+from fleet.cmp.messages import BodyType  # noqa: E402
+from fleet.cmp.protection import MacProtector  # noqa: E402
+from fleet.cmp.requests import CertRequest  # noqa: E402
+from fleet.cmp.trust import TrustStore, load_cert  # noqa: E402
+from fleet.exchange import run_transaction  # noqa: E402
+from fleet.http.client import CmpHttpClient  # noqa: E402
+
+SECRET = "bench-secret"
+REF = b"bench"
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
+
+
+def _pin(cpu: int) -> None:
+    try:
+        os.sched_setaffinity(0, {cpu % (os.cpu_count() or 1)})
+    except (AttributeError, OSError):
+        pass
+
+
+def start_ca(state: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, *os.environ.get("FLEET_BENCH_PYFLAGS", "").split(), "-m", "fleet.cli.main", "ca", "serve", "--dir", str(state), "--port", "0",
+         "--secret", f"pass:{SECRET}", "--ref", REF.decode(), "--max-transactions", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: _pin(0),
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            if "listening on" in line:
+                return proc, int(line.rsplit("(port ", 1)[1].split(")")[0])
+            if not line:
+                break
+    proc.kill()
+    raise SystemExit("fleet ca serve did not start")
+
+
+async def load(
+    port: int, pid: int, root: x509.Certificate, concurrency: int, warmup: float, seconds: float
+) -> dict[str, object]:
+    trust = TrustStore([root])
+    counts = {"done": 0, "failed": 0}
+    serials: set[int] = set()
+    errors: dict[str, int] = {}
+    measuring = False
+    async with CmpHttpClient(f"http://127.0.0.1:{port}/.well-known/cmp", max_connections=concurrency,
+                             request_timeout=60) as client:
+
+        async def device(i: int, stop_at: float) -> None:
+            config = ClientConfig(protector=MacProtector(SECRET.encode(), reference=REF, salt=os.urandom(16)), trust=trust)
+            subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"bench-{i}")])
+            while trio.current_time() < stop_at:
+                key = ec.generate_private_key(ec.SECP256R1())
+                tx = ClientTransaction(config, CertRequest(BodyType.IR, key, subject=subject))
+                try:
+                    done = await run_transaction(client, tx, timeout=60)
+                except Exception as exc:  # counted and reported
+                    if measuring:
+                        counts["failed"] += 1
+                        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                if measuring:
+                    counts["done"] += 1
+                    serials.add(load_cert(done.certificate).serial_number)
+
+        start = trio.current_time()
+        stop_at = start + warmup + seconds
+        async with trio.open_nursery() as nursery:
+            for i in range(concurrency):
+                nursery.start_soon(device, i, stop_at)
+            await trio.sleep(warmup)
+            measuring = True
+            cpu_client0, cpu_server0 = time.process_time(), _cpu_seconds(pid)
+            t0 = time.monotonic()
+            await trio.sleep(seconds)
+            measuring = False
+            elapsed = time.monotonic() - t0
+            cpu_client = time.process_time() - cpu_client0
+            cpu_server = _cpu_seconds(pid) - cpu_server0
+    return {"elapsed": elapsed, "client_cpu": cpu_client, "server_cpu": cpu_server, "serials": len(serials),
+            "errors": errors, **counts}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    args = parser.parse_args()
+    _pin(1)
+    with tempfile.TemporaryDirectory(prefix="fleet-ca-bench-") as tmp:
+        state = Path(tmp) / "state"
+        proc, port = start_ca(state)
+        try:
+            root = x509.load_pem_x509_certificate((state / "root-ca.pem").read_bytes())
+            box = trio.run(load, port, proc.pid, root, args.concurrency, args.warmup, args.seconds)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    done = int(box["done"])  # type: ignore[call-overload]
+    elapsed = float(box["elapsed"])  # type: ignore[arg-type]
+    server_us = float(box["server_cpu"]) / done * 1e6 if done else float("nan")  # type: ignore[arg-type]
+    client_us = float(box["client_cpu"]) / done * 1e6 if done else float("nan")  # type: ignore[arg-type]
+    print(f"concurrency {args.concurrency}, window {elapsed:.1f} s after {args.warmup:g} s warm-up")
+    print(f"enrollments completed: {done} ({done / elapsed:.0f}/s), failures: {box['failed']} {box['errors'] or ''}")
+    print(f"distinct serials: {box['serials']}")
+    print(f"server CPU: {server_us:.0f} µs per enrollment -> {1e6 / server_us:.0f} enrollments/s per CA core")
+    print(f"client CPU: {client_us:.0f} µs per enrollment (fleet client, one core)")
+    server_busy = float(box["server_cpu"]) / elapsed  # type: ignore[arg-type]
+    print(f"server core busy: {server_busy:.0%}, client core busy: {float(box['client_cpu']) / elapsed:.0%}")  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    main()
