@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -87,7 +88,7 @@ def make_cert(
     not_before: datetime | None = None,
 ) -> x509.Certificate:
     """A certificate for ``public_key`` signed by ``issuer`` (self-signed with ``key`` if None)."""
-    now = not_before or datetime.now(timezone.utc) - timedelta(minutes=5)
+    now = not_before or datetime.now(UTC) - timedelta(minutes=5)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -146,6 +147,7 @@ class CaStub:
     root: Credentials = field(default_factory=make_ca)
     signer: Credentials = field(init=False)
     received: list[PKIMessage] = field(default_factory=list, init=False)
+    sent: list[bytes] = field(default_factory=list, init=False)
     issued: list[x509.Certificate] = field(default_factory=list, init=False)
     _pending: dict[bytes, tuple[int, Reply]] = field(default_factory=dict, init=False)
 
@@ -177,7 +179,10 @@ class CaStub:
         if self.mutate is not None:
             reply = self.mutate(reply, request)
         out = self.encode(reply, request)
-        return self.tamper(out) if self.tamper is not None else out
+        if self.tamper is not None:
+            out = self.tamper(out)
+        self.sent.append(out)
+        return out
 
     def header_for(self, request: PKIMessage, **changes: object) -> PKIHeader:
         h = request.header
@@ -187,7 +192,7 @@ class CaStub:
             transaction_id=h.transaction_id,
             sender_nonce=os.urandom(16),
             recip_nonce=h.sender_nonce,
-            message_time=datetime.now(timezone.utc).replace(microsecond=0),
+            message_time=datetime.now(UTC).replace(microsecond=0),
             pvno=h.pvno,
         )
         return dataclasses.replace(header, **changes)  # type: ignore[arg-type]

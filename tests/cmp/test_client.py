@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 from cryptography import x509
@@ -125,7 +125,7 @@ def test_ir_with_mac_walks_request_confirm_done(stub: CaStub) -> None:
     assert ir_msg.header.transaction_id == conf_msg.header.transaction_id == tx.transaction_id
     assert ir_msg.header.sender_kid == stub.reference
     assert conf_msg.header.sender_nonce != ir_msg.header.sender_nonce
-    assert conf_msg.header.recip_nonce is not None and conf_msg.header.recip_nonce != ir_msg.header.sender_nonce
+    assert conf_msg.header.recip_nonce == messages.decode(stub.sent[0]).header.sender_nonce
     status = conf_msg.body.statuses[0]  # type: ignore[union-attr]
     assert status.cert_hash == cert_hash(done.certificate or b"") and status.cert_req_id == 0
     assert status.status_info is None  # accepted

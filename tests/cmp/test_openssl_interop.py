@@ -13,6 +13,7 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from openssl_peer import OpenSSLMockServer, TestPki
 
 from fleet.cmp import oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
@@ -23,7 +24,6 @@ from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request,
 from fleet.cmp.trust import TrustStore
 from fleet.exchange import run_transaction
 from fleet.http.client import CmpHttpClient, cmp_path
-from openssl_peer import OpenSSLMockServer, TestPki
 
 SUBJECT = x509.Name.from_rfc4514_string("CN=Enrolled Device")
 
