@@ -54,6 +54,7 @@ class Profile:
     duration: float
     shape: Shape
     flow: tuple[str, ...] = ("ir",)
+    pause_before: Mapping[str, float] = field(default_factory=dict)  # e.g. kur: wait before renewing
     genm: tuple[str, ...] = ("caCerts",)
     max_in_flight: int = 1000
     max_connections: int = 200
@@ -143,6 +144,7 @@ _TOP = {
 _RUN = {
     "duration": "seconds",
     "flow": "operations per arrival",
+    "pause_before": "seconds to wait before an operation",
     "genm": "infotypes for genm",
     "max_in_flight": "cap",
     "max_connections": "HTTP connections",
@@ -198,6 +200,12 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         raise ProfileError(f"{where}: [run].flow: needs at least one operation ({', '.join(OPERATIONS)})")
     if flow[0] in ("kur", "rr"):
         raise ProfileError(f"{where}: [run].flow: {flow[0]} needs a certificate: put ir, cr or p10cr before it")
+    pauses = run.table("pause_before")
+    for op, seconds in pauses.items():
+        if op not in flow:
+            raise ProfileError(f"{where}: [run].pause_before: {op!r} is not in the flow {list(flow)}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+            raise ProfileError(f"{where}: [run].pause_before.{op}: must be seconds >= 0, got {seconds!r}")
     p99 = slo.table("p99_seconds")
     for op, limit in p99.items():
         if op not in OPERATIONS:
@@ -225,6 +233,7 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         duration=duration,
         shape=shape,
         flow=flow,
+        pause_before={k: float(v) for k, v in pauses.items()},
         genm=run.strings("genm", ("caCerts",), GENM_INFOTYPES),
         max_in_flight=run.integer("max_in_flight", 1000),
         max_connections=run.integer("max_connections", 200),

@@ -31,6 +31,7 @@ from urllib.parse import unquote
 import trio
 
 from fleet.ca.authority import Authority
+from fleet.ca.metrics import CaMetrics
 from fleet.cmp.server import CmpServer, Outcome, SecretLookup, ServerConfig
 from fleet.errors import FleetError
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
@@ -173,12 +174,14 @@ class CaService:
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
+        metrics: CaMetrics | None = None,
     ) -> None:
         self.authority = authority
         self.config = config or ServerConfig()
         self.knobs = knobs or LoadKnobs()
         self.clock = clock
         self.tick_interval = tick_interval
+        self.metrics = metrics
         self._rng = random.Random(self.knobs.seed)
         self.servers: dict[str, CmpServer] = {
             mode: authority.server(
@@ -196,6 +199,18 @@ class CaService:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
+        metrics = self.metrics
+        if metrics is None:
+            return await self._handle(request)
+        metrics.http_started()
+        try:
+            response = await self._handle(request)
+        finally:
+            metrics.http_done()
+        metrics.response("dropped" if response.drop_connection else response.status)
+        return response
+
+    async def _handle(self, request: HttpRequest) -> HttpResponse:
         kind, arg = route(request.path)
         if kind == "cmp":
             if request.method != "POST":
@@ -230,8 +245,9 @@ class CaService:
             if knobs.error_fraction and rng.random() < knobs.error_fraction:
                 inject = True
         server = self.servers.get(profile or "", self.default)
+        started = time.perf_counter()
         reply = server.handle(request.body, self.clock(), defer=defer, inject_error=inject)
-        self._count(reply.outcome)
+        self._count(reply.outcome, time.perf_counter() - started)
         if knobs.latency.kind != "none":
             delay = knobs.latency.sample(self._rng)
             if delay > 0:
@@ -256,7 +272,9 @@ class CaService:
         self.http[str(status)] += 1
         return HttpResponse(status, text.encode(), _TEXT, headers=headers)
 
-    def _count(self, outcome: Outcome) -> None:
+    def _count(self, outcome: Outcome, seconds: float | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.request(outcome, seconds)
         fail = ",".join(outcome.fail_names)
         self.outcomes[(outcome.request, outcome.status, fail)] += 1
         if outcome.status == "error" and "systemFailure" in outcome.fail_names and "injected" not in outcome.text:
@@ -269,6 +287,8 @@ class CaService:
         for server in self.servers.values():
             for outcome in server.tick(now):
                 self._count(outcome)
+        if self.metrics is not None:
+            self.metrics.sample([s.statistics() for s in self.servers.values()], self.http_stats)
 
     async def _ticker(self) -> None:
         while True:

@@ -13,6 +13,7 @@ import typer
 from cryptography import x509
 
 from fleet.ca.authority import STORE_FILE, Authority
+from fleet.ca.metrics import CaMetrics
 from fleet.ca.pki import CaHierarchy
 from fleet.ca.service import CaService, Latency, LoadKnobs
 from fleet.ca.store import CertStore
@@ -77,6 +78,7 @@ def serve(
     http_503_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests answered HTTP 503.")] = 0.0,
     drop_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests whose connection is dropped.")] = 0.0,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the knobs' random draws.")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics (fleet_ca_*) on this port, on --host.")] = None,
 ) -> None:
     """Serve CMP (/.well-known/cmp, /pkix/), the CRL and OCSP until interrupted."""
     if mode not in ("lcmpp", "3gpp"):
@@ -126,12 +128,21 @@ def serve(
         secrets=SharedSecrets(table, default=default, master=master) if (table or default or master) else None,
         trusted=tuple(_certs(trusted, "trusted")), vendor=tuple(vendor),
         untrusted=tuple(_certs(untrusted, "untrusted")), knobs=knobs,
+        metrics=_metrics(metrics_port, host),
     )
     try:
         trio.run(_run, service, host, port, max_body_bytes, public_url, _describe(
             hierarchy, ref, default is not None or bool(table), master is not None, vendor_trust, trusted, mode, knobs))
     finally:
         authority.close()
+
+
+def _metrics(port: int | None, host: str) -> CaMetrics | None:
+    if port is None:
+        return None
+    metrics = CaMetrics.serve(port, host=host)
+    print(f"  metrics: http://{host}:{port}/metrics", flush=True)
+    return metrics
 
 
 async def _run(service: CaService, host: str, port: int, max_body: int, public_url: str | None, lines: list[str]) -> None:

@@ -237,6 +237,10 @@ class DeviceFactory:
         self.states[index] = DeviceState(key, cert)
 
     def revoked(self, index: int) -> None:
+        self.forget(index)
+
+    def forget(self, index: int) -> None:
+        """Drop what a device holds, so only devices inside a flow cost memory."""
         self.states.pop(index, None)
 
 

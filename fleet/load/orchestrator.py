@@ -7,6 +7,7 @@ import json
 import math
 import multiprocessing
 import queue
+import resource
 import sys
 import time
 from contextlib import ExitStack
@@ -317,8 +318,24 @@ def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target
     }
 
 
+def cap_connections(profile: Profile, out: TextIO) -> Profile:
+    """Keep the connection pool inside the process's open-file limit (20,000 here, not raisable),
+    and say so when it binds rather than failing with EMFILE mid-run."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    allowed = max(1, soft - 256) if soft != resource.RLIM_INFINITY else profile.max_connections
+    if profile.max_connections > allowed:
+        print(
+            f"fleet: max_connections {profile.max_connections} capped at {allowed} by the open-file "
+            f"limit ({soft}); devices beyond that share pooled connections",
+            file=out,
+        )
+        return profile.with_overrides(max_connections=allowed)
+    return profile
+
+
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
+    profile = cap_connections(profile, out)
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
@@ -336,7 +353,9 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         master = options.master_secret
         if options.server is None:
             vendor_path = None
-            ca = EmbeddedCa(options.ca_dir, options=profile.ca, metrics_port=None)
+            # The CA serves fleet_ca_* right after the workers' ports (workers on P..P+W-1).
+            ca_metrics = None if options.metrics_port is None else options.metrics_port + profile.workers
+            ca = EmbeddedCa(options.ca_dir, options=profile.ca, metrics_port=ca_metrics)
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

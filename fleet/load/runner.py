@@ -159,13 +159,19 @@ class WorkerRun:
 
     async def _flow(self, device: int, intended: float) -> None:
         self.live.in_flight += 1
+        pauses = self.profile.pause_before
         try:
-            for op in self.profile.flow:
+            for step, op in enumerate(self.profile.flow):
+                if step:  # later steps: latency from when they could start
+                    pause = pauses.get(op, 0.0)
+                    if pause:
+                        await trio.sleep(pause)
+                    intended = trio.current_time()
                 if not await self._operation(op, device, intended):
                     return
-                intended = trio.current_time()  # later steps: latency from when they could start
         finally:
             self.live.in_flight -= 1
+            self.devices.forget(device)  # every flow starts afresh: hold no key or cert between arrivals
 
     async def _operation(self, op: str, device: int, intended: float) -> bool:
         stats = self.results.op(op)

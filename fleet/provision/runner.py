@@ -269,6 +269,7 @@ class Provisioner:
         if rec.error is not None or rec.fingerprint != dev.fingerprint:
             rec = updated(rec, fingerprint=dev.fingerprint, error=None, error_kind=None, fail_names=None)
             self.journal.remember([(rec, "resume")])
+        await trio.to_thread.run_sync(_remove_stale_temporaries, self.options.out / dev.id)
         failures = 0
         while True:
             try:
@@ -517,8 +518,9 @@ class Provisioner:
             await self._orphan_fate(orphan, OrphanFate.REVOKED, "revoked with rr (superseded)")
 
     async def _orphan_fate(self, orphan: Orphan, fate: OrphanFate, detail: str) -> None:
+        why = f"{orphan.detail}; {detail}" if orphan.detail else detail
         await self.writer.write(Orphan(orphan.device_id, orphan.transaction_id, orphan.received, fate,
-                                       orphan.certificate, orphan.serial, detail, time.time()))
+                                       orphan.certificate, orphan.serial, why[:500], time.time()))
 
     def _device_roots(self, dev: DeviceSpec) -> list[x509.Certificate]:
         path = self.options.out / dev.id / outputs.CA_FILE
@@ -553,6 +555,20 @@ class Provisioner:
         if dev.profile is not None:
             return cmp_path(client.base_path, profile=dev.profile, operation=operation)
         return None
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Temporary files of atomic writes that a killed run left behind (never a real output)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith(".") and name.endswith(".tmp"):
+            try:
+                os.unlink(folder / name)
+            except FileNotFoundError:
+                pass
 
 
 def _remove_certificate_files(folder: Path) -> None:
