@@ -6,7 +6,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import trio
 import typer
@@ -46,25 +46,25 @@ def serve(
     state: Annotated[Path, typer.Option("--dir", help="State directory: CA keys, certificates, records.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8080,
-    secret: Annotated[Optional[str], typer.Option(help=f"Shared MAC secret {_SECRET_HELP}.")] = None,
-    ref: Annotated[Optional[str], typer.Option(help="Reference (senderKID) the --secret belongs to; "
+    secret: Annotated[str | None, typer.Option(help=f"Shared MAC secret {_SECRET_HELP}.")] = None,
+    ref: Annotated[str | None, typer.Option(help="Reference (senderKID) the --secret belongs to; "
                                                     "without it the secret answers any reference.")] = None,
-    master_secret: Annotated[Optional[str], typer.Option(
+    master_secret: Annotated[str | None, typer.Option(
         help=f"Master secret for per-device MAC secrets hex(HMAC-SHA256(master, reference)), {_SECRET_HELP}.")] = None,
-    vendor_trust: Annotated[Optional[Path], typer.Option(
+    vendor_trust: Annotated[Path | None, typer.Option(
         help="PEM file of vendor (IDevID) trust anchors: ir signed by certificates chaining to them is accepted.")] = None,
-    trusted: Annotated[Optional[Path], typer.Option(
+    trusted: Annotated[Path | None, typer.Option(
         help="PEM file of extra trust anchors for signed requests (the CA's own root is always trusted).")] = None,
-    untrusted: Annotated[Optional[Path], typer.Option(help="PEM file of intermediate certificates for paths.")] = None,
+    untrusted: Annotated[Path | None, typer.Option(help="PEM file of intermediate certificates for paths.")] = None,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
-    issuing_cert: Annotated[Optional[Path], typer.Option(help="Bring your own issuing CA certificate (with --issuing-key, --signer-cert, --signer-key).")] = None,
-    issuing_key: Annotated[Optional[Path], typer.Option(help="Issuing CA key file.")] = None,
-    signer_cert: Annotated[Optional[Path], typer.Option(help="CMP protection (RA) certificate file.")] = None,
-    signer_key: Annotated[Optional[Path], typer.Option(help="CMP protection (RA) key file.")] = None,
-    chain: Annotated[Optional[Path], typer.Option(help="Issuing CA's issuers, nearest first, root last (PEM).")] = None,
-    public_url: Annotated[Optional[str], typer.Option(help="Base URL put into certificates for CRL and OCSP.")] = None,
+    issuing_cert: Annotated[Path | None, typer.Option(help="Bring your own issuing CA certificate (with --issuing-key, --signer-cert, --signer-key).")] = None,
+    issuing_key: Annotated[Path | None, typer.Option(help="Issuing CA key file.")] = None,
+    signer_cert: Annotated[Path | None, typer.Option(help="CMP protection (RA) certificate file.")] = None,
+    signer_key: Annotated[Path | None, typer.Option(help="CMP protection (RA) key file.")] = None,
+    chain: Annotated[Path | None, typer.Option(help="Issuing CA's issuers, nearest first, root last (PEM).")] = None,
+    public_url: Annotated[str | None, typer.Option(help="Base URL put into certificates for CRL and OCSP.")] = None,
     confirm_wait: Annotated[float, typer.Option(help="Seconds a certConf may take before the certificate is rejected.")] = 60.0,
     implicit_confirm: Annotated[bool, typer.Option(help="Grant implicit confirmation when asked.")] = True,
     max_time_skew: Annotated[float, typer.Option(help="Allowed messageTime skew in seconds (0: unchecked).")] = 300.0,
@@ -77,8 +77,8 @@ def serve(
     error_fraction: Annotated[float, typer.Option(help="Fraction of new requests answered with a CMP error.")] = 0.0,
     http_503_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests answered HTTP 503.")] = 0.0,
     drop_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests whose connection is dropped.")] = 0.0,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the knobs' random draws.")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option(help="Serve Prometheus /metrics (fleet_ca_*) on this port, on --host.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for the knobs' random draws.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics (fleet_ca_*) on this port, on --host.")] = None,
 ) -> None:
     """Serve CMP (/.well-known/cmp, /pkix/), the CRL and OCSP until interrupted."""
     if mode not in ("lcmpp", "3gpp"):
@@ -182,7 +182,7 @@ def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,
                      + (f"  (openssl cmp -ref {ref} -secret ...)" if ref else ""))
     if master:
         lines.append("    - MAC with per-device secrets: hex(HMAC-SHA256(master secret, reference)) as ASCII")
-    lines.append(f"    - signatures by certificates chaining to the root above"
+    lines.append("    - signatures by certificates chaining to the root above"
                  + (f" or to {trusted}" if trusted else "") + " (kur/rr: certificates this CA issued)")
     if vendor:
         lines.append(f"    - ir signed by vendor (IDevID) certificates chaining to {vendor}")
