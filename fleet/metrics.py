@@ -300,9 +300,9 @@ class FleetMetrics:
     def finish(self, timeout: float | None = None) -> bool:
         """Freeze the run's clock-derived gauges and wait until a scrape reads the final values.
 
-        Waits only when this worker was scraped before (nobody watching: no wait), for at most
-        ``timeout`` seconds (default: 2.5 scrape intervals as observed, capped at 60 s). True when
-        a scrape after the end was seen.
+        Waits only when this worker was scraped at least twice (nobody watching, or a one-off
+        curl: no wait), for at most ``timeout`` seconds (default: 2.5 scrape intervals as
+        observed, capped at 60 s). True when a scrape after the end was seen.
         """
         run = self.run
         if run is not None and self.finished_at is None:
@@ -310,16 +310,15 @@ class FleetMetrics:
         scrapes = self._scrapes
         with scrapes.cond:
             seen = scrapes.count
-        if self.server is None or seen == 0:
+        interval = scrapes.interval()
+        if self.server is None or interval is None:  # not scraped regularly (a curl or nothing)
             return False
         if timeout is None:
-            interval = scrapes.interval() or 15.0
             timeout = min(60.0, 2.5 * interval + 0.5)
         deadline = time.monotonic() + timeout
         with scrapes.cond:
-            # The scrape counted at seen+1 may already be past our final numbers: wait for seen+2
-            # if a scrape was in progress? collect() runs inside the scrape, after finished_at was
-            # set, so any collect() that starts now reads final values.
+            # Counters were final before finished_at was set, and _Scrapes.collect() runs first
+            # in a scrape, so any scrape it counts from now on renders the final values.
             while scrapes.count <= seen:
                 left = deadline - time.monotonic()
                 if left <= 0:
