@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.cmp.client import ClientConfig, ClientTransaction  # noqa: E402
-from fleet.cmp.messages import BodyType  # noqa: E402
-from fleet.cmp.protection import MacProtector  # noqa: E402
-from fleet.cmp.requests import CertRequest  # noqa: E402
-from fleet.cmp.trust import TrustStore, load_cert  # noqa: E402
-from fleet.exchange import run_transaction  # noqa: E402
-from fleet.http.client import CmpHttpClient  # noqa: E402
+from fleet.cmp.client import ClientConfig, ClientTransaction
+from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import MacProtector
+from fleet.cmp.requests import CertRequest
+from fleet.cmp.trust import TrustStore, load_cert
+from fleet.exchange import run_transaction
+from fleet.http.client import CmpHttpClient
 
 SECRET = "bench-secret"
 REF = b"bench"

@@ -8,10 +8,11 @@ store's SQLite file.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from cryptography import x509
 
@@ -38,7 +39,7 @@ from fleet.cmp.server import (
 )
 from fleet.cmp.trust import TrustStore, load_cert
 
-__all__ = ["Authority", "STORE_FILE"]
+__all__ = ["STORE_FILE", "Authority"]
 
 STORE_FILE = "certs.sqlite"
 ID_REG_CTRL_ALG_ID = "1.3.6.1.5.5.7.5.1.11"

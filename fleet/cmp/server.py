@@ -33,8 +33,8 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
-from datetime import datetime, timezone
 from typing import Literal, Protocol
 
 from cryptography import x509
@@ -67,8 +67,8 @@ from fleet.cmp.messages import (
 )
 from fleet.cmp.protection import (
     HASH_OID_BY_NAME,
-    PbmParams,
     Pbmac1Params,
+    PbmParams,
     ProtectionError,
     SignatureProtector,
     UnsupportedAlgorithm,
@@ -405,7 +405,7 @@ class CmpServer:
         pollReq from ``now + defer`` on (delayed delivery, RFC 9483 §4.4); ``inject_error``
         answers a new request with an error (fault injection for capacity tests).
         """
-        when = datetime.fromtimestamp(now, timezone.utc)
+        when = datetime.fromtimestamp(now, UTC)
         try:
             msg = messages.decode(data)
         except (FleetError, ValueError, IndexError, RecursionError) as exc:
@@ -428,7 +428,7 @@ class CmpServer:
     def tick(self, now: float) -> list[Outcome]:
         """Expire transactions at ``now``: unconfirmed certificates are rejected (and so listed
         as revoked), hung waiting transactions closed, old closed IDs forgotten."""
-        when = datetime.fromtimestamp(now, timezone.utc)
+        when = datetime.fromtimestamp(now, UTC)
         expired: list[Outcome] = []
         for tx in [t for t in self._live.values() if t.deadline <= now]:
             if tx.issued is not None and not tx.implicit:
@@ -541,9 +541,8 @@ class CmpServer:
             raise _Refuse(FailInfo.badSenderNonce,
                           f"senderNonce must be at least {self.config.min_nonce_bytes} octets")
         skew = self.config.max_time_skew
-        if skew is not None and h.message_time is not None:
-            if abs(h.message_time.timestamp() - ctx.now) > skew:
-                raise _Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
+        if skew is not None and h.message_time is not None and abs(h.message_time.timestamp() - ctx.now) > skew:
+            raise _Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -679,7 +678,7 @@ class CmpServer:
     def _confirm_info(self, ctx: _Ctx, implicit: bool) -> tuple[InfoTypeAndValue, ...]:
         if implicit:
             return (InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),)
-        deadline = datetime.fromtimestamp(math.floor(ctx.now + self.config.confirm_wait), timezone.utc)
+        deadline = datetime.fromtimestamp(math.floor(ctx.now + self.config.confirm_wait), UTC)
         return (InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(deadline)),)
 
     def _deliver(

@@ -18,20 +18,19 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from openssl_peer import OPENSSL, TestPki, run_openssl_cmp
 
 from fleet.cmp import messages
 from fleet.cmp.messages import BodyType, ErrorMsgContent, PKIHeader
 from fleet.cmp.protection import MacProtector
 from fleet.cmp.requests import CertRequest, build_body
-
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 SECRET = "test1234"
 REF = "1234"
@@ -122,7 +121,7 @@ def new_key(path: Path) -> Path:
 
 def openssl(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([OPENSSL, *map(str, args)], capture_output=True, text=True, timeout=30, cwd=cwd,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, check=False)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> None:
@@ -237,7 +236,7 @@ def _craft(pvno: int = 2, tid: bytes | None = None, secret: bytes = SECRET.encod
     header = PKIHeader(
         sender=messages.NULL_DN_GENERAL_NAME, recipient=messages.NULL_DN_GENERAL_NAME,
         transaction_id=tid or os.urandom(16), sender_nonce=os.urandom(16), sender_kid=REF.encode(),
-        message_time=datetime.now(timezone.utc).replace(microsecond=0), protection_alg=mac.algorithm, pvno=pvno,
+        message_time=datetime.now(UTC).replace(microsecond=0), protection_alg=mac.algorithm, pvno=pvno,
     )
     h, b = messages.encode_header(header), messages.encode_body(BodyType.IR, body)
     return messages.assemble(h, b, mac.protect(messages.protected_part(h, b)))

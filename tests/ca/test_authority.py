@@ -1,0 +1,101 @@
+"""Authority: the CaBackend the CMP server role uses (issuance policy, records, revocation, genp)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from fleet.ca.authority import Authority
+from fleet.ca.store import CertStatus
+from fleet.cmp import genm, oids
+from fleet.cmp.messages import BodyType, FailInfo, InfoTypeAndValue
+from fleet.cmp.server import IssueRequest, Rejected
+
+
+def name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Iterator[Authority]:
+    auth = Authority.open(tmp_path / "ca", base_url="http://127.0.0.1:8080")
+    yield auth
+    auth.close()
+
+
+def request(cn: str = "dev", *, confirmed: bool = False, **kw: object) -> IssueRequest:
+    return IssueRequest(
+        kind=BodyType.IR, public_key=ec.generate_private_key(ec.SECP256R1()).public_key(), subject=name(cn),
+        extensions=kw.pop("extensions", ()), not_after=None, device_ref="ref-7", transaction_id=b"t" * 16,  # type: ignore[arg-type]
+        confirmed=confirmed,
+    )
+
+
+def test_issue_records_pending_then_confirm(authority: Authority) -> None:
+    issued = authority.issue(request())
+    rec = authority.store.get(issued.serial)
+    assert rec.status is CertStatus.PENDING and rec.device_ref == "ref-7" and rec.transaction_id == b"t" * 16
+    authority.confirm(issued.serial)
+    assert authority.store.get(issued.serial).status is CertStatus.ISSUED
+    assert authority.issue(request(confirmed=True)).serial != issued.serial
+    assert authority.statistics().by_status["issued"] == 2
+
+
+def test_policy_rejection_maps_to_bad_cert_template(authority: Authority) -> None:
+    ca = x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None))
+    with pytest.raises(Rejected) as err:
+        authority.issue(request(extensions=(ca,)))
+    assert err.value.fail is FailInfo.badCertTemplate
+
+
+def test_find_only_own_certificates(authority: Authority) -> None:
+    issued = authority.issue(request())
+    known = authority.find(authority.hierarchy.issuing.subject, issued.serial)
+    assert known is not None and known.der == issued.der and known.status == "pending"
+    assert authority.find(name("Someone Else CA"), issued.serial) is None
+    assert authority.find(authority.hierarchy.issuing.subject, 12345) is None
+
+
+def test_revoke_flushes_and_refuses_twice(authority: Authority) -> None:
+    issued = authority.issue(request())
+    authority.revoke(issued.serial, x509.ReasonFlags.key_compromise, datetime.now(UTC))
+    assert authority.store.statistics().unflushed == 0  # durable before the rp is sent
+    with pytest.raises(Rejected) as err:
+        authority.revoke(issued.serial, None, datetime.now(UTC))
+    assert err.value.fail is FailInfo.certRevoked
+    # A revoked certificate cannot be confirmed any more; reject after revoke is a no-op.
+    with pytest.raises(Rejected):
+        authority.confirm(issued.serial)
+    authority.reject(issued.serial, datetime.now(UTC))
+    assert authority.store.get(issued.serial).status is CertStatus.REVOKED
+
+
+def test_general_info(authority: Authority) -> None:
+    h = authority.hierarchy
+    assert genm.decode_ca_certs(authority.general_info(genm.ca_certs_request())) == h.chain_for_issued_der
+    assert genm.decode_root_ca_key_update(authority.general_info(genm.root_ca_cert_request())) is None
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not us")]).public_bytes()
+    assert genm.decode_crls(authority.general_info(genm.crl_status_list_request(other))) == ()
+    ours = genm.decode_crls(authority.general_info(genm.crl_status_list_request(h.issuing.subject.public_bytes())))
+    assert x509.load_der_x509_crl(ours[0]).issuer == h.issuing.subject
+    assert authority.general_info(InfoTypeAndValue(oids.IT_SIGN_KEY_PAIR_TYPES)).value
+    assert authority.general_info(InfoTypeAndValue("1.3.6.1.5.5.7.4.99")).value is None
+
+
+def test_issued_chain_excludes_root_and_restart_keeps_hierarchy(tmp_path: Path) -> None:
+    first = Authority.open(tmp_path / "ca")
+    root, serial = first.root, first.issue(request(confirmed=True)).serial
+    assert root not in first.issued_chain and first.issued_chain[0] == first.hierarchy.issuing_der
+    first.close()
+    again = Authority.open(tmp_path / "ca")
+    try:
+        assert again.root == root
+        assert again.store.get(serial).status is CertStatus.ISSUED
+    finally:
+        again.close()
