@@ -558,3 +558,11 @@ def test_rejected_cert_conf_marks_certificate_rejected(server: CmpServer, author
     )
     assert messages.decode(reply.data).body_type is BodyType.PKICONF
     assert authority.store.get(load_cert(cert_der).serial_number).status is CertStatus.REJECTED
+
+
+def test_p10cr_with_fleet_client(server: CmpServer, authority: Authority) -> None:
+    key = new_key()
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name("p10-client")).sign(key, hashes.SHA256())
+    done, labels = drive(server, ClientTransaction(mac_config(authority), CsrRequest(csr)))
+    assert labels == ["cp", "pkiconf"]
+    assert load_cert(done.certificate).subject == name("p10-client")
