@@ -712,8 +712,13 @@ def decode_header(node: Tlv) -> PKIHeader:
 
 def decode_cert_template(node: Tlv) -> CertTemplate:
     fields: dict[str, object] = {}
+    last = -1
     for p in node.children():
         tag = p.tag
+        # DER order, no repeats: two subjects would let two readers of one request disagree.
+        if (tag & 0x1F) <= last:
+            raise MessageError(f"unexpected or repeated field tag 0x{tag:02x} in CertTemplate")
+        last = tag & 0x1F
         if tag == 0x80:
             fields["version"] = p.as_int()
         elif tag == 0x81:
@@ -745,6 +750,8 @@ def decode_cert_template(node: Tlv) -> CertTemplate:
 
 def _decode_popo(node: Tlv) -> Popo:
     if node.tag == 0x80:
+        if node.content:
+            raise MessageError("raVerified POP must be an empty NULL")
         return Popo("raVerified", raw=node.raw)
     if node.tag == 0xA1:
         parts = node.children()
