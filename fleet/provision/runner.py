@@ -164,6 +164,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _refused_outright(exc: BaseException, polled: bool) -> bool:
+    """True when the CA certainly issued nothing: it refused the request itself. Not after
+    polling (the CA may issue before it delivers), and not for transactionIdInUse (the HTTP
+    client re-sends a request once when a kept-alive connection dies, so the CA may have issued
+    on the first copy)."""
+    if polled or not isinstance(exc, StatusError):
+        return False
+    return "transactionIdInUse" not in exc.fail_names
+
+
 def _kind(exc: BaseException) -> str:
     return str(getattr(exc, "kind", type(exc).__name__))
 
@@ -393,11 +403,10 @@ class Provisioner:
     async def _request_failed(self, dev: DeviceSpec, rec: DeviceRecord, exc: Exception, polled: bool) -> bool:
         if rec.state is DeviceState.RECEIVED:
             raise _Transient(exc)  # stored: the next step continues this transaction's certConf
-        if isinstance(exc, (TransportError, TransactionTimeout)) or polled:
-            # The CA may have issued without our seeing it: a possible, unconfirmed orphan.
-            await self._abandon_sent(dev, rec, f"{_kind(exc)}: {exc}"[:300])
-        else:  # the CA answered with a refusal: nothing was issued
+        if _refused_outright(exc, polled):  # the CA answered our request with a refusal
             await self.writer.write((updated(rec, state=DeviceState.KEY, transaction_id=None), "refused"))
+        else:  # the CA may have issued without our seeing it: a possible, unconfirmed orphan
+            await self._abandon_sent(dev, rec, f"{_kind(exc)}: {exc}"[:300])
         if is_transient(exc):
             raise _Transient(exc)
         raise _Permanent(exc)

@@ -1,0 +1,126 @@
+"""``fleet provision MANIFEST --server URL --out DIR``: enroll a batch of real devices, resumably.
+
+Mounted in ``fleet.cli.main`` with ``app.add_typer(provision_cmd.app)`` (no name: its one command merges in).
+Exit status: 0 when every device holds a confirmed certificate, 1 when some do not (or on an
+error), 130 on Ctrl-C (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import trio
+import typer
+
+from fleet.errors import FleetError
+from fleet.files import load_certificates
+from fleet.provision import outputs
+from fleet.provision.journal import Journal
+from fleet.provision.manifest import CertAuth, ManifestError, load_manifest
+from fleet.provision.runner import Progress, ProvisionOptions, Provisioner, RunStats, summarize
+from fleet.secrets import read_secret
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+JOURNAL_FILE = "journal.sqlite"
+_TABLE_COLUMNS = ("id", "outcome", "operation", "auth", "serial", "requests", "fail_info", "error")
+
+
+class ProvisionUsageError(FleetError):
+    """Options that cannot work together."""
+
+
+@app.command("provision", help="Provision a batch of devices listed in MANIFEST (CSV or JSON Lines); rerun to resume.")
+def provision(
+    manifest: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
+    server: Annotated[Optional[str], typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder: one subfolder per device, summary.json.")] = None,
+    journal: Annotated[Optional[Path], typer.Option("--journal", help="Journal file (default OUT/journal.sqlite).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the manifest and options.")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Devices in progress at once.")] = 16,
+    rate: Annotated[Optional[float], typer.Option("--rate", help="At most this many requests started per second.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for one transaction, polling included.")] = 60.0,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per device and run on transient failures.")] = 8,
+    backoff: Annotated[float, typer.Option("--backoff", help="First retry waits up to this many seconds (doubling, jittered).")] = 0.5,
+    backoff_max: Annotated[float, typer.Option("--backoff-max", help="Longest wait between retries.")] = 30.0,
+    key_pass: Annotated[Optional[str], typer.Option("--key-pass", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
+    p12: Annotated[bool, typer.Option("--p12", help="Also write device.p12 (key, certificate, chain).")] = False,
+    trusted: Annotated[Optional[list[Path]], typer.Option("--trusted", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310).")] = "lcmpp",
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")] = True,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
+) -> None:
+    devices = _checked_manifest(manifest)
+    anchors = tuple(c for p in trusted or [] for c in load_certificates(p))
+    if any(isinstance(d.auth, CertAuth) for d in devices) and not anchors and mode != "3gpp":
+        raise ProvisionUsageError("IDevID devices need --trusted (the CA root that signs the responses)")
+    if mode not in ("lcmpp", "3gpp"):
+        raise ProvisionUsageError(f"--mode must be lcmpp or 3gpp, not {mode!r}")
+    if concurrency < 1 or max_attempts < 1 or timeout <= 0 or (rate is not None and rate <= 0):
+        raise ProvisionUsageError("--concurrency, --max-attempts, --timeout and --rate must be positive")
+    password = read_secret(key_pass) if key_pass else None
+    if dry_run:
+        kinds = {k: sum(1 for d in devices if f"{d.operation}/{d.auth_kind}" == k)
+                 for k in sorted({f"{d.operation}/{d.auth_kind}" for d in devices})}
+        print(f"manifest {manifest}: {len(devices)} devices OK ("
+              + ", ".join(f"{n} {k}" for k, n in kinds.items()) + ")")
+        return
+    if server is None or out is None:
+        raise ProvisionUsageError("give --server and --out (or --dry-run)")
+    out.mkdir(parents=True, exist_ok=True)
+    jpath = journal or out / JOURNAL_FILE
+    options = ProvisionOptions(
+        server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
+        max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
+        p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
+    )
+    with Journal.open(jpath, server=server) as jr:
+        runner = Provisioner(devices, jr, options)
+        interrupted = False
+        stats: RunStats
+        try:
+            stats = trio.run(runner.run)
+        except KeyboardInterrupt:
+            interrupted = True
+            stats = runner.stats
+        summary = summarize(devices, jr, stats, interrupted=interrupted)
+    path = outputs.write_summary(out, summary)
+    rows = summary["results"]
+    assert isinstance(rows, list)
+    shown = [r for r in rows if r["outcome"] != "provisioned"] or rows
+    print(outputs.format_table(shown, _TABLE_COLUMNS, limit=30))
+    orphans = summary["orphans"]
+    print(
+        f"provision: {summary['provisioned']}/{summary['devices']} provisioned, {summary['failed']} failed, "
+        f"{summary['not_done']} not done; orphans: "
+        + (", ".join(f"{n} {fate}" for fate, n in orphans.items()) if orphans else "none")  # type: ignore[attr-defined]
+        + f"; summary in {path}"
+    )
+    if interrupted:
+        print("fleet: interrupted; rerun the same command to resume", file=sys.stderr)
+        raise typer.Exit(130)
+    if not summary["complete"]:
+        raise typer.Exit(1)
+
+
+def _checked_manifest(path: Path) -> list:  # type: ignore[type-arg]
+    try:
+        return load_manifest(path)
+    except ManifestError as exc:
+        for problem in exc.problems[1:20]:
+            print(f"fleet: manifest {path}: {problem}", file=sys.stderr)
+        if len(exc.problems) > 20:
+            print(f"fleet: ... {len(exc.problems) - 20} more problems", file=sys.stderr)
+        raise
+
+
+def _progress_printer():  # type: ignore[no-untyped-def]
+    tty = sys.stderr.isatty()
+
+    def show(p: Progress) -> None:
+        end = "\r" if tty and p.confirmed + p.failed < p.total else "\n"
+        print(p.line(), end=end, file=sys.stderr, flush=True)
+
+    return show

@@ -1,0 +1,240 @@
+"""The per-device state machine against fleet's real CA in this process, with faults injected at
+chosen protocol steps (a dropped certConf, a lost response), to reach each resume case exactly."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from provision_helpers import LoopbackCa, mac_manifest, secret_for
+
+from fleet.ca.store import CertStatus
+from fleet.cmp import messages
+from fleet.cmp.messages import BodyType
+from fleet.files import load_certificate, load_private_key
+from fleet.http.server import HttpRequest, HttpResponse
+from fleet.provision import outputs
+from fleet.provision.journal import DeviceRecord, DeviceState, Journal, OrphanFate
+from fleet.provision.manifest import load_manifest, parse_manifest
+from fleet.provision.runner import ProvisionOptions, Provisioner, RunStats, is_transient, summarize
+
+
+@pytest.fixture
+async def ca(tmp_path: Path, nursery: trio.Nursery) -> LoopbackCa:
+    loopback = LoopbackCa(tmp_path / "ca")
+    await loopback.serve(nursery)
+    return loopback
+
+
+def options(ca: LoopbackCa, out: Path, **kw: object) -> ProvisionOptions:
+    base: dict[str, object] = dict(server=ca.url, out=out, concurrency=4, timeout=10.0, max_attempts=3,
+                                   backoff_base=0.01, backoff_max=0.05, trusted=(ca.root(),), seed=1)
+    base.update(kw)
+    return ProvisionOptions(**base)  # type: ignore[arg-type]
+
+
+async def provision(ca: LoopbackCa, manifest: Path, out: Path, **kw: object) -> tuple[RunStats, dict[str, object]]:
+    devices = load_manifest(manifest)
+    with Journal.open(out / "journal.sqlite", server=ca.url) as journal:
+        stats = await Provisioner(devices, journal, options(ca, out, **kw)).run()
+        return stats, summarize(devices, journal, stats)
+
+
+def journal_view(out: Path) -> Journal:
+    return Journal.open(out / "journal.sqlite")
+
+
+def spki(key: object) -> bytes:
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+
+
+def drop_first(ca: LoopbackCa, label: str, *, after_ca: bool, times: int = 1) -> list[int]:
+    """Drop the connection of the first ``times`` ``label`` requests, before or after the CA saw them."""
+    dropped = [0]
+
+    async def hook(request: HttpRequest, msg: messages.PKIMessage) -> HttpResponse | None:
+        if msg.label == label and dropped[0] < times:
+            dropped[0] += 1
+            if after_ca:
+                ca.server.handle(request.body, time.time())
+            return HttpResponse(0, drop_connection=True)
+        return None
+
+    ca.hook = hook
+    return dropped
+
+
+async def test_provisions_devices_with_files_and_journal_steps(ca: LoopbackCa, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    ids = mac_manifest(manifest, 6)
+    out = tmp_path / "out"
+    stats, summary = await provision(ca, manifest, out)
+    assert stats.provisioned == 6 and summary["complete"] is True
+    for device_id in ids:
+        folder = out / device_id
+        assert stat.S_IMODE(os.stat(folder / "key.pem").st_mode) == 0o600
+        cert = load_certificate(folder / "cert.pem")
+        assert spki(load_private_key(folder / "key.pem")) == cert.public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        assert cert.subject.rfc4514_string() == f"O=Fleet,CN={device_id}"
+        assert load_certificate(folder / "ca.pem") == ca.root()
+    with journal_view(out) as journal:
+        assert [e[1] for e in journal.events(ids[0])] == ["key", "sent", "received", "confirmed"]
+    assert ca.counts().get("issued") == 6
+    # A rerun sends nothing: every device is confirmed.
+    before = len(ca.seen)
+    stats, summary = await provision(ca, manifest, out)
+    assert (stats.skipped, stats.provisioned, len(ca.seen)) == (6, 0, before)
+
+
+async def test_request_in_flight_at_crash_is_a_possible_orphan_left_to_the_ca(ca: LoopbackCa, tmp_path: Path) -> None:
+    """A journal left at 'sent' (the process died with the ir in flight, and the CA issued)."""
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    out = tmp_path / "out"
+    drop_first(ca, "ir", after_ca=True)  # the CA issues; the answer never arrives
+    stats, summary = await provision(ca, manifest, out, max_attempts=1)
+    with journal_view(out) as journal:
+        rec = journal.device(device_id)
+        assert rec.state is DeviceState.KEY and rec.error_kind == "connection_lost"
+        (orphan,) = journal.orphans_of(device_id)
+        assert orphan.fate is OrphanFate.LEFT_TO_CA and not orphan.received
+        # Make the journal look exactly like a kill -9 between send and receive.
+        journal.commit([(DeviceRecord(device_id, DeviceState.SENT, rec.fingerprint, rec.key_id,
+                                      transaction_id=b"\x01" * 16, attempts=1), "sent")])
+    assert summary["failed"] == 1
+    ca.hook = None
+    stats, summary = await provision(ca, manifest, out)
+    assert summary["complete"] is True and stats.possible_orphans == 1
+    ca.tick(time.time() + 3600)  # confirmWaitTime passes: the unconfirmed orphan is rejected
+    assert ca.counts() == {"issued": 1, "rejected": 1}
+    row = summary["results"][0]  # type: ignore[index]
+    assert [o["fate"] for o in row["orphans"]] == ["left_to_ca_expiry", "left_to_ca_expiry"]
+
+
+async def test_received_certificate_is_confirmed_in_its_original_transaction(ca: LoopbackCa, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    out = tmp_path / "out"
+    drop_first(ca, "certConf", after_ca=False, times=2)  # 2: the client re-sends once on a kept-alive connection
+    await provision(ca, manifest, out, max_attempts=1)
+    with journal_view(out) as journal:
+        rec = journal.device(device_id)
+        assert rec.state is DeviceState.RECEIVED and rec.certificate is not None
+    assert (out / device_id / "cert.pem").exists()  # stored before certConf
+    ca.hook = None
+    stats, summary = await provision(ca, manifest, out)
+    assert summary["complete"] is True
+    with journal_view(out) as journal:
+        assert journal.events(device_id)[-1][1] == "confirmed_resumed"
+        assert journal.device(device_id).certificate == rec.certificate  # the same certificate
+        assert journal.orphans_of(device_id) == []
+    assert ca.counts() == {"issued": 1}
+
+
+@pytest.mark.parametrize("ca_event", ["expired", "restarted"])
+async def test_received_certificate_the_ca_will_not_confirm_is_revoked_and_replaced(
+    ca: LoopbackCa, tmp_path: Path, ca_event: str
+) -> None:
+    """expired: confirmWaitTime passed, the CA rejected it (rr: already revoked). restarted: the
+    CA forgot the transaction but still has the certificate pending (rr revokes it)."""
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    out = tmp_path / "out"
+    drop_first(ca, "certConf", after_ca=False, times=2)  # 2: the client re-sends once on a kept-alive connection
+    await provision(ca, manifest, out, max_attempts=1)
+    ca.hook = None
+    with journal_view(out) as journal:
+        orphan_serial = journal.device(device_id).serial
+    if ca_event == "expired":
+        ca.tick(time.time() + 3600)
+    else:
+        ca.restart_server()
+    stats, summary = await provision(ca, manifest, out)
+    assert summary["complete"] is True
+    with journal_view(out) as journal:
+        (orphan,) = journal.orphans_of(device_id)
+        assert orphan.received and orphan.serial == orphan_serial
+        expected = OrphanFate.ALREADY_DEAD if ca_event == "expired" else OrphanFate.REVOKED
+        assert orphan.fate is expected
+        assert journal.device(device_id).serial != orphan_serial
+    dead = "rejected" if ca_event == "expired" else "revoked"
+    assert ca.counts() == {"issued": 1, dead: 1}
+    assert ca.authority.store.get(int(orphan_serial, 16)).status == CertStatus(dead)  # type: ignore[arg-type, union-attr]
+    cert = load_certificate(out / device_id / "cert.pem")
+    assert format(cert.serial_number, "X") != orphan_serial
+
+
+async def test_transient_failures_are_retried_permanent_ones_recorded(ca: LoopbackCa, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    ids = mac_manifest(manifest, 4)
+    with manifest.open("a") as f:  # a device whose secret the CA does not know
+        f.write("bad-secret,/CN=bad,,pass:not-the-secret\n")
+    out = tmp_path / "out"
+    answered = {"n": 0}
+
+    async def flaky(request: HttpRequest, msg: messages.PKIMessage) -> HttpResponse | None:
+        answered["n"] += 1
+        if answered["n"] % 3 == 1:
+            return HttpResponse(503, b"busy\n", content_type="text/plain")
+        return None
+
+    ca.hook = flaky
+    stats, summary = await provision(ca, manifest, out, max_attempts=6)
+    rows = {r["id"]: r for r in summary["results"]}  # type: ignore[union-attr]
+    assert all(rows[i]["outcome"] == "provisioned" for i in ids)
+    bad = rows["bad-secret"]
+    assert bad["outcome"] == "failed" and bad["state"] == "failed"
+    assert bad["fail_info"] == "badMessageCheck" and bad["requests"] == 1  # permanent: not retried
+    assert stats.retries >= 1 and summary["complete"] is False
+    assert "not-the-secret" not in str(summary)
+
+
+async def test_idevid_and_p10cr_devices(tmp_path: Path, nursery: trio.Nursery) -> None:
+    from provision_helpers import VendorPki, make_csr
+
+    vendor = VendorPki(tmp_path / "vendor")
+    ca = LoopbackCa(tmp_path / "ca", vendor=(vendor.root,))
+    await ca.serve(nursery)
+    cert, key = vendor.idevid("sig-1")
+    csr, csr_key = make_csr(tmp_path / "vendor", "p10-1", keep_key=True)
+    text = (
+        "id,subject,cert,key,secret,csr,csr_key\n"
+        f"sig-1,/CN=sig-1,{cert},{key},,,\n"
+        f"p10-1,,,,pass:{secret_for('p10-1')},{csr},{csr_key}\n"
+    )
+    devices = parse_manifest(text)
+    out = tmp_path / "out"
+    with Journal.open(out / "journal.sqlite") as journal:
+        stats = await Provisioner(devices, journal, options(ca, out)).run()
+    assert stats.provisioned == 2
+    assert not (out / "p10-1" / "key.pem").exists()  # the device keeps its key
+    issued = load_certificate(out / "p10-1" / "cert.pem")
+    assert issued.subject == x509.Name.from_rfc4514_string("CN=p10-1")
+    assert load_certificate(out / "sig-1" / "ca.pem") == ca.root()
+    assert ca.seen.count("p10cr") == 1 and ca.seen.count("ir") == 1
+
+
+def test_transient_classification() -> None:
+    from fleet.cmp.errors import RequestRejected
+    from fleet.http.errors import ConnectError, HttpStatusError
+
+    class Status:
+        fail_names = ("systemUnavail",)
+
+    class Other:
+        fail_names = ("badPOP",)
+
+    assert is_transient(ConnectError("u", "refused"))
+    assert is_transient(HttpStatusError("u", 503, "text/plain"))
+    assert not is_transient(HttpStatusError("u", 404, "text/plain"))
+    assert is_transient(RequestRejected("x", Status()))
+    assert not is_transient(RequestRejected("x", Other()))
+    assert BodyType.CERTCONF.label == "certConf"
+    assert outputs.CERT_FILE == "cert.pem"
