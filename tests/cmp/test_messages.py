@@ -6,6 +6,7 @@ pyasn1 comparisons live in test_messages_pyasn1.py; this file needs no reference
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,8 @@ def _msg(header: bytes, body: bytes, *rest: bytes) -> bytes:
 
 
 H = m.encode_header(HEADER)
+_SUBJECT = der.explicit(5, m.NULL_DN)
+_SERIAL = der.implicit(1, der.integer(3), constructed=False)
 _ENC_CERT = der.sequence(der.explicit(1, der.sequence()))  # CertifiedKeyPair with encryptedCert
 
 
@@ -247,11 +250,26 @@ def _ir(cert_req_msg: bytes) -> bytes:
         (_msg(H, der.explicit(11, der.sequence())), "empty"),
         (_msg(H, der.explicit(21, der.sequence(der.sequence()))), "InfoTypeAndValue"),
         (_ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x84\x00")), "ProofOfPossession"),
+        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x80\x01\x00")), "raVerified"),
+        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SUBJECT)))), "repeated"),
+        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SERIAL)))), "repeated"),
+        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(b"\x8b\x00")))), "CertTemplate"),
     ],
 )
 def test_message_errors(data: bytes, match: str) -> None:
     with pytest.raises(MessageError, match=match):
         m.decode(data)
+
+
+def test_huge_fail_info_is_cheap() -> None:
+    """A 1 MB PKIFailureInfo (8M named bits) decodes in linear time; it once took tens of minutes."""
+    status = der.sequence(der.integer(2), der.bit_string(b"\xff" * 1_000_000))
+    data = _msg(H, der.explicit(23, der.sequence(status)))
+    start = time.perf_counter()
+    decoded = m.decode(data)
+    assert time.perf_counter() - start < 5
+    assert decoded.body.status.fail_info == 2 ** 8_000_000 - 1
+    assert "unknownFailInfo" in decoded.body.status.fail_names
 
 
 def test_size_limit() -> None:
