@@ -16,22 +16,24 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pyasn1.codec.der import decoder, encoder
 from pyasn1_alt_modules import rfc9480
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.cmp.strategies
 
-from fleet.cmp import der, oids  # noqa: E402
-from fleet.cmp import messages as m  # noqa: E402
-from tests.cmp import strategies as S  # noqa: E402  (real certificates and keys, made once)
+from fleet.cmp import der, oids
+from fleet.cmp import messages as m
+from tests.cmp import strategies as S
 
 
 def sample_messages() -> tuple[m.PKIMessage, bytes]:
     """An ir dataclass and an encoded ip, shaped like a real enrollment."""
-    name = der.sequence(der.set_of(der.sequence(der.oid("2.5.4.3"), der.utf8_string("Device 0001"))))
+    name = der.sequence(
+        der.set_of(der.sequence(der.oid("2.5.4.3"), der.utf8_string("Device 0001")))
+    )
     pbm = der.algorithm_identifier(
         oids.PASSWORD_BASED_MAC,
         der.sequence(
@@ -53,12 +55,17 @@ def sample_messages() -> tuple[m.PKIMessage, bytes]:
     template = m.CertTemplate(subject=name, public_key=S.SPKIS[1], extensions=S.SAN_EXTENSIONS)
     popo = m.Popo("signature", der.algorithm_identifier(oids.ECDSA_SHA256), b"\x30" + b"\x44" * 70)
     ir = m.PKIMessage(
-        header, m.BodyType.IR, m.CertReqMessages((m.CertReqMsg(0, template, popo),)), protection=b"\x03" * 32
+        header,
+        m.BodyType.IR,
+        m.CertReqMessages((m.CertReqMsg(0, template, popo),)),
+        protection=b"\x03" * 32,
     )
     ip = m.PKIMessage(
         header,
         m.BodyType.IP,
-        m.CertRepMessage((m.CertResponse(0, m.ACCEPTED, certificate=S.CERTS[1]),), ca_pubs=S.CERTS[:1]),
+        m.CertRepMessage(
+            (m.CertResponse(0, m.ACCEPTED, certificate=S.CERTS[1]),), ca_pubs=S.CERTS[:1]
+        ),
         protection=b"\x04" * 32,
         extra_certs=S.CERTS[:1],
     )
@@ -108,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         (
             f"decode ip ({len(ip_der)} B)",
             per_op_us(lambda: m.decode(ip_der), args.repeat, args.seconds),
-            per_op_us(lambda: decoder.decode(ip_der, asn1Spec=rfc9480.PKIMessage()), args.repeat, args.seconds),
+            per_op_us(
+                lambda: decoder.decode(ip_der, asn1Spec=rfc9480.PKIMessage()),
+                args.repeat,
+                args.seconds,
+            ),
         ),
     ]
     print(f"{'operation':<22} {'fleet µs':>10} {'pyasn1 µs':>10} {'ratio':>8}")

@@ -7,7 +7,7 @@ opaque byte fields (extensions, controls, POP, EncryptedKey) are well-formed for
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -21,7 +21,7 @@ from fleet.cmp import messages as m
 # ---------------------------------------------------------------------------------------------
 # Real certificate material, made once.
 
-_NOW = datetime(2025, 1, 1, tzinfo=timezone.utc)
+_NOW = datetime(2025, 1, 1, tzinfo=UTC)
 
 
 def _name(cn: str) -> x509.Name:
@@ -50,7 +50,9 @@ EE_CERT = _cert("Device 1", "Test Root CA", EE_KEY, ROOT_KEY, ca=False)
 ED_CERT = _cert("Device Ed", "Test Root CA", ED_KEY, ROOT_KEY, ca=False)
 CERTS = tuple(c.public_bytes(serialization.Encoding.DER) for c in (ROOT_CERT, EE_CERT, ED_CERT))
 SPKIS = tuple(
-    k.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    k.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     for k in (ROOT_KEY, EE_KEY, ED_KEY)
 )
 CSR = (
@@ -110,7 +112,7 @@ small_ints = st.integers(-(2**31), 2**31).filter(_pyasn1_safe)
 fail_bits = st.integers(0, 2**27 - 1) | st.sampled_from([0, 1, 1 << 26, 1 << 9 | 1 << 2, 1 << 40])
 statuses = st.integers(0, 6)
 times = st.datetimes(
-    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(timezone.utc)
+    min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(UTC)
 ).map(lambda t: t.replace(microsecond=0))
 
 
@@ -185,14 +187,16 @@ info_values = st.one_of(
     st.just(m.InfoTypeAndValue(oids.IT_CA_CERTS)),
     st.just(m.InfoTypeAndValue(oids.IT_CA_CERTS, der.sequence(*CERTS[:2]))),
     dotted_oids().map(m.InfoTypeAndValue),
-    st.tuples(dotted_oids(), octets).map(lambda p: m.InfoTypeAndValue(p[0], der.octet_string(p[1]))),
+    st.tuples(dotted_oids(), octets).map(
+        lambda p: m.InfoTypeAndValue(p[0], der.octet_string(p[1]))
+    ),
 )
 general_info = st.lists(info_values, min_size=1, max_size=3).map(tuple)
 
 
 @st.composite
 def headers(draw) -> m.PKIHeader:
-    opt = lambda s: draw(st.none() | s)  # noqa: E731
+    opt = lambda s: draw(st.none() | s)
     return m.PKIHeader(
         sender=draw(general_names()),
         recipient=draw(general_names()),
@@ -215,7 +219,7 @@ def headers(draw) -> m.PKIHeader:
 
 @st.composite
 def templates(draw, empty_subject: bool = True) -> m.CertTemplate:
-    opt = lambda s: draw(st.none() | s)  # noqa: E731
+    opt = lambda s: draw(st.none() | s)
     validity = opt(st.builds(m.Validity, st.none() | times, st.none() | times))
     return m.CertTemplate(
         subject=opt(names(allow_empty=empty_subject)),
@@ -240,7 +244,9 @@ def popos(draw) -> m.Popo:
     poposk_input = None
     if draw(st.booleans()):
         # POPOSigningKeyInput [0] IMPLICIT: authInfo sender [0] GeneralName (explicit), publicKey
-        poposk_input = der.tlv(0xA0, der.explicit(0, draw(general_names())) + draw(st.sampled_from(SPKIS)))
+        poposk_input = der.tlv(
+            0xA0, der.explicit(0, draw(general_names())) + draw(st.sampled_from(SPKIS))
+        )
     return m.Popo(
         "signature",
         algorithm=draw(algorithms),
@@ -250,7 +256,9 @@ def popos(draw) -> m.Popo:
 
 
 #: Controls with a regToken (id-regCtrl-regToken, UTF8String).
-controls = texts.map(lambda t: der.sequence(der.sequence(der.oid("1.3.6.1.5.5.7.5.1.1"), der.utf8_string(t))))
+controls = texts.map(
+    lambda t: der.sequence(der.sequence(der.oid("1.3.6.1.5.5.7.5.1.1"), der.utf8_string(t)))
+)
 
 
 @st.composite
@@ -269,9 +277,7 @@ def cert_req_messages(empty_subject: bool = True):
     )
 
 
-status_infos = st.builds(
-    m.PKIStatusInfo, statuses, st.just(()) | free_texts, st.none() | fail_bits
-)
+status_infos = st.builds(m.PKIStatusInfo, statuses, st.just(()) | free_texts, st.none() | fail_bits)
 #: A minimal EncryptedKey: encryptedValue SEQUENCE { encValue BIT STRING }.
 encrypted_keys = octets.map(lambda b: der.sequence(der.bit_string(b)))
 
@@ -299,7 +305,10 @@ cert_statuses = st.builds(
     st.binary(min_size=0, max_size=64),
     ints,
     st.none() | status_infos,
-    st.none() | st.sampled_from([der.algorithm_identifier(oids.SHA256), der.algorithm_identifier(oids.SHA384)]),
+    st.none()
+    | st.sampled_from(
+        [der.algorithm_identifier(oids.SHA256), der.algorithm_identifier(oids.SHA384)]
+    ),
 )
 
 
@@ -322,13 +331,17 @@ rev_rep = st.builds(
     st.just(()) | st.just((CRL,)),
 )
 gen_content = st.lists(info_values, max_size=3).map(lambda items: m.GenMsgContent(tuple(items)))
-error_content = st.builds(m.ErrorMsgContent, status_infos, st.none() | small_ints, st.just(()) | free_texts)
+error_content = st.builds(
+    m.ErrorMsgContent, status_infos, st.none() | small_ints, st.just(()) | free_texts
+)
 poll_req = st.lists(ints, min_size=1, max_size=3).map(lambda ids: m.PollReqContent(tuple(ids)))
 poll_rep = st.lists(
     st.builds(m.PollRepEntry, ints, small_ints, st.just(()) | free_texts), min_size=1, max_size=3
 ).map(lambda es: m.PollRepContent(tuple(es)))
 
-_SIMPLE_HEADER = m.PKIHeader(m.NULL_DN_GENERAL_NAME, m.NULL_DN_GENERAL_NAME, transaction_id=b"\x01" * 16)
+_SIMPLE_HEADER = m.PKIHeader(
+    m.NULL_DN_GENERAL_NAME, m.NULL_DN_GENERAL_NAME, transaction_id=b"\x01" * 16
+)
 NESTED_INNER = m.encode(m.PKIMessage(_SIMPLE_HEADER, m.BodyType.PKICONF, m.PKIConfirmContent()))
 
 
@@ -347,7 +360,9 @@ def bodies(empty_subject: bool = True) -> dict[m.BodyType, st.SearchStrategy]:
             lambda s: m.CertConfirmContent(tuple(s))
         ),
         m.BodyType.PKICONF: st.just(m.PKIConfirmContent()),
-        m.BodyType.RR: st.lists(rev_details, min_size=1, max_size=2).map(lambda d: m.RevReqContent(tuple(d))),
+        m.BodyType.RR: st.lists(rev_details, min_size=1, max_size=2).map(
+            lambda d: m.RevReqContent(tuple(d))
+        ),
         m.BodyType.RP: rev_rep,
         m.BodyType.GENM: gen_content,
         m.BodyType.GENP: gen_content,
@@ -362,7 +377,9 @@ BODY_TYPES = tuple(bodies())
 
 
 @st.composite
-def pki_messages(draw, body_type: m.BodyType | None = None, empty_subject: bool = True) -> m.PKIMessage:
+def pki_messages(
+    draw, body_type: m.BodyType | None = None, empty_subject: bool = True
+) -> m.PKIMessage:
     """A whole PKIMessage; ``body_type`` None draws one of every interpreted type."""
     if body_type is None:
         body_type = draw(st.sampled_from(BODY_TYPES))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -227,7 +227,9 @@ def test_children_of_primitive_and_unwrap() -> None:
 def test_writer_shapes() -> None:
     assert der.implicit(6, der.sequence(der.NULL_DER), constructed=True) == b"\xa6\x02\x05\x00"
     assert der.implicit(1, der.integer(5), constructed=False) == b"\x81\x01\x05"
-    assert der.set_of(der.integer(2), der.integer(1)) == der.tlv(der.SET, der.integer(1) + der.integer(2))
+    assert der.set_of(der.integer(2), der.integer(1)) == der.tlv(
+        der.SET, der.integer(1) + der.integer(2)
+    )
     assert der.boolean(True) == b"\x01\x01\xff" and der.boolean(False) == b"\x01\x01\x00"
     assert der.parse(der.utf8_string("Grüße")).as_text() == "Grüße"
     with pytest.raises(der.DerError, match="UTF-8"):
@@ -248,10 +250,10 @@ def test_generalized_time_round_trip(value: datetime) -> None:
 @pytest.mark.parametrize(
     ("tag", "text", "expected"),
     [
-        (der.UTC_TIME, "491231235959Z", datetime(2049, 12, 31, 23, 59, 59, tzinfo=timezone.utc)),
-        (der.UTC_TIME, "500101000000Z", datetime(1950, 1, 1, tzinfo=timezone.utc)),  # RFC 5280 pivot
-        (der.UTC_TIME, "690101000000Z", datetime(1969, 1, 1, tzinfo=timezone.utc)),
-        (der.GENERALIZED_TIME, "20250101000000Z", datetime(2025, 1, 1, tzinfo=timezone.utc)),
+        (der.UTC_TIME, "491231235959Z", datetime(2049, 12, 31, 23, 59, 59, tzinfo=UTC)),
+        (der.UTC_TIME, "500101000000Z", datetime(1950, 1, 1, tzinfo=UTC)),  # RFC 5280 pivot
+        (der.UTC_TIME, "690101000000Z", datetime(1969, 1, 1, tzinfo=UTC)),
+        (der.GENERALIZED_TIME, "20250101000000Z", datetime(2025, 1, 1, tzinfo=UTC)),
     ],
 )
 def test_time_values(tag: int, text: str, expected: datetime) -> None:
@@ -293,7 +295,14 @@ def test_reader_on_random_bytes(data: bytes) -> None:
             if node.constructed:
                 stack.extend(node.children())
                 continue
-            for read in (node.as_int, node.as_bits, node.as_named_bits, node.as_oid, node.as_text, node.as_time):
+            for read in (
+                node.as_int,
+                node.as_bits,
+                node.as_named_bits,
+                node.as_oid,
+                node.as_text,
+                node.as_time,
+            ):
                 try:
                     read()
                 except der.DerError:

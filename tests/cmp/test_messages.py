@@ -59,7 +59,9 @@ def test_round_trip(msg: m.PKIMessage) -> None:
     assert data == m.assemble(header_der, body_der, msg.protection, msg.extra_certs)
     if isinstance(decoded.body, m.CertReqMessages):
         for got, sent in zip(decoded.body.messages, msg.body.messages):
-            assert got.cert_request_der == m.encode_cert_request(sent.cert_req_id, sent.template, sent.controls)
+            assert got.cert_request_der == m.encode_cert_request(
+                sent.cert_req_id, sent.template, sent.controls
+            )
 
 
 def test_decoded_cert_request_der_is_reused_verbatim() -> None:
@@ -77,7 +79,9 @@ def test_decoded_cert_request_der_is_reused_verbatim() -> None:
 # Real-looking messages for the rejection tests
 
 HEADER = m.PKIHeader(
-    sender=m.directory_name(der.sequence(der.set_of(der.sequence(der.oid("2.5.4.3"), der.utf8_string("dev"))))),
+    sender=m.directory_name(
+        der.sequence(der.set_of(der.sequence(der.oid("2.5.4.3"), der.utf8_string("dev"))))
+    ),
     recipient=m.NULL_DN_GENERAL_NAME,
     transaction_id=b"\x11" * 16,
     sender_nonce=b"\x22" * 16,
@@ -93,7 +97,9 @@ IR = m.encode(
             (
                 m.CertReqMsg(
                     0,
-                    m.CertTemplate(subject=m.NULL_DN, public_key=S.SPKIS[1], extensions=S.SAN_EXTENSIONS),
+                    m.CertTemplate(
+                        subject=m.NULL_DN, public_key=S.SPKIS[1], extensions=S.SAN_EXTENSIONS
+                    ),
                     m.Popo("signature", der.algorithm_identifier(oids.ECDSA_SHA256), b"\x30" * 70),
                 ),
             )
@@ -149,11 +155,11 @@ def _decode_or_fleet_error(data: bytes) -> m.PKIMessage | None:
     # A message that decodes must also survive the helpers a caller uses next.
     try:
         m.encode(msg)
-        msg.header.implicit_confirm
+        _ = msg.header.implicit_confirm
         m.general_name_directory(msg.header.sender)
         if isinstance(msg.body, m.RevReqContent):
             for d in msg.body.details:
-                d.reason
+                _ = d.reason
         if isinstance(msg.body, (m.CertRepMessage, m.ErrorMsgContent)):
             for s in getattr(msg.body, "responses", ()):
                 s.status.describe()
@@ -191,8 +197,12 @@ def mutated(draw) -> bytes:
         elif op == "delete":
             del data[i : i + draw(st.integers(1, 4))]
         else:  # a plausible tag/length pair somewhere inside
-            data[i : i + 2] = bytes([draw(st.sampled_from([0x02, 0x03, 0x04, 0x06, 0x0C, 0x30, 0xA0, 0xA1, 0xA4])),
-                                     draw(st.integers(0, 255))])
+            data[i : i + 2] = bytes(
+                [
+                    draw(st.sampled_from([0x02, 0x03, 0x04, 0x06, 0x0C, 0x30, 0xA0, 0xA1, 0xA4])),
+                    draw(st.integers(0, 255)),
+                ]
+            )
         if not data:
             break
     return bytes(data)
@@ -233,27 +243,65 @@ def _ir(cert_req_msg: bytes) -> bytes:
         (der.sequence(H), "lacks header or body"),
         (_msg(H, der.explicit(19, der.integer(0))), "NULL"),
         (_msg(H, der.explicit(0, der.sequence())), "empty"),
-        (_msg(H, der.explicit(19, der.NULL_DER), der.explicit(1, der.sequence()), der.explicit(0, der.bit_string(b""))),
-         "unexpected field"),
-        (_msg(H, der.explicit(19, der.NULL_DER), der.explicit(2, der.NULL_DER)), "unexpected field"),
-        (_msg(der.sequence(der.integer(2), m.NULL_DN_GENERAL_NAME), der.explicit(19, der.NULL_DER)), "lacks"),
         (
             _msg(
-                der.sequence(der.integer(2), m.NULL_DN_GENERAL_NAME, m.NULL_DN_GENERAL_NAME,
-                             der.explicit(5, der.octet_string(b"n")), der.explicit(4, der.octet_string(b"t"))),
+                H,
+                der.explicit(19, der.NULL_DER),
+                der.explicit(1, der.sequence()),
+                der.explicit(0, der.bit_string(b"")),
+            ),
+            "unexpected field",
+        ),
+        (
+            _msg(H, der.explicit(19, der.NULL_DER), der.explicit(2, der.NULL_DER)),
+            "unexpected field",
+        ),
+        (
+            _msg(
+                der.sequence(der.integer(2), m.NULL_DN_GENERAL_NAME), der.explicit(19, der.NULL_DER)
+            ),
+            "lacks",
+        ),
+        (
+            _msg(
+                der.sequence(
+                    der.integer(2),
+                    m.NULL_DN_GENERAL_NAME,
+                    m.NULL_DN_GENERAL_NAME,
+                    der.explicit(5, der.octet_string(b"n")),
+                    der.explicit(4, der.octet_string(b"t")),
+                ),
                 der.explicit(19, der.NULL_DER),
             ),
             "repeated",
         ),
-        (_ip(der.sequence(der.integer(0), m.encode_status_info(m.ACCEPTED), _ENC_CERT)), "encryptedCert"),
+        (
+            _ip(der.sequence(der.integer(0), m.encode_status_info(m.ACCEPTED), _ENC_CERT)),
+            "encryptedCert",
+        ),
         (_ip(der.sequence(der.integer(0))), "lacks"),
         (_msg(H, der.explicit(11, der.sequence())), "empty"),
         (_msg(H, der.explicit(21, der.sequence(der.sequence()))), "InfoTypeAndValue"),
-        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x84\x00")), "ProofOfPossession"),
-        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x80\x01\x00")), "raVerified"),
-        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SUBJECT)))), "repeated"),
-        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SERIAL)))), "repeated"),
-        (_ir(der.sequence(der.sequence(der.integer(0), der.sequence(b"\x8b\x00")))), "CertTemplate"),
+        (
+            _ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x84\x00")),
+            "ProofOfPossession",
+        ),
+        (
+            _ir(der.sequence(der.sequence(der.integer(0), der.sequence()), b"\x80\x01\x00")),
+            "raVerified",
+        ),
+        (
+            _ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SUBJECT)))),
+            "repeated",
+        ),
+        (
+            _ir(der.sequence(der.sequence(der.integer(0), der.sequence(_SUBJECT, _SERIAL)))),
+            "repeated",
+        ),
+        (
+            _ir(der.sequence(der.sequence(der.integer(0), der.sequence(b"\x8b\x00")))),
+            "CertTemplate",
+        ),
     ],
 )
 def test_message_errors(data: bytes, match: str) -> None:
@@ -268,7 +316,7 @@ def test_huge_fail_info_is_cheap() -> None:
     start = time.perf_counter()
     decoded = m.decode(data)
     assert time.perf_counter() - start < 5
-    assert decoded.body.status.fail_info == 2 ** 8_000_000 - 1
+    assert decoded.body.status.fail_info == 2**8_000_000 - 1
     assert "unknownFailInfo" in decoded.body.status.fail_names
 
 
@@ -342,7 +390,10 @@ def test_openssl_corpus_round_trip(path: Path) -> None:
     decoded = m.decode(data)
     assert m.encode(decoded) == data
     assert decoded.label == path.name.split(".")[-2]
-    header_der, body_der = m.encode_header(decoded.header), m.encode_body(decoded.body_type, decoded.body)
+    header_der, body_der = (
+        m.encode_header(decoded.header),
+        m.encode_body(decoded.body_type, decoded.body),
+    )
     assert decoded.protected_part == m.protected_part(header_der, body_der)
     if isinstance(decoded.body, m.CertReqMessages):
         for req in decoded.body.messages:  # the POP's input is a slice of what was received

@@ -20,13 +20,12 @@ Known pyasn1 quirks, handled explicitly rather than avoided:
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pyasn1.codec.der import decoder, encoder
-from pyasn1.type import univ
 from pyasn1_alt_modules import rfc5280, rfc9480, rfc9810
 
 from fleet.cmp import der, oids
@@ -83,9 +82,13 @@ def _without_empty_subjects(msg: m.PKIMessage) -> m.PKIMessage:
 
     body = msg.body
     if isinstance(body, m.CertReqMessages):
-        body = m.CertReqMessages(tuple(dataclasses.replace(r, template=fix(r.template)) for r in body.messages))
+        body = m.CertReqMessages(
+            tuple(dataclasses.replace(r, template=fix(r.template)) for r in body.messages)
+        )
     elif isinstance(body, m.RevReqContent):
-        body = m.RevReqContent(tuple(dataclasses.replace(d, template=fix(d.template)) for d in body.details))
+        body = m.RevReqContent(
+            tuple(dataclasses.replace(d, template=fix(d.template)) for d in body.details)
+        )
     return dataclasses.replace(msg, body=body)
 
 
@@ -104,11 +107,19 @@ def _check_fields(obj, msg: m.PKIMessage) -> None:
     h, ph = msg.header, obj["header"]
     assert int(ph["pvno"]) == h.pvno
     assert encoder.encode(ph["sender"]) == h.sender
-    for attr, name in [("transaction_id", "transactionID"), ("sender_nonce", "senderNonce"),
-                       ("recip_nonce", "recipNonce"), ("sender_kid", "senderKID")]:
+    for attr, name in [
+        ("transaction_id", "transactionID"),
+        ("sender_nonce", "senderNonce"),
+        ("recip_nonce", "recipNonce"),
+        ("sender_kid", "senderKID"),
+    ]:
         value = getattr(h, attr)
         assert (bytes(ph[name]) if ph[name].isValue else None) == value
-    assert tuple(str(t) for t in ph["freeText"]) == h.free_text if h.free_text else not ph["freeText"].isValue
+    assert (
+        tuple(str(t) for t in ph["freeText"]) == h.free_text
+        if h.free_text
+        else not ph["freeText"].isValue
+    )
     assert [str(i["infoType"]) for i in ph["generalInfo"]] == [i.oid for i in h.general_info]
     if h.message_time is not None:
         assert ph["messageTime"].asDateTime == h.message_time
@@ -118,9 +129,13 @@ def _check_fields(obj, msg: m.PKIMessage) -> None:
         case m.CertReqMessages(messages=reqs):
             assert [int(r["certReq"]["certReqId"]) for r in body] == [r.cert_req_id for r in reqs]
         case m.CertRepMessage(responses=rsps, ca_pubs=ca_pubs):
-            assert [int(r["status"]["status"]) for r in body["response"]] == [r.status.status for r in rsps]
-            got = [fail_bits_of(r["status"]["failInfo"]) if r["status"]["failInfo"].isValue else None
-                   for r in body["response"]]
+            assert [int(r["status"]["status"]) for r in body["response"]] == [
+                r.status.status for r in rsps
+            ]
+            got = [
+                fail_bits_of(r["status"]["failInfo"]) if r["status"]["failInfo"].isValue else None
+                for r in body["response"]
+            ]
             assert got == [r.status.fail_info for r in rsps]
             assert [encoder.encode(c) for c in body["caPubs"]] == list(ca_pubs)
         case m.CertConfirmContent(statuses=sts):
@@ -136,9 +151,9 @@ def _check_fields(obj, msg: m.PKIMessage) -> None:
             ]
         case m.GenMsgContent(items=items):
             assert [str(i["infoType"]) for i in body] == [i.oid for i in items]
-            assert [encoder.encode(i["infoValue"]) if i["infoValue"].isValue else None for i in body] == [
-                i.value for i in items
-            ]
+            assert [
+                encoder.encode(i["infoValue"]) if i["infoValue"].isValue else None for i in body
+            ] == [i.value for i in items]
         case _:
             pass
 
@@ -171,7 +186,9 @@ def test_null_dn_subject_quirk_is_real() -> None:
     """Pins the pyasn1 behaviour the tests work around; if pyasn1 fixes it, simplify them."""
     tmpl = m.CertTemplate(subject=m.NULL_DN, public_key=S.SPKIS[1])
     body = m.CertReqMessages((m.CertReqMsg(0, tmpl, m.Popo("raVerified")),))
-    msg = m.PKIMessage(m.PKIHeader(m.NULL_DN_GENERAL_NAME, m.NULL_DN_GENERAL_NAME), m.BodyType.IR, body)
+    msg = m.PKIMessage(
+        m.PKIHeader(m.NULL_DN_GENERAL_NAME, m.NULL_DN_GENERAL_NAME), m.BodyType.IR, body
+    )
     data = m.encode(msg)
     assert b"\xa5\x02\x30\x00" in data
     reencoded = encoder.encode(pyasn1_decode(data, rfc9480.PKIMessage()))
@@ -190,7 +207,7 @@ NAME = der.sequence(
 )
 TID = bytes(range(16))
 NONCE = bytes(range(16, 32))
-TIME = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+TIME = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 
 
 def _typed(parent, name: str, **kw):
@@ -288,7 +305,10 @@ class TestPyasn1Built:
         assert req.template == m.CertTemplate(subject=NAME, public_key=S.SPKIS[1])
         assert req.cert_request_der == encoder.encode(crm["certReq"])  # the POP's signed input
         assert req.popo == m.Popo(
-            "signature", der.algorithm_identifier(oids.ECDSA_SHA256), b"\x30\x06sig!!", None,
+            "signature",
+            der.algorithm_identifier(oids.ECDSA_SHA256),
+            b"\x30\x06sig!!",
+            None,
             raw=encoder.encode(crm["popo"]),
         )
 
@@ -300,7 +320,9 @@ class TestPyasn1Built:
         _set_status(rsp["status"], 0)
         coec = rsp["certifiedKeyPair"]["certOrEncCert"]
         # the [0]-tagged CMPCertificate type wants its tag on the wire: decode it wrapped
-        coec["certificate"] = pyasn1_decode(der.explicit(0, S.CERTS[1]), coec.componentType[0].asn1Object)
+        coec["certificate"] = pyasn1_decode(
+            der.explicit(0, S.CERTS[1]), coec.componentType[0].asn1Object
+        )
         decoded = _finish(module, msg, extra=S.CERTS[:1])
         assert decoded.body == m.CertRepMessage(
             (m.CertResponse(0, m.PKIStatusInfo(0), certificate=S.CERTS[1]),), ca_pubs=(S.CERTS[0],)
@@ -321,8 +343,12 @@ class TestPyasn1Built:
         assert decoded.body == m.CertConfirmContent(
             (
                 m.CertStatus(b"\xaa" * 32, 0),
-                m.CertStatus(b"\xbb" * 32, 1, m.PKIStatusInfo(2, ("bad key",), fail),
-                             der.algorithm_identifier(oids.SHA256)),
+                m.CertStatus(
+                    b"\xbb" * 32,
+                    1,
+                    m.PKIStatusInfo(2, ("bad key",), fail),
+                    der.algorithm_identifier(oids.SHA256),
+                ),
             )
         )
 
@@ -348,8 +374,12 @@ class TestPyasn1Built:
         item["infoValue"] = der.sequence(der.utf8_string("profile-α"))
         decoded = _finish(module, msg, protection=None)
         assert decoded.body == m.GenMsgContent(
-            (m.InfoTypeAndValue(oids.IT_CA_CERTS),
-             m.InfoTypeAndValue(oids.IT_CERT_PROFILE, der.sequence(der.utf8_string("profile-α"))))
+            (
+                m.InfoTypeAndValue(oids.IT_CA_CERTS),
+                m.InfoTypeAndValue(
+                    oids.IT_CERT_PROFILE, der.sequence(der.utf8_string("profile-α"))
+                ),
+            )
         )
 
     def test_error(self, module) -> None:
@@ -358,8 +388,12 @@ class TestPyasn1Built:
         err["errorCode"] = -7
         err["errorDetails"].append("détail")
         decoded = _finish(module, msg)
-        bits = m.FailInfo.badPOP.mask | m.FailInfo.badRequest.mask | m.FailInfo.duplicateCertReq.mask
-        assert decoded.body == m.ErrorMsgContent(m.PKIStatusInfo(2, ("no", "nein"), bits), -7, ("détail",))
+        bits = (
+            m.FailInfo.badPOP.mask | m.FailInfo.badRequest.mask | m.FailInfo.duplicateCertReq.mask
+        )
+        assert decoded.body == m.ErrorMsgContent(
+            m.PKIStatusInfo(2, ("no", "nein"), bits), -7, ("détail",)
+        )
         assert decoded.body.status.fail_names == ("badRequest", "badPOP", "duplicateCertReq")
 
     def test_poll_rep(self, module) -> None:
