@@ -17,8 +17,15 @@ app = typer.Typer(
 )
 
 
+_registered = False
+
+
 def _register() -> None:
-    """Attach the command groups; each module owns one group and knows nothing of the others."""
+    """Attach the command groups (once); each module owns one group and knows nothing of the others."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
     from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, run_cmd
 
     app.command("run", help="Run a load profile against a CA (the embedded one by default).")(run_cmd.run)
@@ -49,8 +56,11 @@ def main() -> None:
     except KeyboardInterrupt:
         print("fleet: interrupted", file=sys.stderr)
         sys.exit(130)
-    except click_error as exc:  # usage errors: click's own one-line message and exit code
-        exc.show()  # type: ignore[attr-defined]
+    except click_error as exc:  # usage errors: one line, click's exit code (2)
+        message = exc.format_message()  # type: ignore[attr-defined]
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        print(f"fleet: usage error: {message}{hint}", file=sys.stderr)
         sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except click_abort:
         print("fleet: interrupted", file=sys.stderr)

@@ -108,12 +108,13 @@ CLICK_ERRORS = [
 def test_option_errors_name_the_problem_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], words: str
 ) -> None:
-    """click's own parse errors: exit 2 and one "Error: ..." line (click adds its usage hint)."""
+    """Option parse errors: exit 2 and exactly one line naming the problem and where help is."""
     code, out, err = fleet_inprocess(monkeypatch, capsys, *args)
     assert code == 2, err
     assert "Traceback" not in err
-    problems = [line for line in err.splitlines() if line.startswith("Error:")]
-    assert len(problems) == 1 and words in problems[0], err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fleet: usage error: "), err
+    assert words in lines[0] and "--help" in lines[0], err
     assert SECRET not in out + err
 
 
