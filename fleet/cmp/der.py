@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Iterator
 
 from fleet.errors import FleetError
 
@@ -150,6 +149,9 @@ def algorithm_identifier(dotted: str, parameters: bytes | None = None) -> bytes:
 # Reader
 
 MAX_DEPTH = 32
+# No CMP structure needs more elements; a hostile message of millions of empty ones would cost
+# seconds and hundreds of MB to materialise.
+MAX_CHILDREN = 4096
 
 
 class Tlv:
@@ -183,9 +185,30 @@ class Tlv:
 
     def children(self) -> list[Tlv]:
         """The TLVs inside a constructed TLV, in order."""
-        if not self.constructed:
+        if not self.tag & 0x20:
             raise DerError(f"expected a constructed value, got tag 0x{self.tag:02x}")
-        return list(_iter(self.data, self.cstart, self.end, self.depth + 1))
+        depth = self.depth + 1
+        if depth > MAX_DEPTH:
+            raise DerError("nesting deeper than CMP ever needs")
+        data = self.data
+        pos = self.cstart
+        end = self.end
+        out = []
+        while pos < end:
+            # Fast path for the common case (one-octet tag, short-form length); the rest, and
+            # every error, goes through _read_header.
+            if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
+                cstart = pos + 2
+                cend = cstart + data[pos + 1]
+                if cend > end:
+                    _read_header(data, pos, end)  # raises with the precise message
+            else:
+                _, cstart, cend = _read_header(data, pos, end)
+            out.append(Tlv(data, data[pos], pos, cstart, cend, depth))
+            pos = cend
+            if len(out) > MAX_CHILDREN:
+                raise DerError(f"more than {MAX_CHILDREN} values in one structure")
+        return out
 
     def expect(self, tag: int, what: str) -> Tlv:
         if self.tag != tag:
@@ -313,15 +336,6 @@ def _read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if pos + length > end:
         raise DerError(f"value at offset {pos} claims {length} bytes but only {end - pos} remain")
     return tag, pos, pos + length
-
-
-def _iter(data: bytes, pos: int, end: int, depth: int) -> Iterator[Tlv]:
-    if depth > MAX_DEPTH:
-        raise DerError("nesting deeper than CMP ever needs")
-    while pos < end:
-        tag, cstart, cend = _read_header(data, pos, end)
-        yield Tlv(data, tag, pos, cstart, cend, depth)
-        pos = cend
 
 
 def parse(data: bytes) -> Tlv:
