@@ -450,12 +450,10 @@ class ClientTransaction:
     @staticmethod
     def _spki_of(request: Request) -> bytes | None:
         if isinstance(request, CertRequest):
-            key = request.new_key.public_key()
-        elif isinstance(request, CsrRequest):
-            key = request.csr.public_key()
-        else:
-            return None
-        return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            return request.spki
+        if isinstance(request, CsrRequest):
+            return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        return None
 
 
 _RESPONSE = {

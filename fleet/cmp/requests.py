@@ -8,6 +8,7 @@ template and POP builders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence, Union
 
 from cryptography import x509
@@ -52,6 +53,11 @@ class CertRequest:
     implicit_confirm: bool = False
     cert_profile: str | None = None
     pop: str = "signature"  # or "raVerified" / "none" (for tests of servers)
+
+    @cached_property
+    def spki(self) -> bytes:
+        """The new key's SubjectPublicKeyInfo, encoded once (template and response check share it)."""
+        return spki_der(self.new_key)
 
     def __post_init__(self) -> None:
         if self.kind not in (BodyType.IR, BodyType.CR, BodyType.KUR):
@@ -147,7 +153,7 @@ def template_for(request: CertRequest) -> CertTemplate:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
     return CertTemplate(
         subject=subject.public_bytes() if subject is not None else NULL_DN,
-        public_key=spki_der(request.new_key),
+        public_key=request.spki,
         extensions=extensions_der(exts) if exts else None,
     )
 
