@@ -167,6 +167,15 @@ class Authority:
             raise Rejected(str(exc), FailInfo.badCertId) from None
         self.store.flush()  # durable before the rp says so (store contract)
 
+    def release_hold(self, serial: int) -> None:
+        try:
+            self.store.release_hold(serial)
+        except InvalidStatusChange as exc:
+            raise Rejected(str(exc), FailInfo.badRequest) from None
+        except UnknownCertificate as exc:
+            raise Rejected(str(exc), FailInfo.badCertId) from None
+        self.store.flush()  # durable before the rp says so, as for a revocation
+
     def general_info(self, item: InfoTypeAndValue) -> InfoTypeAndValue:
         oid = item.oid
         if oid == oids.IT_CA_CERTS:

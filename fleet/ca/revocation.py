@@ -66,8 +66,11 @@ class CrlPublisher:
             False,
             x509.AuthorityKeyIdentifier(hierarchy.issuing_ski, None, None),
         )
-        # Entries never change once revoked: build each one once across rebuilds.
-        self._entries: dict[int, x509.RevokedCertificate] = {}
+        # Build each entry once across rebuilds; keyed by time and reason too, because a hold
+        # can be released (removeFromCRL) and the certificate revoked again later.
+        self._entries: dict[
+            tuple[int, datetime, x509.ReasonFlags | None], x509.RevokedCertificate
+        ] = {}
         self._current: PublishedCrl | None = None
         self._built_generation = -1
         self._built_at = 0.0
@@ -95,7 +98,7 @@ class CrlPublisher:
         revoked = self.store.revoked()
         entries = []
         for serial, when, reason in revoked:
-            entry = self._entries.get(serial)
+            entry = self._entries.get((serial, when, reason))
             if entry is None:
                 exts: list[x509.Extension[x509.ExtensionType]] = []
                 if reason is not None:
@@ -105,7 +108,7 @@ class CrlPublisher:
                 entry = x509.RevokedCertificateBuilder(
                     serial, when.astimezone(UTC).replace(tzinfo=None), exts
                 ).build()
-                self._entries[serial] = entry
+                self._entries[(serial, when, reason)] = entry
             entries.append(entry)
         number = self.store.next_crl_number()
         this_update = now.replace(microsecond=0)

@@ -80,8 +80,8 @@ class CertStatus(enum.StrEnum):
     """Lifecycle of an issued certificate.
 
     pending -> issued (certConf accepted) | rejected (certConf rejected, or never came);
-    pending | issued -> revoked. Rejected certificates were signed and sent, so CRL and OCSP
-    treat them as revoked.
+    pending | issued -> revoked; revoked with reason certificateHold -> issued (removeFromCRL).
+    Rejected certificates were signed and sent, so CRL and OCSP treat them as revoked.
     """
 
     PENDING = "pending"
@@ -364,6 +364,19 @@ class CertStore:
             ),
         )
 
+    def release_hold(self, serial: int | str) -> CertRecord:
+        """removeFromCRL: a certificate revoked with reason certificateHold is valid again
+        (RFC 5280 §5.3.1), revoked -> issued. Call ``flush()`` before telling anyone."""
+        rec = self._require(serial)
+        on_hold = rec.revocation_reason is x509.ReasonFlags.certificate_hold
+        if rec.status is not CertStatus.REVOKED or not on_hold:
+            raise InvalidStatusChange(
+                f"certificate {serial_hex(rec.serial)} is not on hold, cannot remove it from the CRL"
+            )
+        return self._set(
+            rec, replace(rec, status=CertStatus.ISSUED, revocation_reason=None, revocation_time=None)
+        )
+
     def flush(self) -> None:
         """Write every unflushed change in one transaction; durable on return (module doc)."""
         if not self._new and not self._changed:
@@ -471,7 +484,8 @@ class CertStore:
 
     @property
     def revocation_generation(self) -> int:
-        """Grows whenever a certificate becomes revoked or rejected (CRL cache invalidation)."""
+        """Grows whenever a certificate becomes revoked or rejected, or a hold is released
+        (CRL cache invalidation)."""
         return self._revocation_generation
 
     def statistics(self) -> StoreStatistics:
@@ -522,7 +536,7 @@ class CertStore:
             self._changed[old.serial] = new
         self._counts[old.status.value] -= 1
         self._counts[new.status.value] += 1
-        if new.status in _DEAD:
+        if new.status in _DEAD or old.status in _DEAD:  # the CRL changes either way
             self._revocation_generation += 1
         self._changed_one()
         return new

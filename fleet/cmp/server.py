@@ -228,6 +228,10 @@ class CaBackend(Protocol):
 
     def revoke(self, serial: int, reason: x509.ReasonFlags | None, now: datetime) -> None: ...
 
+    def release_hold(self, serial: int) -> None:
+        """removeFromCRL: a certificate on hold (certificateHold) is valid again."""
+        ...
+
     def general_info(self, item: InfoTypeAndValue) -> InfoTypeAndValue:
         """Answer one genm item; unknown types come back without a value."""
         ...
@@ -751,9 +755,14 @@ class CmpServer:
             serial = template.serial
             self._authorize_rr(ctx, known)
             reason = _reason(reason_code)
-            if known.status in ("revoked", "rejected"):
+            if reason is x509.ReasonFlags.remove_from_crl:
+                if known.status != "revoked" or known.reason is not x509.ReasonFlags.certificate_hold:
+                    raise Rejected("removeFromCRL needs a certificate on hold", FailInfo.badRequest)
+                self.backend.release_hold(template.serial)
+            elif known.status in ("revoked", "rejected"):
                 raise Rejected("certificate is already revoked", FailInfo.certRevoked)
-            self.backend.revoke(template.serial, reason, ctx.when)
+            else:
+                self.backend.revoke(template.serial, reason, ctx.when)
             status = messages.ACCEPTED
             outcome_status, fail = "accepted", None
         except Rejected as exc:
@@ -1097,6 +1106,7 @@ _REASON_BY_CODE = {
     4: x509.ReasonFlags.superseded,
     5: x509.ReasonFlags.cessation_of_operation,
     6: x509.ReasonFlags.certificate_hold,
+    8: x509.ReasonFlags.remove_from_crl,  # releases a hold (handled apart from revocation)
     9: x509.ReasonFlags.privilege_withdrawn,
     10: x509.ReasonFlags.aa_compromise,
 }
@@ -1105,8 +1115,6 @@ _REASON_BY_CODE = {
 def _reason(code: int | None) -> x509.ReasonFlags | None:
     if code is None:
         return None
-    if code == 8:
-        raise Rejected("removeFromCRL is not supported (no certificate holds to release)", FailInfo.badRequest)
     if code not in _REASON_BY_CODE:
         raise Rejected(f"CRLReason {code} is not a revocation reason", FailInfo.badRequest)
     return _REASON_BY_CODE[code]

@@ -308,3 +308,32 @@ def test_record_times_are_whole_utc_seconds(template: IssuedCert, tmp_path: Path
         rec = store.record_issued(fresh(template))
         assert rec.created.tzinfo is UTC and rec.created.microsecond == 0
         assert abs(datetime.now(UTC) - rec.created) < timedelta(seconds=5)
+
+
+def test_release_hold(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db")
+    held, final = fresh(template), fresh(template)
+    for item in (held, final):
+        store.record_issued(item, status=CertStatus.ISSUED)
+    store.revoke(final.serial, x509.ReasonFlags.key_compromise)
+    store.flush()
+    generation = store.revocation_generation
+    with pytest.raises(InvalidStatusChange, match="not on hold"):
+        store.release_hold(final.serial)  # keyCompromise is final
+    with pytest.raises(InvalidStatusChange, match="not on hold"):
+        store.release_hold(held.serial)  # not revoked at all
+    store.revoke(held.serial, x509.ReasonFlags.certificate_hold)
+    assert store.revocation_generation == generation + 1
+    released = store.release_hold(held.serial)
+    assert released.status is CertStatus.ISSUED
+    assert released.revocation_time is None and released.revocation_reason is None
+    assert store.revocation_generation == generation + 2  # the CRL must drop it again
+    assert [serial for serial, _, _ in store.revoked()] == [final.serial]
+    assert store.counts_by_status() == {"pending": 0, "issued": 1, "revoked": 1, "rejected": 0}
+    store.close()
+
+    reopened = CertStore(tmp_path / "certs.db")
+    got = reopened.get(held.serial)
+    assert got is not None and got.status is CertStatus.ISSUED and got.revocation_time is None
+    assert [serial for serial, _, _ in reopened.revoked()] == [final.serial]
+    reopened.close()

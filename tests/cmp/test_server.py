@@ -304,6 +304,43 @@ def test_rr_revokes_and_crl_and_ocsp_show_it(server: CmpServer, authority: Autho
     assert err.value.fail_names == ("certRevoked",)
 
 
+def test_hold_then_remove_from_crl_makes_the_certificate_good_again(server: CmpServer, authority: Authority) -> None:
+    done, key = enroll(server, authority, cn="held")
+    cert = load_cert(done.certificate)
+    config = sig_config(authority, key, cert)
+
+    def rr(reason: int) -> PKIStatus:
+        result, _ = drive(server, ClientTransaction(config, RevocationRequest.for_certificate(cert, reason=reason)))
+        return result.status.status
+
+    def ocsp_status() -> ocsp.OCSPCertStatus:
+        req = ocsp.OCSPRequestBuilder().add_certificate(cert, authority.hierarchy.issuing, hashes.SHA1()).build()
+        der_req = req.public_bytes(serialization.Encoding.DER)
+        return ocsp.load_der_ocsp_response(authority.ocsp.respond(der_req)).certificate_status
+
+    def on_crl() -> bool:
+        crl = x509.load_der_x509_crl(authority.crl.current_crl_der())
+        return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+    # removeFromCRL for a certificate that is not on hold: refused.
+    with pytest.raises(RequestRejected) as err:
+        rr(8)
+    assert err.value.fail_names == ("badRequest",)
+    assert rr(6) == PKIStatus.ACCEPTED  # certificateHold
+    assert on_crl() and ocsp_status() is ocsp.OCSPCertStatus.REVOKED
+    assert rr(8) == PKIStatus.ACCEPTED  # removeFromCRL releases the hold
+    assert authority.store.get(cert.serial_number).status is CertStatus.ISSUED
+    assert not on_crl() and ocsp_status() is ocsp.OCSPCertStatus.GOOD
+    # Held again, then revoked for good: a final revocation cannot be released.
+    assert rr(6) == PKIStatus.ACCEPTED and on_crl()
+    assert rr(8) == PKIStatus.ACCEPTED and not on_crl()
+    assert rr(1) == PKIStatus.ACCEPTED and on_crl()
+    with pytest.raises(RequestRejected) as err:
+        rr(8)
+    assert err.value.fail_names == ("badRequest",)
+    assert authority.store.get(cert.serial_number).revocation_reason is x509.ReasonFlags.key_compromise
+
+
 def test_rr_by_another_certificate_is_not_authorized(server: CmpServer, authority: Authority) -> None:
     target, _ = enroll(server, authority, cn="target")
     other, other_key = enroll(server, authority, cn="other")
