@@ -186,6 +186,8 @@ def _rows_csv(text: str, problems: list[Problem]) -> Iterator[tuple[int, dict[st
                     problems.append(Problem(start, "header", f"unknown column {unknown[0]!r} (known: {', '.join(COLUMNS)})"))
                 if "id" not in header:
                     problems.append(Problem(start, "header", "no 'id' column"))
+                if unknown or "id" not in header:
+                    return  # rows cannot be read against a bad header
                 continue
             if len(cells) > len(header):
                 problems.append(Problem(start, "row", f"{len(cells)} cells but the header on line {header_line} has {len(header)}"))

@@ -51,6 +51,7 @@ from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert
+from fleet.errors import FleetError
 from fleet.exchange import TransactionTimeout, run_transaction
 from fleet.files import load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
@@ -164,6 +165,16 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+    """The first exception in a (nested) group that is not a trio cancellation."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            exc = _first_leaf(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
+
+
 def _refused_outright(exc: BaseException, polled: bool) -> bool:
     """True when the CA certainly issued nothing: it refused the request itself. Not after
     polling (the CA may issue before it delivers), and not for transactionIdInUse (the HTTP
@@ -232,6 +243,12 @@ class Provisioner:
                         for _ in range(max(1, min(self.options.concurrency, len(queue)))):
                             workers.start_soon(self._worker, queue)
                     outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # One Ctrl-C or one FleetError, not a nest of groups: the CLI prints one line.
+            leaf = _first_leaf(group)
+            if isinstance(leaf, (KeyboardInterrupt, FleetError)):
+                raise leaf from None
+            raise
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.writer.close)
