@@ -53,9 +53,11 @@ def serve(
         help=f"Master secret for per-device MAC secrets hex(HMAC-SHA256(master, reference)), {_SECRET_HELP}.")] = None,
     vendor_trust: Annotated[Path | None, typer.Option(
         help="PEM file of vendor (IDevID) trust anchors: ir signed by certificates chaining to them is accepted.")] = None,
-    trusted: Annotated[Path | None, typer.Option(
-        help="PEM file of extra trust anchors for signed requests (the CA's own root is always trusted).")] = None,
-    untrusted: Annotated[Path | None, typer.Option(help="PEM file of intermediate certificates for paths.")] = None,
+    trusted: Annotated[list[Path] | None, typer.Option(metavar="PEM",
+        help="PEM file of extra trust anchors for signed requests (the CA's own root is always trusted); "
+             "repeatable.")] = None,
+    untrusted: Annotated[list[Path] | None, typer.Option(metavar="PEM",
+        help="PEM file of intermediate certificates for paths; repeatable.")] = None,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
@@ -126,8 +128,8 @@ def serve(
     service = CaService(
         authority, config=config,
         secrets=SharedSecrets(table, default=default, master=master) if (table or default or master) else None,
-        trusted=tuple(_certs(trusted, "trusted")), vendor=tuple(vendor),
-        untrusted=tuple(_certs(untrusted, "untrusted")), knobs=knobs,
+        trusted=tuple(c for path in trusted or () for c in _certs(path, "trusted")), vendor=tuple(vendor),
+        untrusted=tuple(c for path in untrusted or () for c in _certs(path, "untrusted")), knobs=knobs,
         metrics=_metrics(metrics_port, host),
     )
     try:
@@ -168,7 +170,7 @@ async def _serve(service: CaService, host: str, port: int, max_body: int, public
 
 
 def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,
-              vendor: Path | None, trusted: Path | None, mode: str, knobs: LoadKnobs) -> list[str]:
+              vendor: Path | None, trusted: list[Path] | None, mode: str, knobs: LoadKnobs) -> list[str]:
     files = hierarchy.files
     lines = [
         f"  root certificate: {files.root_cert}" if files.root_cert else "  root certificate: (in memory)",
@@ -183,7 +185,7 @@ def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,
     if master:
         lines.append("    - MAC with per-device secrets: hex(HMAC-SHA256(master secret, reference)) as ASCII")
     lines.append("    - signatures by certificates chaining to the root above"
-                 + (f" or to {trusted}" if trusted else "") + " (kur/rr: certificates this CA issued)")
+                 + (f" or to {', '.join(map(str, trusted))}" if trusted else "") + " (kur/rr: certificates this CA issued)")
     if vendor:
         lines.append(f"    - ir signed by vendor (IDevID) certificates chaining to {vendor}")
     if not mac and not master:

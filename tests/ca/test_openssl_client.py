@@ -312,3 +312,45 @@ def test_parallel_openssl_clients(ca: CaProcess, tmp_path: Path) -> None:
     assert distinct == processes * PARALLEL_ROUNDS
     print(f"\n{processes} openssl cmp processes x {PARALLEL_ROUNDS}: {distinct} certificates in {elapsed:.1f} s "
           f"({distinct / elapsed:.0f}/s)")
+
+
+def _ca_and_leaf(tmp: Path, label: str) -> tuple[Path, Path, Path]:
+    """A self-signed root and a leaf (cert, key) under it, as PEM files named after ``label``."""
+    from datetime import timedelta
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    now = datetime.now(UTC)
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{label} root")])
+    root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
+            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, label)]))
+            .issuer_name(root_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    paths = tmp / f"{label}-root.pem", tmp / f"{label}.pem", tmp / f"{label}.key"
+    paths[0].write_bytes(root.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    return paths
+
+
+def test_trusted_is_repeatable(tmp_path: Path) -> None:
+    """Each --trusted file adds anchors for signed requests; a signer under none is refused."""
+    first, second, stranger = (_ca_and_leaf(tmp_path, n) for n in ("first", "second", "stranger"))
+    process = _start_ca(tmp_path / "state", "--trusted", str(first[0]), "--trusted", str(second[0]))
+    try:
+        for (_, cert, key), accepted in ((first, True), (second, True), (stranger, False)):
+            result = cmp(process, "-cmd", "genm", *sig(process, cert, key), "-unprotected_errors", cwd=tmp_path)
+            assert (result.returncode == 0) is accepted, (cert.name, result.stdout + result.stderr)
+            if not accepted:
+                assert "signerNotTrusted" in result.stdout + result.stderr
+    finally:
+        _stop(process)
