@@ -28,6 +28,17 @@ _W, _H = 760, 240
 _PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 16, 34
 
 
+_STYLE = (
+    "<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:800px;color:#222}"
+    "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}"
+    ".verdict{padding:.6em 1em;border-radius:4px;font-weight:600}.pass{background:#e3f6e3;color:#155d15}"
+    ".fail{background:#fde4e4;color:#8a1414}table{border-collapse:collapse;margin:.5em 0}"
+    "td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}"
+    "td:first-child,th:first-child{text-align:left}svg{font:11px system-ui,sans-serif;fill:#444}"
+    "svg .grid{stroke:#e6e6e6}.empty{color:#888}.note{color:#666;font-size:.9em}</style></head><body>"
+)
+
+
 class ReportError(FleetError):
     """A run report that cannot be read or is not a fleet report."""
 
@@ -61,7 +72,7 @@ def _e(value: object) -> str:
 def _nice_max(v: float) -> float:
     if v <= 0 or not math.isfinite(v):
         return 1.0
-    exp = 10 ** math.floor(math.log10(v))
+    exp = 10.0 ** math.floor(math.log10(v))
     for m in (1, 2, 2.5, 5, 10):
         if v <= m * exp:
             return m * exp
@@ -106,15 +117,15 @@ def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label:
     for idx, (name, vs) in enumerate(series):
         color = _COLORS[idx % len(_COLORS)]
         segments: list[list[str]] = [[]]
-        for i, v in enumerate(vs):
-            if v is None or not math.isfinite(v):
+        for i, value in enumerate(vs):
+            if value is None or not math.isfinite(value):
                 segments.append([])
             else:
-                segments[-1].append(f"{px(i):.1f},{py(v):.1f}")
+                segments[-1].append(f"{px(i):.1f},{py(value):.1f}")
         for seg in segments:
             if len(seg) == 1:
-                x, y = seg[0].split(",")
-                parts.append(f'<circle cx="{x}" cy="{y}" r="2" fill="{color}"/>')
+                cx, cy = seg[0].split(",")
+                parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
             elif seg:
                 parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{" ".join(seg)}"/>')
         parts.append(f'<rect x="{_PAD_L + 8 + idx * 150}" y="{_PAD_T}" width="10" height="10" fill="{color}"/>'
@@ -200,13 +211,7 @@ def render_html(report: dict[str, Any]) -> str:
     out = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         f"<title>{_e(title)}</title>",
-        "<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:800px;color:#222}"
-        "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}"
-        ".verdict{padding:.6em 1em;border-radius:4px;font-weight:600}.pass{background:#e3f6e3;color:#155d15}"
-        ".fail{background:#fde4e4;color:#8a1414}table{border-collapse:collapse;margin:.5em 0}"
-        "td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}"
-        "td:first-child,th:first-child{text-align:left}svg{font:11px system-ui,sans-serif;fill:#444}"
-        "svg .grid{stroke:#e6e6e6}.empty{color:#888}.note{color:#666;font-size:.9em}</style></head><body>",
+        _STYLE,
         f"<h1>{_e(title)}</h1>",
         f'<p class="verdict {"pass" if passed else "fail"}">{_e(verdict.get("line", "PASS" if passed else "FAIL"))}</p>',
         "<ul>" + "".join(f"<li>{_e(c)}</li>" for c in verdict.get("checks", [])) + "</ul>",

@@ -94,7 +94,7 @@ class Prometheus:
             "scrape_configs": [{"job_name": "fleet", "static_configs": [{"targets": targets}]}],
         }
         (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self.log = open(tmp / "prometheus.log", "wb")
+        self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [shutil.which("prometheus") or "prometheus", f"--config.file={tmp / 'prometheus.yml'}",
              f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
@@ -169,7 +169,7 @@ def test_every_dashboard_query_returns_data_and_throughput_matches_report(tmp_pa
         proc = subprocess.run(
             [sys.executable, "-m", "fleet.cli.main", "run", str(_profile(tmp_path)), "--workers", "2",
              "--metrics-port", str(base), "--report", str(report), "--quiet", "--keys", str(tmp_path / "keys")],
-            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path,
+            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path, check=False,
         )
         t_end = time.time()
         assert proc.returncode == 0, proc.stdout + proc.stderr
