@@ -50,7 +50,7 @@ def test_page_is_self_contained_with_charts_and_verdict(tmp_path: Path) -> None:
     page = out.read_text()
     assert "PASS: ir p99 60 ms" in page and 'class="verdict pass"' in page
     assert not re.search(r"""(src|href)\s*=|<script|@import|url\(""", page)  # no external assets, no scripts
-    svgs = re.findall(r"<svg.*?</svg>", page, re.S)
+    svgs = re.findall(r"<svg.*?</svg>", page, re.DOTALL)
     assert len(svgs) == 2  # throughput over time, latency distribution (no per-second latency in this report)
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
