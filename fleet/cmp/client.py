@@ -181,7 +181,9 @@ class ClientTransaction:
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
-        self.request = request
+        self.request: Request | None = request  # released after start(): devices wait in the thousands
+        self.kind = request.kind
+        self._implicit_confirm = request.implicit_confirm
         self.operation = operation_of(request)
         self.state = State.IDLE
         self.transaction_id = transaction_id or random(16)
@@ -202,13 +204,17 @@ class ClientTransaction:
     def start(self) -> Send:
         self._require(State.IDLE)
         info: list[InfoTypeAndValue] = []
-        if self.request.implicit_confirm:
+        request = self.request
+        assert request is not None
+        if request.implicit_confirm:
             info.append(InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER))
-        if self.request.cert_profile:
-            profile = der.sequence(der.utf8_string(self.request.cert_profile))
+        if request.cert_profile:
+            profile = der.sequence(der.utf8_string(request.cert_profile))
             info.append(InfoTypeAndValue(oids.IT_CERT_PROFILE, profile))
         self.state = State.AWAIT_RESPONSE
-        return self._send(self.request.kind, build_body(self.request), tuple(info))
+        send = self._send(request.kind, build_body(request), tuple(info))
+        self.request = None
+        return send
 
     def receive(self, data: bytes) -> Event:
         """Check one response and return what to do next. Raises a ``CmpError`` subclass when the
@@ -315,7 +321,7 @@ class ClientTransaction:
         verify_signature(h.protection_alg, public_key_of(signer), msg.protected_part, msg.protection)
         untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
         trust = self.config.trust or TrustStore()
-        if self.config.mode == "3gpp" and self.request.kind is BodyType.IR:
+        if self.config.mode == "3gpp" and self.kind is BodyType.IR:
             roots = [c for c in untrusted if is_self_signed(c)]
             if roots:  # TS 33.310 §9.5.4.3: the operator root arrives in the ip's extraCerts
                 trust = TrustStore([*trust.anchors, *roots])
@@ -323,7 +329,7 @@ class ClientTransaction:
         self._response_was_mac = False
 
     def _event_of(self, msg: PKIMessage) -> str:
-        if msg.body_type is _RESPONSE[self.request.kind]:
+        if msg.body_type is _RESPONSE[self.kind]:
             return "response"
         return _EVENT_BY_BODY.get(msg.body_type, "other")
 
@@ -367,7 +373,7 @@ class ClientTransaction:
                 PKIStatus.REJECTION, ("certificate public key differs from the requested key",),
                 FailInfo.badCertTemplate.mask,
             ))
-        if self.request.implicit_confirm and result.implicit_confirm:
+        if self._implicit_confirm and result.implicit_confirm:
             return self._finish(result)
         self._result = result
         return self._confirm(response.certificate, None)

@@ -160,20 +160,22 @@ class WorkerRun:
     async def _flow(self, device: int, intended: float) -> None:
         self.live.in_flight += 1
         pauses = self.profile.pause_before
+        flow = self.profile.flow
         try:
-            for step, op in enumerate(self.profile.flow):
+            for step, op in enumerate(flow):
                 if step:  # later steps: latency from when they could start
                     pause = pauses.get(op, 0.0)
                     if pause:
                         await trio.sleep(pause)
                     intended = trio.current_time()
-                if not await self._operation(op, device, intended):
+                keep_key = step + 1 < len(flow)  # later steps sign with the new certificate's key
+                if not await self._operation(op, device, intended, keep_key):
                     return
         finally:
             self.live.in_flight -= 1
             self.devices.forget(device)  # every flow starts afresh: hold no key or cert between arrivals
 
-    async def _operation(self, op: str, device: int, intended: float) -> bool:
+    async def _operation(self, op: str, device: int, intended: float, keep_key: bool) -> bool:
         stats = self.results.op(op)
         sent_at = trio.current_time()
         polls = 0
@@ -182,6 +184,9 @@ class WorkerRun:
         try:
             config, request, new_key = self.devices.request(op, device)
             tx = ClientTransaction(config, request)
+            del request  # the transaction drops it once sent: thousands of devices wait at once
+            if not keep_key:
+                new_key = None
             observer = self.observer
 
             def on_exchange(send: Send, seconds: float) -> None:

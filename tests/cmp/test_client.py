@@ -815,7 +815,8 @@ def test_random_corruption_only_ever_raises_cmp_errors(stub: CaStub, protection:
     each is accepted or refused with a CmpError, nothing else escapes."""
     stub.ca_pubs = False
     config = mac_config(stub) if protection == "mac" else sig_config(stub)
-    first = ClientTransaction(config, ir())
+    the_request = ir()
+    first = ClientTransaction(config, the_request)
     request = first.start()
     nonce = _nonce_of(request)
     good = stub.answer(request.data)
@@ -832,7 +833,7 @@ def test_random_corruption_only_ever_raises_cmp_errors(stub: CaStub, protection:
                 del data[at]
             else:
                 data.insert(at, rnd.randrange(256))
-        tx = ClientTransaction(config, first.request, transaction_id=first.transaction_id, random=lambda n: nonce)
+        tx = ClientTransaction(config, the_request, transaction_id=first.transaction_id, random=lambda n: nonce)
         tx.start()
         try:
             tx.receive(bytes(data))
