@@ -17,8 +17,10 @@ senderNonce it answered, with the certificate files already written; fleet sends
 after this is durable. ``confirmed``: the CA acknowledged certConf with pkiConf.
 
 Writes go through ``JournalWriter``, which groups the changes of all running devices into one
-transaction per disk flush (group commit) so the cost of an fsync is shared; a device waits until
-its change is durable before taking the next step. Two processes on one journal are refused by an
+transaction per disk flush (group commit) so the cost of an fsync is shared. A device waits until
+``sent`` is durable before it sends and until ``received`` is durable before it confirms; ``key``
+(its file is already fsynced) and ``confirmed`` (lost, the rerun settles ``received`` with the CA)
+are queued into the next commit without waiting. Two processes on one journal are refused by an
 exclusive ``flock`` on ``<journal>.lock`` (released by the kernel when a process dies).
 """
 
@@ -331,6 +333,15 @@ class JournalWriter:
         await done.wait()
         if self._failure is not None:
             raise self._failure
+
+    def stage(self, *changes: Change) -> None:
+        """Queue changes for the next commit without waiting for it: for steps whose loss in a
+        crash is harmless (the key step: the key file is already durable; the confirmed step: a
+        rerun finds 'received' and settles it with the CA)."""
+        self.journal.remember(changes)
+        if self.journal.durable and self._failure is None:
+            self._pending.extend(changes)
+            self._wakeup.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher; run it in the nursery of the tasks that write."""

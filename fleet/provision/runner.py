@@ -350,8 +350,9 @@ class Provisioner:
         else:
             key = await trio.to_thread.run_sync(self._load_or_make_key, dev)
             kid = outputs.key_id(key.public_key())
-        await self.writer.write((updated(rec, state=DeviceState.KEY, key_id=kid, error=None,
-                                         error_kind=None, fail_names=None), "key"))
+        # Not awaited: the key file is durable; lost, the rerun reloads it from the file.
+        self.writer.stage((updated(rec, state=DeviceState.KEY, key_id=kid, error=None,
+                                   error_kind=None, fail_names=None), "key"))
 
     def _load_or_make_key(self, dev: DeviceSpec) -> PrivateKey:
         """Reuse a key already on disk (a crash after writing it), else make and store one."""
@@ -414,7 +415,9 @@ class Provisioner:
                 f"transaction did not complete within {self.options.timeout:g} s"), polled)
         except (TransportError, CmpError) as exc:
             return await self._request_failed(dev, rec, exc, polled)
-        await self.writer.write((updated(rec, state=DeviceState.CONFIRMED), "confirmed"))
+        # Not awaited: durable with the next commit; lost in a crash, the rerun finds 'received'
+        # and the CA answers its certConf (see the module doc).
+        self.writer.stage((updated(rec, state=DeviceState.CONFIRMED), "confirmed"))
         return True
 
     async def _request_failed(self, dev: DeviceSpec, rec: DeviceRecord, exc: Exception, polled: bool) -> bool:
@@ -494,7 +497,7 @@ class Provisioner:
             await self._orphan_received(dev, rec, f"certConf refused: {exc}"[:300])
             return False
         assert isinstance(done, Done)
-        await self.writer.write((updated(rec, state=DeviceState.CONFIRMED), "confirmed_resumed"))
+        self.writer.stage((updated(rec, state=DeviceState.CONFIRMED), "confirmed_resumed"))
         return True
 
     async def _orphan_received(self, dev: DeviceSpec, rec: DeviceRecord, why: str) -> None:
