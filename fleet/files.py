@@ -18,14 +18,20 @@ class CredentialError(FleetError):
     """A certificate or key file that is missing or unreadable."""
 
 
-def atomic_write(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: never a torn file."""
+def atomic_write(path: Path | str, data: bytes | Iterable[bytes], *, mode: int = 0o644) -> None:
+    """Write via a temporary file in the same folder (created with ``mode``, so a key is never
+    readable by others, even for a moment), fsync, rename, fsync the folder: never a torn file.
+    ``data`` may be one bytes object or an iterable of chunks."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if isinstance(data, bytes):
+                f.write(data)
+            else:
+                for chunk in data:
+                    f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

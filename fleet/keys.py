@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fleet.errors import FleetError
+from fleet.files import atomic_write
 
 __all__ = [
     "KeyPool",
@@ -442,29 +443,6 @@ def _read_pool_file(path: Path, spec: KeySpec) -> tuple[bytes, _Offsets]:
     return records, _index_records(records, header.count, path)
 
 
-def _write_atomically(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write ``path`` as tmp file + fsync + rename + directory fsync, mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def default_directory() -> Path:
     """``$FLEET_KEYS_DIR``, else ``$XDG_CACHE_HOME/fleet/keys``, else ``~/.cache/fleet/keys``."""
     override = os.environ.get("FLEET_KEYS_DIR")
@@ -610,7 +588,7 @@ class KeyPoolStore:
             digest = hashlib.sha256(prefix)
             digest.update(old_records)
             digest.update(new_records)
-            _write_atomically(path, (prefix, digest.digest(), old_records, new_records))
+            atomic_write(path, (prefix, digest.digest(), old_records, new_records), mode=0o600)
         return count
 
     def generate(

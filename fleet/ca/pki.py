@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ from cryptography.x509.oid import (
 )
 
 from fleet.errors import FleetError
+from fleet.files import atomic_write
 
 __all__ = [
     "CA_VALIDITY",
@@ -343,12 +343,12 @@ class CaHierarchy:
         # load_or_create refuses, rather than certificates without keys being reused.
         assert files.root_key and files.issuing_key and files.signer_key
         assert files.root_cert and files.issuing_cert and files.signer_cert
-        _write_atomic(files.root_key, _key_pem(root_key), 0o600)
-        _write_atomic(files.issuing_key, _key_pem(issuing_key), 0o600)
-        _write_atomic(files.signer_key, _key_pem(signer_key), 0o600)
-        _write_atomic(files.root_cert, root.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write_atomic(files.issuing_cert, issuing.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write_atomic(files.signer_cert, signer.public_bytes(serialization.Encoding.PEM), 0o644)
+        atomic_write(files.root_key, _key_pem(root_key), mode=0o600)
+        atomic_write(files.issuing_key, _key_pem(issuing_key), mode=0o600)
+        atomic_write(files.signer_key, _key_pem(signer_key), mode=0o600)
+        atomic_write(files.root_cert, root.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        atomic_write(files.issuing_cert, issuing.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        atomic_write(files.signer_cert, signer.public_bytes(serialization.Encoding.PEM), mode=0o644)
         return cls(
             issuing=issuing,
             issuing_key=issuing_key,
@@ -561,27 +561,6 @@ def _locked(lock_path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write to a temporary file created with ``mode``, fsync, rename over ``path``, fsync dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _key_pem(key: CertificateIssuerPrivateKeyTypes) -> bytes:
