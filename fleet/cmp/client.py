@@ -71,9 +71,7 @@ from fleet.cmp.protection import (
 from fleet.cmp.requests import (
     CertRequest,
     CsrRequest,
-    GeneralRequest,
     Request,
-    RevocationRequest,
     build_body,
     operation_of,
 )

@@ -16,7 +16,7 @@ from enum import IntEnum
 from typing import Union
 
 from fleet.cmp import der, oids
-from fleet.cmp.der import DerError, Tlv
+from fleet.cmp.der import Tlv
 from fleet.errors import FleetError
 
 
