@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import trio
 import typer
@@ -197,30 +197,27 @@ def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certific
     _report(kind.label, done)
 
 
-@app.command("ir", help="Initial registration: first certificate for a new key.")
-def ir(
-    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
-    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
-    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
-) -> None:
-    _cert_request(BodyType.IR, locals())
+def _enroll_command(kind: BodyType) -> Callable[..., None]:
+    """ir and cr take the same options; only the body type differs."""
+
+    def command(
+        server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
+        mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
+        trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
+        profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+        implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
+        cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
+        newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+    ) -> None:
+        _cert_request(kind, locals())
+
+    return command
 
 
-@app.command("cr", help="Certification request: another certificate, signed with an existing one.")
-def cr(
-    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
-    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
-    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
-) -> None:
-    _cert_request(BodyType.CR, locals())
+app.command("ir", help="Initial registration: first certificate for a new key.")(_enroll_command(BodyType.IR))
+app.command("cr", help="Certification request: another certificate, signed with an existing one.")(
+    _enroll_command(BodyType.CR)
+)
 
 
 @app.command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.")
