@@ -21,10 +21,7 @@ def _report(tmp: Path, *, passed: bool = True, profile: str = "smoke") -> Path:
     stats = results.op("ir")
     rng = np.random.default_rng(1)
     for i, v in enumerate(rng.lognormal(np.log(0.02), 0.6, 400)):
-        stats.ok += 1
-        stats.latency.record(float(v))
-        stats.service.record(float(v) / 2)
-        results.completions["ir"].add(i / 80)
+        results.succeeded("ir", i / 80, float(v), float(v) / 2)
     stats.failed = 3
     stats.errors["rejected"] = 3
     stats.fail_info["badPOP"] = 3
@@ -51,12 +48,12 @@ def test_page_is_self_contained_with_charts_and_verdict(tmp_path: Path) -> None:
     assert "PASS: ir p99 60 ms" in page and 'class="verdict pass"' in page
     assert not re.search(r"""(src|href)\s*=|<script|@import|url\(""", page)  # no external assets, no scripts
     svgs = re.findall(r"<svg.*?</svg>", page, re.DOTALL)
-    assert len(svgs) == 2  # throughput over time, latency distribution (no per-second latency in this report)
+    assert len(svgs) == 3  # throughput over time, latency over time, latency distribution
     for svg in svgs:
         ET.fromstring(svg)  # well-formed
-    assert "polyline" in svgs[0] and "<rect" in svgs[1]
-    assert "rejected 3 [badPOP 3]" in page and "no per-second latency" in page
-    bars = sum(int(m) for m in re.findall(r": (\d+)</title>", svgs[1]))
+    assert "polyline" in svgs[0] and "polyline" in svgs[1] and "<rect" in svgs[2]
+    assert "rejected 3 [badPOP 3]" in page and "no per-second latency" not in page
+    bars = sum(int(m) for m in re.findall(r": (\d+)</title>", svgs[2]))
     assert bars == 400  # every successful operation is in the distribution
 
 

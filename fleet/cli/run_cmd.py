@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,7 +27,8 @@ def run(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report here.")] = None,
     abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as the error-rate SLO is broken.")] = False,
     keys: Annotated[Optional[Path], typer.Option("--keys", help="Key pool folder (default: the user cache folder).")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (worker N on port+N).")] = None,
+    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (worker N on port+N, the embedded CA after the workers).")] = None,
+    metrics_host: Annotated[Optional[str], typer.Option("--metrics-host", help="Address /metrics binds to (default $FLEET_METRICS_HOST, else all interfaces).")] = None,
     ca_dir: Annotated[Optional[Path], typer.Option("--ca-dir", help="State folder for the embedded CA (default: a temporary one).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress line.")] = False,
 ) -> None:
@@ -35,6 +37,8 @@ def run(
 
     from fleet.load.schedule import Constant, Poisson
 
+    if metrics_host:
+        os.environ["FLEET_METRICS_HOST"] = metrics_host  # worker processes inherit it
     loaded = load_profile(profile)
     shape = loaded.shape
     if rate is not None:

@@ -16,6 +16,13 @@ from fleet.load.histogram import LatencyHistogram
 
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
 
+# Per-second latency buckets (upper bounds, seconds; +Inf last): coarse on purpose, ~16 integers
+# per operation per second, enough for p50/p99 over time in reports. Same bounds as /metrics.
+SECOND_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+_SECOND_BOUNDS = np.array(SECOND_BUCKETS)
+
 
 @dataclass
 class OpStats:
@@ -104,6 +111,39 @@ class SecondSeries:
         return out + [0] * (seconds - len(out))
 
 
+class SecondBuckets:
+    """Per-second latency histograms with ``SECOND_BUCKETS`` bounds; rows add when merged."""
+
+    def __init__(self, seconds: int = 64) -> None:
+        self.counts = np.zeros((seconds, len(SECOND_BUCKETS) + 1), dtype=np.int64)
+
+    def record(self, t: float, latency: float) -> None:
+        i = int(t) if t > 0 else 0
+        if i >= len(self.counts):
+            grown = np.zeros((max(i + 1, 2 * len(self.counts)), self.counts.shape[1]), dtype=np.int64)
+            grown[: len(self.counts)] = self.counts
+            self.counts = grown
+        self.counts[i, int(np.searchsorted(_SECOND_BOUNDS, latency))] += 1
+
+    def merge(self, other: SecondBuckets) -> None:
+        merged = np.zeros((max(len(self.counts), len(other.counts)), self.counts.shape[1]), dtype=np.int64)
+        merged[: len(self.counts)] += self.counts
+        merged[: len(other.counts)] += other.counts
+        self.counts = merged
+
+    def to_dict(self, seconds: int) -> dict[str, Any]:
+        rows = self.counts[:seconds].tolist()
+        rows += [[0] * self.counts.shape[1]] * (seconds - len(rows))
+        return {"bounds": list(SECOND_BUCKETS), "counts": rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> SecondBuckets:
+        series = cls(1)
+        if data and data.get("counts"):
+            series.counts = np.array(data["counts"], dtype=np.int64)
+        return series
+
+
 @dataclass
 class RunResults:
     """Everything one worker (or the merge of all) measured."""
@@ -117,6 +157,7 @@ class RunResults:
     in_flight_peak: int = 0
     completions: dict[str, SecondSeries] = field(default_factory=dict)
     failures: dict[str, SecondSeries] = field(default_factory=dict)
+    latency_series: dict[str, SecondBuckets] = field(default_factory=dict)
     elapsed: float = 0.0
     workers: int = 1
 
@@ -126,13 +167,24 @@ class RunResults:
             stats = self.ops[name] = OpStats()
             self.completions[name] = SecondSeries()
             self.failures[name] = SecondSeries()
+            self.latency_series[name] = SecondBuckets()
         return stats
+
+    def succeeded(self, op: str, t: float, latency: float, service: float) -> None:
+        """Record one successful operation finishing ``t`` seconds into the run."""
+        stats = self.op(op)
+        stats.ok += 1
+        stats.latency.record(latency)
+        stats.service.record(service)
+        self.completions[op].add(t)
+        self.latency_series[op].record(t, latency)
 
     def merge(self, other: RunResults) -> None:
         for name, stats in other.ops.items():
             self.op(name).merge(stats)
             self.completions[name].merge(other.completions[name])
             self.failures[name].merge(other.failures[name])
+            self.latency_series[name].merge(other.latency_series[name])
         self.scheduled += other.scheduled
         self.started += other.started
         self.dropped += other.dropped
@@ -158,6 +210,7 @@ class RunResults:
                 name: {
                     "completed": self.completions[name].trimmed(seconds),
                     "failed": self.failures[name].trimmed(seconds),
+                    "latency_le": self.latency_series[name].to_dict(seconds),
                 }
                 for name in sorted(self.ops)
             },
@@ -183,4 +236,5 @@ class RunResults:
             failures.values = np.array(series["failed"] or [0], dtype=np.int64)
             results.completions[name] = completions
             results.failures[name] = failures
+            results.latency_series[name] = SecondBuckets.from_dict(series.get("latency_le"))
         return results

@@ -220,11 +220,8 @@ class WorkerRun:
             self.devices.enrolled(device, new_key, done.certificate)
         elif op == "rr":
             self.devices.revoked(device)
-        stats.ok += 1
         stats.polls += polls
-        stats.latency.record(now - intended)
-        stats.service.record(now - sent_at)
-        self.results.completions[op].add(now - self.t0)
+        self.results.succeeded(op, now - self.t0, now - intended, now - sent_at)
         self.live.ok += 1
         if self.observer is not None:
             self.observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)

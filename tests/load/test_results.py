@@ -58,3 +58,16 @@ def test_second_series_grows_and_merges() -> None:
     a.merge(b)
     assert a.values[0] == 1 and a.values[1] == 1 and a.values[70] == 3
     assert a.trimmed(3) == [1, 1, 0]
+
+
+def test_per_second_latency_buckets_merge() -> None:
+    a, b = _worker(10, 0, 0.003, 1.0), _worker(10, 0, 0.3, 1.0)
+    for r in (a, b):
+        for _ in range(10):
+            r.latency_series["ir"].record(0.5, r.ops["ir"].latency.max)
+    a.merge(b)
+    row = a.to_dict()["per_second"]["ir"]["latency_le"]["counts"][0]
+    bounds = a.to_dict()["per_second"]["ir"]["latency_le"]["bounds"]
+    assert row[bounds.index(0.005)] == 10 and row[bounds.index(0.5)] == 10
+    back = RunResults.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert back.latency_series["ir"].counts[0].tolist() == row
