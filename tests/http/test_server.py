@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 
+import h11
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from loopback_servers import RawReader, http_server
 
 from fleet.http import HttpRequest, HttpResponse, serve_http
+from fleet.http.server import _parse_head
 
 
 async def echo(request: HttpRequest) -> HttpResponse:
@@ -331,3 +335,171 @@ async def test_ipv6_any_address_port_zero() -> None:
             await stream.send_all(post(b"6"))
             assert (await RawReader(stream).read_response())[2] == b"re:6"
         nursery.cancel_scope.cancel()
+
+
+# -- the fast request path and its hand-over to h11 ------------------------------------------
+
+_HEAD_PIECES = st.sampled_from(
+    [
+        b"Host: x",
+        b"host:x",
+        b"HOST:  a b  ",
+        b"Content-Length: 5",
+        b"content-length:0005",
+        b"Content-Length: 5, 5",
+        b"Content-Length: -1",
+        b"Content-Length: 1e3",
+        b"Content-Length:",
+        b"Transfer-Encoding: chunked",
+        b"Expect: 100-continue",
+        b"Connection: keep-alive, close",
+        b" folded",
+        b"\tfolded",
+        b"X: a\x00b",
+        b"X: a\x01b",
+        b"X: a\x7fb",
+        b"X: caf\xc3\xa9",
+        b"X: a\tb",
+        b"X : a",
+        b"X\x00: a",
+        b"(bad): a",
+        b"X: a\rb",
+        b"X: a\nb",
+        b"Y;",
+        b"",
+        b"Upgrade: h2c",
+        b"X-Empty:",
+        b"X: \t ",
+    ]
+)
+_REQUEST_LINES = st.sampled_from(
+    [
+        b"POST /pkix/ HTTP/1.1",
+        b"GET /crl/issuing.crl HTTP/1.0",
+        b"POST  /pkix/ HTTP/1.1",
+        b"POST /pkix/ HTTP/1.1 ",
+        b"POST /a\x7f HTTP/1.1",
+        b"POST /\xc3\xa9 HTTP/1.1",
+        b"POST /pkix/ HTTP/2.0",
+        b"POST /pkix/ http/1.1",
+        b"P@ST / HTTP/1.1",
+        b"CONNECT x:1 HTTP/1.1",
+        b"POST * HTTP/1.1",
+        b"\r\nPOST / HTTP/1.1",
+        b"POST /pkix/ HTTP/1.1\n",
+    ]
+)
+
+
+def _h11_parse(head: bytes) -> tuple[str, str, str, list[tuple[bytes, bytes]], int] | None:
+    """What h11 makes of a whole head (followed by CRLF CRLF), or None if it refuses it."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head + b"\r\n\r\n")
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    headers = list(event.headers)
+    lengths = [int(v) for n, v in headers if n == b"content-length"]
+    return (
+        event.method.decode(),
+        event.target.decode("ascii", "replace"),
+        event.http_version.decode(),
+        headers,
+        lengths[0] if lengths else 0,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(_REQUEST_LINES, st.lists(_HEAD_PIECES, max_size=6))
+def test_fast_head_parser_accepts_only_what_h11_reads_the_same(
+    line: bytes, fields: list[bytes]
+) -> None:
+    head = b"\r\n".join([line, *fields])
+    fast = _parse_head(head)
+    if fast is not None:
+        assert fast == _h11_parse(head)
+
+
+def test_fast_head_parser_reads_a_cmp_post() -> None:
+    head = post(b"")[:-4].replace(b"Content-Length: 0", b"Content-Length: 510")
+    assert _parse_head(head) == (
+        "POST",
+        "/pkix/",
+        "1.1",
+        [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/pkixcmp"),
+            (b"content-length", b"510"),
+        ],
+        510,
+    )
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\n",  # no Host in HTTP/1.1
+        b"POST / HTTP/1.1\r\nHost: x\r\nHost: y\r\nContent-Length: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nBad Name: a\r\nContent-Length: 1\r\n\r\n",
+    ],
+)
+async def test_heads_outside_the_fast_path_get_h11s_400(head: bytes) -> None:
+    async with http_server(echo) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(head + b"x")
+                assert (await reader.read_response())[0] == 400
+                assert await reader.at_eof()
+    assert stats.requests_total == 0
+
+
+async def test_keep_alive_mixes_fast_and_h11_requests_in_order() -> None:
+    """A chunked request in the middle of a pipelined keep-alive connection goes through h11;
+    the bytes it leaves over are served by the fast path again."""
+    chunked = (
+        b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\ntwo\r\n0\r\n\r\n"
+    )
+    expect = (  # an interim 100, and an obs-folded header h11 unfolds
+        b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX: a\r\n b\r\n"
+        b"Content-Length: 5\r\n\r\nthree"
+    )
+    async with http_server(echo) as (port, stats):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(post(b"one") + chunked + expect + post(b"four"))
+                bodies = []
+                for _ in range(4):
+                    head_or_response = await reader.read_response()
+                    if head_or_response[0] == 100:
+                        head_or_response = await reader.read_response()
+                    bodies.append(head_or_response[2])
+    assert bodies == [b"re:one", b"re:two", b"re:three", b"re:four"]
+    assert stats.connections_total == 1
+
+
+async def test_request_arriving_one_byte_at_a_time_is_served() -> None:
+    async with http_server(echo, request_timeout=5) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                for byte in post(b"slow but in time"):
+                    await stream.send_all(bytes([byte]))
+                assert (await reader.read_response())[2] == b"re:slow but in time"
+
+
+async def test_connection_closed_mid_body_is_not_served() -> None:
+    async with http_server(echo) as (port, stats):
+        stream, _ = await connect(port)
+        with trio.fail_after(5):
+            await stream.send_all(post(b"0123456789")[:-4])
+            await stream.aclose()
+            while stats.connections_open:
+                await trio.sleep(0.01)
+    assert stats.requests_total == 0
