@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import logging
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -303,9 +304,10 @@ class CaService:
         max_body_bytes: int = 1_000_000,
         max_connections: int = 10_000,
         public_url: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Serve until cancelled; ``task_status.started`` gets the bound port.
+        """Serve until cancelled (HTTPS with ``ssl_context``); ``task_status.started`` gets the port.
 
         Issued certificates point their CRL distribution point and OCSP URL at ``public_url``
         (default ``http://<host>:<bound port>``), set before the first request is served.
@@ -315,11 +317,12 @@ class CaService:
                 bound = await nursery.start(
                     partial(
                         serve_http, self.handle, host, port, max_body_bytes=max_body_bytes,
-                        max_connections=max_connections, stats=self.http_stats,
+                        max_connections=max_connections, stats=self.http_stats, ssl_context=ssl_context,
                     )
                 )
                 # No checkpoint between the bind and this: no request is served before it.
-                self.base_url = public_url or f"http://{_url_host(host)}:{bound}"
+                scheme = "https" if ssl_context is not None else "http"
+                self.base_url = public_url or f"{scheme}://{_url_host(host)}:{bound}"
                 self.authority.set_base_url(self.base_url)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self.authority.store.run_flusher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -73,6 +74,8 @@ def serve(
     max_iterations: Annotated[int, typer.Option(help="Cap on PBM/PBMAC1 iteration counts.")] = 10_000,
     max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM, leaf first).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
     waiting_fraction: Annotated[float, typer.Option(help="Fraction of new requests answered 'waiting' (polling).")] = 0.0,
     check_after: Annotated[float, typer.Option(help="Seconds until a 'waiting' response is ready.")] = 1.0,
@@ -132,8 +135,17 @@ def serve(
         untrusted=tuple(c for path in untrusted or () for c in _certs(path, "untrusted")), knobs=knobs,
         metrics=_metrics(metrics_port, host),
     )
+    if (tls_cert is None) != (tls_key is None):
+        raise FleetError("--tls-cert and --tls-key go together")
+    tls = None
+    if tls_cert is not None:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(tls_cert, tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise FleetError(f"cannot load --tls-cert/--tls-key: {exc}") from None
     try:
-        trio.run(_run, service, host, port, max_body_bytes, public_url, _describe(
+        trio.run(_run, service, host, port, max_body_bytes, public_url, tls, _describe(
             hierarchy, ref, default is not None or bool(table), master is not None, vendor_trust, trusted, mode, knobs))
     finally:
         authority.close()
@@ -147,10 +159,11 @@ def _metrics(port: int | None, host: str) -> CaMetrics | None:
     return metrics
 
 
-async def _run(service: CaService, host: str, port: int, max_body: int, public_url: str | None, lines: list[str]) -> None:
+async def _run(service: CaService, host: str, port: int, max_body: int, public_url: str | None,
+               tls: ssl.SSLContext | None, lines: list[str]) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(_serve, service, host, port, max_body, public_url)
+            bound = await nursery.start(_serve, service, host, port, max_body, public_url, tls)
             base = service.base_url
             print(f"fleet CA listening on {base} (port {bound})")
             print(f"  CMP:  {base}/.well-known/cmp  (also {base}/pkix/, /.well-known/cmp/p/<lcmpp|3gpp>/<op>)")
@@ -165,8 +178,9 @@ async def _run(service: CaService, host: str, port: int, max_body: int, public_u
 
 
 async def _serve(service: CaService, host: str, port: int, max_body: int, public_url: str | None,
-                 task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    await service.serve(host, port, max_body_bytes=max_body, public_url=public_url, task_status=task_status)
+                 tls: ssl.SSLContext | None, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    await service.serve(host, port, max_body_bytes=max_body, public_url=public_url, ssl_context=tls,
+                        task_status=task_status)
 
 
 def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,

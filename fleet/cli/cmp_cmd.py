@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -61,6 +62,9 @@ Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 
 Profile = Annotated[Optional[str], typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
 OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds for the whole transaction, polling included.")]
+TlsTrusted = Annotated[Optional[Path], typer.Option("--tls-trusted", help="https: CA certificates to verify the server with (default: the system's).")]
+TlsCert = Annotated[Optional[Path], typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
+TlsKey = Annotated[Optional[Path], typer.Option("--tls-key", help="https: key of --tls-cert.")]
 Implicit = Annotated[bool, typer.Option("--implicit-confirm", help="Ask for implicit confirmation (no certConf).")]
 CertOut = Annotated[Optional[Path], typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
 ChainOut = Annotated[Optional[Path], typer.Option("--chainout", help="Where to write the chain from extraCerts (PEM).")]
@@ -93,6 +97,9 @@ class _Common:
     operation_paths: bool
     timeout: float
     implicit_confirm: bool
+    tls_trusted: Path | None
+    tls_cert: Path | None
+    tls_key: Path | None
     certout: Path | None
     chainout: Path | None
     cacertsout: Path | None
@@ -127,12 +134,30 @@ class _Common:
         return ClientConfig(protector, TrustStore(anchors), untrusted, mode=self.mode, **kwargs)  # type: ignore[arg-type]
 
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context when any --tls option is given (else the client's default)."""
+        if not (self.tls_trusted or self.tls_cert or self.tls_key):
+            return None
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together")
+        try:
+            context = ssl.create_default_context(cafile=str(self.tls_trusted) if self.tls_trusted else None)
+            if self.tls_cert is not None:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(f"cannot load TLS credentials: {exc}") from None
+        return context
+
+
 def _run(common: _Common, request: Request) -> Done:
     config = common.config()
     tx = ClientTransaction(config, request)
+    tls = common.ssl_context()
 
     async def go() -> Done:
-        async with CmpHttpClient(common.server, max_connections=1, request_timeout=common.timeout) as client:
+        async with CmpHttpClient(
+            common.server, max_connections=1, request_timeout=common.timeout, ssl_context=tls
+        ) as client:
             path = None
             if common.profile or common.operation_paths:
                 op = tx.operation if common.operation_paths or common.profile else None
@@ -204,7 +229,7 @@ def _enroll_command(kind: BodyType) -> Callable[..., None]:
         server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
         mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
         trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-        profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+        profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
         implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
         cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
         newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
@@ -225,7 +250,7 @@ def kur(
     server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
     cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
     newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
@@ -242,7 +267,7 @@ def p10cr(
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
     cacertsout: CaCertsOut = None, cert_profile: CertProfile = None,
 ) -> None:
@@ -278,7 +303,7 @@ def rr(
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
 ) -> None:
     common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None, cacertsout=None)
     target = load_certificate(oldcert)
@@ -300,7 +325,7 @@ def genm_cmd(
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
+    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
     cacertsout: CaCertsOut = None,
 ) -> None:
     dotted = _INFOTYPE_ALIASES.get(infotype.lower(), infotype)
