@@ -211,7 +211,8 @@ class WorkerRun:
             stats.fail_info.update(fail_names)
             self.results.failures[op].add(now - self.t0)
             self.live.failed += 1
-            self.live.last_errors[kind] = self.live.last_errors.get(kind, 0) + 1
+            label = fail_names[0] if fail_names else kind  # the progress line shows failInfo names
+            self.live.last_errors[label] = self.live.last_errors.get(label, 0) + 1
             if self.observer is not None:
                 self.observer.operation_done(op, False, kind, fail_names, now - intended, now - sent_at, polls)
             return False
