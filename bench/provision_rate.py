@@ -30,18 +30,19 @@ import trio
 from fleet.cmp.server import derive_device_secret
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import parse_manifest
-from fleet.provision.runner import ProvisionOptions, Provisioner
+from fleet.provision.runner import Provisioner, ProvisionOptions
 
 MASTER = "bench-master"
 
 
 def start_ca(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     log = folder / "ca.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli.main", "ca", "serve", "--dir", str(folder / "ca"), "--port", "0",
-         "--master-secret", f"pass:{MASTER}", "--no-implicit-confirm"],
-        stdout=open(log, "wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-    )
+    with open(log, "wb") as sink:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli.main", "ca", "serve", "--dir", str(folder / "ca"), "--port", "0",
+             "--master-secret", f"pass:{MASTER}", "--no-implicit-confirm"],
+            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
     deadline = time.monotonic() + 30
     while not (match := re.search(r"\(port (\d+)\)", log.read_text(errors="replace"))):
         if proc.poll() is not None or time.monotonic() > deadline:

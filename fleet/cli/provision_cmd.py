@@ -8,8 +8,9 @@ error), 130 on Ctrl-C (rerun the same command to resume).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import trio
 import typer
@@ -18,8 +19,8 @@ from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
-from fleet.provision.manifest import CertAuth, ManifestError, load_manifest
-from fleet.provision.runner import Progress, ProvisionOptions, Provisioner, RunStats, summarize
+from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
+from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats, summarize
 from fleet.secrets import read_secret
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -35,22 +36,22 @@ class ProvisionUsageError(FleetError):
 @app.command("provision", help="Provision a batch of devices listed in MANIFEST (CSV or JSON Lines); rerun to resume.")
 def provision(
     manifest: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
-    server: Annotated[Optional[str], typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder: one subfolder per device, summary.json.")] = None,
-    journal: Annotated[Optional[Path], typer.Option("--journal", help="Journal file (default OUT/journal.sqlite).")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder: one subfolder per device, summary.json.")] = None,
+    journal: Annotated[Path | None, typer.Option("--journal", help="Journal file (default OUT/journal.sqlite).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the manifest and options.")] = False,
     concurrency: Annotated[int, typer.Option("--concurrency", help="Devices in progress at once.")] = 16,
-    rate: Annotated[Optional[float], typer.Option("--rate", help="At most this many requests started per second.")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="At most this many requests started per second.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds for one transaction, polling included.")] = 60.0,
     max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per device and run on transient failures.")] = 8,
     backoff: Annotated[float, typer.Option("--backoff", help="First retry waits up to this many seconds (doubling, jittered).")] = 0.5,
     backoff_max: Annotated[float, typer.Option("--backoff-max", help="Longest wait between retries.")] = 30.0,
-    key_pass: Annotated[Optional[str], typer.Option("--key-pass", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
+    key_pass: Annotated[str | None, typer.Option("--key-pass", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
     p12: Annotated[bool, typer.Option("--p12", help="Also write device.p12 (key, certificate, chain).")] = False,
-    trusted: Annotated[Optional[list[Path]], typer.Option("--trusted", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
+    trusted: Annotated[list[Path] | None, typer.Option("--trusted", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310).")] = "lcmpp",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")] = True,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
 ) -> None:
     devices = _checked_manifest(manifest)
     anchors = tuple(c for p in trusted or [] for c in load_certificates(p))
@@ -105,7 +106,7 @@ def provision(
         raise typer.Exit(1)
 
 
-def _checked_manifest(path: Path) -> list:  # type: ignore[type-arg]
+def _checked_manifest(path: Path) -> list[DeviceSpec]:
     try:
         return load_manifest(path)
     except ManifestError as exc:
@@ -116,7 +117,7 @@ def _checked_manifest(path: Path) -> list:  # type: ignore[type-arg]
         raise
 
 
-def _progress_printer():  # type: ignore[no-untyped-def]
+def _progress_printer() -> Callable[[Progress], None]:
     tty = sys.stderr.isatty()
 
     def show(p: Progress) -> None:

@@ -31,9 +31,10 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Union
+from typing import Self
 
 import trio
 
@@ -114,7 +115,7 @@ class Orphan:
     updated: float = 0.0
 
 
-Change = Union[tuple[DeviceRecord, str], Orphan]  # (record, event name) or an orphan
+Change = tuple[DeviceRecord, str] | Orphan  # (record, event name) or an orphan
 
 
 _SCHEMA = """
@@ -236,7 +237,7 @@ class Journal:
         if device_id is not None:
             sql += " WHERE device_id = ?"
             args = (device_id,)
-        return [tuple(r) for r in self._db.execute(sql + " ORDER BY seq", args)]  # type: ignore[misc]
+        return [tuple(r) for r in self._db.execute(sql + " ORDER BY seq", args)]
 
     def close(self) -> None:
         if self._db is not None:
@@ -246,7 +247,7 @@ class Journal:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
-    def __enter__(self) -> Journal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -30,9 +30,9 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from cryptography import x509
 

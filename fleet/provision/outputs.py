@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, pkcs12
 
@@ -95,7 +96,7 @@ def split_chain(cert_der: bytes, candidates: Iterable[bytes]) -> tuple[list[byte
 def _signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
-    except Exception:  # InvalidSignature, ValueError, TypeError: not this parent
+    except (InvalidSignature, ValueError, TypeError):  # not this parent
         return False
     return True
 
@@ -120,7 +121,7 @@ def write_certificate(
             serialization.BestAvailableEncryption(p12_password) if p12_password else serialization.NoEncryption()
         )
         data = pkcs12.serialize_key_and_certificates(
-            device_id.encode(), key, load_cert(cert_der),  # type: ignore[arg-type]
+            device_id.encode(), key, load_cert(cert_der),
             [load_cert(c) for c in [*intermediates, *roots]], encryption,
         )
         atomic_write(folder / P12_FILE, data, mode=0o600)

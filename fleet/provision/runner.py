@@ -37,9 +37,9 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import trio
 from cryptography import x509
@@ -165,7 +165,7 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _first_leaf(group: BaseExceptionGroup) -> BaseException:  # type: ignore[type-arg]
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The first exception in a (nested) group that is not a trio cancellation."""
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
@@ -555,7 +555,7 @@ class Provisioner:
         path = self.options.out / dev.id / outputs.CA_FILE
         try:
             return load_certificates(path) if path.exists() and path.stat().st_size else []
-        except Exception:
+        except (FleetError, OSError):  # unreadable: verify the rp with --trusted only
             return []
 
     # -- building transactions --------------------------------------------------------------
@@ -567,7 +567,7 @@ class Provisioner:
             protector = MacProtector(auth.secret, reference=auth.reference.encode())
         else:
             assert isinstance(auth, CertAuth)
-            protector = SignatureProtector(auth.key, auth.certificate, auth.chain)  # type: ignore[arg-type]
+            protector = SignatureProtector(auth.key, auth.certificate, auth.chain)
         return ClientConfig(protector, TrustStore(list(self.options.trusted)), mode=self.options.mode)  # type: ignore[arg-type]
 
     @staticmethod

@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import trio
 from cryptography import x509
@@ -52,7 +52,7 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
           issuer_key: ec.EllipticCurvePrivateKey, ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -177,8 +177,8 @@ class CaProcess:
         args = [sys.executable, "-m", "fleet.cli.main", "ca", "serve", "--dir", str(self.dir), "--port", "0",
                 "--master-secret", f"pass:{MASTER.decode()}", "--confirm-wait", str(confirm_wait),
                 "--no-implicit-confirm", *extra]
-        self.proc = subprocess.Popen(args, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        with open(self.log, "wb") as sink:
+            self.proc = subprocess.Popen(args, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             text = self.log.read_text(errors="replace")
@@ -219,5 +219,5 @@ def provision_argv(*args: str) -> list[str]:
 
 def run_provision(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="200")
-    return subprocess.run(provision_argv(*args), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(provision_argv(*args), check=False, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=env)

@@ -71,8 +71,10 @@ def test_every_problem_has_line_field_and_reason() -> None:
 
 def test_header_and_syntax_problems() -> None:
     assert problems("id,colour\na,red\n") == [
-        "line 1: header: unknown column 'colour' (known: id, subject, sans, ref, secret, cert, key, key_pass, "
-        "chain, key_type, csr, csr_key, profile, path, cert_profile)"
+        (
+            "line 1: header: unknown column 'colour' (known: id, subject, sans, ref, secret, cert, key, "
+            "key_pass, chain, key_type, csr, csr_key, profile, path, cert_profile)"
+        )
     ]
     assert problems("id,subject,secret\na,/CN=a,pass:x,extra\n")[0].startswith("line 2: row: 4 cells")
     assert problems('{"id": "a"\n', kind="jsonl")[0].startswith("line 1: row: JSON syntax")

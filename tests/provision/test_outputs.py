@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from provision_helpers import name
 
 from fleet.ca.pki import CaHierarchy, CertificateIssuer
 from fleet.files import load_certificates, load_private_key
 from fleet.provision import outputs
-from provision_helpers import name
 
 
 def issued(tmp_path: Path) -> tuple[CaHierarchy, bytes, ec.EllipticCurvePrivateKey]:
@@ -46,7 +46,7 @@ def test_device_files_modes_and_p12(tmp_path: Path) -> None:
     assert b"ENCRYPTED PRIVATE KEY" in (folder / "key.pem").read_bytes()
     assert outputs.load_key(out, "dev", b"pw").private_numbers() == key.private_numbers()  # type: ignore[union-attr]
     assert outputs.load_key(out, "nobody", None) is None
-    p12_key, p12_cert, p12_cas = pkcs12.load_key_and_certificates((folder / "device.p12").read_bytes(), b"pw")
+    _, p12_cert, p12_cas = pkcs12.load_key_and_certificates((folder / "device.p12").read_bytes(), b"pw")
     assert p12_cert is not None and p12_cert.public_bytes(Encoding.DER) == cert_der and len(p12_cas) == len(inter) + 1
     assert [c.public_bytes(Encoding.DER) for c in load_certificates(folder / "ca.pem")] == roots
     assert sorted(os.listdir(folder)) == ["ca.pem", "cert.pem", "chain.pem", "device.p12", "key.pem"]

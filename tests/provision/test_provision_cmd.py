@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from provision_helpers import (
     CaProcess,
     VendorPki,
@@ -33,7 +32,7 @@ from fleet.provision.journal import Journal, OrphanFate
 
 def openssl_verify(ca: Path, chain: Path, *certs: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["openssl", "verify", "-CAfile", str(ca), "-untrusted", str(chain), *map(str, certs)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_dry_run_and_a_bad_manifest_send_nothing(tmp_path: Path) -> None:
@@ -174,8 +173,13 @@ def test_500_devices_survive_kill_9_at_random_moments(tmp_path: Path, faults: st
                     kills += 1
                     continue
             elif step == "sigint":
-                time.sleep(1.5)
-                busy = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                lock = out / "journal.sqlite.lock"
+                deadline = time.monotonic() + 60
+                while not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
+                    assert time.monotonic() < deadline and proc.poll() is None, "the run never took the journal"
+                    time.sleep(0.05)
+                time.sleep(0.5)  # under way: holds the journal and sends requests
+                busy = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
                 proc.send_signal(signal.SIGINT)
                 stdout, stderr = proc.communicate(timeout=60)
                 assert busy.returncode == 1 and "is in use by another fleet provision" in busy.stderr, busy.stderr

@@ -22,7 +22,7 @@ from fleet.http.server import HttpRequest, HttpResponse
 from fleet.provision import outputs
 from fleet.provision.journal import DeviceRecord, DeviceState, Journal, OrphanFate
 from fleet.provision.manifest import load_manifest, parse_manifest
-from fleet.provision.runner import ProvisionOptions, Provisioner, RunStats, is_transient, summarize
+from fleet.provision.runner import Provisioner, ProvisionOptions, RunStats, is_transient, summarize
 
 
 @pytest.fixture
@@ -33,8 +33,10 @@ async def ca(tmp_path: Path, nursery: trio.Nursery) -> LoopbackCa:
 
 
 def options(ca: LoopbackCa, out: Path, **kw: object) -> ProvisionOptions:
-    base: dict[str, object] = dict(server=ca.url, out=out, concurrency=4, timeout=10.0, max_attempts=3,
-                                   backoff_base=0.01, backoff_max=0.05, trusted=(ca.root(),), seed=1)
+    base: dict[str, object] = {
+        "server": ca.url, "out": out, "concurrency": 4, "timeout": 10.0, "max_attempts": 3,
+        "backoff_base": 0.01, "backoff_max": 0.05, "trusted": (ca.root(),), "seed": 1,
+    }
     base.update(kw)
     return ProvisionOptions(**base)  # type: ignore[arg-type]
 
@@ -129,7 +131,7 @@ async def test_received_certificate_is_confirmed_in_its_original_transaction(ca:
         assert rec.state is DeviceState.RECEIVED and rec.certificate is not None
     assert (out / device_id / "cert.pem").exists()  # stored before certConf
     ca.hook = None
-    stats, summary = await provision(ca, manifest, out)
+    _, summary = await provision(ca, manifest, out)
     assert summary["complete"] is True
     with journal_view(out) as journal:
         assert journal.events(device_id)[-1][1] == "confirmed_resumed"
@@ -156,7 +158,7 @@ async def test_received_certificate_the_ca_will_not_confirm_is_revoked_and_repla
         ca.tick(time.time() + 3600)
     else:
         ca.restart_server()
-    stats, summary = await provision(ca, manifest, out)
+    _, summary = await provision(ca, manifest, out)
     assert summary["complete"] is True
     with journal_view(out) as journal:
         (orphan,) = journal.orphans_of(device_id)
