@@ -111,7 +111,7 @@ def _checked_manifest(path: Path) -> list[DeviceSpec]:
         return load_manifest(path)
     except ManifestError as exc:
         for problem in exc.problems[1:20]:
-            print(f"fleet: manifest {path}: {problem}", file=sys.stderr)
+            print(f"fleet: manifest {path}: also {problem}", file=sys.stderr)
         if len(exc.problems) > 20:
             print(f"fleet: ... {len(exc.problems) - 20} more problems", file=sys.stderr)
         raise

@@ -46,7 +46,7 @@ def test_dry_run_and_a_bad_manifest_send_nothing(tmp_path: Path) -> None:
     lines = bad.stderr.strip().splitlines()
     assert lines[-1] == (f"fleet: error: manifest {manifest}: line 3: secret: environment variable "
                          "'PV_NOT_SET_ANYWHERE' for the secret is not set (and 1 more problems)")
-    assert lines[0].startswith(f"fleet: manifest {manifest}: line 4: subject: ")
+    assert lines[0].startswith(f"fleet: manifest {manifest}: also line 4: subject: ")
     assert "Traceback" not in bad.stderr and not (tmp_path / "out").exists()
 
 
