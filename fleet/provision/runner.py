@@ -376,6 +376,9 @@ class Provisioner:
         self.stats.possible_orphans += 1
         back = updated(rec, state=DeviceState.KEY, transaction_id=None, nonce=None)
         await self.writer.write(orphan, (back, "abandoned"))
+        # A crash between writing the files and recording 'received' leaves a certificate that
+        # will never be confirmed: it must not look like a provisioned device.
+        await trio.to_thread.run_sync(_remove_certificate_files, self.options.out / dev.id)
 
     async def _request(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
         key = None
@@ -607,6 +610,8 @@ def _remove_certificate_files(folder: Path) -> None:
             os.unlink(folder / name)
         except FileNotFoundError:
             pass
+    if not folder.exists():
+        return
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
