@@ -648,11 +648,19 @@ class IssuedCert:
     not_before: datetime
     not_after: datetime
     key_fingerprint: bytes
+    # The subject as handed to the builder, so ``subject`` need not parse it back out of the
+    # certificate (that cost ~15 µs per issuance); None: read it from ``cert``.
+    subject_name: x509.Name | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def subject(self) -> str:
         """RFC 4514 string of the subject ('' for the NULL-DN)."""
-        return self.cert.subject.rfc4514_string()
+        name = self.subject_name
+        # DER sorts the attributes of a multi-valued RDN, so only names without one read the
+        # same from the request as from the certificate.
+        if name is None or any(len(rdn) > 1 for rdn in name.rdns):
+            name = self.cert.subject
+        return name.rfc4514_string()
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> IssuedCert:
@@ -847,6 +855,7 @@ class CertificateIssuer:
             not_before=start.replace(microsecond=0),
             not_after=end.replace(microsecond=0),
             key_fingerprint=hashlib.sha256(spki).digest(),
+            subject_name=subject,
         )
 
 

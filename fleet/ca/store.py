@@ -245,6 +245,11 @@ class CertStore:
         # Unflushed changes: new rows, and status changes of rows already in the database.
         self._new: dict[int, CertRecord] = {}
         self._changed: dict[int, CertRecord] = {}
+        # Records issued by this process and still 'pending', flushed or not: the certConf that
+        # settles each one finds it here instead of reading the row back. Entries leave on any
+        # status change, and the CMP layer rejects what is not confirmed in time, so this holds
+        # about as many records as there are transactions awaiting a certConf.
+        self._pending: dict[int, CertRecord] = {}
         self._oldest_change: float | None = None
         self._counts = {s.value: 0 for s in CertStatus}
         for status, n in self._db.execute(
@@ -307,6 +312,8 @@ class CertStore:
             der=issued.der,
         )
         self._new[serial] = rec
+        if status is CertStatus.PENDING:
+            self._pending[serial] = rec
         self._counts[status.value] += 1
         self._changed_one()
         return rec
@@ -436,7 +443,7 @@ class CertStore:
 
     def get(self, serial: int | str) -> CertRecord | None:
         key = _serial_int(serial)
-        rec = self._new.get(key) or self._changed.get(key)
+        rec = self._new.get(key) or self._changed.get(key) or self._pending.get(key)
         if rec is not None:
             return rec
         row = self._db.execute(
@@ -534,6 +541,10 @@ class CertStore:
             self._new[old.serial] = new
         else:
             self._changed[old.serial] = new
+        if new.status is CertStatus.PENDING:
+            self._pending[old.serial] = new
+        else:
+            self._pending.pop(old.serial, None)
         self._counts[old.status.value] -= 1
         self._counts[new.status.value] += 1
         if new.status in _DEAD or old.status in _DEAD:  # the CRL changes either way

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from fleet.ca.pki import (
     ID_KP_CMC_RA,
@@ -185,6 +185,33 @@ def test_without_base_url_no_crl_or_ocsp_pointers(hierarchy: CaHierarchy) -> Non
     oids = {e.oid for e in cert.extensions}
     assert x509.CRLDistributionPoints.oid not in oids
     assert x509.AuthorityInformationAccess.oid not in oids
+
+
+def test_recorded_subject_is_the_certificates_own(issuer: CertificateIssuer) -> None:
+    """``IssuedCert.subject`` comes from the requested name, not a re-parse: it must still be
+    what the certificate says, escapes, multi-valued RDNs and non-ASCII included."""
+    name = x509.Name(
+        [
+            x509.RelativeDistinguishedName(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, ' a,b+c\\d="e" '),
+                    x509.NameAttribute(NameOID.SERIAL_NUMBER, "42"),
+                ]
+            ),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Grüße")]
+            ),
+            x509.RelativeDistinguishedName(
+                [x509.NameAttribute(x509.ObjectIdentifier("1.2.3.4"), "#custom")]
+            ),
+        ]
+    )
+    single = x509.Name([rdn for rdn in name.rdns if len(rdn) == 1])
+    for subject in (name, single):  # DER reorders the multi-valued RDN of the first
+        issued = issuer.issue(ec_public_key(), subject)
+        reparsed = x509.load_der_x509_certificate(issued.der).subject.rfc4514_string()
+        assert issued.subject == reparsed
+    assert issued.subject == single.rfc4514_string()
 
 
 def test_null_dn_subject_with_san_makes_the_san_critical(

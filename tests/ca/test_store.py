@@ -128,6 +128,44 @@ def test_status_changes_and_counts(template: IssuedCert, tmp_path: Path) -> None
     reopened.close()
 
 
+def test_pending_records_stay_current_after_flush_and_restart(
+    template: IssuedCert, tmp_path: Path
+) -> None:
+    """Pending records are kept in memory for their certConf; every status change replaces or
+    drops them, so reads after a flush never see a stale 'pending'."""
+    path = tmp_path / "certs.db"
+    store = CertStore(path)
+    a, b, c, d = (fresh(template) for _ in range(4))
+    for item in (a, b, c, d):
+        store.record_issued(item)
+    store.flush()
+    assert store.confirm(a.serial).status is CertStatus.ISSUED
+    store.reject(b.serial)
+    store.revoke(c.serial)
+    store.flush()
+    for item, status in ((a, "issued"), (b, "rejected"), (c, "revoked"), (d, "pending")):
+        got = store.get(item.serial)
+        assert got is not None and got.status == status
+    with pytest.raises(InvalidStatusChange, match="cannot confirm"):
+        store.confirm(c.serial)  # revoked while its certConf was under way
+    store.close()
+
+    with sqlite3.connect(path) as db:
+        rows = dict(db.execute("SELECT serial, status FROM certificates"))
+    assert [rows[serial_hex(i.serial)] for i in (a, b, c, d)] == [
+        "issued",
+        "rejected",
+        "revoked",
+        "pending",
+    ]
+    reopened = CertStore(path)  # a restart: d is only in the database now
+    assert reopened.confirm(d.serial).status is CertStatus.ISSUED
+    reopened.close()
+    with CertStore(path) as again:
+        got = again.get(d.serial)
+        assert got is not None and got.status is CertStatus.ISSUED
+
+
 def test_revoked_lists_database_and_unflushed_changes(template: IssuedCert, tmp_path: Path) -> None:
     store = CertStore(tmp_path / "certs.db")
     old, new, fresh_rejected, good = (fresh(template) for _ in range(4))
