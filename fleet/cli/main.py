@@ -26,13 +26,16 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, report_cmd, run_cmd
+    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
 
     app.command("run", help="Run a load profile against a CA (the embedded one by default).")(run_cmd.run)
     app.command("report", help="Render a fleet run --report JSON as a self-contained HTML page.")(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")
+    app.command(
+        "provision", help="Provision a batch of real devices from a manifest; rerun to resume."
+    )(provision_cmd.provision)
 
 
 def _click_exceptions() -> tuple[type[BaseException], type[BaseException]]:
