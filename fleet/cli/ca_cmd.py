@@ -20,6 +20,7 @@ from fleet.ca.service import CaService, Latency, LoadKnobs
 from fleet.ca.store import CertStore
 from fleet.cmp.server import ServerConfig, SharedSecrets
 from fleet.errors import FleetError
+from fleet.files import load_certificates
 from fleet.secrets import read_secret
 
 app = typer.Typer(no_args_is_help=True, help="The embedded CMP CA/RA (loopback runs, load target).")
@@ -27,19 +28,8 @@ app = typer.Typer(no_args_is_help=True, help="The embedded CMP CA/RA (loopback r
 _SECRET_HELP = "as pass:TEXT, env:VAR or file:PATH (never printed)"
 
 
-def _certs(path: Path | None, what: str) -> list[x509.Certificate]:
-    if path is None:
-        return []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FleetError(f"cannot read {what} file {path}: {exc.strerror}") from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError:
-        raise FleetError(f"{what} file {path} holds no readable certificate") from None
+def _certs(path: Path | None) -> list[x509.Certificate]:
+    return [] if path is None else load_certificates(path)
 
 
 @app.command()
@@ -114,7 +104,7 @@ def serve(
         max_iterations=max_iterations,
         max_transactions=max_transactions or None,
     )
-    vendor = _certs(vendor_trust, "vendor trust")
+    vendor = _certs(vendor_trust)
     if vendor_trust is not None and not vendor:
         raise FleetError(f"vendor trust file {vendor_trust} holds no certificate")
     own = [issuing_cert, issuing_key, signer_cert, signer_key]
@@ -131,8 +121,8 @@ def serve(
     service = CaService(
         authority, config=config,
         secrets=SharedSecrets(table, default=default, master=master) if (table or default or master) else None,
-        trusted=tuple(c for path in trusted or () for c in _certs(path, "trusted")), vendor=tuple(vendor),
-        untrusted=tuple(c for path in untrusted or () for c in _certs(path, "untrusted")), knobs=knobs,
+        trusted=tuple(c for path in trusted or () for c in _certs(path)), vendor=tuple(vendor),
+        untrusted=tuple(c for path in untrusted or () for c in _certs(path)), knobs=knobs,
         metrics=_metrics(metrics_port, host),
     )
     if (tls_cert is None) != (tls_key is None):
