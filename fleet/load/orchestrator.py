@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import trio
 
@@ -160,25 +160,35 @@ def _finish_metrics(run: WorkerRun) -> None:
         finish()
 
 
-def _worker_main(setup: WorkerSetup, outbox: Any) -> None:
+def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool) -> RunResults:
+    """Run one worker to the end under trio, calling ``every_second`` while it goes (progress,
+    snapshots) and stopping early when ``abort_on_fail`` and the error-rate SLO is broken."""
+
+    async def main() -> RunResults:
+        async with trio.open_nursery() as nursery:
+
+            async def tick() -> None:
+                while True:
+                    await trio.sleep(1.0)
+                    every_second()
+                    if abort_on_fail and _early_failure(run.profile, run.results):
+                        run.stop()
+
+            nursery.start_soon(tick)
+            results = await run.run()
+            nursery.cancel_scope.cancel()
+        return results
+
+    results = trio.run(main)
+    _finish_metrics(run)
+    return results
+
+
+def _worker_main(setup: WorkerSetup, outbox: Any, abort_on_fail: bool) -> None:
     """Entry point of a worker process: run, stream snapshots, send the final results."""
     try:
         run = _build_run(setup)
-
-        async def main() -> RunResults:
-            async with trio.open_nursery() as nursery:
-                async def report() -> None:
-                    while True:
-                        await trio.sleep(1.0)
-                        outbox.put(("snapshot", setup.worker, _snapshot(run)))
-
-                nursery.start_soon(report)
-                results = await run.run()
-                nursery.cancel_scope.cancel()
-            return results
-
-        results = trio.run(main)
-        _finish_metrics(run)
+        results = _drive(run, lambda: outbox.put(("snapshot", setup.worker, _snapshot(run))), abort_on_fail)
         outbox.put(("done", setup.worker, results.to_dict()))
     except FleetError as exc:
         outbox.put(("error", setup.worker, str(exc)))
@@ -393,24 +403,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
 
 def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
     run = _build_run(setup)
-
-    async def main() -> RunResults:
-        async with trio.open_nursery() as nursery:
-            async def watch() -> None:
-                while True:
-                    await trio.sleep(1.0)
-                    progress.show({0: _snapshot(run)})
-                    if options.abort_on_fail and _early_failure(profile, run.results):
-                        run.stop()
-
-            nursery.start_soon(watch)
-            results = await run.run()
-            nursery.cancel_scope.cancel()
-        return results
-
-    results = trio.run(main)
-    _finish_metrics(run)
-    return results
+    return _drive(run, lambda: progress.show({0: _snapshot(run)}), options.abort_on_fail)
 
 
 def _early_failure(profile: Profile, results: RunResults) -> bool:
@@ -424,7 +417,7 @@ def _early_failure(profile: Profile, results: RunResults) -> bool:
 def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
     ctx = multiprocessing.get_context("spawn")
     outbox = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(s, outbox), daemon=True) for s in setups]
+    procs = [ctx.Process(target=_worker_main, args=(s, outbox, options.abort_on_fail), daemon=True) for s in setups]
     for p in procs:
         p.start()
     snapshots: dict[int, dict[str, Any]] = {}

@@ -113,3 +113,27 @@ def test_bad_profile_is_one_line(tmp_path: Path, body: str, fragment: str) -> No
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_abort_on_fail_stops_early(tmp_path: Path, workers: int) -> None:
+    """A CA that refuses everything: with --abort-on-fail the 30 s run ends within seconds."""
+    profile = _profile(tmp_path, f"""
+[run]
+duration = 30
+workers = {workers}
+[arrivals]
+shape = "constant"
+rate = 40
+[ca]
+error_fraction = 1.0
+[slo]
+max_error_rate = 0.01
+""")
+    report = tmp_path / "run.json"
+    proc = _fleet("run", str(profile), "--abort-on-fail", "--report", str(report), "--quiet", timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].startswith("FAIL: errors 100.00%")
+    results = json.loads(report.read_text())["results"]
+    assert results["elapsed_seconds"] < 10
+    assert results["operations"]["ir"]["failed"] >= 50
