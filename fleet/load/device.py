@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.cmp import genm as genm_items
 from fleet.cmp.client import ClientConfig
 from fleet.cmp.messages import BodyType, InfoTypeAndValue
-from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector, default_hash
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
 from fleet.cmp.server import derive_device_secret
-from fleet.cmp.trust import TrustStore, load_cert
+from fleet.cmp.trust import TrustStore, cert_der, load_cert
+from fleet.errors import FleetError
 from fleet.keys import KeyPool
 from fleet.names import parse_name, parse_san
 from fleet.profiles import DeviceSpec
-from fleet.errors import FleetError
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
 
@@ -224,7 +224,7 @@ class DeviceFactory:
             return genm_items.ca_certs_request()
         if name == "rootCaCert":
             anchors = self.trust.anchors
-            return genm_items.root_ca_cert_request(_der(anchors[0]) if anchors else None)
+            return genm_items.root_ca_cert_request(cert_der(anchors[0]) if anchors else None)
         if name == "certReqTemplate":
             return genm_items.cert_req_template_request()
         anchors = self.trust.anchors
@@ -244,14 +244,10 @@ class DeviceFactory:
         self.states.pop(index, None)
 
 
+_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+
+
 def _csr_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
-    from fleet.cmp.protection import default_hash
-
+    """The hash RFC 9481 pairs with the key (none for EdDSA)."""
     name = default_hash(key)
-    return None if name is None else {"sha256": hashes.SHA256(), "sha384": hashes.SHA384(), "sha512": hashes.SHA512()}[name]
-
-
-def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return cert.public_bytes(Encoding.DER)
+    return None if name is None else _HASHES[name]()
