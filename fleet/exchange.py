@@ -6,7 +6,7 @@ never blocks another. The whole transaction runs under one deadline.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 

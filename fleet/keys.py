@@ -245,7 +245,7 @@ class KeyPool:
     - ``"generate"``: make a new key (EC/Ed25519 only; an RSA key would block the run ~40 ms).
     """
 
-    __slots__ = ("_spec", "_blob", "_offsets", "_on_exhausted", "_taken", "_reused", "_generated")
+    __slots__ = ("_blob", "_generated", "_offsets", "_on_exhausted", "_reused", "_spec", "_taken")
 
     def __init__(
         self, spec: KeySpec, ders: Iterable[bytes] = (), *, on_exhausted: OnExhausted = "error"

@@ -7,9 +7,10 @@ is one ``ProfileError`` line naming the file, the key and what is allowed.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError

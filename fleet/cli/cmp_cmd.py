@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated
 
 import trio
 import typer
@@ -46,35 +47,35 @@ class UsageError(FleetError):
 # -- options shared by every command -------------------------------------------------------------
 
 Server = Annotated[str, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp", show_default=False)]
-Ref = Annotated[Optional[str], typer.Option("--ref", help="Reference (senderKID) for MAC protection.")]
-Secret = Annotated[Optional[str], typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
+Ref = Annotated[str | None, typer.Option("--ref", help="Reference (senderKID) for MAC protection.")]
+Secret = Annotated[str | None, typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
 Pbmac1 = Annotated[bool, typer.Option("--pbmac1", help="Protect with PBMAC1 (RFC 9481) instead of PasswordBasedMac.")]
-Iterations = Annotated[Optional[int], typer.Option("--iterations", help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
+Iterations = Annotated[int | None, typer.Option("--iterations", help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
 Mac = Annotated[str, typer.Option("--mac", help="HMAC hash for MAC protection (sha1 for old CAs).")]
-Cert = Annotated[Optional[Path], typer.Option("--cert", help="Certificate for signature protection (PEM/DER).")]
-Key = Annotated[Optional[Path], typer.Option("--key", help="Private key of --cert.")]
-KeyPass = Annotated[Optional[str], typer.Option("--keypass", help="Passphrase of --key: pass:, env: or file:.")]
-ExtraCerts = Annotated[Optional[Path], typer.Option("--extracerts", help="Chain of --cert to send in extraCerts.")]
-Trusted = Annotated[Optional[list[Path]], typer.Option("--trusted", help="Trust anchors for signed responses (repeatable).")]
-Untrusted = Annotated[Optional[list[Path]], typer.Option("--untrusted", help="Intermediate certificates for path building.")]
-Recipient = Annotated[Optional[str], typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
+Cert = Annotated[Path | None, typer.Option("--cert", help="Certificate for signature protection (PEM/DER).")]
+Key = Annotated[Path | None, typer.Option("--key", help="Private key of --cert.")]
+KeyPass = Annotated[str | None, typer.Option("--keypass", help="Passphrase of --key: pass:, env: or file:.")]
+ExtraCerts = Annotated[Path | None, typer.Option("--extracerts", help="Chain of --cert to send in extraCerts.")]
+Trusted = Annotated[list[Path] | None, typer.Option("--trusted", help="Trust anchors for signed responses (repeatable).")]
+Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", help="Intermediate certificates for path building.")]
+Recipient = Annotated[str | None, typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
 Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310: operator root from ip extraCerts).")]
-Profile = Annotated[Optional[str], typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
+Profile = Annotated[str | None, typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
 OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
 Timeout = Annotated[float, typer.Option("--timeout", help="Seconds for the whole transaction, polling included.")]
-TlsTrusted = Annotated[Optional[Path], typer.Option("--tls-trusted", help="https: CA certificates to verify the server with (default: the system's).")]
-TlsCert = Annotated[Optional[Path], typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
-TlsKey = Annotated[Optional[Path], typer.Option("--tls-key", help="https: key of --tls-cert.")]
+TlsTrusted = Annotated[Path | None, typer.Option("--tls-trusted", help="https: CA certificates to verify the server with (default: the system's).")]
+TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
+TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="https: key of --tls-cert.")]
 Implicit = Annotated[bool, typer.Option("--implicit-confirm", help="Ask for implicit confirmation (no certConf).")]
-CertOut = Annotated[Optional[Path], typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
-ChainOut = Annotated[Optional[Path], typer.Option("--chainout", help="Where to write the chain from extraCerts (PEM).")]
-CaCertsOut = Annotated[Optional[Path], typer.Option("--cacertsout", help="Where to write caPubs / caCerts (PEM).")]
-NewKey = Annotated[Optional[Path], typer.Option("--newkey", help="Key to certify; generated and written here when absent.")]
+CertOut = Annotated[Path | None, typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
+ChainOut = Annotated[Path | None, typer.Option("--chainout", help="Where to write the chain from extraCerts (PEM).")]
+CaCertsOut = Annotated[Path | None, typer.Option("--cacertsout", help="Where to write caPubs / caCerts (PEM).")]
+NewKey = Annotated[Path | None, typer.Option("--newkey", help="Key to certify; generated and written here when absent.")]
 NewKeyType = Annotated[str, typer.Option("--newkey-type", help="Type for a generated key: ec:P-256, ec:P-384, rsa:2048, ed25519 ...")]
-NewKeyPass = Annotated[Optional[str], typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
-Subject = Annotated[Optional[str], typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
-Sans = Annotated[Optional[str], typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
-CertProfile = Annotated[Optional[str], typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
+NewKeyPass = Annotated[str | None, typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
+Subject = Annotated[str | None, typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
+Sans = Annotated[str | None, typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
+CertProfile = Annotated[str | None, typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
 
 
 @dataclasses.dataclass
@@ -254,7 +255,7 @@ def kur(
     implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
     cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
     newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
-    oldcert: Annotated[Optional[Path], typer.Option("--oldcert", help="Certificate to update (default --cert).")] = None,
+    oldcert: Annotated[Path | None, typer.Option("--oldcert", help="Certificate to update (default --cert).")] = None,
 ) -> None:
     if cert is None or key is None:
         raise UsageError("kur is signed with the certificate being updated: give --cert and --key")
@@ -299,7 +300,7 @@ def _reason_code(text: str | None) -> int | None:
 def rr(
     server: Server,
     oldcert: Annotated[Path, typer.Option("--oldcert", help="Certificate to revoke.")],
-    revreason: Annotated[Optional[str], typer.Option("--revreason", help="CRLReason code or name (e.g. 1 or keyCompromise).")] = None,
+    revreason: Annotated[str | None, typer.Option("--revreason", help="CRLReason code or name (e.g. 1 or keyCompromise).")] = None,
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
@@ -318,10 +319,10 @@ _INFOTYPE_ALIASES = {name.lower(): dotted for name, dotted in oids.INFO_TYPES_BY
 def genm_cmd(
     server: Server,
     infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert, certReqTemplate, crlStatusList, signKeyPairTypes or a dotted OID.")] = "caCerts",
-    oldroot: Annotated[Optional[Path], typer.Option("--oldroot", help="rootCaCert: the root to ask an update for.")] = None,
-    crl_issuer: Annotated[Optional[Path], typer.Option("--crl-issuer", help="crlStatusList: CA certificate whose CRL to fetch.")] = None,
-    newwithnew: Annotated[Optional[Path], typer.Option("--newwithnew", help="rootCaCert: write the new root here.")] = None,
-    crlout: Annotated[Optional[Path], typer.Option("--crlout", help="crlStatusList: write the CRLs here (DER, first CRL).")] = None,
+    oldroot: Annotated[Path | None, typer.Option("--oldroot", help="rootCaCert: the root to ask an update for.")] = None,
+    crl_issuer: Annotated[Path | None, typer.Option("--crl-issuer", help="crlStatusList: CA certificate whose CRL to fetch.")] = None,
+    newwithnew: Annotated[Path | None, typer.Option("--newwithnew", help="rootCaCert: write the new root here.")] = None,
+    crlout: Annotated[Path | None, typer.Option("--crlout", help="crlStatusList: write the CRLs here (DER, first CRL).")] = None,
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
     trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",

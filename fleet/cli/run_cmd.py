@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,20 +16,20 @@ from fleet.secrets import read_secret
 
 def run(
     profile: Annotated[Path, typer.Argument(help="Profile file, e.g. profiles/smoke.toml.")],
-    server: Annotated[Optional[str], typer.Option("--server", help="CA URL; without it fleet starts its embedded CA on loopback.")] = None,
-    trusted: Annotated[Optional[list[Path]], typer.Option("--trusted", help="Trust anchors for signed CA responses (repeatable).")] = None,
-    master_secret: Annotated[Optional[str], typer.Option("--master-secret", help="Master secret the CA derives per-device MAC secrets from: pass:, env:, file:.")] = None,
-    rate: Annotated[Optional[float], typer.Option("--rate", help="Override a constant/Poisson profile's arrival rate (per second).")] = None,
-    duration: Annotated[Optional[float], typer.Option("--duration", help="Override the run's duration in seconds.")] = None,
-    devices: Annotated[Optional[int], typer.Option("--devices", help="Override the number of virtual devices.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes, each with an exact share of devices and rate.")] = None,
-    max_in_flight: Annotated[Optional[int], typer.Option("--max-in-flight", help="Arrivals beyond this many in flight are dropped (counted).")] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report here.")] = None,
+    server: Annotated[str | None, typer.Option("--server", help="CA URL; without it fleet starts its embedded CA on loopback.")] = None,
+    trusted: Annotated[list[Path] | None, typer.Option("--trusted", help="Trust anchors for signed CA responses (repeatable).")] = None,
+    master_secret: Annotated[str | None, typer.Option("--master-secret", help="Master secret the CA derives per-device MAC secrets from: pass:, env:, file:.")] = None,
+    rate: Annotated[float | None, typer.Option("--rate", help="Override a constant/Poisson profile's arrival rate (per second).")] = None,
+    duration: Annotated[float | None, typer.Option("--duration", help="Override the run's duration in seconds.")] = None,
+    devices: Annotated[int | None, typer.Option("--devices", help="Override the number of virtual devices.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes, each with an exact share of devices and rate.")] = None,
+    max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", help="Arrivals beyond this many in flight are dropped (counted).")] = None,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     abort_on_fail: Annotated[bool, typer.Option("--abort-on-fail", help="Stop as soon as the error-rate SLO is broken.")] = False,
-    keys: Annotated[Optional[Path], typer.Option("--keys", help="Key pool folder (default: the user cache folder).")] = None,
-    metrics_port: Annotated[Optional[int], typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (worker N on port+N, the embedded CA after the workers).")] = None,
-    metrics_host: Annotated[Optional[str], typer.Option("--metrics-host", help="Address /metrics binds to (default $FLEET_METRICS_HOST, else all interfaces).")] = None,
-    ca_dir: Annotated[Optional[Path], typer.Option("--ca-dir", help="State folder for the embedded CA (default: a temporary one).")] = None,
+    keys: Annotated[Path | None, typer.Option("--keys", help="Key pool folder (default: the user cache folder).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port (worker N on port+N, the embedded CA after the workers).")] = None,
+    metrics_host: Annotated[str | None, typer.Option("--metrics-host", help="Address /metrics binds to (default $FLEET_METRICS_HOST, else all interfaces).")] = None,
+    ca_dir: Annotated[Path | None, typer.Option("--ca-dir", help="State folder for the embedded CA (default: a temporary one).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress line.")] = False,
 ) -> None:
     """Run a load profile and print the summary and the SLO verdict (exit 1 when it fails)."""

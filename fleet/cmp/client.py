@@ -16,9 +16,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Literal
+from datetime import UTC, datetime
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
@@ -186,7 +187,7 @@ class ClientTransaction:
         self.state = State.IDLE
         self.transaction_id = transaction_id or random(16)
         self._random = random
-        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._now = now or (lambda: datetime.now(UTC))
         self._last_nonce: bytes | None = None
         self._peer_nonce: bytes | None = None
         self._polls = 0

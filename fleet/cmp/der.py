@@ -8,7 +8,7 @@ bytes from hostile peers.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from fleet.errors import FleetError
@@ -117,7 +117,7 @@ def generalized_time(value: datetime) -> bytes:
     """GeneralizedTime in UTC, whole seconds (DER forbids fractional zeros and offsets).
 
     Cached: every message of a second carries the same messageTime."""
-    value = value.astimezone(timezone.utc)
+    value = value.astimezone(UTC)
     # f"{year:04d}", not strftime("%Y"), which writes years before 1000 with fewer digits.
     text = f"{value.year:04d}{value:%m%d%H%M%S}Z"
     return tlv(GENERALIZED_TIME, text.encode("ascii"))
@@ -160,7 +160,7 @@ class Tlv:
     Slices are taken only on request, so walking a 1 KB message allocates little.
     """
 
-    __slots__ = ("data", "tag", "start", "cstart", "end", "depth")
+    __slots__ = ("cstart", "data", "depth", "end", "start", "tag")
 
     def __init__(self, data: bytes, tag: int, start: int, cstart: int, end: int, depth: int):
         self.data = data
@@ -278,7 +278,7 @@ class Tlv:
                     year += 1900 if year >= 50 else 2000
                 return datetime(
                     year, int(c[rest:rest + 2]), int(c[rest + 2:rest + 4]), int(c[rest + 4:rest + 6]),
-                    int(c[rest + 6:rest + 8]), int(c[rest + 8:rest + 10]), tzinfo=timezone.utc,
+                    int(c[rest + 6:rest + 8]), int(c[rest + 8:rest + 10]), tzinfo=UTC,
                 )
             except ValueError:
                 pass

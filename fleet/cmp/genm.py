@@ -11,7 +11,12 @@ from datetime import datetime
 
 from fleet.cmp import der, oids
 from fleet.cmp.der import DerError
-from fleet.cmp.messages import CertTemplate, InfoTypeAndValue, decode_cert_template, encode_cert_template
+from fleet.cmp.messages import (
+    CertTemplate,
+    InfoTypeAndValue,
+    decode_cert_template,
+    encode_cert_template,
+)
 
 
 def ca_certs_request() -> InfoTypeAndValue:

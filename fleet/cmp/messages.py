@@ -11,7 +11,7 @@ Names and certificates stay DER ``bytes``: ``cryptography`` parses them only whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Union
 
@@ -478,7 +478,7 @@ def encode_header(h: PKIHeader) -> bytes:
 
 def _time_choice(value: datetime) -> bytes:
     """X.509 ``Time``: UTCTime for 1950-2049, GeneralizedTime otherwise (RFC 5280 §4.1.2.5)."""
-    value = value.astimezone(timezone.utc)  # UTCTime says Z: write UTC, not local wall time
+    value = value.astimezone(UTC)  # UTCTime says Z: write UTC, not local wall time
     if 1950 <= value.year < 2050:
         return der.tlv(der.UTC_TIME, value.strftime("%y%m%d%H%M%SZ").encode("ascii"))
     return der.generalized_time(value)

@@ -375,9 +375,7 @@ def verify_signature(alg_der: bytes, public_key: PublicKey, data: bytes, signatu
             public_key.verify(signature, data, ec.ECDSA(_HASH_OBJ[hash_name]()))  # type: ignore[index]
         elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), _HASH_OBJ[hash_name]())  # type: ignore[index]
-        elif kind == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, data)
-        elif kind == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):
+        elif kind == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey) or kind == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):
             public_key.verify(signature, data)
         elif kind is None:
             raise UnsupportedAlgorithm(f"unsupported signature algorithm {dotted}")

@@ -7,9 +7,9 @@ thousands of devices check responses from the same RA certificate every second.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -134,7 +134,7 @@ class TrustStore:
         at: datetime | None = None,
     ) -> list[x509.Certificate]:
         """Return the path leaf..anchor, or raise ``UntrustedSigner`` naming the problem."""
-        at = at or datetime.now(timezone.utc)
+        at = at or datetime.now(UTC)
         cache_key = (cert_der(leaf), tuple(cert_der(c) for c in untrusted))
         good_until = self._verified.get(cache_key)
         if good_until is not None and at <= good_until:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from cryptography import x509
@@ -50,7 +50,7 @@ class VendorCa:
     def __init__(self, key: ec.EllipticCurvePrivateKey | None = None, name: str = "fleet vendor root") -> None:
         self.key = key or ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         self.cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -67,7 +67,7 @@ class VendorCa:
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
 
     def idevid(self, serial_text: str, key: PrivateKey) -> x509.Certificate:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         subject = x509.Name([
             x509.NameAttribute(x509.NameOID.COMMON_NAME, f"IDevID {serial_text}"),
             x509.NameAttribute(x509.NameOID.SERIAL_NUMBER, serial_text),

@@ -10,10 +10,11 @@ import queue
 import resource
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 import trio
 
@@ -456,5 +457,5 @@ def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile
     return merged
 
 
-__all__ = ["RunOptions", "Verdict", "run_profile", "verdict", "summary_table", "report_dict"]
+__all__ = ["RunOptions", "Verdict", "report_dict", "run_profile", "summary_table", "verdict"]
 

@@ -9,16 +9,17 @@ flow; it never touches another device. Latency is recorded from the arrival's in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import trio
 
 from fleet.cmp.client import ClientTransaction, Done, Send
 from fleet.cmp.errors import StatusError
-from fleet.exchange import run_transaction
 from fleet.errors import FleetError
+from fleet.exchange import run_transaction
 from fleet.http.client import CmpHttpClient
 from fleet.load.arrivals import ArrivalDriver
 from fleet.load.device import DeviceFactory
