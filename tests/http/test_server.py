@@ -503,3 +503,19 @@ async def test_connection_closed_mid_body_is_not_served() -> None:
             while stats.connections_open:
                 await trio.sleep(0.01)
     assert stats.requests_total == 0
+
+
+async def test_slow_handler_is_not_cut_off_by_the_request_deadlines() -> None:
+    """Timeouts bound reading and sending, never the handler (the CA's latency knob sleeps)."""
+
+    async def slow(request: HttpRequest) -> HttpResponse:
+        await trio.sleep(0.5)
+        return HttpResponse(200, b"late:" + request.body)
+
+    async with http_server(slow, request_timeout=0.1, idle_timeout=0.1) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                for body in (b"a", b"b"):  # and the connection stays usable afterwards
+                    await stream.send_all(post(body))
+                    assert (await reader.read_response())[2] == b"late:" + body
