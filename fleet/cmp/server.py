@@ -397,6 +397,7 @@ class CmpServer:
         self._live: dict[bytes, _Tx] = {}
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
+        self._confirm_wait_info: tuple[int, tuple[InfoTypeAndValue, ...]] = (-1, ())
 
     # -- public surface -------------------------------------------------------------------
 
@@ -681,9 +682,14 @@ class CmpServer:
 
     def _confirm_info(self, ctx: _Ctx, implicit: bool) -> tuple[InfoTypeAndValue, ...]:
         if implicit:
-            return (InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),)
-        deadline = datetime.fromtimestamp(math.floor(ctx.now + self.config.confirm_wait), UTC)
-        return (InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(deadline)),)
+            return _IMPLICIT_CONFIRM_INFO
+        second = math.floor(ctx.now + self.config.confirm_wait)
+        cached = self._confirm_wait_info
+        if cached[0] != second:  # one encoding per second, not per response
+            deadline = datetime.fromtimestamp(second, UTC)
+            cached = (second, (InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(deadline)),))
+            self._confirm_wait_info = cached
+        return cached[1]
 
     def _deliver(
         self, ctx: _Ctx, tx: _Tx, rsp_type: BodyType, body: messages.Body,
@@ -940,7 +946,10 @@ class CmpServer:
             pvno=2,
         )
         header_der = messages.encode_header(header)
-        body_der = messages.encode_body(body_type, body)
+        if body_type is BodyType.PKICONF:
+            body_der = _PKICONF_BODY  # always the same NULL
+        else:
+            body_der = messages.encode_body(body_type, body)
         part = messages.protected_part(header_der, body_der)
         if mac:
             assert auth.mac_params is not None and auth.secret is not None
@@ -948,7 +957,7 @@ class CmpServer:
             certs = extra
         else:
             protection = self.signer.protect(part)
-            certs = _dedupe(self.signer.extra_certs + extra)
+            certs = _signed_extra_certs(self.signer.extra_certs, extra)
         return messages.assemble(header_der, body_der, protection, certs), nonce
 
     def _error(
@@ -996,6 +1005,9 @@ _TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
+_IMPLICIT_CONFIRM_INFO = (InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),)
+_PKICONF_BODY = messages.encode_body(BodyType.PKICONF, PKIConfirmContent())
+
 _EMPTY_MESSAGE = PKIMessage(
     PKIHeader(sender=messages.NULL_DN_GENERAL_NAME, recipient=messages.NULL_DN_GENERAL_NAME),
     BodyType.ERROR,
@@ -1018,16 +1030,28 @@ def _dedupe(certs: tuple[bytes, ...]) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+@lru_cache(maxsize=64)
+def _signed_extra_certs(signer_certs: tuple[bytes, ...], extra: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """extraCerts of a signed response: the signer's chain, then ``extra``, each once. The
+    combinations are few (chain, chain + root), so they are worked out once."""
+    return _dedupe(signer_certs + extra)
+
+
 def _mac_sender(recipient: bytes) -> bytes | None:
     """For MAC responses, answer as whom the request addressed (OpenSSL checks the sender
     against its -recipient), unless that was the NULL-DN."""
     if recipient == messages.NULL_DN_GENERAL_NAME:
         return None
+    return recipient if _is_directory_name(recipient) else None
+
+
+@lru_cache(maxsize=4096)
+def _is_directory_name(general_name: bytes) -> bool:
+    """Cached: a device addresses the same CA name in every request."""
     try:
-        name = messages.general_name_directory(recipient)
+        return messages.general_name_directory(general_name) is not None
     except DerError:
-        return None
-    return recipient if name is not None else None
+        return False
 
 
 def _name(name_der: bytes) -> x509.Name:
