@@ -12,7 +12,14 @@ On a 2-core machine the client usually saturates its core first; then the enroll
 is the client's limit, and "server capacity" (1e6 / server µs per enrollment) is what one CA
 core would do with a faster client.
 
+``--cmp-only`` leaves HTTP and the second process out: it drives the real ``Authority`` and
+``CmpServer.handle`` in this process with requests pre-built by fleet's client (one device per
+concurrent transaction, its PBM key cached as above) and prints the CMP layer's CPU µs per ir and
+per certConf (median of rounds). On a shared machine this figure is far steadier than the
+two-process one; profile it with py-spy or cProfile to see where the CA's time goes.
+
 Usage: python bench/ca_throughput.py [--concurrency 1000] [--seconds 10] [--warmup 3]
+       python bench/ca_throughput.py --cmp-only [--concurrency 1000] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import os
 import select
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,12 +132,62 @@ async def load(
             "errors": errors, **counts}
 
 
+def cmp_only(devices: int, rounds: int) -> None:
+    """CPU µs per ir and per certConf in ``CmpServer.handle`` (in-process, no HTTP)."""
+    from fleet.ca.authority import Authority
+    from fleet.cmp.server import ServerConfig, SharedSecrets
+
+    with tempfile.TemporaryDirectory(prefix="fleet-ca-bench-") as tmp:
+        authority = Authority.open(Path(tmp) / "state", base_url="http://127.0.0.1:8080")
+        server = authority.server(config=ServerConfig(), secrets=SharedSecrets(default=SECRET.encode()))
+        trust = TrustStore([authority.hierarchy.root])
+        configs = [
+            ClientConfig(protector=MacProtector(SECRET.encode(), reference=REF, salt=os.urandom(16)), trust=trust)
+            for _ in range(devices)
+        ]
+        subjects = [x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"bench-{i}")]) for i in range(devices)]
+        ir_us: list[float] = []
+        conf_us: list[float] = []
+        for round_no in range(rounds + 1):  # round 0 warms the PBM key caches
+            txs = [
+                ClientTransaction(c, CertRequest(BodyType.IR, ec.generate_private_key(ec.SECP256R1()), subject=s))
+                for c, s in zip(configs, subjects, strict=True)
+            ]
+            irs = [tx.start().data for tx in txs]
+            now = time.time()
+            t0 = time.process_time()
+            ips = [server.handle(data, now).data for data in irs]
+            t1 = time.process_time()
+            confs = [tx.receive(ip).data for tx, ip in zip(txs, ips, strict=True)]  # type: ignore[union-attr]
+            t2 = time.process_time()
+            replies = [server.handle(data, now) for data in confs]
+            t3 = time.process_time()
+            failed = [r.outcome for r in replies if r.outcome.status != "accepted"]
+            if failed:
+                raise SystemExit(f"certConf not accepted: {failed[0]}")
+            if round_no:
+                ir_us.append((t1 - t0) / devices * 1e6)
+                conf_us.append((t3 - t2) / devices * 1e6)
+        authority.close()
+    ir, conf = statistics.median(ir_us), statistics.median(conf_us)
+    print(f"CMP layer in-process, {devices} devices, median of {rounds} rounds (min):")
+    print(f"  ir -> ip:            {ir:.0f} µs ({min(ir_us):.0f})")
+    print(f"  certConf -> pkiConf: {conf:.0f} µs ({min(conf_us):.0f})")
+    print(f"  per enrollment:      {ir + conf:.0f} µs -> {1e6 / (ir + conf):.0f} enrollments/s per core without HTTP")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--cmp-only", action="store_true", help="CMP layer in-process, no HTTP (see module doc)")
+    parser.add_argument("--rounds", type=int, default=7, help="with --cmp-only: measured rounds")
     args = parser.parse_args()
+    if args.cmp_only:
+        _pin(0)
+        cmp_only(args.concurrency, args.rounds)
+        return
     _pin(1)
     with tempfile.TemporaryDirectory(prefix="fleet-ca-bench-") as tmp:
         state = Path(tmp) / "state"
