@@ -65,5 +65,8 @@ def run(
     if report is not None:
         print(f"report: {report}")
     print(verdict.line())
+    if results.interrupted:
+        print("fleet: interrupted: the figures above cover the run until then", file=sys.stderr)
+        sys.exit(130)
     if not verdict.passed:
         sys.exit(1)

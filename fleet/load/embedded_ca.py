@@ -121,6 +121,7 @@ class EmbeddedCa:
             self._proc = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, preexec_fn=pin,
+                start_new_session=True,  # Ctrl-C reaches the run, which stops the CA after reporting
             )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
+import os
 import queue
 import resource
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -163,10 +165,17 @@ def _finish_metrics(run: WorkerRun) -> None:
 
 def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool) -> RunResults:
     """Run one worker to the end under trio, calling ``every_second`` while it goes (progress,
-    snapshots) and stopping early when ``abort_on_fail`` and the error-rate SLO is broken."""
+    snapshots) and stopping early when ``abort_on_fail`` and the error-rate SLO is broken.
+    Ctrl-C or SIGTERM stops the run cleanly: the results so far are returned, marked interrupted."""
 
     async def main() -> RunResults:
         async with trio.open_nursery() as nursery:
+
+            async def on_signal() -> None:
+                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                    async for _ in signals:
+                        run.results.interrupted = True
+                        run.stop()
 
             async def tick() -> None:
                 while True:
@@ -176,6 +185,7 @@ def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool
                         run.stop()
 
             nursery.start_soon(tick)
+            nursery.start_soon(on_signal)
             results = await run.run()
             nursery.cancel_scope.cancel()
         return results
@@ -187,6 +197,9 @@ def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool
 
 def _worker_main(setup: WorkerSetup, outbox: Any, abort_on_fail: bool) -> None:
     """Entry point of a worker process: run, stream snapshots, send the final results."""
+    # Ctrl-C is handled inside the run (a clean stop); outside it, a second one must not turn
+    # the worker's exit into a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         run = _build_run(setup)
         results = _drive(run, lambda: outbox.put(("snapshot", setup.worker, _snapshot(run))), abort_on_fail)
@@ -426,6 +439,14 @@ def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile
     pending = set(range(len(setups)))
     errors: list[str] = []
     deadline = time.monotonic() + profile.duration + profile.transaction_timeout * 2 + 120
+
+    def forward(signum: int, _frame: object) -> None:
+        """Ctrl-C/SIGTERM: ask every worker to stop and report what it measured."""
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while pending and time.monotonic() < deadline:
             try:
@@ -446,6 +467,8 @@ def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile
                 errors.append(f"worker {worker}: {payload}")
                 pending.discard(worker)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for p in procs:
             p.join(timeout=5)
             if p.is_alive():

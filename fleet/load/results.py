@@ -160,6 +160,7 @@ class RunResults:
     latency_series: dict[str, SecondBuckets] = field(default_factory=dict)
     elapsed: float = 0.0
     workers: int = 1
+    interrupted: bool = False  # stopped by Ctrl-C/SIGTERM: what was measured is still valid
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -192,6 +193,7 @@ class RunResults:
         self.lateness.merge(other.lateness)
         self.in_flight_peak += other.in_flight_peak  # peaks of parallel workers add up at worst
         self.elapsed = max(self.elapsed, other.elapsed)
+        self.interrupted = self.interrupted or other.interrupted
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -203,6 +205,7 @@ class RunResults:
             "in_flight_peak": self.in_flight_peak,
             "elapsed_seconds": self.elapsed,
             "workers": self.workers,
+            "interrupted": self.interrupted,
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -227,6 +230,7 @@ class RunResults:
             in_flight_peak=data["in_flight_peak"],
             elapsed=data["elapsed_seconds"],
             workers=data.get("workers", 1),
+            interrupted=data.get("interrupted", False),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)

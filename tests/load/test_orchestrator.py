@@ -137,3 +137,44 @@ max_error_rate = 0.01
     results = json.loads(report.read_text())["results"]
     assert results["elapsed_seconds"] < 10
     assert results["operations"]["ir"]["failed"] >= 50
+
+
+@pytest.mark.parametrize(("workers", "to_group"), [(1, False), (2, True)])
+def test_ctrl_c_reports_what_was_measured(tmp_path: Path, workers: int, to_group: bool) -> None:
+    """SIGINT (to the process, or to the whole group as a terminal does) stops the run cleanly:
+    summary, report marked interrupted, exit 130, embedded CA stopped."""
+    import os
+    import signal
+    import time
+
+    profile = _profile(tmp_path, f"""
+[run]
+duration = 60
+workers = {workers}
+[arrivals]
+shape = "constant"
+rate = 20
+""")
+    report = tmp_path / "run.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli.main", "run", str(profile), "--report", str(report), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        time.sleep(6)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "interrupted" in err.splitlines()[-1]
+    assert out.splitlines()[0].startswith("operation")
+    results = json.loads(report.read_text())["results"]
+    assert results["interrupted"] is True
+    assert results["operations"]["ir"]["ok"] > 0
+    assert results["elapsed_seconds"] < 30
