@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
+from functools import lru_cache
 from http import HTTPStatus
 
 import h11
@@ -431,6 +432,8 @@ _CTL_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _VERSIONS = {b"HTTP/1.1": "1.1", b"HTTP/1.0": "1.0"}
 # Headers whose semantics the fast path leaves to h11 (body framing, interim responses).
 _H11_HEADERS = frozenset({b"transfer-encoding", b"expect"})
+_CACHED_HEAD_BYTES = 1024  # heads up to this size are cached (1,024 of them: a few MB at worst)
+_Head = tuple[str, str, str, tuple[tuple[bytes, bytes], ...], int]
 
 
 def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[bytes, bytes]], int] | None:
@@ -438,8 +441,20 @@ def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[bytes, bytes]], 
     the fast path serves, or None to let h11 judge it. Never raises.
 
     Only requests h11 would accept with the same meaning pass; for everything else (errors
-    included) h11 decides, so error statuses and edge cases are h11's.
+    included) h11 decides, so error statuses and edge cases are h11's. Clients send the same
+    few heads over and over, so results for short heads are cached (bounded).
     """
+    parsed = (
+        _parse_head_cached(head) if len(head) <= _CACHED_HEAD_BYTES else _parse_head_uncached(head)
+    )
+    if parsed is None:
+        return None
+    method, target, version, headers, length = parsed
+    return method, target, version, list(headers), length
+
+
+def _parse_head_uncached(head: bytes) -> _Head | None:
+    """``_parse_head`` without the cache, headers as a tuple (cached values must not change)."""
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
@@ -473,7 +488,10 @@ def _parse_head(head: bytes) -> tuple[str, str, str, list[tuple[bytes, bytes]], 
         headers.append((name, value))
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         return None
-    return method.decode("ascii"), target.decode("ascii"), version, headers, length or 0
+    return method.decode("ascii"), target.decode("ascii"), version, tuple(headers), length or 0
+
+
+_parse_head_cached = lru_cache(maxsize=1024)(_parse_head_uncached)
 
 
 def _wants_keep_alive(request: HttpRequest) -> bool:

@@ -438,6 +438,21 @@ def test_fast_head_parser_reads_a_cmp_post() -> None:
     )
 
 
+def test_cached_head_results_are_not_shared() -> None:
+    head = post(b"")[:-4]
+    first = _parse_head(head)
+    assert first is not None
+    first[3].clear()  # a handler may change its request's header list
+    again = _parse_head(head)
+    assert again is not None and again[3] == [
+        (b"host", b"127.0.0.1"),
+        (b"content-type", b"application/pkixcmp"),
+        (b"content-length", b"0"),
+    ]
+    long_head = head + b"\r\nX-Pad: " + b"p" * 2000  # past the cached size: same answer
+    assert _parse_head(long_head) == _parse_head(long_head) is not None
+
+
 @pytest.mark.parametrize(
     "head",
     [
