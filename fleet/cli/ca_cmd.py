@@ -21,6 +21,7 @@ from fleet.ca.store import CertStore
 from fleet.cmp.server import ServerConfig, SharedSecrets
 from fleet.errors import FleetError
 from fleet.files import load_certificates
+from fleet.runtime import tune_gc
 from fleet.secrets import read_secret
 
 app = typer.Typer(no_args_is_help=True, help="The embedded CMP CA/RA (loopback runs, load target).")
@@ -134,6 +135,7 @@ def serve(
             tls.load_cert_chain(tls_cert, tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise FleetError(f"cannot load --tls-cert/--tls-key: {exc}") from None
+    tune_gc()
     try:
         trio.run(_run, service, host, port, max_body_bytes, public_url, tls, _describe(
             hierarchy, ref, default is not None or bool(table), master is not None, vendor_trust, trusted, mode, knobs))

@@ -115,8 +115,10 @@ def _alg(node: der.Tlv) -> tuple[str, der.Tlv | None]:
     return parts[0].as_oid(), params
 
 
+@lru_cache(maxsize=1024)
 def parse_algorithm(alg_der: bytes) -> tuple[str, der.Tlv | None]:
-    """(OID, parameters or None) of an encoded AlgorithmIdentifier."""
+    """(OID, parameters or None) of an encoded AlgorithmIdentifier (cached: a few distinct ones
+    are seen over and over)."""
     return _alg(der.parse(alg_der))
 
 
@@ -279,6 +281,9 @@ _SIG_HASH = {
 }
 
 
+_ECDSA = {name: ec.ECDSA(_HASH_OBJ[name]()) for name in ("sha256", "sha384", "sha512")}
+
+
 def default_hash(key: PrivateKey | PublicKey) -> str | None:
     """The hash RFC 9481 pairs with a key: by curve size for ECDSA, SHA-256 for RSA, none for EdDSA."""
     if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
@@ -328,7 +333,7 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         key = self.key
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, ec.ECDSA(_HASH_OBJ[self.hash_name]()))  # type: ignore[index]
+            return key.sign(data, _ECDSA[self.hash_name])  # type: ignore[index]
         if isinstance(key, rsa.RSAPrivateKey):
             h = _HASH_OBJ[self.hash_name]()  # type: ignore[index]
             if self.pss:
@@ -372,7 +377,7 @@ def verify_signature(alg_der: bytes, public_key: PublicKey, data: bytes, signatu
             return hash_name
         kind, hash_name = _SIG_HASH.get(dotted, (None, None))
         if kind == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, ec.ECDSA(_HASH_OBJ[hash_name]()))  # type: ignore[index]
+            public_key.verify(signature, data, _ECDSA[hash_name])  # type: ignore[index]
         elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), _HASH_OBJ[hash_name]())  # type: ignore[index]
         elif kind == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey) or kind == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):

@@ -31,6 +31,7 @@ from fleet.load.runner import Observer, WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
 from fleet.profiles import Profile
+from fleet.runtime import tune_gc
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
 
@@ -190,6 +191,7 @@ def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool
             nursery.cancel_scope.cancel()
         return results
 
+    tune_gc()
     results = trio.run(main)
     _finish_metrics(run)
     return results

@@ -1,0 +1,14 @@
+"""Process tuning for fleet's long-running loops (the CA server, load workers)."""
+
+import gc
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated and collect the young generation less often.
+
+    Both loops allocate many short-lived objects per message; with the default thresholds the
+    collector took 3.7% of the CA's CPU (437 ms of 11.7 s, measured with py-spy), ~40 ms after this.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
