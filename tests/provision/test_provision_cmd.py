@@ -154,6 +154,9 @@ def test_500_devices_survive_kill_9_at_random_moments(tmp_path: Path, faults: st
         out = tmp_path / "out"
         argv = provision_argv(str(manifest), "--server", ca.url, "--out", str(out), "--no-progress",
                               "--concurrency", "24", "--seed", "3", *run_extra)
+        # Paced so the batch takes longer than six kills can interrupt (500 devices at 50/s: 10 s,
+        # each killed run at most 1.6 s): every kill lands mid-batch however fast the machine is.
+        paced = argv + ["--rate", "50"]
         rng = random.Random(11 if faults == "none" else 12)
         # Six kill -9 at random moments; for the plain CA a Ctrl-C in the middle (slowed with
         # --rate so that a second run can try the journal meanwhile).
@@ -161,7 +164,7 @@ def test_500_devices_survive_kill_9_at_random_moments(tmp_path: Path, faults: st
         kills = 0
         for run in range(40):
             step = schedule[run] if run < len(schedule) else "finish"
-            args = argv + (["--rate", "40"] if step == "sigint" else [])
+            args = argv + ["--rate", "40"] if step == "sigint" else paced if step == "kill" else argv
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                     stdin=subprocess.DEVNULL)
             if step == "kill":
