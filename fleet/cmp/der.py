@@ -217,6 +217,17 @@ class Tlv:
 
     def unwrap(self) -> Tlv:
         """The single TLV inside an EXPLICIT tag."""
+        data, cs, end = self.data, self.cstart, self.end
+        # Fast path: one short-form TLV filling the content exactly (nonces, IDs, times, ...).
+        if (
+            self.tag & 0x20
+            and cs + 2 <= end
+            and data[cs + 1] + cs + 2 == end
+            and data[cs + 1] < 0x80
+            and data[cs] & 0x1F != 0x1F
+            and self.depth < MAX_DEPTH
+        ):
+            return Tlv(data, data[cs], cs, cs + 2, end, self.depth + 1)
         inner = self.children()
         if len(inner) != 1:
             raise DerError(f"explicit tag 0x{self.tag:02x} must hold exactly one value")
