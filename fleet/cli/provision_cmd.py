@@ -34,6 +34,14 @@ class ProvisionUsageError(FleetError):
 
 
 @app.command("provision", help="Provision a batch of devices listed in MANIFEST (CSV or JSON Lines); rerun to resume.")
+def _metrics(port: int | None):  # type: ignore[no-untyped-def]
+    if port is None:
+        return None
+    from fleet.metrics import FleetMetrics
+
+    return FleetMetrics.serve(port, worker="provision")
+
+
 def provision(
     manifest: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
     server: Annotated[str | None, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp")] = None,
@@ -52,6 +60,7 @@ def provision(
     mode: Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310).")] = "lcmpp",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port while provisioning.")] = None,
 ) -> None:
     devices = _checked_manifest(manifest)
     anchors = tuple(c for p in trusted or [] for c in load_certificates(p))
@@ -76,6 +85,7 @@ def provision(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
+        observer=_metrics(metrics_port),
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)
@@ -87,6 +97,8 @@ def provision(
             interrupted = True
             stats = runner.stats
         summary = summarize(devices, jr, stats, interrupted=interrupted)
+    if options.observer is not None:
+        options.observer.finish()  # let Prometheus read the final counts (bounded wait)
     path = outputs.write_summary(out, summary)
     rows = summary["results"]
     assert isinstance(rows, list)

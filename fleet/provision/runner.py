@@ -34,6 +34,8 @@ protection, HTTP 4xx) end the device as ``failed`` with the failInfo recorded.
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import random
 import time
@@ -91,6 +93,7 @@ class ProvisionOptions:
     progress: Callable[[Progress], None] | None = None
     progress_interval: float = 1.0
     seed: int | None = None  # jitter
+    observer: Any = None  # fleet.metrics.FleetMetrics (the load runner's Observer shape), or None
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,11 @@ class Provisioner:
         assert client is not None
         path = self._path(dev, client, tx.operation)
         polled = False
+        observer, op = self.options.observer, tx.kind.label
+        started = trio.current_time()
+        polls = 0
+        if observer is not None:
+            observer.operation_started(op)
         try:
             with trio.fail_after(self.options.timeout):
                 event: Send | Done = tx.start()
@@ -406,7 +414,11 @@ class Provisioner:
                     if event.delay:
                         await trio.sleep(event.delay)
                     polled = polled or event.body_type is BodyType.POLLREQ
+                    polls += event.body_type is BodyType.POLLREQ
+                    sent = trio.current_time()
                     response = await client.post(event.data, path=path)
+                    if observer is not None:
+                        observer.exchange(op, event.body_type.label, trio.current_time() - sent)
                     answered = tape.last
                     event = tx.receive(response.body)
                     if isinstance(event, Send) and event.body_type is BodyType.CERTCONF and tx.result is not None:
@@ -414,14 +426,25 @@ class Provisioner:
                         assert answered is not None
                         rec = await self._store(dev, rec, tx.result, response.body, answered, key)
         except trio.TooSlowError:
-            return await self._request_failed(dev, rec, TransactionTimeout(
-                f"transaction did not complete within {self.options.timeout:g} s"), polled)
+            timeout = TransactionTimeout(f"transaction did not complete within {self.options.timeout:g} s")
+            self._observe_failure(op, timeout, started, polls)
+            return await self._request_failed(dev, rec, timeout, polled)
         except (TransportError, CmpError) as exc:
+            self._observe_failure(op, exc, started, polls)
             return await self._request_failed(dev, rec, exc, polled)
+        if observer is not None:
+            elapsed = trio.current_time() - started
+            observer.operation_done(op, True, "ok", (), elapsed, elapsed, polls)
         # Not awaited: durable with the next commit; lost in a crash, the rerun finds 'received'
         # and the CA answers its certConf (see the module doc).
         self.writer.stage((updated(rec, state=DeviceState.CONFIRMED), "confirmed"))
         return True
+
+    def _observe_failure(self, op: str, exc: BaseException, started: float, polls: int) -> None:
+        observer = self.options.observer
+        if observer is not None:
+            elapsed = trio.current_time() - started
+            observer.operation_done(op, False, _kind(exc), tuple(getattr(exc, "fail_names", ())), elapsed, elapsed, polls)
 
     async def _request_failed(self, dev: DeviceSpec, rec: DeviceRecord, exc: Exception, polled: bool) -> bool:
         if rec.state is DeviceState.RECEIVED:

@@ -242,3 +242,28 @@ def test_transient_classification() -> None:
     assert not is_transient(RequestRejected("x", Other()))
     assert BodyType.CERTCONF.label == "certConf"
     assert outputs.CERT_FILE == "cert.pem"
+
+
+async def test_metrics_count_what_the_summary_reports(ca: LoopbackCa, tmp_path: Path) -> None:
+    """fleet provision --metrics-port: the same observer as fleet run, fed per transaction."""
+    from fleet.metrics import FleetMetrics
+
+    manifest = tmp_path / "m.csv"
+    mac_manifest(manifest, 6)
+    with manifest.open("a") as f:
+        f.write("bad-secret,/CN=bad,,pass:not-the-secret\n")
+    metrics = FleetMetrics(worker="provision")
+    stats, _summary = await provision(ca, manifest, tmp_path / "out", observer=metrics)
+    text = metrics.exposition().decode()
+
+    def value(name: str, **labels: str) -> float:
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    assert stats.provisioned == 6
+    assert value("fleet_transactions_completed_total", operation="ir", result="ok") == 6
+    assert value("fleet_transactions_completed_total", operation="ir", result="failed") >= 1
+    assert value("fleet_transaction_fail_info_total", operation="ir", fail_info="badMessageCheck") >= 1
+    assert "not-the-secret" not in text and "bad-secret" not in text
