@@ -167,6 +167,23 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None) -> bytes:
     return hashlib.new(hash_name, cert_bytes).digest()
 
 
+def _same_key(cert_der: bytes, cert: x509.Certificate, spki: bytes) -> bool:
+    """Whether the certificate is for the key whose SubjectPublicKeyInfo is ``spki``.
+
+    Fast path: the certificate's own SPKI bytes (cryptography has already parsed the whole
+    certificate) equal ours. Otherwise compare after re-encoding, which tolerates a CA that
+    encodes the same key differently (a compressed EC point, say).
+    """
+    try:
+        tbs = der.parse(cert_der).children()[0].children()
+        raw = tbs[6 if tbs[0].tag == 0xA0 else 5].raw
+    except (der.DerError, IndexError):
+        raw = None
+    if raw == spki:
+        return True
+    return public_key_of(cert).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == spki
+
+
 class ClientTransaction:
     """One transaction (ir/cr/kur/p10cr/rr/genm), its certConf/pkiConf and its polling."""
 
@@ -197,6 +214,7 @@ class ClientTransaction:
         self._result: Done | None = None
         self._pending_error: FleetError | None = None
         self._response_was_mac = False
+        self._sender_der: bytes | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -255,6 +273,13 @@ class ClientTransaction:
         )
 
     def _sender(self) -> bytes:
+        """The header's sender, chosen once per transaction: every message of it (certConf and
+        pollReq too, after the request is released) names the same originator, as OpenSSL does."""
+        if self._sender_der is None:
+            self._sender_der = self._choose_sender()
+        return self._sender_der
+
+    def _choose_sender(self) -> bytes:
         if self.config.sender is not None:
             return self.config.sender
         protector = self.config.protector
@@ -262,7 +287,7 @@ class ClientTransaction:
             return messages.directory_name(protector.sender_name)
         subject = getattr(self.request, "subject", None)
         if subject is not None and len(subject):
-            return messages.directory_name(subject.public_bytes())
+            return messages.directory_name(self.request.subject_der)  # type: ignore[union-attr]
         if protector.sender_kid:
             cn = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, protector.sender_kid.decode("utf-8", "replace"))])
             return messages.directory_name(cn.public_bytes())
@@ -363,9 +388,8 @@ class ClientTransaction:
             implicit_confirm=msg.header.implicit_confirm,
             polls=self._polls,
         )
-        cert = load_cert(response.certificate)
-        issued_spki = public_key_of(cert).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
-        if self._requested_spki is not None and issued_spki != self._requested_spki:
+        cert = load_cert(response.certificate)  # raises CertificateError when malformed
+        if self._requested_spki is not None and not _same_key(response.certificate, cert, self._requested_spki):
             # Tell the CA we refuse it (so it can revoke), then fail once it acknowledges.
             self._pending_error = WrongPublicKey("issued certificate is for a different public key")
             return self._confirm(response.certificate, PKIStatusInfo(

@@ -60,6 +60,11 @@ class CertRequest:
         """The new key's SubjectPublicKeyInfo, encoded once (template and response check share it)."""
         return spki_der(self.new_key)
 
+    @cached_property
+    def subject_der(self) -> bytes | None:
+        """The explicit ``subject``'s DER, encoded once (template and header sender share it)."""
+        return self.subject.public_bytes() if self.subject is not None else None
+
     def __post_init__(self) -> None:
         if self.kind not in (BodyType.IR, BodyType.CR, BodyType.KUR):
             raise ValueError(f"CertRequest kind must be ir, cr or kur, not {self.kind.label}")
@@ -144,8 +149,10 @@ def extensions_der(exts: Sequence[tuple[str, bool, bytes]]) -> bytes:
 
 def template_for(request: CertRequest) -> CertTemplate:
     subject = request.subject
+    subject_der = request.subject_der
     if subject is None and request.old_cert is not None:
         subject = request.old_cert.subject
+        subject_der = subject.public_bytes()
     exts: list[tuple[str, bool, bytes]] = []
     if request.sans:
         san = x509.SubjectAlternativeName(list(request.sans))
@@ -153,7 +160,7 @@ def template_for(request: CertRequest) -> CertTemplate:
     for ext in request.extensions:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
     return CertTemplate(
-        subject=subject.public_bytes() if subject is not None else NULL_DN,
+        subject=subject_der if subject_der is not None else NULL_DN,
         public_key=request.spki,
         extensions=extensions_der(exts) if exts else None,
     )

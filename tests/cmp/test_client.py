@@ -842,3 +842,28 @@ def test_random_corruption_only_ever_raises_cmp_errors(stub: CaStub, protection:
             outcomes.add(exc.kind)
             assert tx.state is State.FAILED
     assert "malformed" in outcomes and len(outcomes) >= 4
+
+
+def test_certconf_names_the_same_sender_as_the_request(stub: CaStub) -> None:
+    # The request is released after start(); the sender is chosen once, so certConf still
+    # names the subject rather than falling back to a name made from the senderKID.
+    tx = ClientTransaction(mac_config(stub), ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    assert isinstance(conf, Send)
+    step(tx, stub, conf, State.DONE)
+    ir_msg, conf_msg = stub.received
+    assert ir_msg.header.sender == conf_msg.header.sender == messages.directory_name(SUBJECT.public_bytes())
+
+
+def test_same_key_compares_the_certificate_spki() -> None:
+    from fleet.cmp.client import _same_key
+
+    other = ec.generate_private_key(ec.SECP256R1())
+    stub = CaStub()
+    cert = issue(stub.root, "device 1", KEY).cert
+    cert_der = cert.public_bytes(serialization.Encoding.DER)
+    assert _same_key(cert_der, cert, spki(KEY))
+    assert not _same_key(cert_der, cert, spki(other))
+    # bytes the fast path cannot walk: the answer comes from the re-encoded key instead
+    assert _same_key(cert_der[:40], cert, spki(KEY))
+    assert not _same_key(b"", cert, spki(other))
