@@ -119,21 +119,26 @@ class Authority:
 
     def issue(self, request: IssueRequest) -> IssuedCert:
         status = CertStatus.ISSUED if request.confirmed else CertStatus.PENDING
-        for _ in range(3):  # a serial collision (2^-159) just draws again
+        store = self.store
+        for _ in range(3):  # serials are unique by construction; a collision just draws again
+            serial = store.allocate_serial()
             try:
                 issued = self.issuer.issue(
                     request.public_key,  # type: ignore[arg-type]
                     request.subject,
                     extensions=request.extensions,
                     not_after=request.not_after,
+                    serial=serial,
                 )
             except CertificateRequestRejected as exc:
+                store.release_serial(serial)
                 raise Rejected(str(exc), FailInfo.badCertTemplate) from None
             try:
-                self.store.record_issued(
+                store.record_issued(
                     issued, transaction_id=request.transaction_id, device_ref=request.device_ref, status=status
                 )
             except SerialCollision:
+                store.release_serial(serial)
                 continue
             return issued
         raise Rejected("could not draw a unique serial number", FailInfo.systemFailure)

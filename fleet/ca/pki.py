@@ -760,13 +760,15 @@ class CertificateIssuer:
         sans: Sequence[x509.GeneralName] | None = None,
         extensions: Sequence[x509.Extension[x509.ExtensionType]] = (),
         not_after: datetime | None = None,
+        serial: int | None = None,
     ) -> IssuedCert:
         """Sign a certificate for ``public_key``.
 
         ``subject`` ``None`` or empty means the NULL-DN, allowed only with a SAN (which is then
         critical, RFC 5280 §4.2.1.6). ``sans`` wins over a SAN among ``extensions``.
         ``not_after`` (naive means UTC) is clamped to the issuing CA's own expiry. Raises
-        ``CertificateRequestRejected`` when the request breaks the policy.
+        ``CertificateRequestRejected`` when the request breaks the policy. ``serial`` ``None``
+        draws a random one; the CA passes ``CertStore.allocate_serial()``.
         """
         requested: dict[type[x509.ExtensionType], x509.Extension[x509.ExtensionType]] = {}
         for ext in extensions:
@@ -813,7 +815,8 @@ class CertificateIssuer:
         start = now - _BACKDATE
         if end <= start:
             raise CertificateRequestRejected("requested notAfter lies in the past")
-        serial = x509.random_serial_number()
+        if serial is None:
+            serial = x509.random_serial_number()
         spki = public_key.public_bytes(_DER, _SPKI)
 
         # Constant extensions are pre-encoded Extension objects, and the builder is made in one

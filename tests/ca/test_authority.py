@@ -54,6 +54,25 @@ def test_policy_rejection_maps_to_bad_cert_template(authority: Authority) -> Non
     assert err.value.fail is FailInfo.badCertTemplate
 
 
+def test_issued_serials_come_from_the_store_and_survive_a_restart(tmp_path: Path) -> None:
+    """Serials are the store's unique-by-construction ones, in the certificate itself, and a
+    restarted CA draws from a new run."""
+    auth = Authority.open(tmp_path / "ca")
+    first = [auth.issue(request(f"d{i}")) for i in range(3)]
+    ca = x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=True, path_length=None))
+    with pytest.raises(Rejected):
+        auth.issue(request(extensions=(ca,)))
+    assert not auth.store._allocated  # a refused request gives its serial back
+    auth.close()
+    auth = Authority.open(tmp_path / "ca")
+    second = auth.issue(request("d3"))
+    assert auth.store.get(second.serial) is not None
+    auth.close()
+    assert all(i.cert.serial_number == i.serial and len(f"{i.serial:X}") == 40 for i in [*first, second])
+    assert len({i.serial >> 128 for i in first}) == 1
+    assert second.serial >> 128 != first[0].serial >> 128
+
+
 def test_find_only_own_certificates(authority: Authority) -> None:
     issued = authority.issue(request())
     known = authority.find(authority.hierarchy.issuing.subject, issued.serial)

@@ -375,3 +375,89 @@ def test_release_hold(template: IssuedCert, tmp_path: Path) -> None:
     assert got is not None and got.status is CertStatus.ISSUED and got.revocation_time is None
     assert [serial for serial, _, _ in reopened.revoked()] == [final.serial]
     reopened.close()
+
+
+def _with_serial(template: IssuedCert, serial: int) -> IssuedCert:
+    return IssuedCert(
+        der=template.der,
+        cert=template.cert,
+        serial=serial,
+        not_before=template.not_before,
+        not_after=template.not_after,
+        key_fingerprint=template.key_fingerprint,
+    )
+
+
+def test_allocated_serials_are_unique_positive_and_20_octets(tmp_path: Path) -> None:
+    with CertStore(tmp_path / "certs.db") as store:
+        serials = [store.allocate_serial() for _ in range(2000)]
+    assert len(set(serials)) == 2000
+    assert all(0 < s < 2**159 for s in serials)  # DER INTEGER of at most 20 octets, positive
+    assert {len(serial_hex(s)) for s in serials} == {40}
+    low = {s & (2**64 - 1) for s in serials}
+    assert len(low) == 2000  # the 64 random bits differ too (CSPRNG, not a counter)
+
+
+def test_recording_an_allocated_serial_skips_the_lookup(template: IssuedCert, tmp_path: Path) -> None:
+    store = CertStore(tmp_path / "certs.db")
+    serial = store.allocate_serial()
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.record_issued(_with_serial(template, serial))
+    store._db.set_trace_callback(None)
+    assert not statements
+    with pytest.raises(SerialCollision):
+        store.record_issued(_with_serial(template, serial))  # once only
+    store.flush()
+    with pytest.raises(SerialCollision):
+        store.record_issued(_with_serial(template, serial))  # nor after the flush
+    store.close()
+
+
+def test_foreign_serial_in_the_current_run_is_refused(template: IssuedCert, tmp_path: Path) -> None:
+    with CertStore(tmp_path / "certs.db") as store:
+        serial = store.allocate_serial()
+        with pytest.raises(SerialCollision):
+            store.record_issued(_with_serial(template, serial + 2**64))  # next counter, not handed out
+        store.release_serial(serial)
+        with pytest.raises(SerialCollision):
+            store.record_issued(_with_serial(template, serial))  # released: no longer ours to record
+        store.record_issued(fresh(template))  # random serials outside the run still go through the look-up
+
+
+def test_a_run_that_holds_a_row_is_skipped(template: IssuedCert, tmp_path: Path) -> None:
+    path = tmp_path / "certs.db"
+    with CertStore(path) as store:
+        first = store.allocate_serial()
+    # A row inside the next run's range (as a random serial of an older version could be).
+    squatter = first + (1 << 128)
+    with CertStore(path) as store:
+        store.record_issued(_with_serial(template, squatter))
+    with CertStore(path) as store:
+        serial = store.allocate_serial()
+        assert serial >> 128 not in (first >> 128, squatter >> 128)
+        store.record_issued(_with_serial(template, serial))
+        assert store.counts_by_status()["pending"] == 2
+
+
+def test_serials_sent_before_a_kill_9_are_never_allocated_again(tmp_path: Path) -> None:
+    """Unflushed records are lost in a crash, but their serials may be out in ip messages: the
+    run number is durable before the first of them is used, so the next process never reuses one."""
+    path = tmp_path / "certs.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from fleet.ca.store import CertStore
+        store = CertStore({str(path)!r}, max_batch=10_000, max_delay=3600)
+        print(*[store.allocate_serial() for _ in range(100)], flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr.decode()
+    before = {int(s) for s in proc.stdout.split()}
+    assert len(before) == 100
+    with CertStore(path) as store:
+        after = {store.allocate_serial() for _ in range(100)}
+    assert not before & after
+    assert {s >> 128 for s in before}.isdisjoint({s >> 128 for s in after})
