@@ -598,3 +598,37 @@ async def test_https_round_trip_and_verification(tmp_path: Path) -> None:
                 await strict.post(b"x")
         assert info.value.kind == "tls"
         assert "certificate" in str(info.value).lower()
+
+
+# --- plain-TCP send path: partial writes and a peer that stops reading -------------------------
+
+
+async def test_request_larger_than_the_socket_buffers_arrives_whole() -> None:
+    body = bytes(range(256)) * 16384  # 4 MiB: many partial writes, waiting for the reader
+    got: list[bytes] = []
+
+    async def serve(stream: trio.SocketStream) -> None:
+        reader = RawReader(stream)
+        await trio.sleep(0.05)  # let the client fill the buffers and wait for writability
+        got.append(await read_request(reader))
+        await stream.send_all(cmp_response(b"ok"))
+
+    async with raw_server(serve) as port, CmpHttpClient(f"http://127.0.0.1:{port}/") as client:
+        response = await client.post(body)
+    assert response.body == b"ok"
+    assert got == [body]
+
+
+async def test_server_that_stops_reading_a_large_request_raises_read_timeout() -> None:
+    async def serve(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()  # never reads: the client's send blocks
+
+    async with (
+        raw_server(serve) as port,
+        CmpHttpClient(f"http://127.0.0.1:{port}/", request_timeout=0.3) as client,
+    ):
+        start = trio.current_time()
+        with pytest.raises(ReadTimeout):
+            await client.post(b"x" * (16 << 20))
+        assert trio.current_time() - start < 1.5
+        assert client.statistics().open_connections == 0
