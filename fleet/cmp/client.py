@@ -353,7 +353,7 @@ class ClientTransaction:
         self._response_was_mac = False
 
     def _event_of(self, msg: PKIMessage) -> str:
-        if msg.body_type is _RESPONSE[self.kind]:
+        if msg.body_type is messages.RESPONSE_FOR[self.kind]:
             return "response"
         return _EVENT_BY_BODY.get(msg.body_type, "other")
 
@@ -485,14 +485,6 @@ class ClientTransaction:
         return None
 
 
-_RESPONSE = {
-    BodyType.IR: BodyType.IP,
-    BodyType.CR: BodyType.CP,
-    BodyType.KUR: BodyType.KUP,
-    BodyType.P10CR: BodyType.CP,
-    BodyType.RR: BodyType.RP,
-    BodyType.GENM: BodyType.GENP,
-}
 _EVENT_BY_BODY = {
     BodyType.ERROR: "error",
     BodyType.POLLREP: "pollRep",

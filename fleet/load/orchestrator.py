@@ -221,7 +221,7 @@ def _snapshot(run: WorkerRun) -> dict[str, Any]:
         "in_flight": run.live.in_flight,
         "due": driver.due if driver else run.results.started,
         "dropped": driver.dropped if driver else 0,
-        "errors": dict(run.live.last_errors),
+        "errors": dict(run.live.errors),
         "ops": {name: s.latency.to_dict() for name, s in run.results.ops.items()},
     }
 

@@ -9,7 +9,6 @@ flow; it never touches another device. Latency is recorded from the arrival's in
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,7 +58,7 @@ class LiveCounters:
     in_flight: int = 0
     ok: int = 0
     failed: int = 0
-    last_errors: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # by failInfo name, else error kind
 
 
 def classify(exc: BaseException) -> tuple[str, tuple[str, ...]]:
@@ -213,7 +212,7 @@ class WorkerRun:
             self.results.failures[op].add(now - self.t0)
             self.live.failed += 1
             label = fail_names[0] if fail_names else kind  # the progress line shows failInfo names
-            self.live.last_errors[label] = self.live.last_errors.get(label, 0) + 1
+            self.live.errors[label] = self.live.errors.get(label, 0) + 1
             if self.observer is not None:
                 self.observer.operation_done(op, False, kind, fail_names, now - intended, now - sent_at, polls)
             return False
@@ -229,5 +228,3 @@ class WorkerRun:
             self.observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)
         return True
 
-
-ProgressFn = Callable[[WorkerRun], None]
