@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.cmp import der, oids
 from fleet.cmp.der import DerError
 from fleet.cmp.errors import CmpError
+from fleet.cmp.iterated_hash import iterated_digest
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
@@ -77,8 +78,6 @@ HMAC_OID_BY_NAME = {
     "sha512": oids.HMAC_WITH_SHA512,
 }
 
-_HASH_CONSTRUCTORS = {name: getattr(hashlib, name) for name in ("sha1", "sha224", "sha256", "sha384", "sha512")}
-
 # Caps against CPU abuse by a hostile peer (checklist item 17). Callers may lower them.
 DEFAULT_MAX_ITERATIONS = 100_000
 MAX_SALT_BYTES = 256
@@ -91,11 +90,7 @@ MAX_SALT_BYTES = 256
 @lru_cache(maxsize=65_536)
 def pbm_key(secret: bytes, salt: bytes, owf: str, iterations: int) -> bytes:
     """RFC 9810 §5.1.3.1: hash (secret || salt) ``iterations`` times with the one-way function."""
-    new = _HASH_CONSTRUCTORS[owf]  # the direct constructor: hashlib.new() costs 3x per call
-    key = new(secret + salt).digest()
-    for _ in range(iterations - 1):
-        key = new(key).digest()
-    return key
+    return iterated_digest(owf, secret + salt, iterations)
 
 
 @lru_cache(maxsize=65_536)
