@@ -800,6 +800,20 @@ def test_issued_certificate_with_a_malformed_key(stub: CaStub) -> None:
     assert info.value.kind == "bad_certificate" and tx.state is State.FAILED
 
 
+@pytest.mark.parametrize("mangle", [lambda c: c[:-10], lambda c: b"\x30\x03\x02\x01\x01", lambda c: c + b"\x00"])
+def test_issued_certificate_that_is_not_a_certificate(stub: CaStub, mangle: Callable[[bytes], bytes]) -> None:
+    def corrupt(reply: Reply, request: PKIMessage) -> Reply:
+        resp = reply.body.responses[0]  # type: ignore[union-attr]
+        bad = dataclasses.replace(resp, certificate=mangle(resp.certificate))
+        return dataclasses.replace(reply, body=CertRepMessage((bad,), ()))
+
+    answer_with(stub, corrupt)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises((CertificateError, MalformedMessage)):
+        tx.receive(stub.answer(tx.start().data))
+    assert tx.state is State.FAILED
+
+
 def test_signer_certificate_with_a_malformed_key(stub: CaStub) -> None:
     stub.ca_pubs = False
     signer = stub.signer.der
