@@ -17,17 +17,18 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x448, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, x448, x25519
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
     CertificatePublicKeyTypes,
@@ -742,6 +743,15 @@ class CertificateIssuer:
                 ]
             )
             self._ext_urls = [_raw(crl_dp, False), _raw(aia, False)]
+        # The constant extensions' DER, for the direct TBS encoding (``_sign_direct``).
+        self._ext_der = {
+            id(e): _extension_der(e) for e in (self._ext_aki, self._ext_basic, self._ext_ku_ds, *self._ext_urls)
+        }
+        self._issuer_der = self._issuer_name.public_bytes()
+        self._sign_raw = _raw_signer(self._issuing_key, self._hash)
+        self._sig_alg_der = b""
+        if self._sign_raw is not None and not self._direct_matches_builder():
+            self._sign_raw = None  # an issuing key the direct encoding does not reproduce: builder
 
     @property
     def crl_url(self) -> str:
@@ -832,27 +842,24 @@ class CertificateIssuer:
             exts.append(eku)
         if san_value is not None:
             exts.append(x509.Extension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, null_dn, san_value))
-        exts.append(_ski_extension(spki))
+        direct = self._sign_raw is not None
+        exts.append(_SKI_SLOT if direct else _ski_extension(spki))
         exts.append(self._ext_aki)
         policies = requested.get(x509.CertificatePolicies)
         if policies is not None:
             exts.append(x509.Extension(ExtensionOID.CERTIFICATE_POLICIES, False, policies.value))
         exts.extend(self._ext_urls)
-        builder = x509.CertificateBuilder(
-            issuer_name=self._issuer_name,
-            subject_name=subject,
-            public_key=public_key,
-            serial_number=serial,
-            not_valid_before=_naive_utc(start),
-            not_valid_after=_naive_utc(end),
-            extensions=exts,
-        )
         try:
-            cert = builder.sign(self._issuing_key, self._hash)  # type: ignore[arg-type]
+            if direct:
+                cert_der = self._sign_direct(serial, start, end, subject, spki, exts)
+                cert = x509.load_der_x509_certificate(cert_der)
+            else:
+                cert = self._sign_with_builder(serial, start, end, subject, public_key, exts)
+                cert_der = cert.public_bytes(_DER)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CertificateRequestRejected(f"cannot issue for this request: {exc}") from None
         return IssuedCert(
-            der=cert.public_bytes(_DER),
+            der=cert_der,
             cert=cert,
             serial=serial,
             not_before=start.replace(microsecond=0),
@@ -861,8 +868,174 @@ class CertificateIssuer:
             subject_name=subject,
         )
 
+    def _sign_with_builder(
+        self,
+        serial: int,
+        start: datetime,
+        end: datetime,
+        subject: x509.Name,
+        public_key: CertificatePublicKeyTypes,
+        exts: Sequence[x509.Extension[x509.ExtensionType]],
+    ) -> x509.Certificate:
+        """The reference encoding: cryptography's builder, made in one constructor call (the
+        chained builder methods copy the builder and re-check every extension on each step)."""
+        builder = x509.CertificateBuilder(
+            issuer_name=self._issuer_name,
+            subject_name=subject,
+            public_key=public_key,
+            serial_number=serial,
+            not_valid_before=_naive_utc(start),
+            not_valid_after=_naive_utc(end),
+            extensions=list(exts),
+        )
+        return builder.sign(self._issuing_key, self._hash)  # type: ignore[arg-type]
+
+    def _sign_direct(
+        self,
+        serial: int,
+        start: datetime,
+        end: datetime,
+        subject: x509.Name,
+        spki: bytes,
+        exts: Sequence[x509.Extension[x509.ExtensionType]],
+    ) -> bytes:
+        """The same certificate as ``_sign_with_builder``, its TBSCertificate encoded here and
+        signed with the issuing key directly: the builder spent about 70 µs per certificate
+        beyond the signature converting its Python inputs. ``__init__`` checks that both
+        encodings agree byte for byte for this issuer (else the builder is used), and the tests
+        compare them over random requests."""
+        if not 0 < serial < 1 << 159:  # the builder's own limits (RFC 5280 §4.1.2.2)
+            raise ValueError("serial number must be positive and at most 159 bits")
+        known = self._ext_der
+        ext_ders = [
+            _ski_extension_der(spki) if e is _SKI_SLOT else known.get(id(e)) or _extension_der(e)
+            for e in exts
+        ]
+        tbs = _tlv(
+            0x30,
+            b"".join(
+                (
+                    _VERSION_3,
+                    _integer(serial),
+                    self._sig_alg_der,
+                    self._issuer_der,
+                    _tlv(0x30, _x509_time(start) + _x509_time(end)),
+                    subject.public_bytes(),
+                    spki,
+                    _tlv(0xA3, _tlv(0x30, b"".join(ext_ders))),
+                )
+            ),
+        )
+        assert self._sign_raw is not None
+        signature = self._sign_raw(tbs)
+        return _tlv(0x30, tbs + self._sig_alg_der + _tlv(0x03, b"\x00" + signature))
+
+    def _direct_matches_builder(self) -> bool:
+        """Issue one probe certificate both ways; True when the TBS encodings are identical.
+        Also learns the signature AlgorithmIdentifier from the builder's certificate."""
+        key = self.hierarchy.issuing.public_key()
+        spki = key.public_bytes(_DER, _SPKI)
+        start = datetime(2020, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
+        end = datetime(2060, 1, 2, 3, 4, 5, tzinfo=UTC)  # both Time choices
+        exts = [self._ext_basic, self._ext_ku_ds, _ski_extension(spki), self._ext_aki, *self._ext_urls]
+        try:
+            probe = self._sign_with_builder(0x1234, start, end, self._issuer_name, key, exts)  # type: ignore[arg-type]
+            self._sig_alg_der = _signature_algorithm_der(probe.public_bytes(_DER))
+            exts[2] = _SKI_SLOT
+            direct = x509.load_der_x509_certificate(
+                self._sign_direct(0x1234, start, end, self._issuer_name, spki, exts)
+            )
+        except Exception:  # any failure of the probe: the builder it is
+            return False
+        return direct.tbs_certificate_bytes == probe.tbs_certificate_bytes and (
+            direct.signature_algorithm_oid == probe.signature_algorithm_oid
+        )
+
+
 
 _NULL_DN = x509.Name([])
+
+
+_VERSION_3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(body))) + body + content
+
+
+def _integer(value: int) -> bytes:
+    """A non-negative INTEGER, minimal octets."""
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _x509_time(when: datetime) -> bytes:
+    """RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; whole seconds, as the
+    builder encodes them."""
+    return _x509_time_of(math.floor(when.timestamp()))
+
+
+@lru_cache(maxsize=16)
+def _x509_time_of(second: int) -> bytes:
+    """Cached by the second: every certificate of a second starts and ends alike."""
+    t = datetime.fromtimestamp(second, UTC)
+    text = f"{t.month:02d}{t.day:02d}{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
+    if t.year < 2050:
+        return b"\x17\x0d" + f"{t.year % 100:02d}{text}".encode("ascii")
+    return b"\x18\x0f" + f"{t.year:04d}{text}".encode("ascii")
+
+
+def _extension_der(ext: x509.Extension[x509.ExtensionType]) -> bytes:
+    """Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue }."""
+    value = ext.value.public_bytes()
+    critical = b"\x01\x01\xff" if ext.critical else b""
+    return _tlv(0x30, _oid_der(ext.oid.dotted_string) + critical + _tlv(0x04, value))
+
+
+_OID_DER: dict[str, bytes] = {}
+
+
+def _oid_der(dotted: str) -> bytes:
+    cached = _OID_DER.get(dotted)
+    if cached is None:
+        arcs = [int(a) for a in dotted.split(".")]
+        body = bytearray()
+        for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+            chunk = [arc & 0x7F]
+            arc >>= 7
+            while arc:
+                chunk.append(0x80 | (arc & 0x7F))
+                arc >>= 7
+            body.extend(reversed(chunk))
+        cached = _tlv(0x06, bytes(body))
+        if len(_OID_DER) < 1024:  # requests name only a few extension types
+            _OID_DER[dotted] = cached
+    return cached
+
+
+def _signature_algorithm_der(cert_der: bytes) -> bytes:
+    """The signatureAlgorithm TLV of a certificate (the second element of its SEQUENCE)."""
+    pos = _skip_header(cert_der, 0)
+    pos = _skip_tlv(cert_der, pos)  # past the TBSCertificate
+    return cert_der[pos : _skip_tlv(cert_der, pos)]
+
+
+def _raw_signer(
+    key: CertificateIssuerPrivateKeyTypes, hash_alg: hashes.HashAlgorithm | None
+) -> Callable[[bytes], bytes] | None:
+    """Sign bytes as the builder signs a certificate with ``key`` (None: a key type left to it)."""
+    if isinstance(key, ec.EllipticCurvePrivateKey) and hash_alg is not None:
+        ecdsa = ec.ECDSA(hash_alg)
+        return lambda data: key.sign(data, ecdsa)
+    if isinstance(key, rsa.RSAPrivateKey) and hash_alg is not None:
+        pkcs1 = padding.PKCS1v15()
+        return lambda data: key.sign(data, pkcs1, hash_alg)
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
+        return key.sign
+    return None
 
 
 def _raw(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
@@ -909,6 +1082,19 @@ def _ski_extension(spki: bytes) -> x509.Extension[x509.ExtensionType]:
         False,
         x509.UnrecognizedExtension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, b"\x04\x14" + digest),
     )
+
+
+def _ski_extension_der(spki: bytes) -> bytes:
+    """``_ski_extension``'s DER, for the direct encoding."""
+    digest = hashlib.sha1(_spki_bit_string(spki), usedforsecurity=False).digest()
+    return _SKI_PREFIX + digest
+
+
+_SKI_PREFIX = b"\x30\x1d\x06\x03\x55\x1d\x0e\x04\x16\x04\x14"  # SEQUENCE { id-ce-subjectKeyIdentifier, OCTET STRING { OCTET STRING (20) } }
+#: Where the SKI goes in the extension list of a directly encoded certificate.
+_SKI_SLOT = x509.Extension(
+    ExtensionOID.SUBJECT_KEY_IDENTIFIER, False, x509.UnrecognizedExtension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, b"")
+)
 
 
 def _default_key_usage(public_key: CertificatePublicKeyTypes) -> x509.KeyUsage:

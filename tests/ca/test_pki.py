@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -507,3 +509,151 @@ def test_issued_cert_from_a_foreign_certificate(openssl_pki: Path) -> None:
     )
     assert wrapped.key_fingerprint == digest.finalize()
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+
+
+# --------------------------------------------------------------------------- direct TBS encoding
+
+_SAN_NAMES = st.lists(
+    st.one_of(
+        st.from_regex(r"[a-z][a-z0-9-]{0,20}\.example", fullmatch=True).map(x509.DNSName),
+        st.from_regex(r"urn:dev:[a-z0-9]{1,12}", fullmatch=True).map(x509.UniformResourceIdentifier),
+        st.from_regex(r"[a-z]{1,8}@example\.org", fullmatch=True).map(x509.RFC822Name),
+    ),
+    max_size=3,
+)
+_KEY_USAGES = st.tuples(*[st.booleans()] * 5).map(
+    lambda b: x509.KeyUsage(b[0], b[1], b[2], b[3], b[4], False, False, False, False)
+)
+_EKUS = st.lists(
+    st.sampled_from(
+        [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CODE_SIGNING]
+    ),
+    min_size=1,
+    max_size=3,
+    unique=True,
+)
+_CN = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"), min_size=1, max_size=40
+)
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> tuple[x509.Name | None, list[x509.Extension[x509.ExtensionType]], list[x509.GeneralName]]:
+    exts: list[x509.Extension[x509.ExtensionType]] = []
+    sans = draw(_SAN_NAMES)
+    if sans and draw(st.booleans()):
+        exts.append(x509.Extension(x509.SubjectAlternativeName.oid, False, x509.SubjectAlternativeName(sans)))
+        sans = []
+    if draw(st.booleans()):
+        exts.append(x509.Extension(x509.KeyUsage.oid, draw(st.booleans()), draw(_KEY_USAGES)))
+    if draw(st.booleans()):
+        exts.append(x509.Extension(x509.ExtendedKeyUsage.oid, False, x509.ExtendedKeyUsage(draw(_EKUS))))
+    if draw(st.booleans()):
+        policy = ObjectIdentifier(f"1.3.6.1.4.1.99999.{draw(st.integers(1, 10**6))}")
+        exts.append(
+            x509.Extension(x509.CertificatePolicies.oid, False, x509.CertificatePolicies([x509.PolicyInformation(policy, None)]))
+        )
+    if draw(st.booleans()):
+        exts.append(x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)))
+    if draw(st.booleans()):
+        odd = ObjectIdentifier("1.3.6.1.4.1.99999.7")
+        exts.append(x509.Extension(odd, False, x509.UnrecognizedExtension(odd, b"\x05\x00")))
+    subject = None if sans or any(e.oid == x509.SubjectAlternativeName.oid for e in exts) and draw(st.booleans()) else (
+        x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, draw(_CN))]
+            + ([x509.NameAttribute(NameOID.ORGANIZATION_NAME, draw(_CN))] if draw(st.booleans()) else [])
+        )
+    )
+    return subject, exts, sans
+
+
+_SUBJECT_KEYS = [
+    ec.generate_private_key(ec.SECP256R1()).public_key(),
+    ec.generate_private_key(ec.SECP384R1()).public_key(),
+    ed25519.Ed25519PrivateKey.generate().public_key(),
+]
+
+
+def _both_ways(
+    issuer: CertificateIssuer, key: object, subject: x509.Name | None, **kwargs: object
+) -> tuple[x509.Certificate, x509.Certificate]:
+    """The same request through the direct encoding and through cryptography's builder, issued
+    within one second (so the validity is the same); returns (direct, builder)."""
+    direct_signer = issuer._sign_raw
+    assert direct_signer is not None, "the direct encoding should be in use for this issuer"
+    for _ in range(5):
+        direct = issuer.issue(key, subject, serial=0x7F1234567890ABCDEF, **kwargs)  # type: ignore[arg-type]
+        issuer._sign_raw = None
+        try:
+            built = issuer.issue(key, subject, serial=0x7F1234567890ABCDEF, **kwargs)  # type: ignore[arg-type]
+        finally:
+            issuer._sign_raw = direct_signer
+        if direct.not_before == built.not_before:
+            return direct.cert, built.cert
+    raise AssertionError("could not issue twice within one second")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=_requests(), key_index=st.integers(0, len(_SUBJECT_KEYS) - 1), days=st.none() | st.integers(1, 5000))
+def test_direct_encoding_is_byte_identical_to_the_builder(
+    issuer: CertificateIssuer,
+    request: tuple[x509.Name | None, list[x509.Extension[x509.ExtensionType]], list[x509.GeneralName]],
+    key_index: int,
+    days: int | None,
+) -> None:
+    subject, exts, sans = request
+    not_after = None if days is None else datetime.now(UTC) + timedelta(days=days)
+    try:
+        direct, built = _both_ways(
+            issuer, _SUBJECT_KEYS[key_index], subject, extensions=exts, sans=sans or None, not_after=not_after
+        )
+    except CertificateRequestRejected as exc:  # both ways refuse alike
+        issuer_signer = issuer._sign_raw
+        issuer._sign_raw = None
+        try:
+            with pytest.raises(CertificateRequestRejected, match=str(exc)[:20]):
+                issuer.issue(_SUBJECT_KEYS[key_index], subject, extensions=exts, sans=sans or None, not_after=not_after)  # type: ignore[arg-type]
+        finally:
+            issuer._sign_raw = issuer_signer
+        return
+    assert direct.tbs_certificate_bytes == built.tbs_certificate_bytes
+    assert direct.signature_algorithm_oid == built.signature_algorithm_oid
+    issuer.hierarchy.issuing.public_key().verify(  # type: ignore[call-arg]
+        direct.signature, direct.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256())  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("key_type", ["ec:P-256", "ec:P-384", "rsa:2048", "ed25519"])
+def test_direct_encoding_for_each_issuing_key_type(key_type: str, tmp_path: Path) -> None:
+    h = CaHierarchy.load_or_create(tmp_path / "state", key_type=key_type)
+    for base_url in (BASE_URL, None):
+        issuer = CertificateIssuer(h, base_url=base_url)
+        sans = [x509.DNSName("dev.example")]
+        direct, built = _both_ways(issuer, ec_public_key(), device_name(), sans=sans)
+        assert direct.tbs_certificate_bytes == built.tbs_certificate_bytes
+        assert direct.signature_algorithm_oid == built.signature_algorithm_oid
+        assert direct.verify_directly_issued_by(h.issuing) is None
+    result = openssl_verify(h, direct, tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_an_issuer_the_direct_encoding_cannot_reproduce_uses_the_builder(
+    hierarchy: CaHierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The self-check at construction: if the direct TBS differs from the builder's for the
+    probe certificate, every issuance goes through the builder."""
+    import fleet.ca.pki as pki
+
+    monkeypatch.setattr(pki, "_VERSION_3", b"\xa0\x03\x02\x01\x01")  # a v2 TBS: wrong on purpose
+    issuer = CertificateIssuer(hierarchy, base_url=BASE_URL)
+    assert issuer._sign_raw is None
+    cert = issuer.issue(ec_public_key(), device_name()).cert
+    assert cert.version is x509.Version.v3
+
+
+def test_x509_time_switches_to_generalized_time_in_2050() -> None:
+    from fleet.ca.pki import _x509_time
+
+    assert _x509_time(datetime(2049, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)) == b"\x17\x0d491231235959Z"
+    assert _x509_time(datetime(2050, 1, 1, tzinfo=UTC)) == b"\x18\x0f20500101000000Z"
+    assert _x509_time(datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)) == b"\x17\x0d310203040506Z"
