@@ -167,6 +167,18 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None, cert: x509.Certif
     return hashlib.new(hash_name, cert_bytes).digest()
 
 
+_last_time: tuple[datetime, bytes] = (datetime.min.replace(tzinfo=UTC), b"")
+
+
+def _message_time(now: datetime) -> bytes:
+    """``[0] messageTime`` for ``now`` in whole seconds; every message of a second shares it."""
+    global _last_time
+    now = now.replace(microsecond=0)
+    if now != _last_time[0]:
+        _last_time = (now, der.explicit(0, der.generalized_time(now)))
+    return _last_time[1]
+
+
 def _load_issued(cert_bytes: bytes) -> x509.Certificate:
     """The issued certificate, its DER structure checked by cryptography's parser.
 
@@ -227,6 +239,7 @@ class ClientTransaction:
         self._pending_error: FleetError | None = None
         self._response_was_mac = False
         self._sender_der: bytes | None = None
+        self._fixed_header: tuple[bytes, bytes] | None = None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -268,21 +281,35 @@ class ClientTransaction:
 
     # -- building requests ----------------------------------------------------------------
 
-    def _header(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> PKIHeader:
-        self._last_nonce = self._random(16)
-        protector = self.config.protector
-        return PKIHeader(
-            sender=self._sender(),
-            recipient=self.config.recipient,
-            transaction_id=self.transaction_id,
-            sender_nonce=self._last_nonce,
-            recip_nonce=self._peer_nonce,
-            sender_kid=protector.sender_kid,
-            message_time=self._now().replace(microsecond=0) if self.config.message_time else None,
-            protection_alg=protector.algorithm,
-            general_info=info,
-            pvno=pvno,
-        )
+    def _header_der(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> bytes:
+        """The encoded PKIHeader of the next message, with a fresh senderNonce.
+
+        Equal to ``messages.encode_header`` of the same fields (tests compare them), built from the
+        parts that stay the same through the transaction (sender, recipient, protectionAlg,
+        senderKID, transactionID), encoded once.
+        """
+        self._last_nonce = nonce = self._random(16)
+        fixed = self._fixed_header
+        if fixed is None:
+            protector = self.config.protector
+            sender = self._sender() + self.config.recipient
+            tail = b""
+            if protector.algorithm is not None:
+                tail += der.explicit(1, protector.algorithm)
+            if protector.sender_kid is not None:
+                tail += der.explicit(2, der.octet_string(protector.sender_kid))
+            tail += der.explicit(4, der.octet_string(self.transaction_id))
+            self._fixed_header = fixed = (sender, tail)
+        parts = [b"\x02\x01\x02" if pvno == 2 else der.integer(pvno), fixed[0]]
+        if self.config.message_time:
+            parts.append(_message_time(self._now()))
+        parts.append(fixed[1])
+        parts.append(der.explicit(5, der.octet_string(nonce)))
+        if self._peer_nonce is not None:
+            parts.append(der.explicit(6, der.octet_string(self._peer_nonce)))
+        if info:
+            parts.append(der.explicit(8, der.sequence(*(messages.encode_info(i) for i in info))))
+        return der.sequence(*parts)
 
     def _sender(self) -> bytes:
         """The header's sender, chosen once per transaction: every message of it (certConf and
@@ -308,7 +335,7 @@ class ClientTransaction:
     def _send(
         self, body_type: BodyType, body: messages.Body, info: tuple[InfoTypeAndValue, ...] = (), *, delay: float = 0.0, pvno: int = 2
     ) -> Send:
-        header_der = messages.encode_header(self._header(info, pvno))
+        header_der = self._header_der(info, pvno)
         body_der = messages.encode_body(body_type, body)
         protector = self.config.protector
         protection = protector.protect(messages.protected_part(header_der, body_der))

@@ -131,6 +131,39 @@ def test_ir_with_mac_walks_request_confirm_done(stub: CaStub) -> None:
     assert status.status_info is None  # accepted
 
 
+@pytest.mark.parametrize(
+    "config, request_kw",
+    [
+        ({}, {}),
+        ({"message_time": False}, {}),
+        ({"confirm_hash_alg": "sha256"}, {"cert_profile": "tls"}),
+        ({}, {"implicit_confirm": True}),
+        ({"sender": messages.directory_name(messages.NULL_DN)}, {}),
+    ],
+)
+def test_sent_headers_are_the_canonical_encoding(stub: CaStub, config: dict, request_kw: dict) -> None:
+    """The client builds headers from per-transaction parts; each must equal ``encode_header``
+    of its own decoded fields, byte for byte, and carry the fields the transaction implies."""
+    stub.grant_implicit_confirm = request_kw.get("implicit_confirm", False)
+    tx = ClientTransaction(mac_config(stub, **config), ir(**request_kw))
+    event: Send | Done = tx.start()
+    sent = []
+    while isinstance(event, Send):
+        sent.append(event.data)
+        event = tx.receive(stub.answer(event.data))
+    for k, data in enumerate(sent):
+        header_node = der.parse(data).children()[0]
+        header = messages.decode_header(header_node)
+        assert messages.encode_header(header) == header_node.raw
+        assert header.transaction_id == tx.transaction_id and header.sender_kid == stub.reference
+        assert (header.message_time is not None) == config.get("message_time", True)
+        expected_recip = None if k == 0 else messages.decode(stub.sent[k - 1]).header.sender_nonce
+        assert header.recip_nonce == expected_recip
+        assert header.implicit_confirm == (k == 0 and request_kw.get("implicit_confirm", False))
+        assert header.pvno == (3 if k == 1 and config.get("confirm_hash_alg") else 2)
+    assert len(sent) == (1 if request_kw.get("implicit_confirm") else 2)
+
+
 REQUESTS: dict[str, Callable[[CaStub], object]] = {
     "ir": lambda s: ir(),
     "cr": lambda s: CertRequest(BodyType.CR, KEY, SUBJECT),
