@@ -196,14 +196,14 @@ class Tlv:
         out = []
         while pos < end:
             # Fast path for the common case (one-octet tag, short-form length); the rest, and
-            # every error, goes through _read_header.
+            # every error, goes through read_tlv.
             if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
                 cstart = pos + 2
                 cend = cstart + data[pos + 1]
                 if cend > end:
                     _read_header(data, pos, end)  # raises with the precise message
             else:
-                _, cstart, cend = _read_header(data, pos, end)
+                _, cstart, cend = read_tlv(data, pos, end)
             out.append(Tlv(data, data[pos], pos, cstart, cend, depth))
             pos = cend
             if len(out) > MAX_CHILDREN:
@@ -270,30 +270,35 @@ class Tlv:
             raise DerError("string is not valid UTF-8") from exc
 
     def as_time(self) -> datetime:
-        """GeneralizedTime ``YYYYMMDDHHMMSSZ`` or UTCTime ``YYMMDDHHMMSSZ``, the only DER forms.
+        return time_value(self.tag, self.content)
 
-        The length and digit checks matter: ``strptime`` alone takes ``2024111...`` (one-digit
-        fields). UTCTime years 50-99 are 19xx (RFC 5280 §4.1.2.5.1), not Python's 69 pivot.
-        """
-        c = self.content
-        text = c.decode("ascii", "replace")
-        size = {GENERALIZED_TIME: 15, UTC_TIME: 13}.get(self.tag)
-        if size is not None and len(c) == size and c[-1:] == b"Z" and c[:-1].isdigit():
-            # int() on fixed slices, not strptime (20 µs a call, on every message's messageTime);
-            # datetime() still rejects out-of-range fields.
-            try:
-                if self.tag == GENERALIZED_TIME:
-                    year, rest = int(c[0:4]), 4
-                else:
-                    year, rest = int(c[0:2]), 2
-                    year += 1900 if year >= 50 else 2000
-                return datetime(
-                    year, int(c[rest:rest + 2]), int(c[rest + 2:rest + 4]), int(c[rest + 4:rest + 6]),
-                    int(c[rest + 6:rest + 8]), int(c[rest + 8:rest + 10]), tzinfo=UTC,
-                )
-            except ValueError:
-                pass
-        raise DerError(f"malformed time value {text[:32]!r}")
+
+_TIME_SIZES = {GENERALIZED_TIME: 15, UTC_TIME: 13}
+
+
+def time_value(tag: int, c: bytes) -> datetime:
+    """GeneralizedTime ``YYYYMMDDHHMMSSZ`` or UTCTime ``YYMMDDHHMMSSZ``, the only DER forms.
+
+    The length and digit checks matter: ``strptime`` alone takes ``2024111...`` (one-digit
+    fields). UTCTime years 50-99 are 19xx (RFC 5280 §4.1.2.5.1), not Python's 69 pivot.
+    """
+    size = _TIME_SIZES.get(tag)
+    if size is not None and len(c) == size and c[-1:] == b"Z" and c[:-1].isdigit():
+        # int() on fixed slices, not strptime (20 µs a call, on every message's messageTime);
+        # datetime() still rejects out-of-range fields.
+        try:
+            if tag == GENERALIZED_TIME:
+                year, rest = int(c[0:4]), 4
+            else:
+                year, rest = int(c[0:2]), 2
+                year += 1900 if year >= 50 else 2000
+            return datetime(
+                year, int(c[rest:rest + 2]), int(c[rest + 2:rest + 4]), int(c[rest + 4:rest + 6]),
+                int(c[rest + 6:rest + 8]), int(c[rest + 8:rest + 10]), tzinfo=UTC,
+            )
+        except ValueError:
+            pass
+    raise DerError(f"malformed time value {c.decode('ascii', 'replace')[:32]!r}")
 
 
 MAX_OID_ARC_OCTETS = 20  # 140 bits: room for 2.25.<UUID> arcs (128 bits)
@@ -319,6 +324,34 @@ def decode_oid(content: bytes) -> str:
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     return ".".join(map(str, head + arcs[1:]))
+
+
+def read_tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the TLV at ``pos``, bounded by ``end``.
+
+    Lengths below 64 KiB are read inline; anything else, and every error, goes through the
+    general reader, so both accept and reject exactly the same input.
+    """
+    if pos + 2 <= end:
+        tag = data[pos]
+        if tag & 0x1F != 0x1F:
+            first = data[pos + 1]
+            if first < 0x80:
+                cend = pos + 2 + first
+                if cend <= end:
+                    return tag, pos + 2, cend
+            elif first == 0x81:
+                if pos + 3 <= end:
+                    n = data[pos + 2]
+                    cend = pos + 3 + n
+                    if n >= 0x80 and cend <= end:
+                        return tag, pos + 3, cend
+            elif first == 0x82 and pos + 4 <= end:
+                n = data[pos + 2] << 8 | data[pos + 3]
+                cend = pos + 4 + n
+                if n >= 0x100 and cend <= end:
+                    return tag, pos + 4, cend
+    return _read_header(data, pos, end)
 
 
 def _read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:

@@ -309,3 +309,29 @@ def test_reader_on_random_bytes(data: bytes) -> None:
                     pass
     except der.DerError:
         pass
+
+
+def _outcome(fn, data: bytes, pos: int, end: int) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return fn(data, pos, end)
+    except der.DerError as exc:
+        return ("error", str(exc))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=8),
+        st.tuples(st.integers(0, 255), st.sampled_from([0x81, 0x82, 0x83, 0x80, 0x7F, 0x00]), st.binary(max_size=600)).map(
+            lambda t: bytes([t[0], t[1]]) + t[2]
+        ),
+        st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=300)).map(
+            lambda t: bytes([0x30, 0x82, t[0] >> 8, t[0] & 0xFF]) + t[1]
+        ),
+    ),
+    cut=st.integers(0, 8),
+)
+def test_read_tlv_agrees_with_the_general_reader(data: bytes, cut: int) -> None:
+    """The inline reader accepts and rejects exactly what the general one does."""
+    end = max(0, len(data) - cut)
+    assert _outcome(der.read_tlv, data, 0, end) == _outcome(der._read_header, data, 0, end)
