@@ -352,8 +352,11 @@ class _Ctx:
     msg: PKIMessage
     now: float
     when: datetime
-    auth: _Auth = field(default_factory=lambda: _Auth("none"))
+    auth: _Auth = field(default_factory=lambda: _NO_AUTH)  # replaced, never changed in place
     tx: _Tx | None = None
+
+
+_NO_AUTH = _Auth("none")
 
 
 class _Refuse(Exception):
@@ -398,6 +401,7 @@ class CmpServer:
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
         self._confirm_wait_info: tuple[int, tuple[InfoTypeAndValue, ...]] = (-1, ())
+        self._time_der: tuple[int, bytes] = (-1, b"")  # messageTime of the current second
 
     # -- public surface -------------------------------------------------------------------
 
@@ -923,7 +927,11 @@ class CmpServer:
         self, ctx: _Ctx, body_type: BodyType, body: messages.Body,
         info: tuple[InfoTypeAndValue, ...] = (), extra: tuple[bytes, ...] = (),
     ) -> tuple[bytes, bytes]:
-        """Encode and protect a response; returns (bytes, our senderNonce)."""
+        """Encode and protect a response; returns (bytes, our senderNonce).
+
+        The same bytes as ``messages.encode_header``/``encode_body``/``assemble`` would give
+        (the tests compare them), put together from parts that repeat between responses and
+        are encoded once: messageTime per second, generalInfo, caPubs, extraCerts."""
         req = ctx.msg.header
         auth = ctx.auth
         nonce = self._random(16)
@@ -933,24 +941,20 @@ class CmpServer:
             alg, kid = auth.mac_alg, auth.sender_kid
         else:
             sender, alg, kid = self._signer_name, self.signer.algorithm, self.signer.sender_kid
-        header = PKIHeader(
-            sender=sender,
-            recipient=req.sender,
-            transaction_id=req.transaction_id,
-            sender_nonce=nonce,
-            recip_nonce=req.sender_nonce,
-            sender_kid=kid,
-            message_time=ctx.when.replace(microsecond=0),
-            protection_alg=alg,
-            general_info=info,
-            pvno=2,
+        second = _whole_second(ctx.now)
+        time_der = self._time_der
+        if time_der[0] != second:
+            time_der = (second, _explicit(0, der.generalized_time(datetime.fromtimestamp(second, UTC))))
+            self._time_der = time_der
+        header_der = _header_der(
+            sender, req.sender, time_der[1], alg, kid, req.transaction_id, nonce, req.sender_nonce,
+            _general_info_der(info) if info else b"",
         )
-        header_der = messages.encode_header(header)
         if body_type is BodyType.PKICONF:
             body_der = _PKICONF_BODY  # always the same NULL
         else:
-            body_der = messages.encode_body(body_type, body)
-        part = messages.protected_part(header_der, body_der)
+            body_der = _cert_rep_der(body_type, body) or messages.encode_body(body_type, body)
+        part = _sequence(header_der + body_der)
         if mac:
             assert auth.mac_params is not None and auth.secret is not None
             protection = compute_mac(auth.mac_params, auth.secret, part)
@@ -958,7 +962,10 @@ class CmpServer:
         else:
             protection = self.signer.protect(part)
             certs = _signed_extra_certs(self.signer.extra_certs, extra)
-        return messages.assemble(header_der, body_der, protection, certs), nonce
+        tail = _explicit(0, _bit_string(protection))
+        if certs:
+            tail += _extra_certs_der(certs)
+        return _sequence(header_der + body_der + tail), nonce
 
     def _error(
         self, ctx: _Ctx, fail: FailInfo | int, text: str, *, status: PKIStatus = PKIStatus.REJECTION,
@@ -1000,6 +1007,102 @@ _TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
     },
     TxState.CLOSED: {},
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# Response encoding from cached parts (``CmpServer._encode``)
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes((tag, n)) + content
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(body))) + body + content
+
+
+def _sequence(content: bytes) -> bytes:
+    return _tlv(0x30, content)
+
+
+def _explicit(number: int, content: bytes) -> bytes:
+    return _tlv(0xA0 | number, content)
+
+
+def _octets(value: bytes) -> bytes:
+    return _tlv(0x04, value)
+
+
+def _bit_string(value: bytes) -> bytes:
+    return _tlv(0x03, b"\x00" + value)
+
+
+def _whole_second(now: float) -> int:
+    """The whole second of ``datetime.fromtimestamp(now)`` (which rounds to the microsecond
+    half-even first): what ``ctx.when.replace(microsecond=0)`` says, without the datetime."""
+    frac, whole = math.modf(now)
+    second = int(whole)
+    if round(frac * 1e6) >= 1_000_000:
+        second += 1
+    elif frac < 0 and round(frac * 1e6) < 0:
+        second -= 1
+    return second
+
+
+_PVNO_2 = b"\x02\x01\x02"
+
+
+def _header_der(
+    sender: bytes, recipient: bytes, time_der: bytes, alg: bytes | None, kid: bytes | None,
+    tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes,
+) -> bytes:
+    """``messages.encode_header`` of a response header (pvno 2, no freeText or recipKID)."""
+    out = _PVNO_2 + sender + recipient + time_der
+    if alg is not None:
+        out += _explicit(1, alg)
+    if kid is not None:
+        out += _explicit(2, _octets(kid))
+    if tid is not None:
+        out += _explicit(4, _octets(tid))
+    out += _explicit(5, _octets(nonce))
+    if recip_nonce is not None:
+        out += _explicit(6, _octets(recip_nonce))
+    return _sequence(out + info_der)
+
+
+@lru_cache(maxsize=64)
+def _general_info_der(info: tuple[InfoTypeAndValue, ...]) -> bytes:
+    """[8] generalInfo: implicitConfirm, or confirmWaitTime (one value per second)."""
+    return _explicit(8, _sequence(b"".join(messages.encode_info(i) for i in info)))
+
+
+@lru_cache(maxsize=64)
+def _extra_certs_der(certs: tuple[bytes, ...]) -> bytes:
+    """[1] extraCerts: the same chain (and root) in every response of a CA."""
+    return _explicit(1, _sequence(b"".join(certs)))
+
+
+@lru_cache(maxsize=64)
+def _ca_pubs_der(ca_pubs: tuple[bytes, ...]) -> bytes:
+    return _explicit(1, _sequence(b"".join(ca_pubs)))
+
+
+_ACCEPTED_DER = messages.encode_status_info(messages.ACCEPTED)
+
+
+def _cert_rep_der(body_type: BodyType, body: messages.Body) -> bytes | None:
+    """An ip/cp/kup carrying one accepted certificate, encoded directly; None for any other
+    body (``messages.encode_body`` does those)."""
+    if type(body) is not CertRepMessage or len(body.responses) != 1:
+        return None
+    r = body.responses[0]
+    if r.status != messages.ACCEPTED or r.certificate is None or r.private_key is not None or r.rsp_info is not None:
+        return None
+    response = _sequence(
+        der.integer(r.cert_req_id) + _ACCEPTED_DER + _sequence(_explicit(0, r.certificate))
+    )
+    head = _ca_pubs_der(body.ca_pubs) if body.ca_pubs else b""
+    return _explicit(int(body_type), _sequence(head + _sequence(response)))
 
 
 # ---------------------------------------------------------------------------------------------

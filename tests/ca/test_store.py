@@ -461,3 +461,27 @@ def test_serials_sent_before_a_kill_9_are_never_allocated_again(tmp_path: Path) 
         after = {store.allocate_serial() for _ in range(100)}
     assert not before & after
     assert {s >> 128 for s in before}.isdisjoint({s >> 128 for s in after})
+
+
+def test_fast_record_construction_equals_the_dataclass_way() -> None:
+    """record_issued/confirm build records without the dataclass machinery; the result must be
+    the same record (equal, same repr, still frozen) as ``CertRecord(...)`` / ``replace``."""
+    from dataclasses import FrozenInstanceError, replace
+
+    from fleet.ca.store import CertRecord, _changed, _new_record
+
+    values = dict(
+        serial=0x1234, subject="CN=a", device_ref="dev", key_fingerprint=b"k" * 32,
+        not_before=datetime(2030, 1, 1, tzinfo=UTC), not_after=datetime(2031, 1, 1, tzinfo=UTC),
+        status=CertStatus.PENDING, revocation_reason=None, revocation_time=None,
+        transaction_id=b"t" * 16, created=datetime(2030, 1, 1, tzinfo=UTC), der=b"\x30\x00",
+    )
+    made = CertRecord(**values)  # type: ignore[arg-type]
+    fast = _new_record(values)
+    assert fast == made and repr(fast) == repr(made) and hash(repr(fast))
+    assert _changed(fast, status=CertStatus.ISSUED) == replace(made, status=CertStatus.ISSUED)
+    assert fast.status is CertStatus.PENDING  # the original is untouched
+    with pytest.raises(FrozenInstanceError):
+        fast.status = CertStatus.REVOKED  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        _changed(fast, colour="red")

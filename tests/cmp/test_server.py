@@ -603,3 +603,107 @@ def test_p10cr_with_fleet_client(server: CmpServer, authority: Authority) -> Non
     done, labels = drive(server, ClientTransaction(mac_config(authority), CsrRequest(csr)))
     assert labels == ["cp", "pkiconf"]
     assert load_cert(done.certificate).subject == name("p10-client")
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses encoded from cached parts are byte for byte what ``messages`` encodes
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fleet.cmp import server as server_module  # noqa: E402
+
+_GN = st.sampled_from(
+    [messages.NULL_DN_GENERAL_NAME, messages.directory_name(name("CA").public_bytes()), b"\x82\x03a.b"]
+)
+_OPT = st.none() | st.binary(min_size=1, max_size=200)
+_INFO = st.sampled_from(
+    [
+        (),
+        (messages.InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),),
+        (messages.InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(datetime(2031, 1, 2, tzinfo=UTC))),),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sender=_GN, recipient=_GN, second=st.integers(0, 2**33), alg=_OPT, kid=_OPT, tid=_OPT,
+    nonce=st.binary(min_size=16, max_size=16), recip_nonce=_OPT, info=_INFO,
+)
+def test_header_from_cached_parts_matches_encode_header(
+    sender: bytes, recipient: bytes, second: int, alg: bytes | None, kid: bytes | None, tid: bytes | None,
+    nonce: bytes, recip_nonce: bytes | None, info: tuple[messages.InfoTypeAndValue, ...],
+) -> None:
+    when = datetime.fromtimestamp(second, UTC)
+    reference = messages.encode_header(PKIHeader(
+        sender=sender, recipient=recipient, transaction_id=tid, sender_nonce=nonce, recip_nonce=recip_nonce,
+        sender_kid=kid, message_time=when, protection_alg=alg, general_info=info, pvno=2,
+    ))
+    time_der = der.explicit(0, der.generalized_time(when))
+    info_der = server_module._general_info_der(info) if info else b""
+    assert server_module._header_der(
+        sender, recipient, time_der, alg, kid, tid, nonce, recip_nonce, info_der
+    ) == reference
+
+
+_STATUS = st.sampled_from(
+    [messages.ACCEPTED, messages.PKIStatusInfo(PKIStatus.ACCEPTED), messages.PKIStatusInfo(PKIStatus.GRANTED_WITH_MODS),
+     messages.PKIStatusInfo(PKIStatus.REJECTION, ("no",), FailInfo.badPOP.mask), messages.PKIStatusInfo(PKIStatus.WAITING)]
+)
+_CERT_RESPONSE = st.builds(
+    messages.CertResponse,
+    cert_req_id=st.integers(-1, 300),
+    status=_STATUS,
+    certificate=st.none() | st.binary(min_size=1, max_size=400).map(lambda b: der.sequence(b)),
+    rsp_info=st.none() | st.binary(max_size=4),
+    private_key=st.none() | st.just(der.sequence(b"")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body_type=st.sampled_from([BodyType.IP, BodyType.CP, BodyType.KUP]),
+    responses=st.lists(_CERT_RESPONSE, min_size=0, max_size=2).map(tuple),
+    ca_pubs=st.lists(st.binary(min_size=1, max_size=300).map(lambda b: der.sequence(b)), max_size=2).map(tuple),
+)
+def test_cert_rep_from_cached_parts_matches_encode_body(
+    body_type: BodyType, responses: tuple[messages.CertResponse, ...], ca_pubs: tuple[bytes, ...]
+) -> None:
+    body = CertRepMessage(responses, ca_pubs)
+    fast = server_module._cert_rep_der(body_type, body)
+    if fast is not None:
+        assert fast == messages.encode_body(body_type, body)
+    else:  # only the common shape takes the direct path
+        assert len(responses) != 1 or responses[0].status != messages.ACCEPTED or responses[0].certificate is None \
+            or responses[0].rsp_info is not None or responses[0].private_key is not None
+
+
+@given(st.floats(min_value=0, max_value=2**34, allow_nan=False) | st.integers(0, 2**34).map(lambda s: s - 5e-7))
+def test_whole_second_is_the_datetimes(now: float) -> None:
+    expected = datetime.fromtimestamp(now, UTC).replace(microsecond=0)
+    assert datetime.fromtimestamp(server_module._whole_second(now), UTC) == expected
+
+
+def test_every_response_reencodes_identically(server: CmpServer, authority: Authority) -> None:
+    """ip, pkiConf, error, rp, genp, signed and MAC-protected: what the server sends is what
+    ``messages.encode`` makes of the decoded message (no field lost or encoded differently)."""
+    sent: list[bytes] = []
+    original = server._encode
+
+    def recording(*args: object, **kwargs: object) -> tuple[bytes, bytes]:
+        data, nonce = original(*args, **kwargs)  # type: ignore[arg-type]
+        sent.append(data)
+        return data, nonce
+
+    server._encode = recording  # type: ignore[method-assign]
+    done, key = enroll(server, authority)
+    cert = load_cert(done.certificate)
+    signed = sig_config(authority, key, cert)
+    drive(server, ClientTransaction(signed, GeneralRequest((messages.InfoTypeAndValue(oids.IT_CA_CERTS),))))
+    drive(server, ClientTransaction(signed, RevocationRequest(cert.issuer, cert.serial_number)))
+    server.handle(b"\x30\x03\x02\x01\x02", time.time())  # malformed: an error answer
+    drive(server, ClientTransaction(mac_config(authority), CertRequest(BodyType.IR, new_key(), subject=name("i"), implicit_confirm=True)))
+    assert len(sent) >= 6
+    for data in sent:
+        assert messages.encode(messages.decode(data)) == data
