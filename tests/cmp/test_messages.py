@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -212,6 +213,51 @@ def mutated(draw) -> bytes:
 @given(mutated())
 def test_fuzz_mutated_messages(data: bytes) -> None:
     _decode_or_fleet_error(data)
+
+
+def _header_outcome(reader, node: der.Tlv) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return reader(node)
+    except FleetError as exc:
+        return type(exc)
+
+
+@st.composite
+def header_nodes(draw) -> der.Tlv:
+    """A header as decode() meets it: valid, or mutated like test_fuzz_mutated_messages."""
+    data = bytearray(m.encode_header(draw(S.headers())))
+    for _ in range(draw(st.integers(0, 3))):
+        if len(data) < 3:
+            break
+        i = draw(st.integers(2, len(data) - 1))
+        data[i] = draw(st.integers(0, 255))
+    try:
+        return der.parse(bytes(data))
+    except der.DerError:
+        return der.parse(m.encode_header(draw(S.headers())))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(header_nodes())
+def test_fast_header_reader_agrees_with_the_general_one(node: der.Tlv) -> None:
+    """Where the offset-based reader answers, it answers exactly what the general reader does."""
+    try:
+        fast = m._decode_header_fast(node)
+    except FleetError:
+        fast = None  # decode_header then asks the general reader
+    if fast is not None:
+        assert fast == m._decode_header_general(node)
+    assert _header_outcome(m.decode_header, node) == _header_outcome(m._decode_header_general, node)
+
+
+def test_fast_header_reader_takes_the_usual_header() -> None:
+    header = m.PKIHeader(
+        sender=m.directory_name(m.NULL_DN), recipient=m.NULL_DN_GENERAL_NAME, transaction_id=b"t" * 16,
+        sender_nonce=b"n" * 16, recip_nonce=b"r" * 16, sender_kid=b"ref", message_time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        protection_alg=der.sequence(der.oid("1.2.840.113533.7.66.13")),
+        general_info=(m.InfoTypeAndValue("1.3.6.1.5.5.7.4.13", der.NULL_DER),),
+    )
+    assert m._decode_header_fast(der.parse(m.encode_header(header))) == header
 
 
 # ---------------------------------------------------------------------------------------------
