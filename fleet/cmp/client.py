@@ -65,6 +65,7 @@ from fleet.cmp.protection import (
     ProtectionError,
     Protector,
     SignatureProtector,
+    check_mac,
     is_mac_algorithm,
     verify_mac,
     verify_signature,
@@ -371,6 +372,11 @@ class ClientTransaction:
                 )
             raise UnprotectedMessage(f"{msg.label} response is not protected")
         protector = self.config.protector
+        if isinstance(protector, MacProtector) and h.protection_alg == protector.algorithm:
+            # The usual answer reuses our own MAC parameters: no need to parse them again.
+            check_mac(protector.params, msg.protected_part, msg.protection, protector.secret)
+            self._response_was_mac = True
+            return
         if is_mac_algorithm(h.protection_alg):
             if not isinstance(protector, MacProtector):
                 raise ProtectionError("MAC-protected response to a signature-protected request")

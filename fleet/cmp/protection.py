@@ -13,6 +13,7 @@ import hmac
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -226,12 +227,44 @@ def parse_mac_params(
     return result
 
 
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+@lru_cache(maxsize=65_536)
+def _hmac_pads(key: bytes, name: str) -> tuple[Any, Any]:
+    """HMAC's inner and outer hash states after the padded key (RFC 2104), made once per key."""
+    new = getattr(hashlib, name)
+    block = new().block_size
+    if len(key) > block:
+        key = new(key).digest()
+    key = key.ljust(block, b"\0")
+    return new(key.translate(_IPAD)), new(key.translate(_OPAD))
+
+
+def hmac_digest(key: bytes, data: bytes, name: str) -> bytes:
+    """HMAC from copies of the key's precomputed states: ~1 µs, where ``hmac.digest`` costs
+    ~2.5 µs (OpenSSL 3 sets up its MAC afresh each call). A device MACs with one key 2-4 times."""
+    inner, outer = _hmac_pads(key, name)
+    inner = inner.copy()
+    inner.update(data)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
 def compute_mac(params: PbmParams | Pbmac1Params, secret: bytes, data: bytes) -> bytes:
     if isinstance(params, PbmParams):
         key = pbm_key(secret, params.salt, params.owf, params.iterations)
     else:
         key = pbkdf2_key(secret, params.salt, params.prf, params.iterations, params.key_length)
-    return hmac.digest(key, data, params.mac)
+    return hmac_digest(key, data, params.mac)
+
+
+def check_mac(params: PbmParams | Pbmac1Params, protected_part: bytes, protection: bytes, secret: bytes) -> None:
+    """Raise ``BadMac`` unless ``protection`` is the MAC of ``protected_part`` under ``params``."""
+    if not hmac.compare_digest(compute_mac(params, secret, protected_part), protection):
+        raise BadMac("MAC protection does not verify with the shared secret")
 
 
 def verify_mac(
@@ -244,8 +277,7 @@ def verify_mac(
 ) -> PbmParams | Pbmac1Params:
     """Check a MAC over the received ProtectedPart; returns the parameters used."""
     params = parse_mac_params(alg_der, max_iterations=max_iterations)
-    if not hmac.compare_digest(compute_mac(params, secret, protected_part), protection):
-        raise BadMac("MAC protection does not verify with the shared secret")
+    check_mac(params, protected_part, protection, secret)
     return params
 
 

@@ -42,3 +42,4 @@ def test_count_below_one_is_refused() -> None:
     with pytest.raises(ValueError):
         iterated_digest("sha256", b"x", 0)
 
+
