@@ -75,6 +75,9 @@ _REQUEST_CACHE_SIZE = 256
 # Body of a non-CMP answer (an error page) read to keep the connection; larger ones close it.
 _ERROR_BODY_LIMIT = 65536
 _CMP_MEDIA_TYPE = b"application/pkixcmp"
+# A connection idle for less than this is reused without checking it first: a server rarely
+# closes one that fast, and a request on a connection it did close is re-sent (see above).
+_FRESH_IDLE = 0.05
 _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 
 
@@ -138,13 +141,18 @@ class _Conn:
     in context managers (~25 µs of client CPU per request, measured by bench/enroll_cpu.py).
     """
 
-    __slots__ = ("plain", "raw", "sock", "stream")
+    __slots__ = ("idle_since", "plain", "raw", "sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, sock: trio.socket.SocketType, raw: socket.socket, plain: bool) -> None:
         self.stream = stream
         self.sock = sock
         self.raw = raw  # the same socket as ``sock``, as the non-blocking stdlib object
         self.plain = plain
+        self.idle_since = 0.0
+
+
+class _Timeout(Exception):
+    """A plain connection's request passed its deadline while waiting on the socket."""
 
 
 class _StaleConnection(Exception):
@@ -321,8 +329,11 @@ class CmpHttpClient:
     def _take_idle(self) -> _Conn | None:
         """Most recently used idle connection that does not look closed by the server."""
         idle = self._idle
+        now = trio.current_time()
         while idle:
             conn = idle.pop()
+            if now - conn.idle_since < _FRESH_IDLE:
+                return conn  # just answered on: not worth a system call (a stale one is retried)
             # An idle keep-alive socket has nothing to read; if it has, the server sent EOF (or
             # junk, or a TLS close_notify): drop it before sending, which avoids most
             # stale-connection retries. One non-blocking peek at the TCP bytes tells.
@@ -386,6 +397,7 @@ class CmpHttpClient:
         raw = conn.raw if conn.plain else None
         pooled = False
         got_bytes = False
+        deadline = trio.current_time() + timeout
 
         async def receive() -> bytes:
             nonlocal got_bytes
@@ -399,7 +411,10 @@ class CmpHttpClient:
                             chunk = raw.recv(_RECEIVE_SIZE)
                             break
                         except BlockingIOError:
-                            await trio.lowlevel.wait_readable(raw)
+                            with trio.move_on_at(deadline) as scope:
+                                await trio.lowlevel.wait_readable(raw)
+                            if scope.cancelled_caught:
+                                raise _Timeout from None
                 else:
                     chunk = await stream.receive_some(_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -414,119 +429,130 @@ class CmpHttpClient:
                 raise _StaleConnection
             return chunk
 
-        try:
-            with trio.move_on_after(timeout):
+        async def transfer() -> CmpHttpResponse:
+            nonlocal pooled
+            try:
+                if raw is not None:
+                    await _send_all(raw, request + body, deadline)
+                else:
+                    await stream.send_all(request + body)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                if reused:
+                    raise _StaleConnection from None
+                raise ConnectionLost(
+                    self.url, f"sending the request failed: {_why(exc)}"
+                ) from None
+
+            buf = b""
+            while True:  # the head; 1xx interim responses are skipped
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise ProtocolError(self.url, "malformed HTTP response: head too large")
+                    chunk = await receive()
+                    if not chunk:
+                        raise ConnectionLost(
+                            self.url,
+                            "server closed the connection without a response"
+                            if not buf
+                            else "server closed the connection before the response was complete",
+                        )
+                    buf += chunk
+                    continue
                 try:
-                    if raw is not None:
-                        await _send_all(raw, request + body)
-                    else:
-                        await stream.send_all(request + body)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    if reused:
-                        raise _StaleConnection from None
-                    raise ConnectionLost(
-                        self.url, f"sending the request failed: {_why(exc)}"
-                    ) from None
+                    head = parse_head(buf[:end])
+                except WireError as exc:
+                    raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
+                buf = buf[end + 4 :]
+                if 100 <= head.status < 200:
+                    continue
+                break
 
-                buf = b""
-                while True:  # the head; 1xx interim responses are skipped
-                    end = buf.find(b"\r\n\r\n")
-                    if end < 0:
-                        if len(buf) > MAX_HEAD_BYTES:
-                            raise ProtocolError(self.url, "malformed HTTP response: head too large")
-                        chunk = await receive()
-                        if not chunk:
-                            raise ConnectionLost(
-                                self.url,
-                                "server closed the connection without a response"
-                                if not buf
-                                else "server closed the connection before the response was complete",
-                            )
-                        buf += chunk
-                        continue
-                    try:
-                        head = parse_head(buf[:end])
-                    except WireError as exc:
-                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
-                    buf = buf[end + 4 :]
-                    if 100 <= head.status < 200:
-                        continue
-                    break
+            status = head.status
+            content_type = head.content_type
+            cmp = (
+                content_type is not None
+                and status // 100 in (2, 4, 5)
+                and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
+            )
+            limit = self.max_response_bytes if cmp else min(self.max_response_bytes, _ERROR_BODY_LIMIT)
 
-                status = head.status
-                content_type = head.content_type
-                cmp = (
-                    content_type is not None
-                    and status // 100 in (2, 4, 5)
-                    and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
-                )
-                limit = self.max_response_bytes if cmp else min(self.max_response_bytes, _ERROR_BODY_LIMIT)
+            def too_large(declared: int | None = None) -> Exception:
+                if not cmp:
+                    return HttpStatusError(self.url, status, _str(content_type))
+                return ResponseTooLarge(self.url, limit, declared)
 
-                def too_large(declared: int | None = None) -> Exception:
-                    if not cmp:
-                        return HttpStatusError(self.url, status, _str(content_type))
-                    return ResponseTooLarge(self.url, limit, declared)
-
-                reusable = head.persistent
-                if head.bodiless:
-                    data = b""
-                    reusable = reusable and not buf
-                elif head.chunked:
-                    decoder = ChunkedDecoder(limit)
-                    try:
-                        rest = decoder.feed(buf)
-                        while not decoder.done:
-                            chunk = await receive()
-                            if not chunk:
-                                raise ConnectionLost(
-                                    self.url,
-                                    "server closed the connection before the response was complete",
-                                )
-                            rest = decoder.feed(chunk)
-                    except WireError as exc:
-                        raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
-                    except OverflowError:
-                        raise too_large() from None
-                    data = decoder.body()
-                    reusable = reusable and not rest
-                elif head.content_length is not None:
-                    length = head.content_length
-                    if length > limit:
-                        raise too_large(length)
-                    parts = [buf]
-                    have = len(buf)
-                    while have < length:
+            reusable = head.persistent
+            if head.bodiless:
+                data = b""
+                reusable = reusable and not buf
+            elif head.chunked:
+                decoder = ChunkedDecoder(limit)
+                try:
+                    rest = decoder.feed(buf)
+                    while not decoder.done:
                         chunk = await receive()
                         if not chunk:
                             raise ConnectionLost(
                                 self.url,
                                 "server closed the connection before the response was complete",
                             )
-                        parts.append(chunk)
-                        have += len(chunk)
-                    joined = b"".join(parts) if len(parts) > 1 else buf
-                    data = joined[:length]
-                    reusable = reusable and have == length
-                else:  # delimited by the server closing the connection
-                    parts = [buf]
-                    have = len(buf)
-                    while True:
-                        if have > limit:
-                            raise too_large()
-                        chunk = await receive()
-                        if not chunk:
-                            break
-                        parts.append(chunk)
-                        have += len(chunk)
-                    data = b"".join(parts)
-                    reusable = False
+                        rest = decoder.feed(chunk)
+                except WireError as exc:
+                    raise ProtocolError(self.url, f"malformed HTTP response: {exc}") from None
+                except OverflowError:
+                    raise too_large() from None
+                data = decoder.body()
+                reusable = reusable and not rest
+            elif head.content_length is not None:
+                length = head.content_length
+                if length > limit:
+                    raise too_large(length)
+                parts = [buf]
+                have = len(buf)
+                while have < length:
+                    chunk = await receive()
+                    if not chunk:
+                        raise ConnectionLost(
+                            self.url,
+                            "server closed the connection before the response was complete",
+                        )
+                    parts.append(chunk)
+                    have += len(chunk)
+                joined = b"".join(parts) if len(parts) > 1 else buf
+                data = joined[:length]
+                reusable = reusable and have == length
+            else:  # delimited by the server closing the connection
+                parts = [buf]
+                have = len(buf)
+                while True:
+                    if have > limit:
+                        raise too_large()
+                    chunk = await receive()
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    have += len(chunk)
+                data = b"".join(parts)
+                reusable = False
 
-                if reusable and self.keep_alive and not self._closed:
-                    self._idle.append(conn)
-                    pooled = True
-                if not cmp:
-                    raise HttpStatusError(self.url, status, _str(content_type))
-                return CmpHttpResponse(status, _str(content_type), data)
+            if reusable and self.keep_alive and not self._closed:
+                conn.idle_since = trio.current_time()
+                self._idle.append(conn)
+                pooled = True
+            if not cmp:
+                raise HttpStatusError(self.url, status, _str(content_type))
+            return CmpHttpResponse(status, _str(content_type), data)
+
+        try:
+            if raw is not None:  # deadlines only at the (rare) blocking waits: no cancel scope
+                try:
+                    return await transfer()
+                except _Timeout:
+                    pass
+            else:
+                with trio.move_on_at(deadline):
+                    return await transfer()
             raise ReadTimeout(
                 self.url, f"no complete response from {self._where()} within {timeout:g} s"
             )
@@ -538,7 +564,7 @@ class CmpHttpClient:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-async def _send_all(raw: socket.socket, data: bytes) -> None:
+async def _send_all(raw: socket.socket, data: bytes, deadline: float) -> None:
     """Send on a non-blocking socket; a loopback request almost always goes in one call."""
     try:
         sent = raw.send(data)
@@ -548,7 +574,10 @@ async def _send_all(raw: socket.socket, data: bytes) -> None:
         return  # the receive that follows is the checkpoint
     view = memoryview(data)
     while sent < len(data):
-        await trio.lowlevel.wait_writable(raw)
+        with trio.move_on_at(deadline) as scope:
+            await trio.lowlevel.wait_writable(raw)
+        if scope.cancelled_caught:
+            raise _Timeout
         try:
             sent += raw.send(view[sent:])
         except BlockingIOError:
