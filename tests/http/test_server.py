@@ -534,3 +534,88 @@ async def test_slow_handler_is_not_cut_off_by_the_request_deadlines() -> None:
                 for body in (b"a", b"b"):  # and the connection stays usable afterwards
                     await stream.send_all(post(body))
                     assert (await reader.read_response())[2] == b"late:" + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses rendered from cached head parts, and the raw-socket I/O path
+
+
+def _render_reference(response: HttpResponse, keep_alive: bool, http10: bool) -> bytes:
+    """The response serialiser before its parts were cached, kept as the specification."""
+    from fleet.http.server import _REASONS, _header_name, _header_value, _http_date
+
+    status = response.status
+    if not 100 <= status <= 999:
+        raise ValueError(f"invalid HTTP status {status}")
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Unknown")), b"Date: " + _http_date()]
+    body = response.body
+    if status < 200 or status in (204, 304):
+        body = b""
+    else:
+        if response.content_type and body:
+            lines.append(b"Content-Type: " + _header_value(response.content_type))
+        lines.append(b"Content-Length: %d" % len(body))
+    for name, value in response.headers:
+        lines.append(_header_name(name) + b": " + _header_value(value))
+    if not keep_alive:
+        lines.append(b"Connection: close")
+    elif http10:
+        lines.append(b"Connection: keep-alive")
+    lines.append(b"")
+    lines.append(body)
+    return b"\r\n".join(lines)
+
+
+_HEADER_NAMES = st.sampled_from(["Allow", "Retry-After", "X-Odd", "", "Bad Name", "é"])
+_HEADER_VALUES = st.sampled_from(["POST", "1", "", "a\r\nb", "nul\0", "café", "✓"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    status=st.sampled_from([100, 101, 200, 204, 304, 400, 404, 413, 500, 503, 599, 99, 1000, 0]),
+    body=st.sampled_from([b"", b"x", b"\x30\x03\x02\x01\x02" * 50]),
+    content_type=st.sampled_from(["application/pkixcmp", "", "text/plain; charset=utf-8", "bad\r\n"]),
+    headers=st.lists(st.tuples(_HEADER_NAMES, _HEADER_VALUES), max_size=2),
+    as_list=st.booleans(),
+    keep_alive=st.booleans(),
+    http10=st.booleans(),
+)
+def test_render_from_cached_parts_matches_the_reference(
+    status: int, body: bytes, content_type: str, headers: list[tuple[str, str]], as_list: bool,
+    keep_alive: bool, http10: bool,
+) -> None:
+    from fleet.http.server import _render
+
+    response = HttpResponse(status, body, content_type, headers if as_list else tuple(headers))  # type: ignore[arg-type]
+    try:
+        expected: bytes | type[Exception] = _render_reference(response, keep_alive, http10)
+    except (ValueError, UnicodeError) as exc:
+        expected = type(exc)
+    if isinstance(expected, bytes):
+        assert _render(response, keep_alive, http10) == expected
+        assert _render(response, keep_alive, http10) == expected  # again, from the cache
+    else:
+        with pytest.raises(expected):
+            _render(response, keep_alive, http10)
+
+
+async def test_plain_tcp_connections_use_the_raw_socket_path() -> None:
+    """The raw-socket path is what serves plain TCP (trio still keeps its socket where the
+    server looks for it); a response larger than the socket buffer still arrives whole."""
+    from fleet.http.server import _raw_socket
+
+    big = bytes(range(256)) * 40_000  # 10 MB: more than one non-blocking send takes
+
+    async def large(request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200, big if request.body == b"big" else b"small")
+
+    async with http_server(large) as (port, _):
+        stream, reader = await connect(port)
+        assert _raw_socket(stream) is not None
+        async with stream:
+            with trio.fail_after(20):
+                for body in (b"big", b"x", b"big"):
+                    await stream.send_all(post(body))
+                    _, headers, received, _ = await reader.read_response()
+                    assert received == (big if body == b"big" else b"small")
+                    assert headers[b"content-length"] == str(len(received)).encode()
