@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -168,15 +169,18 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None, cert: x509.Certif
     return hashlib.new(hash_name, cert_bytes).digest()
 
 
-_last_time: tuple[datetime, bytes] = (datetime.min.replace(tzinfo=UTC), b"")
+_last_time: tuple[object, bytes] = (None, b"")
 
 
-def _message_time(now: datetime) -> bytes:
-    """``[0] messageTime`` for ``now`` in whole seconds; every message of a second shares it."""
+def _message_time(now: datetime | None) -> bytes:
+    """``[0] messageTime`` for ``now`` (None: the system clock) in whole seconds; every message
+    of a second shares one encoding."""
     global _last_time
-    now = now.replace(microsecond=0)
-    if now != _last_time[0]:
-        _last_time = (now, der.explicit(0, der.generalized_time(now)))
+    key: object = int(time.time()) if now is None else now.replace(microsecond=0)
+    if key != _last_time[0]:
+        if now is None:
+            now = datetime.fromtimestamp(key, UTC)  # type: ignore[arg-type]
+        _last_time = (key, der.explicit(0, der.generalized_time(now)))
     return _last_time[1]
 
 
@@ -229,7 +233,7 @@ class ClientTransaction:
         self.state = State.IDLE
         self.transaction_id = transaction_id or random(16)
         self._random = random
-        self._now = now or (lambda: datetime.now(UTC))
+        self._now = now  # None: the system clock
         self._last_nonce: bytes | None = None
         self._peer_nonce: bytes | None = None
         self._polls = 0
@@ -303,7 +307,7 @@ class ClientTransaction:
             self._fixed_header = fixed = (sender, tail)
         parts = [b"\x02\x01\x02" if pvno == 2 else der.integer(pvno), fixed[0]]
         if self.config.message_time:
-            parts.append(_message_time(self._now()))
+            parts.append(_message_time(self._now() if self._now is not None else None))
         parts.append(fixed[1])
         parts.append(der.explicit(5, der.octet_string(nonce)))
         if self._peer_nonce is not None:

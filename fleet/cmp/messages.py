@@ -1019,20 +1019,37 @@ def decode_body(body_type: BodyType, node: Tlv) -> Body:
     return OpaqueBody(node.raw)
 
 
+_BODY_TYPES = tuple(BodyType)  # indexed by the PKIBody tag number
+
+
 def decode(data: bytes) -> PKIMessage:
     """Decode one DER PKIMessage, strictly. Raises ``DerError`` or ``MessageError``."""
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     root = der.parse(data)
-    parts = root.expect(der.SEQUENCE, "PKIMessage").children()
-    if len(parts) < 2:
+    data = root.data
+    start, end, read = root.cstart, root.end, der.read_tlv
+    root.expect(der.SEQUENCE, "PKIMessage")
+    # The top level by offsets (one Tlv per field decoders need), not a list of children.
+    if start == end:
         raise MessageError("PKIMessage lacks header or body")
-    header_node, body_node = parts[0], parts[1]
+    tag, cs, header_end = read(data, start, end)
+    header_node = Tlv(data, tag, start, cs, header_end, 1)
+    if header_end == end:
+        raise MessageError("PKIMessage lacks header or body")
+    tag, cs, body_end = read(data, header_end, end)
+    body_node = Tlv(data, tag, header_end, cs, body_end, 1)
+    tail = []
+    pos = body_end
+    while pos < end:
+        tag, cs, ce = read(data, pos, end)
+        tail.append(Tlv(data, tag, pos, cs, ce, 1))
+        pos = ce
     header = decode_header(header_node)
     number = body_node.tag - 0xA0
     if not 0 <= number <= 26:
         raise MessageError(f"unknown PKIBody tag 0x{body_node.tag:02x}")
-    body_type = BodyType(number)
+    body_type = _BODY_TYPES[number]
     try:
         body = decode_body(body_type, body_node.unwrap())
     except (IndexError, ValueError) as exc:
@@ -1040,7 +1057,7 @@ def decode(data: bytes) -> PKIMessage:
     protection = None
     extra: tuple[bytes, ...] = ()
     last = -1
-    for p in parts[2:]:
+    for p in tail:
         number = p.tag - 0xA0
         if number not in (0, 1) or number <= last:
             raise MessageError(f"unexpected field tag 0x{p.tag:02x} in PKIMessage")
@@ -1050,10 +1067,6 @@ def decode(data: bytes) -> PKIMessage:
         else:
             extra = _decode_certs(p.unwrap(), "extraCerts")
     return PKIMessage(
-        header=header,
-        body_type=body_type,
-        body=body,
-        protection=protection,
-        extra_certs=extra,
-        protected_part=der.sequence(header_node.raw, body_node.raw),
+        header, body_type, body, protection, extra,
+        b"\x30" + der._length(body_end - start) + data[start:body_end],  # SEQUENCE { header, body }
     )
