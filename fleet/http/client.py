@@ -470,14 +470,10 @@ class CmpHttpClient:
 
             status = head.status
             content_type = head.content_type
-            cmp = (
-                content_type is not None
-                and status // 100 in (2, 4, 5)
-                and content_type.partition(b";")[0].strip().lower() == _CMP_MEDIA_TYPE
-            )
+            cmp = head.media_type == _CMP_MEDIA_TYPE and status // 100 in (2, 4, 5)
             limit = self.max_response_bytes if cmp else min(self.max_response_bytes, _ERROR_BODY_LIMIT)
 
-            def too_large(declared: int | None = None) -> Exception:
+            def too_large(declared: int | None = None) -> Exception:  # only on the error paths
                 if not cmp:
                     return HttpStatusError(self.url, status, _str(content_type))
                 return ResponseTooLarge(self.url, limit, declared)

@@ -7,7 +7,8 @@ keeps h11, where inputs are hostile and varied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 MAX_HEAD_BYTES = 16384
 
@@ -26,21 +27,26 @@ class ResponseHead:
     content_length: int | None
     chunked: bool
     connection: frozenset[bytes]  # lower-case tokens of the Connection header
+    media_type: bytes | None = field(default=None, compare=False)  # Content-Type without parameters, lower-case
+    persistent: bool = field(default=False, compare=False)  # the server keeps the connection open
+    bodiless: bool = field(default=False, compare=False)
 
-    @property
-    def persistent(self) -> bool:
-        """Whether the server keeps the connection open after this response."""
-        if b"close" in self.connection:
-            return False
-        return self.version == b"1.1" or b"keep-alive" in self.connection
+    def __post_init__(self) -> None:
+        media = self.content_type.partition(b";")[0].strip().lower() if self.content_type is not None else None
+        object.__setattr__(self, "media_type", media)
+        persistent = b"close" not in self.connection and (
+            self.version == b"1.1" or b"keep-alive" in self.connection
+        )
+        object.__setattr__(self, "persistent", persistent)
+        object.__setattr__(self, "bodiless", self.status in (204, 304) or 100 <= self.status < 200)
 
-    @property
-    def bodiless(self) -> bool:
-        return self.status in (204, 304) or 100 <= self.status < 200
-
-
+@lru_cache(maxsize=256)
 def parse_head(head: bytes) -> ResponseHead:
-    """Parse a status line and headers (without the final CRLF CRLF)."""
+    """Parse a status line and headers (without the final CRLF CRLF).
+
+    Cached: one server's answers repeat a few heads (the same length, the same second's Date),
+    and a ``ResponseHead`` is immutable. Malformed heads raise, so they are never cached.
+    """
     lines = head.split(b"\r\n")
     status_line = lines[0]
     parts = status_line.split(b" ", 2)
