@@ -7,7 +7,10 @@ its key), which is what kur and rr need.
 
 from __future__ import annotations
 
+import re
+import string
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +28,7 @@ from fleet.cmp.server import derive_device_secret
 from fleet.cmp.trust import TrustStore, cert_der, load_cert
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
-from fleet.names import parse_name, parse_san
+from fleet.names import NameError_, parse_name, parse_san
 from fleet.profiles import DeviceSpec
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
@@ -33,6 +36,56 @@ _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
 
 class DeviceSetupError(FleetError):
     """A device template (subject, SAN pattern) that cannot be filled in."""
+
+
+_FIELD_MAKERS: dict[str, Callable[[int], object]] = {
+    "index": lambda index: index,
+    "uuid": lambda index: uuid.uuid5(_NAMESPACE, str(index)),
+    "imei": lambda index: f"35{index:013d}"[:15],
+}
+
+
+def _template_fields(templates: tuple[str, ...] | list[str]) -> list[str]:
+    """The known fields the templates refer to (``{uuid}`` costs a SHA-1: compute it only when used).
+    Unknown names are left out, so filling in the template raises KeyError as before."""
+    used: set[str] = set()
+    for template in templates:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name:
+                used.add(re.split(r"[.\[]", name, maxsplit=1)[0])
+    return [name for name in _FIELD_MAKERS if name in used]
+
+
+class _NameTemplate:
+    """An OpenSSL-style subject template (``/CN=nf-{index}/O=x``) split into its attributes once,
+    so each device formats the values and skips re-parsing the whole name (12 -> 5 µs with the uuid left out). Used
+    only when it gives the same ``x509.Name`` as ``parse_name`` for sample devices; otherwise
+    every device goes through ``parse_name``."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self.parts: list[tuple[x509.ObjectIdentifier, str]] | None = None
+        text = template.strip()
+        if not text.startswith("/") or text == "/":
+            return
+        values = [part.partition("=")[2] for part in filter(None, text[1:].split("/"))]
+        try:  # the OIDs, in order, from parse_name itself (placeholders dropped)
+            attrs = list(parse_name(text.replace("{", "").replace("}", "")))
+        except (NameError_, ValueError):
+            return
+        if len(attrs) == len(values):
+            self.parts = [(a.oid, value) for a, value in zip(attrs, values)]
+
+    def format(self, fields: dict[str, object]) -> x509.Name:
+        if self.parts is None:
+            return parse_name(self.template.format(**fields))
+        return x509.Name([x509.NameAttribute(oid, value.format(**fields)) for oid, value in self.parts])
+
+    def matches_parse_name(self, fields: dict[str, object]) -> bool:
+        try:
+            return self.format(fields) == parse_name(self.template.format(**fields))
+        except (NameError_, ValueError):
+            return False
 
 
 @dataclass(slots=True)
@@ -114,6 +167,9 @@ class DeviceFactory:
         self._kinds = [str(k) for k, _ in spec.key_types]
         self._weights = np.array([w for _, w in spec.key_types])
         self._salt = self._rng.bytes(16)  # one PBM salt per worker: derived keys stay cached per device
+        self._field_names = _template_fields([spec.subject, *spec.sans])
+        self._subject = _NameTemplate(spec.subject)
+        self._mac_template: MacProtector | None = None
         self.check_templates()
 
     def check_templates(self) -> None:
@@ -121,6 +177,8 @@ class DeviceFactory:
         try:
             self.subject(0)
             self.sans(0)
+            if not all(self._subject.matches_parse_name(self._fields(i)) for i in (0, 1, 12_345)):
+                self._subject.parts = None  # the split template would not give what parse_name gives
         except (KeyError, IndexError, ValueError) as exc:
             raise DeviceSetupError(f"device subject/SAN template: {exc!r} (use {{index}}, {{uuid}}, {{imei}})") from None
 
@@ -130,17 +188,17 @@ class DeviceFactory:
         return b"dev-%08d" % index
 
     def _fields(self, index: int) -> dict[str, object]:
-        return {
-            "index": index,
-            "uuid": uuid.uuid5(_NAMESPACE, str(index)),
-            "imei": f"35{index:013d}"[:15],
-        }
+        """The template fields for device ``index`` (only those the templates use)."""
+        return {name: _FIELD_MAKERS[name](index) for name in self._field_names}
 
-    def subject(self, index: int) -> x509.Name:
-        return parse_name(self.spec.subject.format(**self._fields(index)))
+    def subject(self, index: int, fields: dict[str, object] | None = None) -> x509.Name:
+        return self._subject.format(self._fields(index) if fields is None else fields)
 
-    def sans(self, index: int) -> list[x509.GeneralName]:
-        fields = self._fields(index)
+    def sans(self, index: int, fields: dict[str, object] | None = None) -> list[x509.GeneralName]:
+        if not self.spec.sans:
+            return []
+        if fields is None:
+            fields = self._fields(index)
         return [parse_san(s.format(**fields)) for s in self.spec.sans]
 
     # -- credentials --------------------------------------------------------------------------
@@ -159,12 +217,43 @@ class DeviceFactory:
         if self.master_secret is None:
             raise DeviceSetupError("MAC devices need a master secret")
         reference = self.reference(index)
-        return MacProtector(
-            derive_device_secret(self.master_secret, reference),
-            reference=reference,
-            iterations=self.spec.pbm_iterations,
-            salt=self._salt,
-        )
+        secret = derive_device_secret(self.master_secret, reference)
+        template = self._mac_template
+        if template is None:
+            template = self._mac_template = self._make_mac_template(secret, reference)
+        if template is _NO_TEMPLATE:
+            return self._new_mac(secret, reference)
+        # Every device of this worker shares the salt and iterations, so the encoded PBM
+        # AlgorithmIdentifier (14 µs to build) is the same: copy the template, change the secret.
+        protector = object.__new__(MacProtector)
+        protector.__dict__.update(template.__dict__)
+        protector._secret = secret
+        protector.sender_kid = reference
+        return protector
+
+    def _new_mac(self, secret: bytes, reference: bytes) -> MacProtector:
+        return MacProtector(secret, reference=reference, iterations=self.spec.pbm_iterations, salt=self._salt)
+
+    def _make_mac_template(self, secret: bytes, reference: bytes) -> MacProtector:
+        """A protector to copy, if copying gives exactly what the constructor gives (checked once:
+        same MAC, algorithm and reference, and the secret kept nowhere else); else _NO_TEMPLATE."""
+        template = self._new_mac(secret, reference)
+        try:
+            other_secret, other_reference = secret + b"-other", reference + b"-other"
+            copy = object.__new__(MacProtector)
+            copy.__dict__.update(template.__dict__)
+            copy._secret = other_secret
+            copy.sender_kid = other_reference
+            fresh = self._new_mac(other_secret, other_reference)
+            same = (
+                copy.protect(b"probe") == fresh.protect(b"probe")
+                and copy.algorithm == fresh.algorithm
+                and copy.sender_kid == fresh.sender_kid
+                and secret not in [v for v in vars(copy).values() if isinstance(v, bytes)]
+            )
+        except (AttributeError, TypeError):
+            same = False
+        return template if same else _NO_TEMPLATE
 
     def config(self, protector: MacProtector | SignatureProtector) -> ClientConfig:
         return ClientConfig(protector, self.trust, mode=self.mode)  # type: ignore[arg-type]
@@ -191,7 +280,8 @@ class DeviceFactory:
             )
             return self.config(self._signed(state)), request, key
         key = self.new_key()
-        subject, sans = self.subject(index), self.sans(index)
+        fields = self._fields(index)
+        subject, sans = self.subject(index, fields), self.sans(index, fields)
         if op == "p10cr":
             csr_builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
             if sans:
@@ -243,6 +333,9 @@ class DeviceFactory:
         """Drop what a device holds, so only devices inside a flow cost memory."""
         self.states.pop(index, None)
 
+
+_NO_TEMPLATE = MacProtector(b"unused", iterations=1, salt=b"0" * 16)
+"""Marks that MacProtector cannot be copied safely (its internals changed): construct each one."""
 
 _HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 

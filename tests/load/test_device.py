@@ -1,0 +1,88 @@
+"""DeviceFactory: per-device identities and credentials, built cheaply but exactly as specified."""
+
+import uuid
+
+import pytest
+from cryptography import x509
+
+from fleet.cmp.protection import MacProtector
+from fleet.cmp.requests import CertRequest
+from fleet.cmp.server import derive_device_secret
+from fleet.cmp.trust import TrustStore
+from fleet.keys import KeyPool, KeySpec
+from fleet.load.device import DeviceFactory, DeviceSetupError
+from fleet.names import parse_name, parse_san
+from fleet.profiles import DeviceSpec
+
+_NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
+MASTER = b"master secret for tests"
+
+
+def _factory(subject: str = "/CN=fleet-device-{index:06d}", sans: tuple[str, ...] = ()) -> DeviceFactory:
+    spec = DeviceSpec(count=100_000, subject=subject, sans=sans)
+    pools = {str(k): KeyPool(KeySpec.parse(str(k)), (), on_exhausted="generate") for k, _ in spec.key_types}
+    return DeviceFactory(spec, pools, master_secret=MASTER, trust=TrustStore())
+
+
+def _expected_fields(index: int) -> dict[str, object]:
+    return {"index": index, "uuid": uuid.uuid5(_NAMESPACE, str(index)), "imei": f"35{index:013d}"[:15]}
+
+
+@pytest.mark.parametrize("template", [
+    "/CN=fleet-device-{index:06d}",
+    "/O=Test/OU=ran/CN=nf-{index}",
+    "/C=DE/O=Acme {imei}/CN={uuid}",
+    "/serialNumber={imei}/CN=gNB {index:>8}",
+    "/CN=padded {index:<9d}",  # trailing blanks: parse_name strips the whole text
+    "CN=nf-{index},O=Test",  # RFC 4514 form
+    "/CN=fixed",
+    "/CN={index}/CN=again-{index}",
+])
+def test_subject_is_what_parse_name_gives(template: str) -> None:
+    f = _factory(template)
+    for index in (0, 1, 7, 99_999):
+        assert f.subject(index) == parse_name(template.format(**_expected_fields(index)))
+
+
+def test_sans_use_every_field() -> None:
+    sans = ("URI:urn:uuid:{uuid}", "DNS:nf-{index}.example.org", "URI:urn:imei:{imei}")
+    f = _factory(sans=sans)
+    fields = _expected_fields(4242)
+    assert f.sans(4242) == [parse_san(s.format(**fields)) for s in sans]
+    assert f.sans(4242)[0] == x509.UniformResourceIdentifier(f"urn:uuid:{fields['uuid']}")
+
+
+def test_unknown_template_field_fails_before_the_run() -> None:
+    with pytest.raises(DeviceSetupError, match="template"):
+        _factory("/CN={serial}")
+    with pytest.raises(DeviceSetupError, match="template"):
+        _factory(sans=("DNS:{nope}.example.org",))
+
+
+def test_mac_protector_is_the_devices_own() -> None:
+    f = _factory()
+    data = b"protected part"
+    seen = set()
+    for index in (0, 1, 2, 31_337):
+        reference = f.reference(index)
+        got = f.mac(index)
+        fresh = MacProtector(
+            derive_device_secret(MASTER, reference), reference=reference, iterations=f.spec.pbm_iterations, salt=f._salt,
+        )
+        assert got.sender_kid == reference
+        assert got.secret == derive_device_secret(MASTER, reference)
+        assert got.algorithm == fresh.algorithm
+        assert got.protect(data) == fresh.protect(data)
+        assert got.secret.decode() not in repr(got)
+        seen.add(got.protect(data))
+    assert len(seen) == 4  # no device MACs with another's secret
+
+
+def test_ir_request_carries_the_devices_identity() -> None:
+    f = _factory("/O=Test/CN=nf-{index}", ("DNS:nf-{index}.example.org",))
+    config, request, key = f.request("ir", 12)
+    assert isinstance(request, CertRequest)
+    assert request.subject == parse_name("/O=Test/CN=nf-12")
+    assert list(request.sans) == [parse_san("DNS:nf-12.example.org")]
+    assert key is request.new_key
+    assert config.protector.sender_kid == b"dev-00000012"  # type: ignore[union-attr]
