@@ -652,10 +652,14 @@ class IssuedCert:
     # The subject as handed to the builder, so ``subject`` need not parse it back out of the
     # certificate (that cost ~15 µs per issuance); None: read it from ``cert``.
     subject_name: x509.Name | None = field(default=None, repr=False, compare=False)
+    # The RFC 4514 text when issuance could write it straight from the subject's DER.
+    subject_text: str | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def subject(self) -> str:
         """RFC 4514 string of the subject ('' for the NULL-DN)."""
+        if self.subject_text is not None:
+            return self.subject_text
         name = self.subject_name
         # DER sorts the attributes of a multi-valued RDN, so only names without one read the
         # same from the request as from the certificate.
@@ -850,8 +854,11 @@ class CertificateIssuer:
             exts.append(x509.Extension(ExtensionOID.CERTIFICATE_POLICIES, False, policies.value))
         exts.extend(self._ext_urls)
         try:
+            subject_text = None
             if direct:
-                cert_der = self._sign_direct(serial, start, end, subject, spki, exts)
+                subject_der = subject.public_bytes()
+                subject_text = _simple_rfc4514(subject_der)
+                cert_der = self._sign_direct(serial, start, end, subject_der, spki, exts)
                 cert = x509.load_der_x509_certificate(cert_der)
             else:
                 cert = self._sign_with_builder(serial, start, end, subject, public_key, exts)
@@ -866,6 +873,7 @@ class CertificateIssuer:
             not_after=end.replace(microsecond=0),
             key_fingerprint=hashlib.sha256(spki).digest(),
             subject_name=subject,
+            subject_text=subject_text,
         )
 
     def _sign_with_builder(
@@ -895,7 +903,7 @@ class CertificateIssuer:
         serial: int,
         start: datetime,
         end: datetime,
-        subject: x509.Name,
+        subject_der: bytes,
         spki: bytes,
         exts: Sequence[x509.Extension[x509.ExtensionType]],
     ) -> bytes:
@@ -920,7 +928,7 @@ class CertificateIssuer:
                     self._sig_alg_der,
                     self._issuer_der,
                     _tlv(0x30, _x509_time(start) + _x509_time(end)),
-                    subject.public_bytes(),
+                    subject_der,
                     spki,
                     _tlv(0xA3, _tlv(0x30, b"".join(ext_ders))),
                 )
@@ -943,7 +951,7 @@ class CertificateIssuer:
             self._sig_alg_der = _signature_algorithm_der(probe.public_bytes(_DER))
             exts[2] = _SKI_SLOT
             direct = x509.load_der_x509_certificate(
-                self._sign_direct(0x1234, start, end, self._issuer_name, spki, exts)
+                self._sign_direct(0x1234, start, end, self._issuer_der, spki, exts)
             )
         except Exception:  # any failure of the probe: the builder it is
             return False
@@ -1036,6 +1044,60 @@ def _raw_signer(
     if isinstance(key, ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey):
         return key.sign
     return None
+
+
+#: Attribute types RFC 4514 strings name by a short name (cryptography's table), by OID DER.
+_SHORT_NAMES = {
+    b"\x06\x03\x55\x04\x03": "CN",
+    b"\x06\x03\x55\x04\x07": "L",
+    b"\x06\x03\x55\x04\x08": "ST",
+    b"\x06\x03\x55\x04\x0a": "O",
+    b"\x06\x03\x55\x04\x0b": "OU",
+    b"\x06\x03\x55\x04\x06": "C",
+    b"\x06\x03\x55\x04\x09": "STREET",
+    b"\x06\x0a\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x19": "DC",
+    b"\x06\x0a\x09\x92\x26\x89\x93\xf2\x2c\x64\x01\x01": "UID",
+}
+#: String types whose text is the value's octets as UTF-8 (PrintableString and IA5String are
+#: ASCII, a subset).
+_TEXT_TYPES = frozenset((0x0C, 0x13, 0x16))
+#: Characters RFC 4514 (and cryptography's rfc4514_string) would escape anywhere in a value.
+_ESCAPED = frozenset('\\"+,;<>\0')
+
+
+def _simple_rfc4514(name_der: bytes) -> str | None:
+    """``x509.Name.rfc4514_string()`` read straight from the Name's DER, for the usual shape
+    (one attribute per RDN, a short-named type, a UTF8/Printable/IA5 string needing no
+    escapes); None for anything else, and the caller asks cryptography. Making the Python
+    ``Name`` objects just to print them cost ~10 µs per issuance."""
+    if len(name_der) < 2 or name_der[0] != 0x30 or name_der[1] >= 0x80 or len(name_der) != name_der[1] + 2:
+        return None  # also every name longer than 127 octets
+    parts: list[str] = []
+    pos, end = 2, len(name_der)
+    while pos < end:
+        # SET (short form) { SEQUENCE (short form) { OID, string } }, exactly one attribute.
+        if end - pos < 6 or name_der[pos] != 0x31 or name_der[pos + 2] != 0x30:
+            return None
+        set_end = pos + 2 + name_der[pos + 1]
+        seq_end = pos + 4 + name_der[pos + 3]
+        if seq_end != set_end or set_end > end or name_der[pos + 1] >= 0x80 or name_der[pos + 3] >= 0x80:
+            return None
+        oid_len = name_der[pos + 5] + 2
+        short = _SHORT_NAMES.get(name_der[pos + 4 : pos + 4 + oid_len])
+        value_at = pos + 4 + oid_len
+        if short is None or value_at + 2 > seq_end or name_der[value_at] not in _TEXT_TYPES:
+            return None
+        if name_der[value_at + 1] >= 0x80 or value_at + 2 + name_der[value_at + 1] != seq_end:
+            return None
+        try:
+            text = name_der[value_at + 2 : seq_end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not text or text[0] in "# " or text[-1] == " " or not _ESCAPED.isdisjoint(text):
+            return None
+        parts.append(f"{short}={text}")
+        pos = set_end
+    return ",".join(reversed(parts))
 
 
 def _raw(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:

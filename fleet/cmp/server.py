@@ -1061,13 +1061,21 @@ def _header_der(
     if alg is not None:
         out += _explicit(1, alg)
     if kid is not None:
-        out += _explicit(2, _octets(kid))
+        out += _explicit_octets(0xA2, kid)
     if tid is not None:
-        out += _explicit(4, _octets(tid))
-    out += _explicit(5, _octets(nonce))
+        out += _explicit_octets(0xA4, tid)
+    out += _explicit_octets(0xA5, nonce)
     if recip_nonce is not None:
-        out += _explicit(6, _octets(recip_nonce))
+        out += _explicit_octets(0xA6, recip_nonce)
     return _sequence(out + info_der)
+
+
+def _explicit_octets(tag: int, value: bytes) -> bytes:
+    """``[n] EXPLICIT OCTET STRING``; both headers in one go for the usual short values."""
+    n = len(value)
+    if n < 126:
+        return bytes((tag, n + 2, 0x04, n)) + value
+    return _tlv(tag, _octets(value))
 
 
 @lru_cache(maxsize=64)

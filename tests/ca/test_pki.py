@@ -657,3 +657,68 @@ def test_x509_time_switches_to_generalized_time_in_2050() -> None:
     assert _x509_time(datetime(2049, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)) == b"\x17\x0d491231235959Z"
     assert _x509_time(datetime(2050, 1, 1, tzinfo=UTC)) == b"\x18\x0f20500101000000Z"
     assert _x509_time(datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)) == b"\x17\x0d310203040506Z"
+
+
+_NAME_OIDS = [
+    NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.LOCALITY_NAME,
+    NameOID.STATE_OR_PROVINCE_NAME, NameOID.STREET_ADDRESS, NameOID.DOMAIN_COMPONENT, NameOID.USER_ID,
+    NameOID.SERIAL_NUMBER, NameOID.EMAIL_ADDRESS, NameOID.TITLE,
+]
+_STRING_TYPES = [
+    x509.name._ASN1Type.UTF8String, x509.name._ASN1Type.PrintableString, x509.name._ASN1Type.IA5String,
+    x509.name._ASN1Type.BMPString, x509.name._ASN1Type.UniversalString, x509.name._ASN1Type.T61String,
+]
+_VALUES = st.text(st.sampled_from(list("abcXYZ019 -.'=#\\\"+,;<>\0\té✓")), min_size=1, max_size=70) | st.text(
+    st.sampled_from(list("abcXYZ019-.'=é✓ ")), min_size=1, max_size=30
+)
+
+
+@st.composite
+def _names(draw: st.DrawFn) -> x509.Name:
+    rdns = []
+    for _ in range(draw(st.integers(0, 4))):
+        attrs = []
+        for _ in range(draw(st.sampled_from([1, 1, 1, 2]))):
+            oid = draw(st.sampled_from(_NAME_OIDS))
+            value = draw(_VALUES)
+            kind = draw(st.sampled_from(_STRING_TYPES))
+            if kind in (x509.name._ASN1Type.PrintableString, x509.name._ASN1Type.IA5String):
+                value = "".join(c for c in value if c.isascii() and (c.isalnum() or c in " '-.=")) or "x"
+            attrs.append(x509.NameAttribute(oid, value, _type=kind, _validate=False))
+        oids_used = [a.oid for a in attrs]
+        if len(set(oids_used)) == len(oids_used):
+            rdns.append(x509.RelativeDistinguishedName(attrs))
+    return x509.Name(rdns)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=_names())
+def test_simple_rfc4514_is_cryptographys_string_or_declines(name: x509.Name) -> None:
+    from fleet.ca.pki import _simple_rfc4514
+
+    der_bytes = name.public_bytes()
+    fast = _simple_rfc4514(der_bytes)
+    if fast is not None:
+        assert fast == name.rfc4514_string()
+        # ... and what a parser of the DER (as the certificate carries it) says
+        parsed = x509.load_der_x509_csr(_csr_for(der_bytes)).subject
+        assert fast == parsed.rfc4514_string()
+
+
+def _csr_for(name_der: bytes) -> bytes:
+    from fleet.cmp.server import _DUMMY_SPKI, _csr_der
+
+    return _csr_der(name_der, _DUMMY_SPKI, None)
+
+
+def test_simple_rfc4514_common_shapes() -> None:
+    from fleet.ca.pki import _simple_rfc4514
+
+    assert _simple_rfc4514(device_name("dev-42").public_bytes()) == "CN=dev-42"
+    assert _simple_rfc4514(x509.Name([]).public_bytes()) == ""
+    two = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme"), x509.NameAttribute(NameOID.COMMON_NAME, "d")])
+    assert _simple_rfc4514(two.public_bytes()) == "CN=d,O=Acme" == two.rfc4514_string()
+    assert _simple_rfc4514(device_name("a,b").public_bytes()) is None  # needs an escape: cryptography's job
+    long_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * 60)] * 3)
+    assert _simple_rfc4514(long_name.public_bytes()) is None  # long-form lengths
+    assert _simple_rfc4514(b"\x30\x05\x31\x03\x30\x01\x06") is None  # truncated
