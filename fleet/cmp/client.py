@@ -196,6 +196,22 @@ def _load_issued(cert_bytes: bytes) -> x509.Certificate:
         raise CertificateError(f"malformed certificate: {exc}") from None
 
 
+def _spki_bytes(cert_der: bytes) -> bytes | None:
+    """The SubjectPublicKeyInfo TLV of a certificate, sliced from its DER (None if not found)."""
+    try:
+        read = der.read_tlv
+        _, cs, end = read(cert_der, 0, len(cert_der))
+        _, pos, end = read(cert_der, cs, end)  # tbsCertificate
+        tag, _, next_pos = read(cert_der, pos, end)
+        fields = 6 if tag == 0xA0 else 5  # [0] version, serial, signature, issuer, validity, subject
+        for _ in range(fields):
+            pos = next_pos
+            _, _, next_pos = read(cert_der, pos, end)
+        return cert_der[pos:next_pos]
+    except der.DerError:
+        return None
+
+
 def _same_key(cert_der: bytes, cert: x509.Certificate, spki: bytes) -> bool:
     """Whether the certificate is for the key whose SubjectPublicKeyInfo is ``spki``.
 
@@ -203,11 +219,7 @@ def _same_key(cert_der: bytes, cert: x509.Certificate, spki: bytes) -> bool:
     certificate) equal ours. Otherwise compare after re-encoding, which tolerates a CA that
     encodes the same key differently (a compressed EC point, say).
     """
-    try:
-        tbs = der.parse(cert_der).children()[0].children()
-        raw = tbs[6 if tbs[0].tag == 0xA0 else 5].raw
-    except (der.DerError, IndexError):
-        raw = None
+    raw = _spki_bytes(cert_der)
     if raw == spki:
         return True
     return public_key_of(cert).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == spki

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Union
 
 from cryptography import x509
@@ -55,21 +54,18 @@ class CertRequest:
     cert_profile: str | None = None
     pop: str = "signature"  # or "raVerified" / "none" (for tests of servers)
 
-    @cached_property
-    def spki(self) -> bytes:
-        """The new key's SubjectPublicKeyInfo, encoded once (template and response check share it)."""
-        return spki_der(self.new_key)
-
-    @cached_property
-    def subject_der(self) -> bytes | None:
-        """The explicit ``subject``'s DER, encoded once (template and header sender share it)."""
-        return self.subject.public_bytes() if self.subject is not None else None
+    # Encoded once, at creation: the template, the header's sender and the check of the issued
+    # certificate all need them (functools.cached_property takes a lock on every read in 3.11).
+    spki: bytes = field(init=False, repr=False, compare=False)  # the new key's SubjectPublicKeyInfo
+    subject_der: bytes | None = field(init=False, repr=False, compare=False)  # the explicit subject's DER
 
     def __post_init__(self) -> None:
         if self.kind not in (BodyType.IR, BodyType.CR, BodyType.KUR):
             raise ValueError(f"CertRequest kind must be ir, cr or kur, not {self.kind.label}")
         if self.kind is BodyType.KUR and self.old_cert is None:
             raise ValueError("kur needs the certificate being updated")
+        object.__setattr__(self, "spki", spki_der(self.new_key))
+        object.__setattr__(self, "subject_der", self.subject.public_bytes() if self.subject is not None else None)
 
 
 @dataclass(frozen=True)
