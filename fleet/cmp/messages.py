@@ -906,8 +906,65 @@ def _decode_certs(node: Tlv, what: str) -> tuple[bytes, ...]:
     return tuple(c.expect(der.SEQUENCE, what).raw for c in node.expect(der.SEQUENCE, what).children())
 
 
+_STATUS_ONLY = tuple(PKIStatusInfo(status) for status in range(128))
+
+
+def _decode_cert_rep_fast(node: Tlv) -> CertRepMessage | None:
+    """The usual ip/cp/kup (optional caPubs, one response, status without text or failInfo,
+    a certificate or none) read by offsets; None at anything else, for the general reader."""
+    data, read, end = node.data, der.read_tlv, node.end
+    if node.tag != der.SEQUENCE or node.depth + 6 > der.MAX_DEPTH or node.cstart == end:
+        return None
+    tag, cs, ce = read(data, node.cstart, end)
+    ca_pubs: tuple[bytes, ...] = ()
+    if tag == 0xA1:
+        ca_pubs = _decode_certs(Tlv(data, tag, node.cstart, cs, ce, node.depth + 1).unwrap(), "caPubs")
+        if ce == end:
+            return None
+        tag, cs, ce = read(data, ce, end)
+    if tag != der.SEQUENCE or ce != end or cs == ce:
+        return None
+    tag, pos, response_end = read(data, cs, ce)  # the only CertResponse
+    if tag != der.SEQUENCE or response_end != ce or pos == response_end:
+        return None
+    tag, ics, pos = read(data, pos, response_end)  # certReqId
+    if tag != der.INTEGER or pos - ics != 1 or data[ics] > 0x7F or pos == response_end:
+        return None
+    cert_req_id = data[ics]
+    tag, scs, sce = read(data, pos, response_end)  # PKIStatusInfo holding only the status
+    if tag != der.SEQUENCE or scs == sce:
+        return None
+    tag, vcs, vce = read(data, scs, sce)
+    if tag != der.INTEGER or vce != sce or vce - vcs != 1 or data[vcs] > 0x7F:
+        return None
+    status = _STATUS_ONLY[data[vcs]]
+    if sce == response_end:
+        return CertRepMessage((CertResponse(cert_req_id, status),), ca_pubs)
+    tag, kcs, kce = read(data, sce, response_end)  # CertifiedKeyPair with only a certificate
+    if tag != der.SEQUENCE or kce != response_end or kcs == kce:
+        return None
+    tag, ccs, cce = read(data, kcs, kce)
+    if tag != 0xA0 or cce != kce or ccs == cce:
+        return None
+    tag, _, xce = read(data, ccs, cce)
+    if tag != der.SEQUENCE or xce != cce:
+        return None
+    return CertRepMessage((CertResponse(cert_req_id, status, data[ccs:cce]),), ca_pubs)
+
+
 def decode_body(body_type: BodyType, node: Tlv) -> Body:
     """Decode the content of a PKIBody choice (``node`` is the TLV inside the choice tag)."""
+    if body_type in CERT_RESPONSE_BODIES:
+        try:
+            fast = _decode_cert_rep_fast(node)
+        except (der.DerError, MessageError):
+            fast = None  # the general reader raises with its precise message
+        if fast is not None:
+            return fast
+    return _decode_body_general(body_type, node)
+
+
+def _decode_body_general(body_type: BodyType, node: Tlv) -> Body:
     if body_type in CERT_REQUEST_BODIES:
         msgs = node.expect(der.SEQUENCE, "CertReqMessages").children()
         if not msgs:

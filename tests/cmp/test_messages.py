@@ -250,6 +250,60 @@ def test_fast_header_reader_agrees_with_the_general_one(node: der.Tlv) -> None:
     assert _header_outcome(m.decode_header, node) == _header_outcome(m._decode_header_general, node)
 
 
+@st.composite
+def usual_cert_reps(draw) -> m.CertRepMessage:
+    """The shape the fast ip reader takes: optional caPubs, one response, status only."""
+    cert = draw(st.none() | st.sampled_from(S.CERTS))
+    response = m.CertResponse(draw(st.integers(0, 127)), m.PKIStatusInfo(draw(st.integers(0, 6))), cert)
+    return m.CertRepMessage((response,), draw(st.just(()) | S.cert_lists))
+
+
+@st.composite
+def cert_rep_nodes(draw) -> der.Tlv:
+    body = draw(usual_cert_reps() | S.cert_rep_messages)
+    data = bytearray(m.encode_body_content(m.BodyType.IP, body))
+    for _ in range(draw(st.integers(0, 2))):
+        i = draw(st.integers(0, len(data) - 1))
+        data[i] = draw(st.integers(0, 255))
+    try:
+        return der.parse(bytes(data))
+    except der.DerError:
+        return der.parse(m.encode_body_content(m.BodyType.IP, draw(usual_cert_reps())))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cert_rep_nodes())
+def test_fast_cert_rep_reader_agrees_with_the_general_one(node: der.Tlv) -> None:
+    def as_decode_does(reader):  # type: ignore[no-untyped-def]
+        def read(n: der.Tlv) -> m.Body:
+            try:
+                return reader(m.BodyType.IP, n)
+            except (IndexError, ValueError) as exc:
+                raise m.MessageError("malformed") from exc
+
+        return read
+
+    general = as_decode_does(m._decode_body_general)
+
+    try:
+        fast = m._decode_cert_rep_fast(node)
+    except FleetError:
+        fast = None
+    if fast is not None:
+        assert fast == general(node)
+    assert _header_outcome(as_decode_does(m.decode_body), node) == _header_outcome(general, node)
+
+
+def test_fast_cert_rep_reader_takes_the_usual_ip() -> None:
+    for body in (
+        m.CertRepMessage((m.CertResponse(0, m.ACCEPTED, S.CERTS[0]),)),
+        m.CertRepMessage((m.CertResponse(0, m.ACCEPTED, S.CERTS[0]),), (S.CERTS[1],)),
+        m.CertRepMessage((m.CertResponse(5, m.PKIStatusInfo(m.PKIStatus.WAITING)),)),
+    ):
+        node = der.parse(m.encode_body_content(m.BodyType.IP, body))
+        assert m._decode_cert_rep_fast(node) == body
+
+
 def test_fast_header_reader_takes_the_usual_header() -> None:
     header = m.PKIHeader(
         sender=m.directory_name(m.NULL_DN), recipient=m.NULL_DN_GENERAL_NAME, transaction_id=b"t" * 16,
