@@ -330,6 +330,23 @@ def _pss_params(hash_name: str) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)
+def _signature_algorithm(key_type: type, hash_name: str | None, pss: bool) -> bytes:
+    """The AlgorithmIdentifier a key of ``key_type`` signs with; one encoding per combination
+    (a fleet makes a ``Signer`` for every request's POP)."""
+    if issubclass(key_type, ec.EllipticCurvePrivateKey):
+        return der.algorithm_identifier(_ECDSA_BY_HASH[hash_name])  # type: ignore[index]
+    if issubclass(key_type, rsa.RSAPrivateKey):
+        if pss:
+            return der.algorithm_identifier(oids.RSASSA_PSS, _pss_params(hash_name))  # type: ignore[arg-type]
+        return der.algorithm_identifier(_RSA_BY_HASH[hash_name], der.NULL_DER)  # type: ignore[index]
+    if issubclass(key_type, ed25519.Ed25519PrivateKey):
+        return der.algorithm_identifier(oids.ED25519)
+    if issubclass(key_type, ed448.Ed448PrivateKey):
+        return der.algorithm_identifier(oids.ED448)
+    raise UnsupportedAlgorithm(f"cannot sign with a {key_type.__name__}")
+
+
 @dataclass(frozen=True)
 class Signer:
     """Signs with one private key; ``algorithm`` is the encoded AlgorithmIdentifier it uses."""
@@ -342,20 +359,7 @@ class Signer:
     def __post_init__(self) -> None:
         hash_name = self.hash_name or default_hash(self.key)
         object.__setattr__(self, "hash_name", hash_name)
-        if isinstance(self.key, ec.EllipticCurvePrivateKey):
-            alg = der.algorithm_identifier(_ECDSA_BY_HASH[hash_name])  # type: ignore[index]
-        elif isinstance(self.key, rsa.RSAPrivateKey):
-            if self.pss:
-                alg = der.algorithm_identifier(oids.RSASSA_PSS, _pss_params(hash_name))  # type: ignore[arg-type]
-            else:
-                alg = der.algorithm_identifier(_RSA_BY_HASH[hash_name], der.NULL_DER)  # type: ignore[index]
-        elif isinstance(self.key, ed25519.Ed25519PrivateKey):
-            alg = der.algorithm_identifier(oids.ED25519)
-        elif isinstance(self.key, ed448.Ed448PrivateKey):
-            alg = der.algorithm_identifier(oids.ED448)
-        else:
-            raise UnsupportedAlgorithm(f"cannot sign with a {type(self.key).__name__}")
-        object.__setattr__(self, "algorithm", alg)
+        object.__setattr__(self, "algorithm", _signature_algorithm(type(self.key), hash_name, self.pss))
 
     def sign(self, data: bytes) -> bytes:
         key = self.key
