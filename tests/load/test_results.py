@@ -71,3 +71,33 @@ def test_per_second_latency_buckets_merge() -> None:
     assert row[bounds.index(0.005)] == 10 and row[bounds.index(0.5)] == 10
     back = RunResults.from_dict(json.loads(json.dumps(a.to_dict())))
     assert back.latency_series["ir"].counts[0].tolist() == row
+
+
+def test_per_second_bucket_edges_are_upper_bounds() -> None:
+    """A latency equal to a bound counts in that bound's bucket (Prometheus ``le``), just above it
+    in the next one; beyond the last bound it is +Inf."""
+    from fleet.load.results import SECOND_BUCKETS, SecondBuckets
+
+    series = SecondBuckets(1)
+    for b in SECOND_BUCKETS:
+        series.record(0.0, b)
+        series.record(0.0, b * 1.0001)
+    series.record(0.0, 0.0)
+    row = series.counts[0].tolist()
+    assert row[0] == 2  # 0.0 and 0.001 itself
+    assert row[1:-1] == [2] * (len(SECOND_BUCKETS) - 1)  # each bound, and just above the one before
+    assert row[-1] == 1  # just above the last bound
+
+
+def test_worker_cpu_seconds_add_up_and_round_trip() -> None:
+    a, b = _worker(10, 0, 0.01, 1.0), _worker(10, 0, 0.01, 1.0)
+    a.cpu_seconds, b.cpu_seconds = 0.25, 0.5
+    merged = RunResults()
+    merged.merge(a)
+    merged.merge(b)
+    assert merged.cpu_seconds == 0.75
+    data = json.loads(json.dumps(merged.to_dict()))
+    assert data["cpu_seconds"] == 0.75
+    assert RunResults.from_dict(data).cpu_seconds == 0.75
+    del data["cpu_seconds"]  # a report written before the field existed
+    assert RunResults.from_dict(data).cpu_seconds == 0.0
