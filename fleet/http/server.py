@@ -274,6 +274,19 @@ class _Server:
         conn.deadline = trio.current_time() + (
             self.request_timeout if started else self.idle_timeout
         )
+        if not started and not conn.eof:
+            # The usual case: one receive holds exactly one whole request, read from those
+            # bytes without copying them through the buffer.
+            data = await conn.receive()
+            if not data:
+                conn.eof = True
+                return None  # closed between requests
+            request = self._whole_request(data, conn.peer)
+            if request is not None:
+                return request
+            started = True
+            conn.deadline = trio.current_time() + self.request_timeout
+            buf += data
         while True:
             end = buf.find(b"\r\n\r\n")
             if end >= 0:
@@ -314,6 +327,20 @@ class _Server:
             peer=conn.peer,
             http_version=version,
         )
+
+    def _whole_request(self, data: bytes, peer: str) -> HttpRequest | None:
+        """``data`` as one request in the fast path's shape with nothing after it, else None
+        (the general loop then reads it, with the same result for a request that is whole)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > _MAX_HEADER_BYTES:
+            return None
+        head = _parse_head(data[:end])
+        if head is None:
+            return None
+        method, target, version, headers, length = head
+        if length > self.max_body_bytes or len(data) != end + 4 + length:
+            return None
+        return HttpRequest(method, target, headers, data[end + 4 :], peer, version)
 
     async def _read_request_h11(self, conn: _Connection, started: bool) -> HttpRequest | None:
         """A request outside the fast path's shape: a fresh h11 parser, fed what was buffered;
