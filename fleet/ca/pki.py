@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import math
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +65,7 @@ ID_KP_CMC_RA = ObjectIdentifier("1.3.6.1.5.5.7.3.28")
 CA_VALIDITY = timedelta(days=3650)
 #: Certificates start this far in the past so devices with a slightly slow clock accept them.
 _BACKDATE = timedelta(minutes=5)
+_BACKDATE_SECONDS = int(_BACKDATE.total_seconds())
 
 _DER = serialization.Encoding.DER
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -756,6 +758,15 @@ class CertificateIssuer:
         self._sig_alg_der = b""
         if self._sign_raw is not None and not self._direct_matches_builder():
             self._sign_raw = None  # an issuing key the direct encoding does not reproduce: builder
+        # The plain request (no extensions or SANs asked for, default validity, a key that gets
+        # the digitalSignature keyUsage): its extensions block is constant but for the SKI.
+        self._plain_ext: tuple[bytes, bytes] | None = None
+        self._plain_times: tuple[int, bytes, datetime, datetime] | None = None
+        if self._sign_raw is not None and validity.microseconds == 0:
+            post = b"".join(self._ext_der[id(e)] for e in (self._ext_aki, *self._ext_urls))
+            pre = self._ext_der[id(self._ext_basic)] + self._ext_der[id(self._ext_ku_ds)]
+            block = _tlv(0xA3, _tlv(0x30, pre + _SKI_PREFIX + bytes(20) + post))
+            self._plain_ext = (block[: len(block) - len(post) - 20], post)
 
     @property
     def crl_url(self) -> str:
@@ -784,6 +795,14 @@ class CertificateIssuer:
         ``CertificateRequestRejected`` when the request breaks the policy. ``serial`` ``None``
         draws a random one; the CA passes ``CertStore.allocate_serial()``.
         """
+        if (
+            not extensions and not sans and not_after is None and subject is not None
+            and self._plain_ext is not None and self._sign_raw is not None
+            and _default_key_usage(public_key) is _DIGITAL_SIGNATURE
+        ):
+            plain = self._issue_plain(public_key, subject, serial)
+            if plain is not None:
+                return plain
         requested: dict[type[x509.ExtensionType], x509.Extension[x509.ExtensionType]] = {}
         for ext in extensions:
             value = ext.value
@@ -874,6 +893,54 @@ class CertificateIssuer:
             key_fingerprint=hashlib.sha256(spki).digest(),
             subject_name=subject,
             subject_text=subject_text,
+        )
+
+    def _issue_plain(
+        self, public_key: CertificatePublicKeyTypes, subject: x509.Name, serial: int | None
+    ) -> IssuedCert | None:
+        """``issue`` for the plain request (see ``__init__``) from pre-encoded parts: the same
+        certificate, at a fraction of the Python work (the tests compare it with the builder's).
+        None when the general path must decide (a NULL-DN subject, a CA about to expire)."""
+        second = math.floor(time.time())
+        times = self._plain_times
+        if times is None or times[0] != second:
+            start = second - _BACKDATE_SECONDS
+            end = min(second + int(self.validity.total_seconds()), math.floor(self._ca_not_after.timestamp()))
+            if end <= start + 1:
+                return None  # the general path refuses (or clamps) with its own message
+            validity = _tlv(0x30, _x509_time_of(start) + _x509_time_of(end))
+            times = (second, validity, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
+            self._plain_times = times
+        subject_der = subject.public_bytes()
+        if subject_der == b"\x30\x00":
+            return None  # NULL-DN without a SAN: refused by the general path
+        if serial is None:
+            serial = x509.random_serial_number()
+        spki = public_key.public_bytes(_DER, _SPKI)
+        assert self._plain_ext is not None and self._sign_raw is not None
+        head, tail = self._plain_ext
+        ski = hashlib.sha1(_spki_bit_string(spki), usedforsecurity=False).digest()
+        try:
+            if not 0 < serial < 1 << 159:
+                raise ValueError("serial number must be positive and at most 159 bits")
+            tbs = _tlv(0x30, b"".join((
+                _VERSION_3, _integer(serial), self._sig_alg_der, self._issuer_der, times[1], subject_der,
+                spki, head, ski, tail,
+            )))
+            signature = self._sign_raw(tbs)
+            cert_der = _tlv(0x30, tbs + self._sig_alg_der + _tlv(0x03, b"\x00" + signature))
+            cert = x509.load_der_x509_certificate(cert_der)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise CertificateRequestRejected(f"cannot issue for this request: {exc}") from None
+        return IssuedCert(
+            der=cert_der,
+            cert=cert,
+            serial=serial,
+            not_before=times[2],
+            not_after=times[3],
+            key_fingerprint=hashlib.sha256(spki).digest(),
+            subject_name=subject,
+            subject_text=_simple_rfc4514(subject_der),
         )
 
     def _sign_with_builder(

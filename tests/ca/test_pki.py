@@ -722,3 +722,44 @@ def test_simple_rfc4514_common_shapes() -> None:
     long_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "x" * 60)] * 3)
     assert _simple_rfc4514(long_name.public_bytes()) is None  # long-form lengths
     assert _simple_rfc4514(b"\x30\x05\x31\x03\x30\x01\x06") is None  # truncated
+
+
+@pytest.mark.parametrize("key_index", range(len(_SUBJECT_KEYS)))
+def test_plain_request_path_is_byte_identical_to_the_builder(
+    issuer: CertificateIssuer, key_index: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain request (no extensions, SANs or notAfter asked for) takes ``_issue_plain``;
+    its certificate is the builder's, and the recorded fields are the general path's."""
+    taken: list[bool] = []
+    original = CertificateIssuer._issue_plain
+
+    def spy(self: CertificateIssuer, *args: object) -> IssuedCert | None:
+        result = original(self, *args)  # type: ignore[arg-type]
+        taken.append(result is not None)
+        return result
+
+    monkeypatch.setattr(CertificateIssuer, "_issue_plain", spy)
+    key = _SUBJECT_KEYS[key_index]
+    direct, built = _both_ways(issuer, key, device_name("plain"))
+    assert taken and taken[0]
+    assert direct.tbs_certificate_bytes == built.tbs_certificate_bytes
+    before = len(taken)
+    plain = issuer.issue(key, device_name("plain"), serial=77)
+    assert len(taken) == before + 1 and taken[-1] is True
+    general = issuer.issue(key, device_name("plain"), extensions=[  # forces the general path
+        x509.Extension(ObjectIdentifier("1.3.6.1.4.1.99999.7"), False, x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.99999.7"), b"\x05\x00"))
+    ], serial=77)
+    assert len(taken) == before + 1  # the general path never asks the plain one
+    if plain.not_before == general.not_before:
+        assert (plain.subject, plain.not_after, plain.key_fingerprint) == (
+            general.subject, general.not_after, general.key_fingerprint
+        )
+        assert plain.cert.tbs_certificate_bytes == general.cert.tbs_certificate_bytes
+
+
+def test_plain_request_path_declines_what_the_general_path_must_judge(issuer: CertificateIssuer) -> None:
+    with pytest.raises(CertificateRequestRejected, match="neither a subject nor a subjectAltName"):
+        issuer.issue(ec_public_key(), x509.Name([]))
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    ku = _ext(issuer.issue(rsa_key, device_name()).cert, x509.KeyUsage).value
+    assert ku.key_encipherment  # type: ignore[attr-defined]
