@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import lru_cache, partial
 from urllib.parse import unquote
 
 import trio
@@ -133,7 +133,12 @@ class LoadKnobs:
 
 def route(path: str) -> tuple[str, str | None]:
     """Classify a request target: ("cmp", profile or None), ("crl", None), ("ocsp", rest) or
-    ("none", None). Leading slashes are stripped and trailing ones collapsed."""
+    ("none", None). Leading slashes are stripped and trailing ones collapsed. Short targets
+    (clients send the same few) are classified once (bounded: 1,024 of <= 256 characters)."""
+    return _route_cached(path) if len(path) <= 256 else _route(path)
+
+
+def _route(path: str) -> tuple[str, str | None]:
     target = path.split("?", 1)[0]
     trimmed = target.lstrip("/")
     trailing = trimmed.endswith("/")
@@ -158,6 +163,17 @@ def route(path: str) -> tuple[str, str | None]:
             return "none", None
         return "cmp", profile
     return "none", None
+
+
+_route_cached = lru_cache(maxsize=1024)(_route)
+_CMP_TYPE_BYTES = CMP_TYPE.encode()
+
+
+@lru_cache(maxsize=256)
+def _media_type(content_type: bytes) -> bytes:
+    """The media type of a Content-Type value, lower-case, without parameters (cached: every
+    client sends the same one or two values)."""
+    return content_type.split(b";")[0].strip().lower()
 
 
 class CaService:
@@ -227,8 +243,7 @@ class CaService:
         return self._plain(404, "not found\n")
 
     async def _cmp(self, request: HttpRequest, profile: str | None) -> HttpResponse:
-        content_type = (request.header(b"content-type") or b"").split(b";")[0].strip().lower()
-        if content_type != CMP_TYPE.encode():
+        if _media_type(request.header(b"content-type") or b"") != _CMP_TYPE_BYTES:
             return self._plain(415, "Content-Type must be application/pkixcmp\n")
         knobs = self.knobs
         defer = 0.0

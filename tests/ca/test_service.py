@@ -242,3 +242,13 @@ async def test_concurrent_enrollments(start) -> None:  # type: ignore[no-untyped
     assert len(set(serials)) == 200
     assert time.monotonic() - started < 30
     assert ca.authority.store.counts_by_status()["issued"] == 200
+
+
+def test_route_cache_gives_the_same_answers_and_skips_long_targets() -> None:
+    from fleet.ca.service import _route, _route_cached
+
+    for path in ("/pkix/", "/.well-known/cmp/p/prof/ir", "/ocsp/abc", "/crl/issuing.crl/", "/x", "/" + "a" * 300):
+        assert route(path) == _route(path) == route(path)
+    before = _route_cached.cache_info().currsize
+    assert route("/.well-known/cmp/p/" + "q" * 300) == ("cmp", "q" * 300)
+    assert _route_cached.cache_info().currsize == before  # long targets are not cached
