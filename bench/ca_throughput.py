@@ -18,8 +18,14 @@ concurrent transaction, its PBM key cached as above) and prints the CMP layer's 
 per certConf (median of rounds). On a shared machine this figure is far steadier than the
 two-process one; profile it with py-spy or cProfile to see where the CA's time goes.
 
+``--http-only`` measures the other half: fleet's HTTP server (``serve_http``) in a subprocess
+pinned to core 0 with a handler that answers every POST with a fixed 1,115-byte body (an ip's
+size), driven by raw keep-alive connections from this process; it prints the server's CPU µs
+per request (two requests make an enrollment).
+
 Usage: python bench/ca_throughput.py [--concurrency 1000] [--seconds 10] [--warmup 3]
        python bench/ca_throughput.py --cmp-only [--concurrency 1000] [--rounds 7]
+       python bench/ca_throughput.py --http-only [--concurrency 1000] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -176,6 +183,98 @@ def cmp_only(devices: int, rounds: int) -> None:
     print(f"  per enrollment:      {ir + conf:.0f} µs -> {1e6 / (ir + conf):.0f} enrollments/s per core without HTTP")
 
 
+_HTTP_BODY = bytes(1115)
+
+
+def _http_server(port_file: str) -> None:
+    """The --http-only server process: serve_http with a constant answer until SIGTERM."""
+    from fleet.http.server import HttpResponse, serve_http
+    from fleet.runtime import tune_gc
+
+    _pin(0)
+    tune_gc()
+    response = HttpResponse(200, _HTTP_BODY, "application/pkixcmp")
+
+    async def handler(request: object) -> HttpResponse:
+        return response
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve_http, handler, "127.0.0.1", 0, max_connections=100_000))
+            Path(port_file).write_text(str(port))
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    trio.run(run)
+
+
+async def _http_load(port: int, connections: int, seconds: float) -> int:
+    body = bytes(510)  # an ir's size
+    request = (
+        b"POST /.well-known/cmp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/pkixcmp\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    answered = 0
+    stop = trio.current_time() + seconds
+
+    async def connection() -> None:
+        nonlocal answered
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            buf = b""
+            while trio.current_time() < stop:
+                await stream.send_all(request)
+                while True:
+                    end = buf.find(b"\r\n\r\n")
+                    if end >= 0:
+                        length = int(buf[:end].lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                        if len(buf) >= end + 4 + length:
+                            buf = buf[end + 4 + length :]
+                            break
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buf += data
+                answered += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(connection)
+    return answered
+
+
+def http_only(connections: int, warmup: float, seconds: float) -> None:
+    """Server CPU µs per request of fleet's HTTP server with a constant handler (no CMP)."""
+    with tempfile.TemporaryDirectory(prefix="fleet-http-bench-") as tmp:
+        port_file = Path(tmp) / "port"
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--http-server", str(port_file)], stdin=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and port_file.read_text()):
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise SystemExit("HTTP bench server did not start")
+                time.sleep(0.05)
+            port = int(port_file.read_text())
+            _pin(1)
+            trio.run(_http_load, port, connections, warmup)
+            cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+            answered = trio.run(_http_load, port, connections, seconds)
+            cpu, elapsed = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    print(f"HTTP server alone, {connections} keep-alive connections, {elapsed:.1f} s:")
+    print(f"  {answered} requests ({answered / elapsed:.0f}/s), server CPU {cpu / answered * 1e6:.1f} µs per request"
+          f" (core busy {cpu / elapsed:.0%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=1000)
@@ -183,7 +282,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--cmp-only", action="store_true", help="CMP layer in-process, no HTTP (see module doc)")
     parser.add_argument("--rounds", type=int, default=7, help="with --cmp-only: measured rounds")
+    parser.add_argument("--http-only", action="store_true", help="HTTP server alone, constant handler (see module doc)")
+    parser.add_argument("--http-server", help=argparse.SUPPRESS)  # the --http-only server process
     args = parser.parse_args()
+    if args.http_server:
+        _http_server(args.http_server)
+        return
+    if args.http_only:
+        http_only(args.concurrency, args.warmup, args.seconds)
+        return
     if args.cmp_only:
         _pin(0)
         cmp_only(args.concurrency, args.rounds)
