@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -72,8 +72,7 @@ from fleet.cmp.protection import (
     ProtectionError,
     SignatureProtector,
     UnsupportedAlgorithm,
-    pbkdf2_key,
-    pbm_key,
+    compute_mac,
     is_mac_algorithm,
     parse_algorithm,
     parse_mac_params,
@@ -319,7 +318,6 @@ class _Auth:
     sender_kid: bytes | None = None
     signer: x509.Certificate | None = None
     signer_der: bytes | None = None
-    mac_keyed: Any = field(default=None, repr=False)  # HMAC keyed with the derived key (``_mac_state``), copied per message
 
     @property
     def reference(self) -> str | None:
@@ -494,15 +492,15 @@ class CmpServer:
             if secret is None:
                 raise _Refuse(FailInfo.badMessageCheck, "no shared secret for this reference")
             try:
-                params, keyed = _mac_state(h.protection_alg, secret, self.config.max_iterations)
+                params = _mac_params(h.protection_alg, self.config.max_iterations)
             except UnsupportedAlgorithm as exc:
                 raise _Refuse(FailInfo.badAlg, str(exc)) from None
             except ProtectionError as exc:
                 raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
-            if not hmac.compare_digest(_mac_with(keyed, msg.protected_part), msg.protection):
+            if not hmac.compare_digest(compute_mac(params, secret, msg.protected_part), msg.protection):
                 raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify")
             ctx.auth = _Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
-                             sender_kid=h.sender_kid, mac_keyed=keyed)
+                             sender_kid=h.sender_kid)
             return
         try:
             signer = find_signer(msg.extra_certs, h.sender_kid)
@@ -958,8 +956,8 @@ class CmpServer:
             body_der = _cert_rep_der(body_type, body) or messages.encode_body(body_type, body)
         part = _sequence(header_der + body_der)
         if mac:
-            assert auth.mac_keyed is not None
-            protection = _mac_with(auth.mac_keyed, part)
+            assert auth.mac_params is not None and auth.secret is not None
+            protection = compute_mac(auth.mac_params, auth.secret, part)
             certs = extra
         else:
             protection = self.signer.protect(part)
@@ -1263,23 +1261,9 @@ def _is_mac(alg_der: bytes) -> bool:
 
 
 @lru_cache(maxsize=65_536)
-def _mac_state(alg_der: bytes, secret: bytes, max_iterations: int) -> tuple[PbmParams | Pbmac1Params, Any]:
-    """Parsed MAC parameters and an HMAC already keyed with the derived key, cached: a device
-    reuses its salt, so its protectionAlg repeats, and copying a keyed HMAC is cheaper than
-    keying one per message (``compute_mac``). Parse errors are raised, never cached."""
-    params = parse_mac_params(alg_der, max_iterations=max_iterations)
-    if isinstance(params, PbmParams):
-        key = pbm_key(secret, params.salt, params.owf, params.iterations)
-    else:
-        key = pbkdf2_key(secret, params.salt, params.prf, params.iterations, params.key_length)
-    return params, hmac.new(key, digestmod=params.mac)
-
-
-def _mac_with(keyed: Any, data: bytes) -> bytes:
-    """``compute_mac(params, secret, data)`` with the keyed HMAC of ``_mac_state``."""
-    mac = keyed.copy()
-    mac.update(data)
-    return mac.digest()
+def _mac_params(alg_der: bytes, max_iterations: int) -> PbmParams | Pbmac1Params:
+    """Parsed MAC parameters, cached: a device reuses its salt, so its protectionAlg repeats."""
+    return parse_mac_params(alg_der, max_iterations=max_iterations)
 
 
 _HASH_NAMES = {"sha1", "sha224", "sha256", "sha384", "sha512"}

@@ -707,34 +707,3 @@ def test_every_response_reencodes_identically(server: CmpServer, authority: Auth
     assert len(sent) >= 6
     for data in sent:
         assert messages.encode(messages.decode(data)) == data
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    pbmac1=st.booleans(),
-    mac=st.sampled_from(["sha256", "sha384", "sha512", "sha1"]),
-    owf=st.sampled_from(["sha256", "sha1", "sha512"]),
-    iterations=st.integers(1, 600),
-    secret=st.binary(min_size=1, max_size=64),
-    data=st.lists(st.binary(max_size=600), min_size=1, max_size=3),
-)
-def test_cached_keyed_mac_is_compute_mac(
-    pbmac1: bool, mac: str, owf: str, iterations: int, secret: bytes, data: list[bytes]
-) -> None:
-    """The server's keyed-HMAC cache gives ``compute_mac``'s value, message after message."""
-    from fleet.cmp.protection import compute_mac, parse_mac_params
-
-    protector = MacProtector(secret, pbmac1=pbmac1, iterations=iterations, owf=owf, mac=mac)
-    params, keyed = server_module._mac_state(protector.algorithm, secret, 10_000)
-    assert params == parse_mac_params(protector.algorithm, max_iterations=10_000)
-    for item in data:
-        assert server_module._mac_with(keyed, item) == compute_mac(params, secret, item) == protector.protect(item)
-
-
-def test_mac_state_refuses_like_the_parser_and_caches_no_failure() -> None:
-    from fleet.cmp.protection import UnsupportedAlgorithm
-
-    too_many = MacProtector(SECRET, iterations=20_000).algorithm
-    for _ in range(2):
-        with pytest.raises(UnsupportedAlgorithm):
-            server_module._mac_state(too_many, SECRET, 10_000)
