@@ -202,7 +202,7 @@ class WorkerRun:
             polls = done.polls
         except trio.Cancelled:
             raise
-        except Exception as exc:  # one device's failure is a result, never a crash of the run
+        except Exception as exc:  # noqa: BLE001 - one device's failure is a result (logged once in _failed)
             self._failed(op, exc, intended, sent_at, polls)
             return False
         now = trio.current_time()

@@ -86,3 +86,19 @@ def test_ir_request_carries_the_devices_identity() -> None:
     assert list(request.sans) == [parse_san("DNS:nf-12.example.org")]
     assert key is request.new_key
     assert config.protector.sender_kid == b"dev-00000012"  # type: ignore[union-attr]
+
+
+def test_mac_protectors_are_constructed_when_copying_would_differ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If MacProtector ever kept its secret somewhere the copy does not replace, the factory must
+    notice once and build every protector with the constructor instead."""
+    original_init = MacProtector.__init__
+
+    def init_with_derived_copy(self: MacProtector, secret: bytes, **kw: object) -> None:
+        original_init(self, secret, **kw)  # type: ignore[arg-type]
+        self.__dict__["_pinned"] = secret  # a field the copy would carry over unchanged
+
+    monkeypatch.setattr(MacProtector, "__init__", init_with_derived_copy)
+    f = _factory()
+    a, b = f.mac(1), f.mac(2)
+    assert f._mac_copyable is False
+    assert a.__dict__["_pinned"] == a.secret and b.__dict__["_pinned"] == b.secret
