@@ -345,6 +345,9 @@ class _Tx:
     implicit: bool = False
 
 
+_NO_AUTH = _Auth("none")
+
+
 @dataclass(slots=True)
 class _Ctx:
     """One request being handled."""
@@ -354,9 +357,6 @@ class _Ctx:
     when: datetime
     auth: _Auth = field(default_factory=lambda: _NO_AUTH)  # replaced, never changed in place
     tx: _Tx | None = None
-
-
-_NO_AUTH = _Auth("none")
 
 
 class _Refuse(Exception):

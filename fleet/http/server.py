@@ -281,7 +281,8 @@ class _Server:
             if not data:
                 conn.eof = True
                 return None  # closed between requests
-            request = self._whole_request(data, conn.peer)
+            # (TLS streams may hand out bytearrays: those take the general loop.)
+            request = self._whole_request(data, conn.peer) if type(data) is bytes else None
             if request is not None:
                 return request
             started = True
@@ -461,7 +462,7 @@ class _Connection:
         self.deadline = math.inf  # trio.current_time() after which the reaper cancels ``scope``
         self.sock = _raw_socket(stream)
 
-    async def receive(self) -> bytes:
+    async def receive(self) -> bytes | bytearray:
         """Some bytes, b"" at EOF; waits for readability first (see the class doc)."""
         sock = self.sock
         if sock is None:

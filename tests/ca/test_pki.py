@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fleet.ca.pki import (
     ID_KP_CMC_RA,
@@ -642,7 +642,7 @@ def test_an_issuer_the_direct_encoding_cannot_reproduce_uses_the_builder(
 ) -> None:
     """The self-check at construction: if the direct TBS differs from the builder's for the
     probe certificate, every issuance goes through the builder."""
-    import fleet.ca.pki as pki
+    from fleet.ca import pki
 
     monkeypatch.setattr(pki, "_VERSION_3", b"\xa0\x03\x02\x01\x01")  # a v2 TBS: wrong on purpose
     issuer = CertificateIssuer(hierarchy, base_url=BASE_URL)

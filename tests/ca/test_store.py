@@ -470,12 +470,12 @@ def test_fast_record_construction_equals_the_dataclass_way() -> None:
 
     from fleet.ca.store import CertRecord, _changed, _new_record
 
-    values = dict(
-        serial=0x1234, subject="CN=a", device_ref="dev", key_fingerprint=b"k" * 32,
-        not_before=datetime(2030, 1, 1, tzinfo=UTC), not_after=datetime(2031, 1, 1, tzinfo=UTC),
-        status=CertStatus.PENDING, revocation_reason=None, revocation_time=None,
-        transaction_id=b"t" * 16, created=datetime(2030, 1, 1, tzinfo=UTC), der=b"\x30\x00",
-    )
+    values = {
+        "serial": 0x1234, "subject": "CN=a", "device_ref": "dev", "key_fingerprint": b"k" * 32,
+        "not_before": datetime(2030, 1, 1, tzinfo=UTC), "not_after": datetime(2031, 1, 1, tzinfo=UTC),
+        "status": CertStatus.PENDING, "revocation_reason": None, "revocation_time": None,
+        "transaction_id": b"t" * 16, "created": datetime(2030, 1, 1, tzinfo=UTC), "der": b"\x30\x00",
+    }
     made = CertRecord(**values)  # type: ignore[arg-type]
     fast = _new_record(values)
     assert fast == made and repr(fast) == repr(made) and hash(repr(fast))

@@ -17,10 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fleet.ca.authority import Authority
 from fleet.ca.store import CertStatus
 from fleet.cmp import der, genm, messages, oids
+from fleet.cmp import server as server_module
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import RequestRejected, ServerError
 from fleet.cmp.messages import (
@@ -607,11 +610,6 @@ def test_p10cr_with_fleet_client(server: CmpServer, authority: Authority) -> Non
 
 # ---------------------------------------------------------------------------------------------
 # Responses encoded from cached parts are byte for byte what ``messages`` encodes
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from fleet.cmp import server as server_module  # noqa: E402
 
 _GN = st.sampled_from(
     [messages.NULL_DN_GENERAL_NAME, messages.directory_name(name("CA").public_bytes()), b"\x82\x03a.b"]
