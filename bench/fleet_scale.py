@@ -8,10 +8,14 @@
    the embedded CA on the last, stepping the rate up; a step passes when >= 99% of arrivals
    succeed and the p99 start lateness is under 5 ms. The embedded CA is often the limit here.
 4. Highest sustained rate when the CA keeps up: the same steps against a minimal responder in its
-   own process on the last core (issues a real certificate, MAC-protects; no checks, no storage),
-   so the orchestrator is what saturates.
+   own process on the last core (a real certificate from an issuing CA, caPubs and extraCerts
+   as the embedded CA sends them, MAC protection; no checks, no storage), so the orchestrator is
+   what saturates. Each step prints the responder's CPU per enrollment: where its per-core rate
+   is below the step's rate, the responder was the limit after all.
 5. The orchestrator's own CPU per enrollment: the worker's process CPU time over each step
-   divided by the enrollments (printed per step), i.e. its one-core capacity.
+   divided by the enrollments (printed per step, for both servers); the summary takes the
+   busiest step that still succeeded, as the one-core capacity. It includes the CMP client and
+   HTTP; an idle worker pays more per enrollment (wake-ups), so low-rate steps read higher.
 
 Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
                                    [--fast-rates 1000,1500,2000,2500,3000] [--step 6]
