@@ -341,9 +341,9 @@ class ClientTransaction:
         protector = self.config.protector
         if isinstance(protector, SignatureProtector):
             return messages.directory_name(protector.sender_name)
-        subject = getattr(self.request, "subject", None)
-        if subject is not None and len(subject):
-            return messages.directory_name(self.request.subject_der)  # type: ignore[union-attr]
+        subject_der = getattr(self.request, "subject_der", None)
+        if subject_der is not None and subject_der != messages.NULL_DN:  # len(x509.Name) is not cheap
+            return messages.directory_name(subject_der)
         if protector.sender_kid:
             cn = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, protector.sender_kid.decode("utf-8", "replace"))])
             return messages.directory_name(cn.public_bytes())

