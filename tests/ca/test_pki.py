@@ -533,8 +533,8 @@ _EKUS = st.lists(
     unique=True,
 )
 _CN = st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"), min_size=1, max_size=40
-)
+    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_characters="\x7f"), min_size=1, max_size=32
+)  # cryptography caps a commonName at 64 UTF-8 octets; these characters take at most 2 each
 
 
 @st.composite
