@@ -1,30 +1,30 @@
 """H^count(data): the PasswordBasedMac base key, with the loop run inside OpenSSL when possible.
 
-First choice is the optional C extension ``fleet.cmp._iterated_hash`` (OpenSSL's low-level
-digest on a stack context: 500 rounds of SHA-256 in ~29 µs), built at install time where a
-compiler and OpenSSL's headers exist. Without it:
-
 PBM (RFC 9810 §5.1.3.1) hashes secret || salt and then the digest again, ``iterations`` times.
-In Python each round costs ~0.5 µs (a hash object per round), so 500 rounds cost ~250 µs: the
-largest single cost of a new device's enrollment. OpenSSL has no "iterated digest" call, but
-``EVP_BytesToKey`` is documented to compute its first block as exactly this,
-``D_1 = HASH^count(data || salt)``, and to fill key then IV from D_1, D_2, ... With no salt, a
-digest whose size equals the cipher's key + IV length yields D_1 alone: SHA-256 with
-AES-256-ECB (32 + 0 bytes), SHA-384 with AES-256-CBC (32 + 16). Measured here: 105 µs instead
-of 255 µs for 500 rounds of SHA-256.
+In Python each round costs ~0.5 µs (a hash object per round), so 500 rounds cost ~255 µs: once
+the largest single cost of a new device's enrollment. In order of preference:
 
-The library is the libcrypto that Python's own ``_hashlib`` already loaded (found in
-/proc/self/maps), so nothing new is installed. Anything unexpected (no libcrypto, OpenSSL 1.x
-symbols, a self-test mismatch) falls back to the Python loop, which stays the reference.
+1. the optional C extension ``fleet.cmp._iterated_hash`` (OpenSSL's low-level digest on a stack
+   context): ~29 µs for 500 rounds of SHA-256; built at install time where a compiler and
+   OpenSSL's headers exist;
+2. ``EVP_BytesToKey`` through ctypes, for SHA-256 and SHA-384: ~55 µs. OpenSSL has no "iterated
+   digest" call, but documents that function's first block as exactly
+   ``D_1 = HASH^count(data || salt)``, filling key then IV from D_1, D_2, ... With no salt, a
+   digest whose size equals the cipher's key + IV length yields D_1 alone: SHA-256 with
+   AES-256-ECB (32 + 0 bytes), SHA-384 with AES-256-CBC (32 + 16). The library is the
+   libcrypto Python's own ``_hashlib`` already loaded (found in /proc/self/maps);
+3. the Python loop, which stays the reference: every other implementation is checked against it
+   at import and used only if it agrees.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 from collections.abc import Callable
 
-__all__ = ["iterated_digest", "python_iterated_digest", "accelerated"]
+__all__ = ["implementation", "iterated_digest", "python_iterated_digest"]
 
 _CONSTRUCTORS = {name: getattr(hashlib, name) for name in ("sha1", "sha224", "sha256", "sha384", "sha512")}
 
@@ -90,13 +90,8 @@ def _openssl_digests() -> dict[str, Callable[[bytes, int], bytes]]:
                 raise RuntimeError("EVP_BytesToKey failed")
             return out.raw
 
-        # Self-test against the reference before trusting it, on counts the loop handles.
-        sample = b"fleet iterated digest self-test"
-        try:
-            if all(digest(sample, n) == python_iterated_digest(name, sample, n) for n in (1, 2, 500)):
-                table[name] = digest
-        except (RuntimeError, ctypes.ArgumentError):
-            continue
+        if _agrees(name, digest):
+            table[name] = digest
     return table
 
 
@@ -105,28 +100,31 @@ def _extension_digests() -> dict[str, Callable[[bytes, int], bytes]]:
         from fleet.cmp._iterated_hash import iterated_digest as compiled
     except ImportError:
         return {}
-    sample = b"fleet iterated digest self-test"
     table: dict[str, Callable[[bytes, int], bytes]] = {}
     for name in _CONSTRUCTORS:
-        if all(compiled(name, sample, n) == python_iterated_digest(name, sample, n) for n in (1, 2, 500)):
-            table[name] = lambda data, count, name=name: compiled(name, data, count)
+        digest = functools.partial(compiled, name)
+        if _agrees(name, digest):
+            table[name] = digest
     return table
 
 
-_ACCELERATED = {**_openssl_digests(), **_extension_digests()}
+def _agrees(name: str, digest: Callable[[bytes, int], bytes]) -> bool:
+    """Self-test against the reference before trusting an implementation."""
+    sample = b"fleet iterated digest self-test"
+    try:
+        return all(digest(sample, n) == python_iterated_digest(name, sample, n) for n in (1, 2, 500))
+    except (RuntimeError, ValueError, ctypes.ArgumentError):
+        return False
 
 
-def accelerated(name: str) -> bool:
-    """Whether ``name``'s rounds run inside OpenSSL here (the extension, or EVP_BytesToKey)."""
-    return name in _ACCELERATED
+_EXTENSION = _extension_digests()
+_EVP = {} if set(_EXTENSION) == set(_CONSTRUCTORS) else _openssl_digests()
+_ACCELERATED = {**_EVP, **_EXTENSION}
 
 
 def implementation(name: str) -> str:
     """Which implementation runs ``name``: "extension", "evp_bytes_to_key" or "python"."""
-    fast = _ACCELERATED.get(name)
-    if fast is None:
-        return "python"
-    return "evp_bytes_to_key" if fast.__name__ == "digest" else "extension"
+    return "extension" if name in _EXTENSION else "evp_bytes_to_key" if name in _EVP else "python"
 
 
 def iterated_digest(name: str, data: bytes, count: int) -> bytes:
