@@ -16,10 +16,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Literal
 
 from cryptography import x509
@@ -51,7 +50,6 @@ from fleet.cmp.messages import (
     FailInfo,
     GenMsgContent,
     InfoTypeAndValue,
-    PKIHeader,
     PKIMessage,
     PKIStatus,
     PKIStatusInfo,
@@ -167,21 +165,6 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None, cert: x509.Certif
             ) from None
         hash_name = _HASH_FOR_CERT_SIG.get(algo.name, "sha256") if algo is not None else "sha512"
     return hashlib.new(hash_name, cert_bytes).digest()
-
-
-_last_time: tuple[object, bytes] = (None, b"")
-
-
-def _message_time(now: datetime | None) -> bytes:
-    """``[0] messageTime`` for ``now`` (None: the system clock) in whole seconds; every message
-    of a second shares one encoding."""
-    global _last_time
-    key: object = int(time.time()) if now is None else now.replace(microsecond=0)
-    if key != _last_time[0]:
-        if now is None:
-            now = datetime.fromtimestamp(key, UTC)  # type: ignore[arg-type]
-        _last_time = (key, der.explicit(0, der.generalized_time(now)))
-    return _last_time[1]
 
 
 def _load_issued(cert_bytes: bytes) -> x509.Certificate:
@@ -314,16 +297,16 @@ class ClientTransaction:
             if protector.algorithm is not None:
                 tail += der.explicit(1, protector.algorithm)
             if protector.sender_kid is not None:
-                tail += der.explicit(2, der.octet_string(protector.sender_kid))
-            tail += der.explicit(4, der.octet_string(self.transaction_id))
+                tail += der.explicit_octets(2, protector.sender_kid)
+            tail += der.explicit_octets(4, self.transaction_id)
             self._fixed_header = fixed = (sender, tail)
         parts = [b"\x02\x01\x02" if pvno == 2 else der.integer(pvno), fixed[0]]
         if self.config.message_time:
-            parts.append(_message_time(self._now() if self._now is not None else None))
+            parts.append(messages.message_time_der(self._now() if self._now is not None else None))
         parts.append(fixed[1])
-        parts.append(der.explicit(5, der.octet_string(nonce)))
+        parts.append(der.explicit_octets(5, nonce))
         if self._peer_nonce is not None:
-            parts.append(der.explicit(6, der.octet_string(self._peer_nonce)))
+            parts.append(der.explicit_octets(6, self._peer_nonce))
         if info:
             parts.append(der.explicit(8, der.sequence(*(messages.encode_info(i) for i in info))))
         return der.sequence(*parts)

@@ -68,6 +68,15 @@ def explicit(number: int, content: bytes) -> bytes:
     return tlv(0xA0 | number, content)
 
 
+def explicit_octets(number: int, value: bytes) -> bytes:
+    """``[number] EXPLICIT OCTET STRING`` (header nonces, IDs, KIDs); both headers in one go for
+    the usual short values."""
+    n = len(value)
+    if n < 126:
+        return bytes((0xA0 | number, n + 2, OCTET_STRING, n)) + value
+    return explicit(number, octet_string(value))
+
+
 def implicit(number: int, tlv_bytes: bytes, *, constructed: bool) -> bytes:
     """``[number] IMPLICIT``: replace the tag octet of an already encoded TLV."""
     tag = (0xA0 if constructed else 0x80) | number

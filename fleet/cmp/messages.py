@@ -10,6 +10,7 @@ Names and certificates stay DER ``bytes``: ``cryptography`` parses them only whe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
@@ -445,6 +446,20 @@ def general_name_directory(general_name: bytes) -> bytes | None:
 # Encoding
 
 
+_last_message_time: tuple[object, bytes] = (None, b"")
+
+
+def message_time_der(now: datetime | None = None) -> bytes:
+    """``[0] messageTime`` for ``now`` (None: the system clock) in whole seconds, as
+    ``encode_header`` writes it; every message of a second shares one encoding."""
+    global _last_message_time
+    key: object = int(time.time()) if now is None else now.replace(microsecond=0)
+    if key != _last_message_time[0]:
+        when = datetime.fromtimestamp(key, UTC) if now is None else now  # type: ignore[arg-type]
+        _last_message_time = (key, der.explicit(0, der.generalized_time(when)))
+    return _last_message_time[1]
+
+
 def _free_text(texts: tuple[str, ...]) -> bytes:
     return der.sequence(*(der.utf8_string(t) for t in texts))
 
@@ -671,9 +686,6 @@ def decode_info(node: Tlv) -> InfoTypeAndValue:
     if not parts or len(parts) > 2:
         raise MessageError("InfoTypeAndValue must have a type and at most one value")
     return InfoTypeAndValue(parts[0].as_oid(), parts[1].raw if len(parts) == 2 else None)
-
-
-_OCTET_FIELDS = (None, None, "sender_kid", "recip_kid", "transaction_id", "sender_nonce", "recip_nonce")
 
 
 def _decode_header_fast(node: Tlv) -> PKIHeader | None:
@@ -1084,24 +1096,10 @@ def decode(data: bytes) -> PKIMessage:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
     root = der.parse(data)
-    data = root.data
-    start, end, read = root.cstart, root.end, der.read_tlv
-    root.expect(der.SEQUENCE, "PKIMessage")
-    # The top level by offsets (one Tlv per field decoders need), not a list of children.
-    if start == end:
+    parts = root.expect(der.SEQUENCE, "PKIMessage").children()
+    if len(parts) < 2:
         raise MessageError("PKIMessage lacks header or body")
-    tag, cs, header_end = read(data, start, end)
-    header_node = Tlv(data, tag, start, cs, header_end, 1)
-    if header_end == end:
-        raise MessageError("PKIMessage lacks header or body")
-    tag, cs, body_end = read(data, header_end, end)
-    body_node = Tlv(data, tag, header_end, cs, body_end, 1)
-    tail = []
-    pos = body_end
-    while pos < end:
-        tag, cs, ce = read(data, pos, end)
-        tail.append(Tlv(data, tag, pos, cs, ce, 1))
-        pos = ce
+    header_node, body_node = parts[0], parts[1]
     header = decode_header(header_node)
     number = body_node.tag - 0xA0
     if not 0 <= number <= 26:
@@ -1114,7 +1112,7 @@ def decode(data: bytes) -> PKIMessage:
     protection = None
     extra: tuple[bytes, ...] = ()
     last = -1
-    for p in tail:
+    for p in parts[2:]:
         number = p.tag - 0xA0
         if number not in (0, 1) or number <= last:
             raise MessageError(f"unexpected field tag 0x{p.tag:02x} in PKIMessage")
@@ -1123,7 +1121,6 @@ def decode(data: bytes) -> PKIMessage:
             protection, _ = p.unwrap().expect(der.BIT_STRING, "protection").as_bits()
         else:
             extra = _decode_certs(p.unwrap(), "extraCerts")
-    return PKIMessage(
-        header, body_type, body, protection, extra,
-        b"\x30" + der._length(body_end - start) + data[start:body_end],  # SEQUENCE { header, body }
-    )
+    # ProtectedPart, SEQUENCE { header, body }: one slice of the received bytes, re-tagged.
+    protected = der.tlv(der.SEQUENCE, root.data[header_node.start : body_node.end])
+    return PKIMessage(header, body_type, body, protection, extra, protected)

@@ -401,7 +401,6 @@ class CmpServer:
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
         self._confirm_wait_info: tuple[int, tuple[InfoTypeAndValue, ...]] = (-1, ())
-        self._time_der: tuple[int, bytes] = (-1, b"")  # messageTime of the current second
 
     # -- public surface -------------------------------------------------------------------
 
@@ -941,20 +940,15 @@ class CmpServer:
             alg, kid = auth.mac_alg, auth.sender_kid
         else:
             sender, alg, kid = self._signer_name, self.signer.algorithm, self.signer.sender_kid
-        second = _whole_second(ctx.now)
-        time_der = self._time_der
-        if time_der[0] != second:
-            time_der = (second, _explicit(0, der.generalized_time(datetime.fromtimestamp(second, UTC))))
-            self._time_der = time_der
         header_der = _header_der(
-            sender, req.sender, time_der[1], alg, kid, req.transaction_id, nonce, req.sender_nonce,
+            sender, req.sender, messages.message_time_der(ctx.when), alg, kid, req.transaction_id, nonce, req.sender_nonce,
             _general_info_der(info) if info else b"",
         )
         if body_type is BodyType.PKICONF:
             body_der = _PKICONF_BODY  # always the same NULL
         else:
             body_der = _cert_rep_der(body_type, body) or messages.encode_body(body_type, body)
-        part = _sequence(header_der + body_der)
+        part = der.tlv(der.SEQUENCE, header_der + body_der)
         if mac:
             assert auth.mac_params is not None and auth.secret is not None
             protection = compute_mac(auth.mac_params, auth.secret, part)
@@ -962,10 +956,10 @@ class CmpServer:
         else:
             protection = self.signer.protect(part)
             certs = _signed_extra_certs(self.signer.extra_certs, extra)
-        tail = _explicit(0, _bit_string(protection))
+        tail = der.explicit(0, der.bit_string(protection))
         if certs:
             tail += _extra_certs_der(certs)
-        return _sequence(header_der + body_der + tail), nonce
+        return der.tlv(der.SEQUENCE, header_der + body_der + tail), nonce
 
     def _error(
         self, ctx: _Ctx, fail: FailInfo | int, text: str, *, status: PKIStatus = PKIStatus.REJECTION,
@@ -1013,42 +1007,6 @@ _TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
 # Response encoding from cached parts (``CmpServer._encode``)
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(body))) + body + content
-
-
-def _sequence(content: bytes) -> bytes:
-    return _tlv(0x30, content)
-
-
-def _explicit(number: int, content: bytes) -> bytes:
-    return _tlv(0xA0 | number, content)
-
-
-def _octets(value: bytes) -> bytes:
-    return _tlv(0x04, value)
-
-
-def _bit_string(value: bytes) -> bytes:
-    return _tlv(0x03, b"\x00" + value)
-
-
-def _whole_second(now: float) -> int:
-    """The whole second of ``datetime.fromtimestamp(now)`` (which rounds to the microsecond
-    half-even first): what ``ctx.when.replace(microsecond=0)`` says, without the datetime."""
-    frac, whole = math.modf(now)
-    second = int(whole)
-    if round(frac * 1e6) >= 1_000_000:
-        second += 1
-    elif frac < 0 and round(frac * 1e6) < 0:
-        second -= 1
-    return second
-
-
 _PVNO_2 = b"\x02\x01\x02"
 
 
@@ -1059,40 +1017,32 @@ def _header_der(
     """``messages.encode_header`` of a response header (pvno 2, no freeText or recipKID)."""
     out = _PVNO_2 + sender + recipient + time_der
     if alg is not None:
-        out += _explicit(1, alg)
+        out += der.explicit(1, alg)
     if kid is not None:
-        out += _explicit_octets(0xA2, kid)
+        out += der.explicit_octets(2, kid)
     if tid is not None:
-        out += _explicit_octets(0xA4, tid)
-    out += _explicit_octets(0xA5, nonce)
+        out += der.explicit_octets(4, tid)
+    out += der.explicit_octets(5, nonce)
     if recip_nonce is not None:
-        out += _explicit_octets(0xA6, recip_nonce)
-    return _sequence(out + info_der)
-
-
-def _explicit_octets(tag: int, value: bytes) -> bytes:
-    """``[n] EXPLICIT OCTET STRING``; both headers in one go for the usual short values."""
-    n = len(value)
-    if n < 126:
-        return bytes((tag, n + 2, 0x04, n)) + value
-    return _tlv(tag, _octets(value))
+        out += der.explicit_octets(6, recip_nonce)
+    return der.sequence(out + info_der)
 
 
 @lru_cache(maxsize=64)
 def _general_info_der(info: tuple[InfoTypeAndValue, ...]) -> bytes:
     """[8] generalInfo: implicitConfirm, or confirmWaitTime (one value per second)."""
-    return _explicit(8, _sequence(b"".join(messages.encode_info(i) for i in info)))
+    return der.explicit(8, der.sequence(b"".join(messages.encode_info(i) for i in info)))
 
 
 @lru_cache(maxsize=64)
 def _extra_certs_der(certs: tuple[bytes, ...]) -> bytes:
     """[1] extraCerts: the same chain (and root) in every response of a CA."""
-    return _explicit(1, _sequence(b"".join(certs)))
+    return der.explicit(1, der.sequence(b"".join(certs)))
 
 
 @lru_cache(maxsize=64)
 def _ca_pubs_der(ca_pubs: tuple[bytes, ...]) -> bytes:
-    return _explicit(1, _sequence(b"".join(ca_pubs)))
+    return der.explicit(1, der.sequence(b"".join(ca_pubs)))
 
 
 _ACCEPTED_DER = messages.encode_status_info(messages.ACCEPTED)
@@ -1106,11 +1056,11 @@ def _cert_rep_der(body_type: BodyType, body: messages.Body) -> bytes | None:
     r = body.responses[0]
     if r.status != messages.ACCEPTED or r.certificate is None or r.private_key is not None or r.rsp_info is not None:
         return None
-    response = _sequence(
-        der.integer(r.cert_req_id) + _ACCEPTED_DER + _sequence(_explicit(0, r.certificate))
+    response = der.sequence(
+        der.integer(r.cert_req_id) + _ACCEPTED_DER + der.sequence(der.explicit(0, r.certificate))
     )
     head = _ca_pubs_der(body.ca_pubs) if body.ca_pubs else b""
-    return _explicit(int(body_type), _sequence(head + _sequence(response)))
+    return der.explicit(int(body_type), der.sequence(head + der.sequence(response)))
 
 
 # ---------------------------------------------------------------------------------------------

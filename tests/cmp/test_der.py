@@ -335,3 +335,8 @@ def test_read_tlv_agrees_with_the_general_reader(data: bytes, cut: int) -> None:
     """The inline reader accepts and rejects exactly what the general one does."""
     end = max(0, len(data) - cut)
     assert _outcome(der.read_tlv, data, 0, end) == _outcome(der._read_header, data, 0, end)
+
+
+@given(number=st.integers(0, 8), value=st.binary(max_size=300))
+def test_explicit_octets_is_explicit_of_octet_string(number: int, value: bytes) -> None:
+    assert der.explicit_octets(number, value) == der.explicit(number, der.octet_string(value))

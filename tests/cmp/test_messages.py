@@ -304,6 +304,21 @@ def test_fast_cert_rep_reader_takes_the_usual_ip() -> None:
         assert m._decode_cert_rep_fast(node) == body
 
 
+@given(st.floats(min_value=0, max_value=2**34, allow_nan=False) | st.integers(0, 2**34).map(lambda s: s - 5e-7))
+def test_message_time_is_the_whole_second_encode_header_writes(stamp: float) -> None:
+    now = datetime.fromtimestamp(stamp, UTC)
+    header = m.encode_header(dataclasses.replace(HEADER, message_time=now.replace(microsecond=0)))
+    assert m.message_time_der(now) in header
+    assert m.message_time_der(now) == der.explicit(0, der.generalized_time(now.replace(microsecond=0)))
+
+
+def test_message_time_of_the_system_clock() -> None:
+    before = int(time.time())
+    encoded = m.message_time_der()
+    after = int(time.time())
+    assert encoded in {m.message_time_der(datetime.fromtimestamp(t, UTC)) for t in range(before, after + 1)}
+
+
 def test_fast_header_reader_takes_the_usual_header() -> None:
     header = m.PKIHeader(
         sender=m.directory_name(m.NULL_DN), recipient=m.NULL_DN_GENERAL_NAME, transaction_id=b"t" * 16,

@@ -677,12 +677,6 @@ def test_cert_rep_from_cached_parts_matches_encode_body(
             or responses[0].rsp_info is not None or responses[0].private_key is not None
 
 
-@given(st.floats(min_value=0, max_value=2**34, allow_nan=False) | st.integers(0, 2**34).map(lambda s: s - 5e-7))
-def test_whole_second_is_the_datetimes(now: float) -> None:
-    expected = datetime.fromtimestamp(now, UTC).replace(microsecond=0)
-    assert datetime.fromtimestamp(server_module._whole_second(now), UTC) == expected
-
-
 def test_every_response_reencodes_identically(server: CmpServer, authority: Authority) -> None:
     """ip, pkiConf, error, rp, genp, signed and MAC-protected: what the server sends is what
     ``messages.encode`` makes of the decoded message (no field lost or encoded differently)."""
