@@ -41,6 +41,7 @@ from cryptography.x509.oid import (
     ObjectIdentifier,
 )
 
+from fleet.cmp.protection import subject_key_id
 from fleet.errors import FleetError
 from fleet.files import atomic_write
 
@@ -247,23 +248,13 @@ class CaHierarchy:
 
     @cached_property
     def issuing_ski(self) -> bytes:
-        """The issuing CA's key identifier (its SKI extension, else computed from the key)."""
-        try:
-            return self.issuing.extensions.get_extension_for_class(
-                x509.SubjectKeyIdentifier
-            ).value.digest
-        except x509.ExtensionNotFound:
-            return x509.SubjectKeyIdentifier.from_public_key(self.issuing.public_key()).digest
+        """The issuing CA's key identifier."""
+        return _key_identifier(self.issuing)
 
     @cached_property
     def signer_ski(self) -> bytes:
         """SKI of the CMP signer: the senderKID of signature-protected responses."""
-        try:
-            return self.signer.extensions.get_extension_for_class(
-                x509.SubjectKeyIdentifier
-            ).value.digest
-        except x509.ExtensionNotFound:
-            return x509.SubjectKeyIdentifier.from_public_key(self.signer.public_key()).digest
+        return _key_identifier(self.signer)
 
     # -- construction
 
@@ -581,6 +572,14 @@ def _read(path: Path) -> bytes:
         raise HierarchyError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _key_identifier(cert: x509.Certificate) -> bytes:
+    """A certificate's key identifier: its SKI extension, else computed from its key."""
+    ski = subject_key_id(cert)
+    if ski is None:
+        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+    return ski
+
+
 def _load_certs(path: Path) -> list[x509.Certificate]:
     data = _read(path)
     try:
@@ -843,8 +842,7 @@ class CertificateIssuer:
             end = now + self.validity
         else:  # a naive time is taken as UTC, as the builder itself would
             end = not_after if not_after.tzinfo else not_after.replace(tzinfo=UTC)
-        if end > self._ca_not_after:
-            end = self._ca_not_after
+        end = min(end, self._ca_not_after)
         start = now - _BACKDATE
         if end <= start:
             raise CertificateRequestRejected("requested notAfter lies in the past")
