@@ -475,15 +475,15 @@ def encode_header(h: PKIHeader) -> bytes:
     if h.protection_alg is not None:
         parts.append(der.explicit(1, h.protection_alg))
     if h.sender_kid is not None:
-        parts.append(der.explicit(2, der.octet_string(h.sender_kid)))
+        parts.append(der.explicit_octets(2, h.sender_kid))
     if h.recip_kid is not None:
-        parts.append(der.explicit(3, der.octet_string(h.recip_kid)))
+        parts.append(der.explicit_octets(3, h.recip_kid))
     if h.transaction_id is not None:
-        parts.append(der.explicit(4, der.octet_string(h.transaction_id)))
+        parts.append(der.explicit_octets(4, h.transaction_id))
     if h.sender_nonce is not None:
-        parts.append(der.explicit(5, der.octet_string(h.sender_nonce)))
+        parts.append(der.explicit_octets(5, h.sender_nonce))
     if h.recip_nonce is not None:
-        parts.append(der.explicit(6, der.octet_string(h.recip_nonce)))
+        parts.append(der.explicit_octets(6, h.recip_nonce))
     if h.free_text:
         parts.append(der.explicit(7, _free_text(h.free_text)))
     if h.general_info:
