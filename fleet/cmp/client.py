@@ -17,7 +17,6 @@ import enum
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -85,6 +84,7 @@ from fleet.cmp.trust import (
     public_key_of,
 )
 from fleet.errors import FleetError
+from fleet.records import record
 
 
 class State(enum.Enum):
@@ -96,7 +96,7 @@ class State(enum.Enum):
     FAILED = "failed"
 
 
-@dataclass(frozen=True)
+@record
 class ClientConfig:
     """How a device protects its requests and whom it believes.
 
@@ -119,7 +119,7 @@ class ClientConfig:
     confirm_hash_alg: str | None = None  # set to use pvno 3 with hashAlg in certConf
 
 
-@dataclass(frozen=True)
+@record
 class Send:
     """Send ``data`` after waiting ``delay`` seconds (non-zero only for pollReq)."""
 
@@ -128,7 +128,7 @@ class Send:
     delay: float = 0.0
 
 
-@dataclass(frozen=True)
+@record
 class Done:
     """The transaction completed. Fields not relevant to the request stay empty."""
 

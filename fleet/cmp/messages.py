@@ -11,7 +11,7 @@ Names and certificates stay DER ``bytes``: ``cryptography`` parses them only whe
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Union
@@ -19,6 +19,7 @@ from typing import Union
 from fleet.cmp import der, oids
 from fleet.cmp.der import Tlv
 from fleet.errors import FleetError
+from fleet.records import record
 
 
 class MessageError(FleetError):
@@ -147,7 +148,7 @@ def fail_info_names(bits: int | None) -> tuple[str, ...]:
 # Data model
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class InfoTypeAndValue:
     """``InfoTypeAndValue``: ``value`` is the encoded infoValue TLV, or None when absent."""
 
@@ -159,7 +160,7 @@ class InfoTypeAndValue:
         return oids.INFO_TYPE_NAMES.get(self.oid, self.oid)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PKIHeader:
     """``PKIHeader``. ``sender``/``recipient`` are encoded GeneralNames; ``protection_alg`` an
     encoded AlgorithmIdentifier."""
@@ -188,13 +189,13 @@ class PKIHeader:
         return self.info(oids.IT_IMPLICIT_CONFIRM) is not None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Validity:
     not_before: datetime | None = None
     not_after: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertTemplate:
     """CRMF ``CertTemplate``; ``subject``/``issuer`` are encoded Names, ``public_key`` an encoded
     SubjectPublicKeyInfo, ``extensions`` an encoded Extensions SEQUENCE."""
@@ -209,7 +210,7 @@ class CertTemplate:
     signing_alg: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Popo:
     """ProofOfPossession. ``kind`` is ``signature``, ``raVerified``, ``keyEncipherment`` or
     ``keyAgreement``; for signatures ``algorithm`` is the encoded AlgorithmIdentifier."""
@@ -221,7 +222,7 @@ class Popo:
     raw: bytes | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertReqMsg:
     cert_req_id: int
     template: CertTemplate
@@ -230,21 +231,21 @@ class CertReqMsg:
     cert_request_der: bytes = field(default=b"", compare=False)  # exact bytes the POP signs
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertReqMessages:
     """Body of ir, cr and kur."""
 
     messages: tuple[CertReqMsg, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class P10Request:
     """Body of p10cr: a PKCS#10 CertificationRequest."""
 
     csr: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PKIStatusInfo:
     status: int
     texts: tuple[str, ...] = ()
@@ -270,7 +271,7 @@ class PKIStatusInfo:
 ACCEPTED = PKIStatusInfo(PKIStatus.ACCEPTED)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertResponse:
     cert_req_id: int
     status: PKIStatusInfo
@@ -279,7 +280,7 @@ class CertResponse:
     private_key: bytes | None = None  # encoded EncryptedKey (central key generation), kept opaque
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertRepMessage:
     """Body of ip, cp and kup."""
 
@@ -287,7 +288,7 @@ class CertRepMessage:
     ca_pubs: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertStatus:
     cert_hash: bytes
     cert_req_id: int
@@ -295,12 +296,12 @@ class CertStatus:
     hash_alg: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertConfirmContent:
     statuses: tuple[CertStatus, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RevDetails:
     template: CertTemplate
     crl_entry_details: bytes | None = None  # encoded Extensions
@@ -318,25 +319,25 @@ class RevDetails:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RevReqContent:
     details: tuple[RevDetails, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CertId:
     issuer: bytes  # encoded GeneralName
     serial: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RevRepContent:
     statuses: tuple[PKIStatusInfo, ...]
     rev_certs: tuple[CertId, ...] = ()
     crls: tuple[bytes, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class GenMsgContent:
     """Body of genm and genp."""
 
@@ -349,41 +350,41 @@ class GenMsgContent:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ErrorMsgContent:
     status: PKIStatusInfo
     error_code: int | None = None
     details: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PollReqContent:
     cert_req_ids: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PollRepEntry:
     cert_req_id: int
     check_after: int
     reason: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PollRepContent:
     entries: tuple[PollRepEntry, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PKIConfirmContent:
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NestedMessageContent:
     messages: tuple[bytes, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OpaqueBody:
     """A body type fleet does not interpret (ckuann, krr, ...): kept as received."""
 
@@ -407,7 +408,7 @@ Body = Union[
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PKIMessage:
     header: PKIHeader
     body_type: BodyType

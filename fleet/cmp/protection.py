@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import lru_cache
 from typing import Any
 
@@ -25,6 +25,7 @@ from fleet.cmp import der, oids
 from fleet.cmp.der import DerError
 from fleet.cmp.errors import CmpError
 from fleet.cmp.iterated_hash import iterated_digest
+from fleet.records import record
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ed448.Ed448PrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
@@ -118,7 +119,7 @@ def parse_algorithm(alg_der: bytes) -> tuple[str, der.Tlv | None]:
     return _alg(der.parse(alg_der))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PbmParams:
     salt: bytes
     owf: str  # hashlib name
@@ -137,7 +138,7 @@ class PbmParams:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pbmac1Params:
     salt: bytes
     iterations: int
@@ -347,7 +348,7 @@ def _signature_algorithm(key_type: type, hash_name: str | None, pss: bool) -> by
     raise UnsupportedAlgorithm(f"cannot sign with a {key_type.__name__}")
 
 
-@dataclass(frozen=True)
+@record
 class Signer:
     """Signs with one private key; ``algorithm`` is the encoded AlgorithmIdentifier it uses."""
 

@@ -8,7 +8,7 @@ template and POP builders.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Union
 
 from cryptography import x509
@@ -32,11 +32,12 @@ from fleet.cmp.messages import (
     encode_cert_request,
 )
 from fleet.cmp.protection import PrivateKey, Signer
+from fleet.records import record
 
 ID_REG_CTRL_OLD_CERT_ID = "1.3.6.1.5.5.7.5.1.5"
 
 
-@dataclass(frozen=True)
+@record
 class CertRequest:
     """ir, cr or kur: a new certificate for ``new_key``.
 
@@ -68,7 +69,7 @@ class CertRequest:
         object.__setattr__(self, "subject_der", self.subject.public_bytes() if self.subject is not None else None)
 
 
-@dataclass(frozen=True)
+@record
 class CsrRequest:
     """p10cr: a PKCS#10 request the device built with its own key."""
 
@@ -78,7 +79,7 @@ class CsrRequest:
     kind: BodyType = field(default=BodyType.P10CR, init=False)
 
 
-@dataclass(frozen=True)
+@record
 class RevocationRequest:
     """rr for one certificate, named by issuer and serial."""
 
@@ -94,7 +95,7 @@ class RevocationRequest:
         return cls(cert.issuer, cert.serial_number, reason)
 
 
-@dataclass(frozen=True)
+@record
 class GeneralRequest:
     """genm with one or more InfoTypeAndValue items (caCerts, rootCaCert, certReqTemplate, ...)."""
 

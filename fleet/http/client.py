@@ -41,6 +41,7 @@ from fleet.http.errors import (
     ResponseTooLarge,
 )
 from fleet.http.wire import MAX_HEAD_BYTES, ChunkedDecoder, WireError, parse_head
+from fleet.records import record
 
 __all__ = [
     "CMP_CONTENT_TYPE",
@@ -81,7 +82,7 @@ _FRESH_IDLE = 0.05
 _SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@%-]+")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CmpHttpResponse:
     """A CMP body as the server sent it, with the HTTP status (2xx, 4xx or 5xx)."""
 
