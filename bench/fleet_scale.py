@@ -17,9 +17,18 @@
    busiest step that still succeeded, as the one-core capacity. It includes the CMP client and
    HTTP; an idle worker pays more per enrollment (wake-ups), so low-rate steps read higher.
 
+6. ``--cpu N``: only the CPU figures, steadier than wall-clock ones on a shared machine: N
+   enrollments at ``--cpu-rate`` against the responder that keeps up, ``--cpu-repeat`` times
+   alternating (a) ``fleet run``'s worker and (b) the CMP client alone (ClientConfig, CertRequest,
+   ClientTransaction and CmpHttpClient, fed keys, subjects and MAC protectors made beforehand,
+   started by a bare timer loop at the same rate): the medians and their difference, which is
+   the orchestrator's own CPU per enrollment (devices, keys, driver, recording, run loop).
+
 Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
                                    [--fast-rates 1000,1500,2000,2500,3000] [--step 6]
-       (--devices 0 skips the memory test; --rates '' or --fast-rates '' skips a rate test)
+                                   [--cpu 6000 [--cpu-rate 1500] [--cpu-repeat 3]]
+       (--devices 0 skips the memory test; --rates '' or --fast-rates '' skips a rate test;
+       --cpu runs only the CPU comparison)
 """
 
 from __future__ import annotations
@@ -274,6 +283,77 @@ def sustained_rate(
     return rows
 
 
+def client_only_cpu(url: str, master: bytes, n: int, rate: float) -> float:
+    """Worker CPU µs per enrollment of the CMP client alone: ``n`` new devices at ``rate``, their
+    keys, subjects and protectors made beforehand (not counted); counted: ClientConfig,
+    CertRequest, ClientTransaction, run_transaction over CmpHttpClient, one trio task each."""
+    from fleet.cmp.client import ClientConfig, ClientTransaction
+    from fleet.cmp.requests import CertRequest
+    from fleet.exchange import run_transaction
+    from fleet.http.client import CmpHttpClient
+    from fleet.runtime import tune_gc
+
+    _pin(0)
+    profile = parse_profile(
+        {"run": {"duration": 1}, "arrivals": {"shape": "constant", "rate": rate},
+         "devices": {"count": 50_000, "key_types": "ec:P-256"}},
+        where="bench",
+    )
+    pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
+    devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore())
+    inputs = [(devices.new_key(), devices.subject(i), devices.mac(i)) for i in range(n)]
+    trust = devices.trust
+    failed = 0
+
+    async def one(i: int, client: CmpHttpClient) -> None:
+        nonlocal failed
+        key, subject, protector = inputs[i]
+        tx = ClientTransaction(ClientConfig(protector, trust), CertRequest(BodyType.IR, key, subject))
+        try:
+            await run_transaction(client, tx, timeout=10)
+        except Exception:  # noqa: BLE001 - counted; the figure is not used when any failed
+            failed += 1
+
+    async def main() -> float:
+        async with CmpHttpClient(url, max_connections=200, request_timeout=10) as client:
+            cpu0 = time.process_time()
+            t0 = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                i = 0
+                while i < n:
+                    due = t0 + i / rate
+                    if due > trio.current_time():
+                        await trio.sleep_until(due)
+                    now = trio.current_time()
+                    while i < n and t0 + i / rate <= now:
+                        nursery.start_soon(one, i, client)
+                        i += 1
+            return time.process_time() - cpu0
+
+    tune_gc()
+    cpu = trio.run(main)
+    if failed:
+        print(f"  (client-only: {failed} of {n} enrollments failed)")
+    return cpu / n * 1e6
+
+
+def cpu_comparison(n: int, rate: float, repeat: int) -> None:
+    """Median worker CPU per enrollment: fleet run's worker vs the CMP client alone."""
+    master = os.urandom(32)
+    responder = KeepingUpResponder(master)
+    full: list[float] = []
+    bare: list[float] = []
+    with responder as url:
+        for _ in range(repeat):
+            rows = sustained_rate([rate], n / rate, url, master, responder)
+            full.append(rows[-1][4])
+            bare.append(client_only_cpu(url, master, n, rate))
+            print(f"  client alone: {bare[-1]:4.0f} µs per enrollment", flush=True)
+    f, b = sorted(full)[len(full) // 2], sorted(bare)[len(bare) // 2]
+    print(f"worker CPU per enrollment at {rate:.0f}/s, median of {repeat}: fleet run {f:.0f} µs, CMP client alone "
+          f"{b:.0f} µs, orchestrator {f - b:.0f} µs (one core at 100%: {1e6 / f:,.0f}/s)")
+
+
 def _passing(rows: list[Row]) -> float:
     good = [r for r, share, late, _, _ in rows if share >= 0.99 and late < 0.005]
     return max(good) if good else 0.0
@@ -286,7 +366,14 @@ def main() -> None:
     parser.add_argument("--fast-rates", default="1000,1500,2000,2500,3000",
                         help="against the responder that keeps up ('' skips)")
     parser.add_argument("--step", type=float, default=6.0)
+    parser.add_argument("--cpu", type=int, default=0, metavar="N",
+                        help="only compare worker CPU per enrollment over N enrollments (fleet run vs the client alone)")
+    parser.add_argument("--cpu-rate", type=float, default=1500.0)
+    parser.add_argument("--cpu-repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.cpu:
+        cpu_comparison(args.cpu, args.cpu_rate, args.cpu_repeat)
+        return
     if args.devices:
         per_device, spawn_rate = memory_per_device(args.devices)
         print(f"memory: {per_device / 1024:.1f} KiB RSS per in-flight device at {args.devices:,} devices (target <= 10 KB)")
