@@ -29,6 +29,7 @@ from fleet.cmp.messages import (
     RevDetails,
     RevReqContent,
     directory_name,
+    encode_body,
     encode_cert_request,
 )
 from fleet.cmp.protection import PrivateKey, Signer
@@ -191,6 +192,34 @@ def revocation_details(request: RevocationRequest) -> RevDetails:
         reason = der.tlv(der.ENUMERATED, der.integer(request.reason)[2:])
         entry = extensions_der([(oids.CRL_REASON, False, reason)])
     return RevDetails(template, entry)
+
+
+def body_der(request: Request) -> bytes:
+    """The request's encoded PKIBody: ``messages.encode_body(request.kind, build_body(request))``,
+    written directly for the usual signature-POP CertRequest (no intermediate records: the
+    client encodes one per device)."""
+    if not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None:
+        return encode_body(request.kind, build_body(request))
+    parts = [
+        b"\x02\x01\x00",  # certReqId 0
+        der.sequence(  # CertTemplate: subject [5], publicKey [6], extensions [9]
+            der.explicit(5, request.subject_der if request.subject_der is not None else NULL_DN),
+            b"\xa6" + request.spki[1:],
+            _extensions_of(request),
+        ),
+    ]
+    cert_request = der.sequence(*parts)
+    signer = Signer(request.new_key)
+    popo = der.tlv(0xA1, signer.algorithm + der.bit_string(signer.sign(cert_request)))
+    return der.explicit(request.kind, der.sequence(der.sequence(cert_request, popo)))
+
+
+def _extensions_of(request: CertRequest) -> bytes:
+    """The template's ``[9] extensions``, or nothing."""
+    if not request.sans and not request.extensions:
+        return b""
+    extensions = template_for(request).extensions
+    return b"" if extensions is None else b"\xa9" + extensions[1:]
 
 
 def build_body(request: Request) -> Body:
