@@ -129,6 +129,7 @@ class Authority:
                     extensions=request.extensions,
                     not_after=request.not_after,
                     serial=serial,
+                    spki=request.spki,
                 )
             except CertificateRequestRejected as exc:
                 store.release_serial(serial)

@@ -39,7 +39,7 @@ from typing import Literal, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from fleet.cmp import der, messages, oids
 from fleet.cmp.der import DerError
@@ -176,13 +176,16 @@ class IssueRequest:
 
     kind: BodyType
     public_key: object  # cryptography public key
-    subject: x509.Name
+    # The requested subject, or the DER of a Name as the request carried it (a certTemplate
+    # without extensions: the CA parses it, so the server makes no Python Name for it).
+    subject: x509.Name | bytes
     extensions: tuple[x509.Extension[x509.ExtensionType], ...]
     not_after: datetime | None
     device_ref: str | None
     transaction_id: bytes
     confirmed: bool  # implicit confirm granted: record as issued at once
     old_cert: x509.Certificate | None = None  # kur: the certificate being updated
+    spki: bytes | None = None  # the SubjectPublicKeyInfo DER ``public_key`` was loaded from
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +205,10 @@ class IssuedLike(Protocol):
     def serial(self) -> int: ...
     @property
     def cert(self) -> x509.Certificate: ...
+    @property
+    def signature_hash(self) -> str | None:
+        """Name of the hash the certificate is signed with (None for EdDSA)."""
+        ...
 
 
 class CaBackend(Protocol):
@@ -615,19 +622,28 @@ class CmpServer:
             template = req.template
             if template.public_key is None:
                 raise Rejected("certTemplate lacks a publicKey", FailInfo.badCertTemplate)
-            csr = _template_as_csr(template)
-            public_key = _public_key(csr)
+            subject: x509.Name | bytes
+            if template.extensions is None:
+                # The usual template: the key loaded by itself, the subject left as DER for the
+                # CA to check and use (a wrapping CSR and its Python Name cost ~25 µs).
+                public_key = _load_public_key(template.public_key)
+                subject = template.subject if template.subject is not None else messages.NULL_DN
+                extensions: tuple[x509.Extension[x509.ExtensionType], ...] = ()
+            else:
+                csr = _template_as_csr(template)
+                public_key = _public_key(csr)
+                subject = csr.subject
+                extensions = _extensions(csr)
             self._check_key_size_rejected(public_key)
             self._check_pop(req, public_key)
             old_cert = self._authorize_kur(ctx, req.controls) if msg.body_type is BodyType.KUR else None
-            subject = csr.subject
             if old_cert is not None and template.subject is None:
                 subject = old_cert.subject
-            extensions = _extensions(csr)
             not_after = template.validity.not_after if template.validity else None
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, 0, exc)
-        return self._issue(ctx, rsp_type, 0, public_key, subject, extensions, not_after, old_cert, defer)
+        return self._issue(ctx, rsp_type, 0, public_key, subject, extensions, not_after, old_cert, defer,
+                           spki=template.public_key)
 
     def _on_p10cr(self, ctx: _Ctx, defer: float) -> Reply:
         body = ctx.msg.body
@@ -648,9 +664,9 @@ class CmpServer:
         return self._issue(ctx, BodyType.CP, -1, public_key, csr.subject, extensions, None, None, defer)
 
     def _issue(
-        self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, public_key: object, subject: x509.Name,
+        self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, public_key: object, subject: x509.Name | bytes,
         extensions: tuple[x509.Extension[x509.ExtensionType], ...], not_after: datetime | None,
-        old_cert: x509.Certificate | None, defer: float,
+        old_cert: x509.Certificate | None, defer: float, *, spki: bytes | None = None,
     ) -> Reply:
         msg = ctx.msg
         implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm
@@ -660,7 +676,7 @@ class CmpServer:
             issued = self.backend.issue(IssueRequest(
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
-                confirmed=implicit, old_cert=old_cert,
+                confirmed=implicit, old_cert=old_cert, spki=spki,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
@@ -1150,6 +1166,16 @@ def _public_key(csr: x509.CertificateSigningRequest) -> object:
         raise Rejected(f"unsupported public key: {_short(exc)}", FailInfo.badAlg) from None
 
 
+def _load_public_key(spki: bytes) -> object:
+    """A SubjectPublicKeyInfo DER as a key, refused as ``_public_key`` refuses."""
+    try:
+        return load_der_public_key(spki)
+    except (ValueError, TypeError) as exc:
+        raise Rejected(f"unusable public key: {_short(exc)}", FailInfo.badCertTemplate) from None
+    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+        raise Rejected(f"unsupported public key: {_short(exc)}", FailInfo.badAlg) from None
+
+
 def _extensions(csr: x509.CertificateSigningRequest) -> tuple[x509.Extension[x509.ExtensionType], ...]:
     try:
         return tuple(csr.extensions)
@@ -1232,8 +1258,8 @@ def _cert_hash(issued: IssuedLike, hash_alg: bytes | None) -> bytes:
         if name is None:
             raise _Refuse(FailInfo.badAlg, f"unsupported certConf hashAlg {dotted}")
     else:
-        algo = issued.cert.signature_hash_algorithm
-        name = algo.name if algo is not None and algo.name in _HASH_NAMES else "sha512"
+        algo = issued.signature_hash
+        name = algo if algo in _HASH_NAMES else "sha512"
     return hashlib.new(name, issued.der).digest()
 
 

@@ -763,3 +763,67 @@ def test_plain_request_path_declines_what_the_general_path_must_judge(issuer: Ce
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     ku = _ext(issuer.issue(rsa_key, device_name()).cert, x509.KeyUsage).value
     assert ku.key_encipherment  # type: ignore[attr-defined]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=_names(), key_index=st.integers(0, len(_SUBJECT_KEYS) - 1))
+def test_subject_as_der_issues_what_the_name_issues(issuer: CertificateIssuer, name: x509.Name, key_index: int) -> None:
+    """A subject handed over as the request's DER (what the CMP server does for a plain
+    certTemplate) gives the certificate and record fields the ``x509.Name`` gives."""
+    key = _SUBJECT_KEYS[key_index]
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
+    der_bytes = name.public_bytes()
+    for _ in range(5):
+        try:
+            from_name = issuer.issue(key, name, serial=0x55AA)  # type: ignore[arg-type]
+        except CertificateRequestRejected:  # the NULL-DN without a SAN
+            with pytest.raises(CertificateRequestRejected):
+                issuer.issue(key, der_bytes, serial=0x55AA, spki=spki)  # type: ignore[arg-type]
+            return
+        from_der = issuer.issue(key, der_bytes, serial=0x55AA, spki=spki)  # type: ignore[arg-type]
+        if from_name.not_before == from_der.not_before:
+            break
+    else:
+        raise AssertionError("could not issue twice within one second")
+    assert from_der.cert.tbs_certificate_bytes == from_name.cert.tbs_certificate_bytes
+    assert (from_der.subject, from_der.not_after, from_der.key_fingerprint, from_der.signature_hash) == (
+        from_name.subject, from_name.not_after, from_name.key_fingerprint, from_name.signature_hash
+    )
+    assert from_der.subject == from_der.cert.subject.rfc4514_string()
+
+
+def test_plain_issuance_parses_the_certificate_only_on_demand(issuer: CertificateIssuer) -> None:
+    issued = issuer.issue(ec_public_key(), device_name("lazy").public_bytes())
+    assert "cert" not in issued.__dict__ and issued.signature_hash == "sha256"
+    assert issued.cert.serial_number == issued.serial and issued.cert.public_bytes(serialization.Encoding.DER) == issued.der
+    assert issued.cert.signature_hash_algorithm.name == issued.signature_hash  # type: ignore[union-attr]
+    assert issued.subject == "CN=lazy"
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        b"\x30\x05\x31\x03\x30\x01\x06",  # truncated
+        b"\x30\x0d\x31\x0b\x30\x09\x06\x03\x55\x04\x03\x13\x02a@",  # '@' is not a PrintableString character
+        b"\x04\x00",  # not a SEQUENCE
+    ],
+)
+def test_subject_der_that_is_no_name_is_refused(issuer: CertificateIssuer, subject: bytes) -> None:
+    from fleet.ca.pki import _simple_rfc4514
+
+    assert _simple_rfc4514(subject) is None
+    with pytest.raises(CertificateRequestRejected):
+        issuer.issue(ec_public_key(), subject)
+
+
+def test_spki_is_used_only_in_its_canonical_p256_form(issuer: CertificateIssuer) -> None:
+    """A compressed point (another encoding of the same key) is re-encoded, not copied."""
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    canonical = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
+    compressed = canonical[:23] + bytes((0x03, len(point) + 1, 0x00)) + point
+    compressed = bytes((0x30, len(compressed) - 2)) + compressed[2:]
+    assert serialization.load_der_public_key(compressed) == key
+    issued = issuer.issue(key, device_name("c").public_bytes(), spki=compressed)
+    assert issued.cert.public_key() == key
+    assert issued.cert.public_bytes(serialization.Encoding.DER).find(canonical) > 0

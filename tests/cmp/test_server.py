@@ -527,6 +527,35 @@ def test_malformed_and_bad_requests(server: CmpServer, authority: Authority) -> 
     assert done.certificate
 
 
+def _signed_template_body(key: ec.EllipticCurvePrivateKey, template: messages.CertTemplate) -> messages.Body:
+    """An ir body for ``template`` with a valid signature POP by ``key`` (whatever the template says)."""
+    request = messages.encode_cert_request(0, template)
+    popo = messages.Popo("signature", der.algorithm_identifier(oids.ECDSA_SHA256),
+                         key.sign(request, ec.ECDSA(hashes.SHA256())))
+    return messages.CertReqMessages((messages.CertReqMsg(0, template, popo, cert_request_der=request),))
+
+
+def test_unusable_templates_are_rejected_with_bad_cert_template(server: CmpServer) -> None:
+    """A plain certTemplate (no extensions) is read without a wrapping CSR: its key and subject
+    are still checked, and what is not a key or a Name is refused with badCertTemplate."""
+    mac = MacProtector(SECRET, reference=REF)
+    key = new_key()
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    not_printable = b"\x30\x0d\x31\x0b\x30\x09\x06\x03\x55\x04\x03\x13\x02a@"
+    cases = {
+        "key is junk": messages.CertTemplate(subject=name("t").public_bytes(), public_key=b"\x30\x03\x02\x01\x00"),
+        "subject is no Name": messages.CertTemplate(subject=b"\x30\x03\x02\x01\x00", public_key=spki),
+        "PrintableString with @": messages.CertTemplate(subject=not_printable, public_key=spki),
+    }
+    for label, template in cases.items():
+        reply = server.handle(craft(mac, BodyType.IR, _signed_template_body(key, template)), time.time())
+        assert error_of(reply.data).fail_names == ("badCertTemplate",), label
+        assert reply.outcome.status == "rejection", label
+    ok = server.handle(craft(mac, BodyType.IR, _signed_template_body(
+        key, messages.CertTemplate(subject=name("t").public_bytes(), public_key=spki))), time.time())
+    assert ok.outcome.status == "accepted"
+
+
 def test_error_responses_are_protected(server: CmpServer, authority: Authority) -> None:
     mac = MacProtector(SECRET, reference=REF)
     reply = server.handle(craft(mac, BodyType.IR, ir_body(new_key()), pvno=1), time.time())
