@@ -129,13 +129,18 @@ class PbmParams:
     def encode(self) -> bytes:
         return der.algorithm_identifier(
             oids.PASSWORD_BASED_MAC,
-            der.sequence(
-                der.octet_string(self.salt),
-                der.algorithm_identifier(HASH_OID_BY_NAME[self.owf]),
-                der.integer(self.iterations),
-                der.algorithm_identifier(HMAC_OID_BY_NAME[self.mac]),
-            ),
+            der.sequence(der.octet_string(self.salt), _pbm_fixed_fields(self.owf, self.iterations, self.mac)),
         )
+
+
+@lru_cache(maxsize=64)
+def _pbm_fixed_fields(owf: str, iterations: int, mac: str) -> bytes:
+    """PBMParameter's owf, iterationCount and mac: the same for every device of a run."""
+    return (
+        der.algorithm_identifier(HASH_OID_BY_NAME[owf])
+        + der.integer(iterations)
+        + der.algorithm_identifier(HMAC_OID_BY_NAME[mac])
+    )
 
 
 @record

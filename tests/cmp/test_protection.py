@@ -5,7 +5,7 @@ import hmac
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.cmp.protection import hmac_digest
+from fleet.cmp.protection import MacProtector, hmac_digest, parse_mac_params
 
 
 @settings(max_examples=200, deadline=None)
@@ -17,3 +17,17 @@ from fleet.cmp.protection import hmac_digest
 def test_hmac_from_precomputed_pads_is_hmac(name: str, key: bytes, data: bytes) -> None:
     assert hmac_digest(key, data, name) == hmac.digest(key, data, name)
     assert hmac_digest(key, data, name) == hmac.digest(key, data, name)  # the cached pads are unchanged
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    owf=st.sampled_from(["sha256", "sha384", "sha512"]),
+    mac=st.sampled_from(["sha1", "sha256", "sha512"]),
+    iterations=st.integers(1, 100_000),
+    salt=st.binary(min_size=1, max_size=64),
+    pbmac1=st.booleans(),
+)
+def test_protector_parameters_parse_back(owf: str, mac: str, iterations: int, salt: bytes, pbmac1: bool) -> None:
+    """What a MacProtector announces (parts of PBMParameter are cached per run) is what it uses."""
+    protector = MacProtector(b"secret", iterations=iterations, owf=owf, mac=mac, salt=salt, pbmac1=pbmac1)
+    assert parse_mac_params(protector.algorithm) == protector.params
