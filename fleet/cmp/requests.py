@@ -43,12 +43,13 @@ class CertRequest:
     """ir, cr or kur: a new certificate for ``new_key``.
 
     For kur, ``old_cert`` names the certificate being updated (oldCertID control) and its subject
-    is used when ``subject`` is None.
+    is used when ``subject`` is None. ``subject`` may be given already DER-encoded (a Name), which
+    spares a fleet of devices building an ``x509.Name`` each only to encode it.
     """
 
     kind: BodyType
     new_key: PrivateKey
-    subject: x509.Name | None = None
+    subject: x509.Name | bytes | None = None
     sans: Sequence[x509.GeneralName] = ()
     extensions: Sequence[x509.Extension[x509.ExtensionType]] = ()
     old_cert: x509.Certificate | None = None
@@ -67,7 +68,17 @@ class CertRequest:
         if self.kind is BodyType.KUR and self.old_cert is None:
             raise ValueError("kur needs the certificate being updated")
         object.__setattr__(self, "spki", spki_der(self.new_key))
-        object.__setattr__(self, "subject_der", self.subject.public_bytes() if self.subject is not None else None)
+        subject = self.subject
+        if isinstance(subject, bytes):
+            try:
+                if der.parse(subject).tag != der.SEQUENCE:
+                    raise der.DerError("not a SEQUENCE")
+            except der.DerError as exc:
+                raise ValueError(f"subject is not a DER Name: {exc}") from None
+            subject_der: bytes | None = subject
+        else:
+            subject_der = subject.public_bytes() if subject is not None else None
+        object.__setattr__(self, "subject_der", subject_der)
 
 
 @record
@@ -146,15 +157,14 @@ def extensions_der(exts: Sequence[tuple[str, bool, bytes]]) -> bytes:
 
 
 def template_for(request: CertRequest) -> CertTemplate:
-    subject = request.subject
     subject_der = request.subject_der
-    if subject is None and request.old_cert is not None:
-        subject = request.old_cert.subject
-        subject_der = subject.public_bytes()
+    if subject_der is None and request.old_cert is not None:
+        subject_der = request.old_cert.subject.public_bytes()
     exts: list[tuple[str, bool, bytes]] = []
     if request.sans:
         san = x509.SubjectAlternativeName(list(request.sans))
-        exts.append((oids.SUBJECT_ALT_NAME, subject is None or len(subject) == 0, san.public_bytes()))
+        # RFC 5280 §4.2.1.6: the SAN extension is critical when the subject is empty.
+        exts.append((oids.SUBJECT_ALT_NAME, subject_der is None or subject_der == NULL_DN, san.public_bytes()))
     for ext in request.extensions:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
     return CertTemplate(

@@ -66,3 +66,19 @@ def test_signer_algorithm_is_what_the_pop_names() -> None:
     request = CertRequest(BodyType.CR, _EC, None)
     popo = messages.decode_body(BodyType.CR, messages.der.parse(body_der(request)).unwrap()).messages[0].popo  # type: ignore[union-attr]
     assert popo is not None and popo.algorithm == Signer(_EC).algorithm
+
+
+@settings(max_examples=40, deadline=None)
+@given(subject=_names, sans=_sans)
+def test_subject_given_as_der_encodes_as_the_name_does(subject: x509.Name, sans: list[x509.GeneralName]) -> None:
+    by_name = CertRequest(BodyType.IR, _ED25519, subject, sans)
+    by_der = CertRequest(BodyType.IR, _ED25519, subject.public_bytes(), sans)
+    assert by_der.subject_der == by_name.subject_der
+    assert body_der(by_der) == body_der(by_name)
+    assert messages.encode_body(BodyType.IR, build_body(by_der)) == body_der(by_name)
+
+
+@pytest.mark.parametrize("bad", [b"", b"\x30", b"\x31\x00", b"\x30\x05\x00"])
+def test_subject_der_that_is_not_a_name_is_refused(bad: bytes) -> None:
+    with pytest.raises(ValueError, match="subject is not a DER Name"):
+        CertRequest(BodyType.IR, _ED25519, bad)
