@@ -14,7 +14,6 @@ import time
 from dataclasses import field
 from datetime import UTC, datetime
 from enum import IntEnum
-from typing import Union
 
 from fleet.cmp import der, oids
 from fleet.cmp.der import Tlv
@@ -391,21 +390,21 @@ class OpaqueBody:
     raw: bytes
 
 
-Body = Union[
-    CertReqMessages,
-    P10Request,
-    CertRepMessage,
-    CertConfirmContent,
-    RevReqContent,
-    RevRepContent,
-    GenMsgContent,
-    ErrorMsgContent,
-    PollReqContent,
-    PollRepContent,
-    PKIConfirmContent,
-    NestedMessageContent,
-    OpaqueBody,
-]
+Body = (
+    CertReqMessages
+    | P10Request
+    | CertRepMessage
+    | CertConfirmContent
+    | RevReqContent
+    | RevRepContent
+    | GenMsgContent
+    | ErrorMsgContent
+    | PollReqContent
+    | PollRepContent
+    | PKIConfirmContent
+    | NestedMessageContent
+    | OpaqueBody
+)
 
 
 @record

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import field
-from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -117,7 +116,7 @@ class GeneralRequest:
     cert_profile: str | None = None
 
 
-Request = Union[CertRequest, CsrRequest, RevocationRequest, GeneralRequest]
+Request = CertRequest | CsrRequest | RevocationRequest | GeneralRequest
 
 # RFC 9483 §6.1 operation path segments.
 _OPERATION_BY_KIND = {
