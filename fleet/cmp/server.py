@@ -422,7 +422,7 @@ class CmpServer:
         """
         when = datetime.fromtimestamp(now, UTC)
         try:
-            msg = messages.decode(data)
+            msg = _decode_request(data)
         except (FleetError, ValueError, IndexError, RecursionError) as exc:
             ctx = _Ctx(_EMPTY_MESSAGE, now, when)
             return self._error(ctx, FailInfo.badDataFormat, f"cannot decode request: {_short(exc)}",
@@ -1077,6 +1077,213 @@ def _cert_rep_der(body_type: BodyType, body: messages.Body) -> bytes | None:
     )
     head = _ca_pubs_der(body.ca_pubs) if body.ca_pubs else b""
     return der.explicit(int(body_type), der.sequence(head + der.sequence(response)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading requests: the usual ir/cr/kur and certConf by offsets, everything else by messages.decode
+
+
+def _decode_request(data: bytes) -> PKIMessage:
+    """``messages.decode(data)``, the same message (the tests compare them on valid and mutated
+    input), read by offsets for the usual shapes: a header as ``_read_header_fields`` takes it,
+    one CertReqMsg with a plain template and a signature POP, or one CertStatus; a MAC
+    protection and no extraCerts. Anything else, errors included, is ``messages.decode``'s."""
+    if type(data) is bytes and len(data) <= messages.MAX_MESSAGE_BYTES:
+        try:
+            msg = _read_request_fast(data)
+        except (DerError, messages.MessageError, ValueError, IndexError):
+            msg = None
+        if msg is not None:
+            return msg
+    return messages.decode(data)
+
+
+_read = der.read_tlv
+_SEQ = der.SEQUENCE
+
+
+def _read_request_fast(data: bytes) -> PKIMessage | None:
+    end = len(data)
+    tag, pos, cend = _read(data, 0, end)
+    if tag != _SEQ or cend != end:
+        return None
+    header_at = pos
+    tag, hcs, hce = _read(data, pos, end)
+    if tag != _SEQ:
+        return None
+    header = _read_header_fields(data, hcs, hce)
+    if header is None:
+        return None
+    body_tag, bcs, bce = _read(data, hce, end)
+    if body_tag in _CERT_REQUEST_TAGS:
+        body: messages.Body | None = _read_cert_req_messages(data, bcs, bce)
+    elif body_tag == 0xB8:  # [24] certConf
+        body = _read_cert_confirm(data, bcs, bce)
+    else:
+        return None
+    if body is None:
+        return None
+    body_end = bce
+    tag, pcs, pce = _read(data, bce, end)  # [0] protection, the last field (no extraCerts)
+    if tag != 0xA0 or pce != end:
+        return None
+    tag, vcs, vce = _read(data, pcs, pce)
+    if tag != der.BIT_STRING or vce != pce or vce == vcs or data[vcs] != 0:
+        return None
+    protected = der.tlv(_SEQ, data[header_at:body_end])
+    return PKIMessage(header, _BODY_BY_TAG[body_tag], body, data[vcs + 1 : vce], (), protected)
+
+
+_CERT_REQUEST_TAGS = frozenset((0xA0, 0xA2, 0xA7))  # ir, cr, kur
+_BODY_BY_TAG = {0xA0: BodyType.IR, 0xA2: BodyType.CR, 0xA7: BodyType.KUR, 0xB8: BodyType.CERTCONF}
+
+
+@lru_cache(maxsize=64)
+def _message_time(tag: int, value: bytes) -> datetime:
+    """messageTime values repeat within a second: parsed once."""
+    return der.time_value(tag, value)
+
+
+def _read_header_fields(data: bytes, pos: int, end: int) -> PKIHeader | None:
+    """The header shape ``messages`` reads by offsets too (pvno, names, [0]-[6], [8]); None for
+    any other (messages.decode then reads it)."""
+    tag, cs, ce = _read(data, pos, end)
+    if tag != der.INTEGER or ce - cs != 1 or data[cs] > 0x7F:
+        return None
+    pvno = data[cs]
+    _, _, sender_end = _read(data, ce, end)
+    _, _, recipient_end = _read(data, sender_end, end)
+    sender = data[ce:sender_end]
+    recipient = data[sender_end:recipient_end]
+    values: list[object] = [None] * 7
+    info: tuple[InfoTypeAndValue, ...] = ()
+    last = -1
+    pos = recipient_end
+    while pos < end:
+        tag, cs, ce = _read(data, pos, end)
+        number = tag - 0xA0
+        if not 0 <= number <= 8 or number <= last or number == 7:
+            return None
+        last = number
+        itag, ics, ice = _read(data, cs, ce)
+        if ice != ce:
+            return None
+        if number >= 2 and number != 8:
+            if itag != der.OCTET_STRING:
+                return None
+            values[number] = data[ics:ice]
+        elif number == 1:
+            if itag != _SEQ:
+                return None
+            values[1] = data[cs:ce]
+        elif number == 0:
+            values[0] = _message_time(itag, data[ics:ice])
+        else:
+            if itag != _SEQ:
+                return None
+            info = tuple(messages.decode_info(i) for i in der.Tlv(data, itag, cs, ics, ice, 3).children())
+        pos = ce
+    return PKIHeader(
+        sender, recipient, values[4], values[5], values[6], values[2], values[3], values[0],  # type: ignore[arg-type]
+        values[1], (), info, pvno,  # type: ignore[arg-type]
+    )
+
+
+def _read_cert_req_messages(data: bytes, pos: int, end: int) -> CertReqMessages | None:
+    """[n] { SEQUENCE { CertReqMsg } }: one request, certReqId 0..127, a template of subject,
+    publicKey and extensions only, a signature POP without poposkInput, no regInfo."""
+    tag, cs, ce = _read(data, pos, end)  # CertReqMessages
+    if tag != _SEQ or ce != end:
+        return None
+    tag, mcs, mce = _read(data, cs, ce)  # the CertReqMsg
+    if tag != _SEQ or mce != ce:
+        return None
+    request_at = mcs
+    tag, rcs, rce = _read(data, mcs, mce)  # CertRequest
+    if tag != _SEQ:
+        return None
+    tag, ics, ice = _read(data, rcs, rce)  # certReqId
+    if tag != der.INTEGER or ice - ics != 1 or data[ics] > 0x7F:
+        return None
+    tag, tcs, tce = _read(data, ice, rce)  # certTemplate
+    if tag != _SEQ:
+        return None
+    controls = None
+    if tce != rce:
+        _, _, controls_end = _read(data, tce, rce)
+        if controls_end != rce:
+            return None
+        controls = data[tce:rce]
+    template = _read_plain_template(data, tcs, tce)
+    if template is None:
+        return None
+    popo_at = rce
+    tag, pcs, pce = _read(data, rce, mce)  # POPOSigningKey [1]
+    if tag != 0xA1 or pce != mce:
+        return None
+    tag, acs, ace = _read(data, pcs, pce)
+    if tag != _SEQ:  # also [0] poposkInput: messages.decode reads that
+        return None
+    tag, scs, sce = _read(data, ace, pce)
+    if tag != der.BIT_STRING or sce != pce or sce == scs or data[scs] != 0:
+        return None
+    popo = messages.Popo("signature", data[pcs:ace], data[scs + 1 : sce], None, data[popo_at:pce])
+    return CertReqMessages((
+        messages.CertReqMsg(data[ics], template, popo, controls, data[request_at:rce]),
+    ))
+
+
+def _read_plain_template(data: bytes, pos: int, end: int) -> messages.CertTemplate | None:
+    subject = public_key = extensions = None
+    last = -1
+    while pos < end:
+        tag, cs, ce = _read(data, pos, end)
+        number = tag & 0x1F
+        if number <= last:
+            return None
+        last = number
+        if tag == 0xA5:
+            _, _, ice = _read(data, cs, ce)
+            if ice != ce:
+                return None
+            subject = data[cs:ce]
+        elif tag == 0xA6:
+            public_key = b"\x30" + data[pos + 1 : ce]
+        elif tag == 0xA9:
+            extensions = b"\x30" + data[pos + 1 : ce]
+        else:
+            return None
+        pos = ce
+    return messages.CertTemplate(subject, public_key, extensions)
+
+
+def _read_cert_confirm(data: bytes, pos: int, end: int) -> CertConfirmContent | None:
+    """[24] { SEQUENCE { CertStatus } } with certHash, certReqId 0..127 and at most a
+    PKIStatusInfo."""
+    tag, cs, ce = _read(data, pos, end)
+    if tag != _SEQ or ce != end or cs == ce:
+        return None
+    tag, scs, sce = _read(data, cs, ce)
+    if tag != _SEQ or sce != ce:
+        return None
+    tag, hcs, hce = _read(data, scs, sce)
+    if tag != der.OCTET_STRING:
+        return None
+    tag, ics, ice = _read(data, hce, sce)
+    if tag != der.INTEGER or ice - ics != 1 or data[ics] > 0x7F:
+        return None
+    info = None
+    if ice != sce:
+        tag, _, info_end = _read(data, ice, sce)
+        if tag != _SEQ or info_end != sce:
+            return None
+        info = _status_info(data, ice, sce)
+    return CertConfirmContent((messages.CertStatus(data[hcs:hce], data[ics], info, None),))
+
+
+def _status_info(data: bytes, pos: int, end: int) -> PKIStatusInfo:
+    tag, cs, ce = _read(data, pos, end)
+    return messages.decode_status_info(der.Tlv(data, tag, pos, cs, ce, 4))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ The CA behind it is real (``fleet.ca.authority`` on a temporary state directory)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -55,6 +56,8 @@ from fleet.cmp.server import (
     derive_device_secret,
 )
 from fleet.cmp.trust import TrustStore, load_cert
+
+from . import strategies as S
 
 SECRET = b"test-secret-1234"
 REF = b"device-ref-1"
@@ -728,3 +731,88 @@ def test_every_response_reencodes_identically(server: CmpServer, authority: Auth
     assert len(sent) >= 6
     for data in sent:
         assert messages.encode(messages.decode(data)) == data
+
+
+# ---------------------------------------------------------------------------------------------
+# The server's own reader of the usual ir/cr/kur and certConf agrees with messages.decode
+
+
+
+@st.composite
+def _usual_requests(draw: st.DrawFn) -> messages.PKIMessage:
+    """The shapes ``_read_request_fast`` takes: one plain CertReqMsg or one CertStatus."""
+    header = dataclasses.replace(draw(S.headers()), free_text=(), pvno=draw(st.integers(0, 127)))
+    body_type = draw(st.sampled_from([BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.CERTCONF]))
+    body: messages.Body
+    if body_type is BodyType.CERTCONF:
+        status = CmpCertStatus(draw(st.binary(max_size=64)), draw(st.integers(0, 127)),
+                               draw(st.none() | S.status_infos))
+        body = CertConfirmContent((status,))
+    else:
+        template = messages.CertTemplate(
+            subject=draw(st.none() | S.names()), public_key=draw(st.none() | st.sampled_from(S.SPKIS)),
+            extensions=draw(st.none() | st.just(S.SAN_EXTENSIONS)),
+        )
+        popo = messages.Popo("signature", draw(S.algorithms), draw(st.binary(max_size=72)))
+        body = messages.CertReqMessages((
+            messages.CertReqMsg(draw(st.integers(0, 127)), template, popo, draw(st.none() | S.controls)),
+        ))
+    return messages.PKIMessage(header, body_type, body, draw(st.binary(max_size=40)))
+
+
+@st.composite
+def _request_bytes(draw: st.DrawFn) -> bytes:
+    """Usual requests, any other message, and both mutated (as test_messages' fuzz does)."""
+    data = bytearray(messages.encode(draw(_usual_requests() | S.pki_messages())))
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2, 3]))):
+        i = draw(st.integers(0, len(data) - 1))
+        op = draw(st.sampled_from(["set", "flip", "insert", "delete"]))
+        if op == "set":
+            data[i] = draw(st.integers(0, 255))
+        elif op == "flip":
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=4))
+        else:
+            del data[i : i + draw(st.integers(1, 4))]
+    return bytes(data)
+
+
+def _same_message(got: messages.PKIMessage, expected: messages.PKIMessage) -> None:
+    assert got == expected
+    assert got.protected_part == expected.protected_part  # compare=False fields too
+    if isinstance(expected.body, messages.CertReqMessages):
+        assert isinstance(got.body, messages.CertReqMessages)
+        for a, b in zip(got.body.messages, expected.body.messages, strict=True):
+            assert a.cert_request_der == b.cert_request_der
+            assert (a.popo.raw if a.popo else None) == (b.popo.raw if b.popo else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_request_bytes())
+def test_request_reader_agrees_with_messages_decode(data: bytes) -> None:
+    try:
+        expected = messages.decode(data)
+    except Exception as exc:  # noqa: BLE001  # whatever decode raises, the server's reader raises
+        with pytest.raises(type(exc)):
+            server_module._decode_request(data)
+        return
+    _same_message(server_module._decode_request(data), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(msg=_usual_requests())
+def test_request_reader_takes_the_usual_shapes(msg: messages.PKIMessage) -> None:
+    data = messages.encode(msg)
+    fast = server_module._read_request_fast(data)
+    assert fast is not None
+    _same_message(fast, messages.decode(data))
+
+
+def test_request_reader_takes_what_fleets_client_sends(authority: Authority) -> None:
+    tx = ClientTransaction(mac_config(authority), CertRequest(BodyType.IR, new_key(), subject=name("fast")))
+    ir = tx.start().data
+    assert server_module._read_request_fast(ir) is not None
+    server = make_server(authority)
+    conf = tx.receive(server.handle(ir, time.time()).data)
+    assert isinstance(conf, Send) and server_module._read_request_fast(conf.data) is not None
