@@ -7,11 +7,13 @@ its key), which is what kur and rr need.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import string
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -171,6 +173,10 @@ class DeviceFactory:
         self._subject = _NameTemplate(spec.subject)
         self._mac_template: MacProtector | None = None  # copied per device, see mac()
         self._mac_copyable: bool | None = None  # None: not checked yet
+        self._secret_pads = _secret_pads(master_secret)
+        # One cheap key type (the usual case): its generator, without the weighted draw.
+        only = pools[self._kinds[0]] if len(self._kinds) == 1 else None
+        self._only_generate = only.spec.generate if only is not None and only.spec.is_cheap else None
         self.check_templates()
 
     def check_templates(self) -> None:
@@ -208,6 +214,8 @@ class DeviceFactory:
         """A fresh key of a type drawn by the profile's weights. EC and EdDSA keys are generated
         on the spot (12-32 µs, cheaper than loading one from a pool: 25-38 µs measured); RSA keys
         (38 ms each) come from the pre-generated pool."""
+        if self._only_generate is not None:
+            return self._only_generate()
         kind = self._kinds[0] if len(self._kinds) == 1 else self._kinds[int(self._rng.choice(len(self._kinds), p=self._weights))]
         pool = self.pools[kind]
         if pool.spec.is_cheap:
@@ -217,8 +225,15 @@ class DeviceFactory:
     def mac(self, index: int) -> MacProtector:
         if self.master_secret is None:
             raise DeviceSetupError("MAC devices need a master secret")
-        reference = self.reference(index)
-        secret = derive_device_secret(self.master_secret, reference)
+        reference = b"dev-%08d" % index  # self.reference(index), inlined (per enrollment)
+        pads = self._secret_pads
+        if pads is None:
+            secret = derive_device_secret(self.master_secret, reference)
+        else:  # HMAC from the master's precomputed pad states: 0.9 µs vs 2.3 µs for hmac.digest
+            inner, outer = pads[0].copy(), pads[1].copy()
+            inner.update(reference)
+            outer.update(inner.digest())
+            secret = outer.hexdigest().encode("ascii")
         if self._mac_copyable is None:
             self._mac_template = self._new_mac(secret, reference)
             self._mac_copyable = self._copy_is_faithful(self._mac_template)
@@ -327,6 +342,22 @@ class DeviceFactory:
     def forget(self, index: int) -> None:
         """Drop what a device holds, so only devices inside a flow cost memory."""
         self.states.pop(index, None)
+
+
+def _secret_pads(master: bytes | None) -> tuple[Any, Any] | None:
+    """SHA-256 states after HMAC's inner and outer pads of ``master``, for ``mac()``; None (use
+    ``derive_device_secret``) when there is no master or the two would not agree on a probe."""
+    if master is None:
+        return None
+    key = hashlib.sha256(master).digest() if len(master) > 64 else master
+    key = key.ljust(64, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    probe = b"dev-probe"
+    i, o = inner.copy(), outer.copy()
+    i.update(probe)
+    o.update(i.digest())
+    return (inner, outer) if o.hexdigest().encode("ascii") == derive_device_secret(master, probe) else None
 
 
 def _copy_mac(template: MacProtector, secret: bytes, reference: bytes) -> MacProtector:

@@ -10,6 +10,10 @@ bucket is at most 1/128 of its lower bound wide. Reporting the bucket midpoint b
 error by 1/256 (0.4 %) for anything from 1 µs up to the 3,600 s ceiling (4,562 buckets, 36 KiB).
 Values above the ceiling are counted in the top bucket (``max`` still keeps the true value);
 negative values (float noise in a clock difference) count as zero.
+
+``record`` appends to a list and every ``_BATCH`` values are counted at once with numpy (a
+per-value bucket update costs more than the append); anything that reads the histogram counts
+the pending values first, so readers never see a stale histogram.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ HIGHEST_TRACKABLE = 3600.0
 """Largest value (seconds) that gets its own bucket; larger values land in the top bucket."""
 _T_MAX = int(HIGHEST_TRACKABLE * _NS_PER_S)
 _FORMAT = "fleet-hdr-1"
+_BATCH = 1024  # values held in the pending list before they are counted
+_INF = math.inf
 
 
 class HistogramError(FleetError):
@@ -70,7 +76,7 @@ _MID_S = (_LOWER_NS + _WIDTH_NS / 2) / _NS_PER_S
 class LatencyHistogram:
     """Counts of latencies (seconds) in fixed log-linear buckets; mergeable across processes."""
 
-    __slots__ = ("_counts", "_max", "_min", "_n", "_sum")
+    __slots__ = ("_counts", "_max", "_min", "_n", "_pending", "_sum")
 
     def __init__(self) -> None:
         self._counts = np.zeros(BUCKET_COUNT, dtype=np.int64)
@@ -78,29 +84,32 @@ class LatencyHistogram:
         self._sum = 0.0
         self._min = math.inf
         self._max = -math.inf
+        self._pending: list[float] = []
 
     # -- recording ------------------------------------------------------------------------
 
     def record(self, value: float) -> None:
-        """Count one value in seconds. About 0.5 µs; NaN raises ValueError, inf OverflowError."""
-        # Written out by hand (no min()/max() calls): this is the per-request hot path.
-        t = int(value * 1e9)
-        if t < 256:
-            if value < 0:  # float noise in a clock difference; counts (and sums) as zero
-                t = 0
-                value = 0.0
-            self._counts[t] += 1
+        """Count one value in seconds (about 0.15 µs: appended, counted in batches); NaN
+        raises ValueError, inf OverflowError, a negative value counts as zero."""
+        if 0.0 <= value < _INF:  # the per-request hot path: one comparison and an append
+            pending = self._pending
+            pending.append(value)
+            if len(pending) >= _BATCH:
+                self._count_pending()
+            return
+        if value < 0:  # float noise in a clock difference; counts (and sums) as zero
+            self._pending.append(0.0)
+        elif value != value:  # noqa: PLR0124 - NaN
+            raise ValueError("latency values must not be NaN")
         else:
-            if t > _T_MAX:  # noqa: PLR1730
-                t = _T_MAX
-            e = t.bit_length() - 8
-            self._counts[(e << 7) + (t >> e)] += 1
-        self._n += 1
-        self._sum += value
-        if value > self._max:  # noqa: PLR1730
-            self._max = value
-        if value < self._min:  # noqa: PLR1730
-            self._min = value
+            raise OverflowError("latency values must be finite")
+
+    def _count_pending(self) -> None:
+        """Count the values ``record`` appended (all finite and >= 0)."""
+        pending = self._pending
+        if pending:
+            self._pending = []
+            self._add(np.array(pending, dtype=np.float64))
 
     def record_many(self, values: npt.ArrayLike) -> None:
         """Count every value of an array (seconds), vectorised; same buckets as ``record``."""
@@ -109,7 +118,10 @@ class LatencyHistogram:
             return
         if not np.all(np.isfinite(v)):
             raise ValueError("latency values must be finite")
-        v = np.maximum(v, 0.0)
+        self._add(np.maximum(v, 0.0))
+
+    def _add(self, v: npt.NDArray[np.float64]) -> None:
+        """Count finite, non-negative values."""
         # Clip in float first so the int64 conversion cannot overflow, then truncate like int().
         ticks = np.clip(v * 1e9, 0.0, float(_T_MAX)).astype(np.int64)
         self._counts += np.bincount(_indices(ticks), minlength=BUCKET_COUNT)
@@ -120,6 +132,8 @@ class LatencyHistogram:
 
     def merge(self, other: LatencyHistogram) -> None:
         """Add another histogram's counts to this one (exact)."""
+        self._count_pending()
+        other._count_pending()
         self._counts += other._counts
         self._n += other._n
         self._sum += other._sum
@@ -136,26 +150,30 @@ class LatencyHistogram:
 
     @property
     def count(self) -> int:
-        return self._n
+        return self._n + len(self._pending)
 
     @property
     def min(self) -> float:
         """Smallest value recorded (exact), NaN when empty."""
+        self._count_pending()
         return self._min if self._n else math.nan
 
     @property
     def max(self) -> float:
         """Largest value recorded (exact), NaN when empty."""
+        self._count_pending()
         return self._max if self._n else math.nan
 
     @property
     def mean(self) -> float:
         """Exact mean of the recorded values, NaN when empty."""
+        self._count_pending()
         return self._sum / self._n if self._n else math.nan
 
     @property
     def counts(self) -> npt.NDArray[np.int64]:
         """A read-only view of the bucket counts."""
+        self._count_pending()
         view = self._counts.view()
         view.flags.writeable = False
         return view
@@ -166,6 +184,7 @@ class LatencyHistogram:
 
     def percentiles(self, qs: Iterable[float]) -> npt.NDArray[np.float64]:
         """Several percentiles at once (same definition as ``percentile``)."""
+        self._count_pending()
         q = np.asarray(list(qs), dtype=np.float64)
         if np.any((q < 0) | (q > 100)) or not np.all(np.isfinite(q)):
             raise ValueError("percentiles must be between 0 and 100")
@@ -186,6 +205,7 @@ class LatencyHistogram:
     def summary(self, qs: Iterable[float] = (50, 90, 99, 99.9)) -> dict[str, float]:
         """count, min, mean, max and the given percentiles, keyed like ``p99.9``."""
         qs = list(qs)
+        self._count_pending()
         out: dict[str, float] = {
             "count": self._n,
             "min": self.min,
@@ -200,6 +220,7 @@ class LatencyHistogram:
 
     def to_dict(self) -> dict[str, Any]:
         """A compact JSON-serialisable form: only non-zero buckets, as parallel lists."""
+        self._count_pending()
         nz = np.flatnonzero(self._counts)
         return {
             "format": _FORMAT,
@@ -255,6 +276,8 @@ class LatencyHistogram:
         """Same buckets, count, min and max (the float sum may differ by rounding)."""
         if not isinstance(other, LatencyHistogram):
             return NotImplemented
+        self._count_pending()
+        other._count_pending()
         return (self._n, self._min, self._max) == (other._n, other._min, other._max) and bool(
             np.array_equal(self._counts, other._counts)
         )
@@ -262,6 +285,7 @@ class LatencyHistogram:
     __hash__ = None  # type: ignore[assignment]  # mutable
 
     def __repr__(self) -> str:
+        self._count_pending()
         if not self._n:
             return "LatencyHistogram(count=0)"
         p50, p99 = self.percentiles([50, 99])

@@ -102,3 +102,13 @@ def test_mac_protectors_are_constructed_when_copying_would_differ(monkeypatch: p
     a, b = f.mac(1), f.mac(2)
     assert f._mac_copyable is False
     assert a.__dict__["_pinned"] == a.secret and b.__dict__["_pinned"] == b.secret
+
+
+@pytest.mark.parametrize("master", [MASTER, b"", b"k" * 64, bytes(range(200))])  # short, empty, block, hashed
+def test_device_secret_from_pad_states_is_derive_device_secret(master: bytes) -> None:
+    spec = DeviceSpec(count=100_000)
+    pools = {str(k): KeyPool(KeySpec.parse(str(k)), (), on_exhausted="generate") for k, _ in spec.key_types}
+    factory = DeviceFactory(spec, pools, master_secret=master, trust=TrustStore())
+    assert factory._secret_pads is not None  # the fast path is the one under test
+    for index in (0, 1, 42, 99_999):
+        assert factory.mac(index).secret == derive_device_secret(master, factory.reference(index))

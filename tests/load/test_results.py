@@ -101,3 +101,28 @@ def test_worker_cpu_seconds_add_up_and_round_trip() -> None:
     assert RunResults.from_dict(data).cpu_seconds == 0.75
     del data["cpu_seconds"]  # a report written before the field existed
     assert RunResults.from_dict(data).cpu_seconds == 0.0
+
+
+def test_per_second_series_are_batched_but_exact() -> None:
+    """Completions and per-second latency buckets are counted in batches with numpy: the same
+    counts as one at a time (bisect_left on the bounds), whenever they are read."""
+    from bisect import bisect_left
+
+    from fleet.load.results import SECOND_BUCKETS, SecondBuckets
+
+    times = [-0.2] + [i * 0.037 for i in range(3000)]  # 111 s: grows past the initial 64 rows
+    latencies = [SECOND_BUCKETS[i % len(SECOND_BUCKETS)] * (1.0 if i % 3 else 1.5) for i in range(len(times))]
+    series, buckets = SecondSeries(), SecondBuckets()
+    expected_series = [0] * 112
+    expected_buckets = [[0] * (len(SECOND_BUCKETS) + 1) for _ in range(112)]
+    for n, (t, latency) in enumerate(zip(times, latencies), 1):
+        series.add(t)
+        buckets.record(t, latency)
+        second = int(t) if t > 0 else 0
+        expected_series[second] += 1
+        expected_buckets[second][bisect_left(SECOND_BUCKETS, latency)] += 1
+        if n in (1, 1024, 1025, len(times)):
+            assert series.trimmed(112) == expected_series
+            assert buckets.to_dict(112)["counts"] == expected_buckets
+    series.add(5.5, 3)
+    assert series.values[5] == expected_series[5] + 3
