@@ -285,8 +285,12 @@ class Tlv:
 _TIME_SIZES = {GENERALIZED_TIME: 15, UTC_TIME: 13}
 
 
+@lru_cache(maxsize=256)
 def time_value(tag: int, c: bytes) -> datetime:
     """GeneralizedTime ``YYYYMMDDHHMMSSZ`` or UTCTime ``YYMMDDHHMMSSZ``, the only DER forms.
+
+    Cached (datetimes are immutable): the messageTime of every message within one second is the
+    same value, so a busy peer parses it about once a second instead of 2,000 times.
 
     The length and digit checks matter: ``strptime`` alone takes ``2024111...`` (one-digit
     fields). UTCTime years 50-99 are 19xx (RFC 5280 §4.1.2.5.1), not Python's 69 pivot.
