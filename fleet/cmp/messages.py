@@ -688,14 +688,16 @@ def decode_info(node: Tlv) -> InfoTypeAndValue:
     return InfoTypeAndValue(parts[0].as_oid(), parts[1].raw if len(parts) == 2 else None)
 
 
-def _decode_header_fast(node: Tlv) -> PKIHeader | None:
-    """The common header shape (pvno, names, fields [0]-[6], [8]) read by offsets, without a
-    ``Tlv`` per field: 2-3x faster than the general reader, which handles everything else.
+def read_header_fields(data: bytes, pos: int, end: int, depth: int = 1) -> PKIHeader | None:
+    """The common PKIHeader shape (pvno, names, fields [0]-[6], [8]) read by offsets from the
+    header's content ``data[pos:end]``, without a ``Tlv`` per field: 2-3x faster than the
+    general reader, which handles everything else. ``depth`` is the header's nesting depth.
 
     Returns None at anything unusual (and the general reader then decides, with its message).
+    The CA's request reader uses it too.
     """
-    data, end, read = node.data, node.end, der.read_tlv
-    tag, cs, pos = read(data, node.cstart, end)
+    read = der.read_tlv
+    tag, cs, pos = read(data, pos, end)
     if tag != der.INTEGER or pos - cs != 1 or data[cs] > 0x7F:
         return None
     pvno = data[cs]
@@ -711,7 +713,7 @@ def _decode_header_fast(node: Tlv) -> PKIHeader | None:
     while pos < end:
         tag, cs, ce = read(data, pos, end)
         number = tag - 0xA0
-        if not 0 <= number <= 8 or number <= last or number == 7 or node.depth + 2 > der.MAX_DEPTH:
+        if not 0 <= number <= 8 or number <= last or number == 7 or depth + 2 > der.MAX_DEPTH:
             return None
         last = number
         itag, ics, ice = read(data, cs, ce)
@@ -730,7 +732,7 @@ def _decode_header_fast(node: Tlv) -> PKIHeader | None:
         else:
             if itag != der.SEQUENCE:
                 return None
-            items = Tlv(data, itag, cs, ics, ice, node.depth + 2).children()
+            items = Tlv(data, itag, cs, ics, ice, depth + 2).children()
             info = tuple(decode_info(i) for i in items)
         pos = ce
     return PKIHeader(
@@ -742,7 +744,7 @@ def _decode_header_fast(node: Tlv) -> PKIHeader | None:
 def decode_header(node: Tlv) -> PKIHeader:
     if node.tag == der.SEQUENCE:
         try:
-            header = _decode_header_fast(node)
+            header = read_header_fields(node.data, node.cstart, node.end, node.depth)
         except (der.DerError, MessageError):
             header = None  # the general reader below raises with its precise message
         if header is not None:
