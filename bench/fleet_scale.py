@@ -301,7 +301,7 @@ def client_only_cpu(url: str, master: bytes, n: int, rate: float) -> float:
     )
     pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
     devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore())
-    inputs = [(devices.new_key(), devices.subject(i), devices.mac(i)) for i in range(n)]
+    inputs = [(devices.new_key(), devices.subject_der(i), devices.mac(i)) for i in range(n)]
     trust = devices.trust
     failed = 0
 

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleet.cmp import der
 from fleet.cmp import genm as genm_items
 from fleet.cmp.client import ClientConfig
 from fleet.cmp.messages import BodyType, InfoTypeAndValue
@@ -62,11 +63,18 @@ class _NameTemplate:
     """An OpenSSL-style subject template (``/CN=nf-{index}/O=x``) split into its attributes once,
     so each device formats the values and skips re-parsing the whole name (with the unused uuid
     left out: 12 -> 5 µs). Used only when it gives the same ``x509.Name`` as ``parse_name`` for
-    sample devices; otherwise every device goes through ``parse_name``."""
+    sample devices; otherwise every device goes through ``parse_name``.
+
+    ``format_der`` writes the Name's DER directly (each attribute's OID and string type taken from
+    a sample device's Name), for ``CertRequest(subject=bytes)``: no ``x509.Name`` built only to be
+    encoded. It is used only when it gave ``parse_name``'s exact bytes for sample devices, and a
+    device whose values cryptography might refuse (length, character set) gets None: the caller
+    takes the ``x509.Name`` path, which raises what it always did."""
 
     def __init__(self, template: str) -> None:
         self.template = template
         self.parts: list[tuple[x509.ObjectIdentifier, str]] | None = None
+        self.der_parts: list[tuple[bytes, str, int, tuple[int, int]]] | None = None
         text = template.strip()
         if not text.startswith("/") or text == "/":
             return
@@ -83,11 +91,63 @@ class _NameTemplate:
             return parse_name(self.template.format(**fields))
         return x509.Name([x509.NameAttribute(oid, value.format(**fields)) for oid, value in self.parts])
 
+    def format_der(self, fields: dict[str, object]) -> bytes | None:
+        """The Name's DER, or None where ``format`` must decide (see the class docstring)."""
+        parts = self.der_parts
+        if parts is None:
+            return None
+        rdns = []
+        for oid_tlv, value, tag, (low, high) in parts:
+            text = value.format(**fields)
+            if tag == _UTF8_STRING:
+                octets = text.encode("utf-8")
+            elif text.isascii() and (tag != der.PRINTABLE_STRING or _PRINTABLE.issuperset(text)):
+                octets = text.encode("ascii")
+            else:
+                return None
+            if not low <= len(octets) <= high:
+                return None
+            atv = _tlv(der.SEQUENCE, oid_tlv + _tlv(tag, octets))
+            rdns.append(_tlv(der.SET, atv))
+        return _tlv(der.SEQUENCE, b"".join(rdns))
+
+    def prepare_der(self, samples: list[dict[str, object]]) -> None:
+        """Enable ``format_der`` when it writes ``parse_name``'s exact DER for every sample."""
+        if self.parts is None or not samples:
+            return
+        try:
+            reference = self.format(samples[0]).public_bytes()
+            atvs = [rdn.children()[0].children() for rdn in der.parse(reference).children()]
+            if len(atvs) != len(self.parts) or any(len(atv) != 2 for atv in atvs):
+                return
+            self.der_parts = [
+                (oid_tlv.raw, value, string.tag, _LENGTHS.get(oid.dotted_string, (1, 64)))
+                for (oid, value), (oid_tlv, string) in zip(self.parts, atvs)
+            ]
+            if all(self.format_der(f) == parse_name(self.template.format(**f)).public_bytes() for f in samples):
+                return
+        except (der.DerError, NameError_, ValueError, KeyError, IndexError):
+            pass
+        self.der_parts = None
+
     def matches_parse_name(self, fields: dict[str, object]) -> bool:
         try:
             return self.format(fields) == parse_name(self.template.format(**fields))
         except (NameError_, ValueError):
             return False
+
+
+_UTF8_STRING = 0x0C
+_PRINTABLE = frozenset(string.ascii_letters + string.digits + " '()+,-./:=?")
+# cryptography's length limits (octets) by OID; other attributes are held to 1..64 here (above
+# that, the x509.Name path decides).
+_LENGTHS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1, 64)}
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """der.tlv with the one-octet length inlined (every attribute of a device name)."""
+    n = len(content)
+    return bytes((tag, n)) + content if n < 0x80 else der.tlv(tag, content)
 
 
 @dataclass(slots=True)
@@ -184,8 +244,10 @@ class DeviceFactory:
         try:
             self.subject(0)
             self.sans(0)
-            if not all(self._subject.matches_parse_name(self._fields(i)) for i in (0, 1, 12_345)):
+            samples = [self._fields(i) for i in (0, 1, 12_345)]
+            if not all(self._subject.matches_parse_name(f) for f in samples):
                 self._subject.parts = None  # the split template would not give what parse_name gives
+            self._subject.prepare_der(samples)
         except (KeyError, IndexError, ValueError) as exc:
             raise DeviceSetupError(f"device subject/SAN template: {exc!r} (use {{index}}, {{uuid}}, {{imei}})") from None
 
@@ -200,6 +262,14 @@ class DeviceFactory:
 
     def subject(self, index: int, fields: dict[str, object] | None = None) -> x509.Name:
         return self._subject.format(self._fields(index) if fields is None else fields)
+
+    def subject_der(self, index: int, fields: dict[str, object] | None = None) -> x509.Name | bytes:
+        """The subject as DER where it can be written directly (see ``_NameTemplate``), else as
+        ``subject()`` gives it; CertRequest takes either."""
+        if fields is None:
+            fields = self._fields(index)
+        encoded = self._subject.format_der(fields)
+        return self._subject.format(fields) if encoded is None else encoded
 
     def sans(self, index: int, fields: dict[str, object] | None = None) -> list[x509.GeneralName]:
         if not self.spec.sans:
@@ -291,9 +361,9 @@ class DeviceFactory:
             return self.config(self._signed(state)), request, key
         key = self.new_key()
         fields = self._fields(index)
-        subject, sans = self.subject(index, fields), self.sans(index, fields)
+        sans = self.sans(index, fields)
         if op == "p10cr":
-            csr_builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+            csr_builder = x509.CertificateSigningRequestBuilder().subject_name(self.subject(index, fields))
             if sans:
                 csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             csr = csr_builder.sign(key, _csr_hash(key))
@@ -306,7 +376,7 @@ class DeviceFactory:
         else:
             protector = self.mac(index)
         request = CertRequest(
-            kind, key, subject, sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
+            kind, key, self.subject_der(index, fields), sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
         )
         return self.config(protector), request, key
 

@@ -82,7 +82,8 @@ def test_ir_request_carries_the_devices_identity() -> None:
     f = _factory("/O=Test/CN=nf-{index}", ("DNS:nf-{index}.example.org",))
     config, request, key = f.request("ir", 12)
     assert isinstance(request, CertRequest)
-    assert request.subject == parse_name("/O=Test/CN=nf-12")
+    assert request.subject == parse_name("/O=Test/CN=nf-12").public_bytes()  # written as DER directly
+    assert request.subject_der == parse_name("/O=Test/CN=nf-12").public_bytes()
     assert list(request.sans) == [parse_san("DNS:nf-12.example.org")]
     assert key is request.new_key
     assert config.protector.sender_kid == b"dev-00000012"  # type: ignore[union-attr]
@@ -112,3 +113,38 @@ def test_device_secret_from_pad_states_is_derive_device_secret(master: bytes) ->
     assert factory._secret_pads is not None  # the fast path is the one under test
     for index in (0, 1, 42, 99_999):
         assert factory.mac(index).secret == derive_device_secret(master, factory.reference(index))
+
+
+@pytest.mark.parametrize("template", [
+    "/CN=fleet-device-{index:06d}",
+    "/O=Test/OU=ran/CN=nf-{index}",
+    "/C=DE/O=Acme {imei}/CN={uuid}",
+    "/serialNumber={imei}/CN=gNB {index:>8}",
+    "/CN=fixed",
+    "/CN={index}/CN=again-{index}",
+    "/emailAddress=dev{index}@example.org/DC=example/CN=nf-{index}",
+    "/CN=Gerät-{index}/O=Müller",  # UTF-8
+])
+def test_subject_der_is_parse_names_der(template: str) -> None:
+    f = _factory(template)
+    assert f._subject.der_parts is not None  # the direct writer is the path under test
+    for index in (0, 7, 4096, 99_999, 123_456_789):
+        got = f.subject_der(index)
+        assert isinstance(got, bytes)
+        assert got == parse_name(template.format(**_expected_fields(index))).public_bytes()
+
+
+@pytest.mark.parametrize(("template", "index"), [
+    ("/CN=" + "x" * 60 + "{index}", 12_345),  # 65 octets: cryptography refuses a CN that long
+    ("/serialNumber=sn_{index}", 3),  # '_' is not a PrintableString character
+    ("CN=nf-{index},O=Test", 3),  # RFC 4514 form: parse_name for every device
+])
+def test_subject_der_leaves_what_cryptography_decides_to_the_name_path(template: str, index: int) -> None:
+    f = _factory(template)
+    try:
+        name = f.subject(index)
+    except Exception as exc:  # noqa: BLE001 - what the x509.Name path raises, subject_der raises too
+        with pytest.raises(type(exc)):
+            f.subject_der(index)
+        return
+    assert f.subject_der(index) == name  # an x509.Name, as subject() gives it
