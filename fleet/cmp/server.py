@@ -38,6 +38,7 @@ from functools import lru_cache
 from typing import Literal, Protocol
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
@@ -1221,7 +1222,7 @@ def _read_cert_req_messages(data: bytes, pos: int, end: int) -> CertReqMessages 
     tag, pcs, pce = _read(data, rce, mce)  # POPOSigningKey [1]
     if tag != 0xA1 or pce != mce:
         return None
-    tag, acs, ace = _read(data, pcs, pce)
+    tag, _, ace = _read(data, pcs, pce)
     if tag != _SEQ:  # also [0] poposkInput: messages.decode reads that
         return None
     tag, scs, sce = _read(data, ace, pce)
@@ -1379,7 +1380,7 @@ def _load_public_key(spki: bytes) -> object:
         return load_der_public_key(spki)
     except (ValueError, TypeError) as exc:
         raise Rejected(f"unusable public key: {_short(exc)}", FailInfo.badCertTemplate) from None
-    except Exception as exc:  # cryptography's UnsupportedAlgorithm
+    except CryptographyUnsupported as exc:
         raise Rejected(f"unsupported public key: {_short(exc)}", FailInfo.badAlg) from None
 
 
