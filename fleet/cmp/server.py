@@ -1086,7 +1086,7 @@ def _cert_rep_der(body_type: BodyType, body: messages.Body) -> bytes | None:
 
 def _decode_request(data: bytes) -> PKIMessage:
     """``messages.decode(data)``, the same message (the tests compare them on valid and mutated
-    input), read by offsets for the usual shapes: a header as ``_read_header_fields`` takes it,
+    input), read by offsets for the usual shapes: a header as ``messages.read_header_fields`` takes it,
     one CertReqMsg with a plain template and a signature POP, or one CertStatus; a MAC
     protection and no extraCerts. Anything else, errors included, is ``messages.decode``'s."""
     if type(data) is bytes and len(data) <= messages.MAX_MESSAGE_BYTES:
@@ -1112,7 +1112,7 @@ def _read_request_fast(data: bytes) -> PKIMessage | None:
     tag, hcs, hce = _read(data, pos, end)
     if tag != _SEQ:
         return None
-    header = _read_header_fields(data, hcs, hce)
+    header = messages.read_header_fields(data, hcs, hce)
     if header is None:
         return None
     body_tag, bcs, bce = _read(data, hce, end)
@@ -1137,57 +1137,6 @@ def _read_request_fast(data: bytes) -> PKIMessage | None:
 
 _CERT_REQUEST_TAGS = frozenset((0xA0, 0xA2, 0xA7))  # ir, cr, kur
 _BODY_BY_TAG = {0xA0: BodyType.IR, 0xA2: BodyType.CR, 0xA7: BodyType.KUR, 0xB8: BodyType.CERTCONF}
-
-
-@lru_cache(maxsize=64)
-def _message_time(tag: int, value: bytes) -> datetime:
-    """messageTime values repeat within a second: parsed once."""
-    return der.time_value(tag, value)
-
-
-def _read_header_fields(data: bytes, pos: int, end: int) -> PKIHeader | None:
-    """The header shape ``messages`` reads by offsets too (pvno, names, [0]-[6], [8]); None for
-    any other (messages.decode then reads it)."""
-    tag, cs, ce = _read(data, pos, end)
-    if tag != der.INTEGER or ce - cs != 1 or data[cs] > 0x7F:
-        return None
-    pvno = data[cs]
-    _, _, sender_end = _read(data, ce, end)
-    _, _, recipient_end = _read(data, sender_end, end)
-    sender = data[ce:sender_end]
-    recipient = data[sender_end:recipient_end]
-    values: list[object] = [None] * 7
-    info: tuple[InfoTypeAndValue, ...] = ()
-    last = -1
-    pos = recipient_end
-    while pos < end:
-        tag, cs, ce = _read(data, pos, end)
-        number = tag - 0xA0
-        if not 0 <= number <= 8 or number <= last or number == 7:
-            return None
-        last = number
-        itag, ics, ice = _read(data, cs, ce)
-        if ice != ce:
-            return None
-        if number >= 2 and number != 8:
-            if itag != der.OCTET_STRING:
-                return None
-            values[number] = data[ics:ice]
-        elif number == 1:
-            if itag != _SEQ:
-                return None
-            values[1] = data[cs:ce]
-        elif number == 0:
-            values[0] = _message_time(itag, data[ics:ice])
-        else:
-            if itag != _SEQ:
-                return None
-            info = tuple(messages.decode_info(i) for i in der.Tlv(data, itag, cs, ics, ice, 3).children())
-        pos = ce
-    return PKIHeader(
-        sender, recipient, values[4], values[5], values[6], values[2], values[3], values[0],  # type: ignore[arg-type]
-        values[1], (), info, pvno,  # type: ignore[arg-type]
-    )
 
 
 def _read_cert_req_messages(data: bytes, pos: int, end: int) -> CertReqMessages | None:
