@@ -317,14 +317,24 @@ _SIG_HASH = {
 _ECDSA = {name: ec.ECDSA(_HASH_OBJ[name]()) for name in ("sha256", "sha384", "sha512")}
 
 
+@lru_cache(maxsize=64)
+def _key_family(key_type: type) -> str:
+    """"ec", "rsa" or "other" for a key class: one subclass check per class, where ``isinstance``
+    against cryptography's abstract key classes costs ~0.5 µs on every call."""
+    if issubclass(key_type, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        return "ec"
+    if issubclass(key_type, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return "rsa"
+    return "other"
+
+
 def default_hash(key: PrivateKey | PublicKey) -> str | None:
     """The hash RFC 9481 pairs with a key: by curve size for ECDSA, SHA-256 for RSA, none for EdDSA."""
-    if isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
-        size = key.curve.key_size
+    family = _key_family(type(key))
+    if family == "ec":
+        size = key.curve.key_size  # type: ignore[union-attr]
         return "sha256" if size <= 256 else "sha384" if size <= 384 else "sha512"
-    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
-        return "sha256"
-    return None
+    return "sha256" if family == "rsa" else None
 
 
 def _pss_params(hash_name: str) -> bytes:
@@ -369,9 +379,10 @@ class Signer:
 
     def sign(self, data: bytes) -> bytes:
         key = self.key
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return key.sign(data, _ECDSA[self.hash_name])  # type: ignore[index]
-        if isinstance(key, rsa.RSAPrivateKey):
+        family = _key_family(type(key))
+        if family == "ec":
+            return key.sign(data, _ECDSA[self.hash_name])  # type: ignore[call-arg, arg-type, index]
+        if family == "rsa":
             h = _HASH_OBJ[self.hash_name]()  # type: ignore[index]
             if self.pss:
                 pad = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
