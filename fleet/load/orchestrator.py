@@ -419,7 +419,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
 
 def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
     run = _build_run(setup)
-    return _drive(run, lambda: progress.show({0: _snapshot(run)}), options.abort_on_fail)
+    show = (lambda: progress.show({0: _snapshot(run)})) if progress.enabled else (lambda: None)
+    return _drive(run, show, options.abort_on_fail)
 
 
 def _early_failure(profile: Profile, results: RunResults) -> bool:

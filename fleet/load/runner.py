@@ -92,11 +92,6 @@ class WorkerRun:
         self._internal_logged = False
         self.stopped = trio.Event()
 
-    def _pick_device(self, arrival: int) -> int:
-        """Devices take turns: arrival k of this worker uses the k-th device of its shard."""
-        r = self._device_range
-        return r.start + arrival % max(1, len(r))
-
     async def run(self) -> RunResults:
         profile = self.profile
         async with CmpHttpClient(
@@ -143,9 +138,10 @@ class WorkerRun:
 
         async def loop(device: int) -> None:
             arrival = 0
+            turn = device - self._device_range.start  # _arrival(turn) runs this device's flow
             while trio.current_time() < deadline:
                 self.results.started += 1
-                await self._flow(device, trio.current_time())
+                await self._arrival(turn, trio.current_time())
                 self.results.completed += 1
                 arrival += 1
                 if shape.think_time:
@@ -158,13 +154,17 @@ class WorkerRun:
         self.results.in_flight_peak = len(devices)
 
     async def _arrival(self, arrival: int, intended: float) -> None:
-        await self._flow(self._pick_device(arrival), intended)
-
-    async def _flow(self, device: int, intended: float) -> None:
+        """Run the flow for arrival ``arrival``. Devices take turns: arrival k of this worker
+        uses the k-th device of its shard (modulo the shard's size)."""
+        r = self._device_range
+        device = r.start + arrival % (len(r) or 1)
         self.live.in_flight += 1
-        pauses = self.profile.pause_before
         flow = self.profile.flow
         try:
+            if len(flow) == 1:  # the usual capacity test: one coroutine frame less to resume
+                await self._operation(flow[0], device, intended, False)
+                return
+            pauses = self.profile.pause_before
             for step, op in enumerate(flow):
                 if step:  # later steps: latency from when they could start
                     pause = pauses.get(op, 0.0)
@@ -176,7 +176,8 @@ class WorkerRun:
                     return
         finally:
             self.live.in_flight -= 1
-            self.devices.forget(device)  # every flow starts afresh: hold no key or cert between arrivals
+            if self.devices.states:  # every flow starts afresh: hold no key or cert between arrivals
+                self.devices.forget(device)
 
     async def _operation(self, op: str, device: int, intended: float, keep_key: bool) -> bool:
         observer = self.observer
