@@ -24,9 +24,17 @@
    started by a bare timer loop at the same rate): the medians and their difference, which is
    the orchestrator's own CPU per enrollment (devices, keys, driver, recording, run loop).
 
+7. ``--orchestrator N``: the orchestrator alone, the steadiest figure: N arrivals of ``fleet run``'s
+   worker at ``--orchestrator-rate`` (default 20,000/s: more than one core starts, so the loop
+   is always busy, as in a loaded worker, and the driver rarely sleeps) with the CMP exchange
+   replaced by a stub that yields once and returns (no client, no HTTP, no server). Counted: the
+   arrival driver and one trio task per arrival, the device (key generation, identity, MAC
+   protector, ClientConfig and CertRequest construction), recording. Process CPU per arrival,
+   median of ``--cpu-repeat``.
+
 Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
                                    [--fast-rates 1000,1500,2000,2500,3000] [--step 6]
-                                   [--cpu 6000 [--cpu-rate 1500] [--cpu-repeat 3]]
+                                   [--cpu 6000 [--cpu-rate 1500] [--cpu-repeat 3]] [--orchestrator 20000]
        (--devices 0 skips the memory test; --rates '' or --fast-rates '' skips a rate test;
        --cpu runs only the CPU comparison)
 """
@@ -354,6 +362,53 @@ def cpu_comparison(n: int, rate: float, repeat: int) -> None:
           f"{b:.0f} µs, orchestrator {f - b:.0f} µs (one core at 100%: {1e6 / f:,.0f}/s)")
 
 
+def orchestrator_only_cpu(n: int, rate: float) -> float:
+    """Worker CPU µs per arrival with the CMP exchange stubbed out (see the module docstring)."""
+    from fleet.load import runner
+    from fleet.runtime import tune_gc
+
+    class _Done:
+        certificate = None
+        polls = 0
+
+    class _Transaction:
+        def __init__(self, config: object, request: object) -> None:
+            pass
+
+    class _Client:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        async def __aenter__(self) -> _Client:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+
+    async def exchange(*args: object, **kwargs: object) -> _Done:
+        await trio.lowlevel.checkpoint()
+        return _Done()
+
+    saved = runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient
+    runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient = exchange, _Transaction, _Client  # type: ignore[assignment]
+    try:
+        profile = parse_profile(
+            {"run": {"duration": n / rate, "max_in_flight": n + 1, "transaction_timeout": 10},
+             "arrivals": {"shape": "constant", "rate": rate},
+             "devices": {"count": 50_000, "key_types": "ec:P-256"}},
+            where="bench",
+        )
+        pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
+        devices = DeviceFactory(profile.devices, pools, master_secret=os.urandom(32), trust=TrustStore())
+        run = WorkerRun(WorkerPlan(profile, "http://127.0.0.1:9/", split(1)[0]), devices)
+        tune_gc()
+        results = trio.run(run.run)
+    finally:
+        runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient = saved
+    ok = results.ops["ir"].ok if "ir" in results.ops else 0
+    return results.cpu_seconds / ok * 1e6 if ok == n else float("nan")
+
+
 def _passing(rows: list[Row]) -> float:
     good = [r for r, share, late, _, _ in rows if share >= 0.99 and late < 0.005]
     return max(good) if good else 0.0
@@ -368,9 +423,18 @@ def main() -> None:
     parser.add_argument("--step", type=float, default=6.0)
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
                         help="only compare worker CPU per enrollment over N enrollments (fleet run vs the client alone)")
+    parser.add_argument("--orchestrator", type=int, default=0, metavar="N",
+                        help="only the orchestrator's CPU per arrival over N arrivals, the CMP exchange stubbed out")
+    parser.add_argument("--orchestrator-rate", type=float, default=20_000.0)
     parser.add_argument("--cpu-rate", type=float, default=1500.0)
     parser.add_argument("--cpu-repeat", type=int, default=3)
     args = parser.parse_args()
+    if args.orchestrator:
+        _pin(0)
+        runs = [orchestrator_only_cpu(args.orchestrator, args.orchestrator_rate) for _ in range(args.cpu_repeat)]
+        print(f"orchestrator alone (CMP exchange stubbed), {args.orchestrator:,} arrivals at {args.orchestrator_rate:,.0f}/s: "
+              f"{sorted(runs)[len(runs) // 2]:.1f} µs CPU per arrival (median of {', '.join(f'{r:.1f}' for r in runs)})")
+        return
     if args.cpu:
         cpu_comparison(args.cpu, args.cpu_rate, args.cpu_repeat)
         return
