@@ -26,6 +26,18 @@ random bits (the CA/Browser Forum's minimum of CSPRNG output). A run whose range
 a row (a random serial of an older version, an import) is skipped. Any other serial is looked
 up as before, and one inside the current run's range that was not allocated is refused.
 
+Layout: a certificate's row in ``certificates`` is written once. A later status change of a row
+already in the database goes to ``status_changes`` (one small row per certificate, keyed by its
+``id``), which overrides the row's status, revocation reason and time; the view
+``certificates_now`` shows each certificate as it stands, and external readers should use it.
+Rewriting the ~700-byte row instead (pending -> issued for every certConf) cost about twice as
+much per flush. There is no index on the key fingerprint either: random keys put every new row
+on a different index page, so each flush wrote one extra page per issuance; ``find_by_key``
+reads the table instead. A database of the earlier layout (statuses only in ``certificates``,
+that index) is used as it is: the index is dropped on open, and the view finds no overrides.
+Older versions of fleet would not see the overrides: ``PRAGMA user_version`` is 2 from this
+layout on.
+
 Threading: every method is synchronous and runs in the caller's thread; the store is meant for
 one trio thread (the CA's event loop) and uses no ``trio.to_thread``. A flush blocks that thread
 for the length of one SQLite transaction (a batch of 512 new records took about 1 ms on the
@@ -100,6 +112,10 @@ class CertStatus(enum.StrEnum):
 
 
 _DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
+# Members as plain module names: ``CertStatus.PENDING`` goes through enum's class descriptor
+# (~0.3 µs), and the store reads them several times per issuance and per certConf.
+_PENDING = CertStatus.PENDING
+_ISSUED = CertStatus.ISSUED
 
 
 # allocate_serial's layout (158 bits, so DER needs 20 octets at most and the text is always
@@ -183,10 +199,26 @@ CREATE TABLE IF NOT EXISTS certificates (
     created INTEGER NOT NULL,
     der BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS certificates_key ON certificates (key_sha256);
+DROP INDEX IF EXISTS certificates_key;
 CREATE INDEX IF NOT EXISTS certificates_dead ON certificates (status)
     WHERE status IN ('revoked', 'rejected');
+CREATE TABLE IF NOT EXISTS status_changes (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked', 'rejected')),
+    revocation_reason TEXT,
+    revocation_time INTEGER
+);
+CREATE INDEX IF NOT EXISTS status_changes_dead ON status_changes (status)
+    WHERE status IN ('revoked', 'rejected');
+CREATE VIEW IF NOT EXISTS certificates_now AS
+SELECT c.id, c.serial, c.subject, c.device_ref, c.key_sha256, c.not_before, c.not_after,
+    CASE WHEN s.id IS NULL THEN c.status ELSE s.status END AS status,
+    CASE WHEN s.id IS NULL THEN c.revocation_reason ELSE s.revocation_reason END AS revocation_reason,
+    CASE WHEN s.id IS NULL THEN c.revocation_time ELSE s.revocation_time END AS revocation_time,
+    c.transaction_id, c.created, c.der
+FROM certificates AS c LEFT JOIN status_changes AS s ON s.id = c.id;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+PRAGMA user_version = 2;
 """
 
 _COLUMNS = (
@@ -194,11 +226,20 @@ _COLUMNS = (
     "revocation_reason, revocation_time, transaction_id, created, der"
 )
 _INSERT = f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-_UPDATE = (
-    "UPDATE certificates SET status = ?, revocation_reason = ?, revocation_time = ? "
-    "WHERE serial = ?"
+# A status change of a row already in ``certificates``: a small row of its own (module doc).
+_CHANGE = (
+    "INSERT OR REPLACE INTO status_changes (id, status, revocation_reason, revocation_time) "
+    "SELECT id, ?, ?, ? FROM certificates WHERE serial = ?"
 )
-
+# Revoked and rejected certificates, each by its partial index.
+_DEAD_ROWS = (
+    "SELECT c.serial, s.revocation_time, s.revocation_reason FROM status_changes AS s "
+    "JOIN certificates AS c ON c.id = s.id WHERE s.status IN ('revoked', 'rejected') "
+    "UNION ALL "
+    "SELECT c.serial, c.revocation_time, c.revocation_reason FROM certificates AS c "
+    "WHERE c.status IN ('revoked', 'rejected') "
+    "AND NOT EXISTS (SELECT 1 FROM status_changes AS s WHERE s.id = c.id)"
+)
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(CertRecord))
 
@@ -249,7 +290,7 @@ def _row(rec: CertRecord) -> tuple[object, ...]:
         rec.key_fingerprint,
         _ts(rec.not_before),
         _ts(rec.not_after),
-        rec.status.value,
+        rec.status._value_,
         rec.revocation_reason.value if rec.revocation_reason else None,
         _ts(rec.revocation_time) if rec.revocation_time else None,
         rec.transaction_id.hex() if rec.transaction_id is not None else None,
@@ -303,7 +344,7 @@ class CertStore:
         self._oldest_change: float | None = None
         self._counts = {s.value: 0 for s in CertStatus}
         for status, n in self._db.execute(
-            "SELECT status, count(*) FROM certificates GROUP BY status"
+            "SELECT status, count(*) FROM certificates_now GROUP BY status"
         ):
             self._counts[status] = n
         self._revocation_generation = 0
@@ -398,7 +439,7 @@ class CertStore:
             or self._db_has(serial)
         ):
             raise SerialCollision(f"serial {serial_hex(serial)} is already recorded")
-        if status not in (CertStatus.PENDING, CertStatus.ISSUED):
+        if status not in (_PENDING, _ISSUED):
             raise InvalidStatusChange(f"a new certificate cannot start as {status}")
         rec = _new_record(
             {
@@ -418,22 +459,26 @@ class CertStore:
         )
         self._allocated.discard(serial)
         self._new[serial] = rec
-        if status is CertStatus.PENDING:
+        if status is _PENDING:
             self._pending[serial] = rec
-        self._counts[status.value] += 1
+        self._counts[status._value_] += 1
         self._changed_one()
         return rec
 
     def confirm(self, serial: int | str) -> CertRecord:
         """The device accepted the certificate (certConf): pending -> issued. Idempotent."""
-        rec = self._require(serial)
-        if rec.status is CertStatus.ISSUED:
-            return rec
-        if rec.status is not CertStatus.PENDING:
-            raise InvalidStatusChange(
-                f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot confirm"
-            )
-        return self._set(rec, _changed(rec, status=CertStatus.ISSUED))
+        rec = self._pending.get(serial)  # type: ignore[call-overload]  # the usual case
+        if rec is None:
+            rec = self._require(serial)
+            if rec.status is _ISSUED:
+                return rec
+            if rec.status is not _PENDING:
+                raise InvalidStatusChange(
+                    f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot confirm"
+                )
+        values = dict(rec.__dict__)
+        values["status"] = _ISSUED
+        return self._set(rec, _new_record(values))
 
     def reject(self, serial: int | str, when: datetime | None = None) -> CertRecord:
         """The device rejected the certificate, or its certConf never came: pending -> rejected.
@@ -504,10 +549,10 @@ class CertStore:
                     self._db.executemany(_INSERT, [_row(r) for r in self._new.values()])
                 if self._changed:
                     self._db.executemany(
-                        _UPDATE,
+                        _CHANGE,
                         [
                             (
-                                r.status.value,
+                                r.status._value_,
                                 r.revocation_reason.value if r.revocation_reason else None,
                                 _ts(r.revocation_time) if r.revocation_time else None,
                                 serial_hex(r.serial),
@@ -553,18 +598,20 @@ class CertStore:
         if rec is not None:
             return rec
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM certificates WHERE serial = ?", (serial_hex(key),)
+            f"SELECT {_COLUMNS} FROM certificates_now WHERE serial = ?", (serial_hex(key),)
         ).fetchone()
         return _record(row) if row else None
 
     def find_by_key(self, fingerprint: bytes) -> list[CertRecord]:
-        """Every certificate for the key with this SPKI SHA-256, oldest first."""
+        """Every certificate for the key with this SPKI SHA-256, oldest first. Reads the whole
+        table: for tests and occasional look-ups (an index on random fingerprints rewrote a
+        page per issuance at every flush; module doc)."""
         found = {
             rec.serial: rec
             for rec in map(
                 _record,
                 self._db.execute(
-                    f"SELECT {_COLUMNS} FROM certificates WHERE key_sha256 = ? ORDER BY id",
+                    f"SELECT {_COLUMNS} FROM certificates_now WHERE key_sha256 = ? ORDER BY id",
                     (fingerprint,),
                 ),
             )
@@ -577,10 +624,7 @@ class CertStore:
     def revoked(self) -> list[tuple[int, datetime, x509.ReasonFlags | None]]:
         """(serial, revocation time, reason) for every revoked or rejected certificate."""
         dead: dict[int, tuple[int, datetime, x509.ReasonFlags | None]] = {}
-        for serial, rtime, reason in self._db.execute(
-            "SELECT serial, revocation_time, revocation_reason FROM certificates "
-            "WHERE status IN ('revoked', 'rejected')"
-        ):
+        for serial, rtime, reason in self._db.execute(_DEAD_ROWS):
             key = int(serial, 16)
             dead[key] = (key, _dt(rtime), x509.ReasonFlags(reason) if reason else None)
         for rec in self._overlay():
@@ -647,12 +691,12 @@ class CertStore:
             self._new[old.serial] = new
         else:
             self._changed[old.serial] = new
-        if new.status is CertStatus.PENDING:
+        if new.status is _PENDING:
             self._pending[old.serial] = new
         else:
             self._pending.pop(old.serial, None)
-        self._counts[old.status.value] -= 1
-        self._counts[new.status.value] += 1
+        self._counts[old.status._value_] -= 1
+        self._counts[new.status._value_] += 1
         if new.status in _DEAD or old.status in _DEAD:  # the CRL changes either way
             self._revocation_generation += 1
         self._changed_one()

@@ -151,7 +151,7 @@ def test_pending_records_stay_current_after_flush_and_restart(
     store.close()
 
     with sqlite3.connect(path) as db:
-        rows = dict(db.execute("SELECT serial, status FROM certificates"))
+        rows = dict(db.execute("SELECT serial, status FROM certificates_now"))
     assert [rows[serial_hex(i.serial)] for i in (a, b, c, d)] == [
         "issued",
         "rejected",
@@ -485,3 +485,92 @@ def test_fast_record_construction_equals_the_dataclass_way() -> None:
         fast.status = CertStatus.REVOKED  # type: ignore[misc]
     with pytest.raises(TypeError):
         _changed(fast, colour="red")
+
+
+# The certificate table as fleet wrote it before status changes got their own table
+# (commit d5c5800 and earlier): statuses updated in place, an index on the key fingerprint.
+_LAYOUT_1 = """
+CREATE TABLE certificates (
+    id INTEGER PRIMARY KEY,
+    serial TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    device_ref TEXT,
+    key_sha256 BLOB NOT NULL,
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked', 'rejected')),
+    revocation_reason TEXT,
+    revocation_time INTEGER,
+    transaction_id TEXT,
+    created INTEGER NOT NULL,
+    der BLOB NOT NULL
+);
+CREATE INDEX certificates_key ON certificates (key_sha256);
+CREATE INDEX certificates_dead ON certificates (status) WHERE status IN ('revoked', 'rejected');
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def test_a_database_of_the_earlier_layout_is_used_as_it_is(template: IssuedCert, tmp_path: Path) -> None:
+    """A state directory of the earlier layout opens with its statuses, counts, revocations and
+    serial runs intact; changes to its rows go to status_changes; the key index is dropped."""
+    path = tmp_path / "certs.db"
+    pending, issued, revoked, rejected = (fresh(template) for _ in range(4))
+    with sqlite3.connect(path) as db:
+        db.executescript(_LAYOUT_1)
+        for item, status, reason, rtime in (
+            (pending, "pending", None, None), (issued, "issued", None, None),
+            (revoked, "revoked", "keyCompromise", 1_900_000_000), (rejected, "rejected", None, 1_900_000_001),
+        ):
+            db.execute(
+                "INSERT INTO certificates (serial, subject, device_ref, key_sha256, not_before, not_after, "
+                "status, revocation_reason, revocation_time, transaction_id, created, der) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (serial_hex(item.serial), "CN=old", "dev", item.key_fingerprint, 1_800_000_000, 1_900_000_000,
+                 status, reason, rtime, None, 1_800_000_000, item.der),
+            )
+        db.execute("INSERT INTO meta (name, value) VALUES ('serial_run', 7)")
+    with CertStore(path) as store:
+        assert store.counts_by_status() == {"pending": 1, "issued": 1, "revoked": 1, "rejected": 1}
+        assert {s: r for s, _, r in store.revoked()} == {
+            revoked.serial: x509.ReasonFlags.key_compromise, rejected.serial: None,
+        }
+        got = store.get(revoked.serial)
+        assert got is not None and got.revocation_time == datetime.fromtimestamp(1_900_000_000, UTC)
+        assert len(store.find_by_key(issued.key_fingerprint)) == 4  # fresh() copies one key
+        assert store.allocate_serial() >> 128 == (1 << 29) | 8  # the run counter goes on
+        store.confirm(pending.serial)
+        store.revoke(issued.serial, x509.ReasonFlags.superseded)
+    with sqlite3.connect(path) as db:
+        indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "certificates_key" not in indexes
+        assert db.execute("SELECT count(*) FROM status_changes").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    with CertStore(path) as store:
+        assert store.counts_by_status() == {"pending": 0, "issued": 1, "revoked": 2, "rejected": 1}
+        assert {s for s, _, _ in store.revoked()} == {revoked.serial, rejected.serial, issued.serial}
+        got = store.get(issued.serial)
+        assert got is not None and got.revocation_reason is x509.ReasonFlags.superseded
+
+
+def test_a_second_change_replaces_the_first_override(template: IssuedCert, tmp_path: Path) -> None:
+    """confirm, then revoke, then release a hold, each flushed: one override row, the latest."""
+    path = tmp_path / "certs.db"
+    item = fresh(template)
+    with CertStore(path) as store:
+        store.record_issued(item)
+        store.flush()
+        store.confirm(item.serial)
+        store.flush()
+        store.revoke(item.serial, x509.ReasonFlags.certificate_hold)
+        store.flush()
+        assert [s for s, _, _ in store.revoked()] == [item.serial]
+        store.release_hold(item.serial)
+        store.flush()
+        assert store.revoked() == []
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT status, revocation_reason FROM status_changes").fetchall() == [("issued", None)]
+        assert db.execute("SELECT status FROM certificates").fetchall() == [("pending",)]
+    with CertStore(path) as store:
+        got = store.get(item.serial)
+        assert got is not None and got.status is CertStatus.ISSUED and got.revocation_reason is None
