@@ -105,11 +105,16 @@ class _NameTemplate:
                 octets = text.encode("ascii")
             else:
                 return None
-            if not low <= len(octets) <= high:
+            n = len(octets)
+            if not low <= n <= high:
                 return None
-            atv = _tlv(der.SEQUENCE, oid_tlv + _tlv(tag, octets))
-            rdns.append(_tlv(der.SET, atv))
-        return _tlv(der.SEQUENCE, b"".join(rdns))
+            atv = len(oid_tlv) + 2 + n  # SET { SEQUENCE { OID, string } }, short lengths written inline
+            if atv < 0x80:
+                rdns.append(bytes((der.SET, atv + 2, der.SEQUENCE, atv)) + oid_tlv + bytes((tag, n)) + octets)
+            else:
+                rdns.append(der.set_of(der.sequence(oid_tlv, der.tlv(tag, octets))))
+        body = b"".join(rdns)
+        return bytes((der.SEQUENCE, len(body))) + body if len(body) < 0x80 else der.sequence(body)
 
     def prepare_der(self, samples: list[dict[str, object]]) -> None:
         """Enable ``format_der`` when it writes ``parse_name``'s exact DER for every sample."""
@@ -142,12 +147,6 @@ _PRINTABLE = frozenset(string.ascii_letters + string.digits + " '()+,-./:=?")
 # cryptography's length limits (octets) by OID; other attributes are held to 1..64 here (above
 # that, the x509.Name path decides).
 _LENGTHS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1, 64)}
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    """der.tlv with the one-octet length inlined (every attribute of a device name)."""
-    n = len(content)
-    return bytes((tag, n)) + content if n < 0x80 else der.tlv(tag, content)
 
 
 @dataclass(slots=True)
@@ -230,6 +229,7 @@ class DeviceFactory:
         self._weights = np.array([w for _, w in spec.key_types])
         self._salt = self._rng.bytes(16)  # one PBM salt per worker: derived keys stay cached per device
         self._field_names = _template_fields([spec.subject, *spec.sans])
+        self._index_only = self._field_names == ["index"]
         self._subject = _NameTemplate(spec.subject)
         self._mac_template: MacProtector | None = None  # copied per device, see mac()
         self._mac_copyable: bool | None = None  # None: not checked yet
@@ -258,6 +258,8 @@ class DeviceFactory:
 
     def _fields(self, index: int) -> dict[str, object]:
         """The template fields for device ``index`` (only those the templates use)."""
+        if self._index_only:
+            return {"index": index}
         return {name: _FIELD_MAKERS[name](index) for name in self._field_names}
 
     def subject(self, index: int, fields: dict[str, object] | None = None) -> x509.Name:

@@ -124,6 +124,7 @@ def test_device_secret_from_pad_states_is_derive_device_secret(master: bytes) ->
     "/CN={index}/CN=again-{index}",
     "/emailAddress=dev{index}@example.org/DC=example/CN=nf-{index}",
     "/CN=Gerät-{index}/O=Müller",  # UTF-8
+    "/O=" + "o" * 60 + "/OU=" + "u" * 60 + "/CN=nf-{index}",  # the Name's length takes two octets
 ])
 def test_subject_der_is_parse_names_der(template: str) -> None:
     f = _factory(template)
