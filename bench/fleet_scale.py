@@ -379,7 +379,7 @@ def orchestrator_only_cpu(n: int, rate: float) -> float:
         def __init__(self, *args: object, **kwargs: object) -> None:
             pass
 
-        async def __aenter__(self) -> _Client:
+        async def __aenter__(self) -> _Client:  # noqa: PYI034 - a stub, never subclassed
             return self
 
         async def __aexit__(self, *exc: object) -> None:
