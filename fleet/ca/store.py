@@ -126,6 +126,10 @@ _COUNTER_SHIFT = 64
 _MAX_RUN = (1 << _RUN_BITS) - 1
 
 
+_forks = [0]  # grows in every forked child (see ``allocate_serial``)
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
+
+
 def serial_hex(serial: int) -> str:
     """Canonical text of a serial: upper-case hex, even length (as ``openssl x509 -serial``)."""
     text = format(serial, "X")
@@ -355,6 +359,11 @@ class CertStore:
         self._run_top: int | None = None  # serial >> _RUN_SHIFT of this process's run
         self._counter = 0
         self._allocated: set[int] = set()  # allocated, neither recorded nor released yet
+        # Serials' random bits, drawn 512 at a time (one system call instead of 512); each
+        # 8 octets are used once, and a forked child draws afresh.
+        self._random = b""
+        self._random_pos = 0
+        self._random_fork = _forks[0]
 
     # -- lifecycle
 
@@ -384,10 +393,14 @@ class CertStore:
         self._counter += 1
         if self._counter >= 1 << (_RUN_SHIFT - _COUNTER_SHIFT):
             self._run_top, self._counter = self._new_run(), 1
+        pos = self._random_pos
+        if pos >= len(self._random) or self._random_fork != _forks[0]:
+            self._random, self._random_fork, pos = os.urandom(8 * 512), _forks[0], 0
+        self._random_pos = pos + 8
         serial = (
             (self._run_top << _RUN_SHIFT)
             | (self._counter << _COUNTER_SHIFT)
-            | int.from_bytes(os.urandom(8), "big")
+            | int.from_bytes(self._random[pos : pos + 8], "big")
         )
         self._allocated.add(serial)
         return serial
