@@ -267,12 +267,20 @@ class CmpHttpClient:
         await trio.lowlevel.checkpoint()
 
     async def post(
-        self, body: bytes, *, path: str | None = None, timeout: float | None = None
+        self,
+        body: bytes,
+        *,
+        path: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
     ) -> CmpHttpResponse:
         """POST one DER-encoded PKIMessage; return the CMP response or raise a TransportError.
 
         ``path`` replaces the URL's path (see ``cmp_path``); ``timeout`` replaces
-        ``request_timeout`` for this request.
+        ``request_timeout`` for this request. ``deadline`` (trio's clock) bounds the whole call,
+        waiting for a connection slot and connecting included: a transaction's deadline, applied
+        at each blocking wait, so the usual request takes no cancel scope. Past it, the call
+        raises ``ReadTimeout`` (or ``ConnectTimeout`` while connecting).
         """
         if self._closed:
             raise trio.ClosedResourceError("CmpHttpClient is closed")
@@ -296,18 +304,29 @@ class CmpHttpClient:
             # nobody is queued (release hands slots to waiters directly), so FIFO order holds.
             slots.acquire_nowait()
         except trio.WouldBlock:
-            await slots.acquire()
+            if deadline is None:
+                await slots.acquire()
+            else:
+                with trio.move_on_at(deadline) as scope:
+                    await slots.acquire()
+                if scope.cancelled_caught:  # not acquired: trio's acquire is cancel-safe
+                    raise ReadTimeout(
+                        self.url, f"no free connection to {self._where()} before the deadline"
+                    )
         try:
             if self._closed:
                 raise trio.ClosedResourceError("CmpHttpClient was closed while waiting")
+            request_deadline = trio.current_time() + timeout
+            if deadline is not None and deadline < request_deadline:
+                request_deadline = deadline
             conn = self._take_idle()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, request, body, timeout, True)
+                    return await self._exchange(conn, request, body, request_deadline, timeout, True)
                 except _StaleConnection:
                     pass  # the server closed it while idle: it never saw this request
-            conn = await self._connect()
-            return await self._exchange(conn, request, body, timeout, False)
+            conn = await self._connect(deadline)
+            return await self._exchange(conn, request, body, request_deadline, timeout, False)
         finally:
             slots.release()
 
@@ -353,9 +372,12 @@ class CmpHttpClient:
             self._open -= 1
             conn.sock.close()
 
-    async def _connect(self) -> _Conn:
+    async def _connect(self, deadline: float | None = None) -> _Conn:
         stream: trio.abc.Stream | None = None
-        with trio.move_on_after(self.connect_timeout):
+        connect_deadline = trio.current_time() + self.connect_timeout
+        if deadline is not None and deadline < connect_deadline:
+            connect_deadline = deadline
+        with trio.move_on_at(connect_deadline):
             try:
                 tcp, raw = await _open_tcp(self.host, self.port)
             except OSError as exc:
@@ -390,15 +412,16 @@ class CmpHttpClient:
         conn: _Conn,
         request: bytes,
         body: bytes,
+        deadline: float,
         timeout: float,
         reused: bool,
     ) -> CmpHttpResponse:
-        """One request/response on ``conn``; returns the connection to the pool or closes it."""
+        """One request/response on ``conn`` by ``deadline``; returns the connection to the pool
+        or closes it. ``timeout`` is only for the message."""
         stream = conn.stream
         raw = conn.raw if conn.plain else None
         pooled = False
         got_bytes = False
-        deadline = trio.current_time() + timeout
 
         async def receive() -> bytes:
             nonlocal got_bytes

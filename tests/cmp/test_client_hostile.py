@@ -276,6 +276,16 @@ async def test_endless_polling() -> None:
     assert len(stub.received) == 6
 
 
+async def test_check_after_beyond_the_deadline_ends_at_the_deadline() -> None:
+    """A pollRep asking for 30 s when the transaction has 0.6 s: timed out at the deadline,
+    not after sleeping the whole checkAfter."""
+    stub = CaStub(polls=2, check_after=30)
+    async with stub_server(stub) as url:
+        started = trio.current_time()
+        await refused(url, ClientConfig(stub.mac_protector()), TransactionTimeout, "transaction_timeout")
+        assert TIMEOUT <= trio.current_time() - started < TIMEOUT + 0.5
+
+
 # ---------------------------------------------------------------------------------------------
 # HTTP-level abuse, from raw sockets
 

@@ -345,6 +345,65 @@ async def test_server_that_never_answers_raises_read_timeout() -> None:
     assert "0.3 s" in str(info.value)
 
 
+async def test_deadline_bounds_the_request_and_the_wait_for_a_connection_slot() -> None:
+    """``deadline`` (a transaction's) caps a longer request_timeout, and a task queued for the
+    only connection gives up at its deadline instead of waiting for the slot forever."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await read_request(RawReader(stream))
+        await trio.sleep_forever()
+
+    async with (
+        raw_server(serve) as port,
+        CmpHttpClient(f"http://127.0.0.1:{port}/", request_timeout=30, max_connections=1) as client,
+    ):
+        start = trio.current_time()
+        outcomes: dict[str, float] = {}
+
+        async def post(name: str, deadline: float) -> None:
+            with pytest.raises(ReadTimeout) as info:
+                await client.post(b"x", deadline=deadline)
+            outcomes[name] = trio.current_time() - start
+            if name == "queued":
+                assert "no free connection" in str(info.value)
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(post, "holder", start + 0.6)
+                await trio.sleep(0.05)  # the holder has the only slot
+                nursery.start_soon(post, "queued", start + 0.3)
+        assert 0.25 < outcomes["queued"] < 0.5 and 0.55 < outcomes["holder"] < 1.0
+        assert client.statistics().tasks_waiting == 0
+
+
+async def test_deadline_bounds_connecting() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # a full accept queue: further SYNs are dropped, connect hangs
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                fillers.append(filler)
+            await trio.sleep(0.1)
+            async with CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=30) as client:
+                start = trio.current_time()
+                try:
+                    await client.post(b"x", deadline=start + 0.3)
+                except ConnectTimeout:
+                    assert trio.current_time() - start < 1.0
+                except (ConnectError, ConnectionLost, ReadTimeout):
+                    pytest.skip("this kernel accepted the connection despite a full backlog")
+                else:
+                    pytest.fail("post succeeded against a server that never accepts")
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 async def test_dribbling_server_raises_read_timeout() -> None:
     async def serve(stream: trio.SocketStream) -> None:
         await read_request(RawReader(stream))
