@@ -221,8 +221,12 @@ class ClientTransaction:
         transaction_id: bytes | None = None,
         random: Callable[[int], bytes] = os.urandom,
         now: Callable[[], datetime] | None = None,
+        protector: Protector | None = None,
     ) -> None:
+        """``protector`` replaces ``config.protector`` for this transaction, so a fleet of devices
+        that differ only in their credentials can share one ``ClientConfig``."""
         self.config = config
+        self.protector = protector if protector is not None else config.protector
         self.request: Request | None = request  # released after start(): devices wait in the thousands
         self.kind = request.kind
         self._implicit_confirm = request.implicit_confirm
@@ -293,7 +297,7 @@ class ClientTransaction:
         self._last_nonce = nonce = self._random(16)
         fixed = self._fixed_header
         if fixed is None:
-            protector = self.config.protector
+            protector = self.protector
             sender = self._sender() + self.config.recipient
             tail = b""
             if protector.algorithm is not None:
@@ -323,7 +327,7 @@ class ClientTransaction:
     def _choose_sender(self) -> bytes:
         if self.config.sender is not None:
             return self.config.sender
-        protector = self.config.protector
+        protector = self.protector
         if isinstance(protector, SignatureProtector):
             return messages.directory_name(protector.sender_name)
         subject_der = getattr(self.request, "subject_der", None)
@@ -339,7 +343,7 @@ class ClientTransaction:
     ) -> Send:
         """Protect and assemble the next message around ``body`` (an encoded PKIBody)."""
         header_der = self._header_der(info, pvno)
-        protector = self.config.protector
+        protector = self.protector
         protection = protector.protect(messages.protected_part(header_der, body))
         extra = protector.extra_certs if isinstance(protector, SignatureProtector) else ()
         return Send(messages.assemble(header_der, body, protection, extra), body_type, delay)
@@ -372,7 +376,7 @@ class ClientTransaction:
                     f"server error (unprotected): {body.status.describe()}", body.status, protected=False
                 )
             raise UnprotectedMessage(f"{msg.label} response is not protected")
-        protector = self.config.protector
+        protector = self.protector
         if isinstance(protector, MacProtector) and h.protection_alg == protector.algorithm:
             # The usual answer reuses our own MAC parameters: no need to parse them again.
             check_mac(protector.params, msg.protected_part, msg.protection, protector.secret)

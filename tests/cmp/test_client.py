@@ -177,6 +177,16 @@ REQUESTS: dict[str, Callable[[CaStub], object]] = {
 CERT_OPS = {"ir", "cr", "kur", "p10cr"}
 
 
+def test_protector_per_transaction_overrides_the_shared_config(stub: CaStub) -> None:
+    """Devices that share one ClientConfig and differ in their credentials: the transaction's
+    own protector protects its messages and checks the answers."""
+    shared = ClientConfig(MacProtector(b"not the stub's secret", reference=b"nobody"))
+    tx = ClientTransaction(shared, ir(), protector=stub.mac_protector())
+    done = step(tx, stub, step(tx, stub, tx.start(), State.AWAIT_CONFIRM), State.DONE)  # type: ignore[arg-type]
+    assert isinstance(done, Done) and done.certificate is not None
+    assert [m.header.sender_kid for m in stub.received] == [stub.reference] * 2
+
+
 @pytest.mark.parametrize("protection", ["mac", "signature"])
 @pytest.mark.parametrize("op", list(REQUESTS))
 def test_every_operation(stub: CaStub, op: str, protection: str) -> None:
