@@ -500,16 +500,18 @@ class CmpServer:
         h = msg.header
         if msg.protection is None or h.protection_alg is None:
             raise _Refuse(FailInfo.badMessageCheck, "request is not protected")
-        if _is_mac(h.protection_alg):
+        params = _known_mac_params.get(h.protection_alg)  # a device reuses its salt: usually here
+        if params is not None or _is_mac(h.protection_alg):
             secret = self.secrets(h.sender_kid) if self.secrets is not None else None
             if secret is None:
                 raise _Refuse(FailInfo.badMessageCheck, "no shared secret for this reference")
-            try:
-                params = _mac_params(h.protection_alg, self.config.max_iterations)
-            except UnsupportedAlgorithm as exc:
-                raise _Refuse(FailInfo.badAlg, str(exc)) from None
-            except ProtectionError as exc:
-                raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+            if params is None or params.iterations > self.config.max_iterations:
+                try:
+                    params = _mac_params(h.protection_alg, self.config.max_iterations)
+                except UnsupportedAlgorithm as exc:
+                    raise _Refuse(FailInfo.badAlg, str(exc)) from None
+                except ProtectionError as exc:
+                    raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
             if not hmac.compare_digest(compute_mac(params, secret, msg.protected_part), msg.protection):
                 raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify")
             ctx.auth = _Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
@@ -563,7 +565,7 @@ class CmpServer:
             raise _Refuse(FailInfo.badSenderNonce,
                           f"senderNonce must be at least {self.config.min_nonce_bytes} octets")
         skew = self.config.max_time_skew
-        if skew is not None and h.message_time is not None and abs(h.message_time.timestamp() - ctx.now) > skew:
+        if skew is not None and h.message_time is not None and abs(_timestamp(h.message_time) - ctx.now) > skew:
             raise _Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
 
     # -- dispatch -------------------------------------------------------------------------
@@ -979,7 +981,11 @@ class CmpServer:
         else:
             protection = self.signer.protect(part)
             certs = _signed_extra_certs(self.signer.extra_certs, extra)
-        tail = der.explicit(0, der.bit_string(protection))
+        n = len(protection)
+        if n < 0x7C:  # [0] { BIT STRING } with short lengths, the usual MAC or ECDSA signature
+            tail = bytes((0xA0, n + 3, der.BIT_STRING, n + 1, 0)) + protection
+        else:
+            tail = der.explicit(0, der.bit_string(protection))
         if certs:
             tail += _extra_certs_der(certs)
         return der.tlv(der.SEQUENCE, header_der + body_der + tail), nonce
@@ -1078,17 +1084,21 @@ def _header_der(
     tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes,
 ) -> bytes:
     """``messages.encode_header`` of a response header (pvno 2, no freeText or recipKID)."""
-    out = _PVNO_2 + sender + recipient + time_der
-    if alg is not None:
-        out += der.explicit(1, alg)
-    if kid is not None:
-        out += der.explicit_octets(2, kid)
+    out = _PVNO_2 + sender + recipient + time_der + _alg_kid_der(alg, kid)
     if tid is not None:
         out += der.explicit_octets(4, tid)
     out += der.explicit_octets(5, nonce)
     if recip_nonce is not None:
         out += der.explicit_octets(6, recip_nonce)
     return der.sequence(out + info_der)
+
+
+@lru_cache(maxsize=4096)
+def _alg_kid_der(alg: bytes | None, kid: bytes | None) -> bytes:
+    """[1] protectionAlg and [2] senderKID: a device's (its salt, its reference) or the RA
+    signer's, the same in every response of a transaction and of a device's next ones."""
+    out = b"" if alg is None else der.explicit(1, alg)
+    return out if kid is None else out + der.explicit_octets(2, kid)
 
 
 @lru_cache(maxsize=64)
@@ -1448,7 +1458,22 @@ def _is_mac(alg_der: bytes) -> bool:
 @lru_cache(maxsize=65_536)
 def _mac_params(alg_der: bytes, max_iterations: int) -> PbmParams | Pbmac1Params:
     """Parsed MAC parameters, cached: a device reuses its salt, so its protectionAlg repeats."""
-    return parse_mac_params(alg_der, max_iterations=max_iterations)
+    params = parse_mac_params(alg_der, max_iterations=max_iterations)
+    if len(_known_mac_params) >= 65_536:
+        _known_mac_params.clear()
+    _known_mac_params[alg_der] = params
+    return params
+
+
+# protectionAlg -> the parameters ``_mac_params`` parsed from it under some cap: one dict look-up
+# for a request instead of two lru_cache calls; the caller still checks its own iteration cap.
+_known_mac_params: dict[bytes, PbmParams | Pbmac1Params] = {}
+
+
+@lru_cache(maxsize=64)
+def _timestamp(when: datetime) -> float:
+    """``when.timestamp()``, cached: the reader hands out one datetime per messageTime value."""
+    return when.timestamp()
 
 
 _HASH_NAMES = {"sha1", "sha224", "sha256", "sha384", "sha512"}

@@ -38,6 +38,8 @@ from http import HTTPStatus
 import h11
 import trio
 
+from fleet.records import record
+
 __all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServerStats", "serve_http"]
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ _LINGER_SECONDS = 1.0
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HttpRequest:
     """One complete request. ``path`` is the raw request target (not normalised or decoded);
     header names are lower-case, values as sent."""
@@ -71,7 +73,7 @@ class HttpRequest:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HttpResponse:
     """What a handler answers.
 
@@ -571,10 +573,14 @@ _parse_head_cached = lru_cache(maxsize=1024)(_parse_head_uncached)
 
 
 def _wants_keep_alive(request: HttpRequest) -> bool:
-    tokens: set[bytes] = set()
+    tokens: set[bytes] | None = None
     for name, value in request.headers:
         if name == b"connection":
+            if tokens is None:
+                tokens = set()
             tokens.update(token.strip().lower() for token in value.split(b","))
+    if tokens is None:  # the usual request: no Connection header
+        return request.http_version == "1.1"
     if request.http_version == "1.1":
         return b"close" not in tokens
     return b"keep-alive" in tokens and b"close" not in tokens
@@ -599,6 +605,10 @@ def _render(response: HttpResponse, keep_alive: bool, http10: bool) -> bytes:
     parts are put together once per kind (``_head_parts``)."""
     body = response.body
     status = response.status
+    if body and not response.headers:  # the usual answer: parts by a short key
+        parts = _plain_heads.get((status, response.content_type, keep_alive, http10))
+        if parts is not None:
+            return b"".join((parts[0], _http_date(), parts[1], b"%d" % len(body), parts[2], body))
     bodyless = status < 200 or status in (204, 304)
     key = (status, response.content_type if body else "", response.headers, keep_alive, http10, bodyless)
     try:
@@ -607,7 +617,14 @@ def _render(response: HttpResponse, keep_alive: bool, http10: bool) -> bytes:
         before_date, before_length, tail = _head_parts.__wrapped__(*key)
     if bodyless:
         return b"".join((before_date, _http_date(), tail))
+    if body and not response.headers and len(_plain_heads) < 64:
+        _plain_heads[(status, response.content_type, keep_alive, http10)] = (before_date, before_length, tail)
     return b"".join((before_date, _http_date(), before_length, b"%d" % len(body), tail, body))
+
+
+# ``_head_parts`` of answers with a body and no extra headers, by (status, content type,
+# keep-alive, HTTP/1.0): found without the lru_cache's six-part key (bounded: the first 64).
+_plain_heads: dict[tuple[int, str, bool, bool], tuple[bytes, bytes, bytes]] = {}
 
 
 @lru_cache(maxsize=256)
