@@ -19,7 +19,7 @@
 
 6. ``--cpu N``: only the CPU figures, steadier than wall-clock ones on a shared machine: N
    enrollments at ``--cpu-rate`` against the responder that keeps up, ``--cpu-repeat`` times
-   alternating (a) ``fleet run``'s worker and (b) the CMP client alone (ClientConfig, CertRequest,
+   alternating (a) ``fleet run``'s worker and (b) the CMP client alone (CertRequest,
    ClientTransaction and CmpHttpClient, fed keys, subjects and MAC protectors made beforehand,
    started by a bare timer loop at the same rate): the medians and their difference, which is
    the orchestrator's own CPU per enrollment (devices, keys, driver, recording, run loop).
@@ -29,7 +29,7 @@
    is always busy, as in a loaded worker, and the driver rarely sleeps) with the CMP exchange
    replaced by a stub that yields once and returns (no client, no HTTP, no server). Counted: the
    arrival driver and one trio task per arrival, the device (key generation, identity, MAC
-   protector, ClientConfig and CertRequest construction), recording. Process CPU per arrival,
+   protector and CertRequest construction), recording. Process CPU per arrival,
    median of ``--cpu-repeat``.
 
 Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
@@ -293,9 +293,10 @@ def sustained_rate(
 
 def client_only_cpu(url: str, master: bytes, n: int, rate: float) -> float:
     """Worker CPU µs per enrollment of the CMP client alone: ``n`` new devices at ``rate``, their
-    keys, subjects and protectors made beforehand (not counted); counted: ClientConfig,
-    CertRequest, ClientTransaction, run_transaction over CmpHttpClient, one trio task each."""
-    from fleet.cmp.client import ClientConfig, ClientTransaction
+    keys, subjects and protectors made beforehand (not counted); counted: CertRequest,
+    ClientTransaction (with the shared ClientConfig, as fleet's workers), run_transaction over
+    CmpHttpClient, one trio task each."""
+    from fleet.cmp.client import ClientTransaction
     from fleet.cmp.requests import CertRequest
     from fleet.exchange import run_transaction
     from fleet.http.client import CmpHttpClient
@@ -310,13 +311,13 @@ def client_only_cpu(url: str, master: bytes, n: int, rate: float) -> float:
     pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
     devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore())
     inputs = [(devices.new_key(), devices.subject_der(i), devices.mac(i)) for i in range(n)]
-    trust = devices.trust
+    config = devices.client_config
     failed = 0
 
     async def one(i: int, client: CmpHttpClient) -> None:
         nonlocal failed
         key, subject, protector = inputs[i]
-        tx = ClientTransaction(ClientConfig(protector, trust), CertRequest(BodyType.IR, key, subject))
+        tx = ClientTransaction(config, CertRequest(BodyType.IR, key, subject), protector=protector)
         try:
             await run_transaction(client, tx, timeout=10)
         except Exception:  # noqa: BLE001 - counted; the figure is not used when any failed

@@ -105,7 +105,7 @@ class ClientConfig:
     the trust anchor for that response.
     """
 
-    protector: Protector
+    protector: Protector | None  # None: each transaction brings its own (a fleet's shared config)
     trust: TrustStore | None = None
     untrusted: tuple[x509.Certificate, ...] = ()
     recipient: bytes = messages.NULL_DN_GENERAL_NAME
@@ -226,7 +226,10 @@ class ClientTransaction:
         """``protector`` replaces ``config.protector`` for this transaction, so a fleet of devices
         that differ only in their credentials can share one ``ClientConfig``."""
         self.config = config
-        self.protector = protector if protector is not None else config.protector
+        chosen = protector if protector is not None else config.protector
+        if chosen is None:
+            raise ValueError("a transaction needs a protector: in its ClientConfig or its own")
+        self.protector: Protector = chosen
         self.request: Request | None = request  # released after start(): devices wait in the thousands
         self.kind = request.kind
         self._implicit_confirm = request.implicit_confirm

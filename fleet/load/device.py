@@ -220,6 +220,7 @@ class DeviceFactory:
         self.pools = pools
         self.master_secret = master_secret
         self.trust = trust
+        self._client_config: ClientConfig | None = None
         self.mode = mode
         self.vendor = vendor
         self.genm = genm
@@ -337,30 +338,35 @@ class DeviceFactory:
         except (AttributeError, TypeError):
             return False
 
-    def config(self, protector: MacProtector | SignatureProtector) -> ClientConfig:
-        return ClientConfig(protector, self.trust, mode=self.mode)  # type: ignore[arg-type]
+    @property
+    def client_config(self) -> ClientConfig:
+        """The ClientConfig every device shares; each transaction brings its device's protector."""
+        if self._client_config is None:
+            self._client_config = ClientConfig(None, self.trust, mode=self.mode)  # type: ignore[arg-type]
+        return self._client_config
 
     # -- requests -----------------------------------------------------------------------------
 
-    def request(self, op: str, index: int) -> tuple[ClientConfig, Request, PrivateKey | None]:
-        """(config, request, new key or None) for one operation of device ``index``."""
+    def request(self, op: str, index: int) -> tuple[MacProtector | SignatureProtector, Request, PrivateKey | None]:
+        """(protector, request, new key or None) for one operation of device ``index``; the
+        transaction runs with ``client_config`` and that protector."""
         state = self.states.get(index)
         spec = self.spec
         if op == "genm":
             items = tuple(self._genm_item(name) for name in self.genm)
             protector = self._signed(state) if state else self.mac(index)
-            return self.config(protector), GeneralRequest(items), None
+            return protector, GeneralRequest(items), None
         if op in ("kur", "rr"):
             if state is None:
                 raise DeviceSetupError(f"{op} needs an enrolled device")
             cert = load_cert(state.cert)
             if op == "rr":
-                return self.config(self._signed(state)), RevocationRequest.for_certificate(cert, 1), None
+                return self._signed(state), RevocationRequest.for_certificate(cert, 1), None
             key = self.new_key()
             request = CertRequest(
                 BodyType.KUR, key, old_cert=cert, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
             )
-            return self.config(self._signed(state)), request, key
+            return self._signed(state), request, key
         key = self.new_key()
         fields = self._fields(index)
         sans = self.sans(index, fields)
@@ -369,7 +375,7 @@ class DeviceFactory:
             if sans:
                 csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             csr = csr_builder.sign(key, _csr_hash(key))
-            return self.config(self.mac(index)), CsrRequest(csr, spec.implicit_confirm, spec.cert_profile), key
+            return self.mac(index), CsrRequest(csr, spec.implicit_confirm, spec.cert_profile), key
         kind = BodyType.CR if op == "cr" else BodyType.IR
         if kind is BodyType.CR and state is not None:
             protector: MacProtector | SignatureProtector = self._signed(state)
@@ -380,7 +386,7 @@ class DeviceFactory:
         request = CertRequest(
             kind, key, self.subject_der(index, fields), sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
         )
-        return self.config(protector), request, key
+        return protector, request, key
 
     def _signed(self, state: DeviceState) -> SignatureProtector:
         return SignatureProtector(state.key, load_cert(state.cert))

@@ -186,8 +186,8 @@ class WorkerRun:
         if observer is not None:
             observer.operation_started(op)
         try:
-            config, request, new_key = self.devices.request(op, device)
-            tx = ClientTransaction(config, request)
+            protector, request, new_key = self.devices.request(op, device)
+            tx = ClientTransaction(self.devices.client_config, request, protector=protector)
             del request  # the transaction drops it once sent: thousands of devices wait at once
             if not keep_key:
                 new_key = None

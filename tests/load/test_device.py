@@ -80,13 +80,14 @@ def test_mac_protector_is_the_devices_own() -> None:
 
 def test_ir_request_carries_the_devices_identity() -> None:
     f = _factory("/O=Test/CN=nf-{index}", ("DNS:nf-{index}.example.org",))
-    config, request, key = f.request("ir", 12)
+    protector, request, key = f.request("ir", 12)
     assert isinstance(request, CertRequest)
     assert request.subject == parse_name("/O=Test/CN=nf-12").public_bytes()  # written as DER directly
     assert request.subject_der == parse_name("/O=Test/CN=nf-12").public_bytes()
     assert list(request.sans) == [parse_san("DNS:nf-12.example.org")]
     assert key is request.new_key
-    assert config.protector.sender_kid == b"dev-00000012"  # type: ignore[union-attr]
+    assert protector.sender_kid == b"dev-00000012"
+    assert f.client_config.protector is None and f.client_config is f.client_config  # one, shared
 
 
 def test_mac_protectors_are_constructed_when_copying_would_differ(monkeypatch: pytest.MonkeyPatch) -> None:
