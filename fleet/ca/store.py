@@ -48,7 +48,6 @@ duplicate-serial check assume no other writer.
 from __future__ import annotations
 
 import enum
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -61,6 +60,7 @@ import trio
 from cryptography import x509
 
 from fleet.errors import FleetError
+from fleet.randomness import RandomPool
 
 __all__ = [
     "CertRecord",
@@ -124,10 +124,6 @@ _RUN_BITS = 29
 _RUN_SHIFT = 128
 _COUNTER_SHIFT = 64
 _MAX_RUN = (1 << _RUN_BITS) - 1
-
-
-_forks = [0]  # grows in every forked child (see ``allocate_serial``)
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 
 def serial_hex(serial: int) -> str:
@@ -361,9 +357,7 @@ class CertStore:
         self._allocated: set[int] = set()  # allocated, neither recorded nor released yet
         # Serials' random bits, drawn 512 at a time (one system call instead of 512); each
         # 8 octets are used once, and a forked child draws afresh.
-        self._random = b""
-        self._random_pos = 0
-        self._random_fork = _forks[0]
+        self._random = RandomPool()  # serials' random bits (a fork draws afresh)
 
     # -- lifecycle
 
@@ -393,14 +387,10 @@ class CertStore:
         self._counter += 1
         if self._counter >= 1 << (_RUN_SHIFT - _COUNTER_SHIFT):
             self._run_top, self._counter = self._new_run(), 1
-        pos = self._random_pos
-        if pos >= len(self._random) or self._random_fork != _forks[0]:
-            self._random, self._random_fork, pos = os.urandom(8 * 512), _forks[0], 0
-        self._random_pos = pos + 8
         serial = (
             (self._run_top << _RUN_SHIFT)
             | (self._counter << _COUNTER_SHIFT)
-            | int.from_bytes(self._random[pos : pos + 8], "big")
+            | int.from_bytes(self._random.take(8), "big")
         )
         self._allocated.add(serial)
         return serial

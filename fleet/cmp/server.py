@@ -29,7 +29,6 @@ import enum
 import hashlib
 import hmac
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -81,6 +80,7 @@ from fleet.cmp.protection import (
 )
 from fleet.cmp.trust import TrustStore, UntrustedSigner, find_signer, load_cert
 from fleet.errors import FleetError
+from fleet.randomness import RandomPool
 from fleet.records import record
 
 __all__ = [
@@ -410,7 +410,7 @@ class CmpServer:
         self.trust = trust or TrustStore()
         self.vendor_trust = vendor_trust
         self.untrusted = tuple(untrusted)
-        self._random = random if random is not None else _RandomPool().take
+        self._random = random if random is not None else RandomPool().take
         self._signer_name = messages.directory_name(signer.sender_name)
         self._live: dict[bytes, _Tx] = {}
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
@@ -1048,35 +1048,6 @@ def _message_time_der(now: float) -> bytes:
     if _last_time_der[0] != second:
         _last_time_der = (second, messages.message_time_der(datetime.fromtimestamp(second, UTC)))
     return _last_time_der[1]
-
-
-_forks = [0]  # grows in every forked child: pools drawn before the fork are not used again
-os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
-
-class _RandomPool:
-    """``os.urandom(n)`` handed out from 4 KiB drawn at once: one getrandom system call per
-    256 nonces instead of one each (~0.5 µs). The bytes are the kernel CSPRNG's either way,
-    each handed out once; a forked child draws a fresh pool, so no two processes share bytes."""
-
-    __slots__ = ("_buf", "_fork", "_pos")
-    _SIZE = 4096
-
-    def __init__(self) -> None:
-        self._buf = b""
-        self._pos = 0
-        self._fork = _forks[0]
-
-    def take(self, n: int) -> bytes:
-        pos = self._pos
-        end = pos + n
-        if end > len(self._buf) or self._fork != _forks[0]:
-            if n > self._SIZE // 4:
-                return os.urandom(n)
-            self._buf, self._fork, pos, end = os.urandom(self._SIZE), _forks[0], 0, n
-        self._pos = end
-        return self._buf[pos:end]
-
 
 
 def _header_der(
