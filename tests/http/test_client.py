@@ -6,6 +6,8 @@ import datetime
 import ipaddress
 import socket
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -377,31 +379,16 @@ async def test_deadline_bounds_the_request_and_the_wait_for_a_connection_slot() 
 
 
 async def test_deadline_bounds_connecting() -> None:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        fillers = []
+    async with full_backlog() as port, CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=30) as client:
+        start = trio.current_time()
         try:
-            for _ in range(4):  # a full accept queue: further SYNs are dropped, connect hangs
-                filler = socket.socket()
-                filler.setblocking(False)
-                filler.connect_ex(("127.0.0.1", port))
-                fillers.append(filler)
-            await trio.sleep(0.1)
-            async with CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=30) as client:
-                start = trio.current_time()
-                try:
-                    await client.post(b"x", deadline=start + 0.3)
-                except ConnectTimeout:
-                    assert trio.current_time() - start < 1.0
-                except (ConnectError, ConnectionLost, ReadTimeout):
-                    pytest.skip("this kernel accepted the connection despite a full backlog")
-                else:
-                    pytest.fail("post succeeded against a server that never accepts")
-        finally:
-            for filler in fillers:
-                filler.close()
+            await client.post(b"x", deadline=start + 0.3)
+        except ConnectTimeout:
+            assert trio.current_time() - start < 1.0
+        except (ConnectError, ConnectionLost, ReadTimeout):
+            pytest.skip("this kernel accepted the connection despite a full backlog")
+        else:
+            pytest.fail("post succeeded against a server that never accepts")
 
 
 async def test_dribbling_server_raises_read_timeout() -> None:
@@ -433,34 +420,40 @@ async def test_refused_port_raises_connect_error() -> None:
     assert f"127.0.0.1:{port}" in str(info.value) and "\n" not in str(info.value)
 
 
-async def test_connect_timeout_when_backlog_is_full() -> None:
+@asynccontextmanager
+async def full_backlog() -> AsyncIterator[int]:
+    """A port whose accept queue is full (never accepted): further SYNs are dropped and connect
+    hangs."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(0)
         port = listener.getsockname()[1]
         fillers = []
         try:
-            # Fill the accept queue (never accepted): further SYNs are dropped, connect hangs.
             for _ in range(4):
                 filler = socket.socket()
                 filler.setblocking(False)
                 filler.connect_ex(("127.0.0.1", port))
                 fillers.append(filler)
             await trio.sleep(0.1)
-            async with CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=0.3) as client:
-                start = trio.current_time()
-                try:
-                    await client.post(b"x")
-                except ConnectTimeout as exc:
-                    assert exc.kind == "connect_timeout"
-                    assert trio.current_time() - start < 1.5
-                except (ConnectError, ConnectionLost, ReadTimeout):
-                    pytest.skip("this kernel accepted the connection despite a full backlog")
-                else:
-                    pytest.fail("post succeeded against a server that never accepts")
+            yield port
         finally:
             for filler in fillers:
                 filler.close()
+
+
+async def test_connect_timeout_when_backlog_is_full() -> None:
+    async with full_backlog() as port, CmpHttpClient(f"http://127.0.0.1:{port}/", connect_timeout=0.3) as client:
+        start = trio.current_time()
+        try:
+            await client.post(b"x")
+        except ConnectTimeout as exc:
+            assert exc.kind == "connect_timeout"
+            assert trio.current_time() - start < 1.5
+        except (ConnectError, ConnectionLost, ReadTimeout):
+            pytest.skip("this kernel accepted the connection despite a full backlog")
+        else:
+            pytest.fail("post succeeded against a server that never accepts")
 
 
 async def test_dropped_connection_on_fresh_connection_is_not_retried() -> None:
