@@ -390,3 +390,27 @@ def pki_messages(
         protection=draw(st.none() | st.binary(min_size=0, max_size=72)),
         extra_certs=draw(st.just(()) | cert_lists),
     )
+
+
+def mutate(draw, data: bytes, edits: int, *, plausible_tlvs: bool = False) -> bytes:
+    """``data`` after ``edits`` random byte edits (set, flip a bit, insert, delete; with
+    ``plausible_tlvs``, also a plausible tag/length pair written somewhere inside)."""
+    out = bytearray(data)
+    ops = ["set", "set", "flip", "insert", "delete"] + (["tlv"] if plausible_tlvs else [])
+    for _ in range(edits):
+        if not out:
+            break
+        i = draw(st.integers(0, len(out) - 1))
+        op = draw(st.sampled_from(ops))
+        if op == "set":
+            out[i] = draw(st.integers(0, 255))
+        elif op == "flip":
+            out[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "insert":
+            out[i:i] = draw(st.binary(min_size=1, max_size=4))
+        elif op == "delete":
+            del out[i : i + draw(st.integers(1, 4))]
+        else:
+            tags = [0x02, 0x03, 0x04, 0x06, 0x0C, 0x30, 0xA0, 0xA1, 0xA4]
+            out[i : i + 2] = bytes([draw(st.sampled_from(tags)), draw(st.integers(0, 255))])
+    return bytes(out)

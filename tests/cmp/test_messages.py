@@ -185,28 +185,8 @@ def test_fuzz_random_bytes_in_a_sequence(data: bytes) -> None:
 
 @st.composite
 def mutated(draw) -> bytes:
-    data = bytearray(draw(st.sampled_from(list(REAL.values())) | S.pki_messages().map(m.encode)))
-    for _ in range(draw(st.integers(1, 4))):
-        i = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["set", "set", "flip", "insert", "delete", "len"]))
-        if op == "set":
-            data[i] = draw(st.integers(0, 255))
-        elif op == "flip":
-            data[i] ^= 1 << draw(st.integers(0, 7))
-        elif op == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete":
-            del data[i : i + draw(st.integers(1, 4))]
-        else:  # a plausible tag/length pair somewhere inside
-            data[i : i + 2] = bytes(
-                [
-                    draw(st.sampled_from([0x02, 0x03, 0x04, 0x06, 0x0C, 0x30, 0xA0, 0xA1, 0xA4])),
-                    draw(st.integers(0, 255)),
-                ]
-            )
-        if not data:
-            break
-    return bytes(data)
+    data = draw(st.sampled_from(list(REAL.values())) | S.pki_messages().map(m.encode))
+    return S.mutate(draw, data, draw(st.integers(1, 4)), plausible_tlvs=True)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
