@@ -403,3 +403,37 @@ def parse(data: bytes) -> Tlv:
     if cend != len(data):
         raise DerError(f"{len(data) - cend} trailing bytes after the message")
     return Tlv(data, tag, 0, cstart, cend, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The optional C versions of the three busiest functions (fleet/cmp/_der.c)
+
+python_read_tlv, python_tlv, python_sequence = read_tlv, tlv, sequence  # the references
+
+
+def _accelerated() -> str:
+    """Install ``fleet.cmp._der``'s read_tlv, tlv and sequence in this module if the extension
+    was built and agrees with the Python functions on probes that cover each branch; returns
+    "extension" or "python". Every caller looks them up here at call time (or imports them after
+    this module has loaded), so the swap is complete."""
+    global read_tlv, tlv, sequence
+    try:
+        from fleet.cmp import _der
+    except ImportError:
+        return "python"
+    _der.install(python_read_tlv, python_tlv, python_sequence)
+    probes = [b"\x30\x03\x02\x01\x05", b"\x04\x81\x80" + bytes(128), b"\x30\x82\x01\x00" + bytes(256)]
+    contents = [b"", b"x" * 127, b"x" * 128, b"x" * 255, b"x" * 256, b"x" * 70_000]
+    agrees = (
+        all(_der.read_tlv(p, 0, len(p)) == python_read_tlv(p, 0, len(p)) for p in probes)
+        and all(_der.tlv(0xA3, c) == python_tlv(0xA3, c) for c in contents)
+        and _der.sequence(*contents) == python_sequence(*contents)
+        and _der.sequence() == python_sequence()
+    )
+    if not agrees:
+        return "python"
+    read_tlv, tlv, sequence = _der.read_tlv, _der.tlv, _der.sequence
+    return "extension"
+
+
+IMPLEMENTATION = _accelerated()
