@@ -199,21 +199,11 @@ class Tlv:
         depth = self.depth + 1
         if depth > MAX_DEPTH:
             raise DerError("nesting deeper than CMP ever needs")
-        data = self.data
-        pos = self.cstart
-        end = self.end
+        data, pos, end, read = self.data, self.cstart, self.end, read_tlv
         out = []
         while pos < end:
-            # Fast path for the common case (one-octet tag, short-form length); the rest, and
-            # every error, goes through read_tlv.
-            if pos + 2 <= end and data[pos + 1] < 0x80 and data[pos] & 0x1F != 0x1F:
-                cstart = pos + 2
-                cend = cstart + data[pos + 1]
-                if cend > end:
-                    _read_header(data, pos, end)  # raises with the precise message
-            else:
-                _, cstart, cend = read_tlv(data, pos, end)
-            out.append(Tlv(data, data[pos], pos, cstart, cend, depth))
+            tag, cstart, cend = read(data, pos, end)
+            out.append(Tlv(data, tag, pos, cstart, cend, depth))
             pos = cend
             if len(out) > MAX_CHILDREN:
                 raise DerError(f"more than {MAX_CHILDREN} values in one structure")
@@ -399,7 +389,7 @@ def parse(data: bytes) -> Tlv:
     """Parse exactly one TLV that spans all of ``data``."""
     if not isinstance(data, bytes):
         data = bytes(data)
-    tag, cstart, cend = _read_header(data, 0, len(data))
+    tag, cstart, cend = read_tlv(data, 0, len(data))
     if cend != len(data):
         raise DerError(f"{len(data) - cend} trailing bytes after the message")
     return Tlv(data, tag, 0, cstart, cend, 0)
