@@ -47,8 +47,10 @@ def _length(n: int) -> bytes:
     return bytes((0x80 | len(body),)) + body
 
 
-def tlv(tag: int, content: bytes) -> bytes:
-    """One TLV with a single-octet tag (all tags CMP uses fit in one octet)."""
+def tlv(tag: int, content: bytes, /) -> bytes:
+    """One TLV with a single-octet tag (all tags CMP uses fit in one octet).
+
+    Positional-only, like read_tlv and the C versions that may replace all three."""
     n = len(content)
     if n < 0x80:
         return bytes((tag, n)) + content
@@ -329,7 +331,7 @@ def decode_oid(content: bytes) -> str:
     return ".".join(map(str, head + arcs[1:]))
 
 
-def read_tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+def read_tlv(data: bytes, pos: int, end: int, /) -> tuple[int, int, int]:
     """(tag, content start, content end) of the TLV at ``pos``, bounded by ``end``.
 
     Lengths below 64 KiB are read inline; anything else, and every error, goes through the

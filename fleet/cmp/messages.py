@@ -997,7 +997,7 @@ def _decode_body_general(body_type: BodyType, node: Tlv) -> Body:
         responses = parts[0].expect(der.SEQUENCE, "response").children()
         return CertRepMessage(tuple(_decode_cert_response(r) for r in responses), ca_pubs)
     if body_type is BodyType.CERTCONF:
-        statuses = []
+        confirmations: list[CertStatus] = []
         for s in node.expect(der.SEQUENCE, "CertConfirmContent").children():
             parts = s.expect(der.SEQUENCE, "CertStatus").children()
             if len(parts) < 2:
@@ -1008,7 +1008,7 @@ def _decode_body_general(body_type: BodyType, node: Tlv) -> Body:
                     info = decode_status_info(p)
                 elif p.tag == 0xA0:
                     alg = p.unwrap().raw
-            statuses.append(
+            confirmations.append(
                 CertStatus(
                     parts[0].expect(der.OCTET_STRING, "certHash").content,
                     parts[1].expect(der.INTEGER, "certReqId").as_int(),
@@ -1016,18 +1016,18 @@ def _decode_body_general(body_type: BodyType, node: Tlv) -> Body:
                     alg,
                 )
             )
-        return CertConfirmContent(tuple(statuses))
+        return CertConfirmContent(tuple(confirmations))
     if body_type is BodyType.RR:
-        details = []
+        revocations: list[RevDetails] = []
         for d in node.expect(der.SEQUENCE, "RevReqContent").children():
             parts = d.expect(der.SEQUENCE, "RevDetails").children()
             if not parts:
                 raise MessageError("empty RevDetails")
             entry = parts[1].expect(der.SEQUENCE, "crlEntryDetails").raw if len(parts) > 1 else None
-            details.append(RevDetails(decode_cert_template(parts[0].expect(der.SEQUENCE, "certDetails")), entry))
-        if not details:
+            revocations.append(RevDetails(decode_cert_template(parts[0].expect(der.SEQUENCE, "certDetails")), entry))
+        if not revocations:
             raise MessageError("RevReqContent is empty")
-        return RevReqContent(tuple(details))
+        return RevReqContent(tuple(revocations))
     if body_type is BodyType.RP:
         parts = node.expect(der.SEQUENCE, "RevRepContent").children()
         if not parts:

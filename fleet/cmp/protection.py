@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Callable
 from dataclasses import field
 from functools import lru_cache
 from typing import Any
@@ -19,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp import der, oids
@@ -301,8 +303,11 @@ def is_mac_algorithm(alg_der: bytes) -> bool:
 
 _ECDSA_BY_HASH = {"sha256": oids.ECDSA_SHA256, "sha384": oids.ECDSA_SHA384, "sha512": oids.ECDSA_SHA512}
 _RSA_BY_HASH = {"sha256": oids.RSA_SHA256, "sha384": oids.RSA_SHA384, "sha512": oids.RSA_SHA512}
-_HASH_OBJ = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-_SIG_HASH = {
+_HASH_OBJ: dict[str, Callable[[], hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+}
+# The hash is None only for EdDSA; every "ecdsa" and "rsa" entry names one.
+_SIG_HASH: dict[str, tuple[str, str | None]] = {
     oids.ECDSA_SHA256: ("ecdsa", "sha256"),
     oids.ECDSA_SHA384: ("ecdsa", "sha384"),
     oids.ECDSA_SHA512: ("ecdsa", "sha512"),
@@ -380,15 +385,17 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         key = self.key
         family = _key_family(type(key))
+        # _key_family stands in for isinstance (an ABC check costs ~0.5 µs a call), so mypy
+        # cannot narrow ``key`` from it; __post_init__ set hash_name for every EC and RSA key.
         if family == "ec":
             return key.sign(data, _ECDSA[self.hash_name])  # type: ignore[call-arg, arg-type, index]
         if family == "rsa":
             h = _HASH_OBJ[self.hash_name]()  # type: ignore[index]
             if self.pss:
                 pad = padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size)
-                return key.sign(data, pad, h)
-            return key.sign(data, padding.PKCS1v15(), h)
-        return key.sign(data)  # EdDSA
+                return key.sign(data, pad, h)  # type: ignore[call-arg, arg-type]
+            return key.sign(data, padding.PKCS1v15(), h)  # type: ignore[call-arg, arg-type]
+        return key.sign(data)  # type: ignore[call-arg]  # EdDSA
 
     def __repr__(self) -> str:
         return f"Signer({type(self.key).__name__}, {self.hash_name}, pss={self.pss})"
@@ -404,10 +411,11 @@ def _parse_pss(params: der.Tlv | None) -> str:
     return hash_name
 
 
-def verify_signature(alg_der: bytes, public_key: PublicKey, data: bytes, signature: bytes) -> str:
+def verify_signature(alg_der: bytes, public_key: PublicKeyTypes, data: bytes, signature: bytes) -> str:
     """Verify ``signature`` over ``data``; returns the hash name used (None-safe label for EdDSA).
 
     The algorithm must match the key type: a signature algorithm OID cannot pick a weaker check.
+    Any loaded public key is accepted (DSA, X25519, DH, ...); one that cannot sign is a mismatch.
     """
     try:
         dotted, params = parse_algorithm(alg_der)
@@ -417,13 +425,15 @@ def verify_signature(alg_der: bytes, public_key: PublicKey, data: bytes, signatu
         if dotted == oids.RSASSA_PSS:
             if not isinstance(public_key, rsa.RSAPublicKey):
                 raise BadSignature("RSASSA-PSS signature from a non-RSA key")
-            hash_name = _parse_pss(params)
-            if hash_name == "sha1":
+            pss_hash = _parse_pss(params)
+            if pss_hash == "sha1":
                 raise UnsupportedAlgorithm("RSASSA-PSS with SHA-1 is refused")
-            h = _HASH_OBJ[hash_name]()
+            h = _HASH_OBJ[pss_hash]()
             public_key.verify(signature, data, padding.PSS(padding.MGF1(h), padding.PSS.AUTO), h)
-            return hash_name
-        kind, hash_name = _SIG_HASH.get(dotted, (None, None))
+            return pss_hash
+        kind: str | None
+        hash_name: str | None
+        kind, hash_name = _SIG_HASH.get(dotted, (None, None))  # hash_name is a str for ecdsa and rsa
         if kind == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, _ECDSA[hash_name])  # type: ignore[index]
         elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):

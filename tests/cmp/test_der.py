@@ -340,3 +340,15 @@ def test_read_tlv_agrees_with_the_general_reader(data: bytes, cut: int) -> None:
 @given(number=st.integers(0, 8), value=st.binary(max_size=300))
 def test_explicit_octets_is_explicit_of_octet_string(number: int, value: bytes) -> None:
     assert der.explicit_octets(number, value) == der.explicit(number, der.octet_string(value))
+
+
+def test_swappable_functions_refuse_keywords_whichever_is_installed() -> None:
+    """The C read_tlv and tlv (fleet/cmp/_der.c) take positional arguments only; the Python
+    references must too, or a keyword caller would work only where the extension is not built."""
+    for read in (der.read_tlv, der.python_read_tlv):
+        with pytest.raises(TypeError):
+            read(data=b"\x04\x00", pos=0, end=2)  # type: ignore[call-arg]
+    for write in (der.tlv, der.python_tlv):
+        with pytest.raises(TypeError):
+            write(tag=4, content=b"")  # type: ignore[call-arg]
+    assert der.read_tlv(b"\x04\x00", 0, 2) == (4, 2, 2) and der.tlv(4, b"") == b"\x04\x00"

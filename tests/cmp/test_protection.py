@@ -2,10 +2,19 @@
 
 import hmac
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.cmp.protection import MacProtector, hmac_digest, parse_mac_params
+from fleet.cmp import der, oids
+from fleet.cmp.protection import (
+    BadSignature,
+    MacProtector,
+    hmac_digest,
+    parse_mac_params,
+    verify_signature,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -31,3 +40,12 @@ def test_protector_parameters_parse_back(owf: str, mac: str, iterations: int, sa
     """What a MacProtector announces (parts of PBMParameter are cached per run) is what it uses."""
     protector = MacProtector(b"secret", iterations=iterations, owf=owf, mac=mac, salt=salt, pbmac1=pbmac1)
     assert parse_mac_params(protector.algorithm) == protector.params
+
+
+@pytest.mark.parametrize("alg", [oids.ED25519, oids.ECDSA_SHA256, oids.RSA_SHA256, oids.RSASSA_PSS])
+def test_verify_signature_refuses_keys_that_cannot_sign(alg: str) -> None:
+    """A signer certificate (or a POP template) can carry any public key type; one that cannot
+    sign, as X25519, is a mismatch with every signature algorithm, not a crash."""
+    key = x25519.X25519PrivateKey.generate().public_key()
+    with pytest.raises(BadSignature):
+        verify_signature(der.algorithm_identifier(alg), key, b"data", bytes(64))
