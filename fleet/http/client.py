@@ -423,8 +423,11 @@ class CmpHttpClient:
         pooled = False
         got_bytes = False
 
-        async def receive() -> bytes:
+        async def receive() -> bytes | bytearray:
+            """trio's receive_some may give a bytearray (the ABC, SSLStream); every consumer
+            below only concatenates or joins, which makes bytes again."""
             nonlocal got_bytes
+            chunk: bytes | bytearray
             try:
                 if raw is not None:
                     # One yield (a checkpoint, and time for the server to answer), then read;
@@ -528,7 +531,7 @@ class CmpHttpClient:
                 length = head.content_length
                 if length > limit:
                     raise too_large(length)
-                parts = [buf]
+                parts: list[bytes | bytearray] = [buf]
                 have = len(buf)
                 while have < length:
                     chunk = await receive()

@@ -102,7 +102,7 @@ class ChunkedDecoder:
         self._remaining: int | None = None  # chunk data still expected; None: a size line is next
         self._trailers = False
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | bytearray) -> bytes:
         """Consume ``data``; once done, returns the bytes after the body (else b"")."""
         buf = self._buf + data
         pos = 0
