@@ -354,7 +354,7 @@ class DeviceFactory:
         spec = self.spec
         if op == "genm":
             items = tuple(self._genm_item(name) for name in self.genm)
-            protector = self._signed(state) if state else self.mac(index)
+            protector: MacProtector | SignatureProtector = self._signed(state) if state else self.mac(index)
             return protector, GeneralRequest(items), None
         if op in ("kur", "rr"):
             if state is None:
@@ -378,7 +378,7 @@ class DeviceFactory:
             return self.mac(index), CsrRequest(csr, spec.implicit_confirm, spec.cert_profile), key
         kind = BodyType.CR if op == "cr" else BodyType.IR
         if kind is BodyType.CR and state is not None:
-            protector: MacProtector | SignatureProtector = self._signed(state)
+            protector = self._signed(state)
         elif spec.auth == "vendor" and self.vendor is not None:
             protector = self._vendor_signed(index)
         else:
@@ -447,10 +447,11 @@ def _copy_mac(template: MacProtector, secret: bytes, reference: bytes) -> MacPro
     return protector
 
 
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_CsrHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+_HASHES: dict[str, Callable[[], _CsrHash]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
-def _csr_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def _csr_hash(key: PrivateKey) -> _CsrHash | None:
     """The hash RFC 9481 pairs with the key (none for EdDSA)."""
     name = default_hash(key)
     return None if name is None else _HASHES[name]()

@@ -304,7 +304,7 @@ def verdict(profile: Profile, results: RunResults) -> Verdict:
 
 
 def summary_table(profile: Profile, results: RunResults) -> str:
-    rows = [("operation", "ok", "failed", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")]
+    rows: list[tuple[str, ...]] = [("operation", "ok", "failed", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")]
     elapsed = max(results.elapsed, 1e-9)
     for op in [o for o in dict.fromkeys(profile.flow) if o in results.ops]:
         s = results.ops[op]

@@ -80,10 +80,12 @@ class OpStats:
 
 
 def _quantiles(h: LatencyHistogram) -> dict[str, float | None]:
+    quantiles: dict[str, float | None]
     if not h.count:
-        return {f"p{q:g}": None for q in QUANTILES} | {"mean": None, "max": None}
-    values = h.percentiles(QUANTILES)
-    return {f"p{q:g}": float(v) for q, v in zip(QUANTILES, values)} | {"mean": h.mean, "max": h.max}
+        quantiles = {f"p{q:g}": None for q in QUANTILES}
+        return quantiles | {"mean": None, "max": None}
+    quantiles = {f"p{q:g}": float(v) for q, v in zip(QUANTILES, h.percentiles(QUANTILES))}
+    return quantiles | {"mean": h.mean, "max": h.max}
 
 
 class SecondSeries:

@@ -24,7 +24,7 @@ from fleet.http.client import CmpHttpClient
 from fleet.load.arrivals import ArrivalDriver
 from fleet.load.device import DeviceFactory
 from fleet.load.results import RunResults
-from fleet.load.schedule import Closed
+from fleet.load.schedule import Closed, OpenShape
 from fleet.load.segments import Segment
 from fleet.profiles import Profile
 
@@ -106,7 +106,7 @@ class WorkerRun:
                 if isinstance(profile.shape, Closed):
                     await self._closed_model(profile.shape)
                 else:
-                    await self._open_model()
+                    await self._open_model(profile.shape)
             self.results.cpu_seconds = time.process_time() - cpu0
         self.results.elapsed = trio.current_time() - self.t0
         self.stopped.set()
@@ -116,10 +116,10 @@ class WorkerRun:
         """Stop early (``--abort-on-fail``, Ctrl-C): what was measured so far stays valid."""
         self.cancel_scope.cancel()
 
-    async def _open_model(self) -> None:
+    async def _open_model(self, shape: OpenShape) -> None:
         profile = self.profile
         rng = np.random.default_rng(profile.seed)
-        offsets = self.plan.segment.select(profile.shape.offsets(profile.duration, rng))
+        offsets = self.plan.segment.select(shape.offsets(profile.duration, rng))
         self.driver = ArrivalDriver(offsets, self._arrival, max_in_flight=profile.max_in_flight, clock_t0=self.t0)
         try:
             await self.driver.run()
