@@ -470,7 +470,7 @@ class CertStore:
 
     def confirm(self, serial: int | str) -> CertRecord:
         """The device accepted the certificate (certConf): pending -> issued. Idempotent."""
-        rec = self._pending.get(serial)  # type: ignore[call-overload]  # the usual case
+        rec = self._pending.get(serial)  # type: ignore[arg-type]  # the usual case; a str serial misses, _require parses it
         if rec is None:
             rec = self._require(serial)
             if rec.status is _ISSUED:

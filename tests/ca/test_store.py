@@ -83,6 +83,17 @@ def test_serial_text_matches_openssl(template: IssuedCert, tmp_path: Path) -> No
     assert result.stdout.strip() == f"serial={serial_hex(template.serial)}"
 
 
+def test_confirm_by_hex_serial_takes_the_slow_path_to_the_same_result(template: IssuedCert, tmp_path: Path) -> None:
+    """confirm() looks an int serial up among the pending at once; a hex string misses there and
+    must still confirm through the general lookup."""
+    store = CertStore(tmp_path / "certs.db")
+    a = fresh(template)
+    store.record_issued(a)
+    assert store.confirm(serial_hex(a.serial)).status is CertStatus.ISSUED
+    assert store.counts_by_status()["pending"] == 0
+    assert store.confirm(serial_hex(a.serial)).status is CertStatus.ISSUED  # idempotent
+
+
 def test_status_changes_and_counts(template: IssuedCert, tmp_path: Path) -> None:
     store = CertStore(tmp_path / "certs.db")
     a, b, c, d = (fresh(template) for _ in range(4))
