@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -38,13 +39,16 @@ def _register() -> None:
     )(provision_cmd.provision)
 
 
-def _click_exceptions() -> tuple[type[BaseException], type[BaseException]]:
-    """typer >= 0.29 vendors its own click; older typer uses the click package."""
+def _click_exceptions() -> tuple[type[Exception], type[BaseException]]:
+    """typer >= 0.29 vendors its own click; older typer uses the click package.
+
+    Which module holds them is known only at run time, hence import_module rather than two
+    imports of one name that mypy (seeing whichever typer is installed) cannot reconcile."""
     try:
-        from typer._click import exceptions  # type: ignore[import-not-found]
+        exceptions = importlib.import_module("typer._click.exceptions")
     except ImportError:
-        from click import exceptions
-    abort = getattr(exceptions, "Abort", None) or getattr(typer, "Abort", KeyboardInterrupt)
+        exceptions = importlib.import_module("click.exceptions")
+    abort: type[BaseException] = getattr(exceptions, "Abort", getattr(typer, "Abort", KeyboardInterrupt))
     return exceptions.ClickException, abort
 
 

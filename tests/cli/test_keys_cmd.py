@@ -143,3 +143,12 @@ def test_ctrl_c_keeps_finished_keys(tmp_path: Path) -> None:
         f"{kept} rsa:2048 keys"
     )
     assert len(KeyPoolStore(tmp_path).load(KeySpec.parse("rsa:2048"))) == kept
+
+
+def test_usage_error_is_one_line_with_a_help_hint_and_exit_2() -> None:
+    """main() finds click's exception classes in typer's vendored click or the click package."""
+    result = run_fleet("generate", "--no-such-option")
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("fleet: usage error: No such option: --no-such-option (see '")
+    assert line.endswith(" keys generate --help')")
