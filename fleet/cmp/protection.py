@@ -355,6 +355,10 @@ def _pss_params(hash_name: str) -> bytes:
 def _signature_algorithm(key_type: type, hash_name: str | None, pss: bool) -> bytes:
     """The AlgorithmIdentifier a key of ``key_type`` signs with; one encoding per combination
     (a fleet makes a ``Signer`` for every request's POP)."""
+    rsa_key = issubclass(key_type, rsa.RSAPrivateKey)
+    if (issubclass(key_type, ec.EllipticCurvePrivateKey) or rsa_key) and hash_name not in _ECDSA_BY_HASH:
+        # RFC 9481 §3: SHA-256/384/512 (the RSA and ECDSA tables name the same three).
+        raise UnsupportedAlgorithm(f"cannot sign with {'RSA' if rsa_key else 'ECDSA'} and {hash_name}")
     if issubclass(key_type, ec.EllipticCurvePrivateKey):
         return der.algorithm_identifier(_ECDSA_BY_HASH[hash_name])  # type: ignore[index]
     if issubclass(key_type, rsa.RSAPrivateKey):

@@ -1,9 +1,9 @@
-"""fleet.cmp.protection: the precomputed-pad HMAC against the standard library's."""
+"""fleet.cmp.protection: the precomputed-pad HMAC, MAC parameters, signature checks and signers."""
 
 import hmac
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +11,8 @@ from fleet.cmp import der, oids
 from fleet.cmp.protection import (
     BadSignature,
     MacProtector,
+    Signer,
+    UnsupportedAlgorithm,
     hmac_digest,
     parse_mac_params,
     verify_signature,
@@ -49,3 +51,11 @@ def test_verify_signature_refuses_keys_that_cannot_sign(alg: str) -> None:
     key = x25519.X25519PrivateKey.generate().public_key()
     with pytest.raises(BadSignature):
         verify_signature(der.algorithm_identifier(alg), key, b"data", bytes(64))
+
+
+@pytest.mark.parametrize("key", [ec.generate_private_key(ec.SECP256R1()), rsa.generate_private_key(65537, 2048)], ids=["ec", "rsa"])
+@pytest.mark.parametrize("hash_name", ["sha1", "md5", "sha3-256"])
+def test_signer_refuses_hashes_rfc_9481_does_not_pair_with_the_key(key, hash_name: str) -> None:  # type: ignore[no-untyped-def]
+    """A typed error naming the pair, not a KeyError from a table."""
+    with pytest.raises(UnsupportedAlgorithm, match=hash_name):
+        Signer(key, hash_name)
