@@ -41,6 +41,7 @@ from cryptography.x509.oid import (
     ObjectIdentifier,
 )
 
+from fleet.cmp.der import integer, oid, tlv
 from fleet.cmp.protection import subject_key_id
 from fleet.errors import FleetError
 from fleet.files import atomic_write
@@ -791,7 +792,7 @@ class CertificateIssuer:
         if self._sign_raw is not None and validity.microseconds == 0:
             post = b"".join(self._ext_der[id(e)] for e in (self._ext_aki, *self._ext_urls))
             pre = self._ext_der[id(self._ext_basic)] + self._ext_der[id(self._ext_ku_ds)]
-            block = _tlv(0xA3, _tlv(0x30, pre + _SKI_PREFIX + bytes(20) + post))
+            block = tlv(0xA3, tlv(0x30, pre + _SKI_PREFIX + bytes(20) + post))
             self._plain_ext = (block[: len(block) - len(post) - 20], post)
 
     @property
@@ -955,7 +956,7 @@ class CertificateIssuer:
             end = min(second + int(self.validity.total_seconds()), math.floor(self._ca_not_after.timestamp()))
             if end <= start + 1:
                 return None  # the general path refuses (or clamps) with its own message
-            validity = _tlv(0x30, _x509_time_of(start) + _x509_time_of(end))
+            validity = tlv(0x30, _x509_time_of(start) + _x509_time_of(end))
             times = (second, validity, datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC))
             self._plain_times = times
         if subject_der == b"\x30\x00":
@@ -970,12 +971,12 @@ class CertificateIssuer:
         try:
             if not 0 < serial < 1 << 159:
                 raise ValueError("serial number must be positive and at most 159 bits")
-            tbs = _tlv(0x30, b"".join((
-                _VERSION_3, _integer(serial), self._sig_alg_der, self._issuer_der, times[1], subject_der,
+            tbs = tlv(0x30, b"".join((
+                _VERSION_3, integer(serial), self._sig_alg_der, self._issuer_der, times[1], subject_der,
                 spki, head, ski, tail,
             )))
             signature = self._sign_raw(tbs)
-            cert_der = _tlv(0x30, tbs + self._sig_alg_der + _tlv(0x03, b"\x00" + signature))
+            cert_der = tlv(0x30, tbs + self._sig_alg_der + tlv(0x03, b"\x00" + signature))
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise CertificateRequestRejected(f"cannot issue for this request: {exc}") from None
         values = {
@@ -1035,24 +1036,24 @@ class CertificateIssuer:
             _ski_extension_der(spki) if e is _SKI_SLOT else known.get(id(e)) or _extension_der(e)
             for e in exts
         ]
-        tbs = _tlv(
+        tbs = tlv(
             0x30,
             b"".join(
                 (
                     _VERSION_3,
-                    _integer(serial),
+                    integer(serial),
                     self._sig_alg_der,
                     self._issuer_der,
-                    _tlv(0x30, _x509_time(start) + _x509_time(end)),
+                    tlv(0x30, _x509_time(start) + _x509_time(end)),
                     subject_der,
                     spki,
-                    _tlv(0xA3, _tlv(0x30, b"".join(ext_ders))),
+                    tlv(0xA3, tlv(0x30, b"".join(ext_ders))),
                 )
             ),
         )
         assert self._sign_raw is not None
         signature = self._sign_raw(tbs)
-        return _tlv(0x30, tbs + self._sig_alg_der + _tlv(0x03, b"\x00" + signature))
+        return tlv(0x30, tbs + self._sig_alg_der + tlv(0x03, b"\x00" + signature))
 
     def _direct_matches_builder(self) -> bool:
         """Issue one probe certificate both ways; True when the TBS encodings are identical.
@@ -1091,9 +1092,9 @@ def _parse_name(name_der: bytes) -> x509.Name:
         "4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5"
     )
     spki = _P256_SPKI_PREFIX + p256_generator
-    info = _tlv(0x30, b"\x02\x01\x00" + name_der + spki + b"\xa0\x00")
+    info = tlv(0x30, b"\x02\x01\x00" + name_der + spki + b"\xa0\x00")
     ecdsa_sha256 = bytes.fromhex("300a06082a8648ce3d040302")
-    csr = _tlv(0x30, info + ecdsa_sha256 + b"\x03\x01\x00")
+    csr = tlv(0x30, info + ecdsa_sha256 + b"\x03\x01\x00")
     try:
         return x509.load_der_x509_csr(csr).subject
     except ValueError as exc:
@@ -1101,19 +1102,6 @@ def _parse_name(name_der: bytes) -> x509.Name:
 
 
 _VERSION_3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(body))) + body + content
-
-
-def _integer(value: int) -> bytes:
-    """A non-negative INTEGER, minimal octets."""
-    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
 
 
 def _x509_time(when: datetime) -> bytes:
@@ -1136,28 +1124,7 @@ def _extension_der(ext: x509.Extension[x509.ExtensionType]) -> bytes:
     """Extension ::= SEQUENCE { extnID, critical BOOLEAN DEFAULT FALSE, extnValue }."""
     value = ext.value.public_bytes()
     critical = b"\x01\x01\xff" if ext.critical else b""
-    return _tlv(0x30, _oid_der(ext.oid.dotted_string) + critical + _tlv(0x04, value))
-
-
-_OID_DER: dict[str, bytes] = {}
-
-
-def _oid_der(dotted: str) -> bytes:
-    cached = _OID_DER.get(dotted)
-    if cached is None:
-        arcs = [int(a) for a in dotted.split(".")]
-        body = bytearray()
-        for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-            chunk = [arc & 0x7F]
-            arc >>= 7
-            while arc:
-                chunk.append(0x80 | (arc & 0x7F))
-                arc >>= 7
-            body.extend(reversed(chunk))
-        cached = _tlv(0x06, bytes(body))
-        if len(_OID_DER) < 1024:  # requests name only a few extension types
-            _OID_DER[dotted] = cached
-    return cached
+    return tlv(0x30, oid(ext.oid.dotted_string) + critical + tlv(0x04, value))
 
 
 def _signature_algorithm_der(cert_der: bytes) -> bytes:
