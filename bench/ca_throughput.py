@@ -76,6 +76,15 @@ def _pin(cpu: int) -> None:
         pass
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, so the server shuts down as it would in use; SIGKILL if it has not after 15 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def start_ca(state: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
         [sys.executable, *os.environ.get("FLEET_BENCH_PYFLAGS", "").split(), "-m", "fleet.cli.main", "ca", "serve", "--dir", str(state), "--port", "0",
@@ -291,11 +300,7 @@ def http_only(connections: int, warmup: float, seconds: float) -> None:
             answered = trio.run(_http_load, port, connections, seconds)
             cpu, elapsed = _cpu_seconds(proc.pid) - cpu0, time.monotonic() - t0
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
     print(f"HTTP server alone, {connections} keep-alive connections, {elapsed:.1f} s:")
     print(f"  {answered} requests ({answered / elapsed:.0f}/s), server CPU {cpu / answered * 1e6:.1f} µs per request"
           f" (core busy {cpu / elapsed:.0%})")
@@ -331,11 +336,7 @@ def main() -> None:
             root = x509.load_pem_x509_certificate((state / "root-ca.pem").read_bytes())
             box = trio.run(load, port, proc.pid, root, args.concurrency, args.warmup, args.seconds, args.prepare)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            _stop(proc)
     done = int(box["done"])  # type: ignore[call-overload]
     elapsed = float(box["elapsed"])  # type: ignore[arg-type]
     server_us = float(box["server_cpu"]) / done * 1e6 if done else float("nan")  # type: ignore[arg-type]

@@ -830,13 +830,19 @@ def corrupt_key(cert_der: bytes) -> bytes:
     return cert_der.replace(point, b"\x05" + point[1:])
 
 
-def test_issued_certificate_with_a_malformed_key(stub: CaStub) -> None:
+def answer_with_certificate(stub: CaStub, change: Callable[[bytes], bytes]) -> None:
+    """The stub's ip carries ``change`` of the certificate it issued."""
+
     def corrupt(reply: Reply, request: PKIMessage) -> Reply:
         resp = reply.body.responses[0]  # type: ignore[union-attr]
-        bad = dataclasses.replace(resp, certificate=corrupt_key(resp.certificate))
+        bad = dataclasses.replace(resp, certificate=change(resp.certificate))
         return dataclasses.replace(reply, body=CertRepMessage((bad,), ()))
 
     answer_with(stub, corrupt)
+
+
+def test_issued_certificate_with_a_malformed_key(stub: CaStub) -> None:
+    answer_with_certificate(stub, corrupt_key)
     tx = ClientTransaction(mac_config(stub), ir())
     with pytest.raises(CertificateError) as info:
         tx.receive(stub.answer(tx.start().data))
@@ -845,12 +851,7 @@ def test_issued_certificate_with_a_malformed_key(stub: CaStub) -> None:
 
 @pytest.mark.parametrize("mangle", [lambda c: c[:-10], lambda c: b"\x30\x03\x02\x01\x01", lambda c: c + b"\x00"])
 def test_issued_certificate_that_is_not_a_certificate(stub: CaStub, mangle: Callable[[bytes], bytes]) -> None:
-    def corrupt(reply: Reply, request: PKIMessage) -> Reply:
-        resp = reply.body.responses[0]  # type: ignore[union-attr]
-        bad = dataclasses.replace(resp, certificate=mangle(resp.certificate))
-        return dataclasses.replace(reply, body=CertRepMessage((bad,), ()))
-
-    answer_with(stub, corrupt)
+    answer_with_certificate(stub, mangle)
     tx = ClientTransaction(mac_config(stub), ir())
     with pytest.raises((CertificateError, MalformedMessage)):
         tx.receive(stub.answer(tx.start().data))
