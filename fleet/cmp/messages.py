@@ -10,6 +10,7 @@ Names and certificates stay DER ``bytes``: ``cryptography`` parses them only whe
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import field
 from datetime import UTC, datetime
@@ -449,13 +450,17 @@ def general_name_directory(general_name: bytes) -> bytes | None:
 _last_message_time: tuple[object, bytes] = (None, b"")
 
 
-def message_time_der(now: datetime | None = None) -> bytes:
-    """``[0] messageTime`` for ``now`` (None: the system clock) in whole seconds, as
-    ``encode_header`` writes it; every message of a second shares one encoding."""
+def message_time_der(now: datetime | float | None = None) -> bytes:
+    """``[0] messageTime`` for ``now`` (a datetime, seconds since the epoch, or None: the system
+    clock) in whole seconds, as ``encode_header`` writes it; every message of a second shares one
+    encoding, and a timestamp needs no datetime unless the second changed."""
     global _last_message_time
-    key: object = int(time.time()) if now is None else now.replace(microsecond=0)
+    if now is None or isinstance(now, (int, float)):
+        key: object = math.floor(time.time() if now is None else now)
+    else:
+        key = now.replace(microsecond=0)
     if key != _last_message_time[0]:
-        when = datetime.fromtimestamp(key, UTC) if now is None else now  # type: ignore[arg-type]
+        when = key if isinstance(key, datetime) else datetime.fromtimestamp(key, UTC)  # type: ignore[arg-type]
         _last_message_time = (key, der.explicit(0, der.generalized_time(when)))
     return _last_message_time[1]
 

@@ -975,7 +975,7 @@ class CmpServer:
         else:
             sender, alg, kid = self._signer_name, self.signer.algorithm, self.signer.sender_kid
         header_der = _header_der(
-            sender, req.sender, _message_time_der(ctx.now), alg, kid, req.transaction_id, nonce, req.sender_nonce,
+            sender, req.sender, messages.message_time_der(ctx.now), alg, kid, req.transaction_id, nonce, req.sender_nonce,
             _general_info_der(info) if info else b"",
         )
         if body_type is BodyType.PKICONF:
@@ -1046,19 +1046,6 @@ _TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
 
 
 _PVNO_2 = b"\x02\x01\x02"
-_last_time_der: tuple[int, bytes] = (-1, b"")
-
-
-def _message_time_der(now: float) -> bytes:
-    """``messages.message_time_der`` for ``now`` in seconds since the epoch, from the whole
-    second alone (no datetime per response)."""
-    global _last_time_der
-    second = math.floor(now)
-    if _last_time_der[0] != second:
-        _last_time_der = (second, messages.message_time_der(datetime.fromtimestamp(second, UTC)))
-    return _last_time_der[1]
-
-
 def _header_der(
     sender: bytes, recipient: bytes, time_der: bytes, alg: bytes | None, kid: bytes | None,
     tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes,

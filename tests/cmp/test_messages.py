@@ -494,3 +494,11 @@ def test_openssl_corpus_round_trip(path: Path) -> None:
     if isinstance(decoded.body, m.CertReqMessages):
         for req in decoded.body.messages:  # the POP's input is a slice of what was received
             assert req.cert_request_der in data
+
+
+@settings(max_examples=200, deadline=None)
+@given(now=st.floats(0, 2**33, allow_nan=False).filter(lambda t: t % 1 < 0.999))
+def test_message_time_from_a_timestamp_equals_the_datetime_form(now: float) -> None:
+    expected = m.message_time_der(datetime.fromtimestamp(now, UTC))
+    assert m.message_time_der(now) == expected
+    assert m.message_time_der(now) == expected  # the cached value

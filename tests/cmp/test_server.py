@@ -809,11 +809,3 @@ def test_request_reader_takes_what_fleets_client_sends(authority: Authority) -> 
 
 # ---------------------------------------------------------------------------------------------
 # Per-second messageTime and pooled randomness
-
-
-@settings(max_examples=200, deadline=None)
-@given(now=st.floats(0, 2**33, allow_nan=False).filter(lambda t: t % 1 < 0.999))
-def test_message_time_from_seconds_matches_messages(now: float) -> None:
-    expected = messages.message_time_der(datetime.fromtimestamp(now, UTC))
-    assert server_module._message_time_der(now) == expected
-    assert server_module._message_time_der(now) == expected  # the cached value
