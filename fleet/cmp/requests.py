@@ -159,6 +159,15 @@ def template_for(request: CertRequest) -> CertTemplate:
     subject_der = request.subject_der
     if subject_der is None and request.old_cert is not None:
         subject_der = request.old_cert.subject.public_bytes()
+    return CertTemplate(
+        subject=subject_der if subject_der is not None else NULL_DN,
+        public_key=request.spki,
+        extensions=_template_extensions(request, subject_der),
+    )
+
+
+def _template_extensions(request: CertRequest, subject_der: bytes | None) -> bytes | None:
+    """The template's Extensions (SANs first, then ``request.extensions``), or None."""
     exts: list[tuple[str, bool, bytes]] = []
     if request.sans:
         san = x509.SubjectAlternativeName(list(request.sans))
@@ -166,11 +175,7 @@ def template_for(request: CertRequest) -> CertTemplate:
         exts.append((oids.SUBJECT_ALT_NAME, subject_der is None or subject_der == NULL_DN, san.public_bytes()))
     for ext in request.extensions:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
-    return CertTemplate(
-        subject=subject_der if subject_der is not None else NULL_DN,
-        public_key=request.spki,
-        extensions=extensions_der(exts) if exts else None,
-    )
+    return extensions_der(exts) if exts else None
 
 
 def old_cert_id_control(cert: x509.Certificate) -> bytes:
@@ -209,26 +214,16 @@ def body_der(request: Request) -> bytes:
     client encodes one per device)."""
     if not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None:
         return encode_body(request.kind, build_body(request))
-    parts = [
-        b"\x02\x01\x00",  # certReqId 0
-        der.sequence(  # CertTemplate: subject [5], publicKey [6], extensions [9]
-            der.explicit(5, request.subject_der if request.subject_der is not None else NULL_DN),
-            b"\xa6" + request.spki[1:],
-            _extensions_of(request),
-        ),
-    ]
-    cert_request = der.sequence(*parts)
+    extensions = _template_extensions(request, request.subject_der)  # no old_cert on this path
+    template = der.sequence(  # CertTemplate: subject [5], publicKey [6], extensions [9]
+        der.explicit(5, request.subject_der if request.subject_der is not None else NULL_DN),
+        b"\xa6" + request.spki[1:],
+        b"\xa9" + extensions[1:] if extensions is not None else b"",
+    )
+    cert_request = der.sequence(b"\x02\x01\x00", template)  # certReqId 0
     signer = Signer(request.new_key)
     popo = der.tlv(0xA1, signer.algorithm + der.bit_string(signer.sign(cert_request)))
     return der.explicit(request.kind, der.sequence(der.sequence(cert_request, popo)))
-
-
-def _extensions_of(request: CertRequest) -> bytes:
-    """The template's ``[9] extensions``, or nothing."""
-    if not request.sans and not request.extensions:
-        return b""
-    extensions = template_for(request).extensions
-    return b"" if extensions is None else b"\xa9" + extensions[1:]
 
 
 def build_body(request: Request) -> Body:
