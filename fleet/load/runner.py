@@ -133,25 +133,47 @@ class WorkerRun:
             self.results.in_flight_peak = stats.in_flight_peak
 
     async def _closed_model(self, shape: Closed) -> None:
+        """``shape.devices`` loops in all (this worker runs its exact share of them), each running
+        the flow again and again. Every turn takes the next identity of this worker's device shard,
+        as the open model's arrivals do, skipping identities another loop is using."""
         deadline = self.t0 + self.profile.duration
-        devices = list(self._device_range)
+        loops = len(self.plan.segment.range(shape.devices))
+        busy: set[int] = set()
+        in_flight = 0
 
-        async def loop(device: int) -> None:
-            arrival = 0
-            turn = device - self._device_range.start  # _arrival(turn) runs this device's flow
+        async def loop() -> None:
+            nonlocal in_flight
             while trio.current_time() < deadline:
+                device = self._next_free_device(busy)
+                busy.add(device)
+                in_flight += 1
+                self.results.in_flight_peak = max(self.results.in_flight_peak, in_flight)
                 self.results.started += 1
-                await self._arrival(turn, trio.current_time())
+                try:  # turn ``device - start`` of the shard is that device
+                    await self._arrival(device - self._device_range.start, trio.current_time())
+                finally:
+                    in_flight -= 1
+                    busy.discard(device)
                 self.results.completed += 1
-                arrival += 1
                 if shape.think_time:
                     await trio.sleep(shape.think_time)
 
         with trio.move_on_at(deadline + self.profile.transaction_timeout):
             async with trio.open_nursery() as nursery:
-                for device in devices:
-                    nursery.start_soon(loop, device)
-        self.results.in_flight_peak = len(devices)
+                for _ in range(loops):
+                    nursery.start_soon(loop)
+
+    def _next_free_device(self, busy: set[int]) -> int:
+        """The next identity of the shard in turn that no loop is using (with more loops than
+        identities, the next one in turn: they must share)."""
+        r = self._device_range
+        n = len(r) or 1
+        for _ in range(min(n, len(busy) + 1)):
+            device = r.start + self._next_device % n
+            self._next_device += 1
+            if device not in busy:
+                return device
+        return device
 
     async def _arrival(self, arrival: int, intended: float) -> None:
         """Run the flow for arrival ``arrival``. Devices take turns: arrival k of this worker

@@ -178,3 +178,53 @@ rate = 20
     assert results["interrupted"] is True
     assert results["operations"]["ir"]["ok"] > 0
     assert results["elapsed_seconds"] < 30
+
+
+def _closed_run(tmp_path: Path, loops: int, workers: int) -> tuple[dict, set[str]]:
+    """A 2 s closed run of ``loops`` loops over 20 identities; every CA answer takes >= 0.1 s."""
+    import sqlite3
+
+    work = tmp_path / f"closed-{loops}-{workers}"
+    work.mkdir()
+    profile = _profile(work, f"""
+[run]
+duration = 2
+workers = {workers}
+[arrivals]
+shape = "closed"
+devices = {loops}
+think_time = 0
+[devices]
+count = 20
+[ca]
+latency = "fixed:0.1"
+""")
+    report, ca_dir = work / "run.json", work / "ca"
+    proc = _fleet("run", str(profile), "--report", str(report), "--ca-dir", str(ca_dir), "--quiet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with sqlite3.connect(ca_dir / "certs.sqlite") as db:
+        refs = {ref for (ref,) in db.execute("SELECT device_ref FROM certificates")}
+    return json.loads(report.read_text())["results"], refs
+
+
+def test_closed_model_runs_exactly_its_loops(tmp_path: Path) -> None:
+    """[arrivals] devices = 2 with [devices] count = 20: 2 loops, not 20. Each ir waits >= 0.1 s
+    at the CA, so 2 loops can finish at most 2 * (2 s / 0.1 s + 1) = 42 in 2 s (20 loops ~10x
+    that); 6 loops do about three times as many. The loops take turns over all 20 identities."""
+    two, refs_two = _closed_run(tmp_path, 2, 1)
+    six, _ = _closed_run(tmp_path, 6, 1)
+    ir_two, ir_six = two["operations"]["ir"]["ok"], six["operations"]["ir"]["ok"]
+    assert two["in_flight_peak"] == 2 and six["in_flight_peak"] == 6
+    assert 4 <= ir_two <= 2 * (2 / 0.1 + 1), two["operations"]["ir"]
+    assert ir_six <= 6 * (2 / 0.1 + 1), six["operations"]["ir"]
+    assert ir_six >= 2 * ir_two, (ir_two, ir_six)  # scales with the loops (3x expected)
+    assert two["operations"]["ir"]["failed"] == 0
+    assert len(refs_two) == min(ir_two, 20)  # identities taken in turn from the population
+
+
+def test_closed_model_loops_split_exactly_across_workers(tmp_path: Path) -> None:
+    """3 loops over 2 workers: 2 + 1 loops, never more than 3 in flight in all."""
+    results, _ = _closed_run(tmp_path, 3, 2)
+    assert results["workers"] == 2
+    assert results["in_flight_peak"] == 3
+    assert 3 <= results["operations"]["ir"]["ok"] <= 3 * (2 / 0.1 + 1)
