@@ -65,8 +65,7 @@ def run(
     if report is not None:
         print(f"report: {report}")
     print(verdict.line())
-    if results.interrupted:
+    if results.interrupted and not results.aborted:
         print("fleet: interrupted: the figures above cover the run until then", file=sys.stderr)
-        sys.exit(130)
-    if not verdict.passed:
-        sys.exit(1)
+    if verdict.exit_code:
+        sys.exit(verdict.exit_code)  # 1 failed or aborted, 128 + signal when interrupted

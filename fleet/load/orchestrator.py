@@ -56,14 +56,32 @@ class RunOptions:
 
 @dataclass
 class Verdict:
+    """The SLO checks of a run. ``stopped`` says why a run did not run to its end: then there is
+    no PASS or FAIL, only what was measured until then."""
+
     passed: bool
     checks: list[tuple[bool, str]]
+    stopped: str = ""  # "ABORTED: <check> at t=..s" or "INTERRUPTED at t=..s of ..s"
+    exit_code: int = -1  # -1: 0 when passed, else 1
+
+    def __post_init__(self) -> None:
+        if self.exit_code < 0:
+            self.exit_code = 0 if self.passed else 1
+
+    @property
+    def status(self) -> str:
+        """PASS, FAIL, ABORTED or INTERRUPTED."""
+        if self.stopped:
+            return self.stopped.split(":")[0].split()[0]
+        return "PASS" if self.passed else "FAIL"
 
     def line(self) -> str:
+        parts = "; ".join(text for _, text in self.checks)
+        if self.stopped:
+            return f"{self.stopped}; until then: {parts or 'no SLO thresholds set'}"
         if not self.checks:
             return "PASS: no SLO thresholds set" if self.passed else "FAIL"
-        parts = "; ".join(text for _, text in self.checks)
-        return f"{'PASS' if self.passed else 'FAIL'}: {parts}"
+        return f"{self.status}: {parts}"
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -174,15 +192,19 @@ def _drive(run: WorkerRun, every_second: Callable[[], None], abort_on_fail: bool
 
             async def on_signal() -> None:
                 with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
+                    async for signum in signals:
                         run.results.interrupted = True
+                        run.results.interrupt_signal = run.results.interrupt_signal or int(signum)
                         run.stop()
 
             async def tick() -> None:
                 while True:
                     await trio.sleep(1.0)
                     every_second()
-                    if abort_on_fail and _early_failure(run.profile, run.results):
+                    broken = _early_failure(run.profile, run.results) if abort_on_fail else None
+                    if broken and not run.results.aborted:
+                        run.results.aborted = broken
+                        run.results.aborted_at = trio.current_time() - run.t0
                         run.stop()
 
             nursery.start_soon(tick)
@@ -230,46 +252,71 @@ def _snapshot(run: WorkerRun) -> dict[str, Any]:
 
 
 class Progress:
-    """A live line: elapsed, achieved vs target rate, in flight, p50/p99 of the first operation, errors."""
+    """A live line: elapsed; arrivals per second against the target arrival rate and, apart,
+    operations per second (a flow of ir + kur is two operations per arrival); in flight; p50/p99
+    of the first operation; the commonest errors. Rates are over the time since the last line."""
 
     def __init__(self, profile: Profile, out: TextIO, enabled: bool) -> None:
         self.profile = profile
         self.out = out
         self.enabled = enabled
         self.tty = out.isatty()
-        self.last_print = 0.0
+        self.last_print = -math.inf
+        self._last = (0.0, 0, 0)  # elapsed, arrivals started, operations finished at the last line
+
+    def line(self, snapshots: dict[int, dict[str, Any]]) -> str | None:
+        """The progress line for these worker snapshots (None until every worker has sent one,
+        and when no time has passed)."""
+        from fleet.load.histogram import LatencyHistogram
+
+        values = list(snapshots.values())
+        if len(values) < self.profile.workers:
+            return None
+        elapsed = max(s["elapsed"] for s in values)
+        ok = sum(s["ok"] for s in values)
+        failed = sum(s["failed"] for s in values)
+        in_flight = sum(s["in_flight"] for s in values)
+        dropped = sum(s["dropped"] for s in values)
+        started = sum(s["due"] for s in values) - dropped
+        last_elapsed, last_started, last_done = self._last
+        window = elapsed - last_elapsed
+        if window <= 0:
+            return None
+        self._last = (elapsed, started, ok + failed)
+        arrivals = (started - last_started) / window
+        operations = (ok + failed - last_done) / window
+        shape = self.profile.shape
+        if isinstance(shape, Closed):
+            target = f"closed model, {shape.devices} loops"
+        else:  # the schedule's mean rate over the same window
+            duration = self.profile.duration
+            points = [min(last_elapsed + window * k / 8, duration) for k in range(9)]
+            target = f"target {sum(shape.rate_at(t, duration) for t in points) / len(points):.0f}/s"
+        first = self.profile.flow[0]
+        hist = LatencyHistogram()
+        errors: dict[str, int] = {}
+        for s in values:
+            if first in s["ops"]:
+                hist.merge(LatencyHistogram.from_dict(s["ops"][first]))
+            for k, v in s["errors"].items():
+                errors[k] = errors.get(k, 0) + v
+        lat = f"{first} p50 {hist.percentile(50) * 1e3:.1f} ms p99 {hist.percentile(99) * 1e3:.1f} ms" if hist.count else f"{first} -"
+        err = " ".join(f"{k}={v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
+        return (
+            f"t={elapsed:5.1f}s arrivals {arrivals:.0f}/s ({target}) | operations {operations:.0f}/s "
+            f"ok {ok} failed {failed} | in-flight {in_flight} dropped {dropped} | {lat}" + (f" | {err}" if err else "")
+        )
 
     def show(self, snapshots: dict[int, dict[str, Any]]) -> None:
         if not self.enabled or not snapshots:
             return
-        from fleet.load.histogram import LatencyHistogram
-
         now = time.monotonic()
         if not self.tty and now - self.last_print < 5.0:
             return
+        line = self.line(snapshots)
+        if line is None:
+            return
         self.last_print = now
-        elapsed = max(s["elapsed"] for s in snapshots.values())
-        ok = sum(s["ok"] for s in snapshots.values())
-        failed = sum(s["failed"] for s in snapshots.values())
-        in_flight = sum(s["in_flight"] for s in snapshots.values())
-        dropped = sum(s["dropped"] for s in snapshots.values())
-        first = self.profile.flow[0]
-        hist = LatencyHistogram()
-        for s in snapshots.values():
-            if first in s["ops"]:
-                hist.merge(LatencyHistogram.from_dict(s["ops"][first]))
-        errors: dict[str, int] = {}
-        for s in snapshots.values():
-            for k, v in s["errors"].items():
-                errors[k] = errors.get(k, 0) + v
-        target = "closed" if isinstance(self.profile.shape, Closed) else f"{self.profile.shape.rate_at(min(elapsed, self.profile.duration), self.profile.duration):.0f}/s"
-        rate = ok / elapsed if elapsed > 0 else 0.0
-        lat = f"{first} p50 {hist.percentile(50) * 1e3:.1f} ms p99 {hist.percentile(99) * 1e3:.1f} ms" if hist.count else f"{first} -"
-        err = " ".join(f"{k}={v}" for k, v in sorted(errors.items(), key=lambda kv: -kv[1])[:3])
-        line = (
-            f"t={elapsed:5.1f}s ok {ok} ({rate:.0f} ops/s, target {target}) in-flight {in_flight} "
-            f"failed {failed} dropped {dropped} | {lat}" + (f" | {err}" if err else "")
-        )
         if self.tty:
             print("\r" + line[:160].ljust(160), end="", file=self.out, flush=True)
         else:
@@ -291,16 +338,33 @@ def verdict(profile: Profile, results: RunResults) -> Verdict:
         checks.append((p99 <= limit, f"{op} p99 {p99 * 1e3:.0f} ms {'<=' if p99 <= limit else '>'} {limit * 1e3:.0f} ms"))
     total = sum(s.total for s in results.ops.values())
     failed = sum(s.failed for s in results.ops.values())
-    if profile.slo.max_error_rate is not None:
-        rate = failed / total if total else 1.0
-        ok = total > 0 and rate <= profile.slo.max_error_rate
+    if profile.slo.max_error_rate is not None and not total:
+        checks.append((False, "errors: no operation finished"))
+    elif profile.slo.max_error_rate is not None:
+        rate = failed / total
+        ok = rate <= profile.slo.max_error_rate
         checks.append((ok, f"errors {rate:.2%} {'<=' if ok else '>'} {profile.slo.max_error_rate:.2%}"))
+    stopped_early = results.interrupted or bool(results.aborted)
     if profile.slo.min_rate_ratio is not None and not isinstance(profile.shape, Closed):
         first = results.ops.get(profile.flow[0])
-        achieved = (first.ok if first else 0) / results.scheduled if results.scheduled else 0.0
+        # A run stopped early is measured against the arrivals that had fallen due by then.
+        target = results.started + results.dropped if stopped_early else results.scheduled
+        achieved = (first.ok if first else 0) / target if target else 0.0
         ok = achieved >= profile.slo.min_rate_ratio
-        checks.append((ok, f"achieved {achieved:.1%} of target {'>=' if ok else '<'} {profile.slo.min_rate_ratio:.0%}"))
-    return Verdict(all(ok for ok, _ in checks), checks)
+        of = f"the {target} arrivals due" if stopped_early else "target"
+        checks.append((ok, f"achieved {achieved:.1%} of {of} {'>=' if ok else '<'} {profile.slo.min_rate_ratio:.0%}"))
+    passed = all(ok for ok, _ in checks)
+    if results.aborted:
+        stopped = f"ABORTED: {results.aborted} at t={results.aborted_at:.1f}s (--abort-on-fail)"
+        return Verdict(False, checks, stopped, 1)
+    if results.interrupted:
+        sig = results.interrupt_signal or signal.SIGINT
+        stopped = f"INTERRUPTED by {signal.Signals(sig).name} at t={results.elapsed:.1f}s of {profile.duration:g}s"
+        return Verdict(False, checks, stopped, 128 + sig)
+    return Verdict(passed, checks)
+
+
+_NONE = "-"  # a cell with nothing to show (no successful operation): never "nan"
 
 
 def summary_table(profile: Profile, results: RunResults) -> str:
@@ -308,14 +372,12 @@ def summary_table(profile: Profile, results: RunResults) -> str:
     elapsed = max(results.elapsed, 1e-9)
     for op in [o for o in dict.fromkeys(profile.flow) if o in results.ops]:
         s = results.ops[op]
-        q = s.latency.percentiles((50, 90, 99)) if s.latency.count else [math.nan] * 3
+        q = s.latency.percentiles((50, 90, 99)) if s.latency.count else []
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common(3))
         if s.fail_info:
             errors += " [" + ", ".join(f"{k} {v}" for k, v in s.fail_info.most_common(3)) + "]"
-        rows.append((
-            op, str(s.ok), str(s.failed), f"{s.ok / elapsed:.1f}",
-            *(f"{v * 1e3:.1f}" for v in q), f"{s.latency.max * 1e3:.1f}" if s.latency.count else "nan", errors or "-",
-        ))
+        ms = [f"{v * 1e3:.1f}" for v in (*q, s.latency.max)] if s.latency.count else [_NONE] * 4
+        rows.append((op, str(s.ok), str(s.failed), f"{s.ok / elapsed:.1f}", *ms, errors or _NONE))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     arrivals = (
@@ -339,7 +401,10 @@ def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target
         "flow": list(profile.flow),
         "target_rate": target_rate,
         "achieved_rate": (first.ok / results.elapsed) if first and results.elapsed else 0.0,
-        "verdict": {"passed": verdict_.passed, "line": verdict_.line(), "checks": [t for _, t in verdict_.checks]},
+        "verdict": {
+            "passed": verdict_.passed, "status": verdict_.status, "line": verdict_.line(),
+            "checks": [t for _, t in verdict_.checks],
+        },
         "results": results.to_dict(),
     }
 
@@ -423,12 +488,15 @@ def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, op
     return _drive(run, show, options.abort_on_fail)
 
 
-def _early_failure(profile: Profile, results: RunResults) -> bool:
-    """With --abort-on-fail: stop once the error-rate SLO is clearly broken (after 50 operations)."""
+def _early_failure(profile: Profile, results: RunResults) -> str | None:
+    """With --abort-on-fail: the broken check, once the error-rate SLO is clearly broken (after
+    50 operations), else None."""
     limit = profile.slo.max_error_rate
     total = sum(s.total for s in results.ops.values())
     failed = sum(s.failed for s in results.ops.values())
-    return limit is not None and total >= 50 and failed / total > limit
+    if limit is None or total < 50 or failed / total <= limit:
+        return None
+    return f"errors {failed / total:.2%} > {limit:.2%}"
 
 
 def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
@@ -443,8 +511,11 @@ def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile
     errors: list[str] = []
     deadline = time.monotonic() + profile.duration + profile.transaction_timeout * 2 + 120
 
+    received: list[int] = []
+
     def forward(signum: int, _frame: object) -> None:
         """Ctrl-C/SIGTERM: ask every worker to stop and report what it measured."""
+        received.append(signum)
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGINT)
@@ -480,6 +551,9 @@ def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile
         raise RunError("; ".join(errors))
     if pending:
         raise RunError(f"workers {sorted(pending)} did not finish in time")
+    if received:  # the workers were all sent SIGINT: say which signal the run itself got
+        merged.interrupted = True
+        merged.interrupt_signal = received[0]
     return merged
 
 

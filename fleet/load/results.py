@@ -226,6 +226,9 @@ class RunResults:
     elapsed: float = 0.0
     workers: int = 1
     interrupted: bool = False  # stopped by Ctrl-C/SIGTERM: what was measured is still valid
+    interrupt_signal: int = 0  # the signal that stopped it (SIGINT, SIGTERM), 0 when none
+    aborted: str = ""  # --abort-on-fail: the SLO check that broke (e.g. "errors 12.00% > 1.00%")
+    aborted_at: float = 0.0  # seconds into the run when it broke
     cpu_seconds: float = 0.0  # the worker processes' CPU time (user + system) over the run, summed
 
     def op(self, name: str) -> OpStats:
@@ -260,6 +263,9 @@ class RunResults:
         self.in_flight_peak += other.in_flight_peak  # peaks of parallel workers add up at worst
         self.elapsed = max(self.elapsed, other.elapsed)
         self.interrupted = self.interrupted or other.interrupted
+        self.interrupt_signal = self.interrupt_signal or other.interrupt_signal
+        if other.aborted and (not self.aborted or other.aborted_at < self.aborted_at):
+            self.aborted, self.aborted_at = other.aborted, other.aborted_at  # the first to break
         self.cpu_seconds += other.cpu_seconds
 
     def to_dict(self) -> dict[str, Any]:
@@ -273,6 +279,9 @@ class RunResults:
             "elapsed_seconds": self.elapsed,
             "workers": self.workers,
             "interrupted": self.interrupted,
+            "interrupt_signal": self.interrupt_signal,
+            "aborted": self.aborted,
+            "aborted_at_seconds": self.aborted_at,
             "cpu_seconds": self.cpu_seconds,
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
@@ -299,6 +308,9 @@ class RunResults:
             elapsed=data["elapsed_seconds"],
             workers=data.get("workers", 1),
             interrupted=data.get("interrupted", False),
+            interrupt_signal=data.get("interrupt_signal", 0),
+            aborted=data.get("aborted", ""),
+            aborted_at=data.get("aborted_at_seconds", 0.0),
             cpu_seconds=data.get("cpu_seconds", 0.0),
         )
         for name, op in data["operations"].items():

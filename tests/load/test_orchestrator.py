@@ -1,6 +1,8 @@
 """fleet run end to end: the embedded CA in its own process, real devices, real verdicts."""
 
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -133,18 +135,31 @@ max_error_rate = 0.01
     report = tmp_path / "run.json"
     proc = _fleet("run", str(profile), "--abort-on-fail", "--report", str(report), "--quiet", timeout=60)
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1].startswith("FAIL: errors 100.00%")
-    results = json.loads(report.read_text())["results"]
+    last = proc.stdout.strip().splitlines()[-1]
+    m = re.match(r"ABORTED: errors 100\.00% > 1\.00% at t=(\d+\.\d)s \(--abort-on-fail\); until then: ", last)
+    assert m, last
+    assert 1.0 <= float(m[1]) < 10
+    report_data = json.loads(report.read_text())
+    results = report_data["results"]
     assert results["elapsed_seconds"] < 10
     assert results["operations"]["ir"]["failed"] >= 50
+    assert report_data["verdict"]["status"] == "ABORTED" and report_data["verdict"]["line"] == last
+    # Nothing succeeded: the table shows "-" where there is no latency, never "nan".
+    assert "nan" not in proc.stdout.lower()
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("ir "))
+    assert row.split()[1] == "0" and row.split()[4:8] == ["-", "-", "-", "-"]
+    assert "interrupted" not in proc.stderr
 
 
-@pytest.mark.parametrize(("workers", "to_group"), [(1, False), (2, True)])
-def test_ctrl_c_reports_what_was_measured(tmp_path: Path, workers: int, to_group: bool) -> None:
-    """SIGINT (to the process, or to the whole group as a terminal does) stops the run cleanly:
-    summary, report marked interrupted, exit 130, embedded CA stopped."""
+@pytest.mark.parametrize(("workers", "to_group", "signum"), [
+    (1, False, signal.SIGINT), (2, True, signal.SIGINT), (1, False, signal.SIGTERM),
+])
+def test_ctrl_c_reports_what_was_measured(tmp_path: Path, workers: int, to_group: bool, signum: int) -> None:
+    """SIGINT (to the process, or to the whole group as a terminal does) or SIGTERM stops the run
+    cleanly: summary, an INTERRUPTED verdict over what was measured until then (not a FAIL for
+    the share of the whole schedule), report marked interrupted, exit 128 + signal (130 for
+    Ctrl-C), embedded CA stopped."""
     import os
-    import signal
     import time
 
     profile = _profile(tmp_path, f"""
@@ -154,6 +169,9 @@ workers = {workers}
 [arrivals]
 shape = "constant"
 rate = 20
+[slo]
+max_error_rate = 0.0
+min_rate_ratio = 0.95
 """)
     report = tmp_path / "run.json"
     proc = subprocess.Popen(
@@ -163,19 +181,29 @@ rate = 20
     try:
         time.sleep(6)
         if to_group:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, signum)
         else:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert "interrupted" in err.splitlines()[-1]
     assert out.splitlines()[0].startswith("operation")
-    results = json.loads(report.read_text())["results"]
+    last = out.strip().splitlines()[-1]
+    name = signal.Signals(signum).name
+    m = re.match(rf"INTERRUPTED by {name} at t=(\d+\.\d)s of 60s; until then: errors 0\.00% <= 0\.00%; "
+                 r"achieved (\d+\.\d)% of the (\d+) arrivals due (>=|<) 95%$", last)
+    assert m, last
+    assert 3 < float(m[1]) < 30 and int(m[3]) > 20
+    assert float(m[2]) >= 80  # of the arrivals due by then, not of the whole 60 s schedule (~10%)
+    data = json.loads(report.read_text())
+    assert data["verdict"]["status"] == "INTERRUPTED" and data["verdict"]["line"] == last
+    results = data["results"]
     assert results["interrupted"] is True
+    assert results["interrupt_signal"] == signum
     assert results["operations"]["ir"]["ok"] > 0
     assert results["elapsed_seconds"] < 30
 
@@ -228,3 +256,25 @@ def test_closed_model_loops_split_exactly_across_workers(tmp_path: Path) -> None
     assert results["workers"] == 2
     assert results["in_flight_peak"] == 3
     assert 3 <= results["operations"]["ir"]["ok"] <= 3 * (2 / 0.1 + 1)
+
+
+def test_progress_line_compares_arrivals_with_the_target(tmp_path: Path) -> None:
+    """ir + kur at 20 arrivals/s: the live line (stderr, not a terminal) puts arrivals/s next to
+    the target and operations/s (two per arrival) apart, labelled."""
+    profile = _profile(tmp_path, """
+[run]
+duration = 2
+flow = ["ir", "kur"]
+[arrivals]
+shape = "constant"
+rate = 20
+""")
+    proc = _fleet("run", str(profile))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("t=")]
+    assert lines, proc.stderr
+    m = re.match(r"t=\s*(\d+\.\d)s arrivals (\d+)/s \(target (\d+)/s\) \| operations (\d+)/s ok (\d+) failed 0 ", lines[0])
+    assert m, lines[0]
+    assert m[3] == "20"
+    assert 8 <= int(m[2]) <= 25, lines[0]  # arrivals per second, like the target
+    assert int(m[5]) > 0 and int(m[4]) > 0
