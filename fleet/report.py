@@ -25,14 +25,14 @@ __all__ = ["ReportError", "load_report", "render_html", "write_html"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 _W, _H = 760, 240
-_PAD_L, _PAD_R, _PAD_T, _PAD_B = 56, 16, 16, 34
+_PAD_L, _PAD_R, _PAD_T, _PAD_B = 68, 16, 16, 34  # left: tick labels, then the axis title
 
 
 _STYLE = (
     "<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:800px;color:#222}"
     "h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}"
     ".verdict{padding:.6em 1em;border-radius:4px;font-weight:600}.pass{background:#e3f6e3;color:#155d15}"
-    ".fail{background:#fde4e4;color:#8a1414}table{border-collapse:collapse;margin:.5em 0}"
+    ".fail{background:#fde4e4;color:#8a1414}.stopped{background:#fff1d6;color:#6b4a00}table{border-collapse:collapse;margin:.5em 0}"
     "td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}th{background:#f4f4f4}"
     "td:first-child,th:first-child{text-align:left}svg{font:11px system-ui,sans-serif;fill:#444}"
     "svg .grid{stroke:#e6e6e6}.empty{color:#888}.note{color:#666;font-size:.9em}</style></head><body>"
@@ -80,6 +80,8 @@ def _nice_max(v: float) -> float:
 
 
 def _fmt_seconds(v: float) -> str:
+    if v == 0:
+        return "0"
     if v >= 1:
         return f"{v:g} s"
     if v >= 1e-3:
@@ -87,23 +89,46 @@ def _fmt_seconds(v: float) -> str:
     return f"{v * 1e6:.3g} µs"
 
 
+_LEGEND_ROW = 16  # px per legend row
+_CHAR_W = 6.6  # px: a generous average glyph width of the 11px sans-serif chart font
+
+
+def _legend_layout(names: Sequence[str]) -> list[tuple[float, float]]:
+    """(x, y) of each legend entry's swatch: rows left to right above the plot area, wrapped at
+    the chart's width, so any number of series fits and none covers a line."""
+    x, y, out = float(_PAD_L), float(_PAD_T), []
+    right = _W - _PAD_R
+    for name in names:
+        width = 16 + len(name) * _CHAR_W
+        if x > _PAD_L and x + width > right:
+            x, y = float(_PAD_L), y + _LEGEND_ROW
+        out.append((x, y))
+        x += width + 18
+    return out
+
+
 def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label: str, y_label: str,
                y_format: Any = lambda v: f"{v:g}") -> str:
-    """Lines over x = 0, 1, 2... (seconds); None values leave gaps."""
+    """Lines over x = 0, 1, 2... (seconds); None values leave gaps. The legend takes rows of
+    its own above the plot area (the chart grows by as many rows as it needs)."""
     n = max((len(v) for _, v in series), default=0)
     values = [x for _, vs in series for x in vs if x is not None and math.isfinite(x)]
     if n == 0 or not values:
         return '<p class="empty">no data</p>'
     y_max = _nice_max(max(values))
+    legend = _legend_layout([name for name, _ in series])
+    top = legend[-1][1] + _LEGEND_ROW + 4  # the plot area starts below the last legend row
+    height = top + _H - _PAD_T
     pw, ph = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B
 
     def px(i: float) -> float:
         return _PAD_L + (i / max(n - 1, 1)) * pw
 
     def py(v: float) -> float:
-        return _PAD_T + ph - (v / y_max) * ph
+        return top + ph - (v / y_max) * ph
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img">']
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height:g}" width="{_W}" height="{height:g}" role="img">',
+             f'<rect class="plot-area" x="{_PAD_L}" y="{top:g}" width="{pw}" height="{ph}" fill="none" data-y-max="{y_max!r}"/>']
     for k in range(5):
         v = y_max * k / 4
         y = py(v)
@@ -111,11 +136,12 @@ def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label:
         parts.append(f'<text x="{_PAD_L - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(y_format(v))}</text>')
     step = max(1, round(n / 10))
     for i in range(0, n, step):
-        parts.append(f'<text x="{px(i):.1f}" y="{_H - _PAD_B + 16}" text-anchor="middle">{i}</text>')
-    parts.append(f'<text x="{_PAD_L + pw / 2:.0f}" y="{_H - 4}" text-anchor="middle">{_e(x_label)}</text>')
-    parts.append(f'<text x="12" y="{_PAD_T + ph / 2:.0f}" transform="rotate(-90 12 {_PAD_T + ph / 2:.0f})" text-anchor="middle">{_e(y_label)}</text>')
+        parts.append(f'<text x="{px(i):.1f}" y="{height - _PAD_B + 16:g}" text-anchor="middle">{i}</text>')
+    parts.append(f'<text x="{_PAD_L + pw / 2:.0f}" y="{height - 4:g}" text-anchor="middle">{_e(x_label)}</text>')
+    parts.append(f'<text x="12" y="{top + ph / 2:.0f}" transform="rotate(-90 12 {top + ph / 2:.0f})" text-anchor="middle">{_e(y_label)}</text>')
     for idx, (name, vs) in enumerate(series):
         color = _COLORS[idx % len(_COLORS)]
+        dash = ' stroke-dasharray="5 3"' if idx // len(_COLORS) % 2 else ""  # beyond 8 series: dashed
         segments: list[list[str]] = [[]]
         for i, value in enumerate(vs):
             if value is None or not math.isfinite(value):
@@ -127,10 +153,14 @@ def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label:
                 cx, cy = seg[0].split(",")
                 parts.append(f'<circle cx="{cx}" cy="{cy}" r="2" fill="{color}"/>')
             elif seg:
-                parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{" ".join(seg)}"/>')
-        parts.append(f'<rect x="{_PAD_L + 8 + idx * 150}" y="{_PAD_T}" width="10" height="10" fill="{color}"/>'
-                     f'<text x="{_PAD_L + 22 + idx * 150}" y="{_PAD_T + 9}">{_e(name)}</text>')
-    parts.append("</svg>")
+                parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5"{dash} points="{" ".join(seg)}"/>')
+    parts.append('<g class="legend">')
+    for idx, ((name, _), (x, y)) in enumerate(zip(series, legend)):
+        color = _COLORS[idx % len(_COLORS)]
+        dash = ' stroke-dasharray="5 3"' if idx // len(_COLORS) % 2 else ""
+        parts.append(f'<g class="legend-entry"><line x1="{x:g}" y1="{y + 5:g}" x2="{x + 12:g}" y2="{y + 5:g}" '
+                     f'stroke="{color}" stroke-width="3"{dash}/><text x="{x + 16:g}" y="{y + 9:g}">{_e(name)}</text></g>')
+    parts.append("</g></svg>")
     return "".join(parts)
 
 
@@ -190,20 +220,49 @@ def _bucket_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -
     return float(bounds[-1])
 
 
-def latency_over_time(per_second: dict[str, Any], q: float) -> list[float | None] | None:
+def latency_over_time(per_second: dict[str, Any], q: float, low: float | None = None,
+                      high: float | None = None) -> list[float | None] | None:
     """Per-second quantile from ``per_second[op]["latency_le"]`` (``{"bounds": [...],
-    "counts": [[...per bucket, +Inf last] per second]}``), None when the report lacks it."""
+    "counts": [[...per bucket, +Inf last] per second], "min": [...], "max": [...]}``), None
+    when the report lacks it.
+
+    Interpolating in coarse buckets can land above anything measured (a second whose worst
+    latency was 0.3 s has its p99 somewhere in the 0.25-0.5 s bucket), so each value is clamped
+    to that second's exact min and max, and to the run's ``low``/``high`` when given (reports
+    written before per-second extremes were kept)."""
     data = per_second.get("latency_le")
     if not isinstance(data, dict):
         return None
     bounds = data.get("bounds") or []
-    return [_bucket_quantile(q, bounds, row) for row in data.get("counts") or []]
+    rows = data.get("counts") or []
+    lows, highs = data.get("min") or [], data.get("max") or []
+    out: list[float | None] = []
+    for i, row in enumerate(rows):
+        value = _bucket_quantile(q, bounds, row)
+        if value is not None:
+            for bound, pick in ((low, max), (high, min), (_at(lows, i), max), (_at(highs, i), min)):
+                if bound is not None:
+                    value = pick(value, bound)
+        out.append(value)
+    return out
+
+
+def _at(values: Sequence[Any], i: int) -> float | None:
+    """``values[i]`` as a float when it is a number there, else None."""
+    value = values[i] if i < len(values) else None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def render_html(report: dict[str, Any]) -> str:
     results = report["results"]
     verdict = report.get("verdict") or {}
     passed = bool(verdict.get("passed"))
+    status = str(verdict.get("status") or ("PASS" if passed else "FAIL"))
+    css = {"PASS": "pass", "FAIL": "fail"}.get(status, "stopped")  # ABORTED, INTERRUPTED
     ops: dict[str, Any] = results.get("operations", {})
     flow = [op for op in dict.fromkeys(report.get("flow") or list(ops)) if op in ops] or list(ops)
     elapsed = float(results.get("elapsed_seconds") or 0.0)
@@ -213,7 +272,7 @@ def render_html(report: dict[str, Any]) -> str:
         f"<title>{_e(title)}</title>",
         _STYLE,
         f"<h1>{_e(title)}</h1>",
-        f'<p class="verdict {"pass" if passed else "fail"}">{_e(verdict.get("line", "PASS" if passed else "FAIL"))}</p>',
+        f'<p class="verdict {css}">{_e(verdict.get("line", "PASS" if passed else "FAIL"))}</p>',
         "<ul>" + "".join(f"<li>{_e(c)}</li>" for c in verdict.get("checks", [])) + "</ul>",
         f"<p>Server {_e(report.get('server', '?'))}; flow {_e(' → '.join(report.get('flow', [])))}; "
         f"{_e(results.get('workers', 1))} worker(s); ran {elapsed:.1f} s of {_e(report.get('duration_seconds'))} s planned. "
@@ -253,8 +312,9 @@ def render_html(report: dict[str, Any]) -> str:
     out.append("<h2>Latency over time</h2>")
     lat_series = []
     for op in flow:
+        whole = (ops[op].get("latency") or {})  # the run's exact extremes for this operation
         for q in (0.5, 0.99):
-            values = latency_over_time(per_second.get(op) or {}, q)
+            values = latency_over_time(per_second.get(op) or {}, q, _number(whole.get("min")), _number(whole.get("max")))
             if values is not None:
                 lat_series.append((f"{op} p{q * 100:g}", values))
     if lat_series:

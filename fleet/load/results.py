@@ -136,12 +136,16 @@ class SecondSeries:
 
 
 class SecondBuckets:
-    """Per-second latency histograms with ``SECOND_BUCKETS`` bounds; rows add when merged.
+    """Per-second latency histograms with ``SECOND_BUCKETS`` bounds, and each second's exact
+    smallest and largest latency (a percentile read from the coarse buckets is clamped to them,
+    so it never claims more than was seen); rows add, minima and maxima combine, when merged.
 
-    Batched like ``SecondSeries``: read ``counts``, never ``_counts``."""
+    Batched like ``SecondSeries``: read ``counts``/``extremes``, never ``_counts``."""
 
     def __init__(self, seconds: int = 64) -> None:
         self._counts = np.zeros((seconds, len(SECOND_BUCKETS) + 1), dtype=np.int64)
+        self._min = np.full(seconds, np.inf)
+        self._max = np.full(seconds, -np.inf)
         self._times: list[float] = []
         self._latencies: list[float] = []
 
@@ -153,8 +157,18 @@ class SecondBuckets:
 
     @counts.setter
     def counts(self, counts: npt.NDArray[np.int64]) -> None:
+        """Replace the counts; each second's minimum and maximum become unknown (inf, -inf)."""
         self._times, self._latencies = [], []
         self._counts = counts
+        self._min = np.full(len(counts), np.inf)
+        self._max = np.full(len(counts), -np.inf)
+
+    @property
+    def extremes(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Each second's smallest and largest latency (inf and -inf where none is known)."""
+        if self._times:
+            self._count_pending()
+        return self._min, self._max
 
     def record(self, t: float, latency: float) -> None:
         self._times.append(t)
@@ -165,29 +179,50 @@ class SecondBuckets:
     def _count_pending(self) -> None:
         rows = _seconds(self._times)
         # side="left" as bisect_left: a latency equal to a bound counts in that bound's bucket
-        columns = np.searchsorted(_SECOND_BOUNDS, np.array(self._latencies, dtype=np.float64), side="left")
+        latencies = np.array(self._latencies, dtype=np.float64)
+        columns = np.searchsorted(_SECOND_BOUNDS, latencies, side="left")
         self._times, self._latencies = [], []
-        self._counts = _grown(self._counts, int(rows.max()) + 1)
+        size = int(rows.max()) + 1
+        self._counts = _grown(self._counts, size)
+        self._min = _grown(self._min, size, np.inf)
+        self._max = _grown(self._max, size, -np.inf)
         np.add.at(self._counts, (rows, columns), 1)
+        np.minimum.at(self._min, rows, latencies)
+        np.maximum.at(self._max, rows, latencies)
 
     def merge(self, other: SecondBuckets) -> None:
         mine, theirs = self.counts, other.counts
-        merged = np.zeros((max(len(mine), len(theirs)), mine.shape[1]), dtype=np.int64)
+        (my_min, my_max), (their_min, their_max) = self.extremes, other.extremes
+        size = max(len(mine), len(theirs))
+        merged = np.zeros((size, mine.shape[1]), dtype=np.int64)
         merged[: len(mine)] += mine
         merged[: len(theirs)] += theirs
+        low, high = np.full(size, np.inf), np.full(size, -np.inf)
+        low[: len(my_min)] = my_min
+        high[: len(my_max)] = my_max
+        np.minimum(low[: len(their_min)], their_min, out=low[: len(their_min)])
+        np.maximum(high[: len(their_max)], their_max, out=high[: len(their_max)])
         self.counts = merged
+        self._min, self._max = low, high
 
     def to_dict(self, seconds: int) -> dict[str, Any]:
         counts = self.counts
         rows = counts[:seconds].tolist()
         rows += [[0] * counts.shape[1]] * (seconds - len(rows))
-        return {"bounds": list(SECOND_BUCKETS), "counts": rows}
+        low, high = self.extremes
+        return {
+            "bounds": list(SECOND_BUCKETS), "counts": rows,
+            "min": _finite_or_none(low, seconds), "max": _finite_or_none(high, seconds),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> SecondBuckets:
         series = cls(1)
         if data and data.get("counts"):
             series.counts = np.array(data["counts"], dtype=np.int64)
+            for name, unknown, target in (("min", np.inf, series._min), ("max", -np.inf, series._max)):
+                values = (data.get(name) or [])[: len(target)]
+                target[: len(values)] = [unknown if v is None else float(v) for v in values]
         return series
 
 
@@ -200,13 +235,19 @@ def _seconds(times: list[float]) -> npt.NDArray[np.intp]:
     return np.maximum(np.array(times, dtype=np.float64), 0.0).astype(np.intp)
 
 
-def _grown(values: npt.NDArray[np.int64], rows: int) -> npt.NDArray[np.int64]:
-    """``values`` with at least ``rows`` rows (doubling, zero-filled), or itself."""
+def _grown(values: npt.NDArray[Any], rows: int, fill: float = 0) -> npt.NDArray[Any]:
+    """``values`` with at least ``rows`` rows (doubling, new rows ``fill``), or itself."""
     if rows <= len(values):
         return values
-    grown = np.zeros((max(rows, 2 * len(values)), *values.shape[1:]), dtype=np.int64)
+    grown = np.full((max(rows, 2 * len(values)), *values.shape[1:]), fill, dtype=values.dtype)
     grown[: len(values)] = values
     return grown
+
+
+def _finite_or_none(values: npt.NDArray[np.float64], seconds: int) -> list[float | None]:
+    """The first ``seconds`` values for JSON, None where unknown (padded with None)."""
+    out: list[float | None] = [float(v) if np.isfinite(v) else None for v in values[:seconds]]
+    return out + [None] * (seconds - len(out))
 
 
 @dataclass

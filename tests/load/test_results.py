@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from fleet.load.results import RunResults, SecondSeries
 
 
@@ -126,3 +128,36 @@ def test_per_second_series_are_batched_but_exact() -> None:
             assert buckets.to_dict(112)["counts"] == expected_buckets
     series.add(5.5, 3)
     assert series.values[5] == expected_series[5] + 3
+
+
+def test_per_second_extremes_are_exact_and_merge_exactly() -> None:
+    """Each second keeps its exact smallest and largest latency next to the coarse buckets; the
+    merge of any split of the samples (workers) equals recording them all in one, through JSON."""
+    from fleet.load.results import SecondBuckets
+
+    rng = np.random.default_rng(5)
+    times = np.sort(rng.uniform(-0.1, 90.0, 5000))  # past 64 rows and past a 1,024 batch
+    latencies = rng.lognormal(np.log(0.05), 1.0, 5000)
+    whole = SecondBuckets()
+    for t, v in zip(times.tolist(), latencies.tolist()):
+        whole.record(t, v)
+    parts = [SecondBuckets(), SecondBuckets(8), SecondBuckets()]
+    owner = rng.integers(0, 3, 5000)
+    for t, v, w in zip(times.tolist(), latencies.tolist(), owner.tolist()):
+        parts[w].record(t, v)
+    merged = SecondBuckets(1)
+    for part in parts:
+        merged.merge(SecondBuckets.from_dict(json.loads(json.dumps(part.to_dict(90)))))
+    seconds = np.maximum(times, 0).astype(int)
+    expected_min = [float(latencies[seconds == s].min()) for s in range(90)]
+    expected_max = [float(latencies[seconds == s].max()) for s in range(90)]
+    for series in (whole, merged):
+        data = series.to_dict(91)
+        assert data["min"][:90] == expected_min and data["max"][:90] == expected_max
+        assert data["min"][90] is None and data["max"][90] is None  # a second with nothing in it
+        assert data["counts"] == whole.to_dict(91)["counts"]
+    # A report written before the extremes were kept: counts load, the extremes are unknown.
+    old = whole.to_dict(90)
+    del old["min"], old["max"]
+    loaded = SecondBuckets.from_dict(old)
+    assert loaded.to_dict(90)["counts"] == old["counts"] and set(loaded.to_dict(90)["max"]) == {None}
