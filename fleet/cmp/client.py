@@ -38,6 +38,7 @@ from fleet.cmp.errors import (
     TransactionIdMismatch,
     UnexpectedBody,
     UnprotectedMessage,
+    UnverifiedRefusal,
     WrongPublicKey,
 )
 from fleet.cmp.messages import (
@@ -370,6 +371,24 @@ class ClientTransaction:
         return msg
 
     def _verify_protection(self, msg: PKIMessage) -> None:
+        """Verify the protection, or raise. A refusal whose protection cannot be verified raises
+        ``UnverifiedRefusal`` carrying its status (reported, never believed), not the bare
+        protection error: "signer does not chain" alone hides what the CA said."""
+        try:
+            self._check_protection(msg)
+        except ProtectionError as exc:
+            status = _refusal_status(msg)
+            if status is None or not self.config.accept_unprotected_errors:
+                raise
+            reason = str(exc)
+            if not self.config.trust and not is_mac_algorithm(msg.header.protection_alg or b""):
+                reason += "; no trust anchor given to check its signature (--trusted)"
+            what = "server error" if msg.body_type is BodyType.ERROR else f"{msg.label}: request rejected"
+            raise UnverifiedRefusal(
+                f"{what} (unverified: {reason}): {_one_line(status.describe())}", status, reason
+            ) from None
+
+    def _check_protection(self, msg: PKIMessage) -> None:
         h = msg.header
         if msg.protection is None or h.protection_alg is None:
             if msg.body_type is BodyType.ERROR and self.config.accept_unprotected_errors:
@@ -537,6 +556,28 @@ class ClientTransaction:
         if isinstance(request, CsrRequest):
             return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return None
+
+
+def _refusal_status(msg: PKIMessage) -> PKIStatusInfo | None:
+    """The status of a message that refuses: an error message, or an ip/cp/kup/rp whose every
+    status is a rejection. None for anything else (those must verify or fail as they are)."""
+    body = msg.body
+    if isinstance(body, ErrorMsgContent):
+        statuses: tuple[PKIStatusInfo, ...] = (body.status,)
+    elif isinstance(body, CertRepMessage):
+        statuses = tuple(r.status for r in body.responses)
+    elif isinstance(body, RevRepContent):
+        statuses = body.statuses
+    else:
+        return None
+    if not statuses or any(s.status != PKIStatus.REJECTION for s in statuses):
+        return None
+    return statuses[0]
+
+
+def _one_line(text: str) -> str:
+    """A peer's text on one printable line (it may hold newlines or control characters)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 _EVENT_BY_BODY = {
