@@ -289,6 +289,20 @@ class ClientTransaction:
     def result(self) -> Done | None:
         return self._result
 
+    def reject_certificate(self, text: str, fail_info: FailInfo = FailInfo.systemFailure) -> Send:
+        """The certConf to send instead of the accepting one ``receive`` just returned (not sent):
+        it rejects the certificate, for a caller that cannot keep it (its files could not be
+        stored), so the CA revokes it at once rather than hold a valid certificate nobody has.
+        When the CA acknowledges with pkiConf the transaction ends in ``Done`` carrying this
+        rejection as its status and no certificate."""
+        self._require(State.AWAIT_CONFIRM)
+        previous = self._result
+        if previous is None or previous.certificate is None or self._pending_error is not None:
+            raise LocalProtocolError("no accepted certificate to reject")
+        status = PKIStatusInfo(PKIStatus.REJECTION, (text,), fail_info.mask)
+        self._result = Done(status=status, extra_certs=previous.extra_certs, polls=previous.polls)
+        return self._confirm(previous.certificate, status)
+
     # -- building requests ----------------------------------------------------------------
 
     def _header_der(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> bytes:

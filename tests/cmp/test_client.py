@@ -667,6 +667,31 @@ def test_issued_certificate_for_another_key_is_rejected_in_certconf(stub: CaStub
     assert tx.state is State.FAILED and tx.result is None
 
 
+def test_caller_can_reject_a_certificate_it_cannot_keep(stub: CaStub) -> None:
+    """A caller that cannot store the certificate sends a rejecting certConf instead of the
+    accepting one; pkiConf then ends the transaction with that rejection and no certificate."""
+    tx = ClientTransaction(mac_config(stub), ir())
+    accepting = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    assert isinstance(accepting, Send) and tx.result is not None and tx.result.certificate is not None
+    issued = tx.result.certificate
+    rejecting = tx.reject_certificate("the certificate could not be stored")
+    assert rejecting.body_type is BodyType.CERTCONF and rejecting.data != accepting.data
+    status = messages.decode(rejecting.data).body.statuses[0]  # type: ignore[union-attr]
+    assert status.cert_hash == cert_hash(issued) and status.cert_req_id == 0
+    assert status.status_info is not None and status.status_info.status == PKIStatus.REJECTION
+    assert status.status_info.fail_names == ("systemFailure",)
+    assert status.status_info.texts == ("the certificate could not be stored",)
+    with pytest.raises(LocalProtocolError):
+        tx.reject_certificate("twice")  # the rejection is already the answer
+    done = step(tx, stub, rejecting, State.DONE)
+    assert isinstance(done, Done) and done.certificate is None and done.status.status == PKIStatus.REJECTION
+    assert len(stub.received) == 2  # the accepting certConf was never sent
+
+    fresh = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(LocalProtocolError):
+        fresh.reject_certificate("nothing received yet")
+
+
 def test_wrong_key_stays_the_error_when_the_rejection_is_answered_with_an_error(stub: CaStub) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
     refused = PKIStatusInfo(PKIStatus.REJECTION, (), FailInfo.badCertTemplate.mask)
