@@ -66,6 +66,20 @@ def test_out_that_cannot_be_a_folder_is_a_usage_error_before_anything_is_sent(tm
     assert store_counts(ca) == {}  # the CA saw no request
 
 
+def test_dry_run_names_a_san_typo_with_its_line_and_field(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    mac_manifest(manifest, 2)
+    with manifest.open("a") as f:
+        f.write(f"typo,/CN=typo,DSN:gnb.example,pass:{secret_for('typo')}\n")
+    result = run_provision(str(manifest), "--dry-run")
+    no_traceback(result)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"fleet: error: manifest {manifest}: line 4: sans: subjectAltName 'DSN:gnb.example': unknown type 'DSN'; "
+        "did you mean DNS:? (allowed: DNS:, IP:, URI:, email:, RID: or a bare host name, IP address or email)"
+    ]
+
+
 def _immutable(folder: Path) -> bool:
     """chattr +i where the file system allows it (root is not stopped by mode bits)."""
     folder.mkdir()
