@@ -75,8 +75,8 @@ def test_dry_run_names_a_san_typo_with_its_line_and_field(tmp_path: Path) -> Non
     no_traceback(result)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        f"fleet: error: manifest {manifest}: line 4: sans: subjectAltName 'DSN:gnb.example': unknown type 'DSN'; "
-        "did you mean DNS:? (allowed: DNS:, IP:, URI:, email:, RID: or a bare host name, IP address or email)"
+        (f"fleet: error: manifest {manifest}: line 4: sans: subjectAltName 'DSN:gnb.example': unknown type "
+         "'DSN'; did you mean DNS:? (allowed: DNS:, IP:, URI:, email:, RID: or a bare host name, IP address or email)")
     ]
 
 
