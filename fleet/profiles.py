@@ -15,6 +15,7 @@ from typing import Any
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError
 from fleet.load.schedule import Closed, ScheduleError, Shape, parse_shape
+from fleet.names import check_san_template
 
 OPERATIONS = ("genm", "ir", "cr", "p10cr", "kur", "rr")
 AUTH_KINDS = ("mac", "vendor")
@@ -219,6 +220,11 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1):
             raise ProfileError(f"{where}: [slo].{key}: must be a fraction between 0 and 1, got {value!r}")
     sans = devices.strings("sans", ())
+    for template in sans:
+        try:
+            check_san_template(template)
+        except FleetError as exc:
+            raise ProfileError(f"{devices.where}.sans: {exc}") from None
     duration = (
         shape.total_duration
         if hasattr(shape, "total_duration") and "duration" not in run.data

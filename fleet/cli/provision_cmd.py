@@ -79,7 +79,10 @@ def provision(
         return
     if server is None or out is None:
         raise ProvisionUsageError("give --server and --out (or --dry-run)")
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # before anything is sent
+        outputs.prepare_out(out)
+    except outputs.OutputError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--out'") from None
     jpath = journal or out / JOURNAL_FILE
     options = ProvisionOptions(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
@@ -96,21 +99,11 @@ def provision(
         except KeyboardInterrupt:
             interrupted = True
             stats = runner.stats
-        summary = summarize(devices, jr, stats, interrupted=interrupted)
+        summary = summarize(devices, jr, stats, interrupted=interrupted, out=out)
     if options.observer is not None:
         options.observer.finish()  # let Prometheus read the final counts (bounded wait)
     path = outputs.write_summary(out, summary)
-    rows = summary["results"]
-    assert isinstance(rows, list)
-    shown = [r for r in rows if r["outcome"] != "provisioned"] or rows
-    print(outputs.format_table(shown, _TABLE_COLUMNS, limit=30))
-    orphans = summary["orphans"]
-    print(
-        f"provision: {summary['provisioned']}/{summary['devices']} provisioned, {summary['failed']} failed, "
-        f"{summary['not_done']} not done; orphans: "
-        + (", ".join(f"{n} {fate}" for fate, n in orphans.items()) if orphans else "none")  # type: ignore[attr-defined]
-        + f"; summary in {path}"
-    )
+    print(outputs.run_report(summary, path, _TABLE_COLUMNS))
     if interrupted:
         print("fleet: interrupted; rerun the same command to resume", file=sys.stderr)
         raise typer.Exit(130)

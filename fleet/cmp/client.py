@@ -38,6 +38,7 @@ from fleet.cmp.errors import (
     TransactionIdMismatch,
     UnexpectedBody,
     UnprotectedMessage,
+    UnverifiedRefusal,
     WrongPublicKey,
 )
 from fleet.cmp.messages import (
@@ -288,6 +289,20 @@ class ClientTransaction:
     def result(self) -> Done | None:
         return self._result
 
+    def reject_certificate(self, text: str, fail_info: FailInfo = FailInfo.systemFailure) -> Send:
+        """The certConf to send instead of the accepting one ``receive`` just returned (not sent):
+        it rejects the certificate, for a caller that cannot keep it (its files could not be
+        stored), so the CA revokes it at once rather than hold a valid certificate nobody has.
+        When the CA acknowledges with pkiConf the transaction ends in ``Done`` carrying this
+        rejection as its status and no certificate."""
+        self._require(State.AWAIT_CONFIRM)
+        previous = self._result
+        if previous is None or previous.certificate is None or self._pending_error is not None:
+            raise LocalProtocolError("no accepted certificate to reject")
+        status = PKIStatusInfo(PKIStatus.REJECTION, (text,), fail_info.mask)
+        self._result = Done(status=status, extra_certs=previous.extra_certs, polls=previous.polls)
+        return self._confirm(previous.certificate, status)
+
     # -- building requests ----------------------------------------------------------------
 
     def _header_der(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> bytes:
@@ -370,6 +385,24 @@ class ClientTransaction:
         return msg
 
     def _verify_protection(self, msg: PKIMessage) -> None:
+        """Verify the protection, or raise. A refusal whose protection cannot be verified raises
+        ``UnverifiedRefusal`` carrying its status (reported, never believed), not the bare
+        protection error: "signer does not chain" alone hides what the CA said."""
+        try:
+            self._check_protection(msg)
+        except ProtectionError as exc:
+            status = _refusal_status(msg)
+            if status is None or not self.config.accept_unprotected_errors:
+                raise
+            reason = str(exc)
+            if not self.config.trust and not is_mac_algorithm(msg.header.protection_alg or b""):
+                reason += "; no trust anchor given to check its signature (--trusted)"
+            what = "server error" if msg.body_type is BodyType.ERROR else f"{msg.label}: request rejected"
+            raise UnverifiedRefusal(
+                f"{what} (unverified: {reason}): {_one_line(status.describe())}", status, reason
+            ) from None
+
+    def _check_protection(self, msg: PKIMessage) -> None:
         h = msg.header
         if msg.protection is None or h.protection_alg is None:
             if msg.body_type is BodyType.ERROR and self.config.accept_unprotected_errors:
@@ -537,6 +570,28 @@ class ClientTransaction:
         if isinstance(request, CsrRequest):
             return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return None
+
+
+def _refusal_status(msg: PKIMessage) -> PKIStatusInfo | None:
+    """The status of a message that refuses: an error message, or an ip/cp/kup/rp whose every
+    status is a rejection. None for anything else (those must verify or fail as they are)."""
+    body = msg.body
+    if isinstance(body, ErrorMsgContent):
+        statuses: tuple[PKIStatusInfo, ...] = (body.status,)
+    elif isinstance(body, CertRepMessage):
+        statuses = tuple(r.status for r in body.responses)
+    elif isinstance(body, RevRepContent):
+        statuses = body.statuses
+    else:
+        return None
+    if not statuses or any(s.status != PKIStatus.REJECTION for s in statuses):
+        return None
+    return statuses[0]
+
+
+def _one_line(text: str) -> str:
+    """A peer's text on one printable line (it may hold newlines or control characters)."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 _EVENT_BY_BODY = {

@@ -94,3 +94,17 @@ class ServerError(StatusError):
     def __init__(self, message: str, status: object, *, protected: bool = True) -> None:
         super().__init__(message, status)
         self.protected = protected
+
+
+class UnverifiedRefusal(StatusError):
+    """The peer refused (an error message, or a rejection status) but its protection could not be
+    verified: no trust anchor, a signer that does not chain, a MAC that does not match. The status
+    is reported, marked unverified, because it is the best clue the user has (a wrong secret is
+    usually answered with a signed error the client cannot check); nothing in the message is
+    believed and no certificate is taken from it. ``reason`` says why it could not be verified."""
+
+    kind = "unverified_refusal"
+
+    def __init__(self, message: str, status: object, reason: str) -> None:
+        super().__init__(message, status)
+        self.reason = reason

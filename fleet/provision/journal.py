@@ -9,6 +9,7 @@ A device moves through::
                    |        |
                    |        +-- certConf refused: orphan (revoke it with rr), back to key
                    +----------- no answer: possible orphan (the CA rejects it), back to key
+                   +----------- files not storable: certConf rejects it (an orphan), failed
     any step -> failed (permanent error; a rerun starts it again from its key)
 
 ``key``: the private key is in its 0600 file (or the device has a CSR). ``sent``: the
@@ -79,6 +80,7 @@ class OrphanFate(enum.StrEnum):
     ALREADY_DEAD = "already_dead"  # rr: the CA had revoked/rejected it already (confirmWaitTime)
     REVOKE_FAILED = "revoke_failed"  # rr refused for another reason: the CA rejects it unconfirmed
     LEFT_TO_CA = "left_to_ca_expiry"  # never received or no key to sign rr: unconfirmed, the CA rejects it
+    REJECTED = "rejected_in_certconf"  # received, its files could not be stored: certConf rejected it
 
 
 @dataclass(frozen=True)

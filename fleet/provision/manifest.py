@@ -9,7 +9,7 @@ Columns (all lower-case; empty cells are absent)::
 
     id            device id: letters, digits, '.', '_', '-' (the output folder's name)
     subject       /CN=a/O=b or CN=a,O=b                       (subject and/or sans required)
-    sans          DNS:host, IP:addr, URI:..., comma or space separated
+    sans          DNS:host, IP:addr, URI:..., email:a@b, RID:1.2.3; comma or space separated
     ref, secret   MAC authentication: reference (default: id) and pass:/env:/file: source
     cert, key     signature authentication with a vendor (IDevID) certificate and its key
     key_pass      passphrase source of ``key``;  chain: intermediates sent after ``cert``

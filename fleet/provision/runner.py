@@ -26,6 +26,15 @@ crash:
     by the orphan certificate and its key (reason superseded) before requesting a new one.
     A transport failure: retry the certConf later (still ``received``).
 
+Files that cannot be written fail that device alone, with the reason; the others carry on. Its
+folder is checked before anything is sent; if the certificate files still cannot be stored when
+the certificate arrives, certConf *rejects* the certificate (the CA revokes it at once) rather than
+confirm a certificate nobody holds, and the journal records it as an orphan ``rejected_in_certconf``
+(``left_to_ca_expiry`` if the CA did not acknowledge: unconfirmed, it dies at confirmWaitTime).
+
+A refusal is not an orphan: the CA issued nothing, also when its refusal could not be verified
+(no ``--trusted``: reported "unverified", nothing in it believed).
+
 Transient failures (timeouts, connection errors, HTTP 5xx/408/429, systemUnavail, systemFailure,
 transactionIdInUse, polling limits) are retried with exponential backoff and full jitter up to
 ``max_attempts`` per device and run; permanent ones (rejections with other failInfo, bad
@@ -48,14 +57,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
-from fleet.cmp.errors import CmpError, PollingLimit, StatusError
+from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert
 from fleet.errors import FleetError
 from fleet.exchange import TransactionTimeout, run_transaction
-from fleet.files import load_certificates
+from fleet.files import CredentialError, load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.http.errors import HttpStatusError, TransportError
 from fleet.provision import outputs
@@ -63,12 +72,14 @@ from fleet.provision.journal import (
     DeviceRecord,
     DeviceState,
     Journal,
+    JournalError,
     JournalWriter,
     Orphan,
     OrphanFate,
     updated,
 )
 from fleet.provision.manifest import CertAuth, DeviceSpec, MacAuth
+from fleet.provision.outputs import OutputError
 
 __all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient", "summarize"]
 
@@ -125,6 +136,7 @@ class RunStats:
     possible_orphans: int = 0
     elapsed: float = 0.0
     commits: int = 0
+    provisioned_ids: set[str] = field(default_factory=set)  # confirmed in this run
 
 
 class _Transient(Exception):
@@ -135,6 +147,14 @@ class _Transient(Exception):
 
 class _Permanent(Exception):
     def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _StoreFailed(Exception):
+    """The certificate arrived but its files could not be written."""
+
+    def __init__(self, error: OutputError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -267,6 +287,10 @@ class Provisioner:
             self._in_flight += 1
             try:
                 await self._device(device)
+            except JournalError:
+                raise  # the run's own state: nothing is safe without it
+            except Exception as exc:  # noqa: BLE001 - one device's surprise must not stop the others
+                await self._give_up(device, exc, permanent=True)
             finally:
                 self._in_flight -= 1
 
@@ -292,19 +316,22 @@ class Provisioner:
     async def _device(self, dev: DeviceSpec) -> None:
         rec = self.journal.device(dev.id)
         if rec.state is DeviceState.CONFIRMED:
-            self.stats.skipped += 1
-            if not (self.options.out / dev.id / outputs.CERT_FILE).exists():
-                await self._rewrite_files(dev, rec)
+            await self._confirmed_before(dev, rec)
             return
         if rec.error is not None or rec.fingerprint != dev.fingerprint:
             rec = updated(rec, fingerprint=dev.fingerprint, error=None, error_kind=None, fail_names=None)
             self.journal.remember([(rec, "resume")])
-        await trio.to_thread.run_sync(_remove_stale_temporaries, self.options.out / dev.id)
+        try:  # before anything is sent: a folder that cannot take files fails this device alone
+            await trio.to_thread.run_sync(self._prepare_folder, dev)
+        except OSError as exc:
+            await self._give_up(dev, outputs.files_error("cannot write in its output folder", exc), permanent=True)
+            return
         failures = 0
         while True:
             try:
                 if await self._step(dev):
                     self.stats.provisioned += 1
+                    self.stats.provisioned_ids.add(dev.id)
                     return
             except _Transient as t:
                 failures += 1
@@ -317,6 +344,34 @@ class Provisioner:
             except _Permanent as p:
                 await self._give_up(dev, p.error, permanent=True)
                 return
+            except (OSError, CredentialError, OutputError) as exc:  # its key or files: it fails alone
+                await self._give_up(dev, outputs.files_error("cannot write or read its files", exc), permanent=True)
+                return
+
+    def _prepare_folder(self, dev: DeviceSpec) -> None:
+        folder = self.options.out / dev.id
+        outputs.remove_stale_temporaries(folder)
+        outputs.check_writable(folder)
+
+    async def _confirmed_before(self, dev: DeviceSpec, rec: DeviceRecord) -> None:
+        """Confirmed in an earlier run: skip it, rewriting its files from the journal if they are
+        gone (or to add the ca.pem it lacked, when --trusted now names a root)."""
+        folder = self.options.out / dev.id
+        if rec.error is None and (folder / outputs.CERT_FILE).exists() and (
+            not self._trusted_der or (folder / outputs.CA_FILE).exists()
+        ):
+            self.stats.skipped += 1
+            return
+        try:
+            await self._rewrite_files(dev, rec)
+        except (OSError, FleetError) as exc:
+            error = outputs.files_error("confirmed at the CA, but its files cannot be written", exc)
+            self.stats.failed += 1
+            await self.writer.write((updated(rec, error_kind=error.kind, error=str(error)[:300]), "files_failed"))
+            return
+        self.stats.skipped += 1
+        if rec.error is not None:
+            await self.writer.write((updated(rec, error_kind=None, error=None, fail_names=None), "files_rewritten"))
 
     async def _step(self, dev: DeviceSpec) -> bool:
         """Take the step the journal calls for; True once the device is confirmed."""
@@ -381,7 +436,7 @@ class Provisioner:
         await self.writer.write(orphan, (back, "abandoned"))
         # A crash between writing the files and recording 'received' leaves a certificate that
         # will never be confirmed: it must not look like a provisioned device.
-        await trio.to_thread.run_sync(_remove_certificate_files, self.options.out / dev.id)
+        await trio.to_thread.run_sync(outputs.remove_certificate_files, self.options.out / dev.id)
 
     async def _request(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
         key = None
@@ -405,6 +460,7 @@ class Provisioner:
         observer, op = self.options.observer, tx.kind.label
         started = trio.current_time()
         polls = 0
+        unstored: tuple[bytes, OutputError] | None = None  # a certificate we reject: not stored
         if observer is not None:
             observer.operation_started(op)
         try:
@@ -421,17 +477,30 @@ class Provisioner:
                         observer.exchange(op, event.body_type.label, trio.current_time() - sent)
                     answered = tape.last
                     event = tx.receive(response.body)
-                    if isinstance(event, Send) and event.body_type is BodyType.CERTCONF and tx.result is not None:
+                    result = tx.result
+                    if (isinstance(event, Send) and event.body_type is BodyType.CERTCONF and result is not None
+                            and unstored is None):
                         # Ours to keep: durable on disk and in the journal before we confirm it.
-                        assert answered is not None
-                        rec = await self._store(dev, rec, tx.result, response.body, answered, key)
+                        assert answered is not None and result.certificate is not None
+                        try:
+                            rec = await self._store(dev, rec, result, response.body, answered, key)
+                        except _StoreFailed as failed:  # confirm nothing nobody holds: reject it
+                            unstored = (result.certificate, failed.error)
+                            event = tx.reject_certificate("the certificate could not be stored")
         except trio.TooSlowError:
             timeout = TransactionTimeout(f"transaction did not complete within {self.options.timeout:g} s")
             self._observe_failure(op, timeout, started, polls)
+            if unstored is not None:
+                return await self._not_stored(dev, rec, *unstored, timeout)
             return await self._request_failed(dev, rec, timeout, polled)
         except (TransportError, CmpError) as exc:
             self._observe_failure(op, exc, started, polls)
+            if unstored is not None:
+                return await self._not_stored(dev, rec, *unstored, exc)
             return await self._request_failed(dev, rec, exc, polled)
+        if unstored is not None:
+            self._observe_failure(op, unstored[1], started, polls)
+            return await self._not_stored(dev, rec, *unstored, None)
         if observer is not None:
             elapsed = trio.current_time() - started
             observer.operation_done(op, True, "ok", (), elapsed, elapsed, polls)
@@ -457,13 +526,36 @@ class Provisioner:
             raise _Transient(exc)
         raise _Permanent(exc)
 
+    async def _not_stored(self, dev: DeviceSpec, rec: DeviceRecord, cert_der: bytes, error: OutputError,
+                          unacknowledged: BaseException | None) -> bool:
+        """The certificate arrived, its files could not be written, certConf rejected it: the
+        device fails with that reason (no retry: the folder needs a person), the certificate is
+        an orphan the CA rejected, or will reject at confirmWaitTime if it did not acknowledge."""
+        assert rec.transaction_id is not None
+        if unacknowledged is None:
+            fate, how = OrphanFate.REJECTED, "rejected in certConf"
+        else:
+            fate = OrphanFate.LEFT_TO_CA
+            how = (f"the rejecting certConf was not acknowledged ({_kind(unacknowledged)}: {unacknowledged}): "
+                   "unconfirmed, the CA rejects it after its confirmWaitTime")
+        serial = format(load_cert(cert_der).serial_number, "X")
+        orphan = Orphan(dev.id, rec.transaction_id, True, fate, cert_der, serial,
+                        f"{error}; {how}"[:500], time.time())
+        back = updated(rec, state=DeviceState.KEY, transaction_id=None, nonce=None)
+        await self.writer.write(orphan, (back, "not_stored"))
+        await trio.to_thread.run_sync(outputs.remove_rejected_files, self.options.out / dev.id)
+        raise _Permanent(error)
+
     async def _store(
         self, dev: DeviceSpec, rec: DeviceRecord, done: Done, response: bytes, nonce: bytes,
         key: PrivateKey | None,
     ) -> DeviceRecord:
         cert_der = done.certificate
         assert cert_der is not None
-        await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs, key)
+        try:
+            await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs, key)
+        except (OSError, FleetError) as exc:
+            raise _StoreFailed(outputs.files_error("cannot store the certificate files", exc)) from None
         serial = format(load_cert(cert_der).serial_number, "X")
         rec = updated(rec, state=DeviceState.RECEIVED, nonce=nonce, response=response,
                       certificate=cert_der, serial=serial)
@@ -533,7 +625,7 @@ class Provisioner:
         back = updated(rec, state=DeviceState.KEY, transaction_id=None, nonce=None, response=None,
                        certificate=None, serial=None)
         await self.writer.write(orphan, (back, "orphaned"))
-        await trio.to_thread.run_sync(_remove_certificate_files, self.options.out / dev.id)
+        await trio.to_thread.run_sync(outputs.remove_certificate_files, self.options.out / dev.id)
 
     async def _settle_orphans(self, dev: DeviceSpec) -> None:
         """rr for every received orphan of ``dev``, signed with its own certificate and key."""
@@ -557,7 +649,7 @@ class Provisioner:
                 await run_transaction(client, tx, path=self._path(dev, client, tx.operation),
                                       timeout=self.options.timeout)
             except StatusError as exc:
-                if "certRevoked" in exc.fail_names:
+                if "certRevoked" in exc.fail_names and not isinstance(exc, UnverifiedRefusal):
                     await self._orphan_fate(orphan, OrphanFate.ALREADY_DEAD, "the CA had revoked or rejected it")
                 elif is_transient(exc):
                     raise _Transient(exc) from None
@@ -612,46 +704,27 @@ class Provisioner:
         return None
 
 
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Temporary files of atomic writes that a killed run left behind (never a real output)."""
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return
-    for name in names:
-        if name.startswith(".") and name.endswith(".tmp"):
-            try:
-                os.unlink(folder / name)
-            except FileNotFoundError:
-                pass
-
-
-def _remove_certificate_files(folder: Path) -> None:
-    """An orphan's files must not look like a provisioned device: cert.pem (and p12) go."""
-    for name in (outputs.CERT_FILE, outputs.P12_FILE):
-        try:
-            os.unlink(folder / name)
-        except FileNotFoundError:
-            pass
-    if not folder.exists():
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_NO_CA_FILE = "no ca.pem: no root certificate known (the response carried none; rerun with --trusted)"
 
 
 def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats | None = None,
-              *, interrupted: bool = False) -> dict[str, object]:
-    """The summary, from the journal: every manifest device with its outcome and orphans.
-    Holds no key, secret or CMP message."""
+              *, interrupted: bool = False, out: Path | None = None) -> dict[str, object]:
+    """The summary, from the journal: every manifest device with its outcome and orphans; with
+    ``stats``, whether it was provisioned in this run or before; with ``out``, a note for a
+    device without ``ca.pem``. Holds no key, secret or CMP message."""
     rows: list[dict[str, object]] = []
     counts = {"provisioned": 0, "failed": 0, "not_done": 0}
+    without_ca = 0
     for dev in devices:
         rec = journal.device(dev.id)
-        if rec.state is DeviceState.CONFIRMED:
+        note = None
+        if rec.state is DeviceState.CONFIRMED and rec.error is not None:
+            outcome = "failed"  # confirmed at the CA, its files could not be written
+        elif rec.state is DeviceState.CONFIRMED:
             outcome = "provisioned"
+            if out is not None and not (out / dev.id / outputs.CA_FILE).exists():
+                note = _NO_CA_FILE
+                without_ca += 1
         elif rec.error is not None:
             outcome = "failed"
         else:
@@ -673,11 +746,13 @@ def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats |
             "auth": dev.auth_kind,
             "serial": rec.serial if outcome == "provisioned" else None,
             "not_after": not_after,
+            "this_run": (dev.id in stats.provisioned_ids) if stats is not None and outcome == "provisioned" else None,
             "requests": rec.attempts,
             "error_kind": rec.error_kind if outcome != "provisioned" else None,
             "fail_info": rec.fail_names if outcome != "provisioned" else None,
             "error": rec.error if outcome != "provisioned" else None,
             "orphans": orphans,
+            "note": note,
         })
     fates: dict[str, int] = {}
     for row in rows:
@@ -687,6 +762,7 @@ def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats |
         "devices": len(devices),
         **counts,
         "orphans": fates,
+        "without_ca_pem": without_ca,
         "interrupted": interrupted,
         "complete": counts["provisioned"] == len(devices),
     }

@@ -27,9 +27,11 @@ from fleet.cmp.errors import (
     RecipNonceMismatch,
     RequestRejected,
     ServerError,
+    StatusError,
     TransactionIdMismatch,
     UnexpectedBody,
     UnprotectedMessage,
+    UnverifiedRefusal,
     WrongPublicKey,
 )
 from fleet.cmp.messages import (
@@ -528,6 +530,86 @@ def test_signed_response_to_mac_request_needs_trust(stub: CaStub) -> None:
         tx.receive(stub.answer(tx.start().data))
 
 
+_WRONG_SECRET = PKIStatusInfo(PKIStatus.REJECTION, ("MAC does not verify",), FailInfo.badMessageCheck.mask)
+
+
+def _signed_error(stub: CaStub, status: PKIStatusInfo = _WRONG_SECRET) -> None:
+    """The CA answers a MAC request it cannot verify as a CA must: an error signed by its RA."""
+    answer_with(stub, lambda r, q: dataclasses.replace(error_reply(stub, q, status), protect="signature"))
+
+
+def test_signed_refusal_without_trust_anchors_is_reported_unverified(stub: CaStub) -> None:
+    """Wrong secret, no --trusted: the user learns what the CA said (status, failInfo, text) and
+    that it could not be checked, not only "signer does not chain"."""
+    _signed_error(stub)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(UnverifiedRefusal) as info:
+        tx.receive(stub.answer(tx.start().data))
+    error = info.value
+    assert isinstance(error, StatusError) and error.kind == "unverified_refusal"
+    assert error.fail_names == ("badMessageCheck",) and "does not chain to a trusted anchor" in error.reason
+    text = str(error)
+    assert text.startswith("server error (unverified: ")
+    assert 'rejection failInfo badMessageCheck "MAC does not verify"' in text and "--trusted" in text
+    assert "\n" not in text and tx.state is State.FAILED and tx.result is None
+
+
+def test_the_same_refusal_with_trust_anchors_is_a_verified_server_error(stub: CaStub) -> None:
+    _signed_error(stub)
+    tx = ClientTransaction(mac_config(stub, trust=TrustStore([stub.root.cert])), ir())
+    with pytest.raises(ServerError) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert not isinstance(info.value, UnverifiedRefusal) and info.value.protected
+    assert info.value.fail_names == ("badMessageCheck",) and "unverified" not in str(info.value)
+
+
+def test_unverified_rejection_in_ip_gives_no_certificate(stub: CaStub) -> None:
+    """An ip whose status is a rejection, signed by a stranger: reported, nothing taken from it
+    (the stray certificate the body carries included)."""
+    stranger = issue(make_ca("Mallory Root"), "Mallory RA")
+    rejected = PKIStatusInfo(PKIStatus.REJECTION, ("policy\nsays\x07no",), FailInfo.badCertTemplate.mask)
+
+    def reject(reply: Reply, request: PKIMessage) -> Reply:
+        body = CertRepMessage((CertResponse(0, rejected, stub.issue_for(KEY.public_key())),))
+        return dataclasses.replace(reply, body=body, protect="signature")
+
+    answer_with(stub, reject)
+    stub.signer = stranger
+    tx = ClientTransaction(sig_config(stub), ir())  # trusts the stub's root, not Mallory's
+    with pytest.raises(UnverifiedRefusal) as info:
+        tx.receive(stub.answer(tx.start().data))
+    text = str(info.value)
+    assert text.startswith("ip: request rejected (unverified: signer certificate 'CN=Mallory RA'")
+    assert "--trusted" not in text  # anchors were given; the signer just is not under them
+    assert text.endswith('rejection failInfo badCertTemplate "policy says no"')  # one printable line
+    assert tx.result is None and tx.state is State.FAILED
+
+
+def test_untrusted_acceptance_is_never_believed(stub: CaStub) -> None:
+    """Only refusals are reported unverified; an accepting ip from an unchecked signer still fails
+    on its protection, its certificate never offered for certConf."""
+    stub.ca_pubs = False
+    answer_with(stub, lambda r, q: dataclasses.replace(r, protect="signature"))
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(UntrustedSigner):
+        tx.receive(stub.answer(tx.start().data))
+    assert tx.result is None and tx.state is State.FAILED
+
+
+def test_refusal_with_a_wrong_mac_is_unverified_and_can_be_refused(stub: CaStub) -> None:
+    stub.reply_secret = b"not our secret"
+    answer_with(stub, lambda r, q: error_reply(stub, q, _WRONG_SECRET))
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(UnverifiedRefusal) as info:
+        tx.receive(stub.answer(tx.start().data))
+    assert info.value.fail_names == ("badMessageCheck",) and "--trusted" not in str(info.value)
+    # A caller that accepts no unprotected errors gets no unverified ones either.
+    _signed_error(stub)
+    tx = ClientTransaction(mac_config(stub, accept_unprotected_errors=False), ir())
+    with pytest.raises(UntrustedSigner):
+        tx.receive(stub.answer(tx.start().data))
+
+
 def test_ca_pubs_only_under_mac(stub: CaStub) -> None:
     tx = ClientTransaction(sig_config(stub), ir())  # stub.ca_pubs is on by default
     with pytest.raises(CaPubsNotAllowed) as info:
@@ -583,6 +665,31 @@ def test_issued_certificate_for_another_key_is_rejected_in_certconf(stub: CaStub
         tx.receive(stub.answer(conf.data))
     assert info.value.kind == "wrong_public_key"
     assert tx.state is State.FAILED and tx.result is None
+
+
+def test_caller_can_reject_a_certificate_it_cannot_keep(stub: CaStub) -> None:
+    """A caller that cannot store the certificate sends a rejecting certConf instead of the
+    accepting one; pkiConf then ends the transaction with that rejection and no certificate."""
+    tx = ClientTransaction(mac_config(stub), ir())
+    accepting = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    assert isinstance(accepting, Send) and tx.result is not None and tx.result.certificate is not None
+    issued = tx.result.certificate
+    rejecting = tx.reject_certificate("the certificate could not be stored")
+    assert rejecting.body_type is BodyType.CERTCONF and rejecting.data != accepting.data
+    status = messages.decode(rejecting.data).body.statuses[0]  # type: ignore[union-attr]
+    assert status.cert_hash == cert_hash(issued) and status.cert_req_id == 0
+    assert status.status_info is not None and status.status_info.status == PKIStatus.REJECTION
+    assert status.status_info.fail_names == ("systemFailure",)
+    assert status.status_info.texts == ("the certificate could not be stored",)
+    with pytest.raises(LocalProtocolError):
+        tx.reject_certificate("twice")  # the rejection is already the answer
+    done = step(tx, stub, rejecting, State.DONE)
+    assert isinstance(done, Done) and done.certificate is None and done.status.status == PKIStatus.REJECTION
+    assert len(stub.received) == 2  # the accepting certConf was never sent
+
+    fresh = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(LocalProtocolError):
+        fresh.reject_certificate("nothing received yet")
 
 
 def test_wrong_key_stays_the_error_when_the_rejection_is_answered_with_an_error(stub: CaStub) -> None:

@@ -115,3 +115,20 @@ def test_idevid_and_csr_rows(tmp_path: Path) -> None:
         "line 6: secret: give secret (MAC) or cert and key (IDevID), not both",
         f"line 7: csr: cannot read CSR file '{tmp_path / 'missing.csr'}': No such file or directory",
     ]
+
+
+def test_san_typos_and_bad_values_are_problems_with_line_and_field() -> None:
+    """The manifest uses the one SAN parser: a typo is a problem, never a URI in a certificate."""
+    found = problems(
+        "id,subject,sans,secret\n"
+        "a,/CN=a,DNS:a.example,pass:x\n"
+        "b,/CN=b,DSN:b.example,pass:x\n"
+        'c,/CN=c,"DNS:c.example, RID:1.2.3, FOO:bar",pass:x\n'
+        "d,/CN=d,URI:no-scheme,pass:x\n"
+    )
+    assert len(found) == 3
+    assert found[0].startswith("line 3: sans: subjectAltName 'DSN:b.example': unknown type 'DSN'; did you mean DNS:?")
+    assert "allowed: DNS:, IP:, URI:, email:, RID:" in found[0]
+    assert found[1].startswith("line 4: sans: subjectAltName 'FOO:bar': unknown type 'FOO'")
+    assert found[2] == ("line 5: sans: bad subjectAltName 'URI:no-scheme': a URI needs a scheme, "
+                        "e.g. URI:urn:uuid:... or URI:https://host/")

@@ -200,6 +200,67 @@ async def test_transient_failures_are_retried_permanent_ones_recorded(ca: Loopba
     assert "not-the-secret" not in str(summary)
 
 
+async def test_unverifiable_refusal_is_a_failure_not_an_orphan(ca: LoopbackCa, tmp_path: Path) -> None:
+    """Without --trusted the CA's signed refusal of a wrong secret cannot be checked; it is still
+    a refusal (the CA issued nothing): the device fails with what the CA said, no orphan."""
+    manifest = tmp_path / "m.csv"
+    ids = mac_manifest(manifest, 2)
+    with manifest.open("a") as f:
+        f.write("bad-secret,/CN=bad,,pass:not-the-secret\n")
+    stats, summary = await provision(ca, manifest, tmp_path / "out", trusted=())
+    rows = {r["id"]: r for r in summary["results"]}  # type: ignore[union-attr]
+    assert all(rows[i]["outcome"] == "provisioned" for i in ids)
+    bad = rows["bad-secret"]
+    assert bad["outcome"] == "failed" and bad["fail_info"] == "badMessageCheck" and bad["requests"] == 1
+    assert bad["error_kind"] == "unverified_refusal" and "unverified" in str(bad["error"])
+    assert bad["orphans"] == [] and summary["orphans"] == {} and stats.possible_orphans == 0
+
+
+async def test_rejecting_certconf_lost_leaves_the_orphan_to_the_ca(ca: LoopbackCa, tmp_path: Path) -> None:
+    """The certificate cannot be stored and the certConf rejecting it never reaches the CA: the
+    orphan is recorded (with its certificate) as left to the CA, which rejects it at
+    confirmWaitTime; the device fails, the others are issued."""
+    manifest = tmp_path / "m.csv"
+    ids = mac_manifest(manifest, 3)
+    out = tmp_path / "out"
+    (out / ids[1] / "ca.pem").mkdir(parents=True)  # written before cert.pem: the store fails
+
+    async def drop_its_certconf(request: HttpRequest, msg: messages.PKIMessage) -> HttpResponse | None:
+        if msg.label == "certConf" and msg.header.sender_kid == ids[1].encode():
+            return HttpResponse(0, drop_connection=True)
+        return None
+
+    ca.hook = drop_its_certconf
+    stats, summary = await provision(ca, manifest, out)
+    assert stats.provisioned == 2 and stats.failed == 1 and stats.retries == 0  # no retry: a person must fix it
+    row = {r["id"]: r for r in summary["results"]}[ids[1]]  # type: ignore[union-attr]
+    assert row["outcome"] == "failed" and row["error_kind"] == "output_error"
+    assert str(row["error"]).startswith("cannot store the certificate files: Is a directory: ")
+    assert summary["orphans"] == {"left_to_ca_expiry": 1}
+    with journal_view(out) as journal:
+        (orphan,) = journal.orphans_of(ids[1])
+        assert orphan.fate is OrphanFate.LEFT_TO_CA and orphan.received and orphan.certificate is not None
+        assert "the rejecting certConf was not acknowledged" in orphan.detail
+        assert journal.device(ids[1]).state is DeviceState.FAILED
+    assert ca.counts() == {"issued": 2, "pending": 1}
+    ca.tick(time.time() + 3600)  # confirmWaitTime passes
+    assert ca.counts() == {"issued": 2, "rejected": 1}
+    assert ca.authority.store.get(int(orphan.serial or "0", 16)).status is CertStatus.REJECTED  # type: ignore[union-attr]
+
+
+async def test_unreadable_key_file_fails_that_device_alone(ca: LoopbackCa, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    ids = mac_manifest(manifest, 4)
+    out = tmp_path / "out"
+    (out / ids[2]).mkdir(parents=True)
+    (out / ids[2] / "key.pem").write_text("-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n")
+    stats, summary = await provision(ca, manifest, out)
+    rows = {r["id"]: r for r in summary["results"]}  # type: ignore[union-attr]
+    assert [rows[i]["outcome"] for i in ids] == ["provisioned", "provisioned", "failed", "provisioned"]
+    assert rows[ids[2]]["requests"] == 0 and "holds no readable private key" in str(rows[ids[2]]["error"])
+    assert stats.failed == 1 and ca.counts() == {"issued": 3}
+
+
 async def test_idevid_and_p10cr_devices(tmp_path: Path, nursery: trio.Nursery) -> None:
     from provision_helpers import VendorPki, make_csr
 
