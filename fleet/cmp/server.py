@@ -6,13 +6,16 @@ certConf never came (their certificate is rejected, which CRL and OCSP list as r
 transactions that hung while waiting; callers run it periodically. Nothing here reads a clock,
 sleeps or touches a socket: ``fleet.ca.service`` does that.
 
-Checks, in order (RFC 9483 §3, checklist items 13-17): DER; protection (MAC with the secret the
-``SecretLookup`` finds for senderKID, or a signature by a certificate that chains to the trust
-anchors; vendor (IDevID) anchors are accepted for ir only); pvno 2 or 3; transactionID and a
-senderNonce of 16+ octets; messageTime within the allowed skew; then the per-transaction table
-(``_TRANSITIONS``): a new request on a live or recently closed transactionID is
-``transactionIdInUse``, a follow-up must echo our senderNonce as recipNonce and use the same kind
-of protection (and the same signer) as the request it follows.
+Checks, in order (RFC 9483 §3, checklist items 13-17): DER; one authentication step for every
+body (``_authenticate``): MAC with the secret the ``SecretLookup`` finds for senderKID and a
+directoryName sender, or a signature by a certificate that chains to the trust anchors (vendor
+(IDevID) anchors for ir only), named by sender and senderKID, and still good in the CA's records
+(``CaBackend.cert_state``: not revoked, on hold, unconfirmed or replaced by a kur); pvno 2 or 3;
+transactionID and a senderNonce of 16+ octets; messageTime within the allowed skew; then the
+per-transaction table (``_TRANSITIONS``): a new request on a live or recently closed
+transactionID is ``transactionIdInUse``, a follow-up must echo our senderNonce as recipNonce and
+use the same kind of protection (and the same signer) as the request it follows. A signer the
+records refuse is answered last, in the request's own response where it has a status.
 
 Responses are protected like the request: a MAC request is answered with the same MAC algorithm
 and parameters under the same secret, a signed request (and any request whose MAC could not be
@@ -689,11 +692,11 @@ class CmpServer:
             handler = _TRANSITIONS[None].get(body_type)
             if handler is None:
                 raise _Refuse(FailInfo.badRequest, f"{msg.label} does not start a transaction")
+            if ctx.denial is not None:
+                return self._deny(ctx, ctx.denial)
             limit = self.config.max_transactions
             if limit is not None and len(self._live) >= limit:
                 raise _Refuse(FailInfo.systemUnavail, "too many concurrent transactions; retry later")
-            if ctx.denial is not None:
-                return self._deny(ctx, ctx.denial)
             if inject_error:
                 raise _Refuse(FailInfo.systemFailure, "injected failure (load-target knob)")
             return handler(self, ctx, defer)

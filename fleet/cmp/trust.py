@@ -1,4 +1,5 @@
-"""Who may sign CMP messages: certificate paths from a signer to configured trust anchors.
+"""Who may sign CMP messages: certificate paths from a signer to configured trust anchors, and
+whether a signed message's sender and senderKID name its signer (RFC 9483 §3.1).
 
 A small path builder (issuer name match, signature, validity, CA flag) rather than a TLS
 verifier: CMP signers carry no server names or TLS key usages. Verified paths are cached, because
@@ -50,15 +51,13 @@ def load_cert(der_bytes: bytes) -> x509.Certificate:
     """Parse a DER certificate once; CMP repeats the same few CA certificates in every message.
 
     cryptography parses version, names and extensions lazily: they are read here, so a peer's
-    malformed certificate fails as a ``CertificateError`` now rather than as a bare ``ValueError``
-    in the middle of path building.
+    malformed certificate (a duplicated extension, RFC 5280 §4.2, included) fails as a
+    ``CertificateError`` now rather than as another exception in the middle of path building.
     """
     try:
         cert = x509.load_der_x509_certificate(der_bytes)
         cert.version, cert.subject, cert.issuer, cert.extensions  # noqa: B018
-    except (ValueError, x509.InvalidVersion, x509.UnsupportedGeneralNameType) as exc:
-        raise CertificateError(f"malformed certificate: {exc}") from None
-    except x509.DuplicateExtension as exc:  # RFC 5280 §4.2: each extension at most once
+    except (ValueError, x509.InvalidVersion, x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as exc:
         raise CertificateError(f"malformed certificate: {exc}") from None
     return cert
 
