@@ -544,12 +544,14 @@ class CmpServer:
         """The one authentication step of every request, whatever its body (RFC 9483 §3.5).
 
         MAC: the secret ``secrets`` finds for senderKID verifies the MAC, and the sender is a
-        directoryName (RFC 9483 §3.1; the NULL-DN of a sender that does not know its name is
-        one, RFC 9810 §5.1.1). Signature: the certificate matching senderKID in extraCerts
-        verifies the signature and chains to a trust anchor at ``now``, and sender and senderKID
-        name it (``check_signer_names``). These failures raise ``_Refuse``: an error message with
-        badMessageCheck (badAlg for an algorithm, curve or key type fleet cannot use). Then the
-        CA's records must still let the signer act (``_signer_denial``); a refusal waits in
+        directoryName (RFC 9483 §3.1; RFC 9810 §5.1.1 gives a sender that does not know its
+        name the NULL-DN, still a directoryName, as OpenSSL sends it). Signature: the
+        certificate matching senderKID in extraCerts verifies the signature and chains to a
+        trust anchor at ``now``, and sender and senderKID name it (``check_signer_names``).
+        These failures raise ``_Refuse``: an error message with badMessageCheck, "integrity
+        check failed" (RFC 9810 §5.2.3): the header the protection covers does not identify
+        the key that made it; badAlg for an algorithm, curve or key type fleet cannot use. Then
+        the CA's records must still let the signer act (``_signer_denial``); a refusal waits in
         ``ctx.denial`` until ``_dispatch`` has checked the header and the transaction table.
         """
         msg = ctx.msg
@@ -1534,8 +1536,9 @@ _REASON_BY_CODE = {
 def _single_reason(crl_entry_details: bytes | None) -> int | None:
     """The CRLReason code of an rr's crlEntryDetails, None when it has none. RFC 9483 §4.2 asks
     for exactly one; none is taken as unspecified (OpenSSL sends none unless given
-    -revreason), two or more are refused with badRequest: the request is not one the CA can
-    carry out as asked. Other entry extensions (invalidityDate, say) are ignored."""
+    -revreason), two or more are refused with badRequest, "transaction not permitted or
+    supported" (RFC 9810 §5.2.3): the encoding is sound (not badDataFormat) but the CA cannot
+    tell which revocation is asked for. Other entry extensions (invalidityDate) are ignored."""
     if crl_entry_details is None:
         return None
     codes = []
@@ -1552,7 +1555,8 @@ def _single_reason(crl_entry_details: bytes | None) -> int | None:
 
 def _template_mismatch(template: messages.CertTemplate, cert: x509.Certificate) -> str | None:
     """The first certTemplate field of an rr, beyond issuer and serialNumber, that does not
-    match ``cert`` (None when every given field does)."""
+    match ``cert`` (None when every given field does). The caller answers badCertId, "no
+    certificate could be found matching the provided criteria" (RFC 9810 §5.2.3)."""
     if template.subject is not None and template.subject != cert.subject.public_bytes():
         try:
             if parse_name(template.subject) != cert.subject:

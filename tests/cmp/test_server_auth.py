@@ -176,6 +176,22 @@ def test_revoked_signer_is_refused_in_follow_ups(authority: Authority) -> None:
     assert all(authority.store.get(o.serial).status is CertStatus.REJECTED for o in expired)
 
 
+def test_delayed_rr_of_itself_is_still_delivered(server: CmpServer, authority: Authority) -> None:
+    """An rr answered "waiting" revokes at once; the pollReq the just-revoked certificate signs
+    in that transaction still gets the rp, and nothing else it signs does."""
+    device = enroll(server, "self-revoking")
+    now = time.time()
+    waiting = P.Answer.read(server.handle(request("rr", device, authority), now, defer=2).data)
+    assert (waiting.body, waiting.status) == ("error", 3)
+    assert authority.store.get(device.cert.serial_number).status is CertStatus.REVOKED
+    poll = P.new_message("pollReq")
+    P.poll_req(poll, -1)
+    header = P.Header(transaction_id=waiting.transaction_id, recip_nonce=waiting.sender_nonce)
+    answer = send(server, P.protect(poll, device.signed(authority), header), now + 3)
+    assert (answer.body, answer.status) == ("rp", 0)
+    assert send(server, request("genm", device, authority), now + 3).fail == ("certRevoked",)
+
+
 def test_signature_protected_ir_by_a_revoked_certificate(server: CmpServer, authority: Authority) -> None:
     device = enroll(server, "dev")
     revoke(server, authority, device, reason=4)
