@@ -4,10 +4,20 @@
 issuer), ``fleet.ca.store`` (durable records) and ``fleet.ca.revocation`` (CRL and OCSP), and
 builds the ``CmpServer`` with the RA signer, trust anchors and shared secrets. No I/O beyond the
 store's SQLite file.
+
+Key updates: once the certificate a kur issued is confirmed (certConf, or implicit
+confirmation), the certificate it updated is *replaced*. It stays valid for CRL and OCSP (a CA
+that revoked every renewed certificate would grow its CRL with each rotation), but it no longer
+signs CMP requests unless ``ServerConfig.allow_replaced_signers`` says so. Which certificates
+were replaced is the one fact the store's records do not hold, so ``Replacements`` keeps it in a
+table of its own in the same database file; the new certificate's confirmation is flushed first,
+so a crash never leaves the old certificate replaced by a certificate the records lost.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +25,8 @@ from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.ca.pki import CaHierarchy, CertificateIssuer, CertificateRequestRejected, IssuedCert
 from fleet.ca.revocation import CrlPublisher, OcspResponder
@@ -24,12 +36,15 @@ from fleet.ca.store import (
     CertStore,
     InvalidStatusChange,
     SerialCollision,
+    StoreError,
     UnknownCertificate,
+    serial_hex,
 )
 from fleet.cmp import der, genm, oids
 from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.server import (
+    CertState,
     CmpServer,
     IssueRequest,
     KnownCert,
@@ -59,6 +74,41 @@ _KEY_SPEC = der.sequence(
 )
 
 
+class Replacements:
+    """Serials of certificates replaced by a confirmed kur, in the table
+    ``replaced_certificates`` of the store's database (module doc). Written once per confirmed
+    kur, read by primary key for each signature-protected request."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS replaced_certificates ("
+                "serial TEXT PRIMARY KEY, by_serial TEXT NOT NULL, replaced_at INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open certificate store {path}: {exc}") from None
+        self._path = path
+
+    def add(self, serial: int, by_serial: int) -> None:
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO replaced_certificates VALUES (?, ?, ?)",
+                (serial_hex(serial), serial_hex(by_serial), int(time.time())),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write certificate store {self._path}: {exc}") from None
+
+    def __contains__(self, serial: int) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM replaced_certificates WHERE serial = ?", (serial_hex(serial),)
+        ).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        self._db.close()
+
+
 @dataclass(frozen=True)
 class AuthorityStatistics:
     by_status: dict[str, int]
@@ -85,6 +135,9 @@ class Authority:
         self._ca_certs = hierarchy.chain_for_issued_der
         self._issuing_name = hierarchy.issuing.subject
         self._issuing_name_der = self._issuing_name.public_bytes()
+        self.replacements = Replacements(store.path)
+        # kur certificates not yet confirmed: new serial -> serial of the certificate it updates
+        self._updates: dict[int, int] = {}
 
     @classmethod
     def open(
@@ -105,6 +158,7 @@ class Authority:
         self.issuer = CertificateIssuer(self.hierarchy, base_url=base_url, validity=self.issuer.validity)
 
     def close(self) -> None:
+        self.replacements.close()
         self.store.close()
 
     # -- CaBackend ------------------------------------------------------------------------
@@ -141,6 +195,11 @@ class Authority:
             except SerialCollision:
                 store.release_serial(serial)
                 continue
+            if request.old_cert is not None:
+                if request.confirmed:
+                    self._replace(request.old_cert.serial_number, serial)
+                else:
+                    self._updates[serial] = request.old_cert.serial_number
             return issued
         raise Rejected("could not draw a unique serial number", FailInfo.systemFailure)
 
@@ -148,13 +207,23 @@ class Authority:
         try:
             self.store.confirm(serial)
         except InvalidStatusChange as exc:  # revoked before its certConf arrived
+            self._updates.pop(serial, None)
             raise Rejected(str(exc), FailInfo.certRevoked) from None
+        old = self._updates.pop(serial, None)
+        if old is not None:
+            self._replace(old, serial)
 
     def reject(self, serial: int, now: datetime) -> None:
+        self._updates.pop(serial, None)
         try:
             self.store.reject(serial, now)
         except (InvalidStatusChange, UnknownCertificate):
             pass  # confirmed or revoked meanwhile: nothing to reject
+
+    def _replace(self, old: int, new: int) -> None:
+        """``old`` is replaced by the confirmed ``new``: durable in that order (module doc)."""
+        self.store.flush()
+        self.replacements.add(old, new)
 
     def find(self, issuer: x509.Name, serial: int) -> KnownCert | None:
         if issuer != self._issuing_name:
@@ -163,6 +232,39 @@ class Authority:
         if rec is None:
             return None
         return KnownCert(load_cert(rec.der), rec.der, rec.status.value, rec.revocation_reason)
+
+    def cert_state(self, cert: x509.Certificate) -> CertState:
+        serial = cert.serial_number
+        rec = self.store.get(serial)
+        if rec is None or rec.der != cert.public_bytes(Encoding.DER):
+            return CertState.UNKNOWN if self._issued_under_our_key(cert) else CertState.FOREIGN
+        status = rec.status
+        if status is CertStatus.ISSUED:
+            return CertState.REPLACED if serial in self.replacements else CertState.GOOD
+        if status is CertStatus.PENDING:
+            return CertState.PENDING
+        if status is CertStatus.REJECTED:
+            return CertState.REJECTED
+        if rec.revocation_reason is x509.ReasonFlags.certificate_hold:
+            return CertState.ON_HOLD
+        return CertState.REVOKED
+
+    def _issued_under_our_key(self, cert: x509.Certificate) -> bool:
+        """Whether a certificate the records do not know names this CA's issuing key as its
+        issuer (another CA may well use the same name: two fleet CAs do)."""
+        if cert.issuer != self._issuing_name:
+            return False
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        if aki is not None:
+            return aki == self.hierarchy.issuing_ski
+        try:
+            cert.verify_directly_issued_by(self.hierarchy.issuing)
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            return False
+        return True
 
     def revoke(self, serial: int, reason: x509.ReasonFlags | None, now: datetime) -> None:
         try:

@@ -65,6 +65,10 @@ def serve(
     max_iterations: Annotated[int, typer.Option(help="Cap on PBM/PBMAC1 iteration counts.")] = 10_000,
     max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
+    allow_replaced_signers: Annotated[bool, typer.Option(
+        "--allow-replaced-signers",
+        help="Let a certificate replaced by a confirmed kur go on signing requests (by default it may "
+             "only revoke itself; it stays valid for CRL and OCSP either way).")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM, leaf first).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
@@ -104,6 +108,7 @@ def serve(
         max_time_skew=max_time_skew or None,
         max_iterations=max_iterations,
         max_transactions=max_transactions or None,
+        allow_replaced_signers=allow_replaced_signers,
     )
     vendor = _certs(vendor_trust)
     if vendor_trust is not None and not vendor:
@@ -191,7 +196,8 @@ def _describe(hierarchy: CaHierarchy, ref: str | None, mac: bool, master: bool,
     if master:
         lines.append("    - MAC with per-device secrets: hex(HMAC-SHA256(master secret, reference)) as ASCII")
     lines.append("    - signatures by certificates chaining to the root above"
-                 + (f" or to {', '.join(map(str, trusted))}" if trusted else "") + " (kur/rr: certificates this CA issued)")
+                 + (f" or to {', '.join(map(str, trusted))}" if trusted else "") + " (kur/rr: certificates this CA issued;"
+                 " its own certificates only while its records call them good)")
     if vendor:
         lines.append(f"    - ir signed by vendor (IDevID) certificates chaining to {vendor}")
     if not mac and not master:

@@ -6,13 +6,16 @@ certConf never came (their certificate is rejected, which CRL and OCSP list as r
 transactions that hung while waiting; callers run it periodically. Nothing here reads a clock,
 sleeps or touches a socket: ``fleet.ca.service`` does that.
 
-Checks, in order (RFC 9483 §3, checklist items 13-17): DER; protection (MAC with the secret the
-``SecretLookup`` finds for senderKID, or a signature by a certificate that chains to the trust
-anchors; vendor (IDevID) anchors are accepted for ir only); pvno 2 or 3; transactionID and a
-senderNonce of 16+ octets; messageTime within the allowed skew; then the per-transaction table
-(``_TRANSITIONS``): a new request on a live or recently closed transactionID is
-``transactionIdInUse``, a follow-up must echo our senderNonce as recipNonce and use the same kind
-of protection (and the same signer) as the request it follows.
+Checks, in order (RFC 9483 §3, checklist items 13-17): DER; one authentication step for every
+body (``_authenticate``): MAC with the secret the ``SecretLookup`` finds for senderKID and a
+directoryName sender, or a signature by a certificate that chains to the trust anchors (vendor
+(IDevID) anchors for ir only), named by sender and senderKID, and still good in the CA's records
+(``CaBackend.cert_state``: not revoked, on hold, unconfirmed or replaced by a kur); pvno 2 or 3;
+transactionID and a senderNonce of 16+ octets; messageTime within the allowed skew; then the
+per-transaction table (``_TRANSITIONS``): a new request on a live or recently closed
+transactionID is ``transactionIdInUse``, a follow-up must echo our senderNonce as recipNonce and
+use the same kind of protection (and the same signer) as the request it follows. A signer the
+records refuse is answered last, in the request's own response where it has a status.
 
 Responses are protected like the request: a MAC request is answered with the same MAC algorithm
 and parameters under the same secret, a signed request (and any request whose MAC could not be
@@ -82,13 +85,25 @@ from fleet.cmp.protection import (
     parse_mac_params,
     verify_signature,
 )
-from fleet.cmp.trust import TrustStore, UntrustedSigner, find_signer, load_cert
+from fleet.cmp.trust import PLACEHOLDER_SPKI as _DUMMY_SPKI  # noqa: F401  # with _csr_der: a Name's CSR
+from fleet.cmp.trust import (
+    SignerMismatch,
+    TrustStore,
+    UnsupportedKey,
+    UntrustedSigner,
+    check_signer_names,
+    find_signer,
+    load_cert,
+    parse_name,
+    public_key_of,
+)
 from fleet.errors import FleetError
 from fleet.randomness import RandomPool
 from fleet.records import record
 
 __all__ = [
     "CaBackend",
+    "CertState",
     "CmpServer",
     "IssueRequest",
     "KnownCert",
@@ -204,6 +219,20 @@ class KnownCert:
     reason: x509.ReasonFlags | None = None
 
 
+class CertState(enum.Enum):
+    """Where a signer certificate stands in the CA's records: what the authentication step asks
+    of ``CaBackend.cert_state`` for every signature-protected request."""
+
+    FOREIGN = "foreign"  # issued by another (trusted) CA: the records cannot say, the path did
+    UNKNOWN = "unknown"  # issued under this CA's name, yet not in its records
+    PENDING = "pending"  # issued, its holder has not confirmed it (certConf) yet
+    GOOD = "good"
+    ON_HOLD = "on_hold"  # revoked with reason certificateHold: may be released (removeFromCRL)
+    REVOKED = "revoked"
+    REJECTED = "rejected"  # refused by its holder, or never confirmed: listed as revoked
+    REPLACED = "replaced"  # superseded by a key update (kur) whose new certificate is confirmed
+
+
 class IssuedLike(Protocol):
     @property
     def der(self) -> bytes: ...
@@ -238,6 +267,11 @@ class CaBackend(Protocol):
     def reject(self, serial: int, now: datetime) -> None: ...
 
     def find(self, issuer: x509.Name, serial: int) -> KnownCert | None: ...
+
+    def cert_state(self, cert: x509.Certificate) -> CertState:
+        """The records' view of a certificate that signed a request (its path already verified).
+        Called for every signature-protected request: an indexed look-up, no scan."""
+        ...
 
     def revoke(self, serial: int, reason: x509.ReasonFlags | None, now: datetime) -> None: ...
 
@@ -274,6 +308,9 @@ class ServerConfig:
     max_rsa_bits: int = 8192  # RSA key size cap for signers and requested keys
     min_nonce_bytes: int = 16
     allow_mac_rr: bool = False  # rr must be signed by the certificate (or its key) by default
+    # A certificate replaced by a confirmed kur no longer signs requests (as the conformance
+    # suites expect); True lets it go on until it expires or is revoked.
+    allow_replaced_signers: bool = False
 
 
 class TxState(enum.Enum):
@@ -356,6 +393,9 @@ class _Tx:
     pending: tuple[BodyType, messages.Body, tuple[InfoTypeAndValue, ...], tuple[bytes, ...]] | None = None
     ready_at: float = 0.0
     implicit: bool = False
+    # Serial of the signer certificate whose status this transaction's own request changed (an
+    # rr revoking it, a kur with implicit confirmation replacing it): its follow-ups still pass.
+    settles: int | None = None
 
 
 _NO_AUTH = _Auth("none")
@@ -365,13 +405,14 @@ class _Ctx:
     """One request being handled. ``when`` is ``now`` as a datetime, made only if asked for
     (the usual exchange never needs it)."""
 
-    __slots__ = ("auth", "msg", "now", "tx")
+    __slots__ = ("auth", "denial", "msg", "now", "tx")
 
     def __init__(self, msg: PKIMessage, now: float) -> None:
         self.msg = msg
         self.now = now
         self.auth = _NO_AUTH  # replaced, never changed in place
         self.tx: _Tx | None = None
+        self.denial: Rejected | None = None  # the records refuse the signer (``_signer_denial``)
 
     @property
     def when(self) -> datetime:
@@ -500,6 +541,19 @@ class CmpServer:
     # -- checks ---------------------------------------------------------------------------
 
     def _authenticate(self, ctx: _Ctx) -> None:
+        """The one authentication step of every request, whatever its body (RFC 9483 §3.5).
+
+        MAC: the secret ``secrets`` finds for senderKID verifies the MAC, and the sender is a
+        directoryName (RFC 9483 §3.1; RFC 9810 §5.1.1 gives a sender that does not know its
+        name the NULL-DN, still a directoryName, as OpenSSL sends it). Signature: the
+        certificate matching senderKID in extraCerts verifies the signature and chains to a
+        trust anchor at ``now``, and sender and senderKID name it (``check_signer_names``).
+        These failures raise ``_Refuse``: an error message with badMessageCheck, "integrity
+        check failed" (RFC 9810 §5.2.3): the header the protection covers does not identify
+        the key that made it; badAlg for an algorithm, curve or key type fleet cannot use. Then
+        the CA's records must still let the signer act (``_signer_denial``); a refusal waits in
+        ``ctx.denial`` until ``_dispatch`` has checked the header and the transaction table.
+        """
         msg = ctx.msg
         h = msg.header
         if msg.protection is None or h.protection_alg is None:
@@ -518,21 +572,39 @@ class CmpServer:
                     raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
             if not hmac.compare_digest(compute_mac(params, secret, msg.protected_part), msg.protection):
                 raise _Refuse(FailInfo.badMessageCheck, "MAC does not verify")
+            if not _is_directory_name(h.sender):
+                raise _Refuse(FailInfo.badMessageCheck, "sender must be a directoryName (RFC 9483 §3.1)")
             ctx.auth = _Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
                              sender_kid=h.sender_kid)
             return
+        signer = self._verified_signer(ctx)
+        try:
+            check_signer_names(h.sender, h.sender_kid, signer)
+        except SignerMismatch as exc:
+            raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+        ctx.auth = _Auth("signature", sender_kid=h.sender_kid, signer=signer,
+                         signer_der=signer.public_bytes(Encoding.DER))
+        ctx.denial = self._signer_denial(ctx, signer)
+
+    def _verified_signer(self, ctx: _Ctx) -> x509.Certificate:
+        """The certificate whose key made the signature, its path to an anchor verified at
+        ``now``. A certificate cryptography cannot read (a duplicated extension, an unknown
+        curve) is bad protection like any other, not a server failure."""
+        msg = ctx.msg
+        h = msg.header
+        assert h.protection_alg is not None and msg.protection is not None
         try:
             signer = find_signer(msg.extra_certs, h.sender_kid)
-            public_key = signer.public_key()
+            public_key = public_key_of(signer)
             self._check_key_size(public_key, "signer")
             verify_signature(h.protection_alg, public_key, msg.protected_part, msg.protection)
-        except UnsupportedAlgorithm as exc:
-            raise _Refuse(FailInfo.badAlg, str(exc)) from None
+            untrusted = [load_cert(c) for c in msg.extra_certs]
+        except (UnsupportedAlgorithm, UnsupportedKey, CryptographyUnsupported) as exc:
+            raise _Refuse(FailInfo.badAlg, _short(exc)) from None
         except ProtectionError as exc:
-            raise _Refuse(FailInfo.badMessageCheck, str(exc)) from None
+            raise _Refuse(FailInfo.badMessageCheck, _short(exc)) from None
         except (ValueError, TypeError) as exc:  # unusable key in the signer certificate
             raise _Refuse(FailInfo.badMessageCheck, f"unusable signer certificate: {_short(exc)}") from None
-        untrusted = [load_cert(c) for c in msg.extra_certs]
         untrusted.extend(self.untrusted)
         try:
             self.trust.verify(signer, untrusted, at=ctx.when)
@@ -544,8 +616,35 @@ class CmpServer:
                 vendor.verify(signer, untrusted, at=ctx.when)
             except UntrustedSigner as exc2:
                 raise _Refuse(FailInfo.signerNotTrusted, str(exc2)) from None
-        ctx.auth = _Auth("signature", sender_kid=h.sender_kid, signer=signer,
-                         signer_der=signer.public_bytes(Encoding.DER))
+        return signer
+
+    def _signer_denial(self, ctx: _Ctx, signer: x509.Certificate) -> Rejected | None:
+        """Whether the CA's records refuse a (verified) signer, and with which failInfo.
+
+        Revoked, rejected and on-hold certificates: certRevoked (RFC 9810 §5.2.3, "the
+        certificate has already been revoked"; a hold is a revocation with reason
+        certificateHold, RFC 5280 §5.3.1, and CRL and OCSP say revoked). Not yet confirmed, or
+        replaced by a confirmed kur: notAuthorized ("the sender was not authorized to make the
+        preceding request"; the certificate itself is not revoked). Issued under this CA's
+        name but unknown to its records: signerNotTrusted ("signer of the message unknown").
+        Two exceptions, so that the records never lock a holder out of its own revocation: an
+        rr naming the signer's own certificate goes on to the rr rules (which let it revoke
+        itself, release its own hold, or refuse as before), and the follow-ups of a transaction
+        whose own request changed the signer's status still get their answers."""
+        state = self.backend.cert_state(signer)
+        if state is CertState.GOOD or state is CertState.FOREIGN:
+            return None
+        if state is CertState.REPLACED and self.config.allow_replaced_signers:
+            return None
+        msg = ctx.msg
+        if msg.body_type is BodyType.RR and _names_certificate(msg.body, signer):
+            return None
+        tx = self._live.get(msg.header.transaction_id or b"")
+        if (tx is not None and msg.body_type not in _NEW_REQUESTS and tx.settles == signer.serial_number
+                and tx.auth.signer_der == ctx.auth.signer_der):
+            return None
+        text, fail = _DENIALS[state]
+        return Rejected(text, fail)
 
     def _vendor_allowed(self, msg: PKIMessage) -> bool:
         """Vendor (IDevID) certificates may sign an ir and the follow-ups of its transaction."""
@@ -595,6 +694,8 @@ class CmpServer:
             handler = _TRANSITIONS[None].get(body_type)
             if handler is None:
                 raise _Refuse(FailInfo.badRequest, f"{msg.label} does not start a transaction")
+            if ctx.denial is not None:
+                return self._deny(ctx, ctx.denial)
             limit = self.config.max_transactions
             if limit is not None and len(self._live) >= limit:
                 raise _Refuse(FailInfo.systemUnavail, "too many concurrent transactions; retry later")
@@ -610,7 +711,24 @@ class CmpServer:
         if msg.header.recip_nonce != tx.our_nonce:
             raise _Refuse(FailInfo.badRecipientNonce, "recipNonce does not echo our senderNonce")
         self._check_same_requester(ctx, tx)
+        if ctx.denial is not None:
+            raise _Refuse(ctx.denial.fail, str(ctx.denial))
         return handler(self, ctx, 0.0)
+
+    def _deny(self, ctx: _Ctx, denial: Rejected) -> Reply:
+        """Answer a new request whose signer the records refuse, in the request's own response
+        where it has a status (ip/cp/kup, rp: rejection), else with an error message (genm).
+        Nothing is issued or revoked, and the transactionID is not reusable."""
+        msg = ctx.msg
+        body = msg.body
+        if isinstance(body, CertReqMessages):
+            cert_req_id = body.messages[0].cert_req_id if len(body.messages) == 1 else 0
+            return self._cert_rejection(ctx, messages.RESPONSE_FOR[msg.body_type], cert_req_id, denial)
+        if msg.body_type is BodyType.P10CR:
+            return self._cert_rejection(ctx, BodyType.CP, -1, denial)
+        if msg.body_type is BodyType.RR:
+            return self._rp_rejection(ctx, denial)
+        raise _Refuse(denial.fail, str(denial))
 
     def _check_same_requester(self, ctx: _Ctx, tx: _Tx) -> None:
         auth, first = ctx.auth, tx.auth
@@ -712,6 +830,8 @@ class CmpServer:
         info = self._confirm_info(ctx, implicit)
         tx = _Tx(tid, msg.body_type, TxState.CLOSED, ctx.auth, msg.header.sender, b"", 0.0,
                  cert_req_id, issued, implicit=implicit)
+        if old_cert is not None and implicit:
+            tx.settles = old_cert.serial_number  # replaced at once: its pollReq still answered
         if defer > 0:
             return self._defer(ctx, tx, (rsp_type, body, info, chain), defer, serial=issued.serial)
         return self._deliver(ctx, tx, rsp_type, body, info, chain, serial=issued.serial)
@@ -773,6 +893,10 @@ class CmpServer:
         return Reply(data, Outcome(ctx.msg.label, rsp_type.label, "rejection", exc.fail_info, text=_short(exc)))
 
     def _on_rr(self, ctx: _Ctx, defer: float) -> Reply:
+        """rr (RFC 9483 §4.2): one RevDetails whose certTemplate names the certificate by issuer
+        and serialNumber; any other field it gives must match that certificate (badCertId
+        otherwise: no certificate matches what the request describes), and crlEntryDetails holds
+        at most one CRLReason. A refused rr revokes nothing."""
         body = ctx.msg.body
         assert isinstance(body, RevReqContent)
         tid = ctx.msg.header.transaction_id
@@ -788,13 +912,17 @@ class CmpServer:
             if ctx.auth.kind != "signature" and not self.config.allow_mac_rr:
                 raise Rejected("rr must be signed with the certificate to revoke", FailInfo.notAuthorized)
             try:
-                issuer = _name(template.issuer)
-                reason_code = detail.reason
+                issuer = parse_name(template.issuer)
+                reason_code = _single_reason(detail.crl_entry_details)
             except (DerError, ValueError) as exc:
                 raise Rejected(f"malformed RevDetails: {_short(exc)}", FailInfo.badDataFormat) from None
             known = self.backend.find(issuer, template.serial)
             if known is None:
                 raise Rejected("certificate to revoke was not issued by this CA", FailInfo.badCertId)
+            mismatch = _template_mismatch(template, known.cert)
+            if mismatch is not None:
+                raise Rejected(f"certTemplate {mismatch} does not match the certificate named by "
+                               "issuer and serialNumber", FailInfo.badCertId)
             serial = template.serial
             self._authorize_rr(ctx, known)
             reason = _reason(reason_code)
@@ -806,18 +934,26 @@ class CmpServer:
                 raise Rejected("certificate is already revoked", FailInfo.certRevoked)
             else:
                 self.backend.revoke(template.serial, reason, ctx.when)
-            status = messages.ACCEPTED
-            outcome_status, fail = "accepted", None
         except Rejected as exc:
-            status = PKIStatusInfo(PKIStatus.REJECTION, (_short(exc),), exc.fail_info)
-            outcome_status, fail = "rejection", exc.fail_info
-        body_out = RevRepContent((status,))
+            return self._rp_rejection(ctx, exc, serial)
+        body_out = RevRepContent((messages.ACCEPTED,))
         tx = _Tx(tid, BodyType.RR, TxState.CLOSED, ctx.auth, ctx.msg.header.sender, b"", 0.0, -1)
-        if defer > 0 and fail is None:
+        if defer > 0:
+            signer = ctx.auth.signer
+            if signer is not None and signer.serial_number == serial and signer.issuer == issuer:
+                tx.settles = serial  # it revoked itself: its pollReq is still answered
             return self._defer(ctx, tx, (BodyType.RP, body_out, (), ()), defer, serial=serial)
         data, _ = self._encode(ctx, BodyType.RP, body_out)
         self._closed[tid] = (ctx.now, "done")
-        return Reply(data, Outcome("rr", "rp", outcome_status, fail, serial))
+        return Reply(data, Outcome("rr", "rp", "accepted", None, serial))
+
+    def _rp_rejection(self, ctx: _Ctx, exc: Rejected, serial: int | None = None) -> Reply:
+        tid = ctx.msg.header.transaction_id
+        assert tid is not None
+        status = PKIStatusInfo(PKIStatus.REJECTION, (_short(exc),), exc.fail_info)
+        data, _ = self._encode(ctx, BodyType.RP, RevRepContent((status,)))
+        self._closed[tid] = (ctx.now, "rejected")
+        return Reply(data, Outcome("rr", "rp", "rejection", exc.fail_info, serial, text=_short(exc)))
 
     def _on_genm(self, ctx: _Ctx, defer: float) -> Reply:
         body = ctx.msg.body
@@ -1311,12 +1447,6 @@ def _is_directory_name(general_name: bytes) -> bool:
         return False
 
 
-def _name(name_der: bytes) -> x509.Name:
-    """Parse an encoded Name through a minimal CSR (cryptography has no public Name parser)."""
-    csr = x509.load_der_x509_csr(_csr_der(name_der, _DUMMY_SPKI, None))
-    return csr.subject
-
-
 def _csr_der(subject: bytes, spki: bytes, extensions: bytes | None) -> bytes:
     attrs = b""
     if extensions is not None:
@@ -1377,7 +1507,7 @@ def _old_cert_id(controls: bytes | None) -> tuple[x509.Name, int] | None:
                 issuer = messages.general_name_directory(cert_id[0].raw)
                 if issuer is None:
                     raise Rejected("oldCertID issuer must be a directoryName", FailInfo.badCertId)
-                return _name(issuer), cert_id[1].expect(der.INTEGER, "serialNumber").as_int()
+                return parse_name(issuer), cert_id[1].expect(der.INTEGER, "serialNumber").as_int()
     except (DerError, IndexError, ValueError) as exc:
         raise Rejected(f"malformed oldCertID: {_short(exc)}", FailInfo.badDataFormat) from None
     return None
@@ -1400,6 +1530,101 @@ _REASON_BY_CODE = {
     8: x509.ReasonFlags.remove_from_crl,  # releases a hold (handled apart from revocation)
     9: x509.ReasonFlags.privilege_withdrawn,
     10: x509.ReasonFlags.aa_compromise,
+}
+
+
+def _single_reason(crl_entry_details: bytes | None) -> int | None:
+    """The CRLReason code of an rr's crlEntryDetails, None when it has none. RFC 9483 §4.2 asks
+    for exactly one; none is taken as unspecified (OpenSSL sends none unless given
+    -revreason), two or more are refused with badRequest, "transaction not permitted or
+    supported" (RFC 9810 §5.2.3): the encoding is sound (not badDataFormat) but the CA cannot
+    tell which revocation is asked for. Other entry extensions (invalidityDate) are ignored."""
+    if crl_entry_details is None:
+        return None
+    codes = []
+    for ext in der.parse(crl_entry_details).children():
+        parts = ext.children()
+        if parts and parts[0].as_oid() == oids.CRL_REASON:
+            inner = der.parse(parts[-1].expect(der.OCTET_STRING, "extnValue").content)
+            codes.append(inner.expect(der.ENUMERATED, "CRLReason").as_int())
+    if len(codes) > 1:
+        raise Rejected(f"crlEntryDetails holds {len(codes)} CRLReason extensions; exactly one is allowed",
+                       FailInfo.badRequest)
+    return codes[0] if codes else None
+
+
+def _template_mismatch(template: messages.CertTemplate, cert: x509.Certificate) -> str | None:
+    """The first certTemplate field of an rr, beyond issuer and serialNumber, that does not
+    match ``cert`` (None when every given field does). The caller answers badCertId, "no
+    certificate could be found matching the provided criteria" (RFC 9810 §5.2.3)."""
+    if template.subject is not None and template.subject != cert.subject.public_bytes():
+        try:
+            if parse_name(template.subject) != cert.subject:
+                return "subject"
+        except ValueError:
+            return "subject"
+    if template.public_key is not None and template.public_key != cert.public_key().public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    ):
+        return "publicKey"
+    if template.version is not None and template.version != cert.version.value:
+        return "version"
+    if template.signing_alg is not None:
+        try:
+            dotted, _ = parse_algorithm(template.signing_alg)
+        except DerError:
+            return "signingAlg"
+        if dotted != cert.signature_algorithm_oid.dotted_string:
+            return "signingAlg"
+    validity = template.validity
+    if validity is not None and (
+        (validity.not_before is not None and validity.not_before != cert.not_valid_before_utc)
+        or (validity.not_after is not None and validity.not_after != cert.not_valid_after_utc)
+    ):
+        return "validity"
+    if template.extensions is not None:
+        try:
+            given = {e.raw for e in der.parse(template.extensions).children()}
+        except DerError:
+            return "extensions"
+        if not given <= _extensions_der(cert):
+            return "extensions"
+    return None
+
+
+def _extensions_der(cert: x509.Certificate) -> set[bytes]:
+    """Each extension of ``cert`` as the DER of its Extension SEQUENCE."""
+    out = set()
+    for ext in cert.extensions:
+        value = ext.value.value if isinstance(ext.value, x509.UnrecognizedExtension) else ext.value.public_bytes()
+        critical = der.tlv(der.BOOLEAN, b"\xff") if ext.critical else b""
+        out.add(der.sequence(der.oid(ext.oid.dotted_string), critical, der.octet_string(value)))
+    return out
+
+
+def _names_certificate(body: messages.Body, cert: x509.Certificate) -> bool:
+    """Whether an rr body's one RevDetails names ``cert`` itself by issuer and serialNumber."""
+    if not isinstance(body, RevReqContent) or len(body.details) != 1:
+        return False
+    template = body.details[0].template
+    if template.serial != cert.serial_number or template.issuer is None:
+        return False
+    if template.issuer == cert.issuer.public_bytes():
+        return True
+    try:
+        return parse_name(template.issuer) == cert.issuer
+    except ValueError:
+        return False
+
+
+# Signer states the records refuse: status text and failInfo (``CmpServer._signer_denial``).
+_DENIALS: dict[CertState, tuple[str, FailInfo]] = {
+    CertState.REVOKED: ("signer certificate is revoked", FailInfo.certRevoked),
+    CertState.REJECTED: ("signer certificate was rejected (never confirmed)", FailInfo.certRevoked),
+    CertState.ON_HOLD: ("signer certificate is on hold (revoked with certificateHold)", FailInfo.certRevoked),
+    CertState.PENDING: ("signer certificate is not confirmed yet", FailInfo.notAuthorized),
+    CertState.REPLACED: ("signer certificate was replaced by a key update", FailInfo.notAuthorized),
+    CertState.UNKNOWN: ("signer certificate is not in this CA's records", FailInfo.signerNotTrusted),
 }
 
 
@@ -1462,14 +1687,3 @@ def _cert_hash(issued: IssuedLike, hash_alg: bytes | None) -> bytes:
         algo = issued.signature_hash
         name = algo if algo in _HASH_NAMES else "sha512"
     return hashlib.new(name, issued.der).digest()
-
-
-def _dummy_spki() -> bytes:
-    # A fixed valid P-256 point (the generator) so parsing a Name never needs a real key.
-    gx = bytes.fromhex("6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296")
-    gy = bytes.fromhex("4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5")
-    alg = der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid("1.2.840.10045.3.1.7"))
-    return der.sequence(alg, der.bit_string(b"\x04" + gx + gy))
-
-
-_DUMMY_SPKI = _dummy_spki()

@@ -1,4 +1,5 @@
-"""Who may sign CMP messages: certificate paths from a signer to configured trust anchors.
+"""Who may sign CMP messages: certificate paths from a signer to configured trust anchors, and
+whether a signed message's sender and senderKID name its signer (RFC 9483 §3.1).
 
 A small path builder (issuer name match, signature, validity, CA flag) rather than a TLS
 verifier: CMP signers carry no server names or TLS key usages. Verified paths are cached, because
@@ -15,6 +16,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from fleet.cmp import der, messages, oids
+from fleet.cmp.der import DerError
 from fleet.cmp.protection import ProtectionError, PublicKey, subject_key_id
 
 MAX_PATH_LENGTH = 8
@@ -32,18 +35,29 @@ class CertificateError(ProtectionError):
     kind = "bad_certificate"
 
 
+class UnsupportedKey(CertificateError):
+    """A well-formed certificate whose public key is of a type or curve fleet cannot use (the
+    CMP server answers badAlg rather than badMessageCheck)."""
+
+
+class SignerMismatch(ProtectionError):
+    """The header's sender or senderKID does not name the certificate that signed the message."""
+
+    kind = "signer_mismatch"
+
+
 @lru_cache(maxsize=4096)
 def load_cert(der_bytes: bytes) -> x509.Certificate:
     """Parse a DER certificate once; CMP repeats the same few CA certificates in every message.
 
     cryptography parses version, names and extensions lazily: they are read here, so a peer's
-    malformed certificate fails as a ``CertificateError`` now rather than as a bare ``ValueError``
-    in the middle of path building.
+    malformed certificate (a duplicated extension, RFC 5280 §4.2, included) fails as a
+    ``CertificateError`` now rather than as another exception in the middle of path building.
     """
     try:
         cert = x509.load_der_x509_certificate(der_bytes)
         cert.version, cert.subject, cert.issuer, cert.extensions  # noqa: B018
-    except (ValueError, x509.InvalidVersion) as exc:
+    except (ValueError, x509.InvalidVersion, x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as exc:
         raise CertificateError(f"malformed certificate: {exc}") from None
     return cert
 
@@ -53,9 +67,14 @@ def public_key_of(cert: x509.Certificate) -> PublicKey:
     cryptography does not support (also parsed lazily)."""
     try:
         return cert.public_key()  # type: ignore[return-value]
-    except (ValueError, UnsupportedAlgorithm):
-        subject = cert.subject.rfc4514_string() or "<empty subject>"
-        raise CertificateError(f"certificate {subject!r} has a malformed or unsupported public key") from None
+    except ValueError:
+        raise CertificateError(f"certificate {_subject(cert)!r} has a malformed public key") from None
+    except UnsupportedAlgorithm as exc:
+        raise UnsupportedKey(f"certificate {_subject(cert)!r} has an unsupported public key: {exc}") from None
+
+
+def _subject(cert: x509.Certificate) -> str:
+    return cert.subject.rfc4514_string() or "<empty subject>"
 
 
 def cert_der(cert: x509.Certificate) -> bytes:
@@ -82,6 +101,57 @@ def find_signer(extra_certs: Sequence[bytes], sender_kid: bytes | None) -> x509.
             if subject_key_id(cert) == sender_kid:
                 return cert
     return load_cert(extra_certs[0])
+
+
+def check_signer_names(sender: bytes, sender_kid: bytes | None, signer: x509.Certificate) -> None:
+    """RFC 9483 §3.1 for a signed message: ``sender`` (an encoded GeneralName) is a directoryName
+    holding the signer certificate's subject, and ``senderKID`` is present and equal to the
+    certificate's SubjectKeyIdentifier when it has one (without the extension there is nothing
+    to compare, and the senderKID is left alone). Raises ``SignerMismatch`` naming the field."""
+    try:
+        name = messages.general_name_directory(sender)
+    except DerError:
+        name = None
+    if name is None:
+        raise SignerMismatch("sender of a signed message must be a directoryName (RFC 9483 §3.1)")
+    if name != signer.subject.public_bytes() and not _same_name(name, signer.subject):
+        raise SignerMismatch("sender is not the subject of the signer certificate (RFC 9483 §3.1)")
+    ski = subject_key_id(signer)
+    if ski is not None and sender_kid != ski:
+        what = "is missing" if sender_kid is None else "is not the signer certificate's SubjectKeyIdentifier"
+        raise SignerMismatch(f"senderKID {what} (RFC 9483 §3.1)")
+
+
+def _same_name(name_der: bytes, name: x509.Name) -> bool:
+    """Whether an encoded Name equals ``name`` when the encodings differ (string types, say)."""
+    try:
+        return parse_name(name_der) == name
+    except ValueError:
+        return False
+
+
+@lru_cache(maxsize=1024)
+def parse_name(name_der: bytes) -> x509.Name:
+    """An encoded Name as cryptography's ``x509.Name``, parsed through a minimal certificate
+    request around it (cryptography has no public Name parser); ValueError if it is no Name."""
+    csr = x509.load_der_x509_csr(_csr_around(name_der))
+    return csr.subject
+
+
+def _csr_around(name_der: bytes) -> bytes:
+    info = der.sequence(der.integer(0), name_der, PLACEHOLDER_SPKI, der.tlv(0xA0, b""))
+    return der.sequence(info, der.algorithm_identifier(oids.ECDSA_SHA256), der.bit_string(b"\x00"))
+
+
+# A fixed valid P-256 point (the generator), so parsing a Name never needs a real key.
+PLACEHOLDER_SPKI = der.sequence(
+    der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid("1.2.840.10045.3.1.7")),
+    der.bit_string(
+        b"\x04"
+        + bytes.fromhex("6B17D1F2E12C4247F8BCE6E563A440F277037D812DEB33A0F4A13945D898C296")
+        + bytes.fromhex("4FE342E2FE1A7F9B8EE7EB4A7C0F9E162BCE33576B315ECECBB6406837BF51F5")
+    ),
+)
 
 
 def _valid_at(cert: x509.Certificate, at: datetime) -> bool:

@@ -130,9 +130,11 @@ def craft(
     body: messages.Body,
     **header: object,
 ) -> bytes:
-    """A hand-made request: defaults are a valid header, overridable field by field."""
+    """A hand-made request: defaults are a valid header, overridable field by field (a signed
+    one names its signer as sender, RFC 9483 §3.1)."""
+    signer_name = protector.sender_name if isinstance(protector, SignatureProtector) else name("dev").public_bytes()
     fields: dict[str, object] = dict(
-        sender=messages.directory_name(name("dev").public_bytes()),
+        sender=messages.directory_name(signer_name),
         recipient=messages.NULL_DN_GENERAL_NAME,
         transaction_id=os.urandom(16),
         sender_nonce=os.urandom(16),

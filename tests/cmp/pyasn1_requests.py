@@ -1,0 +1,313 @@
+"""CMP requests built and protected with pyasn1 and pyasn1-alt-modules, not with fleet's encoder.
+
+The authentication tests of the CA send what an independent implementation writes, field by
+field, so a hole cannot hide behind fleet's client and server sharing one codec. Protection is
+computed here too: ECDSA/SHA-256 over pyasn1's ``ProtectedPart``, or PasswordBasedMac (RFC 4210
+§5.1.3.1, SHA-256 and HMAC-SHA256) written out with hashlib. Responses are read back with pyasn1
+(``Answer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from pyasn1.codec.der import decoder, encoder
+from pyasn1.type import univ
+from pyasn1_alt_modules import rfc5280, rfc9480
+
+ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+PASSWORD_BASED_MAC = "1.2.840.113533.7.66.13"
+SHA256 = "2.16.840.1.101.3.4.2.1"
+HMAC_SHA256 = "1.2.840.113549.2.9"
+CRL_REASON = "2.5.29.21"
+IT_CA_CERTS = "1.3.6.1.5.5.7.4.17"
+_DER = serialization.Encoding.DER
+
+
+def _decode(data: bytes, spec):
+    obj, rest = decoder.decode(data, asn1Spec=spec)
+    assert rest == b""
+    return obj
+
+
+def _component(parent, name: str):
+    """A fresh value of ``parent[name]``'s own (tagged) type."""
+    types = parent.componentType
+    return types[types.getPositionByName(name)].asn1Object.clone()
+
+
+def _tagged(parent, name: str, inner_der: bytes, tag: int):
+    """``parent[name]`` (explicitly tagged [tag]) decoded from the DER of its untagged value."""
+    length = len(inner_der)
+    head = bytes((0xA0 | tag,)) + (bytes((length,)) if length < 0x80 else b"\x82" + length.to_bytes(2, "big"))
+    return _decode(head + inner_der, _component(parent, name))
+
+
+def _append(seq_of):
+    seq_of.append(seq_of.componentType.clone())
+    return seq_of[len(seq_of) - 1]
+
+
+def set_name(holder, name: x509.Name | bytes) -> None:
+    """Fill a Name CHOICE (``holder``) from a cryptography Name or its DER."""
+    der_bytes = name if isinstance(name, bytes) else name.public_bytes()
+    holder["rdnSequence"] = _decode(der_bytes, rfc5280.Name())["rdnSequence"]
+
+
+def _spki_into(target, public_key) -> None:
+    spki = _decode(
+        public_key.public_bytes(_DER, serialization.PublicFormat.SubjectPublicKeyInfo),
+        rfc5280.SubjectPublicKeyInfo(),
+    )
+    for key in spki:
+        target[key] = spki[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies: each function fills ``msg["body"]`` and returns nothing
+
+
+def cert_request(msg, kind: str, key: ec.EllipticCurvePrivateKey, subject: x509.Name | None, *,
+                 cert_req_id: int = 0) -> None:
+    """ir, cr or kur: one CertReqMsg for ``key`` with a signature POP."""
+    body = msg["body"][kind]
+    crm = _append(body)
+    crm["certReq"]["certReqId"] = cert_req_id
+    template = crm["certReq"]["certTemplate"]
+    if subject is not None:
+        set_name(template["subject"], subject)
+    _spki_into(template["publicKey"], key.public_key())
+    signature = crm["popo"]["signature"]
+    signature["algorithmIdentifier"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+    pop = key.sign(encoder.encode(crm["certReq"]), ec.ECDSA(hashes.SHA256()))
+    signature["signature"] = univ.BitString(hexValue=pop.hex())
+
+
+def p10cr(msg, csr: x509.CertificateSigningRequest) -> None:
+    msg["body"]["p10cr"] = _tagged(msg["body"], "p10cr", csr.public_bytes(_DER), 4)
+
+
+def crl_reason(code: int) -> tuple[str, bytes]:
+    return CRL_REASON, encoder.encode(rfc5280.CRLReason(code))
+
+
+def rr(msg, issuer: x509.Name, serial: int, *, reasons: tuple[int, ...] = (1,),
+       subject: x509.Name | None = None, public_key=None) -> None:
+    """One RevDetails naming issuer and serial, optionally subject and publicKey too, with one
+    CRLReason extension per entry of ``reasons``."""
+    details = _append(msg["body"]["rr"])
+    template = details["certDetails"]
+    set_name(template["issuer"], issuer)
+    template["serialNumber"] = serial
+    if subject is not None:
+        set_name(template["subject"], subject)
+    if public_key is not None:
+        _spki_into(template["publicKey"], public_key)
+    for code in reasons:
+        ext = _append(details["crlEntryDetails"])
+        ext["extnID"], ext["extnValue"] = crl_reason(code)
+
+
+def genm(msg) -> None:
+    _append(msg["body"]["genm"])["infoType"] = univ.ObjectIdentifier(IT_CA_CERTS)
+
+
+def cert_conf(msg, cert_der: bytes, cert_req_id: int = 0) -> None:
+    status = _append(msg["body"]["certConf"])
+    status["certHash"] = hashlib.sha256(cert_der).digest()
+    status["certReqId"] = cert_req_id
+
+
+def poll_req(msg, cert_req_id: int = 0) -> None:
+    _append(msg["body"]["pollReq"])["certReqId"] = cert_req_id
+
+
+def error(msg) -> None:
+    info = msg["body"]["error"]["pKIStatusInfo"]
+    info["status"] = 2
+    info["statusString"].append("giving up")
+
+
+# ---------------------------------------------------------------------------------------------
+# Headers and protection
+
+
+@dataclass
+class Signed:
+    """Signature protection by ``cert``/``key``; ``extra`` follows the certificate in extraCerts."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    extra: tuple[bytes, ...] = ()
+    extra_certs_override: tuple[bytes, ...] | None = None  # send these instead (malformed signers)
+
+    @property
+    def ski(self) -> bytes | None:
+        try:
+            return self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            return None
+
+
+@dataclass
+class Mac:
+    """PasswordBasedMac with SHA-256 and HMAC-SHA256, 500 iterations."""
+
+    secret: bytes
+    reference: bytes | None
+    salt: bytes = field(default_factory=lambda: os.urandom(16))
+    iterations: int = 500
+
+    def key(self) -> bytes:
+        digest = hashlib.sha256(self.secret + self.salt).digest()
+        for _ in range(self.iterations - 1):
+            digest = hashlib.sha256(digest).digest()
+        return digest
+
+
+@dataclass
+class Header:
+    """Header fields; ``sender`` is a Name (directoryName), the DER of any GeneralName, or None
+    for the signer's subject (signed) / NULL-DN (MAC). ``sender_kid`` "auto" is the SKI or the
+    MAC reference."""
+
+    sender: x509.Name | bytes | None = None
+    sender_kid: bytes | None | str = "auto"
+    transaction_id: bytes = field(default_factory=lambda: os.urandom(16))
+    sender_nonce: bytes = field(default_factory=lambda: os.urandom(16))
+    recip_nonce: bytes | None = None
+
+
+def new_message(body: str):
+    msg = rfc9480.PKIMessage()
+    msg["body"][body]  # selects the CHOICE alternative
+    return msg
+
+
+def protect(msg, protection: Signed | Mac, header: Header | None = None) -> bytes:
+    """Fill the header, protect ``msg`` and return its DER."""
+    header = header or Header()
+    h = msg["header"]
+    h["pvno"] = 2
+    sender = header.sender
+    if isinstance(sender, bytes):
+        h["sender"] = _decode(sender, rfc5280.GeneralName())
+    else:
+        if sender is None:
+            sender = protection.cert.subject if isinstance(protection, Signed) else x509.Name([])
+        set_name(h["sender"]["directoryName"], sender)
+    set_name(h["recipient"]["directoryName"], x509.Name([]))
+    h["messageTime"] = h["messageTime"].clone(datetime.now(UTC).strftime("%Y%m%d%H%M%SZ"))
+    kid = header.sender_kid
+    if kid == "auto":
+        kid = protection.ski if isinstance(protection, Signed) else protection.reference
+    if isinstance(protection, Signed):
+        h["protectionAlg"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+    else:
+        params = rfc9480.PBMParameter()
+        params["salt"] = protection.salt
+        params["owf"]["algorithm"] = univ.ObjectIdentifier(SHA256)
+        params["iterationCount"] = protection.iterations
+        params["mac"]["algorithm"] = univ.ObjectIdentifier(HMAC_SHA256)
+        h["protectionAlg"]["algorithm"] = univ.ObjectIdentifier(PASSWORD_BASED_MAC)
+        h["protectionAlg"]["parameters"] = encoder.encode(params)
+    if kid is not None:
+        h["senderKID"] = h["senderKID"].clone(kid)
+    h["transactionID"] = h["transactionID"].clone(header.transaction_id)
+    h["senderNonce"] = h["senderNonce"].clone(header.sender_nonce)
+    if header.recip_nonce is not None:
+        h["recipNonce"] = h["recipNonce"].clone(header.recip_nonce)
+    part = rfc9480.ProtectedPart()
+    part["header"] = msg["header"]
+    part["body"] = msg["body"]
+    data = encoder.encode(part)
+    if isinstance(protection, Signed):
+        value = protection.key.sign(data, ec.ECDSA(hashes.SHA256()))
+        certs = protection.extra_certs_override
+        if certs is None:
+            certs = (protection.cert.public_bytes(_DER), *protection.extra)
+    else:
+        value = hmac.new(protection.key(), data, "sha256").digest()
+        certs = ()
+    msg["protection"] = _component(msg, "protection").clone(hexValue=value.hex())
+    for cert in certs:
+        msg["extraCerts"].append(_decode(cert, rfc9480.CMPCertificate()))
+    return encoder.encode(msg)
+
+
+def malformed_certificate(cert: x509.Certificate, defect: str) -> bytes:
+    """``cert`` with its first extension duplicated (``"duplicate extension"``), or with its key
+    put on secp112r1, a curve nobody supports (``"unknown curve"``); the signature is not redone."""
+    parsed = _decode(cert.public_bytes(_DER), rfc5280.Certificate())
+    tbs = parsed["tbsCertificate"]
+    if defect == "duplicate extension":
+        tbs["extensions"].append(tbs["extensions"][0])
+    else:
+        tbs["subjectPublicKeyInfo"]["algorithm"]["parameters"] = encoder.encode(univ.ObjectIdentifier("1.3.132.0.6"))
+    return encoder.encode(parsed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the answer
+
+
+_FAIL_BITS = (
+    "badAlg", "badMessageCheck", "badRequest", "badTime", "badCertId", "badDataFormat",
+    "wrongAuthority", "incorrectData", "missingTimeStamp", "badPOP", "certRevoked", "certConfirmed",
+    "wrongIntegrity", "badRecipientNonce", "timeNotAvailable", "unacceptedPolicy",
+    "unacceptedExtension", "addInfoNotAvailable", "badSenderNonce", "badCertTemplate",
+    "signerNotTrusted", "transactionIdInUse", "unsupportedVersion", "notAuthorized",
+    "systemUnavail", "systemFailure", "duplicateCertReq",
+)
+
+
+@dataclass
+class Answer:
+    """What a response says, read with pyasn1: its body name, PKIStatus, failInfo bit names and
+    (for ip/cp/kup) the certificate."""
+
+    body: str
+    status: int | None
+    fail: tuple[str, ...]
+    certificate: bytes | None
+    sender_nonce: bytes
+    transaction_id: bytes
+
+    @classmethod
+    def read(cls, data: bytes) -> Answer:
+        msg = _decode(data, rfc9480.PKIMessage())
+        name = msg["body"].getName()
+        content = msg["body"][name]
+        info, cert = None, None
+        if name in ("ip", "cp", "kup"):
+            response = content["response"][0]
+            info = response["status"]
+            if response["certifiedKeyPair"].isValue:
+                cert = encoder.encode(response["certifiedKeyPair"]["certOrEncCert"]["certificate"])
+                cert = _unwrap(cert)
+        elif name == "rp":
+            info = content["status"][0]
+        elif name == "error":
+            info = content["pKIStatusInfo"]
+        status = int(info["status"]) if info is not None else None
+        fail: tuple[str, ...] = ()
+        if info is not None and info["failInfo"].isValue:
+            bits = info["failInfo"]
+            fail = tuple(_FAIL_BITS[i] for i, bit in enumerate(bits) if bit)
+        h = msg["header"]
+        return cls(name, status, fail, cert, bytes(h["senderNonce"]), bytes(h["transactionID"]))
+
+
+def _unwrap(tagged: bytes) -> bytes:
+    """The certificate inside its [0] tag (CertOrEncCert's certificate alternative)."""
+    assert tagged[0] == 0xA0
+    length = tagged[1]
+    start = 2 if length < 0x80 else 2 + (length & 0x7F)
+    return tagged[start:]
