@@ -18,6 +18,38 @@ class CredentialError(FleetError):
     """A certificate or key file that is missing or unreadable."""
 
 
+class OutputPathError(FleetError):
+    """A file fleet was asked to write cannot be written there."""
+
+
+def check_output_path(path: Path | str, what: str) -> None:
+    """Refuse, before any work is done, an output file that could not be written: a folder, a
+    missing or non-folder parent, or a folder fleet cannot create files in (tried for real, so
+    read-only mounts, immutable folders and root's permissions are all judged correctly)."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise OutputPathError(f"{what} {str(path)!r} is a folder; give a file name")
+    if not parent.exists():
+        raise OutputPathError(f"{what} {str(path)!r}: folder {str(parent)!r} does not exist")
+    if not parent.is_dir():
+        raise OutputPathError(f"{what} {str(path)!r}: {str(parent)!r} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as exc:
+        raise OutputPathError(f"{what} {str(path)!r}: cannot create files in {str(parent)!r}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def write_output(path: Path | str, data: bytes, what: str, *, mode: int = 0o644) -> None:
+    """``atomic_write`` whose failure is one ``OutputPathError`` line naming the option and path."""
+    try:
+        atomic_write(path, data, mode=mode)
+    except OSError as exc:
+        raise OutputPathError(f"cannot write {what} {str(path)!r}: {exc.strerror or exc}") from None
+
+
 def atomic_write(path: Path | str, data: bytes | Iterable[bytes], *, mode: int = 0o644) -> None:
     """Write via a temporary file in the same folder (created with ``mode``, so a key is never
     readable by others, even for a moment), fsync, rename, fsync the folder: never a torn file.

@@ -21,7 +21,8 @@ fsyncs it and renames it over the old one. A crash leaves either the old or the 
 half-written one; the copy costs a few milliseconds per MB, nothing next to key generation.
 
 Keys are unencrypted on disk (they are throwaway test identities), so the directory is 0700 and
-the files 0600. Nothing in this module logs, prints or puts key material into a repr or an error.
+the files 0600. Nothing in this module logs, prints or puts key material into a repr or an error;
+the only output is ``ProgressLine`` (counts and rates on stderr) while a long generation runs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import os
 import re
 import signal
 import struct
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -44,7 +46,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TextIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -63,6 +65,7 @@ __all__ = [
     "OnExhausted",
     "PoolInfo",
     "PrivateKey",
+    "ProgressLine",
     "ensure",
 ]
 
@@ -603,7 +606,9 @@ class KeyPoolStore:
         """Generate ``count`` more keys and append them; returns the number added.
 
         Work runs in ``workers`` processes (default: all cores), in chunks so ``progress`` can be
-        called with the running total. Small EC/Ed25519 jobs, or ``workers=1``, run in-process
+        called with the running total. Without ``progress``, a job expected to take longer than
+        ``PROGRESS_AFTER_SECONDS`` shows a ``ProgressLine`` on stderr (minutes of RSA keygen must
+        not look like a hang). Small EC/Ed25519 jobs, or ``workers=1``, run in-process
         (``in_process`` forces either way). If interrupted (Ctrl-C) or a worker dies, the keys
         finished so far are still appended before the exception propagates.
         """
@@ -618,6 +623,9 @@ class KeyPoolStore:
         cost = spec.estimated_seconds_per_key
         if in_process is None:
             in_process = n_workers == 1 or count * cost < _IN_PROCESS_BELOW_SECONDS
+        line = None
+        if progress is None and count * cost / (1 if in_process else n_workers) >= PROGRESS_AFTER_SECONDS:
+            progress = line = ProgressLine(count, label=f"{spec} keys")
         started = time.monotonic()
         ders: builtins.list[bytes] = []
         try:
@@ -626,6 +634,8 @@ class KeyPoolStore:
             else:
                 self._generate_in_workers(spec, count, n_workers, ders, progress)
         finally:
+            if line is not None:
+                line.finish()
             # Keep finished work even when interrupted: a long RSA run should not start over.
             if ders:
                 size = self.append(spec, ders)
@@ -690,6 +700,56 @@ class KeyPoolStore:
             for future in pending:
                 if future.done() and not future.cancelled() and future.exception() is None:
                     out.extend(future.result())
+
+
+PROGRESS_AFTER_SECONDS = 2.0
+"""``KeyPoolStore.generate`` shows a ``ProgressLine`` by itself for jobs expected to last longer."""
+
+
+def _duration_text(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class ProgressLine:
+    """The stderr progress of a key generation: done/total, keys/s, ETA. Redrawn in place on a
+    terminal, otherwise a new line at most every few seconds (for CI logs)."""
+
+    def __init__(self, total: int, stream: TextIO | None = None, label: str = "keys") -> None:
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.label = label
+        self.tty = self.stream.isatty()
+        self.started = time.monotonic()
+        self.last_print = 0.0
+        self.drawn = False
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        interval = 0.2 if self.tty else 5.0
+        if done < self.total and now - self.last_print < interval:
+            return
+        self.last_print = now
+        elapsed = max(now - self.started, 1e-9)
+        rate = done / elapsed
+        eta = _duration_text((self.total - done) / rate) if rate > 0 else "?"
+        width = len(str(self.total))
+        line = f"{done:>{width}}/{self.total} {self.label}  {rate:,.1f} keys/s  ETA {eta}"
+        if self.tty:
+            self.stream.write("\r" + line + "\x1b[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def finish(self) -> None:
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def ensure(

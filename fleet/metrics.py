@@ -81,9 +81,9 @@ class MetricsError(FleetError):
 
 
 def metrics_host() -> str:
-    """Address /metrics binds to: ``$FLEET_METRICS_HOST``, else all interfaces (Prometheus
-    usually scrapes from another host); tests set it to 127.0.0.1."""
-    return os.environ.get(_HOST_ENV) or "0.0.0.0"
+    """Address /metrics binds to: ``$FLEET_METRICS_HOST``, else loopback. Counters of a run or a
+    CA are not for the whole network by default; ``--metrics-host`` exposes them by choice."""
+    return os.environ.get(_HOST_ENV) or "127.0.0.1"
 
 
 def serve_registry(registry: CollectorRegistry, port: int, host: str | None = None) -> Any:

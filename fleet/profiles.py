@@ -6,6 +6,7 @@ is one ``ProfileError`` line naming the file, the key and what is allowed.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -24,6 +25,71 @@ GENM_INFOTYPES = ("caCerts", "rootCaCert", "certReqTemplate", "crlStatusList")
 
 class ProfileError(FleetError):
     """A profile that cannot be used as written."""
+
+
+class OverrideError(ProfileError):
+    """A command-line override that cannot apply; ``key`` is the profile key it was meant for."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric rule shared by a profile key and the command-line flag for the same value, so
+    both are refused with the same words."""
+
+    minimum: float
+    integer: bool = False
+    strict: bool = False  # the minimum itself is refused
+    maximum: float | None = None
+
+    @property
+    def what(self) -> str:
+        if self.maximum is not None:
+            if self.integer:
+                return f"an integer from {self.minimum:g} to {self.maximum:g}"
+            if (self.minimum, self.maximum) == (0, 1):
+                return "a fraction between 0 and 1"
+            return f"a number between {self.minimum:g} and {self.maximum:g}"
+        kind = "an integer" if self.integer else "a number"
+        return f"{kind} {'>' if self.strict else '>='} {self.minimum:g}"
+
+    def problem(self, value: object) -> str | None:
+        """``None`` when ``value`` obeys the rule, else "must be ..., got ..."."""
+        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
+            ok = False
+        else:
+            v = float(value)
+            ok = math.isfinite(v) and (v > self.minimum if self.strict else v >= self.minimum)
+            ok = ok and (self.maximum is None or v <= self.maximum)
+        if ok:
+            return None
+        shown = f"{value:g}" if isinstance(value, float) else repr(value)
+        return f"must be {self.what}, got {shown}"
+
+
+COUNT = Bound(1, integer=True)
+SEED = Bound(0, integer=True)
+NON_NEGATIVE_INT = Bound(0, integer=True)
+POSITIVE = Bound(0, strict=True)  # seconds, rates
+NON_NEGATIVE = Bound(0)
+FRACTION = Bound(0, maximum=1)
+PORT = Bound(0, integer=True, maximum=65535)
+
+# Bounds of the values ``Profile.with_overrides`` may change (the same as the profile's own keys).
+_OVERRIDE_BOUNDS = {
+    "duration": POSITIVE, "max_in_flight": COUNT, "max_connections": COUNT, "transaction_timeout": POSITIVE,
+    "workers": COUNT, "seed": SEED,
+}
+# [ca] keys: the same rules `fleet ca serve` applies to its flags.
+CA_BOUNDS = {
+    "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE, "error_fraction": FRACTION,
+    "http_503_fraction": FRACTION, "drop_fraction": FRACTION, "max_transactions": NON_NEGATIVE_INT,
+    "confirm_wait": POSITIVE, "validity_days": COUNT, "seed": SEED,
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +135,44 @@ class Profile:
     description: str = ""
 
     def with_overrides(self, **changes: Any) -> Profile:
-        """Command-line flags win over profile values; ``None`` means "not given"."""
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        """Command-line flags win over profile values; ``None`` means "not given". Numbers obey
+        the profile's own rules (``OverrideError`` names the key)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        for key, value in given.items():
+            bound = _OVERRIDE_BOUNDS.get(key)
+            problem = bound.problem(value) if bound else None
+            if problem:
+                raise OverrideError(key, problem)
+        return replace(self, **given)
+
+    def with_flags(
+        self, *, rate: float | None = None, duration: float | None = None, devices: int | None = None,
+        workers: int | None = None, max_in_flight: int | None = None,
+    ) -> Profile:
+        """Apply ``fleet run``'s overrides, each a profile value (``None``: not given).
+
+        ``duration`` runs steady shapes (constant, poisson, sine) longer or shorter and plays a
+        scenario (ramp, steps, spike) whole in the new time; ``rate`` scales every rate of the
+        shape so that its peak is ``rate``; ``devices`` is the device count (and, for a closed
+        model, the number of looping devices)."""
+        for key, value, bound in (("rate", rate, POSITIVE), ("devices", devices, COUNT)):
+            problem = None if value is None else bound.problem(value)
+            if problem:
+                raise OverrideError(key, problem)
+        shape = self.shape
+        if rate is not None:
+            if isinstance(shape, Closed):
+                raise OverrideError("rate", "a closed model has no arrival rate (its devices loop); use --devices")
+            if shape.peak_rate <= 0:
+                raise OverrideError("rate", f"the {type(shape).__name__.lower()} shape has no rate above 0 to scale")
+            shape = shape.scaled(rate / shape.peak_rate)
+        profile = self.with_overrides(duration=duration, workers=workers, max_in_flight=max_in_flight)
+        if duration is not None and not isinstance(shape, Closed):
+            shape = shape.stretched(duration / self.duration)
+        device_spec = self.devices if devices is None else replace(self.devices, count=devices)
+        if devices is not None and isinstance(shape, Closed):
+            shape = replace(shape, devices=devices)
+        return replace(profile, shape=shape, devices=device_spec)
 
 
 # -- validation helpers ------------------------------------------------------------------------
@@ -89,19 +191,18 @@ class _Section:
     def _fail(self, key: str, what: str, value: Any) -> ProfileError:
         return ProfileError(f"{self.where}.{key}: must be {what}, got {value!r}")
 
-    def number(self, key: str, default: float, *, minimum: float = 0.0, strict: bool = False) -> float:
+    def checked(self, key: str, default: Any, bound: Bound) -> Any:
         value = self.data.get(key, default)
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise self._fail(key, f"a number {bound}", value)
-        return float(value)
+        problem = bound.problem(value)
+        if problem:
+            raise ProfileError(f"{self.where}.{key}: {problem}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0.0, strict: bool = False) -> float:
+        return float(self.checked(key, default, Bound(minimum, strict=strict)))
 
     def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
-        value = self.data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self._fail(key, f"an integer >= {minimum}", value)
-        return value
+        return int(self.checked(key, default, Bound(minimum, integer=True)))
 
     def string(self, key: str, default: str | None, choices: tuple[str, ...] | None = None) -> str | None:
         value = self.data.get(key, default)
@@ -230,9 +331,18 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         if hasattr(shape, "total_duration") and "duration" not in run.data
         else run.number("duration", 10.0, strict=True)
     )
+    if not isinstance(shape, Closed) and shape.expected_count(duration) <= 0:
+        raise ProfileError(f"{where}: [arrivals]: the {type(shape).__name__.lower()} shape schedules no arrivals "
+                           f"in {duration:g} s; give it a rate above 0")
     if isinstance(shape, Closed) and "count" not in devices.data:
         devices.data = {**devices.data, "count": shape.devices}
     ca.string("mode", "lcmpp", ("lcmpp", "3gpp"))
+    ca.string("latency", "none")
+    ca.string("key_type", "ec:P-256")
+    ca.boolean("implicit_confirm", True)
+    for key, bound in CA_BOUNDS.items():
+        if key in ca.data:
+            ca.checked(key, None, bound)
     return Profile(
         name=str(data.get("name") or (path.stem if path else "profile")),
         path=path,

@@ -432,3 +432,36 @@ def test_pool_refuses_keys_of_another_type() -> None:
     pool = KeyPool(EC, [ED.generate_der()])
     with pytest.raises(KeyPoolError, match="key 0 of a ec:P-256 pool is a ed25519 key"):
         pool.take()
+
+
+# -- progress of long generations (fleet run fills RSA pools before starting) --------------------
+
+
+def test_short_generation_is_silent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    KeyPoolStore(tmp_path).generate(EC, 2)
+    assert capsys.readouterr().err == ""
+
+
+def test_fleet_runs_key_filling_shows_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The orchestrator's pool filling (what `fleet run` does before the run) prints a progress
+    line on stderr once a job is long; here "long" is lowered so a few RSA keys qualify."""
+    import io
+
+    from fleet import keys
+    from fleet.load.orchestrator import prepare_keys
+    from fleet.profiles import parse_profile
+
+    monkeypatch.setattr(keys, "PROGRESS_AFTER_SECONDS", 0.0)
+    profile = parse_profile(
+        {"run": {"duration": 1}, "arrivals": {"shape": "constant", "rate": 1},
+         "devices": {"key_types": "rsa:2048"}}, where="t.toml",
+    )
+    notes = io.StringIO()
+    needs = prepare_keys(profile, tmp_path, notes)
+    err = capsys.readouterr().err
+    total = needs["rsa:2048"]
+    assert f"{total}/{total} rsa:2048 keys" in err and "keys/s" in err
+    assert "generating" in notes.getvalue()
+    assert KeyPoolStore(tmp_path).count(KeySpec.parse("rsa:2048")) == total

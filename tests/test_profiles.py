@@ -1,11 +1,21 @@
 """Profiles: every shipped profile loads, and each kind of mistake is one line naming the key."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from fleet.load.schedule import Constant, Ramp
-from fleet.profiles import ProfileError, load_profile, parse_profile
+from fleet.load.schedule import Closed, Constant, Ramp, Sine, Spike, Steps
+from fleet.profiles import (
+    COUNT,
+    FRACTION,
+    PORT,
+    POSITIVE,
+    OverrideError,
+    ProfileError,
+    load_profile,
+    parse_profile,
+)
 
 PROFILES = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
 
@@ -70,3 +80,78 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     bad.write_text("[run\nduration = 5\n")
     with pytest.raises(ProfileError, match="not valid TOML"):
         load_profile(bad)
+
+
+# -- fleet run's overrides ----------------------------------------------------------------------
+
+
+SHIPPED = Path(__file__).parent.parent / "profiles"
+
+
+def test_rate_scales_every_shape_to_its_peak() -> None:
+    nf = load_profile(SHIPPED / "nf-rotation.toml").with_flags(rate=300)
+    assert nf.shape == Sine(180, 120, 30)
+    ramp = load_profile(SHIPPED / "ramp-to-break.toml").with_flags(rate=300)
+    assert isinstance(ramp.shape, Ramp) and (ramp.shape.start_rate, ramp.shape.end_rate) == pytest.approx((5, 300))
+    storm = load_profile(SHIPPED / "rollout-storm.toml").with_flags(rate=60)
+    assert storm.shape == Spike(2, 60, 10, 20)
+    smoke = load_profile(SHIPPED / "smoke.toml").with_flags(rate=7)
+    assert smoke.shape == Constant(7)
+
+
+def test_duration_runs_steady_shapes_and_plays_scenarios_whole() -> None:
+    wave = load_profile(SHIPPED / "renewal-wave.toml").with_flags(duration=12)
+    assert wave.duration == 12 and wave.shape == Steps(((3, 50), (6, 800), (3, 50)))
+    storm = load_profile(SHIPPED / "rollout-storm.toml").with_flags(duration=30)
+    assert storm.shape == Spike(20, 600, 5, 10)
+    nf = load_profile(SHIPPED / "nf-rotation.toml").with_flags(duration=10)
+    assert nf.duration == 10 and nf.shape == Sine(150, 100, 30)
+    both = load_profile(SHIPPED / "renewal-wave.toml").with_flags(duration=6, rate=80)
+    assert both.shape == Steps(((1.5, 5), (3, 80), (1.5, 5)))
+
+
+def test_devices_sets_a_closed_models_loop_count() -> None:
+    p = parse_profile({"arrivals": {"shape": "closed", "devices": 2, "think_time": 0.1}}, where="t.toml")
+    q = p.with_flags(devices=7)
+    assert q.devices.count == 7 and isinstance(q.shape, Closed) and q.shape.devices == 7
+    with pytest.raises(OverrideError, match="closed model has no arrival rate"):
+        p.with_flags(rate=10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"max_in_flight": 0}, "max_in_flight: must be an integer >= 1, got 0"),
+        ({"workers": -1}, "workers: must be an integer >= 1, got -1"),
+        ({"duration": 0.0}, "duration: must be a number > 0, got 0"),
+        ({"rate": 0.0}, "rate: must be a number > 0, got 0"),
+        ({"devices": 0}, "devices: must be an integer >= 1, got 0"),
+    ],
+)
+def test_overrides_obey_the_profiles_rules(flags: dict, message: str) -> None:
+    p = load_profile(SHIPPED / "smoke.toml")
+    with pytest.raises(OverrideError) as info:
+        p.with_flags(**flags)
+    assert str(info.value) == message
+
+
+def test_bounds_words() -> None:
+    assert COUNT.problem(0) == "must be an integer >= 1, got 0"
+    assert COUNT.problem(True) == "must be an integer >= 1, got True"
+    assert POSITIVE.problem(float("inf")) == "must be a number > 0, got inf"
+    assert FRACTION.problem(1.5) == "must be a fraction between 0 and 1, got 1.5"
+    assert PORT.problem(65536) == "must be an integer from 0 to 65535, got 65536"
+    assert COUNT.problem(3) is None and PORT.problem(0) is None and FRACTION.problem(1) is None
+
+
+@pytest.mark.parametrize(
+    ("ca", "fragment"),
+    [
+        ({"error_fraction": 2}, "[ca].error_fraction: must be a fraction between 0 and 1, got 2"),
+        ({"confirm_wait": 0}, "[ca].confirm_wait: must be a number > 0, got 0"),
+        ({"latency": 5}, "[ca].latency: must be a string"),
+    ],
+)
+def test_ca_knobs_are_checked_like_the_flags(ca: dict, fragment: str) -> None:
+    with pytest.raises(ProfileError, match=re.escape(fragment)):
+        parse_profile({"ca": ca}, where="bad.toml")

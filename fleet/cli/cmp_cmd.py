@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +15,7 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from fleet.cli.usage import bounded, examples
 from fleet.cmp import genm, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
@@ -22,22 +25,63 @@ from fleet.cmp.trust import TrustStore, load_cert
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
 from fleet.files import (
+    OutputPathError,
+    certs_pem,
+    check_output_path,
     load_certificate,
     load_certificates,
     load_csr,
     load_private_key,
-    write_certificates,
-    write_private_key,
+    private_key_pem,
+    write_output,
 )
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
+from fleet.profiles import COUNT, POSITIVE
 from fleet.secrets import read_secret
 
 app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Run one CMP transaction against a CA (options follow `openssl cmp`).",
+    short_help="Run one CMP transaction against a CA (options follow openssl cmp).",
+    epilog=examples(
+        "fleet cmp ir --server http://127.0.0.1:8080/.well-known/cmp \\",
+        "    --ref dev-00000001 --secret env:DEVICE_SECRET --subject /CN=device-1 \\",
+        "    --newkey device.key --certout device.pem --cacertsout root.pem",
+        "fleet cmp ir --help",
+    ),
 )
+
+_CA = "--server http://127.0.0.1:8080/.well-known/cmp \\"
+_MAC = "--ref dev-00000001 --secret env:DEVICE_SECRET"
+_SIG = "--cert device.pem --key device.key --trusted root.pem"
+# Each command's examples; run in this order against `fleet ca serve --master-secret pass:demo`
+# with DEVICE_SECRET=hex(HMAC-SHA256("demo", "dev-00000001")) they all succeed.
+EXAMPLES = {
+    "ir": (
+        (f"fleet cmp ir {_CA}\n    {_MAC} --subject /CN=device-1 \\\n"
+         "    --newkey device.key --certout device.pem --cacertsout root.pem"),
+    ),
+    "genm": (f"fleet cmp genm {_CA}\n    {_MAC} \\\n    --infotype caCerts --cacertsout cas.pem",),
+    "cr": (
+        (f"fleet cmp cr {_CA}\n    {_SIG} \\\n"
+         "    --subject /CN=device-1b --newkey second.key --certout second.pem"),
+    ),
+    "kur": (f"fleet cmp kur {_CA}\n    {_SIG} \\\n    --newkey new.key --certout new.pem",),
+    "p10cr": (
+        (
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \\\n"
+            "    -keyout own.key -out own.csr -subj /CN=device-2"
+        ),
+        f"fleet cmp p10cr {_CA}\n    {_MAC} \\\n    --csr own.csr --certout own.pem",
+    ),
+    "rr": (
+        (f"fleet cmp rr {_CA}\n    --cert new.pem --key new.key --trusted root.pem \\\n"
+         "    --oldcert new.pem --revreason keyCompromise"),
+    ),
+}
 
 
 class UsageError(FleetError):
@@ -46,23 +90,23 @@ class UsageError(FleetError):
 
 # -- options shared by every command -------------------------------------------------------------
 
-Server = Annotated[str, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp", show_default=False)]
+Server = Annotated[str, typer.Option("--server", metavar="URL", help="CA URL, http:// or https:// (see the examples).", show_default=False)]
 Ref = Annotated[str | None, typer.Option("--ref", help="Reference (senderKID) for MAC protection.")]
 Secret = Annotated[str | None, typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
 Pbmac1 = Annotated[bool, typer.Option("--pbmac1", help="Protect with PBMAC1 (RFC 9481) instead of PasswordBasedMac.")]
-Iterations = Annotated[int | None, typer.Option("--iterations", help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
+Iterations = Annotated[int | None, typer.Option("--iterations", callback=bounded(COUNT), help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
 Mac = Annotated[str, typer.Option("--mac", help="HMAC hash for MAC protection (sha1 for old CAs).")]
 Cert = Annotated[Path | None, typer.Option("--cert", help="Certificate for signature protection (PEM/DER).")]
 Key = Annotated[Path | None, typer.Option("--key", help="Private key of --cert.")]
 KeyPass = Annotated[str | None, typer.Option("--keypass", help="Passphrase of --key: pass:, env: or file:.")]
 ExtraCerts = Annotated[Path | None, typer.Option("--extracerts", help="Chain of --cert to send in extraCerts.")]
-Trusted = Annotated[list[Path] | None, typer.Option("--trusted", help="Trust anchors for signed responses (repeatable).")]
-Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", help="Intermediate certificates for path building.")]
+Trusted = Annotated[list[Path] | None, typer.Option("--trusted", metavar="PEM", help="Trust anchors for signed responses (repeatable).")]
+Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", metavar="PEM", help="Intermediate certificates for path building.")]
 Recipient = Annotated[str | None, typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
 Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310: operator root from ip extraCerts).")]
 Profile = Annotated[str | None, typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
 OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
-Timeout = Annotated[float, typer.Option("--timeout", help="Seconds for the whole transaction, polling included.")]
+Timeout = Annotated[float, typer.Option("--timeout", callback=bounded(POSITIVE), help="Seconds for the whole transaction, polling included.")]
 TlsTrusted = Annotated[Path | None, typer.Option("--tls-trusted", help="https: CA certificates to verify the server with (default: the system's).")]
 TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
 TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="https: key of --tls-cert.")]
@@ -168,14 +212,83 @@ def _run(common: _Common, request: Request) -> Done:
     return trio.run(go)
 
 
-def _write_outputs(common: _Common, done: Done) -> None:
-    if done.certificate is not None and common.certout:
-        write_certificates(common.certout, [done.certificate])
-    if common.chainout and done.chain:
-        write_certificates(common.chainout, done.chain)
+def _check_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
+    """Before anything is generated or sent: every output can be written, and no two options
+    name the same file (an output never overwrites a credential it is made from)."""
+    written: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        check_output_path(path, flag)
+        other = written.setdefault(path.resolve(), flag)
+        if other != flag:
+            raise UsageError(f"{other} and {flag} name the same file {str(path)!r}")
+    for flag, path in inputs.items():
+        if path is not None and path.resolve() in written:
+            raise UsageError(f"{written[path.resolve()]} would overwrite {flag} {str(path)!r}")
+
+
+def _output_paths(common: _Common, newkey: Path | None = None) -> dict[str, Path | None]:
+    outputs = {"--certout": common.certout, "--chainout": common.chainout, "--cacertsout": common.cacertsout}
+    if newkey is not None and not newkey.exists():
+        outputs["--newkey"] = newkey
+    return outputs
+
+
+def _input_paths(common: _Common, **more: Path | None) -> dict[str, Path | None]:
+    found = {"--cert": common.cert, "--key": common.key, "--extracerts": common.extracerts}
+    found.update({"--" + name.replace("_", "-"): path for name, path in more.items()})
+    return found
+
+
+def _write_outputs(common: _Common, done: Done, kind: str, unsaved_key: PrivateKey | None = None) -> None:
+    """Write what the CA sent. Paths were checked before sending; should a write still fail
+    (disk full, folder removed meanwhile), the issued certificate (and a key that exists
+    nowhere else) is kept in a private file whose name the one-line error gives."""
     anchors = done.ca_pubs or ((done.operator_root,) if done.operator_root else ())
+    planned: list[tuple[str, Path, tuple[bytes, ...]]] = []
+    if done.certificate is not None and common.certout:
+        planned.append(("--certout", common.certout, (done.certificate,)))
+    if common.chainout and done.chain:
+        planned.append(("--chainout", common.chainout, done.chain))
     if common.cacertsout and anchors:
-        write_certificates(common.cacertsout, anchors)
+        planned.append(("--cacertsout", common.cacertsout, anchors))
+    failures = []
+    for flag, path, certs in planned:
+        try:
+            write_output(path, certs_pem(certs), flag)
+        except OutputPathError as exc:
+            failures.append(str(exc))
+    if not failures:
+        return
+    if done.certificate is None:
+        raise OutputPathError(failures[0])
+    what = "the issued certificate" + (" and its private key" if unsaved_key is not None else "")
+    kept = _keep_safe(kind, done, anchors, unsaved_key)
+    where = f"kept in {kept}" if kept else "printed above (no folder could take it)"
+    raise OutputPathError(f"{failures[0]}; {what} (the CA has issued it) {'are' if unsaved_key else 'is'} {where}")
+
+
+def _keep_safe(kind: str, done: Done, anchors: tuple[bytes, ...], key: PrivateKey | None) -> Path | None:
+    """Write certificate, chain, anchors (and ``key``) to a new 0600 file in the current folder,
+    else the home folder, else the temporary folder; print them when none takes it."""
+    assert done.certificate is not None
+    data = certs_pem([done.certificate, *done.chain, *anchors]) + (private_key_pem(key) if key is not None else b"")
+    serial = load_cert(done.certificate).serial_number
+    for folder in (Path.cwd(), Path.home(), Path(tempfile.gettempdir())):
+        try:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=f"fleet-{kind}-{serial:x}-", suffix=".pem")
+        except OSError:
+            continue
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError:
+            os.unlink(name)
+            continue
+        return Path(name)
+    print(data.decode(), end="")
+    return None
 
 
 def _report(kind: str, done: Done) -> None:
@@ -198,7 +311,7 @@ def _new_key(path: Path | None, key_type: str, passphrase: str | None) -> Privat
         return load_private_key(path, password)
     key = KeySpec.parse(key_type).generate()
     if path is not None:
-        write_private_key(path, key, password)
+        write_output(path, private_key_pem(key, password), "--newkey", mode=0o600)
     return key
 
 
@@ -209,7 +322,10 @@ def _common(**kw: object) -> _Common:
 
 def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certificate | None = None) -> None:
     common = _common(**kw)
-    key = _new_key(kw["newkey"], kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
+    newkey: Path | None = kw["newkey"]  # type: ignore[assignment]
+    existing_key = newkey if newkey is not None and newkey.exists() else None
+    _check_paths(_output_paths(common, newkey), _input_paths(common, newkey=existing_key, oldcert=kw.get("oldcert")))  # type: ignore[arg-type]
+    key = _new_key(newkey, kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
     subject = parse_name(kw["subject"]) if kw["subject"] else None  # type: ignore[arg-type]
     sans = parse_sans(kw["sans"])  # type: ignore[arg-type]
     if kind is not BodyType.KUR and subject is None and not sans:
@@ -219,8 +335,8 @@ def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certific
         implicit_confirm=common.implicit_confirm, cert_profile=kw["cert_profile"],  # type: ignore[arg-type]
     )
     done = _run(common, request)
-    _write_outputs(common, done)
     _report(kind.label, done)
+    _write_outputs(common, done, kind.label, unsaved_key=key if newkey is None else None)
 
 
 def _enroll_command(kind: BodyType) -> Callable[..., None]:
@@ -241,13 +357,16 @@ def _enroll_command(kind: BodyType) -> Callable[..., None]:
     return command
 
 
-app.command("ir", help="Initial registration: first certificate for a new key.")(_enroll_command(BodyType.IR))
-app.command("cr", help="Certification request: another certificate, signed with an existing one.")(
+app.command("ir", help="Initial registration: first certificate for a new key.",
+            epilog=examples(*EXAMPLES["ir"]))(_enroll_command(BodyType.IR))
+app.command("cr", help="Certification request: another certificate, signed with an existing one.",
+            short_help="Certification request: another certificate.", epilog=examples(*EXAMPLES["cr"]))(
     _enroll_command(BodyType.CR)
 )
 
 
-@app.command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.")
+@app.command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.",
+             short_help="Key update: renew a certificate with a new key.", epilog=examples(*EXAMPLES["kur"]))
 def kur(
     server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
     mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
@@ -264,7 +383,8 @@ def kur(
     _cert_request(BodyType.KUR, locals(), old_cert=load_certificate(oldcert or cert))
 
 
-@app.command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).")
+@app.command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).",
+             short_help="PKCS#10 request: certify the key of a CSR.", epilog=examples(*EXAMPLES["p10cr"]))
 def p10cr(
     server: Server, csr: Annotated[Path, typer.Option("--csr", help="PKCS#10 request (PEM/DER).")],
     ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
@@ -276,9 +396,10 @@ def p10cr(
     cacertsout: CaCertsOut = None, cert_profile: CertProfile = None,
 ) -> None:
     common = _common(**locals())
+    _check_paths(_output_paths(common), _input_paths(common, csr=csr))
     done = _run(common, CsrRequest(load_csr(csr), implicit_confirm=implicit_confirm, cert_profile=cert_profile))
-    _write_outputs(common, done)
     _report("p10cr", done)
+    _write_outputs(common, done, "p10cr")
 
 
 def _reason_code(text: str | None) -> int | None:
@@ -299,7 +420,8 @@ def _reason_code(text: str | None) -> int | None:
     return code
 
 
-@app.command("rr", help="Revocation request for --oldcert, signed with --cert/--key (or MAC).")
+@app.command("rr", help="Revocation request for --oldcert, signed with --cert/--key (or MAC).",
+             short_help="Revocation request for a certificate.", epilog=examples(*EXAMPLES["rr"]))
 def rr(
     server: Server,
     oldcert: Annotated[Path, typer.Option("--oldcert", help="Certificate to revoke.")],
@@ -318,7 +440,8 @@ def rr(
 _INFOTYPE_ALIASES = {name.lower(): dotted for name, dotted in oids.INFO_TYPES_BY_NAME.items()}
 
 
-@app.command("genm", help="General message: caCerts, rootCaCert, certReqTemplate, crlStatusList, or an OID.")
+@app.command("genm", help="General message: caCerts, rootCaCert, certReqTemplate, crlStatusList, or an OID.",
+             short_help="General message: caCerts, rootCaCert, ... or an OID.", epilog=examples(*EXAMPLES["genm"]))
 def genm_cmd(
     server: Server,
     infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert, certReqTemplate, crlStatusList, signKeyPairTypes or a dotted OID.")] = "caCerts",
@@ -345,6 +468,8 @@ def genm_cmd(
     else:
         item = InfoTypeAndValue(dotted)
     common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None)
+    _check_paths({"--cacertsout": cacertsout, "--newwithnew": newwithnew, "--crlout": crlout},
+                 _input_paths(common, oldroot=oldroot, crl_issuer=crl_issuer))
     done = _run(common, GeneralRequest((item,)))
     for answer in done.items:
         summary = _genp_summary(answer, cacertsout, newwithnew, crlout)
@@ -357,19 +482,19 @@ def _genp_summary(item: InfoTypeAndValue, cacertsout: Path | None, newwithnew: P
     if item.oid == oids.IT_CA_CERTS:
         certs = genm.decode_ca_certs(item)
         if cacertsout and certs:
-            write_certificates(cacertsout, certs)
+            write_output(cacertsout, certs_pem(certs), "--cacertsout")
         return f"{len(certs)} certificates" + (f" written to {cacertsout}" if cacertsout and certs else "")
     if item.oid == oids.IT_ROOT_CA_KEY_UPDATE:
         update = genm.decode_root_ca_key_update(item)
         if update is None:
             return "no root update available"
         if newwithnew:
-            write_certificates(newwithnew, [update.new_with_new])
+            write_output(newwithnew, certs_pem([update.new_with_new]), "--newwithnew")
         return "new root " + load_cert(update.new_with_new).subject.rfc4514_string()
     if item.oid == oids.IT_CRLS:
         crls = genm.decode_crls(item)
         if crlout and crls:
-            crlout.write_bytes(crls[0])
+            write_output(crlout, crls[0], "--crlout")
         return f"{len(crls)} CRLs"
     if item.oid == oids.IT_CERT_REQ_TEMPLATE:
         decoded = genm.decode_cert_req_template(item)

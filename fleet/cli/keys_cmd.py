@@ -5,15 +5,20 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated
 
 import typer
 
-from fleet.keys import ALLOWED_SPECS, KeyPoolError, KeyPoolStore, KeySpec
+from fleet.cli.usage import bounded, examples
+from fleet.keys import ALLOWED_SPECS, KeyPoolStore, KeySpec, ProgressLine
+from fleet.profiles import COUNT
 
 app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Pre-generate device key pairs and cache them on disk (RSA keygen is slow).",
+    short_help="Pre-generate device key pools (RSA keygen is slow).",
+    epilog=examples("fleet keys generate --type rsa:2048 --count 1000", "fleet keys list"),
 )
 
 _DIR_HELP = (
@@ -41,43 +46,10 @@ def _size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-class _Progress:
-    """The stderr progress line: done/total, keys/s, ETA. Redrawn in place on a terminal,
-    otherwise printed as a new line at most every few seconds (for CI logs)."""
-
-    def __init__(self, total: int, stream: TextIO) -> None:
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.started = time.monotonic()
-        self.last_print = 0.0
-        self.drawn = False
-
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        interval = 0.2 if self.tty else 5.0
-        if done < self.total and now - self.last_print < interval:
-            return
-        self.last_print = now
-        elapsed = max(now - self.started, 1e-9)
-        rate = done / elapsed
-        eta = _duration((self.total - done) / rate) if rate > 0 else "?"
-        width = len(str(self.total))
-        line = f"{done:>{width}}/{self.total} keys  {rate:,.1f} keys/s  ETA {eta}"
-        if self.tty:
-            self.stream.write("\r" + line + "\x1b[K")
-        else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
-        self.drawn = True
-
-    def finish(self) -> None:
-        if self.tty and self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-@app.command()
+@app.command(short_help="Add COUNT keys of one type to its cached pool.", epilog=examples(
+    "fleet keys generate --type rsa:2048 --count 1000",
+    "fleet keys generate --type ec:P-256 --count 500 --dir ./keys --workers 2",
+))
 def generate(
     key_type: Annotated[
         str,
@@ -86,7 +58,7 @@ def generate(
         ),
     ],
     count: Annotated[
-        int, typer.Option("--count", "-n", help="How many keys to add to the pool.")
+        int, typer.Option("--count", "-n", callback=bounded(COUNT), help="How many keys to add to the pool.")
     ],
     directory: DirOption = None,
     workers: Annotated[
@@ -94,20 +66,16 @@ def generate(
         typer.Option(
             "--workers",
             "-w",
+            callback=bounded(COUNT),
             help="Worker processes (default: one per CPU core).",
             show_default=False,
         ),
     ] = None,
 ) -> None:
     """Generate COUNT more keys of one type and append them to its cached pool."""
-    # Checked here rather than with typer's min=: a FleetError prints as one line from main().
-    if count < 1:
-        raise KeyPoolError(f"--count must be at least 1, not {count}")
-    if workers is not None and workers < 1:
-        raise KeyPoolError(f"--workers must be at least 1, not {workers}")
     spec = KeySpec.parse(key_type)
     store = KeyPoolStore(directory)
-    progress = _Progress(count, sys.stderr)
+    progress = ProgressLine(count, sys.stderr)
     started = time.monotonic()
     try:
         added = store.generate(spec, count, workers=workers, progress=progress)
@@ -130,7 +98,7 @@ def generate(
     )
 
 
-@app.command("list")
+@app.command("list", epilog=examples("fleet keys list", "fleet keys list --dir ./keys"))
 def list_pools(directory: DirOption = None) -> None:
     """Show the cached key pools: type, key count, file size and path."""
     store = KeyPoolStore(directory)

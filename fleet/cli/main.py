@@ -3,19 +3,51 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import sys
+from typing import Annotated
 
 import typer
 
+from fleet.cli.usage import examples
 from fleet.errors import FleetError
 
+# rich_markup_mode=None everywhere: plain click help wraps at the terminal width instead of
+# cutting option names with "…", and never turns text like uniform:A:B into emoji.
 app = typer.Typer(
     name="fleet",
     help="Play a population of CMP devices against a certificate authority.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    epilog=examples(
+        "fleet run profiles/smoke.toml",
+        "fleet ca serve --dir ca-state --port 8080 --master-secret pass:demo",
+        "fleet cmp ir --help",
+    ),
 )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"fleet {_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print fleet's version and exit.",
+                                          callback=_show_version, is_eager=True)] = False,
+) -> None:
+    """Play a population of CMP devices against a certificate authority."""
 
 
 _registered = False
@@ -29,14 +61,15 @@ def _register() -> None:
     _registered = True
     from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
 
-    app.command("run", help="Run a load profile against a CA (the embedded one by default).")(run_cmd.run)
-    app.command("report", help="Render a fleet run --report JSON as a self-contained HTML page.")(report_cmd.report)
+    app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
+                epilog=run_cmd.EPILOG)(run_cmd.run)
+    app.command("report", short_help="Render a fleet run --report JSON as an HTML page.",
+                epilog=report_cmd.EPILOG)(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")
-    app.command(
-        "provision", help="Provision a batch of real devices from a manifest; rerun to resume."
-    )(provision_cmd.provision)
+    app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
+                epilog=provision_cmd.EPILOG)(provision_cmd.provision)
 
 
 def _click_exceptions() -> tuple[type[Exception], type[BaseException]]:
@@ -57,7 +90,7 @@ def main() -> None:
     _register()
     click_error, click_abort = _click_exceptions()
     try:
-        rv = app(standalone_mode=False)
+        rv = app(standalone_mode=False, prog_name="fleet")
     except FleetError as exc:
         print(f"fleet: error: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -66,6 +99,9 @@ def main() -> None:
         sys.exit(130)
     except click_error as exc:  # usage errors: one line, click's exit code (2)
         message = exc.format_message()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `fleet`, `fleet cmp`: the help, as click shows it
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         print(f"fleet: usage error: {message}{hint}", file=sys.stderr)

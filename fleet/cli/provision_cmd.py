@@ -15,15 +15,27 @@ from typing import Annotated
 import trio
 import typer
 
+from fleet.cli.usage import bounded, examples
 from fleet.errors import FleetError
 from fleet.files import load_certificates
+from fleet.profiles import COUNT, NON_NEGATIVE, PORT, POSITIVE
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
 from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats, summarize
 from fleet.secrets import read_secret
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+
+EPILOG = examples(
+    "fleet provision devices.csv --dry-run",
+    "fleet provision devices.csv --out issued/ --trusted ca-root.pem \\",
+    "    --server http://ca.example:8080/.well-known/cmp",
+    "fleet ca serve --dir ca-state --port 8081 --secret pass:demo &",
+    "export GNB_0001_SECRET=demo GNB_0002_SECRET=demo",
+    "fleet provision profiles/provision-example.csv --out issued/ \\",
+    "    --server http://127.0.0.1:8081/.well-known/cmp",
+)
 
 JOURNAL_FILE = "journal.sqlite"
 _TABLE_COLUMNS = ("id", "outcome", "operation", "auth", "serial", "requests", "fail_info", "error")
@@ -34,34 +46,58 @@ class ProvisionUsageError(FleetError):
 
 
 @app.command("provision", help="Provision a batch of devices listed in MANIFEST (CSV or JSON Lines); rerun to resume.")
-def _metrics(port: int | None):  # type: ignore[no-untyped-def]
+def _metrics(port: int | None, host: str | None = None):  # type: ignore[no-untyped-def]
     if port is None:
         return None
     from fleet.metrics import FleetMetrics
 
-    return FleetMetrics.serve(port, worker="provision")
+    return FleetMetrics.serve(port, worker="provision", host=host)
 
 
 def provision(
-    manifest: Annotated[Path, typer.Argument(help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
-    server: Annotated[str | None, typer.Option("--server", help="CA URL, e.g. http://127.0.0.1:8080/.well-known/cmp")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder: one subfolder per device, summary.json.")] = None,
-    journal: Annotated[Path | None, typer.Option("--journal", help="Journal file (default OUT/journal.sqlite).")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the manifest and options.")] = False,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Devices in progress at once.")] = 16,
-    rate: Annotated[float | None, typer.Option("--rate", help="At most this many requests started per second.")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for one transaction, polling included.")] = 60.0,
-    max_attempts: Annotated[int, typer.Option("--max-attempts", help="Tries per device and run on transient failures.")] = 8,
-    backoff: Annotated[float, typer.Option("--backoff", help="First retry waits up to this many seconds (doubling, jittered).")] = 0.5,
-    backoff_max: Annotated[float, typer.Option("--backoff-max", help="Longest wait between retries.")] = 30.0,
-    key_pass: Annotated[str | None, typer.Option("--key-pass", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
+    manifest: Annotated[Path, typer.Argument(metavar="MANIFEST", help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
+    server: Annotated[str | None, typer.Option("--server", metavar="URL", help="CA URL (see the examples).  [required unless --dry-run]")] = None,
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Output folder: one subfolder per device, summary.json.  [required unless --dry-run]")] = None,
+    journal: Annotated[Path | None, typer.Option("--journal", metavar="FILE", help="Journal file (default OUT/journal.sqlite).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the manifest and options; send nothing.")] = False,
+    concurrency: Annotated[int, typer.Option("--concurrency", callback=bounded(COUNT), help="Devices in progress at once.")] = 16,
+    rate: Annotated[float | None, typer.Option("--rate", callback=bounded(POSITIVE), help="At most this many requests started per second.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", callback=bounded(POSITIVE), help="Seconds for one transaction, polling included.")] = 60.0,
+    max_attempts: Annotated[int, typer.Option("--max-attempts", callback=bounded(COUNT), help="Tries per device and run on transient failures.")] = 8,
+    backoff: Annotated[float, typer.Option("--backoff", callback=bounded(NON_NEGATIVE), help="First retry waits up to this many seconds (doubling, jittered).")] = 0.5,
+    backoff_max: Annotated[float, typer.Option("--backoff-max", callback=bounded(NON_NEGATIVE), help="Longest wait between retries.")] = 30.0,
+    key_pass: Annotated[str | None, typer.Option("--key-pass", metavar="SECRET", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
     p12: Annotated[bool, typer.Option("--p12", help="Also write device.p12 (key, certificate, chain).")] = False,
-    trusted: Annotated[list[Path] | None, typer.Option("--trusted", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
+    trusted: Annotated[list[Path] | None, typer.Option("--trusted", metavar="PEM", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310).")] = "lcmpp",
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress on stderr.")] = True,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics on this port while provisioning.")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve Prometheus /metrics on this port while provisioning.")] = None,
+    metrics_host: Annotated[str | None, typer.Option("--metrics-host", metavar="ADDR", help="Address /metrics binds to (default: $FLEET_METRICS_HOST, else 127.0.0.1; 0.0.0.0 exposes it to the network).")] = None,
 ) -> None:
+    """Enroll every device listed in MANIFEST (CSV or JSON Lines); rerun the same command to resume.
+
+    --server and --out are required (not with --dry-run). Manifest columns, lower-case, empty
+    cells absent; relative paths are taken from the manifest's folder:
+
+    \b
+      id            device id: letters, digits, '.', '_', '-' (its folder)
+      subject       /CN=a/O=b or CN=a,O=b (subject and/or sans required)
+      sans          DNS:host, IP:addr, URI:..., comma or space separated
+      ref, secret   MAC: reference (default: id), secret as pass:, env: or file:
+      cert, key     IDevID: vendor certificate and key that sign the ir
+      key_pass      passphrase (pass:, env:, file:) of key
+      chain         intermediates sent after cert
+      key_type      key to generate: ec:P-256 (default), ec:P-384, rsa:2048 etc.
+      csr           PKCS#10 request (p10cr): the device keeps its own key
+      csr_key       the CSR's key, only to revoke an orphaned certificate
+      profile       CMP profile: requests go to <server path>/p/<profile>/<op>
+      path          request path replacing the server URL's path
+      cert_profile  certProfile put in generalInfo (RFC 9483)
+
+    Each device gets OUT/<id>/key.pem (0600), cert.pem, chain.pem, ca.pem; OUT/summary.json
+    lists every outcome. Exit status 0 when every device holds a confirmed certificate.
+    """
     devices = _checked_manifest(manifest)
     anchors = tuple(c for p in trusted or [] for c in load_certificates(p))
     if any(isinstance(d.auth, CertAuth) for d in devices) and not anchors and mode != "3gpp":
@@ -88,7 +124,7 @@ def provision(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=_metrics(metrics_port),
+        observer=_metrics(metrics_port, metrics_host),
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)

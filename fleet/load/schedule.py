@@ -9,6 +9,12 @@ Deterministic shapes place arrival ``k`` (0-based) where the cumulative expected
 100/s over 60 s gives 6,000 arrivals at 0, 0.01, ..., 59.99 s, and a ramp 0 -> 100/s over 10 s
 gives 500. Inversion is vectorised (closed forms, or a grid plus Newton steps for ``Sine``).
 
+Two transformations serve command-line overrides (``fleet run --rate/--duration``):
+``scaled(factor)`` multiplies every rate of a shape (``peak_rate`` is what ``--rate`` sets), and
+``stretched(factor)`` multiplies the timeline of the scenario shapes (ramp, steps, spike) so the
+whole scenario plays in a longer or shorter run; steady shapes (constant, Poisson, sine) have no
+timeline to stretch and simply run for the new duration.
+
 The closed model (``Closed``) is only a description: a fixed number of devices that loop with a
 think time; the orchestrator runs it, there is no schedule.
 """
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -62,6 +68,13 @@ class ArrivalShape(Protocol):
 
     def expected_count(self, duration: float) -> float: ...
 
+    @property
+    def peak_rate(self) -> float: ...
+
+    def scaled(self, factor: float) -> OpenShape: ...
+
+    def stretched(self, factor: float) -> OpenShape: ...
+
 
 # -- validation helpers --------------------------------------------------------------------
 
@@ -75,6 +88,10 @@ def _number(owner: str, name: str, value: object, *, positive: bool = False) -> 
         need = "a positive" if positive else "a non-negative"
         raise ScheduleError(f"{owner} {name} must be {need} finite number, not {value!r}")
     return v
+
+
+def _factor(factor: float) -> float:
+    return _number("scale", "factor", factor, positive=True)
 
 
 def _set_number(obj: object, name: str, *, positive: bool = False) -> None:
@@ -147,6 +164,16 @@ class Constant:
     def __post_init__(self) -> None:
         _set_number(self, "rate")
 
+    @property
+    def peak_rate(self) -> float:
+        return self.rate
+
+    def scaled(self, factor: float) -> Constant:
+        return replace(self, rate=self.rate * _factor(factor))
+
+    def stretched(self, factor: float) -> Constant:
+        return self
+
     def rate_at(self, t: float, duration: float | None = None) -> float:
         return self.rate
 
@@ -174,6 +201,16 @@ class Poisson:
         _set_number(self, "rate")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ScheduleError(f"poisson seed must be a non-negative integer, not {self.seed!r}")
+
+    @property
+    def peak_rate(self) -> float:
+        return self.rate
+
+    def scaled(self, factor: float) -> Poisson:
+        return replace(self, rate=self.rate * _factor(factor))
+
+    def stretched(self, factor: float) -> Poisson:
+        return self
 
     def rate_at(self, t: float, duration: float | None = None) -> float:
         return self.rate
@@ -212,6 +249,18 @@ class Ramp:
     def __post_init__(self) -> None:
         _set_number(self, "start_rate")
         _set_number(self, "end_rate")
+
+    @property
+    def peak_rate(self) -> float:
+        return max(self.start_rate, self.end_rate)
+
+    def scaled(self, factor: float) -> Ramp:
+        f = _factor(factor)
+        return replace(self, start_rate=self.start_rate * f, end_rate=self.end_rate * f)
+
+    def stretched(self, factor: float) -> Ramp:
+        """A ramp spans the whole run by definition: any duration already stretches it."""
+        return self
 
     def rate_at(self, t: float, duration: float | None = None) -> float:
         if duration is None:
@@ -264,6 +313,18 @@ class Steps:
         """Sum of the step lengths: the run length this shape was written for."""
         return math.fsum(d for d, _ in self.steps)
 
+    @property
+    def peak_rate(self) -> float:
+        return max(r for _, r in self.steps)
+
+    def scaled(self, factor: float) -> Steps:
+        f = _factor(factor)
+        return Steps(tuple((d, r * f) for d, r in self.steps))
+
+    def stretched(self, factor: float) -> Steps:
+        f = _factor(factor)
+        return Steps(tuple((d * f, r) for d, r in self.steps))
+
     @cached_property
     def _pieces(self) -> _PiecewiseConstant:
         starts = [0.0]
@@ -295,6 +356,18 @@ class Spike:
         _set_number(self, "spike_rate")
         _set_number(self, "at")
         _set_number(self, "length", positive=True)
+
+    @property
+    def peak_rate(self) -> float:
+        return max(self.base_rate, self.spike_rate)
+
+    def scaled(self, factor: float) -> Spike:
+        f = _factor(factor)
+        return Spike(self.base_rate * f, self.spike_rate * f, self.at, self.length)
+
+    def stretched(self, factor: float) -> Spike:
+        f = _factor(factor)
+        return Spike(self.base_rate, self.spike_rate, self.at * f, self.length * f)
 
     @cached_property
     def _pieces(self) -> _PiecewiseConstant:
@@ -331,6 +404,18 @@ class Sine:
                 f"sine amplitude {self.amplitude:g} exceeds mean_rate {self.mean_rate:g}: "
                 "the rate would go negative"
             )
+
+    @property
+    def peak_rate(self) -> float:
+        return self.mean_rate + self.amplitude
+
+    def scaled(self, factor: float) -> Sine:
+        f = _factor(factor)
+        return Sine(self.mean_rate * f, self.amplitude * f, self.period)
+
+    def stretched(self, factor: float) -> Sine:
+        """Periodic: a longer run shows more periods, not slower ones."""
+        return self
 
     def rate_at(self, t: float, duration: float | None = None) -> float:
         return float(self._rate(np.float64(t)))

@@ -92,9 +92,16 @@ def test_bad_type_is_one_line_error(tmp_path: Path) -> None:
 
 
 def test_bad_count_is_one_line_error(tmp_path: Path) -> None:
+    """A count below 1 is a usage error (exit 2), in the words profiles use for the same rule."""
     result = run_fleet("generate", "--type", "ec:P-256", "--count", "0", "--dir", str(tmp_path))
-    assert result.returncode == 1
-    assert result.stderr.splitlines() == ["fleet: error: --count must be at least 1, not 0"]
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        (
+            "fleet: usage error: Invalid value for '--count' / '-n': must be an integer >= 1, got 0 "
+            "(see 'fleet keys generate --help')"
+        )
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_pool_is_one_line_error(tmp_path: Path) -> None:

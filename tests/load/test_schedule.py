@@ -248,3 +248,46 @@ def test_bad_durations_and_absurd_sizes_are_refused():
 
 def test_closed_has_no_schedule():
     assert not hasattr(Closed(10, 1.0), "offsets")
+
+
+# -- scaling for command-line overrides (--rate scales rates, --duration stretches scenarios) ---
+
+SCALABLE = [
+    Constant(40), Poisson(40, seed=3), Ramp(10, 3000), Steps(((15, 50), (30, 800), (15, 50))),
+    Spike(20, 600, 10, 20), Sine(150, 100, 30),
+]
+
+
+@pytest.mark.parametrize("shape", SCALABLE, ids=lambda s: type(s).__name__)
+def test_scaled_multiplies_every_rate(shape) -> None:  # type: ignore[no-untyped-def]
+    scaled = shape.scaled(300 / shape.peak_rate)
+    assert scaled.peak_rate == pytest.approx(300)
+    for t in (0.0, 7.5, 20.0, 33.3, 59.0):
+        assert scaled.rate_at(t, 60) == pytest.approx(shape.rate_at(t, 60) * 300 / shape.peak_rate)
+    assert scaled.expected_count(60) == pytest.approx(shape.expected_count(60) * 300 / shape.peak_rate)
+    assert type(scaled) is type(shape)
+
+
+def test_scaled_sine_keeps_its_form() -> None:
+    assert Sine(150, 100, 30).scaled(1.2) == Sine(180, 120, 30)
+
+
+@pytest.mark.parametrize("factor", [0.2, 1.0, 2.5])
+def test_stretched_scenarios_play_whole_in_the_new_duration(factor: float) -> None:
+    """Steps and spike: the shape at factor * t is the original at t (same rates, same counts
+    per part of the scenario), so a short run still shows the wave."""
+    for shape, duration in ((Steps(((15, 50), (30, 800), (15, 50))), 60.0), (Spike(20, 600, 10, 20), 60.0)):
+        stretched = shape.stretched(factor)
+        for t in (0.0, 5.0, 12.0, 29.0, 41.0, 59.0):
+            assert stretched.rate_at(t * factor, duration * factor) == shape.rate_at(t, duration)
+        assert stretched.expected_count(duration * factor) == pytest.approx(shape.expected_count(duration) * factor)
+    # A ramp spans the run by definition; steady shapes have no timeline.
+    for steady in (Constant(5), Poisson(5), Sine(10, 5, 30), Ramp(1, 9)):
+        assert steady.stretched(factor) == steady
+
+
+def test_scale_factor_must_be_positive() -> None:
+    with pytest.raises(ScheduleError, match="factor"):
+        Constant(5).scaled(0)
+    with pytest.raises(ScheduleError, match="factor"):
+        Steps(((1, 2),)).stretched(-1)

@@ -1,0 +1,35 @@
+"""What every command shares: numeric flags checked by the profiles' ``Bound`` rules (a flag and
+the profile key for the same value are refused with the same words, exit 2), and the examples
+that end each command's help."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from fleet.profiles import Bound
+
+
+def bounded(bound: Bound) -> Callable[[Any], Any]:
+    """A typer option callback refusing values outside ``bound`` as a usage error."""
+
+    def check(value: Any) -> Any:
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            problem = None if item is None else bound.problem(item)
+            if problem:
+                raise typer.BadParameter(problem)
+        return value
+
+    return check
+
+
+def examples(*commands: str) -> str:
+    """A help epilog listing runnable ``commands`` verbatim (``\\b`` keeps click from rewrapping
+    them). Keep lines within 76 characters so the help fits 80 columns uncut (a test checks)."""
+    body = "\n".join("  " + line for c in commands for line in c.splitlines())
+    return "\b\nExamples:\n" + body
+
+
+__all__ = ["bounded", "examples"]
