@@ -141,9 +141,9 @@ def test_fleet_cmp_refuses_a_bad_san_before_sending(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     code, out, err = _fleet(monkeypatch, capsys, "cmp", "ir", "--server", DEAD, "--secret", "pass:x", "--ref", "r",
-                            "--subject", "/CN=x", "--sans", sans, "--certout", "x.pem")
+                            "--subject", "/CN=x", "--sans", sans, "--certout", "x.pem", "--newkey", "k.key")
     assert code == 1 and out == "" and "Traceback" not in err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fleet: error: ") and "subjectAltName" in lines[0], err
     assert "cannot connect" not in lines[0]  # refused before any connection
-    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even the new key

@@ -325,11 +325,12 @@ def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certific
     newkey: Path | None = kw["newkey"]  # type: ignore[assignment]
     existing_key = newkey if newkey is not None and newkey.exists() else None
     _check_paths(_output_paths(common, newkey), _input_paths(common, newkey=existing_key, oldcert=kw.get("oldcert")))  # type: ignore[arg-type]
-    key = _new_key(newkey, kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
+    # Names first: a typo in --subject or --sans must not leave a new key file behind.
     subject = parse_name(kw["subject"]) if kw["subject"] else None  # type: ignore[arg-type]
     sans = parse_sans(kw["sans"])  # type: ignore[arg-type]
     if kind is not BodyType.KUR and subject is None and not sans:
         raise UsageError("give --subject and/or --sans for the new certificate")
+    key = _new_key(newkey, kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
     request = CertRequest(
         kind, key, subject, sans, old_cert=old_cert,
         implicit_confirm=common.implicit_confirm, cert_profile=kw["cert_profile"],  # type: ignore[arg-type]
