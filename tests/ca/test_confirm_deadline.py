@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 import trio.testing
@@ -156,7 +157,8 @@ async def test_durable_groups_the_round_into_one_flush(template: IssuedCert, tmp
 async def test_durable_raises_when_the_flush_fails_and_keeps_the_change(
     template: IssuedCert, tmp_path: Path
 ) -> None:
-    """A real failure: another writer takes the serial first; the answer must not go out."""
+    """A real failure: another writer takes the serial first; the answer must not go out, and
+    the change stays queued for the next flush."""
     path = tmp_path / "certs.db"
     item = fresh(template)
     with CertStore(path, max_batch=10_000, max_delay=3600) as store:
@@ -166,7 +168,12 @@ async def test_durable_raises_when_the_flush_fails_and_keeps_the_change(
         with pytest.raises(StoreError):
             await store.durable()
         assert store.dirty and store.get(item.serial).status is CertStatus.PENDING  # type: ignore[union-attr]
-        store._new.clear()  # let close() finish: the row belongs to the intruder
+        with sqlite3.connect(path) as db:  # the intruder's row goes: the queued change gets in
+            db.execute("DELETE FROM certificates WHERE serial = ?", (serial_hex(item.serial),))
+        await store.durable()
+        assert not store.dirty
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT status FROM certificates").fetchall() == [("pending",)]
 
 
 # --------------------------------------------------------------------------- migration
@@ -402,3 +409,40 @@ def test_missed_deadline_turns_the_hold_into_a_revocation(ca: tuple[CaService, C
     assert answer.revocation_time_utc == at(T0 + 6)
     crl = x509.load_der_x509_crl(authority.crl.current_crl_der())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+async def test_no_ip_leaves_when_its_record_cannot_be_committed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real write failure (a trigger another connection put on the table): the ir is answered
+    HTTP 503 with one log line instead of an ip whose certificate the records would not hold;
+    once the store can be written again, the CA answers as before."""
+    authority = Authority.open(tmp_path / "state")
+    path = tmp_path / "state" / "certs.sqlite"
+    service = CaService(authority, secrets=SharedSecrets(default=SECRET))
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(service.serve, "127.0.0.1", 0)
+            with sqlite3.connect(path) as db:
+                db.execute("CREATE TRIGGER full BEFORE INSERT ON certificates "
+                           "BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
+            async with httpx.AsyncClient(timeout=10) as http:
+                tx = ClientTransaction(_client(authority), CertRequest(
+                    BodyType.IR, ec.generate_private_key(ec.SECP256R1()), subject=device_name("d")))
+                rsp = await http.post(f"http://127.0.0.1:{port}/pkix/", content=tx.start().data,
+                                      headers={"Content-Type": "application/pkixcmp"})
+                assert rsp.status_code == 503 and rsp.text == "certificate store unavailable\n"
+                errors = [r for r in caplog.records if r.levelname == "ERROR"]
+                assert len(errors) == 1 and "disk is full" in errors[0].getMessage()
+                with sqlite3.connect(path) as db:
+                    db.execute("DROP TRIGGER full")
+                tx = ClientTransaction(_client(authority), CertRequest(
+                    BodyType.IR, ec.generate_private_key(ec.SECP256R1()), subject=device_name("d")))
+                rsp = await http.post(f"http://127.0.0.1:{port}/pkix/", content=tx.start().data,
+                                      headers={"Content-Type": "application/pkixcmp"})
+                assert rsp.status_code == 200 and isinstance(tx.receive(rsp.content), Send)
+            nursery.cancel_scope.cancel()
+        with sqlite3.connect(path) as db:  # both certificates are recorded (the first one unsent)
+            assert db.execute("SELECT count(*) FROM certificates WHERE status = 'pending'").fetchone() == (2,)
+    finally:
+        authority.close()
