@@ -16,11 +16,12 @@ so a crash never leaves the old certificate replaced by a certificate the record
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -190,7 +191,8 @@ class Authority:
                 raise Rejected(str(exc), FailInfo.badCertTemplate) from None
             try:
                 store.record_issued(
-                    issued, transaction_id=request.transaction_id, device_ref=request.device_ref, status=status
+                    issued, transaction_id=request.transaction_id, device_ref=request.device_ref, status=status,
+                    confirm_deadline=_deadline(request.confirm_deadline),
                 )
             except SerialCollision:
                 store.release_serial(serial)
@@ -224,6 +226,20 @@ class Authority:
         """``old`` is replaced by the confirmed ``new``: durable in that order (module doc)."""
         self.store.flush()
         self.replacements.add(old, new)
+
+    def reject_abandoned(self, now: datetime) -> int:
+        """At start: reject every certificate still pending, whatever its deadline (no
+        transaction survives a restart to confirm it), durably; returns how many."""
+        count = self.store.reject_unconfirmed(now)
+        self.store.flush()
+        return count
+
+    def expire_unconfirmed(
+        self, now: datetime, in_progress: Callable[[bytes | None], bool] | None = None
+    ) -> list[int]:
+        """Reject pending certificates past their confirmation deadline that no live transaction
+        (``in_progress(transaction_id)``) is settling; their serials."""
+        return [rec.serial for rec in self.store.expire_pending(now, in_progress)]
 
     def find(self, issuer: x509.Name, serial: int) -> KnownCert | None:
         if issuer != self._issuing_name:
@@ -337,3 +353,17 @@ class Authority:
 
 
 Mode = Literal["lcmpp", "3gpp"]
+
+_last_deadline: tuple[float, datetime] = (-1.0, datetime.fromtimestamp(0, UTC))
+
+
+def _deadline(seconds: float | None) -> datetime | None:
+    """A certConf deadline as a datetime, made once per value (most issuances of a second share
+    one, up to the sub-second part the store rounds up anyway)."""
+    global _last_deadline
+    if seconds is None:
+        return None
+    whole = float(math.ceil(seconds))
+    if _last_deadline[0] != whole:
+        _last_deadline = (whole, datetime.fromtimestamp(whole, UTC))
+    return _last_deadline[1]

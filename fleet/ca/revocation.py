@@ -7,6 +7,17 @@ passes POST /ocsp bodies to ``OcspResponder.respond()`` (answer ``application/oc
 always HTTP 200: OCSP errors travel inside the response).
 
 Revoked and rejected certificates are both listed: a rejected certificate was signed and sent.
+
+A pending certificate (delivered, certConf not yet accepted) is not good until confirmed:
+OCSP answers it "revoked" with reason certificateHold, the one reversible revocation (RFC 5280
+§5.3.1, RFC 6960 §2.2), from its issuance time and without nextUpdate (RFC 6960 §4.2.2.1:
+newer information is always available), so no relying party caches the hold past the certConf.
+A certConf turns the answer "good"; a rejection, a missed confirmation deadline or a restart
+(``fleet.ca.store``) turns it into a revocation that stays. The CRL does not list pending
+certificates: a CRL is cached for up to its nextUpdate (a day), so listing every enrollment's
+few seconds between ip and certConf would show confirmed certificates as held for that long,
+and re-sign the CRL at each issuance. A pending certificate past its deadline is on no CRL for
+at most one tick of the service before its rejection lists it.
 """
 
 from __future__ import annotations
@@ -150,9 +161,9 @@ _OCSP_HASHES: tuple[hashes.HashAlgorithm, ...] = (
 class OcspResponder:
     """Answers OCSP requests (RFC 6960) for the issuing CA, signing as the CA itself.
 
-    good: issued by us and neither revoked nor rejected (pending certificates are good: they
-    exist and were delivered); revoked: with time and reason; unknown: another issuer, or a
-    serial we never issued. A request that cannot be parsed gets a ``malformedRequest``
+    good: issued by us and confirmed (or confirmed implicitly), not revoked; revoked: with time
+    and reason, and for a pending certificate on hold (module doc); unknown: another issuer, or
+    a serial we never issued. A request that cannot be parsed gets a ``malformedRequest``
     response, a failure while answering ``internalError``: ``respond`` never raises. A nonce
     in the request is echoed. Requests for several certificates at once are not supported
     (the library parses single-certificate requests) and are answered ``malformedRequest``.
@@ -219,6 +230,8 @@ class OcspResponder:
         status = ocsp.OCSPCertStatus.UNKNOWN
         revocation_time: datetime | None = None
         reason: x509.ReasonFlags | None = None
+        now = datetime.now(UTC).replace(microsecond=0)
+        next_update: datetime | None = now + self.validity
         if self._issuer_ids.get(algorithm.name) == (name_hash, key_hash):
             record = self.store.get(serial)
             if record is not None:
@@ -226,9 +239,13 @@ class OcspResponder:
                     status = ocsp.OCSPCertStatus.REVOKED
                     revocation_time = record.revocation_time
                     reason = record.revocation_reason
+                elif record.status is CertStatus.PENDING:  # not good until confirmed (module doc)
+                    status = ocsp.OCSPCertStatus.REVOKED
+                    revocation_time = record.created
+                    reason = x509.ReasonFlags.certificate_hold
+                    next_update = None
                 else:
                     status = ocsp.OCSPCertStatus.GOOD
-        now = datetime.now(UTC).replace(microsecond=0)
         builder = (
             ocsp.OCSPResponseBuilder()
             .add_response_by_hash(
@@ -238,7 +255,7 @@ class OcspResponder:
                 algorithm=algorithm,
                 cert_status=status,
                 this_update=now,
-                next_update=now + self.validity,
+                next_update=next_update,
                 revocation_time=revocation_time,
                 revocation_reason=reason,
             )

@@ -14,6 +14,15 @@ Knobs (``LoadKnobs``) turn it into a load target: added latency, a fraction of n
 answered "waiting" (delivered after ``check_after`` s to a pollReq), a fraction answered with an
 error, HTTP 503s, dropped connections, and (in ``ServerConfig``) a cap on concurrent transactions.
 A periodic tick expires unconfirmed certificates and hung transactions.
+
+Crash contract (``fleet.ca.store`` states the store's side): no answer leaves before every
+record change made so far is durable, so a kill -9 loses only changes nobody was told about:
+issuances whose ip was not sent, confirmations whose pkiConf was not sent, the tick's
+rejections (made again at the next start). At start, before the first request, every certificate still pending is rejected
+(no transaction survives a restart to confirm it), and each tick rejects pending certificates
+past their confirmation deadline that no live transaction is settling. So no certificate is
+ever left unconfirmed, past its deadline and not revoked; until confirmed, OCSP calls a
+certificate "revoked (certificateHold)", never "good" (``fleet.ca.revocation``).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from functools import lru_cache, partial
 from urllib.parse import unquote
 
@@ -33,8 +43,9 @@ import trio
 
 from fleet.ca.authority import Authority
 from fleet.ca.metrics import CaMetrics
-from fleet.cmp.messages import fail_info_names
-from fleet.cmp.server import CmpServer, Outcome, SecretLookup, ServerConfig
+from fleet.ca.store import StoreError
+from fleet.cmp.messages import FailInfo, fail_info_names
+from fleet.cmp.server import CmpServer, Outcome, SecretLookup, ServerConfig, TxState
 from fleet.errors import FleetError
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
 
@@ -231,6 +242,17 @@ class CaService:
         return response
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
+        response = await self._respond(request)
+        store = self.authority.store
+        if store.dirty:  # nothing leaves before the records it follows are durable (module doc)
+            try:
+                await store.durable()
+            except StoreError as exc:
+                log.error("answer withheld, the certificate store cannot be written: %s", exc)
+                return self._plain(503, "certificate store unavailable\n", headers=(("Retry-After", "1"),))
+        return response
+
+    async def _respond(self, request: HttpRequest) -> HttpResponse:
         kind, arg = route(request.path)
         if kind == "cmp":
             if request.method != "POST":
@@ -310,8 +332,31 @@ class CaService:
         for server in self.servers.values():
             for outcome in server.tick(now):
                 self._count(outcome)
+        orphans = self.authority.expire_unconfirmed(datetime.fromtimestamp(now, UTC), self._in_progress)
+        if orphans:
+            log.warning("rejected %d certificate(s) past their confirmation deadline that no transaction "
+                        "was waiting for", len(orphans))
+            for serial in orphans:
+                self._count(Outcome("tick", "none", "confirm_timeout", FailInfo.systemUnavail.mask, serial))
         if self.metrics is not None:
             self.metrics.sample([s.statistics() for s in self.servers.values()], self.http_stats)
+
+    def _in_progress(self, transaction_id: bytes | None) -> bool:
+        """Whether a CMP server still holds this transaction open (it settles its certificate)."""
+        if transaction_id is None:
+            return False
+        for server in self.servers.values():
+            state = server.state_of(transaction_id)
+            if state is not None and state is not TxState.CLOSED:
+                return True
+        return False
+
+    def recover(self) -> int:
+        """Reject every certificate an earlier process left pending (module doc); how many."""
+        count = self.authority.reject_abandoned(datetime.fromtimestamp(self.clock(), UTC))
+        if count:
+            log.warning("rejected %d certificate(s) left unconfirmed by an earlier run of the CA", count)
+        return count
 
     async def _ticker(self) -> None:
         while True:
@@ -333,7 +378,9 @@ class CaService:
 
         Issued certificates point their CRL distribution point and OCSP URL at ``public_url``
         (default ``http://<host>:<bound port>``), set before the first request is served.
+        Certificates an earlier process left pending are rejected first (``recover``).
         """
+        self.recover()
         try:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(

@@ -3,20 +3,30 @@
 Writes are batched: ``record_issued``, ``confirm``, ``reject`` and ``revoke`` change an in-memory
 overlay at once (every read sees them immediately) and reach the database in one transaction
 when the batch holds ``max_batch`` changes, when the oldest change is ``max_delay`` seconds old
-(checked on the next write, and by ``run_flusher``), on ``flush()``, and on ``close()``.
+(checked on the next write, and by ``run_flusher``), on ``flush()`` and ``durable()``, and on
+``close()``.
 
 Durability, stated plainly:
 
 * A change is durable against a killed process (kill -9, crash) once ``flush()`` has returned:
   the transaction is committed in the WAL, which survives the process. With
   ``synchronous=NORMAL`` a power loss or OS crash may still roll back the last commits since
-  the previous WAL checkpoint; the database stays consistent.
+  the previous WAL checkpoint; the database stays consistent, but this contract covers a dead
+  process, not a dead machine.
 * Until then a kill -9 loses at most the unflushed batch: at most ``max_batch`` changes, or
   ``max_delay`` seconds of them when ``run_flusher`` runs.
-* The contract with the CMP layer: an ip/cp/kup may be sent before its record is durable (the
-  certificate is recorded 'pending'; losing it loses a certificate nobody confirmed yet), but
-  the CMP layer calls ``flush()`` before answering an rr, and should before a pkiConf when it
-  needs the confirmation durable. Issuance stays batched; revocation never is.
+* The contract with the CA service: it awaits ``durable()`` before it sends any answer, so a
+  kill -9 loses only changes nobody was told about. An ip/cp/kup never leaves before its
+  'pending' record is durable (a certificate the records lost could never be rejected or
+  revoked: OCSP would call it unknown and no CRL would list it), a pkiConf never before the
+  confirmation, an rp never before the revocation. ``durable()`` groups commits: every answer
+  made in the same trio scheduling round shares one transaction.
+* Unconfirmed certificates: a 'pending' record keeps the deadline its certConf must meet
+  (``confirm_deadline``, from confirmWaitTime). ``expire_pending`` rejects those past it that
+  no live transaction is settling (the service's tick); ``reject_unconfirmed`` rejects every
+  pending certificate, which the service does at start, because the transactions that could
+  still confirm them died with the previous process. So a crash never leaves behind a
+  certificate that is unconfirmed, past its deadline and not listed as revoked.
 
 Serials: ``allocate_serial`` hands out serials that are unique by construction, so
 ``record_issued`` needs no database look-up for them and the serial index grows at its end:
@@ -36,7 +46,8 @@ on a different index page, so each flush wrote one extra page per issuance; ``fi
 reads the table instead. A database of the earlier layout (statuses only in ``certificates``,
 that index) is used as it is: the index is dropped on open, and the view finds no overrides.
 Older versions of fleet would not see the overrides: ``PRAGMA user_version`` is 2 from this
-layout on.
+layout on, and 3 once ``certificates`` has the ``confirm_deadline`` column (added on open, NULL
+for the rows written before it: those are rejected at the next start like any pending one).
 
 Threading: every method is synchronous and runs in the caller's thread; the store is meant for
 one trio thread (the CA's event loop) and uses no ``trio.to_thread``. A flush blocks that thread
@@ -50,9 +61,9 @@ from __future__ import annotations
 import enum
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -102,7 +113,8 @@ class CertStatus(enum.StrEnum):
 
     pending -> issued (certConf accepted) | rejected (certConf rejected, or never came);
     pending | issued -> revoked; revoked with reason certificateHold -> issued (removeFromCRL).
-    Rejected certificates were signed and sent, so CRL and OCSP treat them as revoked.
+    Rejected certificates were signed and sent, so CRL and OCSP treat them as revoked. A pending
+    certificate is not good yet: OCSP answers it as on hold (``fleet.ca.revocation``).
     """
 
     PENDING = "pending"
@@ -116,6 +128,7 @@ _DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
 # (~0.3 µs), and the store reads them several times per issuance and per certConf.
 _PENDING = CertStatus.PENDING
 _ISSUED = CertStatus.ISSUED
+_SECOND = timedelta(seconds=1)
 
 
 # allocate_serial's layout (158 bits, so DER needs 20 octets at most and the text is always
@@ -165,6 +178,9 @@ class CertRecord:
     transaction_id: bytes | None
     created: datetime
     der: bytes
+    # A pending certificate's certConf deadline (confirmWaitTime, rounded up to the second);
+    # None when confirmed implicitly, or recorded before the store kept deadlines.
+    confirm_deadline: datetime | None = None
 
     def __repr__(self) -> str:
         return (
@@ -197,7 +213,8 @@ CREATE TABLE IF NOT EXISTS certificates (
     revocation_time INTEGER,
     transaction_id TEXT,
     created INTEGER NOT NULL,
-    der BLOB NOT NULL
+    der BLOB NOT NULL,
+    confirm_deadline INTEGER
 );
 DROP INDEX IF EXISTS certificates_key;
 CREATE INDEX IF NOT EXISTS certificates_dead ON certificates (status)
@@ -210,22 +227,30 @@ CREATE TABLE IF NOT EXISTS status_changes (
 );
 CREATE INDEX IF NOT EXISTS status_changes_dead ON status_changes (status)
     WHERE status IN ('revoked', 'rejected');
-CREATE VIEW IF NOT EXISTS certificates_now AS
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+_LAYOUT = 3  # PRAGMA user_version of this layout (module doc)
+# Brings a database of layout 1 or 2 to this one: the deadline column, and the view with it.
+_MIGRATE = """
+BEGIN;
+{add_column}
+DROP VIEW IF EXISTS certificates_now;
+CREATE VIEW certificates_now AS
 SELECT c.id, c.serial, c.subject, c.device_ref, c.key_sha256, c.not_before, c.not_after,
     CASE WHEN s.id IS NULL THEN c.status ELSE s.status END AS status,
     CASE WHEN s.id IS NULL THEN c.revocation_reason ELSE s.revocation_reason END AS revocation_reason,
     CASE WHEN s.id IS NULL THEN c.revocation_time ELSE s.revocation_time END AS revocation_time,
-    c.transaction_id, c.created, c.der
+    c.transaction_id, c.created, c.der, c.confirm_deadline
 FROM certificates AS c LEFT JOIN status_changes AS s ON s.id = c.id;
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
+COMMIT;
 """
 
 _COLUMNS = (
     "serial, subject, device_ref, key_sha256, not_before, not_after, status, "
-    "revocation_reason, revocation_time, transaction_id, created, der"
+    "revocation_reason, revocation_time, transaction_id, created, der, confirm_deadline"
 )
-_INSERT = f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT = f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # A status change of a row already in ``certificates``: a small row of its own (module doc).
 _CHANGE = (
     "INSERT OR REPLACE INTO status_changes (id, status, revocation_reason, revocation_time) "
@@ -240,6 +265,22 @@ _DEAD_ROWS = (
     "WHERE c.status IN ('revoked', 'rejected') "
     "AND NOT EXISTS (SELECT 1 FROM status_changes AS s WHERE s.id = c.id)"
 )
+
+def _to_current_layout(db: sqlite3.Connection) -> None:
+    """Create the tables, or bring a database of an earlier layout to this one (module doc)."""
+    db.executescript(_SCHEMA)
+    (layout,) = db.execute("PRAGMA user_version").fetchone()
+    if layout >= _LAYOUT:
+        return
+    columns = {row[1] for row in db.execute("PRAGMA table_info(certificates)")}
+    add = "" if "confirm_deadline" in columns else "ALTER TABLE certificates ADD COLUMN confirm_deadline INTEGER;"
+    try:
+        db.executescript(_MIGRATE.format(add_column=add))
+    except sqlite3.Error:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(CertRecord))
 
@@ -296,11 +337,12 @@ def _row(rec: CertRecord) -> tuple[object, ...]:
         rec.transaction_id.hex() if rec.transaction_id is not None else None,
         _ts(rec.created),
         rec.der,
+        _ts(rec.confirm_deadline) if rec.confirm_deadline else None,
     )
 
 
 def _record(row: tuple[Any, ...]) -> CertRecord:
-    (serial, subject, device_ref, key, nb, na, status, reason, rtime, tid, created, der) = row
+    (serial, subject, device_ref, key, nb, na, status, reason, rtime, tid, created, der, deadline) = row
     return CertRecord(
         serial=int(serial, 16),
         subject=subject,
@@ -314,6 +356,7 @@ def _record(row: tuple[Any, ...]) -> CertRecord:
         transaction_id=None if tid is None else bytes.fromhex(tid),
         created=_dt(created),
         der=bytes(der),
+        confirm_deadline=None if deadline is None else _dt(deadline),
     )
 
 
@@ -330,7 +373,7 @@ class CertStore:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            _to_current_layout(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open certificate store {self.path}: {exc}") from None
         # Unflushed changes: new rows, and status changes of rows already in the database.
@@ -342,6 +385,10 @@ class CertStore:
         # about as many records as there are transactions awaiting a certConf.
         self._pending: dict[int, CertRecord] = {}
         self._oldest_change: float | None = None
+        # Changes made and changes durable, counted: ``durable()`` waits for the one to reach
+        # the other.
+        self._seq = 0
+        self._flushed_seq = 0
         self._counts = {s.value: 0 for s in CertStatus}
         for status, n in self._db.execute(
             "SELECT status, count(*) FROM certificates_now GROUP BY status"
@@ -429,9 +476,12 @@ class CertStore:
         transaction_id: bytes | None = None,
         device_ref: str | None = None,
         status: CertStatus = CertStatus.PENDING,
+        confirm_deadline: datetime | None = None,
     ) -> CertRecord:
         """Record a certificate just issued, 'pending' until ``confirm`` (pass
-        ``status=CertStatus.ISSUED`` when implicit confirmation was granted)."""
+        ``status=CertStatus.ISSUED`` when implicit confirmation was granted). A pending one is
+        rejected by ``expire_pending`` once ``confirm_deadline`` has passed (a deadline with
+        microseconds is rounded up to the next second)."""
         serial = issued.serial
         if serial in self._allocated:
             pass  # unique by construction: no look-up (module doc)
@@ -444,6 +494,11 @@ class CertStore:
             raise SerialCollision(f"serial {serial_hex(serial)} is already recorded")
         if status not in (_PENDING, _ISSUED):
             raise InvalidStatusChange(f"a new certificate cannot start as {status}")
+        if confirm_deadline is not None:
+            if status is not _PENDING:
+                confirm_deadline = None  # nothing to confirm
+            elif confirm_deadline.microsecond:
+                confirm_deadline = confirm_deadline.replace(microsecond=0) + _SECOND
         rec = _new_record(
             {
                 "serial": serial,
@@ -458,6 +513,7 @@ class CertStore:
                 "transaction_id": transaction_id,
                 "created": _now_whole(),
                 "der": issued.der,
+                "confirm_deadline": confirm_deadline,
             }
         )
         self._allocated.discard(serial)
@@ -538,10 +594,74 @@ class CertStore:
             rec, replace(rec, status=CertStatus.ISSUED, revocation_reason=None, revocation_time=None)
         )
 
+    def reject_unconfirmed(self, when: datetime | None = None) -> int:
+        """Reject every pending certificate, whatever its deadline; returns how many.
+
+        For the start of a CA process: the transactions that could still confirm them died
+        with the previous process, so none of them can ever be confirmed (module doc)."""
+        if not self._counts[_PENDING._value_]:
+            return 0
+        when = _whole(when)
+        found = {
+            rec.serial: rec
+            for rec in map(
+                _record,
+                self._db.execute(f"SELECT {_COLUMNS} FROM certificates_now WHERE status = 'pending'"),
+            )
+        }
+        for rec in self._overlay():  # unflushed changes are newer than the database
+            if rec.status is _PENDING:
+                found[rec.serial] = rec
+            else:
+                found.pop(rec.serial, None)
+        for rec in found.values():
+            self._set(rec, replace(rec, status=CertStatus.REJECTED, revocation_time=when))
+        return len(found)
+
+    def expire_pending(
+        self, when: datetime, in_progress: Callable[[bytes | None], bool] | None = None
+    ) -> list[CertRecord]:
+        """Reject the pending certificates of this process whose ``confirm_deadline`` is at or
+        before ``when``, except those whose transaction ``in_progress`` says is still live
+        (the CMP server settles those itself); returns the rejected records. Cheap enough for
+        a tick: it reads only this process's pending records, no database."""
+        cutoff = when.astimezone(UTC)
+        due = [
+            rec
+            for rec in self._pending.values()
+            if rec.confirm_deadline is not None
+            and rec.confirm_deadline <= cutoff
+            and (in_progress is None or not in_progress(rec.transaction_id))
+        ]
+        rejected_at = _whole(cutoff)
+        return [
+            self._set(rec, replace(rec, status=CertStatus.REJECTED, revocation_time=rejected_at))
+            for rec in due
+        ]
+
+    @property
+    def dirty(self) -> bool:
+        """Whether some change is not durable yet (``durable()`` would have to flush)."""
+        return self._flushed_seq != self._seq
+
+    async def durable(self) -> None:
+        """Return once every change made before the call is durable (module doc).
+
+        Group commit: it first lets the other tasks that are ready run (one trio checkpoint),
+        so the answers made in the same scheduling round share one flush. Raises
+        ``StoreError`` when the flush fails; the changes stay queued for the next one."""
+        target = self._seq
+        if self._flushed_seq >= target:
+            return
+        await trio.lowlevel.checkpoint()
+        if self._flushed_seq < target:
+            self.flush()
+
     def flush(self) -> None:
         """Write every unflushed change in one transaction; durable on return (module doc)."""
         if not self._new and not self._changed:
             self._oldest_change = None
+            self._flushed_seq = self._seq
             return
         started = time.perf_counter()
         n = len(self._new) + len(self._changed)
@@ -574,6 +694,7 @@ class CertStore:
         self._new.clear()
         self._changed.clear()
         self._oldest_change = None
+        self._flushed_seq = self._seq
         self._flushes += 1
         self._changes_flushed += n
         self._last_flush_seconds = time.perf_counter() - started
@@ -706,6 +827,7 @@ class CertStore:
         return new
 
     def _changed_one(self) -> None:
+        self._seq += 1
         now = time.monotonic()
         if self._oldest_change is None:
             self._oldest_change = now

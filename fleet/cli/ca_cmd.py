@@ -41,7 +41,18 @@ def _certs(path: Path | None) -> list[x509.Certificate]:
     return [] if path is None else load_certificates(path)
 
 
-@app.command(short_help="Serve CMP, the CRL and OCSP until interrupted.", epilog=examples(
+# The crash contract (fleet.ca.service), for operators: one paragraph, wrapped by the terminal.
+_SERVE_HELP = (
+    "Serve CMP (/.well-known/cmp, /pkix/), the CRL and OCSP until interrupted.\n\n"
+    "Crash contract: no answer leaves before the records it depends on are committed, so a "
+    "kill -9 loses only what nobody was told (an ip or pkiConf not yet sent). Until its certConf "
+    "a certificate is revoked with reason certificateHold in OCSP; it is rejected at its "
+    "--confirm-wait deadline, and at start every certificate still pending is rejected, so a "
+    "crash never leaves a valid unconfirmed certificate past its deadline."
+)
+
+
+@app.command(help=_SERVE_HELP, short_help="Serve CMP, the CRL and OCSP until interrupted.", epilog=examples(
     "fleet ca serve --dir ca-state --port 8080 --master-secret pass:demo",
     "fleet ca serve --dir ca-state --port 0 --secret pass:demo --ref dev-1",
     "fleet ca serve --dir ca-state --latency uniform:0.01:0.05 \\",

@@ -207,6 +207,9 @@ class IssueRequest:
     confirmed: bool  # implicit confirm granted: record as issued at once
     old_cert: x509.Certificate | None = None  # kur: the certificate being updated
     spki: bytes | None = None  # the SubjectPublicKeyInfo DER ``public_key`` was loaded from
+    # When its certConf is due at the latest, in seconds since the epoch (None: implicit
+    # confirm); the backend keeps it with the pending record, so a restart can reject it.
+    confirm_deadline: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -807,11 +810,14 @@ class CmpServer:
         implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm
         tid = msg.header.transaction_id
         assert tid is not None
+        # Delivered now, or deferred: by a pollReq at the latest hung_timeout after ``defer``.
+        deadline = None if implicit else ctx.now + self.config.confirm_wait + (
+            defer + self.config.hung_timeout if defer > 0 else 0.0)
         try:
             issued = self.backend.issue(IssueRequest(
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
-                confirmed=implicit, old_cert=old_cert, spki=spki,
+                confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)

@@ -180,6 +180,7 @@ def test_ocsp_good_revoked_unknown(
     hierarchy: CaHierarchy, issuer: CertificateIssuer, store: CertStore
 ) -> None:
     good, revoked, rejected = (_issue(issuer, store) for _ in range(3))
+    store.confirm(good.serial)  # good once its certConf came (a pending one is on hold)
     never_recorded = issuer.issue(ec_public_key(), device_name())
     when = datetime(2032, 1, 1, tzinfo=UTC)
     store.revoke(revoked.serial, x509.ReasonFlags.superseded, when)
@@ -211,6 +212,37 @@ def test_ocsp_good_revoked_unknown(
         responder.respond(_request(never_recorded.cert, hierarchy.issuing, hashes.SHA1())),
     )
     assert r.certificate_status is ocsp.OCSPCertStatus.UNKNOWN
+
+
+def test_ocsp_pending_is_on_hold_until_confirmed(
+    hierarchy: CaHierarchy, issuer: CertificateIssuer, store: CertStore, tmp_path: Path
+) -> None:
+    """Delivered but not confirmed: revoked with reason certificateHold since its issuance, no
+    nextUpdate (so nobody caches the hold), and not on the CRL; its certConf makes it good."""
+    pending = _issue(issuer, store)
+    record = store.get(pending.serial)
+    assert record is not None
+    responder = OcspResponder(hierarchy, store)
+    request = _request(pending.cert, hierarchy.issuing, hashes.SHA1())
+    r = _verified(hierarchy, responder.respond(request))
+    assert r.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert r.revocation_reason is x509.ReasonFlags.certificate_hold
+    assert r.revocation_time_utc == record.created and r.next_update_utc is None
+    crl = x509.load_der_x509_crl(CrlPublisher(hierarchy, store).current_crl_der())
+    assert crl.get_revoked_certificate_by_serial_number(pending.serial) is None
+
+    (tmp_path / "req.der").write_bytes(request)
+    (tmp_path / "resp.der").write_bytes(responder.respond(request))
+    checked = openssl("ocsp", "-reqin", tmp_path / "req.der", "-respin", tmp_path / "resp.der",
+                      "-CAfile", write_pem(tmp_path / "root.pem", hierarchy.root),
+                      "-verify_other", write_pem(tmp_path / "ca.pem", hierarchy.issuing), "-resp_text")
+    assert checked.returncode == 0 and "Response verify OK" in checked.stderr, checked.stderr
+    assert "Cert Status: revoked" in checked.stdout
+    assert "Revocation Reason: certificateHold" in checked.stdout
+
+    store.confirm(pending.serial)
+    r = _verified(hierarchy, responder.respond(request))
+    assert r.certificate_status is ocsp.OCSPCertStatus.GOOD and r.next_update_utc is not None
 
 
 def test_ocsp_unknown_for_another_issuer(
@@ -287,6 +319,7 @@ def test_ocsp_microseconds_per_response(
     hierarchy: CaHierarchy, issuer: CertificateIssuer, store: CertStore
 ) -> None:
     issued = _issue(issuer, store)
+    store.confirm(issued.serial)
     responder = OcspResponder(hierarchy, store)
     request = _request(issued.cert, hierarchy.issuing, hashes.SHA1(), os.urandom(16))
     started = time.perf_counter()

@@ -556,7 +556,7 @@ def test_a_database_of_the_earlier_layout_is_used_as_it_is(template: IssuedCert,
         indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "certificates_key" not in indexes
         assert db.execute("SELECT count(*) FROM status_changes").fetchone() == (2,)
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)  # layout 3: the confirm_deadline column
     with CertStore(path) as store:
         assert store.counts_by_status() == {"pending": 0, "issued": 1, "revoked": 2, "rejected": 1}
         assert {s for s, _, _ in store.revoked()} == {revoked.serial, rejected.serial, issued.serial}
