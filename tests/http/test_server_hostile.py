@@ -95,7 +95,7 @@ async def test_tls_client_hello_on_the_plain_port_gets_400_and_close_at_once() -
             status, body, seconds = await answer_to(port, data)
             assert status == 400
             assert b"not TLS" in body and b"http://" in body
-            assert seconds < 2
+            assert seconds < 3
         await still_serves(port)
     assert stats.requests_total == 1
 
@@ -150,10 +150,13 @@ async def test_slow_head_is_cut_off_at_the_header_deadline_while_others_are_serv
                     nursery.start_soon(serve_meanwhile)
                     assert await closed_by_peer(slow_reader)
                     elapsed = trio.current_time() - start
+                    served_meanwhile = served
                     nursery.cancel_scope.cancel()
+                await other.send_all(post(b"after"))  # and the other connection carries on
+                assert (await other_reader.read_response())[2] == b"re:after"
             assert 0.4 < elapsed < 3
-            assert served >= 3
-    assert stats.requests_total == served
+            assert served_meanwhile >= 1
+    assert stats.requests_total >= served_meanwhile + 1
 
 
 async def test_next_head_on_a_keep_alive_connection_gets_the_header_deadline() -> None:
@@ -202,7 +205,7 @@ CHUNKED = b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
 async def test_chunk_declared_over_the_limit_gets_413_at_once(size_line: bytes, expect: bytes) -> None:
     async with http_server(echo, max_body_bytes=1_000_000, **SLOW) as (port, stats):
         status, _, seconds = await answer_to(port, CHUNKED + expect + b"\r\n" + size_line + b"\r\nabc")
-        assert status == 413 and seconds < 2
+        assert status == 413 and seconds < 3
         await still_serves(port)
     assert stats.requests_total == 1
 
@@ -211,7 +214,7 @@ async def test_chunks_that_add_up_over_the_limit_get_413() -> None:
     async with http_server(echo, max_body_bytes=1000, **SLOW) as (port, _):
         body = b"200\r\n" + b"y" * 0x200 + b"\r\n"
         status, _, seconds = await answer_to(port, CHUNKED + b"\r\n" + body + body[:10])
-    assert status == 413 and seconds < 2
+    assert status == 413 and seconds < 3
 
 
 async def test_chunked_body_with_extensions_and_trailers_is_served() -> None:
@@ -248,7 +251,7 @@ async def test_bare_lf_heads_are_served_at_once(head: bytes) -> None:
             with trio.fail_after(5):
                 await stream.send_all(head + b"abc")
                 assert (await reader.read_response())[2] == b"re:abc"
-            assert trio.current_time() - start < 2
+            assert trio.current_time() - start < 3
 
 
 # -- the audit: every malformed request answered at once -------------------------------------
@@ -305,7 +308,7 @@ async def test_malformed_request_is_answered_at_once_and_closed(
         async with http_server(echo, **SLOW) as (port, stats):
             got, _, seconds = await answer_to(port, data)
             assert got == status
-            assert seconds < 2
+            assert seconds < 3
             await still_serves(port)
     assert stats.requests_total == 1 and stats.handler_errors == 0
     assert not caplog.records  # no traceback, no error line
@@ -327,7 +330,7 @@ async def test_request_cut_short_by_the_client_closing_is_dropped_at_once(
     with caplog.at_level(logging.WARNING, "fleet.http.server"):
         async with http_server(echo, **SLOW) as (port, stats):
             got, _, seconds = await answer_to(port, data, half_close=True)
-            assert got is None and seconds < 2
+            assert got is None and seconds < 3
             await still_serves(port)
     assert stats.requests_total == 1
     assert not caplog.records
