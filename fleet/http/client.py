@@ -395,7 +395,8 @@ class CmpHttpClient:
                     stream = tcp
             except trio.BrokenResourceError as exc:
                 tcp.socket.close()
-                raise ConnectError(self.url, _handshake_failure(exc, self._where()), kind="tls") from None
+                problem = _handshake_failure(exc, self._where())
+                raise ConnectError(self.url, problem, kind="tls") from None
             except BaseException:
                 tcp.socket.close()
                 raise

@@ -319,19 +319,21 @@ class _Server:
         started = trio.current_time()
         if not first:
             conn.deadline = started + self.head_timeout
+        scanned = checked = 0  # how far ``buf`` was searched for the head's end / checked
         while True:
-            if buf and buf[0] in _CRLF:  # RFC 9112 §2.2: ignore empty lines before a request
+            if buf[:1] in _CRLF_STARTS:  # RFC 9112 §2.2: ignore empty lines before a request
                 del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
-            end = buf.find(b"\r\n\r\n")
+            end = buf.find(b"\r\n\r\n", max(scanned - 3, 0))
             if end >= 0:
                 head_size = end
                 break
             if buf:
-                refusal = hopeless_request_head(buf, conn.sock is not None)
+                refusal, checked = hopeless_request_head(buf, checked, conn.sock is not None)
                 if refusal is not None:
                     await self._refuse(conn, *refusal)
                     return None
-                blank = _BLANK_LINE_RE.search(buf)  # a head ended by a bare LF: h11 reads it
+                # A head ended by a bare LF: h11 reads it.
+                blank = _BLANK_LINE_RE.search(buf, max(scanned - 2, 0))
                 if blank is not None:
                     head_size = blank.start()
                     break
@@ -340,6 +342,7 @@ class _Server:
                     return None
             if conn.eof:
                 return None  # closed in the middle of a head
+            scanned = len(buf)
             data = await conn.receive()
             if not data:
                 conn.eof = True
@@ -354,10 +357,10 @@ class _Server:
             del buf[: end + 4]
         else:
             parsed = parse_request_head_h11(buf)
-            if type(parsed) is int:
+            if isinstance(parsed, int):
                 await self._refuse(conn, parsed)
                 return None
-            method, target, version, headers, length, chunked, expects_100 = parsed  # type: ignore[misc]
+            method, target, version, headers, length, chunked, expects_100 = parsed
         if length > self.max_body_bytes:
             await self._refuse(conn, 413)
             return None
@@ -519,7 +522,8 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
 
 
 _PLAIN_ON_TLS_PORT = b"this server speaks TLS: use https://, not http://\n"
-_CRLF = frozenset(b"\r\n")
+_PLAIN_HTTP_REASONS = ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")  # OpenSSL's, on a TLS port
+_CRLF_STARTS = (b"\r", b"\n")
 _BLANK_LINE_RE = re.compile(rb"\n\r?\n")  # the end of a head as h11 finds it (bare LF allowed)
 
 
@@ -540,7 +544,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
 def _is_plain_http(exc: BaseException) -> bool:
     """Whether a TLS handshake failed because the client sent plain HTTP (OpenSSL says so)."""
     cause = exc.__cause__
-    return isinstance(cause, ssl.SSLError) and cause.reason in ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")
+    return isinstance(cause, ssl.SSLError) and cause.reason in _PLAIN_HTTP_REASONS
 
 
 async def _answer_plain_http_on_tls(stream: trio.SSLStream[trio.abc.Stream]) -> None:

@@ -133,7 +133,10 @@ class ChunkedDecoder:
         pos = 0
         while not self.done:
             if self._remaining is None:  # a chunk-size line, or a trailer line
-                max_line = self.max_trailer_bytes - self._trailer_bytes if self._trailers else MAX_CHUNK_LINE
+                if self._trailers:
+                    max_line = self.max_trailer_bytes - self._trailer_bytes
+                else:
+                    max_line = MAX_CHUNK_LINE
                 end = buf.find(b"\n", pos)
                 if end < 0 or end - pos > max_line:
                     if len(buf) - pos > max_line:
@@ -206,21 +209,34 @@ _TLS_HANDSHAKE = 0x16
 _TLS_ON_PLAIN_PORT = b"this is a plain HTTP server, not TLS: use http://, not https://\n"
 # h11's request-line grammar: a complete first line that does not match can never be served.
 _REQUEST_LINE_RE = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]")
+# How every header line h11 accepts begins (obs-fold continuation lines aside).
+_FIELD_NAME_RE = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+:")
 
 
-def hopeless_request_head(buf: bytearray, plain: bool) -> tuple[int, bytes] | None:
-    """(status, text) to refuse an incomplete head with at once, or None to wait for more.
+def hopeless_request_head(
+    buf: bytearray, checked: int, plain: bool
+) -> tuple[tuple[int, bytes] | None, int]:
+    """Judge the complete lines of an incomplete head from offset ``checked`` on: ((status,
+    text) to refuse it with at once, or None to wait for more; the offset checked up to).
 
-    Without this a request that can never be valid would wait for its deadline: a TLS
-    ClientHello (no CRLF CRLF will ever come), a request line without an HTTP version."""
-    if buf[0] not in _TOKEN_CHARS:
-        return 400, _TLS_ON_PLAIN_PORT if buf[0] == _TLS_HANDSHAKE and plain else b""
-    line_end = buf.find(b"\n")
-    if line_end >= 0:
-        line = bytes(buf[: line_end - 1 if buf[line_end - 1 : line_end] == b"\r" else line_end])
-        if _REQUEST_LINE_RE.fullmatch(line) is None:
-            return 400, b""
-    return None
+    Without this a request that can never be valid waits for its deadline: a TLS ClientHello
+    (no CRLF CRLF ever comes), a request line without an HTTP version, a header line without
+    a name. Only what h11 would refuse too is refused here; each byte is looked at once."""
+    if checked == 0 and buf[0] not in _TOKEN_CHARS:
+        return (400, _TLS_ON_PLAIN_PORT if buf[0] == _TLS_HANDSHAKE and plain else b""), 0
+    while True:
+        line_end = buf.find(b"\n", checked)
+        if line_end < 0:
+            return None, checked
+        line = bytes(buf[checked : line_end - 1 if buf[line_end - 1] == 0x0D else line_end])
+        if checked == 0:
+            if _REQUEST_LINE_RE.fullmatch(line) is None:
+                return (400, b""), checked
+        elif not line:
+            return None, checked  # the end of the head: the caller finds it
+        elif line[0] not in b" \t" and _FIELD_NAME_RE.match(line) is None:
+            return (400, b""), checked
+        checked = line_end + 1
 
 
 RequestHead = tuple[str, str, str, list[tuple[bytes, bytes]], int, bool, bool]

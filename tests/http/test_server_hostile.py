@@ -233,14 +233,14 @@ async def test_chunked_body_with_extensions_and_trailers_is_served() -> None:
 # -- bare LF ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"POST /pkix/ HTTP/1.1\nHost: x\nContent-Length: 3\n\n",
-        b"POST /pkix/ HTTP/1.1\r\nHost: x\nContent-Length: 3\r\n\r\n",
-        b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\n",
-    ],
-)
+BARE_LF_HEADS = [
+    b"POST /pkix/ HTTP/1.1\nHost: x\nContent-Length: 3\n\n",
+    b"POST /pkix/ HTTP/1.1\r\nHost: x\nContent-Length: 3\r\n\r\n",
+    b"POST /pkix/ HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\n",
+]
+
+
+@pytest.mark.parametrize("head", BARE_LF_HEADS)
 async def test_bare_lf_heads_are_served_at_once(head: bytes) -> None:
     """RFC 9112 §2.2 lets a recipient take a bare LF as a line end; the server does (as h11
     does), and answers at once instead of waiting for a CRLF CRLF that never comes."""
@@ -252,6 +252,20 @@ async def test_bare_lf_heads_are_served_at_once(head: bytes) -> None:
                 await stream.send_all(head + b"abc")
                 assert (await reader.read_response())[2] == b"re:abc"
             assert trio.current_time() - start < 3
+
+
+@pytest.mark.parametrize("head", BARE_LF_HEADS + [post(b"")[:-len(b"0\r\n\r\n")] + b"3\r\n\r\n"])
+async def test_heads_arriving_one_byte_at_a_time_are_served(head: bytes) -> None:
+    """The head's end is searched for only in new bytes (and the few before them): a head
+    dribbled byte by byte is found wherever its line ends fall."""
+    async with http_server(echo, **SLOW) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                for byte in head + b"abc":
+                    await stream.send_all(bytes([byte]))
+                    await trio.sleep(0)
+                assert (await reader.read_response())[2] == b"re:abc"
 
 
 # -- the audit: every malformed request answered at once -------------------------------------
@@ -282,6 +296,9 @@ H = b"POST /pkix/ HTTP/1.1\r\nHost: x\r\n"
         pytest.param(b"POST /pkix/ HTTP/2.0\r\nHost: x\r\n\r\n", 505, id="HTTP/2.0"),
         pytest.param(b"POST /pkix/ HTTP/1.1 extra\r\nHost: x\r\n", 400, id="junk after version"),
         pytest.param(b"POST /pkix/ HTTP/1.1\r\n Host: x\r\n\r\n", 400, id="obs-fold first line"),
+        pytest.param(H + b"Bad Name: x\r\n", 400, id="space in a name, head not ended"),
+        pytest.param(H + b"NoColon\r\n", 400, id="no colon, head not ended"),
+        pytest.param(H + b"X: y\n(junk)\n", 400, id="bad name after bare LF, head not ended"),
         pytest.param(H + b"X: a\x00b\r\nContent-Length: 0\r\n\r\n", 400, id="NUL in a value"),
         pytest.param(H + b"X: a\rb: c\r\nContent-Length: 0\r\n\r\n", 400, id="bare CR"),
         pytest.param(H + b"Content-Length : 3\r\n\r\nabc", 400, id="space before colon"),
