@@ -395,9 +395,8 @@ class CmpHttpClient:
                     stream = tcp
             except trio.BrokenResourceError as exc:
                 tcp.socket.close()
-                raise ConnectError(
-                    self.url, f"TLS handshake with {self._where()} failed: {_why(exc)}", kind="tls"
-                ) from None
+                problem = _handshake_failure(exc, self._where())
+                raise ConnectError(self.url, problem, kind="tls") from None
             except BaseException:
                 tcp.socket.close()
                 raise
@@ -474,6 +473,8 @@ class CmpHttpClient:
             while True:  # the head; 1xx interim responses are skipped
                 end = buf.find(b"\r\n\r\n")
                 if end < 0:
+                    if buf[:1] in _TLS_RECORD_TYPES:  # an HTTP answer starts with "HTTP/"
+                        raise ConnectError(self.url, _SPEAKS_TLS, kind="tls")
                     if len(buf) > MAX_HEAD_BYTES:
                         raise ProtocolError(self.url, "malformed HTTP response: head too large")
                     chunk = await receive()
@@ -564,6 +565,9 @@ class CmpHttpClient:
                 self._idle.append(conn)
                 pooled = True
             if not cmp:
+                if status == 400 and not self._tls and b"https" in data[:1024].lower():
+                    # What nginx, Go and fleet's own server answer plain HTTP on a TLS port.
+                    raise ConnectError(self.url, _SPEAKS_TLS, kind="tls")
                 raise HttpStatusError(self.url, status, _str(content_type))
             return CmpHttpResponse(status, _str(content_type), data)
 
@@ -633,6 +637,30 @@ async def _open_tcp(host: str, port: int) -> tuple[trio.SocketStream, socket.soc
         return trio.SocketStream(sock), raw
     assert error is not None
     raise error
+
+
+_SPEAKS_TLS = "the server speaks TLS (use https:// ?)"
+# First bytes of a TLS server's answer to plain HTTP: an alert (21) or handshake (22) record.
+_TLS_RECORD_TYPES = (b"\x15", b"\x16")
+# OpenSSL's reasons for a handshake that got bytes which are not TLS at all.
+_NOT_TLS_REASONS = frozenset(
+    {"WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL"}
+)
+
+
+def _handshake_failure(exc: BaseException, where: str) -> str:
+    """Why a TLS handshake failed, in one line; a server that answers without TLS (a plain HTTP
+    server: an HTTP error, or a close) is named as such, since https:// for http:// is the usual
+    cause."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS_REASONS:
+        return "the server does not speak TLS (use http:// ?)"
+    if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):
+        return (
+            f"{where} closed the connection during the TLS handshake; "
+            "the server may not speak TLS (use http:// ?)"
+        )
+    return f"TLS handshake with {where} failed: {_why(exc)}"
 
 
 def _str(value: bytes | None) -> str | None:

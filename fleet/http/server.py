@@ -3,19 +3,29 @@
 A request whose head is in a narrow, plainly valid shape (request line ``TOKEN SP target SP
 HTTP/1.1|1.0``, token header names, values without control characters, at most one
 Content-Length of digits, one Host, no Transfer-Encoding, Expect or obs-fold) is framed here
-(``_parse_head``); h11 on every request cost ~70 µs of the CA's CPU. Anything else -- chunked
-bodies, 100-continue, malformed or oversized heads, a connection closed mid-head -- goes to a
-fresh h11 parser seeded with the buffered bytes, so hostile input meets h11's checks and errors
-exactly as before. Responses are written here (always a complete body with Content-Length).
-That also lets the server keep HTTP/1.0 clients that ask for ``Connection: keep-alive`` open,
-which OpenSSL 3.0's ``openssl cmp`` does and h11 alone refuses.
+(``_parse_head``); h11 on every request cost ~70 µs of the CA's CPU. Any other complete head
+(Transfer-Encoding, 100-continue, obs-fold, bare-LF line ends, malformed ones) goes to a fresh h11
+parser, so hostile heads meet h11's checks and errors, plus the smuggling rules h11 leaves to its
+user (RFC 9112 §6.1, §6.3: Transfer-Encoding with Content-Length or in HTTP/1.0 is refused).
+Bodies are read here: Content-Length, or chunked with ``wire.ChunkedDecoder``, which checks each
+declared chunk size against the limit before its data arrives. Responses are written here
+(always a complete body with Content-Length). That also lets the server keep HTTP/1.0 clients
+that ask for ``Connection: keep-alive`` open, which OpenSSL 3.0's ``openssl cmp`` does and h11
+alone refuses.
 
-Defences: headers capped at 16 KiB, bodies at ``max_body_bytes`` (413 without reading it all), a
-whole request must arrive within ``request_timeout`` of its first byte (slowloris), idle
-keep-alive connections close after ``idle_timeout``, a response must be taken by the client within
-``request_timeout``, and connections beyond ``max_connections`` are closed as soon as accepted.
+Every malformed request is answered (4xx, then close) as soon as it is known to be malformed,
+not when a deadline passes: a TLS ClientHello on a plain port gets a 400 at its first byte (a TLS
+client then reports a non-TLS answer at once, e.g. OpenSSL's "wrong version number"), a plain
+HTTP request on a TLS port a 400 in plain HTTP saying to use https://.
+
+Defences: heads capped at 16 KiB (431), bodies at ``max_body_bytes`` (413 without reading it
+all); a connection's first request head must be complete within ``header_timeout`` of the
+accept, a later one within ``header_timeout`` of its first byte; a whole request must arrive
+within ``request_timeout`` of its first byte (slowloris); idle keep-alive connections close after
+``idle_timeout``; a response must be taken by the client within ``request_timeout``; connections
+beyond ``max_connections`` are closed as soon as accepted.
 A connection's deadline is a plain number that one reaper task per server checks every tick
-(1/8 of the shorter timeout, 10 ms to 1 s) and enforces by cancelling the connection's scope: a
+(1/8 of the shortest timeout, 10 ms to 1 s) and enforces by cancelling the connection's scope: a
 trio deadline moved three or four times per request cost ~10 µs of it. Timeouts therefore fire
 up to one tick late.
 """
@@ -35,9 +45,9 @@ from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
 
-import h11
 import trio
 
+from fleet.http.wire import ChunkedDecoder, WireError, hopeless_request_head, parse_request_head_h11
 from fleet.records import record
 
 __all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServerStats", "serve_http"]
@@ -113,6 +123,7 @@ async def serve_http(
     max_body_bytes: int = 1_000_000,
     idle_timeout: float = 30.0,
     request_timeout: float = 30.0,
+    header_timeout: float = 10.0,
     max_connections: int = 10_000,
     ssl_context: ssl.SSLContext | None = None,
     stats: HttpServerStats | None = None,
@@ -124,6 +135,10 @@ async def serve_http(
     may be an IPv4 or IPv6 address ("::" listens on IPv6 only) or a name; when a name resolves
     to several addresses and ``port`` is 0, all listeners share the first one's port.
     With ``ssl_context`` (server side, certificate loaded) the server speaks HTTPS.
+    ``header_timeout`` bounds each request head (from the accept for a connection's first);
+    ``idle_timeout`` the wait for the next request on a keep-alive connection;
+    ``request_timeout`` a whole request from its first byte, and the client's taking of the
+    response.
     """
     listeners = await _open_listeners(host, port)
     bound = listeners[0].socket.getsockname()[1]
@@ -132,6 +147,7 @@ async def serve_http(
         max_body_bytes=max_body_bytes,
         idle_timeout=idle_timeout,
         request_timeout=request_timeout,
+        header_timeout=header_timeout,
         max_connections=max_connections,
         stats=stats if stats is not None else HttpServerStats(),
     )
@@ -178,6 +194,7 @@ class _Server:
         max_body_bytes: int,
         idle_timeout: float,
         request_timeout: float,
+        header_timeout: float,
         max_connections: int,
         stats: HttpServerStats,
     ) -> None:
@@ -185,10 +202,11 @@ class _Server:
         self.max_body_bytes = max_body_bytes
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
+        self.head_timeout = min(header_timeout, request_timeout)  # a head is part of a request
         self.max_connections = max_connections
         self.stats = stats
         self.connections: set[_Connection] = set()
-        self.tick = min(max(min(idle_timeout, request_timeout) / 8, 0.01), 1.0)
+        self.tick = min(max(min(idle_timeout, self.head_timeout) / 8, 0.01), 1.0)
 
     async def reap(self) -> None:
         """Cancel every connection whose deadline has passed, once per tick, until cancelled."""
@@ -222,13 +240,16 @@ class _Server:
 
     async def serve_connection(self, stream: trio.abc.Stream) -> None:
         conn: _Connection | None = None
+        first = True
         try:
             conn = _Connection(stream, _peer(stream))
+            conn.deadline = trio.current_time() + self.head_timeout
             self.connections.add(conn)
             # The reaper cancels this scope once conn.deadline passes; none while the handler runs.
             with conn.scope:
                 while True:
-                    request = await self._read_request(conn)
+                    request = await self._read_request(conn, first)
+                    first = False
                     if request is None:
                         return
                     self.stats.requests_total += 1
@@ -254,7 +275,10 @@ class _Server:
                     await conn.send(data)
                     if not keep_alive:
                         return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except trio.BrokenResourceError as exc:
+            if first and isinstance(stream, trio.SSLStream) and _is_plain_http(exc):
+                await _answer_plain_http_on_tls(stream)
+        except (trio.ClosedResourceError, OSError):
             pass  # the client went away; nothing to answer
         except Exception:
             # A bug here must cost one connection, not the whole server.
@@ -265,18 +289,22 @@ class _Server:
             self.stats.connections_open -= 1
             await trio.aclose_forcefully(stream)
 
-    async def _read_request(self, conn: _Connection) -> HttpRequest | None:
+    async def _read_request(self, conn: _Connection, first: bool) -> HttpRequest | None:
         """The next complete request, or None when the connection should close.
 
-        Sets ``conn.deadline``: idle_timeout until a request's first byte, then request_timeout
-        for the whole request (slowloris); the reaper cancels the connection once it passes.
+        Sets ``conn.deadline``: the first request's head must be complete within
+        ``header_timeout`` of the accept (``serve_connection`` sets that); a later one may wait
+        ``idle_timeout`` for its first byte, then has ``header_timeout`` for its head; a whole
+        request must arrive within ``request_timeout`` of its first byte. A head that can no
+        longer become a valid request (a TLS ClientHello, a bad request line) is answered as
+        soon as that shows, not when the deadline passes.
         """
         buf = conn.buf
-        started = bool(buf)
-        conn.deadline = trio.current_time() + (
-            self.request_timeout if started else self.idle_timeout
-        )
-        if not started and not conn.eof:
+        if not buf:
+            if conn.eof:
+                return None
+            if not first:
+                conn.deadline = trio.current_time() + self.idle_timeout
             # The usual case: one receive holds exactly one whole request, read from those
             # bytes without copying them through the buffer.
             data = await conn.receive()
@@ -287,41 +315,61 @@ class _Server:
             request = self._whole_request(data, conn.peer) if type(data) is bytes else None
             if request is not None:
                 return request
-            started = True
-            conn.deadline = trio.current_time() + self.request_timeout
             buf += data
+        started = trio.current_time()
+        if not first:
+            conn.deadline = started + self.head_timeout
+        scanned = checked = 0  # how far ``buf`` was searched for the head's end / checked
         while True:
-            end = buf.find(b"\r\n\r\n")
+            if buf[:1] in _CRLF_STARTS:  # RFC 9112 §2.2: ignore empty lines before a request
+                del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
+            end = buf.find(b"\r\n\r\n", max(scanned - 3, 0))
             if end >= 0:
+                head_size = end
                 break
-            if conn.eof or len(buf) > _MAX_HEADER_BYTES:
-                if not buf and conn.eof:
-                    return None  # closed between requests
-                return await self._read_request_h11(conn, started)
+            if buf:
+                refusal, checked = hopeless_request_head(buf, checked, conn.sock is not None)
+                if refusal is not None:
+                    await self._refuse(conn, *refusal)
+                    return None
+                # A head ended by a bare LF: h11 reads it.
+                blank = _BLANK_LINE_RE.search(buf, max(scanned - 2, 0))
+                if blank is not None:
+                    head_size = blank.start()
+                    break
+                if len(buf) > _MAX_HEADER_BYTES:
+                    await self._refuse(conn, 431)
+                    return None
+            if conn.eof:
+                return None  # closed in the middle of a head
+            scanned = len(buf)
             data = await conn.receive()
             if not data:
                 conn.eof = True
-            elif not started:
-                started = True
-                conn.deadline = trio.current_time() + self.request_timeout
             buf += data
-        head = _parse_head(bytes(buf[:end])) if end <= _MAX_HEADER_BYTES else None
-        if head is None:
-            return await self._read_request_h11(conn, started)
-        method, target, version, headers, length = head
+        if head_size > _MAX_HEADER_BYTES:
+            await self._refuse(conn, 431)
+            return None
+        head = _parse_head(bytes(buf[:end])) if end >= 0 else None
+        if head is not None:
+            method, target, version, headers, length = head
+            chunked = expects_100 = False
+            del buf[: end + 4]
+        else:
+            parsed = parse_request_head_h11(buf)
+            if isinstance(parsed, int):
+                await self._refuse(conn, parsed)
+                return None
+            method, target, version, headers, length, chunked, expects_100 = parsed
         if length > self.max_body_bytes:
             await self._refuse(conn, 413)
             return None
-        total = end + 4 + length
-        while len(buf) < total:
-            if conn.eof:
-                return None  # closed in the middle of the body
-            data = await conn.receive()
-            if not data:
-                conn.eof = True
-            buf += data
-        body = bytes(buf[end + 4 : total])
-        del buf[:total]
+        conn.deadline = started + self.request_timeout
+        if expects_100:
+            await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await (self._read_chunked(conn) if chunked else self._read_exact(conn, length))
+        if body is None:
+            return None
         return HttpRequest(
             method=method,
             path=target,
@@ -345,82 +393,52 @@ class _Server:
             return None
         return HttpRequest(method, target, headers, data[end + 4 :], peer, version)
 
-    async def _read_request_h11(self, conn: _Connection, started: bool) -> HttpRequest | None:
-        """A request outside the fast path's shape: a fresh h11 parser, fed what was buffered;
-        what it leaves over goes back to the buffer for the next request."""
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
-        if conn.buf:
-            parser.receive_data(bytes(conn.buf))
-            conn.buf.clear()
-        if conn.eof:
-            parser.receive_data(b"")
-        stream = conn.stream
-        chunks: list[bytes] = []
-        size = 0
-        start: h11.Request | None = None
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                if not conn.eof:
-                    await self._refuse(conn, exc.error_status_hint or 400)
-                return None
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(_RECEIVE_SIZE)
+    async def _read_exact(self, conn: _Connection, length: int) -> bytes | None:
+        """The next ``length`` bytes of the connection, or None if it closes first."""
+        buf = conn.buf
+        while len(buf) < length:
+            if conn.eof:
+                return None  # closed in the middle of the body
+            data = await conn.receive()
+            if not data:
+                conn.eof = True
+            buf += data
+        body = bytes(buf[:length])
+        del buf[:length]
+        return body
+
+    async def _read_chunked(self, conn: _Connection) -> bytes | None:
+        """A chunked body (RFC 9112 §7.1), or None when it is refused or the connection closes
+        first. Declared chunk sizes count against ``max_body_bytes`` before their data comes."""
+        buf = conn.buf
+        decoder = ChunkedDecoder(self.max_body_bytes)
+        try:
+            rest = decoder.feed(buf)
+            buf.clear()
+            while not decoder.done:
+                if conn.eof:
+                    return None  # closed before the last chunk
+                data = await conn.receive()
                 if not data:
                     conn.eof = True
-                elif not started:
-                    started = True
-                    conn.deadline = trio.current_time() + self.request_timeout
-                parser.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
-                continue
-            kind = type(event)
-            if kind is h11.Data:
-                size += len(event.data)  # type: ignore[union-attr]
-                if size > self.max_body_bytes:
-                    await self._refuse(conn, 413)
-                    return None
-                chunks.append(event.data)  # type: ignore[union-attr]
-            elif kind is h11.Request:
-                start = event  # type: ignore[assignment]
-                for name, value in start.headers:  # type: ignore[union-attr]
-                    if name == b"content-length" and int(value) > self.max_body_bytes:
-                        await self._refuse(conn, 413)
-                        return None
-                if parser.client_is_waiting_for_100_continue:
-                    await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            elif kind is h11.EndOfMessage:
-                break
-            else:  # ConnectionClosed
-                return None
-        if start is None:
+                rest = decoder.feed(data)
+        except WireError as exc:
+            await self._refuse(conn, exc.status)
             return None
-        leftover, closed = parser.trailing_data
-        conn.buf += leftover
-        conn.eof = conn.eof or closed
-        return HttpRequest(
-            method=start.method.decode("ascii"),
-            path=start.target.decode("ascii", "replace"),
-            headers=list(start.headers),
-            body=b"".join(chunks),
-            peer=conn.peer,
-            http_version=start.http_version.decode("ascii"),
-        )
+        except OverflowError:
+            await self._refuse(conn, 413)
+            return None
+        buf += rest
+        return decoder.body()
 
-    async def _refuse(self, conn: _Connection, status: int) -> None:
-        """Answer an unusable request with an empty error, then linger briefly (the caller
-        closes); the connection's deadline bounds both."""
+    async def _refuse(self, conn: _Connection, status: int, text: bytes = b"") -> None:
+        """Answer an unusable request with an error (``text`` as a plain-text body), then linger
+        briefly (the caller closes); the connection's deadline bounds both."""
         stream = conn.stream
         conn.deadline = trio.current_time() + min(self.request_timeout, _LINGER_SECONDS)
-        await stream.send_all(_render(HttpResponse(status, content_type=""), False, False))
-        if isinstance(stream, trio.SocketStream):
-            await stream.send_eof()
-        drained = 0
-        while drained < _LINGER_BYTES:
-            data = await stream.receive_some(_RECEIVE_SIZE)
-            if not data:
-                break
-            drained += len(data)
+        response = HttpResponse(status, text, content_type="text/plain" if text else "")
+        await stream.send_all(_render(response, False, False))
+        await _linger(stream)
 
     async def _call_handler(self, request: HttpRequest) -> HttpResponse:
         try:
@@ -501,6 +519,44 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
         return None
     raw = getattr(stream.socket, "_sock", None)
     return raw if isinstance(raw, socket.socket) else None
+
+
+_PLAIN_ON_TLS_PORT = b"this server speaks TLS: use https://, not http://\n"
+_PLAIN_HTTP_REASONS = ("HTTP_REQUEST", "HTTPS_PROXY_REQUEST")  # OpenSSL's, on a TLS port
+_CRLF_STARTS = (b"\r", b"\n")
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")  # the end of a head as h11 finds it (bare LF allowed)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """After an error answer: half-close, then read and drop what the client still sends (at
+    most ``_LINGER_BYTES``), so that it sees the answer instead of a reset caused by its unread
+    upload. The caller bounds the time."""
+    if isinstance(stream, trio.SocketStream):
+        await stream.send_eof()
+    drained = 0
+    while drained < _LINGER_BYTES:
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if not data:
+            break
+        drained += len(data)
+
+
+def _is_plain_http(exc: BaseException) -> bool:
+    """Whether a TLS handshake failed because the client sent plain HTTP (OpenSSL says so)."""
+    cause = exc.__cause__
+    return isinstance(cause, ssl.SSLError) and cause.reason in _PLAIN_HTTP_REASONS
+
+
+async def _answer_plain_http_on_tls(stream: trio.SSLStream[trio.abc.Stream]) -> None:
+    """Tell a plain-HTTP client on the TLS port, in plain HTTP, to use https:// (as nginx and
+    Go do) rather than just closing: its user then sees why. Bounded; errors are the client's."""
+    response = HttpResponse(400, _PLAIN_ON_TLS_PORT, content_type="text/plain")
+    with trio.move_on_after(_LINGER_SECONDS):
+        try:
+            await stream.transport_stream.send_all(_render(response, False, False))
+            await _linger(stream.transport_stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
 
 
 _TOKEN_RE = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")

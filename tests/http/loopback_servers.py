@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import datetime
+import ipaddress
+import re
+import select
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
+from pathlib import Path
 
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from fleet.http import Handler, HttpServerStats, serve_http
 
@@ -44,6 +55,63 @@ async def raw_server(
         nursery.start_soon(partial(trio.serve_listeners, run_one, listeners))  # type: ignore[arg-type]
         yield port
         nursery.cancel_scope.cancel()
+
+
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A P-256 certificate for 127.0.0.1 and its key (0600) in ``tmp_path``: (cert, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet test CA server")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "server.crt", tmp_path / "server.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def fleet_ca(folder: Path, *extra: str) -> Iterator[str]:
+    """``fleet ca serve`` as a real subprocess on a free loopback port; yields its base URL
+    (``http://127.0.0.1:P``, or https with ``--tls-cert``/``--tls-key`` in ``extra``)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli.main", "ca", "serve", "--dir", str(folder), "--port", "0",
+         "--master-secret", "pass:http-tests", *extra],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        line = proc.stdout.readline() if ready else "(no output within 60 s)"
+        match = re.search(r"listening on (https?://127\.0\.0\.1:\d+)", line)
+        assert match, line
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 class RawReader:
