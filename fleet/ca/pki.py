@@ -45,6 +45,7 @@ from fleet.cmp.der import integer, oid, tlv
 from fleet.cmp.protection import subject_key_id
 from fleet.errors import FleetError
 from fleet.files import atomic_write
+from fleet.keytypes import KeySpec, KeySpecError
 
 __all__ = [
     "CA_VALIDITY",
@@ -55,7 +56,6 @@ __all__ = [
     "HierarchyError",
     "HierarchyFiles",
     "IssuedCert",
-    "generate_private_key",
     "key_fingerprint",
     "public_key_bits",
     "signature_hash_for",
@@ -82,38 +82,6 @@ class CertificateRequestRejected(FleetError):
 
 
 # --------------------------------------------------------------------------- keys and hashes
-
-
-def generate_private_key(key_type: str) -> CertificateIssuerPrivateKeyTypes:
-    """Generate a key from a spec: ``ec:P-256``, ``ec:P-384``, ``ec:P-521``, ``rsa:2048``...,
-    ``ed25519`` or ``ed448``."""
-    spec = key_type.strip().lower()
-    kind, _, param = spec.partition(":")
-    if kind == "ec":
-        curves: dict[str, ec.EllipticCurve] = {
-            "p-256": ec.SECP256R1(),
-            "p-384": ec.SECP384R1(),
-            "p-521": ec.SECP521R1(),
-            "secp256r1": ec.SECP256R1(),
-            "secp384r1": ec.SECP384R1(),
-            "secp521r1": ec.SECP521R1(),
-        }
-        curve = curves.get(param or "p-256")
-        if curve is None:
-            raise HierarchyError(f"unsupported EC curve in key type {key_type!r}")
-        return ec.generate_private_key(curve)
-    if kind == "rsa":
-        bits = int(param) if param.isdigit() else 0 if param else 2048
-        if bits < 2048 or bits > 8192:
-            raise HierarchyError(f"RSA key size in key type {key_type!r} must be 2048..8192")
-        return rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    if spec == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    if spec == "ed448":
-        return ed448.Ed448PrivateKey.generate()
-    raise HierarchyError(
-        f"unsupported key type {key_type!r} (use ec:P-256, ec:P-384, rsa:2048, ed25519)"
-    )
 
 
 def signature_hash_for(key: CertificateIssuerPrivateKeyTypes) -> hashes.HashAlgorithm | None:
@@ -303,10 +271,12 @@ class CaHierarchy:
             signer_name = _name(name_prefix, f"{name_prefix} CMP RA")
         except ValueError as exc:
             raise HierarchyError(f"CA name prefix {name_prefix!r} is unusable: {exc}") from None
+        try:
+            spec = KeySpec.parse(key_type)
+        except KeySpecError as exc:
+            raise HierarchyError(str(exc)) from None
         now = datetime.now(UTC).replace(microsecond=0)
-        root_key = generate_private_key(key_type)
-        issuing_key = generate_private_key(key_type)
-        signer_key = generate_private_key(key_type)
+        root_key, issuing_key, signer_key = spec.generate(), spec.generate(), spec.generate()
 
         root = _build_ca_cert(
             subject=root_name,

@@ -26,6 +26,7 @@ from fleet.ca.pki import (
     key_fingerprint,
 )
 from fleet.errors import FleetError
+from fleet.keytypes import ALLOWED_SPECS, KeySpec, KeySpecError
 
 from .conftest import BASE_URL, device_name, ec_public_key, openssl, openssl_verify
 
@@ -96,8 +97,14 @@ def test_mismatched_key_on_disk_is_refused_without_showing_it(tmp_path: Path) ->
 
 
 def test_unknown_key_type_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(FleetError, match="unsupported key type 'dsa:1024'"):
+    with pytest.raises(FleetError, match="unknown key type 'dsa:1024'; allowed: ec:P-256") as info:
         CaHierarchy.load_or_create(tmp_path / "s", key_type="dsa:1024")
+    assert "\n" not in str(info.value)
+    assert all(allowed in str(info.value) for allowed in ALLOWED_SPECS)
+    assert not (tmp_path / "s" / "root-ca.key.pem").exists()
+    with pytest.raises(KeySpecError) as pools:  # what ``fleet keys`` and profiles say about it
+        KeySpec.parse("dsa:1024")
+    assert str(info.value) == str(pools.value)
 
 
 def test_hierarchy_extensions(hierarchy: CaHierarchy) -> None:
@@ -356,10 +363,13 @@ def test_unique_serials_over_10000_issues(issuer: CertificateIssuer) -> None:
 
 @pytest.mark.parametrize(
     ("key_type", "hash_name"),
-    [("ec:P-384", "sha384"), ("rsa:2048", "sha256"), ("ed25519", None)],
+    [("ec:P-384", "sha384"), ("ec:P-521", "sha512"), ("rsa:2048", "sha256"), ("ed25519", None), ("ed448", None)],
 )
 def test_other_issuing_key_types(key_type: str, hash_name: str | None, tmp_path: Path) -> None:
+    """The hierarchy's keys come from the one key-type grammar (``fleet.keytypes``)."""
     h = CaHierarchy.load_or_create(tmp_path / "state", key_type=key_type)
+    assert KeySpec.of(h.issuing_key) == KeySpec.of(h.signer_key) == KeySpec.parse(key_type)  # type: ignore[arg-type]
+    assert (h.issuing_hash.name if h.issuing_hash else None) == hash_name
     cert = CertificateIssuer(h, base_url=BASE_URL).issue(ec_public_key(), device_name()).cert
     algorithm = cert.signature_hash_algorithm
     assert (algorithm.name if algorithm else None) == hash_name
