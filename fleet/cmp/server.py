@@ -192,6 +192,7 @@ class IssueRequest:
     confirmed: bool  # implicit confirm granted: record as issued at once
     old_cert: x509.Certificate | None = None  # kur: the certificate being updated
     spki: bytes | None = None  # the SubjectPublicKeyInfo DER ``public_key`` was loaded from
+    now: float | None = None  # when the request arrived (``handle``'s ``now``): the validity's start
 
 
 @dataclass(frozen=True, slots=True)
@@ -693,7 +694,7 @@ class CmpServer:
             issued = self.backend.issue(IssueRequest(
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
-                confirmed=implicit, old_cert=old_cert, spki=spki,
+                confirmed=implicit, old_cert=old_cert, spki=spki, now=ctx.now,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
