@@ -35,7 +35,6 @@ import logging
 import math
 import multiprocessing
 import os
-import re
 import signal
 import struct
 import sys
@@ -49,12 +48,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from fleet.errors import FleetError
 from fleet.files import atomic_write
+from fleet.keytypes import ALLOWED_SPECS, KeySpec, KeySpecError, PrivateKey
 
 __all__ = [
+    "ALLOWED_SPECS",
     "KeyPool",
     "KeyPoolError",
     "KeyPoolExhausted",
@@ -71,8 +71,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
-PublicKey = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 OnExhausted = Literal["reuse", "generate", "error"]
 # Record offsets into a pool's buffer; ``array`` is not subscriptable at runtime before 3.12.
 if TYPE_CHECKING:
@@ -80,133 +78,12 @@ if TYPE_CHECKING:
 else:
     _Offsets = array
 
-RSA_PUBLIC_EXPONENT = 65537
-
-
-class KeySpecError(FleetError):
-    """A key type string that fleet does not know."""
-
-
 class KeyPoolError(FleetError):
     """A key pool that is missing, too small, damaged or misused."""
 
 
 class KeyPoolExhausted(KeyPoolError):
     """``take()`` on a pool with no keys left and ``on_exhausted="error"``."""
-
-
-# --------------------------------------------------------------------------------------------
-# Key types
-
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
-_CURVE_ALIASES = {
-    "p-256": "P-256", "p256": "P-256", "secp256r1": "P-256", "prime256v1": "P-256",
-    "p-384": "P-384", "p384": "P-384", "secp384r1": "P-384",
-}  # fmt: skip
-_CURVE_BY_OPENSSL_NAME = {"secp256r1": "P-256", "secp384r1": "P-384"}
-_RSA_BITS = (2048, 3072, 4096)
-ALLOWED_SPECS = ("ec:P-256", "ec:P-384", "ed25519", "rsa:2048", "rsa:3072", "rsa:4096")
-
-# Rough single-core cost of generating one key and encoding it as DER, in seconds (measured on
-# the project machine; RSA is a median, its tail is three times longer). Used only to decide
-# between in-process and worker-process generation and to size chunks.
-_COST_SECONDS = {
-    "ec:P-256": 25e-6, "ec:P-384": 220e-6, "ed25519": 40e-6,
-    "rsa:2048": 0.040, "rsa:3072": 0.15, "rsa:4096": 0.45,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class KeySpec:
-    """A key type: ``algorithm`` is ``"ec"``, ``"ed25519"`` or ``"rsa"``; ``ec`` has a
-    ``curve`` (``"P-256"``/``"P-384"``), ``rsa`` has ``bits``. ``str()`` is the canonical text."""
-
-    algorithm: Literal["ec", "ed25519", "rsa"]
-    curve: str | None = None
-    bits: int | None = None
-
-    def __post_init__(self) -> None:
-        if str(self) not in ALLOWED_SPECS:
-            raise KeySpecError(f"unsupported key type {str(self)!r}; {_allowed_text()}")
-
-    def __str__(self) -> str:
-        if self.algorithm == "ec":
-            return f"ec:{self.curve}"
-        if self.algorithm == "rsa":
-            return f"rsa:{self.bits}"
-        return self.algorithm
-
-    @classmethod
-    def parse(cls, text: str) -> KeySpec:
-        """Parse ``ec:P-256``, ``ec:P-384``, ``ed25519``, ``rsa:2048``, ``rsa:3072`` or ``rsa:4096``
-        (case-insensitive; curve aliases such as ``secp256r1`` are accepted)."""
-        raw = text.strip()
-        algorithm, sep, param = raw.partition(":")
-        algorithm = algorithm.lower()
-        if algorithm == "ed25519" and not sep:
-            return cls("ed25519")
-        if algorithm == "ec" and param.lower() in _CURVE_ALIASES:
-            return cls("ec", curve=_CURVE_ALIASES[param.lower()])
-        if algorithm == "rsa" and re.fullmatch(r"[0-9]{1,6}", param) and int(param) in _RSA_BITS:
-            return cls("rsa", bits=int(param))
-        raise KeySpecError(f"unknown key type {text!r}; {_allowed_text()}")
-
-    @classmethod
-    def of(cls, key: PrivateKey | PublicKey) -> KeySpec:
-        """Name the type of an existing private or public key."""
-        if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
-            curve = _CURVE_BY_OPENSSL_NAME.get(key.curve.name)
-            if curve is None:
-                raise KeySpecError(f"unsupported EC curve {key.curve.name}; {_allowed_text()}")
-            return cls("ec", curve=curve)
-        if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
-            return cls("ed25519")
-        if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
-            if key.key_size not in _RSA_BITS:
-                raise KeySpecError(f"unsupported RSA key size {key.key_size}; {_allowed_text()}")
-            return cls("rsa", bits=key.key_size)
-        raise KeySpecError(f"unsupported key class {type(key).__name__}; {_allowed_text()}")
-
-    @property
-    def is_cheap(self) -> bool:
-        """True for EC and Ed25519: fast enough (tens of µs) to generate during a run."""
-        return self.algorithm != "rsa"
-
-    @property
-    def estimated_seconds_per_key(self) -> float:
-        """Rough single-core generation cost, for planning (not a measurement of this host)."""
-        return _COST_SECONDS[str(self)]
-
-    @property
-    def file_stem(self) -> str:
-        """The pool's file name without extension: ``rsa-2048``, ``ec-P-256``, ``ed25519``."""
-        return str(self).replace(":", "-")
-
-    def generate(self) -> PrivateKey:
-        """A new private key of this type (RSA with public exponent 65537)."""
-        if self.algorithm == "ec":
-            assert self.curve is not None
-            return ec.generate_private_key(_CURVES[self.curve]())
-        if self.algorithm == "rsa":
-            assert self.bits is not None
-            return rsa.generate_private_key(public_exponent=RSA_PUBLIC_EXPONENT, key_size=self.bits)
-        return ed25519.Ed25519PrivateKey.generate()
-
-    def generate_der(self) -> bytes:
-        """A new private key of this type as unencrypted PKCS#8 DER."""
-        return _to_der(self.generate())
-
-
-def _allowed_text() -> str:
-    return "allowed: " + ", ".join(ALLOWED_SPECS)
-
-
-def _to_der(key: PrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def _load_der(der: bytes) -> PrivateKey:
@@ -303,7 +180,7 @@ class KeyPool:
     def _load(self, index: int) -> PrivateKey:
         der = self._blob[self._offsets[index] + 4 : self._offsets[index + 1]]
         key = _load_der(der)
-        if KeySpec.of(key) != self._spec:  # ~1 µs; catches a pool built from the wrong DERs
+        if KeySpec.of(key) != self._spec:  # catches a pool built from the wrong DERs
             raise KeyPoolError(f"key {index} of a {self._spec} pool is a {KeySpec.of(key)} key")
         return key
 

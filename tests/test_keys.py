@@ -1,4 +1,5 @@
-"""Key specs, the on-disk key pool store and the in-memory pool, all with real keys and files."""
+"""The on-disk key pool store and the in-memory pool, with real keys and files (key types:
+tests/test_keytypes.py)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,15 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa, x25519
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fleet.errors import FleetError
 from fleet.keys import (
-    ALLOWED_SPECS,
     KeyPool,
     KeyPoolError,
     KeyPoolExhausted,
     KeyPoolStatistics,
     KeyPoolStore,
     KeySpec,
-    KeySpecError,
     default_directory,
     ensure,
 )
@@ -46,84 +44,6 @@ def take_all_der(pool: KeyPool) -> list[bytes]:
 @pytest.fixture
 def store(tmp_path: Path) -> KeyPoolStore:
     return KeyPoolStore(tmp_path / "keys")
-
-
-# ---------------------------------------------------------------------------------- KeySpec
-
-
-@pytest.mark.parametrize("text", ALLOWED_SPECS)
-def test_spec_round_trips(text: str) -> None:
-    spec = KeySpec.parse(text)
-    assert str(spec) == text
-    assert KeySpec.parse(str(spec)) == spec
-    assert hash(spec) == hash(KeySpec.parse(text))
-
-
-@pytest.mark.parametrize(
-    ("text", "canonical"),
-    [
-        ("EC:p-256", "ec:P-256"),
-        ("ec:secp256r1", "ec:P-256"),
-        ("ec:prime256v1", "ec:P-256"),
-        ("ec:secp384r1", "ec:P-384"),
-        (" RSA:3072 ", "rsa:3072"),
-        ("Ed25519", "ed25519"),
-    ],
-)
-def test_spec_accepts_case_and_aliases(text: str, canonical: str) -> None:
-    assert str(KeySpec.parse(text)) == canonical
-
-
-@pytest.mark.parametrize(
-    "text",
-    ["", "rsa", "rsa:1024", "rsa:2047", "rsa:abc", "ec", "ec:P-521", "dsa:2048", "ed25519:x",
-     "ed448", "rsa:2048:1", "rsa:99999999999"],
-)  # fmt: skip
-def test_bad_spec_names_what_is_allowed(text: str) -> None:
-    with pytest.raises(KeySpecError) as info:
-        KeySpec.parse(text)
-    message = str(info.value)
-    assert isinstance(info.value, FleetError)
-    assert "\n" not in message
-    assert all(allowed in message for allowed in ALLOWED_SPECS)
-
-
-def test_spec_cannot_be_constructed_invalid() -> None:
-    with pytest.raises(KeySpecError):
-        KeySpec("rsa", bits=1024)
-    with pytest.raises(KeySpecError):
-        KeySpec("ec", curve="P-521")
-
-
-@pytest.mark.parametrize("text", ["ec:P-256", "ec:P-384", "ed25519", "rsa:2048"])
-def test_generate_makes_the_named_type(text: str) -> None:
-    spec = KeySpec.parse(text)
-    key = spec.generate()
-    assert KeySpec.of(key) == spec
-    assert KeySpec.of(key.public_key()) == spec
-    der = spec.generate_der()
-    loaded = serialization.load_der_private_key(der, None)
-    assert KeySpec.of(loaded) == spec  # type: ignore[arg-type]
-
-
-def test_rsa_uses_exponent_65537() -> None:
-    key = RSA.generate()
-    assert isinstance(key, rsa.RSAPrivateKey)
-    assert key.key_size == 2048
-    assert key.public_key().public_numbers().e == 65537
-
-
-def test_of_rejects_unsupported_keys() -> None:
-    with pytest.raises(KeySpecError, match="curve"):
-        KeySpec.of(ec.generate_private_key(ec.SECP521R1()))
-    with pytest.raises(KeySpecError, match="RSA key size 1024"):
-        KeySpec.of(rsa.generate_private_key(public_exponent=65537, key_size=1024))
-    with pytest.raises(KeySpecError, match="X25519PrivateKey"):
-        KeySpec.of(x25519.X25519PrivateKey.generate())  # type: ignore[arg-type]
-
-
-def test_cheapness() -> None:
-    assert EC.is_cheap and ED.is_cheap and not RSA.is_cheap
 
 
 # ---------------------------------------------------------------------------------- KeyPool

@@ -185,6 +185,7 @@ class Authority:
                     not_after=request.not_after,
                     serial=serial,
                     spki=request.spki,
+                    now=request.now,
                 )
             except CertificateRequestRejected as exc:
                 store.release_serial(serial)

@@ -210,6 +210,7 @@ class IssueRequest:
     # When its certConf is due at the latest, in seconds since the epoch (None: implicit
     # confirm); the backend keeps it with the pending record, so a restart can reject it.
     confirm_deadline: float | None = None
+    now: float | None = None  # when the request arrived (``handle``'s ``now``): the validity's start
 
 
 @dataclass(frozen=True, slots=True)
@@ -817,7 +818,7 @@ class CmpServer:
             issued = self.backend.issue(IssueRequest(
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
-                confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline,
+                confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline, now=ctx.now,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)

@@ -85,8 +85,8 @@ def test_bad_type_is_one_line_error(tmp_path: Path) -> None:
     result = run_fleet("generate", "--type", "rsa:1024", "--count", "1", "--dir", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "fleet: error: unknown key type 'rsa:1024'; allowed: ec:P-256, ec:P-384, ed25519, "
-        "rsa:2048, rsa:3072, rsa:4096"
+        "fleet: error: unknown key type 'rsa:1024'; allowed: ec:P-256, ec:P-384, ec:P-521, ed25519, "
+        "ed448, rsa:2048, rsa:3072, rsa:4096, rsa:8192"
     ]
     assert not (tmp_path / "rsa-1024.keys").exists()
 
