@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -928,37 +930,18 @@ def test_same_key_compares_the_certificate_spki() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The issued certificate's SubjectPublicKeyInfo, sliced from its DER
+# The transaction's clock
 
 
-_OPENSSL_MOCK_CERTS = sorted(
-    Path(__file__).resolve().parents[3].glob("shared/interop/openssl-cmp-http/data/*/80-test_cmp_http_data/Mock/*.crt")
-)
+def test_message_time_is_the_system_clock_without_now(stub: CaStub) -> None:
+    before = int(time.time())
+    sent = ClientTransaction(mac_config(stub), ir()).start()
+    after = int(time.time())
+    stamp = messages.decode(sent.data).header.message_time
+    assert stamp is not None and before <= stamp.timestamp() <= after
 
 
-def _cert_ders() -> list[bytes]:
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-    ca = make_ca()
-    ders = [issue(ca, "ec").der, ca.der]
-    for key in (rsa.generate_private_key(public_exponent=65537, key_size=2048), ed25519.Ed25519PrivateKey.generate()):
-        ders.append(
-            x509.CertificateBuilder().subject_name(SUBJECT).issuer_name(SUBJECT).public_key(key.public_key())
-            .serial_number(7).not_valid_before(ca.cert.not_valid_before_utc).not_valid_after(ca.cert.not_valid_after_utc)
-            .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
-            .public_bytes(serialization.Encoding.DER)
-        )
-    for path in _OPENSSL_MOCK_CERTS:
-        ders += [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(path.read_bytes())]
-    return ders
-
-
-def test_spki_is_sliced_from_the_certificate() -> None:
-    from fleet.cmp.client import _spki_bytes
-
-    for cert_der in _cert_ders():
-        cert = x509.load_der_x509_certificate(cert_der)
-        assert _spki_bytes(cert_der) == cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    assert _spki_bytes(b"\x30\x03\x02\x01\x01") is None and _spki_bytes(b"junk") is None
+def test_message_time_is_the_transactions_now(stub: CaStub) -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, 654321, tzinfo=UTC)
+    sent = ClientTransaction(mac_config(stub), ir(), now=lambda: when).start()
+    assert messages.decode(sent.data).header.message_time == when.replace(microsecond=0)
