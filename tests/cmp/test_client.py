@@ -17,7 +17,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.cmp import der, messages, oids
-from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send, State, cert_hash
+from fleet.cmp.client import (
+    _TRANSITIONS,
+    ClientConfig,
+    ClientTransaction,
+    Done,
+    Event,
+    Send,
+    State,
+    cert_hash,
+    transitions,
+)
 from fleet.cmp.errors import (
     BadVersion,
     CaPubsNotAllowed,
@@ -945,3 +955,77 @@ def test_message_time_is_the_transactions_now(stub: CaStub) -> None:
     when = datetime(2031, 5, 6, 7, 8, 9, 654321, tzinfo=UTC)
     sent = ClientTransaction(mac_config(stub), ir(), now=lambda: when).start()
     assert messages.decode(sent.data).header.message_time == when.replace(microsecond=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def test_events_are_an_enum_and_the_table_holds_the_next_states() -> None:
+    assert all(isinstance(state, State) and isinstance(event, Event) for state, event in _TRANSITIONS)
+    for (state, event), transition in _TRANSITIONS.items():
+        assert transition.targets <= set(State) - {State.IDLE, State.FAILED}, (state, event)
+        assert transition.handler.__qualname__.startswith("ClientTransaction._on_")
+    assert Event.OTHER not in {event for _, event in _TRANSITIONS}
+
+
+def test_the_table_renders_as_text_and_dot() -> None:
+    assert transitions() == (
+        "idle --start--> await_response | failed\n"
+        "await_response --ip|cp|kup--> await_poll | await_confirm | done | failed\n"
+        "await_response --rp--> await_poll | done | failed\n"
+        "await_response --genp--> done | failed\n"
+        "await_response --error--> await_poll | failed\n"
+        "await_poll --ip|cp|kup--> await_poll | await_confirm | done | failed\n"
+        "await_poll --rp--> await_poll | done | failed\n"
+        "await_poll --genp--> done | failed\n"
+        "await_poll --pollRep--> await_poll | failed\n"
+        "await_poll --error--> failed\n"
+        "await_confirm --pkiconf--> done | failed\n"
+        "await_confirm --error--> failed\n"
+    )
+    dot = transitions("dot")
+    assert dot.startswith("digraph cmp_client {\n") and dot.endswith("}\n")
+    edges = {line.strip() for line in dot.splitlines() if "->" in line}
+    expected = {
+        f'{state.value} -> {target.value} [label="{event.value}"];'
+        for (state, event), t in _TRANSITIONS.items()
+        for target in t.targets
+    }
+    assert edges == expected
+    with pytest.raises(ValueError, match="text or dot"):
+        transitions("svg")  # type: ignore[arg-type]
+
+
+def test_only_advance_assigns_the_state() -> None:
+    """h11's rule: one place sets the state (besides the constructor's IDLE)."""
+    import ast
+    import inspect
+
+    from fleet.cmp import client as client_module
+
+    tree = ast.parse(inspect.getsource(client_module))
+    assigning = {
+        func.name
+        for func in ast.walk(tree)
+        if isinstance(func, ast.FunctionDef)
+        for node in ast.walk(func)
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and target.attr == "state"
+    }
+    assert assigning == {"__init__", "_advance"}
+
+
+def test_a_transition_leading_outside_its_targets_is_refused(stub: CaStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's targets are enforced: a handler whose output leads elsewhere fails the
+    transaction rather than moving it."""
+    from fleet.cmp import client as client_module
+
+    key = (State.AWAIT_RESPONSE, Event.CERT_RESPONSE)
+    narrowed = client_module.Transition(_TRANSITIONS[key].handler, frozenset({State.DONE}))
+    monkeypatch.setitem(_TRANSITIONS, key, narrowed)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(LocalProtocolError, match="cannot lead to await_confirm"):
+        tx.receive(stub.answer(tx.start().data))
+    assert tx.state is State.FAILED
