@@ -227,7 +227,9 @@ class ClientTransaction:
         protector: Protector | None = None,
     ) -> None:
         """``protector`` replaces ``config.protector`` for this transaction, so a fleet of devices
-        that differ only in their credentials can share one ``ClientConfig``."""
+        that differ only in their credentials can share one ``ClientConfig``. ``now`` is the
+        transaction's clock (aware datetimes): the messageTime it writes and the time a signer's
+        certificates must be valid at; None: the system clock."""
         self.config = config
         chosen = protector if protector is not None else config.protector
         if chosen is None:
@@ -240,7 +242,7 @@ class ClientTransaction:
         self.state = State.IDLE
         self.transaction_id = transaction_id or random(16)
         self._random = random
-        self._now = now  # None: the system clock
+        self._now = now  # None: the system clock (messageTime, and certificate validity)
         self._last_nonce: bytes | None = None
         self._peer_nonce: bytes | None = None
         self._polls = 0
@@ -402,7 +404,7 @@ class ClientTransaction:
             roots = [c for c in untrusted if is_self_signed(c)]
             if roots:  # TS 33.310 §9.5.4.3: the operator root arrives in the ip's extraCerts
                 trust = TrustStore([*trust.anchors, *roots])
-        trust.verify(signer, untrusted)
+        trust.verify(signer, untrusted, at=self._now() if self._now is not None else None)
         self._response_was_mac = False
 
     def _event_of(self, msg: PKIMessage) -> Event:

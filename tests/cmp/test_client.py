@@ -8,7 +8,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -955,6 +955,25 @@ def test_message_time_is_the_transactions_now(stub: CaStub) -> None:
     when = datetime(2031, 5, 6, 7, 8, 9, 654321, tzinfo=UTC)
     sent = ClientTransaction(mac_config(stub), ir(), now=lambda: when).start()
     assert messages.decode(sent.data).header.message_time == when.replace(microsecond=0)
+
+
+def test_signer_certificates_are_checked_at_the_transactions_time(stub: CaStub) -> None:
+    """The RA certificate is valid for 30 days from a few minutes ago: a transaction whose clock
+    is past that, or before it, refuses the signed answer, even after the same TrustStore has
+    verified the path for a transaction running now."""
+    stub.ca_pubs = False
+    config = sig_config(stub)
+    signer_validity = (stub.signer.cert.not_valid_before_utc, stub.signer.cert.not_valid_after_utc)
+
+    def run(now: datetime) -> Send | Done:
+        tx = ClientTransaction(config, ir(), now=lambda: now)
+        return tx.receive(stub.answer(tx.start().data))
+
+    assert isinstance(run(datetime.now(UTC)), Send)  # certConf: the path verified (and cached)
+    for outside in (signer_validity[1] + timedelta(days=1), signer_validity[0] - timedelta(days=1)):
+        with pytest.raises(UntrustedSigner, match="is not valid now"):
+            run(outside)
+    assert isinstance(run(signer_validity[1] - timedelta(hours=1)), Send)
 
 
 # ---------------------------------------------------------------------------------------------
