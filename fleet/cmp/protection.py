@@ -487,6 +487,17 @@ class MacProtector:
             self.params = PbmParams(salt, owf, iterations or 500, mac)
         self.algorithm = self.params.encode()
 
+    def with_secret(self, secret: bytes, reference: bytes | None) -> MacProtector:
+        """A protector with this one's parameters (salt, iterations, algorithms, and their
+        encoded AlgorithmIdentifier) and another secret and reference: what the constructor gives
+        for the same arguments, without encoding the parameters again. This protector is
+        unchanged; a fleet builds one per worker and one of these per device."""
+        twin = object.__new__(MacProtector)
+        twin.__dict__.update(self.__dict__)
+        twin._secret = secret
+        twin.sender_kid = reference
+        return twin
+
     def protect(self, protected_part: bytes) -> bytes:
         return compute_mac(self.params, self._secret, protected_part)
 
