@@ -101,9 +101,15 @@ class State(enum.Enum):
     DONE = "done"
     FAILED = "failed"
 
+    # Members are singletons: the C identity hash serves the table's lookups, not Enum's
+    # hash(self._name_), a Python call per lookup.
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """What moves the machine: ``start()``, or the kind of a response that passed the checks."""
+
+    __hash__ = object.__hash__  # as State's
 
     START = "start"
     CERT_RESPONSE = "ip|cp|kup"  # the answer to our ir, cr, p10cr or kur
@@ -288,9 +294,14 @@ class ClientTransaction:
                 raise UnexpectedBody(
                     f"unexpected {msg.label} response while {self.state.value.replace('_', ' ')}"
                 )
-            step = transition.handler(self, msg)  # type: ignore[arg-type]  # None only for START
-            target = _state_after(step)
-            if target not in transition.targets:
+            handler, targets = transition
+            step = handler(self, msg)  # type: ignore[arg-type]  # None only for START
+            # What the handler's output sends says where the machine goes next.
+            if type(step) is Done:
+                target = State.DONE
+            else:
+                target = _AFTER_SENDING.get(step.body_type, State.AWAIT_RESPONSE)  # type: ignore[union-attr]
+            if target not in targets:
                 raise LocalProtocolError(
                     f"{event.value} in state {self.state.value} cannot lead to {target.value}"
                 )
@@ -607,14 +618,8 @@ _TRANSITIONS: dict[tuple[State, Event], Transition] = {
 }
 _RECEIVING = frozenset(state for state, event in _TRANSITIONS if event is not Event.START)
 
-# The state a handler's output leads to: what it sends says what comes next.
+# The state after sending: certConf awaits pkiConf, pollReq a poll answer, a request its response.
 _AFTER_SENDING = {BodyType.CERTCONF: State.AWAIT_CONFIRM, BodyType.POLLREQ: State.AWAIT_POLL}
-
-
-def _state_after(step: Step) -> State:
-    if type(step) is Done:
-        return State.DONE
-    return _AFTER_SENDING.get(step.body_type, State.AWAIT_RESPONSE)  # type: ignore[union-attr]
 
 
 def transitions(style: Literal["text", "dot"] = "text") -> str:
