@@ -1,10 +1,10 @@
 /* The three DER primitives the codec calls most, in C: read_tlv, tlv and sequence.
  *
  * An enrollment calls them about 80 times on each side (the client's ir, ip, certConf and
- * pkiConf; the CA's the same); as Python functions they cost ~0.3-0.5 µs a call. Each handles
- * only the common case (bytes objects, single-octet tags, lengths below 4 GiB) and hands
- * everything else, errors included, to the Python function it replaces, which stays the
- * reference: fleet.cmp.der installs these only after checking that they agree with it.
+ * pkiConf; the CA's the same), so their call overhead counts. Each handles only the common case
+ * (bytes objects, single-octet tags, lengths below 4 GiB) and hands everything else, errors
+ * included, to the Python function it replaces, which stays the reference: fleet.cmp._accel
+ * installs these only after checking that they agree with it.
  * Optional: without a compiler, fleet runs on the Python versions. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

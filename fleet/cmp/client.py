@@ -7,8 +7,13 @@ scheduling, or touches a socket: the device loop and the CLI do that.
 
 Every response is checked before anything in it is believed: version, transactionID, recipNonce,
 protection (MAC with our secret, or a signature by a certificate chaining to the trust anchors),
-body type, certReqId, status, and that the certificate is for the key we asked about. All
-transitions are in ``_TRANSITIONS``; anything else raises ``UnexpectedBody``.
+body type, certReqId, status, and that the certificate is for the key we asked about.
+
+The machine is data, as in h11: ``_TRANSITIONS`` maps (``State``, ``Event``) to the handler that
+answers and the states it may lead to; a response whose event has no entry raises
+``UnexpectedBody``. Handlers return what to send or the outcome, never set the state:
+``_advance`` is the one place that does, from what the handler returned (``transitions()``
+renders the table). The byte-level work is ``fleet.cmp.fastwire``'s.
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ from __future__ import annotations
 import enum
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fleet.cmp import der, messages, oids
+from fleet.cmp import der, fastwire, messages, oids
 from fleet.cmp.errors import (
     BadVersion,
     CaPubsNotAllowed,
@@ -96,6 +102,25 @@ class State(enum.Enum):
     DONE = "done"
     FAILED = "failed"
 
+    # Members are singletons: the C identity hash serves the table's lookups, not Enum's
+    # hash(self._name_), a Python call per lookup.
+    __hash__ = object.__hash__
+
+
+class Event(enum.Enum):
+    """What moves the machine: ``start()``, or the kind of a response that passed the checks."""
+
+    __hash__ = object.__hash__  # as State's
+
+    START = "start"
+    CERT_RESPONSE = "ip|cp|kup"  # the answer to our ir, cr, p10cr or kur
+    REVOCATION_RESPONSE = "rp"
+    GENERAL_RESPONSE = "genp"
+    POLL_REP = "pollRep"
+    PKICONF = "pkiconf"
+    ERROR = "error"
+    OTHER = "other"  # any other body: never in the table
+
 
 @record
 class ClientConfig:
@@ -148,10 +173,10 @@ class Done:
         return tuple(c for c in self.extra_certs if c != self.certificate)
 
 
-Event = Send | Done
+Step = Send | Done  # what start() and receive() return
 
 _HASH_FOR_CERT_SIG = {"sha1": "sha1", "sha224": "sha224", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
-_HASH_NEW = {name: getattr(hashlib, name) for name in _HASH_FOR_CERT_SIG}  # hashlib.new costs 1.5 µs more
+_HASH_NEW = {name: getattr(hashlib, name) for name in _HASH_FOR_CERT_SIG}  # cheaper than hashlib.new
 
 
 def cert_hash(cert_bytes: bytes, hash_name: str | None = None, cert: x509.Certificate | None = None) -> bytes:
@@ -173,29 +198,13 @@ def cert_hash(cert_bytes: bytes, hash_name: str | None = None, cert: x509.Certif
 def _load_issued(cert_bytes: bytes) -> x509.Certificate:
     """The issued certificate, its DER structure checked by cryptography's parser.
 
-    Not ``load_cert``: that also builds the names and extensions (~33 µs) and caches the result,
-    which suits the few CA certificates seen again and again, not one new certificate per device.
+    Not ``load_cert``: that also builds the names and extensions and caches the result, which
+    suits the few CA certificates seen again and again, not one new certificate per device.
     """
     try:
         return x509.load_der_x509_certificate(cert_bytes)
     except ValueError as exc:
         raise CertificateError(f"malformed certificate: {exc}") from None
-
-
-def _spki_bytes(cert_der: bytes) -> bytes | None:
-    """The SubjectPublicKeyInfo TLV of a certificate, sliced from its DER (None if not found)."""
-    try:
-        read = der.read_tlv
-        _, cs, end = read(cert_der, 0, len(cert_der))
-        _, pos, end = read(cert_der, cs, end)  # tbsCertificate
-        tag, _, next_pos = read(cert_der, pos, end)
-        fields = 6 if tag == 0xA0 else 5  # [0] version, serial, signature, issuer, validity, subject
-        for _ in range(fields):
-            pos = next_pos
-            _, _, next_pos = read(cert_der, pos, end)
-        return cert_der[pos:next_pos]
-    except der.DerError:
-        return None
 
 
 def _same_key(cert_der: bytes, cert: x509.Certificate, spki: bytes) -> bool:
@@ -205,7 +214,7 @@ def _same_key(cert_der: bytes, cert: x509.Certificate, spki: bytes) -> bool:
     certificate) equal ours. Otherwise compare after re-encoding, which tolerates a CA that
     encodes the same key differently (a compressed EC point, say).
     """
-    raw = _spki_bytes(cert_der)
+    raw = fastwire.spki_of_certificate(cert_der)
     if raw == spki:
         return True
     return public_key_of(cert).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == spki
@@ -225,7 +234,9 @@ class ClientTransaction:
         protector: Protector | None = None,
     ) -> None:
         """``protector`` replaces ``config.protector`` for this transaction, so a fleet of devices
-        that differ only in their credentials can share one ``ClientConfig``."""
+        that differ only in their credentials can share one ``ClientConfig``. ``now`` is the
+        transaction's clock (aware datetimes): the messageTime it writes and the time a signer's
+        certificates must be valid at; None: the system clock."""
         self.config = config
         chosen = protector if protector is not None else config.protector
         if chosen is None:
@@ -238,7 +249,7 @@ class ClientTransaction:
         self.state = State.IDLE
         self.transaction_id = transaction_id or random(16)
         self._random = random
-        self._now = now  # None: the system clock
+        self._now = now  # None: the system clock (messageTime, and certificate validity)
         self._last_nonce: bytes | None = None
         self._peer_nonce: bytes | None = None
         self._polls = 0
@@ -249,38 +260,54 @@ class ClientTransaction:
         self._pending_error: FleetError | None = None
         self._response_was_mac = False
         self._sender_der: bytes | None = None
-        self._fixed_header: tuple[bytes, bytes] | None = None
+        self._headers: fastwire.HeaderWriter | None = None
 
     # -- public surface -------------------------------------------------------------------
 
     def start(self) -> Send:
-        self._require(State.IDLE)
-        info: list[InfoTypeAndValue] = []
-        request = self.request
-        assert request is not None
-        if request.implicit_confirm:
-            info.append(InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER))
-        if request.cert_profile:
-            profile = der.sequence(der.utf8_string(request.cert_profile))
-            info.append(InfoTypeAndValue(oids.IT_CERT_PROFILE, profile))
-        self.state = State.AWAIT_RESPONSE
-        send = self._send(request.kind, body_der(request), tuple(info))
-        self.request = None
+        """The request to send first."""
+        if (self.state, Event.START) not in _TRANSITIONS:
+            raise LocalProtocolError(f"cannot do that in state {self.state.value}")
+        send = self._advance(None)
+        assert isinstance(send, Send)
         return send
 
-    def receive(self, data: bytes) -> Event:
+    def receive(self, data: bytes) -> Step:
         """Check one response and return what to do next. Raises a ``CmpError`` subclass when the
         response is bad or the server refused; the transaction is then FAILED."""
-        if self.state not in _TRANSITIONS:
+        if self.state not in _RECEIVING:
             raise LocalProtocolError(f"no response expected in state {self.state.value}")
+        return self._advance(data)
+
+    def _advance(self, data: bytes | None) -> Step:
+        """The one place the state changes: check the response (``data``; None for start), find
+        its transition, run the handler and move to the state its output leads to, or to FAILED
+        when anything raises."""
         try:
-            msg = self._check(data)
-            handler = _TRANSITIONS[self.state].get(self._event_of(msg))
-            if handler is None:
+            if data is None:
+                event, msg = Event.START, None
+            else:
+                msg = self._check(data)
+                event = self._event_of(msg)
+            transition = _TRANSITIONS.get((self.state, event))
+            if transition is None:
+                assert msg is not None  # start() checked its own event
                 raise UnexpectedBody(
                     f"unexpected {msg.label} response while {self.state.value.replace('_', ' ')}"
                 )
-            return handler(self, msg)
+            handler, targets = transition
+            step = handler(self, msg)  # type: ignore[arg-type]  # None only for START
+            # What the handler's output sends says where the machine goes next.
+            if type(step) is Done:
+                target = State.DONE
+            else:
+                target = _AFTER_SENDING.get(step.body_type, State.AWAIT_RESPONSE)  # type: ignore[union-attr]
+            if target not in targets:
+                raise LocalProtocolError(
+                    f"{event.value} in state {self.state.value} cannot lead to {target.value}"
+                )
+            self.state = target
+            return step
         except Exception:
             self.state = State.FAILED
             raise
@@ -306,34 +333,20 @@ class ClientTransaction:
     # -- building requests ----------------------------------------------------------------
 
     def _header_der(self, info: tuple[InfoTypeAndValue, ...], pvno: int = 2) -> bytes:
-        """The encoded PKIHeader of the next message, with a fresh senderNonce.
-
-        Equal to ``messages.encode_header`` of the same fields (tests compare them), built from the
-        parts that stay the same through the transaction (sender, recipient, protectionAlg,
-        senderKID, transactionID), encoded once.
-        """
+        """The encoded PKIHeader of the next message, with a fresh senderNonce: what
+        ``messages.encode_header`` writes for the same fields, by ``fastwire.HeaderWriter``."""
         self._last_nonce = nonce = self._random(16)
-        fixed = self._fixed_header
-        if fixed is None:
+        headers = self._headers
+        if headers is None:
             protector = self.protector
-            sender = self._sender() + self.config.recipient
-            tail = b""
-            if protector.algorithm is not None:
-                tail += der.explicit(1, protector.algorithm)
-            if protector.sender_kid is not None:
-                tail += der.explicit_octets(2, protector.sender_kid)
-            tail += der.explicit_octets(4, self.transaction_id)
-            self._fixed_header = fixed = (sender, tail)
-        parts = [b"\x02\x01\x02" if pvno == 2 else der.integer(pvno), fixed[0]]
+            headers = self._headers = fastwire.HeaderWriter(
+                self._sender(), self.config.recipient, protector.algorithm, protector.sender_kid,
+                self.transaction_id,
+            )
+        when: datetime | float | None = None
         if self.config.message_time:
-            parts.append(messages.message_time_der(self._now() if self._now is not None else None))
-        parts.append(fixed[1])
-        parts.append(der.explicit_octets(5, nonce))
-        if self._peer_nonce is not None:
-            parts.append(der.explicit_octets(6, self._peer_nonce))
-        if info:
-            parts.append(der.explicit(8, der.sequence(*(messages.encode_info(i) for i in info))))
-        return der.sequence(*parts)
+            when = self._now() if self._now is not None else time.time()
+        return headers.header(nonce, pvno=pvno, message_time=when, recip_nonce=self._peer_nonce, info=info)
 
     def _sender(self) -> bytes:
         """The header's sender, chosen once per transaction: every message of it (certConf and
@@ -370,7 +383,7 @@ class ClientTransaction:
 
     def _check(self, data: bytes) -> PKIMessage:
         try:
-            msg = messages.decode(data)
+            msg = fastwire.decode(data)
         except FleetError as exc:
             raise MalformedMessage(f"malformed response: {exc}") from None
         h = msg.header
@@ -435,17 +448,30 @@ class ClientTransaction:
             roots = [c for c in untrusted if is_self_signed(c)]
             if roots:  # TS 33.310 §9.5.4.3: the operator root arrives in the ip's extraCerts
                 trust = TrustStore([*trust.anchors, *roots])
-        trust.verify(signer, untrusted)
+        trust.verify(signer, untrusted, at=self._now() if self._now is not None else None)
         self._response_was_mac = False
 
-    def _event_of(self, msg: PKIMessage) -> str:
+    def _event_of(self, msg: PKIMessage) -> Event:
         if msg.body_type is messages.RESPONSE_FOR[self.kind]:
-            return "response"
-        return _EVENT_BY_BODY.get(msg.body_type, "other")
+            return _RESPONSE_EVENT[msg.body_type]
+        return _EVENT_BY_BODY.get(msg.body_type, Event.OTHER)
 
-    # -- transitions ----------------------------------------------------------------------
+    # -- transitions: each returns what to send or the outcome; _advance sets the state ----
 
-    def _on_cert_response(self, msg: PKIMessage) -> Event:
+    def _on_start(self, msg: None) -> Send:
+        info: list[InfoTypeAndValue] = []
+        request = self.request
+        assert request is not None
+        if request.implicit_confirm:
+            info.append(InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER))
+        if request.cert_profile:
+            profile = der.sequence(der.utf8_string(request.cert_profile))
+            info.append(InfoTypeAndValue(oids.IT_CERT_PROFILE, profile))
+        send = self._send(request.kind, body_der(request), tuple(info))
+        self.request = None
+        return send
+
+    def _on_cert_response(self, msg: PKIMessage) -> Step:
         body = msg.body
         assert isinstance(body, CertRepMessage)
         if len(body.responses) != 1:
@@ -494,17 +520,15 @@ class ClientTransaction:
         body = CertConfirmContent(
             (CertStatus(cert_hash(certificate, hash_name, cert), self._cert_req_id, status, hash_alg),)
         )
-        self.state = State.AWAIT_CONFIRM
         return self._send(BodyType.CERTCONF, messages.encode_body(BodyType.CERTCONF, body), pvno=pvno)
 
-    def _on_pkiconf(self, msg: PKIMessage) -> Event:
+    def _on_pkiconf(self, msg: PKIMessage) -> Step:
         if self._pending_error is not None:
-            self.state = State.FAILED
             raise self._pending_error
         assert self._result is not None
         return self._finish(self._result)
 
-    def _on_rp(self, msg: PKIMessage) -> Event:
+    def _on_rp(self, msg: PKIMessage) -> Step:
         body = msg.body
         assert isinstance(body, RevRepContent)
         if len(body.statuses) != 1:
@@ -516,25 +540,30 @@ class ClientTransaction:
             raise RequestRejected(f"rp: revocation rejected: {status.describe()}", status)
         return self._finish(Done(status=status, extra_certs=msg.extra_certs, polls=self._polls))
 
-    def _on_genp(self, msg: PKIMessage) -> Event:
+    def _on_genp(self, msg: PKIMessage) -> Step:
         body = msg.body
         assert isinstance(body, GenMsgContent)
         return self._finish(
             Done(status=messages.ACCEPTED, items=body.items, extra_certs=msg.extra_certs, polls=self._polls)
         )
 
-    def _on_error(self, msg: PKIMessage) -> Event:
+    def _on_error_or_waiting(self, msg: PKIMessage) -> Step:
         body = msg.body
         assert isinstance(body, ErrorMsgContent)
-        if body.status.status == PKIStatus.WAITING and self.state is State.AWAIT_RESPONSE:
+        if body.status.status == PKIStatus.WAITING:
             return self._poll(0)  # RFC 9483 §4.4: delayed delivery of non-certificate responses
+        return self._on_error(msg)
+
+    def _on_error(self, msg: PKIMessage) -> Step:
+        body = msg.body
+        assert isinstance(body, ErrorMsgContent)
         if self._pending_error is not None:
             # We refused the certificate in certConf; a CA may answer that with an error, but the
             # transaction failed because of the certificate, and that is what the caller must see.
             raise self._pending_error
         raise ServerError(f"server error: {body.status.describe()}", body.status)
 
-    def _on_pollrep(self, msg: PKIMessage) -> Event:
+    def _on_pollrep(self, msg: PKIMessage) -> Step:
         body = msg.body
         assert isinstance(body, PollRepContent)
         if len(body.entries) != 1 or body.entries[0].cert_req_id != self._cert_req_id:
@@ -548,13 +577,11 @@ class ClientTransaction:
         self._polls += 1
         if self._polls > self.config.max_polls:
             raise PollingLimit(f"still waiting after {self.config.max_polls} polls")
-        self.state = State.AWAIT_POLL
         body = PollReqContent((self._cert_req_id,))
         return self._send(BodyType.POLLREQ, messages.encode_body(BodyType.POLLREQ, body), delay=delay)
 
     def _finish(self, result: Done) -> Done:
         self._result = result
-        self.state = State.DONE
         return result
 
     # -- helpers --------------------------------------------------------------------------
@@ -595,33 +622,85 @@ def _one_line(text: str) -> str:
 
 
 _EVENT_BY_BODY = {
-    BodyType.ERROR: "error",
-    BodyType.POLLREP: "pollRep",
-    BodyType.PKICONF: "pkiconf",
+    BodyType.ERROR: Event.ERROR,
+    BodyType.POLLREP: Event.POLL_REP,
+    BodyType.PKICONF: Event.PKICONF,
+}
+# The answers to our own request (RESPONSE_FOR of its kind) by body type.
+_RESPONSE_EVENT = {
+    BodyType.IP: Event.CERT_RESPONSE,
+    BodyType.CP: Event.CERT_RESPONSE,
+    BodyType.KUP: Event.CERT_RESPONSE,
+    BodyType.RP: Event.REVOCATION_RESPONSE,
+    BodyType.GENP: Event.GENERAL_RESPONSE,
 }
 
 
-def _on_response(tx: ClientTransaction, msg: PKIMessage) -> Event:
-    if msg.body_type in messages.CERT_RESPONSE_BODIES:
-        return tx._on_cert_response(msg)
-    if msg.body_type is BodyType.RP:
-        return tx._on_rp(msg)
-    return tx._on_genp(msg)
+class Transition(NamedTuple):
+    """What an event does in a state: the handler that answers it, and the states the handler's
+    output may lead to (FAILED, when it raises, is always possible)."""
+
+    handler: Callable[[ClientTransaction, PKIMessage], Step]
+    targets: frozenset[State]
 
 
-# state -> event -> handler. Anything not listed is an UnexpectedBody.
-_TRANSITIONS: dict[State, dict[str, Callable[[ClientTransaction, PKIMessage], Event]]] = {
-    State.AWAIT_RESPONSE: {
-        "response": _on_response,
-        "error": ClientTransaction._on_error,
-    },
-    State.AWAIT_POLL: {
-        "response": _on_response,
-        "pollRep": ClientTransaction._on_pollrep,
-        "error": ClientTransaction._on_error,
-    },
-    State.AWAIT_CONFIRM: {
-        "pkiconf": ClientTransaction._on_pkiconf,
-        "error": ClientTransaction._on_error,
-    },
+def _to(*states: State) -> frozenset[State]:
+    return frozenset(states)
+
+
+_T = ClientTransaction
+_CERT_RESPONSE = Transition(
+    _T._on_cert_response, _to(State.AWAIT_CONFIRM, State.AWAIT_POLL, State.DONE)
+)
+_REVOCATION_RESPONSE = Transition(_T._on_rp, _to(State.AWAIT_POLL, State.DONE))
+_GENERAL_RESPONSE = Transition(_T._on_genp, _to(State.DONE))
+_ERROR = Transition(_T._on_error, _to())  # FAILED only
+
+# (state, event) -> transition. Any response not listed is an UnexpectedBody.
+_TRANSITIONS: dict[tuple[State, Event], Transition] = {
+    (State.IDLE, Event.START): Transition(_T._on_start, _to(State.AWAIT_RESPONSE)),  # type: ignore[arg-type]
+    (State.AWAIT_RESPONSE, Event.CERT_RESPONSE): _CERT_RESPONSE,
+    (State.AWAIT_RESPONSE, Event.REVOCATION_RESPONSE): _REVOCATION_RESPONSE,
+    (State.AWAIT_RESPONSE, Event.GENERAL_RESPONSE): _GENERAL_RESPONSE,
+    (State.AWAIT_RESPONSE, Event.ERROR): Transition(_T._on_error_or_waiting, _to(State.AWAIT_POLL)),
+    (State.AWAIT_POLL, Event.CERT_RESPONSE): _CERT_RESPONSE,
+    (State.AWAIT_POLL, Event.REVOCATION_RESPONSE): _REVOCATION_RESPONSE,
+    (State.AWAIT_POLL, Event.GENERAL_RESPONSE): _GENERAL_RESPONSE,
+    (State.AWAIT_POLL, Event.POLL_REP): Transition(_T._on_pollrep, _to(State.AWAIT_POLL)),
+    (State.AWAIT_POLL, Event.ERROR): _ERROR,
+    (State.AWAIT_CONFIRM, Event.PKICONF): Transition(_T._on_pkiconf, _to(State.DONE)),
+    (State.AWAIT_CONFIRM, Event.ERROR): _ERROR,
 }
+_RECEIVING = frozenset(state for state, event in _TRANSITIONS if event is not Event.START)
+
+# The state after sending: certConf awaits pkiConf, pollReq a poll answer, a request its response.
+_AFTER_SENDING = {BodyType.CERTCONF: State.AWAIT_CONFIRM, BodyType.POLLREQ: State.AWAIT_POLL}
+
+
+def transitions(style: Literal["text", "dot"] = "text") -> str:
+    """The transition table rendered as text (one ``state --event--> targets`` line per entry) or
+    as a Graphviz digraph, from ``_TRANSITIONS`` itself: the documentation cannot drift from it."""
+    rows = sorted(
+        ((state, event, sorted(t.targets | {State.FAILED}, key=_STATE_ORDER.index))
+         for (state, event), t in _TRANSITIONS.items()),
+        key=lambda row: (_STATE_ORDER.index(row[0]), _EVENT_ORDER.index(row[1])),
+    )
+    if style == "text":
+        return "".join(
+            f"{state.value} --{event.value}--> {' | '.join(t.value for t in targets)}\n"
+            for state, event, targets in rows
+        )
+    if style != "dot":
+        raise ValueError(f"unknown style {style!r}: text or dot")
+    lines = ["digraph cmp_client {"]
+    for state, event, targets in rows:
+        for target in targets:
+            if target is not State.FAILED:
+                lines.append(f'  {state.value} -> {target.value} [label="{event.value}"];')
+    lines.append("  // every transition leads to failed when its handler raises")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+_STATE_ORDER = list(State)
+_EVENT_ORDER = list(Event)

@@ -1,7 +1,7 @@
 """Minimal DER: a writer for the shapes CMP needs and a strict TLV reader.
 
-pyasn1 costs milliseconds per CMP message (shared/docs/measured-costs.md); these helpers cost
-microseconds. They know nothing of CMP: ``messages`` composes them. The reader is strict
+pyasn1 costs orders of magnitude more per CMP message than these helpers (bench/codec_speed.py
+measures both). They know nothing of CMP: ``messages`` composes them. The reader is strict
 (definite lengths that fit their parent, minimal length octets, bounded nesting) because it reads
 bytes from hostile peers.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from functools import lru_cache
+from types import ModuleType
 
+from fleet.cmp import _accel
 from fleet.errors import FleetError
 
 # Universal tags used by CMP.
@@ -289,7 +291,7 @@ def time_value(tag: int, c: bytes) -> datetime:
     """
     size = _TIME_SIZES.get(tag)
     if size is not None and len(c) == size and c[-1:] == b"Z" and c[:-1].isdigit():
-        # int() on fixed slices, not strptime (20 µs a call, on every message's messageTime);
+        # int() on fixed slices, not strptime (far slower, and on every message's messageTime);
         # datetime() still rejects out-of-range fields.
         try:
             if tag == GENERALIZED_TIME:
@@ -403,29 +405,25 @@ def parse(data: bytes) -> Tlv:
 python_read_tlv, python_tlv, python_sequence = read_tlv, tlv, sequence  # the references
 
 
-def _accelerated() -> str:
-    """Install ``fleet.cmp._der``'s read_tlv, tlv and sequence in this module if the extension
-    was built and agrees with the Python functions on probes that cover each branch; returns
-    "extension" or "python". Every caller looks them up here at call time (or imports them after
-    this module has loaded), so the swap is complete."""
-    global read_tlv, tlv, sequence
-    try:
-        from fleet.cmp import _der
-    except ImportError:
-        return "python"
-    _der.install(python_read_tlv, python_tlv, python_sequence)
+def _probe(ext: ModuleType) -> bool:
+    """Whether ``_der`` answers as the Python functions on probes that cover each branch. It
+    hands the uncommon cases (and every error) to the Python functions given to ``install``."""
+    ext.install(python_read_tlv, python_tlv, python_sequence)
     probes = [b"\x30\x03\x02\x01\x05", b"\x04\x81\x80" + bytes(128), b"\x30\x82\x01\x00" + bytes(256)]
     contents = [b"", b"x" * 127, b"x" * 128, b"x" * 255, b"x" * 256, b"x" * 70_000]
-    agrees = (
-        all(_der.read_tlv(p, 0, len(p)) == python_read_tlv(p, 0, len(p)) for p in probes)
-        and all(_der.tlv(0xA3, c) == python_tlv(0xA3, c) for c in contents)
-        and _der.sequence(*contents) == python_sequence(*contents)
-        and _der.sequence() == python_sequence()
+    return (
+        all(ext.read_tlv(p, 0, len(p)) == python_read_tlv(p, 0, len(p)) for p in probes)
+        and all(ext.tlv(0xA3, c) == python_tlv(0xA3, c) for c in contents)
+        and ext.sequence(*contents) == python_sequence(*contents)
+        and ext.sequence() == python_sequence()
     )
-    if not agrees:
-        return "python"
-    read_tlv, tlv, sequence = _der.read_tlv, _der.tlv, _der.sequence
-    return "extension"
 
 
-IMPLEMENTATION = _accelerated()
+def _install(ext: ModuleType) -> None:
+    """Bind the C functions here. Every caller looks them up in this module at call time (or
+    imports them after it has loaded), so the swap is complete."""
+    global read_tlv, tlv, sequence
+    read_tlv, tlv, sequence = ext.read_tlv, ext.tlv, ext.sequence
+
+
+IMPLEMENTATION = _accel.accelerate("_der", _probe, _install)

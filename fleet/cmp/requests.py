@@ -1,8 +1,8 @@
 """What an end entity asks for, and the DER pieces of each request body.
 
-Request specs are plain frozen dataclasses; ``build_body`` turns one into a PKIBody using the
-fast codec. Kept apart from the state machine so the server role and tests can reuse the
-template and POP builders.
+Request specs are plain frozen dataclasses; ``build_body`` turns one into a PKIBody record and
+``body_der`` into its encoding. Kept apart from the state machine so the server role and tests
+can reuse the template and POP builders.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import field
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fleet.cmp import der, oids
+from fleet.cmp import der, fastwire, oids
 from fleet.cmp.messages import (
     NULL_DN,
     Body,
@@ -210,20 +210,15 @@ def revocation_details(request: RevocationRequest) -> RevDetails:
 
 def body_der(request: Request) -> bytes:
     """The request's encoded PKIBody: ``messages.encode_body(request.kind, build_body(request))``,
-    written directly for the usual signature-POP CertRequest (no intermediate records: the
+    written by ``fastwire`` for the usual signature-POP CertRequest (no intermediate records: the
     client encodes one per device)."""
     if not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None:
         return encode_body(request.kind, build_body(request))
+    subject = request.subject_der if request.subject_der is not None else NULL_DN
     extensions = _template_extensions(request, request.subject_der)  # no old_cert on this path
-    template = der.sequence(  # CertTemplate: subject [5], publicKey [6], extensions [9]
-        der.explicit(5, request.subject_der if request.subject_der is not None else NULL_DN),
-        b"\xa6" + request.spki[1:],
-        b"\xa9" + extensions[1:] if extensions is not None else b"",
-    )
-    cert_request = der.sequence(b"\x02\x01\x00", template)  # certReqId 0
+    cert_request = fastwire.cert_request_der(subject, request.spki, extensions)
     signer = Signer(request.new_key)
-    popo = der.tlv(0xA1, signer.algorithm + der.bit_string(signer.sign(cert_request)))
-    return der.explicit(request.kind, der.sequence(der.sequence(cert_request, popo)))
+    return fastwire.signed_cert_req_body(request.kind, cert_request, signer.algorithm, signer.sign(cert_request))
 
 
 def build_body(request: Request) -> Body:

@@ -173,6 +173,9 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+_Verified = tuple[datetime, datetime, list[x509.Certificate]]
+
+
 class TrustStore:
     """Trust anchors, and path validation from a signer to one of them."""
 
@@ -181,7 +184,8 @@ class TrustStore:
         self._by_subject: dict[x509.Name, list[x509.Certificate]] = {}
         for a in anchors:
             self.add(a)
-        self._verified: dict[tuple[bytes, tuple[bytes, ...]], datetime] = {}
+        # (leaf, untrusted) -> (valid from, valid until, path): a path holds while all of it does.
+        self._verified: dict[tuple[bytes, tuple[bytes, ...]], _Verified] = {}
 
     def add(self, anchor: x509.Certificate) -> None:
         key = cert_der(anchor)
@@ -203,17 +207,20 @@ class TrustStore:
         *,
         at: datetime | None = None,
     ) -> list[x509.Certificate]:
-        """Return the path leaf..anchor, or raise ``UntrustedSigner`` naming the problem."""
+        """Return the path leaf..anchor, or raise ``UntrustedSigner`` naming the problem.
+
+        ``at`` is when the certificates must be valid (default: now, by the system clock)."""
         at = at or datetime.now(UTC)
         cache_key = (cert_der(leaf), tuple(cert_der(c) for c in untrusted))
-        good_until = self._verified.get(cache_key)
-        if good_until is not None and at <= good_until:
-            return [leaf]
+        known = self._verified.get(cache_key)
+        if known is not None and known[0] <= at <= known[1]:
+            return list(known[2])
         path = self._build(leaf, untrusted, at)
         if len(self._verified) > 10_000:
             self._verified.clear()
-        self._verified[cache_key] = min(c.not_valid_after_utc for c in path)
-        return path
+        valid_from = max(c.not_valid_before_utc for c in path)
+        self._verified[cache_key] = (valid_from, min(c.not_valid_after_utc for c in path), path)
+        return list(path)
 
     def _build(
         self, leaf: x509.Certificate, untrusted: Sequence[x509.Certificate], at: datetime

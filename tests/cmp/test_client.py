@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.cmp import der, messages, oids
-from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send, State, cert_hash
+from fleet.cmp.client import (
+    _TRANSITIONS,
+    ClientConfig,
+    ClientTransaction,
+    Done,
+    Event,
+    Send,
+    State,
+    cert_hash,
+    transitions,
+)
 from fleet.cmp.errors import (
     BadVersion,
     CaPubsNotAllowed,
@@ -1035,37 +1047,111 @@ def test_same_key_compares_the_certificate_spki() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The issued certificate's SubjectPublicKeyInfo, sliced from its DER
+# The transaction's clock
 
 
-_OPENSSL_MOCK_CERTS = sorted(
-    Path(__file__).resolve().parents[3].glob("shared/interop/openssl-cmp-http/data/*/80-test_cmp_http_data/Mock/*.crt")
-)
+def test_message_time_is_the_system_clock_without_now(stub: CaStub) -> None:
+    before = int(time.time())
+    sent = ClientTransaction(mac_config(stub), ir()).start()
+    after = int(time.time())
+    stamp = messages.decode(sent.data).header.message_time
+    assert stamp is not None and before <= stamp.timestamp() <= after
 
 
-def _cert_ders() -> list[bytes]:
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-
-    ca = make_ca()
-    ders = [issue(ca, "ec").der, ca.der]
-    for key in (rsa.generate_private_key(public_exponent=65537, key_size=2048), ed25519.Ed25519PrivateKey.generate()):
-        ders.append(
-            x509.CertificateBuilder().subject_name(SUBJECT).issuer_name(SUBJECT).public_key(key.public_key())
-            .serial_number(7).not_valid_before(ca.cert.not_valid_before_utc).not_valid_after(ca.cert.not_valid_after_utc)
-            .sign(key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256())
-            .public_bytes(serialization.Encoding.DER)
-        )
-    for path in _OPENSSL_MOCK_CERTS:
-        ders += [c.public_bytes(serialization.Encoding.DER) for c in x509.load_pem_x509_certificates(path.read_bytes())]
-    return ders
+def test_message_time_is_the_transactions_now(stub: CaStub) -> None:
+    when = datetime(2031, 5, 6, 7, 8, 9, 654321, tzinfo=UTC)
+    sent = ClientTransaction(mac_config(stub), ir(), now=lambda: when).start()
+    assert messages.decode(sent.data).header.message_time == when.replace(microsecond=0)
 
 
-def test_spki_is_sliced_from_the_certificate() -> None:
-    from fleet.cmp.client import _spki_bytes
+def test_signer_certificates_are_checked_at_the_transactions_time(stub: CaStub) -> None:
+    """The RA certificate is valid for 30 days from a few minutes ago: a transaction whose clock
+    is past that, or before it, refuses the signed answer, even after the same TrustStore has
+    verified the path for a transaction running now."""
+    stub.ca_pubs = False
+    config = sig_config(stub)
+    signer_validity = (stub.signer.cert.not_valid_before_utc, stub.signer.cert.not_valid_after_utc)
 
-    for cert_der in _cert_ders():
-        cert = x509.load_der_x509_certificate(cert_der)
-        assert _spki_bytes(cert_der) == cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    assert _spki_bytes(b"\x30\x03\x02\x01\x01") is None and _spki_bytes(b"junk") is None
+    def run(now: datetime) -> Send | Done:
+        tx = ClientTransaction(config, ir(), now=lambda: now)
+        return tx.receive(stub.answer(tx.start().data))
+
+    assert isinstance(run(datetime.now(UTC)), Send)  # certConf: the path verified (and cached)
+    for outside in (signer_validity[1] + timedelta(days=1), signer_validity[0] - timedelta(days=1)):
+        with pytest.raises(UntrustedSigner, match="is not valid now"):
+            run(outside)
+    assert isinstance(run(signer_validity[1] - timedelta(hours=1)), Send)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def test_events_are_an_enum_and_the_table_holds_the_next_states() -> None:
+    assert all(isinstance(state, State) and isinstance(event, Event) for state, event in _TRANSITIONS)
+    for (state, event), transition in _TRANSITIONS.items():
+        assert transition.targets <= set(State) - {State.IDLE, State.FAILED}, (state, event)
+        assert transition.handler.__qualname__.startswith("ClientTransaction._on_")
+    assert Event.OTHER not in {event for _, event in _TRANSITIONS}
+
+
+def test_the_table_renders_as_text_and_dot() -> None:
+    assert transitions() == (
+        "idle --start--> await_response | failed\n"
+        "await_response --ip|cp|kup--> await_poll | await_confirm | done | failed\n"
+        "await_response --rp--> await_poll | done | failed\n"
+        "await_response --genp--> done | failed\n"
+        "await_response --error--> await_poll | failed\n"
+        "await_poll --ip|cp|kup--> await_poll | await_confirm | done | failed\n"
+        "await_poll --rp--> await_poll | done | failed\n"
+        "await_poll --genp--> done | failed\n"
+        "await_poll --pollRep--> await_poll | failed\n"
+        "await_poll --error--> failed\n"
+        "await_confirm --pkiconf--> done | failed\n"
+        "await_confirm --error--> failed\n"
+    )
+    dot = transitions("dot")
+    assert dot.startswith("digraph cmp_client {\n") and dot.endswith("}\n")
+    edges = {line.strip() for line in dot.splitlines() if "->" in line}
+    expected = {
+        f'{state.value} -> {target.value} [label="{event.value}"];'
+        for (state, event), t in _TRANSITIONS.items()
+        for target in t.targets
+    }
+    assert edges == expected
+    with pytest.raises(ValueError, match="text or dot"):
+        transitions("svg")  # type: ignore[arg-type]
+
+
+def test_only_advance_assigns_the_state() -> None:
+    """h11's rule: one place sets the state (besides the constructor's IDLE)."""
+    import ast
+    import inspect
+
+    from fleet.cmp import client as client_module
+
+    tree = ast.parse(inspect.getsource(client_module))
+    assigning = {
+        func.name
+        for func in ast.walk(tree)
+        if isinstance(func, ast.FunctionDef)
+        for node in ast.walk(func)
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and target.attr == "state"
+    }
+    assert assigning == {"__init__", "_advance"}
+
+
+def test_a_transition_leading_outside_its_targets_is_refused(stub: CaStub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table's targets are enforced: a handler whose output leads elsewhere fails the
+    transaction rather than moving it."""
+    from fleet.cmp import client as client_module
+
+    key = (State.AWAIT_RESPONSE, Event.CERT_RESPONSE)
+    narrowed = client_module.Transition(_TRANSITIONS[key].handler, frozenset({State.DONE}))
+    monkeypatch.setitem(_TRANSITIONS, key, narrowed)
+    tx = ClientTransaction(mac_config(stub), ir())
+    with pytest.raises(LocalProtocolError, match="cannot lead to await_confirm"):
+        tx.receive(stub.answer(tx.start().data))
+    assert tx.state is State.FAILED

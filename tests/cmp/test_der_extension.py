@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.cmp import der
+from fleet.cmp import _accel, der
 
 _der = pytest.importorskip("fleet.cmp._der")
 
@@ -23,8 +23,9 @@ def _outcome(func, *args):  # type: ignore[no-untyped-def]
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CI builds the extension on Linux")
 def test_the_extension_is_built_and_installed() -> None:
-    assert der.IMPLEMENTATION == "extension"
+    assert der.IMPLEMENTATION == "extension" == _accel.implementation()["_der"]
     assert der.read_tlv is _der.read_tlv and der.tlv is _der.tlv and der.sequence is _der.sequence
+    assert der._probe(_der)  # the probe the loader ran still holds
 
 
 _headers = st.sampled_from(

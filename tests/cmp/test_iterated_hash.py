@@ -1,20 +1,24 @@
-"""Every implementation of the PBM rounds (C extension, EVP_BytesToKey, Python) agrees bit for bit."""
+"""Every implementation of the PBM rounds (the C extension, the Python reference) agrees bit for bit,
+and without the extension fleet runs the reference, with no I/O at import."""
 
 import hashlib
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.cmp import iterated_hash
+from fleet.cmp import _accel, iterated_hash
 from fleet.cmp.iterated_hash import implementation, iterated_digest, python_iterated_digest
 
 NAMES = ["sha1", "sha224", "sha256", "sha384", "sha512"]
-IMPLEMENTATIONS = {
-    "extension": iterated_hash._extension_digests(),
-    "evp_bytes_to_key": iterated_hash._openssl_digests(),
-}
+try:
+    from fleet.cmp import _iterated_hash as _EXT
+except ImportError:
+    _EXT = None
+IMPLEMENTATIONS = {"extension": iterated_hash.extension_digests(_EXT) if _EXT is not None else {}}
 
 
 def test_reference_is_the_rfc_definition() -> None:
@@ -30,7 +34,7 @@ def test_the_extension_is_built_and_used() -> None:
     """CI installs a compiler and OpenSSL's headers, so the extension must be there."""
     assert set(IMPLEMENTATIONS["extension"]) == set(NAMES)
     assert all(implementation(name) == "extension" for name in NAMES)
-    assert set(IMPLEMENTATIONS["evp_bytes_to_key"]) == {"sha256", "sha384"}  # the fallback works too
+    assert _accel.implementation()["_iterated_hash"] == "extension"
 
 
 @settings(max_examples=80, deadline=None)
@@ -46,7 +50,9 @@ def test_every_implementation_equals_the_reference(name: str, data: bytes, count
 def test_secret_with_nul_bytes_is_hashed_whole() -> None:
     data = b"\x00secret\x00\x00" + b"\x00" * 16
     for table in IMPLEMENTATIONS.values():
-        assert table["sha256"](data, 500) == python_iterated_digest("sha256", data, 500)
+        if "sha256" in table:
+            assert table["sha256"](data, 500) == python_iterated_digest("sha256", data, 500)
+    assert iterated_digest("sha256", data, 500) == python_iterated_digest("sha256", data, 500)
 
 
 def test_count_below_one_is_refused() -> None:
@@ -57,3 +63,30 @@ def test_count_below_one_is_refused() -> None:
         compiled("sha256", b"x", 0)
     with pytest.raises(ValueError):
         compiled("md5", b"x", 1)
+
+
+_WITHOUT_EXTENSION = """
+import sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" else None)
+sys.modules["fleet.cmp._iterated_hash"] = None  # as if it had not been built: ImportError
+from fleet.cmp import _accel, iterated_hash
+assert _accel.implementation()["_iterated_hash"] == "python", _accel.implementation()
+assert all(iterated_hash.implementation(n) == "python" for n in {names!r})
+for name in {names!r}:
+    assert iterated_hash.iterated_digest(name, b"s", 500) == iterated_hash.python_iterated_digest(name, b"s", 500)
+assert "ctypes" not in sys.modules, "the fallback loads no library by hand"
+assert not [p for p in opened if p.startswith("/proc")], opened
+print("ok")
+"""
+
+
+def test_without_the_extension_the_python_reference_runs_and_nothing_is_read() -> None:
+    """No /proc/self/maps, no ctypes: an absent extension means hashlib, nothing else."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTENSION.format(names=NAMES)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": ""},
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -195,123 +195,12 @@ def test_fuzz_mutated_messages(data: bytes) -> None:
     _decode_or_fleet_error(data)
 
 
-def _header_outcome(reader, node: der.Tlv) -> object:  # type: ignore[no-untyped-def]
-    try:
-        return reader(node)
-    except FleetError as exc:
-        return type(exc)
-
-
-@st.composite
-def header_nodes(draw) -> der.Tlv:
-    """A header as decode() meets it: valid, or mutated like test_fuzz_mutated_messages."""
-    data = bytearray(m.encode_header(draw(S.headers())))
-    for _ in range(draw(st.integers(0, 3))):
-        if len(data) < 3:
-            break
-        i = draw(st.integers(2, len(data) - 1))
-        data[i] = draw(st.integers(0, 255))
-    try:
-        return der.parse(bytes(data))
-    except der.DerError:
-        return der.parse(m.encode_header(draw(S.headers())))
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(header_nodes())
-def test_fast_header_reader_agrees_with_the_general_one(node: der.Tlv) -> None:
-    """Where the offset-based reader answers, it answers exactly what the general reader does."""
-    try:
-        fast = m.read_header_fields(node.data, node.cstart, node.end, node.depth)
-    except FleetError:
-        fast = None  # decode_header then asks the general reader
-    if fast is not None:
-        assert fast == m._decode_header_general(node)
-    assert _header_outcome(m.decode_header, node) == _header_outcome(m._decode_header_general, node)
-
-
-@st.composite
-def usual_cert_reps(draw) -> m.CertRepMessage:
-    """The shape the fast ip reader takes: optional caPubs, one response, status only."""
-    cert = draw(st.none() | st.sampled_from(S.CERTS))
-    response = m.CertResponse(draw(st.integers(0, 127)), m.PKIStatusInfo(draw(st.integers(0, 6))), cert)
-    return m.CertRepMessage((response,), draw(st.just(()) | S.cert_lists))
-
-
-@st.composite
-def cert_rep_nodes(draw) -> der.Tlv:
-    body = draw(usual_cert_reps() | S.cert_rep_messages)
-    data = bytearray(m.encode_body_content(m.BodyType.IP, body))
-    for _ in range(draw(st.integers(0, 2))):
-        i = draw(st.integers(0, len(data) - 1))
-        data[i] = draw(st.integers(0, 255))
-    try:
-        return der.parse(bytes(data))
-    except der.DerError:
-        return der.parse(m.encode_body_content(m.BodyType.IP, draw(usual_cert_reps())))
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cert_rep_nodes())
-def test_fast_cert_rep_reader_agrees_with_the_general_one(node: der.Tlv) -> None:
-    def as_decode_does(reader):  # type: ignore[no-untyped-def]
-        def read(n: der.Tlv) -> m.Body:
-            try:
-                return reader(m.BodyType.IP, n)
-            except (IndexError, ValueError) as exc:
-                raise m.MessageError("malformed") from exc
-
-        return read
-
-    general = as_decode_does(m._decode_body_general)
-
-    try:
-        fast = m._decode_cert_rep_fast(node)
-    except FleetError:
-        fast = None
-    if fast is not None:
-        assert fast == general(node)
-    assert _header_outcome(as_decode_does(m.decode_body), node) == _header_outcome(general, node)
-
-
-def test_fast_cert_rep_reader_takes_the_usual_ip() -> None:
-    for body in (
-        m.CertRepMessage((m.CertResponse(0, m.ACCEPTED, S.CERTS[0]),)),
-        m.CertRepMessage((m.CertResponse(0, m.ACCEPTED, S.CERTS[0]),), (S.CERTS[1],)),
-        m.CertRepMessage((m.CertResponse(5, m.PKIStatusInfo(m.PKIStatus.WAITING)),)),
-    ):
-        node = der.parse(m.encode_body_content(m.BodyType.IP, body))
-        assert m._decode_cert_rep_fast(node) == body
-
-
 @given(st.floats(min_value=0, max_value=2**34, allow_nan=False) | st.integers(0, 2**34).map(lambda s: s - 5e-7))
 def test_message_time_is_the_whole_second_encode_header_writes(stamp: float) -> None:
     now = datetime.fromtimestamp(stamp, UTC)
     header = m.encode_header(dataclasses.replace(HEADER, message_time=now.replace(microsecond=0)))
     assert m.message_time_der(now) in header
     assert m.message_time_der(now) == der.explicit(0, der.generalized_time(now.replace(microsecond=0)))
-
-
-def test_message_time_of_the_system_clock() -> None:
-    before = int(time.time())
-    encoded = m.message_time_der()
-    after = int(time.time())
-    assert encoded in {m.message_time_der(datetime.fromtimestamp(t, UTC)) for t in range(before, after + 1)}
-
-
-def test_fast_header_reader_takes_the_usual_header() -> None:
-    header = m.PKIHeader(
-        sender=m.directory_name(m.NULL_DN), recipient=m.NULL_DN_GENERAL_NAME, transaction_id=b"t" * 16,
-        sender_nonce=b"n" * 16, recip_nonce=b"r" * 16, sender_kid=b"ref", message_time=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
-        protection_alg=der.sequence(der.oid("1.2.840.113533.7.66.13")),
-        general_info=(m.InfoTypeAndValue("1.3.6.1.5.5.7.4.13", der.NULL_DER),),
-    )
-    node = der.parse(m.encode_header(header))
-    assert m.read_header_fields(node.data, node.cstart, node.end) == header
-
-
-# ---------------------------------------------------------------------------------------------
-# Specific rejections
 
 
 def _msg(header: bytes, body: bytes, *rest: bytes) -> bytes:
@@ -494,11 +383,3 @@ def test_openssl_corpus_round_trip(path: Path) -> None:
     if isinstance(decoded.body, m.CertReqMessages):
         for req in decoded.body.messages:  # the POP's input is a slice of what was received
             assert req.cert_request_der in data
-
-
-@settings(max_examples=200, deadline=None)
-@given(now=st.floats(0, 2**33, allow_nan=False).filter(lambda t: t % 1 < 0.999))
-def test_message_time_from_a_timestamp_equals_the_datetime_form(now: float) -> None:
-    expected = m.message_time_der(datetime.fromtimestamp(now, UTC))
-    assert m.message_time_der(now) == expected
-    assert m.message_time_der(now) == expected  # the cached value

@@ -59,3 +59,21 @@ def test_signer_refuses_hashes_rfc_9481_does_not_pair_with_the_key(key, hash_nam
     """A typed error naming the pair, not a KeyError from a table."""
     with pytest.raises(UnsupportedAlgorithm, match=hash_name):
         Signer(key, hash_name)
+
+
+@pytest.mark.parametrize("pbmac1", [False, True])
+def test_with_secret_is_the_constructor_with_another_secret(pbmac1: bool) -> None:
+    """A fleet's per-device protector: the template's parameters, the device's secret and
+    reference, as the constructor would build them; the template itself is unchanged."""
+    template = MacProtector(b"template secret", reference=b"tpl", iterations=321, pbmac1=pbmac1)
+    twin = template.with_secret(b"device secret", b"dev-7")
+    salt = template.params.salt
+    fresh = MacProtector(b"device secret", reference=b"dev-7", iterations=321, pbmac1=pbmac1, salt=salt)
+    assert twin.secret == b"device secret" and twin.sender_kid == b"dev-7"
+    assert twin.params == fresh.params and twin.algorithm == fresh.algorithm
+    assert twin.protect(b"protected part") == fresh.protect(b"protected part")
+    assert vars(twin) == vars(fresh)  # nothing of the template's secret or reference is left in it
+    assert template.secret == b"template secret" and template.sender_kid == b"tpl"
+    assert template.protect(b"x") == MacProtector(b"template secret", iterations=321, pbmac1=pbmac1, salt=salt).protect(b"x")
+    assert "device secret" not in repr(twin)
+    assert template.with_secret(b"s", None).sender_kid is None
