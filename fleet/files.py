@@ -95,7 +95,7 @@ def load_certificates(path: Path | str) -> list[x509.Certificate]:
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CredentialError(f"{str(path)!r} holds no readable certificate") from None
     return certs
 

@@ -203,7 +203,7 @@ def _load_issued(cert_bytes: bytes) -> x509.Certificate:
     """
     try:
         return x509.load_der_x509_certificate(cert_bytes)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise CertificateError(f"malformed certificate: {exc}") from None
 
 

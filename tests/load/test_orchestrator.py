@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -175,19 +176,38 @@ min_rate_ratio = 0.95
 """)
     report = tmp_path / "run.json"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleet.cli.main", "run", str(profile), "--report", str(report), "--quiet"],
+        [sys.executable, "-m", "fleet.cli.main", "run", str(profile), "--report", str(report)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
+    # The signal goes 4 s after the first progress line (every worker running), not at a fixed time
+    # from launch: start-up (workers, embedded CA) takes seconds on a loaded machine.
+    err_lines: list[str] = []
+    running = threading.Event()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append(line)
+            if line.startswith("t="):
+                running.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        time.sleep(6)
+        assert running.wait(60), "".join(err_lines)
+        time.sleep(4)
         if to_group:
             os.killpg(proc.pid, signum)
         else:
             proc.send_signal(signum)
-        out, err = proc.communicate(timeout=60)
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait(timeout=60)
+        reader.join(10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    err = "".join(err_lines)
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err
     assert "interrupted" in err.splitlines()[-1]
