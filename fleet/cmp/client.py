@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from cryptography import x509
@@ -64,8 +65,8 @@ from fleet.cmp.messages import (
     RevRepContent,
 )
 from fleet.cmp.protection import (
-    DEFAULT_MAX_ITERATIONS,
     HASH_OID_BY_NAME,
+    IterationCountRefused,
     MacProtector,
     ProtectionError,
     Protector,
@@ -129,6 +130,10 @@ class ClientConfig:
     ``mode`` "lcmpp" follows RFC 9483 (caPubs only under MAC protection); "3gpp" follows
     TS 33.310 §9.5.4.3: for an ir, a self-signed operator root in the ip's extraCerts may serve as
     the trust anchor for that response.
+
+    ``sender`` (an encoded GeneralName) overrides the header's sender for every request; without
+    it the transaction chooses one (``ClientTransaction._choose_sender``). ``max_iterations`` caps
+    the iteration count of a MAC-protected response (None: the algorithm's default cap).
     """
 
     protector: Protector | None  # None: each transaction brings its own (a fleet's shared config)
@@ -137,7 +142,7 @@ class ClientConfig:
     recipient: bytes = messages.NULL_DN_GENERAL_NAME
     sender: bytes | None = None  # GeneralName; default from the protector or the request
     mode: Literal["lcmpp", "3gpp"] = "lcmpp"
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    max_iterations: int | None = None
     max_polls: int = 64
     max_check_after: int = 3600
     message_time: bool = True
@@ -356,17 +361,21 @@ class ClientTransaction:
         return self._sender_der
 
     def _choose_sender(self) -> bytes:
+        """RFC 9483 §3.1: a signed message names the protection certificate's subject; with
+        MAC protection the sender identifies the shared secret, as the senderKID does, so both
+        name the same entity: the protector's own sender name, else the name the reference
+        spells (``sender_for_reference``). Only without a reference does the requested subject
+        stand in (as in ``openssl cmp``), else the NULL-DN."""
         if self.config.sender is not None:
             return self.config.sender
         protector = self.protector
-        if isinstance(protector, SignatureProtector):
+        if protector.sender_name is not None:
             return messages.directory_name(protector.sender_name)
+        if protector.sender_kid:
+            return messages.directory_name(sender_for_reference(protector.sender_kid))
         subject_der = getattr(self.request, "subject_der", None)
         if subject_der is not None and subject_der != messages.NULL_DN:  # len(x509.Name) is not cheap
             return messages.directory_name(subject_der)
-        if protector.sender_kid:
-            cn = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, protector.sender_kid.decode("utf-8", "replace"))])
-            return messages.directory_name(cn.public_bytes())
         return messages.NULL_DN_GENERAL_NAME
 
     def _send(
@@ -434,10 +443,16 @@ class ClientTransaction:
         if is_mac_algorithm(h.protection_alg):
             if not isinstance(protector, MacProtector):
                 raise ProtectionError("MAC-protected response to a signature-protected request")
-            verify_mac(
-                h.protection_alg, msg.protected_part, msg.protection, protector.secret,
-                max_iterations=self.config.max_iterations,
-            )
+            try:
+                verify_mac(
+                    h.protection_alg, msg.protected_part, msg.protection, protector.secret,
+                    max_iterations=self.config.max_iterations,
+                )
+            except IterationCountRefused as exc:
+                raise IterationCountRefused(
+                    f"{exc} in the response (fleet's cap against CPU abuse: raise it with"
+                    " --max-iterations, or max_iterations in a profile or manifest)"
+                ) from None
             self._response_was_mac = True
             return
         signer = find_signer(msg.extra_certs, h.sender_kid)
@@ -597,6 +612,57 @@ class ClientTransaction:
         if isinstance(request, CsrRequest):
             return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return None
+
+
+def sender_for_reference(reference: bytes) -> bytes:
+    """The sender Name (DER) that names the same entity as the senderKID ``reference``, for MAC
+    protection: the reference itself when it spells a distinguished name ("CN=fleet-test",
+    "CN=a,O=b", "/CN=a/O=b"), else CN=<reference> ("dev-00000001" gives CN=dev-00000001; a
+    reference that is not UTF-8 gives CN=<its hex>). A name is never prefixed twice: "CN=x"
+    never becomes CN=CN=x."""
+    try:
+        text = reference.decode("utf-8")
+    except UnicodeDecodeError:
+        return _common_name(reference.hex())
+    if "=" in text:
+        spelled = _spelled_name(text)
+        if spelled is not None:
+            return spelled
+    return _common_name(text)
+
+
+def _common_name(value: str) -> bytes:
+    """Name CN=value as cryptography encodes it (UTF8String), written directly: no length limit,
+    and no ``x509.Name`` built per device."""
+    return der.sequence(der.set_of(der.sequence(der.oid(_COMMON_NAME), der.utf8_string(value))))
+
+
+_COMMON_NAME = "2.5.4.3"
+_NAME_KEYWORDS = {
+    "SERIALNUMBER": x509.NameOID.SERIAL_NUMBER, "EMAILADDRESS": x509.NameOID.EMAIL_ADDRESS,
+    "GN": x509.NameOID.GIVEN_NAME, "SN": x509.NameOID.SURNAME, "TITLE": x509.NameOID.TITLE,
+}
+_RFC4514_SPECIAL = str.maketrans({c: "\\" + c for c in ',+"\\<>;'})
+
+
+@lru_cache(maxsize=1024)
+def _spelled_name(text: str) -> bytes | None:
+    """The DER of the Name ``text`` spells (RFC 4514, or OpenSSL's /A=x/B=y), or None."""
+    rfc4514 = text
+    if text.startswith("/"):
+        parts = [part.partition("=") for part in text[1:].split("/") if part]
+        if not parts or not all(sep for _, sep, _ in parts):
+            return None
+        rfc4514 = ",".join(f"{key.strip().upper()}={value.translate(_RFC4514_SPECIAL)}"
+                           for key, _, value in reversed(parts))
+    try:
+        name = x509.Name.from_rfc4514_string(rfc4514, _NAME_KEYWORDS)
+    except ValueError:
+        key, _, value = rfc4514.partition("=")
+        if key.strip().upper() == "CN" and value and not any(c in value for c in ',+"\\<>;='):
+            return _common_name(value)  # a single CN too long for cryptography: still no CN=CN=
+        return None
+    return name.public_bytes() if len(name) else None
 
 
 def _refusal_status(msg: PKIMessage) -> PKIStatusInfo | None:
