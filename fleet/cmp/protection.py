@@ -535,6 +535,21 @@ class MacProtector:
         return f"MacProtector({kind}, reference={self.sender_kid!r}, secret=<hidden>)"
 
 
+def parse_reference(text: str) -> bytes:
+    """A reference (senderKID) as users write it: its UTF-8 text, or ``hex:0a1b...`` for a binary
+    one. ValueError names the problem."""
+    if text.lower().startswith("hex:"):
+        try:
+            value = bytes.fromhex(text[4:])
+        except ValueError:
+            raise ValueError(f"reference {text!r} is not hex after 'hex:'") from None
+    else:
+        value = text.encode("utf-8")
+    if not value:
+        raise ValueError("reference is empty")
+    return value
+
+
 class SignatureProtector:
     """Signs with a key whose certificate goes first in extraCerts, its chain after it."""
 
