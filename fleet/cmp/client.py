@@ -372,7 +372,9 @@ class ClientTransaction:
         if protector.sender_name is not None:
             return messages.directory_name(protector.sender_name)
         if protector.sender_kid:
-            return messages.directory_name(sender_for_reference(protector.sender_kid))
+            name = sender_for_reference(protector.sender_kid)
+            # GeneralName directoryName [4]: messages.directory_name, short form written inline
+            return b"\xa4" + bytes((len(name),)) + name if len(name) < 0x80 else messages.directory_name(name)
         subject_der = getattr(self.request, "subject_der", None)
         if subject_der is not None and subject_der != messages.NULL_DN:  # len(x509.Name) is not cheap
             return messages.directory_name(subject_der)
@@ -633,11 +635,16 @@ def sender_for_reference(reference: bytes) -> bytes:
 
 def _common_name(value: str) -> bytes:
     """Name CN=value as cryptography encodes it (UTF8String), written directly: no length limit,
-    and no ``x509.Name`` built per device."""
-    return der.sequence(der.set_of(der.sequence(der.oid(_COMMON_NAME), der.utf8_string(value))))
+    and no ``x509.Name`` built per device (short names, the usual case, byte by byte)."""
+    octets = value.encode("utf-8")
+    n = len(octets)
+    if n < 117:  # every length below fits in one octet
+        atv = 7 + n  # SEQUENCE { OID (5 octets), UTF8String }
+        return bytes((0x30, atv + 4, 0x31, atv + 2, 0x30, atv)) + _CN_OID + bytes((0x0C, n)) + octets
+    return der.sequence(der.set_of(der.sequence(_CN_OID, der.utf8_string(value))))
 
 
-_COMMON_NAME = "2.5.4.3"
+_CN_OID = der.oid("2.5.4.3")  # id-at-commonName
 _NAME_KEYWORDS = {
     "SERIALNUMBER": x509.NameOID.SERIAL_NUMBER, "EMAILADDRESS": x509.NameOID.EMAIL_ADDRESS,
     "GN": x509.NameOID.GIVEN_NAME, "SN": x509.NameOID.SURNAME, "TITLE": x509.NameOID.TITLE,
