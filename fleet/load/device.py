@@ -25,7 +25,13 @@ from fleet.cmp import der
 from fleet.cmp import genm as genm_items
 from fleet.cmp.client import ClientConfig
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
-from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector, default_hash, parse_reference
+from fleet.cmp.protection import (
+    MacProtector,
+    PrivateKey,
+    SignatureProtector,
+    default_hash,
+    parse_reference,
+)
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
 from fleet.cmp.server import derive_device_secret
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cli_helpers import one_error_line
+from cryptography import x509
 from openssl_peer import OpenSSLMockServer, TestPki
 
 from fleet.cli import main as main_module
@@ -283,7 +283,7 @@ class _PbMac1Ca:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = answer(self.rfile.read(int(self.headers["Content-Length"])))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/pkixcmp")

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.cmp.client import ClientTransaction
 from fleet.cmp.server import derive_device_secret
 from fleet.cmp.trust import TrustStore
-from fleet.keys import KeyPool, KeySpec
 from fleet.errors import FleetError
+from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.profiles import DeviceSpec, ProfileError, parse_profile
 
