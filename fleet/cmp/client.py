@@ -24,7 +24,6 @@ import os
 import time
 from collections.abc import Callable
 from datetime import datetime
-from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from cryptography import x509
@@ -73,6 +72,7 @@ from fleet.cmp.protection import (
     SignatureProtector,
     check_mac,
     is_mac_algorithm,
+    sender_for_reference,
     verify_mac,
     verify_signature,
 )
@@ -614,62 +614,6 @@ class ClientTransaction:
         if isinstance(request, CsrRequest):
             return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
         return None
-
-
-def sender_for_reference(reference: bytes) -> bytes:
-    """The sender Name (DER) that names the same entity as the senderKID ``reference``, for MAC
-    protection: the reference itself when it spells a distinguished name ("CN=fleet-test",
-    "CN=a,O=b", "/CN=a/O=b"), else CN=<reference> ("dev-00000001" gives CN=dev-00000001; a
-    reference that is not UTF-8 gives CN=<its hex>). A name is never prefixed twice: "CN=x"
-    never becomes CN=CN=x."""
-    try:
-        text = reference.decode("utf-8")
-    except UnicodeDecodeError:
-        return _common_name(reference.hex())
-    if "=" in text:
-        spelled = _spelled_name(text)
-        if spelled is not None:
-            return spelled
-    return _common_name(text)
-
-
-def _common_name(value: str) -> bytes:
-    """Name CN=value as cryptography encodes it (UTF8String), written directly: no length limit,
-    and no ``x509.Name`` built per device (short names, the usual case, byte by byte)."""
-    octets = value.encode("utf-8")
-    n = len(octets)
-    if n < 117:  # every length below fits in one octet
-        atv = 7 + n  # SEQUENCE { OID (5 octets), UTF8String }
-        return bytes((0x30, atv + 4, 0x31, atv + 2, 0x30, atv)) + _CN_OID + bytes((0x0C, n)) + octets
-    return der.sequence(der.set_of(der.sequence(_CN_OID, der.utf8_string(value))))
-
-
-_CN_OID = der.oid("2.5.4.3")  # id-at-commonName
-_NAME_KEYWORDS = {
-    "SERIALNUMBER": x509.NameOID.SERIAL_NUMBER, "EMAILADDRESS": x509.NameOID.EMAIL_ADDRESS,
-    "GN": x509.NameOID.GIVEN_NAME, "SN": x509.NameOID.SURNAME, "TITLE": x509.NameOID.TITLE,
-}
-_RFC4514_SPECIAL = str.maketrans({c: "\\" + c for c in ',+"\\<>;'})
-
-
-@lru_cache(maxsize=1024)
-def _spelled_name(text: str) -> bytes | None:
-    """The DER of the Name ``text`` spells (RFC 4514, or OpenSSL's /A=x/B=y), or None."""
-    rfc4514 = text
-    if text.startswith("/"):
-        parts = [part.partition("=") for part in text[1:].split("/") if part]
-        if not parts or not all(sep for _, sep, _ in parts):
-            return None
-        rfc4514 = ",".join(f"{key.strip().upper()}={value.translate(_RFC4514_SPECIAL)}"
-                           for key, _, value in reversed(parts))
-    try:
-        name = x509.Name.from_rfc4514_string(rfc4514, _NAME_KEYWORDS)
-    except ValueError:
-        key, _, value = rfc4514.partition("=")
-        if key.strip().upper() == "CN" and value and not any(c in value for c in ',+"\\<>;='):
-            return _common_name(value)  # a single CN too long for cryptography: still no CN=CN=
-        return None
-    return name.public_bytes() if len(name) else None
 
 
 def _refusal_status(msg: PKIMessage) -> PKIStatusInfo | None:

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.cmp import messages
-from fleet.cmp.client import ClientConfig, ClientTransaction, Done, State, sender_for_reference
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done, State
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import (
     DEFAULT_MAX_PBM_ITERATIONS,
@@ -23,6 +23,7 @@ from fleet.cmp.protection import (
     Pbmac1Params,
     PbmParams,
     SignatureProtector,
+    sender_for_reference,
 )
 from fleet.cmp.requests import CertRequest, GeneralRequest, RevocationRequest
 from fleet.cmp.trust import TrustStore, signer_chain
