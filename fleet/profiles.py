@@ -104,6 +104,12 @@ class DeviceSpec:
     implicit_confirm: bool = False
     cert_profile: str | None = None
     pbm_iterations: int = 500
+    # CMP header fields (RFC 9483 §3.1): None/True is fleet's default (see fleet.load.device).
+    reference: str | None = None  # senderKID template; default dev-{index:08d}; hex:... for binary
+    sender: str | None = None  # sender name template for MAC requests; default: the reference's name
+    recipient: str | None = None  # recipient name; default NULL-DN
+    message_time: bool = True
+    max_iterations: int | None = None  # cap on a MAC response's iteration count; default per algorithm
 
 
 @dataclass(frozen=True)
@@ -257,7 +263,8 @@ _RUN = {
 }
 _DEVICES = {
     "count": "", "key_types": "", "auth": "", "subject": "", "sans": "", "implicit_confirm": "",
-    "cert_profile": "", "pbm_iterations": "",
+    "cert_profile": "", "pbm_iterations": "", "reference": "", "sender": "", "recipient": "", "message_time": "",
+    "max_iterations": "",
 }
 _SLO = {"p99_seconds": "", "max_error_rate": "", "min_rate_ratio": ""}
 # Options of the embedded CA (`fleet ca serve`), used when a run has no --server.
@@ -366,6 +373,11 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
             implicit_confirm=devices.boolean("implicit_confirm", False),
             cert_profile=devices.string("cert_profile", None),
             pbm_iterations=devices.integer("pbm_iterations", 500),
+            reference=devices.string("reference", None),
+            sender=devices.string("sender", None),
+            recipient=devices.string("recipient", None),
+            message_time=devices.boolean("message_time", True),
+            max_iterations=devices.integer("max_iterations", 1) if "max_iterations" in devices.data else None,
         ),
         slo=Slo(
             p99_seconds={k: float(v) for k, v in p99.items()},

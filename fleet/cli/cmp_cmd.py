@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 import ssl
 import tempfile
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import trio
 import typer
@@ -19,9 +22,16 @@ from fleet.cli.usage import bounded, examples
 from fleet.cmp import genm, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
-from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.protection import (
+    DEFAULT_MAX_PBM_ITERATIONS,
+    DEFAULT_MAX_PBMAC1_ITERATIONS,
+    MacProtector,
+    PrivateKey,
+    SignatureProtector,
+    parse_reference,
+)
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
-from fleet.cmp.trust import TrustStore, load_cert
+from fleet.cmp.trust import TrustStore, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
 from fleet.files import (
@@ -56,13 +66,15 @@ app = typer.Typer(
 
 _CA = "--server http://127.0.0.1:8080/.well-known/cmp \\"
 _MAC = "--ref dev-00000001 --secret env:DEVICE_SECRET"
-_SIG = "--cert device.pem --key device.key --trusted root.pem"
+_SIG = "--cert device.pem --key device.key \\\n    --trusted root.pem --untrusted chain.pem"
 # Each command's examples; run in this order against `fleet ca serve --master-secret pass:demo`
-# with DEVICE_SECRET=hex(HMAC-SHA256("demo", "dev-00000001")) they all succeed.
+# with DEVICE_SECRET=hex(HMAC-SHA256("demo", "dev-00000001")) they all succeed. --untrusted
+# chain.pem: the issuing CA goes with the signer certificate (extraCerts), as RFC 9483 asks.
 EXAMPLES = {
     "ir": (
         (f"fleet cmp ir {_CA}\n    {_MAC} --subject /CN=device-1 \\\n"
-         "    --newkey device.key --certout device.pem --cacertsout root.pem"),
+         "    --newkey device.key --certout device.pem --chainout chain.pem \\\n"
+         "    --cacertsout root.pem"),
     ),
     "genm": (f"fleet cmp genm {_CA}\n    {_MAC} \\\n    --infotype caCerts --cacertsout cas.pem",),
     "cr": (
@@ -79,7 +91,7 @@ EXAMPLES = {
     ),
     "rr": (
         (f"fleet cmp rr {_CA}\n    --cert new.pem --key new.key --trusted root.pem \\\n"
-         "    --oldcert new.pem --revreason keyCompromise"),
+         "    --untrusted chain.pem --oldcert new.pem --revreason keyCompromise"),
     ),
 }
 
@@ -91,18 +103,27 @@ class UsageError(FleetError):
 # -- options shared by every command -------------------------------------------------------------
 
 Server = Annotated[str, typer.Option("--server", metavar="URL", help="CA URL, http:// or https:// (see the examples).", show_default=False)]
-Ref = Annotated[str | None, typer.Option("--ref", help="Reference (senderKID) for MAC protection.")]
+Ref = Annotated[str | None, typer.Option("--ref", help="Reference (senderKID) for MAC protection; hex:0A1B.. for a binary one.")]
 Secret = Annotated[str | None, typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
+Sender = Annotated[str | None, typer.Option("--sender", metavar="NAME", help=(
+    "Header sender for MAC protection, /CN=a or CN=a,O=b (default: the --ref when it is a name, "
+    "like CN=fleet-test, else CN=<ref>; without --ref the --subject). Signed requests name the --cert subject."))]
 Pbmac1 = Annotated[bool, typer.Option("--pbmac1", help="Protect with PBMAC1 (RFC 9481) instead of PasswordBasedMac.")]
 Iterations = Annotated[int | None, typer.Option("--iterations", callback=bounded(COUNT), help="MAC iteration count (default: PBM 500, PBMAC1 10000).")]
+MaxIterations = Annotated[int | None, typer.Option("--max-iterations", callback=bounded(COUNT), help=(
+    f"Refuse MAC-protected responses with more iterations (default: PBMAC1 {DEFAULT_MAX_PBMAC1_ITERATIONS}, "
+    f"PasswordBasedMac {DEFAULT_MAX_PBM_ITERATIONS}).") )]
 Mac = Annotated[str, typer.Option("--mac", help="HMAC hash for MAC protection (sha1 for old CAs).")]
-Cert = Annotated[Path | None, typer.Option("--cert", help="Certificate for signature protection (PEM/DER).")]
+Cert = Annotated[Path | None, typer.Option("--cert", help="Certificate for signature protection (PEM/DER; certificates after it in the PEM are its chain).")]
 Key = Annotated[Path | None, typer.Option("--key", help="Private key of --cert.")]
 KeyPass = Annotated[str | None, typer.Option("--keypass", help="Passphrase of --key: pass:, env: or file:.")]
-ExtraCerts = Annotated[Path | None, typer.Option("--extracerts", help="Chain of --cert to send in extraCerts.")]
+ExtraCerts = Annotated[Path | None, typer.Option("--extracerts", help=(
+    "More certificates to send in extraCerts, after the chain of --cert (built from the --cert file, "
+    "--untrusted and --trusted, without the self-signed root)."))]
 Trusted = Annotated[list[Path] | None, typer.Option("--trusted", metavar="PEM", help="Trust anchors for signed responses (repeatable).")]
-Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", metavar="PEM", help="Intermediate certificates for path building.")]
+Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", metavar="PEM", help="Intermediate certificates: for the chain of --cert and for checking responses.")]
 Recipient = Annotated[str | None, typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
+NoMessageTime = Annotated[bool, typer.Option("--no-message-time", help="Send no messageTime in the header.")]
 Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310: operator root from ip extraCerts).")]
 Profile = Annotated[str | None, typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
 OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
@@ -111,6 +132,7 @@ TlsTrusted = Annotated[Path | None, typer.Option("--tls-trusted", help="https: C
 TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
 TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="https: key of --tls-cert.")]
 Implicit = Annotated[bool, typer.Option("--implicit-confirm", help="Ask for implicit confirmation (no certConf).")]
+CertProfile = Annotated[str | None, typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
 CertOut = Annotated[Path | None, typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
 ChainOut = Annotated[Path | None, typer.Option("--chainout", help="Where to write the chain from extraCerts (PEM).")]
 CaCertsOut = Annotated[Path | None, typer.Option("--cacertsout", help="Where to write caPubs / caCerts (PEM).")]
@@ -119,65 +141,89 @@ NewKeyType = Annotated[str, typer.Option("--newkey-type", help="Type for a gener
 NewKeyPass = Annotated[str | None, typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
 Subject = Annotated[str | None, typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
 Sans = Annotated[str | None, typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
-CertProfile = Annotated[str | None, typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
 
 
-@dataclasses.dataclass
-class _Common:
-    server: str
-    ref: str | None
-    secret: str | None
-    pbmac1: bool
-    iterations: int | None
-    mac: str
-    cert: Path | None
-    key: Path | None
-    keypass: str | None
-    extracerts: Path | None
-    trusted: list[Path] | None
-    untrusted: list[Path] | None
-    recipient: str | None
-    mode: str
-    profile: str | None
-    operation_paths: bool
-    timeout: float
-    implicit_confirm: bool
-    tls_trusted: Path | None
-    tls_cert: Path | None
-    tls_key: Path | None
-    certout: Path | None
-    chainout: Path | None
-    cacertsout: Path | None
+@dataclasses.dataclass(frozen=True)
+class CmpOptions:
+    """The options every ``fleet cmp`` command shares, as one typed object: where to send, how
+    to protect, whom to believe, the header fields, where to write. Each field's annotation is
+    its command-line option; ``cmp_command`` gives every command these options."""
+
+    server: Server
+    ref: Ref = None
+    secret: Secret = None
+    sender: Sender = None
+    pbmac1: Pbmac1 = False
+    iterations: Iterations = None
+    max_iterations: MaxIterations = None
+    mac: Mac = "sha256"
+    cert: Cert = None
+    key: Key = None
+    keypass: KeyPass = None
+    extracerts: ExtraCerts = None
+    trusted: Trusted = None
+    untrusted: Untrusted = None
+    recipient: Recipient = None
+    no_message_time: NoMessageTime = False
+    mode: Mode = "lcmpp"
+    profile: Profile = None
+    operation_paths: OpPaths = False
+    timeout: Timeout = 60.0
+    tls_trusted: TlsTrusted = None
+    tls_cert: TlsCert = None
+    tls_key: TlsKey = None
+    implicit_confirm: Implicit = False
+    cert_profile: CertProfile = None
+    certout: CertOut = None
+    chainout: ChainOut = None
+    cacertsout: CaCertsOut = None
+
+    def anchors(self) -> list[x509.Certificate]:
+        return [c for p in self.trusted or [] for c in load_certificates(p)]
+
+    def untrusted_certs(self) -> list[x509.Certificate]:
+        return [c for p in self.untrusted or [] for c in load_certificates(p)]
 
     def protector(self) -> MacProtector | SignatureProtector:
         if self.cert is not None or self.key is not None:
             if self.cert is None or self.key is None:
                 raise UsageError("signature protection needs both --cert and --key")
+            if self.sender is not None:
+                raise UsageError("--sender is for MAC protection: a signed request names the --cert subject (RFC 9483 §3.1)")
             password = read_secret(self.keypass) if self.keypass else None
-            chain = load_certificates(self.extracerts) if self.extracerts else []
-            return SignatureProtector(load_private_key(self.key, password), load_certificate(self.cert), chain)
+            leaf, *rest = load_certificates(self.cert)
+            extra = load_certificates(self.extracerts) if self.extracerts else []
+            # RFC 9483 §3.3: the protection certificate, then as much of its chain as is known.
+            chain = signer_chain(leaf, [*rest, *self.untrusted_certs(), *self.anchors()], extra=extra)
+            return SignatureProtector(load_private_key(self.key, password), leaf, chain)
         if self.secret is None:
             raise UsageError("give --secret (MAC protection) or --cert and --key (signature protection)")
+        try:
+            reference = parse_reference(self.ref) if self.ref is not None else None
+        except ValueError as exc:
+            raise UsageError(f"--ref: {exc}") from None
         return MacProtector(
             read_secret(self.secret),
-            reference=self.ref.encode() if self.ref else None,
+            reference=reference,
             pbmac1=self.pbmac1,
             iterations=self.iterations,
             mac=self.mac,
+            sender_name=parse_name(self.sender).public_bytes() if self.sender is not None else None,
         )
 
     def config(self) -> ClientConfig:
         if self.mode not in ("lcmpp", "3gpp"):
             raise UsageError(f"--mode must be lcmpp or 3gpp, not {self.mode!r}")
-        anchors = [c for p in self.trusted or [] for c in load_certificates(p)]
-        untrusted = tuple(c for p in self.untrusted or [] for c in load_certificates(p))
+        anchors = self.anchors()
         protector = self.protector()
         if isinstance(protector, SignatureProtector) and not anchors and self.mode != "3gpp":
             raise UsageError("signature protection needs --trusted to verify the CA's responses")
         recipient = directory_name(parse_name(self.recipient).public_bytes()) if self.recipient else None
         kwargs = {"recipient": recipient} if recipient else {}
-        return ClientConfig(protector, TrustStore(anchors), untrusted, mode=self.mode, **kwargs)  # type: ignore[arg-type]
-
+        return ClientConfig(
+            protector, TrustStore(anchors), tuple(self.untrusted_certs()), mode=self.mode,  # type: ignore[arg-type]
+            max_iterations=self.max_iterations, message_time=not self.no_message_time, **kwargs,  # type: ignore[arg-type]
+        )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context when any --tls option is given (else the client's default)."""
@@ -194,20 +240,57 @@ class _Common:
         return context
 
 
-def _run(common: _Common, request: Request) -> Done:
-    config = common.config()
+_OPTION_FIELDS = {f.name: f for f in dataclasses.fields(CmpOptions)}
+
+
+def cmp_command(name: str, *, omit: tuple[str, ...] = (), **settings: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register ``func(options: CmpOptions, **own)`` as ``fleet cmp <name>``. Its command-line
+    options are --server, then ``func``'s own, then the rest of ``CmpOptions`` less ``omit``
+    (fields a command has no use for keep their defaults); typer sees one flat signature, so
+    ``--help`` lists them all and every flag keeps its name."""
+
+    def register(func: Callable[..., None]) -> Callable[..., None]:
+        hints = typing.get_type_hints(CmpOptions, include_extras=True)
+        own_hints = typing.get_type_hints(func, include_extras=True)
+        own = list(inspect.signature(func).parameters.values())[1:]
+
+        def option(field: dataclasses.Field[Any]) -> inspect.Parameter:
+            default = inspect.Parameter.empty if field.default is dataclasses.MISSING else field.default
+            return inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[field.name])
+
+        shared = [f for f in dataclasses.fields(CmpOptions) if f.name not in omit]
+        params = [option(shared[0])]  # --server first
+        params += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name]) for p in own]
+        params += [option(f) for f in shared[1:]]
+
+        @functools.wraps(func)
+        def command(**values: Any) -> None:
+            options = CmpOptions(**{k: values.pop(k) for k in list(values) if k in _OPTION_FIELDS})
+            func(options, **values)
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read the flat signature, not func's
+        app.command(name, **settings)(command)
+        return func
+
+    return register
+
+
+def _run(options: CmpOptions, request: Request) -> Done:
+    config = options.config()
     tx = ClientTransaction(config, request)
-    tls = common.ssl_context()
+    tls = options.ssl_context()
 
     async def go() -> Done:
         async with CmpHttpClient(
-            common.server, max_connections=1, request_timeout=common.timeout, ssl_context=tls
+            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls
         ) as client:
             path = None
-            if common.profile or common.operation_paths:
-                op = tx.operation if common.operation_paths or common.profile else None
-                path = cmp_path(client.base_path, profile=common.profile, operation=op)
-            return await run_transaction(client, tx, path=path, timeout=common.timeout)
+            if options.profile or options.operation_paths:
+                op = tx.operation if options.operation_paths or options.profile else None
+                path = cmp_path(client.base_path, profile=options.profile, operation=op)
+            return await run_transaction(client, tx, path=path, timeout=options.timeout)
 
     return trio.run(go)
 
@@ -228,31 +311,31 @@ def _check_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None]
             raise UsageError(f"{written[path.resolve()]} would overwrite {flag} {str(path)!r}")
 
 
-def _output_paths(common: _Common, newkey: Path | None = None) -> dict[str, Path | None]:
-    outputs = {"--certout": common.certout, "--chainout": common.chainout, "--cacertsout": common.cacertsout}
+def _output_paths(options: CmpOptions, newkey: Path | None = None) -> dict[str, Path | None]:
+    outputs = {"--certout": options.certout, "--chainout": options.chainout, "--cacertsout": options.cacertsout}
     if newkey is not None and not newkey.exists():
         outputs["--newkey"] = newkey
     return outputs
 
 
-def _input_paths(common: _Common, **more: Path | None) -> dict[str, Path | None]:
-    found = {"--cert": common.cert, "--key": common.key, "--extracerts": common.extracerts}
+def _input_paths(options: CmpOptions, **more: Path | None) -> dict[str, Path | None]:
+    found = {"--cert": options.cert, "--key": options.key, "--extracerts": options.extracerts}
     found.update({"--" + name.replace("_", "-"): path for name, path in more.items()})
     return found
 
 
-def _write_outputs(common: _Common, done: Done, kind: str, unsaved_key: PrivateKey | None = None) -> None:
+def _write_outputs(options: CmpOptions, done: Done, kind: str, unsaved_key: PrivateKey | None = None) -> None:
     """Write what the CA sent. Paths were checked before sending; should a write still fail
     (disk full, folder removed meanwhile), the issued certificate (and a key that exists
     nowhere else) is kept in a private file whose name the one-line error gives."""
     anchors = done.ca_pubs or ((done.operator_root,) if done.operator_root else ())
     planned: list[tuple[str, Path, tuple[bytes, ...]]] = []
-    if done.certificate is not None and common.certout:
-        planned.append(("--certout", common.certout, (done.certificate,)))
-    if common.chainout and done.chain:
-        planned.append(("--chainout", common.chainout, done.chain))
-    if common.cacertsout and anchors:
-        planned.append(("--cacertsout", common.cacertsout, anchors))
+    if done.certificate is not None and options.certout:
+        planned.append(("--certout", options.certout, (done.certificate,)))
+    if options.chainout and done.chain:
+        planned.append(("--chainout", options.chainout, done.chain))
+    if options.cacertsout and anchors:
+        planned.append(("--cacertsout", options.cacertsout, anchors))
     failures = []
     for flag, path, certs in planned:
         try:
@@ -315,147 +398,123 @@ def _new_key(path: Path | None, key_type: str, passphrase: str | None) -> Privat
     return key
 
 
-def _common(**kw: object) -> _Common:
-    names = {f.name for f in dataclasses.fields(_Common)}
-    return _Common(**{k: v for k, v in kw.items() if k in names})  # type: ignore[arg-type]
-
-
-def _cert_request(kind: BodyType, kw: dict[str, object], old_cert: x509.Certificate | None = None) -> None:
-    common = _common(**kw)
-    newkey: Path | None = kw["newkey"]  # type: ignore[assignment]
+def _cert_request(
+    kind: BodyType, options: CmpOptions, *, newkey: Path | None, newkey_type: str, newkeypass: str | None,
+    subject: str | None, sans: str | None, old_cert: x509.Certificate | None = None, oldcert: Path | None = None,
+) -> None:
     existing_key = newkey if newkey is not None and newkey.exists() else None
-    _check_paths(_output_paths(common, newkey), _input_paths(common, newkey=existing_key, oldcert=kw.get("oldcert")))  # type: ignore[arg-type]
+    _check_paths(_output_paths(options, newkey), _input_paths(options, newkey=existing_key, oldcert=oldcert))
     # Names first: a typo in --subject or --sans must not leave a new key file behind.
-    subject = parse_name(kw["subject"]) if kw["subject"] else None  # type: ignore[arg-type]
-    sans = parse_sans(kw["sans"])  # type: ignore[arg-type]
-    if kind is not BodyType.KUR and subject is None and not sans:
+    subject_name = parse_name(subject) if subject else None
+    san_names = parse_sans(sans)
+    if kind is not BodyType.KUR and subject_name is None and not san_names:
         raise UsageError("give --subject and/or --sans for the new certificate")
-    key = _new_key(newkey, kw["newkey_type"], kw["newkeypass"])  # type: ignore[arg-type]
+    if options.sender is not None:
+        parse_name(options.sender)  # a typo in --sender too
+    key = _new_key(newkey, newkey_type, newkeypass)
     request = CertRequest(
-        kind, key, subject, sans, old_cert=old_cert,
-        implicit_confirm=common.implicit_confirm, cert_profile=kw["cert_profile"],  # type: ignore[arg-type]
+        kind, key, subject_name, san_names, old_cert=old_cert,
+        implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile,
     )
-    done = _run(common, request)
+    done = _run(options, request)
     _report(kind.label, done)
-    _write_outputs(common, done, kind.label, unsaved_key=key if newkey is None else None)
+    _write_outputs(options, done, kind.label, unsaved_key=key if newkey is None else None)
 
 
 def _enroll_command(kind: BodyType) -> Callable[..., None]:
     """ir and cr take the same options; only the body type differs."""
 
     def command(
-        server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-        mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-        trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-        profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-        tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-        implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
-        cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
-        newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+        options: CmpOptions, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
+        newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None,
     ) -> None:
-        _cert_request(kind, locals())
+        _cert_request(kind, options, newkey=newkey, newkey_type=newkey_type, newkeypass=newkeypass,
+                      subject=subject, sans=sans)
 
+    command.__name__ = kind.label
     return command
 
 
-app.command("ir", help="Initial registration: first certificate for a new key.",
+cmp_command("ir", help="Initial registration: first certificate for a new key.",
             epilog=examples(*EXAMPLES["ir"]))(_enroll_command(BodyType.IR))
-app.command("cr", help="Certification request: another certificate, signed with an existing one.",
+cmp_command("cr", help="Certification request: another certificate, signed with an existing one.",
             short_help="Certification request: another certificate.", epilog=examples(*EXAMPLES["cr"]))(
     _enroll_command(BodyType.CR)
 )
 
 
-@app.command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.",
+@cmp_command("kur", help="Key update: renew --oldcert (default --cert) with a new key, signed with the old one.",
              short_help="Key update: renew a certificate with a new key.", epilog=examples(*EXAMPLES["kur"]))
 def kur(
-    server: Server, ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-    tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
-    cacertsout: CaCertsOut = None, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
-    newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None, cert_profile: CertProfile = None,
+    options: CmpOptions,
     oldcert: Annotated[Path | None, typer.Option("--oldcert", help="Certificate to update (default --cert).")] = None,
+    newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256", newkeypass: NewKeyPass = None,
+    subject: Subject = None, sans: Sans = None,
 ) -> None:
-    if cert is None or key is None:
+    if options.cert is None or options.key is None:
         raise UsageError("kur is signed with the certificate being updated: give --cert and --key")
-    _cert_request(BodyType.KUR, locals(), old_cert=load_certificate(oldcert or cert))
+    _cert_request(BodyType.KUR, options, newkey=newkey, newkey_type=newkey_type, newkeypass=newkeypass,
+                  subject=subject, sans=sans, old_cert=load_certificate(oldcert or options.cert), oldcert=oldcert)
 
 
-@app.command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).",
+@cmp_command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).",
              short_help="PKCS#10 request: certify the key of a CSR.", epilog=examples(*EXAMPLES["p10cr"]))
-def p10cr(
-    server: Server, csr: Annotated[Path, typer.Option("--csr", help="PKCS#10 request (PEM/DER).")],
-    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-    tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    implicit_confirm: Implicit = False, certout: CertOut = None, chainout: ChainOut = None,
-    cacertsout: CaCertsOut = None, cert_profile: CertProfile = None,
-) -> None:
-    common = _common(**locals())
-    _check_paths(_output_paths(common), _input_paths(common, csr=csr))
-    done = _run(common, CsrRequest(load_csr(csr), implicit_confirm=implicit_confirm, cert_profile=cert_profile))
+def p10cr(options: CmpOptions, csr: Annotated[Path, typer.Option("--csr", help="PKCS#10 request (PEM/DER).")]) -> None:
+    _check_paths(_output_paths(options), _input_paths(options, csr=csr))
+    request = CsrRequest(load_csr(csr), implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile)
+    done = _run(options, request)
     _report("p10cr", done)
-    _write_outputs(common, done, "p10cr")
+    _write_outputs(options, done, "p10cr")
 
 
-def _reason_code(text: str | None) -> int | None:
-    if text is None:
-        return None
-    names = ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
-             "cessationOfOperation", "certificateHold", "", "removeFromCRL", "privilegeWithdrawn", "aACompromise"]
+_REASONS = ["unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+            "cessationOfOperation", "certificateHold", "", "removeFromCRL", "privilegeWithdrawn", "aACompromise"]
+
+
+def _reason_code(text: str) -> int | None:
+    """A CRLReason code from its number or name; None for -1 (no reason sent)."""
     if text.lstrip("-").isdigit():
         code = int(text)
         if code == -1:
             return None
-    elif text in names:
-        code = names.index(text)
+    elif text in _REASONS:
+        code = _REASONS.index(text)
     else:
-        raise UsageError(f"--revreason must be -1..10 or one of {', '.join(n for n in names if n)}")
+        raise UsageError(f"--revreason must be -1..10 or one of {', '.join(n for n in _REASONS if n)}")
     if not 0 <= code <= 10 or code == 7:
         raise UsageError(f"--revreason {code} is not a CRLReason (0-6, 8-10)")
     return code
 
 
-@app.command("rr", help="Revocation request for --oldcert, signed with --cert/--key (or MAC).",
-             short_help="Revocation request for a certificate.", epilog=examples(*EXAMPLES["rr"]))
+@cmp_command("rr", help="Revocation request for --oldcert, signed with --cert/--key (or MAC).",
+             short_help="Revocation request for a certificate.", epilog=examples(*EXAMPLES["rr"]),
+             omit=("implicit_confirm", "certout", "chainout", "cacertsout"))
 def rr(
-    server: Server,
+    options: CmpOptions,
     oldcert: Annotated[Path, typer.Option("--oldcert", help="Certificate to revoke.")],
-    revreason: Annotated[str | None, typer.Option("--revreason", help="CRLReason code or name (e.g. 1 or keyCompromise).")] = None,
-    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0, tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
+    revreason: Annotated[str, typer.Option("--revreason", help=(
+        "CRLReason code or name, e.g. 1 or keyCompromise. RFC 9483 asks for one: unspecified unless "
+        "given; -1 sends none (openssl cmp's default, which strict servers refuse)."))] = "unspecified",
 ) -> None:
-    common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None, cacertsout=None)
+    reason = _reason_code(revreason)
     target = load_certificate(oldcert)
-    done = _run(common, RevocationRequest.for_certificate(target, _reason_code(revreason)))
+    done = _run(options, RevocationRequest.for_certificate(target, reason, cert_profile=options.cert_profile))
     print(f"rr: {done.status.describe()}, serial {target.serial_number:#x} revoked")
 
 
 _INFOTYPE_ALIASES = {name.lower(): dotted for name, dotted in oids.INFO_TYPES_BY_NAME.items()}
 
 
-@app.command("genm", help="General message: caCerts, rootCaCert, certReqTemplate, crlStatusList, or an OID.",
-             short_help="General message: caCerts, rootCaCert, ... or an OID.", epilog=examples(*EXAMPLES["genm"]))
+@cmp_command("genm", help="General message: caCerts, rootCaCert, certReqTemplate, crlStatusList, or an OID.",
+             short_help="General message: caCerts, rootCaCert, ... or an OID.", epilog=examples(*EXAMPLES["genm"]),
+             omit=("implicit_confirm", "certout", "chainout"))
 def genm_cmd(
-    server: Server,
+    options: CmpOptions,
     infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert, certReqTemplate, crlStatusList, signKeyPairTypes or a dotted OID.")] = "caCerts",
     oldroot: Annotated[Path | None, typer.Option("--oldroot", help="rootCaCert: the root to ask an update for.")] = None,
     crl_issuer: Annotated[Path | None, typer.Option("--crl-issuer", help="crlStatusList: CA certificate whose CRL to fetch.")] = None,
     newwithnew: Annotated[Path | None, typer.Option("--newwithnew", help="rootCaCert: write the new root here.")] = None,
     crlout: Annotated[Path | None, typer.Option("--crlout", help="crlStatusList: write the CRLs here (DER, first CRL).")] = None,
-    ref: Ref = None, secret: Secret = None, pbmac1: Pbmac1 = False, iterations: Iterations = None,
-    mac: Mac = "sha256", cert: Cert = None, key: Key = None, keypass: KeyPass = None, extracerts: ExtraCerts = None,
-    trusted: Trusted = None, untrusted: Untrusted = None, recipient: Recipient = None, mode: Mode = "lcmpp",
-    profile: Profile = None, operation_paths: OpPaths = False, timeout: Timeout = 60.0,
-    tls_trusted: TlsTrusted = None, tls_cert: TlsCert = None, tls_key: TlsKey = None,
-    cacertsout: CaCertsOut = None,
 ) -> None:
     dotted = _INFOTYPE_ALIASES.get(infotype.lower(), infotype)
     if not all(p.isdigit() for p in dotted.split(".")) or dotted.count(".") < 2:
@@ -468,10 +527,10 @@ def genm_cmd(
         item = genm.crl_status_list_request(load_certificate(crl_issuer).subject.public_bytes())
     else:
         item = InfoTypeAndValue(dotted)
-    common = _common(**locals(), implicit_confirm=False, certout=None, chainout=None)
+    cacertsout = options.cacertsout
     _check_paths({"--cacertsout": cacertsout, "--newwithnew": newwithnew, "--crlout": crlout},
-                 _input_paths(common, oldroot=oldroot, crl_issuer=crl_issuer))
-    done = _run(common, GeneralRequest((item,)))
+                 _input_paths(options, oldroot=oldroot, crl_issuer=crl_issuer))
+    done = _run(options, GeneralRequest((item,), cert_profile=options.cert_profile))
     for answer in done.items:
         summary = _genp_summary(answer, cacertsout, newwithnew, crlout)
         print(f"genp: {answer.name}: {summary}")

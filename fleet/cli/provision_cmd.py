@@ -84,16 +84,23 @@ def provision(
       id            device id: letters, digits, '.', '_', '-' (its folder)
       subject       /CN=a/O=b or CN=a,O=b (subject and/or sans required)
       sans          DNS:host, IP:addr, URI:..., comma or space separated
-      ref, secret   MAC: reference (default: id), secret as pass:, env: or file:
-      cert, key     IDevID: vendor certificate and key that sign the ir
+      ref, secret   MAC: reference (default: id; hex:.. binary), secret as pass:,
+                    env: or file:
+      cert, key     IDevID: vendor certificate (its chain may follow it) and key
       key_pass      passphrase (pass:, env:, file:) of key
-      chain         intermediates sent after cert
+      chain         certificates sent after cert's chain (built from cert's file,
+                    chain and --trusted)
       key_type      key to generate: ec:P-256 (default), ec:P-384, rsa:2048 etc.
       csr           PKCS#10 request (p10cr): the device keeps its own key
       csr_key       the CSR's key, only to revoke an orphaned certificate
       profile       CMP profile: requests go to <server path>/p/<profile>/<op>
       path          request path replacing the server URL's path
       cert_profile  certProfile put in generalInfo (RFC 9483)
+      sender        MAC: header sender (default: ref as a name, else CN=<ref>)
+      recipient     header recipient name (default: the NULL-DN)
+      message_time  false: no messageTime in the header
+      max_iterations  cap on a MAC response's iterations (default: PBMAC1
+                    1000000, PasswordBasedMac 100000)
 
     Each device gets OUT/<id>/key.pem (0600), cert.pem, chain.pem, ca.pem; OUT/summary.json
     lists every outcome. Exit status 0 when every device holds a confirmed certificate.

@@ -64,14 +64,15 @@ from fleet.cmp.messages import (
     RevRepContent,
 )
 from fleet.cmp.protection import (
-    DEFAULT_MAX_ITERATIONS,
     HASH_OID_BY_NAME,
+    IterationCountRefused,
     MacProtector,
     ProtectionError,
     Protector,
     SignatureProtector,
     check_mac,
     is_mac_algorithm,
+    sender_for_reference,
     verify_mac,
     verify_signature,
 )
@@ -129,6 +130,10 @@ class ClientConfig:
     ``mode`` "lcmpp" follows RFC 9483 (caPubs only under MAC protection); "3gpp" follows
     TS 33.310 §9.5.4.3: for an ir, a self-signed operator root in the ip's extraCerts may serve as
     the trust anchor for that response.
+
+    ``sender`` (an encoded GeneralName) overrides the header's sender for every request; without
+    it the transaction chooses one (``ClientTransaction._choose_sender``). ``max_iterations`` caps
+    the iteration count of a MAC-protected response (None: the algorithm's default cap).
     """
 
     protector: Protector | None  # None: each transaction brings its own (a fleet's shared config)
@@ -137,7 +142,7 @@ class ClientConfig:
     recipient: bytes = messages.NULL_DN_GENERAL_NAME
     sender: bytes | None = None  # GeneralName; default from the protector or the request
     mode: Literal["lcmpp", "3gpp"] = "lcmpp"
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
+    max_iterations: int | None = None
     max_polls: int = 64
     max_check_after: int = 3600
     message_time: bool = True
@@ -356,17 +361,23 @@ class ClientTransaction:
         return self._sender_der
 
     def _choose_sender(self) -> bytes:
+        """RFC 9483 §3.1: a signed message names the protection certificate's subject; with
+        MAC protection the sender identifies the shared secret, as the senderKID does, so both
+        name the same entity: the protector's own sender name, else the name the reference
+        spells (``sender_for_reference``). Only without a reference does the requested subject
+        stand in (as in ``openssl cmp``), else the NULL-DN."""
         if self.config.sender is not None:
             return self.config.sender
         protector = self.protector
-        if isinstance(protector, SignatureProtector):
+        if protector.sender_name is not None:
             return messages.directory_name(protector.sender_name)
+        if protector.sender_kid:
+            name = sender_for_reference(protector.sender_kid)
+            # GeneralName directoryName [4]: messages.directory_name, short form written inline
+            return b"\xa4" + bytes((len(name),)) + name if len(name) < 0x80 else messages.directory_name(name)
         subject_der = getattr(self.request, "subject_der", None)
         if subject_der is not None and subject_der != messages.NULL_DN:  # len(x509.Name) is not cheap
             return messages.directory_name(subject_der)
-        if protector.sender_kid:
-            cn = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, protector.sender_kid.decode("utf-8", "replace"))])
-            return messages.directory_name(cn.public_bytes())
         return messages.NULL_DN_GENERAL_NAME
 
     def _send(
@@ -434,10 +445,16 @@ class ClientTransaction:
         if is_mac_algorithm(h.protection_alg):
             if not isinstance(protector, MacProtector):
                 raise ProtectionError("MAC-protected response to a signature-protected request")
-            verify_mac(
-                h.protection_alg, msg.protected_part, msg.protection, protector.secret,
-                max_iterations=self.config.max_iterations,
-            )
+            try:
+                verify_mac(
+                    h.protection_alg, msg.protected_part, msg.protection, protector.secret,
+                    max_iterations=self.config.max_iterations,
+                )
+            except IterationCountRefused as exc:
+                raise IterationCountRefused(
+                    f"{exc} in the response (fleet's cap against CPU abuse: raise it with"
+                    " --max-iterations, or max_iterations in a profile or manifest)"
+                ) from None
             self._response_was_mac = True
             return
         signer = find_signer(msg.extra_certs, h.sender_kid)

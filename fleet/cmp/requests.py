@@ -90,20 +90,30 @@ class CsrRequest:
     kind: BodyType = field(default=BodyType.P10CR, init=False)
 
 
+UNSPECIFIED = 0  # CRLReason unspecified (RFC 5280 §5.3.1)
+
+
 @record
 class RevocationRequest:
-    """rr for one certificate, named by issuer and serial."""
+    """rr for one certificate, named by issuer and serial.
+
+    ``reason`` is the CRLReason code (RFC 5280 §5.3.1: 0 unspecified, 1 keyCompromise ...).
+    RFC 9483 §4.2 asks for exactly one in crlEntryDetails, so it defaults to unspecified; None
+    sends none, as ``openssl cmp`` does without ``-revreason`` (strict servers refuse that).
+    """
 
     issuer: x509.Name
     serial: int
-    reason: int | None = None  # CRLReason code (x509.ReasonFlags order: 0 unspecified, 1 keyCompromise ...)
+    reason: int | None = UNSPECIFIED
     kind: BodyType = field(default=BodyType.RR, init=False)
     implicit_confirm: bool = field(default=False, init=False)
     cert_profile: str | None = None
 
     @classmethod
-    def for_certificate(cls, cert: x509.Certificate, reason: int | None = None) -> RevocationRequest:
-        return cls(cert.issuer, cert.serial_number, reason)
+    def for_certificate(
+        cls, cert: x509.Certificate, reason: int | None = UNSPECIFIED, cert_profile: str | None = None
+    ) -> RevocationRequest:
+        return cls(cert.issuer, cert.serial_number, reason, cert_profile=cert_profile)
 
 
 @record

@@ -103,6 +103,56 @@ def find_signer(extra_certs: Sequence[bytes], sender_kid: bytes | None) -> x509.
     return load_cert(extra_certs[0])
 
 
+def signer_chain(
+    cert: x509.Certificate,
+    candidates: Iterable[x509.Certificate] = (),
+    *,
+    extra: Iterable[x509.Certificate] = (),
+) -> tuple[x509.Certificate, ...]:
+    """What follows the protection certificate ``cert`` in extraCerts (RFC 9483 §3.3: "the CMP
+    protection certificate followed by its chain"): its issuer, that one's issuer and so on, as
+    far as ``candidates`` (intermediates from the --cert file and --untrusted, trust anchors)
+    have them, then every ``extra`` certificate not already sent (given by the user: sent as is).
+
+    As ``openssl cmp`` builds it (``X509_build_chain`` without self-signed certificates): a
+    self-signed certificate ends the chain and is left out, since a receiver must not trust one
+    because it came in the message and has its own copy when it trusts it. A certificate is taken
+    as an issuer only when its subject is the child's issuer, it is a CA, its SubjectKeyIdentifier
+    agrees with the child's AuthorityKeyIdentifier where both are present, and the child's
+    signature verifies with its key: a wrong certificate is worse than none.
+    """
+    pool = [c for c in candidates if c != cert]
+    chain: list[x509.Certificate] = []
+    current = cert
+    for _ in range(MAX_PATH_LENGTH):
+        if is_self_signed(current):
+            break
+        parent = next(
+            (c for c in pool if c.subject == current.issuer and c not in chain and _is_ca(c)
+             and _key_ids_agree(current, c) and _issued_by(current, c)),
+            None,
+        )
+        if parent is None or is_self_signed(parent):
+            break
+        chain.append(parent)
+        current = parent
+    for c in extra:
+        if c != cert and c not in chain:
+            chain.append(c)
+    return tuple(chain)
+
+
+def _key_ids_agree(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """False only when the child's AuthorityKeyIdentifier and the parent's SubjectKeyIdentifier
+    are both present and differ (the parent is then another key of the same CA name)."""
+    try:
+        aki = child.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return True
+    ski = subject_key_id(parent)
+    return aki is None or ski is None or aki == ski
+
+
 def check_signer_names(sender: bytes, sender_kid: bytes | None, signer: x509.Certificate) -> None:
     """RFC 9483 §3.1 for a signed message: ``sender`` (an encoded GeneralName) is a directoryName
     holding the signer certificate's subject, and ``senderKID`` is present and equal to the

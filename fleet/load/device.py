@@ -24,11 +24,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.cmp import der
 from fleet.cmp import genm as genm_items
 from fleet.cmp.client import ClientConfig
-from fleet.cmp.messages import BodyType, InfoTypeAndValue
-from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector, default_hash
+from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
+from fleet.cmp.protection import (
+    MacProtector,
+    PrivateKey,
+    SignatureProtector,
+    default_hash,
+    parse_reference,
+)
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
 from fleet.cmp.server import derive_device_secret
-from fleet.cmp.trust import TrustStore, cert_der, load_cert
+from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
 from fleet.names import NameError_, parse_name, parse_san
@@ -161,23 +167,31 @@ class VendorCa:
     """A manufacturer CA that issues IDevID certificates to virtual devices on demand
     (TS 33.310 §9.2: base stations ship with a vendor key and certificate)."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey | None = None, name: str = "fleet vendor root") -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey | None = None, name: str = "fleet vendor root", *,
+        issuer: VendorCa | None = None, path_length: int | None = 0,
+    ) -> None:
+        """A self-signed vendor root, or with ``issuer`` a vendor CA that ``issuer`` certifies
+        (IDevIDs then chain through it: ``chain`` holds the vendor certificates above ``cert``)."""
         self.key = key or ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
         now = datetime.now(UTC)
-        self.cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
-            .issuer_name(subject)
+            .issuer_name(issuer.cert.subject if issuer else subject)
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        if issuer is not None:
+            builder = builder.add_extension(issuer._aki, critical=False)
+        self.cert = builder.sign(issuer.key if issuer else self.key, hashes.SHA256())
+        self.chain: tuple[x509.Certificate, ...] = (issuer.cert, *issuer.chain) if issuer else ()
         self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
 
     def idevid(self, serial_text: str, key: PrivateKey) -> x509.Certificate:
@@ -235,6 +249,14 @@ class DeviceFactory:
         self._mac_template: MacProtector | None = None  # copied per device, see mac()
         self._mac_copyable: bool | None = None  # None: not checked yet
         self._secret_pads = _secret_pads(master_secret)
+        # The header fields the profile may set (RFC 9483 §3.1); None: fleet's defaults.
+        self._reference = spec.reference
+        self._sender = _NameTemplate(spec.sender) if spec.sender else None
+        self._header_fields = _template_fields([t for t in (spec.reference, spec.sender) if t])
+        # CA certificates seen in responses (issuing CAs): the chain kur and rr send (RFC 9483 §3.3).
+        self._ca_certs: dict[bytes, x509.Certificate] = {}
+        self._chains: dict[tuple[x509.Name, bytes | None], tuple[x509.Certificate, ...]] = {}
+        self._vendor_chain: tuple[x509.Certificate, ...] | None = None
         # One cheap key type (the usual case): its generator, without the weighted draw.
         only = pools[self._kinds[0]] if len(self._kinds) == 1 else None
         self._only_generate = only.spec.generate if only is not None and only.spec.is_cheap else None
@@ -245,17 +267,38 @@ class DeviceFactory:
         try:
             self.subject(0)
             self.sans(0)
+            self.reference(0)
+            self._sender_name(0)
+            if self.spec.recipient is not None:
+                parse_name(self.spec.recipient)
             samples = [self._fields(i) for i in (0, 1, 12_345)]
             if not all(self._subject.matches_parse_name(f) for f in samples):
                 self._subject.parts = None  # the split template would not give what parse_name gives
             self._subject.prepare_der(samples)
         except (KeyError, IndexError, ValueError) as exc:
-            raise DeviceSetupError(f"device subject/SAN template: {exc!r} (use {{index}}, {{uuid}}, {{imei}})") from None
+            raise DeviceSetupError(
+                f"device subject/SAN/reference/sender template: {exc!r} (use {{index}}, {{uuid}}, {{imei}})"
+            ) from None
 
     # -- identity -----------------------------------------------------------------------------
 
     def reference(self, index: int) -> bytes:
-        return b"dev-%08d" % index
+        """The device's senderKID: ``dev-%08d`` (what a CA deriving secrets from a master
+        expects), or the profile's ``reference`` template filled in."""
+        if self._reference is None:
+            return b"dev-%08d" % index
+        return parse_reference(self._reference.format(**self._header_values(index)))
+
+    def _header_values(self, index: int) -> dict[str, object]:
+        """The template fields the reference and sender templates use."""
+        return {name: _FIELD_MAKERS[name](index) for name in self._header_fields}
+
+    def _sender_name(self, index: int) -> bytes | None:
+        """The profile's sender for MAC requests (DER), or None: the client names the
+        reference (CN=dev-00000001), as RFC 9483 §3.1 asks."""
+        if self._sender is None:
+            return None
+        return self._sender.format(self._header_values(index)).public_bytes()
 
     def _fields(self, index: int) -> dict[str, object]:
         """The template fields for device ``index`` (only those the templates use)."""
@@ -298,7 +341,9 @@ class DeviceFactory:
     def mac(self, index: int) -> MacProtector:
         if self.master_secret is None:
             raise DeviceSetupError("MAC devices need a master secret")
-        reference = b"dev-%08d" % index  # self.reference(index), inlined (per enrollment)
+        # self.reference(index), inlined for the default (per enrollment)
+        reference = b"dev-%08d" % index if self._reference is None else self.reference(index)
+        sender = None if self._sender is None else self._sender_name(index)
         pads = self._secret_pads
         if pads is None:
             secret = derive_device_secret(self.master_secret, reference)
@@ -311,14 +356,16 @@ class DeviceFactory:
             self._mac_template = self._new_mac(secret, reference)
             self._mac_copyable = self._copy_is_faithful(self._mac_template)
         if not self._mac_copyable:
-            return self._new_mac(secret, reference)
+            return self._new_mac(secret, reference, sender)
         # Every device of this worker shares the salt and iterations, so the encoded PBM
         # AlgorithmIdentifier is the same: the template's, with this device's secret.
         assert self._mac_template is not None
-        return self._mac_template.with_secret(secret, reference)
+        return self._mac_template.with_secret(secret, reference, sender)
 
-    def _new_mac(self, secret: bytes, reference: bytes) -> MacProtector:
-        return MacProtector(secret, reference=reference, iterations=self.spec.pbm_iterations, salt=self._salt)
+    def _new_mac(self, secret: bytes, reference: bytes, sender: bytes | None = None) -> MacProtector:
+        return MacProtector(
+            secret, reference=reference, iterations=self.spec.pbm_iterations, salt=self._salt, sender_name=sender
+        )
 
     def _copy_is_faithful(self, template: MacProtector) -> bool:
         """Whether a copy with another secret is exactly what the constructor gives (same MAC,
@@ -342,7 +389,12 @@ class DeviceFactory:
     def client_config(self) -> ClientConfig:
         """The ClientConfig every device shares; each transaction brings its device's protector."""
         if self._client_config is None:
-            self._client_config = ClientConfig(None, self.trust, mode=self.mode)  # type: ignore[arg-type]
+            spec = self.spec
+            recipient = {"recipient": directory_name(parse_name(spec.recipient).public_bytes())} if spec.recipient else {}
+            self._client_config = ClientConfig(
+                None, self.trust, mode=self.mode,  # type: ignore[arg-type]
+                message_time=spec.message_time, max_iterations=spec.max_iterations, **recipient,  # type: ignore[arg-type]
+            )
         return self._client_config
 
     # -- requests -----------------------------------------------------------------------------
@@ -389,13 +441,31 @@ class DeviceFactory:
         return protector, request, key
 
     def _signed(self, state: DeviceState) -> SignatureProtector:
-        return SignatureProtector(state.key, load_cert(state.cert))
+        cert = load_cert(state.cert)
+        return SignatureProtector(state.key, cert, self._chain_of(cert))
+
+    def _chain_of(self, cert: x509.Certificate) -> tuple[x509.Certificate, ...]:
+        """The chain of a certificate the CA issued, from the CA certificates its responses
+        carried and the trust anchors (``signer_chain``); found once per issuing CA."""
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        key = (cert.issuer, aki)
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = signer_chain(cert, [*self._ca_certs.values(), *self.trust.anchors])
+            if chain or len(self._chains) < 64:  # an unknown issuer is asked again once its CA is seen
+                self._chains[key] = chain
+        return chain
 
     def _vendor_signed(self, index: int) -> SignatureProtector:
         assert self.vendor is not None
         idevid_key = ec.generate_private_key(ec.SECP256R1())
         cert = self.vendor.idevid(f"{index:08d}", idevid_key)
-        return SignatureProtector(idevid_key, cert, [self.vendor.cert])
+        if self._vendor_chain is None:  # every IDevID has the same issuer: its chain is built once
+            self._vendor_chain = signer_chain(cert, [self.vendor.cert, *self.vendor.chain])
+        return SignatureProtector(idevid_key, cert, self._vendor_chain)
 
     def _genm_item(self, name: str) -> InfoTypeAndValue:
         if name == "caCerts":
@@ -411,8 +481,17 @@ class DeviceFactory:
 
     # -- results ------------------------------------------------------------------------------
 
-    def enrolled(self, index: int, key: PrivateKey, cert: bytes) -> None:
+    def enrolled(self, index: int, key: PrivateKey, cert: bytes, chain: tuple[bytes, ...] = ()) -> None:
+        """Device ``index`` now holds ``cert``; ``chain`` is the response's other extraCerts,
+        whose CA certificates are kept once for the whole fleet (see ``_chain_of``)."""
         self.states[index] = DeviceState(key, cert)
+        known = self._ca_certs
+        for der_bytes in chain:
+            if der_bytes not in known and len(known) < 64:
+                ca = load_cert(der_bytes)
+                if _is_ca(ca):
+                    known[der_bytes] = ca
+                    self._chains = {k: v for k, v in self._chains.items() if v}  # retry the unknown issuers
 
     def revoked(self, index: int) -> None:
         self.forget(index)
@@ -420,6 +499,13 @@ class DeviceFactory:
     def forget(self, index: int) -> None:
         """Drop what a device holds, so only devices inside a flow cost memory."""
         self.states.pop(index, None)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _secret_pads(master: bytes | None) -> tuple[Any, Any] | None:

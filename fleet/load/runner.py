@@ -230,7 +230,7 @@ class WorkerRun:
             return False
         now = trio.current_time()
         if done.certificate is not None and new_key is not None:
-            self.devices.enrolled(device, new_key, done.certificate)
+            self.devices.enrolled(device, new_key, done.certificate, done.chain)
         elif op == "rr":
             self.devices.revoked(device)
         results = self.results

@@ -10,17 +10,25 @@ Columns (all lower-case; empty cells are absent)::
     id            device id: letters, digits, '.', '_', '-' (the output folder's name)
     subject       /CN=a/O=b or CN=a,O=b                       (subject and/or sans required)
     sans          DNS:host, IP:addr, URI:..., email:a@b, RID:1.2.3; comma or space separated
-    ref, secret   MAC authentication: reference (default: id) and pass:/env:/file: source
-    cert, key     signature authentication with a vendor (IDevID) certificate and its key
-    key_pass      passphrase source of ``key``;  chain: intermediates sent after ``cert``
+    ref, secret   MAC authentication: reference (senderKID; default: id; hex:0a1b.. for binary)
+                  and the secret's pass:/env:/file: source
+    cert, key     signature authentication with a vendor (IDevID) certificate (certificates
+                  after it in its PEM: its chain) and its key
+    key_pass      passphrase source of ``key``;  chain: certificates sent after the chain
     key_type      key to generate: ec:P-256 (default), ec:P-384, ed25519, rsa:2048 ...
     csr           PKCS#10 request: p10cr, the device keeps its own key (no key_type)
     csr_key       optional: the CSR's private key, used only to sign rr for an orphan
     profile       CMP profile name: requests go to <server path>/p/<profile>/<operation>
     path          request path replacing the server URL's path (e.g. /.well-known/cmp/p/x)
     cert_profile  certProfile put in generalInfo (RFC 9483 §4.1.1)
+    sender        header sender with MAC (default: ref when it is a name, else CN=<ref>)
+    recipient     header recipient name (default: the NULL-DN)
+    message_time  false: no messageTime in the header (default true)
+    max_iterations  cap on a MAC response's iteration count (default: PBMAC1 1000000, PBM 100000)
 
-Relative file paths are taken from the manifest's folder.
+Relative file paths are taken from the manifest's folder. The chain of ``cert`` sent in
+extraCerts (RFC 9483 §3.3) is built from its file, ``chain`` and ``--trusted``, without a
+self-signed root; ``chain`` certificates follow it as given.
 """
 
 from __future__ import annotations
@@ -36,9 +44,11 @@ from pathlib import Path
 
 from cryptography import x509
 
-from fleet.cmp.protection import PrivateKey
+from fleet.cmp.messages import directory_name
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector, parse_reference
+from fleet.cmp.trust import signer_chain
 from fleet.errors import FleetError
-from fleet.files import load_certificate, load_certificates, load_csr, load_private_key
+from fleet.files import load_certificates, load_csr, load_private_key
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
 from fleet.secrets import read_secret
@@ -56,7 +66,8 @@ __all__ = [
 
 COLUMNS = (
     "id", "subject", "sans", "ref", "secret", "cert", "key", "key_pass", "chain",
-    "key_type", "csr", "csr_key", "profile", "path", "cert_profile",
+    "key_type", "csr", "csr_key", "profile", "path", "cert_profile", "sender", "recipient", "message_time",
+    "max_iterations",
 )  # fmt: skip
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _SEGMENT = re.compile(r"[A-Za-z0-9._~-]+")
@@ -92,11 +103,14 @@ class MacAuth:
 
 @dataclass(frozen=True)
 class CertAuth:
-    """Signature protection with a vendor (IDevID) certificate; the key never shows in a repr."""
+    """Signature protection with a vendor (IDevID) certificate; the key never shows in a repr.
+    ``chain`` (the column) is sent as given; ``pool`` (the rest of the ``cert`` file) only
+    supplies the chain's certificates."""
 
     certificate: x509.Certificate
     key: PrivateKey = field(repr=False)
     chain: tuple[x509.Certificate, ...] = ()
+    pool: tuple[x509.Certificate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +128,10 @@ class DeviceSpec:
     profile: str | None = None
     path: str | None = None
     cert_profile: str | None = None
+    sender: x509.Name | None = None
+    recipient: x509.Name | None = None
+    message_time: bool = True
+    max_iterations: int | None = None
     fingerprint: str = ""
 
     @property
@@ -123,6 +141,23 @@ class DeviceSpec:
     @property
     def auth_kind(self) -> str:
         return "mac" if isinstance(self.auth, MacAuth) else "idevid"
+
+    def protector(self, trusted: tuple[x509.Certificate, ...] = ()) -> MacProtector | SignatureProtector:
+        """How this device protects its requests: MAC with its reference (and sender, when the
+        row names one), or its IDevID with the chain built from its files and ``trusted``."""
+        auth = self.auth
+        if isinstance(auth, MacAuth):
+            sender = self.sender.public_bytes() if self.sender is not None else None
+            return MacProtector(auth.secret, reference=parse_reference(auth.reference), sender_name=sender)
+        chain = signer_chain(auth.certificate, [*auth.pool, *auth.chain, *trusted], extra=auth.chain)
+        return SignatureProtector(auth.key, auth.certificate, chain)
+
+    def header_fields(self) -> dict[str, object]:
+        """The row's ClientConfig header settings (recipient, messageTime, iteration cap)."""
+        fields: dict[str, object] = {"message_time": self.message_time, "max_iterations": self.max_iterations}
+        if self.recipient is not None:
+            fields["recipient"] = directory_name(self.recipient.public_bytes())
+        return fields
 
 
 def load_manifest(path: Path | str) -> list[DeviceSpec]:
@@ -286,6 +321,7 @@ def _device(
         if subject is None and not sans and "subject" not in row:
             bad("subject", "give subject and/or sans")
 
+    header = _header(row, auth, bad)
     profile = row.get("profile")
     if profile is not None and not _SEGMENT.fullmatch(profile):
         bad("profile", f"{profile!r} must be letters, digits, '.', '_', '~' or '-'")
@@ -308,8 +344,35 @@ def _device(
         profile=profile,
         path=path,
         cert_profile=row.get("cert_profile"),
+        **header,  # type: ignore[arg-type]
         fingerprint=_fingerprint(row),
     )
+
+
+def _header(row: dict[str, str], auth: MacAuth | CertAuth | None, bad) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The row's header columns, checked: sender (MAC only: a signed request names its
+    certificate's subject), recipient, message_time, max_iterations."""
+    out: dict[str, object] = {}
+    for name in ("sender", "recipient"):
+        if name in row:
+            try:
+                out[name] = parse_name(row[name])
+            except FleetError as exc:
+                bad(name, str(exc))
+    if "sender" in row and isinstance(auth, CertAuth):
+        bad("sender", "only with secret (MAC): a signed request names its certificate's subject")
+    if "message_time" in row:
+        value = row["message_time"].lower()
+        if value not in ("true", "false"):
+            bad("message_time", f"must be true or false, not {row['message_time']!r}")
+        out["message_time"] = value == "true"
+    if "max_iterations" in row:
+        text = row["max_iterations"]
+        if not text.isdigit() or int(text) < 1:
+            bad("max_iterations", f"must be an integer >= 1, not {text!r}")
+        else:
+            out["max_iterations"] = int(text)
+    return out
 
 
 def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAuth | CertAuth | None:  # type: ignore[no-untyped-def]
@@ -324,7 +387,13 @@ def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAut
         except FleetError as exc:
             bad("secret", str(exc))
             return None
-        return MacAuth(row.get("ref", device_id), secret)
+        reference = row.get("ref", device_id)
+        try:
+            parse_reference(reference)
+        except ValueError as exc:
+            bad("ref", str(exc))
+            return None
+        return MacAuth(reference, secret)
     if "ref" in row:
         bad("ref", "only with secret")
     if not has_cert:
@@ -334,8 +403,10 @@ def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAut
         bad("cert" if "cert" not in row else "key", "signature authentication needs both cert and key")
         return None
     cert = None
+    pool: tuple[x509.Certificate, ...] = ()
     try:
-        cert = _cached(cache, ("cert", row["cert"]), lambda: load_certificate(_path(base, row["cert"])))
+        cert, *rest = _cached(cache, ("cert", row["cert"]), lambda: load_certificates(_path(base, row["cert"])))
+        pool = tuple(rest)
     except FleetError as exc:
         bad("cert", str(exc))
     password = None
@@ -357,7 +428,7 @@ def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAut
     if _spki(cert.public_key()) != _spki(key.public_key()):
         bad("key", "does not match the public key of cert")
         return None
-    return CertAuth(cert, key, chain)
+    return CertAuth(cert, key, chain, pool)
 
 
 def _load_key(row: dict[str, str], name: str, password: bytes | None, base: Path, bad, cache) -> PrivateKey | None:  # type: ignore[no-untyped-def]

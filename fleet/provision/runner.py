@@ -59,9 +59,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
 from fleet.cmp.messages import BodyType
-from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.protection import PrivateKey, SignatureProtector
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
-from fleet.cmp.trust import TrustStore, load_cert
+from fleet.cmp.trust import TrustStore, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.exchange import TransactionTimeout, run_transaction
 from fleet.files import CredentialError, load_certificates
@@ -78,7 +78,7 @@ from fleet.provision.journal import (
     OrphanFate,
     updated,
 )
-from fleet.provision.manifest import CertAuth, DeviceSpec, MacAuth
+from fleet.provision.manifest import DeviceSpec
 from fleet.provision.outputs import OutputError
 
 __all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient", "summarize"]
@@ -640,7 +640,9 @@ class Provisioner:
                                         "no key to sign rr (p10cr without csr_key): the CA rejects it unconfirmed")
                 continue
             anchors = list(self.options.trusted) + self._device_roots(dev)
-            config = ClientConfig(SignatureProtector(key, cert), TrustStore(anchors), mode=self.options.mode)  # type: ignore[arg-type]
+            chain = signer_chain(cert, [*self._device_roots(dev, outputs.CHAIN_FILE), *anchors])  # RFC 9483 §3.3
+            config = ClientConfig(SignatureProtector(key, cert, chain), TrustStore(anchors), mode=self.options.mode,  # type: ignore[arg-type]
+                                  **dev.header_fields())  # type: ignore[arg-type]
             tx = ClientTransaction(config, RevocationRequest.for_certificate(cert, SUPERSEDED))
             client = self._client
             assert client is not None
@@ -669,8 +671,9 @@ class Provisioner:
         await self.writer.write(Orphan(orphan.device_id, orphan.transaction_id, orphan.received, fate,
                                        orphan.certificate, orphan.serial, why[:500], time.time()))
 
-    def _device_roots(self, dev: DeviceSpec) -> list[x509.Certificate]:
-        path = self.options.out / dev.id / outputs.CA_FILE
+    def _device_roots(self, dev: DeviceSpec, name: str = outputs.CA_FILE) -> list[x509.Certificate]:
+        """The certificates of the device's ca.pem (or of its file ``name``: chain.pem)."""
+        path = self.options.out / dev.id / name
         try:
             return load_certificates(path) if path.exists() and path.stat().st_size else []
         except (FleetError, OSError):  # unreadable: verify the rp with --trusted only
@@ -679,14 +682,8 @@ class Provisioner:
     # -- building transactions --------------------------------------------------------------
 
     def _config(self, dev: DeviceSpec) -> ClientConfig:
-        auth = dev.auth
-        protector: MacProtector | SignatureProtector
-        if isinstance(auth, MacAuth):
-            protector = MacProtector(auth.secret, reference=auth.reference.encode())
-        else:
-            assert isinstance(auth, CertAuth)
-            protector = SignatureProtector(auth.key, auth.certificate, auth.chain)
-        return ClientConfig(protector, TrustStore(list(self.options.trusted)), mode=self.options.mode)  # type: ignore[arg-type]
+        return ClientConfig(dev.protector(self.options.trusted), TrustStore(list(self.options.trusted)),  # type: ignore[arg-type]
+                            mode=self.options.mode, **dev.header_fields())  # type: ignore[arg-type]
 
     @staticmethod
     def _cert_request(dev: DeviceSpec, key: PrivateKey | None) -> Request:

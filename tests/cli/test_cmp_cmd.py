@@ -3,6 +3,7 @@ traceback, no secret), and whole transactions as subprocesses against OpenSSL's 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import one_error_line
 from cryptography import x509
 from openssl_peer import OpenSSLMockServer, TestPki
 
@@ -78,6 +80,11 @@ FLEET_ERRORS = [
     ("bad subject", ["ir", "--server", DEAD, *MAC, "--subject", "/XX=1"], "XX=1"),
     ("bad san", ["ir", "--server", DEAD, *MAC, "--sans", "IP:999.1.1.1"], "999.1.1.1"),
     ("connection refused", ["ir", "--server", DEAD, *MAC, "--subject", "/CN=x", "--newkey", "{new}"], "cannot connect"),
+    ("sender with a signature", ["cr", "--server", DEAD, "--subject", "/CN=x", "--cert", "{crt}", "--key", "{key}",
+                                 "--trusted", "{root}", "--sender", "/CN=y"], "--sender is for MAC protection"),
+    ("bad sender", ["ir", "--server", DEAD, *MAC, "--subject", "/CN=x", "--sender", "/XX=1"], "XX=1"),
+    ("bad sender, genm", ["genm", "--server", DEAD, *MAC, "--sender", "CN"], "cannot parse name"),
+    ("ref not hex", ["genm", "--server", DEAD, "--secret", f"pass:{SECRET}", "--ref", "hex:0g"], "--ref"),
 ]
 
 
@@ -101,6 +108,7 @@ CLICK_ERRORS = [
     ("timeout not a number", ["ir", "--server", DEAD, "--timeout", "soon"], "--timeout"),
     ("unknown command", ["enroll"], "enroll"),
     ("p10cr without csr", ["p10cr", "--server", DEAD, *MAC], "--csr"),
+    ("max-iterations zero", ["genm", "--server", DEAD, *MAC, "--max-iterations", "0"], "--max-iterations"),
 ]
 
 
@@ -214,3 +222,106 @@ def test_genm_and_server_rejection(openssl_mock, test_pki: TestPki) -> None:  # 
     [line] = result.stderr.splitlines()
     assert line.startswith("fleet: error: cp: request rejected") and "badRequest" in line
     assert test_pki.secret not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# One options object for the six commands; the header defaults a strict server needs
+
+
+def test_every_command_lists_the_shared_options_and_keeps_its_own() -> None:
+    """``CmpOptions`` gives every command the shared options (rr and genm without the ones they
+    cannot use); each command's own options follow --server."""
+    from typer.main import get_command
+
+    from fleet.cli import cmp_cmd
+
+    group = get_command(cmp_cmd.app)
+    shared = {f.name for f in cmp_cmd.dataclasses.fields(cmp_cmd.CmpOptions)}
+    own = {"ir": {"newkey", "newkey_type", "newkeypass", "subject", "sans"}, "cr": {"newkey", "newkey_type", "newkeypass", "subject", "sans"},
+           "kur": {"oldcert", "newkey", "newkey_type", "newkeypass", "subject", "sans"}, "p10cr": {"csr"},
+           "rr": {"oldcert", "revreason"}, "genm": {"infotype", "oldroot", "crl_issuer", "newwithnew", "crlout"}}
+    omitted = {"rr": {"implicit_confirm", "certout", "chainout", "cacertsout"}, "genm": {"implicit_confirm", "certout", "chainout"}}
+    for name, command in group.commands.items():  # type: ignore[attr-defined]
+        params = [p.name for p in command.params]
+        assert set(params) == (shared - omitted.get(name, set())) | own[name], name
+        assert params[0] == "server" and set(params[1:1 + len(own[name])]) == own[name], name
+
+
+def test_rr_help_says_the_reason_defaults_to_unspecified() -> None:
+    result = fleet_subprocess("rr", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "unspecified unless given" in text and "[default: unspecified]" in text
+
+
+class _PbMac1Ca:
+    """A CA (``CaStub``) on loopback that protects its MAC answers with PBMAC1 and ``count``
+    iterations: how a server with a high iteration count answers fleet."""
+
+    def __init__(self, count: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cmp.ca_stub import CaStub
+
+        from fleet.cmp import messages
+        from fleet.cmp.protection import MacProtector
+
+        stub = self.stub = CaStub(secret=SECRET.encode())
+        protector = MacProtector(stub.secret, pbmac1=True, iterations=count)
+
+        def answer(data: bytes) -> bytes:
+            request = messages.decode(data)
+            stub.received.append(request)
+            reply = stub.reply_to(request)
+            header = dataclasses.replace(reply.header, protection_alg=protector.algorithm, sender_kid=stub.reference)
+            header_der = messages.encode_header(header)
+            body_der = messages.encode_body(reply.body_type, reply.body)
+            protection = protector.protect(messages.protected_part(header_der, body_der))
+            return messages.assemble(header_der, body_der, protection, reply.extra_certs)
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = answer(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/pkixcmp")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+def test_pbmac1_answer_with_262144_iterations_is_accepted_and_a_lower_cap_is_named(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """By default fleet cmp takes the count the independent CA chose; --max-iterations below it
+    refuses the answer in one line that names --max-iterations, and writes nothing."""
+    ca = _PbMac1Ca(262_144)
+    try:
+        args = ["genm", "--server", ca.url, "--ref", "CN=fleet-test", "--secret", f"pass:{SECRET}", "--pbmac1",
+                "--infotype", "caCerts", "--cacertsout"]
+        code, out, err = fleet_inprocess(monkeypatch, capsys, *args, str(tmp_path / "cas.pem"))
+        assert code == 0, err
+        assert out.startswith("genp: caCerts: 1 certificates") and (tmp_path / "cas.pem").exists()
+        code, out, err = fleet_inprocess(monkeypatch, capsys, *args, str(tmp_path / "none.pem"), "--max-iterations", "100000")
+        assert code == 1 and out == ""
+        line = one_error_line(err)
+        assert "PBMAC1 iteration count 262144 is outside 1..100000" in line and "--max-iterations" in line
+        assert not (tmp_path / "none.pem").exists() and SECRET not in err
+    finally:
+        ca.close()

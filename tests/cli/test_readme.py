@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import strict_lwcmp as strict
 import typer
 from cli_helpers import ROOT, Ca, device_secret, env, fleet, free_port, stop_ca
 from cryptography import x509
+from recording_proxy import recording_proxy
 
 from fleet.cli import cmp_cmd
 from fleet.cli import main as main_module
@@ -88,9 +90,35 @@ def run_block(block: str, workdir: Path) -> subprocess.CompletedProcess[str]:
         stop_ca(ca)
 
 
-def test_readme_cmp_session(workdir: Path) -> None:
+def run_block_recorded(block: str, workdir: Path) -> tuple[subprocess.CompletedProcess[str], list[tuple[str, bytes]]]:
+    """``run_block``, with the block's CA URL (its CA= line) sent through a recording proxy:
+    the result and every request the block's commands sent, as sent."""
+    ports = set(re.findall(r"(?:--port |127\.0\.0\.1:)(\d+)", block))
+    assert len(ports) == 1, ports
+    ca_port = free_port()
+    lines = logical_lines(block.replace(ports.pop(), str(ca_port)))
+    ca = start_readme_ca(lines[0], workdir)
+    try:
+        with recording_proxy(ca.url) as proxy:
+            commands = [line.replace(f"127.0.0.1:{ca_port}/", f"127.0.0.1:{proxy.port}/") for line in lines[1:]]
+            assert sum(f"127.0.0.1:{proxy.port}/" in line for line in commands) == 1  # the CA= line
+            script = "set -euxo pipefail\n" + "\n".join(commands) + "\n"
+            result = subprocess.run(["bash", "-c", script], cwd=workdir, env=shell_env(workdir), capture_output=True,
+                                    text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+            return result, list(proxy.requests)
+    finally:
+        stop_ca(ca)
+
+
+@pytest.mark.parametrize("ref", ["dev-00000001", "CN=fleet-test"], ids=["plain reference", "reference is a name"])
+def test_readme_cmp_session(workdir: Path, ref: str) -> None:
+    """The session as written (REF=dev-00000001) and with its other naming style (REF=CN=fleet-test),
+    against the README's CA; every request it sends passes a strict RFC 9483 server's checks:
+    MAC sender naming the senderKID's entity (never CN=CN=...), extraCerts with the issuing CA
+    for kur and rr, one CRLReason in rr."""
     block = block_with("fleet cmp ir")
-    result = run_block(block, workdir)
+    assert "REF=dev-00000001" in block
+    result, sent = run_block_recorded(block.replace("REF=dev-00000001", f"REF={ref}"), workdir)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     for name in ("device.key", "device.pem", "chain.pem", "root.pem", "cas.pem", "new.key", "new.pem",
@@ -103,6 +131,17 @@ def test_readme_cmp_session(workdir: Path) -> None:
     issued.verify_directly_issued_by(x509.load_pem_x509_certificates((workdir / "chain.pem").read_bytes())[0])
     assert root.subject == root.issuer
     assert (workdir / "ca-state").is_dir()
+
+    secret = device_secret(ref).encode()
+    kinds = [strict.body_of(strict.decode(data))[0] for _, data in sent]
+    assert kinds == ["ir", "certConf", "genm", "kur", "certConf", "rr", "p10cr", "certConf"]
+    for (_, data), kind in zip(sent, kinds):
+        assert strict.problems(data, anchors=[root], secret=secret) == [], kind
+    mac_sender = [("2.5.4.3", ref.removeprefix("CN="))]
+    assert [strict.sender_attributes(data) for (_, data), k in zip(sent, kinds) if k in ("ir", "genm", "p10cr")] == [mac_sender] * 3
+    issuing_ca = x509.load_pem_x509_certificates((workdir / "chain.pem").read_bytes())[0].subject.rfc4514_string()
+    assert strict.extra_cert_subjects(sent[kinds.index("kur")][1]) == ["CN=device-1", issuing_ca]
+    assert strict.crl_reasons(sent[kinds.index("rr")][1]) == [1]  # keyCompromise, and only it
 
 
 def test_readme_example_manifest_against_the_embedded_ca(workdir: Path) -> None:

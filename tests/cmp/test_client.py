@@ -1021,15 +1021,22 @@ def test_random_corruption_only_ever_raises_cmp_errors(stub: CaStub, protection:
     assert "malformed" in outcomes and len(outcomes) >= 4
 
 
-def test_certconf_names_the_same_sender_as_the_request(stub: CaStub) -> None:
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [(None, SUBJECT.public_bytes()),  # nothing names the secret: the subject, as openssl cmp sends
+     (b"stub-ref", x509.Name.from_rfc4514_string("CN=stub-ref").public_bytes())],
+    ids=["no reference: the subject", "reference: its name"],
+)
+def test_certconf_names_the_same_sender_as_the_request(stub: CaStub, reference: bytes | None, expected: bytes) -> None:
     # The request is released after start(); the sender is chosen once, so certConf still
-    # names the subject rather than falling back to a name made from the senderKID.
-    tx = ClientTransaction(mac_config(stub), ir())
+    # names the subject rather than falling back to another name.
+    config = ClientConfig(MacProtector(stub.secret, reference=reference, iterations=100))
+    tx = ClientTransaction(config, ir())
     conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
     assert isinstance(conf, Send)
     step(tx, stub, conf, State.DONE)
     ir_msg, conf_msg = stub.received
-    assert ir_msg.header.sender == conf_msg.header.sender == messages.directory_name(SUBJECT.public_bytes())
+    assert ir_msg.header.sender == conf_msg.header.sender == messages.directory_name(expected)
 
 
 def test_same_key_compares_the_certificate_spki() -> None:

@@ -77,3 +77,59 @@ def test_with_secret_is_the_constructor_with_another_secret(pbmac1: bool) -> Non
     assert template.protect(b"x") == MacProtector(b"template secret", iterations=321, pbmac1=pbmac1, salt=salt).protect(b"x")
     assert "device secret" not in repr(twin)
     assert template.with_secret(b"s", None).sender_kid is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prf=st.sampled_from(["sha1", "sha224", "sha256", "sha384", "sha512"]),
+    secret=st.binary(max_size=100),
+    salt=st.binary(min_size=1, max_size=64),
+    iterations=st.integers(1, 3000),
+    length=st.integers(1, 128),
+)
+def test_pbkdf2_key_is_hashlibs_pbkdf2(prf: str, secret: bytes, salt: bytes, iterations: int, length: int) -> None:
+    """PBMAC1 keys come from cryptography's PBKDF2 (faster here): the same bytes as hashlib's."""
+    import hashlib
+
+    from fleet.cmp.protection import pbkdf2_key
+
+    assert pbkdf2_key(secret, salt, prf, iterations, length) == hashlib.pbkdf2_hmac(prf, secret, salt, iterations, length)
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("dev-00000001", b"dev-00000001"), ("CN=fleet-test", b"CN=fleet-test"), ("hex:0A0b", b"\x0a\x0b"),
+    ("HEX:ff", b"\xff"), ("gnb-é", "gnb-é".encode()),
+])
+def test_references_as_users_write_them(text: str, value: bytes) -> None:
+    from fleet.cmp.protection import parse_reference
+
+    assert parse_reference(text) == value
+
+
+@pytest.mark.parametrize(("text", "words"), [("hex:0g", "is not hex"), ("hex:", "empty"), ("", "empty")])
+def test_bad_references_name_the_problem(text: str, words: str) -> None:
+    from fleet.cmp.protection import parse_reference
+
+    with pytest.raises(ValueError, match=words):
+        parse_reference(text)
+
+
+def test_iteration_caps_per_algorithm_and_an_explicit_cap_for_both() -> None:
+    from fleet.cmp.protection import (
+        DEFAULT_MAX_PBM_ITERATIONS,
+        DEFAULT_MAX_PBMAC1_ITERATIONS,
+        IterationCountRefused,
+        Pbmac1Params,
+        PbmParams,
+    )
+
+    pbm = PbmParams(b"salt", "sha256", DEFAULT_MAX_PBM_ITERATIONS, "sha256")
+    pbmac1 = Pbmac1Params(b"salt", DEFAULT_MAX_PBMAC1_ITERATIONS, 32, "sha256", "sha256")
+    assert parse_mac_params(pbm.encode()) == pbm and parse_mac_params(pbmac1.encode()) == pbmac1
+    for params in (PbmParams(b"salt", "sha256", DEFAULT_MAX_PBM_ITERATIONS + 1, "sha256"),
+                   Pbmac1Params(b"salt", DEFAULT_MAX_PBMAC1_ITERATIONS + 1, 32, "sha256", "sha256")):
+        with pytest.raises(IterationCountRefused, match="is outside 1.."):
+            parse_mac_params(params.encode())
+    with pytest.raises(IterationCountRefused, match="PBMAC1 iteration count 1000000 is outside 1..500000"):
+        parse_mac_params(pbmac1.encode(), max_iterations=500_000)
+    assert parse_mac_params(pbm.encode(), max_iterations=DEFAULT_MAX_PBM_ITERATIONS * 2) == pbm

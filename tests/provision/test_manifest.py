@@ -73,7 +73,8 @@ def test_header_and_syntax_problems() -> None:
     assert problems("id,colour\na,red\n") == [
         (
             "line 1: header: unknown column 'colour' (known: id, subject, sans, ref, secret, cert, key, "
-            "key_pass, chain, key_type, csr, csr_key, profile, path, cert_profile)"
+            "key_pass, chain, key_type, csr, csr_key, profile, path, cert_profile, sender, recipient, message_time, "
+            "max_iterations)"
         )
     ]
     assert problems("id,subject,secret\na,/CN=a,pass:x,extra\n")[0].startswith("line 2: row: 4 cells")
