@@ -1,6 +1,6 @@
 """The embedded CA behind the CMP server role: issuance policy, records, revocation, genp answers.
 
-``Authority`` implements ``fleet.cmp.server.CaBackend`` on ``fleet.ca.pki`` (hierarchy and
+``Authority`` implements ``fleet.cmp.backend.CaBackend`` on ``fleet.ca.pki`` (hierarchy and
 issuer), ``fleet.ca.store`` (durable records) and ``fleet.ca.revocation`` (CRL and OCSP), and
 builds the ``CmpServer`` with the RA signer, trust anchors and shared secrets. No I/O beyond the
 store's SQLite file.
@@ -42,17 +42,11 @@ from fleet.ca.store import (
     serial_hex,
 )
 from fleet.cmp import der, genm, oids
+from fleet.cmp.backend import CertState, IssueRequest, KnownCert, Rejected
 from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
-from fleet.cmp.server import (
-    CertState,
-    CmpServer,
-    IssueRequest,
-    KnownCert,
-    Rejected,
-    SecretLookup,
-    ServerConfig,
-)
+from fleet.cmp.server import CmpServer, ServerConfig
+from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import TrustStore, load_cert
 
 __all__ = ["STORE_FILE", "Authority"]

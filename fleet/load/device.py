@@ -27,7 +27,7 @@ from fleet.cmp.client import ClientConfig
 from fleet.cmp.messages import BodyType, InfoTypeAndValue
 from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector, default_hash
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
-from fleet.cmp.server import derive_device_secret
+from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.cmp.trust import TrustStore, cert_der, load_cert
 from fleet.errors import FleetError
 from fleet.keys import KeyPool

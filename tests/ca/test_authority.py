@@ -14,8 +14,8 @@ from cryptography.x509.oid import NameOID
 from fleet.ca.authority import Authority
 from fleet.ca.store import CertStatus
 from fleet.cmp import genm, oids
+from fleet.cmp.backend import IssueRequest, Rejected
 from fleet.cmp.messages import BodyType, FailInfo, InfoTypeAndValue
-from fleet.cmp.server import IssueRequest, Rejected
 
 
 def name(cn: str) -> x509.Name:

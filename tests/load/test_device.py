@@ -7,7 +7,7 @@ from cryptography import x509
 
 from fleet.cmp.protection import MacProtector
 from fleet.cmp.requests import CertRequest
-from fleet.cmp.server import derive_device_secret
+from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.cmp.trust import TrustStore
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, DeviceSetupError
