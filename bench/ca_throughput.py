@@ -177,7 +177,8 @@ async def load(
 def cmp_only(devices: int, rounds: int) -> None:
     """CPU µs per ir and per certConf in ``CmpServer.handle`` (in-process, no HTTP)."""
     from fleet.ca.authority import Authority
-    from fleet.cmp.server import ServerConfig, SharedSecrets
+    from fleet.cmp.server import ServerConfig
+    from fleet.cmp.shared_secrets import SharedSecrets
 
     with tempfile.TemporaryDirectory(prefix="fleet-ca-bench-") as tmp:
         authority = Authority.open(Path(tmp) / "state", base_url="http://127.0.0.1:8080")

@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet.cmp import der, messages  # noqa: E402
 from fleet.cmp.messages import BodyType  # noqa: E402
 from fleet.cmp.protection import compute_mac, parse_mac_params  # noqa: E402
-from fleet.cmp.server import derive_device_secret  # noqa: E402
+from fleet.cmp.shared_secrets import derive_device_secret  # noqa: E402
 from fleet.cmp.trust import TrustStore  # noqa: E402
 from fleet.http.server import HttpRequest, HttpResponse, serve_http  # noqa: E402
 from fleet.keys import KeyPool, KeySpec  # noqa: E402

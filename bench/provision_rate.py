@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from fleet.cmp.server import derive_device_secret
+from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import parse_manifest
 from fleet.provision.runner import Provisioner, ProvisionOptions

@@ -1,6 +1,6 @@
 """The embedded CA behind the CMP server role: issuance policy, records, revocation, genp answers.
 
-``Authority`` implements ``fleet.cmp.server.CaBackend`` on ``fleet.ca.pki`` (hierarchy and
+``Authority`` implements ``fleet.cmp.backend.CaBackend`` on ``fleet.ca.pki`` (hierarchy and
 issuer), ``fleet.ca.store`` (durable records) and ``fleet.ca.revocation`` (CRL and OCSP), and
 builds the ``CmpServer`` with the RA signer, trust anchors and shared secrets. No I/O beyond the
 store's SQLite file.
@@ -8,17 +8,16 @@ store's SQLite file.
 Key updates: once the certificate a kur issued is confirmed (certConf, or implicit
 confirmation), the certificate it updated is *replaced*. It stays valid for CRL and OCSP (a CA
 that revoked every renewed certificate would grow its CRL with each rotation), but it no longer
-signs CMP requests unless ``ServerConfig.allow_replaced_signers`` says so. Which certificates
-were replaced is the one fact the store's records do not hold, so ``Replacements`` keeps it in a
-table of its own in the same database file; the new certificate's confirmation is flushed first,
-so a crash never leaves the old certificate replaced by a certificate the records lost.
+signs CMP requests unless ``ServerConfig.allow_replaced_signers`` says so. The store records
+the replacement (``CertStore.record_replacement``) with the new certificate's confirmation, under
+the same durability rules: committed in the same transaction or after it, so a crash never
+leaves the old certificate replaced by a certificate the records lost, and durable before the
+pkiConf (or the kup, with implicit confirmation) that says so goes out.
 """
 
 from __future__ import annotations
 
 import math
-import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,22 +36,14 @@ from fleet.ca.store import (
     CertStore,
     InvalidStatusChange,
     SerialCollision,
-    StoreError,
     UnknownCertificate,
-    serial_hex,
 )
 from fleet.cmp import der, genm, oids
+from fleet.cmp.backend import CertState, IssueRequest, KnownCert, Rejected
 from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
-from fleet.cmp.server import (
-    CertState,
-    CmpServer,
-    IssueRequest,
-    KnownCert,
-    Rejected,
-    SecretLookup,
-    ServerConfig,
-)
+from fleet.cmp.server import CmpServer, ServerConfig
+from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import TrustStore, load_cert
 
 __all__ = ["STORE_FILE", "Authority"]
@@ -73,41 +64,6 @@ _SIGN_KEY_PAIR_TYPES = der.sequence(
 _KEY_SPEC = der.sequence(
     der.sequence(der.oid(ID_REG_CTRL_ALG_ID), der.algorithm_identifier(oids.EC_PUBLIC_KEY, der.oid(_P256)))
 )
-
-
-class Replacements:
-    """Serials of certificates replaced by a confirmed kur, in the table
-    ``replaced_certificates`` of the store's database (module doc). Written once per confirmed
-    kur, read by primary key for each signature-protected request."""
-
-    def __init__(self, path: Path | str) -> None:
-        try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS replaced_certificates ("
-                "serial TEXT PRIMARY KEY, by_serial TEXT NOT NULL, replaced_at INTEGER NOT NULL)"
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open certificate store {path}: {exc}") from None
-        self._path = path
-
-    def add(self, serial: int, by_serial: int) -> None:
-        try:
-            self._db.execute(
-                "INSERT OR IGNORE INTO replaced_certificates VALUES (?, ?, ?)",
-                (serial_hex(serial), serial_hex(by_serial), int(time.time())),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write certificate store {self._path}: {exc}") from None
-
-    def __contains__(self, serial: int) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM replaced_certificates WHERE serial = ?", (serial_hex(serial),)
-        ).fetchone()
-        return row is not None
-
-    def close(self) -> None:
-        self._db.close()
 
 
 @dataclass(frozen=True)
@@ -136,7 +92,6 @@ class Authority:
         self._ca_certs = hierarchy.chain_for_issued_der
         self._issuing_name = hierarchy.issuing.subject
         self._issuing_name_der = self._issuing_name.public_bytes()
-        self.replacements = Replacements(store.path)
         # kur certificates not yet confirmed: new serial -> serial of the certificate it updates
         self._updates: dict[int, int] = {}
 
@@ -159,7 +114,6 @@ class Authority:
         self.issuer = CertificateIssuer(self.hierarchy, base_url=base_url, validity=self.issuer.validity)
 
     def close(self) -> None:
-        self.replacements.close()
         self.store.close()
 
     # -- CaBackend ------------------------------------------------------------------------
@@ -224,9 +178,8 @@ class Authority:
             pass  # confirmed or revoked meanwhile: nothing to reject
 
     def _replace(self, old: int, new: int) -> None:
-        """``old`` is replaced by the confirmed ``new``: durable in that order (module doc)."""
-        self.store.flush()
-        self.replacements.add(old, new)
+        """``old`` is replaced by the confirmed ``new`` (module doc)."""
+        self.store.record_replacement(old, new)
 
     def reject_abandoned(self, now: datetime) -> int:
         """At start: reject every certificate still pending, whatever its deadline (no
@@ -257,7 +210,7 @@ class Authority:
             return CertState.UNKNOWN if self._issued_under_our_key(cert) else CertState.FOREIGN
         status = rec.status
         if status is CertStatus.ISSUED:
-            return CertState.REPLACED if serial in self.replacements else CertState.GOOD
+            return CertState.REPLACED if self.store.replaced_by(serial) is not None else CertState.GOOD
         if status is CertStatus.PENDING:
             return CertState.PENDING
         if status is CertStatus.REJECTED:

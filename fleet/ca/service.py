@@ -45,7 +45,8 @@ from fleet.ca.authority import Authority
 from fleet.ca.metrics import CaMetrics
 from fleet.ca.store import StoreError
 from fleet.cmp.messages import FailInfo, fail_info_names
-from fleet.cmp.server import CmpServer, Outcome, SecretLookup, ServerConfig, TxState
+from fleet.cmp.server import CmpServer, Outcome, ServerConfig, TxState
+from fleet.cmp.shared_secrets import SecretLookup
 from fleet.errors import FleetError
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
 

@@ -19,7 +19,8 @@ Durability, stated plainly:
   kill -9 loses only changes nobody was told about. An ip/cp/kup never leaves before its
   'pending' record is durable (a certificate the records lost could never be rejected or
   revoked: OCSP would call it unknown and no CRL would list it), a pkiConf never before the
-  confirmation, an rp never before the revocation. ``durable()`` groups commits: every answer
+  confirmation (and the replacement of the certificate a kur updated, ``record_replacement``),
+  an rp never before the revocation. ``durable()`` groups commits: every answer
   made in the same trio scheduling round shares one transaction.
 * Unconfirmed certificates: a 'pending' record keeps the deadline its certConf must meet
   (``confirm_deadline``, from confirmWaitTime). ``expire_pending`` rejects those past it that
@@ -36,29 +37,17 @@ random bits (the CA/Browser Forum's minimum of CSPRNG output). A run whose range
 a row (a random serial of an older version, an import) is skipped. Any other serial is looked
 up as before, and one inside the current run's range that was not allocated is refused.
 
-Layout: a certificate's row in ``certificates`` is written once. A later status change of a row
-already in the database goes to ``status_changes`` (one small row per certificate, keyed by its
-``id``), which overrides the row's status, revocation reason and time; the view
-``certificates_now`` shows each certificate as it stands, and external readers should use it.
-Rewriting the ~700-byte row instead (pending -> issued for every certConf) cost about twice as
-much per flush. There is no index on the key fingerprint either: random keys put every new row
-on a different index page, so each flush wrote one extra page per issuance; ``find_by_key``
-reads the table instead. A database of the earlier layout (statuses only in ``certificates``,
-that index) is used as it is: the index is dropped on open, and the view finds no overrides.
-Older versions of fleet would not see the overrides: ``PRAGMA user_version`` is 2 from this
-layout on, and 3 once ``certificates`` has the ``confirm_deadline`` column (added on open, NULL
-for the rows written before it: those are rejected at the next start like any pending one).
+Layout: ``fleet.ca.store_schema`` (tables, the ``certificates_now`` view external readers should
+use, and how a database of an earlier layout is brought to this one).
 
 Threading: every method is synchronous and runs in the caller's thread; the store is meant for
 one trio thread (the CA's event loop) and uses no ``trio.to_thread``. A flush blocks that thread
-for the length of one SQLite transaction (a batch of 512 new records took about 1 ms on the
-development machine). One process owns a database file: the status counters and the
-duplicate-serial check assume no other writer.
+for the length of one SQLite transaction (bench/README.md gives a measured length). One process
+owns a database file: the status counters and the duplicate-serial check assume no other writer.
 """
 
 from __future__ import annotations
 
-import enum
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -70,6 +59,22 @@ from typing import Any, Protocol
 import trio
 from cryptography import x509
 
+from fleet.ca.store_schema import (
+    CHANGE,
+    COLUMNS,
+    DEAD_ROWS,
+    INSERT,
+    REPLACED_BY,
+    REPLACEMENT,
+    CertRecord,
+    CertStatus,
+    from_row,
+    seconds,
+    serial_hex,
+    to_current_layout,
+    to_row,
+    utc,
+)
 from fleet.errors import FleetError
 from fleet.randomness import RandomPool
 
@@ -108,24 +113,9 @@ class SerialCollision(StoreError):
     """A serial number was recorded twice; the issuer must draw a new one."""
 
 
-class CertStatus(enum.StrEnum):
-    """Lifecycle of an issued certificate.
-
-    pending -> issued (certConf accepted) | rejected (certConf rejected, or never came);
-    pending | issued -> revoked; revoked with reason certificateHold -> issued (removeFromCRL).
-    Rejected certificates were signed and sent, so CRL and OCSP treat them as revoked. A pending
-    certificate is not good yet: OCSP answers it as on hold (``fleet.ca.revocation``).
-    """
-
-    PENDING = "pending"
-    ISSUED = "issued"
-    REVOKED = "revoked"
-    REJECTED = "rejected"
-
-
 _DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
-# Members as plain module names: ``CertStatus.PENDING`` goes through enum's class descriptor
-# (~0.3 µs), and the store reads them several times per issuance and per certConf.
+# Members as plain module names: ``CertStatus.PENDING`` goes through enum's class descriptor,
+# and the store reads them several times per issuance and per certConf.
 _PENDING = CertStatus.PENDING
 _ISSUED = CertStatus.ISSUED
 _SECOND = timedelta(seconds=1)
@@ -137,12 +127,6 @@ _RUN_BITS = 29
 _RUN_SHIFT = 128
 _COUNTER_SHIFT = 64
 _MAX_RUN = (1 << _RUN_BITS) - 1
-
-
-def serial_hex(serial: int) -> str:
-    """Canonical text of a serial: upper-case hex, even length (as ``openssl x509 -serial``)."""
-    text = format(serial, "X")
-    return text if len(text) % 2 == 0 else "0" + text
 
 
 class Recordable(Protocol):
@@ -163,33 +147,6 @@ class Recordable(Protocol):
 
 
 @dataclass(frozen=True)
-class CertRecord:
-    """One row of the certificate table. Times are timezone-aware UTC, whole seconds."""
-
-    serial: int
-    subject: str
-    device_ref: str | None
-    key_fingerprint: bytes
-    not_before: datetime
-    not_after: datetime
-    status: CertStatus
-    revocation_reason: x509.ReasonFlags | None
-    revocation_time: datetime | None
-    transaction_id: bytes | None
-    created: datetime
-    der: bytes
-    # A pending certificate's certConf deadline (confirmWaitTime, rounded up to the second);
-    # None when confirmed implicitly, or recorded before the store kept deadlines.
-    confirm_deadline: datetime | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"CertRecord(serial={serial_hex(self.serial)}, subject={self.subject!r}, "
-            f"status={self.status})"
-        )
-
-
-@dataclass(frozen=True)
 class StoreStatistics:
     """Counters for metrics: changes waiting, flushes done, rows written, last flush time."""
 
@@ -197,89 +154,6 @@ class StoreStatistics:
     flushes: int
     changes_flushed: int
     last_flush_seconds: float
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS certificates (
-    id INTEGER PRIMARY KEY,
-    serial TEXT NOT NULL UNIQUE,
-    subject TEXT NOT NULL,
-    device_ref TEXT,
-    key_sha256 BLOB NOT NULL,
-    not_before INTEGER NOT NULL,
-    not_after INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked', 'rejected')),
-    revocation_reason TEXT,
-    revocation_time INTEGER,
-    transaction_id TEXT,
-    created INTEGER NOT NULL,
-    der BLOB NOT NULL,
-    confirm_deadline INTEGER
-);
-DROP INDEX IF EXISTS certificates_key;
-CREATE INDEX IF NOT EXISTS certificates_dead ON certificates (status)
-    WHERE status IN ('revoked', 'rejected');
-CREATE TABLE IF NOT EXISTS status_changes (
-    id INTEGER PRIMARY KEY,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'issued', 'revoked', 'rejected')),
-    revocation_reason TEXT,
-    revocation_time INTEGER
-);
-CREATE INDEX IF NOT EXISTS status_changes_dead ON status_changes (status)
-    WHERE status IN ('revoked', 'rejected');
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-_LAYOUT = 3  # PRAGMA user_version of this layout (module doc)
-# Brings a database of layout 1 or 2 to this one: the deadline column, and the view with it.
-_MIGRATE = """
-BEGIN;
-{add_column}
-DROP VIEW IF EXISTS certificates_now;
-CREATE VIEW certificates_now AS
-SELECT c.id, c.serial, c.subject, c.device_ref, c.key_sha256, c.not_before, c.not_after,
-    CASE WHEN s.id IS NULL THEN c.status ELSE s.status END AS status,
-    CASE WHEN s.id IS NULL THEN c.revocation_reason ELSE s.revocation_reason END AS revocation_reason,
-    CASE WHEN s.id IS NULL THEN c.revocation_time ELSE s.revocation_time END AS revocation_time,
-    c.transaction_id, c.created, c.der, c.confirm_deadline
-FROM certificates AS c LEFT JOIN status_changes AS s ON s.id = c.id;
-PRAGMA user_version = 3;
-COMMIT;
-"""
-
-_COLUMNS = (
-    "serial, subject, device_ref, key_sha256, not_before, not_after, status, "
-    "revocation_reason, revocation_time, transaction_id, created, der, confirm_deadline"
-)
-_INSERT = f"INSERT INTO certificates ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-# A status change of a row already in ``certificates``: a small row of its own (module doc).
-_CHANGE = (
-    "INSERT OR REPLACE INTO status_changes (id, status, revocation_reason, revocation_time) "
-    "SELECT id, ?, ?, ? FROM certificates WHERE serial = ?"
-)
-# Revoked and rejected certificates, each by its partial index.
-_DEAD_ROWS = (
-    "SELECT c.serial, s.revocation_time, s.revocation_reason FROM status_changes AS s "
-    "JOIN certificates AS c ON c.id = s.id WHERE s.status IN ('revoked', 'rejected') "
-    "UNION ALL "
-    "SELECT c.serial, c.revocation_time, c.revocation_reason FROM certificates AS c "
-    "WHERE c.status IN ('revoked', 'rejected') "
-    "AND NOT EXISTS (SELECT 1 FROM status_changes AS s WHERE s.id = c.id)"
-)
-
-def _to_current_layout(db: sqlite3.Connection) -> None:
-    """Create the tables, or bring a database of an earlier layout to this one (module doc)."""
-    db.executescript(_SCHEMA)
-    (layout,) = db.execute("PRAGMA user_version").fetchone()
-    if layout >= _LAYOUT:
-        return
-    columns = {row[1] for row in db.execute("PRAGMA table_info(certificates)")}
-    add = "" if "confirm_deadline" in columns else "ALTER TABLE certificates ADD COLUMN confirm_deadline INTEGER;"
-    try:
-        db.executescript(_MIGRATE.format(add_column=add))
-    except sqlite3.Error:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 _RECORD_FIELDS = frozenset(f.name for f in fields(CertRecord))
@@ -315,51 +189,6 @@ def _now_whole() -> datetime:
     return _whole_now[1]
 
 
-def _ts(when: datetime) -> int:
-    return int(when.timestamp())
-
-
-def _dt(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
-
-
-def _row(rec: CertRecord) -> tuple[object, ...]:
-    return (
-        serial_hex(rec.serial),
-        rec.subject,
-        rec.device_ref,
-        rec.key_fingerprint,
-        _ts(rec.not_before),
-        _ts(rec.not_after),
-        rec.status._value_,
-        rec.revocation_reason.value if rec.revocation_reason else None,
-        _ts(rec.revocation_time) if rec.revocation_time else None,
-        rec.transaction_id.hex() if rec.transaction_id is not None else None,
-        _ts(rec.created),
-        rec.der,
-        _ts(rec.confirm_deadline) if rec.confirm_deadline else None,
-    )
-
-
-def _record(row: tuple[Any, ...]) -> CertRecord:
-    (serial, subject, device_ref, key, nb, na, status, reason, rtime, tid, created, der, deadline) = row
-    return CertRecord(
-        serial=int(serial, 16),
-        subject=subject,
-        device_ref=device_ref,
-        key_fingerprint=bytes(key),
-        not_before=_dt(nb),
-        not_after=_dt(na),
-        status=CertStatus(status),
-        revocation_reason=x509.ReasonFlags(reason) if reason else None,
-        revocation_time=None if rtime is None else _dt(rtime),
-        transaction_id=None if tid is None else bytes.fromhex(tid),
-        created=_dt(created),
-        der=bytes(der),
-        confirm_deadline=None if deadline is None else _dt(deadline),
-    )
-
-
 class CertStore:
     """Issued-certificate records with batched, explicitly flushed writes (see module doc)."""
 
@@ -373,12 +202,14 @@ class CertStore:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            _to_current_layout(self._db)
+            to_current_layout(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open certificate store {self.path}: {exc}") from None
         # Unflushed changes: new rows, and status changes of rows already in the database.
         self._new: dict[int, CertRecord] = {}
         self._changed: dict[int, CertRecord] = {}
+        # Unflushed replacements: serial -> (serial of the certificate that replaced it, when).
+        self._replacements: dict[int, tuple[int, datetime]] = {}
         # Records issued by this process and still 'pending', flushed or not: the certConf that
         # settles each one finds it here instead of reading the row back. Entries leave on any
         # status change, and the CMP layer rejects what is not confirmed in time, so this holds
@@ -605,8 +436,8 @@ class CertStore:
         found = {
             rec.serial: rec
             for rec in map(
-                _record,
-                self._db.execute(f"SELECT {_COLUMNS} FROM certificates_now WHERE status = 'pending'"),
+                from_row,
+                self._db.execute(f"SELECT {COLUMNS} FROM certificates_now WHERE status = 'pending'"),
             )
         }
         for rec in self._overlay():  # unflushed changes are newer than the database
@@ -639,6 +470,32 @@ class CertStore:
             for rec in due
         ]
 
+    def record_replacement(self, serial: int, by_serial: int, when: datetime | None = None) -> None:
+        """Certificate ``serial`` was replaced by the confirmed ``by_serial`` (a key update): it
+        stays valid for CRL and OCSP, and ``fleet.ca.authority`` no longer lets it sign. A change
+        like a status change: batched, durable after ``flush()`` or ``durable()``, and committed
+        with (or after) ``by_serial``'s record and confirmation, so a crash never leaves a
+        certificate replaced by one the records lost. The first replacement stands."""
+        if self.replaced_by(serial) is not None:
+            return
+        new = self._require(by_serial)
+        if new.status is not _ISSUED:
+            raise InvalidStatusChange(
+                f"certificate {serial_hex(new.serial)} is {new.status}, it replaces nothing"
+            )
+        self._require(serial)
+        self._replacements[serial] = (by_serial, _whole(when))
+        self._changed_one()
+
+    def replaced_by(self, serial: int) -> int | None:
+        """The serial of the certificate that replaced ``serial`` (``record_replacement``), or
+        None. One look-up by primary key: asked for every signature-protected request."""
+        pending = self._replacements.get(serial)
+        if pending is not None:
+            return pending[0]
+        row = self._db.execute(REPLACED_BY, (serial_hex(serial),)).fetchone()
+        return None if row is None else int(row[0], 16)
+
     @property
     def dirty(self) -> bool:
         """Whether some change is not durable yet (``durable()`` would have to flush)."""
@@ -659,29 +516,34 @@ class CertStore:
 
     def flush(self) -> None:
         """Write every unflushed change in one transaction; durable on return (module doc)."""
-        if not self._new and not self._changed:
+        if not self._new and not self._changed and not self._replacements:
             self._oldest_change = None
             self._flushed_seq = self._seq
             return
         started = time.perf_counter()
-        n = len(self._new) + len(self._changed)
+        n = self._unflushed()
         try:
             self._db.execute("BEGIN")
             try:
                 if self._new:
-                    self._db.executemany(_INSERT, [_row(r) for r in self._new.values()])
+                    self._db.executemany(INSERT, [to_row(r) for r in self._new.values()])
                 if self._changed:
                     self._db.executemany(
-                        _CHANGE,
+                        CHANGE,
                         [
                             (
                                 r.status._value_,
                                 r.revocation_reason.value if r.revocation_reason else None,
-                                _ts(r.revocation_time) if r.revocation_time else None,
+                                seconds(r.revocation_time) if r.revocation_time else None,
                                 serial_hex(r.serial),
                             )
                             for r in self._changed.values()
                         ],
+                    )
+                if self._replacements:  # after the rows and statuses they follow (same transaction)
+                    self._db.executemany(
+                        REPLACEMENT,
+                        [(serial_hex(old), serial_hex(new), seconds(at)) for old, (new, at) in self._replacements.items()],
                     )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -693,6 +555,7 @@ class CertStore:
             raise StoreError(f"cannot write certificate store {self.path}: {exc}") from None
         self._new.clear()
         self._changed.clear()
+        self._replacements.clear()
         self._oldest_change = None
         self._flushed_seq = self._seq
         self._flushes += 1
@@ -722,9 +585,9 @@ class CertStore:
         if rec is not None:
             return rec
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM certificates_now WHERE serial = ?", (serial_hex(key),)
+            f"SELECT {COLUMNS} FROM certificates_now WHERE serial = ?", (serial_hex(key),)
         ).fetchone()
-        return _record(row) if row else None
+        return from_row(row) if row else None
 
     def find_by_key(self, fingerprint: bytes) -> list[CertRecord]:
         """Every certificate for the key with this SPKI SHA-256, oldest first. Reads the whole
@@ -733,9 +596,9 @@ class CertStore:
         found = {
             rec.serial: rec
             for rec in map(
-                _record,
+                from_row,
                 self._db.execute(
-                    f"SELECT {_COLUMNS} FROM certificates_now WHERE key_sha256 = ? ORDER BY id",
+                    f"SELECT {COLUMNS} FROM certificates_now WHERE key_sha256 = ? ORDER BY id",
                     (fingerprint,),
                 ),
             )
@@ -748,9 +611,9 @@ class CertStore:
     def revoked(self) -> list[tuple[int, datetime, x509.ReasonFlags | None]]:
         """(serial, revocation time, reason) for every revoked or rejected certificate."""
         dead: dict[int, tuple[int, datetime, x509.ReasonFlags | None]] = {}
-        for serial, rtime, reason in self._db.execute(_DEAD_ROWS):
+        for serial, rtime, reason in self._db.execute(DEAD_ROWS):
             key = int(serial, 16)
-            dead[key] = (key, _dt(rtime), x509.ReasonFlags(reason) if reason else None)
+            dead[key] = (key, utc(rtime), x509.ReasonFlags(reason) if reason else None)
         for rec in self._overlay():
             if rec.status in _DEAD:
                 assert rec.revocation_time is not None
@@ -771,7 +634,7 @@ class CertStore:
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(
-            unflushed=len(self._new) + len(self._changed),
+            unflushed=self._unflushed(),
             flushes=self._flushes,
             changes_flushed=self._changes_flushed,
             last_flush_seconds=self._last_flush_seconds,
@@ -832,10 +695,13 @@ class CertStore:
         if self._oldest_change is None:
             self._oldest_change = now
         if (
-            len(self._new) + len(self._changed) >= self.max_batch
+            len(self._new) + len(self._changed) + len(self._replacements) >= self.max_batch
             or now - self._oldest_change >= self.max_delay
         ):
             self.flush()
+
+    def _unflushed(self) -> int:
+        return len(self._new) + len(self._changed) + len(self._replacements)
 
 
 def _serial_int(serial: int | str) -> int:

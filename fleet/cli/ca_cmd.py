@@ -22,7 +22,8 @@ from fleet.ca.pki import CaHierarchy
 from fleet.ca.service import CaService, Latency, LoadKnobs
 from fleet.ca.store import CertStore
 from fleet.cli.usage import bounded, examples
-from fleet.cmp.server import ServerConfig, SharedSecrets
+from fleet.cmp.server import ServerConfig
+from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.metrics import metrics_host

@@ -9,10 +9,13 @@ The names a library user needs, in one place::
     while isinstance(step, Send):
         step = tx.receive(post(step.data))  # the caller's transport; Done at the end
 
-Roles and modules: ``client`` (ClientTransaction, its state table), ``server`` (CmpServer, the
-CA contract), ``requests`` (what an end entity asks for), ``messages`` (records and the reference
-codec), ``fastwire`` (the offset readers and pre-encoded writers the roles use), ``protection``
-and ``trust`` (MACs, signatures, certificate paths), ``der``, ``errors``.
+Roles and modules: ``client`` (ClientTransaction, its state table), ``server`` (CmpServer, its
+transaction table) with ``server_auth`` (its checks and response protection), ``backend`` (the
+contract with the CA behind the server), ``shared_secrets`` (MAC secrets both sides derive),
+``x509parts`` (request fields as cryptography objects), ``requests`` (what an end entity asks
+for), ``messages`` (records and the reference codec), ``fastwire`` (the offset readers and
+pre-encoded writers both roles use), ``protection`` and ``trust`` (MACs, signatures, certificate
+paths), ``der``, ``errors``.
 
 Importing this package is cheap: each name below loads its module on first use. Nothing under
 ``fleet.cmp`` imports trio or opens sockets.
@@ -79,10 +82,8 @@ _HOME = {
     **dict.fromkeys(
         ["ClientConfig", "ClientTransaction", "Done", "Event", "Send", "State"], "client"
     ),
-    **dict.fromkeys(
-        ["CaBackend", "CmpServer", "IssueRequest", "Outcome", "Rejected", "Reply", "ServerConfig"],
-        "server",
-    ),
+    **dict.fromkeys(["CmpServer", "Outcome", "Reply", "ServerConfig"], "server"),
+    **dict.fromkeys(["CaBackend", "IssueRequest", "Rejected"], "backend"),
     **dict.fromkeys(
         ["CertRequest", "CsrRequest", "GeneralRequest", "RevocationRequest"], "requests"
     ),
@@ -123,6 +124,7 @@ def __dir__() -> list[str]:
 
 # What static tools see; tests/cmp/test_exports.py keeps it equal to _HOME.
 if _typing.TYPE_CHECKING:
+    from fleet.cmp.backend import CaBackend, IssueRequest, Rejected
     from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Event, Send, State
     from fleet.cmp.der import DerError
     from fleet.cmp.errors import (
@@ -161,13 +163,5 @@ if _typing.TYPE_CHECKING:
         UnsupportedAlgorithm,
     )
     from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, RevocationRequest
-    from fleet.cmp.server import (
-        CaBackend,
-        CmpServer,
-        IssueRequest,
-        Outcome,
-        Rejected,
-        Reply,
-        ServerConfig,
-    )
+    from fleet.cmp.server import CmpServer, Outcome, Reply, ServerConfig
     from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner

@@ -9,41 +9,61 @@ twin here has one contract with its reference in ``fleet.cmp.messages``:
   with its own result or error;
 * a writer returns the bytes the reference encoder writes for the same values.
 
+Both roles' twins live here. The client's: ``decode`` (and the header and ip/cp/kup readers it
+is built on), ``HeaderWriter``, the CertRequest writers, ``spki_of_certificate``. The CA's:
+``decode_request`` (the usual ir/cr/kur and certConf read by ``read_request``) and the pieces of a
+response (``response_header_der``, ``general_info_der``, ``cert_rep_der``, ``response_der``), which
+``fleet.cmp.server`` puts together around the protection it computes.
+
 tests/cmp/test_fastwire.py checks every twin against its reference with Hypothesis, on valid and
-on mutated input. The client uses these; the CA's request reader builds on ``read_header_fields``.
+on mutated input.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from fleet.cmp import der
-from fleet.cmp.der import Tlv
+from fleet.cmp.der import DerError, Tlv
 from fleet.cmp.messages import decoding
-from fleet.cmp.messages.encoding import encode_info
+from fleet.cmp.messages.encoding import encode_info, encode_status_info
 from fleet.cmp.messages.model import (
+    ACCEPTED,
     CERT_RESPONSE_BODIES,
     Body,
     BodyType,
+    CertConfirmContent,
     CertRepMessage,
+    CertReqMessages,
+    CertReqMsg,
     CertResponse,
+    CertStatus,
+    CertTemplate,
     InfoTypeAndValue,
     MessageError,
     PKIHeader,
     PKIMessage,
     PKIStatusInfo,
+    Popo,
 )
 
 __all__ = [
     "HeaderWriter",
+    "cert_rep_der",
     "cert_request_der",
     "decode",
     "decode_body",
     "decode_cert_rep",
     "decode_header",
+    "decode_request",
+    "general_info_der",
     "message_time_der",
     "read_header_fields",
+    "read_request",
+    "response_der",
+    "response_header_der",
     "signed_cert_req_body",
     "spki_of_certificate",
 ]
@@ -196,6 +216,159 @@ def spki_of_certificate(cert_der: bytes) -> bytes | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# The CA's request reader: the usual ir/cr/kur and certConf by offsets
+
+
+def decode_request(data: bytes) -> PKIMessage:
+    """``decode(data)``, the same message or the same error, read by offsets for the usual
+    requests (``read_request``); anything else, errors included, is ``decode``'s."""
+    if type(data) is bytes and len(data) <= decoding.MAX_MESSAGE_BYTES:
+        try:
+            msg = read_request(data)
+        except (DerError, MessageError, ValueError, IndexError):
+            msg = None
+        if msg is not None:
+            return msg
+    return decode(data)
+
+
+_read = der.read_tlv
+_SEQ = der.SEQUENCE
+_CERT_REQUEST_TAGS = frozenset((0xA0, 0xA2, 0xA7))  # ir, cr, kur
+_BODY_BY_TAG = {0xA0: BodyType.IR, 0xA2: BodyType.CR, 0xA7: BodyType.KUR, 0xB8: BodyType.CERTCONF}
+
+
+def read_request(data: bytes) -> PKIMessage | None:
+    """The usual request shapes: a header as ``read_header_fields`` takes it, one CertReqMsg
+    with a plain template and a signature POP, or one CertStatus; a MAC-sized protection and no
+    extraCerts. None (or an error) for anything else. Twin of ``decoding.decode``."""
+    end = len(data)
+    tag, pos, cend = _read(data, 0, end)
+    if tag != _SEQ or cend != end:
+        return None
+    header_at = pos
+    tag, hcs, hce = _read(data, pos, end)
+    if tag != _SEQ:
+        return None
+    header = read_header_fields(data, hcs, hce)
+    if header is None:
+        return None
+    body_tag, bcs, bce = _read(data, hce, end)
+    if body_tag in _CERT_REQUEST_TAGS:
+        body: Body | None = _read_cert_req_messages(data, bcs, bce)
+    elif body_tag == 0xB8:  # [24] certConf
+        body = _read_cert_confirm(data, bcs, bce)
+    else:
+        return None
+    if body is None:
+        return None
+    body_end = bce
+    tag, pcs, pce = _read(data, bce, end)  # [0] protection, the last field (no extraCerts)
+    if tag != 0xA0 or pce != end:
+        return None
+    tag, vcs, vce = _read(data, pcs, pce)
+    if tag != der.BIT_STRING or vce != pce or vce == vcs or data[vcs] != 0:
+        return None
+    protected = der.tlv(_SEQ, data[header_at:body_end])
+    return PKIMessage(header, _BODY_BY_TAG[body_tag], body, data[vcs + 1 : vce], (), protected)
+
+
+def _read_cert_req_messages(data: bytes, pos: int, end: int) -> CertReqMessages | None:
+    """[n] { SEQUENCE { CertReqMsg } }: one request, certReqId 0..127, a template of subject,
+    publicKey and extensions only, a signature POP without poposkInput, no regInfo."""
+    tag, cs, ce = _read(data, pos, end)  # CertReqMessages
+    if tag != _SEQ or ce != end:
+        return None
+    tag, mcs, mce = _read(data, cs, ce)  # the CertReqMsg
+    if tag != _SEQ or mce != ce:
+        return None
+    request_at = mcs
+    tag, rcs, rce = _read(data, mcs, mce)  # CertRequest
+    if tag != _SEQ:
+        return None
+    tag, ics, ice = _read(data, rcs, rce)  # certReqId
+    if tag != der.INTEGER or ice - ics != 1 or data[ics] > 0x7F:
+        return None
+    tag, tcs, tce = _read(data, ice, rce)  # certTemplate
+    if tag != _SEQ:
+        return None
+    controls = None
+    if tce != rce:
+        _, _, controls_end = _read(data, tce, rce)
+        if controls_end != rce:
+            return None
+        controls = data[tce:rce]
+    template = _read_plain_template(data, tcs, tce)
+    if template is None:
+        return None
+    popo_at = rce
+    tag, pcs, pce = _read(data, rce, mce)  # POPOSigningKey [1]
+    if tag != 0xA1 or pce != mce:
+        return None
+    tag, _, ace = _read(data, pcs, pce)
+    if tag != _SEQ:  # also [0] poposkInput: the reference decoder reads that
+        return None
+    tag, scs, sce = _read(data, ace, pce)
+    if tag != der.BIT_STRING or sce != pce or sce == scs or data[scs] != 0:
+        return None
+    popo = Popo("signature", data[pcs:ace], data[scs + 1 : sce], None, data[popo_at:pce])
+    return CertReqMessages((CertReqMsg(data[ics], template, popo, controls, data[request_at:rce]),))
+
+
+def _read_plain_template(data: bytes, pos: int, end: int) -> CertTemplate | None:
+    subject = public_key = extensions = None
+    last = -1
+    while pos < end:
+        tag, cs, ce = _read(data, pos, end)
+        number = tag & 0x1F
+        if number <= last:
+            return None
+        last = number
+        if tag == 0xA5:
+            _, _, ice = _read(data, cs, ce)
+            if ice != ce:
+                return None
+            subject = data[cs:ce]
+        elif tag == 0xA6:
+            public_key = b"\x30" + data[pos + 1 : ce]
+        elif tag == 0xA9:
+            extensions = b"\x30" + data[pos + 1 : ce]
+        else:
+            return None
+        pos = ce
+    return CertTemplate(subject, public_key, extensions)
+
+
+def _read_cert_confirm(data: bytes, pos: int, end: int) -> CertConfirmContent | None:
+    """[24] { SEQUENCE { CertStatus } } with certHash, certReqId 0..127 and at most a
+    PKIStatusInfo."""
+    tag, cs, ce = _read(data, pos, end)
+    if tag != _SEQ or ce != end or cs == ce:
+        return None
+    tag, scs, sce = _read(data, cs, ce)
+    if tag != _SEQ or sce != ce:
+        return None
+    tag, hcs, hce = _read(data, scs, sce)
+    if tag != der.OCTET_STRING:
+        return None
+    tag, ics, ice = _read(data, hce, sce)
+    if tag != der.INTEGER or ice - ics != 1 or data[ics] > 0x7F:
+        return None
+    info = None
+    if ice != sce:
+        tag, _, info_end = _read(data, ice, sce)
+        if tag != _SEQ or info_end != sce:
+            return None
+        info = _status_info(data, ice, sce)
+    return CertConfirmContent((CertStatus(data[hcs:hce], data[ics], info, None),))
+
+
+def _status_info(data: bytes, pos: int, end: int) -> PKIStatusInfo:
+    tag, cs, ce = _read(data, pos, end)
+    return decoding.decode_status_info(der.Tlv(data, tag, pos, cs, ce, 4))
+
+
+# ---------------------------------------------------------------------------------------------
 # Writers
 
 _last_message_time: tuple[object, bytes] = (None, b"")
@@ -279,3 +452,80 @@ def signed_cert_req_body(
     ``encoding.encode_body(kind, CertReqMessages((msg,)))`` for the CertReqMsg holding them."""
     popo = der.tlv(0xA1, algorithm + der.bit_string(signature))
     return der.explicit(kind, der.sequence(der.sequence(cert_request, popo)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CA's response writer: the parts that repeat between responses, encoded once
+
+_PVNO_2 = b"\x02\x01\x02"
+
+
+def response_header_der(
+    sender: bytes, recipient: bytes, time_der: bytes, alg: bytes | None, kid: bytes | None,
+    tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes,
+) -> bytes:
+    """``encoding.encode_header`` of a response header (pvno 2, no freeText or recipKID), from
+    the encoded messageTime (``message_time_der``) and generalInfo (``general_info_der``)."""
+    out = _PVNO_2 + sender + recipient + time_der + _alg_kid_der(alg, kid)
+    if tid is not None:
+        out += der.explicit_octets(4, tid)
+    out += der.explicit_octets(5, nonce)
+    if recip_nonce is not None:
+        out += der.explicit_octets(6, recip_nonce)
+    return der.sequence(out + info_der)
+
+
+@lru_cache(maxsize=4096)
+def _alg_kid_der(alg: bytes | None, kid: bytes | None) -> bytes:
+    """[1] protectionAlg and [2] senderKID: a device's (its salt, its reference) or the RA
+    signer's, the same in every response of a transaction and of a device's next ones."""
+    out = b"" if alg is None else der.explicit(1, alg)
+    return out if kid is None else out + der.explicit_octets(2, kid)
+
+
+@lru_cache(maxsize=64)
+def general_info_der(info: tuple[InfoTypeAndValue, ...]) -> bytes:
+    """[8] generalInfo: implicitConfirm, or confirmWaitTime (one value per second)."""
+    return der.explicit(8, der.sequence(b"".join(encode_info(i) for i in info)))
+
+
+def response_der(header_der: bytes, body_der: bytes, protection: bytes, extra_certs: tuple[bytes, ...]) -> bytes:
+    """``encoding.assemble(header_der, body_der, protection, extra_certs)``, its protection
+    written without the general encoder and its extraCerts encoded once per chain."""
+    n = len(protection)
+    if n < 0x7C:  # [0] { BIT STRING } with short lengths, the usual MAC or ECDSA signature
+        tail = bytes((0xA0, n + 3, der.BIT_STRING, n + 1, 0)) + protection
+    else:
+        tail = der.explicit(0, der.bit_string(protection))
+    if extra_certs:
+        tail += _extra_certs_der(extra_certs)
+    return der.tlv(der.SEQUENCE, header_der + body_der + tail)
+
+
+@lru_cache(maxsize=64)
+def _extra_certs_der(certs: tuple[bytes, ...]) -> bytes:
+    """[1] extraCerts: the same chain (and root) in every response of a CA."""
+    return der.explicit(1, der.sequence(b"".join(certs)))
+
+
+@lru_cache(maxsize=64)
+def _ca_pubs_der(ca_pubs: tuple[bytes, ...]) -> bytes:
+    return der.explicit(1, der.sequence(b"".join(ca_pubs)))
+
+
+_ACCEPTED_DER = encode_status_info(ACCEPTED)
+
+
+def cert_rep_der(body_type: BodyType, body: Body) -> bytes | None:
+    """An ip/cp/kup carrying one accepted certificate, encoded directly; None for any other
+    body (``encoding.encode_body`` does those)."""
+    if type(body) is not CertRepMessage or len(body.responses) != 1:
+        return None
+    r = body.responses[0]
+    if r.status != ACCEPTED or r.certificate is None or r.private_key is not None or r.rsp_info is not None:
+        return None
+    response = der.sequence(
+        der.integer(r.cert_req_id) + _ACCEPTED_DER + der.sequence(der.explicit(0, r.certificate))
+    )
+    head = _ca_pubs_der(body.ca_pubs) if body.ca_pubs else b""
+    return der.explicit(int(body_type), der.sequence(head + der.sequence(response)))

@@ -7,14 +7,12 @@ its key), which is what kur and rr need.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import string
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 from cryptography import x509
@@ -33,7 +31,7 @@ from fleet.cmp.protection import (
     parse_reference,
 )
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
-from fleet.cmp.server import derive_device_secret
+from fleet.cmp.shared_secrets import DeviceSecrets
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
@@ -248,7 +246,7 @@ class DeviceFactory:
         self._subject = _NameTemplate(spec.subject)
         self._mac_template: MacProtector | None = None  # copied per device, see mac()
         self._mac_copyable: bool | None = None  # None: not checked yet
-        self._secret_pads = _secret_pads(master_secret)
+        self._device_secret = None if master_secret is None else DeviceSecrets(master_secret)
         # The header fields the profile may set (RFC 9483 §3.1); None: fleet's defaults.
         self._reference = spec.reference
         self._sender = _NameTemplate(spec.sender) if spec.sender else None
@@ -344,14 +342,8 @@ class DeviceFactory:
         # self.reference(index), inlined for the default (per enrollment)
         reference = b"dev-%08d" % index if self._reference is None else self.reference(index)
         sender = None if self._sender is None else self._sender_name(index)
-        pads = self._secret_pads
-        if pads is None:
-            secret = derive_device_secret(self.master_secret, reference)
-        else:  # HMAC from the master's precomputed pad states: 0.9 µs vs 2.3 µs for hmac.digest
-            inner, outer = pads[0].copy(), pads[1].copy()
-            inner.update(reference)
-            outer.update(inner.digest())
-            secret = outer.hexdigest().encode("ascii")
+        assert self._device_secret is not None
+        secret = self._device_secret(reference)
         if self._mac_copyable is None:
             self._mac_template = self._new_mac(secret, reference)
             self._mac_copyable = self._copy_is_faithful(self._mac_template)
@@ -506,22 +498,6 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
         return False
-
-
-def _secret_pads(master: bytes | None) -> tuple[Any, Any] | None:
-    """SHA-256 states after HMAC's inner and outer pads of ``master``, for ``mac()``; None (use
-    ``derive_device_secret``) when there is no master or the two would not agree on a probe."""
-    if master is None:
-        return None
-    key = hashlib.sha256(master).digest() if len(master) > 64 else master
-    key = key.ljust(64, b"\0")
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
-    probe = b"dev-probe"
-    i, o = inner.copy(), outer.copy()
-    i.update(probe)
-    o.update(i.digest())
-    return (inner, outer) if o.hexdigest().encode("ascii") == derive_device_secret(master, probe) else None
 
 
 _CsrHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,11 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.authority import STORE_FILE, Authority
+from fleet.ca.issuance import IssuedCert
+from fleet.ca.store import CertStatus, serial_hex
 from fleet.cmp import genm, oids
+from fleet.cmp.backend import CertState, IssueRequest, Rejected
 from fleet.cmp.messages import BodyType, FailInfo, InfoTypeAndValue
-from fleet.cmp.server import IssueRequest, Rejected
 
 
 def name(cn: str) -> x509.Name:
@@ -118,3 +121,69 @@ def test_issued_chain_excludes_root_and_restart_keeps_hierarchy(tmp_path: Path) 
         assert again.store.get(serial).status is CertStatus.ISSUED
     finally:
         again.close()
+
+
+def _kur(old: IssuedCert, *, confirmed: bool) -> IssueRequest:
+    return IssueRequest(
+        kind=BodyType.KUR, public_key=ec.generate_private_key(ec.SECP256R1()).public_key(), subject=name("dev"),
+        extensions=(), not_after=None, device_ref="ref-7", transaction_id=b"k" * 16, confirmed=confirmed,
+        old_cert=old.cert,
+    )
+
+
+def _open_files(path: Path) -> int:
+    """How many file descriptors of this process are open on ``path`` itself (one per SQLite
+    connection; the WAL and shared-memory files have names of their own)."""
+    target = str(path.resolve())
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if _readlink(fd) == target)
+
+
+def _readlink(fd: Path) -> str | None:
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_one_connection_to_the_certificate_database(tmp_path: Path) -> None:
+    """Replacements live in the store: the authority opens the database once."""
+    auth = Authority.open(tmp_path / "ca")
+    try:
+        assert _open_files(tmp_path / "ca" / STORE_FILE) == 1
+    finally:
+        auth.close()
+    assert _open_files(tmp_path / "ca" / STORE_FILE) == 0
+
+
+async def test_a_confirmed_kur_replaces_the_old_certificate_durably(authority: Authority) -> None:
+    """Replaced once the new certificate is confirmed, never before; the replacement is a change of
+    the store that ``durable()`` (which the service awaits before the pkiConf) makes visible to
+    another reader of the file; a rejected kur replaces nothing."""
+    old = authority.issue(request(confirmed=True))
+    refused = authority.issue(_kur(old, confirmed=False))
+    authority.reject(refused.serial, datetime.now(UTC))
+    assert authority.cert_state(old.cert) is CertState.GOOD and authority.store.replaced_by(old.serial) is None
+    new = authority.issue(_kur(old, confirmed=False))
+    assert authority.cert_state(old.cert) is CertState.GOOD  # not replaced until confirmed
+    await authority.store.durable()
+    authority.confirm(new.serial)
+    assert authority.cert_state(old.cert) is CertState.REPLACED
+    assert authority.store.dirty  # the answer to that certConf waits for durable()
+    await authority.store.durable()
+    with sqlite3.connect(authority.store.path) as db:
+        assert db.execute("SELECT serial, by_serial FROM replaced_certificates").fetchall() == [
+            (serial_hex(old.serial), serial_hex(new.serial))
+        ]
+    assert authority.cert_state(new.cert) is CertState.GOOD
+
+
+async def test_a_kur_with_implicit_confirmation_replaces_at_once(authority: Authority) -> None:
+    old = authority.issue(request(confirmed=True))
+    await authority.store.durable()
+    new = authority.issue(_kur(old, confirmed=True))
+    assert authority.cert_state(old.cert) is CertState.REPLACED
+    assert authority.store.statistics().unflushed == 2  # the new record and the replacement, one batch
+    await authority.store.durable()
+    assert authority.store.replaced_by(old.serial) == new.serial

@@ -23,11 +23,13 @@ from fleet.ca.authority import Authority
 from fleet.ca.pki import CertificateIssuer, IssuedCert
 from fleet.ca.service import CaService
 from fleet.ca.store import CertStatus, CertStore, StoreError, serial_hex
+from fleet.cmp.backend import IssueRequest
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import MacProtector
 from fleet.cmp.requests import CertRequest
-from fleet.cmp.server import IssueRequest, ServerConfig, SharedSecrets
+from fleet.cmp.server import ServerConfig
+from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.cmp.trust import TrustStore
 
 from .conftest import device_name, ec_public_key

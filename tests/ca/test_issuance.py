@@ -31,7 +31,7 @@ from fleet.cmp.client import ClientConfig, ClientTransaction
 from fleet.cmp.messages import BodyType, CertRepMessage, decode
 from fleet.cmp.protection import MacProtector
 from fleet.cmp.requests import CertRequest
-from fleet.cmp.server import SharedSecrets
+from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.cmp.trust import TrustStore
 from fleet.http.server import HttpRequest
 

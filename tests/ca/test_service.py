@@ -22,7 +22,8 @@ from fleet.cmp.errors import ServerError
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import MacProtector, SignatureProtector
 from fleet.cmp.requests import CertRequest, RevocationRequest
-from fleet.cmp.server import ServerConfig, SharedSecrets
+from fleet.cmp.server import ServerConfig
+from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.cmp.trust import TrustStore, load_cert
 from fleet.exchange import run_transaction
 from fleet.http.client import CmpHttpClient

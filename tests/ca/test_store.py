@@ -585,3 +585,150 @@ def test_a_second_change_replaces_the_first_override(template: IssuedCert, tmp_p
     with CertStore(path) as store:
         got = store.get(item.serial)
         assert got is not None and got.status is CertStatus.ISSUED and got.revocation_reason is None
+
+
+# --------------------------------------------------------------------------- replacements (kur)
+
+
+def _replaced_rows(path: Path) -> list[tuple[str, str]]:
+    """replaced_certificates as an independent reader sees it."""
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT serial, by_serial FROM replaced_certificates ORDER BY serial").fetchall()
+
+
+def test_a_replacement_is_a_batched_change_like_a_status_change(template: IssuedCert, tmp_path: Path) -> None:
+    """Visible at once to the store's own reads, durable with the next flush, in the same
+    transaction as the new certificate's confirmation, and kept across a restart."""
+    path = tmp_path / "certs.db"
+    old, new = fresh(template), fresh(template)
+    with CertStore(path, max_batch=10_000, max_delay=3600) as store:
+        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(new)
+        store.flush()
+        store.confirm(new.serial)
+        store.record_replacement(old.serial, new.serial)
+        assert store.replaced_by(old.serial) == new.serial and store.replaced_by(new.serial) is None
+        assert store.dirty and store.statistics().unflushed == 2
+        assert _replaced_rows(path) == []  # not durable yet
+        flushes = store.statistics().flushes
+        store.flush()
+        assert store.statistics().flushes == flushes + 1  # confirmation and replacement: one transaction
+        assert not store.dirty
+        assert _replaced_rows(path) == [(serial_hex(old.serial), serial_hex(new.serial))]
+        assert store.get(old.serial).status is CertStatus.ISSUED  # type: ignore[union-attr]  # still valid for CRL/OCSP
+    with CertStore(path) as store:
+        assert store.replaced_by(old.serial) == new.serial
+
+
+async def test_durable_covers_a_replacement(template: IssuedCert, tmp_path: Path) -> None:
+    """What the CA service awaits before any answer: the pkiConf of a kur's certConf does not go
+    out before the replacement it made is durable."""
+    path = tmp_path / "certs.db"
+    old, new = fresh(template), fresh(template)
+    with CertStore(path, max_batch=10_000, max_delay=3600) as store:
+        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(new, status=CertStatus.ISSUED)  # implicit confirmation: same batch
+        store.flush()
+        store.record_replacement(old.serial, new.serial)
+        assert store.dirty
+        await store.durable()
+        assert not store.dirty
+        assert _replaced_rows(path) == [(serial_hex(old.serial), serial_hex(new.serial))]
+
+
+def test_a_crash_loses_a_replacement_only_with_the_confirmation_it_follows(tmp_path: Path) -> None:
+    """A real SIGKILL before the flush: the new certificate is still pending and the old one not
+    replaced (never the old one replaced by a certificate the records lost or never confirmed)."""
+    path = tmp_path / "certs.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from cryptography import x509
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        from fleet.ca.pki import CaHierarchy, CertificateIssuer
+        from fleet.ca.store import CertStatus, CertStore
+        h = CaHierarchy.load_or_create({str(tmp_path / "state")!r})
+        issuer = CertificateIssuer(h)
+        store = CertStore({str(path)!r}, max_batch=10_000, max_delay=3600)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "d")])
+        old = issuer.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), name)
+        new = issuer.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), name)
+        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(new)
+        store.flush()
+        print(old.serial, new.serial, flush=True)
+        store.confirm(new.serial)
+        store.record_replacement(old.serial, new.serial)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, check=False)
+    assert proc.returncode == -9, proc.stderr.decode()
+    old_serial, new_serial = map(int, proc.stdout.split())
+    with CertStore(path) as store:
+        assert store.get(new_serial).status is CertStatus.PENDING  # type: ignore[union-attr]
+        assert store.replaced_by(old_serial) is None
+
+
+def test_replacement_rules(template: IssuedCert, tmp_path: Path) -> None:
+    """Only a confirmed certificate replaces, both must be known, and the first replacement
+    stands (flushed or not)."""
+    old, pending, other = fresh(template), fresh(template), fresh(template)
+    with CertStore(tmp_path / "certs.db") as store:
+        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(pending)
+        store.record_issued(other, status=CertStatus.ISSUED)
+        with pytest.raises(InvalidStatusChange):
+            store.record_replacement(old.serial, pending.serial)
+        with pytest.raises(UnknownCertificate):
+            store.record_replacement(old.serial, 0x1234)
+        with pytest.raises(UnknownCertificate):
+            store.record_replacement(0x1234, other.serial)
+        assert store.replaced_by(old.serial) is None and store.statistics().unflushed == 3  # nothing added
+        store.confirm(pending.serial)
+        store.record_replacement(old.serial, pending.serial)
+        store.record_replacement(old.serial, other.serial)  # ignored: replaced already
+        assert store.replaced_by(old.serial) == pending.serial
+        store.flush()
+        store.record_replacement(old.serial, other.serial)  # ignored, from the database
+        assert store.replaced_by(old.serial) == pending.serial and not store.dirty
+
+
+# fleet.ca.authority's table before the store kept it: its own connection, the same file.
+_AUTHORITY_TABLE = (
+    "CREATE TABLE IF NOT EXISTS replaced_certificates ("
+    "serial TEXT PRIMARY KEY, by_serial TEXT NOT NULL, replaced_at INTEGER NOT NULL)"
+)
+
+
+def test_the_authoritys_replacement_table_becomes_the_stores(template: IssuedCert, tmp_path: Path) -> None:
+    """A state directory whose authority kept replacements in a table of its own opens with
+    them; the store goes on writing that table; a database without it gets it empty."""
+    path = tmp_path / "certs.db"
+    old, new, later_old, later_new = (fresh(template) for _ in range(4))
+    with CertStore(path) as store:
+        for item in (old, new, later_old, later_new):
+            store.record_issued(item, status=CertStatus.ISSUED)
+    with sqlite3.connect(path) as db:  # as the earlier Authority wrote it
+        db.execute("DROP TABLE replaced_certificates")  # a store of before this change had none
+        assert db.execute("SELECT name FROM sqlite_master WHERE name = 'replaced_certificates'").fetchall() == []
+        db.execute(_AUTHORITY_TABLE)
+        db.execute("INSERT OR IGNORE INTO replaced_certificates VALUES (?, ?, ?)",
+                   (serial_hex(old.serial), serial_hex(new.serial), 1_900_000_000))
+    with CertStore(path) as store:
+        assert store.replaced_by(old.serial) == new.serial
+        store.record_replacement(later_old.serial, later_new.serial)
+    assert _replaced_rows(path) == sorted(
+        [(serial_hex(old.serial), serial_hex(new.serial)), (serial_hex(later_old.serial), serial_hex(later_new.serial))]
+    )
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT replaced_at FROM replaced_certificates WHERE serial = ?",
+                          (serial_hex(old.serial),)).fetchone() == (1_900_000_000,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)  # the file's layout is unchanged
+    fresh_path = tmp_path / "fresh.db"
+    with sqlite3.connect(fresh_path) as db:
+        db.executescript(_LAYOUT_1)  # no replacement table at all
+    with CertStore(fresh_path) as store:
+        assert store.replaced_by(old.serial) is None
+    assert _replaced_rows(fresh_path) == []

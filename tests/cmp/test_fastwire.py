@@ -8,6 +8,8 @@ same message or the same error. Writers: the reference encoder's bytes for the s
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,16 +20,23 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleet.cmp import der, fastwire
+from fleet.cmp import der, fastwire, oids
 from fleet.cmp import messages as m
+from fleet.cmp.client import ClientConfig, ClientTransaction, Send
 from fleet.cmp.messages import decoding, encoding
+from fleet.cmp.requests import CertRequest
 from fleet.cmp.trust import public_key_of
 from fleet.errors import FleetError
 
 from . import strategies as S
+from .ca_stub import CaStub
 
 _MANY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 OPENSSL_CORPUS = sorted((Path(__file__).parent.parent / "data" / "openssl").glob("*.der"))
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)])
 
 
 def outcome(reader, *args: object) -> object:  # type: ignore[no-untyped-def]
@@ -59,6 +68,28 @@ def test_the_messages_names_are_the_twins() -> None:
     assert m.message_time_der is fastwire.message_time_der
     assert m._decode_header_general is decoding.decode_header
     assert m._decode_body_general is decoding.decode_body
+
+
+_IMPORT_FIRST = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+from fleet.cmp import fastwire, messages, server
+assert messages.decode is fastwire.decode and messages.read_header_fields is fastwire.read_header_fields
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "first", ["fleet.cmp.fastwire", "fleet.cmp.messages", "fleet.cmp.messages.decoding", "fleet.cmp.server"]
+)
+def test_fastwire_and_messages_import_in_either_order(first: str) -> None:
+    """messages binds fastwire's names on first use, so neither import finds the other unfinished."""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_FIRST, first], capture_output=True, text=True, timeout=120,
+        check=False, cwd=root, env={"PYTHONPATH": str(root), "PATH": ""},
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,3 +400,161 @@ def test_same_key_agrees_with_the_reference_on_mutated_certificates(data: st.Dat
         return
     for spki in {reference, *S.SPKIS, fastwire.spki_of_certificate(original) or b""}:
         assert _same_key(mutated, cert, spki) == (reference == spki)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CA's responses: encoded from cached parts, byte for byte what the reference encodes
+
+_GN = st.sampled_from(
+    [m.NULL_DN_GENERAL_NAME, m.directory_name(_name("CA").public_bytes()), b"\x82\x03a.b"]
+)
+_OPT = st.none() | st.binary(min_size=1, max_size=200)
+_INFO = st.sampled_from(
+    [
+        (),
+        (m.InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),),
+        (m.InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(datetime(2031, 1, 2, tzinfo=UTC))),),
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sender=_GN, recipient=_GN, second=st.integers(0, 2**33), alg=_OPT, kid=_OPT, tid=_OPT,
+    nonce=st.binary(min_size=16, max_size=16), recip_nonce=_OPT, info=_INFO,
+)
+def test_header_from_cached_parts_matches_encode_header(
+    sender: bytes, recipient: bytes, second: int, alg: bytes | None, kid: bytes | None, tid: bytes | None,
+    nonce: bytes, recip_nonce: bytes | None, info: tuple[m.InfoTypeAndValue, ...],
+) -> None:
+    when = datetime.fromtimestamp(second, UTC)
+    reference = m.encode_header(m.PKIHeader(
+        sender=sender, recipient=recipient, transaction_id=tid, sender_nonce=nonce, recip_nonce=recip_nonce,
+        sender_kid=kid, message_time=when, protection_alg=alg, general_info=info, pvno=2,
+    ))
+    time_der = der.explicit(0, der.generalized_time(when))
+    info_der = fastwire.general_info_der(info) if info else b""
+    assert fastwire.response_header_der(
+        sender, recipient, time_der, alg, kid, tid, nonce, recip_nonce, info_der
+    ) == reference
+
+
+_STATUS = st.sampled_from(
+    [m.ACCEPTED, m.PKIStatusInfo(m.PKIStatus.ACCEPTED), m.PKIStatusInfo(m.PKIStatus.GRANTED_WITH_MODS),
+     m.PKIStatusInfo(m.PKIStatus.REJECTION, ("no",), m.FailInfo.badPOP.mask), m.PKIStatusInfo(m.PKIStatus.WAITING)]
+)
+_CERT_RESPONSE = st.builds(
+    m.CertResponse,
+    cert_req_id=st.integers(-1, 300),
+    status=_STATUS,
+    certificate=st.none() | st.binary(min_size=1, max_size=400).map(lambda b: der.sequence(b)),
+    rsp_info=st.none() | st.binary(max_size=4),
+    private_key=st.none() | st.just(der.sequence(b"")),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body_type=st.sampled_from([m.BodyType.IP, m.BodyType.CP, m.BodyType.KUP]),
+    responses=st.lists(_CERT_RESPONSE, min_size=0, max_size=2).map(tuple),
+    ca_pubs=st.lists(st.binary(min_size=1, max_size=300).map(lambda b: der.sequence(b)), max_size=2).map(tuple),
+)
+def test_cert_rep_from_cached_parts_matches_encode_body(
+    body_type: m.BodyType, responses: tuple[m.CertResponse, ...], ca_pubs: tuple[bytes, ...]
+) -> None:
+    body = m.CertRepMessage(responses, ca_pubs)
+    fast = fastwire.cert_rep_der(body_type, body)
+    if fast is not None:
+        assert fast == m.encode_body(body_type, body)
+    else:  # only the common shape takes the direct path
+        assert len(responses) != 1 or responses[0].status != m.ACCEPTED or responses[0].certificate is None \
+            or responses[0].rsp_info is not None or responses[0].private_key is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    header=st.binary(min_size=1, max_size=300).map(der.sequence),
+    body=st.binary(max_size=300).map(lambda b: der.explicit(23, der.sequence(b))),
+    protection=st.binary(max_size=600),
+    certs=st.lists(st.binary(min_size=1, max_size=300).map(der.sequence), max_size=3).map(tuple),
+)
+def test_response_assembled_from_parts_matches_assemble(
+    header: bytes, body: bytes, protection: bytes, certs: tuple[bytes, ...]
+) -> None:
+    """Short and long protections (the BIT STRING's length form changes at 0x7C octets), with and
+    without extraCerts."""
+    assert fastwire.response_der(header, body, protection, certs) == encoding.assemble(header, body, protection, certs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The CA's request reader: the usual ir/cr/kur and certConf, as messages.decode reads them
+
+
+
+@st.composite
+def _usual_requests(draw: st.DrawFn) -> m.PKIMessage:
+    """The shapes ``fastwire.read_request`` takes: one plain CertReqMsg or one CertStatus."""
+    header = dataclasses.replace(draw(S.headers()), free_text=(), pvno=draw(st.integers(0, 127)))
+    body_type = draw(st.sampled_from([m.BodyType.IR, m.BodyType.CR, m.BodyType.KUR, m.BodyType.CERTCONF]))
+    body: m.Body
+    if body_type is m.BodyType.CERTCONF:
+        status = m.CertStatus(draw(st.binary(max_size=64)), draw(st.integers(0, 127)),
+                               draw(st.none() | S.status_infos))
+        body = m.CertConfirmContent((status,))
+    else:
+        template = m.CertTemplate(
+            subject=draw(st.none() | S.names()), public_key=draw(st.none() | st.sampled_from(S.SPKIS)),
+            extensions=draw(st.none() | st.just(S.SAN_EXTENSIONS)),
+        )
+        popo = m.Popo("signature", draw(S.algorithms), draw(st.binary(max_size=72)))
+        body = m.CertReqMessages((
+            m.CertReqMsg(draw(st.integers(0, 127)), template, popo, draw(st.none() | S.controls)),
+        ))
+    return m.PKIMessage(header, body_type, body, draw(st.binary(max_size=40)))
+
+
+@st.composite
+def _request_bytes(draw: st.DrawFn) -> bytes:
+    """Usual requests, any other message, and both mutated (as test_messages' fuzz does)."""
+    data = m.encode(draw(_usual_requests() | S.pki_messages()))
+    return S.mutate(draw, data, draw(st.sampled_from([0, 0, 1, 2, 3])))
+
+
+def _same_message(got: m.PKIMessage, expected: m.PKIMessage) -> None:
+    assert got == expected
+    assert got.protected_part == expected.protected_part  # compare=False fields too
+    if isinstance(expected.body, m.CertReqMessages):
+        assert isinstance(got.body, m.CertReqMessages)
+        for a, b in zip(got.body.messages, expected.body.messages, strict=True):
+            assert a.cert_request_der == b.cert_request_der
+            assert (a.popo.raw if a.popo else None) == (b.popo.raw if b.popo else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=_request_bytes())
+def test_request_reader_agrees_with_messages_decode(data: bytes) -> None:
+    try:
+        expected = m.decode(data)
+    except Exception as exc:  # noqa: BLE001  # whatever decode raises, the server's reader raises
+        with pytest.raises(type(exc)):
+            fastwire.decode_request(data)
+        return
+    _same_message(fastwire.decode_request(data), expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(msg=_usual_requests())
+def test_request_reader_takes_the_usual_shapes(msg: m.PKIMessage) -> None:
+    data = m.encode(msg)
+    fast = fastwire.read_request(data)
+    assert fast is not None
+    _same_message(fast, m.decode(data))
+
+
+def test_request_reader_takes_what_fleets_client_sends() -> None:
+    stub = CaStub()
+    tx = ClientTransaction(ClientConfig(stub.mac_protector()), CertRequest(m.BodyType.IR, ec.generate_private_key(ec.SECP256R1()), subject=_name("fast")))
+    ir = tx.start().data
+    assert fastwire.read_request(ir) is not None
+    conf = tx.receive(stub.answer(ir))
+    assert isinstance(conf, Send) and fastwire.read_request(conf.data) is not None

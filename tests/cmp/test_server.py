@@ -6,7 +6,6 @@ The CA behind it is real (``fleet.ca.authority`` on a temporary state directory)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,13 +17,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fleet.ca.authority import Authority
 from fleet.ca.store import CertStatus
 from fleet.cmp import der, genm, messages, oids
-from fleet.cmp import server as server_module
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import RequestRejected, ServerError
 from fleet.cmp.messages import (
@@ -48,16 +44,9 @@ from fleet.cmp.requests import (
     RevocationRequest,
     build_body,
 )
-from fleet.cmp.server import (
-    CmpServer,
-    ServerConfig,
-    SharedSecrets,
-    TxState,
-    derive_device_secret,
-)
+from fleet.cmp.server import CmpServer, ServerConfig, TxState
+from fleet.cmp.shared_secrets import SharedSecrets, derive_device_secret
 from fleet.cmp.trust import TrustStore, load_cert
-
-from . import strategies as S
 
 SECRET = b"test-secret-1234"
 REF = b"device-ref-1"
@@ -643,72 +632,8 @@ def test_p10cr_with_fleet_client(server: CmpServer, authority: Authority) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-# Responses encoded from cached parts are byte for byte what ``messages`` encodes
-
-_GN = st.sampled_from(
-    [messages.NULL_DN_GENERAL_NAME, messages.directory_name(name("CA").public_bytes()), b"\x82\x03a.b"]
-)
-_OPT = st.none() | st.binary(min_size=1, max_size=200)
-_INFO = st.sampled_from(
-    [
-        (),
-        (messages.InfoTypeAndValue(oids.IT_IMPLICIT_CONFIRM, der.NULL_DER),),
-        (messages.InfoTypeAndValue(oids.IT_CONFIRM_WAIT_TIME, der.generalized_time(datetime(2031, 1, 2, tzinfo=UTC))),),
-    ]
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    sender=_GN, recipient=_GN, second=st.integers(0, 2**33), alg=_OPT, kid=_OPT, tid=_OPT,
-    nonce=st.binary(min_size=16, max_size=16), recip_nonce=_OPT, info=_INFO,
-)
-def test_header_from_cached_parts_matches_encode_header(
-    sender: bytes, recipient: bytes, second: int, alg: bytes | None, kid: bytes | None, tid: bytes | None,
-    nonce: bytes, recip_nonce: bytes | None, info: tuple[messages.InfoTypeAndValue, ...],
-) -> None:
-    when = datetime.fromtimestamp(second, UTC)
-    reference = messages.encode_header(PKIHeader(
-        sender=sender, recipient=recipient, transaction_id=tid, sender_nonce=nonce, recip_nonce=recip_nonce,
-        sender_kid=kid, message_time=when, protection_alg=alg, general_info=info, pvno=2,
-    ))
-    time_der = der.explicit(0, der.generalized_time(when))
-    info_der = server_module._general_info_der(info) if info else b""
-    assert server_module._header_der(
-        sender, recipient, time_der, alg, kid, tid, nonce, recip_nonce, info_der
-    ) == reference
-
-
-_STATUS = st.sampled_from(
-    [messages.ACCEPTED, messages.PKIStatusInfo(PKIStatus.ACCEPTED), messages.PKIStatusInfo(PKIStatus.GRANTED_WITH_MODS),
-     messages.PKIStatusInfo(PKIStatus.REJECTION, ("no",), FailInfo.badPOP.mask), messages.PKIStatusInfo(PKIStatus.WAITING)]
-)
-_CERT_RESPONSE = st.builds(
-    messages.CertResponse,
-    cert_req_id=st.integers(-1, 300),
-    status=_STATUS,
-    certificate=st.none() | st.binary(min_size=1, max_size=400).map(lambda b: der.sequence(b)),
-    rsp_info=st.none() | st.binary(max_size=4),
-    private_key=st.none() | st.just(der.sequence(b"")),
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    body_type=st.sampled_from([BodyType.IP, BodyType.CP, BodyType.KUP]),
-    responses=st.lists(_CERT_RESPONSE, min_size=0, max_size=2).map(tuple),
-    ca_pubs=st.lists(st.binary(min_size=1, max_size=300).map(lambda b: der.sequence(b)), max_size=2).map(tuple),
-)
-def test_cert_rep_from_cached_parts_matches_encode_body(
-    body_type: BodyType, responses: tuple[messages.CertResponse, ...], ca_pubs: tuple[bytes, ...]
-) -> None:
-    body = CertRepMessage(responses, ca_pubs)
-    fast = server_module._cert_rep_der(body_type, body)
-    if fast is not None:
-        assert fast == messages.encode_body(body_type, body)
-    else:  # only the common shape takes the direct path
-        assert len(responses) != 1 or responses[0].status != messages.ACCEPTED or responses[0].certificate is None \
-            or responses[0].rsp_info is not None or responses[0].private_key is not None
+# Responses are byte for byte what ``messages`` encodes (the writers' own equivalence tests are
+# in test_fastwire.py, with the request reader's)
 
 
 def test_every_response_reencodes_identically(server: CmpServer, authority: Authority) -> None:
@@ -733,80 +658,6 @@ def test_every_response_reencodes_identically(server: CmpServer, authority: Auth
     assert len(sent) >= 6
     for data in sent:
         assert messages.encode(messages.decode(data)) == data
-
-
-# ---------------------------------------------------------------------------------------------
-# The server's own reader of the usual ir/cr/kur and certConf agrees with messages.decode
-
-
-
-@st.composite
-def _usual_requests(draw: st.DrawFn) -> messages.PKIMessage:
-    """The shapes ``_read_request_fast`` takes: one plain CertReqMsg or one CertStatus."""
-    header = dataclasses.replace(draw(S.headers()), free_text=(), pvno=draw(st.integers(0, 127)))
-    body_type = draw(st.sampled_from([BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.CERTCONF]))
-    body: messages.Body
-    if body_type is BodyType.CERTCONF:
-        status = CmpCertStatus(draw(st.binary(max_size=64)), draw(st.integers(0, 127)),
-                               draw(st.none() | S.status_infos))
-        body = CertConfirmContent((status,))
-    else:
-        template = messages.CertTemplate(
-            subject=draw(st.none() | S.names()), public_key=draw(st.none() | st.sampled_from(S.SPKIS)),
-            extensions=draw(st.none() | st.just(S.SAN_EXTENSIONS)),
-        )
-        popo = messages.Popo("signature", draw(S.algorithms), draw(st.binary(max_size=72)))
-        body = messages.CertReqMessages((
-            messages.CertReqMsg(draw(st.integers(0, 127)), template, popo, draw(st.none() | S.controls)),
-        ))
-    return messages.PKIMessage(header, body_type, body, draw(st.binary(max_size=40)))
-
-
-@st.composite
-def _request_bytes(draw: st.DrawFn) -> bytes:
-    """Usual requests, any other message, and both mutated (as test_messages' fuzz does)."""
-    data = messages.encode(draw(_usual_requests() | S.pki_messages()))
-    return S.mutate(draw, data, draw(st.sampled_from([0, 0, 1, 2, 3])))
-
-
-def _same_message(got: messages.PKIMessage, expected: messages.PKIMessage) -> None:
-    assert got == expected
-    assert got.protected_part == expected.protected_part  # compare=False fields too
-    if isinstance(expected.body, messages.CertReqMessages):
-        assert isinstance(got.body, messages.CertReqMessages)
-        for a, b in zip(got.body.messages, expected.body.messages, strict=True):
-            assert a.cert_request_der == b.cert_request_der
-            assert (a.popo.raw if a.popo else None) == (b.popo.raw if b.popo else None)
-
-
-@settings(max_examples=300, deadline=None)
-@given(data=_request_bytes())
-def test_request_reader_agrees_with_messages_decode(data: bytes) -> None:
-    try:
-        expected = messages.decode(data)
-    except Exception as exc:  # noqa: BLE001  # whatever decode raises, the server's reader raises
-        with pytest.raises(type(exc)):
-            server_module._decode_request(data)
-        return
-    _same_message(server_module._decode_request(data), expected)
-
-
-@settings(max_examples=100, deadline=None)
-@given(msg=_usual_requests())
-def test_request_reader_takes_the_usual_shapes(msg: messages.PKIMessage) -> None:
-    data = messages.encode(msg)
-    fast = server_module._read_request_fast(data)
-    assert fast is not None
-    _same_message(fast, messages.decode(data))
-
-
-def test_request_reader_takes_what_fleets_client_sends(authority: Authority) -> None:
-    tx = ClientTransaction(mac_config(authority), CertRequest(BodyType.IR, new_key(), subject=name("fast")))
-    ir = tx.start().data
-    assert server_module._read_request_fast(ir) is not None
-    server = make_server(authority)
-    conf = tx.receive(server.handle(ir, time.time()).data)
-    assert isinstance(conf, Send) and server_module._read_request_fast(conf.data) is not None
 
 
 # ---------------------------------------------------------------------------------------------

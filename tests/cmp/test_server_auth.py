@@ -23,7 +23,9 @@ from pyasn1.type import univ
 
 from fleet.ca.authority import Authority
 from fleet.ca.store import CertStatus
-from fleet.cmp.server import CertState, CmpServer, ServerConfig, SharedSecrets
+from fleet.cmp.backend import CertState
+from fleet.cmp.server import CmpServer, ServerConfig
+from fleet.cmp.shared_secrets import SharedSecrets
 
 from . import pyasn1_requests as P
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp.client import ClientTransaction
-from fleet.cmp.server import derive_device_secret
+from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.keys import KeyPool, KeySpec

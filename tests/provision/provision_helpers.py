@@ -26,7 +26,8 @@ from cryptography.x509.oid import NameOID
 from fleet.ca.authority import Authority
 from fleet.ca.store import CertStore
 from fleet.cmp import messages
-from fleet.cmp.server import CmpServer, ServerConfig, SharedSecrets, derive_device_secret
+from fleet.cmp.server import CmpServer, ServerConfig
+from fleet.cmp.shared_secrets import SharedSecrets, derive_device_secret
 from fleet.http.server import HttpRequest, HttpResponse, serve_http
 
 MASTER = b"provision-test-master"

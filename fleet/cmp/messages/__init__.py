@@ -162,15 +162,15 @@ __all__ = [
 ]
 
 # Names that live in fleet.cmp.fastwire, which is built on this package's modules: bound on first
-# use rather than at import, so either may be imported first. Callers that predate fastwire (the
-# CA's request reader among them) keep reaching them here.
+# use rather than at import. A plain import here would be a cycle (fastwire imports this
+# package's modules, so importing fastwire first would find this package unfinished); bound
+# lazily, either may be imported first.
 _FROM_FASTWIRE = {
     "decode": "decode",
     "decode_body": "decode_body",
     "decode_header": "decode_header",
     "message_time_der": "message_time_der",
     "read_header_fields": "read_header_fields",
-    "_decode_cert_rep_fast": "decode_cert_rep",
 }
 
 
