@@ -46,7 +46,8 @@ async def run_transaction(
     ``before_confirm`` is awaited once the certificate has arrived, before the certConf is
     sent (a caller that must hold the certificate durably before confirming it); when it
     returns a text, the certificate is rejected in certConf with that text instead
-    (``ClientTransaction.reject_certificate``). ``resume`` continues a transaction that was
+    (``ClientTransaction.reject_certificate``). It is not cancelled at the deadline; a
+    certConf whose deadline passed meanwhile is not sent (``TransactionTimeout``). ``resume`` continues a transaction that was
     started elsewhere (fed a stored response): that message is sent first, not ``tx.start()``.
 
     ``timeout`` bounds the whole transaction. It is passed down as a deadline that each
@@ -105,4 +106,8 @@ async def _drive(
                 reason = await before_confirm(result, body)
                 if reason is not None:
                     event = tx.reject_certificate(reason)
+                if deadline is not None and trio.current_time() >= deadline:
+                    # Not sent: a transport may send before it notices the deadline, and a
+                    # certConf the caller never sees answered is worse than one not sent.
+                    raise TransportTimeout("certConf", "the deadline passed before certConf")
     return event

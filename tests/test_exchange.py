@@ -96,6 +96,24 @@ async def test_before_confirm_runs_once_after_the_certificate_and_before_certcon
     assert done.status.status == PKIStatus.ACCEPTED and ca.counts() == {"issued": 1}
 
 
+async def test_no_certconf_once_the_deadline_passed_during_before_confirm(
+    ca: InProcessCa, autojump_clock: trio.abc.Clock
+) -> None:
+    """The hook is not cancelled (a half-written store is worse than a late one); the certConf
+    is then not sent, and the certificate waits for confirmWaitTime (or a resumed certConf)."""
+    transport = Recording(ca.transport())
+
+    async def slow_store(result: Done, response: bytes) -> str | None:
+        await trio.sleep(5)
+        return None
+
+    start = trio.current_time()
+    with pytest.raises(TransactionTimeout):
+        await run_transaction(transport, enrollment(ca), timeout=3, before_confirm=slow_store)
+    assert trio.current_time() - start == 5
+    assert [label for _, label, _ in transport.log] == ["ir"] and ca.counts() == {"pending": 1}
+
+
 async def test_before_confirm_can_reject_the_certificate(
     ca: InProcessCa, autojump_clock: trio.abc.Clock
 ) -> None:
