@@ -112,7 +112,9 @@ class _Handles(Protocol):
 def trio_wall_clock() -> Callable[[], float]:
     """A clock in seconds since the epoch that moves with trio's clock: the wall time when first
     read, then trio's time since. Under ``MockClock`` a server given it lives in virtual time
-    (messageTime, confirmWaitTime, certificate validity all follow the mock)."""
+    (its messageTime, confirmWaitTime, certificate validity all follow the mock). A client
+    stamps messageTime from its own clock (``ClientTransaction(now=)``, the system's by
+    default), so the server's ``max_time_skew`` bounds how far virtual time may run ahead."""
     anchor: float | None = None
 
     def now() -> float:
