@@ -24,13 +24,14 @@
    started by a bare timer loop at the same rate): the medians and their difference, which is
    the orchestrator's own CPU per enrollment (devices, keys, driver, recording, run loop).
 
-7. ``--orchestrator N``: the orchestrator alone, the steadiest figure: N arrivals of ``fleet run``'s
+7. ``--orchestrator N``: the worker without I/O, the steadiest figure: N arrivals of ``fleet run``'s
    worker at ``--orchestrator-rate`` (default 20,000/s: more than one core starts, so the loop
-   is always busy, as in a loaded worker, and the driver rarely sleeps) with the CMP exchange
-   replaced by a stub that yields once and returns (no client, no HTTP, no server). Counted: the
-   arrival driver and one trio task per arrival, the device (key generation, identity, MAC
-   protector and CertRequest construction), recording. Process CPU per arrival,
-   median of ``--cpu-repeat``.
+   is always busy, as in a loaded worker, and the driver rarely sleeps) over an in-process
+   transport to fleet's CA (``fleet.transport.InProcessTransport``: no HTTP, no sockets), the
+   CA's own CPU (measured around each of its ``handle`` calls) subtracted. Counted: the arrival
+   driver and one trio task per arrival, the device (key generation, identity, MAC protector and
+   CertRequest construction), the CMP client and the drive loop (``run_transaction``),
+   recording. Process CPU per arrival, median of ``--cpu-repeat``.
 
 Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
                                    [--fast-rates 1000,1500,2000,2500,3000] [--step 6]
@@ -363,51 +364,57 @@ def cpu_comparison(n: int, rate: float, repeat: int) -> None:
           f"{b:.0f} µs, orchestrator {f - b:.0f} µs (one core at 100%: {1e6 / f:,.0f}/s)")
 
 
+class _TimedServer:
+    """A CmpServer whose ``handle`` and ``tick`` CPU time is summed, to be subtracted."""
+
+    def __init__(self, server: object) -> None:
+        self.server = server
+        self.cpu = 0.0
+
+    def handle(self, data: bytes, now: float) -> object:
+        started = time.process_time()
+        reply = self.server.handle(data, now)  # type: ignore[attr-defined]
+        self.cpu += time.process_time() - started
+        return reply
+
+    def tick(self, now: float) -> list[object]:
+        started = time.process_time()
+        outcomes = self.server.tick(now)  # type: ignore[attr-defined]
+        self.cpu += time.process_time() - started
+        return outcomes
+
+
 def orchestrator_only_cpu(n: int, rate: float) -> float:
-    """Worker CPU µs per arrival with the CMP exchange stubbed out (see the module docstring)."""
-    from fleet.load import runner
+    """Worker CPU µs per arrival without I/O, the in-process CA's CPU subtracted (see the module
+    docstring)."""
+    import tempfile
+
+    from fleet.ca.authority import Authority
+    from fleet.cmp.shared_secrets import SharedSecrets
     from fleet.runtime import tune_gc
+    from fleet.transport import InProcessTransport
 
-    class _Done:
-        certificate = None
-        polls = 0
-
-    class _Transaction:
-        def __init__(self, config: object, request: object) -> None:
-            pass
-
-    class _Client:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        async def __aenter__(self) -> _Client:  # noqa: PYI034 - a stub, never subclassed
-            return self
-
-        async def __aexit__(self, *exc: object) -> None:
-            pass
-
-    async def exchange(*args: object, **kwargs: object) -> _Done:
-        await trio.lowlevel.checkpoint()
-        return _Done()
-
-    saved = runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient
-    runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient = exchange, _Transaction, _Client  # type: ignore[assignment]
-    try:
-        profile = parse_profile(
-            {"run": {"duration": n / rate, "max_in_flight": n + 1, "transaction_timeout": 10},
-             "arrivals": {"shape": "constant", "rate": rate},
-             "devices": {"count": 50_000, "key_types": "ec:P-256"}},
-            where="bench",
-        )
-        pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
-        devices = DeviceFactory(profile.devices, pools, master_secret=os.urandom(32), trust=TrustStore())
-        run = WorkerRun(WorkerPlan(profile, "http://127.0.0.1:9/", split(1)[0]), devices)
-        tune_gc()
-        results = trio.run(run.run)
-    finally:
-        runner.run_transaction, runner.ClientTransaction, runner.CmpHttpClient = saved
+    master = os.urandom(32)
+    profile = parse_profile(
+        {"run": {"duration": n / rate, "max_in_flight": n + 1, "transaction_timeout": 3600},
+         "arrivals": {"shape": "constant", "rate": rate},
+         "devices": {"count": 50_000, "key_types": "ec:P-256"}},
+        where="bench",
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        authority = Authority.open(Path(folder), base_url="http://127.0.0.1:9")
+        try:
+            server = _TimedServer(authority.server(secrets=SharedSecrets(master=master)))
+            pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
+            devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore())
+            plan = WorkerPlan(profile, "http://127.0.0.1:9/", split(1)[0])
+            run = WorkerRun(plan, devices, transport=lambda: InProcessTransport(server))
+            tune_gc()
+            results = trio.run(run.run)
+        finally:
+            authority.close()
     ok = results.ops["ir"].ok if "ir" in results.ops else 0
-    return results.cpu_seconds / ok * 1e6 if ok == n else float("nan")
+    return (results.cpu_seconds - server.cpu) / ok * 1e6 if ok == n else float("nan")
 
 
 def _passing(rows: list[Row]) -> float:
@@ -425,7 +432,7 @@ def main() -> None:
     parser.add_argument("--cpu", type=int, default=0, metavar="N",
                         help="only compare worker CPU per enrollment over N enrollments (fleet run vs the client alone)")
     parser.add_argument("--orchestrator", type=int, default=0, metavar="N",
-                        help="only the orchestrator's CPU per arrival over N arrivals, the CMP exchange stubbed out")
+                        help="only the worker's CPU per arrival over N arrivals, without I/O (in-process CA, its CPU subtracted)")
     parser.add_argument("--orchestrator-rate", type=float, default=20_000.0)
     parser.add_argument("--cpu-rate", type=float, default=1500.0)
     parser.add_argument("--cpu-repeat", type=int, default=3)
@@ -433,7 +440,8 @@ def main() -> None:
     if args.orchestrator:
         _pin(0)
         runs = [orchestrator_only_cpu(args.orchestrator, args.orchestrator_rate) for _ in range(args.cpu_repeat)]
-        print(f"orchestrator alone (CMP exchange stubbed), {args.orchestrator:,} arrivals at {args.orchestrator_rate:,.0f}/s: "
+        print(f"worker without I/O (in-process CA, its CPU subtracted), {args.orchestrator:,} arrivals at "
+              f"{args.orchestrator_rate:,.0f}/s: "
               f"{sorted(runs)[len(runs) // 2]:.1f} µs CPU per arrival (median of {', '.join(f'{r:.1f}' for r in runs)})")
         return
     if args.cpu:

@@ -1,4 +1,5 @@
-"""Drive one sans-I/O ``ClientTransaction`` over HTTP: the only place a transaction meets I/O.
+"""Drive one sans-I/O ``ClientTransaction`` over a ``CmpTransport``: the one drive loop, where a
+transaction meets I/O for load runs, provisioning and the CLI.
 
 Polling waits happen here (``trio.sleep``), inside the caller's task, so a device that polls
 never blocks another. The whole transaction runs under one deadline.
@@ -6,14 +7,20 @@ never blocks another. The whole transaction runs under one deadline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from fleet.cmp.client import ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError
-from fleet.http.client import CmpHttpClient
-from fleet.http.errors import ConnectTimeout, ReadTimeout
+from fleet.cmp.messages import BodyType
+from fleet.transport import CmpTransport, TransportTimeout
+
+__all__ = ["BeforeConfirm", "TransactionTimeout", "run_transaction"]
+
+#: ``before_confirm(result, response)``: the certificate has arrived (``result``, from the
+#: ``response`` bytes that carried it) and certConf is next. None confirms it; a text rejects it.
+BeforeConfirm = Callable[[Done, bytes], Awaitable[str | None]]
 
 
 class TransactionTimeout(CmpError):
@@ -23,50 +30,84 @@ class TransactionTimeout(CmpError):
 
 
 async def run_transaction(
-    client: CmpHttpClient,
+    transport: CmpTransport,
     tx: ClientTransaction,
     *,
     path: str | None = None,
     timeout: float | None = None,
     on_exchange: Callable[[Send, float], None] | None = None,
+    before_confirm: BeforeConfirm | None = None,
+    resume: Send | None = None,
 ) -> Done:
-    """Run ``tx`` to completion against ``client``; every message goes to the same ``path``
+    """Run ``tx`` to completion over ``transport``; every message goes to the same ``path``
     (RFC 9483 §6.1: certConf and pollReq follow their request). ``on_exchange(send, seconds)``
-    is told the duration of each HTTP round trip, for metrics.
+    is told the duration of each round trip, for metrics.
+
+    ``before_confirm`` is awaited once the certificate has arrived, before the certConf is
+    sent (a caller that must hold the certificate durably before confirming it); when it
+    returns a text, the certificate is rejected in certConf with that text instead
+    (``ClientTransaction.reject_certificate``). It is not cancelled at the deadline; a
+    certConf whose deadline passed meanwhile is not sent (``TransactionTimeout``). ``resume`` continues a transaction that was
+    started elsewhere (fed a stored response): that message is sent first, not ``tx.start()``.
 
     ``timeout`` bounds the whole transaction. It is passed down as a deadline that each
-    blocking wait (a connection slot, connecting, the socket, a poll's sleep) honours, rather
-    than a cancel scope around the transaction: entering and leaving one per transaction cost a
-    fleet worker 4-5% of its CPU.
+    blocking wait (the transport's, a poll's sleep) honours, rather than a cancel scope around
+    the transaction: entering and leaving one per transaction costs a load worker measurably.
     """
     deadline = None if timeout is None else trio.current_time() + timeout
     try:
-        return await _drive(client, tx, path, on_exchange, deadline)
-    except (ReadTimeout, ConnectTimeout):
+        return await _drive(
+            transport,
+            tx,
+            tx.start() if resume is None else resume,
+            path,
+            on_exchange,
+            before_confirm,
+            deadline,
+        )
+    except TransportTimeout:
         if deadline is not None and trio.current_time() >= deadline:
             raise TransactionTimeout(f"transaction did not complete within {timeout:g} s") from None
         raise
 
 
 async def _drive(
-    client: CmpHttpClient,
+    transport: CmpTransport,
     tx: ClientTransaction,
+    event: Send | Done,
     path: str | None,
     on_exchange: Callable[[Send, float], None] | None,
+    before_confirm: BeforeConfirm | None,
     deadline: float | None,
 ) -> Done:
-    event: Send | Done = tx.start()
     while isinstance(event, Send):
         if event.delay:
             if deadline is not None and trio.current_time() + event.delay >= deadline:
-                await trio.sleep_until(deadline)
-                raise ReadTimeout(client.url, "the transaction's deadline falls before the next poll")
+                await trio.sleep_until(deadline)  # run_transaction makes it a TransactionTimeout
+                raise TransportTimeout(
+                    "poll", "the transaction's deadline falls before the next poll"
+                )
             await trio.sleep(event.delay)
         if on_exchange is None:
-            response = await client.post(event.data, path=path, deadline=deadline)
+            response = await transport.post(event.data, path=path, deadline=deadline)
         else:
             sent_at = trio.current_time()
-            response = await client.post(event.data, path=path, deadline=deadline)
+            response = await transport.post(event.data, path=path, deadline=deadline)
             on_exchange(event, trio.current_time() - sent_at)
-        event = tx.receive(response.body)
+        body = response.body
+        event = tx.receive(body)
+        if (
+            before_confirm is not None
+            and isinstance(event, Send)
+            and event.body_type is BodyType.CERTCONF
+        ):
+            result = tx.result
+            if result is not None and result.certificate is not None:
+                reason = await before_confirm(result, body)
+                if reason is not None:
+                    event = tx.reject_certificate(reason)
+                if deadline is not None and trio.current_time() >= deadline:
+                    # Not sent: a transport may send before it notices the deadline, and a
+                    # certConf the caller never sees answered is worse than one not sent.
+                    raise TransportTimeout("certConf", "the deadline passed before certConf")
     return event

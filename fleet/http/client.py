@@ -1,7 +1,8 @@
 """CMP over HTTP (RFC 9811, RFC 9483 §6.1) client: trio streams with a keep-alive pool.
 
 One ``CmpHttpClient`` per CA URL is shared by every task that talks to that CA (tens of thousands
-of virtual devices, a CLI transaction, a provisioning batch). It keeps at most ``max_connections``
+of virtual devices, a CLI transaction, a provisioning batch). It is a ``fleet.transport.CmpTransport``:
+``fleet.exchange.run_transaction`` drives transactions over it. It keeps at most ``max_connections``
 sockets; tasks wait for a free connection in FIFO order rather than opening more, so the fleet
 never exhausts file descriptors or ephemeral ports.
 
@@ -24,7 +25,7 @@ import ssl
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 from urllib.parse import quote, urlsplit
 
 import trio
@@ -42,6 +43,9 @@ from fleet.http.errors import (
 )
 from fleet.http.wire import MAX_HEAD_BYTES, ChunkedDecoder, WireError, parse_head
 from fleet.records import record
+
+if TYPE_CHECKING:
+    from fleet.transport import CmpTransport
 
 __all__ = [
     "CMP_CONTENT_TYPE",
@@ -164,9 +168,8 @@ class CmpHttpClient:
     """POST CMP messages to one CA URL over a bounded pool of keep-alive connections.
 
     Timeouts: ``connect_timeout`` bounds TCP connect plus TLS handshake; ``request_timeout``
-    (or ``post(timeout=...)``) bounds sending the request and receiving the whole response.
-    Waiting for a free pooled connection is not bounded here: wrap ``post`` in a trio cancel
-    scope for an overall deadline.
+    (or ``post(timeout=...)``) bounds sending the request and receiving the whole response;
+    ``post(deadline=...)`` bounds the whole call, waiting for a free pooled connection included.
     """
 
     def __init__(
@@ -637,6 +640,13 @@ async def _open_tcp(host: str, port: int) -> tuple[trio.SocketStream, socket.soc
         return trio.SocketStream(sock), raw
     assert error is not None
     raise error
+
+
+if TYPE_CHECKING:
+
+    def _is_a_transport(client: CmpHttpClient) -> CmpTransport:
+        """For type checkers: ``CmpHttpClient`` satisfies the ``CmpTransport`` protocol."""
+        return client
 
 
 _SPEAKS_TLS = "the server speaks TLS (use https:// ?)"

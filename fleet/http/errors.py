@@ -1,13 +1,16 @@
-"""Transport errors of fleet's CMP-over-HTTP client.
+"""Transport errors of fleet's CMP-over-HTTP client: the HTTP members of ``fleet.transport``'s
+``TransportError`` family (re-exported here).
 
-Every error names the URL (without any userinfo) and the problem in one line, never a message body.
-Each carries a short stable ``kind`` that metrics use as a bounded label value: the set of kinds is
-fixed (``http_<status>`` is bounded by the three-digit status codes).
+Every error names the URL (without any userinfo) as its ``peer`` and the problem in one line,
+never a message body. Each carries a short stable ``kind`` that metrics use as a bounded label
+value: the set of kinds is fixed (``http_<status>`` is bounded by the three-digit status codes).
+Both timeouts are ``TransportTimeout``s.
 """
 
 from __future__ import annotations
 
 from fleet.errors import FleetError
+from fleet.transport import TransportError, TransportTimeout
 
 __all__ = [
     "ConnectError",
@@ -19,30 +22,12 @@ __all__ = [
     "ReadTimeout",
     "ResponseTooLarge",
     "TransportError",
+    "TransportTimeout",
 ]
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    """Collapse whitespace so that a peer's text can never forge extra log lines."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class InvalidUrl(FleetError, ValueError):
     """The CA URL given to the client cannot be used (bad scheme, no host, bad port)."""
-
-
-class TransportError(FleetError):
-    """The HTTP exchange with the CA failed; no CMP response was obtained."""
-
-    kind: str = "transport"
-
-    def __init__(self, url: str, problem: str, *, kind: str | None = None) -> None:
-        self.url = url
-        self.problem = _one_line(problem)
-        if kind is not None:
-            self.kind = kind
-        super().__init__(f"{url}: {self.problem}")
 
 
 class ConnectError(TransportError):
@@ -51,13 +36,13 @@ class ConnectError(TransportError):
     kind = "connect"
 
 
-class ConnectTimeout(TransportError):
+class ConnectTimeout(TransportTimeout):
     """The TCP connect (and TLS handshake) did not finish within the connect timeout."""
 
     kind = "connect_timeout"
 
 
-class ReadTimeout(TransportError):
+class ReadTimeout(TransportTimeout):
     """No complete response arrived within the request timeout."""
 
     kind = "timeout"

@@ -27,6 +27,7 @@ from fleet.load.results import RunResults
 from fleet.load.schedule import Closed, OpenShape
 from fleet.load.segments import Segment
 from fleet.profiles import Profile
+from fleet.transport import CmpTransport, TransportFactory
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,25 @@ def classify(exc: BaseException) -> tuple[str, tuple[str, ...]]:
 
 
 class WorkerRun:
+    """One worker's devices over one transport: by default ``CmpHttpClient`` to ``plan.url``
+    with the profile's pool size and transaction timeout; ``transport`` makes another (an
+    in-process CA, a stub) for tests and benches."""
+
+    transport: CmpTransport  # open while ``run`` runs
+
     def __init__(
         self,
         plan: WorkerPlan,
         devices: DeviceFactory,
         *,
         observer: Observer | None = None,
+        transport: TransportFactory | None = None,
     ) -> None:
         self.plan = plan
         self.profile = plan.profile
         self.devices = devices
         self.observer = observer
+        self._transport_factory = transport or self._http_transport
         self.results = RunResults()
         self.live = LiveCounters()
         self.driver: ArrivalDriver | None = None
@@ -92,14 +101,17 @@ class WorkerRun:
         self._internal_logged = False
         self.stopped = trio.Event()
 
+    def _http_transport(self) -> CmpHttpClient:
+        return CmpHttpClient(
+            self.plan.url,
+            max_connections=self.profile.max_connections,
+            request_timeout=self.profile.transaction_timeout,
+        )
+
     async def run(self) -> RunResults:
         profile = self.profile
-        async with CmpHttpClient(
-            self.plan.url,
-            max_connections=profile.max_connections,
-            request_timeout=profile.transaction_timeout,
-        ) as client:
-            self.client = client
+        async with self._transport_factory() as transport:
+            self.transport = transport
             self.t0 = trio.current_time()
             cpu0 = time.process_time()
             with trio.CancelScope() as self.cancel_scope:
@@ -220,7 +232,7 @@ class WorkerRun:
                     observer.exchange(op, send.body_type.label, seconds)
 
             done: Done = await run_transaction(
-                self.client, tx, path=self.plan.path, timeout=self.profile.transaction_timeout, on_exchange=on_exchange,
+                self.transport, tx, path=self.plan.path, timeout=self.profile.transaction_timeout, on_exchange=on_exchange,
             )
             polls = done.polls
         except trio.Cancelled:

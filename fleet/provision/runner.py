@@ -51,6 +51,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import trio
 from cryptography import x509
@@ -66,7 +67,7 @@ from fleet.errors import FleetError
 from fleet.exchange import TransactionTimeout, run_transaction
 from fleet.files import CredentialError, load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
-from fleet.http.errors import HttpStatusError, TransportError
+from fleet.http.errors import HttpStatusError
 from fleet.provision import outputs
 from fleet.provision.journal import (
     DeviceRecord,
@@ -80,6 +81,7 @@ from fleet.provision.journal import (
 )
 from fleet.provision.manifest import DeviceSpec
 from fleet.provision.outputs import OutputError
+from fleet.transport import CmpTransport, TransportError, TransportFactory
 
 __all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient", "summarize"]
 
@@ -229,20 +231,30 @@ class _Pacer:
 
 
 class Provisioner:
-    """Runs the devices of a manifest against one CA; the journal decides what each one does."""
+    """Runs the devices of a manifest against one CA; the journal decides what each one does.
 
-    def __init__(self, devices: Sequence[DeviceSpec], journal: Journal, options: ProvisionOptions) -> None:
+    ``transport`` makes what carries the messages; by default ``CmpHttpClient`` to
+    ``options.server`` with ``concurrency`` connections (an in-process CA for tests)."""
+
+    def __init__(self, devices: Sequence[DeviceSpec], journal: Journal, options: ProvisionOptions,
+                 *, transport: TransportFactory | None = None) -> None:
         self.devices = list(devices)
         self.journal = journal
         self.options = options
+        self._transport_factory = transport or self._http_transport
+        self._base_path = urlsplit(options.server).path or "/"
         self.writer = JournalWriter(journal)
         self.stats = RunStats(total=len(self.devices))
         self._random = random.Random(options.seed)
         self._pacer = _Pacer(options.rate)
         self._trusted_der = tuple(c.public_bytes(Encoding.DER) for c in options.trusted)
         self._in_flight = 0
-        self._client: CmpHttpClient | None = None
+        self._transport: CmpTransport | None = None
         self._started = 0.0
+
+    def _http_transport(self) -> CmpHttpClient:
+        return CmpHttpClient(self.options.server, max_connections=max(1, self.options.concurrency),
+                             request_timeout=self.options.timeout)
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -252,12 +264,8 @@ class Provisioner:
         self._started = trio.current_time()
         queue = list(reversed(self.devices))
         try:
-            async with CmpHttpClient(
-                self.options.server,
-                max_connections=max(1, self.options.concurrency),
-                request_timeout=self.options.timeout,
-            ) as client:
-                self._client = client
+            async with self._transport_factory() as transport:
+                self._transport = transport
                 async with trio.open_nursery() as outer:
                     await outer.start(self.writer.run)
                     if self.options.progress is not None:
@@ -453,51 +461,44 @@ class Provisioner:
         request = self._cert_request(dev, key)
         tape = _NonceTape()
         tx = ClientTransaction(self._config(dev), request, transaction_id=tid, random=tape)
-        client = self._client
-        assert client is not None
-        path = self._path(dev, client, tx.operation)
-        polled = False
+        transport = self._transport
+        assert transport is not None
         observer, op = self.options.observer, tx.kind.label
         started = trio.current_time()
         polls = 0
+        answered: bytes | None = None  # the senderNonce of the request the last response answers
         unstored: tuple[bytes, OutputError] | None = None  # a certificate we reject: not stored
+
+        def on_exchange(send: Send, seconds: float) -> None:
+            """After each round trip, before the response is read (which draws the next nonce)."""
+            nonlocal polls, answered
+            answered = tape.last
+            if send.body_type is BodyType.POLLREQ:
+                polls += 1
+            if observer is not None:
+                observer.exchange(op, send.body_type.label, seconds)
+
+        async def store(result: Done, response: bytes) -> str | None:
+            """Ours to keep: durable on disk and in the journal before we confirm it."""
+            nonlocal rec, unstored
+            assert answered is not None and result.certificate is not None
+            try:
+                rec = await self._store(dev, rec, result, response, answered, key)
+            except _StoreFailed as failed:  # confirm nothing nobody holds: reject it
+                unstored = (result.certificate, failed.error)
+                return "the certificate could not be stored"
+            return None
+
         if observer is not None:
             observer.operation_started(op)
         try:
-            with trio.fail_after(self.options.timeout):
-                event: Send | Done = tx.start()
-                while isinstance(event, Send):
-                    if event.delay:
-                        await trio.sleep(event.delay)
-                    polled = polled or event.body_type is BodyType.POLLREQ
-                    polls += event.body_type is BodyType.POLLREQ
-                    sent = trio.current_time()
-                    response = await client.post(event.data, path=path)
-                    if observer is not None:
-                        observer.exchange(op, event.body_type.label, trio.current_time() - sent)
-                    answered = tape.last
-                    event = tx.receive(response.body)
-                    result = tx.result
-                    if (isinstance(event, Send) and event.body_type is BodyType.CERTCONF and result is not None
-                            and unstored is None):
-                        # Ours to keep: durable on disk and in the journal before we confirm it.
-                        assert answered is not None and result.certificate is not None
-                        try:
-                            rec = await self._store(dev, rec, result, response.body, answered, key)
-                        except _StoreFailed as failed:  # confirm nothing nobody holds: reject it
-                            unstored = (result.certificate, failed.error)
-                            event = tx.reject_certificate("the certificate could not be stored")
-        except trio.TooSlowError:
-            timeout = TransactionTimeout(f"transaction did not complete within {self.options.timeout:g} s")
-            self._observe_failure(op, timeout, started, polls)
-            if unstored is not None:
-                return await self._not_stored(dev, rec, *unstored, timeout)
-            return await self._request_failed(dev, rec, timeout, polled)
-        except (TransportError, CmpError) as exc:
+            await run_transaction(transport, tx, path=self._path(dev, tx.operation), timeout=self.options.timeout,
+                                  on_exchange=on_exchange, before_confirm=store)
+        except (TransportError, CmpError) as exc:  # TransactionTimeout included
             self._observe_failure(op, exc, started, polls)
             if unstored is not None:
                 return await self._not_stored(dev, rec, *unstored, exc)
-            return await self._request_failed(dev, rec, exc, polled)
+            return await self._request_failed(dev, rec, exc, polls > 0)
         if unstored is not None:
             self._observe_failure(op, unstored[1], started, polls)
             return await self._not_stored(dev, rec, *unstored, None)
@@ -601,20 +602,18 @@ class Provisioner:
         if not isinstance(event, Send) or event.body_type is not BodyType.CERTCONF:
             await self._orphan_received(dev, rec, "stored response does not lead to certConf")
             return False
-        client = self._client
-        assert client is not None
+        transport = self._transport
+        assert transport is not None
         try:
-            with trio.fail_after(self.options.timeout):
-                response = await client.post(event.data, path=self._path(dev, client, tx.operation))
-            done = tx.receive(response.body)
-        except trio.TooSlowError:
+            await run_transaction(transport, tx, path=self._path(dev, tx.operation), timeout=self.options.timeout,
+                                  resume=event)
+        except TransactionTimeout:
             raise _Transient(TransactionTimeout("certConf not answered in time")) from None
         except TransportError as exc:
             raise _Transient(exc) from None
         except CmpError as exc:
             await self._orphan_received(dev, rec, f"certConf refused: {exc}"[:300])
             return False
-        assert isinstance(done, Done)
         self.writer.stage((updated(rec, state=DeviceState.CONFIRMED), "confirmed_resumed"))
         return True
 
@@ -644,11 +643,11 @@ class Provisioner:
             config = ClientConfig(SignatureProtector(key, cert, chain), TrustStore(anchors), mode=self.options.mode,  # type: ignore[arg-type]
                                   **dev.header_fields())  # type: ignore[arg-type]
             tx = ClientTransaction(config, RevocationRequest.for_certificate(cert, SUPERSEDED))
-            client = self._client
-            assert client is not None
+            transport = self._transport
+            assert transport is not None
             await self._pacer.wait()
             try:
-                await run_transaction(client, tx, path=self._path(dev, client, tx.operation),
+                await run_transaction(transport, tx, path=self._path(dev, tx.operation),
                                       timeout=self.options.timeout)
             except StatusError as exc:
                 if "certRevoked" in exc.fail_names and not isinstance(exc, UnverifiedRefusal):
@@ -692,12 +691,11 @@ class Provisioner:
         assert key is not None
         return CertRequest(BodyType.IR, key, dev.subject, dev.sans, cert_profile=dev.cert_profile)
 
-    @staticmethod
-    def _path(dev: DeviceSpec, client: CmpHttpClient, operation: str | None) -> str | None:
+    def _path(self, dev: DeviceSpec, operation: str | None) -> str | None:
         if dev.path is not None:
             return dev.path
         if dev.profile is not None:
-            return cmp_path(client.base_path, profile=dev.profile, operation=operation)
+            return cmp_path(self._base_path, profile=dev.profile, operation=operation)
         return None
 
 

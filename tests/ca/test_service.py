@@ -1,4 +1,5 @@
-"""The CA service on a real loopback socket, driven by fleet's own HTTP client and CMP client."""
+"""The CA service on a real loopback socket, driven by fleet's own HTTP client and CMP client; its
+timing logic (the tick, the latency and waiting knobs) without a socket, in virtual time."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from fleet.cmp.trust import TrustStore, load_cert
 from fleet.exchange import run_transaction
 from fleet.http.client import CmpHttpClient
 from fleet.http.errors import ConnectionLost, HttpStatusError
+from fleet.http.server import HttpRequest, HttpResponse
+from fleet.transport import CmpTransport, trio_wall_clock
 
 SECRET = b"service-secret"
 REF = b"ref-1"
@@ -77,7 +80,46 @@ async def start(tmp_path: Path) -> AsyncIterator[object]:
         a.close()
 
 
-async def enroll(ca: Running, client: CmpHttpClient, cn: str = "dev", **kw: object) -> tuple[Done, ec.EllipticCurvePrivateKey]:
+class ServiceTransport:
+    """``CaService.handle`` as a CmpTransport: the service's HTTP handling (knobs, counters, the
+    store's durability) without a socket, so it runs under trio's MockClock."""
+
+    def __init__(self, service: CaService) -> None:
+        self.service = service
+
+    async def post(self, data: bytes, /, *, path: str | None = None, deadline: float | None = None) -> HttpResponse:
+        request = HttpRequest("POST", path or "/pkix/", [(b"content-type", b"application/pkixcmp")], data, "test")
+        response = await self.service.handle(request)
+        if response.status != 200:
+            raise HttpStatusError("in-process service", response.status, response.content_type)
+        return response
+
+
+@pytest.fixture
+async def start_virtual(tmp_path: Path) -> AsyncIterator[object]:
+    """Factory: ``await start_virtual(knobs=..., **ServerConfig fields)`` runs a service whose
+    clock is trio's (use with the ``autojump_clock`` fixture) and ticks every second; talk to it
+    through ``ServiceTransport``."""
+    authorities: list[Authority] = []
+    async with trio.open_nursery() as nursery:
+
+        async def _start(knobs: LoadKnobs | None = None, **config: object) -> tuple[Running, ServiceTransport]:
+            authority = Authority.open(tmp_path / f"ca{len(authorities)}")
+            authorities.append(authority)
+            service = CaService(
+                authority, config=ServerConfig(**config),  # type: ignore[arg-type]
+                secrets=SharedSecrets({REF: SECRET}), knobs=knobs, clock=trio_wall_clock(), tick_interval=1.0,
+            )
+            port = await nursery.start(service.serve, "127.0.0.1", 0)  # runs the ticker; no request uses the port
+            return Running(service, port), ServiceTransport(service)
+
+        yield _start
+        nursery.cancel_scope.cancel()
+    for a in authorities:
+        a.close()
+
+
+async def enroll(ca: Running, client: CmpTransport, cn: str = "dev", **kw: object) -> tuple[Done, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     tx = ClientTransaction(ca.mac(), CertRequest(BodyType.IR, key, subject=name(cn), **kw))  # type: ignore[arg-type]
     return await run_transaction(client, tx, timeout=10), key
@@ -187,39 +229,46 @@ async def test_knobs_503_drop_error_latency(start) -> None:  # type: ignore[no-u
         async with CmpHttpClient(ca.url) as client:
             with pytest.raises(expected):
                 await enroll(ca, client)
-    ca = await start(knobs=LoadKnobs(latency=Latency.parse("fixed:0.05")))
-    async with CmpHttpClient(ca.url) as client:
-        started = trio.current_time()
-        await enroll(ca, client)
-        assert trio.current_time() - started >= 0.1  # ip and pkiConf both delayed
 
 
-async def test_waiting_knob_delivers_after_polling(start) -> None:  # type: ignore[no-untyped-def]
-    ca = await start(knobs=LoadKnobs(waiting_fraction=1.0, check_after=0.2))
-    async with CmpHttpClient(ca.url) as client:
-        done, _ = await enroll(ca, client)
-    assert done.polls >= 1 and done.certificate
+async def test_latency_knob_delays_each_answer(start_virtual, autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    ca, transport = await start_virtual(knobs=LoadKnobs(latency=Latency.parse("fixed:5")))
+    started = trio.current_time()
+    await enroll(ca, transport)
+    assert trio.current_time() - started == 10  # ip and pkiConf both delayed
+
+
+async def test_waiting_knob_delivers_after_polling(start_virtual, autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    ca, transport = await start_virtual(knobs=LoadKnobs(waiting_fraction=1.0, check_after=5))
+    started = trio.current_time()
+    done, _ = await enroll(ca, transport)
+    assert done.polls == 2 and done.certificate  # pollReq at once: checkAfter 5; pollReq 5 s later
+    assert trio.current_time() - started == 5
     assert ca.service.outcomes[("ir", "waiting", "")] == 1
 
 
-async def test_transaction_cap_and_confirm_deadline(start) -> None:  # type: ignore[no-untyped-def]
-    ca = await start(max_transactions=1, confirm_wait=0.2)
+async def test_transaction_cap_and_confirm_deadline(start_virtual, autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    """The tick expires the unconfirmed transaction after confirmWaitTime (60 s, virtual), which
+    frees the one slot the cap allows."""
+    ca, transport = await start_virtual(max_transactions=1, confirm_wait=60)
     server = ca.service.default
     key = ec.generate_private_key(ec.SECP256R1())
     tx = ClientTransaction(ca.mac(), CertRequest(BodyType.IR, key, subject=name("held")))
-    async with CmpHttpClient(ca.url) as client:
-        rsp = await client.post(tx.start().data)
-        tx.receive(rsp.body)  # ip received, certConf never sent: the transaction stays live
-        assert server.live_transactions == 1
-        with pytest.raises(ServerError) as err:
-            await enroll(ca, client)
-        assert err.value.fail_names == ("systemUnavail",)
-        with trio.fail_after(3):
-            while server.live_transactions:
-                await trio.sleep(0.05)
-        assert ca.service.outcomes[("tick", "confirm_timeout", "systemUnavail")] == 1
-        done, _ = await enroll(ca, client)
-        assert done.certificate
+    rsp = await transport.post(tx.start().data)
+    tx.receive(rsp.body)  # ip received, certConf never sent: the transaction stays live
+    assert server.live_transactions == 1
+    with pytest.raises(ServerError) as err:
+        await enroll(ca, transport)
+    assert err.value.fail_names == ("systemUnavail",)
+    await trio.sleep(59.5)  # ticks every second: none has reached the deadline yet
+    assert server.live_transactions == 1
+    assert ca.service.outcomes[("tick", "confirm_timeout", "systemUnavail")] == 0
+    await trio.sleep(2.0)  # a tick at or after the deadline has run
+    assert server.live_transactions == 0
+    assert ca.service.outcomes[("tick", "confirm_timeout", "systemUnavail")] == 1
+    assert ca.authority.store.counts_by_status()["rejected"] == 1
+    done, _ = await enroll(ca, transport)
+    assert done.certificate
 
 
 async def test_concurrent_enrollments(start) -> None:  # type: ignore[no-untyped-def]

@@ -31,7 +31,6 @@ from fleet.cmp.shared_secrets import SharedSecrets, derive_device_secret
 from fleet.http.server import HttpRequest, HttpResponse, serve_http
 
 MASTER = b"provision-test-master"
-REPO = Path(__file__).resolve().parents[2]
 
 
 def secret_for(ref: str) -> str:
@@ -208,14 +207,8 @@ class CaProcess:
 
 
 def provision_argv(*args: str) -> list[str]:
-    """``fleet provision ...`` as a subprocess: through fleet.cli.main once the lead has mounted
-    the command there, through a two-line wrapper until then."""
-    main_text = (REPO / "fleet" / "cli" / "main.py").read_text()
-    if "provision_cmd" in main_text:
-        return [sys.executable, "-m", "fleet.cli.main", "provision", *args]
-    wrapper = ("from fleet.cli import main, provision_cmd; "
-               "main.app.add_typer(provision_cmd.app); main.main()")
-    return [sys.executable, "-c", wrapper, "provision", *args]
+    """``fleet provision ...`` as a subprocess."""
+    return [sys.executable, "-m", "fleet.cli.main", "provision", *args]
 
 
 def run_provision(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

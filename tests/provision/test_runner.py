@@ -3,10 +3,14 @@ chosen protocol steps (a dropped certConf, a lost response), to reach each resum
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import pytest
 import trio
@@ -23,6 +27,7 @@ from fleet.provision import outputs
 from fleet.provision.journal import DeviceRecord, DeviceState, Journal, OrphanFate
 from fleet.provision.manifest import load_manifest, parse_manifest
 from fleet.provision.runner import Provisioner, ProvisionOptions, RunStats, is_transient, summarize
+from fleet.transport import CmpResponse, InProcessTransport, TransportError
 
 
 @pytest.fixture
@@ -328,3 +333,132 @@ async def test_metrics_count_what_the_summary_reports(ca: LoopbackCa, tmp_path: 
     assert value("fleet_transactions_completed_total", operation="ir", result="failed") >= 1
     assert value("fleet_transaction_fail_info_total", operation="ir", fail_info="badMessageCheck") >= 1
     assert "not-the-secret" not in text and "bad-secret" not in text
+
+
+# -- in process, in virtual time: retry, backoff and deadlines under trio's MockClock -----------
+
+
+class Faulty:
+    """An in-process transport to ``ca`` whose first ``failures`` posts of ``label`` fail with a
+    transport error the CA never sees; logs (virtual time, message label) of every post."""
+
+    def __init__(self, ca: LoopbackCa, *, label: str = "ir", failures: int = 0, latency: float = 0.0) -> None:
+        self.inner = InProcessTransport(ca.server, latency=latency)
+        self.label = label
+        self.failures = failures
+        self.log: list[tuple[float, str]] = []
+        self.on_post: Callable[[str], None] | None = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def post(self, data: bytes, /, *, path: str | None = None, deadline: float | None = None) -> CmpResponse:
+        label = messages.decode(data).label
+        self.log.append((trio.current_time(), label))
+        if self.on_post is not None:
+            self.on_post(label)
+        if label == self.label and self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise TransportError("in-process CA", "unreachable (injected)", kind="connect")
+        return await self.inner.post(data, path=path, deadline=deadline)
+
+
+async def provision_in_process(ca: LoopbackCa, transport: Faulty, manifest: Path, out: Path,
+                               **kw: object) -> tuple[RunStats, dict[str, object]]:
+    devices = load_manifest(manifest)
+    with Journal.open(out / "journal.sqlite") as journal:
+        provisioner = Provisioner(devices, journal, options(ca, out, **kw), transport=lambda: transport)
+        stats = await provisioner.run()
+        return stats, summarize(devices, journal, stats)
+
+
+@pytest.fixture
+def quiet_ca(tmp_path: Path) -> LoopbackCa:
+    """The CA without its HTTP front: only in-process transports reach it."""
+    return LoopbackCa(tmp_path / "ca")
+
+
+async def test_backoff_is_exponential_with_full_jitter_in_virtual_time(
+    quiet_ca: LoopbackCa, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Retry k waits uniform(0, min(backoff_max, backoff_base * 2**(k-1))) drawn from the seeded
+    jitter, and nothing else: the gaps between the attempts are exactly those draws."""
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    transport = Faulty(quiet_ca, failures=4)
+    stats, summary = await provision_in_process(quiet_ca, transport, manifest, tmp_path / "out",
+                                                max_attempts=5, backoff_base=2.0, backoff_max=5.0, seed=7)
+    times = [t for t, label in transport.log if label == "ir"]
+    jitter = random.Random(7)
+    expected = [jitter.uniform(0, cap) for cap in (2.0, 4.0, 5.0, 5.0)]
+    assert [b - a for a, b in itertools.pairwise(times)] == pytest.approx(expected, abs=1e-9)
+    assert stats.retries == 4 and stats.provisioned == 1 and summary["complete"] is True
+    assert [label for _, label in transport.log] == ["ir"] * 5 + ["certConf"]
+    assert quiet_ca.counts() == {"issued": 1}
+    with journal_view(tmp_path / "out") as journal:  # each failed ir may have reached a CA: left to it
+        assert [o.fate for o in journal.orphans_of(device_id)] == [OrphanFate.LEFT_TO_CA] * 4
+
+
+async def test_gives_up_after_max_attempts_in_virtual_time(
+    quiet_ca: LoopbackCa, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    manifest = tmp_path / "m.csv"
+    mac_manifest(manifest, 1)
+    transport = Faulty(quiet_ca, failures=100)
+    start = trio.current_time()
+    stats, summary = await provision_in_process(quiet_ca, transport, manifest, tmp_path / "out",
+                                                max_attempts=3, backoff_base=10.0, backoff_max=10.0, seed=3)
+    jitter = random.Random(3)
+    waited = jitter.uniform(0, 10.0) + jitter.uniform(0, 10.0)  # two waits between three attempts
+    assert trio.current_time() - start == pytest.approx(waited, abs=1e-9)
+    assert len(transport.log) == 3 and stats.retries == 3 and stats.failed == 1
+    row = summary["results"][0]  # type: ignore[index]
+    assert (row["outcome"], row["error_kind"], row["state"]) == ("failed", "connect", "key")
+    assert "unreachable (injected)" in str(row["error"])
+
+
+async def test_certificate_is_stored_before_its_certconf_is_sent(
+    quiet_ca: LoopbackCa, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    out = tmp_path / "out"
+    transport = Faulty(quiet_ca)
+    at_certconf: list[tuple[bool, DeviceState]] = []
+    with Journal.open(out / "journal.sqlite") as journal:
+
+        def check(label: str) -> None:
+            if label == "certConf":
+                at_certconf.append(((out / device_id / "cert.pem").exists(), journal.device(device_id).state))
+
+        transport.on_post = check
+        provisioner = Provisioner(load_manifest(manifest), journal, options(quiet_ca, out), transport=lambda: transport)
+        stats = await provisioner.run()
+    assert at_certconf == [(True, DeviceState.RECEIVED)] and stats.provisioned == 1
+
+
+async def test_a_late_certconf_answer_times_out_and_the_stored_certificate_is_confirmed_later(
+    quiet_ca: LoopbackCa, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Every answer takes 4 s and a transaction may take 6: the ip comes at 4 s and is stored,
+    the certConf's answer would come at 8 s, so the transaction times out at 6 s. The retry
+    continues the same transaction (its stored ip, a new certConf), answered at 4 s again."""
+    manifest = tmp_path / "m.csv"
+    (device_id,) = mac_manifest(manifest, 1)
+    out = tmp_path / "out"
+    transport = Faulty(quiet_ca, latency=4.0)
+    start = trio.current_time()
+    stats, summary = await provision_in_process(quiet_ca, transport, manifest, out, timeout=6.0,
+                                                backoff_base=1.0, backoff_max=1.0, seed=5)
+    backoff = random.Random(5).uniform(0, 1.0)
+    assert [(t - start, label) for t, label in transport.log] == pytest.approx(
+        [(0.0, "ir"), (4.0, "certConf"), (6.0 + backoff, "certConf")])
+    assert trio.current_time() - start == pytest.approx(10.0 + backoff)
+    assert stats.retries == 1 and summary["complete"] is True
+    with journal_view(out) as journal:
+        assert [e[1] for e in journal.events(device_id)] == ["key", "sent", "received", "confirmed_resumed"]
+    assert quiet_ca.counts() == {"issued": 1}
