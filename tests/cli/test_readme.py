@@ -20,7 +20,7 @@ from cryptography import x509
 
 from fleet.cli import cmp_cmd
 from fleet.cli import main as main_module
-from fleet.profiles import load_profile
+from fleet.load.profiles import load_profile
 
 README = (ROOT / "README.md").read_text()
 
