@@ -48,7 +48,7 @@ PROFILE_KEYS = (
 )  # fmt: skip
 
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
-BOUNDS: Mapping[str, Bound] = {
+_BOUNDS: Mapping[str, Bound] = {
     "port": PORT, "metrics_port": PORT, "validity_days": COUNT, "confirm_wait": POSITIVE,
     "max_time_skew": NON_NEGATIVE, "max_iterations": COUNT, "max_transactions": NON_NEGATIVE_INT,
     "max_body_bytes": COUNT, "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE,
@@ -318,14 +318,14 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {"mode": MODES}
 
 
 def _check(obj: CaConfig | LoadKnobs) -> None:
-    """Type and range of every field, by the field's declared type and ``BOUNDS``; whole
+    """Type and range of every field, by the field's declared type and ``_BOUNDS``; whole
     numbers given for seconds become floats."""
     for f in fields(obj):
         value = getattr(obj, f.name)
         kind = str(f.type)
         if value is None and kind.endswith("| None"):
             continue
-        bound = BOUNDS.get(f.name)
+        bound = _BOUNDS.get(f.name)
         if bound is not None:
             problem = bound.problem(value)
             if problem:
@@ -336,7 +336,8 @@ def _check(obj: CaConfig | LoadKnobs) -> None:
         base = kind.removesuffix(" | None")
         expected = _TYPES.get(base)
         if expected is not None and not isinstance(value, expected[0]):
-            raise CaConfigError(f.name, f"must be {expected[1]}, got {value!r}")
+            shown = f", got {value!r}" if f.repr else ""  # secrets are not shown
+            raise CaConfigError(f.name, f"must be {expected[1]}{shown}")
         if base == "tuple[Path, ...]" and not all(isinstance(p, Path) for p in value):
             raise CaConfigError(f.name, f"must be a list of paths, got {value!r}")
         choices = _CHOICES.get(f.name)
@@ -383,10 +384,8 @@ def _from_text(key: str, value: Any) -> Any:
     if kind == "bytes":
         try:
             return bytes.fromhex(value)
-        except (TypeError, ValueError):
-            raise CaConfigError(
-                key, "must be hex text"
-            ) from None  # the value is a secret: not shown
+        except (TypeError, ValueError):  # a secret: the value is not shown
+            raise CaConfigError(key, "must be hex text") from None
     return value
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import trio
@@ -37,10 +37,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fleet.load.histogram import BUCKET_UPPER_S, LatencyHistogram
+from fleet.load.runner import WorkerRun
 from fleet.prometheus import Endpoint, bounded
-
-if TYPE_CHECKING:
-    from fleet.load.runner import WorkerRun
 
 __all__ = [
     "LATENCY_BUCKETS",

@@ -133,6 +133,9 @@ def test_secrets_stay_out_of_repr_and_errors() -> None:
     with pytest.raises(CaConfigError) as info:
         CaConfig.from_mapping({"master_secret": "not hex: hunter2"})
     assert "hunter2" not in str(info.value) and info.value.key == "master_secret"
+    with pytest.raises(CaConfigError) as typed:
+        CaConfig(secret="hunter2")  # type: ignore[arg-type]
+    assert str(typed.value) == "secret: must be bytes"
 
 
 @pytest.mark.parametrize(
