@@ -69,9 +69,9 @@ from fleet.http.server import HttpRequest, HttpResponse, serve_http  # noqa: E40
 from fleet.keys import KeyPool, KeySpec  # noqa: E402
 from fleet.load.device import DeviceFactory  # noqa: E402
 from fleet.load.orchestrator import RunOptions, run_profile  # noqa: E402
+from fleet.load.profiles import parse_profile  # noqa: E402
 from fleet.load.runner import WorkerPlan, WorkerRun  # noqa: E402
 from fleet.load.segments import split  # noqa: E402
-from fleet.profiles import parse_profile  # noqa: E402
 
 
 def _rss_kib() -> int:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from fleet.errors import FleetError
-from fleet.load.histogram import LatencyHistogram
+from fleet.files import atomic_write
+from fleet.load.histogram import BUCKET_MIDPOINT_S, LatencyHistogram
 
 __all__ = ["ReportError", "load_report", "render_html", "write_html"]
 
@@ -57,8 +58,6 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def write_html(report: dict[str, Any], out: Path) -> None:
-    from fleet.files import atomic_write
-
     atomic_write(out, render_html(report).encode())
 
 
@@ -171,12 +170,10 @@ def distribution_chart(hist: LatencyHistogram, bins: int = 40) -> str:
     lo = max(hist.min, 1e-6)
     hi = max(hist.max, lo * 1.01)
     edges = np.geomspace(lo, hi * 1.0001, bins + 1)
-    from fleet.load.histogram import _MID_S
-
     counts = hist.counts
     nz = np.flatnonzero(counts)
     per_bin = np.zeros(bins, dtype=np.int64)
-    idx = np.clip(np.searchsorted(edges, _MID_S[nz], side="right") - 1, 0, bins - 1)
+    idx = np.clip(np.searchsorted(edges, BUCKET_MIDPOINT_S[nz], side="right") - 1, 0, bins - 1)
     np.add.at(per_bin, idx, counts[nz])
     top = _nice_max(float(per_bin.max()))
     pw, ph = _W - _PAD_L - _PAD_R, _H - _PAD_T - _PAD_B

@@ -371,7 +371,7 @@ def test_fleet_runs_key_filling_shows_progress(
 
     from fleet import keys
     from fleet.load.orchestrator import prepare_keys
-    from fleet.profiles import parse_profile
+    from fleet.load.profiles import parse_profile
 
     monkeypatch.setattr(keys, "PROGRESS_AFTER_SECONDS", 0.0)
     profile = parse_profile(

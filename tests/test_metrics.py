@@ -1,4 +1,4 @@
-"""fleet.metrics and fleet.ca.metrics: names, label bounds, promtool on the exposition, the
+"""fleet.load.metrics and fleet.ca.metrics: names, label bounds, promtool on the exposition, the
 histogram conversion, the final-scrape wait; and the dashboards against those names."""
 
 from __future__ import annotations
@@ -18,16 +18,12 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.ca.metrics import CaMetrics
+from fleet.ca.service import CaStatistics
 from fleet.cmp.server import Outcome, ServerStatistics
 from fleet.http.server import HttpServerStats
 from fleet.load.histogram import LatencyHistogram
-from fleet.metrics import (
-    LABEL_LIMIT,
-    LATENCY_BUCKETS,
-    FleetMetrics,
-    MetricsError,
-    histogram_buckets,
-)
+from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets
+from fleet.prometheus import LABEL_LIMIT, MetricsError
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {"worker", "operation", "result", "kind", "fail_info", "body", "key_type", "profile", "workers",
@@ -56,7 +52,10 @@ def _fed_ca() -> CaMetrics:
     m.response(200)
     m.response("dropped")
     m.http_started()
-    m.sample([ServerStatistics(5, 2, 1, 0, 10, 9, 1, 0), ServerStatistics(1, 0, 0, 0, 2, 2, 0, 0)], HttpServerStats(3, 10, 1, 40, 0))
+    m.sample(CaStatistics(
+        servers={"lcmpp": ServerStatistics(5, 2, 1, 0, 10, 9, 1, 0), "3gpp": ServerStatistics(1, 0, 0, 0, 2, 2, 0, 0)},
+        outcomes={}, http={}, connections=HttpServerStats(3, 10, 1, 40, 0), certificates={},
+    ))
     return m
 
 

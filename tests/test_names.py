@@ -13,8 +13,8 @@ from cryptography import x509
 
 from fleet.cli import main as main_module
 from fleet.cli.main import main
+from fleet.load.profiles import ProfileError, load_profile
 from fleet.names import NameError_, check_san_template, parse_name, parse_san, parse_sans
-from fleet.profiles import ProfileError, load_profile
 
 DEAD = "http://127.0.0.1:1/pkix/"  # nothing listens: had anything been sent, the error would say so
 ALLOWED = "allowed: DNS:, IP:, URI:, email:, RID:"

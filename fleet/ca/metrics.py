@@ -10,19 +10,17 @@ number, subject or transaction ID.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
-from fleet.metrics import bounded, serve_registry
-
-if TYPE_CHECKING:
-    from fleet.cmp.server import Outcome, ServerStatistics
-    from fleet.http.server import HttpServerStats
+from fleet.ca.service import CaStatistics
+from fleet.cmp.server import Outcome
+from fleet.http.server import HttpServerStats
+from fleet.prometheus import Endpoint, bounded
 
 __all__ = ["PROCESSING_BUCKETS", "CaMetrics"]
 
@@ -71,11 +69,12 @@ class _Sampled(Collector):
             yield c
 
 
-class CaMetrics:
-    """The CA's metrics. ``CaMetrics.serve(port)`` serves them; the service feeds them."""
+class CaMetrics(Endpoint):
+    """The CA's metrics: a ``fleet.ca.service.ServiceObserver``. ``CaMetrics.serve(port)`` serves
+    them; the service feeds them."""
 
     def __init__(self, *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        super().__init__(registry)
         r = self.registry
         self.requests = Counter("fleet_ca_requests", "CMP requests answered, by request body type and CMP status.", ("body", "status"), registry=r)
         self.failures = Counter("fleet_ca_failures", "PKIFailureInfo bits the CA answered with, by request body type.", ("body", "fail_info"), registry=r)
@@ -89,7 +88,6 @@ class CaMetrics:
         r.register(_Sampled(self))
         if process:
             ProcessCollector(registry=r)
-        self.server: Any = None
         self._requests: dict[tuple[str, str], Any] = {}
         self._processing: dict[str, Any] = {}
         self._failures: dict[tuple[str, str], Any] = {}
@@ -103,17 +101,8 @@ class CaMetrics:
     def serve(cls, port: int, *, host: str | None = None) -> CaMetrics:
         """Serve ``/metrics`` on ``host:port`` (default: ``$FLEET_METRICS_HOST`` or all interfaces)."""
         metrics = cls()
-        metrics.server = serve_registry(metrics.registry, port, host)
+        metrics.listen(port, host)
         return metrics
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
 
     # -- fed by the service (trio thread) --------------------------------------------------
 
@@ -154,11 +143,12 @@ class CaMetrics:
     def http_done(self) -> None:
         self.in_progress.dec()
 
-    def sample(self, stats: Iterable[ServerStatistics], http: HttpServerStats | None = None) -> None:
-        """Copy the CMP servers' transaction tables and counters (call from the trio thread)."""
+    def sample(self, stats: CaStatistics) -> None:
+        """Keep the service's transaction tables and counters for scrapes (call from the trio
+        thread: the scrape thread reads only what is kept here)."""
         live = confirm = waiting = 0
         counts: dict[str, int] = {}
-        for s in stats:
+        for s in stats.servers.values():
             live += s.live
             confirm += s.awaiting_confirm
             waiting += s.waiting
@@ -166,4 +156,4 @@ class CaMetrics:
                 counts[name] = counts.get(name, 0) + int(getattr(s, name))
         self.transactions = {"in_progress": live - confirm - waiting, "awaiting_confirm": confirm, "waiting": waiting}
         self.server_counts = counts
-        self.http_stats = http
+        self.http_stats = stats.connections

@@ -10,9 +10,9 @@ OpenSSL's test tables require):
 * GET ``/crl/issuing.crl``: the issuing CA's CRL (``application/pkix-crl``).
 * POST ``/ocsp`` (and GET ``/ocsp/<base64>``): OCSP (``application/ocsp-response``).
 
-Knobs (``LoadKnobs``) turn it into a load target: added latency, a fraction of new requests
-answered "waiting" (delivered after ``check_after`` s to a pollReq), a fraction answered with an
-error, HTTP 503s, dropped connections, and (in ``ServerConfig``) a cap on concurrent transactions.
+Knobs (``fleet.ca.config.LoadKnobs``) turn it into a load target: added latency, a fraction of
+new requests answered "waiting" (delivered after ``check_after`` s to a pollReq), a fraction
+answered with an error, HTTP 503s, dropped connections, and (in ``ServerConfig``) a cap on concurrent transactions.
 A periodic tick expires unconfirmed certificates and hung transactions.
 
 Crash contract (``fleet.ca.store`` states the store's side): no answer leaves before every
@@ -33,24 +33,24 @@ import random
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache, partial
+from typing import Protocol
 from urllib.parse import unquote
 
 import trio
 
 from fleet.ca.authority import Authority
-from fleet.ca.metrics import CaMetrics
+from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
 from fleet.cmp.messages import FailInfo, fail_info_names
-from fleet.cmp.server import CmpServer, Outcome, ServerConfig, TxState
+from fleet.cmp.server import CmpServer, Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
-from fleet.errors import FleetError
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
 
-__all__ = ["CaService", "Latency", "LoadKnobs", "ServiceError", "route"]
+__all__ = ["CaService", "CaStatistics", "ServiceObserver", "route"]
 
 log = logging.getLogger(__name__)
 
@@ -65,83 +65,29 @@ _OPERATIONS = frozenset(
 _MODES = ("lcmpp", "3gpp")
 
 
-class ServiceError(FleetError):
-    """A service option that cannot work (a bad latency spec, a fraction outside 0..1)."""
-
-
 @dataclass(frozen=True)
-class Latency:
-    """Added response latency in seconds: ``fixed:S``, ``uniform:A:B``, ``exp:MEAN`` or
-    ``lognormal:MEDIAN:SIGMA``; capped at ``cap`` seconds."""
+class CaStatistics:
+    """A snapshot of the service, safe to keep: each field is a copy."""
 
-    kind: str = "none"
-    a: float = 0.0
-    b: float = 0.0
-    cap: float = 60.0
-
-    @classmethod
-    def parse(cls, spec: str | None) -> Latency:
-        if not spec or spec == "none":
-            return cls()
-        kind, _, rest = spec.partition(":")
-        try:
-            values = [float(v) for v in rest.split(":")] if rest else []
-        except ValueError:
-            raise ServiceError(f"latency {spec!r}: values must be numbers of seconds") from None
-        want = {"fixed": 1, "uniform": 2, "exp": 1, "lognormal": 2}.get(kind)
-        if want is None:
-            raise ServiceError(f"latency {spec!r}: use fixed:S, uniform:A:B, exp:MEAN or lognormal:MEDIAN:SIGMA")
-        if len(values) != want or any(v < 0 for v in values):
-            raise ServiceError(f"latency {spec!r}: {kind} takes {want} non-negative value(s)")
-        return cls(kind, values[0], values[1] if want == 2 else 0.0)
-
-    def sample(self, rng: random.Random) -> float:
-        if self.kind == "fixed":
-            value = self.a
-        elif self.kind == "uniform":
-            value = rng.uniform(self.a, self.b)
-        elif self.kind == "exp":
-            value = rng.expovariate(1 / self.a) if self.a > 0 else 0.0
-        elif self.kind == "lognormal":
-            value = self.a * rng.lognormvariate(0.0, self.b) if self.a > 0 else 0.0
-        else:
-            return 0.0
-        return min(value, self.cap)
-
-    def __str__(self) -> str:
-        if self.kind == "none":
-            return "none"
-        return f"{self.kind}:{self.a:g}" + (f":{self.b:g}" if self.kind in ("uniform", "lognormal") else "")
+    servers: Mapping[str, ServerStatistics]  # by mode (lcmpp, 3gpp)
+    outcomes: Mapping[tuple[str, str, str], int]  # (request, status, failInfo names) -> count
+    http: Mapping[str, int]  # plain answers by status code, "crl", "ocsp", "dropped"
+    connections: HttpServerStats
+    certificates: Mapping[str, int]  # by status (pending, issued, revoked, rejected)
 
 
-@dataclass(frozen=True)
-class LoadKnobs:
-    """Fault and load shaping for capacity tests; all off by default. Fractions are 0..1 and
-    drawn independently per request (waiting and error only for requests that start a
-    transaction)."""
+class ServiceObserver(Protocol):
+    """Told about every answer and, each tick, the service's statistics (``CaMetrics``)."""
 
-    latency: Latency = field(default_factory=Latency)
-    waiting_fraction: float = 0.0
-    check_after: float = 1.0
-    error_fraction: float = 0.0
-    http_503_fraction: float = 0.0
-    drop_fraction: float = 0.0
-    seed: int | None = None
+    def request(self, outcome: Outcome, seconds: float | None = None) -> None: ...
 
-    def __post_init__(self) -> None:
-        for name in ("waiting_fraction", "error_fraction", "http_503_fraction", "drop_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ServiceError(f"{name.replace('_', ' ')} must be between 0 and 1, not {value}")
-        if self.check_after < 0:
-            raise ServiceError("check-after must not be negative")
+    def response(self, code: int | str) -> None: ...
 
-    @property
-    def active(self) -> bool:
-        return bool(
-            self.latency.kind != "none" or self.waiting_fraction or self.error_fraction
-            or self.http_503_fraction or self.drop_fraction
-        )
+    def http_started(self) -> None: ...
+
+    def http_done(self) -> None: ...
+
+    def sample(self, stats: CaStatistics) -> None: ...
 
 
 def route(path: str) -> tuple[str, str | None]:
@@ -204,7 +150,7 @@ class CaService:
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
-        metrics: CaMetrics | None = None,
+        metrics: ServiceObserver | None = None,
     ) -> None:
         self.authority = authority
         self.config = config or ServerConfig()
@@ -340,7 +286,7 @@ class CaService:
             for serial in orphans:
                 self._count(Outcome("tick", "none", "confirm_timeout", FailInfo.systemUnavail.mask, serial))
         if self.metrics is not None:
-            self.metrics.sample([s.statistics() for s in self.servers.values()], self.http_stats)
+            self.metrics.sample(self.statistics())
 
     def _in_progress(self, transaction_id: bytes | None) -> bool:
         """Whether a CMP server still holds this transaction open (it settles its certificate)."""
@@ -400,13 +346,14 @@ class CaService:
         finally:
             self.authority.store.flush()
 
-    def statistics(self) -> dict[str, object]:
-        return {
-            "transactions": {mode: s.statistics() for mode, s in self.servers.items()},
-            "outcomes": dict(self.outcomes),
-            "http": dict(self.http),
-            "certificates": self.authority.store.counts_by_status(),
-        }
+    def statistics(self) -> CaStatistics:
+        return CaStatistics(
+            servers={mode: s.statistics() for mode, s in self.servers.items()},
+            outcomes=dict(self.outcomes),
+            http=dict(self.http),
+            connections=replace(self.http_stats),
+            certificates=self.authority.store.counts_by_status(),
+        )
 
 
 @lru_cache(maxsize=256)

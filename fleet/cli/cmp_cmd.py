@@ -18,6 +18,7 @@ import typer
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from fleet.bounds import COUNT, POSITIVE
 from fleet.cli.usage import bounded, examples
 from fleet.cmp import genm, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
@@ -48,7 +49,6 @@ from fleet.files import (
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
-from fleet.profiles import COUNT, POSITIVE
 from fleet.secrets import read_secret
 
 app = typer.Typer(

@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
+from fleet.bounds import COUNT
 from fleet.cli.usage import bounded, examples
 from fleet.keys import ALLOWED_SPECS, KeyPoolStore, KeySpec, ProgressLine
-from fleet.profiles import COUNT
 
 app = typer.Typer(
     no_args_is_help=True,

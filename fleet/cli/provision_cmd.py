@@ -1,6 +1,6 @@
 """``fleet provision MANIFEST --server URL --out DIR``: enroll a batch of real devices, resumably.
 
-Mounted in ``fleet.cli.main`` with ``app.add_typer(provision_cmd.app)`` (no name: its one command merges in).
+``fleet.cli.main`` mounts ``provision`` as the top-level ``fleet provision`` command.
 Exit status: 0 when every device holds a confirmed certificate, 1 when some do not (or on an
 error), 130 on Ctrl-C (rerun the same command to resume).
 """
@@ -15,17 +15,16 @@ from typing import Annotated
 import trio
 import typer
 
+from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
 from fleet.cli.usage import bounded, examples
 from fleet.errors import FleetError
 from fleet.files import load_certificates
-from fleet.profiles import COUNT, NON_NEGATIVE, PORT, POSITIVE
+from fleet.load.metrics import FleetMetrics
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
 from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats, summarize
 from fleet.secrets import read_secret
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 
 EPILOG = examples(
     "fleet provision devices.csv --dry-run",
@@ -43,15 +42,6 @@ _TABLE_COLUMNS = ("id", "outcome", "operation", "auth", "serial", "requests", "f
 
 class ProvisionUsageError(FleetError):
     """Options that cannot work together."""
-
-
-@app.command("provision", help="Provision a batch of devices listed in MANIFEST (CSV or JSON Lines); rerun to resume.")
-def _metrics(port: int | None, host: str | None = None):  # type: ignore[no-untyped-def]
-    if port is None:
-        return None
-    from fleet.metrics import FleetMetrics
-
-    return FleetMetrics.serve(port, worker="provision", host=host)
 
 
 def provision(
@@ -127,11 +117,12 @@ def provision(
     except outputs.OutputError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--out'") from None
     jpath = journal or out / JOURNAL_FILE
+    metrics = None if metrics_port is None else FleetMetrics.serve(metrics_port, worker="provision", host=metrics_host)
     options = ProvisionOptions(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=_metrics(metrics_port, metrics_host),
+        observer=metrics,
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)
@@ -143,8 +134,8 @@ def provision(
             interrupted = True
             stats = runner.stats
         summary = summarize(devices, jr, stats, interrupted=interrupted, out=out)
-    if options.observer is not None:
-        options.observer.finish()  # let Prometheus read the final counts (bounded wait)
+    if metrics is not None:
+        metrics.finish()  # let Prometheus read the final counts (bounded wait)
     path = outputs.write_summary(out, summary)
     print(outputs.run_report(summary, path, _TABLE_COLUMNS))
     if interrupted:

@@ -11,10 +11,11 @@ from typing import Annotated
 
 import typer
 
+from fleet.bounds import COUNT, PORT, POSITIVE
 from fleet.cli.usage import bounded, examples
-from fleet.files import OutputPathError, check_output_path
+from fleet.files import OutputPathError, check_output_path, write_output
 from fleet.load.orchestrator import RunOptions, run_profile, summary_table
-from fleet.profiles import COUNT, PORT, POSITIVE, OverrideError, load_profile
+from fleet.load.profiles import OverrideError, load_profile
 from fleet.secrets import read_secret
 
 EPILOG = examples(
@@ -113,6 +114,4 @@ def run(
 
 def _move(staged: Path, target: Path) -> None:
     """Copy the staged report to ``target`` atomically (never a torn file at ``target``)."""
-    from fleet.files import write_output
-
     write_output(target, staged.read_bytes(), "--report")

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from fleet.profiles import Bound
+from fleet.bounds import Bound
 
 
 def bounded(bound: Bound) -> Callable[[Any], Any]:

@@ -35,8 +35,8 @@ from fleet.cmp.shared_secrets import DeviceSecrets
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
+from fleet.load.profiles import DeviceSpec
 from fleet.names import NameError_, parse_name, parse_san
-from fleet.profiles import DeviceSpec
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
 

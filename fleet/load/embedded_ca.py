@@ -1,7 +1,10 @@
-"""Start fleet's own CA (``fleet ca serve``) as a child process for a run with no ``--server``.
+"""Start fleet's own CA as a child process for a run with no ``--server``.
 
-A separate process, pinned to the last core when there are several, so the CA's CPU does not
-compete with the devices' in one interpreter. It is always stopped at the end of the run.
+The child is ``python -m fleet.ca``, given the profile's ``[ca]`` settings as a
+``fleet.ca.config.CaConfig`` on stdin (with the master secret, so it is on no command line and
+in no environment). A separate process, pinned to the last core when there are several, so the
+CA's CPU does not compete with the devices' in one interpreter. It is always stopped at the end
+of the run.
 """
 
 from __future__ import annotations
@@ -13,31 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
+from fleet.ca.config import CaConfig
 from fleet.errors import FleetError
 
 
 class EmbeddedCaError(FleetError):
     """The embedded CA could not be started."""
-
-
-# profile [ca] key -> `fleet ca serve` option
-_KNOB_FLAGS = {
-    "latency": "--latency",
-    "waiting_fraction": "--waiting-fraction",
-    "check_after": "--check-after",
-    "error_fraction": "--error-fraction",
-    "http_503_fraction": "--http-503-fraction",
-    "drop_fraction": "--drop-fraction",
-    "max_transactions": "--max-transactions",
-    "confirm_wait": "--confirm-wait",
-    "validity_days": "--validity-days",
-    "key_type": "--key-type",
-    "seed": "--seed",
-}
 
 
 def _free_port() -> int:
@@ -53,7 +41,7 @@ class EmbeddedCa:
         self,
         state_dir: Path | None = None,
         *,
-        options: Mapping[str, object] | None = None,
+        config: CaConfig | None = None,
         vendor_trust: Path | None = None,
         metrics_port: int | None = None,
         startup_timeout: float = 30.0,
@@ -63,7 +51,7 @@ class EmbeddedCa:
             self._tmp = tempfile.TemporaryDirectory(prefix="fleet-ca-")
             state_dir = Path(self._tmp.name)
         self.state_dir = Path(state_dir)
-        self.options = dict(options or {})
+        self.config = config or CaConfig()
         self.vendor_trust = vendor_trust
         self.metrics_port = metrics_port
         self.startup_timeout = startup_timeout
@@ -81,24 +69,14 @@ class EmbeddedCa:
         return self.state_dir / "root-ca.pem"
 
     def command(self) -> list[str]:
-        args = [
-            sys.executable, "-m", "fleet.cli.main", "ca", "serve",
-            "--dir", str(self.state_dir), "--host", "127.0.0.1", "--port", str(self.port),
-            "--master-secret", "env:FLEET_CA_MASTER_SECRET",
-        ]
-        mode = self.options.get("mode")
-        if mode:
-            args += ["--mode", str(mode)]
-        for key, flag in _KNOB_FLAGS.items():
-            if key in self.options:
-                args += [flag, str(self.options[key])]
-        if "implicit_confirm" in self.options:
-            args.append("--implicit-confirm" if self.options["implicit_confirm"] else "--no-implicit-confirm")
-        if self.vendor_trust is not None:
-            args += ["--vendor-trust", str(self.vendor_trust)]
-        if self.metrics_port is not None:
-            args += ["--metrics-port", str(self.metrics_port)]
-        return args
+        return [sys.executable, "-m", "fleet.ca"]
+
+    def ca_config(self) -> CaConfig:
+        """The profile's settings plus where this CA lives, listens and what it trusts."""
+        return replace(
+            self.config, state=self.state_dir, host="127.0.0.1", port=self.port,
+            master_secret=self.master_secret, vendor_trust=self.vendor_trust, metrics_port=self.metrics_port,
+        )
 
     def __enter__(self) -> EmbeddedCa:
         self.start()
@@ -110,7 +88,7 @@ class EmbeddedCa:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.port = _free_port()
-        env = dict(os.environ, FLEET_CA_MASTER_SECRET=self.master_secret.decode())
+        config = self.ca_config().to_json().encode()
         cores = os.cpu_count() or 1
 
         def pin() -> None:  # the CA takes the last core; devices run on the others
@@ -119,10 +97,15 @@ class EmbeddedCa:
 
         with open(self._log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, preexec_fn=pin,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, preexec_fn=pin,
                 start_new_session=True,  # Ctrl-C reaches the run, which stops the CA after reporting
             )
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(config)
+            self._proc.stdin.close()
+        except BrokenPipeError:  # it exited at once; the loop below reports its last line
+            pass
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -27,7 +27,14 @@ import numpy.typing as npt
 
 from fleet.errors import FleetError
 
-__all__ = ["BUCKET_COUNT", "HIGHEST_TRACKABLE", "HistogramError", "LatencyHistogram"]
+__all__ = [
+    "BUCKET_COUNT",
+    "BUCKET_MIDPOINT_S",
+    "BUCKET_UPPER_S",
+    "HIGHEST_TRACKABLE",
+    "HistogramError",
+    "LatencyHistogram",
+]
 
 _SUB_BITS = 7  # 128 linear sub-buckets per power of two
 _NS_PER_S = 1e9
@@ -68,9 +75,18 @@ def _bucket_bounds() -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     return lower.astype(np.float64), (np.int64(1) << e).astype(np.float64)
 
 
+def _frozen(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    values.flags.writeable = False
+    return values
+
+
 _LOWER_NS, _WIDTH_NS = _bucket_bounds()
-# The value reported for a bucket: its midpoint, in seconds.
-_MID_S = (_LOWER_NS + _WIDTH_NS / 2) / _NS_PER_S
+BUCKET_UPPER_S = _frozen((_LOWER_NS + _WIDTH_NS) / _NS_PER_S)
+"""Upper edge of every bucket in seconds, read-only: ``counts[i]`` holds values below
+``BUCKET_UPPER_S[i]`` (the top bucket also those above ``HIGHEST_TRACKABLE``). Exporters map
+buckets onto their own bounds with it."""
+BUCKET_MIDPOINT_S = _frozen((_LOWER_NS + _WIDTH_NS / 2) / _NS_PER_S)
+"""The value reported for each bucket: its midpoint in seconds; read-only."""
 
 
 class LatencyHistogram:
@@ -197,7 +213,7 @@ class LatencyHistogram:
         bucket = np.searchsorted(cumulative, rank, side="left")
         # Never report beyond what was seen: clamp the midpoint into [min, max]; the first and
         # last ranks are the exact min and max.
-        value = np.clip(_MID_S[bucket], self._min, self._max)
+        value = np.clip(BUCKET_MIDPOINT_S[bucket], self._min, self._max)
         value[rank <= 1] = self._min
         value[rank >= self._n] = self._max
         return value

@@ -22,15 +22,17 @@ import trio
 
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
-from fleet.files import atomic_write, load_certificates
+from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
+from fleet.load.histogram import LatencyHistogram
+from fleet.load.metrics import FleetMetrics
+from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
-from fleet.load.runner import Observer, WorkerPlan, WorkerRun
+from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
-from fleet.profiles import Profile
 from fleet.runtime import tune_gc
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
@@ -162,15 +164,13 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
         setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.worker,
     )
-    observer: Observer | None = None
+    metrics = None
     if setup.metrics_port is not None:
-        from fleet.metrics import FleetMetrics
-
-        observer = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
+        metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
-    run = WorkerRun(plan, devices, observer=observer)
-    if observer is not None:
-        observer.attach(run)  # type: ignore[attr-defined]  # scrape-time gauges read the run
+    run = WorkerRun(plan, devices, observer=metrics)
+    if metrics is not None:
+        metrics.attach(run)  # scrape-time gauges read the run
     return run
 
 
@@ -267,8 +267,6 @@ class Progress:
     def line(self, snapshots: dict[int, dict[str, Any]]) -> str | None:
         """The progress line for these worker snapshots (None until every worker has sent one,
         and when no time has passed)."""
-        from fleet.load.histogram import LatencyHistogram
-
         values = list(snapshots.values())
         if len(values) < self.profile.workers:
             return None
@@ -434,10 +432,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             load_certificates(p)  # a clear error now rather than in every worker
         vendor_key_pem = None
         vendor_root = None
-        mode = str(profile.ca.get("mode", "lcmpp"))
+        mode = profile.ca.mode
         if profile.devices.auth == "vendor":
-            from fleet.files import certs_pem, private_key_pem
-
             vendor = VendorCa()
             vendor_key_pem = private_key_pem(vendor.key)
             vendor_root = vendor.cert
@@ -446,7 +442,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             vendor_path = None
             # The CA serves fleet_ca_* right after the workers' ports (workers on P..P+W-1).
             ca_metrics = None if options.metrics_port is None else options.metrics_port + profile.workers
-            ca = EmbeddedCa(options.ca_dir, options=profile.ca, metrics_port=ca_metrics)
+            ca = EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_metrics)
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import trio
@@ -23,23 +22,14 @@ from fleet.exchange import run_transaction
 from fleet.http.client import CmpHttpClient
 from fleet.load.arrivals import ArrivalDriver
 from fleet.load.device import DeviceFactory
+from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
 from fleet.load.schedule import Closed, OpenShape
 from fleet.load.segments import Segment
-from fleet.profiles import Profile
+from fleet.observe import Observer
 from fleet.transport import CmpTransport, TransportFactory
 
 log = logging.getLogger(__name__)
-
-
-class Observer(Protocol):
-    """Told about every finished operation (the Prometheus exporter implements this)."""
-
-    def operation_started(self, op: str) -> None: ...
-
-    def operation_done(self, op: str, ok: bool, kind: str, fail_info: tuple[str, ...], latency: float, service: float, polls: int) -> None: ...
-
-    def exchange(self, op: str, body: str, seconds: float) -> None: ...
 
 
 @dataclass

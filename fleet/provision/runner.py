@@ -43,8 +43,6 @@ protection, HTTP 4xx) end the device as ``failed`` with the failInfo recorded.
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import random
 import time
@@ -68,6 +66,7 @@ from fleet.exchange import TransactionTimeout, run_transaction
 from fleet.files import CredentialError, load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.http.errors import HttpStatusError
+from fleet.observe import Observer
 from fleet.provision import outputs
 from fleet.provision.journal import (
     DeviceRecord,
@@ -106,7 +105,7 @@ class ProvisionOptions:
     progress: Callable[[Progress], None] | None = None
     progress_interval: float = 1.0
     seed: int | None = None  # jitter
-    observer: Any = None  # fleet.metrics.FleetMetrics (the load runner's Observer shape), or None
+    observer: Observer | None = None  # fleet.load.metrics.FleetMetrics, or None
 
 
 @dataclass(frozen=True)

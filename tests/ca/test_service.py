@@ -17,7 +17,8 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from fleet.ca.authority import Authority
-from fleet.ca.service import CaService, Latency, LoadKnobs, ServiceError, route
+from fleet.ca.config import CaConfigError, Latency, LoadKnobs
+from fleet.ca.service import CaService, route
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
 from fleet.cmp.errors import ServerError
 from fleet.cmp.messages import BodyType
@@ -141,9 +142,9 @@ def test_route() -> None:
 
 def test_knob_validation() -> None:
     assert str(Latency.parse("uniform:0.001:0.002")) == "uniform:0.001:0.002"
-    with pytest.raises(ServiceError):
+    with pytest.raises(CaConfigError):
         Latency.parse("gauss:1")
-    with pytest.raises(ServiceError):
+    with pytest.raises(CaConfigError):
         LoadKnobs(error_fraction=1.5)
 
 

@@ -19,7 +19,7 @@ from cli_helpers import (
     running_ca,
 )
 
-from fleet.cli import ca_cmd
+from fleet.ca import serve as ca_serve
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_port_taken_after_the_check_is_undone(
 ) -> None:
     """Another process wins the port between the check and the real bind: the hierarchy created
     meanwhile is removed again and the error is the same one line."""
-    monkeypatch.setattr(ca_cmd, "_check_port", lambda host, port: None)
+    monkeypatch.setattr(ca_serve, "_check_port", lambda host, port: None)
     state = tmp_path / "ca-state"
     state.mkdir()
     (state / "notes.txt").write_text("mine")
@@ -112,3 +112,77 @@ def test_metrics_host_exposes_by_choice(tmp_path: Path) -> None:
     port = free_port()
     with running_ca(tmp_path / "state", "--metrics-port", str(port), "--metrics-host", "0.0.0.0"):
         assert listening_addresses(port) == {"0.0.0.0"}
+
+
+# -- one spelling of the CA settings: flags, profile keys and CaConfig share names and words -----
+
+# The flag's text for one bad value of each profile key (booleans have no bad value on a command line).
+CLI_BAD = {
+    "mode": "5g", "latency": "gauss:1", "waiting_fraction": "1.5", "check_after": "-1", "error_fraction": "2",
+    "http_503_fraction": "-0.5", "drop_fraction": "3", "max_transactions": "-5", "confirm_wait": "0",
+    "validity_days": "0", "key_type": "rsa:1024", "seed": "-1",
+}
+
+
+def test_every_profile_key_is_a_flag() -> None:
+    from fleet.ca.config import PROFILE_KEYS
+
+    assert set(CLI_BAD) == set(PROFILE_KEYS) - {"implicit_confirm"}
+    text = fleet("ca", "serve", "--help", extra_env={"COLUMNS": "200"}).stdout
+    for key in PROFILE_KEYS:
+        assert f"--{key.replace('_', '-')}" in text, key
+
+
+@pytest.mark.parametrize("key", sorted(CLI_BAD))
+def test_flag_and_profile_key_are_refused_in_the_same_words(
+    key: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleet.load.profiles import ProfileError, parse_profile
+
+    text = CLI_BAD[key]
+    value = text if key in ("mode", "latency", "key_type") else float(text) if "." in text else int(text)
+    with pytest.raises(ProfileError) as profile:
+        parse_profile({"ca": {key: value}}, where="p.toml")
+    words = str(profile.value).split(f"[ca].{key}: ", 1)[1]
+    state = tmp_path / "ca-state"
+    flag = f"--{key.replace('_', '-')}"
+    code, out, err = fleet_inprocess(monkeypatch, capsys, "ca", "serve", "--dir", str(state), "--port", "0", flag, text)
+    assert code == 2 and out == ""
+    line = one_error_line(err, "fleet: usage error: ")
+    assert f"'{flag}'" in line and words in line and "--help')" in line, (line, words)
+    assert not state.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "words"),
+    [
+        (["--ref", "dev-1"], "--ref", "needs --secret"),
+        (["--tls-cert", "cert.pem"], "--tls-key", "--tls-cert and --tls-key go together"),
+        (["--issuing-cert", "i.pem", "--issuing-key", "k.pem"], "--signer-cert",
+         "--issuing-cert, --issuing-key, --signer-cert and --signer-key go together"),
+        (["--port", "9200", "--metrics-port", "9200"], "--metrics-port", "9200 is also --port"),
+    ],
+)
+def test_settings_that_go_together_are_usage_errors(
+    args: list[str], option: str, words: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Checked by CaConfig before anything is written (a lone --tls-cert used to create the
+    hierarchy first)."""
+    state = tmp_path / "ca-state"
+    code, _out, err = fleet_inprocess(monkeypatch, capsys, "ca", "serve", "--dir", str(state), *args)
+    assert code == 2
+    line = one_error_line(err, "fleet: usage error: ")
+    assert f"'{option}'" in line and words in line, line
+    assert not state.exists()
+
+
+def test_unreadable_tls_files_leave_no_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Every input file is read before the state folder is created."""
+    state = tmp_path / "ca-state"
+    code, _out, err = fleet_inprocess(monkeypatch, capsys, "ca", "serve", "--dir", str(state), "--port", "0",
+                                      "--tls-cert", str(tmp_path / "none.pem"), "--tls-key", str(tmp_path / "none.key"))
+    assert code == 1
+    assert "cannot load --tls-cert/--tls-key" in one_error_line(err)
+    assert not state.exists()

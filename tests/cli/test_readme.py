@@ -22,7 +22,7 @@ from recording_proxy import recording_proxy
 
 from fleet.cli import cmp_cmd
 from fleet.cli import main as main_module
-from fleet.profiles import load_profile
+from fleet.load.profiles import load_profile
 
 README = (ROOT / "README.md").read_text()
 

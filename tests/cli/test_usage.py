@@ -15,7 +15,7 @@ import typer
 from cli_helpers import DEAD, fleet, one_error_line
 
 from fleet.cli import main as main_module
-from fleet.metrics import metrics_host
+from fleet.prometheus import metrics_host
 from fleet.provision.manifest import COLUMNS
 
 USAGE = "fleet: usage error: "

@@ -11,8 +11,8 @@ from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.cmp.trust import TrustStore
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, DeviceSetupError
+from fleet.load.profiles import DeviceSpec
 from fleet.names import parse_name, parse_san
-from fleet.profiles import DeviceSpec
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
 MASTER = b"master secret for tests"

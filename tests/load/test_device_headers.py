@@ -20,7 +20,7 @@ from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
-from fleet.profiles import DeviceSpec, ProfileError, parse_profile
+from fleet.load.profiles import DeviceSpec, ProfileError, parse_profile
 
 MASTER = b"master secret for tests"
 CN = "2.5.4.3"

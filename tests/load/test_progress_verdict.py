@@ -8,9 +8,9 @@ import signal
 from typing import Any
 
 from fleet.load.orchestrator import Progress, report_dict, summary_table, verdict
+from fleet.load.profiles import Profile, Slo
 from fleet.load.results import RunResults
 from fleet.load.schedule import Closed, Constant, Ramp
-from fleet.profiles import Profile, Slo
 
 
 def _profile(**changes: Any) -> Profile:

@@ -16,7 +16,7 @@ from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.segments import split
-from fleet.profiles import Profile, parse_profile
+from fleet.load.profiles import Profile, parse_profile
 from fleet.transport import CmpTransport
 
 

@@ -312,7 +312,7 @@ def test_transient_classification() -> None:
 
 async def test_metrics_count_what_the_summary_reports(ca: LoopbackCa, tmp_path: Path) -> None:
     """fleet provision --metrics-port: the same observer as fleet run, fed per transaction."""
-    from fleet.metrics import FleetMetrics
+    from fleet.load.metrics import FleetMetrics
 
     manifest = tmp_path / "m.csv"
     mac_manifest(manifest, 6)

@@ -20,43 +20,31 @@ separately, from when the request was sent (service time); buckets run from 1 ms
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-)
+import trio
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import generate_latest, start_http_server
 from prometheus_client.registry import Collector
 
-from fleet.errors import FleetError
-
-if TYPE_CHECKING:
-    from fleet.load.histogram import LatencyHistogram
-    from fleet.load.runner import WorkerRun
+from fleet.load.histogram import BUCKET_UPPER_S, LatencyHistogram
+from fleet.load.runner import WorkerRun
+from fleet.prometheus import Endpoint, bounded
 
 __all__ = [
     "LATENCY_BUCKETS",
     "LATE_THRESHOLD",
     "FleetMetrics",
-    "MetricsError",
-    "bounded",
-    "metrics_host",
-    "serve_registry",
+    "histogram_buckets",
 ]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -67,46 +55,6 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 LATE_THRESHOLD = 0.010
 """An arrival that starts more than this many seconds after its intended time counts as late."""
 
-LABEL_LIMIT = 64
-"""Distinct values a free-form label (error kind) may take before new ones become ``other``."""
-
-_HOST_ENV = "FLEET_METRICS_HOST"
-
-# No ``*_created`` series: they double the series count and no dashboard reads them.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-
-
-class MetricsError(FleetError):
-    """The metrics endpoint cannot be served (port in use, bad address)."""
-
-
-def metrics_host() -> str:
-    """Address /metrics binds to: ``$FLEET_METRICS_HOST``, else loopback. Counters of a run or a
-    CA are not for the whole network by default; ``--metrics-host`` exposes them by choice."""
-    return os.environ.get(_HOST_ENV) or "127.0.0.1"
-
-
-def serve_registry(registry: CollectorRegistry, port: int, host: str | None = None) -> Any:
-    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread; returns the server
-    (``shutdown()`` stops it)."""
-    host = host or metrics_host()
-    try:
-        server, _thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise MetricsError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
-    return server
-
-
-def bounded(seen: set[str], value: str, limit: int = LABEL_LIMIT) -> str:
-    """``value`` while fewer than ``limit`` distinct values were seen, then ``other`` for new ones
-    (a safety net: error kinds come from a fixed set of exception classes)."""
-    if value in seen:
-        return value
-    if len(seen) >= limit:
-        return "other"
-    seen.add(value)
-    return value
-
 
 def histogram_buckets(hist: LatencyHistogram, bounds: Iterable[float] = LATENCY_BUCKETS) -> tuple[list[tuple[str, float]], float]:
     """Cumulative Prometheus buckets of a fleet ``LatencyHistogram`` (and its sum).
@@ -115,15 +63,12 @@ def histogram_buckets(hist: LatencyHistogram, bounds: Iterable[float] = LATENCY_
     most 1/128 of their value wide, so a count is off by at most the values within 0.8 % below
     a bound. ``+Inf`` is the total, taken from the same copy of the counts.
     """
-    from fleet.load.histogram import _LOWER_NS, _WIDTH_NS
-
     counts = hist.counts
-    upper_s = (_LOWER_NS + _WIDTH_NS) / 1e9
     cumulative = np.cumsum(counts)
     total = int(cumulative[-1]) if len(cumulative) else 0
     out: list[tuple[str, float]] = []
     for b in bounds:
-        i = int(np.searchsorted(upper_s, b, side="right"))  # buckets with upper edge <= b
+        i = int(np.searchsorted(BUCKET_UPPER_S, b, side="right"))  # buckets with upper edge <= b
         out.append((_le(b), float(cumulative[i - 1]) if i > 0 else 0.0))
     out.append(("+Inf", float(total)))
     return out, hist.mean * hist.count if hist.count else 0.0
@@ -233,8 +178,8 @@ class _RunCollector(Collector):
                     lateness, pool, pool_taken, pool_reused, pool_generated)
 
 
-class FleetMetrics:
-    """The Prometheus side of one worker: implements the runner's ``Observer``.
+class FleetMetrics(Endpoint):
+    """The Prometheus side of one worker (or of ``fleet provision``): a ``fleet.observe.Observer``.
 
     ``FleetMetrics.serve(port, worker="0")`` starts serving; ``attach(run)`` gives the scrape-time
     collector the ``WorkerRun``; ``finish()`` after the run waits (bounded) for one more scrape so
@@ -242,13 +187,12 @@ class FleetMetrics:
     """
 
     def __init__(self, worker: str = "0", *, registry: CollectorRegistry | None = None, process: bool = True) -> None:
+        super().__init__(registry)
         self.worker = worker
-        self.registry = registry or CollectorRegistry(auto_describe=True)
         self.run: WorkerRun | None = None
         self.start_wall: float | None = None
         self.clock_offset: float | None = None  # trio.current_time() - time.perf_counter()
         self.finished_at: float | None = None
-        self.server: Any = None
         self._scrapes = _Scrapes()
         self.registry.register(self._scrapes)
         labels = ("worker", "operation")
@@ -278,7 +222,7 @@ class FleetMetrics:
     def serve(cls, port: int, *, worker: str = "0", host: str | None = None) -> FleetMetrics:
         """A ``FleetMetrics`` serving ``/metrics`` on ``host:port`` (default ``metrics_host()``)."""
         metrics = cls(worker)
-        metrics.server = serve_registry(metrics.registry, port, host)
+        metrics.listen(port, host)
         return metrics
 
     # -- wiring ---------------------------------------------------------------------------
@@ -291,8 +235,6 @@ class FleetMetrics:
         """From the trio thread, at the first operation: the scrape thread cannot call
         trio.current_time(), but trio's clock is perf_counter() plus an offset fixed for the
         whole trio.run, so remember that offset and the run's start in wall time."""
-        import trio
-
         if self.run is None:
             return
         try:
@@ -332,17 +274,6 @@ class FleetMetrics:
                 scrapes.cond.wait(left)
         time.sleep(0.05)  # let the server thread send the response it just rendered
         return True
-
-    def close(self) -> None:
-        """Stop serving (the daemon thread would also end with the process)."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def exposition(self) -> bytes:
-        """The text exposition Prometheus would scrape."""
-        return generate_latest(self.registry)
 
     # -- Observer (the runner's hot path) ----------------------------------------------
 

@@ -1,18 +1,21 @@
-"""Load-test profiles (``profiles/*.toml``), validated on load.
+"""Load-test profiles (``profiles/*.toml``): the configuration of a load run, validated on load.
 
 A typo must not silently become a default: every unknown section or key, wrong type or bad value
-is one ``ProfileError`` line naming the file, the key and what is allowed.
+is one ``ProfileError`` line naming the file, the key and what is allowed. Numbers obey the
+``fleet.bounds`` rules of the flags that override them; the ``[ca]`` section is a
+``fleet.ca.config.CaConfig`` (the settings ``fleet ca serve`` takes, spelled alike).
 """
 
 from __future__ import annotations
 
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from fleet.bounds import COUNT, POSITIVE, SEED, Bound
+from fleet.ca.config import CaConfig, CaConfigError
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError
 from fleet.load.schedule import Closed, ScheduleError, Shape, parse_shape
@@ -36,59 +39,10 @@ class OverrideError(ProfileError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class Bound:
-    """A numeric rule shared by a profile key and the command-line flag for the same value, so
-    both are refused with the same words."""
-
-    minimum: float
-    integer: bool = False
-    strict: bool = False  # the minimum itself is refused
-    maximum: float | None = None
-
-    @property
-    def what(self) -> str:
-        if self.maximum is not None:
-            if self.integer:
-                return f"an integer from {self.minimum:g} to {self.maximum:g}"
-            if (self.minimum, self.maximum) == (0, 1):
-                return "a fraction between 0 and 1"
-            return f"a number between {self.minimum:g} and {self.maximum:g}"
-        kind = "an integer" if self.integer else "a number"
-        return f"{kind} {'>' if self.strict else '>='} {self.minimum:g}"
-
-    def problem(self, value: object) -> str | None:
-        """``None`` when ``value`` obeys the rule, else "must be ..., got ..."."""
-        if isinstance(value, bool) or not isinstance(value, int if self.integer else (int, float)):
-            ok = False
-        else:
-            v = float(value)
-            ok = math.isfinite(v) and (v > self.minimum if self.strict else v >= self.minimum)
-            ok = ok and (self.maximum is None or v <= self.maximum)
-        if ok:
-            return None
-        shown = f"{value:g}" if isinstance(value, float) else repr(value)
-        return f"must be {self.what}, got {shown}"
-
-
-COUNT = Bound(1, integer=True)
-SEED = Bound(0, integer=True)
-NON_NEGATIVE_INT = Bound(0, integer=True)
-POSITIVE = Bound(0, strict=True)  # seconds, rates
-NON_NEGATIVE = Bound(0)
-FRACTION = Bound(0, maximum=1)
-PORT = Bound(0, integer=True, maximum=65535)
-
 # Bounds of the values ``Profile.with_overrides`` may change (the same as the profile's own keys).
 _OVERRIDE_BOUNDS = {
     "duration": POSITIVE, "max_in_flight": COUNT, "max_connections": COUNT, "transaction_timeout": POSITIVE,
     "workers": COUNT, "seed": SEED,
-}
-# [ca] keys: the same rules `fleet ca serve` applies to its flags.
-CA_BOUNDS = {
-    "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE, "error_fraction": FRACTION,
-    "http_503_fraction": FRACTION, "drop_fraction": FRACTION, "max_transactions": NON_NEGATIVE_INT,
-    "confirm_wait": POSITIVE, "validity_days": COUNT, "seed": SEED,
 }
 
 
@@ -137,7 +91,7 @@ class Profile:
     seed: int = 1
     devices: DeviceSpec = DeviceSpec()
     slo: Slo = Slo()
-    ca: Mapping[str, Any] = field(default_factory=dict)
+    ca: CaConfig = field(default_factory=CaConfig)  # the embedded CA's settings ([ca]), used when a run has no --server
     description: str = ""
 
     def with_overrides(self, **changes: Any) -> Profile:
@@ -267,12 +221,8 @@ _DEVICES = {
     "max_iterations": "",
 }
 _SLO = {"p99_seconds": "", "max_error_rate": "", "min_rate_ratio": ""}
-# Options of the embedded CA (`fleet ca serve`), used when a run has no --server.
-_CA = {
-    "mode": "", "latency": "", "waiting_fraction": "", "check_after": "", "error_fraction": "",
-    "http_503_fraction": "", "drop_fraction": "", "max_transactions": "", "implicit_confirm": "",
-    "confirm_wait": "", "validity_days": "", "key_type": "", "seed": "",
-}
+# Settings of the embedded CA (`fleet ca serve`'s, by the same names), used when a run has no --server.
+_CA = dict.fromkeys(CaConfig.PROFILE_KEYS, "")
 
 
 def _key_types(section: _Section) -> tuple[tuple[KeySpec, float], ...]:
@@ -343,13 +293,10 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
                            f"in {duration:g} s; give it a rate above 0")
     if isinstance(shape, Closed) and "count" not in devices.data:
         devices.data = {**devices.data, "count": shape.devices}
-    ca.string("mode", "lcmpp", ("lcmpp", "3gpp"))
-    ca.string("latency", "none")
-    ca.string("key_type", "ec:P-256")
-    ca.boolean("implicit_confirm", True)
-    for key, bound in CA_BOUNDS.items():
-        if key in ca.data:
-            ca.checked(key, None, bound)
+    try:
+        ca_config = CaConfig.from_mapping(ca.data, keys=CaConfig.PROFILE_KEYS)
+    except CaConfigError as exc:
+        raise ProfileError(f"{ca.where}.{exc.key}: {exc.problem}") from None
     return Profile(
         name=str(data.get("name") or (path.stem if path else "profile")),
         path=path,
@@ -384,7 +331,7 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
             max_error_rate=None if max_error is None else float(max_error),
             min_rate_ratio=None if min_ratio is None else float(min_ratio),
         ),
-        ca=dict(ca.data),
+        ca=ca_config,
     )
 
 

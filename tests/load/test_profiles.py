@@ -5,19 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from fleet.bounds import COUNT, FRACTION, PORT, POSITIVE
+from fleet.load.profiles import OverrideError, ProfileError, load_profile, parse_profile
 from fleet.load.schedule import Closed, Constant, Ramp, Sine, Spike, Steps
-from fleet.profiles import (
-    COUNT,
-    FRACTION,
-    PORT,
-    POSITIVE,
-    OverrideError,
-    ProfileError,
-    load_profile,
-    parse_profile,
-)
 
-PROFILES = sorted((Path(__file__).parent.parent / "profiles").glob("*.toml"))
+SHIPPED = Path(__file__).parents[2] / "profiles"
+PROFILES = sorted(SHIPPED.glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
@@ -84,8 +77,6 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
 
 # -- fleet run's overrides ----------------------------------------------------------------------
 
-
-SHIPPED = Path(__file__).parent.parent / "profiles"
 
 
 def test_rate_scales_every_shape_to_its_peak() -> None:
