@@ -31,7 +31,7 @@ from fleet.bounds import (
     SEED,
     Bound,
 )
-from fleet.cmp.server import ServerConfig
+from fleet.cmp.server_config import ServerConfig
 from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.errors import FleetError
 from fleet.keytypes import KeySpec, KeySpecError
