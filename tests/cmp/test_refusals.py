@@ -23,12 +23,16 @@ from pyasn1.type import univ, useful
 from pyasn1_alt_modules import rfc9480
 
 from fleet.ca.authority import Authority
-from fleet.cmp.messages import FailInfo
+from fleet.cmp import messages
+from fleet.cmp.messages import ACCEPTED, BodyType, CertRepMessage, CertResponse, FailInfo
+from fleet.cmp.protection import MacProtector
 from fleet.cmp.refusals import Refusal
 from fleet.cmp.server import CmpServer, ServerConfig
+from fleet.cmp.server_auth import response_pvno
 from fleet.cmp.shared_secrets import SharedSecrets
 
 from . import pyasn1_requests as P
+from .test_server import craft, error_of, ir_body
 from .test_server_auth import (
     REF,
     REJECTION,
@@ -344,3 +348,23 @@ def test_pbm_iteration_cap_is_the_clients(server: CmpServer, authority: Authorit
     refused(server, authority, mac_ir(mac=P.Mac(SECRET, REF, iterations=100_001)), "error", "badAlg")
     capped = make_server(authority, max_iterations=10_000)
     refused(capped, authority, mac_ir(mac=P.Mac(SECRET, REF, iterations=20_000)), "error", "badAlg")
+
+
+def test_a_response_carrying_enveloped_data_is_version_3() -> None:
+    """RFC 9810 §7: EnvelopedData (a centrally generated private key) needs CMP v3 whatever the
+    request's version; otherwise the response takes the request's."""
+    plain = CertRepMessage((CertResponse(0, ACCEPTED, b"cert"),))
+    with_key = CertRepMessage((CertResponse(0, ACCEPTED, b"cert", private_key=b"enveloped"),))
+    assert [response_pvno(v, plain) for v in (1, 2, 3, 4)] == [2, 2, 3, 3]
+    assert response_pvno(2, with_key) == 3
+
+
+def test_pbmac1_iteration_cap_is_the_clients(server: CmpServer) -> None:
+    """PBMAC1 (fleet's own encoder here: the pyasn1 helper writes PasswordBasedMac only) is
+    capped at 1,000,000 as the client caps it, not at PasswordBasedMac's 100,000."""
+    now = time.time()
+    served = MacProtector(SECRET, reference=REF, pbmac1=True, iterations=200_000)
+    assert messages.decode(server.handle(craft(served, BodyType.IR, ir_body(new_key())), now).data).label == "ip"
+    above = MacProtector(SECRET, reference=REF, pbmac1=True, iterations=1_000_001)
+    status = error_of(server.handle(craft(above, BodyType.IR, ir_body(new_key())), now).data)
+    assert (status.status, status.fail_names) == (REJECTION, ("badAlg",))
