@@ -11,7 +11,9 @@ Checks, in order (RFC 9483 §3, checklist items 13-17), after the request decode
   refused here: the denial goes back to the engine, which answers it last, in the request's
   own response where it has a status.
 * ``Authenticator.check_header``: pvno 2 or 3, a transactionID, a senderNonce of 16+ octets,
-  messageTime within the allowed skew.
+  no recipNonce in a transaction's first message, messageTime present (unless the policy lets
+  it be left out) and within the allowed skew, and generalInfo's implicitConfirm (NULL) and
+  confirmWaitTime (a GeneralizedTime) well formed and not together (``check_general_info``).
 * Then the engine's transaction table (``fleet.cmp.server``); a follow-up must come from the
   same requester (``check_same_requester``). What a request asks is authorised by
   ``check_pop``, ``Authenticator.check_requested_key``, ``Authenticator.authorize_kur`` and
@@ -23,7 +25,10 @@ verified) with the RA signer's signature, its certificate first in extraCerts wi
 its SKI as senderKID.
 
 Failures of the checks raise ``Refuse`` (an error message); refusals of what a request asks
-raise ``Rejected`` (the request's own response, with its status).
+raise ``Rejected`` (the request's own response, with its status). Both name a
+``fleet.cmp.refusals.Refusal``, which gives the failInfo bit. Before the signature path, a
+protectionAlg that is neither PBM/PBMAC1 nor a known signature algorithm is badAlg; the
+protection certificate must be the first of extraCerts (RFC 9483 §3.3).
 """
 
 from __future__ import annotations
