@@ -71,7 +71,7 @@ def serve(
     max_iterations: Annotated[int | None, typer.Option(help=(
         "Cap on PBM/PBMAC1 iteration counts (default: 100,000 for PBM, 1,000,000 for PBMAC1)."))] = None,
     require_message_time: Annotated[bool, typer.Option(help=(
-        "Refuse requests without messageTime (badTime, RFC 9483 §3.1); --no-require-message-time "
+        "Refuse requests without messageTime (badTime, RFC 9483 section 3.1); --no-require-message-time "
         "serves devices without a clock."))] = True,
     max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
