@@ -45,7 +45,7 @@ MODES = ("lcmpp", "3gpp")
 PROFILE_KEYS = (
     "mode", "latency", "waiting_fraction", "check_after", "error_fraction", "http_503_fraction",
     "drop_fraction", "max_transactions", "implicit_confirm", "confirm_wait", "validity_days",
-    "key_type", "seed",
+    "key_type", "seed", "require_message_time",
 )  # fmt: skip
 
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
@@ -202,10 +202,11 @@ class CaConfig:
     confirm_wait: float = 60.0
     implicit_confirm: bool = True
     max_time_skew: float = 300.0  # 0: messageTime not checked
-    max_iterations: int = 10_000
+    max_iterations: int | None = None  # None: PasswordBasedMac 100,000, PBMAC1 1,000,000 (as the client)
     max_transactions: int = 0  # 0: no cap
     max_body_bytes: int = 1_000_000
     allow_replaced_signers: bool = False
+    require_message_time: bool = True  # RFC 9483 §3.1; False for devices without a clock
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -250,6 +251,7 @@ class CaConfig:
             max_iterations=self.max_iterations,
             max_transactions=self.max_transactions or None,
             allow_replaced_signers=self.allow_replaced_signers,
+            require_message_time=self.require_message_time,
         )
 
     def shared_secrets(self) -> SharedSecrets | None:

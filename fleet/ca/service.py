@@ -244,7 +244,8 @@ class CaService:
             delay = knobs.latency.sample(self._rng)
             if delay > 0:
                 await trio.sleep(delay)
-        return HttpResponse(200, reply.data, CMP_TYPE)
+        # RFC 9811 §3.3: a body that is no PKIMessage is a client error, answered with a CMP error
+        return HttpResponse(400 if reply.outcome.request == "malformed" else 200, reply.data, CMP_TYPE)
 
     def _ocsp(self, request: HttpRequest, arg: str | None) -> HttpResponse:
         ocsp = self.authority.ocsp

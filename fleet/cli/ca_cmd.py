@@ -68,7 +68,11 @@ def serve(
     confirm_wait: Annotated[float, typer.Option(help="Seconds a certConf may take before the certificate is rejected.")] = 60.0,
     implicit_confirm: Annotated[bool, typer.Option(help="Grant implicit confirmation when asked.")] = True,
     max_time_skew: Annotated[float, typer.Option(help="Allowed messageTime skew in seconds (0: unchecked).")] = 300.0,
-    max_iterations: Annotated[int, typer.Option(help="Cap on PBM/PBMAC1 iteration counts.")] = 10_000,
+    max_iterations: Annotated[int | None, typer.Option(help=(
+        "Cap on PBM/PBMAC1 iteration counts (default: 100,000 for PBM, 1,000,000 for PBMAC1)."))] = None,
+    require_message_time: Annotated[bool, typer.Option(help=(
+        "Refuse requests without messageTime (badTime, RFC 9483 section 3.1); --no-require-message-time "
+        "serves devices without a clock."))] = True,
     max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
     allow_replaced_signers: Annotated[bool, typer.Option(
@@ -98,7 +102,7 @@ def serve(
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,
             max_iterations=max_iterations, max_transactions=max_transactions, max_body_bytes=max_body_bytes,
-            allow_replaced_signers=allow_replaced_signers, tls_cert=tls_cert, tls_key=tls_key,
+            allow_replaced_signers=allow_replaced_signers, require_message_time=require_message_time, tls_cert=tls_cert, tls_key=tls_key,
             knobs=LoadKnobs(
                 latency=Latency.parse(latency), waiting_fraction=waiting_fraction, check_after=check_after,
                 error_fraction=error_fraction, http_503_fraction=http_503_fraction, drop_fraction=drop_fraction,

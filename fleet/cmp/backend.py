@@ -18,6 +18,7 @@ from typing import Protocol
 from cryptography import x509
 
 from fleet.cmp.messages import BodyType, FailInfo, InfoTypeAndValue
+from fleet.cmp.refusals import Refusal
 from fleet.errors import FleetError
 from fleet.records import record
 
@@ -27,8 +28,10 @@ __all__ = ["CaBackend", "CertState", "IssueRequest", "IssuedLike", "KnownCert", 
 class Rejected(FleetError):
     """The CA refuses a request with one ``FailInfo``; ``fail_info`` is its bit mask."""
 
-    def __init__(self, message: str, fail: FailInfo = FailInfo.badRequest) -> None:
+    def __init__(self, message: str, fail: FailInfo | Refusal = FailInfo.badRequest) -> None:
         super().__init__(message)
+        if isinstance(fail, Refusal):  # the server's own refusals go through its one table
+            fail = fail.fail
         self.fail = fail
         self.fail_info = fail.mask
 

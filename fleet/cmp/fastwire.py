@@ -462,11 +462,11 @@ _PVNO_2 = b"\x02\x01\x02"
 
 def response_header_der(
     sender: bytes, recipient: bytes, time_der: bytes, alg: bytes | None, kid: bytes | None,
-    tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes,
+    tid: bytes | None, nonce: bytes, recip_nonce: bytes | None, info_der: bytes, pvno: int = 2,
 ) -> bytes:
-    """``encoding.encode_header`` of a response header (pvno 2, no freeText or recipKID), from
-    the encoded messageTime (``message_time_der``) and generalInfo (``general_info_der``)."""
-    out = _PVNO_2 + sender + recipient + time_der + _alg_kid_der(alg, kid)
+    """``encoding.encode_header`` of a response header (no freeText or recipKID), from the
+    encoded messageTime (``message_time_der``) and generalInfo (``general_info_der``)."""
+    out = (_PVNO_2 if pvno == 2 else der.integer(pvno)) + sender + recipient + time_der + _alg_kid_der(alg, kid)
     if tid is not None:
         out += der.explicit_octets(4, tid)
     out += der.explicit_octets(5, nonce)

@@ -341,6 +341,16 @@ _SIG_HASH: dict[str, tuple[str, str | None]] = {
 _ECDSA = {name: ec.ECDSA(_HASH_OBJ[name]()) for name in ("sha256", "sha384", "sha512")}
 
 
+@lru_cache(maxsize=1024)
+def is_signature_algorithm(alg_der: bytes) -> bool:
+    """Whether ``verify_signature`` knows this AlgorithmIdentifier's OID (the key may still not fit)."""
+    try:
+        dotted, _ = parse_algorithm(alg_der)
+    except DerError:
+        return False
+    return dotted in _SIG_HASH or dotted == oids.RSASSA_PSS
+
+
 @lru_cache(maxsize=64)
 def _key_family(key_type: type) -> str:
     """"ec", "rsa" or "other" for a key class: one subclass check per class, where ``isinstance``

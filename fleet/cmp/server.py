@@ -64,6 +64,7 @@ from fleet.cmp.messages import (
     RevReqContent,
 )
 from fleet.cmp.protection import SignatureProtector
+from fleet.cmp.refusals import Refusal
 from fleet.cmp.server_auth import (
     NEW_REQUESTS,
     NO_AUTH,
@@ -74,6 +75,7 @@ from fleet.cmp.server_auth import (
     authorize_rr,
     check_pop,
     check_same_requester,
+    response_pvno,
 )
 from fleet.cmp.server_config import ServerConfig
 from fleet.cmp.shared_secrets import SecretLookup
@@ -214,7 +216,7 @@ class CmpServer:
             backend, secrets=secrets, trust=trust or TrustStore(), vendor_trust=vendor_trust,
             untrusted=tuple(untrusted), max_iterations=cfg.max_iterations, max_rsa_bits=cfg.max_rsa_bits,
             min_nonce_bytes=cfg.min_nonce_bytes, max_time_skew=cfg.max_time_skew,
-            allow_replaced_signers=cfg.allow_replaced_signers,
+            allow_replaced_signers=cfg.allow_replaced_signers, require_message_time=cfg.require_message_time,
         )
         self._writer = ResponseWriter(signer, random if random is not None else RandomPool().take)
         self._live: dict[bytes, _Tx] = {}
@@ -237,19 +239,21 @@ class CmpServer:
             msg = decode_request(data)
         except (FleetError, ValueError, IndexError, RecursionError) as exc:
             ctx = _Ctx(_EMPTY_MESSAGE, now)
-            return self._error(ctx, FailInfo.badDataFormat, f"cannot decode request: {short_text(exc)}",
+            return self._error(ctx, Refusal.NOT_DER.fail, f"cannot decode request: {short_text(exc)}",
                                request="malformed")
         ctx = _Ctx(msg, now)
         try:
             ctx.auth, ctx.denial = self._checks.authenticate(msg, now, self._live)
-            self._checks.check_header(msg.header, now)
+            self._checks.check_header(msg.header, now, first=msg.body_type in NEW_REQUESTS)
             return self._dispatch(ctx, defer, inject_error)
         except Refuse as refusal:
+            if refusal.auth is not None:  # the MAC verified: the error is protected with it
+                ctx.auth = refusal.auth
             return self._error(ctx, refusal.fail, refusal.text, status=refusal.status)
         except Rejected as exc:
             return self._error(ctx, exc.fail, str(exc))
         except Exception as exc:  # noqa: BLE001  # a bug or a broken store costs one answer, not the server
-            return self._error(ctx, FailInfo.systemFailure, "internal error",
+            return self._error(ctx, Refusal.INTERNAL.fail, "internal error",
                                detail=f"{type(exc).__name__}: {short_text(exc)}")
 
     def tick(self, now: float) -> list[Outcome]:
@@ -270,7 +274,7 @@ class CmpServer:
                 self._counts["hung_closed"] += 1
                 reason = "hung"
             self._close(tx, now, reason)
-            expired.append(Outcome("tick", "none", reason, FailInfo.systemUnavail.mask,
+            expired.append(Outcome("tick", "none", reason, Refusal.TRANSACTION_EXPIRED.fail.mask,
                                    tx.issued.serial if tx.issued else None))
         limit = now - self.config.closed_ttl
         closed = self._closed
@@ -327,30 +331,30 @@ class CmpServer:
         if tx is None:
             if tid in self._closed:
                 if body_type in NEW_REQUESTS:
-                    raise Refuse(FailInfo.transactionIdInUse, "transactionID was used before")
+                    raise Refuse(Refusal.TRANSACTION_ID_IN_USE, "transactionID was used before")
                 reason = self._closed[tid][1]
                 if reason in ("confirm_timeout", "hung"):
-                    raise Refuse(FailInfo.systemUnavail, f"transaction was closed ({reason.replace('_', ' ')})")
-                raise Refuse(FailInfo.badRequest, f"{msg.label} for a closed transaction")
+                    raise Refuse(Refusal.TRANSACTION_EXPIRED, f"transaction was closed ({reason.replace('_', ' ')})")
+                raise Refuse(Refusal.OUT_OF_SEQUENCE, f"{msg.label} for a closed transaction")
             handler = _TRANSITIONS[None].get(body_type)
             if handler is None:
-                raise Refuse(FailInfo.badRequest, f"{msg.label} does not start a transaction")
+                raise Refuse(Refusal.OUT_OF_SEQUENCE, f"{msg.label} does not start a transaction")
             if ctx.denial is not None:
                 return self._deny(ctx, ctx.denial)
             limit = self.config.max_transactions
             if limit is not None and len(self._live) >= limit:
-                raise Refuse(FailInfo.systemUnavail, "too many concurrent transactions; retry later")
+                raise Refuse(Refusal.BUSY, "too many concurrent transactions; retry later")
             if inject_error:
-                raise Refuse(FailInfo.systemFailure, "injected failure (load-target knob)")
+                raise Refuse(Refusal.INTERNAL, "injected failure (load-target knob)")
             return handler(self, ctx, defer)
         ctx.tx = tx
         if body_type in NEW_REQUESTS:
-            raise Refuse(FailInfo.transactionIdInUse, "transactionID belongs to a transaction in progress")
+            raise Refuse(Refusal.TRANSACTION_ID_IN_USE, "transactionID belongs to a transaction in progress")
         handler = _TRANSITIONS[tx.state].get(body_type)
         if handler is None:
-            raise Refuse(FailInfo.badRequest, f"unexpected {msg.label} while {tx.state.value.replace('_', ' ')}")
+            raise Refuse(Refusal.OUT_OF_SEQUENCE, f"unexpected {msg.label} while {tx.state.value.replace('_', ' ')}")
         if msg.header.recip_nonce != tx.our_nonce:
-            raise Refuse(FailInfo.badRecipientNonce, "recipNonce does not echo our senderNonce")
+            raise Refuse(Refusal.WRONG_RECIP_NONCE, "recipNonce does not echo our senderNonce")
         check_same_requester(ctx.auth, tx.auth)
         if ctx.denial is not None:
             raise Refuse(ctx.denial.fail, str(ctx.denial))
@@ -378,17 +382,21 @@ class CmpServer:
         body = msg.body
         assert isinstance(body, CertReqMessages)
         rsp_type = messages.RESPONSE_FOR[msg.body_type]
+        # RFC 9483 §4.1.1: one CertReqMsg, certReqId 0; refused in the ip/cp/kup with a status.
         if len(body.messages) != 1:
-            raise Refuse(FailInfo.badRequest, "exactly one CertReqMsg is supported")
+            first_id = body.messages[0].cert_req_id if body.messages else 0
+            return self._cert_rejection(ctx, rsp_type, first_id, Rejected(
+                f"exactly one CertReqMsg is supported, not {len(body.messages)}", Refusal.CERT_REQ_COUNT))
         req = body.messages[0]
         if req.cert_req_id != 0:
-            raise Refuse(FailInfo.badRequest, f"certReqId must be 0, not {req.cert_req_id}")
+            return self._cert_rejection(ctx, rsp_type, req.cert_req_id, Rejected(
+                f"certReqId must be 0, not {req.cert_req_id}", Refusal.CERT_REQ_ID))
         if msg.body_type is BodyType.KUR and ctx.auth.kind != "signature":
-            raise Refuse(FailInfo.notAuthorized, "kur must be signed with the certificate being updated")
+            raise Refuse(Refusal.NOT_SIGNED, "kur must be signed with the certificate being updated")
         try:
             template = req.template
             if template.public_key is None:
-                raise Rejected("certTemplate lacks a publicKey", FailInfo.badCertTemplate)
+                raise Rejected("certTemplate lacks a publicKey", Refusal.TEMPLATE)
             subject: x509.Name | bytes
             if template.extensions is None:
                 # The usual template: the key loaded by itself, the subject left as DER for the
@@ -422,9 +430,9 @@ class CmpServer:
                 self._checks.check_requested_key(public_key)
                 pop_ok = csr.is_signature_valid
             except (ValueError, TypeError) as exc:
-                raise Rejected(f"unusable PKCS#10 request: {short_text(exc)}", FailInfo.badDataFormat) from None
+                raise Rejected(f"unusable PKCS#10 request: {short_text(exc)}", Refusal.CSR_MALFORMED) from None
             if not pop_ok:
-                raise Rejected("PKCS#10 signature (POP) does not verify", FailInfo.badPOP)
+                raise Rejected("PKCS#10 signature (POP) does not verify", Refusal.POP)
             extensions = csr_extensions(csr)
         except Rejected as exc:
             return self._cert_rejection(ctx, BodyType.CP, -1, exc)
@@ -536,37 +544,38 @@ class CmpServer:
         assert isinstance(body, RevReqContent)
         tid = ctx.msg.header.transaction_id
         assert tid is not None
-        if len(body.details) != 1:
-            raise Refuse(FailInfo.badRequest, "exactly one RevDetails is supported")
+        if len(body.details) != 1:  # RFC 9483 §4.2: refused in the rp, with a status
+            return self._rp_rejection(ctx, Rejected(
+                f"exactly one RevDetails is supported, not {len(body.details)}", Refusal.REV_DETAILS_COUNT))
         serial: int | None = None
         try:
             detail = body.details[0]
             template = detail.template
             if template.issuer is None or template.serial is None:
-                raise Rejected("RevDetails must name issuer and serialNumber", FailInfo.badCertId)
+                raise Rejected("RevDetails must name issuer and serialNumber", Refusal.REV_CERT_ID)
             if ctx.auth.kind != "signature" and not self.config.allow_mac_rr:
-                raise Rejected("rr must be signed with the certificate to revoke", FailInfo.notAuthorized)
+                raise Rejected("rr must be signed with the certificate to revoke", Refusal.REV_NOT_AUTHORIZED)
             try:
                 issuer = parse_name(template.issuer)
                 reason_code = single_reason(detail.crl_entry_details)
             except (DerError, ValueError) as exc:
-                raise Rejected(f"malformed RevDetails: {short_text(exc)}", FailInfo.badDataFormat) from None
+                raise Rejected(f"malformed RevDetails: {short_text(exc)}", Refusal.REV_MALFORMED) from None
             known = self.backend.find(issuer, template.serial)
             if known is None:
-                raise Rejected("certificate to revoke was not issued by this CA", FailInfo.badCertId)
+                raise Rejected("certificate to revoke was not issued by this CA", Refusal.REV_CERT_ID)
             mismatch = template_mismatch(template, known.cert)
             if mismatch is not None:
                 raise Rejected(f"certTemplate {mismatch} does not match the certificate named by "
-                               "issuer and serialNumber", FailInfo.badCertId)
+                               "issuer and serialNumber", Refusal.REV_CERT_ID)
             serial = template.serial
             authorize_rr(ctx.auth, known)
             reason = reason_flags(reason_code)
             if reason is x509.ReasonFlags.remove_from_crl:
                 if known.status != "revoked" or known.reason is not x509.ReasonFlags.certificate_hold:
-                    raise Rejected("removeFromCRL needs a certificate on hold", FailInfo.badRequest)
+                    raise Rejected("removeFromCRL needs a certificate on hold", Refusal.NOT_ON_HOLD)
                 self.backend.release_hold(template.serial)
             elif known.status in ("revoked", "rejected"):
-                raise Rejected("certificate is already revoked", FailInfo.certRevoked)
+                raise Rejected("certificate is already revoked", Refusal.ALREADY_REVOKED)
             else:
                 self.backend.revoke(template.serial, reason, ctx.when)
         except Rejected as exc:
@@ -598,7 +607,7 @@ class CmpServer:
         try:
             items = tuple(self.backend.general_info(item) for item in body.items)
         except (DerError, ValueError) as exc:
-            raise Refuse(FailInfo.badDataFormat, f"malformed genm value: {short_text(exc)}") from None
+            raise Refuse(Refusal.GENM_MALFORMED, f"malformed genm value: {short_text(exc)}") from None
         tx = _Tx(tid, BodyType.GENM, TxState.CLOSED, ctx.auth, ctx.msg.header.sender, b"", 0.0, -1)
         if defer > 0:
             return self._defer(ctx, tx, (BodyType.GENP, GenMsgContent(items), (), ()), defer)
@@ -615,17 +624,17 @@ class CmpServer:
         assert isinstance(body, CertConfirmContent)
         serial = tx.issued.serial
         if len(body.statuses) > 1:
-            raise Refuse(FailInfo.badRequest, "certConf holds more than one CertStatus")
+            raise Refuse(Refusal.CERT_STATUS_COUNT, "certConf holds more than one CertStatus")
         accepted = False
         if body.statuses:
             status = body.statuses[0]
             if status.cert_req_id != tx.cert_req_id:
-                raise Refuse(FailInfo.badRequest,
+                raise Refuse(Refusal.CERT_STATUS_ID,
                               f"certConf certReqId {status.cert_req_id}, expected {tx.cert_req_id}")
             if not hmac.compare_digest(status.cert_hash, cert_hash(tx.issued, status.hash_alg)):
                 self.backend.reject(serial, ctx.when)
                 self._close(tx, ctx.now, "rejected")
-                raise Refuse(FailInfo.badCertId, "certHash does not match the certificate issued")
+                raise Refuse(Refusal.CERT_HASH, "certHash does not match the certificate issued")
             info = status.status_info
             accepted = info is None or info.status in (PKIStatus.ACCEPTED, PKIStatus.GRANTED_WITH_MODS)
         # An empty certConf rejects every certificate (RFC 9810 §5.3.18).
@@ -644,7 +653,7 @@ class CmpServer:
         body = ctx.msg.body
         assert isinstance(body, PollReqContent)
         if body.cert_req_ids != (tx.cert_req_id,):
-            raise Refuse(FailInfo.badRequest, f"pollReq must name certReqId {tx.cert_req_id}")
+            raise Refuse(Refusal.POLL_ID, f"pollReq must name certReqId {tx.cert_req_id}")
         tx.deadline = max(tx.ready_at, ctx.now) + self.config.hung_timeout
         if ctx.now < tx.ready_at:
             check_after = max(1, math.ceil(tx.ready_at - ctx.now))
@@ -678,13 +687,16 @@ class CmpServer:
         info: tuple[InfoTypeAndValue, ...] = (), extra: tuple[bytes, ...] = (),
     ) -> tuple[bytes, bytes]:
         """Encode and protect a response to ``ctx``'s request; returns (bytes, our senderNonce)."""
-        return self._writer.write(ctx.msg.header, ctx.auth, ctx.now, body_type, body, info, extra)
+        h = ctx.msg.header
+        return self._writer.write(h, ctx.auth, ctx.now, body_type, body, info, extra, response_pvno(h.pvno, body))
 
     def _error(
         self, ctx: _Ctx, fail: FailInfo | int, text: str, *, status: PKIStatus = PKIStatus.REJECTION,
         request: str | None = None, detail: str | None = None,
     ) -> Reply:
         mask = fail.mask if isinstance(fail, FailInfo) else int(fail)
+        if not mask and status is PKIStatus.REJECTION:  # never an empty failInfo on a rejection
+            mask = Refusal.INTERNAL.fail.mask
         body = ErrorMsgContent(PKIStatusInfo(status, (text[:200],), mask))
         data, _ = self._encode(ctx, BodyType.ERROR, body)
         return Reply(data, Outcome(request or ctx.msg.label, "error", "error", mask, text=(detail or text)[:200]))

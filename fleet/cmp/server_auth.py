@@ -11,7 +11,9 @@ Checks, in order (RFC 9483 §3, checklist items 13-17), after the request decode
   refused here: the denial goes back to the engine, which answers it last, in the request's
   own response where it has a status.
 * ``Authenticator.check_header``: pvno 2 or 3, a transactionID, a senderNonce of 16+ octets,
-  messageTime within the allowed skew.
+  no recipNonce in a transaction's first message, messageTime present (unless the policy lets
+  it be left out) and within the allowed skew, and generalInfo's implicitConfirm (NULL) and
+  confirmWaitTime (a GeneralizedTime) well formed and not together (``check_general_info``).
 * Then the engine's transaction table (``fleet.cmp.server``); a follow-up must come from the
   same requester (``check_same_requester``). What a request asks is authorised by
   ``check_pop``, ``Authenticator.check_requested_key``, ``Authenticator.authorize_kur`` and
@@ -23,7 +25,10 @@ verified) with the RA signer's signature, its certificate first in extraCerts wi
 its SKI as senderKID.
 
 Failures of the checks raise ``Refuse`` (an error message); refusals of what a request asks
-raise ``Rejected`` (the request's own response, with its status).
+raise ``Rejected`` (the request's own response, with its status). Both name a
+``fleet.cmp.refusals.Refusal``, which gives the failInfo bit. Before the signature path, a
+protectionAlg that is neither PBM/PBMAC1 nor a known signature algorithm is badAlg; the
+protection certificate must be the first of extraCerts (RFC 9483 §3.3).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsuppor
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.cmp import der
+from fleet.cmp import der, oids
 from fleet.cmp.backend import CaBackend, CertState, KnownCert, Rejected
 from fleet.cmp.der import DerError
 from fleet.cmp.fastwire import (
@@ -54,6 +59,7 @@ from fleet.cmp.messages import (
     NULL_DN_GENERAL_NAME,
     Body,
     BodyType,
+    CertRepMessage,
     CertReqMsg,
     FailInfo,
     InfoTypeAndValue,
@@ -66,6 +72,8 @@ from fleet.cmp.messages import (
     general_name_directory,
 )
 from fleet.cmp.protection import (
+    DEFAULT_MAX_PBM_ITERATIONS,
+    DEFAULT_MAX_PBMAC1_ITERATIONS,
     Pbmac1Params,
     PbmParams,
     ProtectionError,
@@ -73,9 +81,12 @@ from fleet.cmp.protection import (
     UnsupportedAlgorithm,
     compute_mac,
     is_mac_algorithm,
+    is_signature_algorithm,
+    parse_algorithm,
     parse_mac_params,
     verify_signature,
 )
+from fleet.cmp.refusals import Refusal
 from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import (
     SignerMismatch,
@@ -97,9 +108,11 @@ __all__ = [
     "Refuse",
     "ResponseWriter",
     "authorize_rr",
+    "check_general_info",
     "check_pop",
     "check_same_requester",
     "is_directory_name",
+    "response_pvno",
 ]
 
 # Bodies that start a transaction; every other request follows one.
@@ -109,13 +122,20 @@ NEW_REQUESTS = frozenset(
 
 
 class Refuse(Exception):
-    """Answer with an error message (the server's control flow, never escapes ``handle``)."""
+    """Answer with an error message (the server's control flow, never escapes ``handle``).
 
-    def __init__(self, fail: FailInfo, text: str, status: PKIStatus = PKIStatus.REJECTION) -> None:
+    ``why`` is a ``Refusal`` (the one table of reasons and failInfo bits), or the failInfo of a
+    backend's ``Rejected`` passed on. ``auth``: the request's MAC verified before the refusal, so
+    the error is protected with that MAC (RFC 9483 §3.2: a response is protected like its request).
+    """
+
+    def __init__(self, why: Refusal | FailInfo, text: str, status: PKIStatus = PKIStatus.REJECTION,
+                 *, auth: Auth | None = None) -> None:
         super().__init__(text)
-        self.fail = fail
+        self.fail = why.fail if isinstance(why, Refusal) else why
         self.text = text
         self.status = status
+        self.auth = auth
 
 
 @dataclass(slots=True)
@@ -154,22 +174,23 @@ class Transaction(Protocol):
     def settles(self) -> int | None: ...
 
 
-# Signer states the records refuse: status text and failInfo (``Authenticator._signer_denial``).
-_DENIALS: dict[CertState, tuple[str, FailInfo]] = {
-    CertState.REVOKED: ("signer certificate is revoked", FailInfo.certRevoked),
-    CertState.REJECTED: ("signer certificate was rejected (never confirmed)", FailInfo.certRevoked),
-    CertState.ON_HOLD: ("signer certificate is on hold (revoked with certificateHold)", FailInfo.certRevoked),
-    CertState.PENDING: ("signer certificate is not confirmed yet", FailInfo.notAuthorized),
-    CertState.REPLACED: ("signer certificate was replaced by a key update", FailInfo.notAuthorized),
-    CertState.UNKNOWN: ("signer certificate is not in this CA's records", FailInfo.signerNotTrusted),
+# Signer states the records refuse: status text and refusal (``Authenticator._signer_denial``).
+_DENIALS: dict[CertState, tuple[str, Refusal]] = {
+    CertState.REVOKED: ("signer certificate is revoked", Refusal.SIGNER_REVOKED),
+    CertState.REJECTED: ("signer certificate was rejected (never confirmed)", Refusal.SIGNER_REVOKED),
+    CertState.ON_HOLD: ("signer certificate is on hold (revoked with certificateHold)", Refusal.SIGNER_REVOKED),
+    CertState.PENDING: ("signer certificate is not confirmed yet", Refusal.SIGNER_PENDING),
+    CertState.REPLACED: ("signer certificate was replaced by a key update", Refusal.SIGNER_REPLACED),
+    CertState.UNKNOWN: ("signer certificate is not in this CA's records", Refusal.SIGNER_UNKNOWN),
 }
 
 
 class Authenticator:
     """The checks that need the server's policy, secrets, trust anchors and records.
 
-    ``max_iterations``, ``max_rsa_bits``, ``min_nonce_bytes``, ``max_time_skew`` and
-    ``allow_replaced_signers`` come from the server's ``ServerConfig``.
+    ``max_iterations`` (None: each MAC algorithm's default cap, as the client has them),
+    ``max_rsa_bits``, ``min_nonce_bytes``, ``max_time_skew``, ``allow_replaced_signers`` and
+    ``require_message_time`` come from the server's ``ServerConfig``.
     """
 
     def __init__(
@@ -180,22 +201,25 @@ class Authenticator:
         trust: TrustStore,
         vendor_trust: TrustStore | None,
         untrusted: tuple[x509.Certificate, ...],
-        max_iterations: int,
+        max_iterations: int | None,
         max_rsa_bits: int,
         min_nonce_bytes: int,
         max_time_skew: float | None,
         allow_replaced_signers: bool,
+        require_message_time: bool = True,
     ) -> None:
         self.backend = backend
         self.secrets = secrets
         self.trust = trust
         self.vendor_trust = vendor_trust
         self.untrusted = untrusted
-        self.max_iterations = max_iterations
+        self.max_pbm_iterations = max_iterations or DEFAULT_MAX_PBM_ITERATIONS
+        self.max_pbmac1_iterations = max_iterations or DEFAULT_MAX_PBMAC1_ITERATIONS
         self.max_rsa_bits = max_rsa_bits
         self.min_nonce_bytes = min_nonce_bytes
         self.max_time_skew = max_time_skew
         self.allow_replaced_signers = allow_replaced_signers
+        self.require_message_time = require_message_time
 
     def authenticate(
         self, msg: PKIMessage, now: float, live: Mapping[bytes, Transaction]
@@ -216,34 +240,47 @@ class Authenticator:
         table. ``live`` holds the live transactions by transactionID.
         """
         h = msg.header
-        if msg.protection is None or h.protection_alg is None:
-            raise Refuse(FailInfo.badMessageCheck, "request is not protected")
-        params = _known_mac_params.get(h.protection_alg)  # a device reuses its salt: usually here
-        if params is not None or _is_mac(h.protection_alg):
+        alg = h.protection_alg
+        if msg.protection is None or alg is None:
+            raise Refuse(Refusal.UNPROTECTED, "request is not protected")
+        params = _known_mac_params.get(alg)  # a device reuses its salt: usually here
+        if params is not None or _is_mac(alg):
             secret = self.secrets(h.sender_kid) if self.secrets is not None else None
             if secret is None:
-                raise Refuse(FailInfo.badMessageCheck, "no shared secret for this reference")
-            if params is None or params.iterations > self.max_iterations:
+                raise Refuse(Refusal.NO_SECRET, "no shared secret for this reference")
+            if params is None or params.iterations > self.max_iterations(type(params)):
                 try:
-                    params = _mac_params(h.protection_alg, self.max_iterations)
+                    params = _mac_params(alg, self.mac_iteration_cap(alg))
                 except UnsupportedAlgorithm as exc:
-                    raise Refuse(FailInfo.badAlg, str(exc)) from None
+                    raise Refuse(Refusal.UNKNOWN_ALGORITHM, str(exc)) from None
                 except ProtectionError as exc:
-                    raise Refuse(FailInfo.badMessageCheck, str(exc)) from None
+                    raise Refuse(Refusal.MALFORMED_MAC_PARAMS, str(exc)) from None
             if not hmac.compare_digest(compute_mac(params, secret, msg.protected_part), msg.protection):
-                raise Refuse(FailInfo.badMessageCheck, "MAC does not verify")
+                raise Refuse(Refusal.MAC_MISMATCH, "MAC does not verify")
+            auth = Auth("mac", secret=secret, mac_alg=alg, mac_params=params, sender_kid=h.sender_kid)
             if not is_directory_name(h.sender):
-                raise Refuse(FailInfo.badMessageCheck, "sender must be a directoryName (RFC 9483 §3.1)")
-            return Auth("mac", secret=secret, mac_alg=h.protection_alg, mac_params=params,
-                        sender_kid=h.sender_kid), None
+                raise Refuse(Refusal.SENDER_NOT_DIRECTORY_NAME, "sender must be a directoryName (RFC 9483 §3.1)",
+                             auth=auth)
+            return auth, None
+        if not _is_signature(alg):
+            raise Refuse(Refusal.UNKNOWN_ALGORITHM, f"protectionAlg {_oid_text(alg)} is neither a supported "
+                                                    "signature nor PasswordBasedMac/PBMAC1")
         signer = self._verified_signer(msg, now, live)
         try:
             check_signer_names(h.sender, h.sender_kid, signer)
         except SignerMismatch as exc:
-            raise Refuse(FailInfo.badMessageCheck, str(exc)) from None
+            raise Refuse(Refusal.SIGNER_NOT_NAMED, str(exc)) from None
         auth = Auth("signature", sender_kid=h.sender_kid, signer=signer,
                     signer_der=signer.public_bytes(Encoding.DER))
         return auth, self._signer_denial(msg, auth, signer, live)
+
+    def max_iterations(self, params_type: type) -> int:
+        """The iteration cap for PBM or PBMAC1 parameters (``mac_iteration_cap``)."""
+        return self.max_pbmac1_iterations if params_type is Pbmac1Params else self.max_pbm_iterations
+
+    def mac_iteration_cap(self, alg_der: bytes) -> int:
+        """The iteration cap for this MAC AlgorithmIdentifier: PBMAC1's or PasswordBasedMac's."""
+        return self.max_pbmac1_iterations if _is_pbmac1(alg_der) else self.max_pbm_iterations
 
     def _verified_signer(
         self, msg: PKIMessage, now: float, live: Mapping[bytes, Transaction]
@@ -259,23 +296,28 @@ class Authenticator:
             self.check_key_size(public_key, "signer")
             verify_signature(h.protection_alg, public_key, msg.protected_part, msg.protection)
             untrusted = [load_cert(c) for c in msg.extra_certs]
-        except (UnsupportedAlgorithm, UnsupportedKey, CryptographyUnsupported) as exc:
-            raise Refuse(FailInfo.badAlg, short_text(exc)) from None
+        except UnsupportedKey as exc:
+            raise Refuse(Refusal.UNSUPPORTED_KEY, short_text(exc)) from None
+        except (UnsupportedAlgorithm, CryptographyUnsupported) as exc:
+            raise Refuse(Refusal.UNKNOWN_ALGORITHM, short_text(exc)) from None
         except ProtectionError as exc:
-            raise Refuse(FailInfo.badMessageCheck, short_text(exc)) from None
+            raise Refuse(Refusal.SIGNATURE_INVALID, short_text(exc)) from None
         except (ValueError, TypeError) as exc:  # unusable key in the signer certificate
-            raise Refuse(FailInfo.badMessageCheck, f"unusable signer certificate: {short_text(exc)}") from None
+            raise Refuse(Refusal.UNUSABLE_SIGNER, f"unusable signer certificate: {short_text(exc)}") from None
+        if untrusted[0] is not signer and untrusted[0] != signer:
+            raise Refuse(Refusal.SIGNER_NOT_FIRST, "the protection certificate must be the first of extraCerts "
+                                                   "(RFC 9483 §3.3)")
         untrusted.extend(self.untrusted)
         try:
             self.trust.verify(signer, untrusted, at=datetime.fromtimestamp(now, UTC))
         except UntrustedSigner as exc:
             vendor = self.vendor_trust
             if vendor is None or not _vendor_allowed(msg, live):
-                raise Refuse(FailInfo.signerNotTrusted, str(exc)) from None
+                raise Refuse(Refusal.UNTRUSTED_SIGNER, str(exc)) from None
             try:
                 vendor.verify(signer, untrusted, at=datetime.fromtimestamp(now, UTC))
             except UntrustedSigner as exc2:
-                raise Refuse(FailInfo.signerNotTrusted, str(exc2)) from None
+                raise Refuse(Refusal.UNTRUSTED_SIGNER, str(exc2)) from None
         return signer
 
     def _signer_denial(
@@ -313,27 +355,36 @@ class Authenticator:
             # and mypy cannot narrow from it: the key is an RSAPublicKey here.
             bits: int = public_key.key_size  # type: ignore[union-attr]
             if not 2048 <= bits <= self.max_rsa_bits:
-                raise Refuse(FailInfo.badAlg, f"{what} RSA key of {bits} bits is outside "
-                                              f"2048..{self.max_rsa_bits}")
+                raise Refuse(Refusal.UNSUPPORTED_KEY, f"{what} RSA key of {bits} bits is outside "
+                                                      f"2048..{self.max_rsa_bits}")
 
     def check_requested_key(self, public_key: PublicKeyTypes) -> None:
         """A requested key fleet would not certify: the request's own rejection, badCertTemplate."""
         try:
             self.check_key_size(public_key, "requested")
         except Refuse as refusal:
-            raise Rejected(refusal.text, FailInfo.badCertTemplate) from None
+            raise Rejected(refusal.text, Refusal.TEMPLATE) from None
 
-    def check_header(self, h: PKIHeader, now: float) -> None:
+    def check_header(self, h: PKIHeader, now: float, *, first: bool) -> None:
+        """RFC 9483 §3.1 and §3.5 for any request; ``first``: it starts a transaction."""
         if h.pvno not in (2, 3):
-            raise Refuse(FailInfo.unsupportedVersion, f"pvno {h.pvno} is not supported (use 2 or 3)")
+            raise Refuse(Refusal.BAD_VERSION, f"pvno {h.pvno} is not supported (use 2 or 3)")
         if not h.transaction_id:
-            raise Refuse(FailInfo.badRequest, "request lacks a transactionID")
+            raise Refuse(Refusal.NO_TRANSACTION_ID, "request lacks a transactionID")
         if h.sender_nonce is None or len(h.sender_nonce) < self.min_nonce_bytes:
-            raise Refuse(FailInfo.badSenderNonce,
+            raise Refuse(Refusal.BAD_SENDER_NONCE,
                          f"senderNonce must be at least {self.min_nonce_bytes} octets")
-        skew = self.max_time_skew
-        if skew is not None and h.message_time is not None and abs(_timestamp(h.message_time) - now) > skew:
-            raise Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
+        if first and h.recip_nonce is not None:
+            raise Refuse(Refusal.RECIP_NONCE_IN_FIRST, "the first message of a transaction must not carry "
+                                                       "a recipNonce (RFC 9483 §3.1)")
+        when = h.message_time
+        if when is None:
+            if self.require_message_time:
+                raise Refuse(Refusal.NO_MESSAGE_TIME, "request lacks messageTime (RFC 9483 §3.1)")
+        elif self.max_time_skew is not None and abs(_timestamp(when) - now) > self.max_time_skew:
+            raise Refuse(Refusal.MESSAGE_TIME_OFF, f"messageTime is more than {self.max_time_skew:g} s off")
+        if h.general_info:
+            check_general_info(h.general_info)
 
     def authorize_kur(self, auth: Auth, controls: bytes | None) -> x509.Certificate:
         """kur: the certificate being updated must be ours and alive, and the request signed with
@@ -348,11 +399,11 @@ class Authenticator:
         else:
             target = self.backend.find(signer.issuer, signer.serial_number)
         if target is None:
-            raise Rejected("certificate to update was not issued by this CA", FailInfo.badCertId)
+            raise Rejected("certificate to update was not issued by this CA", Refusal.UPDATE_UNKNOWN)
         if target.status in ("revoked", "rejected"):
-            raise Rejected("certificate to update is revoked", FailInfo.certRevoked)
+            raise Rejected("certificate to update is revoked", Refusal.UPDATE_REVOKED)
         if target.der != auth.signer_der and not same_key(target.cert, signer):
-            raise Rejected("kur is not signed with the certificate being updated", FailInfo.notAuthorized)
+            raise Rejected("kur is not signed with the certificate being updated", Refusal.UPDATE_NOT_AUTHORIZED)
         return target.cert
 
 
@@ -371,10 +422,11 @@ class ResponseWriter:
 
     def write(
         self, request: PKIHeader, auth: Auth, now: float, body_type: BodyType, body: Body,
-        info: tuple[InfoTypeAndValue, ...] = (), extra: tuple[bytes, ...] = (),
+        info: tuple[InfoTypeAndValue, ...] = (), extra: tuple[bytes, ...] = (), pvno: int = 2,
     ) -> tuple[bytes, bytes]:
         """A response to ``request`` (authenticated as ``auth``) made at ``now``, with generalInfo
-        ``info`` and extraCerts ``extra``; returns (bytes, our senderNonce)."""
+        ``info``, extraCerts ``extra`` and version ``pvno`` (``response_pvno``); returns (bytes,
+        our senderNonce)."""
         nonce = self._random(16)
         mac = auth.kind == "mac"
         if mac:
@@ -384,7 +436,7 @@ class ResponseWriter:
             sender, alg, kid = self._signer_name, self.signer.algorithm, self.signer.sender_kid
         header_der = response_header_der(
             sender, request.sender, message_time_der(now), alg, kid, request.transaction_id, nonce,
-            request.sender_nonce, general_info_der(info) if info else b"",
+            request.sender_nonce, general_info_der(info) if info else b"", pvno,
         )
         if body_type is BodyType.PKICONF:
             body_der = _PKICONF_BODY  # always the same NULL
@@ -402,6 +454,15 @@ class ResponseWriter:
 
 
 _PKICONF_BODY = encode_body(BodyType.PKICONF, PKIConfirmContent())
+
+
+def response_pvno(request_pvno: int, body: Body) -> int:
+    """The version of a response (RFC 9810 §7): the request's when the server supports it (2 or
+    3), else the nearest it supports (an unsupportedVersion error); 3 whenever the response
+    itself carries EnvelopedData (a centrally generated private key), a CMP v3 feature."""
+    if type(body) is CertRepMessage and any(r.private_key is not None for r in body.responses):
+        return 3
+    return 3 if request_pvno >= 3 else 2
 
 
 def _mac_sender(recipient: bytes) -> bytes | None:
@@ -431,28 +492,28 @@ def check_same_requester(auth: Auth, first: Auth) -> None:
     """A follow-up is protected as its transaction's first request: same kind of protection,
     the same MAC secret or the same signer certificate."""
     if auth.kind != first.kind:
-        raise Refuse(FailInfo.wrongIntegrity, "protection differs from the transaction's first request")
+        raise Refuse(Refusal.OTHER_PROTECTION, "protection differs from the transaction's first request")
     if auth.kind == "mac" and not hmac.compare_digest(auth.secret or b"", first.secret or b""):
-        raise Refuse(FailInfo.notAuthorized, "MAC secret differs from the transaction's first request")
+        raise Refuse(Refusal.OTHER_REQUESTER, "MAC secret differs from the transaction's first request")
     if auth.kind == "signature" and auth.signer_der != first.signer_der:
-        raise Refuse(FailInfo.notAuthorized, "signer differs from the transaction's first request")
+        raise Refuse(Refusal.OTHER_REQUESTER, "signer differs from the transaction's first request")
 
 
 def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
     """Proof of possession: a signature over the CertRequest itself by the requested key."""
     popo = req.popo
     if popo is None:
-        raise Rejected("proof of possession is missing", FailInfo.badPOP)
+        raise Rejected("proof of possession is missing", Refusal.POP)
     if popo.kind != "signature":
-        raise Rejected(f"{popo.kind} proof of possession is not accepted", FailInfo.badPOP)
+        raise Rejected(f"{popo.kind} proof of possession is not accepted", Refusal.POP)
     if popo.poposk_input is not None or popo.algorithm is None or popo.signature is None:
-        raise Rejected("POP must sign the CertRequest itself (no poposkInput)", FailInfo.badPOP)
+        raise Rejected("POP must sign the CertRequest itself (no poposkInput)", Refusal.POP)
     try:
         verify_signature(popo.algorithm, public_key, req.cert_request_der, popo.signature)
     except UnsupportedAlgorithm as exc:
-        raise Rejected(f"POP: {exc}", FailInfo.badAlg) from None
+        raise Rejected(f"POP: {exc}", Refusal.POP_ALGORITHM) from None
     except ProtectionError:
-        raise Rejected("POP signature does not verify with the requested key", FailInfo.badPOP) from None
+        raise Rejected("POP signature does not verify with the requested key", Refusal.POP) from None
 
 
 def authorize_rr(auth: Auth, target: KnownCert) -> None:
@@ -466,7 +527,7 @@ def authorize_rr(auth: Auth, target: KnownCert) -> None:
         return
     if same_key(target.cert, signer) and target.cert.subject == signer.subject:
         return
-    raise Rejected("rr must be signed with the certificate to revoke or its key", FailInfo.notAuthorized)
+    raise Rejected("rr must be signed with the certificate to revoke or its key", Refusal.REV_NOT_AUTHORIZED)
 
 
 @lru_cache(maxsize=4096)
@@ -502,3 +563,52 @@ _known_mac_params: dict[bytes, PbmParams | Pbmac1Params] = {}
 def _timestamp(when: datetime) -> float:
     """``when.timestamp()``, cached: the reader hands out one datetime per messageTime value."""
     return when.timestamp()
+
+
+@lru_cache(maxsize=1024)
+def _is_signature(alg_der: bytes) -> bool:
+    return is_signature_algorithm(alg_der)
+
+
+@lru_cache(maxsize=1024)
+def _is_pbmac1(alg_der: bytes) -> bool:
+    return _oid_text(alg_der) == oids.PBMAC1
+
+
+def _oid_text(alg_der: bytes) -> str:
+    try:
+        return parse_algorithm(alg_der)[0]
+    except DerError:
+        return "(unreadable)"
+
+
+def check_general_info(info: tuple[InfoTypeAndValue, ...]) -> None:
+    """generalInfo of a request (RFC 9483 §3.1): implicitConfirm and confirmWaitTime not both,
+    implicitConfirm's value NULL, confirmWaitTime's a GeneralizedTime."""
+    implicit = wait = None
+    for item in info:
+        if item.oid == oids.IT_IMPLICIT_CONFIRM:
+            implicit = item
+        elif item.oid == oids.IT_CONFIRM_WAIT_TIME:
+            wait = item
+    if implicit is not None and wait is not None:
+        raise Refuse(Refusal.IMPLICIT_AND_WAIT, "implicitConfirm and confirmWaitTime exclude each other "
+                                                "(RFC 9483 §3.1)")
+    if implicit is not None and implicit.value != der.NULL_DER:
+        raise Refuse(Refusal.IMPLICIT_CONFIRM_VALUE, "implicitConfirm's value must be NULL (RFC 9483 §3.1)")
+    if wait is not None and not _is_generalized_time(wait.value):
+        raise Refuse(Refusal.CONFIRM_WAIT_TIME_VALUE,
+                     "confirmWaitTime's value must be a GeneralizedTime (RFC 9483 §3.1)")
+
+
+def _is_generalized_time(value: bytes | None) -> bool:
+    if value is None:
+        return False
+    try:
+        node = der.parse(value)
+        if node.tag != der.GENERALIZED_TIME:
+            return False
+        der.time_value(node.tag, node.content)
+    except (DerError, ValueError):
+        return False
+    return True

@@ -25,9 +25,12 @@ class ServerConfig:
     closed_ttl: float = 3600.0  # closed transactionIDs stay rejected for reuse this long
     max_closed: int = 1_000_000  # ... and at most this many are remembered
     max_transactions: int | None = None  # live transactions beyond which new ones get systemUnavail
-    max_iterations: int = 10_000  # PBM/PBMAC1 iteration cap (checklist item 17)
+    # PBM/PBMAC1 iteration cap (checklist item 17); None: each algorithm's own, as the client's
+    # (PasswordBasedMac 100,000, PBMAC1 1,000,000: fleet.cmp.protection)
+    max_iterations: int | None = None
     max_rsa_bits: int = 8192  # RSA key size cap for signers and requested keys
     min_nonce_bytes: int = 16
+    require_message_time: bool = True  # RFC 9483 §3.1; False for devices without a clock
     allow_mac_rr: bool = False  # rr must be signed by the certificate (or its key) by default
     # A certificate replaced by a confirmed kur no longer signs requests (as the conformance
     # suites expect); True lets it go on until it expires or is revoked.

@@ -31,11 +31,11 @@ from fleet.cmp.messages import (
     NULL_DN,
     Body,
     CertTemplate,
-    FailInfo,
     RevReqContent,
     general_name_directory,
 )
 from fleet.cmp.protection import HASH_OID_BY_NAME, parse_algorithm
+from fleet.cmp.refusals import Refusal
 from fleet.cmp.trust import parse_name
 
 __all__ = [
@@ -87,16 +87,16 @@ def template_as_csr(template: CertTemplate) -> x509.CertificateSigningRequest:
             _csr_der(template.subject or NULL_DN, template.public_key, template.extensions)
         )
     except ValueError as exc:
-        raise Rejected(f"unusable certTemplate: {short_text(exc)}", FailInfo.badCertTemplate) from None
+        raise Rejected(f"unusable certTemplate: {short_text(exc)}", Refusal.TEMPLATE) from None
 
 
 def csr_public_key(csr: x509.CertificateSigningRequest) -> CertificatePublicKeyTypes:
     try:
         return csr.public_key()
     except (ValueError, TypeError) as exc:
-        raise Rejected(f"unusable public key: {short_text(exc)}", FailInfo.badCertTemplate) from None
+        raise Rejected(f"unusable public key: {short_text(exc)}", Refusal.TEMPLATE) from None
     except Exception as exc:  # noqa: BLE001  # cryptography's UnsupportedAlgorithm, and its kin
-        raise Rejected(f"unsupported public key: {short_text(exc)}", FailInfo.badAlg) from None
+        raise Rejected(f"unsupported public key: {short_text(exc)}", Refusal.UNSUPPORTED_KEY) from None
 
 
 def load_public_key(spki: bytes) -> PublicKeyTypes:
@@ -104,18 +104,18 @@ def load_public_key(spki: bytes) -> PublicKeyTypes:
     try:
         return load_der_public_key(spki)
     except (ValueError, TypeError) as exc:
-        raise Rejected(f"unusable public key: {short_text(exc)}", FailInfo.badCertTemplate) from None
+        raise Rejected(f"unusable public key: {short_text(exc)}", Refusal.TEMPLATE) from None
     except CryptographyUnsupported as exc:
-        raise Rejected(f"unsupported public key: {short_text(exc)}", FailInfo.badAlg) from None
+        raise Rejected(f"unsupported public key: {short_text(exc)}", Refusal.UNSUPPORTED_KEY) from None
 
 
 def csr_extensions(csr: x509.CertificateSigningRequest) -> tuple[x509.Extension[x509.ExtensionType], ...]:
     try:
         return tuple(csr.extensions)
     except (ValueError, TypeError) as exc:
-        raise Rejected(f"unusable requested extensions: {short_text(exc)}", FailInfo.badCertTemplate) from None
+        raise Rejected(f"unusable requested extensions: {short_text(exc)}", Refusal.TEMPLATE) from None
     except x509.DuplicateExtension:
-        raise Rejected("duplicate requested extension", FailInfo.badCertTemplate) from None
+        raise Rejected("duplicate requested extension", Refusal.TEMPLATE) from None
 
 
 @lru_cache(maxsize=64)
@@ -140,10 +140,10 @@ def old_cert_id(controls: bytes | None) -> tuple[x509.Name, int] | None:
                 cert_id = parts[1].children()
                 issuer = general_name_directory(cert_id[0].raw)
                 if issuer is None:
-                    raise Rejected("oldCertID issuer must be a directoryName", FailInfo.badCertId)
+                    raise Rejected("oldCertID issuer must be a directoryName", Refusal.OLD_CERT_ID)
                 return parse_name(issuer), cert_id[1].expect(der.INTEGER, "serialNumber").as_int()
     except (DerError, IndexError, ValueError) as exc:
-        raise Rejected(f"malformed oldCertID: {short_text(exc)}", FailInfo.badDataFormat) from None
+        raise Rejected(f"malformed oldCertID: {short_text(exc)}", Refusal.OLD_CERT_ID_MALFORMED) from None
     return None
 
 
@@ -229,10 +229,10 @@ def cert_hash(issued: IssuedLike, hash_alg: bytes | None) -> bytes:
         try:
             dotted, _ = parse_algorithm(hash_alg)
         except DerError:
-            raise Rejected("malformed certConf hashAlg", FailInfo.badAlg) from None
+            raise Rejected("malformed certConf hashAlg", Refusal.CERT_HASH_ALGORITHM) from None
         name = _HASH_BY_DOTTED.get(dotted)
         if name is None:
-            raise Rejected(f"unsupported certConf hashAlg {dotted}", FailInfo.badAlg)
+            raise Rejected(f"unsupported certConf hashAlg {dotted}", Refusal.CERT_HASH_ALGORITHM)
     else:
         algo = issued.signature_hash
         name = algo if algo in _HASH_NAMES else "sha512"
@@ -272,7 +272,7 @@ def single_reason(crl_entry_details: bytes | None) -> int | None:
             codes.append(inner.expect(der.ENUMERATED, "CRLReason").as_int())
     if len(codes) > 1:
         raise Rejected(f"crlEntryDetails holds {len(codes)} CRLReason extensions; exactly one is allowed",
-                       FailInfo.badRequest)
+                       Refusal.REV_REASON)
     return codes[0] if codes else None
 
 
@@ -282,5 +282,5 @@ def reason_flags(code: int | None) -> x509.ReasonFlags | None:
     if code is None:
         return None
     if code not in _REASON_BY_CODE:
-        raise Rejected(f"CRLReason {code} is not a revocation reason", FailInfo.badRequest)
+        raise Rejected(f"CRLReason {code} is not a revocation reason", Refusal.REV_REASON)
     return _REASON_BY_CODE[code]

@@ -30,6 +30,7 @@ BAD = {
     "validity_days": (0, "must be an integer >= 1, got 0"),
     "key_type": ("rsa:1024", "unknown key type 'rsa:1024'"),
     "seed": (-1, "must be an integer >= 0, got -1"),
+    "require_message_time": ("no", "must be true or false, got 'no'"),
 }
 
 

@@ -271,7 +271,7 @@ def test_malformed_requests_answered_and_server_keeps_serving(ca: CaProcess, tmp
     ]
     for label, body, expected in cases:
         status, data = _post(ca, body)
-        assert status == 200, label
+        assert status == (400 if "DER" in label or "length" in label else 200), label  # RFC 9811: not DER
         if expected is not None:
             assert _fail_names(data) == (expected,), label
     # A 100 MB body: refused with 413 from its Content-Length.

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cmp import pyasn1_requests as P
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -193,7 +194,9 @@ async def test_http_errors_and_server_keeps_serving(start) -> None:  # type: ign
         assert (await http.get(base + "/pkix/")).status_code == 405
         assert (await http.post(base + "/pkix/", content=b"x", headers={"content-type": "text/plain"})).status_code == 415
         truncated = await http.post(base + "/pkix/", content=b"\x30\x82\x01", headers={"content-type": "application/pkixcmp"})
-        assert truncated.status_code == 200 and truncated.headers["content-type"] == "application/pkixcmp"
+        # RFC 9811: not DER is a client error, 400, with a CMP error message saying badDataFormat
+        assert truncated.status_code == 400 and truncated.headers["content-type"] == "application/pkixcmp"
+        assert P.Answer.read(truncated.content).fail == ("badDataFormat",)
     # A 100 MB body is refused from its Content-Length without being read.
     stream = await trio.open_tcp_stream("127.0.0.1", ca.port)
     async with stream:
@@ -214,7 +217,7 @@ async def test_http_errors_and_server_keeps_serving(start) -> None:  # type: ign
             )
             with trio.fail_after(5):
                 data = await stream.receive_some(65536)
-            assert data.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive" in data
+            assert data.startswith(b"HTTP/1.1 400") and b"Connection: keep-alive" in data  # not a PKIMessage
     async with CmpHttpClient(ca.url) as client:
         done, _ = await enroll(ca, client)
         assert done.certificate

@@ -20,8 +20,10 @@ REF = "CN=fleet-test"
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """The README's CA behind a recording proxy: (URL to give fleet, the requests it recorded)."""
-    with running_ca(tmp_path_factory.mktemp("ca") / "state") as server, recording_proxy(server.url) as proxy:
+    """The README's CA behind a recording proxy: (URL to give fleet, the requests it recorded).
+    It takes requests without messageTime, which --no-message-time sends (a strict CA refuses them:
+    ``test_a_strict_ca_refuses_no_message_time``)."""
+    with running_ca(tmp_path_factory.mktemp("ca") / "state", "--no-require-message-time") as server, recording_proxy(server.url) as proxy:
         yield f"http://127.0.0.1:{proxy.port}/.well-known/cmp", proxy.requests
 
 
@@ -103,3 +105,16 @@ def test_without_the_chain_a_strict_server_would_refuse(ca: tuple[str, list[tupl
     cr = sent_since(requests, mark)[0]
     assert strict.extra_cert_subjects(cr) == ["CN=device-7"]
     assert strict.problems(cr, anchors=[root]) == ["the certificate chain was not present: no issuer of 'CN=device-7'"]
+
+
+def test_a_strict_ca_refuses_no_message_time(tmp_path: Path) -> None:
+    """``fleet ca serve`` by default refuses a request without messageTime (RFC 9483 §3.1,
+    badTime): the client says so in one line; the same request with messageTime is served."""
+    with running_ca(tmp_path / "state") as server:
+        url = server.url
+        mac = ("--ref", REF, "--secret", f"pass:{device_secret(REF)}")
+        refused = fleet("cmp", "genm", "--server", url, *mac, "--no-message-time", cwd=tmp_path)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        [line] = refused.stderr.strip().splitlines()
+        assert "badTime" in line and "messageTime" in line, line
+        cmp("genm", "--server", url, *mac, cwd=tmp_path)

@@ -183,6 +183,11 @@ class Header:
     transaction_id: bytes = field(default_factory=lambda: os.urandom(16))
     sender_nonce: bytes = field(default_factory=lambda: os.urandom(16))
     recip_nonce: bytes | None = None
+    # For the header checks (tests/cmp/test_refusals.py): transaction_id b"" leaves it out
+    pvno: int = 2
+    message_time: bool = True  # False: no messageTime
+    general_info: tuple[tuple[str, bytes | None], ...] = ()  # (infoType, DER of infoValue or None)
+    protection_oid: str | None = None  # protectionAlg's OID instead of the real one (signed messages)
 
 
 def new_message(body: str):
@@ -195,7 +200,7 @@ def protect(msg, protection: Signed | Mac, header: Header | None = None) -> byte
     """Fill the header, protect ``msg`` and return its DER."""
     header = header or Header()
     h = msg["header"]
-    h["pvno"] = 2
+    h["pvno"] = header.pvno
     sender = header.sender
     if isinstance(sender, bytes):
         h["sender"] = _decode(sender, rfc5280.GeneralName())
@@ -204,12 +209,13 @@ def protect(msg, protection: Signed | Mac, header: Header | None = None) -> byte
             sender = protection.cert.subject if isinstance(protection, Signed) else x509.Name([])
         set_name(h["sender"]["directoryName"], sender)
     set_name(h["recipient"]["directoryName"], x509.Name([]))
-    h["messageTime"] = h["messageTime"].clone(datetime.now(UTC).strftime("%Y%m%d%H%M%SZ"))
+    if header.message_time:
+        h["messageTime"] = h["messageTime"].clone(datetime.now(UTC).strftime("%Y%m%d%H%M%SZ"))
     kid = header.sender_kid
     if kid == "auto":
         kid = protection.ski if isinstance(protection, Signed) else protection.reference
     if isinstance(protection, Signed):
-        h["protectionAlg"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+        h["protectionAlg"]["algorithm"] = univ.ObjectIdentifier(header.protection_oid or ECDSA_SHA256)
     else:
         params = rfc9480.PBMParameter()
         params["salt"] = protection.salt
@@ -220,7 +226,13 @@ def protect(msg, protection: Signed | Mac, header: Header | None = None) -> byte
         h["protectionAlg"]["parameters"] = encoder.encode(params)
     if kid is not None:
         h["senderKID"] = h["senderKID"].clone(kid)
-    h["transactionID"] = h["transactionID"].clone(header.transaction_id)
+    if header.transaction_id:
+        h["transactionID"] = h["transactionID"].clone(header.transaction_id)
+    for oid, value in header.general_info:
+        item = _append(h["generalInfo"])
+        item["infoType"] = univ.ObjectIdentifier(oid)
+        if value is not None:
+            item["infoValue"] = value
     h["senderNonce"] = h["senderNonce"].clone(header.sender_nonce)
     if header.recip_nonce is not None:
         h["recipNonce"] = h["recipNonce"].clone(header.recip_nonce)
@@ -279,16 +291,21 @@ class Answer:
     certificate: bytes | None
     sender_nonce: bytes
     transaction_id: bytes
+    pvno: int = 2
+    general_info: tuple[tuple[str, bytes], ...] = ()  # (infoType, DER of infoValue)
+    protection_alg: bytes = b""  # DER of the response's protectionAlg
+    cert_req_id: int | None = None  # of ip/cp/kup
 
     @classmethod
     def read(cls, data: bytes) -> Answer:
         msg = _decode(data, rfc9480.PKIMessage())
         name = msg["body"].getName()
         content = msg["body"][name]
-        info, cert = None, None
+        info, cert, req_id = None, None, None
         if name in ("ip", "cp", "kup"):
             response = content["response"][0]
             info = response["status"]
+            req_id = int(response["certReqId"])
             if response["certifiedKeyPair"].isValue:
                 cert = encoder.encode(response["certifiedKeyPair"]["certOrEncCert"]["certificate"])
                 cert = _unwrap(cert)
@@ -302,7 +319,11 @@ class Answer:
             bits = info["failInfo"]
             fail = tuple(_FAIL_BITS[i] for i, bit in enumerate(bits) if bit)
         h = msg["header"]
-        return cls(name, status, fail, cert, bytes(h["senderNonce"]), bytes(h["transactionID"]))
+        general = tuple((str(i["infoType"]), bytes(i["infoValue"]) if i["infoValue"].isValue else b"")
+                        for i in h["generalInfo"])
+        return cls(name, status, fail, cert, bytes(h["senderNonce"]),
+                   bytes(h["transactionID"]) if h["transactionID"].isValue else b"", int(h["pvno"]), general,
+                   encoder.encode(h["protectionAlg"]), req_id)
 
 
 def _unwrap(tagged: bytes) -> bytes:

@@ -505,11 +505,11 @@ def test_malformed_and_bad_requests(server: CmpServer, authority: Authority) -> 
         "unprotected": (craft(None, BodyType.IR, ir_body(key)), "badMessageCheck"),
         "old time": (craft(mac, BodyType.IR, ir_body(key), message_time=datetime.now(UTC) - timedelta(hours=2)), "badTime"),
         "short nonce": (craft(mac, BodyType.IR, ir_body(key), sender_nonce=b"12345678"), "badSenderNonce"),
-        "no tid": (craft(mac, BodyType.IR, ir_body(key), transaction_id=None), "badRequest"),
+        "no tid": (craft(mac, BodyType.IR, ir_body(key), transaction_id=None), "badDataFormat"),  # RFC 9483 §3.5
         "raVerified POP": (craft(mac, BodyType.IR, ir_body(key, pop="raVerified")), "badPOP"),
         "missing POP": (craft(mac, BodyType.IR, ir_body(key, pop="none")), "badPOP"),
         "orphan certConf": (craft(mac, BodyType.CERTCONF, CertConfirmContent((CmpCertStatus(b"x" * 32, 0),))), "badRequest"),
-        "iterations": (craft(MacProtector(SECRET, reference=REF, iterations=20_000), BodyType.IR, ir_body(key)), "badAlg"),
+        "iterations": (craft(MacProtector(SECRET, reference=REF, iterations=100_001), BodyType.IR, ir_body(key)), "badAlg"),
         "unknown ref": (craft(MacProtector(SECRET, reference=None), BodyType.IR, ir_body(key)), "badMessageCheck"),
     }
     for label, (data, expected) in cases.items():
