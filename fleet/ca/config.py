@@ -206,6 +206,7 @@ class CaConfig:
     max_transactions: int = 0  # 0: no cap
     max_body_bytes: int = 1_000_000
     allow_replaced_signers: bool = False
+    allow_key_reuse: bool = False  # certify a public key that already has a certificate
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None

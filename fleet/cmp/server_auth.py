@@ -87,7 +87,14 @@ from fleet.cmp.trust import (
     load_cert,
     public_key_of,
 )
-from fleet.cmp.x509parts import is_rsa_key, names_certificate, old_cert_id, same_key, short_text
+from fleet.cmp.x509parts import (
+    has_cmc_ra,
+    is_rsa_key,
+    names_certificate,
+    old_cert_id,
+    same_key,
+    short_text,
+)
 
 __all__ = [
     "NEW_REQUESTS",
@@ -104,7 +111,7 @@ __all__ = [
 
 # Bodies that start a transaction; every other request follows one.
 NEW_REQUESTS = frozenset(
-    {BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.RR, BodyType.GENM}
+    {BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.CCR, BodyType.RR, BodyType.GENM}
 )
 
 
@@ -335,6 +342,16 @@ class Authenticator:
         if skew is not None and h.message_time is not None and abs(_timestamp(h.message_time) - now) > skew:
             raise Refuse(FailInfo.badTime, f"messageTime is more than {skew:g} s off")
 
+    def is_pki_entity(self, auth: Auth) -> bool:
+        """Whether a signer is a trusted PKI management entity that may revoke for others: its
+        certificate carries id-kp-cmcRA (RFC 6402) and chains to an anchor the operator
+        configured, not to this CA (which honours requested extended key usages, so its own
+        end entities cannot count)."""
+        signer = auth.signer
+        if signer is None or not has_cmc_ra(signer):
+            return False
+        return self.backend.cert_state(signer) is CertState.FOREIGN
+
     def authorize_kur(self, auth: Auth, controls: bytes | None) -> x509.Certificate:
         """kur: the certificate being updated must be ours and alive, and the request signed with
         it or with its key (RFC 9483 §4.1.3)."""
@@ -351,6 +368,10 @@ class Authenticator:
             raise Rejected("certificate to update was not issued by this CA", FailInfo.badCertId)
         if target.status in ("revoked", "rejected"):
             raise Rejected("certificate to update is revoked", FailInfo.certRevoked)
+        if target.status == "pending":
+            raise Rejected("certificate to update is not confirmed yet", FailInfo.notAuthorized)
+        if target.der != auth.signer_der and self.backend.cert_state(target.cert) is CertState.REPLACED:
+            raise Rejected("certificate to update was already updated", FailInfo.notAuthorized)
         if target.der != auth.signer_der and not same_key(target.cert, signer):
             raise Rejected("kur is not signed with the certificate being updated", FailInfo.notAuthorized)
         return target.cert
@@ -455,10 +476,11 @@ def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
         raise Rejected("POP signature does not verify with the requested key", FailInfo.badPOP) from None
 
 
-def authorize_rr(auth: Auth, target: KnownCert) -> None:
-    """rr: signed with the certificate to revoke, or with its key under the same subject; a
+def authorize_rr(auth: Auth, target: KnownCert, pki_entity: bool = False) -> None:
+    """rr: signed with the certificate to revoke, or with its key under the same subject, or by
+    a trusted PKI management entity (``Authenticator.is_pki_entity``, RFC 9483 §5.3.2); a
     MAC-protected rr gets here only where the configuration allows it (``allow_mac_rr``)."""
-    if auth.kind == "mac":
+    if auth.kind == "mac" or pki_entity:
         return
     signer = auth.signer
     assert signer is not None

@@ -204,7 +204,7 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
     parts = node.expect(der.SEQUENCE, "CertResponse").children()
     if len(parts) < 2:
         raise MessageError("CertResponse lacks certReqId or status")
-    cert = private_key = rsp_info = None
+    cert = private_key = rsp_info = encrypted = None
     for p in parts[2:]:
         if p.tag == der.SEQUENCE:  # CertifiedKeyPair
             kp = p.children()
@@ -214,7 +214,7 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
             if choice.tag == 0xA0:
                 cert = choice.unwrap().expect(der.SEQUENCE, "certificate").raw
             elif choice.tag == 0xA1:
-                raise MessageError("encryptedCert responses are not supported")
+                encrypted = choice.unwrap().raw  # EncryptedKey, kept opaque
             else:
                 raise MessageError(f"unexpected CertOrEncCert tag 0x{choice.tag:02x}")
             for extra in kp[1:]:
@@ -228,6 +228,7 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
         certificate=cert,
         rsp_info=rsp_info,
         private_key=private_key,
+        encrypted_cert=encrypted,
     )
 
 
@@ -237,14 +238,14 @@ def _decode_certs(node: Tlv, what: str) -> tuple[bytes, ...]:
 
 def decode_body(body_type: BodyType, node: Tlv) -> Body:
     """Decode the content of a PKIBody choice (``node`` is the TLV inside the choice tag)."""
-    if body_type in CERT_REQUEST_BODIES:
+    if body_type in CERT_REQUEST_BODIES or body_type is BodyType.CCR:
         msgs = node.expect(der.SEQUENCE, "CertReqMessages").children()
         if not msgs:
             raise MessageError("CertReqMessages is empty")
         return CertReqMessages(tuple(decode_cert_req_msg(m) for m in msgs))
     if body_type is BodyType.P10CR:
         return P10Request(node.expect(der.SEQUENCE, "CertificationRequest").raw)
-    if body_type in CERT_RESPONSE_BODIES:
+    if body_type in CERT_RESPONSE_BODIES or body_type is BodyType.CCP:
         parts = node.expect(der.SEQUENCE, "CertRepMessage").children()
         ca_pubs: tuple[bytes, ...] = ()
         if parts and parts[0].tag == 0xA1:
