@@ -29,29 +29,25 @@ def spki_fingerprint(spki: bytes) -> bytes:
     return hashlib.sha256(spki).digest()
 
 
-def _prefix(fingerprint: bytes) -> int:
-    return int.from_bytes(fingerprint[:8], "big")
-
-
 class KnownKeys:
     """Fingerprints of the keys certified by ``store`` (module doc)."""
 
     def __init__(self, store: CertStore) -> None:
         self._store = store
-        self._prefixes: set[int] | None = None
+        self._prefixes: set[bytes] | None = None
 
     def certified(self, fingerprint: bytes) -> bool:
         """Whether a certificate that holds the key of ``fingerprint`` exists (module doc)."""
         prefixes = self._prefixes
         if prefixes is None:
-            prefixes = self._prefixes = {_prefix(fp) for fp in self._store.key_fingerprints()}
-        if _prefix(fingerprint) not in prefixes:
+            prefixes = self._prefixes = {fp[:8] for fp in self._store.key_fingerprints()}
+        if fingerprint[:8] not in prefixes:
             return False
         return any(_holds_key(rec.status, rec.revocation_reason) for rec in self._store.find_by_key(fingerprint))
 
     def add(self, fingerprint: bytes) -> None:
         if self._prefixes is not None:
-            self._prefixes.add(_prefix(fingerprint))
+            self._prefixes.add(fingerprint[:8])
 
 
 def _holds_key(status: CertStatus, reason: x509.ReasonFlags | None) -> bool:
