@@ -204,7 +204,7 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
     parts = node.expect(der.SEQUENCE, "CertResponse").children()
     if len(parts) < 2:
         raise MessageError("CertResponse lacks certReqId or status")
-    cert = private_key = rsp_info = encrypted = None
+    cert = private_key = rsp_info = None
     for p in parts[2:]:
         if p.tag == der.SEQUENCE:  # CertifiedKeyPair
             kp = p.children()
@@ -214,7 +214,7 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
             if choice.tag == 0xA0:
                 cert = choice.unwrap().expect(der.SEQUENCE, "certificate").raw
             elif choice.tag == 0xA1:
-                encrypted = choice.unwrap().raw  # EncryptedKey, kept opaque
+                raise MessageError("encryptedCert responses are not supported")
             else:
                 raise MessageError(f"unexpected CertOrEncCert tag 0x{choice.tag:02x}")
             for extra in kp[1:]:
@@ -228,7 +228,6 @@ def _decode_cert_response(node: Tlv) -> CertResponse:
         certificate=cert,
         rsp_info=rsp_info,
         private_key=private_key,
-        encrypted_cert=encrypted,
     )
 
 
