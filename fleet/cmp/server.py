@@ -348,8 +348,8 @@ class CmpServer:
             raise Refuse(FailInfo.badRequest, f"unexpected {msg.label} while {tx.state.value.replace('_', ' ')}")
         if msg.header.recip_nonce != tx.our_nonce:
             raise Refuse(FailInfo.badRecipientNonce, "recipNonce does not echo our senderNonce")
-        tx.nonces = fresh_nonce(tx.nonces, msg.header.sender_nonce)
         check_same_requester(ctx.auth, tx.auth)
+        tx.nonces = fresh_nonce(tx.nonces, msg.header.sender_nonce)
         if ctx.denial is not None:
             raise Refuse(ctx.denial.fail, str(ctx.denial))
         return handler(self, ctx, 0.0)
