@@ -26,8 +26,10 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from fleet.ca.crosscert import issue_cross_certificate
+from fleet.ca.keyreuse import KnownKeys, spki_fingerprint
 from fleet.ca.pki import CaHierarchy, CertificateIssuer, CertificateRequestRejected, IssuedCert
 from fleet.ca.revocation import CrlPublisher, OcspResponder
 from fleet.ca.store import (
@@ -38,9 +40,9 @@ from fleet.ca.store import (
     SerialCollision,
     UnknownCertificate,
 )
-from fleet.cmp import der, genm, oids
+from fleet.cmp import der, genm, oids, support
 from fleet.cmp.backend import CertState, IssueRequest, KnownCert, Rejected
-from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
+from fleet.cmp.messages import BodyType, CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.server import CmpServer, ServerConfig
 from fleet.cmp.shared_secrets import SecretLookup
@@ -81,6 +83,7 @@ class Authority:
         *,
         base_url: str | None = None,
         validity: timedelta = timedelta(days=365),
+        allow_key_reuse: bool = False,
     ) -> None:
         self.hierarchy = hierarchy
         self.store = store
@@ -94,6 +97,8 @@ class Authority:
         self._issuing_name_der = self._issuing_name.public_bytes()
         # kur certificates not yet confirmed: new serial -> serial of the certificate it updates
         self._updates: dict[int, int] = {}
+        # Keys already certified (``fleet.ca.keyreuse``); None: key reuse is allowed.
+        self._keys = None if allow_key_reuse else KnownKeys(store)
 
     @classmethod
     def open(
@@ -103,11 +108,12 @@ class Authority:
         base_url: str | None = None,
         key_type: str = "ec:P-256",
         validity: timedelta = timedelta(days=365),
+        allow_key_reuse: bool = False,
     ) -> Authority:
         """Load (or on first start create) the hierarchy and the store in ``state_dir``."""
         hierarchy = CaHierarchy.load_or_create(Path(state_dir), key_type=key_type)
         store = CertStore(Path(state_dir) / STORE_FILE)
-        return cls(hierarchy, store, base_url=base_url, validity=validity)
+        return cls(hierarchy, store, base_url=base_url, validity=validity, allow_key_reuse=allow_key_reuse)
 
     def set_base_url(self, base_url: str) -> None:
         """Where issued certificates point for the CRL and OCSP (known once the port is bound)."""
@@ -129,18 +135,33 @@ class Authority:
     def issue(self, request: IssueRequest) -> IssuedCert:
         status = CertStatus.ISSUED if request.confirmed else CertStatus.PENDING
         store = self.store
+        keys = self._keys
+        if keys is not None:
+            spki = request.spki or request.public_key.public_bytes(  # type: ignore[attr-defined]
+                Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+            if keys.certified(spki_fingerprint(spki)):
+                raise Rejected("this public key is already certified; request a certificate for a new key pair",
+                               FailInfo.badCertTemplate)
         for _ in range(3):  # serials are unique by construction; a collision just draws again
             serial = store.allocate_serial()
             try:
-                issued = self.issuer.issue(
-                    request.public_key,  # type: ignore[arg-type]
-                    request.subject,
-                    extensions=request.extensions,
-                    not_after=request.not_after,
-                    serial=serial,
-                    spki=request.spki,
-                    now=request.now,
-                )
+                if request.kind is BodyType.CCR:
+                    assert request.not_before is not None and request.not_after is not None
+                    assert isinstance(request.subject, x509.Name)
+                    issued = issue_cross_certificate(
+                        self.hierarchy, request.public_key, request.subject,  # type: ignore[arg-type]
+                        request.not_before, request.not_after, serial,
+                    )
+                else:
+                    issued = self.issuer.issue(
+                        request.public_key,  # type: ignore[arg-type]
+                        request.subject,
+                        extensions=request.extensions,
+                        not_after=request.not_after,
+                        serial=serial,
+                        spki=request.spki,
+                        now=request.now,
+                    )
             except CertificateRequestRejected as exc:
                 store.release_serial(serial)
                 raise Rejected(str(exc), FailInfo.badCertTemplate) from None
@@ -152,6 +173,8 @@ class Authority:
             except SerialCollision:
                 store.release_serial(serial)
                 continue
+            if keys is not None:
+                keys.add(issued.key_fingerprint)
             if request.old_cert is not None:
                 if request.confirmed:
                     self._replace(request.old_cert.serial_number, serial)
@@ -255,6 +278,7 @@ class Authority:
         self.store.flush()  # durable before the rp says so, as for a revocation
 
     def general_info(self, item: InfoTypeAndValue) -> InfoTypeAndValue:
+        support.check_request(item)
         oid = item.oid
         if oid == oids.IT_CA_CERTS:
             return genm.ca_certs_response(self._ca_certs)
@@ -271,6 +295,12 @@ class Authority:
             return InfoTypeAndValue(oid, _SIGN_KEY_PAIR_TYPES)
         if oid == oids.IT_CURRENT_CRL:
             return InfoTypeAndValue(oid, self.crl.current_crl_der())
+        if oid == oids.IT_ENC_KEY_PAIR_TYPES:
+            return InfoTypeAndValue(oid, support.ENC_KEY_PAIR_TYPES)
+        if oid == oids.IT_PREFERRED_SYMM_ALG:
+            return InfoTypeAndValue(oid, support.PREFERRED_SYMM_ALG)
+        if oid == oids.IT_SUPP_LANG_TAGS:
+            return support.language_tags_response(item)
         return InfoTypeAndValue(oid)  # unknown or unsupported: answered without a value
 
     # -- wiring ---------------------------------------------------------------------------

@@ -207,6 +207,7 @@ class CaConfig:
     max_body_bytes: int = 1_000_000
     allow_replaced_signers: bool = False
     require_message_time: bool = True  # RFC 9483 §3.1; False for devices without a clock
+    allow_key_reuse: bool = False  # certify a public key that already has a certificate
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None

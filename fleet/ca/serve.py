@@ -90,7 +90,8 @@ def build(
         )
     else:
         hierarchy = CaHierarchy.load_or_create(state, key_type=config.key_type)
-    authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity)
+    authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity,
+                          allow_key_reuse=config.allow_key_reuse)
     try:
         return CaService(
             authority,

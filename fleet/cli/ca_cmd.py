@@ -79,6 +79,10 @@ def serve(
         "--allow-replaced-signers",
         help="Let a certificate replaced by a confirmed kur go on signing requests (by default it may "
              "only revoke itself; it stays valid for CRL and OCSP either way).")] = False,
+    allow_key_reuse: Annotated[bool, typer.Option(
+        "--allow-key-reuse",
+        help="Certify a public key that already has a live certificate here (refused by default "
+             "with badCertTemplate).")] = False,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM, leaf first).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
@@ -102,7 +106,8 @@ def serve(
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,
             max_iterations=max_iterations, max_transactions=max_transactions, max_body_bytes=max_body_bytes,
-            allow_replaced_signers=allow_replaced_signers, require_message_time=require_message_time, tls_cert=tls_cert, tls_key=tls_key,
+            allow_replaced_signers=allow_replaced_signers, require_message_time=require_message_time,
+            allow_key_reuse=allow_key_reuse, tls_cert=tls_cert, tls_key=tls_key,
             knobs=LoadKnobs(
                 latency=Latency.parse(latency), waiting_fraction=waiting_fraction, check_after=check_after,
                 error_fraction=error_fraction, http_503_fraction=http_503_fraction, drop_fraction=drop_fraction,

@@ -56,6 +56,7 @@ class IssueRequest:
     # confirm); the backend keeps it with the pending record, so a restart can reject it.
     confirm_deadline: float | None = None
     now: float | None = None  # when the request arrived (``handle``'s ``now``): the validity's start
+    not_before: datetime | None = None  # ccr: the validity's requested start (cross certificate)
 
 
 @dataclass(frozen=True, slots=True)

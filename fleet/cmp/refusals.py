@@ -91,11 +91,16 @@ class Refusal(enum.Enum):
     UPDATE_UNKNOWN = (F.badCertId, "the certificate to update was not issued by this CA")
     UPDATE_REVOKED = (F.certRevoked, "the certificate to update is revoked")
     UPDATE_NOT_AUTHORIZED = (F.notAuthorized, "the kur is not signed with the certificate to update")
+    UPDATE_NOT_CONFIRMED = (F.notAuthorized, "the certificate to update is not confirmed yet")
+    UPDATE_REPLACED = (F.notAuthorized, "the certificate to update was already updated")
     OLD_CERT_ID = (F.badCertId, "oldCertID does not name a certificate by a directoryName issuer")
     OLD_CERT_ID_MALFORMED = (F.badDataFormat, "oldCertID cannot be read")
 
     # -- rr (RFC 9483 §4.2) ------------------------------------------------------------------
     REV_DETAILS_COUNT = (F.badRequest, "not exactly one RevDetails")
+    REV_FIELDS_MISSING = (F.addInfoNotAvailable, "RevDetails lacks issuer or serialNumber")
+    REV_NOT_SIGNED = (F.wrongIntegrity, "the rr is not signature-protected")
+    REV_REASON_UNKNOWN = (F.badDataFormat, "the CRLReason value is not a revocation reason")
     REV_CERT_ID = (F.badCertId, "RevDetails does not name a certificate of this CA")
     REV_MALFORMED = (F.badDataFormat, "RevDetails cannot be read")
     REV_REASON = (F.badRequest, "crlEntryDetails does not hold exactly one CRLReason")

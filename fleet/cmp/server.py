@@ -39,8 +39,11 @@ from fleet.cmp.backend import (
     IssueRequest,
     Rejected,
 )
+from fleet.cmp.crosscert import check_cross_request, check_cross_requester
 from fleet.cmp.der import DerError
+from fleet.cmp.envelope import encrypted_cert
 from fleet.cmp.fastwire import decode_request
+from fleet.cmp.lifecycle import OpenUpdates, check_cert_status, fresh_nonce
 from fleet.cmp.messages import (
     BodyType,
     CertConfirmContent,
@@ -63,6 +66,7 @@ from fleet.cmp.messages import (
     RevRepContent,
     RevReqContent,
 )
+from fleet.cmp.pop import prove
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.refusals import Refusal
 from fleet.cmp.server_auth import (
@@ -73,11 +77,11 @@ from fleet.cmp.server_auth import (
     Refuse,
     ResponseWriter,
     authorize_rr,
-    check_pop,
     check_same_requester,
     response_pvno,
 )
 from fleet.cmp.server_config import ServerConfig
+from fleet.cmp.server_records import Outcome, Reply, ServerStatistics
 from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import TrustStore, parse_name
 from fleet.cmp.x509parts import (
@@ -93,7 +97,6 @@ from fleet.cmp.x509parts import (
 )
 from fleet.errors import FleetError
 from fleet.randomness import RandomPool
-from fleet.records import record
 
 __all__ = [
     "CmpServer",
@@ -106,47 +109,13 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration, results, statistics
+# Configuration (results and statistics: ``fleet.cmp.server_records``)
 
 
 class TxState(enum.Enum):
     AWAIT_CONFIRM = "await_confirm"
     WAITING = "waiting"  # delayed delivery: the response is ready at ``ready_at``
     CLOSED = "closed"
-
-
-@record
-class Outcome:
-    """What one request came to, for metrics and logs (bounded label values)."""
-
-    request: str  # request body label ("ir", "certConf", ...), or "malformed"
-    response: str  # response body label
-    status: str  # "accepted", "rejection", "waiting", "error"
-    fail_info: int | None = None
-    serial: int | None = None  # certificate issued or revoked by this request
-    text: str = ""
-
-    @property
-    def fail_names(self) -> tuple[str, ...]:
-        return messages.fail_info_names(self.fail_info)
-
-
-@record
-class Reply:
-    data: bytes
-    outcome: Outcome
-
-
-@dataclass(frozen=True, slots=True)
-class ServerStatistics:
-    live: int
-    awaiting_confirm: int
-    waiting: int
-    closed_remembered: int
-    issued: int
-    confirmed: int
-    expired_unconfirmed: int
-    hung_closed: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +139,8 @@ class _Tx:
     # Serial of the signer certificate whose status this transaction's own request changed (an
     # rr revoking it, a kur with implicit confirmation replacing it): its follow-ups still pass.
     settles: int | None = None
+    updates: int | None = None  # kur: serial of the certificate it updates, until settled
+    nonces: tuple[bytes, ...] = ()  # the requester's senderNonces so far (``lifecycle.fresh_nonce``)
 
 
 class _Ctx:
@@ -223,6 +194,7 @@ class CmpServer:
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
         self._confirm_wait_info: tuple[int, tuple[InfoTypeAndValue, ...]] = (-1, ())
+        self._updates = OpenUpdates()
 
     # -- public surface -------------------------------------------------------------------
 
@@ -356,6 +328,7 @@ class CmpServer:
         if msg.header.recip_nonce != tx.our_nonce:
             raise Refuse(Refusal.WRONG_RECIP_NONCE, "recipNonce does not echo our senderNonce")
         check_same_requester(ctx.auth, tx.auth)
+        tx.nonces = fresh_nonce(tx.nonces, msg.header.sender_nonce)
         if ctx.denial is not None:
             raise Refuse(ctx.denial.fail, str(ctx.denial))
         return handler(self, ctx, 0.0)
@@ -410,15 +383,32 @@ class CmpServer:
                 subject = csr.subject
                 extensions = csr_extensions(csr)
             self._checks.check_requested_key(public_key)
-            check_pop(req, public_key)
+            proof = prove(req, public_key, extensions, lambda: self._checks.is_pki_entity(ctx.auth))
             old_cert = self._checks.authorize_kur(ctx.auth, req.controls) if msg.body_type is BodyType.KUR else None
-            if old_cert is not None and template.subject is None:
-                subject = old_cert.subject
+            if old_cert is not None:
+                self._updates.check(old_cert.serial_number)
+                if template.subject is None:
+                    subject = old_cert.subject
             not_after = template.validity.not_after if template.validity else None
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, 0, exc)
-        return self._issue(ctx, rsp_type, 0, public_key, subject, extensions, not_after, old_cert, defer,
-                           spki=template.public_key)
+        return self._issue(ctx, rsp_type, 0, public_key, subject, proof.extensions, not_after, old_cert, defer,
+                           spki=template.public_key, encrypt=proof.indirect)
+
+    def _on_ccr(self, ctx: _Ctx, defer: float) -> Reply:
+        """ccr: checked by ``fleet.cmp.crosscert``, then issued and confirmed like a cr."""
+        check_cross_requester(ctx.auth, self.backend)
+        try:
+            req = check_cross_request(ctx.msg.body, self._ca_name(), ctx.now)
+        except Rejected as exc:
+            return self._cert_rejection(ctx, BodyType.CCP, 0, exc)
+        return self._issue(ctx, BodyType.CCP, 0, req.public_key, req.subject, req.extensions, req.not_after, None,
+                           defer, spki=req.spki, not_before=req.not_before)
+
+    def _ca_name(self) -> x509.Name:
+        """The issuing CA's name (what a ccr's certTemplate names as issuer)."""
+        chain = self.backend.issued_chain or (self.backend.root,)
+        return x509.load_der_x509_certificate(chain[0]).subject
 
     def _on_p10cr(self, ctx: _Ctx, defer: float) -> Reply:
         body = ctx.msg.body
@@ -441,10 +431,13 @@ class CmpServer:
     def _issue(
         self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, public_key: object, subject: x509.Name | bytes,
         extensions: tuple[x509.Extension[x509.ExtensionType], ...], not_after: datetime | None,
-        old_cert: x509.Certificate | None, defer: float, *, spki: bytes | None = None,
+        old_cert: x509.Certificate | None, defer: float, *, spki: bytes | None = None, encrypt: bool = False,
+        not_before: datetime | None = None,
     ) -> Reply:
+        """Issue, and answer with the certificate (encrypted to ``public_key`` for the indirect
+        POP, ``fleet.cmp.pop``: its certConf is the proof, so never confirmed implicitly)."""
         msg = ctx.msg
-        implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm
+        implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm and not encrypt
         tid = msg.header.transaction_id
         assert tid is not None
         # Delivered now, or deferred: by a pollReq at the latest hung_timeout after ``defer``.
@@ -455,6 +448,7 @@ class CmpServer:
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
                 confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline, now=ctx.now,
+                not_before=not_before,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
@@ -467,12 +461,15 @@ class CmpServer:
             chain = (*chain, self.backend.root)
         elif ctx.auth.kind == "mac" and msg.body_type is BodyType.IR:
             ca_pubs = (self.backend.root,)
-        body = CertRepMessage(
-            (CertResponse(cert_req_id, messages.ACCEPTED, issued.der),), ca_pubs
-        )
+        response = (CertResponse(cert_req_id, messages.ACCEPTED, issued.der) if not encrypt else CertResponse(
+            cert_req_id, messages.ACCEPTED, encrypted_cert=encrypted_cert(issued.cert, issued.der, public_key)))
+        body = CertRepMessage((response,), ca_pubs)
         info = self._confirm_info(ctx, implicit)
         tx = _Tx(tid, msg.body_type, TxState.CLOSED, ctx.auth, msg.header.sender, b"", 0.0,
-                 cert_req_id, issued, implicit=implicit)
+                 cert_req_id, issued, implicit=implicit, nonces=(msg.header.sender_nonce or b"",))
+        if old_cert is not None and not implicit:
+            tx.updates = old_cert.serial_number
+            self._updates.begin(tx.updates, issued.serial, tid)
         if old_cert is not None and implicit:
             tx.settles = old_cert.serial_number  # replaced at once: its pollReq still answered
         if defer > 0:
@@ -552,9 +549,9 @@ class CmpServer:
             detail = body.details[0]
             template = detail.template
             if template.issuer is None or template.serial is None:
-                raise Rejected("RevDetails must name issuer and serialNumber", Refusal.REV_CERT_ID)
+                raise Rejected("RevDetails must name issuer and serialNumber", Refusal.REV_FIELDS_MISSING)
             if ctx.auth.kind != "signature" and not self.config.allow_mac_rr:
-                raise Rejected("rr must be signed with the certificate to revoke", Refusal.REV_NOT_AUTHORIZED)
+                raise Rejected("rr must be signature-protected", Refusal.REV_NOT_SIGNED)
             try:
                 issuer = parse_name(template.issuer)
                 reason_code = single_reason(detail.crl_entry_details)
@@ -568,7 +565,8 @@ class CmpServer:
                 raise Rejected(f"certTemplate {mismatch} does not match the certificate named by "
                                "issuer and serialNumber", Refusal.REV_CERT_ID)
             serial = template.serial
-            authorize_rr(ctx.auth, known)
+            authorize_rr(ctx.auth, known, self._checks.is_pki_entity(ctx.auth))
+            self._updates.check_revocation(template.serial)
             reason = reason_flags(reason_code)
             if reason is x509.ReasonFlags.remove_from_crl:
                 if known.status != "revoked" or known.reason is not x509.ReasonFlags.certificate_hold:
@@ -635,8 +633,7 @@ class CmpServer:
                 self.backend.reject(serial, ctx.when)
                 self._close(tx, ctx.now, "rejected")
                 raise Refuse(Refusal.CERT_HASH, "certHash does not match the certificate issued")
-            info = status.status_info
-            accepted = info is None or info.status in (PKIStatus.ACCEPTED, PKIStatus.GRANTED_WITH_MODS)
+            accepted = check_cert_status(status.status_info)
         # An empty certConf rejects every certificate (RFC 9810 §5.3.18).
         if accepted:
             self.backend.confirm(serial)
@@ -702,6 +699,8 @@ class CmpServer:
         return Reply(data, Outcome(request or ctx.msg.label, "error", "error", mask, text=(detail or text)[:200]))
 
     def _close(self, tx: _Tx, now: float, reason: str) -> None:
+        if tx.updates is not None:
+            self._updates.end(tx.updates, tx.issued.serial if tx.issued else None, tx.tid)
         tx.state = TxState.CLOSED
         tx.pending = None
         self._live.pop(tx.tid, None)
@@ -719,6 +718,7 @@ _TRANSITIONS: dict[TxState | None, dict[BodyType, _Handler]] = {
         BodyType.CR: CmpServer._on_cert_request,
         BodyType.KUR: CmpServer._on_cert_request,
         BodyType.P10CR: CmpServer._on_p10cr,
+        BodyType.CCR: CmpServer._on_ccr,
         BodyType.RR: CmpServer._on_rr,
         BodyType.GENM: CmpServer._on_genm,
     },

@@ -98,7 +98,14 @@ from fleet.cmp.trust import (
     load_cert,
     public_key_of,
 )
-from fleet.cmp.x509parts import is_rsa_key, names_certificate, old_cert_id, same_key, short_text
+from fleet.cmp.x509parts import (
+    has_cmc_ra,
+    is_rsa_key,
+    names_certificate,
+    old_cert_id,
+    same_key,
+    short_text,
+)
 
 __all__ = [
     "NEW_REQUESTS",
@@ -117,7 +124,7 @@ __all__ = [
 
 # Bodies that start a transaction; every other request follows one.
 NEW_REQUESTS = frozenset(
-    {BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.RR, BodyType.GENM}
+    {BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.CCR, BodyType.RR, BodyType.GENM}
 )
 
 
@@ -386,6 +393,16 @@ class Authenticator:
         if h.general_info:
             check_general_info(h.general_info)
 
+    def is_pki_entity(self, auth: Auth) -> bool:
+        """Whether a signer is a trusted PKI management entity that may revoke for others: its
+        certificate carries id-kp-cmcRA (RFC 6402) and chains to an anchor the operator
+        configured, not to this CA (which honours requested extended key usages, so its own
+        end entities cannot count)."""
+        signer = auth.signer
+        if signer is None or not has_cmc_ra(signer):
+            return False
+        return self.backend.cert_state(signer) is CertState.FOREIGN
+
     def authorize_kur(self, auth: Auth, controls: bytes | None) -> x509.Certificate:
         """kur: the certificate being updated must be ours and alive, and the request signed with
         it or with its key (RFC 9483 §4.1.3)."""
@@ -402,6 +419,10 @@ class Authenticator:
             raise Rejected("certificate to update was not issued by this CA", Refusal.UPDATE_UNKNOWN)
         if target.status in ("revoked", "rejected"):
             raise Rejected("certificate to update is revoked", Refusal.UPDATE_REVOKED)
+        if target.status == "pending":
+            raise Rejected("certificate to update is not confirmed yet", Refusal.UPDATE_NOT_CONFIRMED)
+        if target.der != auth.signer_der and self.backend.cert_state(target.cert) is CertState.REPLACED:
+            raise Rejected("certificate to update was already updated", Refusal.UPDATE_REPLACED)
         if target.der != auth.signer_der and not same_key(target.cert, signer):
             raise Rejected("kur is not signed with the certificate being updated", Refusal.UPDATE_NOT_AUTHORIZED)
         return target.cert
@@ -459,8 +480,10 @@ _PKICONF_BODY = encode_body(BodyType.PKICONF, PKIConfirmContent())
 def response_pvno(request_pvno: int, body: Body) -> int:
     """The version of a response (RFC 9810 §7): the request's when the server supports it (2 or
     3), else the nearest it supports (an unsupportedVersion error); 3 whenever the response
-    itself carries EnvelopedData (a centrally generated private key), a CMP v3 feature."""
-    if type(body) is CertRepMessage and any(r.private_key is not None for r in body.responses):
+    itself carries EnvelopedData (a centrally generated private key or an encrypted certificate),
+    a CMP v3 feature."""
+    if type(body) is CertRepMessage and any(
+            r.private_key is not None or r.encrypted_cert is not None for r in body.responses):
         return 3
     return 3 if request_pvno >= 3 else 2
 
@@ -516,10 +539,11 @@ def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
         raise Rejected("POP signature does not verify with the requested key", Refusal.POP) from None
 
 
-def authorize_rr(auth: Auth, target: KnownCert) -> None:
-    """rr: signed with the certificate to revoke, or with its key under the same subject; a
+def authorize_rr(auth: Auth, target: KnownCert, pki_entity: bool = False) -> None:
+    """rr: signed with the certificate to revoke, or with its key under the same subject, or by
+    a trusted PKI management entity (``Authenticator.is_pki_entity``, RFC 9483 §5.3.2); a
     MAC-protected rr gets here only where the configuration allows it (``allow_mac_rr``)."""
-    if auth.kind == "mac":
+    if auth.kind == "mac" or pki_entity:
         return
     signer = auth.signer
     assert signer is not None

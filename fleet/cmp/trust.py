@@ -74,7 +74,12 @@ def public_key_of(cert: x509.Certificate) -> PublicKey:
 
 
 def _subject(cert: x509.Certificate) -> str:
-    return cert.subject.rfc4514_string() or "<empty subject>"
+    """The subject for an error message; cryptography parses names lazily and may raise on a
+    malformed one (ValueError, TypeError, KeyError), which must not replace the error being told."""
+    try:
+        return cert.subject.rfc4514_string() or "<empty subject>"
+    except (ValueError, TypeError, KeyError):
+        return "<unreadable subject>"
 
 
 def cert_der(cert: x509.Certificate) -> bytes:

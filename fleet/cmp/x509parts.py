@@ -43,6 +43,7 @@ __all__ = [
     "cert_hash",
     "csr_extensions",
     "csr_public_key",
+    "has_cmc_ra",
     "is_rsa_key",
     "load_public_key",
     "names_certificate",
@@ -153,19 +154,25 @@ def same_key(a: x509.Certificate, b: x509.Certificate) -> bool:
     )
 
 
+ID_KP_CMC_RA = "1.3.6.1.5.5.7.3.28"
+
+
+def has_cmc_ra(cert: x509.Certificate) -> bool:
+    """Whether ``cert`` has the extended key usage id-kp-cmcRA (a CMP RA or PKI entity)."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return any(u.dotted_string == ID_KP_CMC_RA for u in eku)
+
+
 def names_certificate(body: Body, cert: x509.Certificate) -> bool:
-    """Whether an rr body's one RevDetails names ``cert`` itself by issuer and serialNumber."""
+    """Whether an rr body's one RevDetails is about ``cert``: its serialNumber. The issuer is
+    left to the rr rules, which answer a wrong one with badCertId (as they do for anyone) and
+    let only the certificate's holder act on it."""
     if not isinstance(body, RevReqContent) or len(body.details) != 1:
         return False
-    template = body.details[0].template
-    if template.serial != cert.serial_number or template.issuer is None:
-        return False
-    if template.issuer == cert.issuer.public_bytes():
-        return True
-    try:
-        return parse_name(template.issuer) == cert.issuer
-    except ValueError:
-        return False
+    return body.details[0].template.serial == cert.serial_number
 
 
 def template_mismatch(template: CertTemplate, cert: x509.Certificate) -> str | None:
@@ -278,9 +285,9 @@ def single_reason(crl_entry_details: bytes | None) -> int | None:
 
 def reason_flags(code: int | None) -> x509.ReasonFlags | None:
     """A CRLReason code as cryptography's flag (None: unspecified); codes that are not a
-    revocation reason (7, above 10) are refused with badRequest."""
+    revocation reason (7, above 10) are not a CRLReason value at all: badDataFormat."""
     if code is None:
         return None
     if code not in _REASON_BY_CODE:
-        raise Rejected(f"CRLReason {code} is not a revocation reason", Refusal.REV_REASON)
+        raise Rejected(f"CRLReason {code} is not a revocation reason", Refusal.REV_REASON_UNKNOWN)
     return _REASON_BY_CODE[code]

@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from fleet.ca.config import CaConfig
 from fleet.errors import FleetError
@@ -72,13 +73,16 @@ class EmbeddedCa:
         return [sys.executable, "-m", "fleet.ca"]
 
     def ca_config(self) -> CaConfig:
-        """The profile's settings plus where this CA lives, listens and what it trusts."""
+        """The profile's settings plus where this CA lives, listens and what it trusts. Key reuse
+        is allowed: a run's device keys come from a key pool that is handed out again once it
+        runs dry, and again in the next run."""
         return replace(
             self.config, state=self.state_dir, host="127.0.0.1", port=self.port,
             master_secret=self.master_secret, vendor_trust=self.vendor_trust, metrics_port=self.metrics_port,
+            allow_key_reuse=True,
         )
 
-    def __enter__(self) -> EmbeddedCa:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -97,7 +101,8 @@ class EmbeddedCa:
 
         with open(self._log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, preexec_fn=pin,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE,
+                preexec_fn=pin,  # noqa: PLW1509  # only sets the CPU affinity: safe after fork
                 start_new_session=True,  # Ctrl-C reaches the run, which stops the CA after reporting
             )
         assert self._proc.stdin is not None

@@ -114,6 +114,7 @@ def test_json_round_trip_keeps_every_setting(tmp_path: Path) -> None:
         max_transactions=9,
         max_body_bytes=100,
         allow_replaced_signers=True,
+        allow_key_reuse=True,
         tls_cert=tmp_path / "c.pem",
         tls_key=tmp_path / "k.pem",
         knobs=LoadKnobs(Latency.parse("lognormal:0.01:0.5"), 0.1, 0.2, 0.3, 0.4, 0.5, seed=11),

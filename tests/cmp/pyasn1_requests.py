@@ -75,8 +75,9 @@ def _spki_into(target, public_key) -> None:
 
 
 def cert_request(msg, kind: str, key: ec.EllipticCurvePrivateKey, subject: x509.Name | None, *,
-                 cert_req_id: int = 0) -> None:
-    """ir, cr or kur: one CertReqMsg for ``key`` with a signature POP."""
+                 cert_req_id: int = 0, extensions: tuple[x509.ExtensionType, ...] = ()) -> None:
+    """ir, cr or kur: one CertReqMsg for ``key`` with a signature POP (and the requested
+    ``extensions``, non-critical)."""
     body = msg["body"][kind]
     crm = _append(body)
     crm["certReq"]["certReqId"] = cert_req_id
@@ -84,10 +85,87 @@ def cert_request(msg, kind: str, key: ec.EllipticCurvePrivateKey, subject: x509.
     if subject is not None:
         set_name(template["subject"], subject)
     _spki_into(template["publicKey"], key.public_key())
+    for value in extensions:
+        ext = _append(template["extensions"])
+        ext["extnID"] = univ.ObjectIdentifier(value.oid.dotted_string)
+        ext["extnValue"] = value.public_bytes()
     signature = crm["popo"]["signature"]
     signature["algorithmIdentifier"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
     pop = key.sign(encoder.encode(crm["certReq"]), ec.ECDSA(hashes.SHA256()))
     signature["signature"] = univ.BitString(hexValue=pop.hex())
+
+
+def cert_request_pop(msg, kind: str, public_key, subject: x509.Name | None, popo: str, *,
+                     method: str = "subsequentMessage", value: int = 0,
+                     extensions: tuple[x509.ExtensionType, ...] = (), critical: bool = True) -> None:
+    """ir, cr or kur for a key proven without a signature: ``popo`` is "raVerified",
+    "signature" (a dummy one),
+    "keyEncipherment" or "keyAgreement"; for the last two a POPOPrivKey of ``method``
+    (subsequentMessage with ``value`` 0 encrCert, 1 challengeResp; or thisMessage, dhMAC,
+    agreeMAC with dummy contents). ``extensions`` are requested ``critical``."""
+    crm = _append(msg["body"][kind])
+    crm["certReq"]["certReqId"] = 0
+    template = crm["certReq"]["certTemplate"]
+    if subject is not None:
+        set_name(template["subject"], subject)
+    _spki_into(template["publicKey"], public_key)
+    for ext_value in extensions:
+        ext = _append(template["extensions"])
+        ext["extnID"] = univ.ObjectIdentifier(ext_value.oid.dotted_string)
+        ext["critical"] = critical
+        ext["extnValue"] = ext_value.public_bytes()
+    pop = crm["popo"]
+    if popo == "raVerified":
+        pop["raVerified"] = _component(pop, "raVerified").clone("")
+        return
+    if popo == "signature":  # a signature the key could not have made (it cannot sign)
+        pop["signature"]["algorithmIdentifier"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+        pop["signature"]["signature"] = univ.BitString(hexValue="00")
+        return
+    priv = pop[popo]
+    if method == "subsequentMessage":
+        priv["subsequentMessage"] = value
+    elif method in ("thisMessage", "dhMAC"):
+        priv[method] = _component(priv, method).clone(hexValue="00")
+    else:  # agreeMAC
+        mac = priv["agreeMAC"]
+        mac["algId"]["algorithm"] = univ.ObjectIdentifier(HMAC_SHA256)
+        mac["value"] = univ.BitString(hexValue="00" * 32)
+
+
+def ccr(msg, key, subject: x509.Name, issuer: x509.Name, *, version: int | None = 2,
+        validity: tuple[datetime, datetime] | None = None, leave_out: tuple[str, ...] = (),
+        popo: str | None = "signature") -> None:
+    """A ccr (RFC 9810 Appendix D.6): certTemplate with version, signingAlg, issuer, validity,
+    subject and publicKey (``leave_out`` names the ones to omit), and a signature POP by ``key``
+    (``popo`` None: no POP, "raVerified": that)."""
+    crm = _append(msg["body"]["ccr"])
+    crm["certReq"]["certReqId"] = 0
+    template = crm["certReq"]["certTemplate"]
+    if version is not None and "version" not in leave_out:
+        template["version"] = version
+    if "signingAlg" not in leave_out:
+        template["signingAlg"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+    if "issuer" not in leave_out:
+        set_name(template["issuer"], issuer)
+    if "validity" not in leave_out:
+        now = datetime.now(UTC)
+        start, end = validity or (now, now.replace(year=now.year + 1))
+        for field_name, when in (("notBefore", start), ("notAfter", end)):
+            time_value = template["validity"][field_name]
+            time_value["generalTime"] = time_value["generalTime"].clone(when.strftime("%Y%m%d%H%M%SZ"))
+    if "subject" not in leave_out:
+        set_name(template["subject"], subject)
+    if "publicKey" not in leave_out:
+        _spki_into(template["publicKey"], key.public_key())
+    pop = crm["popo"]
+    if popo == "raVerified":
+        pop["raVerified"] = _component(pop, "raVerified").clone("")
+    elif popo == "signature":
+        pop["signature"]["algorithmIdentifier"]["algorithm"] = univ.ObjectIdentifier(ECDSA_SHA256)
+        signature = (key.sign(encoder.encode(crm["certReq"]), ec.ECDSA(hashes.SHA256()))
+                     if isinstance(key, ec.EllipticCurvePrivateKey) else b"\x00")  # others cannot sign here
+        pop["signature"]["signature"] = univ.BitString(hexValue=signature.hex())
 
 
 def p10cr(msg, csr: x509.CertificateSigningRequest) -> None:
@@ -98,14 +176,16 @@ def crl_reason(code: int) -> tuple[str, bytes]:
     return CRL_REASON, encoder.encode(rfc5280.CRLReason(code))
 
 
-def rr(msg, issuer: x509.Name, serial: int, *, reasons: tuple[int, ...] = (1,),
+def rr(msg, issuer: x509.Name | None, serial: int | None, *, reasons: tuple[int, ...] = (1,),
        subject: x509.Name | None = None, public_key=None) -> None:
-    """One RevDetails naming issuer and serial, optionally subject and publicKey too, with one
-    CRLReason extension per entry of ``reasons``."""
+    """One RevDetails naming issuer and serial (each may be left out), optionally subject and
+    publicKey too, with one CRLReason extension per entry of ``reasons``."""
     details = _append(msg["body"]["rr"])
     template = details["certDetails"]
-    set_name(template["issuer"], issuer)
-    template["serialNumber"] = serial
+    if issuer is not None:
+        set_name(template["issuer"], issuer)
+    if serial is not None:
+        template["serialNumber"] = serial
     if subject is not None:
         set_name(template["subject"], subject)
     if public_key is not None:
@@ -119,10 +199,40 @@ def genm(msg) -> None:
     _append(msg["body"]["genm"])["infoType"] = univ.ObjectIdentifier(IT_CA_CERTS)
 
 
-def cert_conf(msg, cert_der: bytes, cert_req_id: int = 0) -> None:
-    status = _append(msg["body"]["certConf"])
-    status["certHash"] = hashlib.sha256(cert_der).digest()
-    status["certReqId"] = cert_req_id
+def genm_item(msg, info_type: str, value: bytes | None = None) -> None:
+    """One InfoTypeAndValue of ``info_type``, its infoValue the DER ``value`` (absent: None)."""
+    item = _append(msg["body"]["genm"])
+    item["infoType"] = univ.ObjectIdentifier(info_type)
+    if value is not None:
+        item["infoValue"] = univ.Any(value)
+
+
+def genp_items(data: bytes) -> list[tuple[str, bytes | None]]:
+    """The (infoType, infoValue DER or None) pairs of a genp, read with pyasn1."""
+    msg = _decode(data, rfc9480.PKIMessage())
+    assert msg["body"].getName() == "genp"
+    return [(str(item["infoType"]), bytes(item["infoValue"]) if item["infoValue"].isValue else None)
+            for item in msg["body"]["genp"]]
+
+
+def cert_conf(msg, cert_der: bytes, cert_req_id: int = 0, *, status: int | None = None,
+              fail: tuple[str, ...] = ()) -> None:
+    """One CertStatus; ``status`` (and ``fail``, failInfo bit names) fill its statusInfo."""
+    entry = _append(msg["body"]["certConf"])
+    entry["certHash"] = hashlib.sha256(cert_der).digest()
+    entry["certReqId"] = cert_req_id
+    if status is not None:
+        info = entry["statusInfo"]
+        info["status"] = status
+        if fail:
+            info["failInfo"] = fail_bits(fail)
+
+
+def fail_bits(names: tuple[str, ...]) -> univ.BitString:
+    """A PKIFailureInfo with the named bits set."""
+    last = max(_FAIL_BITS.index(n) for n in names)
+    bits = "".join("1" if _FAIL_BITS[i] in names else "0" for i in range(last + 1))
+    return rfc9480.PKIFailureInfo(binValue=bits)
 
 
 def poll_req(msg, cert_req_id: int = 0) -> None:
@@ -294,21 +404,27 @@ class Answer:
     pvno: int = 2
     general_info: tuple[tuple[str, bytes], ...] = ()  # (infoType, DER of infoValue)
     protection_alg: bytes = b""  # DER of the response's protectionAlg
-    cert_req_id: int | None = None  # of ip/cp/kup
+    cert_req_id: int | None = None  # of ip/cp/kup/ccp
+    enveloped: bytes | None = None  # encrCert: the EnvelopedData, as a plain SEQUENCE
 
     @classmethod
     def read(cls, data: bytes) -> Answer:
         msg = _decode(data, rfc9480.PKIMessage())
         name = msg["body"].getName()
         content = msg["body"][name]
-        info, cert, req_id = None, None, None
-        if name in ("ip", "cp", "kup"):
+        info, cert, req_id, enveloped = None, None, None, None
+        if name in ("ip", "cp", "kup", "ccp"):
             response = content["response"][0]
             info = response["status"]
             req_id = int(response["certReqId"])
             if response["certifiedKeyPair"].isValue:
-                cert = encoder.encode(response["certifiedKeyPair"]["certOrEncCert"]["certificate"])
-                cert = _unwrap(cert)
+                choice = response["certifiedKeyPair"]["certOrEncCert"]
+                if choice.getName() == "certificate":
+                    cert = _unwrap(encoder.encode(choice["certificate"]))
+                else:
+                    tagged = encoder.encode(choice["encryptedCert"]["envelopedData"])
+                    assert tagged[0] == 0xA0  # envelopedData [0], implicitly tagged
+                    enveloped = b"\x30" + tagged[1:]
         elif name == "rp":
             info = content["status"][0]
         elif name == "error":
@@ -322,8 +438,9 @@ class Answer:
         general = tuple((str(i["infoType"]), bytes(i["infoValue"]) if i["infoValue"].isValue else b"")
                         for i in h["generalInfo"])
         return cls(name, status, fail, cert, bytes(h["senderNonce"]),
-                   bytes(h["transactionID"]) if h["transactionID"].isValue else b"", int(h["pvno"]), general,
-                   encoder.encode(h["protectionAlg"]), req_id)
+                   bytes(h["transactionID"]) if h["transactionID"].isValue else b"", pvno=int(h["pvno"]),
+                   general_info=general, protection_alg=encoder.encode(h["protectionAlg"]), cert_req_id=req_id,
+                   enveloped=enveloped)
 
 
 def _unwrap(tagged: bytes) -> bytes:

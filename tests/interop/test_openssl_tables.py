@@ -10,7 +10,8 @@ Mock's client credentials and the runner live outside the repository, in
 2. starts `fleet ca serve` on a free loopback port with ordinary operator options: that
    hierarchy (--issuing-cert/--issuing-key/--chain), the Mock's ``server.crt``/``server.key`` as
    the response-signing credentials, the Mock's original root as an extra trust anchor for
-   signed requests (its ``signer.crt`` signs them), and the PBM secret ``test``;
+   signed requests (its ``signer.crt`` signs them), the PBM secret ``test``, and
+   ``--allow-key-reuse`` (the tables enroll one key file again and again);
 3. makes a writable copy of the Mock's client credentials (``new_server_dir.sh``) with the CA
    files replaced as RUN.md says, runs ``cmp_csv_runner.py`` with ``tests/interop/overrides.tsv``
    and a temporary ``--result-dir``, and requires at least 260 rows passed, none failed, and
@@ -161,6 +162,9 @@ def start_ca(tmp: Path, ca: RunCa) -> CaProcess:
         "--signer-cert", str(MOCK / "server.crt"), "--signer-key", str(server_key),
         "--trusted", str(MOCK / "root.crt"),  # the Mock's rootCA: signer.crt signs requests
         "--secret", PBM_SECRET,  # answers any reference: the tables' pbm_ref is empty
+        # The tables enroll one key file (new.key) row after row, as their Mock allows: a test
+        # artifact, not a client fault. fleet refuses key reuse by default (badCertTemplate).
+        "--allow-key-reuse",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

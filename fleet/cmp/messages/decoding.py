@@ -237,14 +237,14 @@ def _decode_certs(node: Tlv, what: str) -> tuple[bytes, ...]:
 
 def decode_body(body_type: BodyType, node: Tlv) -> Body:
     """Decode the content of a PKIBody choice (``node`` is the TLV inside the choice tag)."""
-    if body_type in CERT_REQUEST_BODIES:
+    if body_type in CERT_REQUEST_BODIES or body_type is BodyType.CCR:
         msgs = node.expect(der.SEQUENCE, "CertReqMessages").children()
         if not msgs:
             raise MessageError("CertReqMessages is empty")
         return CertReqMessages(tuple(decode_cert_req_msg(m) for m in msgs))
     if body_type is BodyType.P10CR:
         return P10Request(node.expect(der.SEQUENCE, "CertificationRequest").raw)
-    if body_type in CERT_RESPONSE_BODIES:
+    if body_type in CERT_RESPONSE_BODIES or body_type is BodyType.CCP:
         parts = node.expect(der.SEQUENCE, "CertRepMessage").children()
         ca_pubs: tuple[bytes, ...] = ()
         if parts and parts[0].tag == 0xA1:

@@ -78,6 +78,7 @@ RESPONSE_FOR = {
     BodyType.CR: BodyType.CP,
     BodyType.KUR: BodyType.KUP,
     BodyType.P10CR: BodyType.CP,
+    BodyType.CCR: BodyType.CCP,
     BodyType.RR: BodyType.RP,
     BodyType.GENM: BodyType.GENP,
     BodyType.CERTCONF: BodyType.PKICONF,
@@ -274,6 +275,7 @@ class CertResponse:
     certificate: bytes | None = None
     rsp_info: bytes | None = None
     private_key: bytes | None = None  # encoded EncryptedKey (central key generation), kept opaque
+    encrypted_cert: bytes | None = None  # encoded EncryptedKey: encrCert (indirect POP), kept opaque
 
 
 @record
