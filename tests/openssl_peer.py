@@ -98,7 +98,9 @@ def _openssl(args: Sequence[str], cwd: Path, timeout: float = 10) -> None:
 
 
 def make_test_pki(dir: Path, days: int = 365) -> TestPki:
-    """Build the test PKI of docs/openssl-peer.md under `dir` with the openssl CLI (~0.1 s).
+    """Build the test PKI under `dir` with the openssl CLI: an EC root CA, end-entity
+    certificates for the mock server (`server`) and a signing client (`client`), a new key with
+    its CSR (`new`) and `rsp.crt`, the certificate the mock server returns for every enrollment.
 
     Key files are written 0600.
     """
@@ -155,7 +157,8 @@ class OpenSSLMockServer:
     Keyword options map to mock-server flags: `poll_count=2` -> `-poll_count 2`,
     `grant_implicitconf=True` -> `-grant_implicitconf`; `None`/`False` drops a flag, which also
     removes a default (e.g. `srv_secret=None` gives a server that only does signatures).
-    `extra_args` are appended verbatim. Defaults follow docs/openssl-peer.md.
+    `extra_args` are appended verbatim. Defaults: MAC (`srv_ref`, `srv_secret`) and signature
+    (`srv_cert`, `srv_key`, `srv_trusted`) protection, `rsp_cert` and `rsp_capubs` from the test PKI.
 
     The server listens on port 0 chosen by the kernel and reports it ("ACCEPT [::]:PORT") in its
     log, so there is no race on free ports; startup is still retried a few times. It serves one

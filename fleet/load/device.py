@@ -65,8 +65,8 @@ def _template_fields(templates: tuple[str, ...] | list[str]) -> list[str]:
 
 class _NameTemplate:
     """An OpenSSL-style subject template (``/CN=nf-{index}/O=x``) split into its attributes once,
-    so each device formats the values and skips re-parsing the whole name (with the unused uuid
-    left out: 12 -> 5 µs). Used only when it gives the same ``x509.Name`` as ``parse_name`` for
+    so each device formats the values and skips re-parsing the whole name (and leaves out the
+    uuid when the template does not use it). Used only when it gives the same ``x509.Name`` as ``parse_name`` for
     sample devices; otherwise every device goes through ``parse_name``.
 
     ``format_der`` writes the Name's DER directly (each attribute's OID and string type taken from
@@ -326,8 +326,8 @@ class DeviceFactory:
 
     def new_key(self) -> PrivateKey:
         """A fresh key of a type drawn by the profile's weights. EC and EdDSA keys are generated
-        on the spot (12-32 µs, cheaper than loading one from a pool: 25-38 µs measured); RSA keys
-        (38 ms each) come from the pre-generated pool."""
+        on the spot (cheaper than loading one from a pool); RSA keys, thousands of times dearer
+        to make, come from the pre-generated pool (bench/README.md has the figures)."""
         if self._only_generate is not None:
             return self._only_generate()
         kind = self._kinds[0] if len(self._kinds) == 1 else self._kinds[int(self._rng.choice(len(self._kinds), p=self._weights))]

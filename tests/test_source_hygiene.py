@@ -1,0 +1,75 @@
+"""Comments and docstrings neither quote measured figures nor point outside the repository.
+
+Measured costs rot with the machine: they live in bench/README.md beside the command that
+measures them, and code says why in words. A path outside the repository (a sibling checkout's
+documents) does not exist for a reader of the repository. Read with ``tokenize``: comments and
+every string literal (docstrings included) of fleet/, tests/ and bench/.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tokenize
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# "~25 µs", "about 40 ms", "costs 1.3 µs", "saves ~0.5 µs", "3-10x more", "took 3.7%": a figure
+# given as a measurement. Specified bounds ("buckets from 1 ms to 60 s") are not matched.
+MEASURED = re.compile(
+    r"(~|\babout |\bcosts? |\bcost |\bsaves? |\btook |\bmeasured )\s*[\d][\d.,]*(\s*[-–]\s*[\d.,]+)?"
+    r"\s*(µs|us|ns|ms|%)(?!\w)"
+    r"|\b\d+(\.\d+)?(-\d+(\.\d+)?)?x (faster|slower|more|less|cheaper|dearer)\b"
+    r"|\b\d[\d.,]*(\s*[-–]\s*[\d.,]+)?\s*(µs|ms) (of (CPU|client|the)|per|a call|apiece|each)\b"
+    r"|\b\d[\d.,]* -> \d[\d.,]*\s*(µs|ms)"
+)
+OUTSIDE = re.compile(r"shared/docs|\bdocs/[\w.-]+\.md\b|measured-costs\.md|/work/")
+
+
+def _texts(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, text) of each comment and string literal in ``path``."""
+    source = path.read_text()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in (tokenize.COMMENT, tokenize.STRING):
+            yield tok.start[0], tok.string
+
+
+def _sources(*dirs: str) -> list[Path]:
+    found = [p for d in dirs for p in sorted((ROOT / d).rglob("*.py"))]
+    return [p for p in found if p.resolve() != Path(__file__).resolve()]
+
+
+def test_no_measured_figures_in_fleets_comments() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {match.group(0)!r}"
+        for path in _sources("fleet")
+        for line, text in _texts(path)
+        for match in MEASURED.finditer(text)
+    ]
+    assert not found, "measured figures belong in bench/README.md:\n" + "\n".join(found)
+
+
+def test_no_reference_to_files_outside_the_repository() -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{line}: {match.group(0)!r}"
+        for path in _sources("fleet", "tests", "bench")
+        for line, text in _texts(path)
+        for match in OUTSIDE.finditer(text)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_the_patterns_catch_what_they_are_for() -> None:
+    """The patterns themselves, on the phrases this test was written against."""
+    for quoted in (
+        "costs ~22 ms", "about 0.15 µs", "3-10x more", "took 3.7% of", "cost ~70-80 µs",
+        "26-47 µs of CPU", "1.3 µs for eight fields, 0.24 µs each", "12 -> 5 µs",
+    ):
+        assert MEASURED.search(quoted), quoted
+    for spec in ("buckets run from 1 ms to 60 s", "100 µs up to 60 s", "error by 1/256 (0.4 %)"):
+        assert not MEASURED.search(spec), spec
+    assert OUTSIDE.search("see shared/docs/measured-costs.md")
+    assert OUTSIDE.search("the test PKI of docs/openssl-peer.md")
+    assert not OUTSIDE.search("bench/README.md")
