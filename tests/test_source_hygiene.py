@@ -1,4 +1,5 @@
-"""Comments and docstrings neither quote measured figures nor point outside the repository.
+"""Comments and docstrings neither quote measured figures nor point outside the repository;
+each class name in fleet/ means one thing.
 
 Measured costs rot with the machine: they live in bench/README.md beside the command that
 measures them, and code says why in words. A path outside the repository (a sibling checkout's
@@ -8,9 +9,12 @@ every string literal (docstrings included) of fleet/, tests/ and bench/.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import io
 import re
 import tokenize
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +77,17 @@ def test_the_patterns_catch_what_they_are_for() -> None:
     assert OUTSIDE.search("see shared/docs/measured-costs.md")
     assert OUTSIDE.search("the test PKI of docs/openssl-peer.md")
     assert not OUTSIDE.search("bench/README.md")
+
+
+def test_each_class_name_is_defined_once_and_shadows_no_builtin() -> None:
+    """A reader who meets ``DeviceState`` or ``Progress`` should not have to ask which one, and
+    ``NameError_`` was a builtin's name with a trailing underscore."""
+    where: defaultdict[str, list[str]] = defaultdict(list)
+    for path in _sources("fleet"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef):
+                where[node.name].append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in where.items() if len(paths) > 1}
+    assert not clashes
+    shadowing = sorted(n for n in where if n in vars(builtins) or n.rstrip("_") in vars(builtins))
+    assert not shadowing
