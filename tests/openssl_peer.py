@@ -17,10 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Self
 
 import pytest
 
@@ -90,7 +90,7 @@ _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
 def _openssl(args: Sequence[str], cwd: Path, timeout: float = 10) -> None:
     proc = subprocess.run(
-        [OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [OPENSSL, *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
@@ -217,7 +217,7 @@ class OpenSSLMockServer:
             return ""
         return self._log_path.read_text(errors="replace")
 
-    def start(self) -> OpenSSLMockServer:
+    def start(self) -> Self:
         """Start the server and wait (bounded) until it listens; retried `attempts` times."""
         if self._proc is not None:
             raise PeerError("mock server already started")
@@ -277,7 +277,7 @@ class OpenSSLMockServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> OpenSSLMockServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -302,7 +302,7 @@ def run_openssl_cmp(
     """
     return subprocess.run(
         [OPENSSL, "cmp", "-config", "", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
     )
 
 

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import trio
 from cryptography import x509
@@ -171,7 +171,7 @@ def _changed(rec: CertRecord, **changes: Any) -> CertRecord:
     """``dataclasses.replace(rec, **changes)`` for the hot status changes (confirm), at a fifth
     of its cost; only known fields may change."""
     if not _RECORD_FIELDS.issuperset(changes):
-        raise TypeError(f"CertRecord has no field {sorted(set(changes) - _RECORD_FIELDS)[0]}")
+        raise TypeError(f"CertRecord has no field {min(set(changes) - _RECORD_FIELDS)}")
     values = dict(rec.__dict__)
     values.update(changes)
     return _new_record(values)
@@ -249,7 +249,7 @@ class CertStore:
             self._closed = True
             self._db.close()
 
-    def __enter__(self) -> CertStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

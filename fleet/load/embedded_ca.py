@@ -19,6 +19,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from fleet.ca.config import CaConfig
 from fleet.errors import FleetError
@@ -78,7 +79,7 @@ class EmbeddedCa:
             master_secret=self.master_secret, vendor_trust=self.vendor_trust, metrics_port=self.metrics_port,
         )
 
-    def __enter__(self) -> EmbeddedCa:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -97,7 +98,7 @@ class EmbeddedCa:
 
         with open(self._log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, preexec_fn=pin,
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, preexec_fn=pin,  # noqa: PLW1509 - one sched_setaffinity call before exec
                 start_new_session=True,  # Ctrl-C reaches the run, which stops the CA after reporting
             )
         assert self._proc.stdin is not None

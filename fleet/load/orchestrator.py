@@ -92,7 +92,7 @@ class Verdict:
 def expected_arrivals(profile: Profile) -> int:
     if isinstance(profile.shape, Closed):
         return profile.devices.count * 4
-    return int(math.ceil(profile.shape.expected_count(profile.duration)))
+    return math.ceil(profile.shape.expected_count(profile.duration))
 
 
 def keys_needed(profile: Profile) -> dict[str, int]:

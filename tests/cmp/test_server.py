@@ -122,15 +122,15 @@ def craft(
     """A hand-made request: defaults are a valid header, overridable field by field (a signed
     one names its signer as sender, RFC 9483 §3.1)."""
     signer_name = protector.sender_name if isinstance(protector, SignatureProtector) else name("dev").public_bytes()
-    fields: dict[str, object] = dict(
-        sender=messages.directory_name(signer_name),
-        recipient=messages.NULL_DN_GENERAL_NAME,
-        transaction_id=os.urandom(16),
-        sender_nonce=os.urandom(16),
-        sender_kid=protector.sender_kid if protector else None,
-        message_time=datetime.now(UTC).replace(microsecond=0),
-        protection_alg=protector.algorithm if protector else None,
-    )
+    fields: dict[str, object] = {
+        "sender": messages.directory_name(signer_name),
+        "recipient": messages.NULL_DN_GENERAL_NAME,
+        "transaction_id": os.urandom(16),
+        "sender_nonce": os.urandom(16),
+        "sender_kid": protector.sender_kid if protector else None,
+        "message_time": datetime.now(UTC).replace(microsecond=0),
+        "protection_alg": protector.algorithm if protector else None,
+    }
     fields.update(header)
     header_der = messages.encode_header(PKIHeader(**fields))  # type: ignore[arg-type]
     body_der = messages.encode_body(body_type, body)
