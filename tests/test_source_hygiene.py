@@ -1,5 +1,5 @@
 """Comments and docstrings neither quote measured figures nor point outside the repository;
-each class name in fleet/ means one thing.
+each class name in fleet/ means one thing; CI lints with a pinned ruff before the tests.
 
 Measured costs rot with the machine: they live in bench/README.md beside the command that
 measures them, and code says why in words. A path outside the repository (a sibling checkout's
@@ -13,10 +13,14 @@ import ast
 import builtins
 import io
 import re
+import subprocess
+import sys
 import tokenize
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +95,21 @@ def test_each_class_name_is_defined_once_and_shadows_no_builtin() -> None:
     assert not clashes
     shadowing = sorted(n for n in where if n in vars(builtins) or n.rstrip("_") in vars(builtins))
     assert not shadowing
+
+
+def test_ci_runs_a_pinned_ruff_before_the_tests() -> None:
+    """CI lints before it tests, with the ruff version the tree was made clean with."""
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    install = next(i for i, line in enumerate(script) if "pip install" in line and "ruff==" in line)
+    lint = script.index("python3 -m ruff check fleet tests bench")
+    assert install < lint < script.index("python3 -m pytest -q")
+
+
+def test_ruff_finds_nothing() -> None:
+    """What CI's lint step runs (skipped where ruff is not installed; CI installs it)."""
+    ruff = pytest.importorskip("ruff")
+    result = subprocess.run(
+        [sys.executable, "-m", ruff.__name__, "check", "--no-cache", "fleet", "tests", "bench"],
+        cwd=ROOT, check=False, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
