@@ -90,7 +90,7 @@ def start_ca(state: Path) -> tuple[subprocess.Popen[str], int]:
         [sys.executable, *os.environ.get("FLEET_BENCH_PYFLAGS", "").split(), "-m", "fleet.cli.main", "ca", "serve", "--dir", str(state), "--port", "0",
          "--secret", f"pass:{SECRET}", "--ref", REF.decode(), "--max-transactions", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
-        preexec_fn=lambda: _pin(0),
+        preexec_fn=lambda: _pin(0),  # noqa: PLW1509 - one sched_setaffinity call before exec
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -146,7 +146,7 @@ async def load(
                 try:  # run_transaction's loop, from an already started transaction (no polling here)
                     while isinstance(event, Send):
                         event = tx.receive((await client.post(event.data)).body)
-                except Exception as exc:  # counted and reported
+                except Exception as exc:  # noqa: BLE001 - counted and reported
                     if measuring:
                         counts["failed"] += 1
                         errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1

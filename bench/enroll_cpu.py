@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import trio
@@ -32,16 +32,19 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.cmp import messages  # noqa: E402
-from fleet.cmp.client import ClientConfig, ClientTransaction  # noqa: E402
-from fleet.cmp.messages import BodyType  # noqa: E402
-from fleet.cmp.protection import compute_mac, parse_mac_params  # noqa: E402
-from fleet.cmp.requests import CertRequest  # noqa: E402
-from fleet.cmp.protection import MacProtector  # noqa: E402
-from fleet.exchange import run_transaction  # noqa: E402
-from fleet.http.client import CmpHttpClient  # noqa: E402
-from fleet.http.server import HttpRequest, HttpResponse, serve_http  # noqa: E402
-from fleet.runtime import tune_gc  # noqa: E402
+from fleet.cmp import messages
+from fleet.cmp.client import ClientConfig, ClientTransaction
+from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import (
+    MacProtector,
+    compute_mac,
+    parse_mac_params,
+)
+from fleet.cmp.requests import CertRequest
+from fleet.exchange import run_transaction
+from fleet.http.client import CmpHttpClient
+from fleet.http.server import HttpRequest, HttpResponse, serve_http
+from fleet.runtime import tune_gc
 
 SECRET = b"bench-secret"
 SALT = None
@@ -59,7 +62,7 @@ def _responder(port_queue: multiprocessing.Queue) -> None:  # type: ignore[type-
     """A minimal valid CMP responder: issue for the requested key, answer certConf."""
     _pin(1)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
 
     def respond(req: messages.PKIMessage, body_type: BodyType, body: messages.Body) -> bytes:
         assert req.header.protection_alg is not None

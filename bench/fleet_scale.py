@@ -60,18 +60,18 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleet.cmp import der, messages  # noqa: E402
-from fleet.cmp.messages import BodyType  # noqa: E402
-from fleet.cmp.protection import compute_mac, parse_mac_params  # noqa: E402
-from fleet.cmp.shared_secrets import derive_device_secret  # noqa: E402
-from fleet.cmp.trust import TrustStore  # noqa: E402
-from fleet.http.server import HttpRequest, HttpResponse, serve_http  # noqa: E402
-from fleet.keys import KeyPool, KeySpec  # noqa: E402
-from fleet.load.device import DeviceFactory  # noqa: E402
-from fleet.load.orchestrator import RunOptions, run_profile  # noqa: E402
-from fleet.load.profiles import parse_profile  # noqa: E402
-from fleet.load.runner import WorkerPlan, WorkerRun  # noqa: E402
-from fleet.load.segments import split  # noqa: E402
+from fleet.cmp import der, messages
+from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import compute_mac, parse_mac_params
+from fleet.cmp.shared_secrets import derive_device_secret
+from fleet.cmp.trust import TrustStore
+from fleet.http.server import HttpRequest, HttpResponse, serve_http
+from fleet.keys import KeyPool, KeySpec
+from fleet.load.device import DeviceFactory
+from fleet.load.orchestrator import RunOptions, run_profile
+from fleet.load.profiles import parse_profile
+from fleet.load.runner import WorkerPlan, WorkerRun
+from fleet.load.segments import split
 
 
 def _rss_kib() -> int:

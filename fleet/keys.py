@@ -1,6 +1,6 @@
 """Pre-generated key pools: make device key pairs before a run, cache them on disk, hand them out.
 
-RSA-2048 key generation costs about 38 ms (10,000 keys are six minutes of one core), so a capacity
+RSA-2048 key generation costs tens of milliseconds (bench/README.md), so a capacity
 test cannot afford to make its keys while it runs. ``KeyPoolStore.generate`` makes them ahead of
 time in worker processes on every core and appends them to a per-type file; ``KeyPoolStore.load``
 (or ``ensure``) turns that file into a ``KeyPool`` that devices ``take()`` keys from.
@@ -87,8 +87,8 @@ class KeyPoolExhausted(KeyPoolError):
 
 
 def _load_der(der: bytes) -> PrivateKey:
-    # RSA validation (a primality check of p and q in OpenSSL 3) costs about 40 ms per key here,
-    # as much as generating it, which would defeat the pool. These keys were made by
+    # RSA validation (a primality check of p and q in OpenSSL 3) costs about as much as
+    # generating the key, which would defeat the pool. These keys were made by
     # ``KeySpec.generate`` and sit in a 0600 file under a SHA-256 check, so skipping is safe.
     key = serialization.load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
     assert isinstance(key, PrivateKey)
@@ -122,7 +122,7 @@ class KeyPool:
 
     - ``"error"``: ``take()`` raises ``KeyPoolExhausted``;
     - ``"reuse"``: start again from the first key (fine for load tests; counted in ``reused``);
-    - ``"generate"``: make a new key (EC/Ed25519 only; an RSA key would block the run ~40 ms).
+    - ``"generate"``: make a new key (EC/Ed25519 only; an RSA key would block the run for as long as a key takes to make).
     """
 
     __slots__ = ("_blob", "_generated", "_offsets", "_on_exhausted", "_reused", "_spec", "_taken")

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from fleet.errors import FleetError
 
 
-class NameError_(FleetError):
+class NameSyntaxError(FleetError):
     """A subject or SAN that cannot be parsed."""
 
 
@@ -45,17 +45,17 @@ def parse_name(text: str) -> x509.Name:
         try:
             return x509.Name.from_rfc4514_string(text)
         except ValueError as exc:
-            raise NameError_(f"cannot parse name {text!r}: {exc}") from None
+            raise NameSyntaxError(f"cannot parse name {text!r}: {exc}") from None
     attrs = []
     for part in filter(None, text[1:].split("/")):
         key, sep, value = part.partition("=")
         oid = _ATTRS.get(key.strip().upper())
         if not sep or oid is None:
-            raise NameError_(f"cannot parse name component {part!r} in {text!r} (known: {', '.join(_ATTRS)})")
+            raise NameSyntaxError(f"cannot parse name component {part!r} in {text!r} (known: {', '.join(_ATTRS)})")
         try:
             attrs.append(x509.NameAttribute(oid, value))
         except ValueError as exc:
-            raise NameError_(f"bad value for {key} in {text!r}: {exc}") from None
+            raise NameSyntaxError(f"bad value for {key} in {text!r}: {exc}") from None
     return x509.Name(attrs)
 
 
@@ -144,13 +144,13 @@ def parse_san(text: str) -> x509.GeneralName:
             kind = "IP"
         except ValueError:
             if sep:
-                raise NameError_(f"subjectAltName {text!r}: unknown type {kind!r}{_hint(kind, text)} "
+                raise NameSyntaxError(f"subjectAltName {text!r}: unknown type {kind!r}{_hint(kind, text)} "
                                  f"(allowed: {_ALLOWED} or a bare host name, IP address or email)") from None
             kind = "EMAIL" if "@" in value else "DNS"
     try:
         return _san_value(kind, value)
     except ValueError as exc:
-        raise NameError_(f"bad subjectAltName {text!r}: {exc}") from None
+        raise NameSyntaxError(f"bad subjectAltName {text!r}: {exc}") from None
 
 
 def parse_sans(text: str | None) -> list[x509.GeneralName]:

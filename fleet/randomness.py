@@ -1,7 +1,7 @@
 """``RandomPool``: the kernel CSPRNG's bytes, drawn 4 KiB at a time and handed out once each.
 
 The CA takes 16-byte nonces and 8-byte serial suffixes thousands of times a second; one
-``getrandom`` system call per 256 of them instead of one each saves ~0.5 µs apiece. A forked
+``getrandom`` system call per 256 of them instead of one each saves a system call apiece. A forked
 child (multiprocessing workers, the test suite) draws a fresh pool, so no two processes ever
 hand out the same bytes. Not for use from several threads at once: one pool per event loop.
 """

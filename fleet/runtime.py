@@ -7,7 +7,7 @@ def tune_gc() -> None:
     """Freeze what start-up allocated and collect the young generation less often.
 
     Both loops allocate many short-lived objects per message; with the default thresholds the
-    collector took 3.7% of the CA's CPU (437 ms of 11.7 s, measured with py-spy), ~40 ms after this.
+    collector took a few percent of the CA's CPU, a tenth of that after this (bench/README.md).
     """
     gc.collect()
     gc.freeze()

@@ -17,10 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Self
 
 import pytest
 
@@ -90,7 +90,7 @@ _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
 def _openssl(args: Sequence[str], cwd: Path, timeout: float = 10) -> None:
     proc = subprocess.run(
-        [OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [OPENSSL, *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
@@ -98,7 +98,9 @@ def _openssl(args: Sequence[str], cwd: Path, timeout: float = 10) -> None:
 
 
 def make_test_pki(dir: Path, days: int = 365) -> TestPki:
-    """Build the test PKI of docs/openssl-peer.md under `dir` with the openssl CLI (~0.1 s).
+    """Build the test PKI under `dir` with the openssl CLI: an EC root CA, end-entity
+    certificates for the mock server (`server`) and a signing client (`client`), a new key with
+    its CSR (`new`) and `rsp.crt`, the certificate the mock server returns for every enrollment.
 
     Key files are written 0600.
     """
@@ -155,7 +157,8 @@ class OpenSSLMockServer:
     Keyword options map to mock-server flags: `poll_count=2` -> `-poll_count 2`,
     `grant_implicitconf=True` -> `-grant_implicitconf`; `None`/`False` drops a flag, which also
     removes a default (e.g. `srv_secret=None` gives a server that only does signatures).
-    `extra_args` are appended verbatim. Defaults follow docs/openssl-peer.md.
+    `extra_args` are appended verbatim. Defaults: MAC (`srv_ref`, `srv_secret`) and signature
+    (`srv_cert`, `srv_key`, `srv_trusted`) protection, `rsp_cert` and `rsp_capubs` from the test PKI.
 
     The server listens on port 0 chosen by the kernel and reports it ("ACCEPT [::]:PORT") in its
     log, so there is no race on free ports; startup is still retried a few times. It serves one
@@ -214,7 +217,7 @@ class OpenSSLMockServer:
             return ""
         return self._log_path.read_text(errors="replace")
 
-    def start(self) -> OpenSSLMockServer:
+    def start(self) -> Self:
         """Start the server and wait (bounded) until it listens; retried `attempts` times."""
         if self._proc is not None:
             raise PeerError("mock server already started")
@@ -274,7 +277,7 @@ class OpenSSLMockServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> OpenSSLMockServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -299,7 +302,7 @@ def run_openssl_cmp(
     """
     return subprocess.run(
         [OPENSSL, "cmp", "-config", "", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
     )
 
 

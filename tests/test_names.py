@@ -14,7 +14,7 @@ from cryptography import x509
 from fleet.cli import main as main_module
 from fleet.cli.main import main
 from fleet.load.profiles import ProfileError, load_profile
-from fleet.names import NameError_, check_san_template, parse_name, parse_san, parse_sans
+from fleet.names import NameSyntaxError, check_san_template, parse_name, parse_san, parse_sans
 
 DEAD = "http://127.0.0.1:1/pkix/"  # nothing listens: had anything been sent, the error would say so
 ALLOWED = "allowed: DNS:, IP:, URI:, email:, RID:"
@@ -54,7 +54,7 @@ def test_known_types_and_bare_values(text: str, expected: x509.GeneralName) -> N
     ],
 )
 def test_unknown_types_are_refused_with_the_allowed_list(text: str, words: str) -> None:
-    with pytest.raises(NameError_) as info:
+    with pytest.raises(NameSyntaxError) as info:
         parse_san(text)
     message = str(info.value)
     assert words in message and ALLOWED in message and "\n" not in message
@@ -82,7 +82,7 @@ def test_unknown_types_are_refused_with_the_allowed_list(text: str, words: str) 
     ],
 )
 def test_values_are_checked_for_their_type(text: str, words: str) -> None:
-    with pytest.raises(NameError_) as info:
+    with pytest.raises(NameSyntaxError) as info:
         parse_san(text)
     assert words in str(info.value) and repr(text) in str(info.value)
 
@@ -95,15 +95,15 @@ def test_lists_and_templates() -> None:
     assert parse_sans(None) == [] and parse_sans("") == []
     for good in ("URI:urn:uuid:{uuid}", "DNS:nf-{index:05d}.5gc.example", "IP:10.0.{index}.1", "URI:urn:imei:{imei}"):
         check_san_template(good)
-    with pytest.raises(NameError_, match="unknown type 'DSN'"):
+    with pytest.raises(NameSyntaxError, match="unknown type 'DSN'"):
         check_san_template("DSN:gnb-{index:06d}.example")
-    with pytest.raises(NameError_, match="a URI needs a scheme"):
+    with pytest.raises(NameSyntaxError, match="a URI needs a scheme"):
         check_san_template("URI:{uuid}")
 
 
 def test_names_still_parse_both_ways() -> None:
     assert parse_name("/CN=a/O=b") == parse_name("O=b,CN=a")
-    with pytest.raises(NameError_):
+    with pytest.raises(NameSyntaxError):
         parse_name("/XX=1")
 
 

@@ -34,7 +34,7 @@ from fleet.ca.pki import CaHierarchy, CertificateIssuer, CertificateRequestRejec
 from fleet.ca.revocation import CrlPublisher, OcspResponder
 from fleet.ca.store import (
     CertificateAlreadyRevoked,
-    CertStatus,
+    CertRecordStatus,
     CertStore,
     InvalidStatusChange,
     SerialCollision,
@@ -133,7 +133,7 @@ class Authority:
         return self.hierarchy.root_der
 
     def issue(self, request: IssueRequest) -> IssuedCert:
-        status = CertStatus.ISSUED if request.confirmed else CertStatus.PENDING
+        status = CertRecordStatus.ISSUED if request.confirmed else CertRecordStatus.PENDING
         store = self.store
         keys = self._keys
         if keys is not None:
@@ -232,11 +232,11 @@ class Authority:
         if rec is None or rec.der != cert.public_bytes(Encoding.DER):
             return CertState.UNKNOWN if self._issued_under_our_key(cert) else CertState.FOREIGN
         status = rec.status
-        if status is CertStatus.ISSUED:
+        if status is CertRecordStatus.ISSUED:
             return CertState.REPLACED if self.store.replaced_by(serial) is not None else CertState.GOOD
-        if status is CertStatus.PENDING:
+        if status is CertRecordStatus.PENDING:
             return CertState.PENDING
-        if status is CertStatus.REJECTED:
+        if status is CertRecordStatus.REJECTED:
             return CertState.REJECTED
         if rec.revocation_reason is x509.ReasonFlags.certificate_hold:
             return CertState.ON_HOLD

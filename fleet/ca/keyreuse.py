@@ -20,7 +20,7 @@ import hashlib
 
 from cryptography import x509
 
-from fleet.ca.store import CertStatus, CertStore
+from fleet.ca.store import CertRecordStatus, CertStore
 
 __all__ = ["KnownKeys", "spki_fingerprint"]
 
@@ -50,10 +50,10 @@ class KnownKeys:
             self._prefixes.add(fingerprint[:8])
 
 
-def _holds_key(status: CertStatus, reason: x509.ReasonFlags | None) -> bool:
-    if status is CertStatus.ISSUED:
+def _holds_key(status: CertRecordStatus, reason: x509.ReasonFlags | None) -> bool:
+    if status is CertRecordStatus.ISSUED:
         return True
-    return status is CertStatus.REVOKED and reason in _HOLDING_REASONS
+    return status is CertRecordStatus.REVOKED and reason in _HOLDING_REASONS
 
 
 _HOLDING_REASONS = frozenset({x509.ReasonFlags.key_compromise, x509.ReasonFlags.certificate_hold})

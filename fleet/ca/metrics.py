@@ -27,7 +27,7 @@ __all__ = ["PROCESSING_BUCKETS", "CaMetrics"]
 PROCESSING_BUCKETS: tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0,
 )
-"""Processing time buckets in seconds: 100 µs (one CMP answer is ~1 ms of CPU) up to 60 s."""
+"""Processing time buckets in seconds: 100 µs (below one CMP answer's CPU) up to 60 s."""
 
 _SERVER_COUNTERS = (  # ServerStatistics field, metric name (``_total`` added), help
     ("issued", "fleet_ca_certificates_issued", "Certificates issued (implicitly confirmed or not)."),

@@ -32,7 +32,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from fleet.ca.pki import CaHierarchy, public_key_bits
-from fleet.ca.store import CertStatus, CertStore
+from fleet.ca.store import CertRecordStatus, CertStore
 
 __all__ = ["CrlPublisher", "OcspResponder", "PublishedCrl"]
 
@@ -212,11 +212,11 @@ class OcspResponder:
                 nonce = request.extensions.get_extension_for_class(x509.OCSPNonce).value
             except x509.ExtensionNotFound:
                 nonce = None
-        except Exception:  # the parser raises several types; all mean "malformed"
+        except Exception:  # noqa: BLE001 - the parser raises several types; all mean "malformed"
             return self._malformed
         try:
             return self._answer(serial, name_hash, key_hash, algorithm, nonce)
-        except Exception:
+        except Exception:  # noqa: BLE001 - an answer (internalError), never a crashed responder
             return self._internal_error
 
     def _answer(
@@ -235,11 +235,11 @@ class OcspResponder:
         if self._issuer_ids.get(algorithm.name) == (name_hash, key_hash):
             record = self.store.get(serial)
             if record is not None:
-                if record.status in (CertStatus.REVOKED, CertStatus.REJECTED):
+                if record.status in (CertRecordStatus.REVOKED, CertRecordStatus.REJECTED):
                     status = ocsp.OCSPCertStatus.REVOKED
                     revocation_time = record.revocation_time
                     reason = record.revocation_reason
-                elif record.status is CertStatus.PENDING:  # not good until confirmed (module doc)
+                elif record.status is CertRecordStatus.PENDING:  # not good until confirmed (module doc)
                     status = ocsp.OCSPCertStatus.REVOKED
                     revocation_time = record.created
                     reason = x509.ReasonFlags.certificate_hold

@@ -67,7 +67,7 @@ from fleet.ca.store_schema import (
     REPLACED_BY,
     REPLACEMENT,
     CertRecord,
-    CertStatus,
+    CertRecordStatus,
     from_row,
     seconds,
     serial_hex,
@@ -80,7 +80,7 @@ from fleet.randomness import RandomPool
 
 __all__ = [
     "CertRecord",
-    "CertStatus",
+    "CertRecordStatus",
     "CertStore",
     "CertificateAlreadyRevoked",
     "InvalidStatusChange",
@@ -113,11 +113,11 @@ class SerialCollision(StoreError):
     """A serial number was recorded twice; the issuer must draw a new one."""
 
 
-_DEAD = (CertStatus.REVOKED, CertStatus.REJECTED)
-# Members as plain module names: ``CertStatus.PENDING`` goes through enum's class descriptor,
+_DEAD = (CertRecordStatus.REVOKED, CertRecordStatus.REJECTED)
+# Members as plain module names: ``CertRecordStatus.PENDING`` goes through enum's class descriptor,
 # and the store reads them several times per issuance and per certConf.
-_PENDING = CertStatus.PENDING
-_ISSUED = CertStatus.ISSUED
+_PENDING = CertRecordStatus.PENDING
+_ISSUED = CertRecordStatus.ISSUED
 _SECOND = timedelta(seconds=1)
 
 
@@ -220,7 +220,7 @@ class CertStore:
         # the other.
         self._seq = 0
         self._flushed_seq = 0
-        self._counts = {s.value: 0 for s in CertStatus}
+        self._counts = {s.value: 0 for s in CertRecordStatus}
         for status, n in self._db.execute(
             "SELECT status, count(*) FROM certificates_now GROUP BY status"
         ):
@@ -306,11 +306,11 @@ class CertStore:
         *,
         transaction_id: bytes | None = None,
         device_ref: str | None = None,
-        status: CertStatus = CertStatus.PENDING,
+        status: CertRecordStatus = CertRecordStatus.PENDING,
         confirm_deadline: datetime | None = None,
     ) -> CertRecord:
         """Record a certificate just issued, 'pending' until ``confirm`` (pass
-        ``status=CertStatus.ISSUED`` when implicit confirmation was granted). A pending one is
+        ``status=CertRecordStatus.ISSUED`` when implicit confirmation was granted). A pending one is
         rejected by ``expire_pending`` once ``confirm_deadline`` has passed (a deadline with
         microseconds is rounded up to the next second)."""
         serial = issued.serial
@@ -375,15 +375,15 @@ class CertStore:
 
         The rejection time is kept as the revocation time so CRL and OCSP can list it."""
         rec = self._require(serial)
-        if rec.status is CertStatus.REJECTED:
+        if rec.status is CertRecordStatus.REJECTED:
             return rec
-        if rec.status is not CertStatus.PENDING:
+        if rec.status is not CertRecordStatus.PENDING:
             raise InvalidStatusChange(
                 f"certificate {serial_hex(rec.serial)} is {rec.status}, cannot reject"
             )
         return self._set(
             rec,
-            replace(rec, status=CertStatus.REJECTED, revocation_time=_whole(when)),
+            replace(rec, status=CertRecordStatus.REJECTED, revocation_time=_whole(when)),
         )
 
     def revoke(
@@ -406,7 +406,7 @@ class CertStore:
             rec,
             replace(
                 rec,
-                status=CertStatus.REVOKED,
+                status=CertRecordStatus.REVOKED,
                 revocation_reason=reason,
                 revocation_time=_whole(when),
             ),
@@ -417,12 +417,12 @@ class CertStore:
         (RFC 5280 §5.3.1), revoked -> issued. Call ``flush()`` before telling anyone."""
         rec = self._require(serial)
         on_hold = rec.revocation_reason is x509.ReasonFlags.certificate_hold
-        if rec.status is not CertStatus.REVOKED or not on_hold:
+        if rec.status is not CertRecordStatus.REVOKED or not on_hold:
             raise InvalidStatusChange(
                 f"certificate {serial_hex(rec.serial)} is not on hold, cannot remove it from the CRL"
             )
         return self._set(
-            rec, replace(rec, status=CertStatus.ISSUED, revocation_reason=None, revocation_time=None)
+            rec, replace(rec, status=CertRecordStatus.ISSUED, revocation_reason=None, revocation_time=None)
         )
 
     def reject_unconfirmed(self, when: datetime | None = None) -> int:
@@ -446,7 +446,7 @@ class CertStore:
             else:
                 found.pop(rec.serial, None)
         for rec in found.values():
-            self._set(rec, replace(rec, status=CertStatus.REJECTED, revocation_time=when))
+            self._set(rec, replace(rec, status=CertRecordStatus.REJECTED, revocation_time=when))
         return len(found)
 
     def expire_pending(
@@ -466,7 +466,7 @@ class CertStore:
         ]
         rejected_at = _whole(cutoff)
         return [
-            self._set(rec, replace(rec, status=CertStatus.REJECTED, revocation_time=rejected_at))
+            self._set(rec, replace(rec, status=CertRecordStatus.REJECTED, revocation_time=rejected_at))
             for rec in due
         ]
 

@@ -42,7 +42,7 @@ __all__ = [
     "REPLACED_BY",
     "REPLACEMENT",
     "CertRecord",
-    "CertStatus",
+    "CertRecordStatus",
     "from_row",
     "seconds",
     "serial_hex",
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class CertStatus(enum.StrEnum):
+class CertRecordStatus(enum.StrEnum):
     """Lifecycle of an issued certificate.
 
     pending -> issued (certConf accepted) | rejected (certConf rejected, or never came);
@@ -83,7 +83,7 @@ class CertRecord:
     key_fingerprint: bytes
     not_before: datetime
     not_after: datetime
-    status: CertStatus
+    status: CertRecordStatus
     revocation_reason: x509.ReasonFlags | None
     revocation_time: datetime | None
     transaction_id: bytes | None
@@ -230,7 +230,7 @@ def from_row(row: tuple[Any, ...]) -> CertRecord:
         key_fingerprint=bytes(key),
         not_before=utc(nb),
         not_after=utc(na),
-        status=CertStatus(status),
+        status=CertRecordStatus(status),
         revocation_reason=x509.ReasonFlags(reason) if reason else None,
         revocation_time=None if rtime is None else utc(rtime),
         transaction_id=None if tid is None else bytes.fromhex(tid),

@@ -11,9 +11,10 @@ cannot have seen it: a reused keep-alive connection that turns out dead before a
 arrived (the server closed it while it was idle). Even then it is re-sent once, on a fresh
 connection.
 
-httpx costs 3-10x more client CPU per request (see shared/docs/measured-costs.md), and h11 about
-75 µs per request; this module writes its one request shape itself and frames responses with
-``fleet.http.wire`` (status line, headers, Content-Length, chunked, close-delimited).
+httpx costs many times more client CPU per request, and h11 alone still a large share of a
+device's enrollment (``bench/http_client_cpu.py``, figures in bench/README.md); this module writes
+its one request shape itself and frames responses with ``fleet.http.wire`` (status line, headers,
+Content-Length, chunked, close-delimited).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ class PoolStatistics:
 
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
-    """The verifying client context for https URLs without one; made once (costs ~22 ms)."""
+    """The verifying client context for https URLs without one; made once (loading the
+    system's CA certificates is slow)."""
     return ssl.create_default_context()
 
 
@@ -143,7 +145,7 @@ class _Conn:
 
     Plain connections skip trio's stream layers: a request is one ``send`` and usually one
     ``recv`` after a single yield, where ``SocketStream`` yields after each call and wraps each
-    in context managers (~25 µs of client CPU per request, measured by bench/enroll_cpu.py).
+    in context managers (a measurable share of the client's CPU per request: bench/enroll_cpu.py).
     """
 
     __slots__ = ("idle_since", "plain", "raw", "sock", "stream")

@@ -3,7 +3,7 @@
 A request whose head is in a narrow, plainly valid shape (request line ``TOKEN SP target SP
 HTTP/1.1|1.0``, token header names, values without control characters, at most one
 Content-Length of digits, one Host, no Transfer-Encoding, Expect or obs-fold) is framed here
-(``_parse_head``); h11 on every request cost ~70 µs of the CA's CPU. Any other complete head
+(``_parse_head``); h11 on every request cost a large share of the CA's CPU. Any other complete head
 (Transfer-Encoding, 100-continue, obs-fold, bare-LF line ends, malformed ones) goes to a fresh h11
 parser, so hostile heads meet h11's checks and errors, plus the smuggling rules h11 leaves to its
 user (RFC 9112 §6.1, §6.3: Transfer-Encoding with Content-Length or in HTTP/1.0 is refused).
@@ -26,7 +26,7 @@ within ``request_timeout`` of its first byte (slowloris); idle keep-alive connec
 beyond ``max_connections`` are closed as soon as accepted.
 A connection's deadline is a plain number that one reaper task per server checks every tick
 (1/8 of the shortest timeout, 10 ms to 1 s) and enforces by cancelling the connection's scope: a
-trio deadline moved three or four times per request cost ~10 µs of it. Timeouts therefore fire
+trio deadline moved three or four times per request cost more. Timeouts therefore fire
 up to one tick late.
 """
 
@@ -466,7 +466,7 @@ class _Connection:
     On a plain TCP connection the request/response I/O goes to the socket itself
     (``receive``/``send``): trio's stream methods try a ``recv`` that fails with EAGAIN before
     every wait (the next request never follows a response that fast) and make a full scheduler
-    round trip after every successful ``send``, which together cost ~15 µs per request. A
+    round trip after every successful ``send``, which together cost CPU on every request. A
     response is sent with one non-blocking ``send``; only what the socket buffer refuses goes
     through trio's ``send_all``. TLS streams and anything else use the stream methods.
     """

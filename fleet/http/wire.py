@@ -2,7 +2,7 @@
 the client (responses) and the server (request bodies) share, and the server's judgement of
 request heads outside its fast path.
 
-h11 cost ~70-80 µs of client CPU per request (measured by the http tests' bench); a CMP client
+h11 costs a large share of a CMP client's CPU per request (bench/README.md); a CMP client
 needs only one request shape and one response shape, so it frames them itself. The server keeps
 h11 for request heads outside its fast path, where inputs are hostile and varied; chunked bodies
 are decoded here because h11 does not say a chunk's declared size before its data arrives.

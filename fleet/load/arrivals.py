@@ -75,8 +75,8 @@ class ArrivalDriver:
 
     ``on_late(index, lateness)`` is called for each arrival that began more than
     ``late_threshold`` seconds late. ``slack`` trades lateness for CPU: the driver wakes ``slack``
-    seconds after a due time and starts everything due by then in one go (at 2,000/s, 5 ms of
-    slack halves the driver's CPU). Lateness stays recorded and latency is still measured from
+    seconds after a due time and starts everything due by then in one go (a few milliseconds of
+    slack cut the driver's CPU substantially at high rates; bench/README.md). Lateness stays recorded and latency is still measured from
     the intended time, so results stay honest. Default 0: wake at each due time.
     """
 
@@ -158,8 +158,8 @@ class ArrivalDriver:
         while i < m:
             # Absolute sleep; when already due just a checkpoint, so the started tasks still run.
             # (trio.sleep_until with a past deadline is a cancel scope that fires: it raises and
-            # catches Cancelled, 26-47 µs of CPU here, against 5 µs for a plain checkpoint. A
-            # loaded worker finds the next arrival already due at most wake-ups.)
+            # catches Cancelled, several times a plain checkpoint's CPU. A loaded worker finds
+            # the next arrival already due at most wake-ups.)
             due = deadlines[i] + self._slack
             if due > trio.current_time():
                 await trio.sleep_until(due)

@@ -35,8 +35,8 @@ from fleet.cmp.shared_secrets import DeviceSecrets
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
-from fleet.load.profiles import DeviceSpec
-from fleet.names import NameError_, parse_name, parse_san
+from fleet.load.profiles import DevicePopulation
+from fleet.names import NameSyntaxError, parse_name, parse_san
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
 
@@ -65,8 +65,8 @@ def _template_fields(templates: tuple[str, ...] | list[str]) -> list[str]:
 
 class _NameTemplate:
     """An OpenSSL-style subject template (``/CN=nf-{index}/O=x``) split into its attributes once,
-    so each device formats the values and skips re-parsing the whole name (with the unused uuid
-    left out: 12 -> 5 µs). Used only when it gives the same ``x509.Name`` as ``parse_name`` for
+    so each device formats the values and skips re-parsing the whole name (and leaves out the
+    uuid when the template does not use it). Used only when it gives the same ``x509.Name`` as ``parse_name`` for
     sample devices; otherwise every device goes through ``parse_name``.
 
     ``format_der`` writes the Name's DER directly (each attribute's OID and string type taken from
@@ -85,7 +85,7 @@ class _NameTemplate:
         values = [part.partition("=")[2] for part in filter(None, text[1:].split("/"))]
         try:  # the OIDs, in order, from parse_name itself (placeholders dropped)
             attrs = list(parse_name(text.replace("{", "").replace("}", "")))
-        except (NameError_, ValueError):
+        except (NameSyntaxError, ValueError):
             return
         if len(attrs) == len(values):
             self.parts = [(a.oid, value) for a, value in zip(attrs, values)]
@@ -135,14 +135,14 @@ class _NameTemplate:
             ]
             if all(self.format_der(f) == parse_name(self.template.format(**f)).public_bytes() for f in samples):
                 return
-        except (der.DerError, NameError_, ValueError, KeyError, IndexError):
+        except (der.DerError, NameSyntaxError, ValueError, KeyError, IndexError):
             pass
         self.der_parts = None
 
     def matches_parse_name(self, fields: dict[str, object]) -> bool:
         try:
             return self.format(fields) == parse_name(self.template.format(**fields))
-        except (NameError_, ValueError):
+        except (NameSyntaxError, ValueError):
             return False
 
 
@@ -154,7 +154,7 @@ _LENGTHS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1
 
 
 @dataclass(slots=True)
-class DeviceState:
+class DeviceCredentials:
     """What a device holds once enrolled."""
 
     key: PrivateKey
@@ -218,7 +218,7 @@ class DeviceFactory:
 
     def __init__(
         self,
-        spec: DeviceSpec,
+        spec: DevicePopulation,
         pools: dict[str, KeyPool],
         *,
         master_secret: bytes | None,
@@ -236,7 +236,7 @@ class DeviceFactory:
         self.mode = mode
         self.vendor = vendor
         self.genm = genm
-        self.states: dict[int, DeviceState] = {}
+        self.states: dict[int, DeviceCredentials] = {}
         self._rng = np.random.default_rng(seed)
         self._kinds = [str(k) for k, _ in spec.key_types]
         self._weights = np.array([w for _, w in spec.key_types])
@@ -326,8 +326,8 @@ class DeviceFactory:
 
     def new_key(self) -> PrivateKey:
         """A fresh key of a type drawn by the profile's weights. EC and EdDSA keys are generated
-        on the spot (12-32 µs, cheaper than loading one from a pool: 25-38 µs measured); RSA keys
-        (38 ms each) come from the pre-generated pool."""
+        on the spot (cheaper than loading one from a pool); RSA keys, thousands of times dearer
+        to make, come from the pre-generated pool (bench/README.md has the figures)."""
         if self._only_generate is not None:
             return self._only_generate()
         kind = self._kinds[0] if len(self._kinds) == 1 else self._kinds[int(self._rng.choice(len(self._kinds), p=self._weights))]
@@ -432,7 +432,7 @@ class DeviceFactory:
         )
         return protector, request, key
 
-    def _signed(self, state: DeviceState) -> SignatureProtector:
+    def _signed(self, state: DeviceCredentials) -> SignatureProtector:
         cert = load_cert(state.cert)
         return SignatureProtector(state.key, cert, self._chain_of(cert))
 
@@ -476,7 +476,7 @@ class DeviceFactory:
     def enrolled(self, index: int, key: PrivateKey, cert: bytes, chain: tuple[bytes, ...] = ()) -> None:
         """Device ``index`` now holds ``cert``; ``chain`` is the response's other extraCerts,
         whose CA certificates are kept once for the whole fleet (see ``_chain_of``)."""
-        self.states[index] = DeviceState(key, cert)
+        self.states[index] = DeviceCredentials(key, cert)
         known = self._ca_certs
         for der_bytes in chain:
             if der_bytes not in known and len(known) < 64:

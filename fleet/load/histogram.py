@@ -105,7 +105,7 @@ class LatencyHistogram:
     # -- recording ------------------------------------------------------------------------
 
     def record(self, value: float) -> None:
-        """Count one value in seconds (about 0.15 µs: appended, counted in batches); NaN
+        """Count one value in seconds (cheap: appended, counted in batches); NaN
         raises ValueError, inf OverflowError, a negative value counts as zero."""
         if 0.0 <= value < _INF:  # the per-request hot path: one comparison and an append
             pending = self._pending

@@ -92,7 +92,7 @@ class Verdict:
 def expected_arrivals(profile: Profile) -> int:
     if isinstance(profile.shape, Closed):
         return profile.devices.count * 4
-    return int(math.ceil(profile.shape.expected_count(profile.duration)))
+    return math.ceil(profile.shape.expected_count(profile.duration))
 
 
 def keys_needed(profile: Profile) -> dict[str, int]:
@@ -251,7 +251,7 @@ def _snapshot(run: WorkerRun) -> dict[str, Any]:
 # -- the whole run -------------------------------------------------------------------------------
 
 
-class Progress:
+class ProgressPrinter:
     """A live line: elapsed; arrivals per second against the target arrival rate and, apart,
     operations per second (a flow of ir + kur is two operations per arrival); in flight; p50/p99
     of the first operation; the commonest errors. Rates are over the time since the last line."""
@@ -465,7 +465,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             )
             for w in range(workers)
         ]
-        progress = Progress(profile, out, options.progress)
+        progress = ProgressPrinter(profile, out, options.progress)
         if workers == 1:
             results = _run_in_process(setups[0], progress, profile, options)
         else:
@@ -478,7 +478,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     return results, v
 
 
-def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
+def _run_in_process(setup: WorkerSetup, progress: ProgressPrinter, profile: Profile, options: RunOptions) -> RunResults:
     run = _build_run(setup)
     show = (lambda: progress.show({0: _snapshot(run)})) if progress.enabled else (lambda: None)
     return _drive(run, show, options.abort_on_fail)
@@ -495,7 +495,7 @@ def _early_failure(profile: Profile, results: RunResults) -> str | None:
     return f"errors {failed / total:.2%} > {limit:.2%}"
 
 
-def _run_workers(setups: list[WorkerSetup], progress: Progress, profile: Profile, options: RunOptions) -> RunResults:
+def _run_workers(setups: list[WorkerSetup], progress: ProgressPrinter, profile: Profile, options: RunOptions) -> RunResults:
     ctx = multiprocessing.get_context("spawn")
     outbox = ctx.Queue()
     procs = [ctx.Process(target=_worker_main, args=(s, outbox, options.abort_on_fail), daemon=True) for s in setups]

@@ -47,7 +47,7 @@ _OVERRIDE_BOUNDS = {
 
 
 @dataclass(frozen=True)
-class DeviceSpec:
+class DevicePopulation:
     """Who the virtual devices are and how they authenticate."""
 
     count: int = 1000
@@ -89,7 +89,7 @@ class Profile:
     transaction_timeout: float = 30.0
     workers: int = 1
     seed: int = 1
-    devices: DeviceSpec = DeviceSpec()
+    devices: DevicePopulation = DevicePopulation()
     slo: Slo = Slo()
     ca: CaConfig = field(default_factory=CaConfig)  # the embedded CA's settings ([ca]), used when a run has no --server
     description: str = ""
@@ -311,11 +311,11 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         transaction_timeout=run.number("transaction_timeout", 30.0, strict=True),
         workers=run.integer("workers", 1),
         seed=run.integer("seed", 1, minimum=0),
-        devices=DeviceSpec(
+        devices=DevicePopulation(
             count=devices.integer("count", 1000),
             key_types=_key_types(devices),
             auth=devices.string("auth", "mac", AUTH_KINDS) or "mac",
-            subject=devices.string("subject", DeviceSpec.subject) or DeviceSpec.subject,
+            subject=devices.string("subject", DevicePopulation.subject) or DevicePopulation.subject,
             sans=sans,
             implicit_confirm=devices.boolean("implicit_confirm", False),
             cert_profile=devices.string("cert_profile", None),

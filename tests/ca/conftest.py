@@ -42,7 +42,7 @@ def write_pem(path: Path, cert: x509.Certificate) -> Path:
 def openssl(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the openssl CLI (bounded in time), returning its completed process."""
     return subprocess.run(
-        ["openssl", *map(str, args)], capture_output=True, text=True, timeout=30, cwd=cwd
+        ["openssl", *map(str, args)], check=False, capture_output=True, text=True, timeout=30, cwd=cwd
     )
 
 

@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.issuance import IssuedCert
-from fleet.ca.store import CertStatus, serial_hex
+from fleet.ca.store import CertRecordStatus, serial_hex
 from fleet.cmp import genm, oids
 from fleet.cmp.backend import CertState, IssueRequest, Rejected
 from fleet.cmp.messages import BodyType, FailInfo, InfoTypeAndValue
@@ -43,9 +43,9 @@ def request(cn: str = "dev", *, confirmed: bool = False, **kw: object) -> IssueR
 def test_issue_records_pending_then_confirm(authority: Authority) -> None:
     issued = authority.issue(request())
     rec = authority.store.get(issued.serial)
-    assert rec.status is CertStatus.PENDING and rec.device_ref == "ref-7" and rec.transaction_id == b"t" * 16
+    assert rec.status is CertRecordStatus.PENDING and rec.device_ref == "ref-7" and rec.transaction_id == b"t" * 16
     authority.confirm(issued.serial)
-    assert authority.store.get(issued.serial).status is CertStatus.ISSUED
+    assert authority.store.get(issued.serial).status is CertRecordStatus.ISSUED
     assert authority.issue(request(confirmed=True)).serial != issued.serial
     assert authority.statistics().by_status["issued"] == 2
 
@@ -95,7 +95,7 @@ def test_revoke_flushes_and_refuses_twice(authority: Authority) -> None:
     with pytest.raises(Rejected):
         authority.confirm(issued.serial)
     authority.reject(issued.serial, datetime.now(UTC))
-    assert authority.store.get(issued.serial).status is CertStatus.REVOKED
+    assert authority.store.get(issued.serial).status is CertRecordStatus.REVOKED
 
 
 def test_general_info(authority: Authority) -> None:
@@ -118,7 +118,7 @@ def test_issued_chain_excludes_root_and_restart_keeps_hierarchy(tmp_path: Path) 
     again = Authority.open(tmp_path / "ca")
     try:
         assert again.root == root
-        assert again.store.get(serial).status is CertStatus.ISSUED
+        assert again.store.get(serial).status is CertRecordStatus.ISSUED
     finally:
         again.close()
 

@@ -22,7 +22,7 @@ from cryptography.x509 import ocsp
 from fleet.ca.authority import Authority
 from fleet.ca.pki import CertificateIssuer, IssuedCert
 from fleet.ca.service import CaService
-from fleet.ca.store import CertStatus, CertStore, StoreError, serial_hex
+from fleet.ca.store import CertRecordStatus, CertStore, StoreError, serial_hex
 from fleet.cmp.backend import IssueRequest
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.messages import BodyType
@@ -69,11 +69,11 @@ def test_deadline_is_kept_rounded_up_and_survives_a_restart(template: IssuedCert
     with CertStore(path) as store:
         rec = store.record_issued(pending, confirm_deadline=at(T0 + 0.25))
         assert rec.confirm_deadline == at(T0 + 1)  # never earlier than the deadline granted
-        done = store.record_issued(implicit, status=CertStatus.ISSUED, confirm_deadline=at(T0))
+        done = store.record_issued(implicit, status=CertRecordStatus.ISSUED, confirm_deadline=at(T0))
         assert done.confirm_deadline is None  # nothing to confirm
     with CertStore(path) as store:
         got = store.get(pending.serial)
-        assert got is not None and got.confirm_deadline == at(T0 + 1) and got.status is CertStatus.PENDING
+        assert got is not None and got.confirm_deadline == at(T0 + 1) and got.status is CertRecordStatus.PENDING
     with sqlite3.connect(path) as db:  # external readers see it in the view
         row = db.execute("SELECT status, confirm_deadline FROM certificates_now WHERE serial = ?",
                          (serial_hex(pending.serial),)).fetchone()
@@ -97,14 +97,14 @@ def test_expire_pending_rejects_only_what_is_past_its_deadline(template: IssuedC
     assert store.expire_pending(at(T0 + 9.5), in_progress) == []
     expired = store.expire_pending(at(T0 + 10), in_progress)
     assert [r.serial for r in expired] == [early.serial]
-    assert expired[0].status is CertStatus.REJECTED and expired[0].revocation_time == at(T0 + 10)
+    assert expired[0].status is CertRecordStatus.REJECTED and expired[0].revocation_time == at(T0 + 10)
     assert store.revocation_generation > generation  # the next CRL lists it
     assert {s for s, _, _ in store.revoked()} == {early.serial}
     # The live transaction's certificate waits for its transaction; once that is gone it goes too.
     assert [r.serial for r in store.expire_pending(at(T0 + 30), in_progress)] == [late.serial]
     assert [r.serial for r in store.expire_pending(at(T0 + 30))] == [live.serial]
-    assert store.get(no_deadline.serial).status is CertStatus.PENDING  # type: ignore[union-attr]
-    assert store.get(confirmed.serial).status is CertStatus.ISSUED  # type: ignore[union-attr]
+    assert store.get(no_deadline.serial).status is CertRecordStatus.PENDING  # type: ignore[union-attr]
+    assert store.get(confirmed.serial).status is CertRecordStatus.ISSUED  # type: ignore[union-attr]
     assert store.counts_by_status() == {"pending": 1, "issued": 1, "revoked": 0, "rejected": 3}
 
 
@@ -116,7 +116,7 @@ def test_reject_unconfirmed_takes_every_pending_certificate(template: IssuedCert
     with CertStore(path) as old:
         old.record_issued(flushed, confirm_deadline=at(T0))
         old.record_issued(future, confirm_deadline=datetime.now(UTC) + timedelta(hours=1))
-        old.record_issued(issued, status=CertStatus.ISSUED)
+        old.record_issued(issued, status=CertRecordStatus.ISSUED)
         old.record_issued(revoked)
         old.revoke(revoked.serial, x509.ReasonFlags.key_compromise)
     with CertStore(path) as store:
@@ -127,7 +127,7 @@ def test_reject_unconfirmed_takes_every_pending_certificate(template: IssuedCert
         assert store.reject_unconfirmed(when) == 0
         for item in (flushed, future, unflushed):
             rec = store.get(item.serial)
-            assert rec is not None and rec.status is CertStatus.REJECTED and rec.revocation_time == when
+            assert rec is not None and rec.status is CertRecordStatus.REJECTED and rec.revocation_time == when
     with CertStore(path) as store:
         assert store.counts_by_status() == {"pending": 0, "issued": 1, "revoked": 1, "rejected": 3}
 
@@ -166,10 +166,10 @@ async def test_durable_raises_when_the_flush_fails_and_keeps_the_change(
     with CertStore(path, max_batch=10_000, max_delay=3600) as store:
         store.record_issued(item)
         with CertStore(path) as intruder:
-            intruder.record_issued(item, status=CertStatus.ISSUED)
+            intruder.record_issued(item, status=CertRecordStatus.ISSUED)
         with pytest.raises(StoreError):
             await store.durable()
-        assert store.dirty and store.get(item.serial).status is CertStatus.PENDING  # type: ignore[union-attr]
+        assert store.dirty and store.get(item.serial).status is CertRecordStatus.PENDING  # type: ignore[union-attr]
         with sqlite3.connect(path) as db:  # the intruder's row goes: the queued change gets in
             db.execute("DELETE FROM certificates WHERE serial = ?", (serial_hex(item.serial),))
         await store.durable()
@@ -248,7 +248,7 @@ def test_layout_2_opens_and_its_pending_rows_are_rejected_at_start(template: Iss
         service = CaService(authority, clock=lambda: T0)
         assert service.recover() == 1
         rec = authority.store.get(items["pending"].serial)
-        assert rec is not None and rec.status is CertStatus.REJECTED and rec.revocation_time == at(T0)
+        assert rec is not None and rec.status is CertRecordStatus.REJECTED and rec.revocation_time == at(T0)
         assert authority.store.counts_by_status() == {"pending": 0, "issued": 2, "revoked": 1, "rejected": 1}
         # New issuances go into the migrated table with their deadline.
         issued = authority.issue(IssueRequest(
@@ -313,7 +313,7 @@ def test_ir_records_the_confirm_wait_deadline_it_granted(ca: tuple[CaService, Cl
     done = implicit.receive(server.handle(implicit.start().data, clock.now).data)
     assert isinstance(done, Done) and done.certificate is not None
     rec = service.authority.store.get(x509.load_der_x509_certificate(done.certificate).serial_number)
-    assert rec is not None and rec.status is CertStatus.ISSUED and rec.confirm_deadline is None
+    assert rec is not None and rec.status is CertRecordStatus.ISSUED and rec.confirm_deadline is None
 
 
 def test_tick_rejects_a_pending_certificate_no_transaction_awaits(ca: tuple[CaService, Clock]) -> None:
@@ -328,11 +328,11 @@ def test_tick_rejects_a_pending_certificate_no_transaction_awaits(ca: tuple[CaSe
     ))
     clock.now = T0 + 4.9
     service.tick()
-    assert authority.store.get(orphan.serial).status is CertStatus.PENDING  # type: ignore[union-attr]
+    assert authority.store.get(orphan.serial).status is CertRecordStatus.PENDING  # type: ignore[union-attr]
     clock.now = T0 + 5
     service.tick()
     rec = authority.store.get(orphan.serial)
-    assert rec is not None and rec.status is CertStatus.REJECTED and rec.revocation_time == at(T0 + 5)
+    assert rec is not None and rec.status is CertRecordStatus.REJECTED and rec.revocation_time == at(T0 + 5)
     assert service.outcomes[("tick", "confirm_timeout", "systemUnavail")] == 1
 
 
@@ -354,10 +354,10 @@ def test_tick_leaves_a_late_delivered_certificate_to_its_transaction(ca: tuple[C
     assert service.authority.store.get(serial).confirm_deadline == at(T0 + 36)  # type: ignore[union-attr]
     clock.now = T0 + 36.25  # past the recorded deadline, before the one the pollReq granted (36.5)
     service.tick()
-    assert service.authority.store.get(serial).status is CertStatus.PENDING  # type: ignore[union-attr]
+    assert service.authority.store.get(serial).status is CertRecordStatus.PENDING  # type: ignore[union-attr]
     done = tx.receive(server.handle(confirm.data, clock.now).data)
     assert isinstance(done, Done)
-    assert service.authority.store.get(serial).status is CertStatus.ISSUED  # type: ignore[union-attr]
+    assert service.authority.store.get(serial).status is CertRecordStatus.ISSUED  # type: ignore[union-attr]
 
 
 async def test_periodic_tick_under_mock_clock(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
@@ -374,7 +374,7 @@ async def test_periodic_tick_under_mock_clock(tmp_path: Path, autojump_clock: tr
         start = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service._ticker)
-            while authority.store.get(orphan.serial).status is CertStatus.PENDING:  # type: ignore[union-attr]
+            while authority.store.get(orphan.serial).status is CertRecordStatus.PENDING:  # type: ignore[union-attr]
                 await trio.sleep(0.25)
             nursery.cancel_scope.cancel()
         assert 60 <= trio.current_time() - start <= 61.25

@@ -18,7 +18,7 @@ from cryptography import x509
 from fleet.ca.pki import CertificateIssuer, IssuedCert
 from fleet.ca.store import (
     CertificateAlreadyRevoked,
-    CertStatus,
+    CertRecordStatus,
     CertStore,
     InvalidStatusChange,
     SerialCollision,
@@ -69,7 +69,7 @@ def test_round_trip_before_and_after_flush_and_reopen(
         assert got == rec
         assert got.subject == "CN=dev-42" and got.device_ref == "dev-42"
         assert got.transaction_id == tid and got.der == issued.der
-        assert got.status is CertStatus.PENDING
+        assert got.status is CertRecordStatus.PENDING
         assert got.not_after == issued.cert.not_valid_after_utc
         assert got.key_fingerprint == issued.key_fingerprint
         assert got.revocation_time is None and got.revocation_reason is None
@@ -89,9 +89,9 @@ def test_confirm_by_hex_serial_takes_the_slow_path_to_the_same_result(template: 
     store = CertStore(tmp_path / "certs.db")
     a = fresh(template)
     store.record_issued(a)
-    assert store.confirm(serial_hex(a.serial)).status is CertStatus.ISSUED
+    assert store.confirm(serial_hex(a.serial)).status is CertRecordStatus.ISSUED
     assert store.counts_by_status()["pending"] == 0
-    assert store.confirm(serial_hex(a.serial)).status is CertStatus.ISSUED  # idempotent
+    assert store.confirm(serial_hex(a.serial)).status is CertRecordStatus.ISSUED  # idempotent
 
 
 def test_status_changes_and_counts(template: IssuedCert, tmp_path: Path) -> None:
@@ -99,14 +99,14 @@ def test_status_changes_and_counts(template: IssuedCert, tmp_path: Path) -> None
     a, b, c, d = (fresh(template) for _ in range(4))
     for item in (a, b, c, d):
         store.record_issued(item)
-    store.record_issued(fresh(template), status=CertStatus.ISSUED)  # implicit confirmation
+    store.record_issued(fresh(template), status=CertRecordStatus.ISSUED)  # implicit confirmation
     assert store.counts_by_status() == {"pending": 4, "issued": 1, "revoked": 0, "rejected": 0}
 
-    assert store.confirm(a.serial).status is CertStatus.ISSUED
-    assert store.confirm(a.serial).status is CertStatus.ISSUED  # idempotent
+    assert store.confirm(a.serial).status is CertRecordStatus.ISSUED
+    assert store.confirm(a.serial).status is CertRecordStatus.ISSUED  # idempotent
     store.flush()  # b, c, d now change rows that are already in the database
     rejected = store.reject(b.serial)
-    assert rejected.status is CertStatus.REJECTED and rejected.revocation_time is not None
+    assert rejected.status is CertRecordStatus.REJECTED and rejected.revocation_time is not None
     when = datetime(2030, 1, 2, 3, 4, 5, 678, tzinfo=UTC)
     revoked = store.revoke(c.serial, x509.ReasonFlags.key_compromise, when)
     assert revoked.revocation_time == when.replace(microsecond=0)
@@ -150,7 +150,7 @@ def test_pending_records_stay_current_after_flush_and_restart(
     for item in (a, b, c, d):
         store.record_issued(item)
     store.flush()
-    assert store.confirm(a.serial).status is CertStatus.ISSUED
+    assert store.confirm(a.serial).status is CertRecordStatus.ISSUED
     store.reject(b.serial)
     store.revoke(c.serial)
     store.flush()
@@ -170,11 +170,11 @@ def test_pending_records_stay_current_after_flush_and_restart(
         "pending",
     ]
     reopened = CertStore(path)  # a restart: d is only in the database now
-    assert reopened.confirm(d.serial).status is CertStatus.ISSUED
+    assert reopened.confirm(d.serial).status is CertRecordStatus.ISSUED
     reopened.close()
     with CertStore(path) as again:
         got = again.get(d.serial)
-        assert got is not None and got.status is CertStatus.ISSUED
+        assert got is not None and got.status is CertRecordStatus.ISSUED
 
 
 def test_revoked_lists_database_and_unflushed_changes(template: IssuedCert, tmp_path: Path) -> None:
@@ -296,7 +296,7 @@ def test_kill_9_loses_only_the_unflushed_batch(tmp_path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
     with CertStore(path) as store:
         assert store.counts_by_status() == {
@@ -363,7 +363,7 @@ def test_release_hold(template: IssuedCert, tmp_path: Path) -> None:
     store = CertStore(tmp_path / "certs.db")
     held, final = fresh(template), fresh(template)
     for item in (held, final):
-        store.record_issued(item, status=CertStatus.ISSUED)
+        store.record_issued(item, status=CertRecordStatus.ISSUED)
     store.revoke(final.serial, x509.ReasonFlags.key_compromise)
     store.flush()
     generation = store.revocation_generation
@@ -374,7 +374,7 @@ def test_release_hold(template: IssuedCert, tmp_path: Path) -> None:
     store.revoke(held.serial, x509.ReasonFlags.certificate_hold)
     assert store.revocation_generation == generation + 1
     released = store.release_hold(held.serial)
-    assert released.status is CertStatus.ISSUED
+    assert released.status is CertRecordStatus.ISSUED
     assert released.revocation_time is None and released.revocation_reason is None
     assert store.revocation_generation == generation + 2  # the CRL must drop it again
     assert [serial for serial, _, _ in store.revoked()] == [final.serial]
@@ -383,7 +383,7 @@ def test_release_hold(template: IssuedCert, tmp_path: Path) -> None:
 
     reopened = CertStore(tmp_path / "certs.db")
     got = reopened.get(held.serial)
-    assert got is not None and got.status is CertStatus.ISSUED and got.revocation_time is None
+    assert got is not None and got.status is CertRecordStatus.ISSUED and got.revocation_time is None
     assert [serial for serial, _, _ in reopened.revoked()] == [final.serial]
     reopened.close()
 
@@ -464,7 +464,7 @@ def test_serials_sent_before_a_kill_9_are_never_allocated_again(tmp_path: Path) 
         os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, timeout=60)
     assert proc.returncode == -9, proc.stderr.decode()
     before = {int(s) for s in proc.stdout.split()}
     assert len(before) == 100
@@ -484,16 +484,16 @@ def test_fast_record_construction_equals_the_dataclass_way() -> None:
     values = {
         "serial": 0x1234, "subject": "CN=a", "device_ref": "dev", "key_fingerprint": b"k" * 32,
         "not_before": datetime(2030, 1, 1, tzinfo=UTC), "not_after": datetime(2031, 1, 1, tzinfo=UTC),
-        "status": CertStatus.PENDING, "revocation_reason": None, "revocation_time": None,
+        "status": CertRecordStatus.PENDING, "revocation_reason": None, "revocation_time": None,
         "transaction_id": b"t" * 16, "created": datetime(2030, 1, 1, tzinfo=UTC), "der": b"\x30\x00",
     }
     made = CertRecord(**values)  # type: ignore[arg-type]
     fast = _new_record(values)
     assert fast == made and repr(fast) == repr(made) and hash(repr(fast))
-    assert _changed(fast, status=CertStatus.ISSUED) == replace(made, status=CertStatus.ISSUED)
-    assert fast.status is CertStatus.PENDING  # the original is untouched
+    assert _changed(fast, status=CertRecordStatus.ISSUED) == replace(made, status=CertRecordStatus.ISSUED)
+    assert fast.status is CertRecordStatus.PENDING  # the original is untouched
     with pytest.raises(FrozenInstanceError):
-        fast.status = CertStatus.REVOKED  # type: ignore[misc]
+        fast.status = CertRecordStatus.REVOKED  # type: ignore[misc]
     with pytest.raises(TypeError):
         _changed(fast, colour="red")
 
@@ -584,7 +584,7 @@ def test_a_second_change_replaces_the_first_override(template: IssuedCert, tmp_p
         assert db.execute("SELECT status FROM certificates").fetchall() == [("pending",)]
     with CertStore(path) as store:
         got = store.get(item.serial)
-        assert got is not None and got.status is CertStatus.ISSUED and got.revocation_reason is None
+        assert got is not None and got.status is CertRecordStatus.ISSUED and got.revocation_reason is None
 
 
 # --------------------------------------------------------------------------- replacements (kur)
@@ -602,7 +602,7 @@ def test_a_replacement_is_a_batched_change_like_a_status_change(template: Issued
     path = tmp_path / "certs.db"
     old, new = fresh(template), fresh(template)
     with CertStore(path, max_batch=10_000, max_delay=3600) as store:
-        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(old, status=CertRecordStatus.ISSUED)
         store.record_issued(new)
         store.flush()
         store.confirm(new.serial)
@@ -615,7 +615,7 @@ def test_a_replacement_is_a_batched_change_like_a_status_change(template: Issued
         assert store.statistics().flushes == flushes + 1  # confirmation and replacement: one transaction
         assert not store.dirty
         assert _replaced_rows(path) == [(serial_hex(old.serial), serial_hex(new.serial))]
-        assert store.get(old.serial).status is CertStatus.ISSUED  # type: ignore[union-attr]  # still valid for CRL/OCSP
+        assert store.get(old.serial).status is CertRecordStatus.ISSUED  # type: ignore[union-attr]  # still valid for CRL/OCSP
     with CertStore(path) as store:
         assert store.replaced_by(old.serial) == new.serial
 
@@ -626,8 +626,8 @@ async def test_durable_covers_a_replacement(template: IssuedCert, tmp_path: Path
     path = tmp_path / "certs.db"
     old, new = fresh(template), fresh(template)
     with CertStore(path, max_batch=10_000, max_delay=3600) as store:
-        store.record_issued(old, status=CertStatus.ISSUED)
-        store.record_issued(new, status=CertStatus.ISSUED)  # implicit confirmation: same batch
+        store.record_issued(old, status=CertRecordStatus.ISSUED)
+        store.record_issued(new, status=CertRecordStatus.ISSUED)  # implicit confirmation: same batch
         store.flush()
         store.record_replacement(old.serial, new.serial)
         assert store.dirty
@@ -647,14 +647,14 @@ def test_a_crash_loses_a_replacement_only_with_the_confirmation_it_follows(tmp_p
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
         from fleet.ca.pki import CaHierarchy, CertificateIssuer
-        from fleet.ca.store import CertStatus, CertStore
+        from fleet.ca.store import CertRecordStatus, CertStore
         h = CaHierarchy.load_or_create({str(tmp_path / "state")!r})
         issuer = CertificateIssuer(h)
         store = CertStore({str(path)!r}, max_batch=10_000, max_delay=3600)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "d")])
         old = issuer.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), name)
         new = issuer.issue(ec.generate_private_key(ec.SECP256R1()).public_key(), name)
-        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(old, status=CertRecordStatus.ISSUED)
         store.record_issued(new)
         store.flush()
         print(old.serial, new.serial, flush=True)
@@ -667,7 +667,7 @@ def test_a_crash_loses_a_replacement_only_with_the_confirmation_it_follows(tmp_p
     assert proc.returncode == -9, proc.stderr.decode()
     old_serial, new_serial = map(int, proc.stdout.split())
     with CertStore(path) as store:
-        assert store.get(new_serial).status is CertStatus.PENDING  # type: ignore[union-attr]
+        assert store.get(new_serial).status is CertRecordStatus.PENDING  # type: ignore[union-attr]
         assert store.replaced_by(old_serial) is None
 
 
@@ -676,9 +676,9 @@ def test_replacement_rules(template: IssuedCert, tmp_path: Path) -> None:
     stands (flushed or not)."""
     old, pending, other = fresh(template), fresh(template), fresh(template)
     with CertStore(tmp_path / "certs.db") as store:
-        store.record_issued(old, status=CertStatus.ISSUED)
+        store.record_issued(old, status=CertRecordStatus.ISSUED)
         store.record_issued(pending)
-        store.record_issued(other, status=CertStatus.ISSUED)
+        store.record_issued(other, status=CertRecordStatus.ISSUED)
         with pytest.raises(InvalidStatusChange):
             store.record_replacement(old.serial, pending.serial)
         with pytest.raises(UnknownCertificate):
@@ -709,7 +709,7 @@ def test_the_authoritys_replacement_table_becomes_the_stores(template: IssuedCer
     old, new, later_old, later_new = (fresh(template) for _ in range(4))
     with CertStore(path) as store:
         for item in (old, new, later_old, later_new):
-            store.record_issued(item, status=CertStatus.ISSUED)
+            store.record_issued(item, status=CertRecordStatus.ISSUED)
     with sqlite3.connect(path) as db:  # as the earlier Authority wrote it
         db.execute("DROP TABLE replaced_certificates")  # a store of before this change had none
         assert db.execute("SELECT name FROM sqlite_master WHERE name = 'replaced_certificates'").fetchall() == []

@@ -22,7 +22,7 @@ def run_fleet(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     """The real ``main()`` wrapper: the thing that turns errors into one line."""
     return subprocess.run(
         [sys.executable, "-m", "fleet.cli.main", "keys", *args],
-        capture_output=True,
+        check=False, capture_output=True,
         text=True,
         timeout=60,
         env={**os.environ, **(env or {})},
@@ -85,8 +85,10 @@ def test_bad_type_is_one_line_error(tmp_path: Path) -> None:
     result = run_fleet("generate", "--type", "rsa:1024", "--count", "1", "--dir", str(tmp_path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "fleet: error: unknown key type 'rsa:1024'; allowed: ec:P-256, ec:P-384, ec:P-521, ed25519, "
-        "ed448, rsa:2048, rsa:3072, rsa:4096, rsa:8192"
+        (
+            "fleet: error: unknown key type 'rsa:1024'; allowed: ec:P-256, ec:P-384, ec:P-521, ed25519, "
+            "ed448, rsa:2048, rsa:3072, rsa:4096, rsa:8192"
+        )
     ]
     assert not (tmp_path / "rsa-1024.keys").exists()
 

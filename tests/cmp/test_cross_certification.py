@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp.server import CmpServer
 
 from . import pyasn1_requests as P
@@ -68,7 +68,7 @@ def test_a_trusted_ca_gets_a_cross_certificate(server: CmpServer, authority: Aut
     P.cert_conf(conf, ccp.certificate)
     header = P.Header(transaction_id=ccp.transaction_id, recip_nonce=ccp.sender_nonce)
     assert send(server, P.protect(conf, P.Signed(root.key, root.cert), header)).body == "pkiconf"
-    assert authority.store.get(cert.serial_number).status is CertStatus.ISSUED
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.ISSUED
 
 
 def _count(authority: Authority) -> int:

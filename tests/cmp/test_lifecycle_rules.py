@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp.backend import CertState
 from fleet.cmp.server import CmpServer
 
@@ -142,10 +142,10 @@ def test_rr_for_an_unconfirmed_kup_certificate_is_refused(server: CmpServer, aut
     P.rr(msg, new.cert.issuer, new.cert.serial_number)
     answer = send(server, P.protect(msg, new.signed(authority)))
     assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("notAuthorized",))
-    assert authority.store.get(new.cert.serial_number).status is CertStatus.PENDING  # not revoked
+    assert authority.store.get(new.cert.serial_number).status is CertRecordStatus.PENDING  # not revoked
     # Its holder settles it by certConf: rejected, and the old certificate stays good.
     assert confirm(server, authority, device.signed(authority), kup, status=2, fail=("badCertTemplate",)).body == "pkiconf"
-    assert authority.store.get(new.cert.serial_number).status is CertStatus.REJECTED
+    assert authority.store.get(new.cert.serial_number).status is CertRecordStatus.REJECTED
     assert authority.cert_state(device.cert) is CertState.GOOD
 
 
@@ -169,10 +169,10 @@ def test_cert_conf_accepting_with_a_fail_info_is_refused(server: CmpServer, auth
     answer = confirm(server, authority, P.Mac(SECRET, REF), ip, status=0, fail=("badPOP",))
     assert (answer.body, answer.status, answer.fail) == ("error", REJECTION, ("badRequest",))
     serial = x509.load_der_x509_certificate(ip.certificate).serial_number
-    assert authority.store.get(serial).status is CertStatus.PENDING  # neither confirmed nor lost
+    assert authority.store.get(serial).status is CertRecordStatus.PENDING  # neither confirmed nor lost
     # A plain acceptance still confirms it.
     assert confirm(server, authority, P.Mac(SECRET, REF), ip, status=0).body == "pkiconf"
-    assert authority.store.get(serial).status is CertStatus.ISSUED
+    assert authority.store.get(serial).status is CertRecordStatus.ISSUED
 
 
 def test_cert_conf_reusing_the_requests_sender_nonce_is_refused(server: CmpServer, authority: Authority) -> None:
@@ -183,7 +183,7 @@ def test_cert_conf_reusing_the_requests_sender_nonce_is_refused(server: CmpServe
     answer = send(server, P.protect(msg, P.Mac(SECRET, REF), header))
     assert (answer.body, answer.status, answer.fail) == ("error", REJECTION, ("badSenderNonce",))
     serial = x509.load_der_x509_certificate(ip.certificate).serial_number
-    assert authority.store.get(serial).status is CertStatus.PENDING
+    assert authority.store.get(serial).status is CertRecordStatus.PENDING
 
 
 # ---------------------------------------------------------------------------------------------

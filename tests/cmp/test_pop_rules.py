@@ -19,7 +19,7 @@ from pyasn1.codec.der import decoder, encoder
 from pyasn1_alt_modules import rfc5652
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp.server import CmpServer
 
 from . import pyasn1_requests as P
@@ -90,13 +90,13 @@ def test_indirect_pop_returns_the_certificate_encrypted_and_certconf_proves_it(
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert (ku.key_encipherment if kind == "rsa" else ku.key_agreement) and not ku.digital_signature
     # Not confirmed implicitly although asked: the certConf is the proof.
-    assert authority.store.get(cert.serial_number).status is CertStatus.PENDING
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.PENDING
     conf = P.new_message("certConf")
     P.cert_conf(conf, cert_der)
     done = send(server, P.protect(conf, P.Mac(SECRET, REF),
                                   P.Header(transaction_id=ip.transaction_id, recip_nonce=ip.sender_nonce)))
     assert done.body == "pkiconf"
-    assert authority.store.get(cert.serial_number).status is CertStatus.ISSUED
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.ISSUED
 
 
 def test_a_wrong_hash_in_certconf_proves_nothing(server: CmpServer, authority: Authority) -> None:

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp.server import CmpServer
 
 from . import pyasn1_requests as P
@@ -32,7 +32,7 @@ def server(authority: Authority) -> CmpServer:
     return make_server(authority)
 
 
-def status_of(authority: Authority, device: Device) -> CertStatus:
+def status_of(authority: Authority, device: Device) -> CertRecordStatus:
     rec = authority.store.get(device.cert.serial_number)
     assert rec is not None
     return rec.status
@@ -53,7 +53,7 @@ def test_mac_protected_rr_is_refused_with_wrong_integrity(server: CmpServer, aut
     device = enroll(server, "mac-rr")
     answer = rr(server, authority, device, P.Mac(SECRET, REF))
     assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("wrongIntegrity",))
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
 
 
 def test_rr_without_issuer_or_serial_is_refused(server: CmpServer, authority: Authority) -> None:
@@ -61,7 +61,7 @@ def test_rr_without_issuer_or_serial_is_refused(server: CmpServer, authority: Au
     for missing in ("issuer", "serial"):
         answer = rr(server, authority, device, **{missing: None})
         assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("addInfoNotAvailable",)), missing
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
 
 
 def test_rr_with_two_rev_details_is_refused(server: CmpServer, authority: Authority) -> None:
@@ -73,7 +73,7 @@ def test_rr_with_two_rev_details_is_refused(server: CmpServer, authority: Author
     answer = send(server, P.protect(msg, device.signed(authority)))
     assert answer.body in ("rp", "error")  # the form of this refusal is the error-form table's
     assert (answer.status, answer.fail) == (REJECTION, ("badRequest",))
-    assert status_of(authority, device) is status_of(authority, other) is CertStatus.ISSUED
+    assert status_of(authority, device) is status_of(authority, other) is CertRecordStatus.ISSUED
 
 
 @pytest.mark.parametrize(("reasons", "fail"), [
@@ -86,7 +86,7 @@ def test_crl_reasons(server: CmpServer, authority: Authority, reasons: tuple[int
     device = enroll(server, "reasons")
     answer = rr(server, authority, device, reasons=reasons)
     assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, (fail,))
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
 
 
 def test_template_fields_must_match_the_certificate(server: CmpServer, authority: Authority) -> None:
@@ -95,10 +95,10 @@ def test_template_fields_must_match_the_certificate(server: CmpServer, authority
                     {"public_key": new_key().public_key()}):
         answer = rr(server, authority, device, **details)
         assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("badCertId",)), details
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
     answer = rr(server, authority, device, subject=device.cert.subject, public_key=device.key.public_key())
     assert (answer.body, answer.status) == ("rp", ACCEPTED)
-    assert status_of(authority, device) is CertStatus.REVOKED
+    assert status_of(authority, device) is CertRecordStatus.REVOKED
 
 
 def test_already_revoked_is_cert_revoked(server: CmpServer, authority: Authority) -> None:
@@ -115,10 +115,10 @@ def test_revive_of_a_held_certificate_checks_issuer_and_subject(server: CmpServe
     for details in ({"issuer": cn("Some Other CA")}, {"subject": cn("someone-else")}):
         answer = rr(server, authority, device, reasons=(8,), **details)
         assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("badCertId",)), details
-        assert status_of(authority, device) is CertStatus.REVOKED
+        assert status_of(authority, device) is CertRecordStatus.REVOKED
     answer = rr(server, authority, device, reasons=(8,), subject=device.cert.subject)
     assert (answer.body, answer.status) == ("rp", ACCEPTED)
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
 
 
 def test_trusted_pki_entity_may_revoke_and_revive(authority: Authority) -> None:
@@ -139,9 +139,9 @@ def test_trusted_pki_entity_may_revoke_and_revive(authority: Authority) -> None:
     for signer in (P.Signed(ee.key, ee.cert), P.Signed(own_ra_key, own_cert)):
         answer = rr(server, authority, device, signer)
         assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, ("notAuthorized",))
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED
     ra_signer = P.Signed(ra.key, ra.cert)
     assert rr(server, authority, device, ra_signer, reasons=(6,)).status == ACCEPTED
-    assert status_of(authority, device) is CertStatus.REVOKED
+    assert status_of(authority, device) is CertRecordStatus.REVOKED
     assert rr(server, authority, device, ra_signer, reasons=(8,)).status == ACCEPTED
-    assert status_of(authority, device) is CertStatus.ISSUED
+    assert status_of(authority, device) is CertRecordStatus.ISSUED

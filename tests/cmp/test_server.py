@@ -19,7 +19,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp import der, genm, messages, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import RequestRejected, ServerError
@@ -122,15 +122,15 @@ def craft(
     """A hand-made request: defaults are a valid header, overridable field by field (a signed
     one names its signer as sender, RFC 9483 §3.1)."""
     signer_name = protector.sender_name if isinstance(protector, SignatureProtector) else name("dev").public_bytes()
-    fields: dict[str, object] = dict(
-        sender=messages.directory_name(signer_name),
-        recipient=messages.NULL_DN_GENERAL_NAME,
-        transaction_id=os.urandom(16),
-        sender_nonce=os.urandom(16),
-        sender_kid=protector.sender_kid if protector else None,
-        message_time=datetime.now(UTC).replace(microsecond=0),
-        protection_alg=protector.algorithm if protector else None,
-    )
+    fields: dict[str, object] = {
+        "sender": messages.directory_name(signer_name),
+        "recipient": messages.NULL_DN_GENERAL_NAME,
+        "transaction_id": os.urandom(16),
+        "sender_nonce": os.urandom(16),
+        "sender_kid": protector.sender_kid if protector else None,
+        "message_time": datetime.now(UTC).replace(microsecond=0),
+        "protection_alg": protector.algorithm if protector else None,
+    }
     fields.update(header)
     header_der = messages.encode_header(PKIHeader(**fields))  # type: ignore[arg-type]
     body_der = messages.encode_body(body_type, body)
@@ -164,7 +164,7 @@ def test_ir_with_mac_confirms_and_records(server: CmpServer, authority: Authorit
     assert done.ca_pubs == (authority.hierarchy.root_der,)  # LCMPP: root in caPubs for MAC ir
     assert authority.hierarchy.issuing_der in done.extra_certs
     cert.verify_directly_issued_by(authority.hierarchy.issuing)
-    assert authority.store.get(cert.serial_number).status is CertStatus.ISSUED
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.ISSUED
     assert authority.store.get(cert.serial_number).device_ref == REF.decode()
     assert server.statistics().live == 0
 
@@ -195,7 +195,7 @@ def test_implicit_confirm_granted_in_one_round_trip(server: CmpServer, authority
     done, labels = drive(server, tx)
     assert labels == ["ip"] and done.implicit_confirm
     serial = load_cert(done.certificate).serial_number
-    assert authority.store.get(serial).status is CertStatus.ISSUED
+    assert authority.store.get(serial).status is CertRecordStatus.ISSUED
     assert server.state_of(tx.transaction_id) is TxState.CLOSED
 
 
@@ -289,7 +289,7 @@ def test_rr_revokes_and_crl_and_ocsp_show_it(server: CmpServer, authority: Autho
     rr = RevocationRequest.for_certificate(cert, reason=1)
     result, labels = drive(server, ClientTransaction(sig_config(authority, key, cert), rr))
     assert labels == ["rp"] and result.status.status == PKIStatus.ACCEPTED
-    assert authority.store.get(cert.serial_number).status is CertStatus.REVOKED
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.REVOKED
     crl = x509.load_der_x509_crl(authority.crl.current_crl_der())
     assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
     req = ocsp.OCSPRequestBuilder().add_certificate(cert, authority.hierarchy.issuing, hashes.SHA1()).build()
@@ -326,7 +326,7 @@ def test_hold_then_remove_from_crl_makes_the_certificate_good_again(server: CmpS
     assert rr(6) == PKIStatus.ACCEPTED  # certificateHold
     assert on_crl() and ocsp_status() is ocsp.OCSPCertStatus.REVOKED
     assert rr(8) == PKIStatus.ACCEPTED  # removeFromCRL releases the hold
-    assert authority.store.get(cert.serial_number).status is CertStatus.ISSUED
+    assert authority.store.get(cert.serial_number).status is CertRecordStatus.ISSUED
     assert not on_crl() and ocsp_status() is ocsp.OCSPCertStatus.GOOD
     # Held again, then revoked for good: a final revocation cannot be released.
     assert rr(6) == PKIStatus.ACCEPTED and on_crl()
@@ -388,7 +388,7 @@ def test_unconfirmed_certificate_rejected_after_deadline(authority: Authority) -
     expired = server.tick(now + 11)
     assert [o.status for o in expired] == ["confirm_timeout"]
     serial = expired[0].serial
-    assert authority.store.get(serial).status is CertStatus.REJECTED
+    assert authority.store.get(serial).status is CertRecordStatus.REJECTED
     crl = x509.load_der_x509_crl(authority.crl.current_crl_der())
     assert crl.get_revoked_certificate_by_serial_number(serial) is not None
     reply = server.handle(certconf.data, now + 12)
@@ -433,7 +433,7 @@ def test_hung_waiting_transaction_closed(authority: Authority) -> None:
     reply = server.handle(tx.start().data, now, defer=1)
     expired = server.tick(now + 40)
     assert [o.status for o in expired] == ["hung"]
-    assert authority.store.get(reply.outcome.serial).status is CertStatus.REJECTED
+    assert authority.store.get(reply.outcome.serial).status is CertRecordStatus.REJECTED
 
 
 def test_concurrent_transaction_cap_answers_system_unavail(authority: Authority) -> None:
@@ -594,7 +594,7 @@ def test_cert_conf_checks(server: CmpServer, authority: Authority) -> None:
     )
     assert error_of(reply.data).fail_names == ("badCertId",)
     serial = load_cert(ip.body.responses[0].certificate).serial_number
-    assert authority.store.get(serial).status is CertStatus.REJECTED
+    assert authority.store.get(serial).status is CertRecordStatus.REJECTED
     # Protection switched mid-transaction (signature certConf after a MAC ir): refused.
     first, key = enroll(server, authority, cn="s")
     signer = SignatureProtector(key, load_cert(first.certificate), authority.hierarchy.chain_for_issued)
@@ -620,7 +620,7 @@ def test_rejected_cert_conf_marks_certificate_rejected(server: CmpServer, author
         craft(mac, BodyType.CERTCONF, body, transaction_id=ip.header.transaction_id, recip_nonce=ip.header.sender_nonce), now
     )
     assert messages.decode(reply.data).body_type is BodyType.PKICONF
-    assert authority.store.get(load_cert(cert_der).serial_number).status is CertStatus.REJECTED
+    assert authority.store.get(load_cert(cert_der).serial_number).status is CertRecordStatus.REJECTED
 
 
 def test_p10cr_with_fleet_client(server: CmpServer, authority: Authority) -> None:

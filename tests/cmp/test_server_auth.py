@@ -22,7 +22,7 @@ from pyasn1.codec.der import encoder
 from pyasn1.type import univ
 
 from fleet.ca.authority import Authority
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp.backend import CertState
 from fleet.cmp.server import CmpServer, ServerConfig
 from fleet.cmp.shared_secrets import SharedSecrets
@@ -150,7 +150,7 @@ def _revoked_signer_is_refused(server: CmpServer, authority: Authority, kind: st
     assert (answer.body, answer.status, answer.fail) == (NEW_REQUESTS[kind], REJECTION, ("certRevoked",))
     assert answer.certificate is None
     assert certificates(authority) == before  # nothing issued
-    assert authority.store.get(twin.cert.serial_number).status is CertStatus.ISSUED  # nothing revoked
+    assert authority.store.get(twin.cert.serial_number).status is CertRecordStatus.ISSUED  # nothing revoked
 
 
 def test_revoked_signer_is_refused_in_follow_ups(authority: Authority) -> None:
@@ -180,11 +180,11 @@ def test_revoked_signer_is_refused_in_follow_ups(authority: Authority) -> None:
         assert (refused.body, refused.status, refused.fail) == ("error", REJECTION, ("certRevoked",)), kind
     for issued in (cp, cp2):
         serial = x509.load_der_x509_certificate(issued.certificate).serial_number
-        assert authority.store.get(serial).status is CertStatus.PENDING  # never confirmed
+        assert authority.store.get(serial).status is CertRecordStatus.PENDING  # never confirmed
     # ... and so rejected when the confirmation deadline passes: none of them stays valid.
     expired = server.tick(now + 400)
     assert len(expired) == 3
-    assert all(authority.store.get(o.serial).status is CertStatus.REJECTED for o in expired)
+    assert all(authority.store.get(o.serial).status is CertRecordStatus.REJECTED for o in expired)
 
 
 def test_delayed_rr_of_itself_is_still_delivered(server: CmpServer, authority: Authority) -> None:
@@ -194,7 +194,7 @@ def test_delayed_rr_of_itself_is_still_delivered(server: CmpServer, authority: A
     now = time.time()
     waiting = P.Answer.read(server.handle(request("rr", device, authority), now, defer=2).data)
     assert (waiting.body, waiting.status) == ("error", 3)
-    assert authority.store.get(device.cert.serial_number).status is CertStatus.REVOKED
+    assert authority.store.get(device.cert.serial_number).status is CertRecordStatus.REVOKED
     poll = P.new_message("pollReq")
     P.poll_req(poll, -1)
     header = P.Header(transaction_id=waiting.transaction_id, recip_nonce=waiting.sender_nonce)
@@ -217,7 +217,7 @@ def test_rejected_certificate_signs_nothing(authority: Authority) -> None:
     now = time.time()
     device = enroll(server, "late", confirm=False)
     server.tick(now + 11)  # never confirmed: rejected
-    assert authority.store.get(device.cert.serial_number).status is CertStatus.REJECTED
+    assert authority.store.get(device.cert.serial_number).status is CertRecordStatus.REJECTED
     answer = send(server, request("cr", device, authority))
     assert (answer.body, answer.status, answer.fail) == ("cp", REJECTION, ("certRevoked",))
 
@@ -295,7 +295,7 @@ def test_certificate_replaced_by_kur_no_longer_signs(tmp_path: Path) -> None:
         assert (answer.status, answer.fail) == (REJECTION, ("notAuthorized",))
         # It may still revoke itself.
         assert send(server, request("rr", old, reopened)).status == 0
-        assert reopened.store.get(old.cert.serial_number).status is CertStatus.REVOKED
+        assert reopened.store.get(old.cert.serial_number).status is CertRecordStatus.REVOKED
     finally:
         reopened.close()
 
@@ -419,7 +419,7 @@ def test_rr_template_must_describe_the_certificate(server: CmpServer, authority:
     device = enroll(server, "target")
     answer = send(server, _rr(device, authority, **fields))
     assert (answer.body, answer.status, answer.fail) == ("rp", REJECTION, (fail,)), label
-    assert authority.store.get(device.cert.serial_number).status is CertStatus.ISSUED  # nothing revoked
+    assert authority.store.get(device.cert.serial_number).status is CertRecordStatus.ISSUED  # nothing revoked
 
 
 def test_rr_template_with_matching_fields_revokes(server: CmpServer, authority: Authority) -> None:
@@ -427,7 +427,7 @@ def test_rr_template_with_matching_fields_revokes(server: CmpServer, authority: 
     answer = send(server, _rr(device, authority, subject=device.cert.subject, public_key=device.key.public_key()))
     assert (answer.body, answer.status) == ("rp", 0)
     record = authority.store.get(device.cert.serial_number)
-    assert record.status is CertStatus.REVOKED and record.revocation_reason is x509.ReasonFlags.key_compromise
+    assert record.status is CertRecordStatus.REVOKED and record.revocation_reason is x509.ReasonFlags.key_compromise
 
 
 # ---------------------------------------------------------------------------------------------

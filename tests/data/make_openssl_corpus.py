@@ -26,7 +26,7 @@ from pyasn1_alt_modules import rfc9480
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from openssl_peer import (  # noqa: E402
+from openssl_peer import (
     OpenSSLMockServer,
     TestPki,
     make_test_pki,
@@ -191,18 +191,18 @@ def write_readme(rows: list[tuple[Flow, str, str, str]]) -> None:
         "",
         "## PKI (pki/), EC P-256, valid 100 years, test-only keys",
         "- `root.crt`: self-signed root \"CN=Test Root CA\", trusted by both sides",
-        "- `server.crt`/`server.key`: mock server's signer (\"CN=server\"), signs responses to "
-        "signed requests",
+        ("- `server.crt`/`server.key`: mock server's signer (\"CN=server\"), signs responses to "
+        "signed requests"),
         "- `client.crt`/`client.key`: client signer (\"CN=client\") for ir/cr/p10cr",
-        "- `new.key`/`new.csr`: key being enrolled; `rsp.crt` (\"CN=new\") certifies it and is the "
+        ("- `new.key`/`new.csr`: key being enrolled; `rsp.crt` (\"CN=new\") certifies it and is the "
         "certificate the mock returns for every enrollment; kur and rr are signed with "
-        "`rsp.crt`/`new.key`",
+        "`rsp.crt`/`new.key`"),
         "- `secret.txt`: PBM shared secret `test1234`, reference (senderKID) `1234`",
         "",
-        "Mock server base command: `openssl cmp -config \"\" -port 0 -srv_ref 1234 "
+        ("Mock server base command: `openssl cmp -config \"\" -port 0 -srv_ref 1234 "
         "-srv_secret pass:test1234 -srv_cert server.crt -srv_key server.key -srv_trusted root.crt "
         "-rsp_cert rsp.crt -rsp_capubs root.crt` plus the flow's options below. It answers with "
-        "the protection type of the request (PBM to PBM, signature to signature).",
+        "the protection type of the request (PBM to PBM, signature to signature)."),
         "",
         "## Flows",
     ]

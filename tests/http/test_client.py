@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 import trio
-from loopback_servers import RawReader, cmp_response, http_server, raw_server, read_request, self_signed
+from loopback_servers import (
+    RawReader,
+    cmp_response,
+    http_server,
+    raw_server,
+    read_request,
+    self_signed,
+)
 
 from fleet.errors import FleetError
 from fleet.http import (

@@ -13,6 +13,7 @@ import ssl
 
 import pytest
 import trio
+import trio.lowlevel
 from loopback_servers import RawReader, http_server
 
 from fleet.http import HttpRequest, HttpResponse
@@ -264,7 +265,7 @@ async def test_heads_arriving_one_byte_at_a_time_are_served(head: bytes) -> None
             with trio.fail_after(5):
                 for byte in head + b"abc":
                     await stream.send_all(bytes([byte]))
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 assert (await reader.read_response())[2] == b"re:abc"
 
 

@@ -11,7 +11,7 @@ from fleet.cmp.shared_secrets import derive_device_secret
 from fleet.cmp.trust import TrustStore
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, DeviceSetupError
-from fleet.load.profiles import DeviceSpec
+from fleet.load.profiles import DevicePopulation
 from fleet.names import parse_name, parse_san
 
 _NAMESPACE = uuid.UUID("6f1e0c1e-8d4b-4c1a-9a55-3e3f7f0b9d11")
@@ -19,7 +19,7 @@ MASTER = b"master secret for tests"
 
 
 def _factory(subject: str = "/CN=fleet-device-{index:06d}", sans: tuple[str, ...] = ()) -> DeviceFactory:
-    spec = DeviceSpec(count=100_000, subject=subject, sans=sans)
+    spec = DevicePopulation(count=100_000, subject=subject, sans=sans)
     pools = {str(k): KeyPool(KeySpec.parse(str(k)), (), on_exhausted="generate") for k, _ in spec.key_types}
     return DeviceFactory(spec, pools, master_secret=MASTER, trust=TrustStore())
 
@@ -108,7 +108,7 @@ def test_mac_protectors_are_constructed_when_copying_would_differ(monkeypatch: p
 
 @pytest.mark.parametrize("master", [MASTER, b"", b"k" * 64, bytes(range(200))])  # short, empty, block, hashed
 def test_device_secret_from_pad_states_is_derive_device_secret(master: bytes) -> None:
-    spec = DeviceSpec(count=100_000)
+    spec = DevicePopulation(count=100_000)
     pools = {str(k): KeyPool(KeySpec.parse(str(k)), (), on_exhausted="generate") for k, _ in spec.key_types}
     factory = DeviceFactory(spec, pools, master_secret=master, trust=TrustStore())
     assert factory._device_secret is not None and factory._device_secret._pads is not None  # the fast path

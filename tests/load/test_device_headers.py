@@ -20,14 +20,14 @@ from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
-from fleet.load.profiles import DeviceSpec, ProfileError, parse_profile
+from fleet.load.profiles import DevicePopulation, ProfileError, parse_profile
 
 MASTER = b"master secret for tests"
 CN = "2.5.4.3"
 
 
-def factory(spec: DeviceSpec | None = None, **kw: object) -> DeviceFactory:
-    spec = spec or DeviceSpec()
+def factory(spec: DevicePopulation | None = None, **kw: object) -> DeviceFactory:
+    spec = spec or DevicePopulation()
     pools = {str(k): KeyPool(KeySpec.parse(str(k)), (), on_exhausted="generate") for k, _ in spec.key_types}
     return DeviceFactory(spec, pools, master_secret=MASTER, trust=kw.pop("trust", TrustStore()), **kw)  # type: ignore[arg-type]
 
@@ -76,7 +76,7 @@ def test_profile_header_keys_reach_the_messages() -> None:
     assert f.client_config.max_iterations == 300_000
     assert strict.problems(data, secret=derive_device_secret(MASTER, b"CN=gnb-000007")) == []
     # An explicit sender template is the profile's choice.
-    f = factory(DeviceSpec(sender="/O=Operator/CN=gnb-{index}"))
+    f = factory(DevicePopulation(sender="/O=Operator/CN=gnb-{index}"))
     assert strict.sender_attributes(first_request(f, "ir", 7)) == [("2.5.4.10", "Operator"), (CN, "gnb-7")]
 
 
@@ -91,12 +91,12 @@ def test_profile_header_keys_are_checked(devices: dict[str, object], words: str)
 
 
 @pytest.mark.parametrize(("spec", "words"), [
-    (DeviceSpec(sender="/XX=1"), "cannot parse name component 'XX=1'"),
-    (DeviceSpec(reference="dev-{serial}"), "template: KeyError('serial')"),
-    (DeviceSpec(reference="hex:zz{index}"), "is not hex after 'hex:'"),
-    (DeviceSpec(recipient="CN"), "cannot parse name 'CN'"),
+    (DevicePopulation(sender="/XX=1"), "cannot parse name component 'XX=1'"),
+    (DevicePopulation(reference="dev-{serial}"), "template: KeyError('serial')"),
+    (DevicePopulation(reference="hex:zz{index}"), "is not hex after 'hex:'"),
+    (DevicePopulation(recipient="CN"), "cannot parse name 'CN'"),
 ])
-def test_bad_header_templates_fail_before_the_run(spec: DeviceSpec, words: str) -> None:
+def test_bad_header_templates_fail_before_the_run(spec: DevicePopulation, words: str) -> None:
     """One line naming the problem, when the factory is made (before any device runs)."""
     with pytest.raises(FleetError) as info:
         factory(spec)
@@ -108,13 +108,13 @@ def test_vendor_ir_sends_the_vendor_intermediate() -> None:
     vendor root (self-signed, the CA's vendor trust anchor) stays out."""
     root = VendorCa(name="vendor root", path_length=None)
     issuing = VendorCa(name="vendor issuing CA", issuer=root)
-    f = factory(DeviceSpec(auth="vendor"), vendor=issuing)
+    f = factory(DevicePopulation(auth="vendor"), vendor=issuing)
     for index in (3, 4):
         data = first_request(f, "ir", index)
         assert strict.extra_cert_subjects(data) == [f"2.5.4.5={index:08d},CN=IDevID {index:08d}", "CN=vendor issuing CA"]
         assert strict.problems(data, anchors=[root.cert]) == []
     # A vendor root issuing IDevIDs directly: the IDevID alone.
-    f = factory(DeviceSpec(auth="vendor"), vendor=root)
+    f = factory(DevicePopulation(auth="vendor"), vendor=root)
     assert len(strict.extra_cert_subjects(first_request(f, "ir", 5))) == 1
 
 

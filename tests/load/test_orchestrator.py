@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _fleet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet.cli.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "fleet.cli.main", *args], check=False, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
 
 

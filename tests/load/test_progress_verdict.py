@@ -7,7 +7,7 @@ import re
 import signal
 from typing import Any
 
-from fleet.load.orchestrator import Progress, report_dict, summary_table, verdict
+from fleet.load.orchestrator import ProgressPrinter, report_dict, summary_table, verdict
 from fleet.load.profiles import Profile, Slo
 from fleet.load.results import RunResults
 from fleet.load.schedule import Closed, Constant, Ramp
@@ -35,13 +35,13 @@ def _rates(line: str) -> tuple[float, str, float]:
 def test_progress_compares_arrivals_with_the_target_and_shows_operations_apart() -> None:
     """ir + kur at 100 arrivals/s: 100 arrivals/s against a target of 100/s, 200 operations/s
     shown on their own (not "200 ops/s, target 100/s")."""
-    progress = Progress(_profile(), io.StringIO(), enabled=True)
+    progress = ProgressPrinter(_profile(), io.StringIO(), enabled=True)
     line = progress.line({0: _snapshot(5.0, due=500, ok=1000)})
     assert line is not None
     assert _rates(line) == (100.0, "target 100/s", 200.0)
     # The next line covers the time since the last one; across two workers the counts add up
     # (and there is no line until both have reported).
-    progress = Progress(_profile(workers=2), io.StringIO(), enabled=True)
+    progress = ProgressPrinter(_profile(workers=2), io.StringIO(), enabled=True)
     assert progress.line({0: _snapshot(5.0, due=250, ok=500)}) is None
     assert progress.line({0: _snapshot(5.0, due=250, ok=500), 1: _snapshot(5.0, due=250, ok=500)}) is not None
     line = progress.line({0: _snapshot(10.0, due=750, ok=1400), 1: _snapshot(9.9, due=250, ok=400, dropped=50)})
@@ -52,11 +52,11 @@ def test_progress_compares_arrivals_with_the_target_and_shows_operations_apart()
 
 
 def test_progress_target_follows_the_schedule_over_the_window() -> None:
-    progress = Progress(_profile(shape=Ramp(start_rate=0.0, end_rate=600.0), duration=60.0), io.StringIO(), True)
+    progress = ProgressPrinter(_profile(shape=Ramp(start_rate=0.0, end_rate=600.0), duration=60.0), io.StringIO(), True)
     line = progress.line({0: _snapshot(10.0, due=500, ok=500)})
     assert line is not None
     assert _rates(line)[1] == "target 50/s"  # the ramp's mean over 0..10 s: 0 -> 100/s
-    closed = Progress(_profile(shape=Closed(devices=2, think_time=0.0)), io.StringIO(), True)
+    closed = ProgressPrinter(_profile(shape=Closed(devices=2, think_time=0.0)), io.StringIO(), True)
     line = closed.line({0: _snapshot(2.0, due=40, ok=80)})
     assert line is not None
     assert _rates(line) == (20.0, "closed model, 2 loops", 40.0)

@@ -14,9 +14,9 @@ from inprocess_ca import MASTER, InProcessCa
 from fleet.cmp.trust import TrustStore
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory
+from fleet.load.profiles import Profile, parse_profile
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.segments import split
-from fleet.load.profiles import Profile, parse_profile
 from fleet.transport import CmpTransport
 
 

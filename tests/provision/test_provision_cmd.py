@@ -25,7 +25,7 @@ from provision_helpers import (
 )
 
 from fleet.ca.pki import key_fingerprint
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.files import load_certificate, load_certificates, load_csr, load_private_key
 from fleet.provision.journal import Journal, OrphanFate
 
@@ -111,7 +111,7 @@ def _fleet_state(tmp_path: Path, out: Path, ca: CaProcess, ids: list[str]) -> No
             assert cert.public_key() == key.public_key()
             assert len(load_certificates(folder / "chain.pem")) >= 1 and len(load_certificates(folder / "ca.pem")) == 1
             mine = store.find_by_key(key_fingerprint(key.public_key()))
-            valid = [r for r in mine if r.status is CertStatus.ISSUED]
+            valid = [r for r in mine if r.status is CertRecordStatus.ISSUED]
             assert [r.serial for r in valid] == [cert.serial_number], device_id
             serials.append(cert.serial_number)
     finally:

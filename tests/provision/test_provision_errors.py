@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from provision_helpers import CaProcess, mac_manifest, make_csr, run_provision, secret_for
 
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.files import load_certificate, load_certificates, load_private_key
 from fleet.provision.journal import DeviceState, Journal, OrphanFate
 
@@ -152,7 +152,7 @@ def test_a_device_whose_files_cannot_be_written_fails_alone(tmp_path: Path, ca: 
     store = ca.store()
     try:
         record = store.get(rejected_serial)
-        assert record is not None and record.status is CertStatus.REJECTED
+        assert record is not None and record.status is CertRecordStatus.REJECTED
     finally:
         store.close()
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from provision_helpers import LoopbackCa, mac_manifest, secret_for
 
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 from fleet.cmp import messages
 from fleet.cmp.messages import BodyType
 from fleet.files import load_certificate, load_private_key
@@ -173,7 +173,7 @@ async def test_received_certificate_the_ca_will_not_confirm_is_revoked_and_repla
         assert journal.device(device_id).serial != orphan_serial
     dead = "rejected" if ca_event == "expired" else "revoked"
     assert ca.counts() == {"issued": 1, dead: 1}
-    assert ca.authority.store.get(int(orphan_serial, 16)).status == CertStatus(dead)  # type: ignore[arg-type, union-attr]
+    assert ca.authority.store.get(int(orphan_serial, 16)).status == CertRecordStatus(dead)  # type: ignore[arg-type, union-attr]
     cert = load_certificate(out / device_id / "cert.pem")
     assert format(cert.serial_number, "X") != orphan_serial
 
@@ -250,7 +250,7 @@ async def test_rejecting_certconf_lost_leaves_the_orphan_to_the_ca(ca: LoopbackC
     assert ca.counts() == {"issued": 2, "pending": 1}
     ca.tick(time.time() + 3600)  # confirmWaitTime passes
     assert ca.counts() == {"issued": 2, "rejected": 1}
-    assert ca.authority.store.get(int(orphan.serial or "0", 16)).status is CertStatus.REJECTED  # type: ignore[union-attr]
+    assert ca.authority.store.get(int(orphan.serial or "0", 16)).status is CertRecordStatus.REJECTED  # type: ignore[union-attr]
 
 
 async def test_unreadable_key_file_fails_that_device_alone(ca: LoopbackCa, tmp_path: Path) -> None:
