@@ -17,10 +17,10 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Self
 
 import pytest
 
@@ -90,7 +90,7 @@ _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
 
 def _openssl(args: Sequence[str], cwd: Path, timeout: float = 10) -> None:
     proc = subprocess.run(
-        [OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [OPENSSL, *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
     if proc.returncode != 0:
@@ -128,6 +128,15 @@ def make_test_pki(dir: Path, days: int = 365) -> TestPki:
         client_crt=d / "client.crt", client_key=d / "client.key",
         new_key=d / "new.key", new_csr=d / "new.csr", rsp_crt=d / "rsp.crt",
     )
+
+
+def rogue_root(folder: Path) -> Path:
+    """A self-signed CA certificate nobody trusts (``folder/rogue.crt``), as an attacker's caPubs."""
+    _openssl(["req", "-x509", *_EC, "-keyout", "rogue.key", "-out", "rogue.crt", "-days", "30",
+              "-subj", "/CN=Rogue Root", "-addext", "basicConstraints=critical,CA:TRUE", "-config", os.devnull],
+             folder)
+    (folder / "rogue.key").chmod(0o600)
+    return folder / "rogue.crt"
 
 
 # --------------------------------------------------------------------------------------------
@@ -274,7 +283,7 @@ class OpenSSLMockServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> OpenSSLMockServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -299,7 +308,7 @@ def run_openssl_cmp(
     """
     return subprocess.run(
         [OPENSSL, "cmp", "-config", "", *map(str, args)],
-        capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+        check=False, capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
     )
 
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import os
 import ssl
+import sys
 import tempfile
 import typing
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.bounds import COUNT, POSITIVE
 from fleet.cli.usage import bounded, examples
 from fleet.cmp import genm, oids
-from fleet.cmp.client import ClientConfig, ClientTransaction, Done
+from fleet.cmp.client import WARNINGS, ClientConfig, ClientTransaction, Done
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
 from fleet.cmp.protection import (
     DEFAULT_MAX_PBM_ITERATIONS,
@@ -292,7 +293,10 @@ def _run(options: CmpOptions, request: Request) -> Done:
                 path = cmp_path(client.base_path, profile=options.profile, operation=op)
             return await run_transaction(client, tx, path=path, timeout=options.timeout)
 
-    return trio.run(go)
+    done = trio.run(go)
+    for code in done.warnings:
+        print(f"fleet cmp: warning: {WARNINGS[code]}", file=sys.stderr)
+    return done
 
 
 def _check_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
@@ -336,6 +340,11 @@ def _write_outputs(options: CmpOptions, done: Done, kind: str, unsaved_key: Priv
         planned.append(("--chainout", options.chainout, done.chain))
     if options.cacertsout and anchors:
         planned.append(("--cacertsout", options.cacertsout, anchors))
+    elif options.cacertsout and done.certificate is not None:
+        why = ("the CA sent caPubs under signature protection, which are never trusted (RFC 9483 §4.1.1);"
+               " get the root out of band or with 'fleet cmp genm --infotype caCerts' and check it"
+               if "capubs_ignored" in done.warnings else "the response carried no caPubs")
+        print(f"fleet cmp: --cacertsout {str(options.cacertsout)!r} not written: {why}", file=sys.stderr)
     failures = []
     for flag, path, certs in planned:
         try:

@@ -204,6 +204,7 @@ class FleetMetrics(Endpoint):
         self.polls = Counter("fleet_polls", "pollReq round trips while the CA answered 'waiting'.", labels, registry=r)
         self.latency = Histogram("fleet_transaction_latency_seconds", "Transaction latency from the arrival's intended start (includes start lateness).", (*labels, "result"), buckets=LATENCY_BUCKETS, registry=r)
         self.service = Histogram("fleet_transaction_service_seconds", "Transaction latency from when its first request was sent.", (*labels, "result"), buckets=LATENCY_BUCKETS, registry=r)
+        self.warnings = Counter("fleet_transaction_warnings", "Habits of the CA accepted in successful transactions (caPubs ignored, clock skew, ...).", (*labels, "warning"), registry=r)
         self.exchanges = Histogram("fleet_exchange_seconds", "One HTTP request/response round trip, by request body type.", (*labels, "body"), buckets=LATENCY_BUCKETS, registry=r)
         self.registry.register(_RunCollector(self))
         if process:
@@ -213,6 +214,8 @@ class FleetMetrics(Endpoint):
         self._errors: dict[tuple[str, str], Any] = {}
         self._fail: dict[tuple[str, str], Any] = {}
         self._exchange: dict[tuple[str, str], Any] = {}
+        self._warning: dict[tuple[str, str], Any] = {}
+        self._warning_codes: set[str] = set()
         self._kinds: set[str] = set()
         self._ops: set[str] = set()
         self._bodies: set[str] = set()
@@ -320,6 +323,12 @@ class FleetMetrics(Endpoint):
         )
         self._done[(op, ok)] = children
         return children
+
+    def warning(self, op: str, code: str) -> None:
+        child = self._warning.get((op, code))
+        if child is None:
+            child = self._warning[(op, code)] = self.warnings.labels(self.worker, bounded(self._ops, op), bounded(self._warning_codes, code))
+        child.inc()
 
     def exchange(self, op: str, body: str, seconds: float) -> None:
         child = self._exchange.get((op, body))

@@ -12,6 +12,7 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 import trio
 
+from fleet.cmp.client import WARNINGS
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
@@ -92,7 +94,7 @@ class Verdict:
 def expected_arrivals(profile: Profile) -> int:
     if isinstance(profile.shape, Closed):
         return profile.devices.count * 4
-    return int(math.ceil(profile.shape.expected_count(profile.duration)))
+    return math.ceil(profile.shape.expected_count(profile.duration))
 
 
 def keys_needed(profile: Profile) -> dict[str, int]:
@@ -383,7 +385,14 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"(max in flight), start lateness p99 {results.lateness.percentile(99) * 1e3:.1f} ms"
         if results.lateness.count else f"arrivals: {results.started} started"
     )
-    return "\n".join([*lines, arrivals])
+    warned = Counter[str]()
+    for stats in results.ops.values():
+        warned.update(stats.warnings)
+    notes = [
+        f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
+        for code, n in warned.most_common()
+    ]
+    return "\n".join([*lines, arrivals, *notes])
 
 
 def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str) -> dict[str, Any]:

@@ -239,6 +239,11 @@ class WorkerRun:
         results.succeeded(op, now - self.t0, now - intended, now - sent_at)
         if polls:
             results.ops[op].polls += polls
+        if done.warnings:
+            results.ops[op].warnings.update(done.warnings)
+            if observer is not None:
+                for code in done.warnings:
+                    observer.warning(op, code)
         self.live.ok += 1
         if observer is not None:
             observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
 from fleet.cmp.messages import BodyType
-from fleet.cmp.protection import PrivateKey, SignatureProtector
+from fleet.cmp.protection import PrivateKey, SignatureProtector, is_mac_algorithm
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert, signer_chain
 from fleet.errors import FleetError
@@ -138,6 +138,7 @@ class RunStats:
     elapsed: float = 0.0
     commits: int = 0
     provisioned_ids: set[str] = field(default_factory=set)  # confirmed in this run
+    warnings: dict[str, int] = field(default_factory=dict)  # accepted CA habits (client.WARNINGS)
 
 
 class _Transient(Exception):
@@ -491,8 +492,8 @@ class Provisioner:
         if observer is not None:
             observer.operation_started(op)
         try:
-            await run_transaction(transport, tx, path=self._path(dev, tx.operation), timeout=self.options.timeout,
-                                  on_exchange=on_exchange, before_confirm=store)
+            done = await run_transaction(transport, tx, path=self._path(dev, tx.operation),
+                                         timeout=self.options.timeout, on_exchange=on_exchange, before_confirm=store)
         except (TransportError, CmpError) as exc:  # TransactionTimeout included
             self._observe_failure(op, exc, started, polls)
             if unstored is not None:
@@ -501,6 +502,10 @@ class Provisioner:
         if unstored is not None:
             self._observe_failure(op, unstored[1], started, polls)
             return await self._not_stored(dev, rec, *unstored, None)
+        for code in done.warnings:
+            self.stats.warnings[code] = self.stats.warnings.get(code, 0) + 1
+            if observer is not None:
+                observer.warning(op, code)
         if observer is not None:
             elapsed = trio.current_time() - started
             observer.operation_done(op, True, "ok", (), elapsed, elapsed, polls)
@@ -577,7 +582,9 @@ class Provisioner:
             from fleet.cmp import messages
 
             msg = messages.decode(rec.response)
-            extra = tuple(msg.extra_certs) + tuple(getattr(msg.body, "ca_pubs", ()) or ())
+            extra = tuple(msg.extra_certs)
+            if is_mac_algorithm(msg.header.protection_alg or b""):  # RFC 9483 §4.1.1, as the client
+                extra += tuple(getattr(msg.body, "ca_pubs", ()) or ())
         key = await trio.to_thread.run_sync(self._device_key, dev) if dev.csr is None else None
         await trio.to_thread.run_sync(self._write_files, dev, rec.certificate, extra, key)
 
@@ -765,7 +772,7 @@ def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats |
             "provisioned": stats.provisioned, "skipped_confirmed": stats.skipped, "failed": stats.failed,
             "retries": stats.retries, "orphans_revoked": stats.orphans_revoked,
             "possible_orphans": stats.possible_orphans, "seconds": round(stats.elapsed, 3),
-            "journal_commits": stats.commits,
+            "journal_commits": stats.commits, "warnings": dict(stats.warnings),
         }
     summary["results"] = rows
     return summary
