@@ -375,6 +375,14 @@ class CmpHttpClient:
             self._open -= 1
             conn.sock.close()
 
+    async def probe(self, deadline: float | None = None) -> None:
+        """Open one connection (TCP, and TLS for https) and close it, sending nothing: whether the
+        CA can be reached at all, before a run or by ``fleet doctor``. Raises ``ConnectError``
+        (kind ``tls`` for a failed handshake) or ``ConnectTimeout``."""
+        conn = await self._connect(deadline)
+        self._open -= 1
+        conn.sock.close()
+
     async def _connect(self, deadline: float | None = None) -> _Conn:
         stream: trio.abc.Stream | None = None
         connect_deadline = trio.current_time() + self.connect_timeout

@@ -25,6 +25,7 @@ from fleet.cmp.client import WARNINGS
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
+from fleet.http.client import CmpHttpClient
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
@@ -36,6 +37,7 @@ from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
 from fleet.runtime import tune_gc
+from fleet.transport import TransportError
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
 
@@ -56,6 +58,7 @@ class RunOptions:
     metrics_port: int | None = None
     ca_dir: Path | None = None
     path: str | None = None
+    keep_going: bool = False  # run even when the CA cannot be reached at the start
 
 
 @dataclass
@@ -431,9 +434,25 @@ def cap_connections(profile: Profile, out: TextIO) -> Profile:
     return profile
 
 
+def reachable(url: str, timeout: float) -> None:
+    """Refuse to start a run against a CA that cannot be connected to (one line, nothing sent):
+    otherwise every arrival of the whole duration would fail with the same connect error."""
+    client = CmpHttpClient(url, connect_timeout=timeout)
+
+    async def probe() -> None:
+        await client.probe()
+
+    try:
+        trio.run(probe)
+    except TransportError as exc:
+        raise RunError(f"CA unreachable, nothing sent: {exc} (--keep-going runs anyway)") from None
+
+
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
+    if options.server is not None and not options.keep_going:
+        reachable(options.server, min(10.0, profile.transaction_timeout))  # before minutes of RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
