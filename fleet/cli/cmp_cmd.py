@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.bounds import COUNT, POSITIVE
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import ProxyOpt, bounded, examples
 from fleet.cmp import genm, oids
 from fleet.cmp.client import WARNINGS, ClientConfig, ClientTransaction, Done
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
@@ -173,6 +173,7 @@ class CmpOptions:
     tls_trusted: TlsTrusted = None
     tls_cert: TlsCert = None
     tls_key: TlsKey = None
+    proxy: ProxyOpt = None
     implicit_confirm: Implicit = False
     cert_profile: CertProfile = None
     certout: CertOut = None
@@ -285,7 +286,8 @@ def _run(options: CmpOptions, request: Request) -> Done:
 
     async def go() -> Done:
         async with CmpHttpClient(
-            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls
+            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls,
+            proxy=options.proxy,
         ) as client:
             path = None
             if options.profile or options.operation_paths:

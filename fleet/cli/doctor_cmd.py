@@ -33,7 +33,7 @@ from fleet.cli.cmp_cmd import (
     TlsTrusted,
     Trusted,
 )
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import ProxyOpt, bounded, examples
 from fleet.cmp import genm, messages, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction
 from fleet.cmp.errors import CmpError, UnverifiedRefusal
@@ -89,6 +89,7 @@ def doctor(
     tls_trusted: TlsTrusted = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    proxy: ProxyOpt = None,
     timeout: Timeout = 10.0,
     profile: Annotated[Path | None, typer.Option("--profile", metavar="FILE", help="Load profile whose max_in_flight and max_connections to check the file descriptor limit against.")] = None,
     max_in_flight: Annotated[int | None, typer.Option("--max-in-flight", callback=bounded(COUNT), help="Transactions in flight to plan for (default: the --profile's, else 1000).")] = None,
@@ -102,7 +103,8 @@ def doctor(
         print("note  no --server: the CA was not checked")
     else:
         options = CmpOptions(server=server, ref=ref, secret=secret, cert=cert, key=key, trusted=trusted,
-                             tls_trusted=tls_trusted, tls_cert=tls_cert, tls_key=tls_key, timeout=timeout)
+                             tls_trusted=tls_trusted, tls_cert=tls_cert, tls_key=tls_key, timeout=timeout,
+                             proxy=proxy)
         _check_ca(report, options)
     summary = f"{report.failed} failed, {report.warned} warnings"
     print(f"doctor: {summary}" if report.failed or report.warned else "doctor: all checks passed")
@@ -132,7 +134,7 @@ def _check_ca(report: Report, options: CmpOptions) -> None:
     tls = options.ssl_context()
     https = options.server.lower().startswith("https://")
     client = CmpHttpClient(options.server, max_connections=1, request_timeout=options.timeout,
-                           connect_timeout=min(options.timeout, 10.0), ssl_context=tls)
+                           connect_timeout=min(options.timeout, 10.0), ssl_context=tls, proxy=options.proxy)
     try:
         trio.run(client.probe)
     except TransportError as exc:
@@ -161,7 +163,7 @@ def _check_ca(report: Report, options: CmpOptions) -> None:
 
     async def round_trip() -> object:
         async with CmpHttpClient(options.server, max_connections=1, request_timeout=options.timeout,
-                                 ssl_context=tls) as http:
+                                 ssl_context=tls, proxy=options.proxy) as http:
             recorder = _Recording(http, seen.append)
             return await run_transaction(recorder, tx, timeout=options.timeout)
 

@@ -16,7 +16,7 @@ import trio
 import typer
 
 from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import ProxyOpt, bounded, examples
 from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.load.metrics import FleetMetrics
@@ -64,6 +64,7 @@ def provision(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve Prometheus /metrics on this port while provisioning.")] = None,
     metrics_host: Annotated[str | None, typer.Option("--metrics-host", metavar="ADDR", help="Address /metrics binds to (default: $FLEET_METRICS_HOST, else 127.0.0.1; 0.0.0.0 exposes it to the network).")] = None,
+    proxy: ProxyOpt = None,
 ) -> None:
     """Enroll every device listed in MANIFEST (CSV or JSON Lines); rerun the same command to resume.
 
@@ -122,7 +123,7 @@ def provision(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=metrics,
+        observer=metrics, proxy=proxy,
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)

@@ -5,7 +5,7 @@ that end each command's help."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -32,4 +32,7 @@ def examples(*commands: str) -> str:
     return "\b\nExamples:\n" + body
 
 
-__all__ = ["bounded", "examples"]
+# --proxy, the same for every command that talks to a CA.
+ProxyOpt = Annotated[str | None, typer.Option("--proxy", metavar="URL", help='http://[user:password@]host:port proxy to reach the CA through (CONNECT for https://); default $HTTPS_PROXY/$HTTP_PROXY unless $NO_PROXY lists the host; "" for none.')]
+
+__all__ = ["ProxyOpt", "bounded", "examples"]

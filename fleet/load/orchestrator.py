@@ -59,6 +59,7 @@ class RunOptions:
     ca_dir: Path | None = None
     path: str | None = None
     keep_going: bool = False  # run even when the CA cannot be reached at the start
+    proxy: str | None = None  # --proxy; None: from the environment
 
 
 @dataclass
@@ -153,6 +154,7 @@ class WorkerSetup:
     mode: str
     path: str | None = None
     metrics_port: int | None = None
+    proxy: str | None = None
 
 
 def _build_run(setup: WorkerSetup) -> WorkerRun:
@@ -172,7 +174,7 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
-    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
+    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path, setup.proxy)
     run = WorkerRun(plan, devices, observer=metrics)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
@@ -434,10 +436,10 @@ def cap_connections(profile: Profile, out: TextIO) -> Profile:
     return profile
 
 
-def reachable(url: str, timeout: float) -> None:
+def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
     """Refuse to start a run against a CA that cannot be connected to (one line, nothing sent):
     otherwise every arrival of the whole duration would fail with the same connect error."""
-    client = CmpHttpClient(url, connect_timeout=timeout)
+    client = CmpHttpClient(url, connect_timeout=timeout, proxy=proxy)
 
     async def probe() -> None:
         await client.probe()
@@ -452,7 +454,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
     if options.server is not None and not options.keep_going:
-        reachable(options.server, min(10.0, profile.transaction_timeout))  # before minutes of RSA keygen
+        reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
@@ -489,7 +491,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
-                options.path, options.metrics_port,
+                options.path, options.metrics_port, options.proxy,
             )
             for w in range(workers)
         ]

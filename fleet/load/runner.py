@@ -41,6 +41,7 @@ class WorkerPlan:
     segment: Segment
     worker: int = 0
     path: str | None = None
+    proxy: str | None = None  # None: from the environment (fleet.http.proxy)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class WorkerRun:
             self.plan.url,
             max_connections=self.profile.max_connections,
             request_timeout=self.profile.transaction_timeout,
+            proxy=self.plan.proxy,
         )
 
     async def run(self) -> RunResults:

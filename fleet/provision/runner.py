@@ -106,6 +106,7 @@ class ProvisionOptions:
     progress_interval: float = 1.0
     seed: int | None = None  # jitter
     observer: Observer | None = None  # fleet.load.metrics.FleetMetrics, or None
+    proxy: str | None = None  # None: from the environment (fleet.http.proxy)
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ class Provisioner:
 
     def _http_transport(self) -> CmpHttpClient:
         return CmpHttpClient(self.options.server, max_connections=max(1, self.options.concurrency),
-                             request_timeout=self.options.timeout)
+                             request_timeout=self.options.timeout, proxy=self.options.proxy)
 
     # -- the run ----------------------------------------------------------------------------
 
