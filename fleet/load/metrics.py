@@ -36,6 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from fleet.cmp.client import WARNINGS
 from fleet.load.histogram import BUCKET_UPPER_S, LatencyHistogram
 from fleet.load.runner import WorkerRun
 from fleet.prometheus import Endpoint, bounded
@@ -286,6 +287,8 @@ class FleetMetrics(Endpoint):
             if self.clock_offset is None:
                 self._clock_sync()
             child = self._started[op] = self.started.labels(self.worker, bounded(self._ops, op))
+            for code in WARNINGS:  # at 0 from the start: "none" is an answer, "no data" is not
+                self._warning[(op, code)] = self.warnings.labels(self.worker, bounded(self._ops, op), code)
         child.inc()
 
     def operation_done(
