@@ -67,6 +67,7 @@ from fleet.files import CredentialError, load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.http.errors import HttpStatusError
 from fleet.observe import Observer
+from fleet.pkcs11 import Token, token_curve
 from fleet.provision import outputs
 from fleet.provision.journal import (
     DeviceRecord,
@@ -107,6 +108,7 @@ class ProvisionOptions:
     seed: int | None = None  # jitter
     observer: Observer | None = None  # fleet.load.metrics.FleetMetrics, or None
     proxy: str | None = None  # None: from the environment (fleet.http.proxy)
+    token: Token | None = None  # new device keys live in this PKCS#11 token, labelled by device id
 
 
 @dataclass(frozen=True)
@@ -423,9 +425,12 @@ class Provisioner:
 
     def _load_or_make_key(self, dev: DeviceSpec) -> PrivateKey:
         """Reuse a key already on disk (a crash after writing it), else make and store one."""
+        assert dev.key_type is not None
+        token = self.options.token
+        if token is not None:  # found by its label after a crash: reused, never made twice
+            return token.key_or_new(dev.id, token_curve(dev.key_type))
         key = outputs.load_key(self.options.out, dev.id, self.options.key_pass)
         if key is None:
-            assert dev.key_type is not None
             key = dev.key_type.generate()
             outputs.store_key(self.options.out, dev.id, key, self.options.key_pass)
         return key
@@ -433,6 +438,8 @@ class Provisioner:
     def _device_key(self, dev: DeviceSpec) -> PrivateKey | None:
         if dev.csr is not None:
             return dev.csr_key
+        if self.options.token is not None:
+            return self.options.token.key(dev.id)
         return outputs.load_key(self.options.out, dev.id, self.options.key_pass)
 
     async def _abandon_sent(self, dev: DeviceSpec, rec: DeviceRecord, why: str) -> None:
@@ -571,6 +578,8 @@ class Provisioner:
     def _write_files(self, dev: DeviceSpec, cert_der: bytes, candidates: tuple[bytes, ...],
                      key: PrivateKey | None) -> None:
         inter, roots = outputs.split_chain(cert_der, (*candidates, *self._trusted_der))
+        if self.options.token is not None and key is not None:
+            self.options.token.store_certificate(dev.id, cert_der)  # beside its key, as --out's copy
         outputs.write_certificate(self.options.out, dev.id, cert_der, inter, roots, key=key,
                                   p12_password=self.options.key_pass, p12=self.options.p12)
 
