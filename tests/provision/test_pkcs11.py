@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from provision_helpers import CaProcess, mac_manifest, provision_argv
+from provision_helpers import CaProcess, mac_manifest, provision_argv, secret_for
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 not installed (pip install 'fleet[hsm]')")
 
@@ -179,3 +179,34 @@ def test_p12_and_key_pass_are_refused_with_a_token(hsm: SoftHsm, tmp_path: Path)
                            capture_output=True, text=True, env=hsm.env, timeout=60, check=False)
     line = wrong.stderr.strip().splitlines()[-1]
     assert wrong.returncode == 1 and line == "fleet: error: wrong PIN for PKCS#11 token 'fleet-test'", wrong.stderr
+
+
+def test_fleet_cmp_ir_and_kur_with_token_keys(hsm: SoftHsm, tmp_path: Path) -> None:
+    """ir makes --newkey in the token (its POP signed there); kur is signed with that token key
+    (--key is a label) and certifies a second token key; both certificates go back to the token."""
+    ca = CaProcess(tmp_path)
+    try:
+        def cmp(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-m", "fleet.cli.main", "cmp", *args, "--server", ca.url,
+                                   *hsm.args()], capture_output=True, text=True, env=hsm.env, cwd=tmp_path,
+                                  timeout=120, check=False, stdin=subprocess.DEVNULL)
+
+        ir = cmp("ir", "--ref", "d0000", "--secret", f"pass:{secret_for('d0000')}", "--subject", "/CN=hsm-1",
+                 "--newkey", "hsm-1", "--certout", "one.pem", "--chainout", "chain.pem")
+        assert ir.returncode == 0, ir.stderr
+        assert not (tmp_path / "hsm-1").exists()  # a label, not a key file
+        kur = cmp("kur", "--cert", "one.pem", "--key", "hsm-1", "--trusted", str(ca.root_path),
+                  "--untrusted", "chain.pem", "--newkey", "hsm-2", "--certout", "two.pem")
+        assert kur.returncode == 0, kur.stderr
+        objects = hsm.objects()
+        out = tmp_path / "certs"
+        for label, pem in (("hsm-1", "one.pem"), ("hsm-2", "two.pem")):
+            (out / label).mkdir(parents=True)
+            shutil.copy(tmp_path / pem, out / label / "cert.pem")
+            check_device(hsm, objects, out, label)
+        missing = cmp("kur", "--cert", "two.pem", "--key", "no-such-key", "--trusted", str(ca.root_path),
+                      "--newkey", "hsm-3")
+        assert missing.returncode == 1
+        assert missing.stderr.strip() == "fleet: error: --key: no key labelled 'no-such-key' in PKCS#11 token 'fleet-test'"
+    finally:
+        ca.stop()
