@@ -1,10 +1,12 @@
-"""Write fleet-run.json and fleet-ca.json (Grafana 10+ dashboards) from the panel lists below.
+"""Write fleet-run.json, fleet-ca.json and fleet-provision.json (Grafana 10+ dashboards) with
+Grafana's own Python SDK (``grafana-foundation-sdk``): the schema is Grafana's, not hand-written.
 
 Run ``python3 dashboards/build.py`` after editing; tests/test_metrics.py checks the JSON files
-are what this script writes. Every quantile is ``histogram_quantile`` over buckets summed
-``by (le)`` (and by operation or body) across all fleet processes: never an average of
-per-process quantiles. The datasource is the ``datasource`` dashboard variable, so the JSON
-imports into any Grafana 10+ without edits.
+are what this script writes and tests/test_prometheus_e2e.py evaluates every panel's query in a
+real Prometheus. Every quantile is ``histogram_quantile`` over buckets summed ``by (le)`` (and by
+operation or body) across all fleet processes: never an average of per-process quantiles. The
+datasource is the ``datasource`` dashboard variable, so the JSON imports into any Grafana 10+
+without edits.
 """
 
 from __future__ import annotations
@@ -14,20 +16,34 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as cm
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+
 HERE = Path(__file__).resolve().parent
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RI = "$__rate_interval"
 W = 'worker=~"$worker", job=~"$job"'  # the run dashboard's selector
 CA = 'job=~"$job"'
+PROV = 'worker="provision", job=~"$job"'  # fleet provision --metrics-port labels its worker so
+
+Panel = timeseries.Panel | stat.Panel | dashboard.Row
 
 
-def target(expr: str, legend: str = "", ref: str = "A") -> dict[str, Any]:
+def target(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
     """A range query (stat panels too: they show the last value, which stays after the run's
     series went stale)."""
-    return {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref, "range": True, "instant": False}
+    return prometheus.Dataquery().datasource(DS).expr(expr).legend_format(legend or "__auto").ref_id(ref).range()
 
 
-def quantiles(metric: str, by: str, selector: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> list[dict[str, Any]]:
+def quantiles(metric: str, by: str, selector: str, qs: tuple[float, ...] = (0.5, 0.9, 0.99)) -> list[prometheus.Dataquery]:
     """p50/p90/p99 from summed buckets of all processes."""
     by_clause = f"le, {by}" if by else "le"
     return [
@@ -40,92 +56,63 @@ def quantiles(metric: str, by: str, selector: str, qs: tuple[float, ...] = (0.5,
     ]
 
 
-def panel(title: str, targets: list[dict[str, Any]], *, unit: str = "short", kind: str = "timeseries",
-          desc: str = "", w: int = 12, h: int = 8, stack: bool = False) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "type": kind,
-        "title": title,
-        "description": desc,
-        "datasource": DS,
-        "targets": targets,
-        "fieldConfig": {"defaults": {"unit": unit, "noValue": "0"}, "overrides": []},
-        "options": {},
-        "gridPos": {"w": w, "h": h},
-    }
-    if kind == "timeseries":
-        p["fieldConfig"]["defaults"]["custom"] = {
-            "drawStyle": "line", "lineWidth": 1, "fillOpacity": 10 if stack else 0, "showPoints": "never",
-            "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-        }
-        p["options"] = {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max", "lastNotNull"]},
-                        "tooltip": {"mode": "multi", "sort": "desc"}}
-    elif kind == "stat":
-        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "value", "graphMode": "none", "textMode": "auto"}
+def panel(title: str, targets: list[prometheus.Dataquery], *, unit: str = "short", kind: str = "timeseries",
+          desc: str = "", w: int = 12, h: int = 8, stack: bool = False) -> timeseries.Panel | stat.Panel:
+    if kind == "stat":
+        p: timeseries.Panel | stat.Panel = (
+            stat.Panel()
+            .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).fields("").values(False))
+            .color_mode(cm.BigValueColorMode.VALUE).graph_mode(cm.BigValueGraphMode.NONE)
+            .text_mode(cm.BigValueTextMode.AUTO)
+        )
+    else:
+        p = (
+            timeseries.Panel()
+            .draw_style(cm.GraphDrawStyle.LINE).line_width(1).fill_opacity(10 if stack else 0)
+            .show_points(cm.VisibilityMode.NEVER)
+            .stacking(common.StackingConfig().mode(cm.StackingMode.NORMAL if stack else cm.StackingMode.NONE).group("A"))
+            .legend(common.VizLegendOptions().display_mode(cm.LegendDisplayMode.TABLE).placement(cm.LegendPlacement.BOTTOM)
+                    .calcs(["mean", "max", "lastNotNull"]).show_legend(True))
+            .tooltip(common.VizTooltipOptions().mode(cm.TooltipDisplayMode.MULTI).sort(cm.SortOrder.DESCENDING))
+        )
+    p = p.title(title).datasource(DS).unit(unit).no_value("0").span(w).height(h)
+    if desc:
+        p = p.description(desc)
+    for t in targets:
+        p = p.with_target(t)
     return p
 
 
-def row(title: str) -> dict[str, Any]:
-    return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
+def row(title: str) -> dashboard.Row:
+    return dashboard.Row(title)
 
 
-def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") -> dict[str, Any]:
-    return {
-        "name": name, "label": label, "type": "query", "datasource": DS,
-        "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
-        "refresh": 2, "multi": True, "includeAll": True, "allValue": all_value,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-        "sort": 3, "hide": 0, "options": [], "regex": "",
-    }
+def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable(name).label(label).datasource(DS).query(query).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True).include_all(True).all_value(all_value).sort(VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+        .current(VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
 
 
-def dashboard(uid: str, title: str, desc: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]]) -> dict[str, Any]:
-    x = y = 0
-    row_h = 0
+def dashboard_of(uid: str, title: str, desc: str, panels: list[Panel], variables: list[dashboard.QueryVariable]) -> Any:
+    """The dashboard, laid out by the SDK (rows full width, panels left to right); ids in order."""
+    d = (
+        dashboard.Dashboard(title).uid(uid).description(desc).tags(["fleet", "cmp", "pki"]).editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR).refresh("5s").time("now-15m", "now").timezone("")
+        .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
+    )
+    for v in variables:
+        d = d.with_variable(v)
     for i, p in enumerate(panels, start=1):
-        p["id"] = i
-        g = p["gridPos"]
-        if p["type"] == "row" or x + g["w"] > 24:
-            x, y = 0, y + row_h
-            row_h = 0
-        g["x"], g["y"] = x, y
-        x += g["w"]
-        row_h = max(row_h, g["h"])
-        if p["type"] == "row":
-            x, y, row_h = 0, y + 1, 0
-    datasource = {
-        "name": "datasource", "label": "Prometheus", "type": "datasource", "query": "prometheus",
-        "current": {}, "hide": 0, "includeAll": False, "multi": False, "options": [], "refresh": 1, "regex": "",
-    }
-    return {
-        "__requires": [
-            {"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"},
-            {"type": "datasource", "id": "prometheus", "name": "Prometheus", "version": "1.0.0"},
-            {"type": "panel", "id": "timeseries", "name": "Time series", "version": ""},
-            {"type": "panel", "id": "stat", "name": "Stat", "version": ""},
-        ],
-        "uid": uid,
-        "title": title,
-        "description": desc,
-        "tags": ["fleet", "cmp", "pki"],
-        "editable": True,
-        "graphTooltip": 1,
-        "schemaVersion": 38,
-        "version": 1,
-        "refresh": "5s",
-        "time": {"from": "now-15m", "to": "now"},
-        "timepicker": {},
-        "timezone": "",
-        "annotations": {"list": []},
-        "links": [],
-        "templating": {"list": [datasource, *variables]},
-        "panels": panels,
-    }
+        p = p.id(i)
+        d = d.with_row(p) if isinstance(p, dashboard.Row) else d.with_panel(p)
+    return d.build()
 
 
-def fleet_run() -> dict[str, Any]:
+def fleet_run() -> Any:
     ok = f'result="ok", {W}'
-    panels = [
+    panels: list[Panel] = [
         row("Throughput"),
         panel("Run-average throughput (as in fleet's report)", [target(
             f"sum by (operation) (last_over_time(fleet_transactions_completed_total{{{ok}}}[$__range]))"
@@ -193,12 +180,12 @@ def fleet_run() -> dict[str, Any]:
         variable_query("job", "Job", "label_values(fleet_run_info, job)"),
         variable_query("worker", "Worker", 'label_values(fleet_run_info{job=~"$job"}, worker)'),
     ]
-    return dashboard("fleet-run", "fleet run", "A fleet capacity test: throughput, latency from intended start, errors, schedule, key pools, per worker.",
+    return dashboard_of("fleet-run", "fleet run", "A fleet capacity test: throughput, latency from intended start, errors, schedule, key pools, per worker.",
                      panels, variables)
 
 
-def fleet_ca() -> dict[str, Any]:
-    panels = [
+def fleet_ca() -> Any:
+    panels: list[Panel] = [
         row("Requests"),
         panel("Certificates issued (selected range)", [target(f"sum(increase(fleet_ca_certificates_issued_total{{{CA}}}[$__range]))", "issued")],
               kind="stat", w=6),
@@ -235,15 +222,54 @@ def fleet_ca() -> dict[str, Any]:
         ], unit="reqps"),
     ]
     variables = [variable_query("job", "Job", "label_values(fleet_ca_requests_in_progress, job)")]
-    return dashboard("fleet-ca", "fleet embedded CA", "fleet's embedded CMP CA (fleet ca serve --metrics-port): requests, issuance, processing time, queue.",
+    return dashboard_of("fleet-ca", "fleet embedded CA", "fleet's embedded CMP CA (fleet ca serve --metrics-port): requests, issuance, processing time, queue.",
                      panels, variables)
 
 
-def render(d: dict[str, Any]) -> str:
-    return json.dumps(d, indent=2) + "\n"
+def fleet_provision() -> Any:
+    ok = f'result="ok", {PROV}'
+    panels: list[Panel] = [
+        row("Devices"),
+        panel("Enrollments confirmed", [target(
+            f"sum by (operation) (last_over_time(fleet_transactions_completed_total{{{ok}}}[$__range]))", "{{operation}}")],
+            kind="stat", w=6, desc="Transactions that ended with a confirmed certificate in this run (the counter's last value)."),
+        panel("Attempts failed", [target(
+            f'sum by (operation) (last_over_time(fleet_transactions_completed_total{{result="failed", {PROV}}}[$__range]))',
+            "{{operation}}")], kind="stat", w=6,
+            desc="Attempts that failed; transient ones are retried with backoff (summary.json has each device's outcome)."),
+        panel("Enrollments per second", [target(
+            f"sum by (operation, result) (rate(fleet_transactions_completed_total{{{PROV}}}[{RI}]))", "{{operation}} {{result}}")],
+            unit="reqps"),
+        panel("In flight (bounded by --concurrency)", [target(
+            f"sum(rate(fleet_transactions_started_total{{{PROV}}}[{RI}]))", "started per s", "A")], unit="reqps"),
+        row("Latency and errors"),
+        panel("Enrollment time (p50/p90/p99)", quantiles("fleet_transaction_service_seconds", "operation", ok), unit="s",
+              desc="From a device's first request to its pkiConf, polling included."),
+        panel("HTTP round trip p99 by request body", quantiles("fleet_exchange_seconds", "body", PROV, (0.99,)), unit="s"),
+        panel("Errors by kind", [target(f"sum by (operation, kind) (rate(fleet_transaction_errors_total{{{PROV}}}[{RI}]))",
+                                        "{{operation}} {{kind}}")], unit="reqps", stack=True,
+              desc="CMP refusals, protocol checks and transport errors; retried devices show up once per attempt."),
+        panel("Refusals by PKIFailureInfo", [target(
+            f"sum by (operation, fail_info) (rate(fleet_transaction_fail_info_total{{{PROV}}}[{RI}]))",
+            "{{operation}} {{fail_info}}")], unit="reqps", stack=True),
+        panel("Polls (CA answered 'waiting')", [target(f"sum by (operation) (rate(fleet_polls_total{{{PROV}}}[{RI}]))",
+                                                       "{{operation}}")], unit="reqps"),
+        panel("CA habits accepted (warnings)", [target(
+            f"sum by (warning) (last_over_time(fleet_transaction_warnings_total{{{PROV}}}[$__range]))", "{{warning}}")],
+            kind="stat", w=12, desc="caPubs ignored under signature protection, clock skew, unknown generalInfo... "
+                                    "(docs/strictness.md). Enrollments succeeded; the CA's habit is worth a look."),
+    ]
+    variables = [variable_query("job", "Job", 'label_values(fleet_transactions_started_total{worker="provision"}, job)')]
+    return dashboard_of("fleet-provision", "fleet provision", "A fleet provision run (--metrics-port): devices enrolled, "
+                        "enrollment time, errors, CA habits.", panels, variables)
 
 
-OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca}
+def render(d: Any) -> str:
+    text = JSONEncoder(sort_keys=False, indent=2).encode(d)
+    return json.dumps(json.loads(text), indent=2) + "\n"
+
+
+OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca, "fleet-provision.json": fleet_provision}
 
 
 def main() -> None:

@@ -95,6 +95,8 @@ async def _drive(
             response = await transport.post(event.data, path=path, deadline=deadline)
             on_exchange(event, trio.current_time() - sent_at)
         body = response.body
+        if getattr(response, "status", 200) != 200:
+            tx.warn("http_status")  # a CMP body with another status: accepted, reported
         event = tx.receive(body)
         if (
             before_confirm is not None

@@ -35,3 +35,7 @@ class Observer(Protocol):
 
     def exchange(self, op: str, body: str, seconds: float) -> None:
         """One request/response round trip of ``op``, by the request's body type."""
+
+    def warning(self, op: str, code: str) -> None:
+        """A habit of the CA accepted in a successful ``op`` (a ``fleet.cmp.client.WARNINGS``
+        code), such as caPubs ignored under signature protection."""

@@ -286,6 +286,9 @@ def render_html(report: dict[str, Any]) -> str:
         cells = [_fmt_seconds(q[k]) if q.get(k) is not None else "–" for k in ("p50", "p90", "p99", "p99.9", "max")]
         errors = ", ".join(f"{k} {v}" for k, v in sorted((s.get("errors") or {}).items(), key=lambda kv: -kv[1]))
         fail = ", ".join(f"{k} {v}" for k, v in sorted((s.get("fail_info") or {}).items(), key=lambda kv: -kv[1]))
+        warned = ", ".join(f"{k} {v}" for k, v in sorted((s.get("warnings") or {}).items(), key=lambda kv: -kv[1]))
+        if warned:
+            fail = (fail + "; " if fail else "") + "warnings: " + warned
         rate = s.get("ok", 0) / elapsed if elapsed else 0.0
         out.append(f"<tr><td>{_e(op)}</td><td>{_e(s.get('ok', 0))}</td><td>{_e(s.get('failed', 0))}</td><td>{rate:.1f}</td>"
                    + "".join(f"<td>{_e(c)}</td>" for c in cells)

@@ -132,6 +132,15 @@ def make_test_pki(dir: Path, days: int = 365) -> TestPki:
     )
 
 
+def rogue_root(folder: Path) -> Path:
+    """A self-signed CA certificate nobody trusts (``folder/rogue.crt``), as an attacker's caPubs."""
+    _openssl(["req", "-x509", *_EC, "-keyout", "rogue.key", "-out", "rogue.crt", "-days", "30",
+              "-subj", "/CN=Rogue Root", "-addext", "basicConstraints=critical,CA:TRUE", "-config", os.devnull],
+             folder)
+    (folder / "rogue.key").chmod(0o600)
+    return folder / "rogue.crt"
+
+
 # --------------------------------------------------------------------------------------------
 # Mock server
 # --------------------------------------------------------------------------------------------

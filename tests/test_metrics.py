@@ -27,7 +27,7 @@ from fleet.prometheus import LABEL_LIMIT, MetricsError
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {"worker", "operation", "result", "kind", "fail_info", "body", "key_type", "profile", "workers",
-                  "status", "code", "state", "le"}
+                  "status", "code", "state", "le", "warning"}  # warning: client.WARNINGS, a fixed set
 
 
 def _fed_fleet() -> FleetMetrics:
@@ -195,7 +195,7 @@ def _free_port() -> int:
 
 
 def _dashboards() -> list[tuple[str, dict]]:
-    return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json")]
+    return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json", "fleet-provision.json")]
 
 
 def test_dashboards_are_what_build_py_writes() -> None:
@@ -218,7 +218,7 @@ def _exposed_names() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca"])
+@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "provision"])
 def test_dashboard_structure(name: str, dash: dict) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

@@ -220,3 +220,55 @@ def test_every_dashboard_query_returns_data_and_throughput_matches_report(tmp_pa
         assert sorted(live)[len(live) // 2] == pytest.approx(sum(steady) / len(steady), rel=0.2)
     finally:
         prom.stop()
+
+
+def test_every_provisioning_dashboard_query_returns_data(tmp_path: Path) -> None:
+    """fleet provision of 60 MAC devices against fleet ca serve (some errors and 'waiting'
+    answers), scraped by a real Prometheus: every panel of fleet-provision.json has data, and the
+    confirmed count it shows is the run's."""
+    ca_port, metrics_port = _free_run(2), _free_run(1)
+    prom = Prometheus(tmp_path, [f"127.0.0.1:{metrics_port}"])
+    ca = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli.main", "ca", "serve", "--dir", str(tmp_path / "ca"), "--port", str(ca_port),
+         "--secret", "pass:demo", "--error-fraction", "0.1", "--waiting-fraction", "0.2", "--check-after", "0.2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        prom.wait_scraping(1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ca_port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and ca.poll() is None, "fleet ca serve did not start"
+                time.sleep(0.1)
+        manifest = tmp_path / "devices.csv"
+        manifest.write_text("id,subject,ref,secret\n" + "".join(
+            f"gnb-{i:03d},/CN=gnb-{i:03d},gnb-{i:03d},pass:demo\n" for i in range(60)))
+        t_start = time.time()
+        proc = subprocess.run(
+            [sys.executable, "-m", "fleet.cli.main", "provision", str(manifest), "--server",
+             f"http://127.0.0.1:{ca_port}/.well-known/cmp", "--out", str(tmp_path / "issued"), "--rate", "15",
+             "--concurrency", "4", "--backoff", "0.1", "--metrics-port", str(metrics_port)],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+            env=dict(os.environ, FLEET_METRICS_HOST="127.0.0.1"),
+        )
+        t_end = time.time()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = json.loads((tmp_path / "issued" / "summary.json").read_text())
+        assert summary["provisioned"] == 60 and summary["run"]["retries"] > 0  # the errors were retried
+        time.sleep(2 * SCRAPE)
+        window = t_end - t_start + 2
+        start, end = t_start - 1, t_end + 2
+        failures = [f"{name}: no data for {expr}"
+                    for name, expr in _queries(ROOT / "dashboards" / "fleet-provision.json", window)
+                    if not _values(prom.range(expr, start, end))]
+        assert not failures, "\n".join(failures)
+        confirmed = next(e for n, e in _queries(ROOT / "dashboards" / "fleet-provision.json", window)
+                         if "Enrollments confirmed" in n)
+        assert _values(prom.range(confirmed, start, end))[-1] == 60
+    finally:
+        ca.terminate()
+        ca.wait(15)
+        prom.stop()

@@ -65,6 +65,7 @@ def test_no_reference_to_files_outside_the_repository() -> None:
         for path in _sources("fleet", "tests", "bench")
         for line, text in _texts(path)
         for match in OUTSIDE.finditer(text)
+        if not (ROOT / match.group(0)).is_file()  # docs/ of this repository is inside it
     ]
     assert not found, "\n".join(found)
 

@@ -7,6 +7,7 @@ import functools
 import inspect
 import os
 import ssl
+import sys
 import tempfile
 import typing
 from collections.abc import Callable
@@ -19,9 +20,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.bounds import COUNT, POSITIVE
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import Pkcs11Module, Pkcs11Pin, Pkcs11Token, ProxyOpt, bounded, examples
 from fleet.cmp import genm, oids
-from fleet.cmp.client import ClientConfig, ClientTransaction, Done
+from fleet.cmp.client import WARNINGS, ClientConfig, ClientTransaction, Done
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
 from fleet.cmp.protection import (
     DEFAULT_MAX_PBM_ITERATIONS,
@@ -49,6 +50,7 @@ from fleet.files import (
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
+from fleet.pkcs11 import Token, token_curve
 from fleet.secrets import read_secret
 
 app = typer.Typer(
@@ -172,6 +174,10 @@ class CmpOptions:
     tls_trusted: TlsTrusted = None
     tls_cert: TlsCert = None
     tls_key: TlsKey = None
+    proxy: ProxyOpt = None
+    pkcs11_module: Pkcs11Module = None
+    pkcs11_token: Pkcs11Token = None
+    pkcs11_pin: Pkcs11Pin = None
     implicit_confirm: Implicit = False
     cert_profile: CertProfile = None
     certout: CertOut = None
@@ -192,6 +198,13 @@ class CmpOptions:
                 raise UsageError("--sender is for MAC protection: a signed request names the --cert subject (RFC 9483 §3.1)")
             password = read_secret(self.keypass) if self.keypass else None
             leaf, *rest = load_certificates(self.cert)
+            token = self.token
+            if token is not None:  # --key names a key in the token
+                signer_key = token.key(str(self.key))
+                if signer_key is None:
+                    raise UsageError(f"--key: no key labelled {str(self.key)!r} in PKCS#11 token {token.label!r}")
+                chain = signer_chain(leaf, [*rest, *self.untrusted_certs(), *self.anchors()])
+                return SignatureProtector(signer_key, leaf, chain)
             extra = load_certificates(self.extracerts) if self.extracerts else []
             # RFC 9483 §3.3: the protection certificate, then as much of its chain as is known.
             chain = signer_chain(leaf, [*rest, *self.untrusted_certs(), *self.anchors()], extra=extra)
@@ -210,6 +223,15 @@ class CmpOptions:
             mac=self.mac,
             sender_name=parse_name(self.sender).public_bytes() if self.sender is not None else None,
         )
+
+    @functools.cached_property
+    def token(self) -> Token | None:
+        """The PKCS#11 token that holds --key and --newkey (by label), when --pkcs11-module is given."""
+        if self.pkcs11_module is None:
+            return None
+        if self.pkcs11_token is None or self.pkcs11_pin is None:
+            raise UsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-pin")
+        return Token(self.pkcs11_module, self.pkcs11_token, self.pkcs11_pin)
 
     def config(self) -> ClientConfig:
         if self.mode not in ("lcmpp", "3gpp"):
@@ -284,7 +306,8 @@ def _run(options: CmpOptions, request: Request) -> Done:
 
     async def go() -> Done:
         async with CmpHttpClient(
-            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls
+            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls,
+            proxy=options.proxy,
         ) as client:
             path = None
             if options.profile or options.operation_paths:
@@ -292,7 +315,10 @@ def _run(options: CmpOptions, request: Request) -> Done:
                 path = cmp_path(client.base_path, profile=options.profile, operation=op)
             return await run_transaction(client, tx, path=path, timeout=options.timeout)
 
-    return trio.run(go)
+    done = trio.run(go)
+    for code in done.warnings:
+        print(f"fleet cmp: warning: {WARNINGS[code]}", file=sys.stderr)
+    return done
 
 
 def _check_paths(outputs: dict[str, Path | None], inputs: dict[str, Path | None]) -> None:
@@ -336,6 +362,11 @@ def _write_outputs(options: CmpOptions, done: Done, kind: str, unsaved_key: Priv
         planned.append(("--chainout", options.chainout, done.chain))
     if options.cacertsout and anchors:
         planned.append(("--cacertsout", options.cacertsout, anchors))
+    elif options.cacertsout and done.certificate is not None:
+        why = ("the CA sent caPubs under signature protection, which are never trusted (RFC 9483 §4.1.1);"
+               " get the root out of band or with 'fleet cmp genm --infotype caCerts' and check it"
+               if "capubs_ignored" in done.warnings else "the response carried no caPubs")
+        print(f"fleet cmp: --cacertsout {str(options.cacertsout)!r} not written: {why}", file=sys.stderr)
     failures = []
     for flag, path, certs in planned:
         try:
@@ -402,8 +433,12 @@ def _cert_request(
     kind: BodyType, options: CmpOptions, *, newkey: Path | None, newkey_type: str, newkeypass: str | None,
     subject: str | None, sans: str | None, old_cert: x509.Certificate | None = None, oldcert: Path | None = None,
 ) -> None:
-    existing_key = newkey if newkey is not None and newkey.exists() else None
-    _check_paths(_output_paths(options, newkey), _input_paths(options, newkey=existing_key, oldcert=oldcert))
+    in_token = options.pkcs11_module is not None  # --newkey is then a label in the token
+    existing_key = newkey if newkey is not None and newkey.exists() and not in_token else None
+    _check_paths(_output_paths(options, None if in_token else newkey),
+                 _input_paths(options, newkey=existing_key, oldcert=oldcert))
+    if in_token and newkey is None:
+        raise UsageError("with --pkcs11-module, --newkey names the key's label in the token")
     # Names first: a typo in --subject or --sans must not leave a new key file behind.
     subject_name = parse_name(subject) if subject else None
     san_names = parse_sans(sans)
@@ -411,14 +446,20 @@ def _cert_request(
         raise UsageError("give --subject and/or --sans for the new certificate")
     if options.sender is not None:
         parse_name(options.sender)  # a typo in --sender too
-    key = _new_key(newkey, newkey_type, newkeypass)
+    token = options.token
+    if token is not None:
+        key: PrivateKey = token.key_or_new(str(newkey), token_curve(KeySpec.parse(newkey_type)))
+    else:
+        key = _new_key(newkey, newkey_type, newkeypass)
     request = CertRequest(
         kind, key, subject_name, san_names, old_cert=old_cert,
         implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile,
     )
     done = _run(options, request)
     _report(kind.label, done)
-    _write_outputs(options, done, kind.label, unsaved_key=key if newkey is None else None)
+    if token is not None and done.certificate is not None:
+        token.store_certificate(str(newkey), done.certificate)  # beside its key, and to --certout
+    _write_outputs(options, done, kind.label, unsaved_key=key if newkey is None and token is None else None)
 
 
 def _enroll_command(kind: BodyType) -> Callable[..., None]:

@@ -18,7 +18,7 @@ app = typer.Typer(
     name="fleet",
     help="Play a population of CMP devices against a certificate authority.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion, --show-completion (README: shell completion)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     epilog=examples(
@@ -59,7 +59,7 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
+    from fleet.cli import ca_cmd, cmp_cmd, doctor_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
@@ -70,6 +70,8 @@ def _register() -> None:
     app.add_typer(keys_cmd.app, name="keys")
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
                 epilog=provision_cmd.EPILOG)(provision_cmd.provision)
+    app.command("doctor", short_help="Check a CA and this machine before a run; say what to fix.",
+                epilog=doctor_cmd.EPILOG)(doctor_cmd.doctor)
 
 
 def _click_exceptions() -> tuple[type[Exception], type[BaseException]]:

@@ -16,10 +16,11 @@ import trio
 import typer
 
 from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import Pkcs11Module, Pkcs11Pin, Pkcs11Token, ProxyOpt, bounded, examples
 from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.load.metrics import FleetMetrics
+from fleet.pkcs11 import Token
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
@@ -64,6 +65,10 @@ def provision(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for retry jitter (tests).")] = None,
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve Prometheus /metrics on this port while provisioning.")] = None,
     metrics_host: Annotated[str | None, typer.Option("--metrics-host", metavar="ADDR", help="Address /metrics binds to (default: $FLEET_METRICS_HOST, else 127.0.0.1; 0.0.0.0 exposes it to the network).")] = None,
+    proxy: ProxyOpt = None,
+    pkcs11_module: Pkcs11Module = None,
+    pkcs11_token: Pkcs11Token = None,
+    pkcs11_pin: Pkcs11Pin = None,
 ) -> None:
     """Enroll every device listed in MANIFEST (CSV or JSON Lines); rerun the same command to resume.
 
@@ -104,6 +109,10 @@ def provision(
     if concurrency < 1 or max_attempts < 1 or timeout <= 0 or (rate is not None and rate <= 0):
         raise ProvisionUsageError("--concurrency, --max-attempts, --timeout and --rate must be positive")
     password = read_secret(key_pass) if key_pass else None
+    if pkcs11_module is not None and (pkcs11_token is None or pkcs11_pin is None):
+        raise ProvisionUsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-pin")
+    if pkcs11_module is not None and (p12 or key_pass):
+        raise ProvisionUsageError("keys in a PKCS#11 token never leave it: no --p12 or --key-pass with --pkcs11-module")
     if dry_run:
         kinds = {k: sum(1 for d in devices if f"{d.operation}/{d.auth_kind}" == k)
                  for k in sorted({f"{d.operation}/{d.auth_kind}" for d in devices})}
@@ -117,12 +126,13 @@ def provision(
     except outputs.OutputError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--out'") from None
     jpath = journal or out / JOURNAL_FILE
+    token = Token(pkcs11_module, pkcs11_token, pkcs11_pin) if pkcs11_module is not None else None  # type: ignore[arg-type]
     metrics = None if metrics_port is None else FleetMetrics.serve(metrics_port, worker="provision", host=metrics_host)
     options = ProvisionOptions(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=metrics,
+        observer=metrics, proxy=proxy, token=token,
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)

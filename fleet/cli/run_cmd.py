@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from fleet.bounds import COUNT, PORT, POSITIVE
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import ProxyOpt, bounded, examples
 from fleet.files import OutputPathError, check_output_path, write_output
 from fleet.load.orchestrator import RunOptions, run_profile, summary_table
 from fleet.load.profiles import OverrideError, load_profile
@@ -49,6 +49,8 @@ def run(
     metrics_host: Annotated[str | None, typer.Option("--metrics-host", metavar="ADDR", help="Address /metrics binds to (default: $FLEET_METRICS_HOST, else 127.0.0.1; 0.0.0.0 exposes it to the network).")] = None,
     ca_dir: Annotated[Path | None, typer.Option("--ca-dir", metavar="DIR", help="State folder for the embedded CA (default: a temporary one).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress line.")] = False,
+    proxy: ProxyOpt = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Run even when --server cannot be connected to at the start (by default the run stops at once, in one line).")] = False,
 ) -> None:
     """Run a load profile and print the summary and the SLO verdict (exit 1 when it fails).
 
@@ -87,6 +89,8 @@ def run(
             progress=not quiet,
             metrics_port=metrics_port,
             ca_dir=ca_dir,
+            keep_going=keep_going,
+            proxy=proxy,
         )
         results, verdict = run_profile(loaded, options)
         print(summary_table(loaded, results))

@@ -5,7 +5,8 @@ that end each command's help."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -32,4 +33,11 @@ def examples(*commands: str) -> str:
     return "\b\nExamples:\n" + body
 
 
-__all__ = ["bounded", "examples"]
+# --proxy, the same for every command that talks to a CA.
+ProxyOpt = Annotated[str | None, typer.Option("--proxy", metavar="URL", help='http://[user:password@]host:port proxy to reach the CA through (CONNECT for https://); default $HTTPS_PROXY/$HTTP_PROXY unless $NO_PROXY lists the host; "" for none.')]
+# PKCS#11: device keys kept in a token (fleet.pkcs11), the same for fleet provision and fleet cmp.
+Pkcs11Module = Annotated[Path | None, typer.Option("--pkcs11-module", metavar="LIB", help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): new device keys are made and kept in its token, non-extractable; the certificate is written back to it.")]
+Pkcs11Token = Annotated[str | None, typer.Option("--pkcs11-token", metavar="LABEL", help="Label of the PKCS#11 token.")]
+Pkcs11Pin = Annotated[str | None, typer.Option("--pkcs11-pin", metavar="SECRET", help="User PIN of the token: env:VAR, file:PATH or pass:TEXT.")]
+
+__all__ = ["Pkcs11Module", "Pkcs11Pin", "Pkcs11Token", "ProxyOpt", "bounded", "examples"]

@@ -18,6 +18,7 @@ renders the table). The byte-level work is ``fleet.cmp.fastwire``'s.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import os
@@ -148,6 +149,11 @@ class ClientConfig:
     message_time: bool = True
     accept_unprotected_errors: bool = True
     confirm_hash_alg: str | None = None  # set to use pvno 3 with hashAlg in certConf
+    # A response's messageTime further than this from our clock is a warning, never a refusal.
+    time_skew_warning: float = 300.0
+    # Refuse (CaPubsNotAllowed) rather than ignore caPubs under signature protection: for a
+    # conformance run that wants to flag a CA doing it.
+    refuse_signed_ca_pubs: bool = False
 
 
 @record
@@ -171,6 +177,7 @@ class Done:
     items: tuple[InfoTypeAndValue, ...] = ()  # genp content
     implicit_confirm: bool = False
     polls: int = 0
+    warnings: tuple[str, ...] = ()  # codes of ``WARNINGS``: habits accepted, each once
 
     @property
     def chain(self) -> tuple[bytes, ...]:
@@ -179,6 +186,19 @@ class Done:
 
 
 Step = Send | Done  # what start() and receive() return
+
+# Habits of real CAs that fleet accepts and reports (the survey in docs/strictness.md). The codes
+# are metric label values: a fixed set.
+WARNINGS: dict[str, str] = {
+    "capubs_ignored": "caPubs of a signature-protected response ignored, not trusted"
+                      " (RFC 9483 §4.1.1: caPubs are trust anchors only under MAC protection)",
+    "message_time_skew": "the response's messageTime is far from this machine's clock"
+                         " (informational, RFC 9483 §3.1; check the clocks)",
+    "unknown_general_info": "the response's generalInfo holds an item fleet does not know (ignored)",
+    "http_status": "the CMP response came with an HTTP status other than 200",
+}
+# The generalInfo items fleet knows (the id-it arc named in fleet.cmp.oids).
+_KNOWN_INFO = frozenset(oids.INFO_TYPE_NAMES)
 
 _HASH_FOR_CERT_SIG = {"sha1": "sha1", "sha224": "sha224", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 _HASH_NEW = {name: getattr(hashlib, name) for name in _HASH_FOR_CERT_SIG}  # cheaper than hashlib.new
@@ -266,6 +286,7 @@ class ClientTransaction:
         self._response_was_mac = False
         self._sender_der: bytes | None = None
         self._headers: fastwire.HeaderWriter | None = None
+        self._warnings: list[str] = []
 
     # -- public surface -------------------------------------------------------------------
 
@@ -320,6 +341,14 @@ class ClientTransaction:
     @property
     def result(self) -> Done | None:
         return self._result
+
+    def warn(self, code: str) -> None:
+        """Note a habit of the peer that was accepted (a ``WARNINGS`` code), once per
+        transaction; the ``Done`` carries it. Transports call it for what only they see."""
+        if code not in WARNINGS:
+            raise ValueError(f"unknown warning {code!r}")
+        if code not in self._warnings:
+            self._warnings.append(code)
 
     def reject_certificate(self, text: str, fail_info: FailInfo = FailInfo.systemFailure) -> Send:
         """The certConf to send instead of the accepting one ``receive`` just returned (not sent):
@@ -399,13 +428,19 @@ class ClientTransaction:
             raise MalformedMessage(f"malformed response: {exc}") from None
         h = msg.header
         if h.pvno not in (2, 3):
-            raise BadVersion(f"response has unsupported pvno {h.pvno}")
+            raise BadVersion(f"response has unsupported pvno {h.pvno} (RFC 9810 §5.1.1: 2 or 3)")
         if h.transaction_id != self.transaction_id:
-            raise TransactionIdMismatch("response transactionID differs from the request's")
+            raise TransactionIdMismatch("response transactionID differs from the request's (RFC 9810 §5.1.1)")
         if h.recip_nonce != self._last_nonce:
-            raise RecipNonceMismatch("response recipNonce does not echo our senderNonce")
+            raise RecipNonceMismatch("response recipNonce does not echo our senderNonce (RFC 9810 §5.1.1)")
         self._verify_protection(msg)
         self._peer_nonce = h.sender_nonce
+        if h.message_time is not None:
+            now = self._now().timestamp() if self._now is not None else time.time()
+            if abs(h.message_time.timestamp() - now) > self.config.time_skew_warning:
+                self.warn("message_time_skew")
+        if h.general_info and any(item.oid not in _KNOWN_INFO for item in h.general_info):
+            self.warn("unknown_general_info")
         return msg
 
     def _verify_protection(self, msg: PKIMessage) -> None:
@@ -435,7 +470,7 @@ class ClientTransaction:
                 raise ServerError(
                     f"server error (unprotected): {body.status.describe()}", body.status, protected=False
                 )
-            raise UnprotectedMessage(f"{msg.label} response is not protected")
+            raise UnprotectedMessage(f"{msg.label} response is not protected (RFC 9483 §3.2)")
         protector = self.protector
         if isinstance(protector, MacProtector) and h.protection_alg == protector.algorithm:
             # The usual answer reuses our own MAC parameters: no need to parse them again.
@@ -495,7 +530,7 @@ class ClientTransaction:
             raise UnexpectedBody(f"{msg.label} holds {len(body.responses)} responses, expected 1")
         response = body.responses[0]
         if response.cert_req_id != self._cert_req_id:
-            raise CertReqIdMismatch(f"{msg.label} certReqId {response.cert_req_id}, expected {self._cert_req_id}")
+            raise CertReqIdMismatch(f"{msg.label} certReqId {response.cert_req_id}, expected {self._cert_req_id} (RFC 9483 §4.1.1)")
         status = response.status
         if status.status == PKIStatus.WAITING:
             return self._poll(0)
@@ -503,8 +538,15 @@ class ClientTransaction:
             raise RequestRejected(f"{msg.label}: request rejected: {status.describe()}", status)
         if response.certificate is None:
             raise UnexpectedBody(f"{msg.label} accepted but carries no certificate")
-        if body.ca_pubs and not self._response_was_mac:
-            raise CaPubsNotAllowed(f"{msg.label} carries caPubs without MAC protection")
+        ca_pubs = body.ca_pubs
+        if ca_pubs and not self._response_was_mac:
+            # RFC 9483 §4.1.1 lets caPubs be trusted under MAC protection only; CAs commonly
+            # send their chain anyway. The certificate is good; the caPubs are dropped here so
+            # that no caller can take them as trust anchors.
+            if self.config.refuse_signed_ca_pubs:
+                raise CaPubsNotAllowed(f"{msg.label} carries caPubs without MAC protection (RFC 9483 §4.1.1)")
+            ca_pubs = ()
+            self.warn("capubs_ignored")
         operator_root = None
         if self.config.mode == "3gpp":
             operator_root = next((c for c in msg.extra_certs if is_self_signed(load_cert(c))), None)
@@ -512,7 +554,7 @@ class ClientTransaction:
             status=status,
             certificate=response.certificate,
             extra_certs=msg.extra_certs,
-            ca_pubs=body.ca_pubs,
+            ca_pubs=ca_pubs,
             operator_root=operator_root,
             implicit_confirm=msg.header.implicit_confirm,
             polls=self._polls,
@@ -584,7 +626,7 @@ class ClientTransaction:
         body = msg.body
         assert isinstance(body, PollRepContent)
         if len(body.entries) != 1 or body.entries[0].cert_req_id != self._cert_req_id:
-            raise CertReqIdMismatch("pollRep does not answer our certReqId")
+            raise CertReqIdMismatch("pollRep does not answer our certReqId (RFC 9483 §4.4)")
         check_after = body.entries[0].check_after
         if not 0 <= check_after <= self.config.max_check_after:
             raise PollingLimit(f"pollRep checkAfter {check_after} s is outside 0..{self.config.max_check_after}")
@@ -598,6 +640,8 @@ class ClientTransaction:
         return self._send(BodyType.POLLREQ, messages.encode_body(BodyType.POLLREQ, body), delay=delay)
 
     def _finish(self, result: Done) -> Done:
+        if self._warnings:
+            result = dataclasses.replace(result, warnings=tuple(self._warnings))
         self._result = result
         return result
 

@@ -42,6 +42,7 @@ from fleet.http.errors import (
     ReadTimeout,
     ResponseTooLarge,
 )
+from fleet.http.proxy import choose_proxy, tunnel
 from fleet.http.wire import MAX_HEAD_BYTES, ChunkedDecoder, WireError, parse_head
 from fleet.records import record
 
@@ -184,7 +185,10 @@ class CmpHttpClient:
         ssl_context: ssl.SSLContext | None = None,
         connect_timeout: float = 10.0,
         keep_alive: bool = True,
+        proxy: str | None = None,
     ) -> None:
+        """``proxy``: an http:// proxy URL, ``""`` for none; None reads HTTPS_PROXY, HTTP_PROXY
+        and NO_PROXY (``fleet.http.proxy``)."""
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         parts = urlsplit(url)
@@ -236,6 +240,14 @@ class CmpHttpClient:
         ]
         if not keep_alive:
             self._headers.append((b"Connection", b"close"))
+        self.proxy = choose_proxy(scheme, host, port, proxy)
+        if self.proxy is not None and not tls:
+            # RFC 9112 §3.2.2: absolute-form to a proxy; the request never leaves it unchanged
+            self._origin = f"http://{host_header.decode('ascii')}".encode("ascii")
+            if self.proxy.authorization is not None:
+                self._headers.append((b"Proxy-Authorization", self.proxy.authorization))
+        else:
+            self._origin = b""
         self._idle: deque[_Conn] = deque()
         self._slots = trio.Semaphore(max_connections)  # FIFO: trio's ParkingLot hands off in order
         self._open = 0
@@ -344,7 +356,7 @@ class CmpHttpClient:
                 raise ValueError(f"invalid request path: {target!r}")
             if len(self._request_cache) >= _REQUEST_CACHE_SIZE:
                 self._request_cache.clear()
-            lines = [b"POST " + target + b" HTTP/1.1"]
+            lines = [b"POST " + self._origin + target + b" HTTP/1.1"]
             lines += [name + b": " + value for name, value in self._headers]
             lines.append(b"Content-Length: %d" % length)
             head = b"\r\n".join(lines) + b"\r\n\r\n"
@@ -377,19 +389,32 @@ class CmpHttpClient:
             self._open -= 1
             conn.sock.close()
 
+    async def probe(self, deadline: float | None = None) -> None:
+        """Open one connection (TCP, and TLS for https) and close it, sending nothing: whether the
+        CA can be reached at all, before a run or by ``fleet doctor``. Raises ``ConnectError``
+        (kind ``tls`` for a failed handshake) or ``ConnectTimeout``."""
+        conn = await self._connect(deadline)
+        self._open -= 1
+        conn.sock.close()
+
     async def _connect(self, deadline: float | None = None) -> _Conn:
         stream: trio.abc.Stream | None = None
         connect_deadline = trio.current_time() + self.connect_timeout
         if deadline is not None and deadline < connect_deadline:
             connect_deadline = deadline
         with trio.move_on_at(connect_deadline):
+            proxy = self.proxy
             try:
-                tcp, raw = await _open_tcp(self.host, self.port)
+                if proxy is None:
+                    tcp, raw = await _open_tcp(self.host, self.port)
+                else:
+                    tcp, raw = await _open_tcp(proxy.host, proxy.port)
             except OSError as exc:
-                raise ConnectError(
-                    self.url, f"cannot connect to {self._where()}: {_why(exc)}"
-                ) from None
+                where = self._where() if proxy is None else proxy.label
+                raise ConnectError(self.url, f"cannot connect to {where}: {_why(exc)}") from None
             try:
+                if proxy is not None and self._tls:
+                    await tunnel(tcp, proxy, self.host, self.port, self.url)
                 if self._tls:
                     ctx = self._ssl_context or default_ssl_context()
                     stream = trio.SSLStream(

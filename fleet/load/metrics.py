@@ -36,6 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from fleet.cmp.client import WARNINGS
 from fleet.load.histogram import BUCKET_UPPER_S, LatencyHistogram
 from fleet.load.runner import WorkerRun
 from fleet.prometheus import Endpoint, bounded
@@ -204,6 +205,7 @@ class FleetMetrics(Endpoint):
         self.polls = Counter("fleet_polls", "pollReq round trips while the CA answered 'waiting'.", labels, registry=r)
         self.latency = Histogram("fleet_transaction_latency_seconds", "Transaction latency from the arrival's intended start (includes start lateness).", (*labels, "result"), buckets=LATENCY_BUCKETS, registry=r)
         self.service = Histogram("fleet_transaction_service_seconds", "Transaction latency from when its first request was sent.", (*labels, "result"), buckets=LATENCY_BUCKETS, registry=r)
+        self.warnings = Counter("fleet_transaction_warnings", "Habits of the CA accepted in successful transactions (caPubs ignored, clock skew, ...).", (*labels, "warning"), registry=r)
         self.exchanges = Histogram("fleet_exchange_seconds", "One HTTP request/response round trip, by request body type.", (*labels, "body"), buckets=LATENCY_BUCKETS, registry=r)
         self.registry.register(_RunCollector(self))
         if process:
@@ -213,6 +215,8 @@ class FleetMetrics(Endpoint):
         self._errors: dict[tuple[str, str], Any] = {}
         self._fail: dict[tuple[str, str], Any] = {}
         self._exchange: dict[tuple[str, str], Any] = {}
+        self._warning: dict[tuple[str, str], Any] = {}
+        self._warning_codes: set[str] = set()
         self._kinds: set[str] = set()
         self._ops: set[str] = set()
         self._bodies: set[str] = set()
@@ -283,6 +287,8 @@ class FleetMetrics(Endpoint):
             if self.clock_offset is None:
                 self._clock_sync()
             child = self._started[op] = self.started.labels(self.worker, bounded(self._ops, op))
+            for code in WARNINGS:  # at 0 from the start: "none" is an answer, "no data" is not
+                self._warning[(op, code)] = self.warnings.labels(self.worker, bounded(self._ops, op), code)
         child.inc()
 
     def operation_done(
@@ -320,6 +326,12 @@ class FleetMetrics(Endpoint):
         )
         self._done[(op, ok)] = children
         return children
+
+    def warning(self, op: str, code: str) -> None:
+        child = self._warning.get((op, code))
+        if child is None:
+            child = self._warning[(op, code)] = self.warnings.labels(self.worker, bounded(self._ops, op), bounded(self._warning_codes, code))
+        child.inc()
 
     def exchange(self, op: str, body: str, seconds: float) -> None:
         child = self._exchange.get((op, body))

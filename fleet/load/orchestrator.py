@@ -12,6 +12,7 @@ import resource
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -20,9 +21,11 @@ from typing import Any, TextIO
 
 import trio
 
+from fleet.cmp.client import WARNINGS
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
+from fleet.http.client import CmpHttpClient
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
@@ -34,6 +37,7 @@ from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
 from fleet.runtime import tune_gc
+from fleet.transport import TransportError
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
 
@@ -54,6 +58,8 @@ class RunOptions:
     metrics_port: int | None = None
     ca_dir: Path | None = None
     path: str | None = None
+    keep_going: bool = False  # run even when the CA cannot be reached at the start
+    proxy: str | None = None  # --proxy; None: from the environment
 
 
 @dataclass
@@ -148,6 +154,7 @@ class WorkerSetup:
     mode: str
     path: str | None = None
     metrics_port: int | None = None
+    proxy: str | None = None
 
 
 def _build_run(setup: WorkerSetup) -> WorkerRun:
@@ -167,7 +174,7 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
-    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
+    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path, setup.proxy)
     run = WorkerRun(plan, devices, observer=metrics)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
@@ -383,7 +390,14 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"(max in flight), start lateness p99 {results.lateness.percentile(99) * 1e3:.1f} ms"
         if results.lateness.count else f"arrivals: {results.started} started"
     )
-    return "\n".join([*lines, arrivals])
+    warned = Counter[str]()
+    for stats in results.ops.values():
+        warned.update(stats.warnings)
+    notes = [
+        f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
+        for code, n in warned.most_common()
+    ]
+    return "\n".join([*lines, arrivals, *notes])
 
 
 def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str) -> dict[str, Any]:
@@ -422,9 +436,25 @@ def cap_connections(profile: Profile, out: TextIO) -> Profile:
     return profile
 
 
+def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
+    """Refuse to start a run against a CA that cannot be connected to (one line, nothing sent):
+    otherwise every arrival of the whole duration would fail with the same connect error."""
+    client = CmpHttpClient(url, connect_timeout=timeout, proxy=proxy)
+
+    async def probe() -> None:
+        await client.probe()
+
+    try:
+        trio.run(probe)
+    except TransportError as exc:
+        raise RunError(f"CA unreachable, nothing sent: {exc} (--keep-going runs anyway)") from None
+
+
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
+    if options.server is not None and not options.keep_going:
+        reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
@@ -461,7 +491,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
-                options.path, options.metrics_port,
+                options.path, options.metrics_port, options.proxy,
             )
             for w in range(workers)
         ]

@@ -37,6 +37,7 @@ class OpStats:
     errors: Counter[str] = field(default_factory=Counter)  # kind -> count (bounded set)
     fail_info: Counter[str] = field(default_factory=Counter)  # PKIFailureInfo name -> count
     polls: int = 0
+    warnings: Counter[str] = field(default_factory=Counter)  # accepted CA habits (client.WARNINGS)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     service: LatencyHistogram = field(default_factory=LatencyHistogram)
 
@@ -50,6 +51,7 @@ class OpStats:
         self.errors.update(other.errors)
         self.fail_info.update(other.fail_info)
         self.polls += other.polls
+        self.warnings.update(other.warnings)
         self.latency.merge(other.latency)
         self.service.merge(other.service)
 
@@ -60,6 +62,7 @@ class OpStats:
             "errors": dict(self.errors),
             "fail_info": dict(self.fail_info),
             "polls": self.polls,
+            "warnings": dict(self.warnings),
             "latency": self.latency.to_dict(),
             "service": self.service.to_dict(),
             "latency_seconds": _quantiles(self.latency),
@@ -74,6 +77,7 @@ class OpStats:
             errors=Counter(data["errors"]),
             fail_info=Counter(data["fail_info"]),
             polls=data["polls"],
+            warnings=Counter(data.get("warnings", {})),
             latency=LatencyHistogram.from_dict(data["latency"]),
             service=LatencyHistogram.from_dict(data["service"]),
         )

@@ -41,6 +41,7 @@ class WorkerPlan:
     segment: Segment
     worker: int = 0
     path: str | None = None
+    proxy: str | None = None  # None: from the environment (fleet.http.proxy)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class WorkerRun:
             self.plan.url,
             max_connections=self.profile.max_connections,
             request_timeout=self.profile.transaction_timeout,
+            proxy=self.plan.proxy,
         )
 
     async def run(self) -> RunResults:
@@ -239,6 +241,11 @@ class WorkerRun:
         results.succeeded(op, now - self.t0, now - intended, now - sent_at)
         if polls:
             results.ops[op].polls += polls
+        if done.warnings:
+            results.ops[op].warnings.update(done.warnings)
+            if observer is not None:
+                for code in done.warnings:
+                    observer.warning(op, code)
         self.live.ok += 1
         if observer is not None:
             observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)

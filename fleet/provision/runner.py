@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
 from fleet.cmp.messages import BodyType
-from fleet.cmp.protection import PrivateKey, SignatureProtector
+from fleet.cmp.protection import PrivateKey, SignatureProtector, is_mac_algorithm
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert, signer_chain
 from fleet.errors import FleetError
@@ -67,6 +67,7 @@ from fleet.files import CredentialError, load_certificates
 from fleet.http.client import CmpHttpClient, cmp_path
 from fleet.http.errors import HttpStatusError
 from fleet.observe import Observer
+from fleet.pkcs11 import Token, token_curve
 from fleet.provision import outputs
 from fleet.provision.journal import (
     DeviceRecord,
@@ -106,6 +107,8 @@ class ProvisionOptions:
     progress_interval: float = 1.0
     seed: int | None = None  # jitter
     observer: Observer | None = None  # fleet.load.metrics.FleetMetrics, or None
+    proxy: str | None = None  # None: from the environment (fleet.http.proxy)
+    token: Token | None = None  # new device keys live in this PKCS#11 token, labelled by device id
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class RunStats:
     elapsed: float = 0.0
     commits: int = 0
     provisioned_ids: set[str] = field(default_factory=set)  # confirmed in this run
+    warnings: dict[str, int] = field(default_factory=dict)  # accepted CA habits (client.WARNINGS)
 
 
 class _Transient(Exception):
@@ -253,7 +257,7 @@ class Provisioner:
 
     def _http_transport(self) -> CmpHttpClient:
         return CmpHttpClient(self.options.server, max_connections=max(1, self.options.concurrency),
-                             request_timeout=self.options.timeout)
+                             request_timeout=self.options.timeout, proxy=self.options.proxy)
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -421,9 +425,12 @@ class Provisioner:
 
     def _load_or_make_key(self, dev: DeviceSpec) -> PrivateKey:
         """Reuse a key already on disk (a crash after writing it), else make and store one."""
+        assert dev.key_type is not None
+        token = self.options.token
+        if token is not None:  # found by its label after a crash: reused, never made twice
+            return token.key_or_new(dev.id, token_curve(dev.key_type))
         key = outputs.load_key(self.options.out, dev.id, self.options.key_pass)
         if key is None:
-            assert dev.key_type is not None
             key = dev.key_type.generate()
             outputs.store_key(self.options.out, dev.id, key, self.options.key_pass)
         return key
@@ -431,6 +438,8 @@ class Provisioner:
     def _device_key(self, dev: DeviceSpec) -> PrivateKey | None:
         if dev.csr is not None:
             return dev.csr_key
+        if self.options.token is not None:
+            return self.options.token.key(dev.id)
         return outputs.load_key(self.options.out, dev.id, self.options.key_pass)
 
     async def _abandon_sent(self, dev: DeviceSpec, rec: DeviceRecord, why: str) -> None:
@@ -491,8 +500,8 @@ class Provisioner:
         if observer is not None:
             observer.operation_started(op)
         try:
-            await run_transaction(transport, tx, path=self._path(dev, tx.operation), timeout=self.options.timeout,
-                                  on_exchange=on_exchange, before_confirm=store)
+            done = await run_transaction(transport, tx, path=self._path(dev, tx.operation),
+                                         timeout=self.options.timeout, on_exchange=on_exchange, before_confirm=store)
         except (TransportError, CmpError) as exc:  # TransactionTimeout included
             self._observe_failure(op, exc, started, polls)
             if unstored is not None:
@@ -501,6 +510,10 @@ class Provisioner:
         if unstored is not None:
             self._observe_failure(op, unstored[1], started, polls)
             return await self._not_stored(dev, rec, *unstored, None)
+        for code in done.warnings:
+            self.stats.warnings[code] = self.stats.warnings.get(code, 0) + 1
+            if observer is not None:
+                observer.warning(op, code)
         if observer is not None:
             elapsed = trio.current_time() - started
             observer.operation_done(op, True, "ok", (), elapsed, elapsed, polls)
@@ -565,6 +578,8 @@ class Provisioner:
     def _write_files(self, dev: DeviceSpec, cert_der: bytes, candidates: tuple[bytes, ...],
                      key: PrivateKey | None) -> None:
         inter, roots = outputs.split_chain(cert_der, (*candidates, *self._trusted_der))
+        if self.options.token is not None and key is not None:
+            self.options.token.store_certificate(dev.id, cert_der)  # beside its key, as --out's copy
         outputs.write_certificate(self.options.out, dev.id, cert_der, inter, roots, key=key,
                                   p12_password=self.options.key_pass, p12=self.options.p12)
 
@@ -577,7 +592,9 @@ class Provisioner:
             from fleet.cmp import messages
 
             msg = messages.decode(rec.response)
-            extra = tuple(msg.extra_certs) + tuple(getattr(msg.body, "ca_pubs", ()) or ())
+            extra = tuple(msg.extra_certs)
+            if is_mac_algorithm(msg.header.protection_alg or b""):  # RFC 9483 §4.1.1, as the client
+                extra += tuple(getattr(msg.body, "ca_pubs", ()) or ())
         key = await trio.to_thread.run_sync(self._device_key, dev) if dev.csr is None else None
         await trio.to_thread.run_sync(self._write_files, dev, rec.certificate, extra, key)
 
@@ -765,7 +782,7 @@ def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats |
             "provisioned": stats.provisioned, "skipped_confirmed": stats.skipped, "failed": stats.failed,
             "retries": stats.retries, "orphans_revoked": stats.orphans_revoked,
             "possible_orphans": stats.possible_orphans, "seconds": round(stats.elapsed, 3),
-            "journal_commits": stats.commits,
+            "journal_commits": stats.commits, "warnings": dict(stats.warnings),
         }
     summary["results"] = rows
     return summary

@@ -623,10 +623,29 @@ def test_refusal_with_a_wrong_mac_is_unverified_and_can_be_refused(stub: CaStub)
 
 
 def test_ca_pubs_only_under_mac(stub: CaStub) -> None:
-    tx = ClientTransaction(sig_config(stub), ir())  # stub.ca_pubs is on by default
+    """A conformance run can still refuse caPubs under signature protection (RFC 9483 §4.1.1)."""
+    tx = ClientTransaction(sig_config(stub, refuse_signed_ca_pubs=True), ir())  # stub.ca_pubs is on by default
     with pytest.raises(CaPubsNotAllowed) as info:
         tx.receive(stub.answer(tx.start().data))
     assert info.value.kind == "capubs_not_allowed" and tx.state is State.FAILED
+    assert "RFC 9483 §4.1.1" in str(info.value)
+
+
+def test_ca_pubs_under_signature_are_dropped_and_the_certificate_accepted(stub: CaStub) -> None:
+    """What real CAs do (OpenSSL's mock with -rsp_capubs): the enrollment succeeds, the caPubs
+    never reach the caller as trust anchors, and the transaction says so once."""
+    tx = ClientTransaction(sig_config(stub), ir())
+    conf = step(tx, stub, tx.start(), State.AWAIT_CONFIRM)
+    assert isinstance(conf, Send) and conf.body_type is BodyType.CERTCONF
+    sent = messages.decode(conf.data).body.statuses[0]  # type: ignore[union-attr]
+    assert sent.status_info is None  # the certConf accepts the certificate
+    done = step(tx, stub, conf, State.DONE)
+    assert isinstance(done, Done) and done.certificate is not None
+    assert done.ca_pubs == () and done.warnings == ("capubs_ignored",)
+    # Under MAC protection the same caPubs are the trust anchors, without a warning.
+    tx = ClientTransaction(mac_config(stub), ir())
+    done = step(tx, stub, step(tx, stub, tx.start(), State.AWAIT_CONFIRM), State.DONE)  # type: ignore[arg-type]
+    assert done.ca_pubs == (stub.root_der,) and done.warnings == ()  # type: ignore[union-attr]
 
 
 def test_3gpp_mode_takes_operator_root_from_ip_extra_certs(stub: CaStub) -> None:
@@ -917,10 +936,19 @@ def test_openssl_genm_echo() -> None:
     assert state is State.DONE and done.items == items  # type: ignore[union-attr]
 
 
-def test_openssl_signed_ip_with_ca_pubs_is_refused() -> None:
-    """The 3.0 mock puts caPubs into signature-protected ip: valid signature, refused by LCMPP."""
+def test_openssl_signed_ip_with_ca_pubs_is_refused_when_asked() -> None:
+    """The 3.0 mock puts caPubs into signature-protected ip: valid signature, refused by a strict
+    client (RFC 9483 §4.1.1)."""
+    config = dataclasses.replace(_openssl_sig(), refuse_signed_ca_pubs=True)
     with pytest.raises(CaPubsNotAllowed):
-        list(replay("ir_sig", _openssl_sig(), _new_ir()))
+        list(replay("ir_sig", config, _new_ir()))
+
+
+def test_openssl_signed_ip_with_ca_pubs_enrolls_without_trusting_them() -> None:
+    """By default the same exchange enrolls; the caPubs are dropped and reported."""
+    *_, (state, done) = list(replay("ir_sig", _openssl_sig(), _new_ir()))
+    assert state is State.DONE and isinstance(done, Done)
+    assert done.certificate is not None and done.ca_pubs == () and "capubs_ignored" in done.warnings
 
 
 def test_openssl_response_with_one_byte_changed_is_refused() -> None:

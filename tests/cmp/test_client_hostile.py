@@ -241,10 +241,37 @@ async def test_certificate_for_another_key() -> None:
 
 
 async def test_ca_pubs_under_signature_protection() -> None:
+    """A conformance run that asks for it refuses them before confirming anything."""
     stub = CaStub(ca_pubs=True)
     async with stub_server(stub) as url:
-        await refused(url, sig(stub), CaPubsNotAllowed, "capubs_not_allowed")
+        await refused(url, dataclasses.replace(sig(stub), refuse_signed_ca_pubs=True), CaPubsNotAllowed,
+                      "capubs_not_allowed")
     assert [m.body_type for m in stub.received] == [BodyType.IR]  # nothing confirmed
+
+
+async def test_rogue_ca_pubs_under_signature_protection_never_become_trust_anchors() -> None:
+    """By default the certificate is accepted (CAs commonly send caPubs whatever the protection),
+    but a rogue root in caPubs reaches neither the result nor the trust store: a signer under
+    that root is still refused afterwards (RFC 9483 §4.1.1)."""
+    rogue = make_ca("Rogue Root")
+    stub = CaStub(ca_pubs=True)
+
+    def rogue_ca_pubs(reply: Reply, request: PKIMessage) -> Reply:
+        if not isinstance(reply.body, CertRepMessage):
+            return reply
+        return dataclasses.replace(reply, body=dataclasses.replace(reply.body, ca_pubs=(rogue.der,)))
+
+    stub.mutate = rogue_ca_pubs
+    config = sig(stub)
+    async with stub_server(stub) as url:
+        with trio.fail_after(BOUND):
+            _, done = await enroll(url, config)
+    assert done.certificate is not None and done.ca_pubs == () and done.warnings == ("capubs_ignored",)
+    assert [m.body_type for m in stub.received] == [BodyType.IR, BodyType.CERTCONF]
+    assert rogue.cert not in config.trust.anchors  # type: ignore[union-attr]
+    impostor = CaStub(root=rogue)  # answers signed by an RA under the rogue root
+    async with stub_server(impostor) as url:
+        await refused(url, config, UntrustedSigner, "untrusted_signer")
 
 
 async def test_truncated_der() -> None:

@@ -7,13 +7,14 @@ so transactions here run one after another. The mock always issues `rsp_crt`, wh
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from openssl_peer import OpenSSLMockServer, TestPki
+from openssl_peer import OpenSSLMockServer, TestPki, rogue_root
 
 from fleet.cmp import oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
@@ -71,13 +72,16 @@ def request_for(op: str, pki: TestPki, **kw: object) -> Request:
 
 
 @pytest.mark.parametrize("op", ["ir", "cr", "kur", "p10cr", "rr", "genm"])
-@pytest.mark.parametrize("protection", ["pbm", "signature"])
+@pytest.mark.parametrize("protection", ["pbm", "signature", "signature+capubs"])
 async def test_every_flow(openssl_mock, test_pki: TestPki, op: str, protection: str) -> None:  # type: ignore[no-untyped-def]
+    """"signature+capubs": the mock started with -rsp_capubs answers a signed request with caPubs
+    too, as CAs commonly do: every flow still succeeds, and those caPubs are never handed on."""
     if protection == "pbm":
         server = openssl_mock()
         config = mac_config(test_pki)
     else:
-        server = openssl_mock(rsp_capubs=None)  # LCMPP: no caPubs under signature protection
+        # LCMPP: no caPubs under signature protection; the other mock sends them anyway
+        server = openssl_mock(rsp_capubs=None) if protection == "signature" else openssl_mock()
         config = sig_config(test_pki, as_new=op in ("kur", "rr"))
     done = await transact(server, config, request_for(op, test_pki))
     assert done.status.status == PKIStatus.ACCEPTED, server.log()
@@ -85,6 +89,8 @@ async def test_every_flow(openssl_mock, test_pki: TestPki, op: str, protection: 
         assert done.certificate == der(cert(test_pki.rsp_crt))
         with_ca_pubs = protection == "pbm" and op == "ir"  # the mock sends caPubs in ip only
         assert done.ca_pubs == ((der(cert(test_pki.root_crt)),) if with_ca_pubs else ())
+        ignored = protection == "signature+capubs" and op == "ir"
+        assert done.warnings == (("capubs_ignored",) if ignored else ())
         assert not done.implicit_confirm
     elif op == "genm":
         assert [i.oid for i in done.items] == [oids.IT_SIGN_KEY_PAIR_TYPES]  # the 3.0 mock echoes
@@ -157,11 +163,25 @@ async def test_hmac_sha1_pbm_for_old_cas(openssl_mock, test_pki: TestPki, owf: s
     assert done.certificate == der(cert(test_pki.rsp_crt))
 
 
-async def test_ca_pubs_under_signature_protection_are_refused(openssl_mock, test_pki: TestPki) -> None:  # type: ignore[no-untyped-def]
+async def test_ca_pubs_under_signature_protection_are_refused_when_asked(openssl_mock, test_pki: TestPki) -> None:  # type: ignore[no-untyped-def]
     server = openssl_mock()  # default: -rsp_capubs root.crt, sent whatever the protection
+    config = dataclasses.replace(sig_config(test_pki), refuse_signed_ca_pubs=True)
     with pytest.raises(CaPubsNotAllowed) as info:
-        await transact(server, sig_config(test_pki), request_for("ir", test_pki))
+        await transact(server, config, request_for("ir", test_pki))
     assert info.value.kind == "capubs_not_allowed"
+
+
+async def test_signed_ip_with_rogue_ca_pubs_enrolls_and_trusts_none(openssl_mock, test_pki: TestPki, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9483 §4.1.1: caPubs are trust anchors only under MAC protection. A signed ip whose
+    caPubs hold a root nobody configured enrolls; the root reaches neither the result nor the
+    trust store, and the transaction reports it."""
+    rogue = rogue_root(tmp_path)
+    server = openssl_mock(rsp_capubs=rogue)
+    config = sig_config(test_pki)
+    done = await transact(server, config, request_for("ir", test_pki))
+    assert done.certificate == der(cert(test_pki.rsp_crt))
+    assert done.ca_pubs == () and done.warnings == ("capubs_ignored",)
+    assert config.trust is not None and der(cert(rogue)) not in [der(a) for a in config.trust.anchors]
 
 
 async def test_certificate_for_another_key_is_refused(openssl_mock, test_pki: TestPki) -> None:  # type: ignore[no-untyped-def]
