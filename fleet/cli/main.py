@@ -63,8 +63,8 @@ def _register() -> None:
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
-    app.command("report", short_help="Render a fleet run --report JSON as an HTML page.",
-                epilog=report_cmd.EPILOG)(report_cmd.report)
+    app.command("report", short_help="Render a fleet run --report JSON as an HTML page, or merge shard reports.",
+                epilog=report_cmd.EPILOG, context_settings=report_cmd.CONTEXT)(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")

@@ -41,6 +41,7 @@ class WorkerPlan:
     segment: Segment
     worker: int = 0
     path: str | None = None
+    start_at: float | None = None  # wall-clock start (epoch seconds) shared by all shards; None: now
 
 
 @dataclass
@@ -105,6 +106,9 @@ class WorkerRun:
             self.t0 = trio.current_time()
             cpu0 = time.process_time()
             with trio.CancelScope() as self.cancel_scope:
+                if self.plan.start_at is not None:  # shards start in step: wait for the common instant
+                    self.t0 += max(0.0, self.plan.start_at - time.time())
+                    await trio.sleep_until(self.t0)
                 if isinstance(profile.shape, Closed):
                     await self._closed_model(profile.shape)
                 else:
