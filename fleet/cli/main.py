@@ -59,10 +59,20 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
+    from fleet.cli import (
+        ca_cmd,
+        capacity_cmd,
+        cmp_cmd,
+        keys_cmd,
+        provision_cmd,
+        report_cmd,
+        run_cmd,
+    )
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
+    app.command("capacity", short_help="Find the highest rate the CA sustains under the profile's SLO.",
+                epilog=capacity_cmd.EPILOG)(capacity_cmd.capacity)
     app.command("report", short_help="Render a fleet run --report JSON as an HTML page, or merge shard reports.",
                 epilog=report_cmd.EPILOG, context_settings=report_cmd.CONTEXT)(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")

@@ -58,6 +58,7 @@ class RunOptions:
     path: str | None = None
     shard: Shard | None = None  # this process plays shard I of N of the run
     start_at: float | None = None  # common wall-clock start (epoch seconds)
+    warmup: float = 0.0  # seconds of arrivals kept out of the results' steady window (fleet capacity)
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class WorkerSetup:
     metrics_port: int | None = None
     shard: Shard | None = None
     start_at: float | None = None
+    warmup: float = 0.0
 
     @property
     def segment_index(self) -> int:
@@ -152,7 +154,8 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
-    plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.start_at)
+    plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.start_at,
+                      setup.warmup)
     run = WorkerRun(plan, devices, observer=metrics)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
@@ -402,6 +405,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.shard, options.start_at,
+                options.warmup,
             )
             for w in range(workers)
         ]
