@@ -10,12 +10,12 @@ from typing import Annotated
 import typer
 
 from fleet.bounds import COUNT, NON_NEGATIVE, POSITIVE
+from fleet.capacity_report import render_capacity_html
 from fleet.cli.usage import bounded, examples
 from fleet.files import check_output_path, write_output
 from fleet.load.capacity import SearchError
 from fleet.load.capacity_run import CapacityOptions, run_capacity
 from fleet.load.profiles import load_profile
-from fleet.report import render_html
 from fleet.secrets import read_secret
 
 EPILOG = examples(
@@ -69,7 +69,7 @@ def capacity(
         write_output(report, json.dumps(doc, indent=1).encode(), "--report")
         print(f"report: {report}")
     if html is not None:
-        write_output(html, render_html(doc).encode(), "--html")
+        write_output(html, render_capacity_html(doc).encode(), "--html")
         print(f"report: {html}")
     print(found.line(), flush=True)
     if doc["interrupted_by"]:

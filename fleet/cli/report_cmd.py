@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from fleet.capacity_report import is_capacity_report, render_capacity_html
 from fleet.cli.usage import examples
 from fleet.files import check_output_path, write_output
 from fleet.load.shards import load_json_report, merge_reports
@@ -29,7 +30,7 @@ CONTEXT = {"allow_extra_args": True}  # the reports after the first (see ``repor
 
 def report(
     ctx: typer.Context,
-    first: Annotated[str, typer.Argument(metavar="RUN_JSON|merge", help="The JSON report `fleet run --report` wrote; or the word merge followed by the reports of one run's shards.", show_default=False)],
+    first: Annotated[str, typer.Argument(metavar="RUN_JSON|merge", help="The JSON report `fleet run --report` (or fleet capacity --report) wrote; or the word merge followed by the reports of one run's shards.", show_default=False)],
     html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write a self-contained HTML page here.")] = None,
     out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="merge: write the merged JSON report here.")] = None,
 ) -> None:
@@ -57,7 +58,9 @@ def report(
             check_output_path(path, flag)
     if not merging:
         assert html is not None
-        write_output(html, render_html(load_report(reports[0])).encode(), "--html")
+        capacity = is_capacity_report(reports[0])
+        page = render_capacity_html(capacity) if capacity is not None else render_html(load_report(reports[0]))
+        write_output(html, page.encode(), "--html")
         print(f"report: {html}")
         return
     doc, verdict = merge_reports([(path, load_json_report(path)) for path in reports])

@@ -272,6 +272,7 @@ class RunResults:
     aborted_at: float = 0.0  # seconds into the run when it broke
     cpu_seconds: float = 0.0  # the worker processes' CPU time (user + system) over the run, summed
     dropped_series: SecondSeries = field(default_factory=SecondSeries)  # dropped arrivals by intended second
+    offered_series: SecondSeries = field(default_factory=SecondSeries)  # arrivals due in each second (open model)
     window_start: float = 0.0  # with ``steady``: arrivals due before this (warm-up) are left out of it
     steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
 
@@ -319,7 +320,11 @@ class RunResults:
             self.steady.dropped += 1
 
     def window_scheduled(self, offsets: npt.NDArray[np.float64]) -> None:
-        """At the end of an open-model run: the steady window's arrivals (``offsets`` of this worker)."""
+        """At the end of an open-model run: the arrivals offered in each second and the steady
+        window's arrivals (``offsets``: this worker's schedule)."""
+        offsets = np.asarray(offsets)
+        if len(offsets):
+            self.offered_series.values = np.bincount(np.maximum(offsets, 0.0).astype(np.intp)).astype(np.int64)
         steady = self.steady
         if steady is not None:
             steady.scheduled = int(np.count_nonzero(np.asarray(offsets) >= self.window_start))
@@ -327,6 +332,7 @@ class RunResults:
 
     def merge(self, other: RunResults) -> None:
         self.dropped_series.merge(other.dropped_series)
+        self.offered_series.merge(other.offered_series)
         if other.steady is not None:
             if self.steady is None:
                 self.measure_from(other.window_start)
@@ -352,7 +358,8 @@ class RunResults:
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
-        extra: dict[str, Any] = {"dropped_per_second": self.dropped_series.trimmed(seconds)}
+        extra: dict[str, Any] = {"dropped_per_second": self.dropped_series.trimmed(seconds),
+                                 "offered_per_second": self.offered_series.trimmed(seconds)}
         if self.steady is not None:
             self.steady.elapsed = self.elapsed
             extra["steady"] = {"from_seconds": self.window_start, **self.steady.to_dict()}
@@ -409,6 +416,7 @@ class RunResults:
             results.failures[name] = failures
             results.latency_series[name] = SecondBuckets.from_dict(series.get("latency_le"))
         results.dropped_series.values = np.array(data.get("dropped_per_second") or [0], dtype=np.int64)
+        results.offered_series.values = np.array(data.get("offered_per_second") or [0], dtype=np.int64)
         steady = data.get("steady")
         if isinstance(steady, dict):
             results.window_start = float(steady.get("from_seconds", 0.0))
