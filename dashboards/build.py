@@ -79,7 +79,8 @@ def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") 
     }
 
 
-def dashboard(uid: str, title: str, desc: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]]) -> dict[str, Any]:
+def dashboard(uid: str, title: str, desc: str, panels: list[dict[str, Any]], variables: list[dict[str, Any]],
+              annotations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     x = y = 0
     row_h = 0
     for i, p in enumerate(panels, start=1):
@@ -116,7 +117,7 @@ def dashboard(uid: str, title: str, desc: str, panels: list[dict[str, Any]], var
         "time": {"from": "now-15m", "to": "now"},
         "timepicker": {},
         "timezone": "",
-        "annotations": {"list": []},
+        "annotations": {"list": annotations or []},
         "links": [],
         "templating": {"list": [datasource, *variables]},
         "panels": panels,
@@ -189,12 +190,36 @@ def fleet_run() -> dict[str, Any]:
             target(f"sum by (worker) (rate(fleet_arrivals_late_total{{{W}}}[{RI}]))", "worker {{worker}} late", "B"),
         ], unit="reqps"),
     ]
+    panels += capacity_panels()
     variables = [
         variable_query("job", "Job", "label_values(fleet_run_info, job)"),
         variable_query("worker", "Worker", 'label_values(fleet_run_info{job=~"$job"}, worker)'),
     ]
     return dashboard("fleet-run", "fleet run", "A fleet capacity test: throughput, latency from intended start, errors, schedule, key pools, per worker.",
-                     panels, variables)
+                     panels, variables, [capacity_annotation()])
+
+
+def capacity_panels() -> list[dict[str, Any]]:
+    """fleet capacity --metrics-port: the search's steps (offered, achieved, held so far)."""
+    return [
+        row("Capacity search (fleet capacity --metrics-port)"),
+        panel("Capacity search steps: offered, achieved, held", [
+            target('max(fleet_capacity_offered_rate{job=~"$job"})', "offered (running step)", "A"),
+            target('max(fleet_capacity_step_achieved_rate{job=~"$job"})', "achieved (last step, steady window)", "B"),
+            target('max(fleet_capacity_rate{job=~"$job"})', "highest rate held", "C"),
+        ], unit="reqps", w=18, desc="Each step offers one rate; its warm-up is left out of the achieved rate. The annotations mark the steps."),
+        panel("Capacity-search step", [target('max(fleet_capacity_step{job=~"$job"})', "step")], kind="stat", w=6),
+    ]
+
+
+def capacity_annotation() -> dict[str, Any]:
+    """One annotation per capacity-search step, titled with its rate and outcome."""
+    return {
+        "name": "Capacity-search steps", "datasource": DS, "enable": True, "iconColor": "#8F3BB8",
+        "expr": 'max by (step, rate, outcome) (fleet_capacity_step_info{job=~"$job"})',
+        "step": "5s", "titleFormat": "step {{step}}: {{rate}}/s {{outcome}}", "textFormat": "", "tagKeys": "outcome",
+        "useValueForTime": False,
+    }
 
 
 def fleet_ca() -> dict[str, Any]:

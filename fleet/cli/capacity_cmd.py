@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from fleet.bounds import COUNT, NON_NEGATIVE, POSITIVE
+from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
 from fleet.capacity_report import render_capacity_html
 from fleet.cli.usage import bounded, examples
 from fleet.files import check_output_path, write_output
@@ -44,6 +44,7 @@ def capacity(
     html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the HTML report (knee chart, steps) here.")] = None,
     keys: Annotated[Path | None, typer.Option("--keys", metavar="DIR", help="Key pool folder (default: the user cache folder).")] = None,
     ca_dir: Annotated[Path | None, typer.Option("--ca-dir", metavar="DIR", help="State folder for the embedded CA (default: a temporary one).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve the search's progress (fleet_capacity_*) on /metrics here, the embedded CA's on the next port.")] = None,
 ) -> None:
     """Find the highest arrival rate the CA sustains under the profile's SLO: coarse steps up,
     then bisection; each step measured after a warm-up and checked for a steady state. Prints
@@ -60,6 +61,7 @@ def capacity(
         min_rate=min_rate, max_rate=top, step_duration=step_duration, warmup=warmup, cool_down=cool_down,
         tolerance=tolerance, max_steps=max_steps, require=require, server=server, trusted=list(trusted or []),
         master_secret=read_secret(master_secret) if master_secret else None, keys_dir=keys, ca_dir=ca_dir,
+        metrics_port=metrics_port,
     )
     try:
         doc, found = run_capacity(loaded, options)

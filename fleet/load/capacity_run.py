@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from fleet.errors import FleetError
 from fleet.load.capacity import CapacityAnswer, CapacitySearch, StepAssessment, answer, assess_step
+from fleet.load.capacity_metrics import CapacityMetrics
 from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.orchestrator import RunOptions, report_dict, run_profile
 from fleet.load.profiles import Profile
@@ -42,6 +43,7 @@ class CapacityOptions:
     master_secret: bytes | None = None
     keys_dir: Path | None = None
     ca_dir: Path | None = None
+    metrics_port: int | None = None  # the search's gauges here, the embedded CA's on the next port
 
     @property
     def warmup_seconds(self) -> float:
@@ -67,11 +69,17 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
     started = time.monotonic()
     interrupted = 0
     with ExitStack() as stack:
+        metrics = None
+        if options.metrics_port is not None:
+            metrics = CapacityMetrics()
+            metrics.listen(options.metrics_port)
+            stack.callback(metrics.close)
         trusted = list(options.trusted)
         master = options.master_secret
         url = options.server
         if url is None:
-            ca = stack.enter_context(EmbeddedCa(options.ca_dir, config=profile.ca))
+            ca_port = None if options.metrics_port is None else options.metrics_port + 1
+            ca = stack.enter_context(EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_port))
             url, master = ca.url, ca.master_secret
             trusted.append(ca.root_path)
             print(f"fleet: embedded CA at {url} (state {ca.state_dir})", file=log)
@@ -84,9 +92,13 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
                 time.sleep(options.cool_down)  # let the CA settle: queues drain, timers fire
             phase = search.phase
             sp = step_profile(profile, rate, options.step_duration)
+            if metrics is not None:
+                metrics.step_started(len(steps) + 1, rate)
             results, verdict = run_profile(sp, replace(run_options), log)
             assessed = assess_step(rate, profile.slo, profile.flow, options.step_duration, warmup, results)
             search.record(rate, assessed.passed, assessed.broken)
+            if metrics is not None:
+                metrics.step_done(assessed, search.highest_pass)
             steps.append((assessed, report_dict(sp, results, verdict, url)))
             print(_step_line(len(steps), phase, assessed), file=out, flush=True)
             if results.interrupted:
