@@ -1,4 +1,4 @@
-"""Write fleet-run.json and fleet-ca.json (Grafana 10+ dashboards) from the panel lists below.
+"""Write fleet-run.json, fleet-ca.json and fleet-capacity.json (Grafana 10+ dashboards) from the panel lists below.
 
 Run ``python3 dashboards/build.py`` after editing; tests/test_metrics.py checks the JSON files
 are what this script writes. Every quantile is ``histogram_quantile`` over buckets summed
@@ -190,18 +190,17 @@ def fleet_run() -> dict[str, Any]:
             target(f"sum by (worker) (rate(fleet_arrivals_late_total{{{W}}}[{RI}]))", "worker {{worker}} late", "B"),
         ], unit="reqps"),
     ]
-    panels += capacity_panels()
     variables = [
         variable_query("job", "Job", "label_values(fleet_run_info, job)"),
         variable_query("worker", "Worker", 'label_values(fleet_run_info{job=~"$job"}, worker)'),
     ]
     return dashboard("fleet-run", "fleet run", "A fleet capacity test: throughput, latency from intended start, errors, schedule, key pools, per worker.",
-                     panels, variables, [capacity_annotation()])
+                     panels, variables)
 
 
-def capacity_panels() -> list[dict[str, Any]]:
-    """fleet capacity --metrics-port: the search's steps (offered, achieved, held so far)."""
-    return [
+def fleet_capacity() -> dict[str, Any]:
+    """fleet capacity --metrics-port P: the search's steps (P) beside the embedded CA (P+1)."""
+    panels = [
         row("Capacity search (fleet capacity --metrics-port)"),
         panel("Capacity search steps: offered, achieved, held", [
             target('max(fleet_capacity_offered_rate{job=~"$job"})', "offered (running step)", "A"),
@@ -209,7 +208,19 @@ def capacity_panels() -> list[dict[str, Any]]:
             target('max(fleet_capacity_rate{job=~"$job"})', "highest rate held", "C"),
         ], unit="reqps", w=18, desc="Each step offers one rate; its warm-up is left out of the achieved rate. The annotations mark the steps."),
         panel("Capacity-search step", [target('max(fleet_capacity_step{job=~"$job"})', "step")], kind="stat", w=6),
+        row("The CA under the search (embedded CA, or any CA exposing fleet_ca_*)"),
+        panel("CA requests by status", [target(f"sum by (status) (rate(fleet_ca_requests_total{{{CA}}}[{RI}]))", "{{status}}")],
+              unit="reqps", stack=True),
+        panel("CA failures by PKIFailureInfo", [
+            target(f"sum by (fail_info) (rate(fleet_ca_failures_total{{{CA}}}[{RI}]))", "{{fail_info}}")],
+              unit="reqps", stack=True, desc="Which failInfo the CA answers as the steps pass its capacity."),
+        panel("CA queue: requests in progress", [target(f"sum(fleet_ca_requests_in_progress{{{CA}}})", "in progress")]),
+        panel("CA processing time (p50/p90/p99)", quantiles("fleet_ca_request_processing_seconds", "", CA), unit="s"),
     ]
+    variables = [variable_query("job", "Job", "label_values(fleet_capacity_step, job)")]
+    return dashboard("fleet-capacity", "fleet capacity search", "fleet capacity --metrics-port: each step as an annotation, "
+                     "offered/achieved/held rates, and the CA as the search passes its capacity.",
+                     panels, variables, [capacity_annotation()])
 
 
 def capacity_annotation() -> dict[str, Any]:
@@ -268,7 +279,7 @@ def render(d: dict[str, Any]) -> str:
     return json.dumps(d, indent=2) + "\n"
 
 
-OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca}
+OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca, "fleet-capacity.json": fleet_capacity}
 
 
 def main() -> None:

@@ -197,7 +197,8 @@ def _free_port() -> int:
 
 
 def _dashboards() -> list[tuple[str, dict]]:
-    return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json")]
+    return [(name, json.loads((ROOT / "dashboards" / name).read_text()))
+            for name in ("fleet-run.json", "fleet-ca.json", "fleet-capacity.json")]
 
 
 def test_dashboards_are_what_build_py_writes() -> None:
@@ -227,8 +228,8 @@ def test_capacity_metrics_mark_each_step() -> None:
     assert families["fleet_capacity_offered_rate"].samples[0].value == 200.0
     assert families["fleet_capacity_rate"].samples[0].value == 100.0
     assert families["fleet_capacity_step_achieved_rate"].samples[0].value == 99.5
-    run = json.loads((ROOT / "dashboards" / "fleet-run.json").read_text())
-    annotation = next(a for a in run["annotations"]["list"] if a["name"] == "Capacity-search steps")
+    dash = json.loads((ROOT / "dashboards" / "fleet-capacity.json").read_text())
+    annotation = next(a for a in dash["annotations"]["list"] if a["name"] == "Capacity-search steps")
     assert "fleet_capacity_step_info" in annotation["expr"] and annotation["datasource"]["uid"] == "${datasource}"
     assert all(f"{{{{{label}}}}}" in annotation["titleFormat"] for label in ("step", "rate", "outcome"))
 
@@ -243,7 +244,7 @@ def _exposed_names() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca"])
+@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "capacity"])
 def test_dashboard_structure(name: str, dash: dict) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

@@ -3,9 +3,12 @@ dashboards draw each step as an annotation and the offered, achieved and held ra
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import Gauge
 
 from fleet.load.capacity import StepAssessment
+from fleet.load.metrics import _Scrapes
 from fleet.prometheus import Endpoint
 
 __all__ = ["CapacityMetrics"]
@@ -17,6 +20,8 @@ class CapacityMetrics(Endpoint):
 
     def __init__(self) -> None:
         super().__init__()
+        self._scrapes = _Scrapes()
+        self.registry.register(self._scrapes)
         r = self.registry
         self.step = Gauge("fleet_capacity_step", "Number of the capacity-search step running or last run.", registry=r)
         self.offered = Gauge("fleet_capacity_offered_rate", "Arrival rate the running step offers (0 between steps).", registry=r)
@@ -40,3 +45,21 @@ class CapacityMetrics(Endpoint):
             self.info.remove(*self._running, "running")
             self.info.labels(*self._running, "held" if assessed.passed else "failed").set(1)
             self._running = None
+
+    def finish(self) -> bool:
+        """Wait (at most 2.5 scrape intervals, 60 s) until a scrape has read the last step's
+        outcome; no wait when nobody scrapes regularly. True when such a scrape was seen."""
+        scrapes = self._scrapes
+        interval = scrapes.interval()
+        if self.server is None or interval is None:
+            return False
+        deadline = time.monotonic() + min(60.0, 2.5 * interval + 0.5)
+        with scrapes.cond:
+            seen = scrapes.count
+            while scrapes.count <= seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                scrapes.cond.wait(left)
+        time.sleep(0.05)  # let the server thread send the response it just rendered
+        return True

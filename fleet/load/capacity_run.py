@@ -74,6 +74,7 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
             metrics = CapacityMetrics()
             metrics.listen(options.metrics_port)
             stack.callback(metrics.close)
+            stack.callback(metrics.finish)  # runs first: the last step's outcome is scraped, then close
         trusted = list(options.trusted)
         master = options.master_secret
         url = options.server
