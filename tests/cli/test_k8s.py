@@ -124,7 +124,7 @@ def test_the_jobs_commands_run_locally_as_shards_and_merge(tmp_path: Path) -> No
     """The Indexed Job's container args and the merge Job's command, with the pod's paths mapped
     to local ones, against a real ``fleet ca serve`` on loopback."""
     with running_ca(tmp_path / "ca") as ca:
-        objects, _ = _manifest(tmp_path, 2, ca.url, "--lead", "9")
+        objects, _ = _manifest(tmp_path, 2, ca.url, "--lead", "15")
         shard_job = next(o for o in objects if o["kind"] == "Job" and "merge" not in o["metadata"]["name"])
         merge_job = next(o for o in objects if o["kind"] == "Job" and "merge" in o["metadata"]["name"])
         reports = tmp_path / "reports"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from cli_helpers import MASTER, ROOT, env, fleet, one_error_line, running_ca
 
+LEAD = 15  # seconds to the common start: room for three interpreters to start on two busy cores
+
 PROFILE = """
 name = "shards"
 [run]
@@ -56,7 +58,7 @@ def test_three_shards_play_the_single_run_exactly(tmp_path: Path) -> None:
     profile.write_text(PROFILE)
     # One CA for the three shards, as in a cluster.
     with running_ca(tmp_path / "ca") as ca:
-        start = f"{time.time() + 12:.3f}"  # room for three interpreters to start on two busy cores
+        start = f"{time.time() + LEAD:.3f}"
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "fleet.cli.main", "run", str(profile), "--shards", "3", "--start-at", start,
@@ -141,3 +143,64 @@ def test_shard_options_are_usage_errors(tmp_path: Path) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert words in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+KNOB_PROFILE = """
+name = "knob-shards"
+[run]
+duration = 3
+flow = ["ir"]
+max_in_flight = 1000
+[arrivals]
+shape = "constant"
+rate = 100
+[devices]
+count = 3000
+key_types = "ec:P-256"
+[slo]
+p99_seconds = { ir = 4.0 }
+max_error_rate = 0.01
+min_rate_ratio = 0.95
+"""
+
+
+def _shards(profile: Path, n: int, ca_url: str, root: Path, out: Path, *extra: str) -> list[Path]:
+    """``n`` shard processes of one run, in step; their report files."""
+    start = f"{time.time() + LEAD:.3f}"
+    reports = [out / f"shard-{i}.json" for i in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "fleet.cli.main", "run", str(profile), "--shard", f"{i}/{n}", "--start-at", start,
+             "--report", str(reports[i]), *_common(ca_url, root), *extra],
+            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        )
+        for i in range(n)
+    ]
+    for p in procs:
+        out_text, err = p.communicate(timeout=120)
+        assert p.returncode in (0, 1), out_text + err  # 1: that shard's own verdict failed
+    return reports
+
+
+def test_three_shards_pass_at_the_capacity_found_and_fail_at_1_2x(tmp_path: Path) -> None:
+    """A CA whose knobs hold it to 100/s (responses held 1 s, at most 100 live transactions):
+    three shards together at 95/s (the low end of what ``fleet capacity`` finds for it, within
+    5 %) pass; at 1.2 times that they fail, on the transaction cap's systemUnavail."""
+    profile = tmp_path / "knobs.toml"
+    profile.write_text(KNOB_PROFILE)
+    verdicts = {}
+    with running_ca(tmp_path / "ca", "--latency", "fixed:1.0", "--max-transactions", "100") as ca:
+        for rate in (95, 114):
+            out = tmp_path / f"rate-{rate}"
+            out.mkdir()
+            reports = _shards(profile, 3, ca.url, ca.state / "root-ca.pem", out, "--rate", str(rate))
+            merge = fleet("report", "merge", *map(str, reports), "--out", str(out / "run.json"))
+            merged = json.loads((out / "run.json").read_text())
+            assert merged["results"]["scheduled"] == rate * 3  # the whole run's arrivals, once
+            verdicts[rate] = (merge.returncode, merge.stdout.strip().splitlines()[-1], merged)
+            time.sleep(1)  # the CA's transactions of this round are closed before the next
+    code, line, _ = verdicts[95]
+    assert code == 0 and line.startswith("PASS"), line
+    code, line, merged = verdicts[114]
+    assert code == 1 and line.startswith("FAIL") and "errors" in line, line
+    assert merged["results"]["operations"]["ir"]["fail_info"].get("systemUnavail", 0) > 0
