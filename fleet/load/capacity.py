@@ -88,11 +88,16 @@ def _quantile(counts: Sequence[int], q: float) -> float | None:
 
 def steadiness(results: RunResults, op: str, warmup: float, duration: float, latency_limit: float | None,
                ) -> tuple[bool, str]:
-    """Whether the window ``[warmup, duration)`` reached a steady state: the second half of it
-    finished as many operations per second as the first (within 10 %), and its median latency
-    did not climb (grew by half *and* by over a tenth of the p99 limit, or 50 ms
-    without one: noise on a loaded machine is neither)."""
-    start, end = math.ceil(warmup), math.floor(duration)
+    """Whether the arrivals of ``[warmup, duration)`` reached a steady state: the median latency
+    of the window's second half did not climb over its first half's (grew by half *and* by over
+    a tenth of the p99 limit, or 50 ms without one: noise on a loaded machine is neither) and,
+    when each half is 2 s or more, the second half finished as many operations per second as the
+    first (within 20 %; shorter halves are too noisy: responses finish in bunches). The
+    per-second series count by finish time, so the window is read shifted by the steady window's
+    median latency."""
+    steady = results.steady.ops.get(op) if results.steady is not None else None
+    lag = steady.latency.percentile(50) if steady is not None and steady.latency.count else 0.0
+    start, end = round(warmup + lag), round(min(duration + lag, results.elapsed))
     if end - start < 2 or op not in results.ops:
         return False, "not steady: the steady window is under 2 s or nothing finished in it"
     mid = (start + end) // 2
@@ -101,7 +106,7 @@ def steadiness(results: RunResults, op: str, warmup: float, duration: float, lat
     finished = [d + f for d, f in zip(done, failed)]
     first_rate = sum(finished[start:mid]) / (mid - start)
     second_rate = sum(finished[mid:end]) / (end - mid)
-    if first_rate and second_rate < 0.9 * first_rate:
+    if min(mid - start, end - mid) >= 2 and first_rate and second_rate < 0.8 * first_rate:
         return False, f"not steady: completions fell from {first_rate:.0f}/s to {second_rate:.0f}/s within the step"
     counts = results.latency_series[op].counts
     width = counts.shape[1]
@@ -128,7 +133,7 @@ def assess_step(rate: float, slo: Slo, flow: Sequence[str], duration: float, war
     ok_first = steady.ops[first].ok if first in steady.ops else 0
     window = max(min(results.elapsed, duration) - warmup, 1e-9)
     limit = slo.p99_seconds.get(first)
-    is_steady, note = steadiness(results, first, warmup, min(results.elapsed, duration), limit)
+    is_steady, note = steadiness(results, first, warmup, duration, limit)
     errors: dict[str, int] = {}
     fail_info: dict[str, int] = {}
     for stats in steady.ops.values():

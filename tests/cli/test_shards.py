@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cli_helpers import MASTER, ROOT, env, fleet, one_error_line, running_ca
 
-LEAD = 15  # seconds to the common start: room for three interpreters to start on two busy cores
+LEAD = 20  # seconds to the common start: room for three interpreters to start on two busy cores
 
 PROFILE = """
 name = "shards"
@@ -148,7 +148,7 @@ def test_shard_options_are_usage_errors(tmp_path: Path) -> None:
 KNOB_PROFILE = """
 name = "knob-shards"
 [run]
-duration = 3
+duration = 8
 flow = ["ir"]
 max_in_flight = 1000
 [arrivals]
@@ -158,7 +158,7 @@ rate = 100
 count = 3000
 key_types = "ec:P-256"
 [slo]
-p99_seconds = { ir = 4.0 }
+p99_seconds = { ir = 30.0 }  # what is tested here is the cap, not the latency
 max_error_rate = 0.01
 min_rate_ratio = 0.95
 """
@@ -183,24 +183,27 @@ def _shards(profile: Path, n: int, ca_url: str, root: Path, out: Path, *extra: s
 
 
 def test_three_shards_pass_at_the_capacity_found_and_fail_at_1_2x(tmp_path: Path) -> None:
-    """A CA whose knobs hold it to 100/s (responses held 1 s, at most 100 live transactions):
-    three shards together at 95/s (the low end of what ``fleet capacity`` finds for it, within
-    5 %) pass; at 1.2 times that they fail, on the transaction cap's systemUnavail."""
+    """A CA whose knobs hold it to 100/s (responses held 4 s, at most 400 live transactions):
+    three shards together at 87.5/s pass and at 1.2 times that (105/s) fail, on the transaction
+    cap's systemUnavail. A transaction lives through the held ip and the client's turnaround
+    (from a few ms on a quiet machine to ~0.5 s with three shards and the CA on two cores loaded
+    ten deep), so the rate the CA sustains, and ``fleet capacity`` finds, lies between ~88 and
+    ~99.7/s: 87.5/s stays under it and 105/s over it on a quiet or a busy machine."""
     profile = tmp_path / "knobs.toml"
     profile.write_text(KNOB_PROFILE)
     verdicts = {}
-    with running_ca(tmp_path / "ca", "--latency", "fixed:1.0", "--max-transactions", "100") as ca:
-        for rate in (95, 114):
-            out = tmp_path / f"rate-{rate}"
+    with running_ca(tmp_path / "ca", "--latency", "fixed:4", "--max-transactions", "400") as ca:
+        for rate in (87.5, 105):
+            out = tmp_path / f"rate-{rate:g}"
             out.mkdir()
-            reports = _shards(profile, 3, ca.url, ca.state / "root-ca.pem", out, "--rate", str(rate))
+            reports = _shards(profile, 3, ca.url, ca.state / "root-ca.pem", out, "--rate", f"{rate:g}")
             merge = fleet("report", "merge", *map(str, reports), "--out", str(out / "run.json"))
             merged = json.loads((out / "run.json").read_text())
-            assert merged["results"]["scheduled"] == rate * 3  # the whole run's arrivals, once
+            assert merged["results"]["scheduled"] == round(rate * 8)  # the whole run's arrivals, once
             verdicts[rate] = (merge.returncode, merge.stdout.strip().splitlines()[-1], merged)
-            time.sleep(1)  # the CA's transactions of this round are closed before the next
-    code, line, _ = verdicts[95]
+            time.sleep(1)  # the CA's transactions of this round are all closed before the next
+    code, line, _ = verdicts[87.5]
     assert code == 0 and line.startswith("PASS"), line
-    code, line, merged = verdicts[114]
+    code, line, merged = verdicts[105]
     assert code == 1 and line.startswith("FAIL") and "errors" in line, line
     assert merged["results"]["operations"]["ir"]["fail_info"].get("systemUnavail", 0) > 0
