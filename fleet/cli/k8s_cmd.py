@@ -18,8 +18,6 @@ from fleet.load.k8s import ManifestError, ManifestOptions, manifest_objects, to_
 from fleet.load.profiles import load_profile
 from fleet.load.shards import ShardError, parse_start_at
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
-
 EPILOG = examples(
     "kubectl create secret generic fleet-master \\\n    --from-literal=master-secret=\"$FLEET_MASTER\"",
     "fleet k8s manifest profiles/steady.toml --shards 4 \\\n"
@@ -28,8 +26,11 @@ EPILOG = examples(
     "kubectl apply -f run.yaml",
 )
 
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Kubernetes manifests for runs in shards.", epilog=EPILOG)
 
-@app.command(epilog=EPILOG)
+
+@app.command(epilog=EPILOG, short_help="Write the Kubernetes YAML of a run in N shards.")
 def manifest(
     ctx: typer.Context,
     profile: Annotated[Path, typer.Argument(metavar="PROFILE", help="Profile file; it goes into a ConfigMap as it is.")],

@@ -79,7 +79,7 @@ def _register() -> None:
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")
-    app.add_typer(k8s_cmd.app, name="k8s", help="Kubernetes manifests for runs in shards.")
+    app.add_typer(k8s_cmd.app, name="k8s")
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
                 epilog=provision_cmd.EPILOG)(provision_cmd.provision)
 
