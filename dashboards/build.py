@@ -1,4 +1,4 @@
-"""Write fleet-run.json, fleet-ca.json and fleet-provision.json (Grafana 10+ dashboards) with
+"""Write fleet-run.json, fleet-ca.json, fleet-provision.json and fleet-capacity.json (Grafana 10+ dashboards) with
 Grafana's own Python SDK (``grafana-foundation-sdk``): the schema is Grafana's, not hand-written.
 
 Run ``python3 dashboards/build.py`` after editing; tests/test_metrics.py checks the JSON files
@@ -20,6 +20,7 @@ from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat,
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as cm
 from grafana_foundation_sdk.models.dashboard import (
+    AnnotationQuery,
     DashboardCursorSync,
     DataSourceRef,
     VariableOption,
@@ -95,7 +96,8 @@ def variable_query(name: str, label: str, query: str, *, all_value: str = ".*") 
     )
 
 
-def dashboard_of(uid: str, title: str, desc: str, panels: list[Panel], variables: list[dashboard.QueryVariable]) -> Any:
+def dashboard_of(uid: str, title: str, desc: str, panels: list[Panel], variables: list[dashboard.QueryVariable],
+                 annotations: tuple[AnnotationQuery, ...] = ()) -> Any:
     """The dashboard, laid out by the SDK (rows full width, panels left to right); ids in order."""
     d = (
         dashboard.Dashboard(title).uid(uid).description(desc).tags(["fleet", "cmp", "pki"]).editable()
@@ -104,6 +106,7 @@ def dashboard_of(uid: str, title: str, desc: str, panels: list[Panel], variables
     )
     for v in variables:
         d = d.with_variable(v)
+    d = d.annotations(list(annotations)) if annotations else d
     for i, p in enumerate(panels, start=1):
         p = p.id(i)
         d = d.with_row(p) if isinstance(p, dashboard.Row) else d.with_panel(p)
@@ -264,12 +267,62 @@ def fleet_provision() -> Any:
                         "enrollment time, errors, CA habits.", panels, variables)
 
 
+class PrometheusAnnotation(AnnotationQuery):
+    """An annotation from a Prometheus query: Grafana's schema leaves the Prometheus datasource's
+    own options (title template, tag labels, step) to the datasource, so they are added here."""
+
+    def __init__(self, name: str, expr: str, title: str, tag_keys: str) -> None:
+        super().__init__(name=name, datasource=DS, enable=True, icon_color="#8F3BB8", expr=expr)
+        self.title_format = title
+        self.tag_keys = tag_keys
+
+    def build(self) -> PrometheusAnnotation:
+        """The SDK's dashboard builder takes builders; this model is already built."""
+        return self
+
+    def to_json(self) -> dict[str, object]:
+        return {**super().to_json(), "step": "5s", "titleFormat": self.title_format, "textFormat": "",
+                "tagKeys": self.tag_keys, "useValueForTime": False}
+
+
+def capacity_annotation() -> PrometheusAnnotation:
+    """One annotation per capacity-search step, titled with its rate and outcome."""
+    return PrometheusAnnotation("Capacity-search steps", 'max by (step, rate, outcome) (fleet_capacity_step_info{job=~"$job"})',
+                                "step {{step}}: {{rate}}/s {{outcome}}", "outcome")
+
+
+def fleet_capacity() -> Any:
+    """fleet capacity --metrics-port P: the search's steps (P) beside the embedded CA (P+1)."""
+    panels: list[Panel] = [
+        row("Capacity search (fleet capacity --metrics-port)"),
+        panel("Capacity search steps: offered, achieved, held", [
+            target('max(fleet_capacity_offered_rate{job=~"$job"})', "offered (running step)", "A"),
+            target('max(fleet_capacity_step_achieved_rate{job=~"$job"})', "achieved (last step, steady window)", "B"),
+            target('max(fleet_capacity_rate{job=~"$job"})', "highest rate held", "C"),
+        ], unit="reqps", w=18, desc="Each step offers one rate; its warm-up is left out of the achieved rate. The annotations mark the steps."),
+        panel("Capacity-search step", [target('max(fleet_capacity_step{job=~"$job"})', "step")], kind="stat", w=6),
+        row("The CA under the search (embedded CA, or any CA exposing fleet_ca_*)"),
+        panel("CA requests by status", [target(f"sum by (status) (rate(fleet_ca_requests_total{{{CA}}}[{RI}]))", "{{status}}")],
+              unit="reqps", stack=True),
+        panel("CA failures by PKIFailureInfo", [
+            target(f"sum by (fail_info) (rate(fleet_ca_failures_total{{{CA}}}[{RI}]))", "{{fail_info}}")],
+              unit="reqps", stack=True, desc="Which failInfo the CA answers as the steps pass its capacity."),
+        panel("CA queue: requests in progress", [target(f"sum(fleet_ca_requests_in_progress{{{CA}}})", "in progress")]),
+        panel("CA processing time (p50/p90/p99)", quantiles("fleet_ca_request_processing_seconds", "", CA), unit="s"),
+    ]
+    variables = [variable_query("job", "Job", "label_values(fleet_capacity_step, job)")]
+    return dashboard_of("fleet-capacity", "fleet capacity search", "fleet capacity --metrics-port: each step as an annotation, "
+                        "offered/achieved/held rates, and the CA as the search passes its capacity.",
+                        panels, variables, (capacity_annotation(),))
+
+
 def render(d: Any) -> str:
     text = JSONEncoder(sort_keys=False, indent=2).encode(d)
     return json.dumps(json.loads(text), indent=2) + "\n"
 
 
-OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca, "fleet-provision.json": fleet_provision}
+OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca, "fleet-provision.json": fleet_provision,
+           "fleet-capacity.json": fleet_capacity}
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from fleet.errors import FleetError
 from fleet.files import atomic_write
 from fleet.load.histogram import BUCKET_MIDPOINT_S, LatencyHistogram
 
-__all__ = ["ReportError", "load_report", "render_html", "write_html"]
+__all__ = ["STYLE", "ReportError", "fmt_rate", "fmt_seconds", "line_chart", "load_report", "render_html", "write_html"]
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
 _W, _H = 760, 240
@@ -38,6 +38,9 @@ _STYLE = (
     "td:first-child,th:first-child{text-align:left}svg{font:11px system-ui,sans-serif;fill:#444}"
     "svg .grid{stroke:#e6e6e6}.empty{color:#888}.note{color:#666;font-size:.9em}</style></head><body>"
 )
+
+
+STYLE = _STYLE  # the pages' one stylesheet, shared with the capacity page
 
 
 class ReportError(FleetError):
@@ -79,13 +82,29 @@ def _nice_max(v: float) -> float:
 
 
 def _fmt_seconds(v: float) -> str:
+    """Three significant figures in the unit that reads best: 3.16 s, 250 ms, 12.5 µs (never
+    "3.16251 s" nor "0 µs")."""
     if v == 0:
         return "0"
     if v >= 1:
-        return f"{v:g} s"
+        return f"{v:.3g} s"
     if v >= 1e-3:
         return f"{v * 1e3:.3g} ms"
-    return f"{v * 1e6:.3g} µs"
+    if v >= 1e-6:
+        return f"{v * 1e6:.3g} µs"
+    return f"{v * 1e9:.3g} ns"
+
+
+fmt_seconds = _fmt_seconds
+
+
+def fmt_rate(v: float) -> str:
+    """Rates per second: 950/s, 1.25k/s, 12.5/s."""
+    if v == 0:
+        return "0"
+    if v >= 1000:
+        return f"{v / 1000:.3g}k/s"
+    return f"{v:.3g}/s"
 
 
 _LEGEND_ROW = 16  # px per legend row
@@ -107,7 +126,7 @@ def _legend_layout(names: Sequence[str]) -> list[tuple[float, float]]:
 
 
 def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label: str, y_label: str,
-               y_format: Any = lambda v: f"{v:g}") -> str:
+               y_format: Any = lambda v: f"{v:g}", chart: str = "") -> str:
     """Lines over x = 0, 1, 2... (seconds); None values leave gaps. The legend takes rows of
     its own above the plot area (the chart grows by as many rows as it needs)."""
     n = max((len(v) for _, v in series), default=0)
@@ -126,7 +145,8 @@ def line_chart(series: Sequence[tuple[str, Sequence[float | None]]], *, x_label:
     def py(v: float) -> float:
         return top + ph - (v / y_max) * ph
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height:g}" width="{_W}" height="{height:g}" role="img">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_W} {height:g}" width="{_W}" height="{height:g}" '
+              f'role="img" class="chart" data-chart="{_e(chart)}">'),
              f'<rect class="plot-area" x="{_PAD_L}" y="{top:g}" width="{pw}" height="{ph}" fill="none" data-y-max="{y_max!r}"/>']
     for k in range(5):
         v = y_max * k / 4
@@ -254,6 +274,28 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def _offered_and_losses(results: dict[str, Any], flow: list[str], per_second: dict[str, Any]) -> list[str]:
+    """Offered against achieved rate on one chart, then dropped arrivals and errors over time
+    (reports written before these series were kept have neither)."""
+    out: list[str] = []
+    offered = results.get("offered_per_second")
+    if offered and any(offered) and flow:
+        first = flow[0]
+        achieved = (per_second.get(first) or {}).get("completed", [])
+        out.append("<h2>Offered vs achieved rate</h2>")
+        out.append(line_chart([("offered (arrivals due)", [float(v) for v in offered]),
+                               (f"achieved ({first} ok)", [float(v) for v in achieved])],
+                              x_label="seconds since start", y_label="per second", chart="offered-achieved"))
+    dropped = results.get("dropped_per_second")
+    if dropped is not None:
+        losses: list[tuple[str, Sequence[float | None]]] = [("dropped arrivals", [float(v) for v in dropped])]
+        for op in flow:
+            losses.append((f"{op} errors", [float(v) for v in (per_second.get(op) or {}).get("failed", [])]))
+        out.append("<h2>Dropped arrivals and errors over time</h2>")
+        out.append(line_chart(losses, x_label="seconds since start", y_label="per second", chart="losses"))
+    return out
+
+
 def render_html(report: dict[str, Any]) -> str:
     results = report["results"]
     verdict = report.get("verdict") or {}
@@ -298,8 +340,9 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(f"<p>Arrivals: {_e(results.get('scheduled', 0))} scheduled, {_e(results.get('started', 0))} started, "
                f"{_e(results.get('dropped', 0))} dropped (max in flight), peak in flight {_e(results.get('in_flight_peak', 0))}"
                + (f", start lateness p99 {_e(_fmt_seconds(late['p99']))}" if late.get("p99") is not None else "") + ".</p>")
-    # Throughput over time.
     per_second: dict[str, Any] = results.get("per_second", {})
+    out.extend(_offered_and_losses(results, flow, per_second))
+    # Throughput over time.
     out.append("<h2>Throughput over time</h2>")
     series: list[tuple[str, Sequence[float | None]]] = []
     for op in flow:
@@ -307,7 +350,7 @@ def render_html(report: dict[str, Any]) -> str:
         series.append((f"{op} ok", [float(v) for v in ps.get("completed", [])]))
         if any(ps.get("failed", [])):
             series.append((f"{op} failed", [float(v) for v in ps.get("failed", [])]))
-    out.append(line_chart(series, x_label="seconds since start", y_label="operations per second"))
+    out.append(line_chart(series, x_label="seconds since start", y_label="operations per second", chart="throughput"))
     # Latency over time.
     out.append("<h2>Latency over time</h2>")
     lat_series = []
@@ -318,7 +361,8 @@ def render_html(report: dict[str, Any]) -> str:
             if values is not None:
                 lat_series.append((f"{op} p{q * 100:g}", values))
     if lat_series:
-        out.append(line_chart(lat_series, x_label="seconds since start", y_label="latency", y_format=_fmt_seconds))
+        out.append(line_chart(lat_series, x_label="seconds since start", y_label="latency", y_format=_fmt_seconds,
+                              chart="latency"))
     else:
         out.append('<p class="note">This report has no per-second latency buckets; only the distribution over the whole run is known.</p>')
     # Distribution.

@@ -21,6 +21,8 @@ from fleet.ca.metrics import CaMetrics
 from fleet.ca.service import CaStatistics
 from fleet.cmp.server import Outcome, ServerStatistics
 from fleet.http.server import HttpServerStats
+from fleet.load.capacity import StepAssessment
+from fleet.load.capacity_metrics import CapacityMetrics
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets
 from fleet.prometheus import LABEL_LIMIT, MetricsError
@@ -195,7 +197,8 @@ def _free_port() -> int:
 
 
 def _dashboards() -> list[tuple[str, dict]]:
-    return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json", "fleet-provision.json")]
+    return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json", "fleet-provision.json",
+                                                                                        "fleet-capacity.json")]
 
 
 def test_dashboards_are_what_build_py_writes() -> None:
@@ -209,16 +212,39 @@ def test_dashboards_are_what_build_py_writes() -> None:
         assert (ROOT / "dashboards" / name).read_text() == build.render(make()), f"run dashboards/build.py ({name})"
 
 
+def _fed_capacity() -> CapacityMetrics:
+    """A capacity search two steps in: one held, one running."""
+    metrics = CapacityMetrics()
+    metrics.step_started(1, 100.0)
+    metrics.step_done(StepAssessment(100.0, True, [], True, "steady", 99.5, {"ir": 0.01}, {}, {}), 100.0)
+    metrics.step_started(2, 200.0)
+    return metrics
+
+
+def test_capacity_metrics_mark_each_step() -> None:
+    families = {f.name: f for f in text_string_to_metric_families(_fed_capacity().exposition().decode())}
+    info = sorted((s.labels["step"], s.labels["rate"], s.labels["outcome"]) for s in families["fleet_capacity_step_info"].samples)
+    assert info == [("1", "100", "held"), ("2", "200", "running")]
+    assert families["fleet_capacity_offered_rate"].samples[0].value == 200.0
+    assert families["fleet_capacity_rate"].samples[0].value == 100.0
+    assert families["fleet_capacity_step_achieved_rate"].samples[0].value == 99.5
+    dash = json.loads((ROOT / "dashboards" / "fleet-capacity.json").read_text())
+    annotation = next(a for a in dash["annotations"]["list"] if a["name"] == "Capacity-search steps")
+    assert "fleet_capacity_step_info" in annotation["expr"] and annotation["datasource"]["uid"] == "${datasource}"
+    assert all(f"{{{{{label}}}}}" in annotation["titleFormat"] for label in ("step", "rate", "outcome"))
+
+
 def _exposed_names() -> set[str]:
     names = set()
-    for text in (_fed_fleet().exposition(), FleetMetrics("0").exposition(), _fed_ca().exposition(), CaMetrics().exposition()):
+    for text in (_fed_fleet().exposition(), FleetMetrics("0").exposition(), _fed_ca().exposition(), CaMetrics().exposition(),
+                 _fed_capacity().exposition()):
         for f in text_string_to_metric_families(text.decode()):
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(f.type, ("",))
             names |= {f.name + s for s in suffixes}
     return names
 
 
-@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "provision"])
+@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "provision", "capacity"])
 def test_dashboard_structure(name: str, dash: dict) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

@@ -59,15 +59,28 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, doctor_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
+    from fleet.cli import (
+        ca_cmd,
+        capacity_cmd,
+        cmp_cmd,
+        doctor_cmd,
+        k8s_cmd,
+        keys_cmd,
+        provision_cmd,
+        report_cmd,
+        run_cmd,
+    )
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
-    app.command("report", short_help="Render a fleet run --report JSON as an HTML page.",
-                epilog=report_cmd.EPILOG)(report_cmd.report)
+    app.command("capacity", short_help="Find the highest rate the CA sustains under the profile's SLO.",
+                epilog=capacity_cmd.EPILOG)(capacity_cmd.capacity)
+    app.command("report", short_help="Render a fleet run --report JSON as an HTML page, or merge shard reports.",
+                epilog=report_cmd.EPILOG, context_settings=report_cmd.CONTEXT)(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(keys_cmd.app, name="keys")
+    app.add_typer(k8s_cmd.app, name="k8s")
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
                 epilog=provision_cmd.EPILOG)(provision_cmd.provision)
     app.command("doctor", short_help="Check a CA and this machine before a run; say what to fix.",

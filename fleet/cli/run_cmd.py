@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from fleet.cli.usage import ProxyOpt, bounded, examples
 from fleet.files import OutputPathError, check_output_path, write_output
 from fleet.load.orchestrator import RunOptions, run_profile, summary_table
 from fleet.load.profiles import OverrideError, load_profile
+from fleet.load.shards import Shard, ShardError, parse_shard, parse_start_at, shard_from_env
 from fleet.secrets import read_secret
 
 EPILOG = examples(
@@ -25,6 +27,10 @@ EPILOG = examples(
     "fleet run profiles/steady.toml --workers 2 \\\n"
     "    --server http://ca.example:8080/.well-known/cmp \\\n"
     "    --master-secret env:FLEET_MASTER --trusted operator-root.pem",
+    "fleet run profiles/steady.toml --shard 0/3 \\\n"
+    "    --start-at 2026-12-05T13:00:00Z --report shard-0.json \\\n"
+    "    --server http://ca.example:8080/.well-known/cmp \\\n"
+    "    --master-secret env:FLEET_MASTER",
 )
 
 _FLAGS = {"rate": "--rate", "duration": "--duration", "devices": "--devices", "workers": "--workers",
@@ -51,6 +57,9 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress line.")] = False,
     proxy: ProxyOpt = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Run even when --server cannot be connected to at the start (by default the run stops at once, in one line).")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Play shard I of N of the run (its exact share of arrivals and device identities); merge the shards' reports with fleet report merge.")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", metavar="N", callback=bounded(COUNT), help="Shard count of a Kubernetes Indexed Job: the shard index comes from JOB_COMPLETION_INDEX (default: $FLEET_SHARDS).")] = None,
+    start_at: Annotated[str | None, typer.Option("--start-at", metavar="TIME", help="Start at this UTC time (2026-12-05T13:00:00Z or epoch seconds) so shards run in step.")] = None,
 ) -> None:
     """Run a load profile and print the summary and the SLO verdict (exit 1 when it fails).
 
@@ -71,6 +80,7 @@ def run(
         )
     if report is not None:
         check_output_path(report, "--report")
+    the_shard, start = _shard_options(ctx, shard, shards, start_at)
     if metrics_host:
         # Worker processes are spawned from the orchestrator and read it from their environment.
         os.environ["FLEET_METRICS_HOST"] = metrics_host
@@ -91,6 +101,8 @@ def run(
             ca_dir=ca_dir,
             keep_going=keep_going,
             proxy=proxy,
+            shard=the_shard,
+            start_at=start,
         )
         results, verdict = run_profile(loaded, options)
         print(summary_table(loaded, results))
@@ -114,6 +126,25 @@ def run(
         sys.exit(verdict.exit_code)  # 1 failed or aborted, 128 + signal when interrupted
     if failed_write is not None:
         sys.exit(1)
+
+
+def _shard_options(ctx: typer.Context, shard: str | None, shards: int | None,
+                   start_at: str | None) -> tuple[Shard | None, float | None]:
+    """--shard, --shards (+ JOB_COMPLETION_INDEX) and --start-at, each refused as a usage error."""
+    hint = "'--shard'"
+    try:
+        if shard is not None:
+            found = parse_shard(shard)
+            if shards is not None and shards != found.count:
+                raise ShardError(f"--shard {shard} and --shards {shards} disagree on the shard count")
+        else:
+            hint = "'--shards'"
+            found = shard_from_env(shards)
+        hint = "'--start-at'"
+        start = None if start_at is None else parse_start_at(start_at, time.time())
+    except ShardError as exc:
+        raise typer.BadParameter(str(exc), ctx=ctx, param_hint=hint) from None
+    return found, start
 
 
 def _move(staged: Path, target: Path) -> None:

@@ -30,6 +30,9 @@ StartFn = Callable[[int, float], Awaitable[None]]
 OnLate = Callable[[int, float], None]
 """``on_late(index, lateness)``: told about each arrival that began later than the threshold."""
 
+OnDrop = Callable[[float], None]
+"""``on_drop(intended)``: told about each dropped arrival (its intended time, on trio's clock)."""
+
 _CHUNK = 4096  # deadlines converted to Python floats this many at a time
 
 
@@ -90,6 +93,7 @@ class ArrivalDriver:
         on_late: OnLate | None = None,
         late_threshold: float = 0.010,
         slack: float = 0.0,
+        on_drop: OnDrop | None = None,
     ) -> None:
         arr = np.array(offsets, dtype=np.float64)  # a private copy
         if arr.ndim != 1:
@@ -111,6 +115,7 @@ class ArrivalDriver:
         self._on_late = on_late
         self._late_threshold = late_threshold
         self._slack = slack
+        self._on_drop = on_drop
         self._lateness = LatencyHistogram()
         self._started = 0
         self._dropped = 0
@@ -176,6 +181,9 @@ class ArrivalDriver:
             self._in_flight += take
             self._started += take
             self._dropped += j - i - take
+            if self._on_drop is not None:
+                for k in range(i + take, j):
+                    self._on_drop(deadlines[k])
             self._peak = max(self._peak, self._in_flight)
             i = j
 

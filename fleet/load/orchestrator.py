@@ -36,6 +36,8 @@ from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
+from fleet.load.shards import Shard
+from fleet.load.verdict import Verdict, report_document, slo_verdict
 from fleet.runtime import tune_gc
 from fleet.transport import TransportError
 
@@ -60,36 +62,9 @@ class RunOptions:
     path: str | None = None
     keep_going: bool = False  # run even when the CA cannot be reached at the start
     proxy: str | None = None  # --proxy; None: from the environment
-
-
-@dataclass
-class Verdict:
-    """The SLO checks of a run. ``stopped`` says why a run did not run to its end: then there is
-    no PASS or FAIL, only what was measured until then."""
-
-    passed: bool
-    checks: list[tuple[bool, str]]
-    stopped: str = ""  # "ABORTED: <check> at t=..s" or "INTERRUPTED at t=..s of ..s"
-    exit_code: int = -1  # -1: 0 when passed, else 1
-
-    def __post_init__(self) -> None:
-        if self.exit_code < 0:
-            self.exit_code = 0 if self.passed else 1
-
-    @property
-    def status(self) -> str:
-        """PASS, FAIL, ABORTED or INTERRUPTED."""
-        if self.stopped:
-            return self.stopped.split(":")[0].split()[0]
-        return "PASS" if self.passed else "FAIL"
-
-    def line(self) -> str:
-        parts = "; ".join(text for _, text in self.checks)
-        if self.stopped:
-            return f"{self.stopped}; until then: {parts or 'no SLO thresholds set'}"
-        if not self.checks:
-            return "PASS: no SLO thresholds set" if self.passed else "FAIL"
-        return f"{self.status}: {parts}"
+    shard: Shard | None = None  # this process plays shard I of N of the run
+    start_at: float | None = None  # common wall-clock start (epoch seconds)
+    warmup: float = 0.0  # seconds of arrivals kept out of the results' steady window (fleet capacity)
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -155,13 +130,25 @@ class WorkerSetup:
     path: str | None = None
     metrics_port: int | None = None
     proxy: str | None = None
+    shard: Shard | None = None
+    start_at: float | None = None
+    warmup: float = 0.0
+
+    @property
+    def segment_index(self) -> int:
+        """This worker's segment of the whole run (all shards' workers)."""
+        return (self.shard.segment_indices(self.workers).start if self.shard else 0) + self.worker
+
+    @property
+    def segments(self) -> int:
+        return self.workers * (self.shard.count if self.shard else 1)
 
 
 def _build_run(setup: WorkerSetup) -> WorkerRun:
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-    segment = split(setup.workers)[setup.worker]
+    segment = split(setup.segments)[setup.segment_index]
     anchors = [c for pem in setup.trusted_pem for c in x509.load_pem_x509_certificates(pem)]
     vendor = None
     if setup.vendor_key_pem is not None:
@@ -169,12 +156,13 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
     devices = DeviceFactory(
         setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
-        mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.worker,
+        mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
     )
     metrics = None
     if setup.metrics_port is not None:
-        metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
-    plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path, setup.proxy)
+        metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
+    plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.proxy,
+                      setup.start_at, setup.warmup)
     run = WorkerRun(plan, devices, observer=metrics)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
@@ -333,40 +321,8 @@ class ProgressPrinter:
 
 
 def verdict(profile: Profile, results: RunResults) -> Verdict:
-    checks: list[tuple[bool, str]] = []
-    for op, limit in sorted(profile.slo.p99_seconds.items()):
-        stats = results.ops.get(op)
-        if stats is None or not stats.latency.count:
-            checks.append((False, f"{op} p99: no successful {op}"))
-            continue
-        p99 = stats.latency.percentile(99)
-        checks.append((p99 <= limit, f"{op} p99 {p99 * 1e3:.0f} ms {'<=' if p99 <= limit else '>'} {limit * 1e3:.0f} ms"))
-    total = sum(s.total for s in results.ops.values())
-    failed = sum(s.failed for s in results.ops.values())
-    if profile.slo.max_error_rate is not None and not total:
-        checks.append((False, "errors: no operation finished"))
-    elif profile.slo.max_error_rate is not None:
-        rate = failed / total
-        ok = rate <= profile.slo.max_error_rate
-        checks.append((ok, f"errors {rate:.2%} {'<=' if ok else '>'} {profile.slo.max_error_rate:.2%}"))
-    stopped_early = results.interrupted or bool(results.aborted)
-    if profile.slo.min_rate_ratio is not None and not isinstance(profile.shape, Closed):
-        first = results.ops.get(profile.flow[0])
-        # A run stopped early is measured against the arrivals that had fallen due by then.
-        target = results.started + results.dropped if stopped_early else results.scheduled
-        achieved = (first.ok if first else 0) / target if target else 0.0
-        ok = achieved >= profile.slo.min_rate_ratio
-        of = f"the {target} arrivals due" if stopped_early else "target"
-        checks.append((ok, f"achieved {achieved:.1%} of {of} {'>=' if ok else '<'} {profile.slo.min_rate_ratio:.0%}"))
-    passed = all(ok for ok, _ in checks)
-    if results.aborted:
-        stopped = f"ABORTED: {results.aborted} at t={results.aborted_at:.1f}s (--abort-on-fail)"
-        return Verdict(False, checks, stopped, 1)
-    if results.interrupted:
-        sig = results.interrupt_signal or signal.SIGINT
-        stopped = f"INTERRUPTED by {signal.Signals(sig).name} at t={results.elapsed:.1f}s of {profile.duration:g}s"
-        return Verdict(False, checks, stopped, 128 + sig)
-    return Verdict(passed, checks)
+    """The profile's SLO checks over ``results`` (see ``fleet.load.verdict.slo_verdict``)."""
+    return slo_verdict(profile.slo, profile.flow, isinstance(profile.shape, Closed), profile.duration, results)
 
 
 _NONE = "-"  # a cell with nothing to show (no successful operation): never "nan"
@@ -400,25 +356,12 @@ def summary_table(profile: Profile, results: RunResults) -> str:
     return "\n".join([*lines, arrivals, *notes])
 
 
-def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str) -> dict[str, Any]:
-    target_rate = (
-        None if isinstance(profile.shape, Closed) else results.scheduled / profile.duration if profile.duration else None
+def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return report_document(
+        name=profile.name, server=target_url, duration=profile.duration, flow=profile.flow, slo=profile.slo,
+        closed=isinstance(profile.shape, Closed), results=results, verdict=verdict_, extra=extra,
     )
-    first = results.ops.get(profile.flow[0])
-    return {
-        "fleet_report": 1,
-        "profile": profile.name,
-        "server": target_url,
-        "duration_seconds": profile.duration,
-        "flow": list(profile.flow),
-        "target_rate": target_rate,
-        "achieved_rate": (first.ok / results.elapsed) if first and results.elapsed else 0.0,
-        "verdict": {
-            "passed": verdict_.passed, "status": verdict_.status, "line": verdict_.line(),
-            "checks": [t for _, t in verdict_.checks],
-        },
-        "results": results.to_dict(),
-    }
 
 
 def cap_connections(profile: Profile, out: TextIO) -> Profile:
@@ -491,7 +434,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
-                options.path, options.metrics_port, options.proxy,
+                options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
+                options.warmup,
             )
             for w in range(workers)
         ]
@@ -504,7 +448,11 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         results.workers = workers
     v = verdict(profile, results)
     if options.report is not None:
-        atomic_write(options.report, json.dumps(report_dict(profile, results, v, url), indent=1).encode())
+        extra = None
+        if options.shard is not None:
+            extra = {"shard": {"index": options.shard.index, "count": options.shard.count, "start_at": options.start_at},
+                     "start_at": options.start_at}
+        atomic_write(options.report, json.dumps(report_dict(profile, results, v, url, extra), indent=1).encode())
     return results, v
 
 
@@ -535,7 +483,8 @@ def _run_workers(setups: list[WorkerSetup], progress: ProgressPrinter, profile: 
     merged = RunResults()
     pending = set(range(len(setups)))
     errors: list[str] = []
-    deadline = time.monotonic() + profile.duration + profile.transaction_timeout * 2 + 120
+    wait = max(0.0, (options.start_at or 0.0) - time.time())
+    deadline = time.monotonic() + wait + profile.duration + profile.transaction_timeout * 2 + 120
 
     received: list[int] = []
 

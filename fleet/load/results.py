@@ -275,6 +275,10 @@ class RunResults:
     aborted: str = ""  # --abort-on-fail: the SLO check that broke (e.g. "errors 12.00% > 1.00%")
     aborted_at: float = 0.0  # seconds into the run when it broke
     cpu_seconds: float = 0.0  # the worker processes' CPU time (user + system) over the run, summed
+    dropped_series: SecondSeries = field(default_factory=SecondSeries)  # dropped arrivals by intended second
+    offered_series: SecondSeries = field(default_factory=SecondSeries)  # arrivals due in each second (open model)
+    window_start: float = 0.0  # with ``steady``: arrivals due before this (warm-up) are left out of it
+    steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -293,8 +297,51 @@ class RunResults:
         stats.service.record(service)
         self.completions[op].add(t)
         self.latency_series[op].record(t, latency)
+        if self.steady is not None and t - latency >= self.window_start:
+            self.steady.succeeded(op, t, latency, service)
+
+    def measure_from(self, seconds: float) -> None:
+        """Keep ``steady``: the measures of the arrivals due ``seconds`` or later into the run
+        (a warm-up left out, exactly: its own histograms, not a subtraction)."""
+        self.window_start = seconds
+        self.steady = RunResults()
+
+    def failed(self, op: str, t: float, latency: float, kind: str, fail_names: tuple[str, ...]) -> None:
+        """Record one failed operation finishing ``t`` seconds into the run, ``latency`` after its
+        intended start."""
+        stats = self.op(op)
+        stats.failed += 1
+        stats.errors[kind] += 1
+        stats.fail_info.update(fail_names)
+        self.failures[op].add(t)
+        if self.steady is not None and t - latency >= self.window_start:
+            self.steady.failed(op, t, latency, kind, fail_names)
+
+    def dropped_at(self, t: float) -> None:
+        """An arrival due ``t`` seconds into the run was dropped (``dropped`` is the driver's count)."""
+        self.dropped_series.add(t)
+        if self.steady is not None and t >= self.window_start:
+            self.steady.dropped += 1
+
+    def window_scheduled(self, offsets: npt.NDArray[np.float64]) -> None:
+        """At the end of an open-model run: the arrivals offered in each second and the steady
+        window's arrivals (``offsets``: this worker's schedule)."""
+        offsets = np.asarray(offsets)
+        if len(offsets):
+            self.offered_series.values = np.bincount(np.maximum(offsets, 0.0).astype(np.intp)).astype(np.int64)
+        steady = self.steady
+        if steady is not None:
+            steady.scheduled = int(np.count_nonzero(np.asarray(offsets) >= self.window_start))
+            steady.started = steady.completed = steady.scheduled - steady.dropped
 
     def merge(self, other: RunResults) -> None:
+        self.dropped_series.merge(other.dropped_series)
+        self.offered_series.merge(other.offered_series)
+        if other.steady is not None:
+            if self.steady is None:
+                self.measure_from(other.window_start)
+            assert self.steady is not None
+            self.steady.merge(other.steady)
         for name, stats in other.ops.items():
             self.op(name).merge(stats)
             self.completions[name].merge(other.completions[name])
@@ -315,7 +362,12 @@ class RunResults:
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
-        return {
+        extra: dict[str, Any] = {"dropped_per_second": self.dropped_series.trimmed(seconds),
+                                 "offered_per_second": self.offered_series.trimmed(seconds)}
+        if self.steady is not None:
+            self.steady.elapsed = self.elapsed
+            extra["steady"] = {"from_seconds": self.window_start, **self.steady.to_dict()}
+        return extra | {
             "scheduled": self.scheduled,
             "started": self.started,
             "dropped": self.dropped,
@@ -367,4 +419,10 @@ class RunResults:
             results.completions[name] = completions
             results.failures[name] = failures
             results.latency_series[name] = SecondBuckets.from_dict(series.get("latency_le"))
+        results.dropped_series.values = np.array(data.get("dropped_per_second") or [0], dtype=np.int64)
+        results.offered_series.values = np.array(data.get("offered_per_second") or [0], dtype=np.int64)
+        steady = data.get("steady")
+        if isinstance(steady, dict):
+            results.window_start = float(steady.get("from_seconds", 0.0))
+            results.steady = cls.from_dict(steady)
         return results

@@ -42,6 +42,8 @@ class WorkerPlan:
     worker: int = 0
     path: str | None = None
     proxy: str | None = None  # None: from the environment (fleet.http.proxy)
+    start_at: float | None = None  # wall-clock start (epoch seconds) shared by all shards; None: now
+    warmup: float = 0.0  # seconds: arrivals due earlier are left out of ``results.steady``
 
 
 @dataclass
@@ -84,6 +86,8 @@ class WorkerRun:
         self.observer = observer
         self._transport_factory = transport or self._http_transport
         self.results = RunResults()
+        if plan.warmup > 0:
+            self.results.measure_from(plan.warmup)
         self.live = LiveCounters()
         self.driver: ArrivalDriver | None = None
         self.t0 = 0.0
@@ -107,6 +111,9 @@ class WorkerRun:
             self.t0 = trio.current_time()
             cpu0 = time.process_time()
             with trio.CancelScope() as self.cancel_scope:
+                if self.plan.start_at is not None:  # shards start in step: wait for the common instant
+                    self.t0 += max(0.0, self.plan.start_at - time.time())
+                    await trio.sleep_until(self.t0)
                 if isinstance(profile.shape, Closed):
                     await self._closed_model(profile.shape)
                 else:
@@ -124,7 +131,8 @@ class WorkerRun:
         profile = self.profile
         rng = np.random.default_rng(profile.seed)
         offsets = self.plan.segment.select(shape.offsets(profile.duration, rng))
-        self.driver = ArrivalDriver(offsets, self._arrival, max_in_flight=profile.max_in_flight, clock_t0=self.t0)
+        self.driver = ArrivalDriver(offsets, self._arrival, max_in_flight=profile.max_in_flight, clock_t0=self.t0,
+                                    on_drop=lambda intended: self.results.dropped_at(intended - self.t0))
         try:
             await self.driver.run()
         finally:
@@ -135,6 +143,7 @@ class WorkerRun:
             self.results.completed = stats.completed
             self.results.lateness = stats.lateness
             self.results.in_flight_peak = stats.in_flight_peak
+            self.results.window_scheduled(offsets)
 
     async def _closed_model(self, shape: Closed) -> None:
         """``shape.devices`` loops in all (this worker runs its exact share of them), each running
@@ -257,11 +266,7 @@ class WorkerRun:
             self._internal_logged = True
             log.exception("internal error in a virtual device (reported once)")
         now = trio.current_time()
-        stats = self.results.op(op)
-        stats.failed += 1
-        stats.errors[kind] += 1
-        stats.fail_info.update(fail_names)
-        self.results.failures[op].add(now - self.t0)
+        self.results.failed(op, now - self.t0, now - intended, kind, fail_names)
         self.live.failed += 1
         label = fail_names[0] if fail_names else kind  # the progress line shows failInfo names
         self.live.errors[label] = self.live.errors.get(label, 0) + 1
