@@ -413,4 +413,4 @@ class CoapServer:
         """Sizes of the bounded tables (tests check they stay within the limits)."""
         return {"dedup": len(self._dedup), "partials": len(self._partials),
                 "partial_bytes": self._partial_bytes, "block2": len(self._block2),
-                "pending": len(self._pending)}
+                "pending": len(self._pending), "peers": len({peer for peer, _ in self._dedup})}

@@ -175,7 +175,8 @@ def test_never_finished_transfers_expire_and_a_flood_of_tokens_stays_bounded() -
     assert exchange.result is not None and exchange.result.payload == b"ok"
     # and what was left unfinished expires
     srv.poll(srv.timing.exchange_lifetime + 1)
-    assert srv.memory() == {"dedup": 0, "partials": 0, "partial_bytes": 0, "block2": 0, "pending": 0}
+    assert srv.memory() == {"dedup": 0, "partials": 0, "partial_bytes": 0, "block2": 0, "pending": 0,
+                            "peers": 0}
 
 
 def test_a_block2_follow_up_without_a_kept_response_gets_4_08() -> None:
