@@ -271,6 +271,7 @@ class RunResults:
     aborted: str = ""  # --abort-on-fail: the SLO check that broke (e.g. "errors 12.00% > 1.00%")
     aborted_at: float = 0.0  # seconds into the run when it broke
     cpu_seconds: float = 0.0  # the worker processes' CPU time (user + system) over the run, summed
+    transport: dict[str, int] = field(default_factory=dict)  # the transport's counters (CoAP), summed
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -308,6 +309,8 @@ class RunResults:
         if other.aborted and (not self.aborted or other.aborted_at < self.aborted_at):
             self.aborted, self.aborted_at = other.aborted, other.aborted_at  # the first to break
         self.cpu_seconds += other.cpu_seconds
+        for key, value in other.transport.items():
+            self.transport[key] = self.transport.get(key, 0) + value
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -324,6 +327,7 @@ class RunResults:
             "aborted": self.aborted,
             "aborted_at_seconds": self.aborted_at,
             "cpu_seconds": self.cpu_seconds,
+            "transport": dict(self.transport),
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -353,6 +357,7 @@ class RunResults:
             aborted=data.get("aborted", ""),
             aborted_at=data.get("aborted_at_seconds", 0.0),
             cpu_seconds=data.get("cpu_seconds", 0.0),
+            transport=dict(data.get("transport", {})),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)
