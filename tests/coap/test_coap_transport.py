@@ -156,3 +156,48 @@ async def test_a_thousand_enrollments_through_ten_percent_loss_each_way(coap_ca)
     assert counters["retransmissions"] >= 0.9 * (counters["lost_out"] + counters["lost_in"])
     assert ca.front.coap.stats["duplicate"] >= 0.9 * counters["lost_in"]
     print(f"\n1,000 enrollments, 10% loss each way: {dict(counters)}; CA CoAP {dict(ca.front.coap.stats)}")
+
+
+async def test_cmp_polling_carries_delayed_delivery_over_coap(coap_ca) -> None:  # type: ignore[no-untyped-def]
+    """RFC 9482 leaves delayed delivery to CMP (RFC 9483 §4.4), not CoAP Observe: the CA answers
+    "waiting", the device polls over CoAP until its certificate is ready."""
+    ca = await coap_ca(knobs=LoadKnobs(waiting_fraction=1.0, check_after=0.3))
+    async with CoapSettings().transport(ca.url) as transport:
+        tx = ClientTransaction(ca.config(3), CertRequest(BodyType.IR, new_key(), subject=name("polled")))
+        done = await run_transaction(transport, tx, timeout=30)
+    assert done.certificate is not None and done.polls >= 1
+    assert ca.requests()["pollReq"] >= 1
+
+
+async def test_hostile_datagrams_at_the_ca_socket_leave_other_devices_served(coap_ca) -> None:  # type: ignore[no-untyped-def]
+    """Garbage, truncated headers, an Observe registration, blocks out of order and a flood of
+    never-finished transfers on the CA's real socket: each gets its clear answer (or none), the
+    state stays bounded, and a device enrolls meanwhile."""
+    from fleet.coap.message import CON, Block, Code, Message, Opt, decode, encode
+    from fleet.coap.server import ServerLimits
+
+    ca = await coap_ca(limits=ServerLimits(max_partials=50, max_dedup=2_000))
+    path = [(Opt.URI_PATH, b".well-known"), (Opt.URI_PATH, b"cmp"), (Opt.CONTENT_FORMAT, b"\x01\x03")]
+    with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as attacker:
+        await attacker.connect(("127.0.0.1", ca.front.port))
+
+        async def ask(data: bytes) -> Message | None:
+            await attacker.send(data)
+            with trio.move_on_after(2):
+                return decode(await attacker.recv(2048))
+            return None
+
+        assert await ask(b"\x40\x02\x00\x07\xf1") == Message(3, 0, 7)  # CON, reserved nibble: Reset
+        out_of_order = await ask(encode(Message(CON, Code.POST, 8, b"t", [*path, (Opt.BLOCK1, Block(3, True, 2).encode())], bytes(64))))
+        assert out_of_order is not None and out_of_order.code == Code.REQUEST_ENTITY_INCOMPLETE
+        observed = await ask(encode(Message(CON, Code.POST, 9, b"o", [*path, (Opt.OBSERVE, b"")], b"\x30\x00")))
+        assert observed is not None and observed.code == Code.CHANGED and observed.option(Opt.OBSERVE) is None
+        for i in range(1_000):  # never-finished transfers, each a new token and tag
+            await attacker.send(encode(Message(CON, Code.POST, 100 + i, i.to_bytes(4, "big"),
+                                               [*path, (Opt.REQUEST_TAG, i.to_bytes(4, "big")),
+                                                (Opt.BLOCK1, Block(0, True, 2).encode())], bytes(64))))
+        async with CoapSettings(szx=2).transport(ca.url) as transport:
+            await ca.enroll(transport, 5)
+    memory = ca.front.coap.memory()
+    assert memory["partials"] <= 50 and memory["dedup"] <= 2_000
+    assert ca.front.coap.stats["malformed"] == 1
