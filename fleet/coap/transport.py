@@ -209,12 +209,11 @@ class CoapTransport:
                 if exchange.finished:
                     break
                 wake = exchange.next_at
-                limit = deadline if wake is None else wake if deadline is None else min(wake, deadline)
-                if limit is None:
+                if wake is None and deadline is None:  # a separate response, no caller deadline:
+                    wake = trio.current_time() + endpoint.timing.exchange_lifetime  # not forever
+                limit = wake if deadline is None else deadline if wake is None else min(wake, deadline)
+                with trio.move_on_at(limit):
                     await event.wait()
-                else:
-                    with trio.move_on_at(limit):
-                        await event.wait()
                 if event.is_set():
                     event = trio.Event()
                     exchange.waiter = event
@@ -222,6 +221,8 @@ class CoapTransport:
                 now = trio.current_time()
                 if deadline is not None and now >= deadline:
                     raise CoapTimeout(self.url, "no CoAP response within the deadline")
+                if exchange.next_at is None:
+                    raise CoapTimeout(self.url, "no separate response within EXCHANGE_LIFETIME")
                 exchange.timeout(now)
         finally:
             exchange.cancel()

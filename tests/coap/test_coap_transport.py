@@ -201,3 +201,16 @@ async def test_hostile_datagrams_at_the_ca_socket_leave_other_devices_served(coa
     memory = ca.front.coap.memory()
     assert memory["partials"] <= 50 and memory["dedup"] <= 2_000
     assert ca.front.coap.stats["malformed"] == 1
+
+
+async def test_without_a_deadline_a_separate_response_is_awaited_for_exchange_lifetime_only(coap_ca) -> None:  # type: ignore[no-untyped-def]
+    from fleet.coap.timing import CoapTiming
+
+    ca = await coap_ca(knobs=LoadKnobs(latency=Latency.parse("fixed:30")), separate_after=0.05)
+    timing = CoapTiming(ack_timeout=0.5, max_retransmit=0, max_latency=0.05)  # lifetime 0.6 s
+    async with CoapTransport(ca.url, timing=timing) as transport:
+        started = trio.current_time()
+        with pytest.raises(CoapTimeout, match="no separate response within EXCHANGE_LIFETIME"):
+            await transport.post(b"\x30\x00")
+        assert trio.current_time() - started < 5
+        assert transport.counters()["separate"] == 1
