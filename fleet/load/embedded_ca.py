@@ -126,8 +126,11 @@ class EmbeddedCa:
             except OSError:
                 time.sleep(0.05)
                 continue
-            # The CoAP socket is bound before HTTP is announced; HTTP accepting proves both.
-            return
+            # Ready once it has said so: its CoAP socket is bound before that line, and the line
+            # follows the HTTP bind (a connection may be accepted a moment before it is written).
+            if "fleet CA listening on" in self._log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.02)
         self.stop()
         raise EmbeddedCaError(f"embedded CA did not listen within {self.startup_timeout:g} s: {self._last_log_line()}")
 
