@@ -340,6 +340,12 @@ def render_html(report: dict[str, Any]) -> str:
     out.append(f"<p>Arrivals: {_e(results.get('scheduled', 0))} scheduled, {_e(results.get('started', 0))} started, "
                f"{_e(results.get('dropped', 0))} dropped (max in flight), peak in flight {_e(results.get('in_flight_peak', 0))}"
                + (f", start lateness p99 {_e(_fmt_seconds(late['p99']))}" if late.get("p99") is not None else "") + ".</p>")
+    coap = results.get("transport") or {}
+    if coap:
+        out.append(f"<p>CoAP: {_e(coap.get('sent', 0))} requests, {_e(coap.get('retransmissions', 0))} "
+                   f"retransmissions, {_e(coap.get('lost_out', 0))}/{_e(coap.get('lost_in', 0))} datagrams "
+                   f"lost out/in (link knob), {_e(coap.get('separate', 0))} separate responses, "
+                   f"{_e(coap.get('gave_up', 0))} exchanges given up.</p>")
     per_second: dict[str, Any] = results.get("per_second", {})
     out.extend(_offered_and_losses(results, flow, per_second))
     # Throughput over time.

@@ -4,7 +4,7 @@ module too long to read.
 
 Every import counts: at module level, inside functions (a lazy import that hides a cycle is
 still the cycle) and under ``if TYPE_CHECKING:``. Packages are ``fleet/load``, ``fleet/ca``,
-``fleet/cmp``, ``fleet/http``, ``fleet/provision`` and ``fleet/cli``; each root module
+``fleet/cmp``, ``fleet/http``, ``fleet/coap``, ``fleet/provision`` and ``fleet/cli``; each root module
 (``fleet/keys.py`` ...) is a node of its own.
 """
 
@@ -16,9 +16,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = ROOT / "fleet"
-PACKAGES = ("fleet.load", "fleet.ca", "fleet.cmp", "fleet.http", "fleet.provision", "fleet.cli")
+PACKAGES = (
+    "fleet.load", "fleet.ca", "fleet.cmp", "fleet.http", "fleet.coap", "fleet.provision", "fleet.cli"
+)
 # The protocol core and the transport sit at the bottom: they never import their users.
-LOWER = ("fleet.cmp", "fleet.http")
+LOWER = ("fleet.cmp", "fleet.http", "fleet.coap")
 UPPER = ("fleet.load", "fleet.provision", "fleet.ca", "fleet.cli")
 MAX_LINES = 800
 

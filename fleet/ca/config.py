@@ -50,7 +50,7 @@ PROFILE_KEYS = (
 
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
 _BOUNDS: Mapping[str, Bound] = {
-    "port": PORT, "metrics_port": PORT, "validity_days": COUNT, "confirm_wait": POSITIVE,
+    "port": PORT, "metrics_port": PORT, "coap_port": PORT, "validity_days": COUNT, "confirm_wait": POSITIVE,
     "max_time_skew": NON_NEGATIVE, "max_iterations": COUNT, "max_transactions": NON_NEGATIVE_INT,
     "max_body_bytes": COUNT, "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE,
     "error_fraction": FRACTION, "http_503_fraction": FRACTION, "drop_fraction": FRACTION,
@@ -181,6 +181,7 @@ class CaConfig:
     state: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8080
+    coap_port: int | None = None  # CMP over CoAP (RFC 9482) on this UDP port too
     # who may enroll
     secret: bytes | None = field(default=None, repr=False)
     ref: str | None = None

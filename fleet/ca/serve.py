@@ -25,6 +25,7 @@ import trio
 from cryptography import x509
 
 from fleet.ca.authority import STORE_FILE, Authority
+from fleet.ca.coap_service import serve_coap
 from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.hierarchy import CaHierarchy
 from fleet.ca.metrics import CaMetrics
@@ -121,6 +122,8 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(_listen, service, config, inputs.tls)
+            if config.coap_port is not None:
+                await nursery.start(serve_coap, service, config.host, config.coap_port)
             task_status.started(service)
     finally:
         service.authority.close()
@@ -151,6 +154,8 @@ def run(config: CaConfig) -> None:
     inputs = _Inputs(config)
     # Bind-check the ports before the state folder is touched: a busy port is one line, no new files.
     _check_port(config.host, config.port)
+    if config.coap_port is not None:
+        _check_port(config.host, config.coap_port, udp=True)
     metrics = _metrics(config)
     before = _Contents(state)
     service = build(config, metrics=metrics, inputs=inputs)
@@ -199,10 +204,10 @@ class _Contents:
                     path.unlink(missing_ok=True)
 
 
-def _port_error(host: str, port: int, exc: OSError) -> FleetError:
+def _port_error(host: str, port: int, exc: OSError, flag: str = "--port") -> FleetError:
     if exc.errno == errno.EADDRINUSE:
         return FleetError(
-            f"port {port} is in use on {host} (choose another --port, or 0 for any free one)"
+            f"port {port} is in use on {host} (choose another {flag}, or 0 for any free one)"
         )
     if exc.errno == errno.EACCES:
         return FleetError(
@@ -215,27 +220,31 @@ def _port_error(host: str, port: int, exc: OSError) -> FleetError:
     return FleetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
-def _check_port(host: str, port: int) -> None:
+def _check_port(host: str, port: int, *, udp: bool = False) -> None:
     """Bind (and release) every address the server will listen on, as trio does (SO_REUSEADDR,
-    IPv6 only on IPv6 sockets): a port another process listens on is refused here."""
+    IPv6 only on IPv6 sockets): a port another process listens on is refused here. ``udp``:
+    the CoAP port (bound without SO_REUSEADDR, as ``serve_coap`` binds it)."""
     if port == 0:
         return
     try:
         infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            host or None, port, type=socket.SOCK_DGRAM if udp else socket.SOCK_STREAM,
+            flags=socket.AI_PASSIVE,
         )
     except socket.gaierror as exc:
         raise FleetError(f"--host {host!r}: cannot resolve it: {exc.strerror}") from None
     for family, kind, proto, _name, address in infos:
         with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if not udp:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)
-                probe.listen(1)
+                if not udp:
+                    probe.listen(1)
             except OSError as exc:
-                raise _port_error(host, port, exc) from None
+                raise _port_error(host, port, exc, "--coap-port" if udp else "--port") from None
 
 
 def _bind_error(exc: BaseException) -> OSError | None:
@@ -271,11 +280,17 @@ async def _main(
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(partial(_listen, service, config, tls))
+            coap = None
+            if config.coap_port is not None:
+                coap = await nursery.start(serve_coap, service, config.host, config.coap_port)
             started.append(bound)
             base = service.base_url
             print(f"fleet CA listening on {base} (port {bound})")
             also = f"{base}/pkix/, /.well-known/cmp/p/<lcmpp|3gpp>/<op>"
             print(f"  CMP:  {base}/.well-known/cmp  (also {also})")
+            if coap is not None:
+                host = (base or "").split("://", 1)[-1].rsplit(":", 1)[0]
+                print(f"  CoAP: coap://{host}:{coap.port}/.well-known/cmp  (RFC 9482, UDP port {coap.port})")
             print(f"  CRL:  {base}/crl/issuing.crl   OCSP: {base}/ocsp")
             for line in lines:
                 print(line)

@@ -44,6 +44,8 @@ def serve(
     state: Annotated[Path, typer.Option("--dir", help="State directory: CA keys, certificates, records.")],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (0: any free port, printed at start).")] = 8080,
+    coap_port: Annotated[int | None, typer.Option(help="Also serve CMP over CoAP (RFC 9482) on this UDP port "
+                                                       "(0: any free port).")] = None,
     secret: Annotated[str | None, typer.Option(help=f"Shared MAC secret {_SECRET_HELP}.")] = None,
     ref: Annotated[str | None, typer.Option(help="Reference (senderKID) the --secret belongs to; "
                                                     "without it the secret answers any reference.")] = None,
@@ -100,7 +102,7 @@ def serve(
     master = read_secret(master_secret) if master_secret is not None else None
     try:
         config = CaConfig(
-            state=state, host=host, port=port, secret=secret_value, ref=ref, master_secret=master,
+            state=state, host=host, port=port, coap_port=coap_port, secret=secret_value, ref=ref, master_secret=master,
             vendor_trust=vendor_trust, trusted=tuple(trusted or ()), untrusted=tuple(untrusted or ()),
             key_type=key_type, validity_days=validity_days, issuing_cert=issuing_cert, issuing_key=issuing_key,
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,

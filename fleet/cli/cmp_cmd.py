@@ -34,6 +34,7 @@ from fleet.cmp.protection import (
 )
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert, signer_chain
+from fleet.connect import open_client
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
 from fleet.files import (
@@ -47,7 +48,7 @@ from fleet.files import (
     private_key_pem,
     write_output,
 )
-from fleet.http.client import CmpHttpClient, cmp_path
+from fleet.http.client import cmp_path
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
 from fleet.pkcs11 import Token, token_curve
@@ -104,7 +105,7 @@ class UsageError(FleetError):
 
 # -- options shared by every command -------------------------------------------------------------
 
-Server = Annotated[str, typer.Option("--server", metavar="URL", help="CA URL, http:// or https:// (see the examples).", show_default=False)]
+Server = Annotated[str, typer.Option("--server", metavar="URL", help="CA URL: http://, https:// or coap:// (RFC 9482; see the examples).", show_default=False)]
 Ref = Annotated[str | None, typer.Option("--ref", help="Reference (senderKID) for MAC protection; hex:0A1B.. for a binary one.")]
 Secret = Annotated[str | None, typer.Option("--secret", help="Shared secret for MAC protection: pass:TEXT, env:VAR or file:PATH.")]
 Sender = Annotated[str | None, typer.Option("--sender", metavar="NAME", help=(
@@ -305,9 +306,8 @@ def _run(options: CmpOptions, request: Request) -> Done:
     tls = options.ssl_context()
 
     async def go() -> Done:
-        async with CmpHttpClient(
-            options.server, max_connections=1, request_timeout=options.timeout, ssl_context=tls,
-            proxy=options.proxy,
+        async with open_client(
+            options.server, max_connections=1, timeout=options.timeout, ssl_context=tls, proxy=options.proxy,
         ) as client:
             path = None
             if options.profile or options.operation_paths:

@@ -47,7 +47,7 @@ class ProvisionUsageError(FleetError):
 
 def provision(
     manifest: Annotated[Path, typer.Argument(metavar="MANIFEST", help="CSV with a header row, or JSON Lines (.jsonl).", show_default=False)],
-    server: Annotated[str | None, typer.Option("--server", metavar="URL", help="CA URL (see the examples).  [required unless --dry-run]")] = None,
+    server: Annotated[str | None, typer.Option("--server", metavar="URL", help="CA URL: http://, https:// or coap:// (see the examples).  [required unless --dry-run]")] = None,
     out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Output folder: one subfolder per device, summary.json.  [required unless --dry-run]")] = None,
     journal: Annotated[Path | None, typer.Option("--journal", metavar="FILE", help="Journal file (default OUT/journal.sqlite).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only check the manifest and options; send nothing.")] = False,

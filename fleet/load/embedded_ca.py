@@ -29,8 +29,8 @@ class EmbeddedCaError(FleetError):
     """The embedded CA could not be started."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
+def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
@@ -46,6 +46,7 @@ class EmbeddedCa:
         vendor_trust: Path | None = None,
         metrics_port: int | None = None,
         startup_timeout: float = 30.0,
+        coap: bool = False,
     ) -> None:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if state_dir is None:
@@ -58,12 +59,18 @@ class EmbeddedCa:
         self.startup_timeout = startup_timeout
         self.master_secret = secrets.token_hex(16).encode()
         self.port = 0
+        self.coap = coap  # also serve CMP over CoAP (``coap_url``)
+        self.coap_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self.state_dir / "ca.log"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/.well-known/cmp"
+
+    @property
+    def coap_url(self) -> str:
+        return f"coap://127.0.0.1:{self.coap_port}/.well-known/cmp"
 
     @property
     def root_path(self) -> Path:
@@ -79,7 +86,7 @@ class EmbeddedCa:
         return replace(
             self.config, state=self.state_dir, host="127.0.0.1", port=self.port,
             master_secret=self.master_secret, vendor_trust=self.vendor_trust, metrics_port=self.metrics_port,
-            allow_key_reuse=True,
+            allow_key_reuse=True, coap_port=self.coap_port,
         )
 
     def __enter__(self) -> Self:
@@ -92,6 +99,8 @@ class EmbeddedCa:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.port = _free_port()
+        if self.coap:
+            self.coap_port = _free_port(socket.SOCK_DGRAM)
         config = self.ca_config().to_json().encode()
         cores = os.cpu_count() or 1
 
@@ -117,9 +126,15 @@ class EmbeddedCa:
                 raise EmbeddedCaError(f"embedded CA exited at start: {self._last_log_line()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 time.sleep(0.05)
+                continue
+            # Ready once it has said so: its CoAP socket is bound before that line, and the line
+            # follows the HTTP bind (a connection may be accepted a moment before it is written).
+            if "fleet CA listening on" in self._log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.02)
         self.stop()
         raise EmbeddedCaError(f"embedded CA did not listen within {self.startup_timeout:g} s: {self._last_log_line()}")
 

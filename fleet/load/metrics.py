@@ -177,6 +177,15 @@ class _RunCollector(Collector):
                 pool_generated.add_metric([w, spec], float(ps.generated))
         yield from (elapsed, start, finished, in_flight, planned, target, due, started, dropped, late,
                     lateness, pool, pool_taken, pool_reused, pool_generated)
+        counters = getattr(getattr(run, "transport", None), "counters", None)
+        if counters is not None:  # CoAP: what the (lossy) link cost, by a fixed set of events
+            coap = CounterMetricFamily(
+                "fleet_coap_datagrams", "CoAP client events: requests sent, retransmissions, datagrams "
+                "lost to the link knob (out/in), separate responses, exchanges given up.",
+                labels=["worker", "event"])
+            for event, count in counters().items():
+                coap.add_metric([w, event], float(count))
+            yield coap
 
 
 class FleetMetrics(Endpoint):

@@ -23,6 +23,7 @@ import trio
 
 from fleet.cmp.client import WARNINGS
 from fleet.cmp.trust import TrustStore
+from fleet.connect import is_coap
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
 from fleet.http.client import CmpHttpClient
@@ -353,7 +354,19 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
         for code, n in warned.most_common()
     ]
-    return "\n".join([*lines, arrivals, *notes])
+    return "\n".join([*lines, arrivals, *_transport_line(results.transport), *notes])
+
+
+def _transport_line(counters: dict[str, int]) -> list[str]:
+    """CoAP's counters under the table: what a lossy link cost."""
+    if not counters:
+        return []
+    line = (
+        f"coap: {counters.get('sent', 0)} requests, {counters.get('retransmissions', 0)} retransmissions, "
+        f"{counters.get('lost_out', 0)}/{counters.get('lost_in', 0)} datagrams lost out/in (link knob), "
+        f"{counters.get('separate', 0)} separate responses, {counters.get('gave_up', 0)} given up"
+    )
+    return [line]
 
 
 def report_dict(profile: Profile, results: RunResults, verdict_: Verdict, target_url: str,
@@ -396,7 +409,8 @@ def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
-    if options.server is not None and not options.keep_going:
+    # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
+    if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
@@ -415,19 +429,22 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             vendor_path = None
             # The CA serves fleet_ca_* right after the workers' ports (workers on P..P+W-1).
             ca_metrics = None if options.metrics_port is None else options.metrics_port + profile.workers
-            ca = EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_metrics)
+            ca = EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_metrics,
+                            coap=profile.transport == "coap")
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 atomic_write(vendor_path, certs_pem([vendor_root]))
                 ca.vendor_trust = vendor_path
             stack.enter_context(ca)
-            url = ca.url
+            url = ca.coap_url if ca.coap else ca.url
             master = ca.master_secret
             trusted_pem.append(ca.root_path.read_bytes())
             print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
         else:
             url = options.server
+            if profile.transport == "coap" and not is_coap(url):
+                raise RunError(f"the profile's transport is coap but --server is {url} (give a coap:// URL)")
             if profile.devices.auth == "mac" and master is None:
                 raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
         workers = profile.workers

@@ -16,12 +16,14 @@ from typing import Any
 
 from fleet.bounds import COUNT, POSITIVE, SEED, Bound
 from fleet.ca.config import CaConfig, CaConfigError
+from fleet.coap.transport import CoapSettings
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError
 from fleet.load.schedule import Closed, ScheduleError, Shape, parse_shape
 from fleet.names import check_san_template
 
 OPERATIONS = ("genm", "ir", "cr", "p10cr", "kur", "rr")
+TRANSPORTS = ("http", "coap")
 AUTH_KINDS = ("mac", "vendor")
 GENM_INFOTYPES = ("caCerts", "rootCaCert", "certReqTemplate", "crlStatusList")
 
@@ -92,6 +94,8 @@ class Profile:
     devices: DevicePopulation = DevicePopulation()
     slo: Slo = Slo()
     ca: CaConfig = field(default_factory=CaConfig)  # the embedded CA's settings ([ca]), used when a run has no --server
+    transport: str = "http"  # "coap": CMP over CoAP (RFC 9482), one UDP socket per worker
+    coap: CoapSettings = field(default_factory=CoapSettings)  # [coap]: retransmission timing, block size, lossy link
     description: str = ""
 
     def with_overrides(self, **changes: Any) -> Profile:
@@ -203,6 +207,7 @@ _TOP = {
     "devices": "[devices] section",
     "slo": "[slo] section",
     "ca": "[ca] section: options for the embedded CA",
+    "coap": "[coap] section: CoAP timing, block size and link loss/delay",
 }
 _RUN = {
     "duration": "seconds",
@@ -214,6 +219,7 @@ _RUN = {
     "transaction_timeout": "seconds",
     "workers": "processes",
     "seed": "rng seed",
+    "transport": "http or coap",
 }
 _DEVICES = {
     "count": "", "key_types": "", "auth": "", "subject": "", "sans": "", "implicit_confirm": "",
@@ -221,6 +227,29 @@ _DEVICES = {
     "max_iterations": "",
 }
 _SLO = {"p99_seconds": "", "max_error_rate": "", "min_rate_ratio": ""}
+_COAP = dict.fromkeys(
+    ("ack_timeout", "ack_random_factor", "max_retransmit", "block_size", "loss", "delay_ms"), ""
+)
+_BLOCK_SIZES = tuple(16 << szx for szx in range(7))
+
+
+def _coap(section: _Section) -> CoapSettings:
+    """[coap]: RFC 7252's transmission parameters, the block size, and the client-side link:
+    ``loss`` drops that fraction of datagrams each way, ``delay_ms`` holds each one."""
+    size = section.data.get("block_size", 1024)
+    if size not in _BLOCK_SIZES or isinstance(size, bool):
+        raise section._fail("block_size", f"one of {', '.join(map(str, _BLOCK_SIZES))}", size)
+    loss = section.checked("loss", 0.0, Bound(0, maximum=1))
+    if loss >= 1:
+        raise ProfileError(f"{section.where}.loss: must be below 1 (every datagram lost), got {loss!r}")
+    return CoapSettings(
+        ack_timeout=section.number("ack_timeout", 2.0, strict=True),
+        ack_random_factor=section.number("ack_random_factor", 1.5, minimum=1.0),
+        max_retransmit=int(section.checked("max_retransmit", 4, Bound(0, integer=True, maximum=20))),
+        szx=_BLOCK_SIZES.index(size),
+        loss=float(loss),
+        delay=section.number("delay_ms", 0.0) / 1000,
+    )
 # Settings of the embedded CA (`fleet ca serve`'s, by the same names), used when a run has no --server.
 _CA = dict.fromkeys(CaConfig.PROFILE_KEYS, "")
 
@@ -250,6 +279,7 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
     devices = _Section(f"{where}: [devices]", top.table("devices"), _DEVICES)
     slo = _Section(f"{where}: [slo]", top.table("slo"), _SLO)
     ca = _Section(f"{where}: [ca]", top.table("ca"), _CA)
+    coap = _Section(f"{where}: [coap]", top.table("coap"), _COAP)
     arrivals = top.table("arrivals")
     try:
         shape = parse_shape(arrivals or {"shape": "constant", "rate": 10})
@@ -332,6 +362,8 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
             min_rate_ratio=None if min_ratio is None else float(min_ratio),
         ),
         ca=ca_config,
+        transport=run.string("transport", "http", TRANSPORTS) or "http",
+        coap=_coap(coap),
     )
 
 

@@ -279,6 +279,7 @@ class RunResults:
     offered_series: SecondSeries = field(default_factory=SecondSeries)  # arrivals due in each second (open model)
     window_start: float = 0.0  # with ``steady``: arrivals due before this (warm-up) are left out of it
     steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
+    transport: dict[str, int] = field(default_factory=dict)  # the transport's counters (CoAP), summed
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -359,6 +360,8 @@ class RunResults:
         if other.aborted and (not self.aborted or other.aborted_at < self.aborted_at):
             self.aborted, self.aborted_at = other.aborted, other.aborted_at  # the first to break
         self.cpu_seconds += other.cpu_seconds
+        for key, value in other.transport.items():
+            self.transport[key] = self.transport.get(key, 0) + value
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -380,6 +383,7 @@ class RunResults:
             "aborted": self.aborted,
             "aborted_at_seconds": self.aborted_at,
             "cpu_seconds": self.cpu_seconds,
+            "transport": dict(self.transport),
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -409,6 +413,7 @@ class RunResults:
             aborted=data.get("aborted", ""),
             aborted_at=data.get("aborted_at_seconds", 0.0),
             cpu_seconds=data.get("cpu_seconds", 0.0),
+            transport=dict(data.get("transport", {})),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import trio
 
 from fleet.cmp.client import ClientTransaction, Done, Send
 from fleet.cmp.errors import StatusError
+from fleet.connect import open_client
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
-from fleet.http.client import CmpHttpClient
 from fleet.load.arrivals import ArrivalDriver
 from fleet.load.device import DeviceFactory
 from fleet.load.profiles import Profile
@@ -66,9 +67,10 @@ def classify(exc: BaseException) -> tuple[str, tuple[str, ...]]:
 
 
 class WorkerRun:
-    """One worker's devices over one transport: by default ``CmpHttpClient`` to ``plan.url``
-    with the profile's pool size and transaction timeout; ``transport`` makes another (an
-    in-process CA, a stub) for tests and benches."""
+    """One worker's devices over one transport: by default the client for ``plan.url``'s scheme
+    (``CmpHttpClient`` with the profile's pool size and transaction timeout, or one CoAP socket
+    with the profile's [coap] settings); ``transport`` makes another (an in-process CA, a stub)
+    for tests and benches."""
 
     transport: CmpTransport  # open while ``run`` runs
 
@@ -84,7 +86,7 @@ class WorkerRun:
         self.profile = plan.profile
         self.devices = devices
         self.observer = observer
-        self._transport_factory = transport or self._http_transport
+        self._transport_factory = transport or self._client
         self.results = RunResults()
         if plan.warmup > 0:
             self.results.measure_from(plan.warmup)
@@ -96,13 +98,11 @@ class WorkerRun:
         self._internal_logged = False
         self.stopped = trio.Event()
 
-    def _http_transport(self) -> CmpHttpClient:
-        return CmpHttpClient(
-            self.plan.url,
-            max_connections=self.profile.max_connections,
-            request_timeout=self.profile.transaction_timeout,
-            proxy=self.plan.proxy,
-        )
+    def _client(self) -> AbstractAsyncContextManager[CmpTransport]:
+        profile = self.profile
+        coap = replace(profile.coap, seed=profile.seed * 1009 + self.plan.worker)  # own loss draws
+        return open_client(self.plan.url, max_connections=profile.max_connections,
+                           timeout=profile.transaction_timeout, coap=coap, proxy=self.plan.proxy)
 
     async def run(self) -> RunResults:
         profile = self.profile
@@ -119,6 +119,9 @@ class WorkerRun:
                 else:
                     await self._open_model(profile.shape)
             self.results.cpu_seconds = time.process_time() - cpu0
+            counters = getattr(transport, "counters", None)
+            if counters is not None:  # e.g. CoAP retransmissions and losses
+                self.results.transport = counters()
         self.results.elapsed = trio.current_time() - self.t0
         self.stopped.set()
         return self.results

@@ -47,6 +47,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -61,10 +62,11 @@ from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import PrivateKey, SignatureProtector, is_mac_algorithm
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
 from fleet.cmp.trust import TrustStore, load_cert, signer_chain
+from fleet.connect import is_coap, open_client
 from fleet.errors import FleetError
 from fleet.exchange import TransactionTimeout, run_transaction
 from fleet.files import CredentialError, load_certificates
-from fleet.http.client import CmpHttpClient, cmp_path
+from fleet.http.client import cmp_path
 from fleet.http.errors import HttpStatusError
 from fleet.observe import Observer
 from fleet.pkcs11 import Token, token_curve
@@ -236,7 +238,8 @@ class _Pacer:
 class Provisioner:
     """Runs the devices of a manifest against one CA; the journal decides what each one does.
 
-    ``transport`` makes what carries the messages; by default ``CmpHttpClient`` to
+    ``transport`` makes what carries the messages; by default the client for the URL's scheme
+    (one CoAP socket for coap://) or ``CmpHttpClient`` to
     ``options.server`` with ``concurrency`` connections (an in-process CA for tests)."""
 
     def __init__(self, devices: Sequence[DeviceSpec], journal: Journal, options: ProvisionOptions,
@@ -244,8 +247,9 @@ class Provisioner:
         self.devices = list(devices)
         self.journal = journal
         self.options = options
-        self._transport_factory = transport or self._http_transport
-        self._base_path = urlsplit(options.server).path or "/"
+        self._transport_factory = transport or self._client
+        default = "/.well-known/cmp" if is_coap(options.server) else "/"  # RFC 9482 §2.1 for CoAP
+        self._base_path = urlsplit(options.server).path or default
         self.writer = JournalWriter(journal)
         self.stats = RunStats(total=len(self.devices))
         self._random = random.Random(options.seed)
@@ -255,9 +259,9 @@ class Provisioner:
         self._transport: CmpTransport | None = None
         self._started = 0.0
 
-    def _http_transport(self) -> CmpHttpClient:
-        return CmpHttpClient(self.options.server, max_connections=max(1, self.options.concurrency),
-                             request_timeout=self.options.timeout, proxy=self.options.proxy)
+    def _client(self) -> AbstractAsyncContextManager[CmpTransport]:
+        return open_client(self.options.server, max_connections=max(1, self.options.concurrency),
+                           timeout=self.options.timeout, proxy=self.options.proxy)
 
     # -- the run ----------------------------------------------------------------------------
 
