@@ -188,6 +188,7 @@ class CaConfig:
     vendor_trust: Path | None = None
     trusted: tuple[Path, ...] = ()
     untrusted: tuple[Path, ...] = ()
+    ra_trusted: tuple[Path, ...] = ()  # RAs whose nested messages and raVerified POP are accepted
     # the hierarchy (created in ``state`` at first start, or brought along)
     key_type: str = "ec:P-256"
     validity_days: int = 365

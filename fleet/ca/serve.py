@@ -47,6 +47,7 @@ class _Inputs:
             raise FleetError(f"vendor trust file {config.vendor_trust} holds no certificate")
         self.trusted = tuple(c for path in config.trusted for c in _certs(path))
         self.untrusted = tuple(c for path in config.untrusted for c in _certs(path))
+        self.ra_trusted = tuple(c for path in config.ra_trusted for c in _certs(path))
         self.tls = tls_context(config)
 
 
@@ -99,6 +100,7 @@ def build(
             trusted=inputs.trusted,
             vendor=tuple(inputs.vendor),
             untrusted=inputs.untrusted,
+            ra_trusted=inputs.ra_trusted,
             knobs=config.knobs,
             metrics=metrics,
         )
@@ -314,6 +316,11 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
         + " (kur/rr: certificates this CA issued;"
         " its own certificates only while its records call them good)"
     )
+    if config.ra_trusted:
+        lines.append(
+            f"    - RAs: nested messages and raVerified POP signed by certificates chaining to "
+            f"{', '.join(map(str, config.ra_trusted))}"
+        )
     if config.vendor_trust:
         lines.append(
             f"    - ir signed by vendor (IDevID) certificates chaining to {config.vendor_trust}"

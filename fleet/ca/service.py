@@ -46,7 +46,8 @@ from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
 from fleet.cmp.messages import FailInfo, fail_info_names
-from fleet.cmp.server import CmpServer, Outcome, ServerConfig, ServerStatistics, TxState
+from fleet.cmp.nested_server import NestedServer
+from fleet.cmp.server import Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
 
@@ -147,6 +148,7 @@ class CaService:
         trusted: tuple = (),
         vendor: tuple = (),
         untrusted: tuple = (),
+        ra_trusted: tuple = (),
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
@@ -159,11 +161,12 @@ class CaService:
         self.tick_interval = tick_interval
         self.metrics = metrics
         self._rng = random.Random(self.knobs.seed)
-        self.servers: dict[str, CmpServer] = {
-            mode: authority.server(
+        # Each mode's CmpServer, wrapped to take nested messages from ``ra_trusted`` RAs too.
+        self.servers: dict[str, NestedServer] = {
+            mode: NestedServer(authority.server(
                 config=replace(self.config, mode=mode),  # type: ignore[arg-type]
-                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted,
-            )
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, ra_trusted=ra_trusted,
+            ))
             for mode in _MODES
         }
         self.default = self.servers[self.config.mode]
@@ -240,6 +243,8 @@ class CaService:
             started = time.perf_counter()
             reply = server.handle(request.body, self.clock(), defer=defer, inject_error=inject)
             self._count(reply.outcome, time.perf_counter() - started)
+        for inner in server.inner_outcomes:  # the messages of a nested request, one by one
+            self._count(inner)
         if knobs.latency.kind != "none":
             delay = knobs.latency.sample(self._rng)
             if delay > 0:

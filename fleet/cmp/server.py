@@ -75,6 +75,7 @@ from fleet.cmp.server_auth import (
     authorize_rr,
     check_pop,
     check_same_requester,
+    ra_verified_by,
 )
 from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import TrustStore, parse_name
@@ -231,8 +232,10 @@ class CmpServer:
         vendor_trust: TrustStore | None = None,
         untrusted: tuple[x509.Certificate, ...] = (),
         random: Callable[[int], bytes] | None = None,
+        ra_trust: TrustStore | None = None,
     ) -> None:
         self.backend = backend
+        self.ra_trust = ra_trust  # RAs whose requests may carry raVerified POP
         self.signer = signer
         self.config = cfg = config or ServerConfig()
         self._checks = Authenticator(
@@ -427,7 +430,7 @@ class CmpServer:
                 subject = csr.subject
                 extensions = csr_extensions(csr)
             self._checks.check_requested_key(public_key)
-            check_pop(req, public_key)
+            check_pop(req, public_key, ra_verified=ra_verified_by(ctx.auth, self.ra_trust, self.untrusted, ctx.now))
             old_cert = self._checks.authorize_kur(ctx.auth, req.controls) if msg.body_type is BodyType.KUR else None
             if old_cert is not None and template.subject is None:
                 subject = old_cert.subject

@@ -100,6 +100,7 @@ __all__ = [
     "check_pop",
     "check_same_requester",
     "is_directory_name",
+    "ra_verified_by",
 ]
 
 # Bodies that start a transaction; every other request follows one.
@@ -438,11 +439,17 @@ def check_same_requester(auth: Auth, first: Auth) -> None:
         raise Refuse(FailInfo.notAuthorized, "signer differs from the transaction's first request")
 
 
-def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
-    """Proof of possession: a signature over the CertRequest itself by the requested key."""
+def check_pop(req: CertReqMsg, public_key: PublicKeyTypes, *, ra_verified: bool = False) -> None:
+    """Proof of possession: a signature over the CertRequest itself by the requested key, or
+    raVerified when the request is protected by a trusted RA (``ra_verified``, RFC 9483 §5.2.3.2:
+    the RA checked the POP before replacing the protection)."""
     popo = req.popo
     if popo is None:
         raise Rejected("proof of possession is missing", FailInfo.badPOP)
+    if popo.kind == "raVerified":
+        if ra_verified:
+            return
+        raise Rejected("raVerified proof of possession is accepted only from a trusted RA", FailInfo.badPOP)
     if popo.kind != "signature":
         raise Rejected(f"{popo.kind} proof of possession is not accepted", FailInfo.badPOP)
     if popo.poposk_input is not None or popo.algorithm is None or popo.signature is None:
@@ -453,6 +460,20 @@ def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
         raise Rejected(f"POP: {exc}", FailInfo.badAlg) from None
     except ProtectionError:
         raise Rejected("POP signature does not verify with the requested key", FailInfo.badPOP) from None
+
+
+def ra_verified_by(
+    auth: Auth, ra_trust: TrustStore | None, untrusted: tuple[x509.Certificate, ...], now: float
+) -> bool:
+    """Whether ``auth`` is a signature by an RA the CA trusts (its certificate chains to
+    ``ra_trust``): only such a request may claim raVerified POP."""
+    if ra_trust is None or not len(ra_trust) or auth.kind != "signature" or auth.signer is None:
+        return False
+    try:
+        ra_trust.verify(auth.signer, untrusted, at=datetime.fromtimestamp(now, UTC))
+    except UntrustedSigner:
+        return False
+    return True
 
 
 def authorize_rr(auth: Auth, target: KnownCert) -> None:
