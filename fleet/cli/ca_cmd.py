@@ -58,7 +58,7 @@ def serve(
         help="PEM file of intermediate certificates for paths; repeatable.")] = None,
     ra_trusted: Annotated[list[Path] | None, typer.Option(metavar="PEM",
         help="PEM file of RA certificates or their anchors: nested (batched) messages and raVerified POP "
-             "signed under them are accepted (RFC 9483 §5.2); repeatable.")] = None,
+             "signed under them are accepted (RFC 9483 section 5.2); repeatable.")] = None,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,

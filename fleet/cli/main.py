@@ -59,7 +59,7 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, report_cmd, run_cmd
+    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, ra_cmd, report_cmd, run_cmd
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
@@ -67,6 +67,7 @@ def _register() -> None:
                 epilog=report_cmd.EPILOG)(report_cmd.report)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
+    app.add_typer(ra_cmd.app, name="ra")
     app.add_typer(keys_cmd.app, name="keys")
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
                 epilog=provision_cmd.EPILOG)(provision_cmd.provision)
