@@ -14,7 +14,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fleet.ca.serve import tls_context
+from fleet.ca.serve import _check_port, tls_context
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.cmp.trust import TrustStore
@@ -72,6 +72,7 @@ def build_relay(config: RaConfig) -> Relay:
 def run(config: RaConfig) -> None:
     """Serve until SIGINT or SIGTERM, saying where and how on stdout."""
     relay = build_relay(config)
+    _check_port(config.host, config.port)  # a busy port is one line, before anything starts
     tls = tls_context(config)  # type: ignore[arg-type]  # reads tls_cert and tls_key only
     metrics = None
     if config.metrics_port is not None:

@@ -33,6 +33,7 @@ from fleet.cmp.shared_secrets import SharedSecrets, derive_device_secret
 from fleet.cmp.trust import TrustStore
 from fleet.exchange import run_transaction
 from fleet.http.server import HttpRequest
+from fleet.ra.metrics import RaMetrics
 from fleet.ra.relay import RaMode, Relay, RelayPolicy
 from fleet.ra.service import RaService
 from fleet.transport import InProcessTransport, TransportError
@@ -306,3 +307,27 @@ async def test_error_knob_injects_without_forwarding(bench: Bench) -> None:
 
     await with_service(service, body)
     assert bench.upstream.posts == 0
+
+
+async def test_metrics_count_what_the_ra_did(bench: Bench, autojump_clock) -> None:  # type: ignore[no-untyped-def]
+    metrics = RaMetrics(process=False)
+    service = RaService(bench.relay(RaMode.NESTED), bench.upstream, batch_size=2, batch_wait=0.1, metrics=metrics)
+    via = ViaRa(service)
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(2):
+                nursery.start_soon(enroll, via, mac_device(f"dev-{i}"), f"m-{i}")
+        tx = ClientTransaction(mac_device("dev-9", secret=b"wrong"), CertRequest(BodyType.IR, new_key(), subject=name("x")))
+        await via.post(tx.start().data)
+        await trio.sleep(1.5)  # one sample of the transaction table
+
+    await with_service(service, body)
+    text = metrics.exposition().decode()
+    assert 'fleet_ra_requests_total{body="ir",outcome="forwarded"} 2.0' in text
+    assert 'fleet_ra_requests_total{body="certConf",outcome="forwarded"} 2.0' in text
+    assert 'fleet_ra_failures_total{body="ir",fail_info="badMessageCheck"} 1.0' in text
+    assert 'fleet_ra_upstream_requests_total{kind="nested"} 2.0' in text
+    assert "fleet_ra_batch_size_bucket{le=\"2.0\"} 2.0" in text
+    assert "fleet_ra_transactions 2.0" in text  # the refused one is not remembered
+    assert "wrong" not in text and "dev-9" not in text  # no secrets, no references
