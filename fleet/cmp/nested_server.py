@@ -8,8 +8,8 @@ nested one is accepted only from an RA the CA trusts (``ra_trust``, ``fleet ca s
 * the envelope is signed (a MAC-protected envelope: notAuthorized), by a certificate named by
   sender and senderKID that chains to an RA anchor (signerNotTrusted otherwise) and that the
   CA's records do not refuse, with a good header (pvno, transactionID, senderNonce, time);
-* its body is a bounded list of messages that decode, none nested, one per transactionID
-  (``nested.unwrap``: badRequest, badDataFormat, transactionIdInUse).
+* its body is a bounded list of messages whose headers read, none nested, one per
+  transactionID (``nested.index``: badRequest, badDataFormat, transactionIdInUse).
 
 Then each inner message is handled by the wrapped server exactly as if it had come alone: its
 own protection, header and transaction are checked, and a bad inner MAC costs that message
@@ -36,7 +36,7 @@ from fleet.cmp.messages import (
     PKIStatus,
     PKIStatusInfo,
 )
-from fleet.cmp.nested import NestedError, unwrap
+from fleet.cmp.nested import NestedError, index
 from fleet.cmp.protection import is_mac_algorithm
 from fleet.cmp.server import CmpServer, Outcome, Reply, ServerStatistics, TxState
 from fleet.cmp.server_auth import NO_AUTH, Authenticator, Refuse, ResponseWriter
@@ -114,16 +114,14 @@ class NestedServer:
         except (DerError, MessageError, ValueError, IndexError, RecursionError):
             return self.server.handle(data, now)  # its decoder's answer: badDataFormat
         try:
-            self._open(msg, now)
+            inner = self._open(msg, now)
         except (Refuse, NestedError) as exc:
             return self._error(msg, now, exc.fail, exc.text)
         except Rejected as exc:
             return self._error(msg, now, exc.fail, str(exc))
-        body = msg.body
-        assert isinstance(body, NestedMessageContent)
         replies = [
             self.server.handle(data_i, now, defer=defer, inject_error=inject_error)
-            for data_i in body.messages
+            for data_i in inner.values()
         ]
         self.inner_outcomes = [r.outcome for r in replies]
         out, _ = self._writer.write(msg.header, NO_AUTH, now, BodyType.NESTED,
@@ -147,7 +145,7 @@ class NestedServer:
 
     # -- the envelope ----------------------------------------------------------------------
 
-    def _open(self, msg: PKIMessage, now: float) -> tuple[PKIMessage, ...]:
+    def _open(self, msg: PKIMessage, now: float) -> dict[bytes, bytes]:
         """The inner messages of an envelope from a trusted RA, or the refusal (module doc)."""
         if self.ra_trust is None or not len(self.ra_trust):
             raise Refuse(FailInfo.notAuthorized, "this CA trusts no RA: nested messages are not accepted")
@@ -158,7 +156,7 @@ class NestedServer:
         if denial is not None:
             raise Refuse(denial.fail, f"RA {denial}")
         self._checks.check_header(msg.header, now)
-        return unwrap(msg)
+        return index(msg)
 
     def _error(self, msg: PKIMessage, now: float, fail: FailInfo | int, text: str) -> Reply:
         mask = fail.mask if isinstance(fail, FailInfo) else int(fail)

@@ -52,7 +52,7 @@ from fleet.cmp.messages import (
     encode_header,
     protected_part,
 )
-from fleet.cmp.nested import NestedError, by_transaction, unwrap, wrap
+from fleet.cmp.nested import NestedError, index, wrap
 from fleet.cmp.protection import ProtectionError, SignatureProtector, compute_mac, verify_signature
 from fleet.cmp.server_auth import (
     NEW_REQUESTS,
@@ -308,13 +308,9 @@ class Relay:
             fail = _first_fail(status.fail_info)
             raise UpstreamRefusal(fail, "upstream refused the batch: " + "; ".join(status.texts)[:150])
         try:
-            inner = unwrap(msg)
+            return index(msg)
         except NestedError as exc:
             raise UpstreamRefusal(FailInfo.systemFailure, f"upstream answer envelope: {exc.text}") from None
-        body = msg.body
-        raw = dict(zip((m.header.transaction_id or b"" for m in inner), body.messages, strict=True))  # type: ignore[union-attr]
-        by_transaction(inner)
-        return raw
 
     def downstream(self, inbound: Inbound, data: bytes, now: float) -> bytes:
         """The answer to send the device for upstream answer ``data``."""
