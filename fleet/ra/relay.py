@@ -52,7 +52,7 @@ from fleet.cmp.messages import (
     encode_header,
     protected_part,
 )
-from fleet.cmp.nested import NestedError, index, wrap
+from fleet.cmp.nested import wrap
 from fleet.cmp.protection import ProtectionError, SignatureProtector, compute_mac, verify_signature
 from fleet.cmp.server_auth import (
     NEW_REQUESTS,
@@ -68,6 +68,7 @@ from fleet.cmp.shared_secrets import SecretLookup
 from fleet.cmp.trust import TrustStore, UntrustedSigner, find_signer, load_cert
 from fleet.cmp.x509parts import load_public_key, short_text
 from fleet.errors import FleetError
+from fleet.ra.batching import EnvelopeRefused, open_envelope
 from fleet.randomness import RandomPool
 
 __all__ = ["Inbound", "RaMode", "RaRefusal", "Relay", "RelayPolicy", "UpstreamRefusal"]
@@ -294,23 +295,12 @@ class Relay:
         return data, tid, nonce
 
     def open_envelope(self, data: bytes, tid: bytes, nonce: bytes, now: float) -> dict[bytes, bytes]:
-        """The inner answers of an upstream envelope by transactionID, once its signature,
-        transactionID and recipNonce check out; ``UpstreamRefusal`` otherwise (an error answer
-        for the whole envelope included)."""
-        msg = self._decode_upstream(data)
-        if msg.header.transaction_id != tid:
-            raise UpstreamRefusal(FailInfo.systemFailure, "upstream answer has another transactionID than the envelope")
-        if msg.header.recip_nonce != nonce:
-            raise UpstreamRefusal(FailInfo.systemFailure, "upstream answer's recipNonce does not echo the envelope")
-        self._verify_upstream(msg, now)
-        if isinstance(msg.body, ErrorMsgContent):
-            status = msg.body.status
-            fail = _first_fail(status.fail_info)
-            raise UpstreamRefusal(fail, "upstream refused the batch: " + "; ".join(status.texts)[:150])
+        """The inner answers of an upstream envelope by transactionID (``batching.open_envelope``
+        with this RA's upstream trust); ``UpstreamRefusal`` when there are none to relay."""
         try:
-            return index(msg)
-        except NestedError as exc:
-            raise UpstreamRefusal(FailInfo.systemFailure, f"upstream answer envelope: {exc.text}") from None
+            return open_envelope(data, tid, nonce, now, trust=self.upstream_trust, untrusted=self.untrusted)
+        except EnvelopeRefused as exc:
+            raise UpstreamRefusal(exc.fail, exc.problem) from None
 
     def downstream(self, inbound: Inbound, data: bytes, now: float) -> bytes:
         """The answer to send the device for upstream answer ``data``."""
@@ -382,10 +372,3 @@ def _ra_verified_body(body_der: bytes) -> bytes:
 
 def _whole_second(now: float) -> datetime:
     return datetime.fromtimestamp(math.floor(now), UTC)
-
-
-def _first_fail(bits: int | None) -> FailInfo:
-    for fail in FailInfo:
-        if bits and bits >> fail.value & 1:
-            return fail
-    return FailInfo.systemFailure

@@ -8,9 +8,9 @@ suffix (so a profile reaches the CA), ``/pkix/`` to the upstream URL as given.
 
 In nested mode requests wait for a batch: it leaves when it holds ``batch_size`` messages or
 ``batch_wait`` seconds after its first, as one envelope to the upstream URL; the answer
-envelope is split back to the waiting devices. A batch never holds two messages of one
-transaction (the second is refused with transactionIdInUse), so no device can make a batch
-fail for the others. An upstream that cannot be reached, answers late or answers something
+envelope is split back to the waiting devices (``fleet.ra.batching.NestingTransport``). A batch
+never holds two messages of one transaction (the second waits for the next batch), so no
+device can make a batch fail for the others. An upstream that cannot be reached, answers late or answers something
 unverifiable costs each waiting device an error from the RA (systemUnavail or the upstream's
 failInfo), never a hang.
 
@@ -36,6 +36,7 @@ from fleet.ca.config import LoadKnobs
 from fleet.ca.service import CMP_TYPE, route
 from fleet.cmp.messages import FailInfo
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
+from fleet.ra.batching import EnvelopeRefused, NestingTransport
 from fleet.ra.relay import Inbound, RaMode, RaRefusal, Relay, UpstreamRefusal
 from fleet.transport import CmpTransport, TransportError
 
@@ -103,10 +104,7 @@ class RaService:
         self.upstream_posts: Counter[str] = Counter()  # "single" / "nested" envelopes sent
         self.http_stats = HttpServerStats()
         self.base_url: str | None = None
-        self._batch: list[_Waiter] = []
-        self._batch_tids: set[bytes] = set()
-        self._generation = 0
-        self._nursery: trio.Nursery | None = None
+        self._nesting: NestingTransport | None = None
 
     @property
     def batching(self) -> bool:
@@ -219,72 +217,34 @@ class RaService:
 
     async def _batched(self, inbound: Inbound) -> _Waiter:
         waiter = _Waiter(inbound)
-        tid = inbound.transaction_id
-        if tid in self._batch_tids:
-            self._fail(waiter, FailInfo.transactionIdInUse,
-                       "a message of this transaction is already waiting in a batch", "refused")
-            return waiter
-        assert self._nursery is not None, "serve() runs the batches"
-        self._batch.append(waiter)
-        self._batch_tids.add(tid)
-        if len(self._batch) >= self.batch_size:
-            self._flush()
-        elif len(self._batch) == 1:
-            self._nursery.start_soon(self._flush_later, self._generation)
-        await waiter.done.wait()
+        assert self._nesting is not None, "run_batches() runs the batches"
+        try:
+            waiter.answer = (await self._nesting.post(inbound.data)).body
+        except EnvelopeRefused as exc:
+            self._fail(waiter, exc.fail, exc.problem, "upstream_refused")
+        except TransportError as exc:
+            self._fail(waiter, FailInfo.systemUnavail, f"upstream CA unavailable ({exc.kind})", "upstream_error")
         return waiter
 
-    def _flush(self) -> None:
-        batch, self._batch, self._batch_tids = self._batch, [], set()
-        self._generation += 1
-        assert self._nursery is not None
-        self._nursery.start_soon(self._send_batch, batch)
-
-    async def _flush_later(self, generation: int) -> None:
-        await trio.sleep(self.batch_wait)
-        if generation == self._generation and self._batch:
-            self._flush()
-
-    async def _send_batch(self, batch: list[_Waiter]) -> None:
-        """One envelope upstream for ``batch``; every waiter is answered, whatever happens."""
-        relay = self.relay
-        try:
-            if self.metrics is not None:
-                self.metrics.batch(len(batch))
-            data, tid, nonce = relay.envelope([w.inbound for w in batch], self.clock())
-            self.upstream_posts["nested"] += 1
-            body = await self._post("nested", data, None, batch)
-            if body is None:
-                return
-            try:
-                answers = relay.open_envelope(body, tid, nonce, self.clock())
-            except UpstreamRefusal as exc:
-                for w in batch:
-                    self._fail(w, exc.fail, exc.text, "upstream_refused")
-                return
-            for w in batch:
-                answer = answers.get(w.inbound.transaction_id)
-                if answer is None:
-                    self._fail(w, FailInfo.systemFailure, "upstream answered no message for this transaction",
-                               "upstream_refused")
-                else:
-                    w.answer = answer
-        except Exception as exc:  # noqa: BLE001  # a bug costs this batch its answers, not the RA
-            log.error("batch of %d failed inside the RA: %s: %s", len(batch), type(exc).__name__, exc)
-            for w in batch:
-                if not w.answer:
-                    self._fail(w, FailInfo.systemFailure, "internal error", "error")
-        finally:
-            for w in batch:
-                w.done.set()
+    def _on_batch(self, size: int, seconds: float, error: str) -> None:
+        self.upstream_posts["nested"] += 1
+        if self.metrics is not None:
+            self.metrics.batch(size)
+            self.metrics.upstream("nested", seconds, error)
 
     # -- running --------------------------------------------------------------------------
 
     async def run_batches(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the batch tasks until cancelled (``serve`` does; tests over an in-process
-        transport start it themselves)."""
+        """Host the batches (nested mode) and the metrics sampling until cancelled (``serve``
+        does; tests over an in-process transport start it themselves)."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            relay = self.relay
+            if self.batching:
+                self._nesting = NestingTransport(
+                    self.transport, relay.signer, nursery, batch_size=self.batch_size, batch_wait=self.batch_wait,
+                    trust=relay.upstream_trust, untrusted=relay.untrusted, timeout=self.upstream_timeout,
+                    clock=self.clock, on_batch=self._on_batch,
+                )
             task_status.started()
             if self.metrics is not None:
                 while True:
