@@ -14,15 +14,17 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import trio
 
+from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
+from fleet.http.client import CmpHttpClient
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
@@ -33,7 +35,10 @@ from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
+from fleet.ra.batching import nesting
+from fleet.ra.credentials import make_ra_credential
 from fleet.runtime import tune_gc
+from fleet.transport import TransportFactory
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
 
@@ -92,7 +97,7 @@ class Verdict:
 def expected_arrivals(profile: Profile) -> int:
     if isinstance(profile.shape, Closed):
         return profile.devices.count * 4
-    return int(math.ceil(profile.shape.expected_count(profile.duration)))
+    return math.ceil(profile.shape.expected_count(profile.duration))
 
 
 def keys_needed(profile: Profile) -> dict[str, int]:
@@ -148,6 +153,7 @@ class WorkerSetup:
     mode: str
     path: str | None = None
     metrics_port: int | None = None
+    ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
 
 
 def _build_run(setup: WorkerSetup) -> WorkerRun:
@@ -168,10 +174,30 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.worker))
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.worker, setup.path)
-    run = WorkerRun(plan, devices, observer=metrics)
+    transport = _ra_transport(setup, TrustStore(anchors)) if setup.ra_pem is not None else None
+    run = WorkerRun(plan, devices, observer=metrics, transport=transport)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
+
+
+def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
+    """[ra]: HTTP to the CA under a ``NestingTransport`` signing with the RA credential and
+    verifying the CA's answers against the run's trust anchors."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    profile, ra = setup.profile, setup.profile.ra
+    assert ra is not None and setup.ra_pem is not None
+    certs = x509.load_pem_x509_certificates(setup.ra_pem[0])
+    signer = SignatureProtector(load_pem_private_key(setup.ra_pem[1], None), certs[0], certs[1:])  # type: ignore[arg-type]
+
+    def http() -> CmpHttpClient:
+        return CmpHttpClient(setup.url, max_connections=profile.max_connections,
+                             request_timeout=profile.transaction_timeout)
+
+    return nesting(http, signer, batch_size=ra.batch_size, batch_wait=ra.batch_wait, trust=trust,
+                   timeout=profile.transaction_timeout)
 
 
 def _finish_metrics(run: WorkerRun) -> None:
@@ -438,11 +464,17 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             vendor_key_pem = private_key_pem(vendor.key)
             vendor_root = vendor.cert
         master = options.master_secret
+        ra_pem, ra_root = _ra_files(profile, external=options.server is not None)
         if options.server is None:
             vendor_path = None
             # The CA serves fleet_ca_* right after the workers' ports (workers on P..P+W-1).
             ca_metrics = None if options.metrics_port is None else options.metrics_port + profile.workers
             ca = EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_metrics)
+            if ra_root is not None:  # the RA credential made for this run: the CA trusts its root
+                ra_path = ca.state_dir / "ra-root.pem"
+                ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                atomic_write(ra_path, ra_root)
+                ca.config = replace(ca.config, ra_trusted=(*ca.config.ra_trusted, ra_path))
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -453,6 +485,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             master = ca.master_secret
             trusted_pem.append(ca.root_path.read_bytes())
             print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
+            if profile.ra is not None:
+                print(f"fleet: requests go in RA-signed nested messages of up to {profile.ra.batch_size}", file=out)
         else:
             url = options.server
             if profile.devices.auth == "mac" and master is None:
@@ -461,7 +495,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
-                options.path, options.metrics_port,
+                options.path, options.metrics_port, ra_pem,
             )
             for w in range(workers)
         ]
@@ -476,6 +510,23 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.report is not None:
         atomic_write(options.report, json.dumps(report_dict(profile, results, v, url), indent=1).encode())
     return results, v
+
+
+def _ra_files(profile: Profile, *, external: bool) -> tuple[tuple[bytes, bytes] | None, bytes | None]:
+    """[ra]: (RA certificate and key PEM, the root the embedded CA must trust or None)."""
+    ra = profile.ra
+    if ra is None:
+        return None, None
+    if ra.cert is not None and ra.key is not None:
+        load_certificates(ra.cert)  # a clear error now rather than in every worker
+        try:
+            return (ra.cert.read_bytes(), ra.key.read_bytes()), None
+        except OSError as exc:
+            raise RunError(f"[ra] cannot read {exc.filename}: {exc.strerror}") from None
+    if external:
+        raise RunError("[ra] needs cert and key against --server (the RA credential that CA trusts)")
+    made = make_ra_credential()
+    return (made.cert_pem, made.key_pem), made.root_pem
 
 
 def _run_in_process(setup: WorkerSetup, progress: Progress, profile: Profile, options: RunOptions) -> RunResults:

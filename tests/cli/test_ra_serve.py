@@ -1,8 +1,10 @@
 """``fleet ra serve`` refuses what cannot work in one line: usage errors exit 2 naming the option,
-unusable files and a busy port exit 1; nothing starts listening."""
+unusable files and a busy port exit 1; nothing starts listening. And ``fleet run`` with a
+profile's ``[ra]`` section (requests in RA-signed nested batches) against its embedded CA."""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +95,41 @@ def test_busy_port_is_one_line(ra_files: tuple[Path, Path], busy_port: int) -> N
     result = fleet(*ra(ra_files, "--secret", "pass:x", "--port", str(busy_port)))
     assert result.returncode == 1 and result.stdout == ""
     assert f"port {busy_port} is in use" in one_error_line(result.stderr)
+
+
+def _write_profile(tmp_path: Path, ra: str) -> Path:
+    path = tmp_path / "ra.toml"
+    path.write_text(f"""
+name = "ra-smoke"
+[run]
+duration = 2
+flow = ["ir"]
+[arrivals]
+shape = "constant"
+rate = 20
+[devices]
+count = 100
+[slo]
+max_error_rate = 0.0
+[ra]
+{ra}
+""")
+    return path
+
+
+def test_fleet_run_with_ra_section_against_the_embedded_ca(tmp_path: Path) -> None:
+    report = tmp_path / "run.json"
+    result = fleet("run", str(_write_profile(tmp_path, "batch_size = 8\nbatch_wait = 0.05")), "--report", str(report),
+                   "--quiet", "--keys", str(tmp_path / "keys"), "--ca-dir", str(tmp_path / "ca"), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "RA-signed nested messages of up to 8" in result.stderr
+    data = json.loads(report.read_text())
+    assert data["results"]["operations"]["ir"]["ok"] == 40 and data["results"]["operations"]["ir"]["failed"] == 0
+    assert (tmp_path / "ca" / "ra-root.pem").exists()
+
+
+def test_fleet_run_with_ra_section_needs_a_credential_for_an_external_ca(tmp_path: Path) -> None:
+    result = fleet("run", str(_write_profile(tmp_path, "batch_size = 8")), "--server", "http://127.0.0.1:1/.well-known/cmp",
+                   "--master-secret", "pass:x", "--quiet", timeout=60)
+    assert result.returncode != 0
+    assert "[ra] needs cert and key against --server" in one_error_line(result.stderr)
