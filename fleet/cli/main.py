@@ -59,12 +59,23 @@ def _register() -> None:
     if _registered:
         return
     _registered = True
-    from fleet.cli import ca_cmd, cmp_cmd, keys_cmd, provision_cmd, ra_cmd, report_cmd, run_cmd
+    from fleet.cli import (
+        ca_cmd,
+        cmp_cmd,
+        keys_cmd,
+        listen_cmd,
+        provision_cmd,
+        ra_cmd,
+        report_cmd,
+        run_cmd,
+    )
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
     app.command("report", short_help="Render a fleet run --report JSON as an HTML page.",
                 epilog=report_cmd.EPILOG)(report_cmd.report)
+    cmp_cmd.app.command("listen", short_help="Receive announcements a CA pushes; one JSON line each.",
+                        epilog=listen_cmd.EPILOG)(listen_cmd.listen)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
     app.add_typer(ra_cmd.app, name="ra")
