@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 from cryptography import x509
 
+from fleet.ca.announcer import Announcer
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.hierarchy import CaHierarchy
@@ -93,6 +94,8 @@ def build(
         hierarchy = CaHierarchy.load_or_create(state, key_type=config.key_type)
     authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity)
     try:
+        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued)
+                     if config.announce_url else None)
         return CaService(
             authority,
             config=config.server_config(),
@@ -101,6 +104,7 @@ def build(
             vendor=tuple(inputs.vendor),
             untrusted=inputs.untrusted,
             ra_trusted=inputs.ra_trusted,
+            announcer=announcer,
             knobs=config.knobs,
             metrics=metrics,
         )
@@ -327,6 +331,9 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
         )
     if not mac and config.master_secret is None:
         lines.append("    (no MAC secret configured: MAC-protected requests are refused)")
+    if config.announce_url:
+        lines.append(f"  announcements: rann on revocation{' and cann on issue' if config.announce_issued else ''}"
+                     f" pushed to {config.announce_url}")
     knobs = config.knobs
     if knobs.active:
         lines.append(

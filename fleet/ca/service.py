@@ -42,6 +42,7 @@ from urllib.parse import unquote
 
 import trio
 
+from fleet.ca.announcer import Announcer
 from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
@@ -149,12 +150,14 @@ class CaService:
         vendor: tuple = (),
         untrusted: tuple = (),
         ra_trusted: tuple = (),
+        announcer: Announcer | None = None,
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         metrics: ServiceObserver | None = None,
     ) -> None:
         self.authority = authority
+        self.announcer = announcer  # pushes rann (and cann) to the devices' URLs
         self.config = config or ServerConfig()
         self.knobs = knobs or LoadKnobs()
         self.clock = clock
@@ -245,11 +248,25 @@ class CaService:
             self._count(reply.outcome, time.perf_counter() - started)
         for inner in server.inner_outcomes:  # the messages of a nested request, one by one
             self._count(inner)
+        if self.announcer is not None:
+            for outcome in (reply.outcome, *server.inner_outcomes):
+                self._announce(outcome)
         if knobs.latency.kind != "none":
             delay = knobs.latency.sample(self._rng)
             if delay > 0:
                 await trio.sleep(delay)
         return HttpResponse(200, reply.data, CMP_TYPE)
+
+    def _announce(self, outcome: Outcome) -> None:
+        """Queue the announcement an answer calls for: a revocation, an issued certificate."""
+        announcer = self.announcer
+        assert announcer is not None
+        if outcome.status != "accepted" or outcome.serial is None:
+            return
+        if outcome.request == "rr":
+            announcer.revoked(outcome.serial)
+        elif outcome.response in ("ip", "cp", "kup"):
+            announcer.issued(outcome.serial)
 
     def _ocsp(self, request: HttpRequest, arg: str | None) -> HttpResponse:
         ocsp = self.authority.ocsp
@@ -347,6 +364,8 @@ class CaService:
                 self.authority.set_base_url(self.base_url)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self.authority.store.run_flusher)
+                if self.announcer is not None:
+                    nursery.start_soon(self.announcer.run)
                 task_status.started(bound)
         finally:
             self.authority.store.flush()
