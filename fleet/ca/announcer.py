@@ -65,6 +65,7 @@ class Announcer:
         timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
         transport: Callable[[str, float], AbstractAsyncContextManager[CmpTransport]] = _http,
+        observer: Callable[[str, float | None], None] | None = None,
     ) -> None:
         self.authority = authority
         self.template = check_template(template)  # a CaConfig was checked already; a direct caller too
@@ -76,6 +77,8 @@ class Announcer:
         self.stats = AnnounceStatistics()
         self.latencies: list[float] = []  # seconds from the event to the listener's answer (last 10,000)
         self._transport = transport
+        # Told each result: queued, dropped, retried, failed, delivered (with seconds): CaMetrics.
+        self.observer = observer
         self._slots = trio.Semaphore(concurrency)
         self._send, self._receive = trio.open_memory_channel[tuple[str, bytes, float]](max_queue)
         self._random = RandomPool().take
@@ -108,8 +111,14 @@ class Announcer:
             self._send.send_nowait((url, data, time.monotonic()))
         except trio.WouldBlock:
             self.stats.dropped += 1
+            self._tell("dropped")
             return
         self.stats.queued += 1
+        self._tell("queued")
+
+    def _tell(self, result: str, seconds: float | None = None) -> None:
+        if self.observer is not None:
+            self.observer(result, seconds)
 
     # -- delivery ---------------------------------------------------------------------------
 
@@ -129,16 +138,20 @@ class Announcer:
                 except (TransportError, FleetError) as exc:
                     if attempt == self.retries:
                         self.stats.failed += 1
+                        self._tell("failed")
                         log.warning("announcement to %s not delivered after %d attempts: %s",
                                     urlsplit(url).netloc, attempt + 1, exc)
                         return
                     self.stats.retries += 1
+                    self._tell("retried")
                     await trio.sleep(self.backoff * 2**attempt)
                     continue
                 self.stats.delivered += 1
                 if len(self.latencies) >= 10_000:
                     del self.latencies[:5_000]
-                self.latencies.append(time.monotonic() - queued_at)
+                seconds = time.monotonic() - queued_at
+                self.latencies.append(seconds)
+                self._tell("delivered", seconds)
                 return
         finally:
             self._slots.release()

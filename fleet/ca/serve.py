@@ -94,7 +94,8 @@ def build(
         hierarchy = CaHierarchy.load_or_create(state, key_type=config.key_type)
     authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity)
     try:
-        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued)
+        observer = getattr(metrics, "announcement", None)
+        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, observer=observer)
                      if config.announce_url else None)
         return CaService(
             authority,

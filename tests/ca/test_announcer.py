@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from fleet.ca.announcer import Announcer
 from fleet.ca.authority import Authority
 from fleet.ca.config import CaConfig, CaConfigError
+from fleet.ca.metrics import CaMetrics
 from fleet.cmp.announce import CertAnnouncement, RevAnnouncement, read_announcement
 from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType
@@ -104,12 +105,18 @@ async def test_rann_and_cann_reach_the_device_url_and_are_believed(authority: Au
 
 async def test_retries_with_backoff_then_gives_up(authority: Authority, autojump_clock) -> None:  # type: ignore[no-untyped-def]
     recorder = Recorder(failures=2)
-    announcer = Announcer(authority, "http://a.example/{reference}", retries=3, backoff=1.0, transport=recorder)
+    metrics = CaMetrics(process=False)
+    announcer = Announcer(authority, "http://a.example/{reference}", retries=3, backoff=1.0, transport=recorder,
+                          observer=metrics.announcement)
     announcer.revoked(_issue(authority, "a"))
     started = trio.current_time()
     await _deliver(announcer, 1)
     assert announcer.stats.delivered == 1 and announcer.stats.retries == 2
     assert trio.current_time() - started >= 3.0  # waited 1 s, then 2 s
+    text = metrics.exposition().decode()
+    for result, count in (("queued", 1), ("retried", 2), ("delivered", 1)):
+        assert f'fleet_ca_announcements_total{{result="{result}"}} {count}.0' in text
+    assert "fleet_ca_announcement_delivery_seconds_count 1.0" in text
     hopeless = Announcer(authority, "http://b.example/{reference}", retries=1, backoff=0.1, transport=Recorder(99))
     hopeless.revoked(_issue(authority, "b"))
     await _deliver(hopeless, 1)
