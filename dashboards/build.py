@@ -1,4 +1,4 @@
-"""Write fleet-run.json, fleet-ca.json, fleet-provision.json and fleet-capacity.json (Grafana 10+ dashboards) with
+"""Write fleet-run.json, fleet-ca.json, fleet-provision.json, fleet-capacity.json and fleet-ra.json (Grafana 10+ dashboards) with
 Grafana's own Python SDK (``grafana-foundation-sdk``): the schema is Grafana's, not hand-written.
 
 Run ``python3 dashboards/build.py`` after editing; tests/test_metrics.py checks the JSON files
@@ -316,13 +316,54 @@ def fleet_capacity() -> Any:
                         panels, variables, (capacity_annotation(),))
 
 
+def fleet_ra() -> Any:
+    panels: list[Panel] = [
+        row("Requests"),
+        panel("Requests answered (selected range)", [target(f"sum by (outcome) (increase(fleet_ra_requests_total{{{CA}}}[$__range]))", "{{outcome}}")],
+              kind="stat", w=6, desc="forwarded: the upstream's answer relayed; refused: verification failed, answered by the RA; "
+                                     "injected: error knob; upstream_error / upstream_refused: the CA could not be reached or its answer not relayed."),
+        panel("Upstream posts (selected range)", [target(f"sum by (kind) (increase(fleet_ra_upstream_requests_total{{{CA}}}[$__range]))", "{{kind}}")],
+              kind="stat", w=6, desc="single: one message per post (pass, replace); nested: one envelope per batch."),
+        panel("Requests by body type and outcome", [target(f"sum by (body, outcome) (rate(fleet_ra_requests_total{{{CA}}}[{RI}]))", "{{body}} {{outcome}}")],
+              unit="reqps", stack=True),
+        panel("RA refusals by PKIFailureInfo", [target(f"sum by (body, fail_info) (rate(fleet_ra_failures_total{{{CA}}}[{RI}]))", "{{body}} {{fail_info}}")],
+              unit="reqps", stack=True, desc="Errors the RA answered itself: bad MAC or signer, bad POP, upstream unavailable, injected."),
+        panel("HTTP responses by code", [target(f"sum by (code) (rate(fleet_ra_http_responses_total{{{CA}}}[{RI}]))", "{{code}}")], unit="reqps", stack=True),
+        row("Time and batching"),
+        panel("Request time at the RA (p50/p90/p99)", quantiles("fleet_ra_request_seconds", "body", CA), unit="s",
+              desc="From receipt to answer: verification, the wait for a batch, the upstream round trip."),
+        panel("Upstream round trip (p50/p90/p99)", quantiles("fleet_ra_upstream_seconds", "kind", CA), unit="s"),
+        panel("Batch size (p50/p99) and envelopes per second", [
+            *quantiles("fleet_ra_batch_size", "", CA, (0.5, 0.99)),
+            target(f"sum(rate(fleet_ra_upstream_requests_total{{kind=\"nested\", {CA}}}[{RI}]))", "envelopes per s", "C"),
+        ]),
+        panel("Upstream errors by kind", [target(f"sum by (kind, error) (rate(fleet_ra_upstream_errors_total{{{CA}}}[{RI}]))", "{{kind}} {{error}}")],
+              unit="reqps", stack=True),
+        row("Load"),
+        panel("Requests in progress and transactions remembered", [
+            target(f"sum(fleet_ra_requests_in_progress{{{CA}}})", "requests in progress", "A"),
+            target(f"sum(fleet_ra_transactions{{{CA}}})", "transactions remembered", "B"),
+        ]),
+        panel("RA CPU per forwarded request", [target(
+            f"sum(rate(process_cpu_seconds_total{{{CA}}}[{RI}]) and on (job, instance) fleet_ra_requests_in_progress)"
+            f" / sum(rate(fleet_ra_requests_total{{outcome=\"forwarded\", {CA}}}[{RI}]))",
+            "CPU s per request")], unit="s", desc="The RA's CPU seconds per forwarded message (an enrollment is two: ir and certConf)."),
+        panel("RA CPU", [target(
+            f"sum by (instance) (rate(process_cpu_seconds_total{{{CA}}}[{RI}]) and on (job, instance) fleet_ra_requests_in_progress)",
+            "{{instance}}")], unit="percentunit", desc="Near 1.0: the RA's single event loop is saturated."),
+    ]
+    variables = [variable_query("job", "Job", "label_values(fleet_ra_requests_in_progress, job)")]
+    return dashboard_of("fleet-ra", "fleet RA", "fleet's RA (fleet ra serve --metrics-port): what it forwarded or refused, batching, upstream time, CPU.",
+                     panels, variables)
+
+
 def render(d: Any) -> str:
     text = JSONEncoder(sort_keys=False, indent=2).encode(d)
     return json.dumps(json.loads(text), indent=2) + "\n"
 
 
 OUTPUTS = {"fleet-run.json": fleet_run, "fleet-ca.json": fleet_ca, "fleet-provision.json": fleet_provision,
-           "fleet-capacity.json": fleet_capacity}
+           "fleet-capacity.json": fleet_capacity, "fleet-ra.json": fleet_ra}
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 FLEET = ROOT / "fleet"
 PACKAGES = (
-    "fleet.load", "fleet.ca", "fleet.cmp", "fleet.http", "fleet.coap", "fleet.provision", "fleet.cli"
+    "fleet.load", "fleet.ca", "fleet.ra", "fleet.cmp", "fleet.http", "fleet.coap", "fleet.provision", "fleet.cli"
 )
 # The protocol core and the transport sit at the bottom: they never import their users.
 LOWER = ("fleet.cmp", "fleet.http", "fleet.coap")
-UPPER = ("fleet.load", "fleet.provision", "fleet.ca", "fleet.cli")
+UPPER = ("fleet.load", "fleet.provision", "fleet.ca", "fleet.ra", "fleet.cli")
 MAX_LINES = 800
 
 

@@ -26,6 +26,7 @@ from fleet.load.capacity_metrics import CapacityMetrics
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets
 from fleet.prometheus import LABEL_LIMIT, MetricsError
+from fleet.ra.metrics import RaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {"worker", "operation", "result", "kind", "fail_info", "body", "key_type", "profile", "workers",
@@ -198,7 +199,7 @@ def _free_port() -> int:
 
 def _dashboards() -> list[tuple[str, dict]]:
     return [(name, json.loads((ROOT / "dashboards" / name).read_text())) for name in ("fleet-run.json", "fleet-ca.json", "fleet-provision.json",
-                                                                                        "fleet-capacity.json")]
+                                                                                        "fleet-capacity.json", "fleet-ra.json")]
 
 
 def test_dashboards_are_what_build_py_writes() -> None:
@@ -237,14 +238,28 @@ def test_capacity_metrics_mark_each_step() -> None:
 def _exposed_names() -> set[str]:
     names = set()
     for text in (_fed_fleet().exposition(), FleetMetrics("0").exposition(), _fed_ca().exposition(), CaMetrics().exposition(),
-                 _fed_capacity().exposition()):
+                 _fed_capacity().exposition(), _fed_ra().exposition()):
         for f in text_string_to_metric_families(text.decode()):
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(f.type, ("",))
             names |= {f.name + s for s in suffixes}
     return names
 
 
-@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "provision", "capacity"])
+def _fed_ra() -> RaMetrics:
+    """RA metrics with every series present (what a running RA exposes)."""
+    metrics = RaMetrics()
+    metrics.request("ir", "forwarded", "", 0.01)
+    metrics.request("ir", "refused", "badMessageCheck", 0.001)
+    metrics.upstream("nested", 0.02, "")
+    metrics.upstream("single", 0.5, "timeout")
+    metrics.batch(4)
+    metrics.response(200)
+    metrics.http_started()
+    metrics.transactions.set(3)
+    return metrics
+
+
+@pytest.mark.parametrize("name,dash", _dashboards(), ids=["run", "ca", "provision", "capacity", "ra"])
 def test_dashboard_structure(name: str, dash: dict) -> None:
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"

@@ -318,18 +318,22 @@ class Authority:
         trusted: Iterable[x509.Certificate] = (),
         vendor: Iterable[x509.Certificate] = (),
         untrusted: Iterable[x509.Certificate] = (),
+        ra_trusted: Iterable[x509.Certificate] = (),
     ) -> CmpServer:
         """A ``CmpServer`` for this CA. Signed requests are accepted from certificates chaining to
-        this CA's root or to ``trusted``; ir also from ``vendor`` (IDevID) anchors."""
+        this CA's root, to ``trusted`` or to ``ra_trusted``; ir also from ``vendor`` (IDevID)
+        anchors. Requests signed under ``ra_trusted`` (RAs) may carry raVerified POP."""
         vendor_list = list(vendor)
+        ra_list = list(ra_trusted)
         return CmpServer(
             self,
             self.signer(),
             config=config,
             secrets=secrets,
-            trust=TrustStore([self.hierarchy.root, *trusted]),
+            trust=TrustStore([self.hierarchy.root, *trusted, *ra_list]),
             vendor_trust=TrustStore(vendor_list) if vendor_list else None,
             untrusted=(*self.hierarchy.chain_for_issued, *untrusted),
+            ra_trust=TrustStore(ra_list) if ra_list else None,
         )
 
     def statistics(self) -> AuthorityStatistics:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import random
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from fleet.bounds import (
     COUNT,
@@ -36,7 +38,7 @@ from fleet.cmp.shared_secrets import SharedSecrets
 from fleet.errors import FleetError
 from fleet.keytypes import KeySpec, KeySpecError
 
-__all__ = ["MODES", "PROFILE_KEYS", "CaConfig", "CaConfigError", "Latency", "LoadKnobs"]
+__all__ = ["MODES", "PROFILE_KEYS", "CaConfig", "CaConfigError", "Latency", "LoadKnobs", "check_template"]
 
 MODES = ("lcmpp", "3gpp")
 
@@ -189,6 +191,10 @@ class CaConfig:
     vendor_trust: Path | None = None
     trusted: tuple[Path, ...] = ()
     untrusted: tuple[Path, ...] = ()
+    ra_trusted: tuple[Path, ...] = ()  # RAs whose nested messages and raVerified POP are accepted
+    # pushed announcements: rann on revocation (and cann on issue) to the device's URL
+    announce_url: str | None = None  # template: {reference}, {serial}
+    announce_issued: bool = False
     # the hierarchy (created in ``state`` at first start, or brought along)
     key_type: str = "ec:P-256"
     validity_days: int = 365
@@ -240,6 +246,13 @@ class CaConfig:
             )
         if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
             raise CaConfigError("metrics_port", f"{self.metrics_port} is also {{0}}", "port")
+        if self.announce_url is not None:
+            try:
+                check_template(self.announce_url)
+            except FleetError as exc:
+                raise CaConfigError("announce_url", str(exc)) from None
+        elif self.announce_issued:
+            raise CaConfigError("announce_issued", "needs {0}", "announce_url")
 
     # -- what the CA's parts take ------------------------------------------------------------
 
@@ -318,6 +331,25 @@ class CaConfig:
 
 
 # -- checks ------------------------------------------------------------------------------------
+
+_ANNOUNCE_FIELDS = frozenset({"reference", "serial"})
+
+
+def check_template(template: str) -> str:
+    """``template`` if it is an http(s) URL whose placeholders are ``{reference}`` and
+    ``{serial}`` (``--announce-url``); a ``FleetError`` naming the problem otherwise."""
+    try:
+        names = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise FleetError(f"template {template!r}: {exc}") from None
+    unknown = names - _ANNOUNCE_FIELDS
+    if unknown:
+        raise FleetError(f"unknown placeholder {{{min(unknown)}}} (use {{reference}} and {{serial}})")
+    parts = urlsplit(template.format(reference="x", serial="1"))
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FleetError(f"must be an http:// or https:// URL template, got {template!r}")
+    return template
+
 
 _CHOICES: Mapping[str, tuple[str, ...]] = {"mode": MODES}
 

@@ -81,6 +81,8 @@ class CaMetrics(Endpoint):
         self.revoked = Counter("fleet_ca_certificates_revoked", "Certificates revoked by rr.", registry=r)
         self.responses = Counter("fleet_ca_http_responses", "HTTP responses by status code (CMP answers are all 200; 'dropped' for dropped connections).", ("code",), registry=r)
         self.processing = Histogram("fleet_ca_request_processing_seconds", "Time to process one CMP request (decode, checks, issue, encode), without added latency.", ("body",), buckets=PROCESSING_BUCKETS, registry=r)
+        self.announcements = Counter("fleet_ca_announcements", "Announcements pushed to devices (rann on revocation, cann on issue) by result: queued, dropped (queue full), retried, failed (given up), delivered.", ("result",), registry=r)
+        self.announce_seconds = Histogram("fleet_ca_announcement_delivery_seconds", "From the event (revocation, issue) to the device's 2xx answer.", buckets=PROCESSING_BUCKETS, registry=r)
         self.in_progress = Gauge("fleet_ca_requests_in_progress", "HTTP requests received and not yet answered (the CA's queue, added latency included).", registry=r)
         self.transactions: dict[str, int] = {"in_progress": 0, "awaiting_confirm": 0, "waiting": 0}
         self.server_counts: dict[str, int] = {}
@@ -136,6 +138,12 @@ class CaMetrics(Endpoint):
         if child is None:
             child = self._responses[key] = self.responses.labels(bounded(self._codes, key))
         child.inc()
+
+    def announcement(self, result: str, seconds: float | None = None) -> None:
+        """One pushed announcement's step (``fleet.ca.announcer.Announcer``'s observer)."""
+        self.announcements.labels(result).inc()
+        if seconds is not None:
+            self.announce_seconds.observe(seconds)
 
     def http_started(self) -> None:
         self.in_progress.inc()

@@ -24,6 +24,7 @@ from pathlib import Path
 import trio
 from cryptography import x509
 
+from fleet.ca.announcer import Announcer
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.coap_service import serve_coap
 from fleet.ca.config import CaConfig, CaConfigError
@@ -48,6 +49,7 @@ class _Inputs:
             raise FleetError(f"vendor trust file {config.vendor_trust} holds no certificate")
         self.trusted = tuple(c for path in config.trusted for c in _certs(path))
         self.untrusted = tuple(c for path in config.untrusted for c in _certs(path))
+        self.ra_trusted = tuple(c for path in config.ra_trusted for c in _certs(path))
         self.tls = tls_context(config)
 
 
@@ -94,6 +96,9 @@ def build(
     authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity,
                           allow_key_reuse=config.allow_key_reuse)
     try:
+        observer = getattr(metrics, "announcement", None)
+        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, observer=observer)
+                     if config.announce_url else None)
         return CaService(
             authority,
             config=config.server_config(),
@@ -101,6 +106,8 @@ def build(
             trusted=inputs.trusted,
             vendor=tuple(inputs.vendor),
             untrusted=inputs.untrusted,
+            ra_trusted=inputs.ra_trusted,
+            announcer=announcer,
             knobs=config.knobs,
             metrics=metrics,
         )
@@ -330,12 +337,20 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
         + " (kur/rr: certificates this CA issued;"
         " its own certificates only while its records call them good)"
     )
+    if config.ra_trusted:
+        lines.append(
+            f"    - RAs: nested messages and raVerified POP signed by certificates chaining to "
+            f"{', '.join(map(str, config.ra_trusted))}"
+        )
     if config.vendor_trust:
         lines.append(
             f"    - ir signed by vendor (IDevID) certificates chaining to {config.vendor_trust}"
         )
     if not mac and config.master_secret is None:
         lines.append("    (no MAC secret configured: MAC-protected requests are refused)")
+    if config.announce_url:
+        lines.append(f"  announcements: rann on revocation{' and cann on issue' if config.announce_issued else ''}"
+                     f" pushed to {config.announce_url}")
     knobs = config.knobs
     if knobs.active:
         lines.append(

@@ -42,11 +42,13 @@ from urllib.parse import unquote
 
 import trio
 
+from fleet.ca.announcer import Announcer
 from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
 from fleet.cmp.messages import FailInfo, fail_info_names
-from fleet.cmp.server import CmpServer, Outcome, ServerConfig, ServerStatistics, TxState
+from fleet.cmp.nested_server import NestedServer
+from fleet.cmp.server import Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
 from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
 
@@ -147,23 +149,27 @@ class CaService:
         trusted: tuple = (),
         vendor: tuple = (),
         untrusted: tuple = (),
+        ra_trusted: tuple = (),
+        announcer: Announcer | None = None,
         knobs: LoadKnobs | None = None,
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         metrics: ServiceObserver | None = None,
     ) -> None:
         self.authority = authority
+        self.announcer = announcer  # pushes rann (and cann) to the devices' URLs
         self.config = config or ServerConfig()
         self.knobs = knobs or LoadKnobs()
         self.clock = clock
         self.tick_interval = tick_interval
         self.metrics = metrics
         self._rng = random.Random(self.knobs.seed)
-        self.servers: dict[str, CmpServer] = {
-            mode: authority.server(
+        # Each mode's CmpServer, wrapped to take nested messages from ``ra_trusted`` RAs too.
+        self.servers: dict[str, NestedServer] = {
+            mode: NestedServer(authority.server(
                 config=replace(self.config, mode=mode),  # type: ignore[arg-type]
-                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted,
-            )
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, ra_trusted=ra_trusted,
+            ))
             for mode in _MODES
         }
         self.default = self.servers[self.config.mode]
@@ -240,12 +246,28 @@ class CaService:
             started = time.perf_counter()
             reply = server.handle(request.body, self.clock(), defer=defer, inject_error=inject)
             self._count(reply.outcome, time.perf_counter() - started)
+        for inner in server.inner_outcomes:  # the messages of a nested request, one by one
+            self._count(inner)
+        if self.announcer is not None:
+            for outcome in (reply.outcome, *server.inner_outcomes):
+                self._announce(outcome)
         if knobs.latency.kind != "none":
             delay = knobs.latency.sample(self._rng)
             if delay > 0:
                 await trio.sleep(delay)
         # RFC 9811 §3.3: a body that is no PKIMessage is a client error, answered with a CMP error
         return HttpResponse(400 if reply.outcome.request == "malformed" else 200, reply.data, CMP_TYPE)
+
+    def _announce(self, outcome: Outcome) -> None:
+        """Queue the announcement an answer calls for: a revocation, an issued certificate."""
+        announcer = self.announcer
+        assert announcer is not None
+        if outcome.status != "accepted" or outcome.serial is None:
+            return
+        if outcome.request == "rr":
+            announcer.revoked(outcome.serial)
+        elif outcome.response in ("ip", "cp", "kup"):
+            announcer.issued(outcome.serial)
 
     def _ocsp(self, request: HttpRequest, arg: str | None) -> HttpResponse:
         ocsp = self.authority.ocsp
@@ -343,6 +365,8 @@ class CaService:
                 self.authority.set_base_url(self.base_url)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self.authority.store.run_flusher)
+                if self.announcer is not None:
+                    nursery.start_soon(self.announcer.run)
                 task_status.started(bound)
         finally:
             self.authority.store.flush()

@@ -58,6 +58,14 @@ def serve(
              "repeatable.")] = None,
     untrusted: Annotated[list[Path] | None, typer.Option(metavar="PEM",
         help="PEM file of intermediate certificates for paths; repeatable.")] = None,
+    ra_trusted: Annotated[list[Path] | None, typer.Option(metavar="PEM",
+        help="PEM file of RA certificates or their anchors: nested (batched) messages and raVerified POP "
+             "signed under them are accepted (RFC 9483 section 5.2); repeatable.")] = None,
+    announce_url: Annotated[str | None, typer.Option(metavar="URL",
+        help="Push a signed rann to this URL when a certificate is revoked; {reference} and {serial} "
+             "are replaced by the device's reference and the serial (hex).")] = None,
+    announce_issued: Annotated[bool, typer.Option("--announce-issued",
+        help="Also push a cann when a certificate is issued (needs --announce-url).")] = False,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
@@ -104,6 +112,7 @@ def serve(
         config = CaConfig(
             state=state, host=host, port=port, coap_port=coap_port, secret=secret_value, ref=ref, master_secret=master,
             vendor_trust=vendor_trust, trusted=tuple(trusted or ()), untrusted=tuple(untrusted or ()),
+            ra_trusted=tuple(ra_trusted or ()), announce_url=announce_url, announce_issued=announce_issued,
             key_type=key_type, validity_days=validity_days, issuing_cert=issuing_cert, issuing_key=issuing_key,
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,

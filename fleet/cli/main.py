@@ -66,7 +66,9 @@ def _register() -> None:
         doctor_cmd,
         k8s_cmd,
         keys_cmd,
+        listen_cmd,
         provision_cmd,
+        ra_cmd,
         report_cmd,
         run_cmd,
     )
@@ -77,8 +79,11 @@ def _register() -> None:
                 epilog=capacity_cmd.EPILOG)(capacity_cmd.capacity)
     app.command("report", short_help="Render a fleet run --report JSON as an HTML page, or merge shard reports.",
                 epilog=report_cmd.EPILOG, context_settings=report_cmd.CONTEXT)(report_cmd.report)
+    cmp_cmd.app.command("listen", short_help="Receive announcements a CA pushes; one JSON line each.",
+                        epilog=listen_cmd.EPILOG)(listen_cmd.listen)
     app.add_typer(cmp_cmd.app, name="cmp")
     app.add_typer(ca_cmd.app, name="ca")
+    app.add_typer(ra_cmd.app, name="ra")
     app.add_typer(keys_cmd.app, name="keys")
     app.add_typer(k8s_cmd.app, name="k8s")
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",

@@ -78,6 +78,7 @@ from fleet.cmp.server_auth import (
     ResponseWriter,
     authorize_rr,
     check_same_requester,
+    ra_verified_by,
     response_pvno,
 )
 from fleet.cmp.server_config import ServerConfig
@@ -179,8 +180,10 @@ class CmpServer:
         vendor_trust: TrustStore | None = None,
         untrusted: tuple[x509.Certificate, ...] = (),
         random: Callable[[int], bytes] | None = None,
+        ra_trust: TrustStore | None = None,
     ) -> None:
         self.backend = backend
+        self.ra_trust = ra_trust  # RAs whose requests may carry raVerified POP
         self.signer = signer
         self.config = cfg = config or ServerConfig()
         self._checks = Authenticator(
@@ -383,7 +386,8 @@ class CmpServer:
                 subject = csr.subject
                 extensions = csr_extensions(csr)
             self._checks.check_requested_key(public_key)
-            proof = prove(req, public_key, extensions, lambda: self._checks.is_pki_entity(ctx.auth))
+            proof = prove(req, public_key, extensions, lambda: self._checks.is_pki_entity(ctx.auth)
+                          or ra_verified_by(ctx.auth, self.ra_trust, self.untrusted, ctx.now))
             old_cert = self._checks.authorize_kur(ctx.auth, req.controls) if msg.body_type is BodyType.KUR else None
             if old_cert is not None:
                 self._updates.check(old_cert.serial_number)

@@ -119,6 +119,7 @@ __all__ = [
     "check_pop",
     "check_same_requester",
     "is_directory_name",
+    "ra_verified_by",
     "response_pvno",
 ]
 
@@ -523,7 +524,8 @@ def check_same_requester(auth: Auth, first: Auth) -> None:
 
 
 def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
-    """Proof of possession: a signature over the CertRequest itself by the requested key."""
+    """Proof of possession: a signature over the CertRequest itself by the requested key
+    (raVerified and the other methods: ``fleet.cmp.pop.prove``)."""
     popo = req.popo
     if popo is None:
         raise Rejected("proof of possession is missing", Refusal.POP)
@@ -537,6 +539,20 @@ def check_pop(req: CertReqMsg, public_key: PublicKeyTypes) -> None:
         raise Rejected(f"POP: {exc}", Refusal.POP_ALGORITHM) from None
     except ProtectionError:
         raise Rejected("POP signature does not verify with the requested key", Refusal.POP) from None
+
+
+def ra_verified_by(
+    auth: Auth, ra_trust: TrustStore | None, untrusted: tuple[x509.Certificate, ...], now: float
+) -> bool:
+    """Whether ``auth`` is a signature by an RA the CA trusts (its certificate chains to
+    ``ra_trust``): only such a request may claim raVerified POP."""
+    if ra_trust is None or not len(ra_trust) or auth.kind != "signature" or auth.signer is None:
+        return False
+    try:
+        ra_trust.verify(auth.signer, untrusted, at=datetime.fromtimestamp(now, UTC))
+    except UntrustedSigner:
+        return False
+    return True
 
 
 def authorize_rr(auth: Auth, target: KnownCert, pki_entity: bool = False) -> None:

@@ -15,13 +15,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import trio
 
 from fleet.cmp.client import WARNINGS
+from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.trust import TrustStore
 from fleet.connect import is_coap
 from fleet.errors import FleetError
@@ -39,8 +40,10 @@ from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
 from fleet.load.shards import Shard
 from fleet.load.verdict import Verdict, report_document, slo_verdict
+from fleet.ra.batching import nesting
+from fleet.ra.credentials import make_ra_credential
 from fleet.runtime import tune_gc
-from fleet.transport import TransportError
+from fleet.transport import TransportError, TransportFactory
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
 
@@ -134,6 +137,7 @@ class WorkerSetup:
     shard: Shard | None = None
     start_at: float | None = None
     warmup: float = 0.0
+    ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
 
     @property
     def segment_index(self) -> int:
@@ -164,10 +168,30 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.proxy,
                       setup.start_at, setup.warmup)
-    run = WorkerRun(plan, devices, observer=metrics)
+    transport = _ra_transport(setup, TrustStore(anchors)) if setup.ra_pem is not None else None
+    run = WorkerRun(plan, devices, observer=metrics, transport=transport)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
+
+
+def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
+    """[ra]: HTTP to the CA under a ``NestingTransport`` signing with the RA credential and
+    verifying the CA's answers against the run's trust anchors."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    profile, ra = setup.profile, setup.profile.ra
+    assert ra is not None and setup.ra_pem is not None
+    certs = x509.load_pem_x509_certificates(setup.ra_pem[0])
+    signer = SignatureProtector(load_pem_private_key(setup.ra_pem[1], None), certs[0], certs[1:])  # type: ignore[arg-type]
+
+    def http() -> CmpHttpClient:
+        return CmpHttpClient(setup.url, max_connections=profile.max_connections,
+                             request_timeout=profile.transaction_timeout, proxy=setup.proxy)
+
+    return nesting(http, signer, batch_size=ra.batch_size, batch_wait=ra.batch_wait, trust=trust,
+                   timeout=profile.transaction_timeout)
 
 
 def _finish_metrics(run: WorkerRun) -> None:
@@ -409,6 +433,7 @@ def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
+    ra_pem, ra_root = _ra_files(profile, external=options.server is not None)  # profile errors first
     # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
@@ -431,6 +456,11 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             ca_metrics = None if options.metrics_port is None else options.metrics_port + profile.workers
             ca = EmbeddedCa(options.ca_dir, config=profile.ca, metrics_port=ca_metrics,
                             coap=profile.transport == "coap")
+            if ra_root is not None:  # the RA credential made for this run: the CA trusts its root
+                ra_path = ca.state_dir / "ra-root.pem"
+                ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+                atomic_write(ra_path, ra_root)
+                ca.config = replace(ca.config, ra_trusted=(*ca.config.ra_trusted, ra_path))
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -441,6 +471,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             master = ca.master_secret
             trusted_pem.append(ca.root_path.read_bytes())
             print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
+            if profile.ra is not None:
+                print(f"fleet: requests go in RA-signed nested messages of up to {profile.ra.batch_size}", file=out)
         else:
             url = options.server
             if profile.transport == "coap" and not is_coap(url):
@@ -452,7 +484,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
-                options.warmup,
+                options.warmup, ra_pem,
             )
             for w in range(workers)
         ]
@@ -471,6 +503,23 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
                      "start_at": options.start_at}
         atomic_write(options.report, json.dumps(report_dict(profile, results, v, url, extra), indent=1).encode())
     return results, v
+
+
+def _ra_files(profile: Profile, *, external: bool) -> tuple[tuple[bytes, bytes] | None, bytes | None]:
+    """[ra]: (RA certificate and key PEM, the root the embedded CA must trust or None)."""
+    ra = profile.ra
+    if ra is None:
+        return None, None
+    if ra.cert is not None and ra.key is not None:
+        load_certificates(ra.cert)  # a clear error now rather than in every worker
+        try:
+            return (ra.cert.read_bytes(), ra.key.read_bytes()), None
+        except OSError as exc:
+            raise RunError(f"[ra] cannot read {exc.filename}: {exc.strerror}") from None
+    if external:
+        raise RunError("[ra] needs cert and key against --server (the RA credential that CA trusts)")
+    made = make_ra_credential()
+    return (made.cert_pem, made.key_pem), made.root_pem
 
 
 def _run_in_process(setup: WorkerSetup, progress: ProgressPrinter, profile: Profile, options: RunOptions) -> RunResults:

@@ -16,6 +16,7 @@ from typing import Any
 
 from fleet.bounds import COUNT, POSITIVE, SEED, Bound
 from fleet.ca.config import CaConfig, CaConfigError
+from fleet.cmp.nested import MAX_BATCH
 from fleet.coap.transport import CoapSettings
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError
@@ -46,6 +47,19 @@ _OVERRIDE_BOUNDS = {
     "duration": POSITIVE, "max_in_flight": COUNT, "max_connections": COUNT, "transaction_timeout": POSITIVE,
     "workers": COUNT, "seed": SEED,
 }
+
+
+@dataclass(frozen=True)
+class RaLoad:
+    """``[ra]``: the devices' requests reach the CA as an RA sends them (RFC 9483 §5.2.2.1): in
+    nested messages of up to ``batch_size``, signed with the RA credential ``cert``/``key``
+    (without them, against the embedded CA, an RA credential made for the run, which the CA
+    trusts), each batch leaving after ``batch_wait`` seconds at the latest."""
+
+    batch_size: int = 8
+    batch_wait: float = 0.01
+    cert: Path | None = None
+    key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class Profile:
     transport: str = "http"  # "coap": CMP over CoAP (RFC 9482), one UDP socket per worker
     coap: CoapSettings = field(default_factory=CoapSettings)  # [coap]: retransmission timing, block size, lossy link
     description: str = ""
+    ra: RaLoad | None = None  # [ra]: requests wrapped in RA-signed nested batches
 
     def with_overrides(self, **changes: Any) -> Profile:
         """Command-line flags win over profile values; ``None`` means "not given". Numbers obey
@@ -208,7 +223,10 @@ _TOP = {
     "slo": "[slo] section",
     "ca": "[ca] section: options for the embedded CA",
     "coap": "[coap] section: CoAP timing, block size and link loss/delay",
+    "ra": "[ra] section: send the requests in RA-signed nested batches",
 }
+_RA = {"batch_size": "messages per envelope", "batch_wait": "seconds", "cert": "RA certificate (PEM)",
+       "key": "RA private key"}
 _RUN = {
     "duration": "seconds",
     "flow": "operations per arrival",
@@ -323,6 +341,7 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
                            f"in {duration:g} s; give it a rate above 0")
     if isinstance(shape, Closed) and "count" not in devices.data:
         devices.data = {**devices.data, "count": shape.devices}
+    ra = _ra_load(_Section(f"{where}: [ra]", top.table("ra"), _RA), path) if "ra" in data else None
     try:
         ca_config = CaConfig.from_mapping(ca.data, keys=CaConfig.PROFILE_KEYS)
     except CaConfigError as exc:
@@ -364,7 +383,23 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         ca=ca_config,
         transport=run.string("transport", "http", TRANSPORTS) or "http",
         coap=_coap(coap),
+        ra=ra,
     )
+
+
+def _ra_load(section: _Section, path: Path | None) -> RaLoad:
+    """``[ra]``; ``cert`` and ``key`` relative to the profile's folder, and given together."""
+    files = []
+    for key in ("cert", "key"):
+        value = section.string(key, None)
+        files.append(None if value is None else (path.parent / value if path is not None else Path(value)))
+    if (files[0] is None) != (files[1] is None):
+        raise ProfileError(f"{section.where}.{'key' if files[1] is None else 'cert'}: cert and key go together")
+    size = section.integer("batch_size", RaLoad.batch_size)
+    if size > MAX_BATCH:
+        raise section._fail("batch_size", f"at most {MAX_BATCH}", size)
+    return RaLoad(batch_size=size, batch_wait=section.number("batch_wait", RaLoad.batch_wait),
+                  cert=files[0], key=files[1])
 
 
 def load_profile(path: Path | str) -> Profile:
