@@ -40,6 +40,7 @@ from fleet.ca.store import (
 )
 from fleet.cmp import der, genm, oids
 from fleet.cmp.backend import CertState, IssueRequest, KnownCert, Rejected
+from fleet.cmp.kga import KeyGenerator
 from fleet.cmp.messages import CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.server import CmpServer, ServerConfig
@@ -152,6 +153,8 @@ class Authority:
             except SerialCollision:
                 store.release_serial(serial)
                 continue
+            if request.central_key is not None:
+                store.record_central_key(serial, *request.central_key)
             if request.old_cert is not None:
                 if request.confirmed:
                     self._replace(request.old_cert.serial_number, serial)
@@ -288,6 +291,7 @@ class Authority:
         trusted: Iterable[x509.Certificate] = (),
         vendor: Iterable[x509.Certificate] = (),
         untrusted: Iterable[x509.Certificate] = (),
+        kga: KeyGenerator | None = None,
     ) -> CmpServer:
         """A ``CmpServer`` for this CA. Signed requests are accepted from certificates chaining to
         this CA's root or to ``trusted``; ir also from ``vendor`` (IDevID) anchors."""
@@ -300,6 +304,7 @@ class Authority:
             trust=TrustStore([self.hierarchy.root, *trusted]),
             vendor_trust=TrustStore(vendor_list) if vendor_list else None,
             untrusted=(*self.hierarchy.chain_for_issued, *untrusted),
+            kga=kga,
         )
 
     def statistics(self) -> AuthorityStatistics:

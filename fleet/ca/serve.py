@@ -27,6 +27,7 @@ from cryptography import x509
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.hierarchy import CaHierarchy
+from fleet.ca.kga import build_kga, kga_profiles
 from fleet.ca.metrics import CaMetrics
 from fleet.ca.service import CaService, ServiceObserver
 from fleet.ca.store import CertStore
@@ -92,6 +93,11 @@ def build(
         hierarchy = CaHierarchy.load_or_create(state, key_type=config.key_type)
     authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity)
     try:
+        profiles = kga_profiles(config.kga, config.kga_profiles)
+        kga = build_kga(
+            state, hierarchy, key_type=config.kga_key_type, password_delivery=config.kga_password_delivery,
+            pwri_iterations=config.kga_pwri_iterations, rsa_pool=config.kga_rsa_pool,
+        ) if profiles else None
         return CaService(
             authority,
             config=config.server_config(),
@@ -101,6 +107,8 @@ def build(
             untrusted=inputs.untrusted,
             knobs=config.knobs,
             metrics=metrics,
+            kga=kga,
+            kga_profiles=profiles,
         )
     except BaseException:
         authority.close()
@@ -320,6 +328,10 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
         )
     if not mac and config.master_secret is None:
         lines.append("    (no MAC secret configured: MAC-protected requests are refused)")
+    if config.kga or config.kga_profiles:
+        where = "every path" if config.kga else ", ".join(f"/p/{n}" for n in kga_profiles(False, config.kga_profiles))
+        lines.append(f"  central key generation (KGA, {config.kga_key_type} by default): {where}"
+                     + ("" if config.kga_password_delivery else "; MAC-protected requests refused"))
     knobs = config.knobs
     if knobs.active:
         lines.append(

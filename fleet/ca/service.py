@@ -45,6 +45,7 @@ import trio
 from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
+from fleet.cmp.kga import KeyGenerator
 from fleet.cmp.messages import FailInfo, fail_info_names
 from fleet.cmp.server import CmpServer, Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
@@ -151,7 +152,11 @@ class CaService:
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         metrics: ServiceObserver | None = None,
+        kga: KeyGenerator | None = None,
+        kga_profiles: tuple[str, ...] = (),
     ) -> None:
+        """``kga`` serves central key generation on every path (``kga_profiles`` ("*",)) or
+        only under ``/p/<name>`` for the names in ``kga_profiles``."""
         self.authority = authority
         self.config = config or ServerConfig()
         self.knobs = knobs or LoadKnobs()
@@ -159,13 +164,19 @@ class CaService:
         self.tick_interval = tick_interval
         self.metrics = metrics
         self._rng = random.Random(self.knobs.seed)
+        everywhere = kga if "*" in kga_profiles else None
         self.servers: dict[str, CmpServer] = {
             mode: authority.server(
                 config=replace(self.config, mode=mode),  # type: ignore[arg-type]
-                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted,
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, kga=everywhere,
             )
             for mode in _MODES
         }
+        for name in kga_profiles if everywhere is None else ():  # per-profile KGA: /p/<name>
+            self.servers[name] = authority.server(
+                config=replace(self.config, mode=name if name in _MODES else self.config.mode),  # type: ignore[arg-type]
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, kga=kga,
+            )
         self.default = self.servers[self.config.mode]
         self.outcomes: Counter[tuple[str, str, str]] = Counter()
         self.http = Counter[str]()

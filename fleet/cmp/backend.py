@@ -53,6 +53,8 @@ class IssueRequest:
     # confirm); the backend keeps it with the pending record, so a restart can reject it.
     confirm_deadline: float | None = None
     now: float | None = None  # when the request arrived (``handle``'s ``now``): the validity's start
+    # Central key generation: (key type, delivery) for the records; the CA never sees the key.
+    central_key: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import field, replace
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -31,6 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleet.cmp import der, fastwire, messages, oids
+from fleet.cmp.cms import EnvelopeError, MalformedEnvelope
 from fleet.cmp.errors import (
     BadVersion,
     CaPubsNotAllowed,
@@ -47,6 +49,8 @@ from fleet.cmp.errors import (
     UnverifiedRefusal,
     WrongPublicKey,
 )
+from fleet.cmp.keypackage import KeyMismatch, open_key
+from fleet.cmp.kga import recipient_for
 from fleet.cmp.messages import (
     BodyType,
     CertConfirmContent,
@@ -67,6 +71,7 @@ from fleet.cmp.protection import (
     HASH_OID_BY_NAME,
     IterationCountRefused,
     MacProtector,
+    PrivateKey,
     ProtectionError,
     Protector,
     SignatureProtector,
@@ -171,6 +176,8 @@ class Done:
     items: tuple[InfoTypeAndValue, ...] = ()  # genp content
     implicit_confirm: bool = False
     polls: int = 0
+    # Central key generation: the delivered key, set only once every check of it passed.
+    private_key: PrivateKey | None = field(default=None, repr=False)
 
     @property
     def chain(self) -> tuple[bytes, ...]:
@@ -260,7 +267,8 @@ class ClientTransaction:
         self._polls = 0
         # RFC 9810 §5.3.4 / RFC 9483 §4.4: -1 where no CertReqMsg carries an id (p10cr, rr, genm).
         self._cert_req_id = 0 if isinstance(request, CertRequest) else -1
-        self._requested_spki = self._spki_of(request)
+        self._central = isinstance(request, CertRequest) and request.central_key_alg is not None
+        self._requested_spki = None if self._central else self._spki_of(request)
         self._result: Done | None = None
         self._pending_error: FleetError | None = None
         self._response_was_mac = False
@@ -525,10 +533,38 @@ class ClientTransaction:
                 PKIStatus.REJECTION, ("certificate public key differs from the requested key",),
                 FailInfo.badCertTemplate.mask,
             ), cert)
+        if self._central:
+            try:
+                result = replace(result, private_key=self._delivered_key(response.private_key, cert, msg, body))
+            except EnvelopeError as exc:
+                if self._implicit_confirm and result.implicit_confirm:
+                    raise  # nothing left to tell the CA
+                self._pending_error = exc
+                fail = FailInfo.badDataFormat if isinstance(exc, MalformedEnvelope) else (
+                    FailInfo.badCertTemplate if isinstance(exc, KeyMismatch) else FailInfo.badMessageCheck)
+                return self._confirm(response.certificate, PKIStatusInfo(
+                    PKIStatus.REJECTION, (_one_line(str(exc))[:200],), fail.mask), cert)
         if self._implicit_confirm and result.implicit_confirm:
             return self._finish(result)
         self._result = result
         return self._confirm(response.certificate, None, cert)
+
+    def _delivered_key(
+        self, encrypted: bytes | None, cert: x509.Certificate, msg: PKIMessage, body: CertRepMessage
+    ) -> PrivateKey:
+        """The centrally generated key (RFC 9483 §4.1.6), opened with what protected our request
+        and checked (``keypackage.open_key``). The KGA's certificate must chain to our trust
+        anchors, or to caPubs of a response MAC-protected with our own secret."""
+        if encrypted is None:
+            raise MalformedEnvelope(f"{msg.label} carries no privateKey for the centrally generated key")
+        anchors = list(self.config.trust.anchors) if self.config.trust is not None else []
+        if self._response_was_mac:
+            anchors += [load_cert(c) for c in body.ca_pubs]
+        if self.config.mode == "3gpp":
+            anchors += [c for c in map(load_cert, msg.extra_certs) if is_self_signed(c)]
+        untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
+        return open_key(encrypted, recipient_for(self.protector), trust=TrustStore(anchors),
+                        untrusted=untrusted, issued=cert, at=self._now() if self._now is not None else None)
 
     def _confirm(self, certificate: bytes, status: PKIStatusInfo | None, cert: x509.Certificate | None = None) -> Send:
         hash_name = self.config.confirm_hash_alg

@@ -42,6 +42,7 @@ from fleet.cmp.backend import (
 )
 from fleet.cmp.der import DerError
 from fleet.cmp.fastwire import decode_request
+from fleet.cmp.kga import KeyGenerator, is_central_request, serve_central
 from fleet.cmp.messages import (
     BodyType,
     CertConfirmContent,
@@ -231,8 +232,12 @@ class CmpServer:
         vendor_trust: TrustStore | None = None,
         untrusted: tuple[x509.Certificate, ...] = (),
         random: Callable[[int], bytes] | None = None,
+        kga: KeyGenerator | None = None,
     ) -> None:
+        """``kga``: the key generation authority that serves central key generation (None: this
+        server refuses it, badCertTemplate)."""
         self.backend = backend
+        self.kga = kga
         self.signer = signer
         self.config = cfg = config or ServerConfig()
         self._checks = Authenticator(
@@ -412,6 +417,13 @@ class CmpServer:
             raise Refuse(FailInfo.notAuthorized, "kur must be signed with the certificate being updated")
         try:
             template = req.template
+            sealed = central = None
+            if is_central_request(template.public_key, req.popo is not None):
+                if self.kga is None:
+                    raise Rejected("this CA does not generate keys (central key generation is off)",
+                                   FailInfo.badCertTemplate)
+                template, sealed, central = serve_central(self.kga, template, secret=ctx.auth.secret,
+                                                          signer=ctx.auth.signer)
             if template.public_key is None:
                 raise Rejected("certTemplate lacks a publicKey", FailInfo.badCertTemplate)
             subject: x509.Name | bytes
@@ -427,7 +439,8 @@ class CmpServer:
                 subject = csr.subject
                 extensions = csr_extensions(csr)
             self._checks.check_requested_key(public_key)
-            check_pop(req, public_key)
+            if sealed is None:
+                check_pop(req, public_key)
             old_cert = self._checks.authorize_kur(ctx.auth, req.controls) if msg.body_type is BodyType.KUR else None
             if old_cert is not None and template.subject is None:
                 subject = old_cert.subject
@@ -435,7 +448,7 @@ class CmpServer:
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, 0, exc)
         return self._issue(ctx, rsp_type, 0, public_key, subject, extensions, not_after, old_cert, defer,
-                           spki=template.public_key)
+                           spki=template.public_key, private_key=sealed, central=central)
 
     def _on_p10cr(self, ctx: _Ctx, defer: float) -> Reply:
         body = ctx.msg.body
@@ -459,6 +472,7 @@ class CmpServer:
         self, ctx: _Ctx, rsp_type: BodyType, cert_req_id: int, public_key: object, subject: x509.Name | bytes,
         extensions: tuple[x509.Extension[x509.ExtensionType], ...], not_after: datetime | None,
         old_cert: x509.Certificate | None, defer: float, *, spki: bytes | None = None,
+        private_key: bytes | None = None, central: tuple[str, str] | None = None,
     ) -> Reply:
         msg = ctx.msg
         implicit = msg.header.implicit_confirm and self.config.grant_implicit_confirm
@@ -472,6 +486,7 @@ class CmpServer:
                 kind=msg.body_type, public_key=public_key, subject=subject, extensions=extensions,
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
                 confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline, now=ctx.now,
+                central_key=central,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
@@ -485,7 +500,7 @@ class CmpServer:
         elif ctx.auth.kind == "mac" and msg.body_type is BodyType.IR:
             ca_pubs = (self.backend.root,)
         body = CertRepMessage(
-            (CertResponse(cert_req_id, messages.ACCEPTED, issued.der),), ca_pubs
+            (CertResponse(cert_req_id, messages.ACCEPTED, issued.der, private_key=private_key),), ca_pubs
         )
         info = self._confirm_info(ctx, implicit)
         tx = _Tx(tid, msg.body_type, TxState.CLOSED, ctx.auth, msg.header.sender, b"", 0.0,
