@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
+from fleet.cmp.kga import key_algorithm
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import PrivateKey, SignatureProtector
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
@@ -410,7 +411,9 @@ class Provisioner:
     # -- steps ------------------------------------------------------------------------------
 
     async def _make_key(self, dev: DeviceSpec, rec: DeviceRecord) -> None:
-        if dev.csr is not None:
+        if dev.central_key is not None:
+            kid = None  # the CA makes the key; its file is written before 'received' (_store)
+        elif dev.csr is not None:
             kid = outputs.key_id(dev.csr.public_key())
         else:
             key = await trio.to_thread.run_sync(self._load_or_make_key, dev)
@@ -447,7 +450,7 @@ class Provisioner:
 
     async def _request(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
         key = None
-        if dev.csr is None:
+        if dev.csr is None and dev.central_key is None:
             key = await trio.to_thread.run_sync(self._device_key, dev)
             if key is None:  # the key file vanished: make a new one next step
                 await self.writer.write((updated(rec, state=DeviceState.NEW), "key_missing"))
@@ -552,13 +555,19 @@ class Provisioner:
     ) -> DeviceRecord:
         cert_der = done.certificate
         assert cert_der is not None
+        central = done.private_key  # central key generation: checked by the transaction
         try:
-            await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs, key)
+            if central is not None:  # on disk (0600, fsynced) before the journal says 'received'
+                await trio.to_thread.run_sync(outputs.store_key, self.options.out, dev.id, central,
+                                              self.options.key_pass)
+            await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs,
+                                          key or central)
         except (OSError, FleetError) as exc:
             raise _StoreFailed(outputs.files_error("cannot store the certificate files", exc)) from None
         serial = format(load_cert(cert_der).serial_number, "X")
         rec = updated(rec, state=DeviceState.RECEIVED, nonce=nonce, response=response,
-                      certificate=cert_der, serial=serial)
+                      certificate=cert_der, serial=serial,
+                      **({"key_id": outputs.key_id(central.public_key())} if central is not None else {}))
         await self.writer.write((rec, "received"))
         return rec
 
@@ -687,6 +696,9 @@ class Provisioner:
     def _cert_request(dev: DeviceSpec, key: PrivateKey | None) -> Request:
         if dev.csr is not None:
             return CsrRequest(dev.csr, cert_profile=dev.cert_profile)
+        if dev.central_key is not None:
+            return CertRequest(BodyType.IR, None, dev.subject, dev.sans, cert_profile=dev.cert_profile,
+                               central_key_alg=key_algorithm(str(dev.central_key)))
         assert key is not None
         return CertRequest(BodyType.IR, key, dev.subject, dev.sans, cert_profile=dev.cert_profile)
 
