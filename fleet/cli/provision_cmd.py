@@ -81,6 +81,7 @@ def provision(
       chain         certificates sent after cert's chain (built from cert's file,
                     chain and --trusted)
       key_type      key to generate: ec:P-256 (default), ec:P-384, rsa:2048 etc.
+      central_key   key type the CA generates (central key generation) instead
       csr           PKCS#10 request (p10cr): the device keeps its own key
       csr_key       the CSR's key, only to revoke an orphaned certificate
       profile       CMP profile: requests go to <server path>/p/<profile>/<op>
