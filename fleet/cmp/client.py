@@ -557,13 +557,15 @@ class ClientTransaction:
         anchors, or to caPubs of a response MAC-protected with our own secret."""
         if encrypted is None:
             raise MalformedEnvelope(f"{msg.label} carries no privateKey for the centrally generated key")
-        anchors = list(self.config.trust.anchors) if self.config.trust is not None else []
-        if self._response_was_mac:
-            anchors += [load_cert(c) for c in body.ca_pubs]
+        trust = self.config.trust or TrustStore()
+        extra = list(body.ca_pubs) if self._response_was_mac else []
         if self.config.mode == "3gpp":
-            anchors += [c for c in map(load_cert, msg.extra_certs) if is_self_signed(c)]
+            extra += [c for c in msg.extra_certs if is_self_signed(load_cert(c))]
+        known = {a.public_bytes(Encoding.DER) for a in trust.anchors}
+        if any(c not in known for c in extra):  # else keep the configured store and its path cache
+            trust = TrustStore([*trust.anchors, *map(load_cert, extra)])
         untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
-        return open_key(encrypted, recipient_for(self.protector), trust=TrustStore(anchors),
+        return open_key(encrypted, recipient_for(self.protector), trust=trust,
                         untrusted=untrusted, issued=cert, at=self._now() if self._now is not None else None)
 
     def _confirm(self, certificate: bytes, status: PKIStatusInfo | None, cert: x509.Certificate | None = None) -> Send:

@@ -28,13 +28,14 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleet.cmp import der, oids
 from fleet.cmp.errors import CmpError
-from fleet.cmp.protection import pbkdf2_key, subject_key_id
+from fleet.cmp.protection import subject_key_id
 
 __all__ = [
     "EnvelopeError",
@@ -71,6 +72,8 @@ _PRF_BY_OID = {
     oids.HMAC_WITH_SHA1: "sha1", oids.HMAC_WITH_SHA224: "sha224", oids.HMAC_WITH_SHA256: "sha256",
     oids.HMAC_WITH_SHA384: "sha384", oids.HMAC_WITH_SHA512: "sha512",
 }
+_PRF_HASH = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
+             "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _HASH_BY_OID = {oids.SHA1: hashes.SHA1, oids.SHA224: hashes.SHA224, oids.SHA256: hashes.SHA256,
                 oids.SHA384: hashes.SHA384, oids.SHA512: hashes.SHA512}
 
@@ -186,7 +189,7 @@ def _issuer_and_serial(cert: x509.Certificate) -> bytes:
 
 def _pwri(cek: bytes, password: bytes, iterations: int, random: Callable[[int], bytes]) -> bytes:
     salt = random(16)
-    kek = pbkdf2_key(password, salt, "sha256", iterations, 32)
+    kek = _pbkdf2(password, salt, "sha256", iterations, 32)
     iv = random(16)
     params = der.sequence(der.octet_string(salt), der.integer(iterations), der.integer(32),
                           der.algorithm_identifier(oids.HMAC_WITH_SHA256, der.NULL_DER))
@@ -197,6 +200,12 @@ def _pwri(cek: bytes, password: bytes, iterations: int, random: Callable[[int], 
         der.algorithm_identifier(ID_ALG_PWRI_KEK, der.algorithm_identifier(AES256_CBC, der.octet_string(iv))),
         der.octet_string(wrapped),
     )))
+
+
+def _pbkdf2(password: bytes, salt: bytes, prf: str, iterations: int, size: int) -> bytes:
+    """PBKDF2 (RFC 8018). Not protection's cached ``pbkdf2_key``: every envelope has a fresh
+    salt, so a cache would only keep derived keys (and secrets) in memory."""
+    return PBKDF2HMAC(_PRF_HASH[prf](), size, salt, iterations).derive(password)
 
 
 def _kek_wrap(kek: bytes, iv: bytes, cek: bytes, random: Callable[[int], bytes]) -> bytes:
@@ -374,12 +383,12 @@ def _open_pwri(info: der.Tlv, recipient: Recipient) -> bytes:
             raise UnsupportedEnvelope(f"PWRI-KEK cipher {inner_oid} is not supported (AES-CBC is)")
         if length not in (None, size):
             raise MalformedEnvelope("PBKDF2 key length differs from the PWRI-KEK cipher's")
-        kek = pbkdf2_key(password, salt, prf, iterations, size)
+        kek = _pbkdf2(password, salt, prf, iterations, size)
         return _kek_unwrap(kek, iv_node.content, wrapped)
     size = AES_WRAP.get(wrap_oid)
     if size is None:
         raise UnsupportedEnvelope(f"password key encryption {wrap_oid} is not supported")
-    kek = pbkdf2_key(password, salt, prf, iterations, size)
+    kek = _pbkdf2(password, salt, prf, iterations, size)
     try:
         return aes_key_unwrap(kek, wrapped)
     except InvalidUnwrap:
