@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,21 @@ def test_usage_errors(tmp_path: Path, args: list[str], words: str) -> None:
     assert r.returncode == 2
     assert words in one_error_line(r.stderr, "fleet: usage error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_readme_kga_session(tmp_path: Path) -> None:
+    """The README's central key generation session, as written (only the port rewritten)."""
+    from test_readme import block_with, run_block
+
+    (tmp_path / "profiles").symlink_to(Path(__file__).resolve().parents[2] / "profiles")
+    bin_dir = tmp_path / ".bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "fleet"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fleet.cli.main "$@"\n')
+    wrapper.chmod(0o755)
+    result = run_block(block_with("--centralkeygen"), tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "key matches" in result.stdout
+    for key in ("iot.key", "iot-new.key"):
+        assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
+    assert (tmp_path / "kga-state" / "kga.pem").exists()
