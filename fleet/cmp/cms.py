@@ -290,7 +290,10 @@ def open_envelope(data: bytes, recipient: Recipient) -> tuple[str, bytes]:
     key_size = AES_CBC.get(cipher_oid)
     if key_size is None or cipher_params is None or cipher_params.tag != der.OCTET_STRING:
         raise UnsupportedEnvelope(f"content encryption {cipher_oid} is not supported (AES-CBC is)")
-    cek = _content_key(infos, recipient)
+    try:  # whatever a hostile recipient info makes the primitives raise is a malformed envelope
+        cek = _content_key(infos, recipient)
+    except (ValueError, IndexError, TypeError, KeyError) as exc:
+        raise MalformedEnvelope(f"malformed recipient info: {exc!r}") from None
     iv = cipher_params.content
     if len(cek) != key_size or len(iv) != 16 or not encrypted or len(encrypted) % 16:
         raise MalformedEnvelope("content key, IV or encrypted content has the wrong size")

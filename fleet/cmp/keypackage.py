@@ -47,7 +47,7 @@ from fleet.cmp.protection import (
     subject_key_id,
     verify_signature,
 )
-from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner
+from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner, load_cert
 
 __all__ = [
     "ID_CT_KP_A_KEY_PACKAGE",
@@ -170,8 +170,11 @@ def open_key(
         content = _maybe_content_info(content)
     elif content_type != ID_SIGNED_DATA:
         raise UnsupportedEnvelope(f"envelope holds {content_type}, not a SignedData")
-    e_type, package, signer_cert, certs = _verify_signed_data(content)
-    _check_kga(signer_cert, [*certs, *untrusted], trust, at)
+    try:  # a hostile package must end as an EnvelopeError, whatever the parsers raise
+        e_type, package, signer_cert, certs = _verify_signed_data(content)
+        _check_kga(signer_cert, [*certs, *untrusted], trust, at)
+    except (der.DerError, ValueError, IndexError, KeyError, TypeError, CryptoUnsupported) as exc:
+        raise MalformedEnvelope(f"malformed key package: {exc!r}") from None
     key = _key_from(e_type, package)
     mine = key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     theirs = issued.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
@@ -211,7 +214,7 @@ def _verify_signed_data(data: bytes) -> tuple[str, bytes, x509.Certificate, list
         if rest[0].tag == 0xA0:
             for c in rest[0].children():
                 if c.tag == der.SEQUENCE:
-                    certs.append(x509.load_der_x509_certificate(c.raw))
+                    certs.append(load_cert(c.raw))  # parsed once: the KGA sends the same few
             rest = rest[1:]
         if rest and rest[0].tag == 0xA1:
             rest = rest[1:]
@@ -231,7 +234,7 @@ def _verify_signed_data(data: bytes) -> tuple[str, bytes, x509.Certificate, list
             rest = rest[1:]
         sig_alg, signature = rest[0], rest[1].expect(der.OCTET_STRING, "signature").content
         digest_oid = digest_node.children()[0].as_oid()
-    except (der.DerError, ValueError, IndexError) as exc:
+    except (der.DerError, CertificateError, ValueError, IndexError) as exc:
         raise MalformedEnvelope(f"malformed key package SignedData: {exc}") from None
     signer_cert = _find_signer(sid, certs)
     digest_name = _DIGEST_BY_OID.get(digest_oid)

@@ -276,3 +276,50 @@ def test_pwri_iteration_cap(pki: Pki) -> None:
 def test_recipient_repr_hides_secrets(pki: Pki) -> None:
     assert "secret" not in repr(Recipient(password=b"secret"))
     assert repr(Recipient(key=pki.ec_key, cert=pki.ec_cert)) == "Recipient(ECPrivateKey)"
+
+
+def test_mangled_key_packages_raise_only_envelope_errors(pki: Pki) -> None:
+    """Every byte of a SignedData flipped or cut, then enveloped: opening it raises an
+    EnvelopeError subclass (never another exception) or, for a flip nothing depends on, returns
+    the right key."""
+    import random
+
+    rng = random.Random(13)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    issued = _issued_for(pki, new_key)
+    good = keypackage.signed_key_package(new_key, pki.kga_key, pki.kga)
+    for i in range(400):
+        data = bytearray(good)
+        if i % 4 == 3:
+            data = data[: rng.randrange(len(data))]
+        else:
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+        sealed = cms.envelope(bytes(data), password=b"p")
+        try:
+            got = open_key(b"\xa0" + sealed[1:], Recipient(password=b"p"), trust=pki.trust, issued=issued)
+        except cms.EnvelopeError:
+            continue
+        assert _pkcs8(got) == _pkcs8(new_key)
+
+
+@pytest.mark.parametrize("way", ["pwri", "kari", "ktri"])
+def test_mangled_envelopes_raise_only_envelope_errors(pki: Pki, way: str) -> None:
+    """Bits flipped and bytes cut anywhere in the EnvelopedData: an EnvelopeError subclass."""
+    import random
+
+    rng = random.Random(17)
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    issued = _issued_for(pki, new_key)
+    seal_kw, _, _, recipient = _ways(pki)[way]
+    good = seal_key(new_key, pki.kga_key, pki.kga, **seal_kw)
+    for i in range(150):
+        data = bytearray(good)
+        if i % 4 == 3:
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            data[rng.randrange(1, len(data))] ^= 1 << rng.randrange(8)
+        try:
+            got = open_key(bytes(data), recipient, trust=pki.trust, issued=issued)
+        except cms.EnvelopeError:
+            continue
+        assert _pkcs8(got) == _pkcs8(new_key)
