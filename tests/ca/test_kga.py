@@ -214,3 +214,24 @@ def test_openssl_decrypts_and_verifies_what_the_ca_delivers(ca: Ca, tmp_path: Pa
                               "-CAfile", str(issuing), "-purpose", "any", "-out", str(tmp_path / "akp.der")],
                              capture_output=True, timeout=60, check=False)
         assert out.returncode == 0 and b"Verification successful" in out.stderr, out.stderr
+
+
+def test_rsa_from_the_pre_generated_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kga_rsa_pool: RSA keys come from fleet's key pool (its last keys), in turn, reused once
+    all are served; too small a pool is refused at start, naming the command that fills it."""
+    from fleet.keys import KeyPoolError, KeyPoolStore
+
+    monkeypatch.setenv("FLEET_KEYS_DIR", str(tmp_path / "keys"))
+    spec = KeySpec.parse("rsa:2048")
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(3)]
+    KeyPoolStore().append(spec, [k.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()) for k in keys])
+    with pytest.raises(KeyPoolError, match="fleet keys generate --type rsa:2048 --count 2"):
+        Ca(tmp_path / "too-many", rsa_pool=5)
+    ca = Ca(tmp_path / "ca", rsa_pool=2)
+    served = []
+    for i in range(3):
+        done = ca.run(ClientTransaction(ca.mac(b"dev-%d" % i), _central(key_type="rsa:2048")))
+        _check_delivered(ca, done, "rsa:2048", "pwri")
+        served.append(_spki(done.private_key))
+    assert served == [_spki(keys[1]), _spki(keys[2]), _spki(keys[1])]
