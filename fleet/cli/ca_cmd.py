@@ -77,7 +77,7 @@ def serve(
              "only revoke itself; it stays valid for CRL and OCSP either way).")] = False,
     kga: Annotated[bool, typer.Option(
         "--kga", help="Act as key generation authority on every path: central key generation (RFC 9483 "
-                      "§4.1.6) for ir/cr/kur without a public key.")] = False,
+                      "4.1.6) for ir/cr/kur without a public key.")] = False,
     kga_profiles: Annotated[str, typer.Option(metavar="NAMES",
         help="Central key generation only under /.well-known/cmp/p/<name> for these comma-separated names.")] = "",
     kga_key_type: Annotated[str, typer.Option(help="Key type generated when a request names none (ec:P-256, rsa:2048, ed25519 ...).")] = "ec:P-256",

@@ -140,7 +140,7 @@ CaCertsOut = Annotated[Path | None, typer.Option("--cacertsout", help="Where to 
 NewKey = Annotated[Path | None, typer.Option("--newkey", help="Key to certify; generated and written here when absent.")]
 NewKeyType = Annotated[str, typer.Option("--newkey-type", help="Type for a generated key: ec:P-256, ec:P-384, rsa:2048, ed25519 ...")]
 NewKeyPass = Annotated[str | None, typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
-CentralKeyGen = Annotated[bool, typer.Option("--centralkeygen", help="Ask the CA to generate the key (central key generation, RFC 9483 §4.1.6): of --newkey-type, delivered encrypted, written to --newkeyout.")]
+CentralKeyGen = Annotated[bool, typer.Option("--centralkeygen", help="Ask the CA to generate the key (central key generation, RFC 9483 4.1.6): of --newkey-type, delivered encrypted, written to --newkeyout.")]
 NewKeyOut = Annotated[Path | None, typer.Option("--newkeyout", help="With --centralkeygen: where to write the delivered key (PEM, 0600; encrypted with --newkeypass).")]
 Subject = Annotated[str | None, typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
 Sans = Annotated[str | None, typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
