@@ -37,5 +37,5 @@ class Observer(Protocol):
         """One request/response round trip of ``op``, by the request's body type."""
 
     def warning(self, op: str, code: str) -> None:
-        """A habit of the CA accepted in a successful ``op`` (a ``fleet.cmp.client.WARNINGS``
+        """A habit of the CA accepted in a successful ``op`` (a ``fleet.cmp.fleet.cmp.habits.WARNINGS``
         code), such as caPubs ignored under signature protection."""

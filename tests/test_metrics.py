@@ -30,7 +30,7 @@ from fleet.ra.metrics import RaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLOWED_LABELS = {"worker", "operation", "result", "kind", "fail_info", "body", "key_type", "profile", "workers",
-                  "status", "code", "state", "le", "warning"}  # warning: client.WARNINGS, a fixed set
+                  "status", "code", "state", "le", "warning"}  # warning: fleet.cmp.habits.WARNINGS, a fixed set
 
 
 def _fed_fleet() -> FleetMetrics:

@@ -42,6 +42,7 @@ from fleet.ca.store import (
 )
 from fleet.cmp import der, genm, oids, support
 from fleet.cmp.backend import CertState, IssueRequest, KnownCert, Rejected
+from fleet.cmp.kga import KeyGenerator
 from fleet.cmp.messages import BodyType, CertTemplate, FailInfo, InfoTypeAndValue
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.server import CmpServer, ServerConfig
@@ -135,7 +136,9 @@ class Authority:
     def issue(self, request: IssueRequest) -> IssuedCert:
         status = CertRecordStatus.ISSUED if request.confirmed else CertRecordStatus.PENDING
         store = self.store
-        keys = self._keys
+        # A key this CA generated itself (central key generation) is not the requester's reuse: only
+        # the load-target knob kga_rsa_pool hands a pool key out again, and on purpose.
+        keys = self._keys if request.central_key is None else None
         if keys is not None:
             spki = request.spki or request.public_key.public_bytes(  # type: ignore[attr-defined]
                 Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
@@ -175,6 +178,8 @@ class Authority:
                 continue
             if keys is not None:
                 keys.add(issued.key_fingerprint)
+            if request.central_key is not None:
+                store.record_central_key(serial, *request.central_key)
             if request.old_cert is not None:
                 if request.confirmed:
                     self._replace(request.old_cert.serial_number, serial)
@@ -319,6 +324,7 @@ class Authority:
         vendor: Iterable[x509.Certificate] = (),
         untrusted: Iterable[x509.Certificate] = (),
         ra_trusted: Iterable[x509.Certificate] = (),
+        kga: KeyGenerator | None = None,
     ) -> CmpServer:
         """A ``CmpServer`` for this CA. Signed requests are accepted from certificates chaining to
         this CA's root, to ``trusted`` or to ``ra_trusted``; ir also from ``vendor`` (IDevID)
@@ -334,6 +340,7 @@ class Authority:
             vendor_trust=TrustStore(vendor_list) if vendor_list else None,
             untrusted=(*self.hierarchy.chain_for_issued, *untrusted),
             ra_trust=TrustStore(ra_list) if ra_list else None,
+            kga=kga,
         )
 
     def statistics(self) -> AuthorityStatistics:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -47,7 +48,8 @@ MODES = ("lcmpp", "3gpp")
 PROFILE_KEYS = (
     "mode", "latency", "waiting_fraction", "check_after", "error_fraction", "http_503_fraction",
     "drop_fraction", "max_transactions", "implicit_confirm", "confirm_wait", "validity_days",
-    "key_type", "seed", "require_message_time",
+    "key_type", "seed", "require_message_time", "kga", "kga_profiles", "kga_key_type", "kga_password_delivery",
+    "kga_pwri_iterations", "kga_rsa_pool",
 )  # fmt: skip
 
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
@@ -56,7 +58,7 @@ _BOUNDS: Mapping[str, Bound] = {
     "max_time_skew": NON_NEGATIVE, "max_iterations": COUNT, "max_transactions": NON_NEGATIVE_INT,
     "max_body_bytes": COUNT, "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE,
     "error_fraction": FRACTION, "http_503_fraction": FRACTION, "drop_fraction": FRACTION,
-    "seed": SEED,
+    "seed": SEED, "kga_pwri_iterations": COUNT, "kga_rsa_pool": NON_NEGATIVE_INT,
 }  # fmt: skip
 
 _LATENCY_KINDS = {"fixed": 1, "uniform": 2, "exp": 1, "lognormal": 2}
@@ -215,6 +217,13 @@ class CaConfig:
     allow_replaced_signers: bool = False
     require_message_time: bool = True  # RFC 9483 §3.1; False for devices without a clock
     allow_key_reuse: bool = False  # certify a public key that already has a certificate
+    # central key generation (fleet.ca.kga): on every path, or only for these /p/<name> profiles
+    kga: bool = False
+    kga_profiles: str = ""  # comma-separated profile names
+    kga_key_type: str = "ec:P-256"  # when the request names no key type
+    kga_password_delivery: bool = True  # PWRI for MAC-protected requests
+    kga_pwri_iterations: int = 2048
+    kga_rsa_pool: int = 0  # RSA keys taken from fleet's key pool (0: generated per request)
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -230,6 +239,17 @@ class CaConfig:
             object.__setattr__(self, "key_type", str(KeySpec.parse(self.key_type)))
         except KeySpecError as exc:
             raise CaConfigError("key_type", str(exc)) from None
+        try:
+            kga_spec = KeySpec.parse(self.kga_key_type)
+        except KeySpecError as exc:
+            raise CaConfigError("kga_key_type", str(exc)) from None
+        if kga_spec.algorithm not in ("ec", "rsa", "ed25519"):
+            raise CaConfigError("kga_key_type", f"central key generation of {kga_spec} is not supported"
+                                " (ec, rsa, ed25519 are)")
+        object.__setattr__(self, "kga_key_type", str(kga_spec))
+        names = [n.strip() for n in self.kga_profiles.split(",") if n.strip()]
+        if any(not re.fullmatch(r"[A-Za-z0-9._~-]{1,64}", n) for n in names):
+            raise CaConfigError("kga_profiles", f"must be comma-separated /p/<name> profile names, got {self.kga_profiles!r}")
         if self.ref is not None and self.secret is None:
             raise CaConfigError("ref", "needs {0}", "secret")
         own = ("issuing_cert", "issuing_key", "signer_cert", "signer_key")

@@ -29,6 +29,7 @@ from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.coap_service import serve_coap
 from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.hierarchy import CaHierarchy
+from fleet.ca.kga import build_kga, kga_profiles
 from fleet.ca.metrics import CaMetrics
 from fleet.ca.service import CaService, ServiceObserver
 from fleet.ca.store import CertStore
@@ -99,6 +100,11 @@ def build(
         observer = getattr(metrics, "announcement", None)
         announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, observer=observer)
                      if config.announce_url else None)
+        profiles = kga_profiles(config.kga, config.kga_profiles)
+        kga = build_kga(
+            state, hierarchy, key_type=config.kga_key_type, password_delivery=config.kga_password_delivery,
+            pwri_iterations=config.kga_pwri_iterations, rsa_pool=config.kga_rsa_pool,
+        ) if profiles else None
         return CaService(
             authority,
             config=config.server_config(),
@@ -110,6 +116,8 @@ def build(
             announcer=announcer,
             knobs=config.knobs,
             metrics=metrics,
+            kga=kga,
+            kga_profiles=profiles,
         )
     except BaseException:
         authority.close()
@@ -351,6 +359,10 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
     if config.announce_url:
         lines.append(f"  announcements: rann on revocation{' and cann on issue' if config.announce_issued else ''}"
                      f" pushed to {config.announce_url}")
+    if config.kga or config.kga_profiles:
+        where = "every path" if config.kga else ", ".join(f"/p/{n}" for n in kga_profiles(False, config.kga_profiles))
+        lines.append(f"  central key generation (KGA, {config.kga_key_type} by default): {where}"
+                     + ("" if config.kga_password_delivery else "; MAC-protected requests refused"))
     knobs = config.knobs
     if knobs.active:
         lines.append(

@@ -46,6 +46,7 @@ from fleet.ca.announcer import Announcer
 from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
 from fleet.ca.store import StoreError
+from fleet.cmp.kga import KeyGenerator
 from fleet.cmp.messages import FailInfo, fail_info_names
 from fleet.cmp.nested_server import NestedServer
 from fleet.cmp.server import Outcome, ServerConfig, ServerStatistics, TxState
@@ -155,7 +156,11 @@ class CaService:
         clock: Callable[[], float] = time.time,
         tick_interval: float = 1.0,
         metrics: ServiceObserver | None = None,
+        kga: KeyGenerator | None = None,
+        kga_profiles: tuple[str, ...] = (),
     ) -> None:
+        """``kga`` serves central key generation on every path (``kga_profiles`` ("*",)) or
+        only under ``/p/<name>`` for the names in ``kga_profiles``."""
         self.authority = authority
         self.announcer = announcer  # pushes rann (and cann) to the devices' URLs
         self.config = config or ServerConfig()
@@ -164,14 +169,21 @@ class CaService:
         self.tick_interval = tick_interval
         self.metrics = metrics
         self._rng = random.Random(self.knobs.seed)
+        everywhere = kga if "*" in kga_profiles else None
         # Each mode's CmpServer, wrapped to take nested messages from ``ra_trusted`` RAs too.
         self.servers: dict[str, NestedServer] = {
             mode: NestedServer(authority.server(
                 config=replace(self.config, mode=mode),  # type: ignore[arg-type]
                 secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, ra_trusted=ra_trusted,
+                kga=everywhere,
             ))
             for mode in _MODES
         }
+        for name in kga_profiles if everywhere is None else ():  # per-profile KGA: /p/<name>
+            self.servers[name] = NestedServer(authority.server(
+                config=replace(self.config, mode=name if name in _MODES else self.config.mode),  # type: ignore[arg-type]
+                secrets=secrets, trusted=trusted, vendor=vendor, untrusted=untrusted, ra_trusted=ra_trusted, kga=kga,
+            ))
         self.default = self.servers[self.config.mode]
         self.outcomes: Counter[tuple[str, str, str]] = Counter()
         self.http = Counter[str]()

@@ -20,7 +20,9 @@ from that layout on, and 3 once ``certificates`` has the ``confirm_deadline`` co
 open, NULL for the rows written before it: those are rejected at the next start like any
 pending one). ``replaced_certificates`` was first kept by ``fleet.ca.authority`` through a
 connection of its own, in the same file and with the same columns; a database that has it is
-the store's as it stands, and one that lacks it gets it empty.
+the store's as it stands, and one that lacks it gets it empty. ``central_keys`` (added without
+a layout change: older databases get it empty on open) marks the certificates whose key the CA
+generated, with the key type and the delivery, never the key.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 from cryptography import x509
 
 __all__ = [
+    "CENTRAL_KEY",
+    "CENTRAL_KEY_OF",
     "CHANGE",
     "COLUMNS",
     "DEAD_ROWS",
@@ -132,6 +136,11 @@ CREATE INDEX IF NOT EXISTS status_changes_dead ON status_changes (status)
 CREATE TABLE IF NOT EXISTS replaced_certificates (
     serial TEXT PRIMARY KEY, by_serial TEXT NOT NULL, replaced_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS central_keys (
+    serial TEXT PRIMARY KEY,
+    key_type TEXT NOT NULL,
+    delivery TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 LAYOUT = 3  # PRAGMA user_version of this layout (module doc)
@@ -173,6 +182,10 @@ DEAD_ROWS = (
 # A certificate replaced by a confirmed kur: (serial, by_serial, replaced_at); the first one stands.
 REPLACEMENT = "INSERT OR IGNORE INTO replaced_certificates (serial, by_serial, replaced_at) VALUES (?, ?, ?)"
 REPLACED_BY = "SELECT by_serial FROM replaced_certificates WHERE serial = ?"
+# A certificate whose key the CA generated (central key generation): its type and how it was
+# delivered (pwri, kari, ktri). Never the key itself.
+CENTRAL_KEY = "INSERT OR IGNORE INTO central_keys (serial, key_type, delivery) VALUES (?, ?, ?)"
+CENTRAL_KEY_OF = "SELECT key_type, delivery FROM central_keys WHERE serial = ?"
 
 
 def to_current_layout(db: sqlite3.Connection) -> None:

@@ -93,6 +93,19 @@ def serve(
         "--allow-key-reuse",
         help="Certify a public key that already has a live certificate here (refused by default "
              "with badCertTemplate).")] = False,
+    kga: Annotated[bool, typer.Option(
+        "--kga", help="Act as key generation authority on every path: central key generation (RFC 9483 "
+                      "4.1.6) for ir/cr/kur without a public key.")] = False,
+    kga_profiles: Annotated[str, typer.Option(metavar="NAMES",
+        help="Central key generation only under /.well-known/cmp/p/<name> for these comma-separated names.")] = "",
+    kga_key_type: Annotated[str, typer.Option(help="Key type generated when a request names none (ec:P-256, rsa:2048, ed25519 ...).")] = "ec:P-256",
+    kga_password_delivery: Annotated[bool, typer.Option(
+        help="Deliver keys to MAC-protected requests, encrypted with the shared secret (PWRI); "
+             "--no-kga-password-delivery refuses them (notAuthorized).")] = True,
+    kga_pwri_iterations: Annotated[int, typer.Option(help="PBKDF2 iterations of password-based key delivery.")] = 2048,
+    kga_rsa_pool: Annotated[int, typer.Option(
+        help="Load-target knob: hand out RSA keys from this many of fleet's pre-generated pool keys "
+             "(fleet keys generate), reused in turn (0: a new RSA key per request).")] = 0,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM, leaf first).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
@@ -119,6 +132,9 @@ def serve(
             max_iterations=max_iterations, max_transactions=max_transactions, max_body_bytes=max_body_bytes,
             allow_replaced_signers=allow_replaced_signers, require_message_time=require_message_time,
             allow_key_reuse=allow_key_reuse, tls_cert=tls_cert, tls_key=tls_key,
+            kga=kga, kga_profiles=kga_profiles, kga_key_type=kga_key_type,
+            kga_password_delivery=kga_password_delivery, kga_pwri_iterations=kga_pwri_iterations,
+            kga_rsa_pool=kga_rsa_pool,
             knobs=LoadKnobs(
                 latency=Latency.parse(latency), waiting_fraction=waiting_fraction, check_after=check_after,
                 error_fraction=error_fraction, http_503_fraction=http_503_fraction, drop_fraction=drop_fraction,

@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.bounds import COUNT, POSITIVE
 from fleet.cli.usage import Pkcs11Module, Pkcs11Pin, Pkcs11Token, ProxyOpt, bounded, examples
 from fleet.cmp import genm, oids
-from fleet.cmp.client import WARNINGS, ClientConfig, ClientTransaction, Done
+from fleet.cmp.client import ClientConfig, ClientTransaction, Done
+from fleet.cmp.habits import WARNINGS
+from fleet.cmp.kga import key_algorithm
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
 from fleet.cmp.protection import (
     DEFAULT_MAX_PBM_ITERATIONS,
@@ -142,6 +144,8 @@ CaCertsOut = Annotated[Path | None, typer.Option("--cacertsout", help="Where to 
 NewKey = Annotated[Path | None, typer.Option("--newkey", help="Key to certify; generated and written here when absent.")]
 NewKeyType = Annotated[str, typer.Option("--newkey-type", help="Type for a generated key: ec:P-256, ec:P-384, rsa:2048, ed25519 ...")]
 NewKeyPass = Annotated[str | None, typer.Option("--newkeypass", help="Passphrase of --newkey: pass:, env: or file:.")]
+CentralKeyGen = Annotated[bool, typer.Option("--centralkeygen", help="Ask the CA to generate the key (central key generation, RFC 9483 4.1.6): of --newkey-type, delivered encrypted, written to --newkeyout.")]
+NewKeyOut = Annotated[Path | None, typer.Option("--newkeyout", help="With --centralkeygen: where to write the delivered key (PEM, 0600; encrypted with --newkeypass).")]
 Subject = Annotated[str | None, typer.Option("--subject", help="Subject, /CN=a/O=b or CN=a,O=b.")]
 Sans = Annotated[str | None, typer.Option("--sans", help="SANs: DNS:host, IP:addr, URI:urn:uuid:..., comma separated.")]
 
@@ -429,14 +433,36 @@ def _new_key(path: Path | None, key_type: str, passphrase: str | None) -> Privat
     return key
 
 
+def _central_key_alg(centralkeygen: bool, newkey: Path | None, newkeyout: Path | None, key_type: str) -> bytes | None:
+    """The key type asked of the KGA, or None without --centralkeygen (usage errors named)."""
+    if not centralkeygen:
+        if newkeyout is not None:
+            raise typer.BadParameter("goes with --centralkeygen (a local key is written by --newkey)", param_hint="'--newkeyout'")
+        return None
+    if newkey is not None:
+        raise typer.BadParameter("--centralkeygen and --newkey exclude each other: the CA generates the key", param_hint="'--newkey'")
+    if newkeyout is None:
+        raise typer.BadParameter("needs --newkeyout, where the delivered key is written", param_hint="'--centralkeygen'")
+    try:
+        return key_algorithm(str(KeySpec.parse(key_type)))
+    except (ValueError, FleetError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--newkey-type'") from None
+
+
 def _cert_request(
     kind: BodyType, options: CmpOptions, *, newkey: Path | None, newkey_type: str, newkeypass: str | None,
     subject: str | None, sans: str | None, old_cert: x509.Certificate | None = None, oldcert: Path | None = None,
+    centralkeygen: bool = False, newkeyout: Path | None = None,
 ) -> None:
     in_token = options.pkcs11_module is not None  # --newkey is then a label in the token
+    central = _central_key_alg(centralkeygen, newkey, newkeyout, newkey_type)
+    if in_token and central is not None:
+        raise UsageError("--centralkeygen delivers the key to a file; it cannot go with --pkcs11-module")
     existing_key = newkey if newkey is not None and newkey.exists() and not in_token else None
-    _check_paths(_output_paths(options, None if in_token else newkey),
-                 _input_paths(options, newkey=existing_key, oldcert=oldcert))
+    outputs = _output_paths(options, None if in_token else newkey)
+    if newkeyout is not None:
+        outputs["--newkeyout"] = newkeyout
+    _check_paths(outputs, _input_paths(options, newkey=existing_key, oldcert=oldcert))
     if in_token and newkey is None:
         raise UsageError("with --pkcs11-module, --newkey names the key's label in the token")
     # Names first: a typo in --subject or --sans must not leave a new key file behind.
@@ -446,19 +472,29 @@ def _cert_request(
         raise UsageError("give --subject and/or --sans for the new certificate")
     if options.sender is not None:
         parse_name(options.sender)  # a typo in --sender too
+    password = read_secret(newkeypass) if newkeypass and central is not None else None
     token = options.token
+    key: PrivateKey | None
     if token is not None:
-        key: PrivateKey = token.key_or_new(str(newkey), token_curve(KeySpec.parse(newkey_type)))
+        key = token.key_or_new(str(newkey), token_curve(KeySpec.parse(newkey_type)))
     else:
-        key = _new_key(newkey, newkey_type, newkeypass)
+        key = _new_key(newkey, newkey_type, newkeypass) if central is None else None
     request = CertRequest(
         kind, key, subject_name, san_names, old_cert=old_cert,
-        implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile,
+        implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile, central_key_alg=central,
     )
     done = _run(options, request)
     _report(kind.label, done)
     if token is not None and done.certificate is not None:
         token.store_certificate(str(newkey), done.certificate)  # beside its key, and to --certout
+    if newkeyout is not None:  # Done carries a key only once every check of it passed
+        assert done.private_key is not None
+        try:
+            write_output(newkeyout, private_key_pem(done.private_key, password), "--newkeyout", mode=0o600)
+        except OutputPathError as exc:
+            kept = _keep_safe(kind.label, done, done.ca_pubs, done.private_key)
+            where = f"kept in {kept}" if kept else "printed above (no folder could take it)"
+            raise OutputPathError(f"{exc}; the delivered key and its certificate are {where}") from None
     _write_outputs(options, done, kind.label, unsaved_key=key if newkey is None and token is None else None)
 
 
@@ -468,9 +504,10 @@ def _enroll_command(kind: BodyType) -> Callable[..., None]:
     def command(
         options: CmpOptions, newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256",
         newkeypass: NewKeyPass = None, subject: Subject = None, sans: Sans = None,
+        centralkeygen: CentralKeyGen = False, newkeyout: NewKeyOut = None,
     ) -> None:
         _cert_request(kind, options, newkey=newkey, newkey_type=newkey_type, newkeypass=newkeypass,
-                      subject=subject, sans=sans)
+                      subject=subject, sans=sans, centralkeygen=centralkeygen, newkeyout=newkeyout)
 
     command.__name__ = kind.label
     return command
@@ -490,12 +527,13 @@ def kur(
     options: CmpOptions,
     oldcert: Annotated[Path | None, typer.Option("--oldcert", help="Certificate to update (default --cert).")] = None,
     newkey: NewKey = None, newkey_type: NewKeyType = "ec:P-256", newkeypass: NewKeyPass = None,
-    subject: Subject = None, sans: Sans = None,
+    subject: Subject = None, sans: Sans = None, centralkeygen: CentralKeyGen = False, newkeyout: NewKeyOut = None,
 ) -> None:
     if options.cert is None or options.key is None:
         raise UsageError("kur is signed with the certificate being updated: give --cert and --key")
     _cert_request(BodyType.KUR, options, newkey=newkey, newkey_type=newkey_type, newkeypass=newkeypass,
-                  subject=subject, sans=sans, old_cert=load_certificate(oldcert or options.cert), oldcert=oldcert)
+                  subject=subject, sans=sans, old_cert=load_certificate(oldcert or options.cert), oldcert=oldcert,
+                  centralkeygen=centralkeygen, newkeyout=newkeyout)
 
 
 @cmp_command("p10cr", help="PKCS#10 request: certify the key in --csr (the device keeps its own key).",

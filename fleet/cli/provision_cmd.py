@@ -24,7 +24,8 @@ from fleet.pkcs11 import Token
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
-from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats, summarize
+from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats
+from fleet.provision.summary import summarize
 from fleet.secrets import read_secret
 
 EPILOG = examples(
@@ -86,6 +87,7 @@ def provision(
       chain         certificates sent after cert's chain (built from cert's file,
                     chain and --trusted)
       key_type      key to generate: ec:P-256 (default), ec:P-384, rsa:2048 etc.
+      central_key   key type the CA generates (central key generation) instead
       csr           PKCS#10 request (p10cr): the device keeps its own key
       csr_key       the CSR's key, only to revoke an orphaned certificate
       profile       CMP profile: requests go to <server path>/p/<profile>/<op>

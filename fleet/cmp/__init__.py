@@ -15,7 +15,8 @@ contract with the CA behind the server), ``shared_secrets`` (MAC secrets both si
 ``x509parts`` (request fields as cryptography objects), ``requests`` (what an end entity asks
 for), ``messages`` (records and the reference codec), ``fastwire`` (the offset readers and
 pre-encoded writers both roles use), ``protection`` and ``trust`` (MACs, signatures, certificate
-paths), ``der``, ``errors``.
+paths), ``cms``, ``keypackage`` and ``kga`` (central key generation: the EnvelopedData, the KGA's
+signed key package, both roles' part), ``der``, ``errors``.
 
 Importing this package is cheap: each name below loads its module on first use. Nothing under
 ``fleet.cmp`` imports trio or opens sockets.

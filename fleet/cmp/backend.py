@@ -57,6 +57,8 @@ class IssueRequest:
     confirm_deadline: float | None = None
     now: float | None = None  # when the request arrived (``handle``'s ``now``): the validity's start
     not_before: datetime | None = None  # ccr: the validity's requested start (cross certificate)
+    # Central key generation: (key type, delivery) for the records; the CA never sees the key.
+    central_key: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

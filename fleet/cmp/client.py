@@ -24,6 +24,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import field, replace
 from datetime import datetime
 from typing import Literal, NamedTuple
 
@@ -32,6 +33,7 @@ from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleet.cmp import der, fastwire, messages, oids
+from fleet.cmp.cms import EnvelopeError, MalformedEnvelope
 from fleet.cmp.errors import (
     BadVersion,
     CaPubsNotAllowed,
@@ -48,6 +50,9 @@ from fleet.cmp.errors import (
     UnverifiedRefusal,
     WrongPublicKey,
 )
+from fleet.cmp.habits import WARNINGS
+from fleet.cmp.keypackage import KeyMismatch, open_key
+from fleet.cmp.kga import recipient_for
 from fleet.cmp.messages import (
     BodyType,
     CertConfirmContent,
@@ -68,6 +73,7 @@ from fleet.cmp.protection import (
     HASH_OID_BY_NAME,
     IterationCountRefused,
     MacProtector,
+    PrivateKey,
     ProtectionError,
     Protector,
     SignatureProtector,
@@ -178,6 +184,8 @@ class Done:
     implicit_confirm: bool = False
     polls: int = 0
     warnings: tuple[str, ...] = ()  # codes of ``WARNINGS``: habits accepted, each once
+    # Central key generation: the delivered key, set only once every check of it passed.
+    private_key: PrivateKey | None = field(default=None, repr=False)
 
     @property
     def chain(self) -> tuple[bytes, ...]:
@@ -189,14 +197,6 @@ Step = Send | Done  # what start() and receive() return
 
 # Habits of real CAs that fleet accepts and reports (the survey in docs/strictness.md). The codes
 # are metric label values: a fixed set.
-WARNINGS: dict[str, str] = {
-    "capubs_ignored": "caPubs of a signature-protected response ignored, not trusted"
-                      " (RFC 9483 §4.1.1: caPubs are trust anchors only under MAC protection)",
-    "message_time_skew": "the response's messageTime is far from this machine's clock"
-                         " (informational, RFC 9483 §3.1; check the clocks)",
-    "unknown_general_info": "the response's generalInfo holds an item fleet does not know (ignored)",
-    "http_status": "the CMP response came with an HTTP status other than 200",
-}
 # The generalInfo items fleet knows (the id-it arc named in fleet.cmp.oids).
 _KNOWN_INFO = frozenset(oids.INFO_TYPE_NAMES)
 
@@ -280,7 +280,8 @@ class ClientTransaction:
         self._polls = 0
         # RFC 9810 §5.3.4 / RFC 9483 §4.4: -1 where no CertReqMsg carries an id (p10cr, rr, genm).
         self._cert_req_id = 0 if isinstance(request, CertRequest) else -1
-        self._requested_spki = self._spki_of(request)
+        self._central = isinstance(request, CertRequest) and request.central_key_alg is not None
+        self._requested_spki = None if self._central else self._spki_of(request)
         self._result: Done | None = None
         self._pending_error: FleetError | None = None
         self._response_was_mac = False
@@ -567,10 +568,40 @@ class ClientTransaction:
                 PKIStatus.REJECTION, ("certificate public key differs from the requested key",),
                 FailInfo.badCertTemplate.mask,
             ), cert)
+        if self._central:
+            try:
+                result = replace(result, private_key=self._delivered_key(response.private_key, cert, msg, body))
+            except EnvelopeError as exc:
+                if self._implicit_confirm and result.implicit_confirm:
+                    raise  # nothing left to tell the CA
+                self._pending_error = exc
+                fail = FailInfo.badDataFormat if isinstance(exc, MalformedEnvelope) else (
+                    FailInfo.badCertTemplate if isinstance(exc, KeyMismatch) else FailInfo.badMessageCheck)
+                return self._confirm(response.certificate, PKIStatusInfo(
+                    PKIStatus.REJECTION, (_one_line(str(exc))[:200],), fail.mask), cert)
         if self._implicit_confirm and result.implicit_confirm:
             return self._finish(result)
         self._result = result
         return self._confirm(response.certificate, None, cert)
+
+    def _delivered_key(
+        self, encrypted: bytes | None, cert: x509.Certificate, msg: PKIMessage, body: CertRepMessage
+    ) -> PrivateKey:
+        """The centrally generated key (RFC 9483 §4.1.6), opened with what protected our request
+        and checked (``keypackage.open_key``). The KGA's certificate must chain to our trust
+        anchors, or to caPubs of a response MAC-protected with our own secret."""
+        if encrypted is None:
+            raise MalformedEnvelope(f"{msg.label} carries no privateKey for the centrally generated key")
+        trust = self.config.trust or TrustStore()
+        extra = list(body.ca_pubs) if self._response_was_mac else []
+        if self.config.mode == "3gpp":
+            extra += [c for c in msg.extra_certs if is_self_signed(load_cert(c))]
+        known = {a.public_bytes(Encoding.DER) for a in trust.anchors}
+        if any(c not in known for c in extra):  # else keep the configured store and its path cache
+            trust = TrustStore([*trust.anchors, *map(load_cert, extra)])
+        untrusted = [load_cert(c) for c in msg.extra_certs] + list(self.config.untrusted)
+        return open_key(encrypted, recipient_for(self.protector), trust=trust,
+                        untrusted=untrusted, issued=cert, at=self._now() if self._now is not None else None)
 
     def _confirm(self, certificate: bytes, status: PKIStatusInfo | None, cert: x509.Certificate | None = None) -> Send:
         hash_name = self.config.confirm_hash_alg

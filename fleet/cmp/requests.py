@@ -42,12 +42,14 @@ class CertRequest:
     """ir, cr or kur: a new certificate for ``new_key``.
 
     For kur, ``old_cert`` names the certificate being updated (oldCertID control) and its subject
-    is used when ``subject`` is None. ``subject`` may be given already DER-encoded (a Name), which
+    is used when ``subject`` is None. ``central_key_alg`` asks for central key generation (RFC
+    9483 §4.1.6): no ``new_key`` and no POP; the template's publicKey carries only that encoded
+    AlgorithmIdentifier with an empty key, or is left out when it is ``b""``. ``subject`` may be given already DER-encoded (a Name), which
     spares a fleet of devices building an ``x509.Name`` each only to encode it.
     """
 
     kind: BodyType
-    new_key: PrivateKey
+    new_key: PrivateKey | None
     subject: x509.Name | bytes | None = None
     sans: Sequence[x509.GeneralName] = ()
     extensions: Sequence[x509.Extension[x509.ExtensionType]] = ()
@@ -55,10 +57,12 @@ class CertRequest:
     implicit_confirm: bool = False
     cert_profile: str | None = None
     pop: str = "signature"  # or "raVerified" / "none" (for tests of servers)
+    central_key_alg: bytes | None = None  # central key generation: see above
 
     # Encoded once, at creation: the template, the header's sender and the check of the issued
     # certificate all need them (functools.cached_property takes a lock on every read in 3.11).
-    spki: bytes = field(init=False, repr=False, compare=False)  # the new key's SubjectPublicKeyInfo
+    # the new key's SubjectPublicKeyInfo (central generation: the algorithm-only one, or None)
+    spki: bytes | None = field(init=False, repr=False, compare=False)
     subject_der: bytes | None = field(init=False, repr=False, compare=False)  # the explicit subject's DER
 
     def __post_init__(self) -> None:
@@ -66,7 +70,16 @@ class CertRequest:
             raise ValueError(f"CertRequest kind must be ir, cr or kur, not {self.kind.label}")
         if self.kind is BodyType.KUR and self.old_cert is None:
             raise ValueError("kur needs the certificate being updated")
-        object.__setattr__(self, "spki", spki_der(self.new_key))
+        if self.central_key_alg is not None:
+            if self.new_key is not None:
+                raise ValueError("central key generation takes no new_key")
+            object.__setattr__(self, "pop", "none")
+            spki = der.sequence(self.central_key_alg, der.bit_string(b"")) if self.central_key_alg else None
+            object.__setattr__(self, "spki", spki)
+        elif self.new_key is None:
+            raise ValueError("a CertRequest needs new_key unless it asks for central key generation")
+        else:
+            object.__setattr__(self, "spki", spki_der(self.new_key))
         subject = self.subject
         if isinstance(subject, bytes):
             try:
@@ -200,6 +213,7 @@ def build_cert_req_msg(request: CertRequest, cert_req_id: int = 0) -> CertReqMsg
     cert_request = encode_cert_request(cert_req_id, template, controls)
     popo: Popo | None
     if request.pop == "signature":
+        assert request.new_key is not None  # __post_init__: only central generation has none
         signer = Signer(request.new_key)
         popo = Popo("signature", signer.algorithm, signer.sign(cert_request))
     elif request.pop == "raVerified":
@@ -222,7 +236,8 @@ def body_der(request: Request) -> bytes:
     """The request's encoded PKIBody: ``messages.encode_body(request.kind, build_body(request))``,
     written by ``fastwire`` for the usual signature-POP CertRequest (no intermediate records: the
     client encodes one per device)."""
-    if not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None:
+    if (not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None
+            or request.new_key is None or request.spki is None):
         return encode_body(request.kind, build_body(request))
     subject = request.subject_der if request.subject_der is not None else NULL_DN
     extensions = _template_extensions(request, request.subject_der)  # no old_cert on this path

@@ -43,6 +43,7 @@ from fleet.cmp.crosscert import check_cross_request, check_cross_requester
 from fleet.cmp.der import DerError
 from fleet.cmp.envelope import encrypted_cert
 from fleet.cmp.fastwire import decode_request
+from fleet.cmp.kga import KeyGenerator, is_central_request, serve_central
 from fleet.cmp.lifecycle import OpenUpdates, check_cert_status, fresh_nonce
 from fleet.cmp.messages import (
     BodyType,
@@ -66,7 +67,7 @@ from fleet.cmp.messages import (
     RevRepContent,
     RevReqContent,
 )
-from fleet.cmp.pop import prove
+from fleet.cmp.pop import Proof, prove
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.refusals import Refusal
 from fleet.cmp.server_auth import (
@@ -181,9 +182,13 @@ class CmpServer:
         untrusted: tuple[x509.Certificate, ...] = (),
         random: Callable[[int], bytes] | None = None,
         ra_trust: TrustStore | None = None,
+        kga: KeyGenerator | None = None,
     ) -> None:
+        """``kga``: the key generation authority that serves central key generation (None: this
+        server refuses it, badCertTemplate)."""
         self.backend = backend
         self.ra_trust = ra_trust  # RAs whose requests may carry raVerified POP
+        self.kga = kga
         self.signer = signer
         self.config = cfg = config or ServerConfig()
         self._checks = Authenticator(
@@ -371,6 +376,13 @@ class CmpServer:
             raise Refuse(Refusal.NOT_SIGNED, "kur must be signed with the certificate being updated")
         try:
             template = req.template
+            sealed = central = None
+            if is_central_request(template.public_key, req.popo is not None):
+                if self.kga is None:
+                    raise Rejected("this CA does not generate keys (central key generation is off)",
+                               Refusal.TEMPLATE)
+                template, sealed, central = serve_central(self.kga, template, secret=ctx.auth.secret,
+                                                          signer=ctx.auth.signer)
             if template.public_key is None:
                 raise Rejected("certTemplate lacks a publicKey", Refusal.TEMPLATE)
             subject: x509.Name | bytes
@@ -386,8 +398,11 @@ class CmpServer:
                 subject = csr.subject
                 extensions = csr_extensions(csr)
             self._checks.check_requested_key(public_key)
-            proof = prove(req, public_key, extensions, lambda: self._checks.is_pki_entity(ctx.auth)
-                          or ra_verified_by(ctx.auth, self.ra_trust, self.untrusted, ctx.now))
+            if sealed is not None:  # a centrally generated key: the KGA made it, no POP to check
+                proof = Proof(False, extensions)
+            else:
+                proof = prove(req, public_key, extensions, lambda: self._checks.is_pki_entity(ctx.auth)
+                              or ra_verified_by(ctx.auth, self.ra_trust, self.untrusted, ctx.now))
             old_cert = self._checks.authorize_kur(ctx.auth, req.controls) if msg.body_type is BodyType.KUR else None
             if old_cert is not None:
                 self._updates.check(old_cert.serial_number)
@@ -397,7 +412,7 @@ class CmpServer:
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, 0, exc)
         return self._issue(ctx, rsp_type, 0, public_key, subject, proof.extensions, not_after, old_cert, defer,
-                           spki=template.public_key, encrypt=proof.indirect)
+                           spki=template.public_key, encrypt=proof.indirect, private_key=sealed, central=central)
 
     def _on_ccr(self, ctx: _Ctx, defer: float) -> Reply:
         """ccr: checked by ``fleet.cmp.crosscert``, then issued and confirmed like a cr."""
@@ -437,6 +452,7 @@ class CmpServer:
         extensions: tuple[x509.Extension[x509.ExtensionType], ...], not_after: datetime | None,
         old_cert: x509.Certificate | None, defer: float, *, spki: bytes | None = None, encrypt: bool = False,
         not_before: datetime | None = None,
+        private_key: bytes | None = None, central: tuple[str, str] | None = None,
     ) -> Reply:
         """Issue, and answer with the certificate (encrypted to ``public_key`` for the indirect
         POP, ``fleet.cmp.pop``: its certConf is the proof, so never confirmed implicitly)."""
@@ -453,6 +469,7 @@ class CmpServer:
                 not_after=not_after, device_ref=ctx.auth.reference, transaction_id=tid,
                 confirmed=implicit, old_cert=old_cert, spki=spki, confirm_deadline=deadline, now=ctx.now,
                 not_before=not_before,
+                central_key=central,
             ))
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
@@ -465,7 +482,7 @@ class CmpServer:
             chain = (*chain, self.backend.root)
         elif ctx.auth.kind == "mac" and msg.body_type is BodyType.IR:
             ca_pubs = (self.backend.root,)
-        response = (CertResponse(cert_req_id, messages.ACCEPTED, issued.der) if not encrypt else CertResponse(
+        response = (CertResponse(cert_req_id, messages.ACCEPTED, issued.der, private_key=private_key) if not encrypt else CertResponse(
             cert_req_id, messages.ACCEPTED, encrypted_cert=encrypted_cert(issued.cert, issued.der, public_key)))
         body = CertRepMessage((response,), ca_pubs)
         info = self._confirm_info(ctx, implicit)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.cmp import der
 from fleet.cmp import genm as genm_items
 from fleet.cmp.client import ClientConfig
+from fleet.cmp.kga import key_algorithm
 from fleet.cmp.messages import BodyType, InfoTypeAndValue, directory_name
 from fleet.cmp.protection import (
     MacProtector,
@@ -238,8 +239,10 @@ class DeviceFactory:
         self.genm = genm
         self.states: dict[int, DeviceCredentials] = {}
         self._rng = np.random.default_rng(seed)
-        self._kinds = [str(k) for k, _ in spec.key_types]
-        self._weights = np.array([w for _, w in spec.key_types])
+        # Local key types by name; a central one (RFC 9483 §4.1.6) as "central:<type>".
+        self._kinds = [str(k) for k, _ in spec.key_types] + [f"central:{k}" for k, _ in spec.central_key_types]
+        self._weights = np.array([w for _, w in (*spec.key_types, *spec.central_key_types)])
+        self._central_algs = {f"central:{k}": key_algorithm(str(k)) for k, _ in spec.central_key_types}
         self._salt = self._rng.bytes(16)  # one PBM salt per worker: derived keys stay cached per device
         self._field_names = _template_fields([spec.subject, *spec.sans])
         self._index_only = self._field_names == ["index"]
@@ -256,7 +259,7 @@ class DeviceFactory:
         self._chains: dict[tuple[x509.Name, bytes | None], tuple[x509.Certificate, ...]] = {}
         self._vendor_chain: tuple[x509.Certificate, ...] | None = None
         # One cheap key type (the usual case): its generator, without the weighted draw.
-        only = pools[self._kinds[0]] if len(self._kinds) == 1 else None
+        only = pools[self._kinds[0]] if len(self._kinds) == 1 and not self._central_algs else None
         self._only_generate = only.spec.generate if only is not None and only.spec.is_cheap else None
         self.check_templates()
 
@@ -324,13 +327,18 @@ class DeviceFactory:
 
     # -- credentials --------------------------------------------------------------------------
 
-    def new_key(self) -> PrivateKey:
+    def new_key(self) -> PrivateKey | bytes:
         """A fresh key of a type drawn by the profile's weights. EC and EdDSA keys are generated
         on the spot (cheaper than loading one from a pool); RSA keys, thousands of times dearer
-        to make, come from the pre-generated pool (bench/README.md has the figures)."""
+        to make, come from the pre-generated pool (bench/README.md has the figures).
+        A central key type drawn gives the AlgorithmIdentifier to ask the CA for instead (central
+        key generation)."""
         if self._only_generate is not None:
             return self._only_generate()
         kind = self._kinds[0] if len(self._kinds) == 1 else self._kinds[int(self._rng.choice(len(self._kinds), p=self._weights))]
+        central = self._central_algs.get(kind)
+        if central is not None:
+            return central
         pool = self.pools[kind]
         if pool.spec.is_cheap:
             return pool.spec.generate()
@@ -406,15 +414,17 @@ class DeviceFactory:
             cert = load_cert(state.cert)
             if op == "rr":
                 return self._signed(state), RevocationRequest.for_certificate(cert, 1), None
-            key = self.new_key()
+            key, central = _split(self.new_key())
             request = CertRequest(
-                BodyType.KUR, key, old_cert=cert, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
+                BodyType.KUR, key, old_cert=cert, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile,
+                central_key_alg=central,
             )
             return self._signed(state), request, key
-        key = self.new_key()
+        key, central = _split(self.new_key())
         fields = self._fields(index)
         sans = self.sans(index, fields)
         if op == "p10cr":
+            assert key is not None  # profiles refuse p10cr with central key types
             csr_builder = x509.CertificateSigningRequestBuilder().subject_name(self.subject(index, fields))
             if sans:
                 csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -428,7 +438,8 @@ class DeviceFactory:
         else:
             protector = self.mac(index)
         request = CertRequest(
-            kind, key, self.subject_der(index, fields), sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile
+            kind, key, self.subject_der(index, fields), sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile,
+            central_key_alg=central,
         )
         return protector, request, key
 
@@ -508,3 +519,8 @@ def _csr_hash(key: PrivateKey) -> _CsrHash | None:
     """The hash RFC 9481 pairs with the key (none for EdDSA)."""
     name = default_hash(key)
     return None if name is None else _HASHES[name]()
+
+
+def _split(drawn: PrivateKey | bytes) -> tuple[PrivateKey | None, bytes | None]:
+    """(local key, None) or (None, the AlgorithmIdentifier a central key is asked with)."""
+    return (None, drawn) if isinstance(drawn, bytes) else (drawn, None)

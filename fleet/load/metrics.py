@@ -36,7 +36,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from fleet.cmp.client import WARNINGS
+from fleet.cmp.habits import WARNINGS
 from fleet.load.histogram import BUCKET_UPPER_S, LatencyHistogram
 from fleet.load.runner import WorkerRun
 from fleet.prometheus import Endpoint, bounded

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import trio
 
-from fleet.cmp.client import WARNINGS
+from fleet.cmp.habits import WARNINGS
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.trust import TrustStore
 from fleet.connect import is_coap

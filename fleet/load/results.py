@@ -37,7 +37,7 @@ class OpStats:
     errors: Counter[str] = field(default_factory=Counter)  # kind -> count (bounded set)
     fail_info: Counter[str] = field(default_factory=Counter)  # PKIFailureInfo name -> count
     polls: int = 0
-    warnings: Counter[str] = field(default_factory=Counter)  # accepted CA habits (client.WARNINGS)
+    warnings: Counter[str] = field(default_factory=Counter)  # accepted CA habits (fleet.cmp.habits.WARNINGS)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     service: LatencyHistogram = field(default_factory=LatencyHistogram)
 

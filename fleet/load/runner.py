@@ -18,6 +18,7 @@ import trio
 
 from fleet.cmp.client import ClientTransaction, Done, Send
 from fleet.cmp.errors import StatusError
+from fleet.cmp.requests import CertRequest
 from fleet.connect import open_client
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
@@ -225,6 +226,7 @@ class WorkerRun:
             observer.operation_started(op)
         try:
             protector, request, new_key = self.devices.request(op, device)
+            central = isinstance(request, CertRequest) and request.central_key_alg is not None
             tx = ClientTransaction(self.devices.client_config, request, protector=protector)
             del request  # the transaction drops it once sent: thousands of devices wait at once
             if not keep_key:
@@ -245,6 +247,8 @@ class WorkerRun:
             self._failed(op, exc, intended, sent_at, polls)
             return False
         now = trio.current_time()
+        if central and keep_key:
+            new_key = done.private_key  # delivered by the CA, checked by the transaction
         if done.certificate is not None and new_key is not None:
             self.devices.enrolled(device, new_key, done.certificate, done.chain)
         elif op == "rr":

@@ -16,6 +16,8 @@ Columns (all lower-case; empty cells are absent)::
                   after it in its PEM: its chain) and its key
     key_pass      passphrase source of ``key``;  chain: certificates sent after the chain
     key_type      key to generate: ec:P-256 (default), ec:P-384, ed25519, rsa:2048 ...
+    central_key   key type the CA generates instead (central key generation, RFC 9483 §4.1.6):
+                  ec:P-256, rsa:2048, ed25519 ...; delivered encrypted, stored as key.pem
     csr           PKCS#10 request: p10cr, the device keeps its own key (no key_type)
     csr_key       optional: the CSR's private key, used only to sign rr for an orphan
     profile       CMP profile name: requests go to <server path>/p/<profile>/<operation>
@@ -66,7 +68,7 @@ __all__ = [
 
 COLUMNS = (
     "id", "subject", "sans", "ref", "secret", "cert", "key", "key_pass", "chain",
-    "key_type", "csr", "csr_key", "profile", "path", "cert_profile", "sender", "recipient", "message_time",
+    "key_type", "central_key", "csr", "csr_key", "profile", "path", "cert_profile", "sender", "recipient", "message_time",
     "max_iterations",
 )  # fmt: skip
 _ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
@@ -122,7 +124,7 @@ class DeviceSpec:
     subject: x509.Name | None
     sans: tuple[x509.GeneralName, ...]
     auth: MacAuth | CertAuth
-    key_type: KeySpec | None  # None for p10cr
+    key_type: KeySpec | None  # None for p10cr and central key generation
     csr: x509.CertificateSigningRequest | None = None
     csr_key: PrivateKey | None = field(default=None, repr=False)
     profile: str | None = None
@@ -132,6 +134,7 @@ class DeviceSpec:
     recipient: x509.Name | None = None
     message_time: bool = True
     max_iterations: int | None = None
+    central_key: KeySpec | None = None  # the CA generates a key of this type
     fingerprint: str = ""
 
     @property
@@ -294,9 +297,22 @@ def _device(
     auth = _auth(row, base, bad, cache, device_id)
 
     key_type: KeySpec | None = None
+    central_key: KeySpec | None = None
     csr = None
     csr_key = None
-    if "csr" in row:
+    if "central_key" in row:
+        for other in ("csr", "key_type"):
+            if other in row:
+                bad(other, "not with central_key: the CA generates the key")
+        try:
+            central_key = KeySpec.parse(row["central_key"])
+            if central_key.algorithm not in ("ec", "rsa", "ed25519"):
+                bad("central_key", f"central key generation of {central_key} is not supported (ec, rsa, ed25519)")
+        except FleetError as exc:
+            bad("central_key", str(exc))
+        if subject is None and not sans and "subject" not in row:
+            bad("subject", "give subject and/or sans")
+    elif "csr" in row:
         if "key_type" in row:
             bad("key_type", "not with csr: the device keeps the key of its CSR")
         try:
@@ -339,6 +355,7 @@ def _device(
         sans=tuple(sans),
         auth=auth,
         key_type=key_type,
+        central_key=central_key,
         csr=csr,
         csr_key=csr_key,
         profile=profile,

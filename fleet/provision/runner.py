@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done, Send
 from fleet.cmp.errors import CmpError, PollingLimit, StatusError, UnverifiedRefusal
+from fleet.cmp.kga import key_algorithm
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import PrivateKey, SignatureProtector, is_mac_algorithm
 from fleet.cmp.requests import CertRequest, CsrRequest, Request, RevocationRequest
@@ -85,7 +86,7 @@ from fleet.provision.manifest import DeviceSpec
 from fleet.provision.outputs import OutputError
 from fleet.transport import CmpTransport, TransportError, TransportFactory
 
-__all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient", "summarize"]
+__all__ = ["Progress", "ProvisionOptions", "Provisioner", "RunStats", "is_transient"]
 
 SUPERSEDED = 4  # CRLReason for an orphan replaced by a new certificate
 _TRANSIENT_FAILINFO = frozenset({"systemUnavail", "systemFailure", "transactionIdInUse"})
@@ -143,7 +144,7 @@ class RunStats:
     elapsed: float = 0.0
     commits: int = 0
     provisioned_ids: set[str] = field(default_factory=set)  # confirmed in this run
-    warnings: dict[str, int] = field(default_factory=dict)  # accepted CA habits (client.WARNINGS)
+    warnings: dict[str, int] = field(default_factory=dict)  # accepted CA habits (fleet.cmp.habits.WARNINGS)
 
 
 class _Transient(Exception):
@@ -418,7 +419,9 @@ class Provisioner:
     # -- steps ------------------------------------------------------------------------------
 
     async def _make_key(self, dev: DeviceSpec, rec: DeviceRecord) -> None:
-        if dev.csr is not None:
+        if dev.central_key is not None:
+            kid = None  # the CA makes the key; its file is written before 'received' (_store)
+        elif dev.csr is not None:
             kid = outputs.key_id(dev.csr.public_key())
         else:
             key = await trio.to_thread.run_sync(self._load_or_make_key, dev)
@@ -460,7 +463,7 @@ class Provisioner:
 
     async def _request(self, dev: DeviceSpec, rec: DeviceRecord) -> bool:
         key = None
-        if dev.csr is None:
+        if dev.csr is None and dev.central_key is None:
             key = await trio.to_thread.run_sync(self._device_key, dev)
             if key is None:  # the key file vanished: make a new one next step
                 await self.writer.write((updated(rec, state=DeviceState.NEW), "key_missing"))
@@ -569,13 +572,19 @@ class Provisioner:
     ) -> DeviceRecord:
         cert_der = done.certificate
         assert cert_der is not None
+        central = done.private_key  # central key generation: checked by the transaction
         try:
-            await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs, key)
+            if central is not None:  # on disk (0600, fsynced) before the journal says 'received'
+                await trio.to_thread.run_sync(outputs.store_key, self.options.out, dev.id, central,
+                                              self.options.key_pass)
+            await trio.to_thread.run_sync(self._write_files, dev, cert_der, done.extra_certs + done.ca_pubs,
+                                          key or central)
         except (OSError, FleetError) as exc:
             raise _StoreFailed(outputs.files_error("cannot store the certificate files", exc)) from None
         serial = format(load_cert(cert_der).serial_number, "X")
         rec = updated(rec, state=DeviceState.RECEIVED, nonce=nonce, response=response,
-                      certificate=cert_der, serial=serial)
+                      certificate=cert_der, serial=serial,
+                      **({"key_id": outputs.key_id(central.public_key())} if central is not None else {}))
         await self.writer.write((rec, "received"))
         return rec
 
@@ -708,6 +717,9 @@ class Provisioner:
     def _cert_request(dev: DeviceSpec, key: PrivateKey | None) -> Request:
         if dev.csr is not None:
             return CsrRequest(dev.csr, cert_profile=dev.cert_profile)
+        if dev.central_key is not None:
+            return CertRequest(BodyType.IR, None, dev.subject, dev.sans, cert_profile=dev.cert_profile,
+                               central_key_alg=key_algorithm(str(dev.central_key)))
         assert key is not None
         return CertRequest(BodyType.IR, key, dev.subject, dev.sans, cert_profile=dev.cert_profile)
 
@@ -717,76 +729,3 @@ class Provisioner:
         if dev.profile is not None:
             return cmp_path(self._base_path, profile=dev.profile, operation=operation)
         return None
-
-
-_NO_CA_FILE = "no ca.pem: no root certificate known (the response carried none; rerun with --trusted)"
-
-
-def summarize(devices: Sequence[DeviceSpec], journal: Journal, stats: RunStats | None = None,
-              *, interrupted: bool = False, out: Path | None = None) -> dict[str, object]:
-    """The summary, from the journal: every manifest device with its outcome and orphans; with
-    ``stats``, whether it was provisioned in this run or before; with ``out``, a note for a
-    device without ``ca.pem``. Holds no key, secret or CMP message."""
-    rows: list[dict[str, object]] = []
-    counts = {"provisioned": 0, "failed": 0, "not_done": 0}
-    without_ca = 0
-    for dev in devices:
-        rec = journal.device(dev.id)
-        note = None
-        if rec.state is DeviceState.CONFIRMED and rec.error is not None:
-            outcome = "failed"  # confirmed at the CA, its files could not be written
-        elif rec.state is DeviceState.CONFIRMED:
-            outcome = "provisioned"
-            if out is not None and not (out / dev.id / outputs.CA_FILE).exists():
-                note = _NO_CA_FILE
-                without_ca += 1
-        elif rec.error is not None:
-            outcome = "failed"
-        else:
-            outcome = "not_done"
-        counts[outcome] += 1
-        not_after = None
-        if rec.certificate is not None and outcome == "provisioned":
-            not_after = load_cert(rec.certificate).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
-        orphans = [
-            {"transaction_id": o.transaction_id.hex(), "serial": o.serial, "received": o.received,
-             "fate": o.fate.value, "detail": o.detail}
-            for o in journal.orphans_of(dev.id)
-        ]
-        rows.append({
-            "id": dev.id,
-            "outcome": outcome,
-            "state": rec.state.value,
-            "operation": dev.operation,
-            "auth": dev.auth_kind,
-            "serial": rec.serial if outcome == "provisioned" else None,
-            "not_after": not_after,
-            "this_run": (dev.id in stats.provisioned_ids) if stats is not None and outcome == "provisioned" else None,
-            "requests": rec.attempts,
-            "error_kind": rec.error_kind if outcome != "provisioned" else None,
-            "fail_info": rec.fail_names if outcome != "provisioned" else None,
-            "error": rec.error if outcome != "provisioned" else None,
-            "orphans": orphans,
-            "note": note,
-        })
-    fates: dict[str, int] = {}
-    for row in rows:
-        for o in row["orphans"]:  # type: ignore[attr-defined]
-            fates[o["fate"]] = fates.get(o["fate"], 0) + 1
-    summary: dict[str, object] = {
-        "devices": len(devices),
-        **counts,
-        "orphans": fates,
-        "without_ca_pem": without_ca,
-        "interrupted": interrupted,
-        "complete": counts["provisioned"] == len(devices),
-    }
-    if stats is not None:
-        summary["run"] = {
-            "provisioned": stats.provisioned, "skipped_confirmed": stats.skipped, "failed": stats.failed,
-            "retries": stats.retries, "orphans_revoked": stats.orphans_revoked,
-            "possible_orphans": stats.possible_orphans, "seconds": round(stats.elapsed, 3),
-            "journal_commits": stats.commits, "warnings": dict(stats.warnings),
-        }
-    summary["results"] = rows
-    return summary

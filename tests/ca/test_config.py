@@ -31,6 +31,12 @@ BAD = {
     "key_type": ("rsa:1024", "unknown key type 'rsa:1024'"),
     "seed": (-1, "must be an integer >= 0, got -1"),
     "require_message_time": ("no", "must be true or false, got 'no'"),
+    "kga": ("on", "must be true or false, got 'on'"),
+    "kga_profiles": ("iot/a", "must be comma-separated /p/<name> profile names, got 'iot/a'"),
+    "kga_key_type": ("ed448", "central key generation of ed448 is not supported"),
+    "kga_password_delivery": ("yes", "must be true or false, got 'yes'"),
+    "kga_pwri_iterations": (0, "must be an integer >= 1, got 0"),
+    "kga_rsa_pool": (-1, "must be an integer >= 0, got -1"),
 }
 
 

@@ -120,14 +120,15 @@ def test_metrics_host_exposes_by_choice(tmp_path: Path) -> None:
 CLI_BAD = {
     "mode": "5g", "latency": "gauss:1", "waiting_fraction": "1.5", "check_after": "-1", "error_fraction": "2",
     "http_503_fraction": "-0.5", "drop_fraction": "3", "max_transactions": "-5", "confirm_wait": "0",
-    "validity_days": "0", "key_type": "rsa:1024", "seed": "-1",
+    "validity_days": "0", "key_type": "rsa:1024", "seed": "-1", "kga_profiles": "iot/a",
+    "kga_key_type": "ed448", "kga_pwri_iterations": "0", "kga_rsa_pool": "-1",
 }
 
 
 def test_every_profile_key_is_a_flag() -> None:
     from fleet.ca.config import PROFILE_KEYS
 
-    assert set(CLI_BAD) == set(PROFILE_KEYS) - {"implicit_confirm", "require_message_time"}  # on/off flags
+    assert set(CLI_BAD) == set(PROFILE_KEYS) - {"implicit_confirm", "require_message_time", "kga", "kga_password_delivery"}  # on/off flags
     text = fleet("ca", "serve", "--help", extra_env={"COLUMNS": "200"}).stdout
     for key in PROFILE_KEYS:
         assert f"--{key.replace('_', '-')}" in text, key
@@ -140,7 +141,7 @@ def test_flag_and_profile_key_are_refused_in_the_same_words(
     from fleet.load.profiles import ProfileError, parse_profile
 
     text = CLI_BAD[key]
-    value = text if key in ("mode", "latency", "key_type") else float(text) if "." in text else int(text)
+    value = text if key in ("mode", "latency", "key_type", "kga_profiles", "kga_key_type") else float(text) if "." in text else int(text)
     with pytest.raises(ProfileError) as profile:
         parse_profile({"ca": {key: value}}, where="p.toml")
     words = str(profile.value).split(f"[ca].{key}: ", 1)[1]

@@ -237,8 +237,8 @@ def test_every_command_lists_the_shared_options_and_keeps_its_own() -> None:
 
     group = get_command(cmp_cmd.app)
     shared = {f.name for f in cmp_cmd.dataclasses.fields(cmp_cmd.CmpOptions)}
-    own = {"ir": {"newkey", "newkey_type", "newkeypass", "subject", "sans"}, "cr": {"newkey", "newkey_type", "newkeypass", "subject", "sans"},
-           "kur": {"oldcert", "newkey", "newkey_type", "newkeypass", "subject", "sans"}, "p10cr": {"csr"},
+    enroll = {"newkey", "newkey_type", "newkeypass", "subject", "sans", "centralkeygen", "newkeyout"}
+    own = {"ir": enroll, "cr": enroll, "kur": {"oldcert", *enroll}, "p10cr": {"csr"},
            "rr": {"oldcert", "revreason"}, "genm": {"infotype", "oldroot", "crl_issuer", "newwithnew", "crlout"}}
     omitted = {"rr": {"implicit_confirm", "certout", "chainout", "cacertsout"}, "genm": {"implicit_confirm", "certout", "chainout"}}
     transactions = {n: c for n, c in group.commands.items() if n != "listen"}  # type: ignore[attr-defined]

@@ -116,7 +116,7 @@ def test_readme_cmp_session(workdir: Path, ref: str) -> None:
     against the README's CA; every request it sends passes a strict RFC 9483 server's checks:
     MAC sender naming the senderKID's entity (never CN=CN=...), extraCerts with the issuing CA
     for kur and rr, one CRLReason in rr."""
-    block = block_with("fleet cmp ir")
+    block = block_with("fleet cmp ir --server $CA --ref $REF")
     assert "REF=dev-00000001" in block
     result, sent = run_block_recorded(block.replace("REF=dev-00000001", f"REF={ref}"), workdir)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,8 +11,9 @@ import pytest
 import trio
 
 from fleet.cmp import der, oids
-from fleet.cmp.client import WARNINGS, ClientConfig
+from fleet.cmp.client import ClientConfig
 from fleet.cmp.errors import ServerError
+from fleet.cmp.habits import WARNINGS
 from fleet.cmp.messages import (
     BodyType,
     FailInfo,

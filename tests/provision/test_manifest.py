@@ -73,7 +73,7 @@ def test_header_and_syntax_problems() -> None:
     assert problems("id,colour\na,red\n") == [
         (
             "line 1: header: unknown column 'colour' (known: id, subject, sans, ref, secret, cert, key, "
-            "key_pass, chain, key_type, csr, csr_key, profile, path, cert_profile, sender, recipient, message_time, "
+            "key_pass, chain, key_type, central_key, csr, csr_key, profile, path, cert_profile, sender, recipient, message_time, "
             "max_iterations)"
         )
     ]

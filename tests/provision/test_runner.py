@@ -26,7 +26,8 @@ from fleet.http.server import HttpRequest, HttpResponse
 from fleet.provision import outputs
 from fleet.provision.journal import DeviceRecord, DeviceState, Journal, OrphanFate
 from fleet.provision.manifest import load_manifest, parse_manifest
-from fleet.provision.runner import Provisioner, ProvisionOptions, RunStats, is_transient, summarize
+from fleet.provision.runner import Provisioner, ProvisionOptions, RunStats, is_transient
+from fleet.provision.summary import summarize
 from fleet.transport import CmpResponse, InProcessTransport, TransportError
 
 
