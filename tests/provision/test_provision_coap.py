@@ -11,7 +11,7 @@ from pathlib import Path
 
 from provision_helpers import CaProcess, mac_manifest, run_provision
 
-from fleet.ca.store import CertStatus
+from fleet.ca.store import CertRecordStatus
 
 
 def test_provisioning_over_coap(tmp_path: Path) -> None:
@@ -41,6 +41,6 @@ def test_provisioning_over_coap(tmp_path: Path) -> None:
         ca.stop()
     store = ca.store()
     try:
-        assert store.counts_by_status()[CertStatus.ISSUED.value] == 12
+        assert store.counts_by_status()[CertRecordStatus.ISSUED.value] == 12
     finally:
         store.close()
