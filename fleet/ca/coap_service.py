@@ -116,7 +116,9 @@ async def _cmp(service: CaService, request: Incoming) -> tuple[int | None, bytes
     )
     if response.drop_connection:
         return None, b"", None
-    if response.status == 200:
+    # HTTP's 400 for a body that is not DER (RFC 9811) still carries a CMP error message: over
+    # CoAP the CMP answer goes back as one, whatever it says (RFC 9482 §2.3).
+    if response.status == 200 or (response.status == 400 and response.body[:1] == b"\x30"):
         return Code.CHANGED, response.body, _PKIXCMP
     if response.status == 503:
         return Code.SERVICE_UNAVAILABLE, response.body[:100], None

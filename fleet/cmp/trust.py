@@ -59,6 +59,8 @@ def load_cert(der_bytes: bytes) -> x509.Certificate:
         cert.version, cert.subject, cert.issuer, cert.extensions  # noqa: B018
     except (ValueError, x509.InvalidVersion, x509.UnsupportedGeneralNameType, x509.DuplicateExtension) as exc:
         raise CertificateError(f"malformed certificate: {exc}") from None
+    except (KeyError, TypeError):  # cryptography's Name parser on an attribute of an impossible type
+        raise CertificateError("malformed certificate: a name cannot be read") from None
     return cert
 
 

@@ -433,6 +433,8 @@ def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
 def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr) -> tuple[RunResults, Verdict]:
     """Run a profile to the end (or to the first SLO failure with abort_on_fail)."""
     profile = cap_connections(profile, out)
+    if options.server is not None and profile.transport == "coap" and not is_coap(options.server):
+        raise RunError(f"the profile's transport is coap but --server is {options.server} (give a coap:// URL)")
     ra_pem, ra_root = _ra_files(profile, external=options.server is not None)  # profile errors first
     # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
     if options.server is not None and not options.keep_going and not is_coap(options.server):
@@ -475,8 +477,6 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
                 print(f"fleet: requests go in RA-signed nested messages of up to {profile.ra.batch_size}", file=out)
         else:
             url = options.server
-            if profile.transport == "coap" and not is_coap(url):
-                raise RunError(f"the profile's transport is coap but --server is {url} (give a coap:// URL)")
             if profile.devices.auth == "mac" and master is None:
                 raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
         workers = profile.workers
