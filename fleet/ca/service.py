@@ -51,7 +51,14 @@ from fleet.cmp.messages import FailInfo, fail_info_names
 from fleet.cmp.nested_server import NestedServer
 from fleet.cmp.server import Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
-from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
+from fleet.http.server import (
+    HttpObserver,
+    HttpRequest,
+    HttpResponse,
+    HttpServerStats,
+    observed,
+    serve_http,
+)
 
 __all__ = ["CaService", "CaStatistics", "ServiceObserver", "route"]
 
@@ -79,16 +86,10 @@ class CaStatistics:
     certificates: Mapping[str, int]  # by status (pending, issued, revoked, rejected)
 
 
-class ServiceObserver(Protocol):
+class ServiceObserver(HttpObserver, Protocol):
     """Told about every answer and, each tick, the service's statistics (``CaMetrics``)."""
 
     def request(self, outcome: Outcome, seconds: float | None = None) -> None: ...
-
-    def response(self, code: int | str) -> None: ...
-
-    def http_started(self) -> None: ...
-
-    def http_done(self) -> None: ...
 
     def sample(self, stats: CaStatistics) -> None: ...
 
@@ -195,16 +196,7 @@ class CaService:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        metrics = self.metrics
-        if metrics is None:
-            return await self._handle(request)
-        metrics.http_started()
-        try:
-            response = await self._handle(request)
-        finally:
-            metrics.http_done()
-        metrics.response("dropped" if response.drop_connection else response.status)
-        return response
+        return await observed(self.metrics, self._handle, request)
 
     async def _handle(self, request: HttpRequest) -> HttpResponse:
         response = await self._respond(request)

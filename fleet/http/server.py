@@ -44,13 +44,14 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from functools import lru_cache
 from http import HTTPStatus
+from typing import Protocol
 
 import trio
 
 from fleet.http.wire import ChunkedDecoder, WireError, hopeless_request_head, parse_request_head_h11
 from fleet.records import record
 
-__all__ = ["Handler", "HttpRequest", "HttpResponse", "HttpServerStats", "serve_http"]
+__all__ = ["Handler", "HttpObserver", "HttpRequest", "HttpResponse", "HttpServerStats", "observed", "serve_http"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,29 @@ class HttpResponse:
 
 
 Handler = Callable[[HttpRequest], Awaitable[HttpResponse]]
+
+
+class HttpObserver(Protocol):
+    """What a service tells its metrics about each HTTP request (the CA's and the RA's)."""
+
+    def http_started(self) -> None: ...
+
+    def http_done(self) -> None: ...
+
+    def response(self, code: int | str) -> None: ...
+
+
+async def observed(observer: HttpObserver | None, respond: Handler, request: HttpRequest) -> HttpResponse:
+    """``respond(request)``, counted in flight and by its status (or "dropped") when observed."""
+    if observer is None:
+        return await respond(request)
+    observer.http_started()
+    try:
+        response = await respond(request)
+    finally:
+        observer.http_done()
+    observer.response("dropped" if response.drop_connection else response.status)
+    return response
 
 _INTERNAL_ERROR = HttpResponse(500, b"internal server error\n", content_type="text/plain")
 

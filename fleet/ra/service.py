@@ -35,7 +35,14 @@ import trio
 from fleet.ca.config import LoadKnobs
 from fleet.ca.service import CMP_TYPE, route
 from fleet.cmp.messages import FailInfo
-from fleet.http.server import HttpRequest, HttpResponse, HttpServerStats, serve_http
+from fleet.http.server import (
+    HttpObserver,
+    HttpRequest,
+    HttpResponse,
+    HttpServerStats,
+    observed,
+    serve_http,
+)
 from fleet.ra.batching import EnvelopeRefused, NestingTransport
 from fleet.ra.relay import Inbound, RaMode, RaRefusal, Relay, UpstreamRefusal
 from fleet.transport import CmpTransport, TransportError
@@ -47,7 +54,7 @@ log = logging.getLogger(__name__)
 _WELL_KNOWN = "/.well-known/cmp"
 
 
-class RaObserver(Protocol):
+class RaObserver(HttpObserver, Protocol):
     """Told about every answer, upstream exchange and batch (``fleet.ra.metrics.RaMetrics``)."""
 
     def request(self, body: str, outcome: str, fail: str, seconds: float) -> None: ...
@@ -55,12 +62,6 @@ class RaObserver(Protocol):
     def upstream(self, kind: str, seconds: float, error: str) -> None: ...
 
     def batch(self, size: int) -> None: ...
-
-    def response(self, code: int | str) -> None: ...
-
-    def http_started(self) -> None: ...
-
-    def http_done(self) -> None: ...
 
     def sample(self, service: RaService) -> None: ...
 
@@ -113,16 +114,7 @@ class RaService:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def handle(self, request: HttpRequest) -> HttpResponse:
-        metrics = self.metrics
-        if metrics is None:
-            return await self._respond(request)
-        metrics.http_started()
-        try:
-            response = await self._respond(request)
-        finally:
-            metrics.http_done()
-        metrics.response("dropped" if response.drop_connection else response.status)
-        return response
+        return await observed(self.metrics, self._respond, request)
 
     async def _respond(self, request: HttpRequest) -> HttpResponse:
         kind, _ = route(request.path)
