@@ -14,7 +14,7 @@ import typer
 from fleet.capacity_report import is_capacity_report, render_capacity_html
 from fleet.cli.usage import examples
 from fleet.files import check_output_path, write_output
-from fleet.load.shards import load_json_report, merge_reports
+from fleet.load.shards import merge_reports
 from fleet.report import load_report, render_html
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -63,7 +63,7 @@ def report(
         write_output(html, page.encode(), "--html")
         print(f"report: {html}")
         return
-    doc, verdict = merge_reports([(path, load_json_report(path)) for path in reports])
+    doc, verdict = merge_reports([(path, load_report(path)) for path in reports])
     results = doc["results"]
     print(f"merged {len(reports)} reports: {results['scheduled']} arrivals scheduled, {results['started']} started, "
           f"{results['dropped']} dropped")

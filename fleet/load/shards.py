@@ -13,7 +13,6 @@ verdict from the SLO every report carries.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -181,16 +180,3 @@ def _check_shards(shards: list[tuple[Path | str, Any]]) -> None:
     missing = sorted(set(range(int(count))) - set(seen))
     if missing:
         raise MergeError(f"shard(s) {', '.join(map(str, missing))} of {count} missing: the merge would not be the whole run")
-
-
-def load_json_report(path: Path) -> dict[str, Any]:
-    """A report file for merging; one-line errors."""
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise MergeError(f"cannot read report {path}: {exc.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergeError(f"report {path} is not JSON: {exc}") from None
-    if not isinstance(data, dict) or data.get("fleet_report") != 1 or not isinstance(data.get("results"), dict):
-        raise MergeError(f"{path} is not a fleet run report (fleet run --report writes one)")
-    return data
