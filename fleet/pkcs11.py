@@ -34,9 +34,15 @@ class TokenError(FleetError):
     """The token cannot be used as asked (module, label, PIN, key type); the message says why."""
 
 
+# python-pkcs11 calls C_Initialize(NULL): the module may then assume one thread at a time (SoftHSM2
+# turns its own mutexes off and crashes otherwise), and the binding drops the GIL in every call. So
+# every call into the module, attribute reads included, holds this one process-wide lock.
+_MODULE_LOCK = threading.RLock()
+
+
 class Token:
-    """One logged-in read-write session on the token labelled ``label``; thread-safe (one lock:
-    a PKCS#11 session does one operation at a time)."""
+    """One logged-in read-write session on the token labelled ``label``; thread-safe (every call
+    into the PKCS#11 module holds one process-wide lock)."""
 
     def __init__(self, module: Path, label: str, pin: str) -> None:
         """``pin`` as fleet takes secrets: ``pass:``, ``env:`` or ``file:`` (never printed)."""
@@ -45,6 +51,13 @@ class Token:
         except ImportError:
             raise TokenError("--pkcs11-module needs python-pkcs11: pip install 'fleet[hsm]'") from None
         self._p = pkcs11
+        with _MODULE_LOCK:
+            self._open(module, label, pin)
+        self.label = label
+        self._lock = _MODULE_LOCK
+
+    def _open(self, module: Path, label: str, pin: str) -> None:
+        pkcs11 = self._p
         try:
             lib = pkcs11.lib(str(module))
         except (OSError, RuntimeError, pkcs11.PKCS11Error) as exc:
@@ -61,8 +74,6 @@ class Token:
             raise TokenError(f"wrong PIN for PKCS#11 token {label!r}") from None
         except pkcs11.PKCS11Error as exc:
             raise TokenError(f"cannot log in to PKCS#11 token {label!r}: {type(exc).__name__}") from None
-        self.label = label
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
@@ -84,19 +95,19 @@ class Token:
     def key(self, label: str) -> TokenEcKey | None:
         """The key pair labelled ``label``, or None."""
         p = self._p
-        with self._lock:
-            private = self._one(p.ObjectClass.PRIVATE_KEY, label)
-            public = self._one(p.ObjectClass.PUBLIC_KEY, label)
-        if private is None:
-            return None
-        if public is None:
-            raise TokenError(f"the token holds private key {label!r} without its public key")
-        if private.key_type != p.KeyType.EC:
-            raise TokenError(f"token key {label!r} is not an EC key (fleet signs with EC keys from tokens)")
         from pkcs11.util.ec import encode_ec_public_key
 
-        spki = encode_ec_public_key(public)
-        return TokenEcKey(self, private, serialization.load_der_public_key(spki))  # type: ignore[arg-type]
+        with self._lock:  # attribute reads are calls into the module too
+            private = self._one(p.ObjectClass.PRIVATE_KEY, label)
+            public = self._one(p.ObjectClass.PUBLIC_KEY, label)
+            if private is None:
+                return None
+            if public is None:
+                raise TokenError(f"the token holds private key {label!r} without its public key")
+            if private.key_type != p.KeyType.EC:
+                raise TokenError(f"token key {label!r} is not an EC key (fleet signs with EC keys from tokens)")
+            spki = encode_ec_public_key(public)
+            return TokenEcKey(self, private, serialization.load_der_public_key(spki))  # type: ignore[arg-type]
 
     def key_or_new(self, label: str, curve: str = "secp256r1") -> TokenEcKey:
         """The key labelled ``label``, generated in the token when it has none (so a rerun after

@@ -408,7 +408,7 @@ class Provisioner:
         rec = self.journal.device(dev.id)
         fields: dict[str, object] = {
             "error_kind": _kind(error),
-            "error": " ".join(str(error).split())[:300],
+            "error": (" ".join(str(error).split()) or type(error).__name__)[:300],
             "fail_names": ",".join(getattr(error, "fail_names", ())) or None,
         }
         if permanent and rec.state is DeviceState.KEY:

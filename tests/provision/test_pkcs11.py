@@ -128,9 +128,6 @@ def test_provision_keeps_device_keys_in_the_token(hsm: SoftHsm, tmp_path: Path) 
         ca.stop()
 
 
-@pytest.mark.xfail(reason="known defect, open in issue 17: with --concurrency 4 and a CA holding every answer, "
-                          "fleet provision dies of SIGSEGV about 7 s in (in the branch alone too, on this machine)",
-                   strict=False)
 def test_kill_9_after_the_keys_are_made_reuses_them(hsm: SoftHsm, tmp_path: Path) -> None:
     """The CA holds every answer for 60 s: the run makes each device's key in the token, sends its
     ir and is killed. The rerun (the same CA state, no latency, the same port) enrolls every
