@@ -105,14 +105,17 @@ def load_certificate(path: Path | str) -> x509.Certificate:
 
 
 def load_private_key(path: Path | str, password: bytes | None = None) -> PrivateKey:
+    """The key in a PEM or DER file. A passphrase given for a clear key is ignored, as openssl
+    does (a script that always passes one keeps working when keys are stored unencrypted)."""
     data = _read(path, "key file")
+    load = serialization.load_pem_private_key if b"-----BEGIN" in data else serialization.load_der_private_key
     try:
-        if b"-----BEGIN" in data:
-            key = serialization.load_pem_private_key(data, password)
-        else:
-            key = serialization.load_der_private_key(data, password)
-    except TypeError:
-        raise CredentialError(f"key file {str(path)!r} is encrypted: give its passphrase") from None
+        try:
+            key = load(data, password)
+        except TypeError:
+            if password is None:
+                raise CredentialError(f"key file {str(path)!r} is encrypted: give its passphrase") from None
+            key = load(data, None)  # the passphrase was for a key stored in the clear
     except ValueError:
         raise CredentialError(f"{str(path)!r} holds no readable private key (or the passphrase is wrong)") from None
     return key  # type: ignore[return-value]
