@@ -9,10 +9,12 @@ from __future__ import annotations
 import ssl
 from urllib.parse import urlsplit
 
+import trio
+
 from fleet.coap.transport import CoapSettings, CoapTransport
 from fleet.http.client import CmpHttpClient
 
-__all__ = ["is_coap", "open_client"]
+__all__ = ["is_coap", "open_client", "probe"]
 
 
 def is_coap(url: str) -> bool:
@@ -35,3 +37,11 @@ def open_client(
         return (coap or CoapSettings()).transport(url)
     return CmpHttpClient(url, max_connections=max_connections, request_timeout=timeout,
                          ssl_context=ssl_context, proxy=proxy)
+
+
+def probe(url: str, timeout: float, *, proxy: str | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+    """Whether an http(s):// CA can be connected to (TLS included, client certificate accepted),
+    before a run or a provisioning batch starts; raises the client's ``TransportError``.
+    Nothing CMP is sent. (UDP has no connection to try: a CoAP CA is not probed.)"""
+    client = CmpHttpClient(url, connect_timeout=timeout, ssl_context=ssl_context, proxy=proxy)
+    trio.run(client.probe)

@@ -227,6 +227,7 @@ class CaConfig:
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: clients must present a certificate chaining to it
     # load-target knobs
     knobs: LoadKnobs = field(default_factory=LoadKnobs)
     # Prometheus /metrics (host None: $FLEET_METRICS_HOST, else loopback)
@@ -264,6 +265,8 @@ class CaConfig:
                 "tls_cert",
                 "tls_key",
             )
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise CaConfigError("tls_client_ca", "needs {0} and {1} (mutual TLS is HTTPS)", "tls_cert", "tls_key")
         if self.metrics_port is not None and self.metrics_port == self.port and self.port != 0:
             raise CaConfigError("metrics_port", f"{self.metrics_port} is also {{0}}", "port")
         if self.announce_url is not None:

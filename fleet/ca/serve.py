@@ -37,6 +37,7 @@ from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.prometheus import metrics_host
 from fleet.runtime import tune_gc
+from fleet.tls import server_context
 
 __all__ = ["build", "run", "serve", "tls_context"]
 
@@ -65,15 +66,11 @@ def _state(config: CaConfig) -> Path:
 
 
 def tls_context(config: CaConfig) -> ssl.SSLContext | None:
-    """The HTTPS context of ``tls_cert``/``tls_key``, None for plain HTTP."""
+    """The HTTPS context of ``tls_cert``/``tls_key`` (requiring client certificates under
+    ``tls_client_ca`` when set), None for plain HTTP."""
     if config.tls_cert is None or config.tls_key is None:
         return None
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        tls.load_cert_chain(config.tls_cert, config.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise FleetError(f"cannot load --tls-cert/--tls-key: {exc}") from None
-    return tls
+    return server_context(config.tls_cert, config.tls_key, config.tls_client_ca)
 
 
 def build(

@@ -20,7 +20,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.bounds import COUNT, POSITIVE
-from fleet.cli.usage import Pkcs11Module, Pkcs11Pin, Pkcs11Token, ProxyOpt, bounded, examples
+from fleet.cli.usage import (
+    Pkcs11Module,
+    Pkcs11Pin,
+    Pkcs11Token,
+    ProxyOpt,
+    TlsCert,
+    TlsKey,
+    TlsKeyPass,
+    TlsTrusted,
+    bounded,
+    examples,
+    tls_client,
+)
 from fleet.cmp import genm, oids
 from fleet.cmp.client import ClientConfig, ClientTransaction, Done
 from fleet.cmp.habits import WARNINGS
@@ -133,9 +145,6 @@ Mode = Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 
 Profile = Annotated[str | None, typer.Option("--profile", help="CMP profile name: posts to <url>/p/<name>/<operation>.")]
 OpPaths = Annotated[bool, typer.Option("--operation-paths", help="Append the RFC 9483 operation to the URL path.")]
 Timeout = Annotated[float, typer.Option("--timeout", callback=bounded(POSITIVE), help="Seconds for the whole transaction, polling included.")]
-TlsTrusted = Annotated[Path | None, typer.Option("--tls-trusted", help="https: CA certificates to verify the server with (default: the system's).")]
-TlsCert = Annotated[Path | None, typer.Option("--tls-cert", help="https: client certificate (PEM, chain after it).")]
-TlsKey = Annotated[Path | None, typer.Option("--tls-key", help="https: key of --tls-cert.")]
 Implicit = Annotated[bool, typer.Option("--implicit-confirm", help="Ask for implicit confirmation (no certConf).")]
 CertProfile = Annotated[str | None, typer.Option("--cert-profile", help="certProfile to put in generalInfo (RFC 9483).")]
 CertOut = Annotated[Path | None, typer.Option("--certout", help="Where to write the issued certificate (PEM).")]
@@ -179,6 +188,7 @@ class CmpOptions:
     tls_trusted: TlsTrusted = None
     tls_cert: TlsCert = None
     tls_key: TlsKey = None
+    tls_key_pass: TlsKeyPass = None
     proxy: ProxyOpt = None
     pkcs11_module: Pkcs11Module = None
     pkcs11_token: Pkcs11Token = None
@@ -254,17 +264,8 @@ class CmpOptions:
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A verifying TLS context when any --tls option is given (else the client's default)."""
-        if not (self.tls_trusted or self.tls_cert or self.tls_key):
-            return None
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise UsageError("--tls-cert and --tls-key go together")
-        try:
-            context = ssl.create_default_context(cafile=str(self.tls_trusted) if self.tls_trusted else None)
-            if self.tls_cert is not None:
-                context.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(f"cannot load TLS credentials: {exc}") from None
-        return context
+        tls = tls_client(self.tls_trusted, self.tls_cert, self.tls_key, self.tls_key_pass)
+        return None if tls is None else tls.context()
 
 
 _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(CmpOptions)}

@@ -30,6 +30,7 @@ from fleet.cli.cmp_cmd import (
     Timeout,
     TlsCert,
     TlsKey,
+    TlsKeyPass,
     TlsTrusted,
     Trusted,
 )
@@ -89,6 +90,7 @@ def doctor(
     tls_trusted: TlsTrusted = None,
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
+    tls_key_pass: TlsKeyPass = None,
     proxy: ProxyOpt = None,
     timeout: Timeout = 10.0,
     profile: Annotated[Path | None, typer.Option("--profile", metavar="FILE", help="Load profile whose max_in_flight and max_connections to check the file descriptor limit against.")] = None,
@@ -103,7 +105,8 @@ def doctor(
         print("note  no --server: the CA was not checked")
     else:
         options = CmpOptions(server=server, ref=ref, secret=secret, cert=cert, key=key, trusted=trusted,
-                             tls_trusted=tls_trusted, tls_cert=tls_cert, tls_key=tls_key, timeout=timeout,
+                             tls_trusted=tls_trusted, tls_cert=tls_cert, tls_key=tls_key, tls_key_pass=tls_key_pass,
+                             timeout=timeout,
                              proxy=proxy)
         _check_ca(report, options)
     summary = f"{report.failed} failed, {report.warned} warnings"
@@ -140,15 +143,19 @@ def _check_ca(report: Report, options: CmpOptions) -> None:
     except TransportError as exc:
         if exc.kind == "tls":
             report.ok(f"reachable: {client.host}:{client.port} accepts connections")
-            report.fail(f"TLS: {exc.problem}", "give --tls-trusted with the CA certificate that issued the"
-                        " server's TLS certificate (or set SSL_CERT_FILE), or check the URL's scheme")
+            fix = ("give --tls-cert and --tls-key with a client certificate the CA's TLS server trusts"
+                   " (--tls-key-pass for an encrypted key)" if "client certificate" in exc.problem else
+                   "give --tls-trusted with the CA certificate that issued the server's TLS certificate"
+                   " (or set SSL_CERT_FILE), or check the URL's scheme")
+            report.fail(f"TLS: {exc.problem}", fix)
         else:
             report.fail(f"reachable: {exc.problem}", "check the URL, the host's firewall and that the CA is"
                         " running; behind a proxy set HTTPS_PROXY/HTTP_PROXY or --proxy")
         return
     report.ok(f"reachable: {client.host}:{client.port} accepts connections")
     if https:
-        report.ok("TLS: handshake verified" + (" with --tls-trusted" if options.tls_trusted else ""))
+        report.ok("TLS: handshake verified" + (" with --tls-trusted" if options.tls_trusted else "")
+                  + ("; client certificate accepted" if options.tls_cert else ""))
     else:
         print("note  TLS: not used (http://)")
     credentials = options.secret is not None or options.cert is not None

@@ -16,7 +16,20 @@ import trio
 import typer
 
 from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
-from fleet.cli.usage import Pkcs11Module, Pkcs11Pin, Pkcs11Token, ProxyOpt, bounded, examples
+from fleet.cli.usage import (
+    Pkcs11Module,
+    Pkcs11Pin,
+    Pkcs11Token,
+    ProxyOpt,
+    TlsCert,
+    TlsKey,
+    TlsKeyPass,
+    TlsTrusted,
+    bounded,
+    examples,
+    tls_client,
+)
+from fleet.connect import is_coap, probe
 from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.load.metrics import FleetMetrics
@@ -27,6 +40,7 @@ from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_m
 from fleet.provision.runner import Progress, Provisioner, ProvisionOptions, RunStats
 from fleet.provision.summary import summarize
 from fleet.secrets import read_secret
+from fleet.transport import TransportError
 
 EPILOG = examples(
     "fleet provision devices.csv --dry-run",
@@ -67,6 +81,11 @@ def provision(
     metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve Prometheus /metrics on this port while provisioning.")] = None,
     metrics_host: Annotated[str | None, typer.Option("--metrics-host", metavar="ADDR", help="Address /metrics binds to (default: $FLEET_METRICS_HOST, else 127.0.0.1; 0.0.0.0 exposes it to the network).")] = None,
     proxy: ProxyOpt = None,
+    tls_trusted: TlsTrusted = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_key_pass: TlsKeyPass = None,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="Start even when --server cannot be connected to (by default provisioning stops at once, in one line, nothing written).")] = False,
     pkcs11_module: Pkcs11Module = None,
     pkcs11_token: Pkcs11Token = None,
     pkcs11_pin: Pkcs11Pin = None,
@@ -123,6 +142,13 @@ def provision(
         return
     if server is None or out is None:
         raise ProvisionUsageError("give --server and --out (or --dry-run)")
+    tls = tls_client(tls_trusted, tls_cert, tls_key, tls_key_pass)
+    ssl_context = tls.context() if tls is not None else None
+    if not keep_going and not is_coap(server):  # else every device would fail with the same error
+        try:
+            probe(server, min(10.0, timeout), proxy=proxy, ssl_context=ssl_context)
+        except TransportError as exc:
+            raise ProvisionUsageError(f"CA unreachable, nothing sent: {exc} (--keep-going starts anyway)") from None
     try:  # before anything is sent
         outputs.prepare_out(out)
     except outputs.OutputError as exc:
@@ -134,7 +160,7 @@ def provision(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=metrics, proxy=proxy, token=token,
+        observer=metrics, proxy=proxy, token=token, ssl_context=ssl_context,
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)

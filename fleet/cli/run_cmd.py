@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 
 from fleet.bounds import COUNT, PORT, POSITIVE
-from fleet.cli.usage import ProxyOpt, bounded, examples
+from fleet.cli.usage import (
+    ProxyOpt,
+    TlsCert,
+    TlsKey,
+    TlsKeyPass,
+    TlsTrusted,
+    bounded,
+    examples,
+    tls_client,
+)
 from fleet.files import OutputPathError, check_output_path, write_output
 from fleet.load.orchestrator import RunOptions, run_profile, summary_table
 from fleet.load.profiles import OverrideError, load_profile
@@ -56,6 +65,10 @@ def run(
     ca_dir: Annotated[Path | None, typer.Option("--ca-dir", metavar="DIR", help="State folder for the embedded CA (default: a temporary one).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live progress line.")] = False,
     proxy: ProxyOpt = None,
+    tls_trusted: TlsTrusted = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_key_pass: TlsKeyPass = None,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="Run even when --server cannot be connected to at the start (by default the run stops at once, in one line).")] = False,
     shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="Play shard I of N of the run (its exact share of arrivals and device identities); merge the shards' reports with fleet report merge.")] = None,
     shards: Annotated[int | None, typer.Option("--shards", metavar="N", callback=bounded(COUNT), help="Shard count of a Kubernetes Indexed Job: the shard index comes from JOB_COMPLETION_INDEX (default: $FLEET_SHARDS).")] = None,
@@ -101,6 +114,7 @@ def run(
             ca_dir=ca_dir,
             keep_going=keep_going,
             proxy=proxy,
+            tls=tls_client(tls_trusted, tls_cert, tls_key, tls_key_pass),
             shard=the_shard,
             start_at=start,
         )

@@ -11,6 +11,8 @@ from typing import Annotated, Any
 import typer
 
 from fleet.bounds import Bound
+from fleet.secrets import read_secret
+from fleet.tls import TlsClient
 
 
 def bounded(bound: Bound) -> Callable[[Any], Any]:
@@ -39,5 +41,21 @@ ProxyOpt = Annotated[str | None, typer.Option("--proxy", metavar="URL", help='ht
 Pkcs11Module = Annotated[Path | None, typer.Option("--pkcs11-module", metavar="LIB", help="PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so): new device keys are made and kept in its token, non-extractable; the certificate is written back to it.")]
 Pkcs11Token = Annotated[str | None, typer.Option("--pkcs11-token", metavar="LABEL", help="Label of the PKCS#11 token.")]
 Pkcs11Pin = Annotated[str | None, typer.Option("--pkcs11-pin", metavar="SECRET", help="User PIN of the token: env:VAR, file:PATH or pass:TEXT.")]
+# TLS towards the CA (fleet.tls), the same for every command that talks to one, as curl/openssl:
+# without --tls-trusted the system's store, SSL_CERT_FILE/SSL_CERT_DIR honoured.
+TlsTrusted = Annotated[Path | None, typer.Option("--tls-trusted", metavar="PEM", help="https: CA certificates to verify the server with (default: the system's store; $SSL_CERT_FILE and $SSL_CERT_DIR are honoured).")]
+TlsCert = Annotated[Path | None, typer.Option("--tls-cert", metavar="PEM", help="https: client certificate for mutual TLS (PEM, chain after it).")]
+TlsKey = Annotated[Path | None, typer.Option("--tls-key", metavar="PEM", help="https: key of --tls-cert.")]
+TlsKeyPass = Annotated[str | None, typer.Option("--tls-key-pass", metavar="SECRET", help="Passphrase of --tls-key: pass:, env: or file:.")]
 
-__all__ = ["Pkcs11Module", "Pkcs11Pin", "Pkcs11Token", "ProxyOpt", "bounded", "examples"]
+
+def tls_client(trusted: Path | None, cert: Path | None, key: Path | None, key_pass: str | None) -> TlsClient | None:
+    """The --tls-* options as one ``TlsClient``, None when none is given (the client's default
+    context: the system's store)."""
+    if trusted is None and cert is None and key is None and key_pass is None:
+        return None
+    return TlsClient(trusted, cert, key, read_secret(key_pass) if key_pass is not None else None)
+
+
+__all__ = ["Pkcs11Module", "Pkcs11Pin", "Pkcs11Token", "ProxyOpt", "TlsCert", "TlsKey", "TlsKeyPass", "TlsTrusted",
+           "bounded", "examples", "tls_client"]

@@ -45,6 +45,7 @@ from fleet.http.errors import (
 from fleet.http.proxy import choose_proxy, tunnel
 from fleet.http.wire import MAX_HEAD_BYTES, ChunkedDecoder, WireError, parse_head
 from fleet.records import record
+from fleet.tls import alert_problem, options_probe
 
 if TYPE_CHECKING:
     from fleet.transport import CmpTransport
@@ -390,12 +391,23 @@ class CmpHttpClient:
             conn.sock.close()
 
     async def probe(self, deadline: float | None = None) -> None:
-        """Open one connection (TCP, and TLS for https) and close it, sending nothing: whether the
-        CA can be reached at all, before a run or by ``fleet doctor``. Raises ``ConnectError``
-        (kind ``tls`` for a failed handshake) or ``ConnectTimeout``."""
+        """Open one connection (TCP, and TLS for https) and close it: whether the CA can be
+        reached at all, before a run or by ``fleet doctor``. Over TLS it sends ``OPTIONS *``
+        and reads the first bytes of the answer, since under TLS 1.3 a server refuses a client
+        certificate only after the client's handshake completed. Raises ``ConnectError``
+        (kind ``tls`` for a failed handshake or a refused client certificate) or
+        ``ConnectTimeout``."""
         conn = await self._connect(deadline)
-        self._open -= 1
-        conn.sock.close()
+        try:
+            if self._tls:
+                problem = None
+                with trio.move_on_at(deadline if deadline is not None else trio.current_time() + self.connect_timeout):
+                    problem = await options_probe(conn.stream, self._headers[0][1])
+                if problem is not None:
+                    raise ConnectError(self.url, problem, kind="tls")
+        finally:
+            self._open -= 1
+            conn.sock.close()
 
     async def _connect(self, deadline: float | None = None) -> _Conn:
         stream: trio.abc.Stream | None = None
@@ -474,6 +486,9 @@ class CmpHttpClient:
                 else:
                     chunk = await stream.receive_some(_RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                alert = alert_problem(exc)  # TLS 1.3: a refused client certificate shows here
+                if alert is not None:
+                    raise ConnectError(self.url, alert, kind="tls") from None
                 if reused and not got_bytes:
                     raise _StaleConnection from None
                 raise ConnectionLost(
@@ -690,6 +705,9 @@ def _handshake_failure(exc: BaseException, where: str) -> str:
     server: an HTTP error, or a close) is named as such, since https:// for http:// is the usual
     cause."""
     cause = exc.__cause__
+    alert = alert_problem(exc)
+    if alert is not None:
+        return alert
     if isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS_REASONS:
         return "the server does not speak TLS (use http:// ?)"
     if isinstance(cause, (ssl.SSLEOFError, ssl.SSLZeroReturnError)):

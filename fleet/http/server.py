@@ -50,6 +50,7 @@ import trio
 
 from fleet.http.wire import ChunkedDecoder, WireError, hopeless_request_head, parse_request_head_h11
 from fleet.records import record
+from fleet.tls import send_alert
 
 __all__ = ["Handler", "HttpObserver", "HttpRequest", "HttpResponse", "HttpServerStats", "observed", "serve_http"]
 
@@ -300,8 +301,11 @@ class _Server:
                     if not keep_alive:
                         return
         except trio.BrokenResourceError as exc:
-            if first and isinstance(stream, trio.SSLStream) and _is_plain_http(exc):
-                await _answer_plain_http_on_tls(stream)
+            if first and isinstance(stream, trio.SSLStream):
+                if _is_plain_http(exc):
+                    await _answer_plain_http_on_tls(stream)
+                else:  # e.g. no or a bad client certificate: the client is told by an alert
+                    await send_alert(stream)
         except (trio.ClosedResourceError, OSError):
             pass  # the client went away; nothing to answer
         except Exception:

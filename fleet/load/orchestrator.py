@@ -24,7 +24,7 @@ import trio
 from fleet.cmp.habits import WARNINGS
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.trust import TrustStore
-from fleet.connect import is_coap
+from fleet.connect import is_coap, probe
 from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
 from fleet.http.client import CmpHttpClient
@@ -43,6 +43,7 @@ from fleet.load.verdict import Verdict, report_document, slo_verdict
 from fleet.ra.batching import nesting
 from fleet.ra.credentials import make_ra_credential
 from fleet.runtime import tune_gc
+from fleet.tls import TlsClient
 from fleet.transport import TransportError, TransportFactory
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
@@ -66,6 +67,7 @@ class RunOptions:
     path: str | None = None
     keep_going: bool = False  # run even when the CA cannot be reached at the start
     proxy: str | None = None  # --proxy; None: from the environment
+    tls: TlsClient | None = None  # --tls-*: server verification, client certificate
     shard: Shard | None = None  # this process plays shard I of N of the run
     start_at: float | None = None  # common wall-clock start (epoch seconds)
     warmup: float = 0.0  # seconds of arrivals kept out of the results' steady window (fleet capacity)
@@ -138,6 +140,7 @@ class WorkerSetup:
     start_at: float | None = None
     warmup: float = 0.0
     ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
+    tls: TlsClient | None = None  # each worker process builds its own context from it
 
     @property
     def segment_index(self) -> int:
@@ -167,7 +170,7 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.proxy,
-                      setup.start_at, setup.warmup)
+                      setup.start_at, setup.warmup, setup.tls)
     transport = _ra_transport(setup, TrustStore(anchors)) if setup.ra_pem is not None else None
     run = WorkerRun(plan, devices, observer=metrics, transport=transport)
     if metrics is not None:
@@ -188,7 +191,8 @@ def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
 
     def http() -> CmpHttpClient:
         return CmpHttpClient(setup.url, max_connections=profile.max_connections,
-                             request_timeout=profile.transaction_timeout, proxy=setup.proxy)
+                             request_timeout=profile.transaction_timeout, proxy=setup.proxy,
+                             ssl_context=setup.tls.context() if setup.tls is not None else None)
 
     return nesting(http, signer, batch_size=ra.batch_size, batch_wait=ra.batch_wait, trust=trust,
                    timeout=profile.transaction_timeout)
@@ -416,16 +420,11 @@ def cap_connections(profile: Profile, out: TextIO) -> Profile:
     return profile
 
 
-def reachable(url: str, timeout: float, proxy: str | None = None) -> None:
+def reachable(url: str, timeout: float, proxy: str | None = None, tls: TlsClient | None = None) -> None:
     """Refuse to start a run against a CA that cannot be connected to (one line, nothing sent):
     otherwise every arrival of the whole duration would fail with the same connect error."""
-    client = CmpHttpClient(url, connect_timeout=timeout, proxy=proxy)
-
-    async def probe() -> None:
-        await client.probe()
-
     try:
-        trio.run(probe)
+        probe(url, timeout, proxy=proxy, ssl_context=tls.context() if tls is not None else None)
     except TransportError as exc:
         raise RunError(f"CA unreachable, nothing sent: {exc} (--keep-going runs anyway)") from None
 
@@ -436,9 +435,11 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.server is not None and profile.transport == "coap" and not is_coap(options.server):
         raise RunError(f"the profile's transport is coap but --server is {options.server} (give a coap:// URL)")
     ra_pem, ra_root = _ra_files(profile, external=options.server is not None)  # profile errors first
+    if options.tls is not None:
+        options.tls.context()  # unusable --tls-* files: one line before anything starts
     # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
     if options.server is not None and not options.keep_going and not is_coap(options.server):
-        reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
+        reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy, options.tls)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
@@ -484,7 +485,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
-                options.warmup, ra_pem,
+                options.warmup, ra_pem, options.tls,
             )
             for w in range(workers)
         ]

@@ -29,6 +29,7 @@ from fleet.load.results import RunResults
 from fleet.load.schedule import Closed, OpenShape
 from fleet.load.segments import Segment
 from fleet.observe import Observer
+from fleet.tls import TlsClient
 from fleet.transport import CmpTransport, TransportFactory
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class WorkerPlan:
     proxy: str | None = None  # None: from the environment (fleet.http.proxy)
     start_at: float | None = None  # wall-clock start (epoch seconds) shared by all shards; None: now
     warmup: float = 0.0  # seconds: arrivals due earlier are left out of ``results.steady``
+    tls: TlsClient | None = None  # --tls-*: server verification, client certificate
 
 
 @dataclass
@@ -103,7 +105,8 @@ class WorkerRun:
         profile = self.profile
         coap = replace(profile.coap, seed=profile.seed * 1009 + self.plan.worker)  # own loss draws
         return open_client(self.plan.url, max_connections=profile.max_connections,
-                           timeout=profile.transaction_timeout, coap=coap, proxy=self.plan.proxy)
+                           timeout=profile.transaction_timeout, coap=coap, proxy=self.plan.proxy,
+                           ssl_context=self.plan.tls.context() if self.plan.tls is not None else None)
 
     async def run(self) -> RunResults:
         profile = self.profile

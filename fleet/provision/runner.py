@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -112,6 +113,7 @@ class ProvisionOptions:
     observer: Observer | None = None  # fleet.load.metrics.FleetMetrics, or None
     proxy: str | None = None  # None: from the environment (fleet.http.proxy)
     token: Token | None = None  # new device keys live in this PKCS#11 token, labelled by device id
+    ssl_context: ssl.SSLContext | None = None  # --tls-*: server verification, client certificate
 
 
 @dataclass(frozen=True)
@@ -262,7 +264,8 @@ class Provisioner:
 
     def _client(self) -> AbstractAsyncContextManager[CmpTransport]:
         return open_client(self.options.server, max_connections=max(1, self.options.concurrency),
-                           timeout=self.options.timeout, proxy=self.options.proxy)
+                           timeout=self.options.timeout, proxy=self.options.proxy,
+                           ssl_context=self.options.ssl_context)
 
     # -- the run ----------------------------------------------------------------------------
 

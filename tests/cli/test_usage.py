@@ -123,7 +123,7 @@ def test_provision_metrics_bind_loopback_unless_told(busy_loopback_port: int, tm
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,subject,secret\ndev-1,/CN=dev-1,pass:x\n")
     common = ["provision", str(manifest), "--server", DEAD, "--out", str(tmp_path / "out"),
-              "--metrics-port", str(busy_loopback_port), "--max-attempts", "1", "--timeout", "2", "--no-progress"]
+              "--metrics-port", str(busy_loopback_port), "--max-attempts", "1", "--keep-going", "--timeout", "2", "--no-progress"]
     result = fleet(*common, extra_env={"FLEET_METRICS_HOST": ""})
     assert result.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{busy_loopback_port}" in one_error_line(result.stderr)
