@@ -64,6 +64,11 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(metavar="PEM", help="Mutual TLS: require a device client certificate issued under these CA certificates.")] = None,
+    upstream_tls_trusted: Annotated[Path | None, typer.Option(metavar="PEM", help="https upstream: CA certificates to verify its TLS server with (default: the system's store, $SSL_CERT_FILE honoured).")] = None,
+    upstream_tls_cert: Annotated[Path | None, typer.Option(metavar="PEM", help="https upstream: the RA's TLS client certificate (PEM, chain after it).")] = None,
+    upstream_tls_key: Annotated[Path | None, typer.Option(metavar="PEM", help="Key of --upstream-tls-cert.")] = None,
+    upstream_tls_key_pass: Annotated[str | None, typer.Option(metavar="SECRET", help=f"Passphrase of --upstream-tls-key, {_SECRET_HELP}.")] = None,
     latency: Annotated[str, typer.Option(help="Added latency: none, fixed:S, uniform:A:B, exp:MEAN, lognormal:MEDIAN:SIGMA.")] = "none",
     error_fraction: Annotated[float, typer.Option(help="Fraction of verified requests answered with a CMP error by the RA.")] = 0.0,
     http_503_fraction: Annotated[float, typer.Option(help="Fraction of CMP requests answered HTTP 503.")] = 0.0,
@@ -86,7 +91,10 @@ def serve(
             master_secret=read_secret(master_secret) if master_secret is not None else None,
             trusted=tuple(trusted or ()), vendor_trust=vendor_trust, untrusted=tuple(untrusted or ()),
             max_time_skew=max_time_skew, max_iterations=max_iterations, max_body_bytes=max_body_bytes,
-            tls_cert=tls_cert, tls_key=tls_key, knobs=knobs, metrics_port=metrics_port, metrics_host=metrics_host,
+            tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca, upstream_tls_trusted=upstream_tls_trusted,
+            upstream_tls_cert=upstream_tls_cert, upstream_tls_key=upstream_tls_key,
+            upstream_tls_key_pass=read_secret(upstream_tls_key_pass) if upstream_tls_key_pass is not None else None,
+            knobs=knobs, metrics_port=metrics_port, metrics_host=metrics_host,
         )
     except RaConfigError as exc:
         raise typer.BadParameter(exc.problem, ctx=ctx, param_hint=f"'--{exc.key.replace('_', '-')}'") from None

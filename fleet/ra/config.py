@@ -14,6 +14,7 @@ from fleet.ca.config import LoadKnobs
 from fleet.cmp.nested import MAX_BATCH
 from fleet.errors import FleetError
 from fleet.ra.relay import RaMode
+from fleet.tls import TlsClient
 
 __all__ = ["RaConfig", "RaConfigError"]
 
@@ -53,6 +54,12 @@ class RaConfig:
     max_body_bytes: int = 1_000_000
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS towards the devices
+    # TLS towards the upstream CA: its server's anchors, the RA's client certificate
+    upstream_tls_trusted: Path | None = None
+    upstream_tls_cert: Path | None = None
+    upstream_tls_key: Path | None = None
+    upstream_tls_key_pass: bytes | None = field(default=None, repr=False)
     knobs: LoadKnobs = field(default_factory=LoadKnobs)
     metrics_port: int | None = None
     metrics_host: str | None = None
@@ -90,6 +97,13 @@ class RaConfig:
             raise RaConfigError("ref", "needs --secret")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise RaConfigError("tls_key" if self.tls_key is None else "tls_cert", "--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise RaConfigError("tls_client_ca", "needs --tls-cert and --tls-key (mutual TLS is HTTPS)")
+        if (self.upstream_tls_cert is None) != (self.upstream_tls_key is None):
+            raise RaConfigError("upstream_tls_key" if self.upstream_tls_key is None else "upstream_tls_cert",
+                                "--upstream-tls-cert and --upstream-tls-key go together")
+        if self.upstream_tls_key_pass is not None and self.upstream_tls_key is None:
+            raise RaConfigError("upstream_tls_key_pass", "needs --upstream-tls-key")
         if self.secret is None and self.master_secret is None and not self.trusted and self.vendor_trust is None:
             raise RaConfigError("secret", "the RA verifies every request: give --secret, --master-secret, "
                                           "--trusted or --vendor-trust")
@@ -101,3 +115,11 @@ class RaConfig:
     @property
     def ra_mode(self) -> RaMode:
         return RaMode(self.mode)
+
+    def upstream_tls(self) -> TlsClient | None:
+        """How the RA verifies the upstream's TLS server and the client certificate it shows it."""
+        if self.upstream_tls_trusted is None and self.upstream_tls_cert is None:
+            return None
+        return TlsClient(self.upstream_tls_trusted, self.upstream_tls_cert, self.upstream_tls_key,
+                         self.upstream_tls_key_pass,
+                         names=("--upstream-tls-trusted", "--upstream-tls-cert", "--upstream-tls-key"))

@@ -7,6 +7,7 @@ Every file is read, and every credential checked, before anything listens: a bad
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 from urllib.parse import urlsplit
 
@@ -73,15 +74,18 @@ def run(config: RaConfig) -> None:
     """Serve until SIGINT or SIGTERM, saying where and how on stdout."""
     relay = build_relay(config)
     _check_port(config.host, config.port)  # a busy port is one line, before anything starts
-    tls = tls_context(config)  # type: ignore[arg-type]  # reads tls_cert and tls_key only
+    tls = tls_context(config)  # type: ignore[arg-type]  # reads tls_cert, tls_key and tls_client_ca only
+    upstream_tls = config.upstream_tls()
+    upstream_context = upstream_tls.context() if upstream_tls is not None else None
     metrics = None
     if config.metrics_port is not None:
         metrics = RaMetrics.serve(config.metrics_port, host=config.metrics_host)
-    trio.run(_main, config, relay, tls, metrics)
+    trio.run(_main, config, relay, tls, metrics, upstream_context)
 
 
-async def _main(config: RaConfig, relay: Relay, tls: object, metrics: RaMetrics | None) -> None:
-    upstream = CmpHttpClient(config.upstream, request_timeout=config.upstream_timeout)
+async def _main(config: RaConfig, relay: Relay, tls: object, metrics: RaMetrics | None,
+                upstream_tls: ssl.SSLContext | None = None) -> None:
+    upstream = CmpHttpClient(config.upstream, request_timeout=config.upstream_timeout, ssl_context=upstream_tls)
     async with upstream:
         transport: CmpTransport = upstream
         service = RaService(

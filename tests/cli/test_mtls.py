@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import select
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cli_helpers import Ca, device_secret, fleet, one_error_line, running_ca
+from cli_helpers import Ca, device_secret, env, fleet, one_error_line, running_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -183,3 +185,31 @@ def test_run_and_provision_present_the_client_certificate(ca: Ca, pki: Pki, tmp_
                         "--no-progress", *tls)
     assert provisioned.returncode == 0, provisioned.stdout + provisioned.stderr
     assert (tmp_path / "out" / "st-1" / "cert.pem").exists()
+
+
+def test_an_ra_between_mutual_tls_on_both_legs(ca: Ca, pki: Pki, tmp_path: Path) -> None:
+    """fleet ra serve requires device client certificates (--tls-client-ca) and shows its own to
+    the CA (--upstream-tls-cert, an encrypted key): a MAC-protected ir passes through both legs."""
+    args = ["ra", "serve", "--upstream", url(ca), "--port", "0", "--cert", str(pki.rogue), "--key", pki.f("rogue.key"),
+            "--master-secret", "pass:demo", "--tls-cert", pki.f("server.pem"), "--tls-key", pki.f("server.key"),
+            "--tls-client-ca", pki.f("client-ca.pem"), "--upstream-tls-trusted", str(pki.server),
+            "--upstream-tls-cert", str(pki.client), "--upstream-tls-key", pki.f("station-locked.key"),
+            "--upstream-tls-key-pass", "pass:station-pw"]
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL, env=env())
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        assert "fleet RA listening on https://" in line, line
+        ra_url = f"https://127.0.0.1:{line.rsplit('(port ', 1)[1].split(')')[0]}/.well-known/cmp"
+        base = ("cmp", "ir", "--server", ra_url, "--ref", REF, "--secret", f"pass:{device_secret(REF)}",
+                "--subject", "/CN=via-ra", "--tls-trusted", str(pki.server))
+        passed = fleet(*base, "--certout", str(tmp_path / "c.pem"), "--tls-cert", str(pki.client),
+                       "--tls-key", pki.f("station.key"))
+        assert passed.returncode == 0 and passed.stdout.startswith("ir: accepted"), passed.stderr
+        refused = fleet(*base, "--certout", str(tmp_path / "d.pem"))
+        assert refused.returncode == 1 and "requires a client certificate" in one_error_line(refused.stderr)
+    finally:
+        proc.terminate()
+        proc.wait(10)
