@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import trio
 import typer
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.bounds import COUNT, POSITIVE
@@ -65,7 +66,7 @@ from fleet.files import (
 from fleet.http.client import cmp_path
 from fleet.keys import KeySpec
 from fleet.names import parse_name, parse_sans
-from fleet.pkcs11 import Token, token_curve
+from fleet.pkcs11 import Token, token_key_spec
 from fleet.secrets import read_secret
 
 app = typer.Typer(
@@ -137,6 +138,7 @@ KeyPass = Annotated[str | None, typer.Option("--keypass", help="Passphrase of --
 ExtraCerts = Annotated[Path | None, typer.Option("--extracerts", help=(
     "More certificates to send in extraCerts, after the chain of --cert (built from the --cert file, "
     "--untrusted and --trusted, without the self-signed root)."))]
+Pss = Annotated[bool, typer.Option("--pss", help="Sign with RSASSA-PSS (RFC 9481) where an RSA key signs, in a file or a token: the protection (--key) and the POP of an RSA --newkey.")]
 Trusted = Annotated[list[Path] | None, typer.Option("--trusted", metavar="PEM", help="Trust anchors for signed responses (repeatable).")]
 Untrusted = Annotated[list[Path] | None, typer.Option("--untrusted", metavar="PEM", help="Intermediate certificates: for the chain of --cert and for checking responses.")]
 Recipient = Annotated[str | None, typer.Option("--recipient", help="Recipient name, e.g. /CN=CA (default NULL-DN).")]
@@ -176,6 +178,7 @@ class CmpOptions:
     cert: Cert = None
     key: Key = None
     keypass: KeyPass = None
+    pss: Pss = False
     extracerts: ExtraCerts = None
     trusted: Trusted = None
     untrusted: Untrusted = None
@@ -219,11 +222,11 @@ class CmpOptions:
                 if signer_key is None:
                     raise UsageError(f"--key: no key labelled {str(self.key)!r} in PKCS#11 token {token.label!r}")
                 chain = signer_chain(leaf, [*rest, *self.untrusted_certs(), *self.anchors()])
-                return SignatureProtector(signer_key, leaf, chain)
+                return SignatureProtector(signer_key, leaf, chain, pss=self.pss)
             extra = load_certificates(self.extracerts) if self.extracerts else []
             # RFC 9483 §3.3: the protection certificate, then as much of its chain as is known.
             chain = signer_chain(leaf, [*rest, *self.untrusted_certs(), *self.anchors()], extra=extra)
-            return SignatureProtector(load_private_key(self.key, password), leaf, chain)
+            return SignatureProtector(load_private_key(self.key, password), leaf, chain, pss=self.pss)
         if self.secret is None:
             raise UsageError("give --secret (MAC protection) or --cert and --key (signature protection)")
         try:
@@ -477,12 +480,13 @@ def _cert_request(
     token = options.token
     key: PrivateKey | None
     if token is not None:
-        key = token.key_or_new(str(newkey), token_curve(KeySpec.parse(newkey_type)))
+        key = token.key_or_new(str(newkey), token_key_spec(KeySpec.parse(newkey_type)))
     else:
         key = _new_key(newkey, newkey_type, newkeypass) if central is None else None
     request = CertRequest(
         kind, key, subject_name, san_names, old_cert=old_cert,
         implicit_confirm=options.implicit_confirm, cert_profile=options.cert_profile, central_key_alg=central,
+        pop="signature-pss" if options.pss and isinstance(key, rsa.RSAPrivateKey) else "signature",
     )
     done = _run(options, request)
     _report(kind.label, done)

@@ -144,6 +144,7 @@ def provision(
         raise ProvisionUsageError("give --server and --out (or --dry-run)")
     tls = tls_client(tls_trusted, tls_cert, tls_key, tls_key_pass)
     ssl_context = tls.context() if tls is not None else None
+    token = Token(pkcs11_module, pkcs11_token, pkcs11_pin) if pkcs11_module is not None else None  # type: ignore[arg-type]
     if not keep_going and not is_coap(server):  # else every device would fail with the same error
         try:
             probe(server, min(10.0, timeout), proxy=proxy, ssl_context=ssl_context)
@@ -154,7 +155,6 @@ def provision(
     except outputs.OutputError as exc:
         raise typer.BadParameter(str(exc), param_hint="'--out'") from None
     jpath = journal or out / JOURNAL_FILE
-    token = Token(pkcs11_module, pkcs11_token, pkcs11_pin) if pkcs11_module is not None else None  # type: ignore[arg-type]
     metrics = None if metrics_port is None else FleetMetrics.serve(metrics_port, worker="provision", host=metrics_host)
     options = ProvisionOptions(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,

@@ -56,7 +56,7 @@ class CertRequest:
     old_cert: x509.Certificate | None = None
     implicit_confirm: bool = False
     cert_profile: str | None = None
-    pop: str = "signature"  # or "raVerified" / "none" (for tests of servers)
+    pop: str = "signature"  # "signature-pss" (RSASSA-PSS by an RSA key), "raVerified" / "none" (for tests of servers)
     central_key_alg: bytes | None = None  # central key generation: see above
 
     # Encoded once, at creation: the template, the header's sender and the check of the issued
@@ -212,9 +212,9 @@ def build_cert_req_msg(request: CertRequest, cert_req_id: int = 0) -> CertReqMsg
     controls = old_cert_id_control(request.old_cert) if request.old_cert is not None else None
     cert_request = encode_cert_request(cert_req_id, template, controls)
     popo: Popo | None
-    if request.pop == "signature":
+    if request.pop in ("signature", "signature-pss"):
         assert request.new_key is not None  # __post_init__: only central generation has none
-        signer = Signer(request.new_key)
+        signer = Signer(request.new_key, pss=request.pop == "signature-pss")
         popo = Popo("signature", signer.algorithm, signer.sign(cert_request))
     elif request.pop == "raVerified":
         popo = Popo("raVerified")

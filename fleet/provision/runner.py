@@ -71,7 +71,7 @@ from fleet.files import CredentialError, load_certificates
 from fleet.http.client import cmp_path
 from fleet.http.errors import HttpStatusError
 from fleet.observe import Observer
-from fleet.pkcs11 import Token, token_curve
+from fleet.pkcs11 import Token, token_key_spec
 from fleet.provision import outputs
 from fleet.provision.journal import (
     DeviceRecord,
@@ -438,7 +438,7 @@ class Provisioner:
         assert dev.key_type is not None
         token = self.options.token
         if token is not None:  # found by its label after a crash: reused, never made twice
-            return token.key_or_new(dev.id, token_curve(dev.key_type))
+            return token.key_or_new(dev.id, token_key_spec(dev.key_type))
         key = outputs.load_key(self.options.out, dev.id, self.options.key_pass)
         if key is None:
             key = dev.key_type.generate()

@@ -21,6 +21,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from provision_helpers import CaProcess, mac_manifest, provision_argv, secret_for
+from recording_proxy import recording_proxy
+
+from fleet.cmp import der, messages, oids
+from fleet.cmp.messages import BodyType
 
 pkcs11 = pytest.importorskip("pkcs11", reason="python-pkcs11 not installed (pip install 'fleet[hsm]')")
 
@@ -58,6 +62,8 @@ _READ_TOKEN = """
 import json, sys
 import pkcs11
 from pkcs11.util.ec import encode_ec_public_key
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 module, label, pin = sys.argv[1:]
 a, C = pkcs11.Attribute, pkcs11.ObjectClass
 rows = []
@@ -66,6 +72,10 @@ with pkcs11.lib(module).get_token(token_label=label).open(user_pin=pin) as sessi
         entry = {"class": obj.object_class.name}
         if obj.object_class == C.PRIVATE_KEY:
             entry.update(extractable=obj[a.EXTRACTABLE], sensitive=obj[a.SENSITIVE])
+        elif obj.object_class == C.PUBLIC_KEY and obj.key_type == pkcs11.KeyType.RSA:
+            numbers = rsa.RSAPublicNumbers(int.from_bytes(obj[a.PUBLIC_EXPONENT], "big"),
+                                           int.from_bytes(obj[a.MODULUS], "big"))
+            entry["spki"] = numbers.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo).hex()
         elif obj.object_class == C.PUBLIC_KEY:
             entry["spki"] = encode_ec_public_key(obj).hex()
         elif obj.object_class == C.CERTIFICATE:
@@ -208,5 +218,42 @@ def test_fleet_cmp_ir_and_kur_with_token_keys(hsm: SoftHsm, tmp_path: Path) -> N
                       "--newkey", "hsm-3")
         assert missing.returncode == 1
         assert missing.stderr.strip() == "fleet: error: --key: no key labelled 'no-such-key' in PKCS#11 token 'fleet-test'"
+    finally:
+        ca.stop()
+
+
+def test_rsa_token_keys_sign_with_pss(hsm: SoftHsm, tmp_path: Path) -> None:
+    """--newkey-type rsa:2048 makes an RSA key in the token; with --pss its POP (ir, kur) and the
+    kur's protection (--key, the first token key) are RSASSA-PSS, signed in the token, and the
+    CA accepts them: the requests as sent, read through a recording proxy, say so."""
+    ca = CaProcess(tmp_path)
+    try:
+        with recording_proxy(ca.url) as proxy:
+            def cmp(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([sys.executable, "-m", "fleet.cli.main", "cmp", *args, "--server", f"http://127.0.0.1:{proxy.port}/.well-known/cmp",
+                                       "--pss", "--newkey-type", "rsa:2048", *hsm.args()], capture_output=True,
+                                      text=True, env=hsm.env, cwd=tmp_path, timeout=120, check=False,
+                                      stdin=subprocess.DEVNULL)
+
+            ir = cmp("ir", "--ref", "d0000", "--secret", f"pass:{secret_for('d0000')}", "--subject", "/CN=hsm-rsa",
+                     "--newkey", "rsa-1", "--certout", "one.pem", "--chainout", "chain.pem")
+            assert ir.returncode == 0, ir.stderr
+            kur = cmp("kur", "--cert", "one.pem", "--key", "rsa-1", "--trusted", str(ca.root_path),
+                      "--untrusted", "chain.pem", "--newkey", "rsa-2", "--certout", "two.pem")
+            assert kur.returncode == 0, kur.stderr
+            sent = [messages.decode(body) for _, body in proxy.requests]
+        pss = der.oid(oids.RSASSA_PSS)
+        ir_msg, kur_msg = (next(m for m in sent if m.body_type is kind) for kind in (BodyType.IR, BodyType.KUR))
+        for msg in (ir_msg, kur_msg):
+            popo = msg.body.messages[0].popo  # type: ignore[union-attr]
+            assert popo is not None and popo.algorithm is not None and pss in popo.algorithm
+        assert kur_msg.header.protection_alg is not None and pss in kur_msg.header.protection_alg
+        objects = hsm.objects()
+        out = tmp_path / "certs"
+        for label, pem in (("rsa-1", "one.pem"), ("rsa-2", "two.pem")):
+            (out / label).mkdir(parents=True)
+            shutil.copy(tmp_path / pem, out / label / "cert.pem")
+            check_device(hsm, objects, out, label)
+            assert x509.load_pem_x509_certificate((tmp_path / pem).read_bytes()).public_key().key_size == 2048
     finally:
         ca.stop()
