@@ -38,6 +38,8 @@ _SERVE_HELP = (
     "fleet ca serve --dir ca-state --port 0 --secret pass:demo --ref dev-1",
     "fleet ca serve --dir ca-state --latency uniform:0.01:0.05 \\",
     "    --error-fraction 0.01 --metrics-port 9200",
+    "fleet ca serve --dir ca-state --master-secret pass:demo \\",
+    "    --tls-cert tls.pem --tls-key tls.key --tls-client-ca stations-ca.pem",
 ))
 def serve(
     ctx: typer.Context,
