@@ -128,6 +128,9 @@ def alert_problem(exc: BaseException) -> str | None:
     alert = reason.split("ALERT_", 1)[1].lower().replace("_", " ")
     if alert == "certificate required":
         return "the server requires a client certificate (TLS alert certificate required): give --tls-cert and --tls-key"
+    if alert == "handshake failure":  # what a TLS 1.2 server sends for a missing client certificate
+        return ("the server refused the TLS handshake (alert handshake failure): it may require a client "
+                "certificate (--tls-cert and --tls-key) or share no protocol version or cipher")
     if alert in _CERTIFICATE_ALERTS:
         return f"the server refused the client certificate (TLS alert {alert}): check --tls-cert and --tls-key"
     return f"the server ended the TLS connection with alert {alert}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import select
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,11 +18,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import trio
 from cli_helpers import Ca, device_secret, env, fleet, one_error_line, running_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from fleet.http.client import CmpHttpClient
+from fleet.http.errors import ConnectError
 
 REF = "dev-00000001"
 
@@ -213,3 +218,14 @@ def test_an_ra_between_mutual_tls_on_both_legs(ca: Ca, pki: Pki, tmp_path: Path)
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_under_tls_1_2_the_refusal_comes_in_the_handshake(ca: Ca, pki: Pki) -> None:
+    """A TLS 1.2 server refuses a missing client certificate with handshake_failure, inside the
+    handshake: the probe names the likely fix too."""
+    context = ssl.create_default_context(cafile=str(pki.server))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ConnectError, match=r"alert handshake failure\): it may require a client certificate"):
+        trio.run(CmpHttpClient(url(ca), ssl_context=context).probe)
+    context.load_cert_chain(pki.client, pki.f("station.key"))
+    trio.run(CmpHttpClient(url(ca), ssl_context=context).probe)
