@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from fleet.http.client import CmpHttpClient
 from fleet.http.errors import ConnectError
+from fleet.tls import TlsClient, TlsError
 
 REF = "dev-00000001"
 
@@ -122,9 +123,20 @@ def test_a_missing_or_foreign_client_certificate_is_one_line_naming_the_fix(ca: 
     foreign = ir(ca, tmp_path / "b.pem", *trusted, "--tls-cert", str(pki.rogue), "--tls-key", pki.f("rogue.key"))
     assert foreign.returncode == 1
     assert "the server refused the client certificate (TLS alert unknown ca)" in one_error_line(foreign.stderr)
-    locked = ir(ca, tmp_path / "c.pem", *trusted, "--tls-cert", str(pki.client), "--tls-key", pki.f("station-locked.key"))
-    assert locked.returncode == 1 and "is encrypted: give its passphrase (give --tls-key-pass)" in one_error_line(locked.stderr)
-    assert not any((tmp_path / n).exists() for n in ("a.pem", "b.pem", "c.pem"))
+    assert not any((tmp_path / n).exists() for n in ("a.pem", "b.pem"))
+
+
+def test_unusable_client_credentials_are_named_before_anything_is_sent(pki: Pki) -> None:
+    locked = TlsClient(pki.server, pki.client, pki.folder / "station-locked.key")
+    with pytest.raises(TlsError, match=r"--tls-key: key file .* is encrypted: give its passphrase \(give --tls-key-pass\)"):
+        locked.context()
+    with pytest.raises(TlsError, match="passphrase is wrong") as wrong:
+        TlsClient(pki.server, pki.client, pki.folder / "station-locked.key", b"not-it").context()
+    assert "not-it" not in str(wrong.value)
+    with pytest.raises(TlsError, match=r"--tls-key '.*rogue.key' is not the key of --tls-cert '.*station.pem'"):
+        TlsClient(pki.server, pki.client, pki.folder / "rogue.key").context()
+    with pytest.raises(TlsError, match="--tls-cert and --tls-key go together"):
+        TlsClient(pki.server, pki.client)
 
 
 def _s_client(ca: Ca, pki: Pki, *extra: str) -> str:
