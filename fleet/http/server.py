@@ -127,6 +127,8 @@ async def observed(observer: HttpObserver | None, respond: Handler, request: Htt
     return response
 
 _INTERNAL_ERROR = HttpResponse(500, b"internal server error\n", content_type="text/plain")
+# OPTIONS * asks about the server itself (RFC 9110 §9.3.7): clients' reachability probes send it.
+_OPTIONS_ANSWER = HttpResponse(204, content_type="text/plain", headers=(("Allow", "GET, POST, OPTIONS"),))
 
 
 @dataclass(slots=True)
@@ -281,7 +283,10 @@ class _Server:
                     if conn.scope.cancel_called:
                         return  # the deadline passed as the request completed: too late
                     conn.deadline = math.inf
-                    response = await self._call_handler(request)
+                    if request.path == "*" and request.method == "OPTIONS":
+                        response = _OPTIONS_ANSWER  # the server answers, the handler never sees it
+                    else:
+                        response = await self._call_handler(request)
                     if response.drop_connection:
                         return
                     keep_alive = not response.close and _wants_keep_alive(request)
