@@ -33,7 +33,7 @@ from fleet.connect import is_coap, probe
 from fleet.errors import FleetError
 from fleet.files import load_certificates
 from fleet.load.metrics import FleetMetrics
-from fleet.pkcs11 import Token
+from fleet.pkcs11 import Token, TokenError, token_key_spec
 from fleet.provision import outputs
 from fleet.provision.journal import Journal
 from fleet.provision.manifest import CertAuth, DeviceSpec, ManifestError, load_manifest
@@ -134,6 +134,13 @@ def provision(
         raise ProvisionUsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-pin")
     if pkcs11_module is not None and (p12 or key_pass):
         raise ProvisionUsageError("keys in a PKCS#11 token never leave it: no --p12 or --key-pass with --pkcs11-module")
+    if pkcs11_module is not None:  # a key type the token cannot make: named now, not per device later
+        for device in devices:
+            try:
+                if device.key_type is not None:
+                    token_key_spec(device.key_type)
+            except TokenError as exc:
+                raise ProvisionUsageError(f"device {device.id}: {exc}") from None
     if dry_run:
         kinds = {k: sum(1 for d in devices if f"{d.operation}/{d.auth_kind}" == k)
                  for k in sorted({f"{d.operation}/{d.auth_kind}" for d in devices})}

@@ -189,6 +189,11 @@ def test_p12_and_key_pass_are_refused_with_a_token(hsm: SoftHsm, tmp_path: Path)
                            capture_output=True, text=True, env=hsm.env, timeout=60, check=False)
     line = wrong.stderr.strip().splitlines()[-1]
     assert wrong.returncode == 1 and line == "fleet: error: wrong PIN for PKCS#11 token 'fleet-test'", wrong.stderr
+    manifest.write_text("id,subject,secret,key_type\ned-1,/CN=ed-1,pass:x,ed25519\n")
+    edwards = provision(hsm, str(manifest), "--server", "http://127.0.0.1:9/", "--out", str(tmp_path / "o"))
+    assert edwards.returncode == 1 and edwards.stderr.strip() == (
+        "fleet: error: device ed-1: token keys are ec:P-256, ec:P-384, ec:P-521, rsa:2048, rsa:3072, rsa:4096, "
+        "not ed25519"), edwards.stderr
 
 
 def test_fleet_cmp_ir_and_kur_with_token_keys(hsm: SoftHsm, tmp_path: Path) -> None:
