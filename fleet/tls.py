@@ -143,11 +143,12 @@ async def send_alert(stream: trio.SSLStream[trio.abc.Stream]) -> None:
     ignored."""
     outgoing = getattr(stream, "_outgoing", None)  # trio's MemoryBIO towards the peer
     pending = outgoing.read() if isinstance(outgoing, ssl.MemoryBIO) else b""
+    if not pending:
+        return  # nothing to tell (the peer went away first): no lingering either
     transport = stream.transport_stream
     with trio.move_on_after(_ALERT_SECONDS):
         try:
-            if pending:
-                await transport.send_all(pending)
+            await transport.send_all(pending)
             if isinstance(transport, trio.SocketStream):
                 await transport.send_eof()
             drained = 0
