@@ -619,3 +619,25 @@ async def test_plain_tcp_connections_use_the_raw_socket_path() -> None:
                     _, headers, received, _ = await reader.read_response()
                     assert received == (big if body == b"big" else b"small")
                     assert headers[b"content-length"] == str(len(received)).encode()
+
+
+async def test_options_asterisk_is_answered_by_the_server_not_the_handler() -> None:
+    """Reachability probes send OPTIONS * (RFC 9110 §9.3.7): 204 with Allow, the handler (a CA,
+    its request counts) never called; the connection stays usable."""
+    seen: list[str] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        seen.append(request.method)
+        return await echo(request)
+
+    async with http_server(handler) as (port, _):
+        stream, reader = await connect(port)
+        async with stream:
+            with trio.fail_after(5):
+                await stream.send_all(b"OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                _, headers, body, line = await reader.read_response()
+                assert line.startswith(b"HTTP/1.1 204") and body == b""
+                assert headers[b"allow"] == b"GET, POST, OPTIONS"
+                await stream.send_all(post(b"after"))
+                _, _, body, _ = await reader.read_response()
+    assert body == b"re:after" and seen == ["POST"]
