@@ -104,6 +104,9 @@ class RaConfig:
                                 "--upstream-tls-cert and --upstream-tls-key go together")
         if self.upstream_tls_key_pass is not None and self.upstream_tls_key is None:
             raise RaConfigError("upstream_tls_key_pass", "needs --upstream-tls-key")
+        if parts.scheme != "https" and (self.upstream_tls_trusted or self.upstream_tls_cert):
+            raise RaConfigError("upstream_tls_trusted" if self.upstream_tls_trusted else "upstream_tls_cert",
+                                f"is for an https:// upstream, not {self.upstream!r}")
         if self.secret is None and self.master_secret is None and not self.trusted and self.vendor_trust is None:
             raise RaConfigError("secret", "the RA verifies every request: give --secret, --master-secret, "
                                           "--trusted or --vendor-trust")
