@@ -159,6 +159,7 @@ def test_flag_and_profile_key_are_refused_in_the_same_words(
     [
         (["--ref", "dev-1"], "--ref", "needs --secret"),
         (["--tls-cert", "cert.pem"], "--tls-key", "--tls-cert and --tls-key go together"),
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca", "needs --tls-cert and --tls-key (mutual TLS is HTTPS)"),
         (["--issuing-cert", "i.pem", "--issuing-key", "k.pem"], "--signer-cert",
          "--issuing-cert, --issuing-key, --signer-cert and --signer-key go together"),
         (["--port", "9200", "--metrics-port", "9200"], "--metrics-port", "9200 is also --port"),
