@@ -118,3 +118,22 @@ def test_a_strict_ca_refuses_no_message_time(tmp_path: Path) -> None:
         [line] = refused.stderr.strip().splitlines()
         assert "badTime" in line and "messageTime" in line, line
         cmp("genm", "--server", url, *mac, cwd=tmp_path)
+
+
+def test_pss_signs_pop_and_protection_with_rsa_key_files(ca: tuple[str, list[tuple[str, bytes]]], tmp_path: Path) -> None:
+    """--pss: the POP of an RSA --newkey (ir, kur) and the protection by an RSA --key (kur) are
+    RSASSA-PSS, as read by pyasn1 from the bytes sent; the CA verifies and accepts them."""
+    url, requests = ca
+    mark = len(requests)
+    cmp("ir", "--server", url, "--ref", REF, "--secret", f"pass:{device_secret(REF)}", "--subject", "/CN=rsa-pss",
+        "--newkey", "rsa.key", "--newkey-type", "rsa:2048", "--pss", "--certout", "rsa.pem", "--chainout", "chain.pem",
+        "--cacertsout", "root.pem", cwd=tmp_path)
+    cmp("kur", "--server", url, "--cert", "rsa.pem", "--key", "rsa.key", "--trusted", "root.pem", "--untrusted",
+        "chain.pem", "--newkey", "rsa2.key", "--newkey-type", "rsa:2048", "--pss", "--certout", "rsa2.pem", cwd=tmp_path)
+    sent = {str(strict.decode(d)["body"].getName()): strict.decode(d) for d in sent_since(requests, mark)}
+    pss = "1.2.840.113549.1.1.10"  # id-RSASSA-PSS
+    for kind in ("ir", "kur"):
+        popo = sent[kind]["body"][kind][0]["popo"]["signature"]
+        assert str(popo["algorithmIdentifier"]["algorithm"]) == pss
+    assert str(sent["ir"]["header"]["protectionAlg"]["algorithm"]) != pss  # MAC-protected
+    assert str(sent["kur"]["header"]["protectionAlg"]["algorithm"]) == pss
