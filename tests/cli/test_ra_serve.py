@@ -48,9 +48,6 @@ def ra(files: tuple[Path, Path], *args: str) -> list[str]:
     ([], "--secret", "the RA verifies every request"),
     (["--secret", "pass:x", "--batch-wait", "-1"], "--batch-wait", "must be >= 0"),
     (["--secret", "pass:x", "--error-fraction", "2"], "--error-fraction", "0"),
-    (["--secret", "pass:x", "--upstream-tls-trusted", "ca.pem"], "--upstream-tls-trusted", "is for an https:// upstream"),
-    (["--secret", "pass:x", "--upstream-tls-cert", "c.pem"], "--upstream-tls-key", "go together"),
-    (["--secret", "pass:x", "--tls-client-ca", "ca.pem"], "--tls-client-ca", "needs --tls-cert and --tls-key"),
 ])
 def test_usage_errors_name_the_option(ra_files: tuple[Path, Path], args: list[str], option: str, words: str) -> None:
     result = fleet(*ra(ra_files, *args))
