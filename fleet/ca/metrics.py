@@ -67,6 +67,9 @@ class _Sampled(Collector):
             c = CounterMetricFamily("fleet_ca_http_connections_rejected", "HTTP connections refused (connection cap).")
             c.add_metric([], float(http.connections_rejected))
             yield c
+            c = CounterMetricFamily("fleet_ca_http_tls_failures", "TLS handshakes that failed (a client certificate missing or refused under --tls-client-ca, no shared protocol...).")
+            c.add_metric([], float(http.tls_failures))
+            yield c
 
 
 class CaMetrics(Endpoint):

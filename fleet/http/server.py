@@ -140,6 +140,7 @@ class HttpServerStats:
     connections_rejected: int = 0
     requests_total: int = 0
     handler_errors: int = 0
+    tls_failures: int = 0  # TLS handshakes refused or broken by TLS errors (a client certificate refused...)
 
 
 async def serve_http(
@@ -310,6 +311,8 @@ class _Server:
                 if _is_plain_http(exc):
                     await _answer_plain_http_on_tls(stream)
                 else:  # e.g. no or a bad client certificate: the client is told by an alert
+                    if isinstance(exc.__cause__, ssl.SSLError):
+                        self.stats.tls_failures += 1
                     await send_alert(stream)
         except (trio.ClosedResourceError, OSError):
             pass  # the client went away; nothing to answer

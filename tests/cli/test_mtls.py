@@ -12,6 +12,8 @@ import select
 import ssl
 import subprocess
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from cli_helpers import Ca, device_secret, env, fleet, one_error_line, running_ca
+from cli_helpers import Ca, device_secret, env, fleet, free_port, one_error_line, running_ca
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -86,10 +88,28 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def ca(pki: Pki) -> Iterator[Ca]:
+def metrics_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def ca(pki: Pki, metrics_port: int) -> Iterator[Ca]:
     with running_ca(pki.folder / "state", "--tls-cert", pki.f("server.pem"), "--tls-key", pki.f("server.key"),
-                    "--tls-client-ca", pki.f("client-ca.pem")) as authority:
+                    "--tls-client-ca", pki.f("client-ca.pem"), "--metrics-port", str(metrics_port)) as authority:
         yield authority
+
+
+def tls_failures(metrics_port: int, wanted: float | None = None) -> float:
+    """fleet_ca_http_tls_failures_total from the CA's /metrics, sampled once a second: polled
+    (up to 5 s) until it shows up, or reaches ``wanted``."""
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        found = [float(line.split()[1]) for line in text.splitlines() if line.startswith("fleet_ca_http_tls_failures_total")]
+        if (found and (wanted is None or found[0] >= wanted)) or time.monotonic() > deadline:
+            return found[0] if found else -1.0
+        time.sleep(0.2)
 
 
 def url(ca: Ca) -> str:
@@ -114,8 +134,11 @@ def test_fleet_cmp_with_a_client_certificate(ca: Ca, pki: Pki, tmp_path: Path) -
     assert x509.load_pem_x509_certificate((tmp_path / "b.pem").read_bytes()).subject.rfc4514_string() == "CN=mtls-device"
 
 
-def test_a_missing_or_foreign_client_certificate_is_one_line_naming_the_fix(ca: Ca, pki: Pki, tmp_path: Path) -> None:
+def test_a_missing_or_foreign_client_certificate_is_one_line_naming_the_fix(ca: Ca, pki: Pki, tmp_path: Path,
+                                                                          metrics_port: int) -> None:
+    """... and the CA counts each refused handshake (fleet_ca_http_tls_failures_total)."""
     trusted = ("--tls-trusted", str(pki.server))
+    before = tls_failures(metrics_port)
     missing = ir(ca, tmp_path / "a.pem", *trusted)
     assert missing.returncode == 1
     assert one_error_line(missing.stderr).endswith(
@@ -124,6 +147,7 @@ def test_a_missing_or_foreign_client_certificate_is_one_line_naming_the_fix(ca: 
     assert foreign.returncode == 1
     assert "the server refused the client certificate (TLS alert unknown ca)" in one_error_line(foreign.stderr)
     assert not any((tmp_path / n).exists() for n in ("a.pem", "b.pem"))
+    assert tls_failures(metrics_port, before + 2) >= before + 2  # sampled once a second: never stale low
 
 
 def test_unusable_client_credentials_are_named_before_anything_is_sent(pki: Pki) -> None:
