@@ -7,8 +7,9 @@ MAC senderKID or its signer's CN), ``{serial}`` the certificate's serial in hex)
 Announcements are signed by the CA's CMP signer when the event happens (``fleet.cmp.announce``)
 and wait in a bounded queue (``max_queue``: beyond it one is dropped and counted, the CA never
 slows down for its listeners); a delivery task posts them, at most ``concurrency`` at once,
-retrying a failed post ``retries`` times with exponential backoff. A listener answers 2xx to
-take one; anything else, or no answer within ``timeout``, is a failure.
+retrying a failed post ``retries`` times with exponential backoff. A listener answers any 2xx
+to take one (200 with a CMP body, 202, 204 without one); anything else (a 4xx even with a CMP
+body), or no answer within ``timeout``, is a failure.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fleet.cmp.announce import Announcement, CertAnnouncement, RevAnnouncement, 
 from fleet.cmp.messages import PKIStatus, directory_name
 from fleet.errors import FleetError
 from fleet.http.client import CmpHttpClient
+from fleet.http.errors import HttpStatusError
 from fleet.randomness import RandomPool
 from fleet.transport import CmpTransport, TransportError
 
@@ -134,24 +136,42 @@ class Announcer:
             for attempt in range(self.retries + 1):
                 try:
                     async with self._transport(url, self.timeout) as transport:
-                        await transport.post(data, deadline=trio.current_time() + self.timeout)
-                except (TransportError, FleetError) as exc:
-                    if attempt == self.retries:
-                        self.stats.failed += 1
-                        self._tell("failed")
-                        log.warning("announcement to %s not delivered after %d attempts: %s",
-                                    urlsplit(url).netloc, attempt + 1, exc)
+                        response = await transport.post(data, deadline=trio.current_time() + self.timeout)
+                    status = getattr(response, "status", 200)  # transports without HTTP have none
+                    if status // 100 != 2:
+                        raise HttpStatusError(url, status, "application/pkixcmp")
+                except HttpStatusError as exc:
+                    if exc.status // 100 == 2:  # a 2xx without a CMP body (204, say) took it too
+                        self._delivered(queued_at)
                         return
-                    self.stats.retries += 1
-                    self._tell("retried")
-                    await trio.sleep(self.backoff * 2**attempt)
-                    continue
-                self.stats.delivered += 1
-                if len(self.latencies) >= 10_000:
-                    del self.latencies[:5_000]
-                seconds = time.monotonic() - queued_at
-                self.latencies.append(seconds)
-                self._tell("delivered", seconds)
-                return
+                    if not await self._failed(url, attempt, exc):
+                        return
+                except (TransportError, FleetError) as exc:
+                    if not await self._failed(url, attempt, exc):
+                        return
+                else:
+                    self._delivered(queued_at)
+                    return
         finally:
             self._slots.release()
+
+    def _delivered(self, queued_at: float) -> None:
+        self.stats.delivered += 1
+        if len(self.latencies) >= 10_000:
+            del self.latencies[:5_000]
+        seconds = time.monotonic() - queued_at
+        self.latencies.append(seconds)
+        self._tell("delivered", seconds)
+
+    async def _failed(self, url: str, attempt: int, exc: Exception) -> bool:
+        """Count a failed post; after a backoff, True when another attempt follows."""
+        if attempt == self.retries:
+            self.stats.failed += 1
+            self._tell("failed")
+            log.warning("announcement to %s not delivered after %d attempts: %s",
+                        urlsplit(url).netloc, attempt + 1, exc)
+            return False
+        self.stats.retries += 1
+        self._tell("retried")
+        await trio.sleep(self.backoff * 2**attempt)
+        return True
