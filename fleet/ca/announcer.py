@@ -1,8 +1,10 @@
-"""The CA pushing announcements (RFC 9810 §5.3.14-5.3.15 over HTTP POST, RFC 6712 §3.7 / RFC
+"""The CA pushing announcements (RFC 9810 §5.3.13-5.3.16 over HTTP POST, RFC 6712 §3.7 / RFC
 9811): a rann when a certificate is revoked and, when asked, a cann when one is issued, to the
-URL each device registered, given as a template (``fleet ca serve --announce-url
-'http://{reference}.devices.example/cmp'``: ``{reference}`` is the device's reference (its
-MAC senderKID or its signer's CN), ``{serial}`` the certificate's serial in hex).
+URL each device registered; a ckuann after a root key rollover (``fleet.ca.rollover``) and, when
+asked, a crlann when the CA issues a new CRL, to every device with a valid certificate. The URL
+is a template (``fleet ca serve --announce-url 'http://{reference}.devices.example/cmp'``:
+``{reference}`` is the device's reference (its MAC senderKID or its signer's CN), ``{serial}``
+the certificate's serial in hex).
 
 Announcements are signed by the CA's CMP signer when the event happens (``fleet.cmp.announce``)
 and wait in a bounded queue (``max_queue``: beyond it one is dropped and counted, the CA never
@@ -26,7 +28,14 @@ from cryptography import x509
 
 from fleet.ca.authority import Authority
 from fleet.ca.config import check_template
-from fleet.cmp.announce import Announcement, CertAnnouncement, RevAnnouncement, announce
+from fleet.cmp.announce import (
+    Announcement,
+    CertAnnouncement,
+    CrlAnnouncement,
+    KeyUpdateAnnouncement,
+    RevAnnouncement,
+    announce,
+)
 from fleet.cmp.messages import PKIStatus, directory_name
 from fleet.errors import FleetError
 from fleet.http.client import CmpHttpClient
@@ -105,10 +114,28 @@ class Announcer:
         if record is not None:
             self._queue(record.device_ref, serial, CertAnnouncement(record.der))
 
+    def key_updated(self, update: KeyUpdateAnnouncement) -> int:
+        """A root key rollover: a ckuann to every device with a valid certificate; how many."""
+        return self._broadcast(update)
+
+    def crl_issued(self, crl_der: bytes) -> int:
+        """A new CRL (``--announce-crl``): a crlann to every device with a valid certificate."""
+        return self._broadcast(CrlAnnouncement((crl_der,)))
+
+    def _broadcast(self, a: Announcement) -> int:
+        """One signed message for every device (signed once: the same content for all, and a
+        rollover of a large population must not hold the CA's thread for a signature each)."""
+        devices = self.authority.store.devices()
+        data = announce(a, self._signer, now=self.clock(), random=self._random)
+        for reference, serial in devices.items():
+            self._put(self.template.format(reference=quote(reference, safe=""), serial=f"{serial:x}"), data)
+        return len(devices)
+
     def _queue(self, reference: str | None, serial: int, a: Announcement) -> None:
         url = self.template.format(reference=quote(reference or "", safe=""), serial=f"{serial:x}")
-        now = self.clock()
-        data = announce(a, self._signer, now=now, random=self._random)
+        self._put(url, announce(a, self._signer, now=self.clock(), random=self._random))
+
+    def _put(self, url: str, data: bytes) -> None:
         try:
             self._send.send_nowait((url, data, time.monotonic()))
         except trio.WouldBlock:
