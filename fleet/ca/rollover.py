@@ -239,15 +239,13 @@ class RolloverWatch:
         """The change since the last poll, or None."""
         before = self.update
         due = before is not None and not before.switched and before.switch_at <= self.clock()
-        signature = self._signature()
-        if signature == self._stat and not due:
+        if self._signature() == self._stat and not due:
             return None
-        if due:
-            with state_lock(self.state_dir):
-                settle_locked(self.state_dir, self.clock())
-            signature = self._signature()
-        self._stat = signature
         update = read_update(self.state_dir)
+        if update is not None and not update.switched and update.switch_at <= self.clock():
+            with state_lock(self.state_dir):
+                update = settle_locked(self.state_dir, self.clock())
+        self._stat = self._signature()
         if update is None:
             return None
         self.update = update
