@@ -21,6 +21,7 @@ from fleet.secrets import read_secret
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The embedded CMP CA/RA (loopback runs, load target).",
                   epilog=examples("fleet ca serve --dir ca-state --port 8080 --master-secret pass:demo",
+                                  "fleet ca rollover --dir ca-state --switch-at +3600",
                                   "fleet ca stats --dir ca-state"))
 
 _SECRET_HELP = "as pass:TEXT, env:VAR or file:PATH (never printed)"
@@ -175,7 +176,7 @@ def _switch_time(text: str | None, now: float) -> float | None:
     return when.timestamp()
 
 
-@app.command(epilog=examples("fleet ca rollover --dir ca-state",
+@app.command(short_help="Roll the root CA key over, crash-safe.", epilog=examples("fleet ca rollover --dir ca-state",
                              "fleet ca rollover --dir ca-state --switch-at +3600",
                              "fleet ca rollover --dir ca-state --switch-at 2030-01-01T00:00:00+00:00"))
 def rollover(
