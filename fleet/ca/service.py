@@ -340,7 +340,11 @@ class CaService:
             return
         update = change.update
         if change.hierarchy is not None:
-            self.authority.adopt(change.hierarchy, update)
+            h = change.hierarchy
+            self.authority.adopt(h, update)
+            for server in self.servers.values():  # the KGA's signed key packages carry the chain too
+                if server.server.kga is not None:
+                    server.server.kga.chain = tuple(c for c in h.chain_for_issued_der if c != h.root_der)
             log.warning("root key rollover %s: the new root key is active", update.ident)
         else:
             self.authority.offer_root_update(update)

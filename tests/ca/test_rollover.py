@@ -33,6 +33,7 @@ from cryptography.x509.oid import NameOID
 from fleet.ca.announcer import Announcer
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.hierarchy import ROLLOVER_KILL_AT, CaHierarchy, HierarchyError, build_ca_cert
+from fleet.ca.kga import build_kga
 from fleet.ca.rollover import RolloverError, RolloverWatch, prepare, read_update
 from fleet.ca.service import CaService
 from fleet.ca.store import CertStore
@@ -147,10 +148,12 @@ class _Recorder:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[tuple[CaService, _Recorder]]:
     state = tmp_path / "ca"
-    authority = Authority(CaHierarchy.load_or_create(state), CertStore(state / STORE_FILE), base_url="http://127.0.0.1:9")
+    hierarchy = CaHierarchy.load_or_create(state)
+    authority = Authority(hierarchy, CertStore(state / STORE_FILE), base_url="http://127.0.0.1:9")
     recorder = _Recorder()
     announcer = Announcer(authority, "http://devices.example/{reference}", transport=recorder)
-    yield CaService(authority, announcer=announcer, rollover=RolloverWatch(state, None), announce_crl=True), recorder
+    yield CaService(authority, announcer=announcer, rollover=RolloverWatch(state, None), announce_crl=True,
+                    kga=build_kga(state, hierarchy), kga_profiles=("*",)), recorder
     authority.close()
 
 
@@ -189,6 +192,7 @@ async def test_a_serving_ca_offers_announces_and_adopts_the_rollover_live(
         ca.tick()
         assert authority.hierarchy.root == update.new_with_new and authority.root == _der(update.new_with_new)
         assert authority.issued_chain == (_der(update.issuing),)
+        assert ca.default.server.kga is not None and ca.default.server.kga.chain == (_der(update.issuing),)
         signer = ca.default.server.signer  # made before the switch, updated in place
         assert signer.extra_certs[-1] == _der(update.new_with_old)  # old-root devices find a path
         chain = [x509.load_der_x509_certificate(c) for c in signer.extra_certs]
