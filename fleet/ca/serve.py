@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import sys
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -189,7 +190,7 @@ def run(config: CaConfig) -> None:
             service,
             config,
             inputs.tls,
-            _describe(service.authority.hierarchy, config),
+            _describe(service.authority.hierarchy, config) + _describe_rollover(service),
             started,
         )
     except (OSError, BaseExceptionGroup) as exc:
@@ -321,6 +322,15 @@ async def _main(
                 print("fleet CA stopping", flush=True)
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _describe_rollover(service: CaService) -> list[str]:
+    """A pending root key rollover (``fleet ca rollover --switch-at``) and when it switches."""
+    update = service.authority.root_update
+    if update is None or update.switched:
+        return []
+    when = datetime.fromtimestamp(update.switch_at, UTC).isoformat(timespec="seconds")
+    return [f"  root key rollover {update.ident} offered (genm rootCaCert, ckuann); the new key is active from {when}"]
 
 
 def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
