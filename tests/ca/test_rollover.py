@@ -29,6 +29,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
+from pyasn1.codec.der import decoder, encoder
+from pyasn1_alt_modules import rfc9480
 
 from fleet.ca.announcer import Announcer
 from fleet.ca.authority import STORE_FILE, Authority
@@ -178,7 +180,14 @@ async def test_a_serving_ca_offers_announces_and_adopts_the_rollover_live(
         assert genm.decode_root_ca_key_update(authority.general_info(genm.root_ca_cert_request(
             _der(update.new_with_new)))) is None  # a device on the new root has nothing to update
         info = authority.general_info(InfoTypeAndValue(oids.IT_CA_KEY_UPDATE_INFO))
-        assert info.value is not None and _der(update.old_with_new) in info.value
+        assert info.value is not None
+        # both answers decode with pyasn1-alt-modules to the RFC 9810 structures
+        links, rest = decoder.decode(info.value, asn1Spec=rfc9480.CAKeyUpdAnnContent())
+        assert rest == b"" and encoder.encode(links["oldWithNew"]) == _der(update.old_with_new)
+        value = authority.general_info(ask).value
+        assert value is not None
+        content, rest = decoder.decode(value, asn1Spec=rfc9480.RootCaKeyUpdateContent())
+        assert rest == b"" and encoder.encode(content["newWithOld"]) == _der(update.new_with_old)
         with trio.fail_after(10):
             while len(recorder.received) < 2:
                 await trio.sleep(0.01)
