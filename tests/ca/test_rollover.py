@@ -187,7 +187,8 @@ async def test_a_serving_ca_offers_announces_and_adopts_the_rollover_live(
         value = authority.general_info(ask).value
         assert value is not None
         content, rest = decoder.decode(value, asn1Spec=rfc9480.RootCaKeyUpdateContent())
-        assert rest == b"" and encoder.encode(content["newWithOld"]) == _der(update.new_with_old)
+        assert rest == b"" and encoder.encode(content["newWithNew"]) == _der(update.new_with_new)
+        assert content["newWithOld"].isValue and content["oldWithNew"].isValue
         with trio.fail_after(10):
             while len(recorder.received) < 2:
                 await trio.sleep(0.01)
