@@ -558,7 +558,14 @@ class KeyPoolStore:
         )
         pending: set[Future[builtins.list[bytes]]] = set()
         try:
-            pending = {executor.submit(_generate_chunk, str(spec), n) for n in sizes}
+            # The workers are spawned here. SIGINT stays blocked while they are, so a Ctrl-C that
+            # lands before a worker has run its initializer cannot kill it mid-import (the blocked
+            # mask is inherited; the parent gets the signal once it is unblocked).
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pending = {executor.submit(_generate_chunk, str(spec), n) for n in sizes}
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
