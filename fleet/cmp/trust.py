@@ -84,7 +84,10 @@ def _subject(cert: x509.Certificate) -> str:
         return "<unreadable subject>"
 
 
+@lru_cache(maxsize=4096)
 def cert_der(cert: x509.Certificate) -> bytes:
+    """A certificate's DER, kept: cryptography encodes it afresh on every ``public_bytes`` call
+    (the costliest step of a signed request's checks, called a dozen times per enrollment)."""
     return cert.public_bytes(Encoding.DER)
 
 
@@ -233,6 +236,11 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
 _Verified = tuple[datetime, datetime, list[x509.Certificate]]
 
 
+def _verified(path: list[x509.Certificate]) -> _Verified:
+    """A path with the time span in which all of its certificates are valid."""
+    return (max(c.not_valid_before_utc for c in path), min(c.not_valid_after_utc for c in path), path)
+
+
 class TrustStore:
     """Trust anchors, and path validation from a signer to one of them."""
 
@@ -243,6 +251,8 @@ class TrustStore:
             self.add(a)
         # (leaf, untrusted) -> (valid from, valid until, path): a path holds while all of it does.
         self._verified: dict[tuple[bytes, tuple[bytes, ...]], _Verified] = {}
+        # intermediate -> its verified path to an anchor
+        self._ca_paths: dict[bytes, _Verified] = {}
 
     def add(self, anchor: x509.Certificate) -> None:
         key = cert_der(anchor)
@@ -268,16 +278,34 @@ class TrustStore:
 
         ``at`` is when the certificates must be valid (default: now, by the system clock)."""
         at = at or datetime.now(UTC)
-        cache_key = (cert_der(leaf), tuple(cert_der(c) for c in untrusted))
-        known = self._verified.get(cache_key)
-        if known is not None and known[0] <= at <= known[1]:
-            return list(known[2])
+        chain_key = tuple(cert_der(c) for c in untrusted)
+        known = self._known_path(leaf, chain_key, at)
+        if known is not None:
+            return known
         path = self._build(leaf, untrusted, at)
         if len(self._verified) > 10_000:
             self._verified.clear()
-        valid_from = max(c.not_valid_before_utc for c in path)
-        self._verified[cache_key] = (valid_from, min(c.not_valid_after_utc for c in path), path)
+        self._verified[(cert_der(leaf), chain_key)] = _verified(path)
+        if len(self._ca_paths) > 1_000:
+            self._ca_paths.clear()
+        for i in range(1, len(path) - 1):  # the intermediates: the next leaf under one stops there
+            self._ca_paths[cert_der(path[i])] = _verified(path[i:])
         return list(path)
+
+    def _known_path(self, cert: x509.Certificate, chain_key: tuple[bytes, ...],
+                    at: datetime) -> list[x509.Certificate] | None:
+        known = self._verified.get((cert_der(cert), chain_key))
+        if known is not None and known[0] <= at <= known[1]:
+            return list(known[2])
+        return None
+
+    def _known_ca_path(self, cert: x509.Certificate, at: datetime) -> list[x509.Certificate] | None:
+        """A path verified before from this intermediate to an anchor: it holds whatever else a
+        later message carries, while all of its certificates are valid (anchors are never removed)."""
+        known = self._ca_paths.get(cert_der(cert))
+        if known is not None and known[0] <= at <= known[1]:
+            return list(known[2])
+        return None
 
     def _build(
         self, leaf: x509.Certificate, untrusted: Sequence[x509.Certificate], at: datetime
@@ -307,6 +335,9 @@ class TrustStore:
             )
             if parent is None or parent in path:
                 break
+            known = self._known_ca_path(parent, at)
+            if known is not None:  # an intermediate already verified up to an anchor
+                return path + known
             path.append(parent)
             current = parent
         raise UntrustedSigner(f"signer certificate {subject!r} does not chain to a trusted anchor")
