@@ -310,9 +310,8 @@ class TrustStore:
     def _build(
         self, leaf: x509.Certificate, untrusted: Sequence[x509.Certificate], at: datetime
     ) -> list[x509.Certificate]:
-        subject = leaf.subject.rfc4514_string() or "<empty subject>"
         if not _valid_at(leaf, at):
-            raise UntrustedSigner(f"signer certificate {subject!r} is not valid now")
+            raise UntrustedSigner(f"signer certificate {_subject(leaf)!r} is not valid now")
         path = [leaf]
         current = leaf
         for _ in range(MAX_PATH_LENGTH):
@@ -340,4 +339,5 @@ class TrustStore:
                 return path + known
             path.append(parent)
             current = parent
-        raise UntrustedSigner(f"signer certificate {subject!r} does not chain to a trusted anchor")
+        # The subject only for the message: writing it out costs more than the checks above.
+        raise UntrustedSigner(f"signer certificate {_subject(leaf)!r} does not chain to a trusted anchor")
