@@ -85,7 +85,7 @@ from fleet.cmp.server_auth import (
 from fleet.cmp.server_config import ServerConfig
 from fleet.cmp.server_records import Outcome, Reply, ServerStatistics
 from fleet.cmp.shared_secrets import SecretLookup
-from fleet.cmp.trust import TrustStore, parse_name
+from fleet.cmp.trust import TrustStore, load_cert, parse_name
 from fleet.cmp.x509parts import (
     cert_hash,
     csr_extensions,
@@ -474,6 +474,9 @@ class CmpServer:
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
         self._counts["issued"] += 1
+        # Its holder's next signed message (certConf, a kur or cr) need not have it re-verified.
+        self.trust.remember_issued(issued.der, tuple(load_cert(c) for c in (*self.backend.issued_chain,
+                                                                            self.backend.root)))
         if implicit:
             self._counts["confirmed"] += 1
         ca_pubs: tuple[bytes, ...] = ()

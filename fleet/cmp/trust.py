@@ -234,6 +234,7 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
 
 
 _Verified = tuple[datetime, datetime, list[x509.Certificate]]
+ISSUED_KEPT = 10_000  # certificates ``TrustStore.remember_issued`` keeps
 
 
 def _verified(path: list[x509.Certificate]) -> _Verified:
@@ -253,6 +254,8 @@ class TrustStore:
         self._verified: dict[tuple[bytes, tuple[bytes, ...]], _Verified] = {}
         # intermediate -> its verified path to an anchor
         self._ca_paths: dict[bytes, _Verified] = {}
+        # certificate this CA issued -> the path above it (``remember_issued``)
+        self._issued: dict[bytes, tuple[x509.Certificate, ...]] = {}
 
     def add(self, anchor: x509.Certificate) -> None:
         key = cert_der(anchor)
@@ -282,7 +285,7 @@ class TrustStore:
         known = self._known_path(leaf, chain_key, at)
         if known is not None:
             return known
-        path = self._build(leaf, untrusted, at)
+        path = self._issued_path(leaf, at) or self._build(leaf, untrusted, at)
         if len(self._verified) > 10_000:
             self._verified.clear()
         self._verified[(cert_der(leaf), chain_key)] = _verified(path)
@@ -291,6 +294,25 @@ class TrustStore:
         for i in range(1, len(path) - 1):  # the intermediates: the next leaf under one stops there
             self._ca_paths[cert_der(path[i])] = _verified(path[i:])
         return list(path)
+
+    def remember_issued(self, der_bytes: bytes, above: tuple[x509.Certificate, ...]) -> None:
+        """A certificate its holder got from this CA just now, and the CA certificates above it
+        up to an anchor: its issuer made it, so when its holder signs a request (the certConf,
+        a kur or cr soon after) its signature need not be checked again, only the path's
+        validity. Ignored unless ``above`` ends at one of our anchors; the last
+        ``ISSUED_KEPT`` are kept."""
+        if not above or cert_der(above[-1]) not in self._anchors:
+            return
+        while len(self._issued) >= ISSUED_KEPT:
+            del self._issued[next(iter(self._issued))]  # the oldest
+        self._issued[der_bytes] = above
+
+    def _issued_path(self, leaf: x509.Certificate, at: datetime) -> list[x509.Certificate] | None:
+        above = self._issued.get(cert_der(leaf))
+        if above is None:
+            return None
+        path = [leaf, *above]
+        return path if all(_valid_at(c, at) for c in path) else None
 
     def _known_path(self, cert: x509.Certificate, chain_key: tuple[bytes, ...],
                     at: datetime) -> list[x509.Certificate] | None:

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fleet.cmp.trust import TrustStore, UntrustedSigner
@@ -64,3 +65,22 @@ def test_a_verified_intermediate_is_kept_for_the_next_leaf_while_it_is_valid() -
     stranger = issue(other, "dev-4")
     with pytest.raises(UntrustedSigner, match="does not chain"):
         store.verify(stranger.cert, [sub.cert], at=now)
+
+
+def test_a_certificate_the_ca_just_issued_needs_no_second_check_while_valid() -> None:
+    """remember_issued: the CA's own certificate, presented back by its holder, takes the path the
+    CA gave it (even without the intermediate in the message), only while all of it is valid, and
+    only when that path ends at one of the anchors."""
+    root = make_ca()
+    sub = sub_ca(root)
+    mine, other = issue(sub, "dev-1", days=10), issue(sub, "dev-2", days=10)
+    store = TrustStore([root.cert])
+    store.remember_issued(mine.cert.public_bytes(serialization.Encoding.DER), (sub.cert, root.cert))
+    store.remember_issued(other.cert.public_bytes(serialization.Encoding.DER), (sub.cert,))  # no anchor: ignored
+    now = mine.cert.not_valid_before_utc + timedelta(days=1)
+    assert store.verify(mine.cert, [mine.cert], at=now) == [mine.cert, sub.cert, root.cert]
+    with pytest.raises(UntrustedSigner, match="does not chain"):
+        store.verify(other.cert, [other.cert], at=now)
+    later = mine.cert.not_valid_after_utc + timedelta(days=1)
+    with pytest.raises(UntrustedSigner, match="not valid now"):
+        store.verify(mine.cert, [mine.cert, sub.cert], at=later)
