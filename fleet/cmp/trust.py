@@ -256,6 +256,7 @@ class TrustStore:
         self._ca_paths: dict[bytes, _Verified] = {}
         # certificate this CA issued -> the path above it (``remember_issued``)
         self._issued: dict[bytes, tuple[x509.Certificate, ...]] = {}
+        self._issued_above: tuple[x509.Certificate, ...] = ()  # the last path found to end at an anchor
 
     def add(self, anchor: x509.Certificate) -> None:
         key = cert_der(anchor)
@@ -301,8 +302,12 @@ class TrustStore:
         a kur or cr soon after) its signature need not be checked again, only the path's
         validity. Ignored unless ``above`` ends at one of our anchors; the last
         ``ISSUED_KEPT`` are kept."""
-        if not above or cert_der(above[-1]) not in self._anchors:
+        if not above:
             return
+        if above is not self._issued_above:  # checked once per path: the same path comes each time
+            if cert_der(above[-1]) not in self._anchors:
+                return
+            self._issued_above = above
         while len(self._issued) >= ISSUED_KEPT:
             del self._issued[next(iter(self._issued))]  # the oldest
         self._issued[der_bytes] = above

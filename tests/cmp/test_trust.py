@@ -77,6 +77,7 @@ def test_a_certificate_the_ca_just_issued_needs_no_second_check_while_valid() ->
     store = TrustStore([root.cert])
     store.remember_issued(mine.cert.public_bytes(serialization.Encoding.DER), (sub.cert, root.cert))
     store.remember_issued(other.cert.public_bytes(serialization.Encoding.DER), (sub.cert,))  # no anchor: ignored
+    store.remember_issued(other.cert.public_bytes(serialization.Encoding.DER), ())  # no path: ignored
     now = mine.cert.not_valid_before_utc + timedelta(days=1)
     assert store.verify(mine.cert, [mine.cert], at=now) == [mine.cert, sub.cert, root.cert]
     with pytest.raises(UntrustedSigner, match="does not chain"):
