@@ -164,7 +164,7 @@ def _keep(cache: dict, key: object, value: object, entries: int) -> None:  # typ
     if entries <= 0:
         return
     while len(cache) >= entries:
-        del cache[next(iter(cache))]  # the oldest
+        cache.pop(next(iter(cache)), None)  # the oldest (pop: another thread may have taken it)
     cache[key] = value
 
 

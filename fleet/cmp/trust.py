@@ -309,7 +309,7 @@ class TrustStore:
                 return
             self._issued_above = above
         while len(self._issued) >= ISSUED_KEPT:
-            del self._issued[next(iter(self._issued))]  # the oldest
+            self._issued.pop(next(iter(self._issued)), None)  # the oldest
         self._issued[der_bytes] = above
 
     def _issued_path(self, leaf: x509.Certificate, at: datetime) -> list[x509.Certificate] | None:
