@@ -9,10 +9,15 @@ ir (or cr) + certConf of a new device with EC P-256:
 * ``local ir``: MAC-protected (PBM, 500 iterations), the device's own key and POP;
 * ``central ir``: MAC-protected, the KGA generates the key and delivers it by PWRI
   (PBKDF2 with the CA's ``kga_pwri_iterations``, 2,048 by default);
+* ``central ir, repeat device``: the same devices as ``central ir`` enroll again: the CA kept
+  their PWRI salt and key-encryption key, the devices what they derived (``cms.PwriKeyCache``),
+  so neither side runs PBKDF2 (``--kek-cache 0`` turns the CA's cache off);
 * ``local cr`` / ``central cr``: signed with an EC certificate enrolled before (not measured);
-  the central key is delivered by KARI (ECDH).
+  the central key is delivered by KARI (ECDH);
+* ``central cr, RSA signer``: KTRI (RSA-OAEP), ``--ktri`` enrollments (RSA signer keys are slow
+  to make).
 
-Usage: python bench/kga_cpu.py [--enrollments N] [--pwri-iterations I]
+Usage: python bench/kga_cpu.py [--enrollments N] [--pwri-iterations I] [--kek-cache E] [--ktri N]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -49,9 +54,9 @@ def _name(i: int) -> bytes:
 
 
 class Bench:
-    def __init__(self, folder: Path, pwri_iterations: int) -> None:
+    def __init__(self, folder: Path, pwri_iterations: int, kek_cache: int) -> None:
         self.authority = Authority.open(folder, base_url="http://127.0.0.1:9")
-        kga = build_kga(folder, self.authority.hierarchy, pwri_iterations=pwri_iterations)
+        kga = build_kga(folder, self.authority.hierarchy, pwri_iterations=pwri_iterations, kek_cache=kek_cache)
         self.server = self.authority.server(config=ServerConfig(grant_implicit_confirm=False),
                                             secrets=SharedSecrets(master=MASTER), kga=kga)
         root = x509.load_der_x509_certificate(self.authority.root)
@@ -90,9 +95,9 @@ class Bench:
 
 def measure(bench: Bench, label: str, n: int, base: int, kind: str) -> tuple[str, float, float]:
     signers: list[SignatureProtector] = []
-    if kind == "cr":  # signer certificates, enrolled before the measurement
+    if kind in ("cr", "cr-rsa"):  # signer certificates, enrolled before the measurement
         for i in range(n):
-            key = ec.generate_private_key(ec.SECP256R1())
+            key = ec.generate_private_key(ec.SECP256R1()) if kind == "cr" else rsa.generate_private_key(65537, 2048)
             done = bench.run(bench.mac(base + i), lambda key=key, i=i: CertRequest(BodyType.IR, key, _name(base + i)))
             assert done.certificate is not None
             signers.append(SignatureProtector(key, x509.load_der_x509_certificate(done.certificate), bench.chain))
@@ -100,7 +105,7 @@ def measure(bench: Bench, label: str, n: int, base: int, kind: str) -> tuple[str
     central = label.startswith("central")
     bench.client_cpu = bench.server_cpu = 0.0
     for i in range(n):
-        body = BodyType.CR if kind == "cr" else BodyType.IR
+        body = BodyType.IR if kind == "ir" else BodyType.CR
         subject = _name(base + n + i)
         if central:
             def make(body: BodyType = body, subject: bytes = subject) -> CertRequest:
@@ -119,21 +124,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--enrollments", type=int, default=1000)
     parser.add_argument("--pwri-iterations", type=int, default=2048)
+    parser.add_argument("--kek-cache", type=int, default=65_536, help="the CA's kga_kek_cache (0: off)")
+    parser.add_argument("--ktri", type=int, default=100, help="KTRI enrollments (0: none)")
     args = parser.parse_args()
     tune_gc()
     with tempfile.TemporaryDirectory() as folder:
-        bench = Bench(Path(folder), args.pwri_iterations)
+        bench = Bench(Path(folder), args.pwri_iterations, args.kek_cache)
         n = args.enrollments
         measure(bench, "warm-up", 50, 9_000_000, "ir")
         rows = [
             measure(bench, "local ir (MAC)", n, 0, "ir"),
             measure(bench, "central ir (MAC, PWRI)", n, 1_000_000, "ir"),
+            measure(bench, "central ir, repeat device", n, 1_000_000, "ir"),
             measure(bench, "local cr (EC signer)", n, 2_000_000, "cr"),
             measure(bench, "central cr (EC signer, KARI)", n, 3_000_000, "cr"),
         ]
+        if args.ktri:
+            rows.append(measure(bench, "central cr (RSA signer, KTRI)", args.ktri, 5_000_000, "cr-rsa"))
         bench.authority.close()
-    print(f"{n} enrollments each, EC P-256, PWRI PBKDF2 {args.pwri_iterations} iterations, one process, "
-          "client and CA alternately")
+    print(f"{n} enrollments each, EC P-256, PWRI PBKDF2 {args.pwri_iterations} iterations, CA KEK cache "
+          f"{args.kek_cache}, one process, client and CA alternately")
     print(f"{'enrollment':<32}{'client µs':>10}{'CA µs':>10}{'CA per core/s':>15}")
     for label, client, server in rows:
         print(f"{label:<32}{client:>10.0f}{server:>10.0f}{1e6 / server:>15,.0f}")

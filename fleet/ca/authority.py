@@ -48,7 +48,7 @@ from fleet.cmp.messages import BodyType, CertTemplate, FailInfo, InfoTypeAndValu
 from fleet.cmp.protection import SignatureProtector
 from fleet.cmp.server import CmpServer, ServerConfig
 from fleet.cmp.shared_secrets import SecretLookup
-from fleet.cmp.trust import TrustStore, load_cert
+from fleet.cmp.trust import TrustStore, cert_der, load_cert
 
 __all__ = ["STORE_FILE", "Authority"]
 
@@ -270,7 +270,7 @@ class Authority:
     def cert_state(self, cert: x509.Certificate) -> CertState:
         serial = cert.serial_number
         rec = self.store.get(serial)
-        if rec is None or rec.der != cert.public_bytes(Encoding.DER):
+        if rec is None or rec.der != cert_der(cert):
             return CertState.UNKNOWN if self._issued_under_our_key(cert) else CertState.FOREIGN
         status = rec.status
         if status is CertRecordStatus.ISSUED:

@@ -49,7 +49,7 @@ PROFILE_KEYS = (
     "mode", "latency", "waiting_fraction", "check_after", "error_fraction", "http_503_fraction",
     "drop_fraction", "max_transactions", "implicit_confirm", "confirm_wait", "validity_days",
     "key_type", "seed", "require_message_time", "kga", "kga_profiles", "kga_key_type", "kga_password_delivery",
-    "kga_pwri_iterations", "kga_rsa_pool",
+    "kga_pwri_iterations", "kga_rsa_pool", "kga_kek_cache",
 )  # fmt: skip
 
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
@@ -59,6 +59,7 @@ _BOUNDS: Mapping[str, Bound] = {
     "max_body_bytes": COUNT, "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE,
     "error_fraction": FRACTION, "http_503_fraction": FRACTION, "drop_fraction": FRACTION,
     "seed": SEED, "kga_pwri_iterations": COUNT, "kga_rsa_pool": NON_NEGATIVE_INT,
+    "kga_kek_cache": NON_NEGATIVE_INT,
 }  # fmt: skip
 
 _LATENCY_KINDS = {"fixed": 1, "uniform": 2, "exp": 1, "lognormal": 2}
@@ -225,6 +226,7 @@ class CaConfig:
     kga_password_delivery: bool = True  # PWRI for MAC-protected requests
     kga_pwri_iterations: int = 2048
     kga_rsa_pool: int = 0  # RSA keys taken from fleet's key pool (0: generated per request)
+    kga_kek_cache: int = 65_536  # devices whose PWRI salt and KEK are kept (0: PBKDF2 per envelope)
     # HTTPS
     tls_cert: Path | None = None
     tls_key: Path | None = None

@@ -28,6 +28,7 @@ from fleet.ca.hierarchy import (
     HierarchyError,
     signature_hash_for,
 )
+from fleet.cmp.cms import DEFAULT_KEK_CACHE_ENTRIES
 from fleet.cmp.keypackage import ID_KP_CM_KGA
 from fleet.cmp.kga import CentralKeyGenerator
 from fleet.files import atomic_write
@@ -96,7 +97,7 @@ def _rsa_pool(count: int, bits: int) -> KeyPool | None:
 
 def build_kga(
     state: Path, hierarchy: CaHierarchy, *, key_type: str = "ec:P-256", password_delivery: bool = True,
-    pwri_iterations: int = 2048, rsa_pool: int = 0,
+    pwri_iterations: int = 2048, rsa_pool: int = 0, kek_cache: int = DEFAULT_KEK_CACHE_ENTRIES,
 ) -> CentralKeyGenerator:
     """The CA's KGA: its certificate (``load_or_create_kga_cert``) and generation policy."""
     key, cert = load_or_create_kga_cert(state, hierarchy)
@@ -112,5 +113,5 @@ def build_kga(
     chain = tuple(c for c in hierarchy.chain_for_issued_der if c != hierarchy.root_der)
     return CentralKeyGenerator(
         key, cert, chain, default=str(default), rsa_bits=bits, rsa_pool=from_pool,  # type: ignore[arg-type]
-        password_delivery=password_delivery, pwri_iterations=pwri_iterations,
+        password_delivery=password_delivery, pwri_iterations=pwri_iterations, kek_cache=kek_cache,
     )

@@ -107,6 +107,7 @@ def build(
         kga = build_kga(
             state, hierarchy, key_type=config.kga_key_type, password_delivery=config.kga_password_delivery,
             pwri_iterations=config.kga_pwri_iterations, rsa_pool=config.kga_rsa_pool,
+            kek_cache=config.kga_kek_cache,
         ) if profiles else None
         return CaService(
             authority,

@@ -115,6 +115,9 @@ def serve(
     kga_rsa_pool: Annotated[int, typer.Option(
         help="Load-target knob: hand out RSA keys from this many of fleet's pre-generated pool keys "
              "(fleet keys generate), reused in turn (0: a new RSA key per request).")] = 0,
+    kga_kek_cache: Annotated[int, typer.Option(
+        help="Devices whose password-based delivery salt and key (PBKDF2) are kept, so a repeat device "
+             "costs no PBKDF2 (0: derive per envelope).")] = 65_536,
     tls_cert: Annotated[Path | None, typer.Option(help="Serve HTTPS with this certificate chain (PEM, leaf first).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Private key of --tls-cert.")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(metavar="PEM", help="Mutual TLS: require a client certificate issued under these CA certificates (refused with a TLS alert otherwise).")] = None,
@@ -145,7 +148,7 @@ def serve(
             allow_key_reuse=allow_key_reuse, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             kga=kga, kga_profiles=kga_profiles, kga_key_type=kga_key_type,
             kga_password_delivery=kga_password_delivery, kga_pwri_iterations=kga_pwri_iterations,
-            kga_rsa_pool=kga_rsa_pool,
+            kga_rsa_pool=kga_rsa_pool, kga_kek_cache=kga_kek_cache,
             knobs=LoadKnobs(
                 latency=Latency.parse(latency), waiting_fraction=waiting_fraction, check_after=check_after,
                 error_fraction=error_fraction, http_503_fraction=http_503_fraction, drop_fraction=drop_fraction,

@@ -134,6 +134,10 @@ def provision(
         raise ProvisionUsageError("--pkcs11-module needs --pkcs11-token and --pkcs11-pin")
     if pkcs11_module is not None and (p12 or key_pass):
         raise ProvisionUsageError("keys in a PKCS#11 token never leave it: no --p12 or --key-pass with --pkcs11-module")
+    central = [d.id for d in devices if d.central_key is not None]
+    if pkcs11_module is not None and central:
+        raise ProvisionUsageError(f"central_key (device {central[0]}) delivers the key to a file; it cannot go with"
+                                  " --pkcs11-module")
     if pkcs11_module is not None:  # a key type the token cannot make: named now, not per device later
         for device in devices:
             try:

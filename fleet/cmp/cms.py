@@ -42,6 +42,7 @@ __all__ = [
     "EnvelopeNotForUs",
     "EnvelopeTooLarge",
     "MalformedEnvelope",
+    "PwriKeyCache",
     "Recipient",
     "UnsupportedEnvelope",
     "WrongPassword",
@@ -112,6 +113,61 @@ class WrongPassword(EnvelopeError):
     kind = "kga_wrong_password"
 
 
+DEFAULT_KEK_CACHE_ENTRIES = 65_536
+
+
+class PwriKeyCache:
+    """PBKDF2 results of password-based delivery, kept so that a repeat device costs no PBKDF2.
+
+    PBKDF2 is most of the cost of PWRI on both sides. The KGA (``sending``) keeps one salt and
+    its key-encryption key per shared secret and reuses them for every envelope to that secret;
+    the content key, both IVs and the wrap's padding stay fresh per envelope, so the reuse only
+    shows that two envelopes are for the same secret, which the CMP header's sender says anyway.
+    The device (``derived``) keeps what it derived per (secret, salt, ...), which then hits.
+    Bounded: past ``entries`` the oldest entry goes; 0 keeps nothing (every envelope derives)."""
+
+    def __init__(self, entries: int = DEFAULT_KEK_CACHE_ENTRIES) -> None:
+        if entries < 0:
+            raise ValueError("a KEK cache holds zero or more entries")
+        self.entries = entries
+        self._sending: dict[tuple[bytes, int, int], tuple[bytes, bytes]] = {}
+        self._derived: dict[tuple[bytes, bytes, str, int, int], bytes] = {}
+
+    def __repr__(self) -> str:  # never show the secrets
+        return f"PwriKeyCache(entries={self.entries}, held={len(self._sending) + len(self._derived)})"
+
+    def __len__(self) -> int:
+        return len(self._sending) + len(self._derived)
+
+    def sending(self, password: bytes, iterations: int, size: int,
+                random: Callable[[int], bytes]) -> tuple[bytes, bytes]:
+        """(salt, KEK) for an envelope to ``password``: the kept pair, else a new one."""
+        key = (password, iterations, size)
+        known = self._sending.get(key)
+        if known is None:
+            salt = random(16)
+            known = (salt, _pbkdf2(password, salt, "sha256", iterations, size))
+            _keep(self._sending, key, known, self.entries)
+        return known
+
+    def derived(self, password: bytes, salt: bytes, prf: str, iterations: int, size: int) -> bytes:
+        """The KEK for an envelope's PBKDF2 parameters: kept, else derived (and kept)."""
+        key = (password, salt, prf, iterations, size)
+        kek = self._derived.get(key)
+        if kek is None:
+            kek = _pbkdf2(password, salt, prf, iterations, size)
+            _keep(self._derived, key, kek, self.entries)
+        return kek
+
+
+def _keep(cache: dict, key: object, value: object, entries: int) -> None:  # type: ignore[type-arg]
+    if entries <= 0:
+        return
+    while len(cache) >= entries:
+        cache.pop(next(iter(cache)), None)  # the oldest (pop: another thread may have taken it)
+    cache[key] = value
+
+
 @dataclass(frozen=True)
 class Recipient:
     """What the requester can open an envelope with: the shared secret of a MAC-protected
@@ -121,6 +177,7 @@ class Recipient:
     key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None
     cert: x509.Certificate | None = None
     max_iterations: int = MAX_PWRI_ITERATIONS
+    kek_cache: PwriKeyCache | None = None  # PBKDF2 results kept across envelopes (PWRI)
 
     def __repr__(self) -> str:  # never show the secret or the key
         kind = "password" if self.password is not None else type(self.key).__name__
@@ -139,12 +196,14 @@ def envelope(
     cert: x509.Certificate | None = None,
     iterations: int = DEFAULT_PWRI_ITERATIONS,
     random: Callable[[int], bytes] = os.urandom,
+    kek_cache: PwriKeyCache | None = None,
 ) -> bytes:
     """The DER of an EnvelopedData holding ``content`` for one recipient: PWRI with
-    ``password``, or KARI (EC) / KTRI (RSA) for ``cert``'s key."""
+    ``password`` (its salt and KEK from ``kek_cache`` when given), or KARI (EC) / KTRI (RSA)
+    for ``cert``'s key."""
     cek = random(32)
     if password is not None:
-        info, version = _pwri(cek, password, iterations, random), 3
+        info, version = _pwri(cek, password, iterations, random, kek_cache), 3
     elif cert is not None:
         public = cert.public_key()
         if isinstance(public, ec.EllipticCurvePublicKey):
@@ -187,9 +246,13 @@ def _issuer_and_serial(cert: x509.Certificate) -> bytes:
     return der.sequence(cert.issuer.public_bytes(), der.integer(cert.serial_number))
 
 
-def _pwri(cek: bytes, password: bytes, iterations: int, random: Callable[[int], bytes]) -> bytes:
-    salt = random(16)
-    kek = _pbkdf2(password, salt, "sha256", iterations, 32)
+def _pwri(cek: bytes, password: bytes, iterations: int, random: Callable[[int], bytes],
+          kek_cache: PwriKeyCache | None) -> bytes:
+    if kek_cache is not None:
+        salt, kek = kek_cache.sending(password, iterations, 32, random)
+    else:
+        salt = random(16)
+        kek = _pbkdf2(password, salt, "sha256", iterations, 32)
     iv = random(16)
     params = der.sequence(der.octet_string(salt), der.integer(iterations), der.integer(32),
                           der.algorithm_identifier(oids.HMAC_WITH_SHA256, der.NULL_DER))
@@ -203,8 +266,8 @@ def _pwri(cek: bytes, password: bytes, iterations: int, random: Callable[[int], 
 
 
 def _pbkdf2(password: bytes, salt: bytes, prf: str, iterations: int, size: int) -> bytes:
-    """PBKDF2 (RFC 8018). Not protection's cached ``pbkdf2_key``: every envelope has a fresh
-    salt, so a cache would only keep derived keys (and secrets) in memory."""
+    """PBKDF2 (RFC 8018). Not protection's cached ``pbkdf2_key``: what is kept across envelopes
+    is ``PwriKeyCache``'s choice, bounded apart from the MAC keys."""
     return PBKDF2HMAC(_PRF_HASH[prf](), size, salt, iterations).derive(password)
 
 
@@ -349,8 +412,6 @@ _KIND_BY_TAG = {0xA3: "pwri", 0xA1: "kari", der.SEQUENCE: "ktri", 0xA2: "kekri",
 
 
 def _open_pwri(info: der.Tlv, recipient: Recipient) -> bytes:
-    password = recipient.password
-    assert password is not None
     parts = info.children()
     if len(parts) != 4 or parts[1].tag != 0xA0:
         raise MalformedEnvelope("PasswordRecipientInfo needs a key derivation algorithm")
@@ -386,16 +447,23 @@ def _open_pwri(info: der.Tlv, recipient: Recipient) -> bytes:
             raise UnsupportedEnvelope(f"PWRI-KEK cipher {inner_oid} is not supported (AES-CBC is)")
         if length not in (None, size):
             raise MalformedEnvelope("PBKDF2 key length differs from the PWRI-KEK cipher's")
-        kek = _pbkdf2(password, salt, prf, iterations, size)
+        kek = _derive(recipient, salt, prf, iterations, size)
         return _kek_unwrap(kek, iv_node.content, wrapped)
     size = AES_WRAP.get(wrap_oid)
     if size is None:
         raise UnsupportedEnvelope(f"password key encryption {wrap_oid} is not supported")
-    kek = _pbkdf2(password, salt, prf, iterations, size)
+    kek = _derive(recipient, salt, prf, iterations, size)
     try:
         return aes_key_unwrap(kek, wrapped)
     except InvalidUnwrap:
         raise WrongPassword("wrong shared secret: the key wrap's integrity check failed") from None
+
+
+def _derive(recipient: Recipient, salt: bytes, prf: str, iterations: int, size: int) -> bytes:
+    assert recipient.password is not None
+    if recipient.kek_cache is None:
+        return _pbkdf2(recipient.password, salt, prf, iterations, size)
+    return recipient.kek_cache.derived(recipient.password, salt, prf, iterations, size)
 
 
 def _kek_unwrap(kek: bytes, iv: bytes, wrapped: bytes) -> bytes:

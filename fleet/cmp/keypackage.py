@@ -35,6 +35,7 @@ from fleet.cmp.cms import (
     ID_SIGNED_DATA,
     EnvelopeError,
     MalformedEnvelope,
+    PwriKeyCache,
     Recipient,
     UnsupportedEnvelope,
     envelope,
@@ -47,7 +48,7 @@ from fleet.cmp.protection import (
     subject_key_id,
     verify_signature,
 )
-from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner, load_cert
+from fleet.cmp.trust import CertificateError, TrustStore, UntrustedSigner, cert_der, load_cert
 
 __all__ = [
     "ID_CT_KP_A_KEY_PACKAGE",
@@ -114,7 +115,7 @@ def signed_key_package(
     signed_attrs = b"".join(attrs)
     signature = signer.sign(der.tlv(der.SET, signed_attrs))
     ski = subject_key_id(signer_cert)
-    cert_der = signer_cert.public_bytes(Encoding.DER)
+    signer_der = cert_der(signer_cert)
     if ski is not None:
         sid, version = der.tlv(0x80, ski), 3
     else:
@@ -127,7 +128,7 @@ def signed_key_package(
         der.integer(3),
         der.set_of(digest_alg),
         der.sequence(der.oid(ID_CT_KP_A_KEY_PACKAGE), der.explicit(0, der.octet_string(package))),
-        der.tlv(0xA0, cert_der + b"".join(c for c in chain if c != cert_der)),
+        der.tlv(0xA0, signer_der + b"".join(c for c in chain if c != signer_der)),
         der.set_of(signer_info),
     )
 
@@ -136,14 +137,15 @@ def seal_key(
     key: PrivateKey, signer_key: PrivateKey, signer_cert: x509.Certificate, chain: Sequence[bytes] = (),
     *, password: bytes | None = None, recipient_cert: x509.Certificate | None = None,
     iterations: int = 2048, signer: Signer | None = None, random: Callable[[int], bytes] | None = None,
+    kek_cache: PwriKeyCache | None = None,
 ) -> bytes:
     """The EncryptedKey for ``CertifiedKeyPair.privateKey``: ``[0] EnvelopedData`` (implicitly
     tagged, RFC 4211) around the signed key package, for ``password`` (PWRI) or the holder of
-    ``recipient_cert`` (KARI for EC, KTRI for RSA)."""
+    ``recipient_cert`` (KARI for EC, KTRI for RSA); PWRI's salt and KEK from ``kek_cache``."""
     signed = signed_key_package(key, signer_key, signer_cert, chain, signer=signer)
     extra = {"random": random} if random is not None else {}
     enveloped = envelope(signed, content_type=ID_SIGNED_DATA, password=password, cert=recipient_cert,
-                         iterations=iterations, **extra)
+                         iterations=iterations, kek_cache=kek_cache, **extra)
     return b"\xa0" + enveloped[1:]
 
 

@@ -27,7 +27,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fleet.cmp import der, oids
 from fleet.cmp.backend import Rejected
-from fleet.cmp.cms import DEFAULT_PWRI_ITERATIONS, Recipient
+from fleet.cmp.cms import (
+    DEFAULT_KEK_CACHE_ENTRIES,
+    DEFAULT_PWRI_ITERATIONS,
+    PwriKeyCache,
+    Recipient,
+)
 from fleet.cmp.keypackage import ID_KP_CM_KGA, seal_key
 from fleet.cmp.messages import CertTemplate, FailInfo
 from fleet.cmp.protection import MacProtector, PrivateKey, Protector, SignatureProtector, Signer
@@ -123,11 +128,16 @@ def is_central_request(spki: bytes | None, has_pop: bool) -> bool:
         return False
 
 
+# The end entity's PBKDF2 results of password-based delivery: a KGA that keeps a device's salt
+# (fleet's does) costs that device no PBKDF2 from its second central key on.
+DEVICE_KEK_CACHE = PwriKeyCache()
+
+
 def recipient_for(protector: Protector) -> Recipient:
     """How the end entity opens the delivered key: the recipient info that matches how its
     request was protected."""
     if isinstance(protector, MacProtector):
-        return Recipient(password=protector.secret)
+        return Recipient(password=protector.secret, kek_cache=DEVICE_KEK_CACHE)
     assert isinstance(protector, SignatureProtector)
     key = protector.signer.key
     if isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
@@ -149,7 +159,8 @@ class KeyGenerator(Protocol):
 
 class CentralKeyGenerator:
     """A KGA: generates keys (RSA from ``rsa_pool`` when given, so RSA is servable at rate),
-    signs them with its cmKGA certificate and encrypts them for the requester."""
+    signs them with its cmKGA certificate and encrypts them for the requester. ``kek_cache``
+    devices keep their PWRI salt and key-encryption key (``cms.PwriKeyCache``; 0: none)."""
 
     def __init__(
         self,
@@ -162,6 +173,7 @@ class CentralKeyGenerator:
         rsa_pool: Callable[[int], rsa.RSAPrivateKey] | None = None,
         password_delivery: bool = True,
         pwri_iterations: int = DEFAULT_PWRI_ITERATIONS,
+        kek_cache: int = DEFAULT_KEK_CACHE_ENTRIES,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
         try:
@@ -180,6 +192,7 @@ class CentralKeyGenerator:
         self._rsa_pool = rsa_pool
         self.password_delivery = password_delivery
         self.pwri_iterations = pwri_iterations
+        self._kek_cache = PwriKeyCache(kek_cache) if kek_cache > 0 else None
         self._random = random
 
     def __repr__(self) -> str:  # never show the key
@@ -199,7 +212,8 @@ class CentralKeyGenerator:
                 raise Rejected("central key generation for MAC-protected requests (password-based"
                                " delivery) is disabled", FailInfo.notAuthorized)
             return seal_key(key, self._key, self.cert, self.chain, password=password,
-                            iterations=self.pwri_iterations, signer=self._signer, random=self._random)
+                            iterations=self.pwri_iterations, signer=self._signer, random=self._random,
+                            kek_cache=self._kek_cache)
         public = signer.public_key()
         if not isinstance(public, (ec.EllipticCurvePublicKey, rsa.RSAPublicKey)):
             raise Rejected(f"central key generation cannot encrypt for a {type(public).__name__} signer"

@@ -648,7 +648,9 @@ Protector = MacProtector | SignatureProtector
 
 
 
+@lru_cache(maxsize=4096)
 def subject_key_id(cert: x509.Certificate) -> bytes | None:
+    """The SubjectKeyIdentifier, kept per certificate: read several times per signed message."""
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:

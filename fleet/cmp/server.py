@@ -85,7 +85,7 @@ from fleet.cmp.server_auth import (
 from fleet.cmp.server_config import ServerConfig
 from fleet.cmp.server_records import Outcome, Reply, ServerStatistics
 from fleet.cmp.shared_secrets import SecretLookup
-from fleet.cmp.trust import TrustStore, parse_name
+from fleet.cmp.trust import TrustStore, load_cert, parse_name
 from fleet.cmp.x509parts import (
     cert_hash,
     csr_extensions,
@@ -202,6 +202,8 @@ class CmpServer:
         self._closed: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
         self._counts = {"issued": 0, "confirmed": 0, "expired_unconfirmed": 0, "hung_closed": 0}
         self._confirm_wait_info: tuple[int, tuple[InfoTypeAndValue, ...]] = (-1, ())
+        # (the backend's issued_chain, the certificates above an issued one up to the root)
+        self._issued_above: tuple[object, tuple[x509.Certificate, ...]] = (None, ())
         self._updates = OpenUpdates()
 
     # -- public surface -------------------------------------------------------------------
@@ -474,6 +476,11 @@ class CmpServer:
         except Rejected as exc:
             return self._cert_rejection(ctx, rsp_type, cert_req_id, exc)
         self._counts["issued"] += 1
+        # Its holder's next signed message (certConf, a kur or cr) need not have it re-verified.
+        chain = self.backend.issued_chain
+        if self._issued_above[0] is not chain:  # parsed again only when the backend's chain changes
+            self._issued_above = (chain, tuple(load_cert(c) for c in (*chain, self.backend.root)))
+        self.trust.remember_issued(issued.der, self._issued_above[1])
         if implicit:
             self._counts["confirmed"] += 1
         ca_pubs: tuple[bytes, ...] = ()

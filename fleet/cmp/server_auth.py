@@ -43,7 +43,6 @@ from typing import Literal, Protocol
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm as CryptographyUnsupported
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cmp import der, oids
 from fleet.cmp.backend import CaBackend, CertState, KnownCert, Rejected
@@ -93,6 +92,7 @@ from fleet.cmp.trust import (
     TrustStore,
     UnsupportedKey,
     UntrustedSigner,
+    cert_der,
     check_signer_names,
     find_signer,
     load_cert,
@@ -279,7 +279,7 @@ class Authenticator:
         except SignerMismatch as exc:
             raise Refuse(Refusal.SIGNER_NOT_NAMED, str(exc)) from None
         auth = Auth("signature", sender_kid=h.sender_kid, signer=signer,
-                    signer_der=signer.public_bytes(Encoding.DER))
+                    signer_der=cert_der(signer))
         return auth, self._signer_denial(msg, auth, signer, live)
 
     def max_iterations(self, params_type: type) -> int:

@@ -84,7 +84,10 @@ def _subject(cert: x509.Certificate) -> str:
         return "<unreadable subject>"
 
 
+@lru_cache(maxsize=4096)
 def cert_der(cert: x509.Certificate) -> bytes:
+    """A certificate's DER, kept: cryptography encodes it afresh on every ``public_bytes`` call
+    (the costliest step of a signed request's checks, called a dozen times per enrollment)."""
     return cert.public_bytes(Encoding.DER)
 
 
@@ -231,6 +234,12 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
 
 
 _Verified = tuple[datetime, datetime, list[x509.Certificate]]
+ISSUED_KEPT = 10_000  # certificates ``TrustStore.remember_issued`` keeps
+
+
+def _verified(path: list[x509.Certificate]) -> _Verified:
+    """A path with the time span in which all of its certificates are valid."""
+    return (max(c.not_valid_before_utc for c in path), min(c.not_valid_after_utc for c in path), path)
 
 
 class TrustStore:
@@ -243,6 +252,11 @@ class TrustStore:
             self.add(a)
         # (leaf, untrusted) -> (valid from, valid until, path): a path holds while all of it does.
         self._verified: dict[tuple[bytes, tuple[bytes, ...]], _Verified] = {}
+        # intermediate -> its verified path to an anchor
+        self._ca_paths: dict[bytes, _Verified] = {}
+        # certificate this CA issued -> the path above it (``remember_issued``)
+        self._issued: dict[bytes, tuple[x509.Certificate, ...]] = {}
+        self._issued_above: tuple[x509.Certificate, ...] = ()  # the last path found to end at an anchor
 
     def add(self, anchor: x509.Certificate) -> None:
         key = cert_der(anchor)
@@ -268,23 +282,63 @@ class TrustStore:
 
         ``at`` is when the certificates must be valid (default: now, by the system clock)."""
         at = at or datetime.now(UTC)
-        cache_key = (cert_der(leaf), tuple(cert_der(c) for c in untrusted))
-        known = self._verified.get(cache_key)
-        if known is not None and known[0] <= at <= known[1]:
-            return list(known[2])
-        path = self._build(leaf, untrusted, at)
+        chain_key = tuple(cert_der(c) for c in untrusted)
+        known = self._known_path(leaf, chain_key, at)
+        if known is not None:
+            return known
+        path = self._issued_path(leaf, at) or self._build(leaf, untrusted, at)
         if len(self._verified) > 10_000:
             self._verified.clear()
-        valid_from = max(c.not_valid_before_utc for c in path)
-        self._verified[cache_key] = (valid_from, min(c.not_valid_after_utc for c in path), path)
+        self._verified[(cert_der(leaf), chain_key)] = _verified(path)
+        if len(self._ca_paths) > 1_000:
+            self._ca_paths.clear()
+        for i in range(1, len(path) - 1):  # the intermediates: the next leaf under one stops there
+            self._ca_paths[cert_der(path[i])] = _verified(path[i:])
         return list(path)
+
+    def remember_issued(self, der_bytes: bytes, above: tuple[x509.Certificate, ...]) -> None:
+        """A certificate its holder got from this CA just now, and the CA certificates above it
+        up to an anchor: its issuer made it, so when its holder signs a request (the certConf,
+        a kur or cr soon after) its signature need not be checked again, only the path's
+        validity. Ignored unless ``above`` ends at one of our anchors; the last
+        ``ISSUED_KEPT`` are kept."""
+        if not above:
+            return
+        if above is not self._issued_above:  # checked once per path: the same path comes each time
+            if cert_der(above[-1]) not in self._anchors:
+                return
+            self._issued_above = above
+        while len(self._issued) >= ISSUED_KEPT:
+            self._issued.pop(next(iter(self._issued)), None)  # the oldest
+        self._issued[der_bytes] = above
+
+    def _issued_path(self, leaf: x509.Certificate, at: datetime) -> list[x509.Certificate] | None:
+        above = self._issued.get(cert_der(leaf))
+        if above is None:
+            return None
+        path = [leaf, *above]
+        return path if all(_valid_at(c, at) for c in path) else None
+
+    def _known_path(self, cert: x509.Certificate, chain_key: tuple[bytes, ...],
+                    at: datetime) -> list[x509.Certificate] | None:
+        known = self._verified.get((cert_der(cert), chain_key))
+        if known is not None and known[0] <= at <= known[1]:
+            return list(known[2])
+        return None
+
+    def _known_ca_path(self, cert: x509.Certificate, at: datetime) -> list[x509.Certificate] | None:
+        """A path verified before from this intermediate to an anchor: it holds whatever else a
+        later message carries, while all of its certificates are valid (anchors are never removed)."""
+        known = self._ca_paths.get(cert_der(cert))
+        if known is not None and known[0] <= at <= known[1]:
+            return list(known[2])
+        return None
 
     def _build(
         self, leaf: x509.Certificate, untrusted: Sequence[x509.Certificate], at: datetime
     ) -> list[x509.Certificate]:
-        subject = leaf.subject.rfc4514_string() or "<empty subject>"
         if not _valid_at(leaf, at):
-            raise UntrustedSigner(f"signer certificate {subject!r} is not valid now")
+            raise UntrustedSigner(f"signer certificate {_subject(leaf)!r} is not valid now")
         path = [leaf]
         current = leaf
         for _ in range(MAX_PATH_LENGTH):
@@ -307,6 +361,10 @@ class TrustStore:
             )
             if parent is None or parent in path:
                 break
+            known = self._known_ca_path(parent, at)
+            if known is not None:  # an intermediate already verified up to an anchor
+                return path + known
             path.append(parent)
             current = parent
-        raise UntrustedSigner(f"signer certificate {subject!r} does not chain to a trusted anchor")
+        # The subject only for the message: writing it out costs more than the checks above.
+        raise UntrustedSigner(f"signer certificate {_subject(leaf)!r} does not chain to a trusted anchor")

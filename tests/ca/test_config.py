@@ -37,6 +37,7 @@ BAD = {
     "kga_password_delivery": ("yes", "must be true or false, got 'yes'"),
     "kga_pwri_iterations": (0, "must be an integer >= 1, got 0"),
     "kga_rsa_pool": (-1, "must be an integer >= 0, got -1"),
+    "kga_kek_cache": (-1, "must be an integer >= 0, got -1"),
 }
 
 

@@ -111,6 +111,29 @@ def test_mac_ir_gets_its_key_by_pwri(ca: Ca) -> None:
     assert all(scalar not in p.read_bytes() for p in ca.folder.iterdir() if p.is_file() and p.suffix != ".pem")
 
 
+def _salt_of(response: bytes) -> bytes:
+    from fleet.cmp import der
+
+    sealed = decode(response).body.responses[0].private_key  # type: ignore[union-attr]
+    info = der.parse(b"\x30" + sealed[1:]).children()[1].children()[0]
+    return info.children()[1].children()[1].children()[0].content
+
+
+@pytest.mark.parametrize("kek_cache", [65_536, 0])
+def test_a_repeat_device_keeps_its_pwri_salt_unless_the_cache_is_off(tmp_path: Path, kek_cache: int) -> None:
+    """kga_kek_cache: the CA keeps a device's PWRI salt and KEK (no PBKDF2 the second time);
+    0 derives afresh per envelope. Either way the device opens its key and a second device
+    gets a salt of its own."""
+    ca = Ca(tmp_path / "ca", kek_cache=kek_cache)
+    salts = []
+    for reference in (b"dev-1", b"dev-1", b"dev-2"):
+        before = len(ca.responses)
+        done = ca.run(ClientTransaction(ca.mac(reference), _central()))
+        _check_delivered(ca, done, "ec:P-256", "pwri")
+        salts.append(_salt_of(ca.responses[before]))
+    assert (salts[0] == salts[1]) == (kek_cache > 0) and salts[2] not in salts[:2]
+
+
 @pytest.mark.parametrize("key_type", ["ec:P-384", "rsa:2048", "ed25519", None])
 def test_key_types(ca: Ca, key_type: str | None) -> None:
     done = ca.run(ClientTransaction(ca.mac(), _central(key_type=key_type)))

@@ -121,7 +121,7 @@ CLI_BAD = {
     "mode": "5g", "latency": "gauss:1", "waiting_fraction": "1.5", "check_after": "-1", "error_fraction": "2",
     "http_503_fraction": "-0.5", "drop_fraction": "3", "max_transactions": "-5", "confirm_wait": "0",
     "validity_days": "0", "key_type": "rsa:1024", "seed": "-1", "kga_profiles": "iot/a",
-    "kga_key_type": "ed448", "kga_pwri_iterations": "0", "kga_rsa_pool": "-1",
+    "kga_key_type": "ed448", "kga_pwri_iterations": "0", "kga_rsa_pool": "-1", "kga_kek_cache": "-1",
 }
 
 

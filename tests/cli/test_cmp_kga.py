@@ -98,6 +98,17 @@ def test_usage_errors(tmp_path: Path, args: list[str], words: str) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_centralkeygen_with_a_pkcs11_token_is_refused(tmp_path: Path) -> None:
+    """The delivered key is written to a file: a token's key cannot come from the KGA (refused
+    before any module is loaded or anything sent)."""
+    r = fleet("cmp", "ir", "--server", "http://127.0.0.1:1/.well-known/cmp", "--ref", REF, "--secret", "pass:x",
+              "--subject", "/CN=x", "--centralkeygen", "--newkeyout", "k.pem", "--pkcs11-module",
+              "/nonexistent/libsofthsm2.so", "--pkcs11-token", "t", "--pkcs11-pin", "pass:1234", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "cannot go with --pkcs11-module" in one_error_line(r.stderr, "fleet: error: ")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_readme_kga_session(tmp_path: Path) -> None:
     """The README's central key generation session, as written (only the port rewritten)."""
     from test_readme import block_with, run_block

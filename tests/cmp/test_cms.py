@@ -323,3 +323,53 @@ def test_mangled_envelopes_raise_only_envelope_errors(pki: Pki, way: str) -> Non
         except cms.EnvelopeError:
             continue
         assert _pkcs8(got) == _pkcs8(new_key)
+
+
+# -- the PWRI salt and KEK kept per shared secret (cms.PwriKeyCache) ------------------------------
+
+
+def _pwri_salt(sealed: bytes) -> bytes:
+    from fleet.cmp import der
+
+    info = der.parse(b"\x30" + sealed[1:]).children()[1].children()[0]  # recipientInfos' [3] PWRI
+    return info.children()[1].children()[1].children()[0].content  # [0] PBKDF2 -> params -> salt
+
+
+def test_a_kept_kek_reuses_the_salt_per_secret_and_openssl_still_decrypts(pki: Pki, tmp_path: Path) -> None:
+    cache = cms.PwriKeyCache()
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    first, second = (seal_key(new_key, pki.kga_key, pki.kga, password=b"device secret", kek_cache=cache)
+                     for _ in range(2))
+    other = seal_key(new_key, pki.kga_key, pki.kga, password=b"another secret", kek_cache=cache)
+    assert _pwri_salt(first) == _pwri_salt(second) != _pwri_salt(other)
+    assert first != second  # content key, IVs and the wrap's padding are fresh per envelope
+    for i, sealed in enumerate((first, second)):
+        env = tmp_path / f"env{i}.der"
+        env.write_bytes(cms.content_info(cms.ID_ENVELOPED_DATA, b"\x30" + sealed[1:]))
+        out = _openssl("cms", "-decrypt", "-inform", "DER", "-in", env, "-pwri_password", "device secret",
+                       "-out", tmp_path / f"sd{i}.der")
+        assert out.returncode == 0, out.stderr
+    # The device keeps what it derived: the second envelope opens from its cache, a wrong
+    # secret is still a wrong secret.
+    device = cms.PwriKeyCache()
+    issued = _issued_for(pki, new_key)
+    for sealed in (first, second):
+        got = open_key(sealed, Recipient(password=b"device secret", kek_cache=device), trust=pki.trust, issued=issued)
+        assert _pkcs8(got) == _pkcs8(new_key)
+    assert len(device) == 1
+    with pytest.raises(cms.WrongPassword):
+        open_key(second, Recipient(password=b"wrong secret", kek_cache=device), trust=pki.trust, issued=issued)
+
+
+def test_the_kek_cache_is_bounded_and_zero_keeps_nothing(pki: Pki) -> None:
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    small = cms.PwriKeyCache(2)
+    salts = [_pwri_salt(seal_key(new_key, pki.kga_key, pki.kga, password=s, kek_cache=small))
+             for s in (b"a", b"b", b"c", b"a")]
+    assert len(small) == 2 and salts[3] != salts[0]  # "a" was the oldest when "c" came: dropped
+    assert repr(small) == "PwriKeyCache(entries=2, held=2)"  # never the secrets
+    off = cms.PwriKeyCache(0)
+    assert len({_pwri_salt(seal_key(new_key, pki.kga_key, pki.kga, password=b"a", kek_cache=off))
+                for _ in range(2)}) == 2 and len(off) == 0
+    with pytest.raises(ValueError):
+        cms.PwriKeyCache(-1)

@@ -88,3 +88,17 @@ def test_manifest_mistakes_name_the_column(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "line 2: key_type: not with central_key: the CA generates the key" in result.stderr
     assert "line 3: central_key: central key generation of ed448 is not supported" in result.stderr
+
+
+def test_central_keys_cannot_go_to_a_pkcs11_token(tmp_path: Path) -> None:
+    """The CA delivers a central key as a file: with --pkcs11-module it is refused, before anything
+    is sent or any token opened (no module needed)."""
+    manifest = tmp_path / "m.csv"
+    _manifest(manifest)
+    result = run_provision(str(manifest), "--server", "http://127.0.0.1:1/.well-known/cmp", "--out",
+                           str(tmp_path / "out"), "--pkcs11-module", "/nonexistent/libsofthsm2.so",
+                           "--pkcs11-token", "t", "--pkcs11-pin", "pass:1234")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "central_key (device c0)" in lines[0] and "--pkcs11-module" in lines[0], lines
+    assert not (tmp_path / "out").exists()
