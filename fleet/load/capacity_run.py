@@ -4,6 +4,7 @@ full results (mergeable histograms) as one JSON document."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -110,7 +111,12 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
             if metrics is not None:
                 metrics.step_started(len(steps) + 1, rate)
             if sharded is not None:
-                results, step_report = sharded.play(len(steps) + 1, rate, sp, warmup)
+                try:
+                    results, step_report = sharded.play(len(steps) + 1, rate, sp, warmup)
+                except KeyboardInterrupt:  # Ctrl-C (the followers stop their step too): answer so far
+                    interrupted = int(signal.SIGINT)
+                    search.stop_reason = "interrupted"
+                    break
             else:
                 results, verdict = run_profile(sp, replace(run_options), log)
                 step_report = report_dict(sp, results, verdict, url)

@@ -42,6 +42,7 @@ POLL = 0.1  # seconds between looks at the directory
 READY_TIMEOUT = 600.0  # followers to join (pods pull an image and start)
 IDLE_TIMEOUT = 900.0  # a follower gives up when the leader writes nothing for this long
 MASTER_ENV = "FLEET_CAPACITY_MASTER"  # the master secret, handed to local followers
+LEADER_ENV = "FLEET_CAPACITY_LEADER"  # a local follower's leader (its parent): it stops when the leader is gone
 
 
 class FollowError(FleetError):
@@ -154,6 +155,7 @@ class ShardedSteps:
 
     def _start_followers(self) -> None:
         env = dict(os.environ)
+        env[LEADER_ENV] = str(os.getpid())
         args = ["--server", self.url]
         if self.master_secret is not None:
             try:
@@ -237,8 +239,11 @@ def follow(profile_path: Path, profile: Profile, directory: Path, shard: Shard, 
     joined: str | None = None
     step = 1
     idle_since = time.monotonic()
+    leader = os.environ.get(LEADER_ENV)
     print(f"fleet: shard {shard} following {directory}", file=log, flush=True)
     while True:
+        if leader is not None and str(os.getppid()) != leader:
+            raise FollowError("the leader is gone (a local follower stops with it)")
         search = _read(sd.search)
         if search is not None and search.get("id") != joined and (_read(sd.done) or {}).get("id") != search.get("id"):
             if search.get("shards") != shard.count:
