@@ -113,8 +113,11 @@ class ShardedSteps:
         self.shards = shards
         self.url = url
         self.local = directory is None
-        self._tmp = None if directory is not None else tempfile.TemporaryDirectory(prefix="fleet-capacity-shards-")
-        self.dir = ShardDir(directory if directory is not None else Path(self._tmp.name))  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fleet-capacity-shards-")
+            directory = Path(self._tmp.name)
+        self.dir = ShardDir(directory)
         self.master_secret = master_secret
         self.trusted = list(trusted or [])
         self.keys_dir = keys_dir
