@@ -1,14 +1,17 @@
-"""The CA pushing announcements (RFC 9810 §5.3.14-5.3.15 over HTTP POST, RFC 6712 §3.7 / RFC
+"""The CA pushing announcements (RFC 9810 §5.3.13-5.3.16 over HTTP POST, RFC 6712 §3.7 / RFC
 9811): a rann when a certificate is revoked and, when asked, a cann when one is issued, to the
-URL each device registered, given as a template (``fleet ca serve --announce-url
-'http://{reference}.devices.example/cmp'``: ``{reference}`` is the device's reference (its
-MAC senderKID or its signer's CN), ``{serial}`` the certificate's serial in hex).
+URL each device registered; a ckuann after a root key rollover (``fleet.ca.rollover``) and, when
+asked, a crlann when the CA issues a new CRL, to every device with a valid certificate. The URL
+is a template (``fleet ca serve --announce-url 'http://{reference}.devices.example/cmp'``:
+``{reference}`` is the device's reference (its MAC senderKID or its signer's CN), ``{serial}``
+the certificate's serial in hex).
 
 Announcements are signed by the CA's CMP signer when the event happens (``fleet.cmp.announce``)
 and wait in a bounded queue (``max_queue``: beyond it one is dropped and counted, the CA never
 slows down for its listeners); a delivery task posts them, at most ``concurrency`` at once,
-retrying a failed post ``retries`` times with exponential backoff. A listener answers 2xx to
-take one; anything else, or no answer within ``timeout``, is a failure.
+retrying a failed post ``retries`` times with exponential backoff. A listener answers any 2xx
+to take one (200 with a CMP body, 202, 204 without one); anything else (a 4xx even with a CMP
+body), or no answer within ``timeout``, is a failure.
 """
 
 from __future__ import annotations
@@ -25,10 +28,18 @@ from cryptography import x509
 
 from fleet.ca.authority import Authority
 from fleet.ca.config import check_template
-from fleet.cmp.announce import Announcement, CertAnnouncement, RevAnnouncement, announce
+from fleet.cmp.announce import (
+    Announcement,
+    CertAnnouncement,
+    CrlAnnouncement,
+    KeyUpdateAnnouncement,
+    RevAnnouncement,
+    announce,
+)
 from fleet.cmp.messages import PKIStatus, directory_name
 from fleet.errors import FleetError
 from fleet.http.client import CmpHttpClient
+from fleet.http.errors import HttpStatusError
 from fleet.randomness import RandomPool
 from fleet.transport import CmpTransport, TransportError
 
@@ -103,10 +114,28 @@ class Announcer:
         if record is not None:
             self._queue(record.device_ref, serial, CertAnnouncement(record.der))
 
+    def key_updated(self, update: KeyUpdateAnnouncement) -> int:
+        """A root key rollover: a ckuann to every device with a valid certificate; how many."""
+        return self._broadcast(update)
+
+    def crl_issued(self, crl_der: bytes) -> int:
+        """A new CRL (``--announce-crl``): a crlann to every device with a valid certificate."""
+        return self._broadcast(CrlAnnouncement((crl_der,)))
+
+    def _broadcast(self, a: Announcement) -> int:
+        """One signed message for every device (signed once: the same content for all, and a
+        rollover of a large population must not hold the CA's thread for a signature each)."""
+        devices = self.authority.store.devices()
+        data = announce(a, self._signer, now=self.clock(), random=self._random)
+        for reference, serial in devices.items():
+            self._put(self.template.format(reference=quote(reference, safe=""), serial=f"{serial:x}"), data)
+        return len(devices)
+
     def _queue(self, reference: str | None, serial: int, a: Announcement) -> None:
         url = self.template.format(reference=quote(reference or "", safe=""), serial=f"{serial:x}")
-        now = self.clock()
-        data = announce(a, self._signer, now=now, random=self._random)
+        self._put(url, announce(a, self._signer, now=self.clock(), random=self._random))
+
+    def _put(self, url: str, data: bytes) -> None:
         try:
             self._send.send_nowait((url, data, time.monotonic()))
         except trio.WouldBlock:
@@ -134,24 +163,42 @@ class Announcer:
             for attempt in range(self.retries + 1):
                 try:
                     async with self._transport(url, self.timeout) as transport:
-                        await transport.post(data, deadline=trio.current_time() + self.timeout)
-                except (TransportError, FleetError) as exc:
-                    if attempt == self.retries:
-                        self.stats.failed += 1
-                        self._tell("failed")
-                        log.warning("announcement to %s not delivered after %d attempts: %s",
-                                    urlsplit(url).netloc, attempt + 1, exc)
+                        response = await transport.post(data, deadline=trio.current_time() + self.timeout)
+                    status = getattr(response, "status", 200)  # transports without HTTP have none
+                    if status // 100 != 2:
+                        raise HttpStatusError(url, status, "application/pkixcmp")
+                except HttpStatusError as exc:
+                    if exc.status // 100 == 2:  # a 2xx without a CMP body (204, say) took it too
+                        self._delivered(queued_at)
                         return
-                    self.stats.retries += 1
-                    self._tell("retried")
-                    await trio.sleep(self.backoff * 2**attempt)
-                    continue
-                self.stats.delivered += 1
-                if len(self.latencies) >= 10_000:
-                    del self.latencies[:5_000]
-                seconds = time.monotonic() - queued_at
-                self.latencies.append(seconds)
-                self._tell("delivered", seconds)
-                return
+                    if not await self._failed(url, attempt, exc):
+                        return
+                except (TransportError, FleetError) as exc:
+                    if not await self._failed(url, attempt, exc):
+                        return
+                else:
+                    self._delivered(queued_at)
+                    return
         finally:
             self._slots.release()
+
+    def _delivered(self, queued_at: float) -> None:
+        self.stats.delivered += 1
+        if len(self.latencies) >= 10_000:
+            del self.latencies[:5_000]
+        seconds = time.monotonic() - queued_at
+        self.latencies.append(seconds)
+        self._tell("delivered", seconds)
+
+    async def _failed(self, url: str, attempt: int, exc: Exception) -> bool:
+        """Count a failed post; after a backoff, True when another attempt follows."""
+        if attempt == self.retries:
+            self.stats.failed += 1
+            self._tell("failed")
+            log.warning("announcement to %s not delivered after %d attempts: %s",
+                        urlsplit(url).netloc, attempt + 1, exc)
+            return False
+        self.stats.retries += 1
+        self._tell("retried")
+        await trio.sleep(self.backoff * 2**attempt)
+        return True

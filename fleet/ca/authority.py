@@ -32,6 +32,7 @@ from fleet.ca.crosscert import issue_cross_certificate
 from fleet.ca.keyreuse import KnownKeys, spki_fingerprint
 from fleet.ca.pki import CaHierarchy, CertificateIssuer, CertificateRequestRejected, IssuedCert
 from fleet.ca.revocation import CrlPublisher, OcspResponder
+from fleet.ca.rollover import RootUpdate
 from fleet.ca.store import (
     CertificateAlreadyRevoked,
     CertRecordStatus,
@@ -100,6 +101,11 @@ class Authority:
         self._updates: dict[int, int] = {}
         # Keys already certified (``fleet.ca.keyreuse``); None: key reuse is allowed.
         self._keys = None if allow_key_reuse else KnownKeys(store)
+        # The root key update offered (genm rootCaCert, caKeyUpdateInfo), and the trust stores
+        # and signers handed out, which a switch to the new root updates in place.
+        self.root_update: RootUpdate | None = None
+        self._trust_stores: list[TrustStore] = []
+        self._signers: list[SignatureProtector] = []
 
     @classmethod
     def open(
@@ -115,6 +121,36 @@ class Authority:
         hierarchy = CaHierarchy.load_or_create(Path(state_dir), key_type=key_type)
         store = CertStore(Path(state_dir) / STORE_FILE)
         return cls(hierarchy, store, base_url=base_url, validity=validity, allow_key_reuse=allow_key_reuse)
+
+    def offer_root_update(self, update: RootUpdate | None) -> None:
+        """Answer genm rootCaCert/caKeyUpdateInfo with ``update`` (``fleet.ca.rollover``), and
+        accept requests signed under its new root from now on."""
+        self.root_update = update
+        if update is not None:
+            for trust in self._trust_stores:
+                trust.add(update.new_with_new)
+            if update.switched:
+                self._refresh_signers()
+
+    def adopt(self, hierarchy: CaHierarchy, update: RootUpdate) -> None:
+        """Serve ``hierarchy``, the same issuing key under a new root (a switched rollover), from
+        the next answer on: chains, caPubs and signed responses carry the new root, and the
+        old root stays trusted for the devices it certified."""
+        self.hierarchy = hierarchy
+        self.issuer = CertificateIssuer(hierarchy, base_url=self.issuer.base_url, validity=self.issuer.validity)
+        self.crl.hierarchy = hierarchy
+        self.ocsp.hierarchy = hierarchy
+        root_der = hierarchy.root_der
+        self._issued_chain = tuple(c for c in hierarchy.chain_for_issued_der if c != root_der)
+        self._ca_certs = hierarchy.chain_for_issued_der
+        for trust in self._trust_stores:
+            trust.add(update.old_root)
+        self.offer_root_update(update)
+
+    def _refresh_signers(self) -> None:
+        extra_certs = self._new_signer().extra_certs
+        for signer in self._signers:
+            signer.extra_certs = extra_certs
 
     def set_base_url(self, base_url: str) -> None:
         """Where issued certificates point for the CRL and OCSP (known once the port is bound)."""
@@ -287,8 +323,16 @@ class Authority:
         oid = item.oid
         if oid == oids.IT_CA_CERTS:
             return genm.ca_certs_response(self._ca_certs)
-        if oid == oids.IT_ROOT_CA_CERT:
-            return genm.root_ca_key_update_response(None)  # no root update pending
+        if oid == oids.IT_ROOT_CA_CERT:  # the device names the root it trusts, or none
+            update = self.root_update
+            if update is None or not update.offers_update_for(item.value):
+                return genm.root_ca_key_update_response(None)  # no update for that root
+            return genm.root_ca_key_update_response(update.genm_value())
+        if oid == oids.IT_CA_KEY_UPDATE_INFO:  # RFC 9810 §5.3.19.4 (deprecated): CAKeyUpdAnnContent
+            if self.root_update is None:
+                return InfoTypeAndValue(oid)
+            a = self.root_update.announcement()
+            return InfoTypeAndValue(oid, der.sequence(a.old_with_new, a.new_with_old, a.new_with_new))
         if oid == oids.IT_CERT_REQ_TEMPLATE:
             return genm.cert_req_template_response(CertTemplate(), _KEY_SPEC)
         if oid == oids.IT_CRL_STATUS_LIST:
@@ -311,9 +355,17 @@ class Authority:
     # -- wiring ---------------------------------------------------------------------------
 
     def signer(self) -> SignatureProtector:
-        """The RA signer that protects signed responses: its certificate, then its chain."""
+        """The RA signer that protects signed responses: its certificate, then its chain; after a
+        root key switch also newWithOld, so devices still trusting the old root find a path."""
+        signer = self._new_signer()
+        self._signers.append(signer)
+        return signer
+
+    def _new_signer(self) -> SignatureProtector:
         h = self.hierarchy
-        return SignatureProtector(h.signer_key, h.signer, h.signer_chain[1:])  # type: ignore[arg-type]
+        update = self.root_update
+        links = (update.new_with_old,) if update is not None and update.switched else ()
+        return SignatureProtector(h.signer_key, h.signer, (*h.signer_chain[1:], *links))  # type: ignore[arg-type]
 
     def server(
         self,
@@ -331,12 +383,18 @@ class Authority:
         anchors. Requests signed under ``ra_trusted`` (RAs) may carry raVerified POP."""
         vendor_list = list(vendor)
         ra_list = list(ra_trusted)
+        trust = TrustStore([self.hierarchy.root, *trusted, *ra_list])
+        update = self.root_update
+        if update is not None:
+            trust.add(update.new_with_new)
+            trust.add(update.old_root)
+        self._trust_stores.append(trust)
         return CmpServer(
             self,
             self.signer(),
             config=config,
             secrets=secrets,
-            trust=TrustStore([self.hierarchy.root, *trusted, *ra_list]),
+            trust=trust,
             vendor_trust=TrustStore(vendor_list) if vendor_list else None,
             untrusted=(*self.hierarchy.chain_for_issued, *untrusted),
             ra_trust=TrustStore(ra_list) if ra_list else None,

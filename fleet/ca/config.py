@@ -197,6 +197,7 @@ class CaConfig:
     # pushed announcements: rann on revocation (and cann on issue) to the device's URL
     announce_url: str | None = None  # template: {reference}, {serial}
     announce_issued: bool = False
+    announce_crl: bool = False  # a crlann to every device when the CA issues a new CRL
     # the hierarchy (created in ``state`` at first start, or brought along)
     key_type: str = "ec:P-256"
     validity_days: int = 365
@@ -272,8 +273,8 @@ class CaConfig:
                 check_template(self.announce_url)
             except FleetError as exc:
                 raise CaConfigError("announce_url", str(exc)) from None
-        elif self.announce_issued:
-            raise CaConfigError("announce_issued", "needs {0}", "announce_url")
+        elif self.announce_issued or self.announce_crl:
+            raise CaConfigError("announce_issued" if self.announce_issued else "announce_crl", "needs {0}", "announce_url")
 
     # -- what the CA's parts take ------------------------------------------------------------
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,11 +43,15 @@ __all__ = [
     "CA_VALIDITY",
     "DIGITAL_SIGNATURE",
     "ID_KP_CMC_RA",
+    "STATE_FILES",
     "CaHierarchy",
     "HierarchyError",
     "HierarchyFiles",
+    "build_ca_cert",
     "key_usage",
+    "settle_rollover_locked",
     "signature_hash_for",
+    "state_lock",
 ]
 
 #: id-kp-cmcRA (RFC 6402): marks the certificate the CA/RA uses to protect CMP responses.
@@ -96,7 +102,7 @@ class HierarchyFiles:
     signer_key: Path | None = None
 
 
-_FILE_NAMES = {
+STATE_FILES = {
     "root_cert": "root-ca.pem",
     "root_key": "root-ca.key.pem",
     "issuing_cert": "issuing-ca.pem",
@@ -210,9 +216,10 @@ class CaHierarchy:
             os.chmod(state_dir, 0o700)  # mkdir's mode is filtered by umask
         elif not state_dir.is_dir():
             raise HierarchyError(f"CA state path {state_dir} is not a directory")
-        paths = {k: state_dir / v for k, v in _FILE_NAMES.items()}
+        paths = {k: state_dir / v for k, v in STATE_FILES.items()}
         files = HierarchyFiles(**paths)
-        with _locked(state_dir / ".lock"):
+        with state_lock(state_dir):
+            settle_rollover_locked(state_dir)  # a due or cut-short root key switch completes first
             present = [k for k, p in paths.items() if p.exists()]
             if len(present) == len(paths):
                 return cls._load(files)
@@ -226,6 +233,11 @@ class CaHierarchy:
                     f"CA state dir {state_dir} holds a partial hierarchy; missing {missing}"
                 )
             return cls._create(files, key_type=key_type, name_prefix=name_prefix)
+
+    @classmethod
+    def load_locked(cls, state_dir: Path) -> CaHierarchy:
+        """The complete hierarchy in ``state_dir``, for a caller holding ``state_lock`` on it."""
+        return cls._load(HierarchyFiles(**{k: Path(state_dir) / v for k, v in STATE_FILES.items()}))
 
     @classmethod
     def _create(cls, files: HierarchyFiles, *, key_type: str, name_prefix: str) -> CaHierarchy:
@@ -244,7 +256,7 @@ class CaHierarchy:
         now = datetime.now(UTC).replace(microsecond=0)
         root_key, issuing_key, signer_key = spec.generate(), spec.generate(), spec.generate()
 
-        root = _build_ca_cert(
+        root = build_ca_cert(
             subject=root_name,
             public_key=root_key.public_key(),
             issuer=None,
@@ -253,7 +265,7 @@ class CaHierarchy:
             not_after=now + CA_VALIDITY,
             path_length=None,
         )
-        issuing = _build_ca_cert(
+        issuing = build_ca_cert(
             subject=issuing_name,
             public_key=issuing_key.public_key(),
             issuer=root,
@@ -402,7 +414,7 @@ def _name(org: str, cn: str) -> x509.Name:
     )
 
 
-def _build_ca_cert(
+def build_ca_cert(
     *,
     subject: x509.Name,
     public_key: CertificatePublicKeyTypes,
@@ -487,9 +499,11 @@ DIGITAL_SIGNATURE = key_usage(digital_signature=True)
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """Serialise hierarchy creation between processes started on the same state dir."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise changes to a state dir's hierarchy (creation, key rollover) between processes.
+    Not re-entrant: a process holding it must not take it again (``flock`` on a second open
+    file would wait for itself)."""
+    fd = os.open(Path(state_dir) / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -574,3 +588,89 @@ def _check_pair(
         raise HierarchyError(
             f"{what} does not match the certificate {cert.subject.rfc4514_string()!r}"
         )
+
+
+# -- the switch of a root key rollover (``fleet.ca.rollover`` makes and commits the update) ------
+
+#: The committed update: {"id", "switch_at", "switched"}, one atomic write (``fleet.ca.rollover``).
+ROLLOVER_POINTER = "root-update.json"
+#: Where each update's files are staged, one folder per id.
+ROLLOVER_STAGED = "root-updates"
+ROLLOVER_FILES = {
+    "new_key": "new-root.key.pem",
+    "new_with_new": "newwithnew.pem",
+    "new_with_old": "newwithold.pem",
+    "old_with_new": "oldwithnew.pem",
+    "old_root": "oldwithold.pem",
+    "issuing": "issuing-ca.pem",
+}
+#: Test hook: a process whose environment names a step (``staged``, ``committed``, ``root-key``,
+#: ``root-cert``, ``issuing-cert``, ``switched``) kills itself right after it (crash tests).
+ROLLOVER_KILL_AT = "FLEET_ROLLOVER_KILL_AT"
+
+
+def rollover_step(name: str) -> None:
+    """The crash tests' hook (``ROLLOVER_KILL_AT``)."""
+    if os.environ.get(ROLLOVER_KILL_AT) == name:
+        os.kill(os.getpid(), 9)
+
+
+def read_rollover_pointer(state_dir: Path) -> tuple[str, float, bool] | None:
+    """(id, switch time, switched) of the committed root key update, None without one."""
+    pointer = Path(state_dir) / ROLLOVER_POINTER
+    try:
+        record = json.loads(pointer.read_text())
+        return str(record["id"]), float(record["switch_at"]), bool(record["switched"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HierarchyError(f"cannot read {pointer}: {exc}") from None
+
+
+def write_rollover_pointer(state_dir: Path, ident: str, switch_at: float, *, switched: bool) -> None:
+    text = json.dumps({"id": ident, "switch_at": switch_at, "switched": switched}, sort_keys=True) + "\n"
+    atomic_write(Path(state_dir) / ROLLOVER_POINTER, text.encode(), mode=0o644)
+
+
+def settle_rollover_locked(state_dir: Path, now: float | None = None) -> bool:
+    """Finish a committed root key switch that is due or was started: copy the new root key,
+    root certificate and issuing CA certificate over the live files (one atomic write each),
+    then mark the pointer switched. Idempotent, so a switch cut short by a crash is finished by
+    the next load and no loader sees a mixed directory. The caller holds ``state_lock``; True
+    when it switched."""
+    state_dir = Path(state_dir)
+    pointer = read_rollover_pointer(state_dir)
+    if pointer is None or pointer[2]:
+        return False
+    ident, switch_at, _ = pointer
+    folder = state_dir / ROLLOVER_STAGED / ident
+    staged = {}
+    for name in ("new_key", "new_with_new", "issuing"):
+        try:
+            staged[name] = (folder / ROLLOVER_FILES[name]).read_bytes()
+        except OSError as exc:
+            raise HierarchyError(f"root key update {ident}: cannot read {ROLLOVER_FILES[name]}: {exc.strerror}") from None
+    now = time.time() if now is None else now
+    if switch_at > now and not _switch_started(state_dir, staged):
+        return False
+    atomic_write(state_dir / STATE_FILES["root_key"], staged["new_key"], mode=0o600)
+    rollover_step("root-key")
+    atomic_write(state_dir / STATE_FILES["root_cert"], staged["new_with_new"])
+    rollover_step("root-cert")
+    atomic_write(state_dir / STATE_FILES["issuing_cert"], staged["issuing"])
+    rollover_step("issuing-cert")
+    write_rollover_pointer(state_dir, ident, switch_at, switched=True)
+    rollover_step("switched")
+    return True
+
+
+def _switch_started(state_dir: Path, staged: dict[str, bytes]) -> bool:
+    live = {}
+    for name, file in (("new_key", "root_key"), ("new_with_new", "root_cert"), ("issuing", "issuing_cert")):
+        try:
+            live[name] = (state_dir / STATE_FILES[file]).read_bytes()
+        except FileNotFoundError:
+            return True  # only a switch cut short leaves a live file missing next to a pointer
+        except OSError as exc:
+            raise HierarchyError(f"cannot read {state_dir / STATE_FILES[file]}: {exc.strerror}") from None
+    return any(live[name] == staged[name] for name in staged)

@@ -81,8 +81,8 @@ class CaMetrics(Endpoint):
         self.revoked = Counter("fleet_ca_certificates_revoked", "Certificates revoked by rr.", registry=r)
         self.responses = Counter("fleet_ca_http_responses", "HTTP responses by status code (CMP answers are all 200; 'dropped' for dropped connections).", ("code",), registry=r)
         self.processing = Histogram("fleet_ca_request_processing_seconds", "Time to process one CMP request (decode, checks, issue, encode), without added latency.", ("body",), buckets=PROCESSING_BUCKETS, registry=r)
-        self.announcements = Counter("fleet_ca_announcements", "Announcements pushed to devices (rann on revocation, cann on issue) by result: queued, dropped (queue full), retried, failed (given up), delivered.", ("result",), registry=r)
-        self.announce_seconds = Histogram("fleet_ca_announcement_delivery_seconds", "From the event (revocation, issue) to the device's 2xx answer.", buckets=PROCESSING_BUCKETS, registry=r)
+        self.announcements = Counter("fleet_ca_announcements", "Announcements pushed to devices (rann on revocation, cann on issue, ckuann on a root key rollover, crlann on a new CRL) by result: queued, dropped (queue full), retried, failed (given up), delivered.", ("result",), registry=r)
+        self.announce_seconds = Histogram("fleet_ca_announcement_delivery_seconds", "From the event (revocation, issue, rollover, CRL) to the device's 2xx answer.", buckets=PROCESSING_BUCKETS, registry=r)
         self.in_progress = Gauge("fleet_ca_requests_in_progress", "HTTP requests received and not yet answered (the CA's queue, added latency included).", registry=r)
         self.transactions: dict[str, int] = {"in_progress": 0, "awaiting_confirm": 0, "waiting": 0}
         self.server_counts: dict[str, int] = {}

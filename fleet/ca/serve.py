@@ -18,6 +18,7 @@ import signal
 import socket
 import ssl
 import sys
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.hierarchy import CaHierarchy
 from fleet.ca.kga import build_kga, kga_profiles
 from fleet.ca.metrics import CaMetrics
+from fleet.ca.rollover import RolloverWatch, read_update
 from fleet.ca.service import CaService, ServiceObserver
 from fleet.ca.store import CertStore
 from fleet.errors import FleetError
@@ -92,11 +94,15 @@ def build(
             config.signer_key,
             [config.chain] if config.chain else [],
         )
+        watch = None
     else:
         hierarchy = CaHierarchy.load_or_create(state, key_type=config.key_type)
+        watch = RolloverWatch(state, read_update(state))  # fleet ca rollover, adopted live
     authority = Authority(hierarchy, CertStore(state / STORE_FILE), validity=config.validity,
                           allow_key_reuse=config.allow_key_reuse)
     try:
+        if watch is not None:
+            authority.offer_root_update(watch.update)
         observer = getattr(metrics, "announcement", None)
         announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, observer=observer)
                      if config.announce_url else None)
@@ -118,6 +124,8 @@ def build(
             metrics=metrics,
             kga=kga,
             kga_profiles=profiles,
+            rollover=watch,
+            announce_crl=config.announce_crl,
         )
     except BaseException:
         authority.close()
@@ -182,7 +190,7 @@ def run(config: CaConfig) -> None:
             service,
             config,
             inputs.tls,
-            _describe(service.authority.hierarchy, config),
+            _describe(service.authority.hierarchy, config) + _describe_rollover(service),
             started,
         )
     except (OSError, BaseExceptionGroup) as exc:
@@ -316,6 +324,15 @@ async def _main(
                 break
 
 
+def _describe_rollover(service: CaService) -> list[str]:
+    """A pending root key rollover (``fleet ca rollover --switch-at``) and when it switches."""
+    update = service.authority.root_update
+    if update is None or update.switched:
+        return []
+    when = datetime.fromtimestamp(update.switch_at, UTC).isoformat(timespec="seconds")
+    return [f"  root key rollover {update.ident} offered (genm rootCaCert, ckuann); the new key is active from {when}"]
+
+
 def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
     files = hierarchy.files
     ref = config.ref
@@ -357,7 +374,8 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
     if not mac and config.master_secret is None:
         lines.append("    (no MAC secret configured: MAC-protected requests are refused)")
     if config.announce_url:
-        lines.append(f"  announcements: rann on revocation{' and cann on issue' if config.announce_issued else ''}"
+        extra = (" and cann on issue" if config.announce_issued else "") + (", crlann on a new CRL" if config.announce_crl else "")
+        lines.append(f"  announcements: rann on revocation{extra}, ckuann on a root key rollover"
                      f" pushed to {config.announce_url}")
     if config.kga or config.kga_profiles:
         where = "every path" if config.kga else ", ".join(f"/p/{n}" for n in kga_profiles(False, config.kga_profiles))

@@ -45,12 +45,14 @@ import trio
 from fleet.ca.announcer import Announcer
 from fleet.ca.authority import Authority
 from fleet.ca.config import LoadKnobs
+from fleet.ca.rollover import RolloverWatch
 from fleet.ca.store import StoreError
 from fleet.cmp.kga import KeyGenerator
 from fleet.cmp.messages import FailInfo, fail_info_names
 from fleet.cmp.nested_server import NestedServer
 from fleet.cmp.server import Outcome, ServerConfig, ServerStatistics, TxState
 from fleet.cmp.shared_secrets import SecretLookup
+from fleet.errors import FleetError
 from fleet.http.server import (
     HttpObserver,
     HttpRequest,
@@ -159,11 +161,17 @@ class CaService:
         metrics: ServiceObserver | None = None,
         kga: KeyGenerator | None = None,
         kga_profiles: tuple[str, ...] = (),
+        rollover: RolloverWatch | None = None,
+        announce_crl: bool = False,
     ) -> None:
-        """``kga`` serves central key generation on every path (``kga_profiles`` ("*",)) or
+        """``rollover`` watches the state dir for a root key rollover (``fleet ca rollover``),
+        adopted live by the tick; ``announce_crl`` pushes a crlann for every new CRL. ``kga`` serves central key generation on every path (``kga_profiles`` ("*",)) or
         only under ``/p/<name>`` for the names in ``kga_profiles``."""
         self.authority = authority
-        self.announcer = announcer  # pushes rann (and cann) to the devices' URLs
+        self.announcer = announcer  # pushes rann (and cann, ckuann, crlann) to the devices' URLs
+        self.rollover = rollover
+        self.announce_crl = announce_crl and announcer is not None
+        self._crl_announced = -1  # the number of the last CRL announced
         self.config = config or ServerConfig()
         self.knobs = knobs or LoadKnobs()
         self.clock = clock
@@ -312,8 +320,55 @@ class CaService:
                         "was waiting for", len(orphans))
             for serial in orphans:
                 self._count(Outcome("tick", "none", "confirm_timeout", FailInfo.systemUnavail.mask, serial))
+        if self.rollover is not None:
+            self._watch_rollover()
+        if self.announce_crl:
+            self._announce_new_crl()
         if self.metrics is not None:
             self.metrics.sample(self.statistics())
+
+    def _watch_rollover(self) -> None:
+        """Adopt a root key rollover (``fleet.ca.rollover``) committed or switched since the last
+        tick, and push its ckuann when it is new to this process."""
+        assert self.rollover is not None
+        try:
+            change = self.rollover.poll()
+        except FleetError as exc:
+            log.error("root key rollover not adopted: %s", exc)
+            return
+        if change is None:
+            return
+        update = change.update
+        if change.hierarchy is not None:
+            h = change.hierarchy
+            self.authority.adopt(h, update)
+            for server in self.servers.values():  # the KGA's signed key packages carry the chain too
+                if server.server.kga is not None:
+                    server.server.kga.chain = tuple(c for c in h.chain_for_issued_der if c != h.root_der)
+            log.warning("root key rollover %s: the new root key is active", update.ident)
+        else:
+            self.authority.offer_root_update(update)
+            log.warning("root key rollover %s: new root offered, switch at %s", update.ident,
+                        datetime.fromtimestamp(update.switch_at, UTC).isoformat(timespec="seconds"))
+        if change.new:
+            self.announce_root_update()
+
+    def announce_root_update(self) -> None:
+        """Push a ckuann of the offered root key update to every device (none without one)."""
+        update = self.authority.root_update
+        if self.announcer is not None and update is not None:
+            count = self.announcer.key_updated(update.announcement())
+            log.warning("root key rollover %s announced to %d device(s)", update.ident, count)
+
+    def _announce_new_crl(self) -> None:
+        """A crlann when the CRL changed since the last one announced (built now if need be)."""
+        assert self.announcer is not None
+        crl = self.authority.crl.current()
+        if self._crl_announced < 0:  # the CRL the CA started with is not news
+            self._crl_announced = crl.number
+        elif crl.number != self._crl_announced:
+            self._crl_announced = crl.number
+            self.announcer.crl_issued(crl.der)
 
     def _in_progress(self, transaction_id: bytes | None) -> bool:
         """Whether a CMP server still holds this transaction open (it settles its certificate)."""
@@ -371,6 +426,9 @@ class CaService:
                 nursery.start_soon(self.authority.store.run_flusher)
                 if self.announcer is not None:
                     nursery.start_soon(self.announcer.run)
+                    update = self.authority.root_update
+                    if update is not None and not update.switched:  # devices learn before the switch
+                        self.announce_root_update()
                 task_status.started(bound)
         finally:
             self.authority.store.flush()

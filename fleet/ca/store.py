@@ -629,6 +629,18 @@ class CertStore:
                 found[rec.serial] = rec
         return list(found.values())
 
+    def devices(self) -> dict[str, int]:
+        """Each device reference with a valid certificate: the serial of its newest one (where a
+        broadcast announcement goes). Reads the whole table: for rare events (a key rollover)."""
+        found = dict(self._db.execute(
+            "SELECT device_ref, serial FROM certificates_now WHERE status = 'issued' AND device_ref IS NOT NULL "
+            "ORDER BY id"))
+        refs = {ref: int(serial, 16) for ref, serial in found.items()}
+        for rec in self._overlay():
+            if rec.device_ref is not None and rec.status is _ISSUED:
+                refs[rec.device_ref] = rec.serial
+        return refs
+
     def key_fingerprints(self) -> Iterator[bytes]:
         """The key fingerprint of every certificate recorded, flushed or not (with repeats)."""
         for (key,) in self._db.execute("SELECT key_sha256 FROM certificates"):

@@ -1,7 +1,10 @@
-"""``fleet ca``: run the embedded CMP CA (``serve``) and read its records (``stats``)."""
+"""``fleet ca``: run the embedded CMP CA (``serve``), roll its root key over (``rollover``) and read
+its records (``stats``)."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +12,7 @@ import typer
 
 from fleet.ca.authority import STORE_FILE
 from fleet.ca.config import CaConfig, CaConfigError, Latency, LoadKnobs
+from fleet.ca.rollover import STAGED, prepare
 from fleet.ca.serve import run
 from fleet.ca.store import CertStore
 from fleet.cli.usage import examples
@@ -17,6 +21,7 @@ from fleet.secrets import read_secret
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The embedded CMP CA/RA (loopback runs, load target).",
                   epilog=examples("fleet ca serve --dir ca-state --port 8080 --master-secret pass:demo",
+                                  "fleet ca rollover --dir ca-state --switch-at +3600",
                                   "fleet ca stats --dir ca-state"))
 
 _SECRET_HELP = "as pass:TEXT, env:VAR or file:PATH (never printed)"
@@ -66,6 +71,8 @@ def serve(
              "are replaced by the device's reference and the serial (hex).")] = None,
     announce_issued: Annotated[bool, typer.Option("--announce-issued",
         help="Also push a cann when a certificate is issued (needs --announce-url).")] = False,
+    announce_crl: Annotated[bool, typer.Option("--announce-crl",
+        help="Also push a crlann to every device when the CA issues a new CRL (needs --announce-url).")] = False,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
@@ -127,6 +134,7 @@ def serve(
             state=state, host=host, port=port, coap_port=coap_port, secret=secret_value, ref=ref, master_secret=master,
             vendor_trust=vendor_trust, trusted=tuple(trusted or ()), untrusted=tuple(untrusted or ()),
             ra_trusted=tuple(ra_trusted or ()), announce_url=announce_url, announce_issued=announce_issued,
+            announce_crl=announce_crl,
             key_type=key_type, validity_days=validity_days, issuing_cert=issuing_cert, issuing_key=issuing_key,
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,
@@ -151,6 +159,45 @@ def serve(
 def _flag(key: str) -> str:
     """The option of a ``CaConfig`` setting."""
     return "--dir" if key == "state" else "--" + key.replace("_", "-")
+
+
+def _switch_time(text: str | None, now: float) -> float | None:
+    """--switch-at: an ISO 8601 time with its offset, or +SECONDS from now."""
+    if text is None:
+        return None
+    try:
+        if text.startswith("+"):
+            return now + float(text[1:])
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither an ISO 8601 time nor +SECONDS", param_hint="'--switch-at'") from None
+    if when.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} needs a UTC offset (e.g. 2030-01-01T00:00:00+00:00)",
+                                 param_hint="'--switch-at'")
+    return when.timestamp()
+
+
+@app.command(short_help="Roll the root CA key over, crash-safe.", epilog=examples("fleet ca rollover --dir ca-state",
+                             "fleet ca rollover --dir ca-state --switch-at +3600",
+                             "fleet ca rollover --dir ca-state --switch-at 2030-01-01T00:00:00+00:00"))
+def rollover(
+    state: Annotated[Path, typer.Option("--dir", help="State directory of a CA made by fleet ca serve.")],
+    switch_at: Annotated[str | None, typer.Option(metavar="TIME",
+        help="When the new root key becomes active: ISO 8601 with offset, or +SECONDS (default: now). "
+             "Until then the CA offers the new root (genm rootCaCert, ckuann) and issues as before.")] = None,
+) -> None:
+    """Roll the root CA key over: new root with newWithOld/oldWithNew links (RFC 9810 4.4).
+
+    Crash-safe, and a running fleet ca serve on the same --dir adopts it within a second."""
+    now = time.time()
+    update = prepare(state, switch_at=_switch_time(switch_at, now), now=now)
+    folder = state / STAGED / update.ident
+    when = datetime.fromtimestamp(update.switch_at, UTC).isoformat(timespec="seconds")
+    print(f"new root key {update.ident}: {update.new_with_new.subject.rfc4514_string()}")
+    print(f"  newWithNew {folder / 'newwithnew.pem'}")
+    print(f"  newWithOld {folder / 'newwithold.pem'}")
+    print(f"  oldWithNew {folder / 'oldwithnew.pem'}")
+    print(f"  {'switched' if update.switched else 'switches'} at {when}")
 
 
 @app.command(epilog=examples("fleet ca stats --dir ca-state"))

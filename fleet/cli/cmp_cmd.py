@@ -11,6 +11,7 @@ import sys
 import tempfile
 import typing
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ from fleet.cmp.protection import (
     parse_reference,
 )
 from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
+from fleet.cmp.rootupdate import check_root_update
 from fleet.cmp.trust import TrustStore, load_cert, signer_chain
 from fleet.connect import open_client
 from fleet.errors import FleetError
@@ -589,8 +591,10 @@ _INFOTYPE_ALIASES = {name.lower(): dotted for name, dotted in oids.INFO_TYPES_BY
              omit=("implicit_confirm", "certout", "chainout"))
 def genm_cmd(
     options: CmpOptions,
-    infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert, certReqTemplate, crlStatusList, signKeyPairTypes or a dotted OID.")] = "caCerts",
-    oldroot: Annotated[Path | None, typer.Option("--oldroot", help="rootCaCert: the root to ask an update for.")] = None,
+    infotype: Annotated[str, typer.Option("--infotype", help="caCerts, rootCaCert (or rootCaKeyUpdate), certReqTemplate, crlStatusList, currentCRL, caKeyUpdateInfo, signKeyPairTypes or a dotted OID.")] = "caCerts",
+    oldroot: Annotated[Path | None, typer.Option("--oldroot", help=(
+        "rootCaCert: the root to ask an update for; the answer is believed only when its links "
+        "verify against it."))] = None,
     crl_issuer: Annotated[Path | None, typer.Option("--crl-issuer", help="crlStatusList: CA certificate whose CRL to fetch.")] = None,
     newwithnew: Annotated[Path | None, typer.Option("--newwithnew", help="rootCaCert: write the new root here.")] = None,
     crlout: Annotated[Path | None, typer.Option("--crlout", help="crlStatusList: write the CRLs here (DER, first CRL).")] = None,
@@ -598,8 +602,9 @@ def genm_cmd(
     dotted = _INFOTYPE_ALIASES.get(infotype.lower(), infotype)
     if not all(p.isdigit() for p in dotted.split(".")) or dotted.count(".") < 2:
         raise UsageError(f"unknown --infotype {infotype!r}")
-    if dotted == oids.IT_ROOT_CA_CERT:
-        item = genm.root_ca_cert_request(load_certificate(oldroot).public_bytes(Encoding.DER) if oldroot else None)
+    old_root = load_certificate(oldroot) if oldroot else None
+    if dotted in (oids.IT_ROOT_CA_CERT, oids.IT_ROOT_CA_KEY_UPDATE):  # asked by rootCaCert, answered by the other
+        item = genm.root_ca_cert_request(old_root.public_bytes(Encoding.DER) if old_root else None)
     elif dotted == oids.IT_CRL_STATUS_LIST:
         if crl_issuer is None:
             raise UsageError("crlStatusList needs --crl-issuer (the CA certificate whose CRL to fetch)")
@@ -611,13 +616,14 @@ def genm_cmd(
                  _input_paths(options, oldroot=oldroot, crl_issuer=crl_issuer))
     done = _run(options, GeneralRequest((item,), cert_profile=options.cert_profile))
     for answer in done.items:
-        summary = _genp_summary(answer, cacertsout, newwithnew, crlout)
+        summary = _genp_summary(answer, cacertsout, newwithnew, crlout, old_root)
         print(f"genp: {answer.name}: {summary}")
     if not done.items:
         print("genp: no content")
 
 
-def _genp_summary(item: InfoTypeAndValue, cacertsout: Path | None, newwithnew: Path | None, crlout: Path | None) -> str:
+def _genp_summary(item: InfoTypeAndValue, cacertsout: Path | None, newwithnew: Path | None, crlout: Path | None,
+                  old_root: x509.Certificate | None = None) -> str:
     if item.oid == oids.IT_CA_CERTS:
         certs = genm.decode_ca_certs(item)
         if cacertsout and certs:
@@ -627,9 +633,14 @@ def _genp_summary(item: InfoTypeAndValue, cacertsout: Path | None, newwithnew: P
         update = genm.decode_root_ca_key_update(item)
         if update is None:
             return "no root update available"
+        checked = ""
+        if old_root is not None:  # believed only when every link to the trusted root holds
+            check_root_update(old_root, update.new_with_new, update.new_with_old, update.old_with_new,
+                              at=datetime.now(UTC))
+            checked = " (newWithOld verified under --oldroot, oldWithNew under the new root)"
         if newwithnew:
             write_output(newwithnew, certs_pem([update.new_with_new]), "--newwithnew")
-        return "new root " + load_cert(update.new_with_new).subject.rfc4514_string()
+        return "new root " + load_cert(update.new_with_new).subject.rfc4514_string() + checked
     if item.oid == oids.IT_CRLS:
         crls = genm.decode_crls(item)
         if crlout and crls:

@@ -8,7 +8,8 @@ when it is an announcement (badRequest), signed (badMessageCheck) by a certifica
 to the receiver's trust anchors and is named by sender and senderKID (signerNotTrusted,
 badMessageCheck), its content well-formed (badDataFormat) and about the receiver's CA
 (wrongAuthority): a rann's certId issuer is a CA on the signer's path, a ckuann's newWithOld is
-signed by a trusted root's key (the old key vouching for the new one, RFC 9810 §4.4).
+signed by a trusted root's key (the old key vouching for the new one, RFC 9810 §4.4), and then
+every other link of the update must hold (``fleet.cmp.rootupdate``, badCertId).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from fleet.cmp.messages import (
     protected_part,
 )
 from fleet.cmp.protection import ProtectionError, SignatureProtector, verify_signature
+from fleet.cmp.rootupdate import RootUpdateError, check_root_update
 from fleet.cmp.trust import (
     SignerMismatch,
     TrustStore,
@@ -171,7 +173,7 @@ def read_announcement(
         announcement = _parse(msg.body_type, body.raw)
     except (DerError, MessageError, ValueError, IndexError) as exc:
         raise AnnouncementError(FailInfo.badDataFormat, f"malformed {msg.label}: {exc}") from None
-    _check_authority(announcement, path, trust)
+    _check_authority(announcement, path, trust, datetime.fromtimestamp(now, UTC))
     return msg, announcement
 
 
@@ -205,7 +207,7 @@ def _parse(body_type: BodyType, raw: bytes) -> Announcement:
     return CrlAnnouncement(crls)
 
 
-def _check_authority(a: Announcement, path: list[x509.Certificate], trust: TrustStore) -> None:
+def _check_authority(a: Announcement, path: list[x509.Certificate], trust: TrustStore, at: datetime) -> None:
     """About the receiver's CA (module doc), else wrongAuthority."""
     if isinstance(a, RevAnnouncement):
         names = {c.subject.public_bytes() for c in path}
@@ -222,7 +224,9 @@ def _check_authority(a: Announcement, path: list[x509.Certificate], trust: Trust
                 new_with_old.verify_directly_issued_by(anchor)
             except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
                 continue
-            if load_cert(a.new_with_new).public_key() == new_with_old.public_key():
-                return
-            raise AnnouncementError(FailInfo.badCertId, "ckuann: newWithNew and newWithOld certify different keys")
+            try:  # the old key vouches for the new one: now every other link must hold too
+                check_root_update(anchor, a.new_with_new, a.new_with_old, a.old_with_new, at=at)
+            except RootUpdateError as exc:
+                raise AnnouncementError(FailInfo.badCertId, f"ckuann: {exc}") from None
+            return
         raise AnnouncementError(FailInfo.wrongAuthority, "ckuann: newWithOld is not signed by a trusted root (another CA)")

@@ -123,6 +123,31 @@ async def test_retries_with_backoff_then_gives_up(authority: Authority, autojump
     assert (hopeless.stats.delivered, hopeless.stats.failed) == (0, 1)
 
 
+async def test_any_2xx_delivers_and_a_4xx_with_a_cmp_body_does_not(authority: Authority) -> None:
+    """A real HTTP listener answering 204 (no body), 202, 200; then 400 with a CMP body: only
+    the 2xx ones count as delivered, the 400 is retried and given up."""
+    from functools import partial
+
+    from fleet.http.server import HttpRequest, HttpResponse, serve_http
+
+    answers = {"/a": HttpResponse(204, b"", "text/plain"), "/b": HttpResponse(202, b"", "text/plain"),
+               "/c": HttpResponse(200, b"", "application/pkixcmp"),
+               "/d": HttpResponse(400, b"0\x00", "application/pkixcmp")}
+
+    async def handle(request: HttpRequest) -> HttpResponse:
+        return answers[request.path]
+
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_http, handle, "127.0.0.1", 0))
+        announcer = Announcer(authority, f"http://127.0.0.1:{port}/{{reference}}", retries=1, backoff=0.01)
+        for ref in "abcd":
+            announcer.revoked(_issue(authority, ref))
+        with trio.fail_after(20):
+            await _deliver(announcer, 4)
+        nursery.cancel_scope.cancel()
+    assert (announcer.stats.delivered, announcer.stats.failed, announcer.stats.retries) == (3, 1, 1)
+
+
 def test_full_queue_drops_and_counts(authority: Authority) -> None:
     announcer = Announcer(authority, "http://c.example/{reference}", max_queue=2, transport=Recorder())
     for i in range(5):

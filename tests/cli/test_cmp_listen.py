@@ -1,6 +1,8 @@
 """``fleet cmp listen`` as a real process: announcements POSTed to it are believed or refused
 one by one (a refused one never stops it), a rann of its own certificate says re-enroll, a
-verified ckuann writes the new trust anchor, and ``--count`` ends it with exit 0."""
+verified ckuann writes the new trust anchor, and ``--count`` ends it with exit 0. Hostile ckuanns
+(a bad signature, another CA's rollover, a newWithNew that is not the key vouched for) are refused
+each with its own failInfo and never become the trust anchor."""
 
 from __future__ import annotations
 
@@ -77,10 +79,25 @@ def test_listen_believes_acts_and_refuses(tmp_path: Path) -> None:
             make_cert(ca.cert.subject, new_key.public_key(), ca, ca.key, ca=True).public_bytes(Encoding.DER),
             new_root.cert.public_bytes(Encoding.DER),
         )
+        other_key = ec.generate_private_key(ec.SECP256R1())
+        other_new = Credentials(other_key, make_cert(other.cert.subject, other_key.public_key(), None, other_key,
+                                                     ca=True))
+        others_update = KeyUpdateAnnouncement(  # another CA's rollover, sent by our signer
+            make_cert(other.cert.subject, other.key.public_key(), other_new, other_key, ca=True).public_bytes(Encoding.DER),
+            make_cert(other.cert.subject, other_key.public_key(), other, other.key, ca=True).public_bytes(Encoding.DER),
+            other_new.cert.public_bytes(Encoding.DER),
+        )
+        broken_update = KeyUpdateAnnouncement(update.old_with_new, update.new_with_old,
+                                              other_new.cert.public_bytes(Encoding.DER))  # newWithNew: another key
+        tampered_update = bytearray(send(update))
+        tampered_update[tampered_update.index(b"Device CA") + 1] ^= 1
         statuses = [
             _post(port, send(_rann(other, 7), _signer(other))),  # another CA's signer
             _post(port, bytes(tampered)),  # bad signature
             _post(port, send(_rann(other, 7))),  # our CA announcing another CA's certificate
+            _post(port, bytes(tampered_update)),  # a ckuann with a bad signature
+            _post(port, send(others_update)),  # a ckuann for another CA
+            _post(port, send(broken_update)),  # a ckuann whose newWithNew is not the key vouched for
             _post(port, send(_rann(ca, device.cert.serial_number))),  # ours: re-enroll
             _post(port, send(update)),  # our CA's key rollover
             _post(port, send(_rann(ca, 12345))),  # another device's certificate
@@ -90,14 +107,16 @@ def test_listen_believes_acts_and_refuses(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
-    assert statuses == [400, 400, 400, 200, 200, 200]
+    assert statuses == [400] * 6 + [200] * 3
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines()]
-    assert [(x["accepted"], x.get("fail_info")) for x in lines[:3]] == [
-        (False, "signerNotTrusted"), (False, "badMessageCheck"), (False, "wrongAuthority")]
-    assert lines[3] == {"accepted": True, "body": "rann", "serial": device.cert.serial_number, "status": 5,
+    assert [(x["accepted"], x.get("fail_info")) for x in lines[:6]] == [
+        (False, "signerNotTrusted"), (False, "badMessageCheck"), (False, "wrongAuthority"),
+        (False, "badMessageCheck"), (False, "wrongAuthority"), (False, "badCertId")]
+    believed = lines[6:]
+    assert believed[0] == {"accepted": True, "body": "rann", "serial": device.cert.serial_number, "status": 5,
                         "this_device": True, "action": "re-enroll"}
-    assert lines[4]["action"] == "trust anchor updated"
-    assert lines[5]["this_device"] is False
+    assert believed[1]["action"] == "trust anchor updated"
+    assert believed[2]["this_device"] is False
     written = x509.load_pem_x509_certificate((tmp_path / "new-root.pem").read_bytes())
     assert written == new_root.cert

@@ -123,3 +123,23 @@ def test_refusals_have_their_own_fail_info() -> None:
         messages.BodyType.PKICONF, messages.PKIConfirmContent()))
     assert _refusal(not_announcement, trust) is FailInfo.badRequest
     assert _refusal(b"\x30\x00", trust) is FailInfo.badDataFormat
+
+
+def test_a_ckuann_with_one_broken_link_is_refused_as_such() -> None:
+    """newWithOld signed by our root, but oldWithNew certifying another key, or a newWithNew that
+    is not the key newWithOld vouches for: refused badCertId, not believed as a new anchor."""
+    ca = make_ca("Our CA")
+    trust = TrustStore([ca.cert])
+    signer = signer_of(ca)
+    good = rollover(ca)
+    _, believed = read_announcement(send(good, signer), trust=trust, now=time.time())
+    assert believed == good
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    new_root = Credentials(stranger, x509.load_der_x509_certificate(good.new_with_new))  # key unused: only signs
+    wrong_back = make_cert(ca.cert.subject, stranger.public_key(), new_root, stranger, ca=True)
+    other_new = rollover(ca).new_with_new
+    for broken in (KeyUpdateAnnouncement(der(wrong_back), good.new_with_old, good.new_with_new),
+                   KeyUpdateAnnouncement(good.old_with_new, good.new_with_old, other_new)):
+        with pytest.raises(AnnouncementError) as err:
+            read_announcement(send(broken, signer), trust=trust, now=time.time())
+        assert err.value.fail is FailInfo.badCertId and "ckuann: root key update" in err.value.text
