@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from cli_helpers import fleet, fleet_inprocess, one_error_line
 
-from fleet.load.capacity_shards import FollowError, ShardDir, follow, profile_digest
+from fleet.load.capacity import step_profile
+from fleet.load.capacity_shards import FollowError, ShardDir, ShardedSteps, follow, profile_digest
 from fleet.load.orchestrator import RunOptions
 from fleet.load.profiles import load_profile
 from fleet.load.results import RunResults
@@ -157,3 +158,33 @@ def test_a_follower_refuses_a_search_of_another_profile_or_size(tmp_path: Path) 
         running.result(timeout=20)
     assert json.loads(shared.ready(1).read_text())["id"] == "c"
     assert "after the step's start: raise --lead" in shared.error(1, 1).read_text()
+
+
+def test_the_leader_stops_with_a_followers_error_and_ends_the_search(tmp_path: Path) -> None:
+    """External followers (a shared directory): the leader waits for every shard to join the
+    search it wrote, and a step a follower could not play stops the search with that follower's
+    line; ``done.json`` then ends the search for the others."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(PROFILE)
+    shared = ShardDir(tmp_path / "search")
+
+    def follower() -> None:  # the file side of a follower, as ``follow`` writes it
+        deadline = time.monotonic() + 20
+        while not shared.search.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        search = json.loads(shared.search.read_text())
+        shared.ready(0).write_text(json.dumps({"id": search["id"]}))
+        while not shared.plan(1).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shared.error(1, 0).write_text("CA unreachable, nothing sent\n")
+
+    shared.path.mkdir()
+    shared.plan(7).write_text("{}")  # an earlier search's file: cleared
+    with ThreadPoolExecutor(1) as pool:
+        fake = pool.submit(follower)
+        leader = ShardedSteps(profile, 1, "http://127.0.0.1:1/", directory=shared.path, log=io.StringIO())
+        with pytest.raises(FollowError, match="shard 0 of step 1: CA unreachable, nothing sent"), leader as steps:
+            assert not shared.plan(7).exists()
+            steps.play(1, 10.0, step_profile(load_profile(profile), 10.0, 3.0), 1.0)
+        fake.result(timeout=20)
+    assert json.loads(shared.done.read_text())["id"] == json.loads(shared.search.read_text())["id"]
