@@ -93,7 +93,7 @@ def manifest(
                                          ("--step-duration", step_duration), ("--require", require))
                 if value is not None for part in (flag, f"{value:g}")]
         header = [f"fleet k8s manifest --capacity: a capacity search of {loaded.name} in {shards} shards", needs,
-                  "the answer: kubectl logs job/<name>-leader; reports: /shared/capacity.json and capacity.html"]
+                  f"the answer: kubectl logs -f job/{options.name}-leader; reports: /shared/capacity.{{json,html}}"]
         text = to_yaml(capacity_objects(options, args), header)
         what = f"capacity search in {shards} shards"
     else:
