@@ -24,7 +24,7 @@ from fleet.load.capacity import (
 from fleet.load.capacity_metrics import CapacityMetrics
 from fleet.load.capacity_shards import ShardedSteps
 from fleet.load.embedded_ca import EmbeddedCa
-from fleet.load.orchestrator import RunOptions, report_dict, run_profile
+from fleet.load.orchestrator import RunOptions, prepare_keys, report_dict, run_profile
 from fleet.load.profiles import Profile
 from fleet.load.schedule import Closed
 from fleet.load.verdict import slo_dict
@@ -99,10 +99,13 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
         if options.shards:
             if options.profile_path is None:
                 raise CapacityError("--shards needs the profile's file (the followers load it)")
+            top = (options.max_rate, options.step_duration)
+            if options.shard_dir is None:  # local followers share this key cache: filled once, here
+                prepare_keys(step_profile(profile, *top), options.keys_dir, log)
             sharded = stack.enter_context(ShardedSteps(
                 options.profile_path, options.shards, url, directory=options.shard_dir, master_secret=master,
                 trusted=trusted, keys_dir=options.keys_dir, lead=options.lead,
-                transaction_timeout=profile.transaction_timeout, log=log))
+                transaction_timeout=profile.transaction_timeout, top=top, log=log))
         while (rate := search.next_rate()) is not None:
             if steps:
                 time.sleep(options.cool_down)  # let the CA settle: queues drain, timers fire

@@ -31,7 +31,7 @@ from typing import Any, Self, TextIO
 from fleet.errors import FleetError
 from fleet.files import atomic_write
 from fleet.load.capacity import step_profile
-from fleet.load.orchestrator import RunOptions, report_dict, run_profile
+from fleet.load.orchestrator import RunOptions, prepare_keys, report_dict, run_profile
 from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
 from fleet.load.shards import MergeError, Shard, merge_reports
@@ -108,7 +108,8 @@ class ShardedSteps:
 
     def __init__(self, profile_path: Path, shards: int, url: str, *, directory: Path | None = None,
                  master_secret: bytes | None = None, trusted: list[Path] | None = None, keys_dir: Path | None = None,
-                 lead: float = 2.0, transaction_timeout: float = 10.0, log: TextIO = sys.stderr) -> None:
+                 lead: float = 2.0, transaction_timeout: float = 10.0, top: tuple[float, float] = (0.0, 0.0),
+                 log: TextIO = sys.stderr) -> None:
         self.profile_path = profile_path
         self.shards = shards
         self.url = url
@@ -123,6 +124,7 @@ class ShardedSteps:
         self.keys_dir = keys_dir
         self.lead = lead
         self.transaction_timeout = transaction_timeout
+        self.top = top  # the search's highest rate and its step's seconds: the key pools followers fill first
         self.log = log
         self.id = secrets.token_hex(8)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -131,7 +133,8 @@ class ShardedSteps:
         try:
             self.dir.path.mkdir(parents=True, exist_ok=True)
             self.dir.clear()
-            _write(self.dir.search, {"id": self.id, "shards": self.shards, "profile": profile_digest(self.profile_path)})
+            _write(self.dir.search, {"id": self.id, "shards": self.shards, "profile": profile_digest(self.profile_path),
+                                     "max_rate": self.top[0], "step_seconds": self.top[1]})
             if self.local:
                 self._start_followers()
             where = "local processes" if self.local else f"followers of {self.dir.path}"
@@ -253,6 +256,9 @@ def follow(profile_path: Path, profile: Profile, directory: Path, shard: Shard, 
                 raise FollowError(f"the leader's search has {search.get('shards')} shards, this is shard {shard}")
             if search.get("profile") != digest:
                 raise FollowError(f"the leader plays another profile than {profile_path}")
+            if search.get("max_rate"):  # RSA pools filled before the first step, not late in one
+                prepare_keys(step_profile(profile, float(search["max_rate"]), float(search["step_seconds"])),
+                             options.keys_dir, log)
             joined, step, idle_since = str(search["id"]), 1, time.monotonic()
             _write(sd.ready(shard.index), {"id": joined, "pid": os.getpid()})
         if joined is not None:
