@@ -7,7 +7,11 @@ certConf, so a little less: the client's turnaround adds to each). The search ru
 would run it (``fleet capacity`` in a subprocess) and the script prints the wall time, the
 answer, its distance from the nominal rate and the steps.
 
-    python bench/capacity_search.py [--latency 0.2] [--max-transactions 200] [--step 10]
+``--issue-rate R`` caps the CA with its token bucket instead (nominal rate R, whatever the
+client's turnaround); ``--shards N`` has ``fleet capacity`` play each step in N processes.
+
+    python bench/capacity_search.py [--latency 0.2] [--max-transactions 200] [--step 10] [--shards 2]
+    python bench/capacity_search.py --issue-rate 1000 --shards 2
 """
 
 from __future__ import annotations
@@ -38,8 +42,7 @@ p99_seconds = {{ ir = {p99} }}
 max_error_rate = 0.01
 min_rate_ratio = 0.95
 [ca]
-latency = "fixed:{latency}"
-max_transactions = {max_transactions}
+{knobs}
 """
 
 
@@ -52,18 +55,27 @@ def main() -> None:
     parser.add_argument("--cool-down", type=float, default=2.0)
     parser.add_argument("--min-rate", type=float, default=250.0)
     parser.add_argument("--max-rate", type=float, default=2000.0)
+    parser.add_argument("--issue-rate", type=float, default=None, help="cap the CA by its issue rate instead")
+    parser.add_argument("--shards", type=int, default=1, help="processes playing each step")
     args = parser.parse_args()
-    nominal = args.max_transactions / args.latency
+    if args.issue_rate:
+        nominal = args.issue_rate
+        knobs = f"issue_rate = {args.issue_rate:g}"
+        how = f"issue_rate {args.issue_rate:g}/s"
+    else:
+        nominal = args.max_transactions / args.latency
+        knobs = f'latency = "fixed:{args.latency}"\nmax_transactions = {args.max_transactions}'
+        how = f"max_transactions {args.max_transactions} / latency {args.latency:g} s"
     with tempfile.TemporaryDirectory(prefix="fleet-bench-capacity-") as tmp:
         profile = Path(tmp) / "profile.toml"
-        profile.write_text(PROFILE.format(latency=args.latency, max_transactions=args.max_transactions,
-                                          p99=max(1.0, 10 * args.latency)))
+        profile.write_text(PROFILE.format(knobs=knobs, p99=max(1.0, 10 * args.latency)))
         report = Path(tmp) / "capacity.json"
         began = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "fleet.cli.main", "capacity", str(profile), "--min-rate", f"{args.min_rate:g}",
              "--max-rate", f"{args.max_rate:g}", "--step-duration", f"{args.step:g}", "--warmup", f"{args.warmup:g}",
-             "--cool-down", f"{args.cool_down:g}", "--report", str(report)],
+             "--cool-down", f"{args.cool_down:g}", "--report", str(report),
+             *(["--shards", str(args.shards)] if args.shards > 1 else [])],
             capture_output=True, text=True, check=False,
         )
         wall = time.monotonic() - began
@@ -74,8 +86,8 @@ def main() -> None:
         doc = json.loads(report.read_text())
     found = doc["answer"]["capacity"]
     off = (found - nominal) / nominal if found else float("nan")
-    print(f"nominal {nominal:g}/s (max_transactions {args.max_transactions} / latency {args.latency:g} s); "
-          f"found {found}/s ({off:+.1%}); {len(doc['steps'])} steps of {args.step:g} s; wall time {wall:.0f} s")
+    print(f"nominal {nominal:g}/s ({how}); {args.shards} shard(s); found {found}/s ({off:+.1%}); "
+          f"{len(doc['steps'])} steps of {args.step:g} s; wall time {wall:.0f} s")
 
 
 if __name__ == "__main__":

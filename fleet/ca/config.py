@@ -47,7 +47,7 @@ MODES = ("lcmpp", "3gpp")
 # standalone CA is deployed: ports, files, secrets, TLS).
 PROFILE_KEYS = (
     "mode", "latency", "waiting_fraction", "check_after", "error_fraction", "http_503_fraction",
-    "drop_fraction", "max_transactions", "implicit_confirm", "confirm_wait", "validity_days",
+    "drop_fraction", "max_transactions", "issue_rate", "implicit_confirm", "confirm_wait", "validity_days",
     "key_type", "seed", "require_message_time", "kga", "kga_profiles", "kga_key_type", "kga_password_delivery",
     "kga_pwri_iterations", "kga_rsa_pool", "kga_kek_cache",
 )  # fmt: skip
@@ -55,7 +55,7 @@ PROFILE_KEYS = (
 # Every numeric setting's rule (the same ``Bound`` a command-line flag would use).
 _BOUNDS: Mapping[str, Bound] = {
     "port": PORT, "metrics_port": PORT, "coap_port": PORT, "validity_days": COUNT, "confirm_wait": POSITIVE,
-    "max_time_skew": NON_NEGATIVE, "max_iterations": COUNT, "max_transactions": NON_NEGATIVE_INT,
+    "max_time_skew": NON_NEGATIVE, "max_iterations": COUNT, "max_transactions": NON_NEGATIVE_INT, "issue_rate": NON_NEGATIVE,
     "max_body_bytes": COUNT, "waiting_fraction": FRACTION, "check_after": NON_NEGATIVE,
     "error_fraction": FRACTION, "http_503_fraction": FRACTION, "drop_fraction": FRACTION,
     "seed": SEED, "kga_pwri_iterations": COUNT, "kga_rsa_pool": NON_NEGATIVE_INT,
@@ -215,6 +215,7 @@ class CaConfig:
     max_time_skew: float = 300.0  # 0: messageTime not checked
     max_iterations: int | None = None  # None: PasswordBasedMac 100,000, PBMAC1 1,000,000 (as the client)
     max_transactions: int = 0  # 0: no cap
+    issue_rate: float = 0.0  # certificate requests started per second beyond which systemUnavail (0: no cap)
     max_body_bytes: int = 1_000_000
     allow_replaced_signers: bool = False
     require_message_time: bool = True  # RFC 9483 §3.1; False for devices without a clock
@@ -291,6 +292,7 @@ class CaConfig:
             max_time_skew=self.max_time_skew or None,
             max_iterations=self.max_iterations,
             max_transactions=self.max_transactions or None,
+            max_issue_rate=self.issue_rate or None,
             allow_replaced_signers=self.allow_replaced_signers,
             require_message_time=self.require_message_time,
         )

@@ -386,4 +386,8 @@ def _describe(hierarchy: CaHierarchy, config: CaConfig) -> list[str]:
             f"(checkAfter {knobs.check_after:g} s), error {knobs.error_fraction:g}, "
             f"HTTP 503 {knobs.http_503_fraction:g}, dropped {knobs.drop_fraction:g}"
         )
+    if config.max_transactions or config.issue_rate:
+        caps = [f"{config.max_transactions} live transactions"] if config.max_transactions else []
+        caps += [f"{config.issue_rate:g} certificate requests/s"] if config.issue_rate else []
+        lines.append(f"  capacity caps (systemUnavail beyond): {', '.join(caps)}")
     return lines

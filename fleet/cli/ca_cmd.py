@@ -93,6 +93,7 @@ def serve(
         "Refuse requests without messageTime (badTime, RFC 9483 section 3.1); --no-require-message-time "
         "serves devices without a clock."))] = True,
     max_transactions: Annotated[int, typer.Option(help="Concurrent transactions beyond which new ones get systemUnavail (0: no cap).")] = 0,
+    issue_rate: Annotated[float, typer.Option(metavar="RATE", help="Load-target knob: certificate requests (ir, cr, kur, p10cr) started per second beyond which they get systemUnavail, a token bucket holding 0.1 s of them (0: no cap).")] = 0.0,
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted (HTTP 413 beyond).")] = 1_000_000,
     allow_replaced_signers: Annotated[bool, typer.Option(
         "--allow-replaced-signers",
@@ -143,7 +144,7 @@ def serve(
             key_type=key_type, validity_days=validity_days, issuing_cert=issuing_cert, issuing_key=issuing_key,
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,
-            max_iterations=max_iterations, max_transactions=max_transactions, max_body_bytes=max_body_bytes,
+            max_iterations=max_iterations, max_transactions=max_transactions, issue_rate=issue_rate, max_body_bytes=max_body_bytes,
             allow_replaced_signers=allow_replaced_signers, require_message_time=require_message_time,
             allow_key_reuse=allow_key_reuse, tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
             kga=kga, kga_profiles=kga_profiles, kga_key_type=kga_key_type,

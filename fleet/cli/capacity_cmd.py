@@ -15,7 +15,10 @@ from fleet.cli.usage import bounded, examples
 from fleet.files import check_output_path, write_output
 from fleet.load.capacity import SearchError
 from fleet.load.capacity_run import CapacityOptions, run_capacity
-from fleet.load.profiles import load_profile
+from fleet.load.capacity_shards import follow as follow_search
+from fleet.load.orchestrator import RunOptions
+from fleet.load.profiles import Profile, load_profile
+from fleet.load.shards import ShardError, parse_shard, shard_from_env
 from fleet.secrets import read_secret
 
 EPILOG = examples(
@@ -23,6 +26,7 @@ EPILOG = examples(
     "fleet capacity profiles/steady.toml --min-rate 100 --max-rate 4000 \\\n"
     "    --require 1500 --server http://ca.example:8080/.well-known/cmp \\\n"
     "    --master-secret env:FLEET_MASTER --html capacity.html",
+    "fleet capacity profiles/steady.toml --shards 3 --max-rate 3000",
 )
 
 
@@ -44,12 +48,22 @@ def capacity(
     html: Annotated[Path | None, typer.Option("--html", metavar="FILE", help="Write the HTML report (knee chart, steps) here.")] = None,
     keys: Annotated[Path | None, typer.Option("--keys", metavar="DIR", help="Key pool folder (default: the user cache folder).")] = None,
     ca_dir: Annotated[Path | None, typer.Option("--ca-dir", metavar="DIR", help="State folder for the embedded CA (default: a temporary one).")] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve the search's progress (fleet_capacity_*) on /metrics here, the embedded CA's on the next port.")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", callback=bounded(PORT), help="Serve the search's progress (fleet_capacity_*) on /metrics here, the embedded CA's on the next port (--follow: this shard's load metrics during each step).")] = None,
+    shards: Annotated[int | None, typer.Option("--shards", metavar="N", callback=bounded(COUNT), help="Play each step in N shards (each its exact share of arrivals and devices; their reports merged exactly): N local processes, or with --shard-dir the followers sharing that directory. --follow: the shard count, the index from JOB_COMPLETION_INDEX.")] = None,
+    shard_dir: Annotated[Path | None, typer.Option("--shard-dir", metavar="DIR", help="Directory the leader and its followers share (a Kubernetes volume): steps' plans and shard reports.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", help="Be a follower: play this shard of every step the leader in --shard-dir plans, until the search ends.")] = False,
+    shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="--follow: play shard I of N.")] = None,
+    lead: Annotated[float, typer.Option("--lead", callback=bounded(POSITIVE), help="With --shards: seconds from writing a step's plan to its common start (raise it on a slow shared volume).")] = 2.0,
 ) -> None:
     """Find the highest arrival rate the CA sustains under the profile's SLO: coarse steps up,
     then bisection; each step measured after a warm-up and checked for a steady state. Prints
     each step, then the capacity with its interval, the knee and the first SLO to break."""
     loaded = load_profile(profile)
+    if follow or shard is not None:
+        _follow(ctx, follow, profile, loaded, shard_dir, shard, shards, server, trusted, master_secret, keys, metrics_port)
+        return
+    if shard_dir is not None and shards is None:
+        raise typer.BadParameter("--shard-dir needs --shards N (or --follow)", ctx=ctx, param_hint="'--shard-dir'")
     top = max_rate
     if top is None:
         peak = getattr(loaded.shape, "peak_rate", None)
@@ -61,7 +75,7 @@ def capacity(
         min_rate=min_rate, max_rate=top, step_duration=step_duration, warmup=warmup, cool_down=cool_down,
         tolerance=tolerance, max_steps=max_steps, require=require, server=server, trusted=list(trusted or []),
         master_secret=read_secret(master_secret) if master_secret else None, keys_dir=keys, ca_dir=ca_dir,
-        metrics_port=metrics_port,
+        metrics_port=metrics_port, shards=shards, shard_dir=shard_dir, lead=lead, profile_path=profile,
     )
     try:
         doc, found = run_capacity(loaded, options)
@@ -82,6 +96,37 @@ def capacity(
         print(f"required {require:g}/s: {'MET' if met else 'NOT MET'}")
         if not met:
             sys.exit(1)
+
+
+def _follow(ctx: typer.Context, follow: bool, path: Path, loaded: Profile, shard_dir: Path | None, shard: str | None,
+            shards: int | None, server: str | None, trusted: list[Path] | None, master_secret: str | None,
+            keys: Path | None, metrics_port: int | None) -> None:
+    """``--follow``: play this shard of each step the leader plans in ``shard_dir``."""
+    if not follow:
+        raise typer.BadParameter("--shard is for followers: add --follow", ctx=ctx, param_hint="'--shard'")
+    if shard_dir is None:
+        raise typer.BadParameter("--follow needs --shard-dir DIR (shared with the leader)", ctx=ctx, param_hint="'--shard-dir'")
+    if server is None:
+        raise typer.BadParameter("--follow needs --server URL (the CA the leader searches)", ctx=ctx, param_hint="'--server'")
+    try:
+        if shard is not None:
+            found = parse_shard(shard)
+            if shards is not None and shards != found.count:
+                raise ShardError(f"--shard {shard} and --shards {shards} disagree on the shard count")
+        else:
+            found = shard_from_env(shards)
+    except ShardError as exc:
+        raise typer.BadParameter(str(exc), ctx=ctx, param_hint="'--shard'" if shard else "'--shards'") from None
+    if found is None:
+        raise typer.BadParameter("--follow needs --shard I/N, or --shards N with JOB_COMPLETION_INDEX", ctx=ctx,
+                                 param_hint="'--shard'")
+    master = read_secret(master_secret) if master_secret else None
+    if loaded.devices.auth == "mac" and master is None:
+        raise typer.BadParameter("MAC devices need --master-secret (per-device secrets are derived from it)", ctx=ctx,
+                                 param_hint="'--master-secret'")
+    options = RunOptions(server=server, trusted=list(trusted or []), master_secret=master, keys_dir=keys,
+                         progress=False, metrics_port=metrics_port)
+    follow_search(path, loaded, shard_dir, found, options)
 
 
 __all__ = ["capacity"]

@@ -1,5 +1,6 @@
 """``fleet k8s manifest PROFILE --shards N --image IMAGE --server URL``: the Kubernetes objects
-of a sharded run (an Indexed Job and what it needs), as YAML for ``kubectl apply -f``."""
+of a sharded run (an Indexed Job and what it needs), or with ``--capacity`` of a capacity search
+in shards (a leader Job and its followers), as YAML for ``kubectl apply -f``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import typer
 from fleet.bounds import COUNT, PORT, POSITIVE
 from fleet.cli.usage import bounded, examples
 from fleet.files import check_output_path, write_output
-from fleet.load.k8s import K8sManifestError, ManifestOptions, manifest_objects, to_yaml
+from fleet.load.k8s import (
+    K8sManifestError,
+    ManifestOptions,
+    capacity_objects,
+    manifest_objects,
+    to_yaml,
+)
 from fleet.load.profiles import load_profile
 from fleet.load.shards import ShardError, parse_start_at
 
@@ -24,6 +31,9 @@ EPILOG = examples(
     "    --image registry.example/fleet:0.1 \\\n"
     "    --server http://ca.example:8080/.well-known/cmp --out run.yaml",
     "kubectl apply -f run.yaml",
+    "fleet k8s manifest profiles/steady.toml --capacity --shards 4 \\\n"
+    "    --image registry.example/fleet:0.1 --max-rate 4000 \\\n"
+    "    --server http://ca.example:8080/.well-known/cmp --out capacity.yaml",
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -46,9 +56,15 @@ def manifest(
     storage: Annotated[str, typer.Option("--storage", help="Size of the ReadWriteMany volume the reports go to.")] = "1Gi",
     storage_class: Annotated[str | None, typer.Option("--storage-class", help="Storage class of that volume (a ReadWriteMany one).")] = None,
     out: Annotated[Path | None, typer.Option("--out", metavar="FILE", help="Write the YAML here (default: standard output).")] = None,
+    capacity: Annotated[bool, typer.Option("--capacity", help="A capacity search instead of one run: a leader Job runs fleet capacity, the Indexed Job's N pods follow it and play every step.")] = False,
+    min_rate: Annotated[float | None, typer.Option("--min-rate", callback=bounded(POSITIVE), help="--capacity: the first rate tried.")] = None,
+    max_rate: Annotated[float | None, typer.Option("--max-rate", callback=bounded(POSITIVE), help="--capacity: the highest rate tried.")] = None,
+    step_duration: Annotated[float | None, typer.Option("--step-duration", callback=bounded(POSITIVE), help="--capacity: seconds each step offers its rate.")] = None,
+    require: Annotated[float | None, typer.Option("--require", metavar="RATE", callback=bounded(POSITIVE), help="--capacity: the leader fails unless the capacity found is at least RATE.")] = None,
 ) -> None:
     """Write the Kubernetes objects of a run in N shards: the profile's ConfigMap, a volume for
-    the reports, a headless Service, the Indexed Job, a merge Job and a PodMonitor."""
+    the reports, a headless Service, the Indexed Job, a merge Job and a PodMonitor. With
+    --capacity: a capacity search, its leader Job in place of the merge Job."""
     loaded = load_profile(profile)
     now = time.time()
     try:
@@ -67,15 +83,29 @@ def manifest(
         )
     except K8sManifestError as exc:
         raise typer.BadParameter(str(exc), ctx=ctx) from None
-    header = [f"fleet k8s manifest: {shards} shards of {loaded.name}, starting {stamp}",
-              f"needs: kubectl create secret generic {secret_name} --from-literal=master-secret=...",
-              "reports: /reports/shard-N.json, merged into /reports/run.json and report.html by the merge Job"]
-    text = to_yaml(manifest_objects(options), header)
+    search = [flag for flag, value in (("--min-rate", min_rate), ("--max-rate", max_rate),
+                                       ("--step-duration", step_duration), ("--require", require)) if value is not None]
+    if search and not capacity:
+        raise typer.BadParameter(f"{search[0]} is for --capacity", ctx=ctx, param_hint=f"'{search[0]}'")
+    needs = f"needs: kubectl create secret generic {secret_name} --from-literal=master-secret=..."
+    if capacity:
+        args = [part for flag, value in (("--min-rate", min_rate), ("--max-rate", max_rate),
+                                         ("--step-duration", step_duration), ("--require", require))
+                if value is not None for part in (flag, f"{value:g}")]
+        header = [f"fleet k8s manifest --capacity: a capacity search of {loaded.name} in {shards} shards", needs,
+                  f"the answer: kubectl logs -f job/{options.name}-leader; reports: /shared/capacity.{{json,html}}"]
+        text = to_yaml(capacity_objects(options, args), header)
+        what = f"capacity search in {shards} shards"
+    else:
+        header = [f"fleet k8s manifest: {shards} shards of {loaded.name}, starting {stamp}", needs,
+                  "reports: /reports/shard-N.json, merged into /reports/run.json and report.html by the merge Job"]
+        text = to_yaml(manifest_objects(options), header)
+        what = f"{shards} shards, start {stamp}"
     if out is None:
         print(text, end="")
     else:
         write_output(out, text.encode(), "--out")
-        print(f"manifest: {out} ({shards} shards, start {stamp})")
+        print(f"manifest: {out} ({what})")
 
 
 __all__ = ["app", "manifest"]

@@ -43,6 +43,7 @@ from fleet.cmp.crosscert import check_cross_request, check_cross_requester
 from fleet.cmp.der import DerError
 from fleet.cmp.envelope import encrypted_cert
 from fleet.cmp.fastwire import decode_request
+from fleet.cmp.issue_rate import TokenBucket
 from fleet.cmp.kga import KeyGenerator, is_central_request, serve_central
 from fleet.cmp.lifecycle import OpenUpdates, check_cert_status, fresh_nonce
 from fleet.cmp.messages import (
@@ -112,6 +113,10 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------
 # Configuration (results and statistics: ``fleet.cmp.server_records``)
+
+
+# The requests that start issuing a certificate (what ``ServerConfig.max_issue_rate`` counts).
+_ISSUING = frozenset({BodyType.IR, BodyType.CR, BodyType.KUR, BodyType.P10CR, BodyType.CCR})
 
 
 class TxState(enum.Enum):
@@ -205,6 +210,7 @@ class CmpServer:
         # (the backend's issued_chain, the certificates above an issued one up to the root)
         self._issued_above: tuple[object, tuple[x509.Certificate, ...]] = (None, ())
         self._updates = OpenUpdates()
+        self._issue_bucket = TokenBucket(cfg.max_issue_rate) if cfg.max_issue_rate else None
 
     # -- public surface -------------------------------------------------------------------
 
@@ -326,6 +332,9 @@ class CmpServer:
             limit = self.config.max_transactions
             if limit is not None and len(self._live) >= limit:
                 raise Refuse(Refusal.BUSY, "too many concurrent transactions; retry later")
+            bucket = self._issue_bucket
+            if bucket is not None and body_type in _ISSUING and not bucket.take(ctx.now):
+                raise Refuse(Refusal.BUSY, "certificate requests over the issue rate; retry later")
             if inject_error:
                 raise Refuse(Refusal.INTERNAL, "injected failure (load-target knob)")
             return handler(self, ctx, defer)

@@ -25,6 +25,7 @@ class ServerConfig:
     closed_ttl: float = 3600.0  # closed transactionIDs stay rejected for reuse this long
     max_closed: int = 1_000_000  # ... and at most this many are remembered
     max_transactions: int | None = None  # live transactions beyond which new ones get systemUnavail
+    max_issue_rate: float | None = None  # certificate requests per second beyond which they get systemUnavail
     # PBM/PBMAC1 iteration cap (checklist item 17); None: each algorithm's own, as the client's
     # (PasswordBasedMac 100,000, PBMAC1 1,000,000: fleet.cmp.protection)
     max_iterations: int | None = None

@@ -21,11 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleet.errors import FleetError
-from fleet.load.profiles import Slo
+from fleet.load.profiles import Profile, Slo
 from fleet.load.results import SECOND_BUCKETS, RunResults
+from fleet.load.schedule import Constant, Poisson
 from fleet.load.verdict import slo_verdict
 
-__all__ = ["CapacityAnswer", "CapacitySearch", "SearchError", "StepAssessment", "answer", "assess_step", "steadiness"]
+__all__ = ["CapacityAnswer", "CapacitySearch", "SearchError", "StepAssessment", "answer", "assess_step", "steadiness",
+           "step_profile"]
 
 
 class SearchError(FleetError):
@@ -33,6 +35,12 @@ class SearchError(FleetError):
 
 
 # -- one step ----------------------------------------------------------------------------------------
+
+
+def step_profile(profile: Profile, rate: float, duration: float) -> Profile:
+    """The profile at one steady offered rate: constant arrivals (Poisson ones stay Poisson)."""
+    shape = Poisson(rate, seed=profile.shape.seed) if isinstance(profile.shape, Poisson) else Constant(rate)
+    return profile.with_overrides(shape=shape, duration=duration)
 
 
 @dataclass

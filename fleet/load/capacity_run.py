@@ -4,6 +4,7 @@ full results (mergeable histograms) as one JSON document."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -12,12 +13,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fleet.errors import FleetError
-from fleet.load.capacity import CapacityAnswer, CapacitySearch, StepAssessment, answer, assess_step
+from fleet.load.capacity import (
+    CapacityAnswer,
+    CapacitySearch,
+    StepAssessment,
+    answer,
+    assess_step,
+    step_profile,
+)
 from fleet.load.capacity_metrics import CapacityMetrics
+from fleet.load.capacity_shards import ShardedSteps
 from fleet.load.embedded_ca import EmbeddedCa
-from fleet.load.orchestrator import RunOptions, report_dict, run_profile
+from fleet.load.orchestrator import RunOptions, prepare_keys, report_dict, run_profile
 from fleet.load.profiles import Profile
-from fleet.load.schedule import Closed, Constant, Poisson
+from fleet.load.schedule import Closed
 from fleet.load.verdict import slo_dict
 
 __all__ = ["CapacityError", "CapacityOptions", "run_capacity", "step_profile"]
@@ -44,16 +53,14 @@ class CapacityOptions:
     keys_dir: Path | None = None
     ca_dir: Path | None = None
     metrics_port: int | None = None  # the search's gauges here, the embedded CA's on the next port
+    shards: int | None = None  # each step played by this many follower processes, merged exactly
+    shard_dir: Path | None = None  # with shards: the directory external followers share (None: local ones)
+    lead: float = 2.0  # with shards: seconds from a step's plan to its common start
+    profile_path: Path | None = None  # with shards: the profile file the followers load
 
     @property
     def warmup_seconds(self) -> float:
         return self.warmup if self.warmup is not None else max(1.0, self.step_duration / 4)
-
-
-def step_profile(profile: Profile, rate: float, duration: float) -> Profile:
-    """The profile at one steady offered rate: constant arrivals (Poisson ones stay Poisson)."""
-    shape = Poisson(rate, seed=profile.shape.seed) if isinstance(profile.shape, Poisson) else Constant(rate)
-    return profile.with_overrides(shape=shape, duration=duration)
 
 
 def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.stdout,
@@ -88,6 +95,17 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
             raise CapacityError("MAC devices need --master-secret (per-device secrets are derived from it)")
         run_options = RunOptions(server=url, trusted=trusted, master_secret=master, keys_dir=options.keys_dir,
                                  progress=False, warmup=warmup)
+        sharded = None
+        if options.shards:
+            if options.profile_path is None:
+                raise CapacityError("--shards needs the profile's file (the followers load it)")
+            top = (options.max_rate, options.step_duration)
+            if options.shard_dir is None:  # local followers share this key cache: filled once, here
+                prepare_keys(step_profile(profile, *top), options.keys_dir, log)
+            sharded = stack.enter_context(ShardedSteps(
+                options.profile_path, options.shards, url, directory=options.shard_dir, master_secret=master,
+                trusted=trusted, keys_dir=options.keys_dir, lead=options.lead,
+                transaction_timeout=profile.transaction_timeout, top=top, log=log))
         while (rate := search.next_rate()) is not None:
             if steps:
                 time.sleep(options.cool_down)  # let the CA settle: queues drain, timers fire
@@ -95,12 +113,21 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
             sp = step_profile(profile, rate, options.step_duration)
             if metrics is not None:
                 metrics.step_started(len(steps) + 1, rate)
-            results, verdict = run_profile(sp, replace(run_options), log)
+            if sharded is not None:
+                try:
+                    results, step_report = sharded.play(len(steps) + 1, rate, sp, warmup)
+                except KeyboardInterrupt:  # Ctrl-C (the followers stop their step too): answer so far
+                    interrupted = int(signal.SIGINT)
+                    search.stop_reason = "interrupted"
+                    break
+            else:
+                results, verdict = run_profile(sp, replace(run_options), log)
+                step_report = report_dict(sp, results, verdict, url)
             assessed = assess_step(rate, profile.slo, profile.flow, options.step_duration, warmup, results)
             search.record(rate, assessed.passed, assessed.broken)
             if metrics is not None:
                 metrics.step_done(assessed, search.highest_pass)
-            steps.append((assessed, report_dict(sp, results, verdict, url)))
+            steps.append((assessed, step_report))
             print(_step_line(len(steps), phase, assessed), file=out, flush=True)
             if results.interrupted:
                 interrupted = results.interrupt_signal or 2
@@ -116,7 +143,7 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
         "slo": slo_dict(profile.slo),
         "search": {"min_rate": options.min_rate, "max_rate": options.max_rate, "factor": options.factor,
                    "tolerance": options.tolerance, "step_seconds": options.step_duration, "warmup_seconds": warmup,
-                   "cool_down_seconds": options.cool_down},
+                   "cool_down_seconds": options.cool_down, "shards": options.shards or 1},
         "answer": found.to_dict(),
         "require": options.require,
         "require_met": met,

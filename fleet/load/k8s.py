@@ -20,7 +20,7 @@ from typing import Any
 
 from fleet.errors import FleetError
 
-__all__ = ["K8sManifestError", "ManifestOptions", "manifest_objects", "to_yaml"]
+__all__ = ["CAPACITY_LEAD", "K8sManifestError", "ManifestOptions", "capacity_objects", "manifest_objects", "to_yaml"]
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
@@ -71,6 +71,55 @@ def _shard_labels(options: ManifestOptions) -> dict[str, str]:
     return _labels(options) | {"app.kubernetes.io/component": "shard"}
 
 
+_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001}
+_CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _claim(options: ManifestOptions, name: str) -> dict[str, Any]:
+    claim: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": options.storage}}}
+    if options.storage_class:
+        claim["storageClassName"] = options.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(options, name), "spec": claim}
+
+
+def _env(options: ManifestOptions, *extra: tuple[str, str]) -> list[dict[str, Any]]:
+    return [
+        {"name": "FLEET_SHARDS", "value": str(options.shards)},
+        *({"name": k, "value": v} for k, v in extra),
+        {"name": "FLEET_MASTER", "valueFrom": {"secretKeyRef": {"name": options.secret_name, "key": options.secret_key}}},
+    ]
+
+
+def _job(options: ManifestOptions, name: str, labels: dict[str, str], container: dict[str, Any],
+         volumes: list[dict[str, Any]], *, shards: int | None = None) -> dict[str, Any]:
+    """A Job of one pod, or (``shards``) an Indexed Job of that many, never retried: a pod
+    restarted after the common start would play out of step."""
+    spec: dict[str, Any] = {"backoffLimit": 0}
+    pod: dict[str, Any] = {"restartPolicy": "Never", "securityContext": _SECURITY,
+                           "containers": [{**container, "securityContext": _CONTAINER_SECURITY}], "volumes": volumes}
+    if shards is not None:
+        spec = {"completionMode": "Indexed", "completions": shards, "parallelism": shards, **spec}
+        pod = {"subdomain": options.name, **pod}
+    spec["template"] = {"metadata": {"labels": labels}, "spec": pod}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(options, name), "spec": spec}
+
+
+def _profile_map(options: ManifestOptions) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(options, f"{options.name}-profile"),
+            "data": {"profile.toml": options.profile_text}}
+
+
+def _service(options: ManifestOptions) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(options, options.name),
+            "spec": {"clusterIP": "None", "selector": _shard_labels(options),
+                     "ports": [{"name": "metrics", "port": options.metrics_port, "targetPort": "metrics"}]}}
+
+
+def _pod_monitor(options: ManifestOptions, selector: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(options, options.name),
+            "spec": {"selector": selector, "podMetricsEndpoints": [{"port": "metrics", "interval": "5s"}]}}
+
+
 def manifest_objects(options: ManifestOptions) -> list[dict[str, Any]]:
     """ConfigMap, PersistentVolumeClaim, headless Service, Indexed Job, merge Job, PodMonitor."""
     name, n = options.name, options.shards
@@ -80,8 +129,6 @@ def manifest_objects(options: ManifestOptions) -> list[dict[str, Any]]:
     ]
     mounts = [{"name": "profile", "mountPath": "/profile", "readOnly": True},
               {"name": "reports", "mountPath": "/reports"}]
-    security = {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001}
-    container_security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     resources = {"requests": {"cpu": options.cpu, "memory": options.memory}}
     shard_args = [
         "run", "/profile/profile.toml", "--shards", str(n), "--start-at", options.start_at,
@@ -89,68 +136,58 @@ def manifest_objects(options: ManifestOptions) -> list[dict[str, Any]]:
         "--report", "/reports/shard-$(JOB_COMPLETION_INDEX).json",
         "--metrics-port", str(options.metrics_port), "--metrics-host", "0.0.0.0", "--quiet",
     ]
-    claim: dict[str, Any] = {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": options.storage}}}
-    if options.storage_class:
-        claim["storageClassName"] = options.storage_class
-    shard_job = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(options, name),
-        "spec": {
-            "completionMode": "Indexed", "completions": n, "parallelism": n,
-            "backoffLimit": 0,  # a shard restarted after the common start would run out of step
-            "template": {
-                "metadata": {"labels": _shard_labels(options)},
-                "spec": {
-                    "subdomain": name, "restartPolicy": "Never", "securityContext": security,
-                    "containers": [{
-                        "name": "fleet", "image": options.image, "args": shard_args,
-                        "env": [
-                            {"name": "FLEET_SHARDS", "value": str(n)},
-                            {"name": "FLEET_MASTER", "valueFrom": {"secretKeyRef": {
-                                "name": options.secret_name, "key": options.secret_key}}},
-                        ],
-                        "ports": [{"name": "metrics", "containerPort": options.metrics_port}],
-                        "resources": resources, "securityContext": container_security, "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                },
-            },
-        },
-    }
+    shard_job = _job(options, name, _shard_labels(options), {
+        "name": "fleet", "image": options.image, "args": shard_args, "env": _env(options),
+        "ports": [{"name": "metrics", "containerPort": options.metrics_port}],
+        "resources": resources, "volumeMounts": mounts,
+    }, volumes, shards=n)
     wait = (f"until [ \"$(ls /reports/shard-*.json 2>/dev/null | wc -l)\" -ge {n} ]; do sleep 5; done; "
             "exec fleet report merge /reports/shard-*.json --out /reports/run.json --html /reports/report.html")
-    merge_job = {
-        "apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(options, f"{name}-merge"),
-        "spec": {
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"labels": _labels(options) | {"app.kubernetes.io/component": "merge"}},
-                "spec": {
-                    "restartPolicy": "Never", "securityContext": security,
-                    "containers": [{
-                        "name": "merge", "image": options.image, "command": ["/bin/sh", "-c", wait],
-                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                        "securityContext": container_security,
-                        "volumeMounts": [{"name": "reports", "mountPath": "/reports"}],
-                    }],
-                    "volumes": [volumes[1]],
-                },
-            },
-        },
-    }
-    return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(options, f"{name}-profile"),
-         "data": {"profile.toml": options.profile_text}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(options, f"{name}-reports"),
-         "spec": claim},
-        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(options, name),
-         "spec": {"clusterIP": "None", "selector": _shard_labels(options),
-                  "ports": [{"name": "metrics", "port": options.metrics_port, "targetPort": "metrics"}]}},
-        shard_job,
-        merge_job,
-        {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": _meta(options, name),
-         "spec": {"selector": {"matchLabels": _shard_labels(options)},
-                  "podMetricsEndpoints": [{"port": "metrics", "interval": "5s"}]}},
+    merge_job = _job(options, f"{name}-merge", _labels(options) | {"app.kubernetes.io/component": "merge"}, {
+        "name": "merge", "image": options.image, "command": ["/bin/sh", "-c", wait],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "volumeMounts": [{"name": "reports", "mountPath": "/reports"}],
+    }, [volumes[1]])
+    return [_profile_map(options), _claim(options, f"{name}-reports"), _service(options), shard_job, merge_job,
+            _pod_monitor(options, {"matchLabels": _shard_labels(options)})]
+
+
+CAPACITY_LEAD = 10.0  # seconds from a step's plan to its start: a shared volume may show files late
+
+
+def capacity_objects(options: ManifestOptions, search_args: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """``fleet capacity --shards N`` on Kubernetes: a leader Job searches, an Indexed Job of N
+    followers plays every step (each its shard), both on one shared volume (the steps' plans,
+    the shards' reports, and the search's report and page at the end); the PodMonitor scrapes
+    the leader's fleet_capacity_* and every follower's load metrics. ``search_args``: the
+    leader's other ``fleet capacity`` options (--min-rate, --max-rate, ...)."""
+    name, n = options.name, options.shards
+    volumes = [
+        {"name": "profile", "configMap": {"name": f"{name}-profile"}},
+        {"name": "shared", "persistentVolumeClaim": {"claimName": f"{name}-shared"}},
     ]
+    mounts = [{"name": "profile", "mountPath": "/profile", "readOnly": True},
+              {"name": "shared", "mountPath": "/shared"}]
+    resources = {"requests": {"cpu": options.cpu, "memory": options.memory}}
+    common = ["capacity", "/profile/profile.toml", "--shards", str(n), "--shard-dir", "/shared/search",
+              "--server", options.server, "--master-secret", "env:FLEET_MASTER",
+              "--metrics-port", str(options.metrics_port)]
+    ports = [{"name": "metrics", "containerPort": options.metrics_port}]
+    host = ("FLEET_METRICS_HOST", "0.0.0.0")
+    followers = _job(options, name, _shard_labels(options), {
+        "name": "fleet", "image": options.image, "args": [*common, "--follow"], "env": _env(options, host),
+        "ports": ports, "resources": resources, "volumeMounts": mounts,
+    }, volumes, shards=n)
+    leader_labels = _labels(options) | {"app.kubernetes.io/component": "leader"}
+    leader_args = [*common, "--lead", f"{CAPACITY_LEAD:g}", "--report", "/shared/capacity.json",
+                   "--html", "/shared/capacity.html", *search_args]
+    leader = _job(options, f"{name}-leader", leader_labels, {
+        "name": "leader", "image": options.image, "args": leader_args, "env": _env(options, host),
+        "ports": ports, "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}}, "volumeMounts": mounts,
+    }, volumes)
+    monitor = _pod_monitor(options, {"matchLabels": _labels(options), "matchExpressions": [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["shard", "leader"]}]})
+    return [_profile_map(options), _claim(options, f"{name}-shared"), _service(options), followers, leader, monitor]
 
 
 # -- YAML -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ BAD = {
     "http_503_fraction": (-0.5, "must be a fraction between 0 and 1, got -0.5"),
     "drop_fraction": (True, "must be a fraction between 0 and 1, got True"),
     "max_transactions": (-5, "must be an integer >= 0, got -5"),
+    "issue_rate": (-1, "must be a number >= 0, got -1"),
     "implicit_confirm": ("yes", "must be true or false, got 'yes'"),
     "confirm_wait": (0, "must be a number > 0, got 0"),
     "validity_days": (0, "must be an integer >= 1, got 0"),

@@ -86,6 +86,7 @@ def test_busy_metrics_port_creates_nothing(busy_port: int, tmp_path: Path) -> No
         ("--check-after", "-1", "must be a number >= 0, got -1"),
         ("--validity-days", "0", "must be an integer >= 1, got 0"),
         ("--max-transactions", "-5", "must be an integer >= 0, got -5"),
+        ("--issue-rate", "-2.5", "must be a number >= 0, got -2.5"),
     ],
 )
 def test_numeric_options_are_usage_errors(tmp_path: Path, option: str, value: str, words: str) -> None:
@@ -119,7 +120,7 @@ def test_metrics_host_exposes_by_choice(tmp_path: Path) -> None:
 # The flag's text for one bad value of each profile key (booleans have no bad value on a command line).
 CLI_BAD = {
     "mode": "5g", "latency": "gauss:1", "waiting_fraction": "1.5", "check_after": "-1", "error_fraction": "2",
-    "http_503_fraction": "-0.5", "drop_fraction": "3", "max_transactions": "-5", "confirm_wait": "0",
+    "http_503_fraction": "-0.5", "drop_fraction": "3", "max_transactions": "-5", "issue_rate": "-1", "confirm_wait": "0",
     "validity_days": "0", "key_type": "rsa:1024", "seed": "-1", "kga_profiles": "iot/a",
     "kga_key_type": "ed448", "kga_pwri_iterations": "0", "kga_rsa_pool": "-1", "kga_kek_cache": "-1",
 }

@@ -10,13 +10,21 @@ The warm-up (1.5 s) outlasts a transaction, so every measured arrival meets the 
 
 from __future__ import annotations
 
+import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cli_helpers import fleet, one_error_line
+import pytest
+from cli_helpers import fleet, fleet_inprocess, one_error_line
 
+from fleet.load.capacity import step_profile
+from fleet.load.capacity_shards import FollowError, ShardDir, ShardedSteps, follow, profile_digest
+from fleet.load.orchestrator import RunOptions
+from fleet.load.profiles import load_profile
 from fleet.load.results import RunResults
+from fleet.load.shards import Shard
 
 PROFILE = """
 name = "knob-capacity"
@@ -96,3 +104,87 @@ def test_require_met_exits_0_and_bad_bounds_are_usage_errors(tmp_path: Path) -> 
     closed.write_text(PROFILE.replace('shape = "constant"\nrate = 100', 'shape = "closed"\ndevices = 5\nthink_time = 0.1'))
     refused = fleet("capacity", str(closed))
     assert refused.returncode == 1 and "closed-model profile" in one_error_line(refused.stderr)
+
+
+@pytest.mark.parametrize(("args", "option", "words"), [
+    (["--shard-dir", "d"], "--shard-dir", "--shard-dir needs --shards N (or --follow)"),
+    (["--shard", "0/2"], "--shard", "--shard is for followers: add --follow"),
+    (["--follow", "--shard", "0/2", "--server", "http://127.0.0.1:1/"], "--shard-dir", "--follow needs --shard-dir DIR"),
+    (["--follow", "--shard-dir", "d", "--shard", "0/2"], "--server", "--follow needs --server URL"),
+    (["--follow", "--shard-dir", "d", "--server", "http://127.0.0.1:1/"], "--shard", "--follow needs --shard I/N"),
+    (["--follow", "--shard-dir", "d", "--server", "http://127.0.0.1:1/", "--shard", "2/2"], "--shard",
+     "shard index 2 is outside 0..1"),
+    (["--follow", "--shard-dir", "d", "--server", "http://127.0.0.1:1/", "--shard", "0/2"], "--master-secret",
+     "MAC devices need --master-secret"),
+])
+def test_shard_options_are_usage_errors(args: list[str], option: str, words: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("JOB_COMPLETION_INDEX", raising=False)
+    monkeypatch.delenv("FLEET_SHARDS", raising=False)
+    profile = tmp_path / "p.toml"
+    profile.write_text(PROFILE)
+    code, out, err = fleet_inprocess(monkeypatch, capsys, "capacity", str(profile), *args)
+    assert code == 2 and out == ""
+    line = one_error_line(err, "fleet: usage error: ")
+    assert f"'{option}'" in line and words in line, line
+
+
+def test_a_follower_refuses_a_search_of_another_profile_or_size(tmp_path: Path) -> None:
+    """Followers check the leader's search before joining it: the same profile file (digest),
+    the same shard count; and they never join a search that is already done."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(PROFILE)
+    loaded = load_profile(profile)
+    shared = ShardDir(tmp_path / "search")
+    shared.path.mkdir()
+    options = RunOptions(server="http://127.0.0.1:1/", master_secret=b"demo")
+    (shared.search).write_text(json.dumps({"id": "a", "shards": 3, "profile": profile_digest(profile)}))
+    with pytest.raises(FollowError, match="has 3 shards, this is shard 0/2"):
+        follow(profile, loaded, shared.path, Shard(0, 2), options, io.StringIO())
+    (shared.search).write_text(json.dumps({"id": "b", "shards": 2, "profile": "0" * 64}))
+    with pytest.raises(FollowError, match="plays another profile"):
+        follow(profile, loaded, shared.path, Shard(0, 2), options, io.StringIO())
+    (shared.search).write_text(json.dumps({"id": "c", "shards": 2, "profile": profile_digest(profile)}))
+    shared.plan(1).write_text(json.dumps({"id": "c", "step": 1, "rate": 10, "duration": 3, "warmup": 1,
+                                          "start_at": time.time() - 5}))
+    shared.done.write_text(json.dumps({"id": "d"}))  # not this search's end: it joins, sees a late plan, reports it
+    log = io.StringIO()
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(follow, profile, loaded, shared.path, Shard(1, 2), options, log)
+        deadline = time.monotonic() + 20
+        while not shared.error(1, 1).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shared.done.write_text(json.dumps({"id": "c"}))
+        running.result(timeout=20)
+    assert json.loads(shared.ready(1).read_text())["id"] == "c"
+    assert "after the step's start: raise --lead" in shared.error(1, 1).read_text()
+
+
+def test_the_leader_stops_with_a_followers_error_and_ends_the_search(tmp_path: Path) -> None:
+    """External followers (a shared directory): the leader waits for every shard to join the
+    search it wrote, and a step a follower could not play stops the search with that follower's
+    line; ``done.json`` then ends the search for the others."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(PROFILE)
+    shared = ShardDir(tmp_path / "search")
+
+    def follower() -> None:  # the file side of a follower, as ``follow`` writes it
+        deadline = time.monotonic() + 20
+        while not shared.search.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        search = json.loads(shared.search.read_text())
+        shared.ready(0).write_text(json.dumps({"id": search["id"]}))
+        while not shared.plan(1).exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        shared.error(1, 0).write_text("CA unreachable, nothing sent\n")
+
+    shared.path.mkdir()
+    shared.plan(7).write_text("{}")  # an earlier search's file: cleared
+    with ThreadPoolExecutor(1) as pool:
+        fake = pool.submit(follower)
+        leader = ShardedSteps(profile, 1, "http://127.0.0.1:1/", directory=shared.path, log=io.StringIO())
+        with pytest.raises(FollowError, match="shard 0 of step 1: CA unreachable, nothing sent"), leader as steps:
+            assert not shared.plan(7).exists()
+            steps.play(1, 10.0, step_profile(load_profile(profile), 10.0, 3.0), 1.0)
+        fake.result(timeout=20)
+    assert json.loads(shared.done.read_text())["id"] == json.loads(shared.search.read_text())["id"]

@@ -112,6 +112,9 @@ def test_bad_manifest_options_are_refused() -> None:
         ManifestOptions("fleet", "", 2, " ", "http://x/", "2030-01-01T00:00:00Z")
     bad = _fleet("k8s", "manifest", "profiles/smoke.toml", "--shards", "0", "--image", "i", "--server", "http://x/")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    search = _fleet("k8s", "manifest", "profiles/smoke.toml", "--shards", "2", "--image", "i", "--server", "http://x/",
+                    "--max-rate", "100")
+    assert search.returncode == 2 and "--max-rate is for --capacity" in search.stderr and "Traceback" not in search.stderr
 
 
 def _free_port() -> int:
@@ -168,3 +171,49 @@ def test_containerfile_passes_hadolint() -> None:
     result = subprocess.run([hadolint, "--no-color", str(containerfile)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_capacity_manifest_is_valid_and_its_commands_search_in_shards(tmp_path: Path) -> None:
+    """--capacity: a leader Job and an Indexed Job of followers on one shared volume, valid
+    Kubernetes; their container args, with the pod's paths mapped to local ones, run here (two
+    followers with JOB_COMPLETION_INDEX set, the leader) against a real ``fleet ca serve``."""
+    with running_ca(tmp_path / "ca") as ca:
+        objects, text = _manifest(tmp_path, 2, ca.url, "--capacity", "--min-rate", "20", "--max-rate", "20",
+                                  "--step-duration", "3")
+        assert sorted(o["kind"] for o in objects) == ["ConfigMap", "Job", "Job", "PersistentVolumeClaim",
+                                                      "PodMonitor", "Service"]
+        for obj in objects:
+            if obj["kind"] != "PodMonitor":
+                kubernetes_validate.validate(obj, SCHEMA, strict=True)
+        assert "pass:" not in text
+        followers = next(o for o in objects if o["kind"] == "Job" and o["spec"].get("completionMode") == "Indexed")
+        leader = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-leader"))
+        assert followers["spec"]["parallelism"] == 2 and leader["spec"]["template"]["spec"]["containers"][0]["args"][:4] \
+            == ["capacity", "/profile/profile.toml", "--shards", "2"]
+        monitor = _by_kind(objects, "PodMonitor")[0]
+        assert monitor["spec"]["selector"]["matchExpressions"][0]["values"] == ["shard", "leader"]
+        shared = tmp_path / "shared"
+        shared.mkdir()
+
+        def local(job: dict[str, Any], index: int | None) -> subprocess.Popen[str]:
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            args = [a.replace("/profile/profile.toml", str(tmp_path / "profile.toml")).replace("/shared", str(shared))
+                    for a in container["args"]]
+            args[args.index("--metrics-port") + 1] = str(_free_port())  # one address here: a port each
+            if "--lead" in args:
+                args[args.index("--lead") + 1] = "2"  # a local directory shows files at once
+            env = {**_env(), "FLEET_MASTER": MASTER, "FLEET_SHARDS": "2", "FLEET_METRICS_HOST": "127.0.0.1"}
+            if index is not None:
+                env["JOB_COMPLETION_INDEX"] = str(index)
+            return subprocess.Popen([sys.executable, "-m", "fleet.cli.main", *args], cwd=ROOT, env=env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+        procs = [local(followers, 0), local(followers, 1), local(leader, None)]
+        outputs = [p.communicate(timeout=120) for p in procs]
+        for p, (out, err) in zip(procs, outputs):
+            assert p.returncode == 0, out + err
+    assert "capacity at least 20/s" in outputs[2][0]
+    report = (shared / "capacity.json").read_text()
+    assert '"shards": 2' in report and "each step played in 2 shards" in (shared / "capacity.html").read_text()
+    assert sorted(p.name for p in (shared / "search").glob("step-1-shard-*.json")) == [
+        "step-1-shard-0.json", "step-1-shard-1.json"]

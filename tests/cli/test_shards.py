@@ -1,5 +1,6 @@
 """Issue 16: ``fleet run`` as shard I of N (an Indexed Job's pods, run here as local processes
-with JOB_COMPLETION_INDEX set) against one real ``fleet ca serve``, and ``fleet report merge``."""
+with JOB_COMPLETION_INDEX set) against one real ``fleet ca serve``, ``fleet report merge``, and
+``fleet capacity --shards N``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-from cli_helpers import MASTER, ROOT, env, fleet, one_error_line, running_ca
+from cli_helpers import MASTER, ROOT, Ca, env, fleet, one_error_line, running_ca
 
 LEAD = 20  # seconds to the common start: room for three interpreters to start on two busy cores
 
@@ -148,9 +152,10 @@ def test_shard_options_are_usage_errors(tmp_path: Path) -> None:
 KNOB_PROFILE = """
 name = "knob-shards"
 [run]
-duration = 8
+duration = 6
 flow = ["ir"]
 max_in_flight = 1000
+transaction_timeout = 10
 [arrivals]
 shape = "constant"
 rate = 100
@@ -158,10 +163,12 @@ rate = 100
 count = 3000
 key_types = "ec:P-256"
 [slo]
-p99_seconds = { ir = 30.0 }  # what is tested here is the cap, not the latency
+p99_seconds = { ir = 5.0 }  # what is tested here is the issue rate, not the latency
 max_error_rate = 0.01
 min_rate_ratio = 0.95
 """
+
+ISSUE_RATE = 100  # the CA's capacity, set by its knob: certificate requests per second
 
 
 def _shards(profile: Path, n: int, ca_url: str, root: Path, out: Path, *extra: str) -> list[Path]:
@@ -182,28 +189,47 @@ def _shards(profile: Path, n: int, ca_url: str, root: Path, out: Path, *extra: s
     return reports
 
 
-def test_three_shards_pass_at_the_capacity_found_and_fail_at_1_2x(tmp_path: Path) -> None:
-    """A CA whose knobs hold it to 100/s (responses held 4 s, at most 400 live transactions):
-    three shards together at 87.5/s pass and at 1.2 times that (105/s) fail, on the transaction
-    cap's systemUnavail. A transaction lives through the held ip and the client's turnaround
-    (from a few ms on a quiet machine to ~0.5 s with three shards and the CA on two cores loaded
-    ten deep), so the rate the CA sustains, and ``fleet capacity`` finds, lies between ~88 and
-    ~99.7/s: 87.5/s stays under it and 105/s over it on a quiet or a busy machine."""
+def _merged_round(profile: Path, ca: Ca, out: Path, rate: float) -> tuple[int, str, dict[str, Any]]:
+    """Three ``fleet run --shard`` processes at ``rate`` in all, merged by ``fleet report merge``."""
+    out.mkdir()
+    reports = _shards(profile, 3, ca.url, ca.state / "root-ca.pem", out, "--rate", f"{rate:g}")
+    merge = fleet("report", "merge", *map(str, reports), "--out", str(out / "run.json"))
+    merged = json.loads((out / "run.json").read_text())
+    assert merged["results"]["scheduled"] == round(rate * 6)  # the whole run's arrivals, once
+    return merge.returncode, merge.stdout.strip().splitlines()[-1], merged
+
+
+def test_capacity_in_three_shards_finds_the_issue_rate_and_three_shard_runs_confirm_it(tmp_path: Path) -> None:
+    """Against a CA whose capacity its knob sets (``--issue-rate 100``: certificate requests
+    beyond 100/s get systemUnavail), ``fleet capacity --shards 3`` (each step played by three
+    follower processes, their reports merged exactly) finds 100/s within 5 %; then three
+    ``fleet run --shard`` processes at the rate found pass and at 1.2 times it fail, each round
+    against a CA of its own so the two run at once."""
     profile = tmp_path / "knobs.toml"
     profile.write_text(KNOB_PROFILE)
-    verdicts = {}
-    with running_ca(tmp_path / "ca", "--latency", "fixed:4", "--max-transactions", "400") as ca:
-        for rate in (87.5, 105):
-            out = tmp_path / f"rate-{rate:g}"
-            out.mkdir()
-            reports = _shards(profile, 3, ca.url, ca.state / "root-ca.pem", out, "--rate", f"{rate:g}")
-            merge = fleet("report", "merge", *map(str, reports), "--out", str(out / "run.json"))
-            merged = json.loads((out / "run.json").read_text())
-            assert merged["results"]["scheduled"] == round(rate * 8)  # the whole run's arrivals, once
-            verdicts[rate] = (merge.returncode, merge.stdout.strip().splitlines()[-1], merged)
-            time.sleep(1)  # the CA's transactions of this round are all closed before the next
-    code, line, _ = verdicts[87.5]
+    report = tmp_path / "capacity.json"
+    with ExitStack() as stack:
+        ca = stack.enter_context(running_ca(tmp_path / "ca", "--issue-rate", str(ISSUE_RATE)))
+        other = stack.enter_context(running_ca(tmp_path / "ca-2", "--issue-rate", str(ISSUE_RATE)))
+        server = _common(ca.url, ca.state / "root-ca.pem")[:-1]  # fleet capacity has no --quiet
+        search = fleet("capacity", str(profile), "--shards", "3", *server,
+                       "--min-rate", "80", "--max-rate", "320", "--step-duration", "3", "--warmup", "1",
+                       "--cool-down", "0.5", "--tolerance", "0.05", "--report", str(report), timeout=300)
+        assert search.returncode == 0, search.stdout + search.stderr
+        doc = json.loads(report.read_text())
+        found = doc["answer"]["capacity"]
+        assert abs(found - ISSUE_RATE) <= 0.05 * ISSUE_RATE, search.stdout
+        assert doc["search"]["shards"] == 3
+        assert "systemUnavail" in doc["answer"]["first_break"]["fail_info"]
+        for step in doc["steps"]:  # every step is the exact merge of its three shards' reports
+            merged = step["report"]
+            assert len(merged["merged_from"]) == 3 and merged["results"]["workers"] == 3
+            assert merged["results"]["scheduled"] == round(step["assessment"]["rate"] * 3)
+            assert merged["results"]["steady"]["from_seconds"] == 1
+        with ThreadPoolExecutor(2) as pool:
+            at_found = pool.submit(_merged_round, profile, ca, tmp_path / "at-found", found)
+            over = pool.submit(_merged_round, profile, other, tmp_path / "at-1.2x", 1.2 * found)
+            (code, line, _), (code_over, line_over, merged_over) = at_found.result(), over.result()
     assert code == 0 and line.startswith("PASS"), line
-    code, line, merged = verdicts[105]
-    assert code == 1 and line.startswith("FAIL") and "errors" in line, line
-    assert merged["results"]["operations"]["ir"]["fail_info"].get("systemUnavail", 0) > 0
+    assert code_over == 1 and line_over.startswith("FAIL") and "errors" in line_over, line_over
+    assert merged_over["results"]["operations"]["ir"]["fail_info"].get("systemUnavail", 0) > 0

@@ -450,6 +450,25 @@ def test_concurrent_transaction_cap_answers_system_unavail(authority: Authority)
         assert isinstance(tx.receive(server.handle(conf.data, now).data), Done)
 
 
+
+def test_issue_rate_cap_answers_system_unavail_beyond_the_rate(authority: Authority) -> None:
+    """--issue-rate 10: the bucket holds one request (a tenth of a second's), so at one instant
+    the second ir is refused; a tenth of a second on, one more starts; genm is not counted."""
+    server = make_server(authority, max_issue_rate=10.0)
+    now = time.time()
+
+    def ir(cn: str, at: float) -> tuple[str, tuple[str, ...]]:
+        tx = ClientTransaction(mac_config(authority), CertRequest(BodyType.IR, new_key(), subject=name(cn)))
+        reply = server.handle(tx.start().data, at)
+        return reply.outcome.status, (error_of(reply.data).fail_names if reply.outcome.response == "error" else ())
+
+    assert ir("r1", now)[0] == "accepted"
+    assert ir("r2", now) == ("error", ("systemUnavail",))
+    support = ClientTransaction(mac_config(authority), GeneralRequest((genm.ca_certs_request(),)))
+    assert server.handle(support.start().data, now).outcome.status != "error"
+    assert ir("r3", now + 0.15)[0] == "accepted"
+    assert ir("r4", now + 0.15)[1] == ("systemUnavail",)
+
 def test_injected_error(server: CmpServer, authority: Authority) -> None:
     tx = ClientTransaction(mac_config(authority), CertRequest(BodyType.IR, new_key(), subject=name("x")))
     reply = server.handle(tx.start().data, time.time(), inject_error=True)
