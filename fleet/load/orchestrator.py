@@ -29,6 +29,7 @@ from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
 from fleet.http.client import CmpHttpClient
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
+from fleet.load.announcements import DeviceAnnouncements, announcement_setup
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.histogram import LatencyHistogram
@@ -46,6 +47,7 @@ from fleet.runtime import tune_gc
 from fleet.transport import TransportError, TransportFactory
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
+EXTRA_OPS = ("revoke", "reenroll")  # [announcements]: the run's revocations, the re-enrollments they trigger
 
 
 class RunError(FleetError):
@@ -138,6 +140,8 @@ class WorkerSetup:
     start_at: float | None = None
     warmup: float = 0.0
     ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
+    announce_port: int | None = None  # [announcements]: this worker's listener (0: any free port)
+    revoker_pem: tuple[bytes, bytes] | None = None  # [announcements]: the revoking PKI entity (PEM)
 
     @property
     def segment_index(self) -> int:
@@ -159,8 +163,9 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.vendor_key_pem is not None:
         vendor = VendorCa(load_pem_private_key(setup.vendor_key_pem, None))  # type: ignore[arg-type]
     pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
+    trust = TrustStore(anchors)  # the devices' own: a believed ckuann adds to it
     devices = DeviceFactory(
-        setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
+        setup.profile.devices, pools, master_secret=setup.master_secret, trust=trust,
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
     )
     metrics = None
@@ -169,7 +174,15 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.proxy,
                       setup.start_at, setup.warmup)
     transport = _ra_transport(setup, TrustStore(anchors)) if setup.ra_pem is not None else None
-    run = WorkerRun(plan, devices, observer=metrics, transport=transport)
+    announcements = None
+    if setup.profile.announcements is not None:
+        revoker = None
+        if setup.revoker_pem is not None:
+            certs = x509.load_pem_x509_certificates(setup.revoker_pem[0])
+            revoker = SignatureProtector(load_pem_private_key(setup.revoker_pem[1], None), certs[0], certs[1:])  # type: ignore[arg-type]
+        announcements = DeviceAnnouncements(setup.profile.announcements, trust, revoker=revoker,
+                                            port=setup.announce_port or 0, seed=setup.profile.seed + setup.segment_index)
+    run = WorkerRun(plan, devices, observer=metrics, transport=transport, announcements=announcements)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
@@ -356,7 +369,7 @@ _NONE = "-"  # a cell with nothing to show (no successful operation): never "nan
 def summary_table(profile: Profile, results: RunResults) -> str:
     rows: list[tuple[str, ...]] = [("operation", "ok", "failed", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")]
     elapsed = max(results.elapsed, 1e-9)
-    for op in [o for o in dict.fromkeys(profile.flow) if o in results.ops]:
+    for op in [o for o in dict.fromkeys((*profile.flow, *EXTRA_OPS)) if o in results.ops]:
         s = results.ops[op]
         q = s.latency.percentiles((50, 90, 99)) if s.latency.count else []
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common(3))
@@ -378,7 +391,20 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
         for code, n in warned.most_common()
     ]
-    return "\n".join([*lines, arrivals, *_transport_line(results.transport), *notes])
+    return "\n".join([*lines, arrivals, *_transport_line(results.transport), *_announcement_line(results), *notes])
+
+
+def _announcement_line(results: RunResults) -> list[str]:
+    """[announcements]: what the devices were pushed, and what it triggered."""
+    a = results.announcements
+    if a is None:
+        return []
+    believed = ", ".join(f"{n} {body}" for body, n in a.received.most_common()) or "none"
+    refused = ", ".join(f"{name} {n}" for name, n in a.refused.most_common()) or "none"
+    delivery = (f"delivery (rr to receipt) p50 {a.delivery.percentile(50) * 1e3:.1f} ms p99 "
+                f"{a.delivery.percentile(99) * 1e3:.1f} ms" if a.delivery.count else "delivery -")
+    return [(f"announcements: believed {believed}; refused {refused}; {delivery}; {a.reenrollments} re-enrollments "
+            f"triggered, {a.trust_updates} trust anchor updates, {a.unannounced} revocations not announced by the end")]
 
 
 def _transport_line(counters: dict[str, int]) -> list[str]:
@@ -436,6 +462,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.server is not None and profile.transport == "coap" and not is_coap(options.server):
         raise RunError(f"the profile's transport is coap but --server is {options.server} (give a coap:// URL)")
     ra_pem, ra_root = _ra_files(profile, external=options.server is not None)  # profile errors first
+    pushed = announcement_setup(profile, options.shard, external=options.server is not None)
     # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
@@ -463,6 +490,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 atomic_write(ra_path, ra_root)
                 ca.config = replace(ca.config, ra_trusted=(*ca.config.ra_trusted, ra_path))
+            if pushed is not None:  # the CA pushes to the workers' listeners, revocations by the run's entity
+                ca.config = pushed.configure_ca(ca.config, ca.state_dir)
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -479,12 +508,16 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             url = options.server
             if profile.devices.auth == "mac" and master is None:
                 raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
+        if pushed is not None:
+            print(pushed.describe(), file=out)
         workers = profile.workers
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
                 options.warmup, ra_pem,
+                announce_port=None if pushed is None else pushed.ports[w],
+                revoker_pem=None if pushed is None else pushed.revoker_pem,
             )
             for w in range(workers)
         ]
