@@ -32,6 +32,7 @@ from fleet.keys import KeyPool, KeyPoolStore, KeySpec
 from fleet.load.announcements import DeviceAnnouncements, announcement_setup
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
+from fleet.load.embedded_ra import EmbeddedRa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
 from fleet.load.profiles import Profile
@@ -502,12 +503,25 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             master = ca.master_secret
             trusted_pem.append(ca.root_path.read_bytes())
             print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
-            if profile.ra is not None:
+            if profile.ra is not None and not profile.ra.start:
                 print(f"fleet: requests go in RA-signed nested messages of up to {profile.ra.batch_size}", file=out)
         else:
             url = options.server
             if profile.devices.auth == "mac" and master is None:
                 raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
+        if profile.ra is not None and profile.ra.start:  # fleet ra serve between the devices and the CA
+            assert ra_pem is not None
+            # its fleet_ra_* after the workers' and the embedded CA's ports
+            ra_metrics = (None if options.metrics_port is None
+                          else options.metrics_port + profile.workers + (options.server is None))
+            ra = EmbeddedRa(url, cert_pem=ra_pem[0], key_pem=ra_pem[1], master_secret=master,
+                            trusted_pem=b"".join(trusted_pem),
+                            vendor_pem=None if vendor_root is None else certs_pem([vendor_root]),
+                            mode=profile.ra.mode, batch_size=profile.ra.batch_size, batch_wait=profile.ra.batch_wait,
+                            timeout=profile.transaction_timeout, metrics_port=ra_metrics)
+            stack.enter_context(ra)
+            print(f"fleet: embedded RA at {ra.url} (mode {ra.mode}, forwarding to {url})", file=out)
+            url, ra_pem = ra.url, None  # the devices talk to the RA, which nests if its mode says so
         if pushed is not None:
             print(pushed.describe(), file=out)
         workers = profile.workers
@@ -549,7 +563,7 @@ def _ra_files(profile: Profile, *, external: bool) -> tuple[tuple[bytes, bytes] 
             return (ra.cert.read_bytes(), ra.key.read_bytes()), None
         except OSError as exc:
             raise RunError(f"[ra] cannot read {exc.filename}: {exc.strerror}") from None
-    if external:
+    if external and not (ra.start and ra.mode == "pass"):  # a pass-through RA signs nothing the CA sees
         raise RunError("[ra] needs cert and key against --server (the RA credential that CA trusts)")
     made = make_ra_credential()
     return (made.cert_pem, made.key_pem), made.root_pem

@@ -55,12 +55,18 @@ class RaLoad:
     """``[ra]``: the devices' requests reach the CA as an RA sends them (RFC 9483 §5.2.2.1): in
     nested messages of up to ``batch_size``, signed with the RA credential ``cert``/``key``
     (without them, against the embedded CA, an RA credential made for the run, which the CA
-    trusts), each batch leaving after ``batch_wait`` seconds at the latest."""
+    trusts), each batch leaving after ``batch_wait`` seconds at the latest.
+
+    With ``start``, a real ``fleet ra serve`` is started between the devices and the CA instead
+    (``fleet.load.embedded_ra``), forwarding in ``mode`` (pass, nested, replace) with that
+    credential and batching."""
 
     batch_size: int = 8
     batch_wait: float = 0.01
     cert: Path | None = None
     key: Path | None = None
+    start: bool = False
+    mode: str = "nested"
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,8 @@ _ANNOUNCEMENTS = dict.fromkeys(
     ("revoke_fraction", "revoke_after", "reason", "reenroll", "host", "port", "linger", "cert", "key"), ""
 )
 _RA = {"batch_size": "messages per envelope", "batch_wait": "seconds", "cert": "RA certificate (PEM)",
-       "key": "RA private key"}
+       "key": "RA private key", "start": "start fleet ra serve between devices and CA", "mode": "pass, nested or replace"}
+_RA_MODES = ("pass", "nested", "replace")
 _RUN = {
     "duration": "seconds",
     "flow": "operations per arrival",
@@ -425,11 +432,17 @@ def _ra_load(section: _Section, path: Path | None) -> RaLoad:
         files.append(None if value is None else (path.parent / value if path is not None else Path(value)))
     if (files[0] is None) != (files[1] is None):
         raise ProfileError(f"{section.where}.{'key' if files[1] is None else 'cert'}: cert and key go together")
-    size = section.integer("batch_size", RaLoad.batch_size)
+    start = section.boolean("start", False)
+    mode = section.string("mode", "pass" if start else "nested", _RA_MODES) or "nested"
+    if not start and mode != "nested":
+        raise ProfileError(f"{section.where}.mode: {mode} needs start = true (without it, fleet run nests the requests itself)")
+    size = section.integer("batch_size", RaLoad.batch_size if mode == "nested" else 1)
     if size > MAX_BATCH:
         raise section._fail("batch_size", f"at most {MAX_BATCH}", size)
+    if size > 1 and mode != "nested":
+        raise ProfileError(f"{section.where}.batch_size: batches are nested messages: use mode = \"nested\"")
     return RaLoad(batch_size=size, batch_wait=section.number("batch_wait", RaLoad.batch_wait),
-                  cert=files[0], key=files[1])
+                  cert=files[0], key=files[1], start=start, mode=mode)
 
 
 def _announcements(section: _Section, path: Path | None) -> AnnouncementLoad:
