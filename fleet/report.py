@@ -315,6 +315,7 @@ def _announcements(a: dict[str, Any], ops: dict[str, Any], per_second: dict[str,
         f"<tr><td>rann delivery, from the run's rr to the device</td><td>{_e(delivery)}</td></tr>",
         (f"<tr><td>re-enrollments triggered</td><td>{_e(a.get('reenrollments', 0))} ({_e(reenroll.get('ok', 0))} ok, "
         f"{_e(reenroll.get('failed', 0))} failed; latency from the rann {_e(storm)})</td></tr>"),
+        f"<tr><td>rann of a certificate already replaced</td><td>{_e(a.get('not_current', 0))}</td></tr>",
         f"<tr><td>trust anchor updates (ckuann)</td><td>{_e(a.get('trust_updates', 0))}</td></tr>",
         f"<tr><td>revocations not announced by the end</td><td>{_e(a.get('unannounced', 0))}</td></tr></table>",
     ]

@@ -405,7 +405,8 @@ def _announcement_line(results: RunResults) -> list[str]:
     delivery = (f"delivery (rr to receipt) p50 {a.delivery.percentile(50) * 1e3:.1f} ms p99 "
                 f"{a.delivery.percentile(99) * 1e3:.1f} ms" if a.delivery.count else "delivery -")
     return [(f"announcements: believed {believed}; refused {refused}; {delivery}; {a.reenrollments} re-enrollments "
-            f"triggered, {a.trust_updates} trust anchor updates, {a.unannounced} revocations not announced by the end")]
+            f"triggered ({a.not_current} rann of certificates already replaced), {a.trust_updates} trust anchor "
+             f"updates, {a.unannounced} revocations not announced by the end")]
 
 
 def _transport_line(counters: dict[str, int]) -> list[str]:
@@ -515,7 +516,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             ra_metrics = (None if options.metrics_port is None
                           else options.metrics_port + profile.workers + (options.server is None))
             ra = EmbeddedRa(url, cert_pem=ra_pem[0], key_pem=ra_pem[1], master_secret=master,
-                            trusted_pem=b"".join(trusted_pem),
+                            trusted_pem=b"".join(trusted_pem) + ((pushed.revoker_root or b"") if pushed else b""),
                             vendor_pem=None if vendor_root is None else certs_pem([vendor_root]),
                             mode=profile.ra.mode, batch_size=profile.ra.batch_size, batch_wait=profile.ra.batch_wait,
                             timeout=profile.transaction_timeout, metrics_port=ra_metrics)
