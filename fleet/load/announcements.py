@@ -143,10 +143,14 @@ class DeviceAnnouncements:
         return delivery
 
     async def _reenroll(self, run: WorkerRun, device: int, received: float) -> None:
+        """A MAC ir; a device inside a flow (it holds its credentials) keeps the new ones for the
+        flow's next steps, any other holds nothing afterwards."""
+        in_flow = device in run.devices.states
         try:
-            await run._operation("ir", device, received, False, label="reenroll")
+            await run.extra_operation("ir", device, received, keep_key=in_flow, label="reenroll")
         finally:
-            run.devices.forget(device)
+            if not in_flow:
+                run.devices.forget(device)
             self._done()
 
     # -- what the run is issued, and revokes -------------------------------------------------
@@ -172,7 +176,7 @@ class DeviceAnnouncements:
         await trio.sleep(self.config.revoke_after)
         request = RevocationRequest.for_certificate(cert, self.config.reason_code)
         self._revoked_at[cert.serial_number] = trio.current_time()
-        ok = await run._operation("revoke", -1, trio.current_time(), False, prepared=(self.revoker, request, None))
+        ok = await run.extra_operation("revoke", -1, trio.current_time(), prepared=(self.revoker, request, None))
         if not ok and self._revoked_at.pop(cert.serial_number, None) is not None:
             self._done()  # not revoked: no rann to wait for
 

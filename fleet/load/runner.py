@@ -245,6 +245,14 @@ class WorkerRun:
             if self.devices.states:  # every flow starts afresh: hold no key or cert between arrivals
                 self.devices.forget(device)
 
+    async def extra_operation(
+        self, op: str, device: int, intended: float, *, keep_key: bool = False, label: str | None = None,
+        prepared: tuple[MacProtector | SignatureProtector, Request, PrivateKey | None] | None = None,
+    ) -> bool:
+        """An operation outside the arrivals' flows, measured like theirs (``fleet.load.announcements``:
+        the run's revocation, a re-enrollment a rann triggered); ``label`` names it in the results."""
+        return await self._operation(op, device, intended, keep_key, label=label, prepared=prepared)
+
     async def _operation(
         self, op: str, device: int, intended: float, keep_key: bool, *, label: str | None = None,
         prepared: tuple[MacProtector | SignatureProtector, Request, PrivateKey | None] | None = None,
