@@ -1,15 +1,18 @@
 """``[announcements]`` in ``fleet run``: a worker's devices believe only signed announcements of
 their CA (each refusal with its own failInfo, none disturbing another device), a rann of a
 device's certificate takes it off the books, a ckuann adds the new root; and end to end, the
-run's revocations are pushed by the embedded CA to two workers' listeners and re-enrolled."""
+run's revocations are pushed by the embedded CA to two workers' listeners and re-enrolled, and
+a root key rollover of the CA reaches them as a ckuann."""
 
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.ca.authority import Authority
+from fleet.ca.authority import STORE_FILE, Authority
 from fleet.cmp.announce import KeyUpdateAnnouncement, RevAnnouncement, announce
 from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType, directory_name
@@ -133,20 +136,47 @@ def test_profile_section_and_its_errors(tmp_path: Path) -> None:
                            external=True)
 
 
-def test_fleet_run_pushes_the_runs_revocations_to_two_workers_that_reenroll(tmp_path: Path) -> None:
-    report = tmp_path / "run.json"
-    result = fleet("run", "profiles/revocation-push.toml", "--duration", "2", "--workers", "2", "--rate", "30",
-                   "--report", str(report), "--quiet", timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "announcements: believed" in result.stdout + result.stderr
+def _issued(store: Path) -> int:
+    """Certificates in a CA's store so far, read without disturbing the CA writing it."""
+    try:
+        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=1)) as db:
+            return int(db.execute("SELECT count(*) FROM certificates").fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
+def test_fleet_run_pushes_revocations_and_a_root_rollover_to_two_workers(tmp_path: Path) -> None:
+    """Two workers against the embedded CA: every revocation the run makes reaches the worker
+    holding the device (the routes file) and is re-enrolled; ``fleet ca rollover`` on the CA's
+    state mid-run pushes a ckuann the devices believe (a new trust anchor), and nothing fails
+    after the switch."""
+    report, ca_dir = tmp_path / "run.json", tmp_path / "ca"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "fleet.cli.main", "run", "profiles/revocation-push.toml", "--duration", "4",
+         "--workers", "2", "--rate", "30", "--ca-dir", str(ca_dir), "--report", str(report), "--quiet"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while _issued(ca_dir / STORE_FILE) < 10:  # devices hold certificates: the ckuann has receivers
+            assert run.poll() is None and time.monotonic() < deadline, "the run issued no certificates"
+            time.sleep(0.1)
+        rolled = fleet("ca", "rollover", "--dir", str(ca_dir))
+        assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+        out, _ = run.communicate(timeout=90)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out
+    assert "announcements: believed" in out
     results = json.loads(report.read_text())["results"]
     ops, pushed = results["operations"], results["announcements"]
     revoked = ops["revoke"]["ok"]
-    assert revoked >= 5 and ops["revoke"]["failed"] == 0
+    assert revoked >= 5 and ops["revoke"]["failed"] == 0 and ops["ir"]["failed"] == 0
     # every revocation reached its device, on whichever worker holds it (the routes file)
-    assert pushed["received"] == {"rann": revoked} and pushed["unannounced"] == 0
+    assert pushed["received"]["rann"] == revoked and pushed["unannounced"] == 0
     assert pushed["delivery"]["count"] == revoked and pushed["refused"] == {}
     assert pushed["reenrollments"] == ops["reenroll"]["ok"] == revoked
+    # the rollover's ckuann, one per device with a valid certificate, each a trust anchor update
+    assert pushed["received"]["ckuann"] == pushed["trust_updates"] > 0
     html = tmp_path / "run.html"
     shown = fleet("report", str(report), "--html", str(html))
     assert shown.returncode == 0, shown.stderr
