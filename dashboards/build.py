@@ -167,6 +167,18 @@ def fleet_run() -> Any:
             target(f"sum by (key_type) (rate(fleet_key_pool_generated_total{{{W}}}[{RI}]))", "{{key_type}} generated", "A"),
             target(f"sum by (key_type) (rate(fleet_key_pool_reused_total{{{W}}}[{RI}]))", "{{key_type}} reused", "B"),
         ], unit="reqps"),
+        row("Announcements ([announcements]: pushed by the CA, acted on by the devices)"),
+        panel("Announcements received by body and result", [target(
+            f"sum by (body, result) (rate(fleet_announcements_total{{{W}}}[{RI}]))", "{{body}} {{result}}")],
+            unit="reqps", stack=True, desc="Believed (rann, ckuann, cann, crlann) or refused with a failInfo (body -)."),
+        panel("rann delivery (p50/p90/p99)", quantiles("fleet_announcement_delivery_seconds", "", W), unit="s",
+              desc="From the run's rr (the CA queues the rann as it accepts it) to the device's receipt of the rann."),
+        panel("Revocations and the re-enrollment storm", [target(
+            f'sum by (operation, result) (rate(fleet_transactions_completed_total{{operation=~"revoke|reenroll", {W}}}[{RI}]))',
+            "{{operation}} {{result}}")], unit="reqps",
+              desc="The run's revocations, and the re-enrollments their pushed rann triggered."),
+        panel("Re-enrollment latency from the rann (p50/p99)", quantiles(
+            "fleet_transaction_latency_seconds", "", f'operation="reenroll", {ok}', (0.5, 0.99)), unit="s"),
         row("Per worker"),
         panel("Throughput by worker", [target(f"sum by (worker) (rate(fleet_transactions_completed_total{{{ok}}}[{RI}]))", "worker {{worker}}")],
               unit="reqps", stack=True),

@@ -296,6 +296,43 @@ def _offered_and_losses(results: dict[str, Any], flow: list[str], per_second: di
     return out
 
 
+_EXTRA_OPS = ("revoke", "reenroll")  # [announcements]: the run's revocations, the re-enrollments they trigger
+
+
+def _announcements(a: dict[str, Any], ops: dict[str, Any], per_second: dict[str, Any]) -> list[str]:
+    """[announcements]: what the devices were pushed, the rann's delivery and the re-enrollment
+    storm it triggered (re-enrollments per second beside the revocations)."""
+    believed = ", ".join(f"{k} {v}" for k, v in sorted((a.get("received") or {}).items())) or "none"
+    refused = ", ".join(f"{k} {v}" for k, v in sorted((a.get("refused") or {}).items())) or "none"
+    q = a.get("delivery_seconds") or {}
+    delivery = ", ".join(f"{k} {_fmt_seconds(q[k])}" for k in ("p50", "p90", "p99", "max") if q.get(k) is not None) or "–"
+    reenroll = ops.get("reenroll") or {}
+    rq = reenroll.get("latency_seconds") or {}
+    storm = ", ".join(f"{k} {_fmt_seconds(rq[k])}" for k in ("p50", "p99", "max") if rq.get(k) is not None) or "–"
+    out = [
+        "<h2>Announcements</h2><table>",
+        f"<tr><td>believed</td><td>{_e(believed)}</td></tr><tr><td>refused (failInfo)</td><td>{_e(refused)}</td></tr>",
+        f"<tr><td>rann delivery, from the run's rr to the device</td><td>{_e(delivery)}</td></tr>",
+        (f"<tr><td>re-enrollments triggered</td><td>{_e(a.get('reenrollments', 0))} ({_e(reenroll.get('ok', 0))} ok, "
+        f"{_e(reenroll.get('failed', 0))} failed; latency from the rann {_e(storm)})</td></tr>"),
+        f"<tr><td>rann of a certificate already replaced</td><td>{_e(a.get('not_current', 0))}</td></tr>",
+        f"<tr><td>trust anchor updates (ckuann)</td><td>{_e(a.get('trust_updates', 0))}</td></tr>",
+        f"<tr><td>revocations not announced by the end</td><td>{_e(a.get('unannounced', 0))}</td></tr></table>",
+    ]
+    series = [(f"{op} per second", [float(v) for v in (per_second.get(op) or {}).get("completed", [])])
+              for op in _EXTRA_OPS if op in per_second]
+    if series:
+        out.append(line_chart(series, x_label="seconds since start", y_label="per second", chart="storm"))
+    try:
+        hist = LatencyHistogram.from_dict(a["delivery"]) if a.get("delivery") else LatencyHistogram()
+    except FleetError as exc:
+        raise ReportError(f"announcements: {exc}") from None
+    if hist.count:
+        out.append(f"<h3>rann delivery ({hist.count})</h3>")
+        out.append(distribution_chart(hist).replace("latency from intended start", "from the run's rr to the device"))
+    return out
+
+
 def render_html(report: dict[str, Any]) -> str:
     results = report["results"]
     verdict = report.get("verdict") or {}
@@ -303,7 +340,7 @@ def render_html(report: dict[str, Any]) -> str:
     status = str(verdict.get("status") or ("PASS" if passed else "FAIL"))
     css = {"PASS": "pass", "FAIL": "fail"}.get(status, "stopped")  # ABORTED, INTERRUPTED
     ops: dict[str, Any] = results.get("operations", {})
-    flow = [op for op in dict.fromkeys(report.get("flow") or list(ops)) if op in ops] or list(ops)
+    flow = [op for op in dict.fromkeys([*(report.get("flow") or list(ops)), *_EXTRA_OPS]) if op in ops] or list(ops)
     elapsed = float(results.get("elapsed_seconds") or 0.0)
     title = f"fleet run report: {report.get('profile', '?')}"
     out = [
@@ -348,6 +385,8 @@ def render_html(report: dict[str, Any]) -> str:
                    f"{_e(coap.get('gave_up', 0))} exchanges given up.</p>")
     per_second: dict[str, Any] = results.get("per_second", {})
     out.extend(_offered_and_losses(results, flow, per_second))
+    if isinstance(results.get("announcements"), dict):
+        out.extend(_announcements(results["announcements"], ops, per_second))
     # Throughput over time.
     out.append("<h2>Throughput over time</h2>")
     series: list[tuple[str, Sequence[float | None]]] = []

@@ -4,7 +4,9 @@ URL each device registered; a ckuann after a root key rollover (``fleet.ca.rollo
 asked, a crlann when the CA issues a new CRL, to every device with a valid certificate. The URL
 is a template (``fleet ca serve --announce-url 'http://{reference}.devices.example/cmp'``:
 ``{reference}`` is the device's reference (its MAC senderKID or its signer's CN), ``{serial}``
-the certificate's serial in hex).
+the certificate's serial in hex), or for the devices registered in a routes file
+(``--announce-routes``: ``reference URL`` lines) their own URL: ``fleet run`` registers each
+worker's devices with its own listener.
 
 Announcements are signed by the CA's CMP signer when the event happens (``fleet.cmp.announce``)
 and wait in a bounded queue (``max_queue``: beyond it one is dropped and counted, the CA never
@@ -17,10 +19,12 @@ body), or no answer within ``timeout``, is a failure.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import trio
@@ -43,7 +47,7 @@ from fleet.http.errors import HttpStatusError
 from fleet.randomness import RandomPool
 from fleet.transport import CmpTransport, TransportError
 
-__all__ = ["AnnounceStatistics", "Announcer"]
+__all__ = ["AnnounceStatistics", "Announcer", "load_routes"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,27 @@ class AnnounceStatistics:
     failed: int = 0  # given up after the retries
     dropped: int = 0  # the queue was full
     retries: int = 0
+
+
+def load_routes(path: Path) -> dict[str, str]:
+    """The registered announcement URLs of ``path``: one ``reference URL`` line per device
+    (blank lines and ``#`` comments skipped); a ``FleetError`` naming the line otherwise. Equal
+    URLs are one string in memory: a worker's thousands of devices share its listener's URL."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FleetError(f"announce routes {path}: cannot read: {exc}") from None
+    routes: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        reference, _, url = text.rpartition(" ")
+        parts = urlsplit(url)
+        if not reference or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FleetError(f"announce routes {path}, line {number}: expected 'reference http(s)://URL'")
+        routes[reference.strip()] = sys.intern(url)
+    return routes
 
 
 def _http(url: str, timeout: float) -> AbstractAsyncContextManager[CmpTransport]:
@@ -69,6 +94,7 @@ class Announcer:
         template: str,
         *,
         issued: bool = False,
+        routes: Mapping[str, str] | None = None,
         max_queue: int = 10_000,
         concurrency: int = 16,
         retries: int = 3,
@@ -81,6 +107,7 @@ class Announcer:
         self.authority = authority
         self.template = check_template(template)  # a CaConfig was checked already; a direct caller too
         self.announce_issued = issued
+        self.routes = routes or {}  # registered URLs by reference, before the template
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
@@ -128,12 +155,16 @@ class Announcer:
         devices = self.authority.store.devices()
         data = announce(a, self._signer, now=self.clock(), random=self._random)
         for reference, serial in devices.items():
-            self._put(self.template.format(reference=quote(reference, safe=""), serial=f"{serial:x}"), data)
+            self._put(self._url(reference, serial), data)
         return len(devices)
 
     def _queue(self, reference: str | None, serial: int, a: Announcement) -> None:
-        url = self.template.format(reference=quote(reference or "", safe=""), serial=f"{serial:x}")
-        self._put(url, announce(a, self._signer, now=self.clock(), random=self._random))
+        self._put(self._url(reference, serial), announce(a, self._signer, now=self.clock(), random=self._random))
+
+    def _url(self, reference: str | None, serial: int) -> str:
+        """The device's registered URL, else the template's."""
+        return self.routes.get(reference or "") or self.template.format(
+            reference=quote(reference or "", safe=""), serial=f"{serial:x}")
 
     def _put(self, url: str, data: bytes) -> None:
         try:

@@ -199,6 +199,7 @@ class CaConfig:
     announce_url: str | None = None  # template: {reference}, {serial}
     announce_issued: bool = False
     announce_crl: bool = False  # a crlann to every device when the CA issues a new CRL
+    announce_routes: Path | None = None  # registered URLs: "reference URL" lines, before the template
     # the hierarchy (created in ``state`` at first start, or brought along)
     key_type: str = "ec:P-256"
     validity_days: int = 365
@@ -280,6 +281,8 @@ class CaConfig:
                 raise CaConfigError("announce_url", str(exc)) from None
         elif self.announce_issued or self.announce_crl:
             raise CaConfigError("announce_issued" if self.announce_issued else "announce_crl", "needs {0}", "announce_url")
+        if self.announce_routes is not None and self.announce_url is None:
+            raise CaConfigError("announce_routes", "needs {0}", "announce_url")
 
     # -- what the CA's parts take ------------------------------------------------------------
 

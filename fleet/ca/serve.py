@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 from cryptography import x509
 
-from fleet.ca.announcer import Announcer
+from fleet.ca.announcer import Announcer, load_routes
 from fleet.ca.authority import STORE_FILE, Authority
 from fleet.ca.coap_service import serve_coap
 from fleet.ca.config import CaConfig, CaConfigError
@@ -101,8 +101,9 @@ def build(
         if watch is not None:
             authority.offer_root_update(watch.update)
         observer = getattr(metrics, "announcement", None)
-        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, observer=observer)
-                     if config.announce_url else None)
+        routes = load_routes(config.announce_routes) if config.announce_routes else None
+        announcer = (Announcer(authority, config.announce_url, issued=config.announce_issued, routes=routes,
+                               observer=observer) if config.announce_url else None)
         profiles = kga_profiles(config.kga, config.kga_profiles)
         kga = build_kga(
             state, hierarchy, key_type=config.kga_key_type, password_delivery=config.kga_password_delivery,

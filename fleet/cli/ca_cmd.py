@@ -75,6 +75,9 @@ def serve(
         help="Also push a cann when a certificate is issued (needs --announce-url).")] = False,
     announce_crl: Annotated[bool, typer.Option("--announce-crl",
         help="Also push a crlann to every device when the CA issues a new CRL (needs --announce-url).")] = False,
+    announce_routes: Annotated[Path | None, typer.Option(metavar="FILE",
+        help="Registered announcement URLs, one 'reference URL' line per device; others get "
+             "--announce-url's (needs it).")] = None,
     mode: Annotated[str, typer.Option(help="lcmpp (root in caPubs for MAC ir) or 3gpp (root in extraCerts).")] = "lcmpp",
     key_type: Annotated[str, typer.Option(help="Key type of a new hierarchy (ec:P-256, ec:P-384, rsa:2048, ed25519).")] = "ec:P-256",
     validity_days: Annotated[int, typer.Option(help="Validity of issued certificates.")] = 365,
@@ -141,6 +144,7 @@ def serve(
             vendor_trust=vendor_trust, trusted=tuple(trusted or ()), untrusted=tuple(untrusted or ()),
             ra_trusted=tuple(ra_trusted or ()), announce_url=announce_url, announce_issued=announce_issued,
             announce_crl=announce_crl,
+            announce_routes=announce_routes,
             key_type=key_type, validity_days=validity_days, issuing_cert=issuing_cert, issuing_key=issuing_key,
             signer_cert=signer_cert, signer_key=signer_key, chain=chain, public_url=public_url, mode=mode,
             confirm_wait=confirm_wait, implicit_confirm=implicit_confirm, max_time_skew=max_time_skew,

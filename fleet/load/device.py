@@ -214,6 +214,26 @@ class VendorCa:
         )
 
 
+def reference_names(spec: DevicePopulation, index: int, *, signed: bool = False) -> tuple[str, ...]:
+    """The names a CA records as device ``index``'s reference (``Auth.reference``): its MAC
+    senderKID as text, or its IDevID's CN for vendor devices; with ``signed`` (kur, cr signed
+    with its certificate) also its subject's CN. What ``fleet run`` registers announcement URLs
+    under."""
+    if spec.auth == "vendor":
+        names = [f"IDevID {index:08d}"]
+    elif spec.reference is None:
+        names = [f"dev-{index:08d}"]
+    else:
+        fields = {name: _FIELD_MAKERS[name](index) for name in _template_fields([spec.reference])}
+        names = [parse_reference(spec.reference.format(**fields)).decode("utf-8", "replace")]
+    if signed:
+        fields = {name: _FIELD_MAKERS[name](index) for name in _template_fields([spec.subject])}
+        cns = parse_name(spec.subject.format(**fields)).get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if cns and str(cns[0].value) not in names:
+            names.append(str(cns[0].value))
+    return tuple(names)
+
+
 class DeviceFactory:
     """Builds each device's requests and protection from its index, lazily."""
 

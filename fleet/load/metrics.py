@@ -216,6 +216,9 @@ class FleetMetrics(Endpoint):
         self.service = Histogram("fleet_transaction_service_seconds", "Transaction latency from when its first request was sent.", (*labels, "result"), buckets=LATENCY_BUCKETS, registry=r)
         self.warnings = Counter("fleet_transaction_warnings", "Habits of the CA accepted in successful transactions (caPubs ignored, clock skew, ...).", (*labels, "warning"), registry=r)
         self.exchanges = Histogram("fleet_exchange_seconds", "One HTTP request/response round trip, by request body type.", (*labels, "body"), buckets=LATENCY_BUCKETS, registry=r)
+        self.announcements = Counter("fleet_announcements", "Announcements pushed to this worker's devices, by body (rann, ckuann, cann, crlann; - when refused) and result (believed, or the failInfo it was refused with).", ("worker", "body", "result"), registry=r)
+        self.announce_delivery = Histogram("fleet_announcement_delivery_seconds", "From the run's rr to its device's receipt of the rann the CA pushed.", ("worker",), buckets=LATENCY_BUCKETS, registry=r)
+        self._announce_results: set[str] = set()
         self.registry.register(_RunCollector(self))
         if process:
             ProcessCollector(registry=r)
@@ -341,6 +344,12 @@ class FleetMetrics(Endpoint):
         if child is None:
             child = self._warning[(op, code)] = self.warnings.labels(self.worker, bounded(self._ops, op), bounded(self._warning_codes, code))
         child.inc()
+
+    def announcement(self, body: str, result: str, delivery: float | None) -> None:
+        """One announcement a device received (``fleet.load.announcements``)."""
+        self.announcements.labels(self.worker, body, bounded(self._announce_results, result)).inc()
+        if delivery is not None:
+            self.announce_delivery.labels(self.worker).observe(delivery)
 
     def exchange(self, op: str, body: str, seconds: float) -> None:
         child = self._exchange.get((op, body))

@@ -29,8 +29,10 @@ from fleet.errors import FleetError
 from fleet.files import atomic_write, certs_pem, load_certificates, private_key_pem
 from fleet.http.client import CmpHttpClient
 from fleet.keys import KeyPool, KeyPoolStore, KeySpec
+from fleet.load.announcements import DeviceAnnouncements, announcement_setup
 from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
+from fleet.load.embedded_ra import EmbeddedRa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
 from fleet.load.profiles import Profile
@@ -47,6 +49,7 @@ from fleet.tls import TlsClient
 from fleet.transport import TransportError, TransportFactory
 
 KEY_OPS = ("ir", "cr", "p10cr", "kur")
+EXTRA_OPS = ("revoke", "reenroll")  # [announcements]: the run's revocations, the re-enrollments they trigger
 
 
 class RunError(FleetError):
@@ -141,6 +144,8 @@ class WorkerSetup:
     warmup: float = 0.0
     ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
     tls: TlsClient | None = None  # each worker process builds its own context from it
+    announce_port: int | None = None  # [announcements]: this worker's listener (0: any free port)
+    revoker_pem: tuple[bytes, bytes] | None = None  # [announcements]: the revoking PKI entity (PEM)
 
     @property
     def segment_index(self) -> int:
@@ -162,8 +167,9 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.vendor_key_pem is not None:
         vendor = VendorCa(load_pem_private_key(setup.vendor_key_pem, None))  # type: ignore[arg-type]
     pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
+    trust = TrustStore(anchors)  # the devices' own: a believed ckuann adds to it
     devices = DeviceFactory(
-        setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
+        setup.profile.devices, pools, master_secret=setup.master_secret, trust=trust,
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
     )
     metrics = None
@@ -172,7 +178,15 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     plan = WorkerPlan(setup.profile, setup.url, segment, setup.segment_index, setup.path, setup.proxy,
                       setup.start_at, setup.warmup, setup.tls)
     transport = _ra_transport(setup, TrustStore(anchors)) if setup.ra_pem is not None else None
-    run = WorkerRun(plan, devices, observer=metrics, transport=transport)
+    announcements = None
+    if setup.profile.announcements is not None:
+        revoker = None
+        if setup.revoker_pem is not None:
+            certs = x509.load_pem_x509_certificates(setup.revoker_pem[0])
+            revoker = SignatureProtector(load_pem_private_key(setup.revoker_pem[1], None), certs[0], certs[1:])  # type: ignore[arg-type]
+        announcements = DeviceAnnouncements(setup.profile.announcements, trust, revoker=revoker,
+                                            port=setup.announce_port or 0, seed=setup.profile.seed + setup.segment_index)
+    run = WorkerRun(plan, devices, observer=metrics, transport=transport, announcements=announcements)
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
@@ -360,7 +374,7 @@ _NONE = "-"  # a cell with nothing to show (no successful operation): never "nan
 def summary_table(profile: Profile, results: RunResults) -> str:
     rows: list[tuple[str, ...]] = [("operation", "ok", "failed", "ok/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors")]
     elapsed = max(results.elapsed, 1e-9)
-    for op in [o for o in dict.fromkeys(profile.flow) if o in results.ops]:
+    for op in [o for o in dict.fromkeys((*profile.flow, *EXTRA_OPS)) if o in results.ops]:
         s = results.ops[op]
         q = s.latency.percentiles((50, 90, 99)) if s.latency.count else []
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common(3))
@@ -382,7 +396,21 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
         for code, n in warned.most_common()
     ]
-    return "\n".join([*lines, arrivals, *_transport_line(results.transport), *notes])
+    return "\n".join([*lines, arrivals, *_transport_line(results.transport), *_announcement_line(results), *notes])
+
+
+def _announcement_line(results: RunResults) -> list[str]:
+    """[announcements]: what the devices were pushed, and what it triggered."""
+    a = results.announcements
+    if a is None:
+        return []
+    believed = ", ".join(f"{n} {body}" for body, n in a.received.most_common()) or "none"
+    refused = ", ".join(f"{name} {n}" for name, n in a.refused.most_common()) or "none"
+    delivery = (f"delivery (rr to receipt) p50 {a.delivery.percentile(50) * 1e3:.1f} ms p99 "
+                f"{a.delivery.percentile(99) * 1e3:.1f} ms" if a.delivery.count else "delivery -")
+    return [(f"announcements: believed {believed}; refused {refused}; {delivery}; {a.reenrollments} re-enrollments "
+            f"triggered ({a.not_current} rann of certificates already replaced), {a.trust_updates} trust anchor "
+             f"updates, {a.unannounced} revocations not announced by the end")]
 
 
 def _transport_line(counters: dict[str, int]) -> list[str]:
@@ -437,6 +465,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     ra_pem, ra_root = _ra_files(profile, external=options.server is not None)  # profile errors first
     if options.tls is not None:
         options.tls.context()  # unusable --tls-* files: one line before anything starts
+    pushed = announcement_setup(profile, options.shard, external=options.server is not None)
     # UDP has no connection to try: a CoAP CA that does not answer shows in the first exchanges.
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy, options.tls)  # before RSA keygen
@@ -464,6 +493,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 atomic_write(ra_path, ra_root)
                 ca.config = replace(ca.config, ra_trusted=(*ca.config.ra_trusted, ra_path))
+            if pushed is not None:  # the CA pushes to the workers' listeners, revocations by the run's entity
+                ca.config = pushed.configure_ca(ca.config, ca.state_dir)
             if vendor_root is not None:
                 vendor_path = ca.state_dir / "vendor-root.pem"
                 ca.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -474,18 +505,35 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             master = ca.master_secret
             trusted_pem.append(ca.root_path.read_bytes())
             print(f"fleet: embedded CA at {url} (state {ca.state_dir}, root {ca.root_path})", file=out)
-            if profile.ra is not None:
+            if profile.ra is not None and not profile.ra.start:
                 print(f"fleet: requests go in RA-signed nested messages of up to {profile.ra.batch_size}", file=out)
         else:
             url = options.server
             if profile.devices.auth == "mac" and master is None:
                 raise RunError("MAC devices need --master-secret (per-device secrets are derived from it)")
+        if profile.ra is not None and profile.ra.start:  # fleet ra serve between the devices and the CA
+            assert ra_pem is not None
+            # its fleet_ra_* after the workers' and the embedded CA's ports
+            ra_metrics = (None if options.metrics_port is None
+                          else options.metrics_port + profile.workers + (options.server is None))
+            ra = EmbeddedRa(url, cert_pem=ra_pem[0], key_pem=ra_pem[1], master_secret=master,
+                            trusted_pem=b"".join(trusted_pem) + ((pushed.revoker_root or b"") if pushed else b""),
+                            vendor_pem=None if vendor_root is None else certs_pem([vendor_root]),
+                            mode=profile.ra.mode, batch_size=profile.ra.batch_size, batch_wait=profile.ra.batch_wait,
+                            timeout=profile.transaction_timeout, metrics_port=ra_metrics)
+            stack.enter_context(ra)
+            print(f"fleet: embedded RA at {ra.url} (mode {ra.mode}, forwarding to {url})", file=out)
+            url, ra_pem = ra.url, None  # the devices talk to the RA, which nests if its mode says so
+        if pushed is not None:
+            print(pushed.describe(), file=out)
         workers = profile.workers
         setups = [
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
                 options.warmup, ra_pem, options.tls,
+                announce_port=None if pushed is None else pushed.ports[w],
+                revoker_pem=None if pushed is None else pushed.revoker_pem,
             )
             for w in range(workers)
         ]
@@ -517,7 +565,7 @@ def _ra_files(profile: Profile, *, external: bool) -> tuple[tuple[bytes, bytes] 
             return (ra.cert.read_bytes(), ra.key.read_bytes()), None
         except OSError as exc:
             raise RunError(f"[ra] cannot read {exc.filename}: {exc.strerror}") from None
-    if external:
+    if external and not (ra.start and ra.mode == "pass"):  # a pass-through RA signs nothing the CA sees
         raise RunError("[ra] needs cert and key against --server (the RA credential that CA trusts)")
     made = make_ra_credential()
     return (made.cert_pem, made.key_pem), made.root_pem

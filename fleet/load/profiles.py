@@ -20,6 +20,7 @@ from fleet.cmp.nested import MAX_BATCH
 from fleet.coap.transport import CoapSettings
 from fleet.errors import FleetError
 from fleet.keys import KeySpec, KeySpecError
+from fleet.load.announce_config import REVOCATION_REASONS, AnnouncementLoad
 from fleet.load.schedule import Closed, ScheduleError, Shape, parse_shape
 from fleet.names import check_san_template
 
@@ -54,12 +55,18 @@ class RaLoad:
     """``[ra]``: the devices' requests reach the CA as an RA sends them (RFC 9483 §5.2.2.1): in
     nested messages of up to ``batch_size``, signed with the RA credential ``cert``/``key``
     (without them, against the embedded CA, an RA credential made for the run, which the CA
-    trusts), each batch leaving after ``batch_wait`` seconds at the latest."""
+    trusts), each batch leaving after ``batch_wait`` seconds at the latest.
+
+    With ``start``, a real ``fleet ra serve`` is started between the devices and the CA instead
+    (``fleet.load.embedded_ra``), forwarding in ``mode`` (pass, nested, replace) with that
+    credential and batching."""
 
     batch_size: int = 8
     batch_wait: float = 0.01
     cert: Path | None = None
     key: Path | None = None
+    start: bool = False
+    mode: str = "nested"
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,7 @@ class Profile:
     coap: CoapSettings = field(default_factory=CoapSettings)  # [coap]: retransmission timing, block size, lossy link
     description: str = ""
     ra: RaLoad | None = None  # [ra]: requests wrapped in RA-signed nested batches
+    announcements: AnnouncementLoad | None = None  # [announcements]: pushed to the devices, acted on
 
     def with_overrides(self, **changes: Any) -> Profile:
         """Command-line flags win over profile values; ``None`` means "not given". Numbers obey
@@ -227,9 +235,14 @@ _TOP = {
     "ca": "[ca] section: options for the embedded CA",
     "coap": "[coap] section: CoAP timing, block size and link loss/delay",
     "ra": "[ra] section: send the requests in RA-signed nested batches",
+    "announcements": "[announcements] section: devices receive pushed announcements; the run revokes",
 }
+_ANNOUNCEMENTS = dict.fromkeys(
+    ("revoke_fraction", "revoke_after", "reason", "reenroll", "host", "port", "linger", "cert", "key"), ""
+)
 _RA = {"batch_size": "messages per envelope", "batch_wait": "seconds", "cert": "RA certificate (PEM)",
-       "key": "RA private key"}
+       "key": "RA private key", "start": "start fleet ra serve between devices and CA", "mode": "pass, nested or replace"}
+_RA_MODES = ("pass", "nested", "replace")
 _RUN = {
     "duration": "seconds",
     "flow": "operations per arrival",
@@ -406,6 +419,8 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         transport=run.string("transport", "http", TRANSPORTS) or "http",
         coap=_coap(coap),
         ra=ra,
+        announcements=(_announcements(_Section(f"{where}: [announcements]", top.table("announcements"), _ANNOUNCEMENTS),
+                                      path) if "announcements" in data else None),
     )
 
 
@@ -417,11 +432,33 @@ def _ra_load(section: _Section, path: Path | None) -> RaLoad:
         files.append(None if value is None else (path.parent / value if path is not None else Path(value)))
     if (files[0] is None) != (files[1] is None):
         raise ProfileError(f"{section.where}.{'key' if files[1] is None else 'cert'}: cert and key go together")
-    size = section.integer("batch_size", RaLoad.batch_size)
+    start = section.boolean("start", False)
+    mode = section.string("mode", "pass" if start else "nested", _RA_MODES) or "nested"
+    if not start and mode != "nested":
+        raise ProfileError(f"{section.where}.mode: {mode} needs start = true (without it, fleet run nests the requests itself)")
+    size = section.integer("batch_size", RaLoad.batch_size if mode == "nested" else 1)
     if size > MAX_BATCH:
         raise section._fail("batch_size", f"at most {MAX_BATCH}", size)
+    if size > 1 and mode != "nested":
+        raise ProfileError(f"{section.where}.batch_size: batches are nested messages: use mode = \"nested\"")
     return RaLoad(batch_size=size, batch_wait=section.number("batch_wait", RaLoad.batch_wait),
-                  cert=files[0], key=files[1])
+                  cert=files[0], key=files[1], start=start, mode=mode)
+
+
+def _announcements(section: _Section, path: Path | None) -> AnnouncementLoad:
+    """``[announcements]``; ``cert`` and ``key`` relative to the profile's folder, and given together."""
+    files = [section.string(key, None) for key in ("cert", "key")]
+    if (files[0] is None) != (files[1] is None):
+        raise ProfileError(f"{section.where}.{'key' if files[1] is None else 'cert'}: cert and key go together")
+    cert, key = (None if f is None else (path.parent / f if path is not None else Path(f)) for f in files)
+    fraction = section.checked("revoke_fraction", 0.0, Bound(0, maximum=1))
+    port = int(section.checked("port", 0, Bound(0, integer=True, maximum=65535)))
+    return AnnouncementLoad(
+        revoke_fraction=float(fraction), revoke_after=section.number("revoke_after", AnnouncementLoad.revoke_after),
+        reason=section.string("reason", AnnouncementLoad.reason, tuple(REVOCATION_REASONS)) or "keyCompromise",
+        reenroll=section.boolean("reenroll", True), host=section.string("host", "127.0.0.1") or "127.0.0.1",
+        port=port, linger=section.number("linger", AnnouncementLoad.linger), cert=cert, key=key,
+    )
 
 
 def load_profile(path: Path | str) -> Profile:

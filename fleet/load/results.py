@@ -92,6 +92,46 @@ def _quantiles(h: LatencyHistogram) -> dict[str, float | None]:
     return quantiles | {"mean": h.mean, "max": h.max}
 
 
+@dataclass
+class AnnouncementStats:
+    """What a run's devices received of the announcements the CA pushed (``[announcements]``).
+
+    ``delivery`` runs from the run's rr (the CA queues the rann as it accepts it) to the device's
+    receipt of the rann: an upper bound of the CA's send-to-receipt time that needs no clock
+    shared with the CA. The re-enrollments a rann triggers are the ``reenroll`` operation, and the
+    run's revocations the ``revoke`` operation, in ``RunResults.ops``."""
+
+    received: Counter[str] = field(default_factory=Counter)  # believed, by body (rann, ckuann, ...)
+    refused: Counter[str] = field(default_factory=Counter)  # by PKIFailureInfo name
+    delivery: LatencyHistogram = field(default_factory=LatencyHistogram)
+    reenrollments: int = 0  # triggered by a rann of a device's current certificate
+    trust_updates: int = 0  # ckuann believed: a new trust anchor for the worker's devices
+    not_current: int = 0  # rann of a certificate no device holds any more
+    unannounced: int = 0  # the run's revocations whose rann had not come at the end
+
+    def merge(self, other: AnnouncementStats) -> None:
+        self.received.update(other.received)
+        self.refused.update(other.refused)
+        self.delivery.merge(other.delivery)
+        self.reenrollments += other.reenrollments
+        self.trust_updates += other.trust_updates
+        self.not_current += other.not_current
+        self.unannounced += other.unannounced
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": dict(self.received), "refused": dict(self.refused), "delivery": self.delivery.to_dict(),
+            "delivery_seconds": _quantiles(self.delivery), "reenrollments": self.reenrollments,
+            "trust_updates": self.trust_updates, "not_current": self.not_current, "unannounced": self.unannounced,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnnouncementStats:
+        return cls(Counter(data.get("received", {})), Counter(data.get("refused", {})),
+                   LatencyHistogram.from_dict(data["delivery"]), int(data.get("reenrollments", 0)),
+                   int(data.get("trust_updates", 0)), int(data.get("not_current", 0)), int(data.get("unannounced", 0)))
+
+
 class SecondSeries:
     """Per-second counters (completions, errors) from the run's start; grows as needed.
 
@@ -280,6 +320,7 @@ class RunResults:
     window_start: float = 0.0  # with ``steady``: arrivals due before this (warm-up) are left out of it
     steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
     transport: dict[str, int] = field(default_factory=dict)  # the transport's counters (CoAP), summed
+    announcements: AnnouncementStats | None = None  # [announcements]: what the devices were pushed
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -362,6 +403,10 @@ class RunResults:
         self.cpu_seconds += other.cpu_seconds
         for key, value in other.transport.items():
             self.transport[key] = self.transport.get(key, 0) + value
+        if other.announcements is not None:
+            if self.announcements is None:
+                self.announcements = AnnouncementStats()
+            self.announcements.merge(other.announcements)
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -370,6 +415,8 @@ class RunResults:
         if self.steady is not None:
             self.steady.elapsed = self.elapsed
             extra["steady"] = {"from_seconds": self.window_start, **self.steady.to_dict()}
+        if self.announcements is not None:
+            extra["announcements"] = self.announcements.to_dict()
         return extra | {
             "scheduled": self.scheduled,
             "started": self.started,
@@ -426,6 +473,8 @@ class RunResults:
             results.latency_series[name] = SecondBuckets.from_dict(series.get("latency_le"))
         results.dropped_series.values = np.array(data.get("dropped_per_second") or [0], dtype=np.int64)
         results.offered_series.values = np.array(data.get("offered_per_second") or [0], dtype=np.int64)
+        if isinstance(data.get("announcements"), dict):
+            results.announcements = AnnouncementStats.from_dict(data["announcements"])
         steady = data.get("steady")
         if isinstance(steady, dict):
             results.window_start = float(steady.get("from_seconds", 0.0))

@@ -12,13 +12,15 @@ import logging
 import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import trio
 
 from fleet.cmp.client import ClientTransaction, Done, Send
 from fleet.cmp.errors import StatusError
-from fleet.cmp.requests import CertRequest
+from fleet.cmp.protection import MacProtector, PrivateKey, SignatureProtector
+from fleet.cmp.requests import CertRequest, Request
 from fleet.connect import open_client
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
@@ -33,6 +35,18 @@ from fleet.tls import TlsClient
 from fleet.transport import CmpTransport, TransportFactory
 
 log = logging.getLogger(__name__)
+
+
+class Announcements(Protocol):
+    """The devices' side of pushed announcements (``fleet.load.announcements.DeviceAnnouncements``)."""
+
+    async def serve(self, run: WorkerRun, *, task_status: trio.TaskStatus[int] = ...) -> None: ...
+
+    def issued(self, device: int, certificate: bytes, *, reenrolled: bool) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def finish(self, results: RunResults) -> None: ...
 
 
 @dataclass
@@ -84,8 +98,12 @@ class WorkerRun:
         *,
         observer: Observer | None = None,
         transport: TransportFactory | None = None,
+        announcements: Announcements | None = None,
     ) -> None:
+        """``announcements``: this worker's devices listen for pushed announcements and act on
+        them (``fleet.load.announcements``)."""
         self.plan = plan
+        self.announcements = announcements
         self.profile = plan.profile
         self.devices = devices
         self.observer = observer
@@ -110,8 +128,11 @@ class WorkerRun:
 
     async def run(self) -> RunResults:
         profile = self.profile
-        async with self._transport_factory() as transport:
+        async with self._transport_factory() as transport, trio.open_nursery() as listening:
             self.transport = transport
+            announcements = self.announcements
+            if announcements is not None:  # listening before the first request: no rann is missed
+                await listening.start(announcements.serve, self)
             self.t0 = trio.current_time()
             cpu0 = time.process_time()
             with trio.CancelScope() as self.cancel_scope:
@@ -122,11 +143,17 @@ class WorkerRun:
                     await self._closed_model(profile.shape)
                 else:
                     await self._open_model(profile.shape)
+            elapsed = trio.current_time() - self.t0
+            if announcements is not None:
+                if not self.cancel_scope.cancel_called:  # revocations still to be announced, re-enrollments
+                    await announcements.drain()
+                announcements.finish(self.results)
+            listening.cancel_scope.cancel()
             self.results.cpu_seconds = time.process_time() - cpu0
             counters = getattr(transport, "counters", None)
             if counters is not None:  # e.g. CoAP retransmissions and losses
                 self.results.transport = counters()
-        self.results.elapsed = trio.current_time() - self.t0
+        self.results.elapsed = elapsed
         self.stopped.set()
         return self.results
 
@@ -221,14 +248,28 @@ class WorkerRun:
             if self.devices.states:  # every flow starts afresh: hold no key or cert between arrivals
                 self.devices.forget(device)
 
-    async def _operation(self, op: str, device: int, intended: float, keep_key: bool) -> bool:
+    async def extra_operation(
+        self, op: str, device: int, intended: float, *, keep_key: bool = False, label: str | None = None,
+        prepared: tuple[MacProtector | SignatureProtector, Request, PrivateKey | None] | None = None,
+    ) -> bool:
+        """An operation outside the arrivals' flows, measured like theirs (``fleet.load.announcements``:
+        the run's revocation, a re-enrollment a rann triggered); ``label`` names it in the results."""
+        return await self._operation(op, device, intended, keep_key, label=label, prepared=prepared)
+
+    async def _operation(
+        self, op: str, device: int, intended: float, keep_key: bool, *, label: str | None = None,
+        prepared: tuple[MacProtector | SignatureProtector, Request, PrivateKey | None] | None = None,
+    ) -> bool:
+        """One transaction of ``device``, recorded under ``label`` (default ``op``); ``prepared``
+        (protector, request, new key) replaces the device's own request (a revocation by the run)."""
         observer = self.observer
         sent_at = trio.current_time()
         polls = 0
+        name = op if label is None else label
         if observer is not None:
-            observer.operation_started(op)
+            observer.operation_started(name)
         try:
-            protector, request, new_key = self.devices.request(op, device)
+            protector, request, new_key = prepared or self.devices.request(op, device)
             central = isinstance(request, CertRequest) and request.central_key_alg is not None
             tx = ClientTransaction(self.devices.client_config, request, protector=protector)
             del request  # the transaction drops it once sent: thousands of devices wait at once
@@ -238,7 +279,7 @@ class WorkerRun:
             if observer is not None:
 
                 def on_exchange(send: Send, seconds: float) -> None:
-                    observer.exchange(op, send.body_type.label, seconds)
+                    observer.exchange(name, send.body_type.label, seconds)
 
             done: Done = await run_transaction(
                 self.transport, tx, path=self.plan.path, timeout=self.profile.transaction_timeout, on_exchange=on_exchange,
@@ -247,7 +288,7 @@ class WorkerRun:
         except trio.Cancelled:
             raise
         except Exception as exc:  # noqa: BLE001 - one device's failure is a result (logged once in _failed)
-            self._failed(op, exc, intended, sent_at, polls)
+            self._failed(name, exc, intended, sent_at, polls)
             return False
         now = trio.current_time()
         if central and keep_key:
@@ -256,18 +297,20 @@ class WorkerRun:
             self.devices.enrolled(device, new_key, done.certificate, done.chain)
         elif op == "rr":
             self.devices.revoked(device)
+        if self.announcements is not None and done.certificate is not None:
+            self.announcements.issued(device, done.certificate, reenrolled=label is not None)
         results = self.results
-        results.succeeded(op, now - self.t0, now - intended, now - sent_at)
+        results.succeeded(name, now - self.t0, now - intended, now - sent_at)
         if polls:
-            results.ops[op].polls += polls
+            results.ops[name].polls += polls
         if done.warnings:
-            results.ops[op].warnings.update(done.warnings)
+            results.ops[name].warnings.update(done.warnings)
             if observer is not None:
                 for code in done.warnings:
-                    observer.warning(op, code)
+                    observer.warning(name, code)
         self.live.ok += 1
         if observer is not None:
-            observer.operation_done(op, True, "ok", (), now - intended, now - sent_at, polls)
+            observer.operation_done(name, True, "ok", (), now - intended, now - sent_at, polls)
         return True
 
     def _failed(self, op: str, exc: Exception, intended: float, sent_at: float, polls: int) -> None:

@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from fleet.ca.announcer import Announcer
+from fleet.ca.announcer import Announcer, load_routes
 from fleet.ca.authority import Authority
 from fleet.ca.config import CaConfig, CaConfigError
 from fleet.ca.metrics import CaMetrics
@@ -32,6 +32,7 @@ from fleet.cmp.announce import CertAnnouncement, RevAnnouncement, read_announcem
 from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType
 from fleet.cmp.trust import TrustStore
+from fleet.errors import FleetError
 from fleet.transport import TransportError
 
 
@@ -153,6 +154,20 @@ def test_full_queue_drops_and_counts(authority: Authority) -> None:
     for i in range(5):
         announcer.revoked(_issue(authority, f"c{i}"))
     assert (announcer.stats.queued, announcer.stats.dropped) == (2, 3)
+
+
+def test_registered_routes_come_before_the_template(authority: Authority, tmp_path: Path) -> None:
+    routes = tmp_path / "routes.txt"
+    routes.write_text("# fleet run's workers\ndev-1 http://127.0.0.1:9001/d/dev-1\n\n")
+    recorder = Recorder()
+    announcer = Announcer(authority, "http://t.example/{reference}", routes=load_routes(routes), transport=recorder)
+    announcer.revoked(_issue(authority, "dev-1"))
+    announcer.revoked(_issue(authority, "dev-2"))
+    trio.run(_deliver, announcer, 2)
+    assert sorted(url for url, _ in recorder.received) == ["http://127.0.0.1:9001/d/dev-1", "http://t.example/dev-2"]
+    routes.write_text("dev-1 http://ok.example/\ndev-2 ftp://no.example/\n")
+    with pytest.raises(FleetError, match="line 2: expected 'reference http"):
+        load_routes(routes)
 
 
 def test_template_is_checked() -> None:

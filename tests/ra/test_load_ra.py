@@ -80,6 +80,9 @@ def test_ra_section_keys_are_checked(tmp_path: Path) -> None:
         ({"batch_wait": -1}, "batch_wait"),
         ({"cert": "ra.pem"}, "cert and key go together"),
         ({"batchsize": 4}, "batchsize"),
+        ({"mode": "pass"}, "needs start = true"),
+        ({"start": True, "mode": "forward"}, "pass, nested, replace"),
+        ({"start": True, "mode": "replace", "batch_size": 4}, "batches are nested messages"),
     ]
     for section, words in cases:
         data = {**_profile(4), "ra": section}
@@ -89,3 +92,5 @@ def test_ra_section_keys_are_checked(tmp_path: Path) -> None:
     ok = parse_profile({**_profile(4), "ra": {"cert": "ra.pem", "key": "ra.key"}}, where="p.toml",
                        path=tmp_path / "p.toml")
     assert ok.ra is not None and ok.ra.cert == tmp_path / "ra.pem"  # relative to the profile
+    started = parse_profile({**_profile(4), "ra": {"start": True}}, where="p.toml").ra
+    assert started is not None and (started.start, started.mode, started.batch_size) == (True, "pass", 1)
