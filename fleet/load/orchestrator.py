@@ -33,6 +33,7 @@ from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
+from fleet.load.prepared import Identity, PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
@@ -116,6 +117,21 @@ def load_pools(profile: Profile, keys_dir: Path | None, needs: dict[str, int], s
     return pools
 
 
+def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> Path | None:
+    """[devices].prepared: claim a matching pool (or prepare one now) before the run; its path."""
+    spec = profile.devices
+    if not spec.prepared:
+        return None
+    one_process = profile.workers == 1 and options.shard is None
+    # one process takes devices 0, 1, 2 ... in turn; workers and shards take slices of all of them
+    needed = min(spec.count, expected_arrivals(profile)) if one_process else spec.count
+    store = PreparedStore(options.keys_dir)
+    info = ensure_prepared(store, spec, needed, reuse=spec.prepared == "reuse", out=out)
+    print(f"fleet: prepared devices from {info.path} ({info.count} devices, "
+          f"{'used' if info.used else 'unused'} before this run)", file=out)
+    return info.path
+
+
 # -- one worker ----------------------------------------------------------------------------------
 
 
@@ -138,6 +154,7 @@ class WorkerSetup:
     start_at: float | None = None
     warmup: float = 0.0
     ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
+    prepared: Path | None = None  # [devices].prepared: the pool file this run claimed
 
     @property
     def segment_index(self) -> int:
@@ -159,9 +176,16 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.vendor_key_pem is not None:
         vendor = VendorCa(load_pem_private_key(setup.vendor_key_pem, None))  # type: ignore[arg-type]
     pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
+    prepared = None
+    if setup.prepared is not None:  # this worker's devices only
+        spec = setup.profile.devices
+        shard = segment.range(spec.count)
+        prepared = PreparedStore(setup.keys_dir).load(setup.prepared, Identity.of(spec), shard.start, len(shard),
+                                                      reuse=spec.prepared == "reuse")
     devices = DeviceFactory(
         setup.profile.devices, pools, master_secret=setup.master_secret, trust=TrustStore(anchors),
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
+        prepared=prepared,
     )
     metrics = None
     if setup.metrics_port is not None:
@@ -440,6 +464,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
+    prepared = prepare_devices(profile, options, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
         for p in options.trusted:
@@ -484,7 +509,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             WorkerSetup(
                 profile, url, w, workers, trusted_pem, master, options.keys_dir, needs, vendor_key_pem, mode,
                 options.path, options.metrics_port, options.proxy, options.shard, options.start_at,
-                options.warmup, ra_pem,
+                options.warmup, ra_pem, prepared,
             )
             for w in range(workers)
         ]
