@@ -194,8 +194,7 @@ def prepare_cert_request(
     """The CertRequest an ir or cr for ``key`` carries (subject DER or None, SANs as
     ``CertRequest`` writes them) and its signature POP, with ``body_der``'s exact bytes."""
     spki = spki if spki is not None else spki_der(key)
-    request = CertRequest(BodyType.IR, key, subject, sans)
-    extensions = _template_extensions(request, request.subject_der)
+    extensions = _extensions_der(sans, (), subject)
     cert_request = fastwire.cert_request_der(subject if subject is not None else NULL_DN, spki, extensions)
     offset = cert_request.index(b"\xa6" + spki[1:])
     return PreparedParts(cert_request, offset, len(spki), Signer(key).sign(cert_request))
@@ -253,12 +252,18 @@ def template_for(request: CertRequest) -> CertTemplate:
 
 def _template_extensions(request: CertRequest, subject_der: bytes | None) -> bytes | None:
     """The template's Extensions (SANs first, then ``request.extensions``), or None."""
+    return _extensions_der(request.sans, request.extensions, subject_der)
+
+
+def _extensions_der(
+    sans: Sequence[x509.GeneralName], extensions: Sequence[x509.Extension[x509.ExtensionType]], subject_der: bytes | None
+) -> bytes | None:
     exts: list[tuple[str, bool, bytes]] = []
-    if request.sans:
-        san = x509.SubjectAlternativeName(list(request.sans))
+    if sans:
+        san = x509.SubjectAlternativeName(list(sans))
         # RFC 5280 §4.2.1.6: the SAN extension is critical when the subject is empty.
         exts.append((oids.SUBJECT_ALT_NAME, subject_der is None or subject_der == NULL_DN, san.public_bytes()))
-    for ext in request.extensions:
+    for ext in extensions:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
     return extensions_der(exts) if exts else None
 

@@ -318,6 +318,8 @@ class DeviceFactory:
             return {"index": index}
         return {name: _FIELD_MAKERS[name](index) for name in self._field_names}
 
+    template_fields = _fields  # public: a prepared pool fills the templates once per device
+
     def subject(self, index: int, fields: dict[str, object] | None = None) -> x509.Name:
         return self._subject.format(self._fields(index) if fields is None else fields)
 

@@ -33,7 +33,8 @@ from fleet.load.device import DeviceFactory, VendorCa
 from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
-from fleet.load.prepared import Identity, PreparedStore, ensure_prepared
+from fleet.load.prepared import Identity
+from fleet.load.prepared_store import PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
