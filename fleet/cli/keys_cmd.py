@@ -13,9 +13,6 @@ import typer
 from fleet.bounds import COUNT
 from fleet.cli.usage import bounded, examples
 from fleet.keys import ALLOWED_SPECS, KeyPoolStore, KeySpec, ProgressLine
-from fleet.load.prepared import Identity
-from fleet.load.prepared_store import PreparedStore
-from fleet.load.profiles import load_profile
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -124,6 +121,10 @@ def prepare(
     ] = None,
 ) -> None:
     """Make a new prepared-device pool for a profile's [devices] (prepared = true uses it once)."""
+    from fleet.load.prepared import Identity  # the device layer (numpy ...) only for this command
+    from fleet.load.prepared_store import PreparedStore
+    from fleet.load.profiles import load_profile
+
     devices = load_profile(profile).devices
     identity = Identity.of(devices)
     n = count if count is not None else devices.count
@@ -142,27 +143,30 @@ def prepare(
                f"({n / max(elapsed, 1e-9):,.0f}/s): {path}")
 
 
-@app.command(short_help="Remove prepared-device pools by name, or every used one.", epilog=examples(
+@app.command(short_help="Remove a prepared-device pool by name, or every used one.", epilog=examples(
     "fleet keys remove 3f2a9c1b0d4e-a1b2c3", "fleet keys remove --used",
 ))
 def remove(
-    names: Annotated[list[str] | None, typer.Argument(help="Pool names as `fleet keys list` shows them.",
-                                                      show_default=False)] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="A pool's name as `fleet keys list` shows it.",
+                                               show_default=False)] = None,
     used: Annotated[bool, typer.Option("--used", help="Remove every pool a run has used.")] = False,
     directory: DirOption = None,
 ) -> None:
     """Remove prepared-device pools (key pools are one file per type: delete it to start over)."""
+    from fleet.load.prepared_store import PreparedStore
+
     store = PreparedStore(directory)
-    chosen = list(names or [])
+    chosen = [name] if name else []
     if used:
         chosen += [i.name for i in store.list() if i.used and i.name not in chosen]
     if not chosen:
-        raise typer.BadParameter("name a pool to remove, or give --used", param_hint="'NAMES'")
-    for name in chosen:
-        typer.echo(f"removed {store.remove(name)}")
+        raise typer.BadParameter("name a pool to remove, or give --used", param_hint="'NAME'")
+    for pool in chosen:
+        typer.echo(f"removed {store.remove(pool)}")
 
 
-@app.command("list", epilog=examples("fleet keys list", "fleet keys list --dir ./keys"))
+@app.command("list", short_help="Show the cached key pools and prepared-device pools.",
+             epilog=examples("fleet keys list", "fleet keys list --dir ./keys"))
 def list_pools(directory: DirOption = None) -> None:
     """Show the cached key pools (type, key count, file size, path) and prepared-device pools."""
     store = KeyPoolStore(directory)
@@ -175,8 +179,9 @@ def list_pools(directory: DirOption = None) -> None:
             path = str(info.path) + (f"  (damaged: {info.problem})" if info.problem else "")
             rows.append((info.spec, str(info.count), _size(info.bytes), path))
         _table(rows)
-    prepared = PreparedStore(directory)
-    pools = prepared.list()
+    from fleet.load.prepared_store import PreparedStore
+
+    pools = PreparedStore(directory).list()
     if not pools:
         return
     typer.echo("")
