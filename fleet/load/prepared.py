@@ -7,9 +7,10 @@ identity: the key type and the subject and SAN templates of a profile's ``[devic
 *i* is device *i*'s.
 
 In memory a pool is one bytes buffer of records and an offset table (``PreparedPool``); a record
-holds the private key's raw bytes, the SubjectPublicKeyInfo's place in the CertRequest, the POP
+holds the private key, the SubjectPublicKeyInfo's place in the CertRequest, the POP
 signature and the CertRequest. No key object exists until a device signs with its key
-(``PreparedKey.load``), which a plain ir never does.
+(``PreparedKey.load``), which a plain ir never does; an EC key is kept as its SEC 1 DER, which
+holds the public key too, so that costs what loading a pool key costs, not a scalar multiplication.
 
 File format (``<dir>/prepared/<name>.prep``), integers big-endian::
 
@@ -21,8 +22,8 @@ File format (``<dir>/prepared/<name>.prep``), integers big-endian::
     meta       JSON     identity (key_type, subject, sans), count, created
     digest     32 bytes SHA-256 over meta, offsets and records
     offsets    (count + 1) x u64, record boundaries from 0
-    records    count x (u8 key_len, u16 spki_offset, u16 spki_length, u8 sig_len, key, signature,
-               CertRequest)
+    records    count x (u8 key_len, u16 spki_offset, u16 spki_length, u8 sig_len, key (EC: SEC 1
+               DER; EdDSA: raw), signature, CertRequest)
 
 A pool is written whole (temporary file, fsync, rename) and never changed afterwards except for
 its watermark. A run with ``prepared = true`` uses only a pool nobody has used, and within the run
@@ -42,10 +43,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_der_private_key,
+)
 
+from fleet.cmp import der
+from fleet.cmp.oids import EC_PUBLIC_KEY
 from fleet.cmp.protection import Signer
-from fleet.cmp.requests import PreparedCertRequest, prepare_cert_request, spki_at
+from fleet.cmp.requests import PreparedCertRequest, prepare_cert_request, spki_at, spki_der
 from fleet.errors import FleetError
 from fleet.keytypes import KeySpec, PrivateKey
 
@@ -63,7 +71,7 @@ class PreparedPoolError(FleetError):
 
 _RECORD = struct.Struct(">BHHB")  # key_len, spki_offset, spki_length, sig_len
 PREPARED_TYPES = ("ec", "ed25519", "ed448")
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1, "P-521": ec.SECP521R1}
+_EC_PUBLIC_KEY_OID = der.oid(EC_PUBLIC_KEY)
 
 # -- identity ---------------------------------------------------------------------------------
 
@@ -97,27 +105,31 @@ class Identity:
 # -- keys -------------------------------------------------------------------------------------
 
 
-def key_raw(key: PrivateKey) -> bytes:
-    """A private key's raw bytes: the EC scalar (the curve's size), or EdDSA's raw private key."""
+def key_bytes(key: PrivateKey) -> tuple[bytes, bytes]:
+    """(what a record keeps of the private key, the key's SubjectPublicKeyInfo): for EC its SEC 1
+    ECPrivateKey DER, which carries the public key, so loading it later costs no scalar
+    multiplication and the SPKI is read from it; for EdDSA the raw private key."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        size = (key.curve.key_size + 7) // 8
-        # SEC 1's ECPrivateKey starts SEQUENCE, INTEGER 1, OCTET STRING (the scalar, padded to the
-        # curve's size): read it there when the lengths are short-form, cheaper than private_numbers.
         sec1 = key.private_bytes(Encoding.DER, PrivateFormat.TraditionalOpenSSL, NoEncryption())
-        if size < 0x80 and sec1[2:7] == bytes((0x02, 0x01, 0x01, 0x04, size)):
-            return sec1[7 : 7 + size]
-        return key.private_numbers().private_value.to_bytes(size, "big")
+        parts = der.parse(sec1).children()
+        if len(parts) == 4 and parts[2].tag == 0xA0 and parts[3].tag == 0xA1:  # parameters [0], publicKey [1]
+            algorithm = der.sequence(_EC_PUBLIC_KEY_OID, parts[2].unwrap().raw)
+            return sec1, der.sequence(algorithm, parts[3].unwrap().raw)
+        return sec1, spki_der(key)
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
-        return key.private_bytes_raw()
+        return key.private_bytes_raw(), spki_der(key)
     raise PreparedPoolError(f"prepared pools hold EC or EdDSA keys, not {type(key).__name__}")
 
 
-def key_from_raw(spec: KeySpec, raw: bytes) -> PrivateKey:
+def key_from_bytes(spec: KeySpec, stored: bytes) -> PrivateKey:
+    """The key object of what ``key_bytes`` kept."""
     if spec.algorithm == "ec":
-        return ec.derive_private_key(int.from_bytes(raw, "big"), _CURVES[str(spec.curve)]())
+        key = load_der_private_key(stored, None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
     if spec.algorithm == "ed25519":
-        return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
-    return ed448.Ed448PrivateKey.from_private_bytes(raw)
+        return ed25519.Ed25519PrivateKey.from_private_bytes(stored)
+    return ed448.Ed448PrivateKey.from_private_bytes(stored)
 
 
 class PreparedKey:
@@ -131,7 +143,7 @@ class PreparedKey:
         self.raw = raw
 
     def load(self) -> PrivateKey:
-        return key_from_raw(self.spec, self.raw)
+        return key_from_bytes(self.spec, self.raw)
 
     def __repr__(self) -> str:
         return f"<PreparedKey {self.spec}>"  # never the key
@@ -141,8 +153,8 @@ class PreparedKey:
 
 def make_record(key: PrivateKey, subject: bytes | None, sans: list) -> bytes:  # type: ignore[type-arg]
     """One device's record (see the module docstring)."""
-    parts = prepare_cert_request(key, subject, sans)
-    raw = key_raw(key)
+    raw, spki = key_bytes(key)
+    parts = prepare_cert_request(key, subject, sans, spki)
     head = _RECORD.pack(len(raw), parts.spki_offset, parts.spki_length, len(parts.signature))
     return head + raw + parts.signature + parts.cert_request
 
