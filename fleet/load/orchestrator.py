@@ -188,6 +188,8 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
         prepared=prepared,
     )
+    if prepared is not None:  # the MAC keys of the prepared devices, too: derived before the run
+        devices.prepare_macs(range(prepared.start, prepared.start + len(prepared)))
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))

@@ -19,6 +19,7 @@ from fleet.cmp import der
 from fleet.cmp.client import ClientTransaction
 from fleet.cmp.errors import RequestRejected
 from fleet.cmp.messages import BodyType
+from fleet.cmp.protection import pbm_key
 from fleet.cmp.requests import CertRequest, PreparedCertRequest, body_der, build_body
 from fleet.cmp.trust import TrustStore, load_cert
 from fleet.exchange import run_transaction
@@ -70,6 +71,8 @@ def test_the_ca_issues_for_a_prepared_device_and_it_renews_and_revokes(tmp_path:
     try:
         pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), _prepare_chunk(DEVICES, 0, 4))
         devices = _factory(pool, ca)
+        before = pbm_key.cache_info().currsize
+        assert devices.prepare_macs(range(4)) == 4 and pbm_key.cache_info().currsize == before + 4
 
         async def main() -> None:
             request = await _enroll(ca, devices, 3)
