@@ -36,6 +36,7 @@ from fleet.load.metrics import FleetMetrics
 from fleet.load.prepared import Identity
 from fleet.load.prepared_store import PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
+from fleet.load.refill import Refill, start_helper
 from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
@@ -118,11 +119,12 @@ def load_pools(profile: Profile, keys_dir: Path | None, needs: dict[str, int], s
     return pools
 
 
-def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> Path | None:
-    """[devices].prepared: claim a matching pool (or prepare one now) before the run; its path."""
+def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> tuple[Path | None, int]:
+    """[devices].prepared: claim a matching pool (or prepare one now) before the run; its path
+    and how many devices it holds."""
     spec = profile.devices
     if not spec.prepared:
-        return None
+        return None, 0
     one_process = profile.workers == 1 and options.shard is None
     # one process takes devices 0, 1, 2 ... in turn; workers and shards take slices of all of them
     needed = min(spec.count, expected_arrivals(profile)) if one_process else spec.count
@@ -130,7 +132,7 @@ def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> Path 
     info = ensure_prepared(store, spec, needed, reuse=spec.prepared == "reuse", out=out)
     print(f"fleet: prepared devices from {info.path} ({info.count} devices, "
           f"{'used' if info.used else 'unused'} before this run)", file=out)
-    return info.path
+    return info.path, info.count
 
 
 # -- one worker ----------------------------------------------------------------------------------
@@ -156,6 +158,7 @@ class WorkerSetup:
     warmup: float = 0.0
     ra_pem: tuple[bytes, bytes] | None = None  # [ra]: the RA certificate file and key (PEM)
     prepared: Path | None = None  # [devices].prepared: the pool file this run claimed
+    refill: Refill | None = None  # its helper process's end, when devices come round again
 
     @property
     def segment_index(self) -> int:
@@ -190,6 +193,7 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     )
     if prepared is not None:  # the MAC keys of the prepared devices, too: derived before the run
         devices.prepare_macs(range(prepared.start, prepared.start + len(prepared)))
+        prepared.refill = setup.refill
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
@@ -200,6 +204,25 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
+
+
+def _refills(profile: Profile, setups: list[WorkerSetup], pool_count: int, stack: ExitStack) -> None:
+    """``prepared = true``: a helper process per worker whose arrivals are expected to outnumber
+    its prepared devices, preparing the devices that come round again; started here, in the
+    parent, because worker processes (daemons) cannot have children of their own."""
+    spec = profile.devices
+    if spec.prepared is not True or not {"ir", "cr"} & set(profile.flow):  # "reuse" needs none
+        return
+    arrivals = expected_arrivals(profile)
+    for setup in setups:
+        segment = split(setup.segments)[setup.segment_index]
+        shard = segment.range(spec.count)
+        in_pool = max(0, min(shard.stop, pool_count) - shard.start)
+        if not shard or arrivals * float(segment.end - segment.start) <= in_pool:
+            continue
+        process, setup.refill = start_helper(spec, shard, in_pool)
+        stack.callback(process.join, 5)
+        stack.callback(process.terminate)
 
 
 def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
@@ -467,7 +490,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
-    prepared = prepare_devices(profile, options, out)
+    prepared, pool_count = prepare_devices(profile, options, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
         for p in options.trusted:
@@ -516,6 +539,8 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
             )
             for w in range(workers)
         ]
+        if prepared is not None:
+            _refills(profile, setups, pool_count, stack)
         progress = ProgressPrinter(profile, out, options.progress)
         if workers == 1:
             results = _run_in_process(setups[0], progress, profile, options)

@@ -40,7 +40,7 @@ import json
 import struct
 from array import array
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.serialization import (
@@ -161,11 +161,12 @@ def make_record(key: PrivateKey, subject: bytes | None, sans: list) -> bytes:  #
 class PreparedPool:
     """Prepared entries for devices ``start..start+len-1``, handed out by device index.
 
-    With ``reuse`` False an entry is handed out once; a device that comes round again gets None
-    (and makes a key live). ``taken``/``fresh_misses`` count what happened, for the run's log.
+    With ``reuse`` False an entry is handed out once; a device that comes round again gets one
+    from ``refill`` (a helper process preparing devices in the order arrivals reach them, see
+    ``fleet.load.refill``) or None, and makes its key live. ``taken`` and ``missed`` count both.
     """
 
-    __slots__ = ("_algorithm", "_blob", "_offsets", "_spec", "_taken", "missed", "reuse", "start", "taken")
+    __slots__ = ("_algorithm", "_blob", "_offsets", "_spec", "_taken", "missed", "refill", "reuse", "start", "taken")
 
     def __init__(self, spec: KeySpec, blob: bytes, offsets: _Offsets, start: int = 0, *, reuse: bool = False) -> None:
         self._spec = spec
@@ -177,6 +178,7 @@ class PreparedPool:
         self.taken = 0
         self.missed = 0  # devices that came round again (or were outside the pool) and made a key live
         self._algorithm = Signer(spec.generate()).algorithm
+        self.refill: Refill | None = None
 
     @classmethod
     def from_records(cls, spec: KeySpec, records: list[bytes], start: int = 0, *, reuse: bool = False) -> PreparedPool:
@@ -202,22 +204,31 @@ class PreparedPool:
         self, index: int, kind: BodyType, *, implicit_confirm: bool = False, cert_profile: str | None = None
     ) -> tuple[PreparedCertRequest, PreparedKey] | None:
         """Device ``index``'s prepared request and key, or None: no entry for it, or (without
-        reuse) its entry was handed out already."""
+        reuse) its entry was handed out already and the refill has none for it yet."""
         i = index - self.start
-        if not 0 <= i < len(self._taken) or (self._taken[i] and not self.reuse):
-            self.missed += 1
-            return None
-        self._taken[i] = 1
+        if 0 <= i < len(self._taken) and (not self._taken[i] or self.reuse):
+            self._taken[i] = 1
+            record, lo, hi = self._blob, self._offsets[i], self._offsets[i + 1]
+        else:
+            spare = self.refill.take(index) if self.refill is not None else None
+            if spare is None:
+                self.missed += 1
+                return None
+            record, lo, hi = spare, 0, len(spare)
         self.taken += 1
-        blob, lo = self._blob, self._offsets[i]
-        key_len, spki_offset, spki_length, sig_len = _RECORD.unpack_from(blob, lo)
+        key_len, spki_offset, spki_length, sig_len = _RECORD.unpack_from(record, lo)
         pos = lo + _RECORD.size
-        raw = blob[pos : pos + key_len]
+        raw = record[pos : pos + key_len]
         pos += key_len
-        signature = blob[pos : pos + sig_len]
-        cert_request = blob[pos + sig_len : self._offsets[i + 1]]
+        signature = record[pos : pos + sig_len]
+        cert_request = record[pos + sig_len : hi]
         spki = spki_at(cert_request, spki_offset, spki_length)
         request = PreparedCertRequest(kind, cert_request, self._algorithm, signature, spki, None,
                                       implicit_confirm, cert_profile)
         return request, PreparedKey(self._spec, raw)
 
+
+class Refill(Protocol):
+    """Records of devices coming round again, made while the run goes (``fleet.load.refill``)."""
+
+    def take(self, index: int) -> bytes | None: ...

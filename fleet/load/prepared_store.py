@@ -249,21 +249,26 @@ class PreparedStore:
         return PreparedPool(KeySpec.parse(identity.key_type), blob, sliced, lo_i, reuse=reuse)
 
 
-def _prepare_chunk(devices: DevicePopulation, start: int, stop: int) -> list[bytes]:
-    """Records of devices ``start..stop-1`` (runs in a helper process)."""
+def record_maker(devices: DevicePopulation) -> Callable[[int], bytes]:
+    """A function making device ``index``'s record (a new key each call)."""
     spec = devices.key_types[0][0]
     factory = DeviceFactory(devices, {str(spec): KeyPool(spec, (), on_exhausted="generate")},
                             master_secret=None, trust=TrustStore())
     generate = spec.generate
-    out = []
-    for index in range(start, stop):
+
+    def make(index: int) -> bytes:
         fields = factory.template_fields(index)
         subject = factory.subject_der(index, fields)
-        out.append(make_record(generate(), subject if isinstance(subject, bytes) else subject.public_bytes(),
-                               factory.sans(index, fields)))
-    return out
+        return make_record(generate(), subject if isinstance(subject, bytes) else subject.public_bytes(),
+                           factory.sans(index, fields))
 
-# -- preparing in helper processes ------------------------------------------------------------
+    return make
+
+
+def _prepare_chunk(devices: DevicePopulation, start: int, stop: int) -> list[bytes]:
+    """Records of devices ``start..stop-1`` (runs in a helper process)."""
+    make = record_maker(devices)
+    return [make(index) for index in range(start, stop)]
 
 
 def _worker_init() -> None:

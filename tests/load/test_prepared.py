@@ -191,3 +191,28 @@ max_error_rate = 0.0
     assert removed.returncode == 0 and removed.stdout.count("removed") == 1, removed.stdout + removed.stderr
     missing = _fleet("keys", "remove", "nope", "--dir", str(keys))
     assert missing.returncode == 1 and missing.stderr.startswith("fleet: error: no prepared pool 'nope'")
+
+
+def test_a_helper_process_prepares_the_devices_that_come_round_again() -> None:
+    from fleet.load.refill import start_helper
+
+    records = _prepare_chunk(DEVICES, 0, 3)
+    pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records)
+    first = {pool.request(i, BodyType.IR)[0].spki for i in range(3)}  # type: ignore[index]
+    process, refill = start_helper(DEVICES, range(3), 3, ahead=128)  # arrival 3 is device 0 again
+    pool.refill = refill
+    try:
+        again = None
+        for _ in range(400):  # the helper process starts in a second or so
+            again = pool.request(0, BodyType.IR)
+            if again is not None:
+                break
+            trio.run(trio.sleep, 0.05)
+        assert again is not None and again[0].spki not in first  # a new key for the same device
+        assert der.parse(again[0].cert_request).raw == again[0].cert_request
+        second = [pool.request(i, BodyType.IR) for i in (1, 2, 0)]
+        assert all(s is not None for s in second) and refill.received >= 4
+    finally:
+        refill.close()
+        process.terminate()
+        process.join(5)
