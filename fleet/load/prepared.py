@@ -72,6 +72,7 @@ class PreparedPoolError(FleetError):
 _RECORD = struct.Struct(">BHHB")  # key_len, spki_offset, spki_length, sig_len
 PREPARED_TYPES = ("ec", "ed25519", "ed448")
 _EC_PUBLIC_KEY_OID = der.oid(EC_PUBLIC_KEY)
+_SEC1_LAYOUT: dict[str, tuple[int, bytes, int]] = {}  # curve: SEC 1 length, SPKI prefix, public key TLV length
 
 # -- identity ---------------------------------------------------------------------------------
 
@@ -111,10 +112,19 @@ def key_bytes(key: PrivateKey) -> tuple[bytes, bytes]:
     multiplication and the SPKI is read from it; for EdDSA the raw private key."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         sec1 = key.private_bytes(Encoding.DER, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+        layout = _SEC1_LAYOUT.get(key.curve.name)
+        if layout is not None and len(sec1) == layout[0]:  # the curve's one fixed-length encoding
+            return sec1, layout[1] + sec1[-layout[2] :]
         parts = der.parse(sec1).children()
         if len(parts) == 4 and parts[2].tag == 0xA0 and parts[3].tag == 0xA1:  # parameters [0], publicKey [1]
             algorithm = der.sequence(_EC_PUBLIC_KEY_OID, parts[2].unwrap().raw)
-            return sec1, der.sequence(algorithm, parts[3].unwrap().raw)
+            bit_string = parts[3].unwrap().raw
+            spki = der.sequence(algorithm, bit_string)
+            if sec1.endswith(bit_string) and spki.endswith(bit_string):
+                # SEC 1 ends with the public key's BIT STRING, and so does the SPKI: for this
+                # curve's (fixed) lengths the SPKI is a fixed prefix and the SEC 1 tail
+                _SEC1_LAYOUT[key.curve.name] = (len(sec1), spki[: -len(bit_string)], len(bit_string))
+            return sec1, spki
         return sec1, spki_der(key)
     if isinstance(key, (ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
         return key.private_bytes_raw(), spki_der(key)
