@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet.cmp.requests import spki_der
 from fleet.keytypes import KeySpec
 from fleet.load.prepared import Identity, key_bytes, key_from_bytes
-from fleet.load.prepared_store import PreparedStore, _prepare_chunk
+from fleet.load.prepared_store import PreparedStore, prepare_range
 from fleet.load.profiles import DevicePopulation
 
 
@@ -45,15 +45,15 @@ def _rss_kib() -> int:
 
 
 def preparation_rate(devices: DevicePopulation, n: int) -> float:
-    _prepare_chunk(devices, 0, 200)  # warm-up
+    prepare_range(devices, 0, 200)  # warm-up
     started = time.process_time()
-    _prepare_chunk(devices, 0, n)
+    prepare_range(devices, 0, n)
     return n / (time.process_time() - started)
 
 
 def pool_load(pool: int, distinct: int) -> None:
     devices = DevicePopulation(count=pool)
-    records = _prepare_chunk(devices, 0, distinct)
+    records = prepare_range(devices, 0, distinct)
     with tempfile.TemporaryDirectory() as folder:
         store = PreparedStore(folder)
         identity = Identity.of(devices)

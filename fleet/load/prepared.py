@@ -27,7 +27,8 @@ File format (``<dir>/prepared/<name>.prep``), integers big-endian::
 
 A pool is written whole (temporary file, fsync, rename) and never changed afterwards except for
 its watermark. A run with ``prepared = true`` uses only a pool nobody has used, and within the run
-a device that comes round again makes a new key live: no key is certified twice. ``prepared =
+a device that comes round again gets a new key (prepared by a helper process, ``fleet.load.refill``,
+or made live): no key is certified twice. ``prepared =
 "reuse"`` takes any matching pool, used or not, and lets devices repeat their key (a CA's
 key-reuse checks are then what is being tested, or deliberately not). Keys are throwaway test
 identities, unencrypted in 0600 files under a 0700 directory; nothing here prints key material.
@@ -39,9 +40,11 @@ import hashlib
 import json
 import struct
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -69,10 +72,12 @@ else:
 class PreparedPoolError(FleetError):
     """A prepared pool that is missing, damaged, used up or does not fit the profile."""
 
+
 _RECORD = struct.Struct(">BHHB")  # key_len, spki_offset, spki_length, sig_len
 PREPARED_TYPES = ("ec", "ed25519", "ed448")
 _EC_PUBLIC_KEY_OID = der.oid(EC_PUBLIC_KEY)
 _SEC1_LAYOUT: dict[str, tuple[int, bytes, int]] = {}  # curve: SEC 1 length, SPKI prefix, public key TLV length
+
 
 # -- identity ---------------------------------------------------------------------------------
 
@@ -102,6 +107,7 @@ class Identity:
 
     def describe(self) -> str:
         return " ".join([self.key_type, self.subject, *self.sans])
+
 
 # -- keys -------------------------------------------------------------------------------------
 
@@ -158,15 +164,17 @@ class PreparedKey:
     def __repr__(self) -> str:
         return f"<PreparedKey {self.spec}>"  # never the key
 
+
 # -- records ----------------------------------------------------------------------------------
 
 
-def make_record(key: PrivateKey, subject: bytes | None, sans: list) -> bytes:  # type: ignore[type-arg]
+def make_record(key: PrivateKey, subject: bytes | None, sans: Sequence[x509.GeneralName]) -> bytes:
     """One device's record (see the module docstring)."""
     raw, spki = key_bytes(key)
     parts = prepare_cert_request(key, subject, sans, spki)
     head = _RECORD.pack(len(raw), parts.spki_offset, parts.spki_length, len(parts.signature))
     return head + raw + parts.signature + parts.cert_request
+
 
 class PreparedPool:
     """Prepared entries for devices ``start..start+len-1``, handed out by device index.
@@ -188,7 +196,7 @@ class PreparedPool:
         self.taken = 0
         self.missed = 0  # devices that came round again (or were outside the pool) and made a key live
         self._algorithm = Signer(spec.generate()).algorithm
-        self.refill: Refill | None = None
+        self.refill: RecordSource | None = None
 
     @classmethod
     def from_records(cls, spec: KeySpec, records: list[bytes], start: int = 0, *, reuse: bool = False) -> PreparedPool:
@@ -238,7 +246,7 @@ class PreparedPool:
         return request, PreparedKey(self._spec, raw)
 
 
-class Refill(Protocol):
+class RecordSource(Protocol):
     """Records of devices coming round again, made while the run goes (``fleet.load.refill``)."""
 
     def take(self, index: int) -> bytes | None: ...

@@ -265,7 +265,7 @@ def record_maker(devices: DevicePopulation) -> Callable[[int], bytes]:
     return make
 
 
-def _prepare_chunk(devices: DevicePopulation, start: int, stop: int) -> list[bytes]:
+def prepare_range(devices: DevicePopulation, start: int, stop: int) -> list[bytes]:
     """Records of devices ``start..stop-1`` (runs in a helper process)."""
     make = record_maker(devices)
     return [make(index) for index in range(start, stop)]
@@ -285,7 +285,7 @@ def prepare_records(
     """Records of devices 0..count-1, in ``workers`` processes (default: every core), in order."""
     n_workers = workers or os.cpu_count() or 1
     if n_workers == 1 or count * _SECONDS_PER_DEVICE < 0.5:
-        records = _prepare_chunk(devices, 0, count)
+        records = prepare_range(devices, 0, count)
         if progress is not None:
             progress(count)
         return records
@@ -295,7 +295,7 @@ def prepare_records(
     ctx = multiprocessing.get_context("spawn")  # the caller may be threaded
     done = 0
     with ProcessPoolExecutor(max_workers=min(n_workers, len(bounds)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures: dict[Future[list[bytes]], int] = {pool.submit(_prepare_chunk, devices, a, b): a for a, b in bounds}
+        futures: dict[Future[list[bytes]], int] = {pool.submit(prepare_range, devices, a, b): a for a, b in bounds}
         pending = set(futures)
         try:
             while pending:

@@ -26,7 +26,7 @@ from fleet.exchange import run_transaction
 from fleet.keys import KeyPool, KeySpec
 from fleet.load.device import DeviceFactory
 from fleet.load.prepared import Identity, PreparedKey, PreparedPool, PreparedPoolError
-from fleet.load.prepared_store import PreparedStore, _prepare_chunk
+from fleet.load.prepared_store import PreparedStore, prepare_range
 from fleet.load.profiles import DevicePopulation, ProfileError, parse_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def _factory(prepared: PreparedPool | None = None, ca: InProcessCa | None = None
 
 
 def test_a_prepared_body_is_the_live_body_with_its_own_pop() -> None:
-    pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), _prepare_chunk(DEVICES, 0, 3))
+    pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), prepare_range(DEVICES, 0, 3))
     taken = pool.request(2, BodyType.IR)
     assert taken is not None
     prepared, key = taken
@@ -69,7 +69,7 @@ async def _enroll(ca: InProcessCa, devices: DeviceFactory, index: int, op: str =
 def test_the_ca_issues_for_a_prepared_device_and_it_renews_and_revokes(tmp_path: Path) -> None:
     ca = InProcessCa(tmp_path / "ca")
     try:
-        pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), _prepare_chunk(DEVICES, 0, 4))
+        pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), prepare_range(DEVICES, 0, 4))
         devices = _factory(pool, ca)
         assert devices.prepare_macs(range(4)) == 4
         misses = pbm_key.cache_info().misses
@@ -92,7 +92,7 @@ def test_the_ca_issues_for_a_prepared_device_and_it_renews_and_revokes(tmp_path:
 
         trio.run(main)
         # a POP that does not match is refused by the CA: the prepared one is really checked
-        taken = PreparedPool.from_records(KeySpec.parse("ec:P-256"), _prepare_chunk(DEVICES, 0, 1)).request(0, BodyType.IR)
+        taken = PreparedPool.from_records(KeySpec.parse("ec:P-256"), prepare_range(DEVICES, 0, 1)).request(0, BodyType.IR)
         assert taken is not None
         bad = PreparedCertRequest(BodyType.IR, taken[0].cert_request, taken[0].algorithm, taken[0].signature[:-1] + b"\0",
                                   taken[0].spki)
@@ -111,7 +111,7 @@ def test_the_ca_issues_for_a_prepared_device_and_it_renews_and_revokes(tmp_path:
 def test_the_store_checks_integrity_and_claims_a_pool_once(tmp_path: Path) -> None:
     store = PreparedStore(tmp_path)
     identity = Identity.of(DEVICES)
-    path = store.write(identity, _prepare_chunk(DEVICES, 0, 10))
+    path = store.write(identity, prepare_range(DEVICES, 0, 10))
     assert path.stat().st_mode & 0o777 == 0o600 and path.parent.stat().st_mode & 0o777 == 0o700
     middle = store.load(path, identity, 4, 3)
     assert (len(middle), middle.start) == (3, 4)
@@ -196,7 +196,7 @@ max_error_rate = 0.0
 def test_a_helper_process_prepares_the_devices_that_come_round_again() -> None:
     from fleet.load.refill import start_helper
 
-    records = _prepare_chunk(DEVICES, 0, 3)
+    records = prepare_range(DEVICES, 0, 3)
     pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records)
     first = {pool.request(i, BodyType.IR)[0].spki for i in range(3)}  # type: ignore[index]
     process, refill = start_helper(DEVICES, range(3), 3, ahead=128)  # arrival 3 is device 0 again
