@@ -111,15 +111,26 @@ def memory_per_device(n: int) -> tuple[float, float]:
         where="bench",
     )
     pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
-    devices = DeviceFactory(profile.devices, pools, master_secret=b"m", trust=TrustStore())
+    records = None
+    if PREPARED is not None:  # made before the baseline is read: the pool's memory counts
+        from fleet.load.prepared_store import prepare_records
+
+        records = prepare_records(profile.devices, n)
     result: dict[str, float] = {}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(_silent_server)
-            run = WorkerRun(WorkerPlan(profile, f"http://127.0.0.1:{port}/", split(1)[0]), devices)
             gc.collect()
             before = _rss_kib()
+            prepared = None
+            if records is not None:
+                from fleet.load.prepared import PreparedPool
+
+                prepared = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records)
+                records.clear()
+            devices = DeviceFactory(profile.devices, pools, master_secret=b"m", trust=TrustStore(), prepared=prepared)
+            run = WorkerRun(WorkerPlan(profile, f"http://127.0.0.1:{port}/", split(1)[0]), devices)
             nursery.start_soon(run.run)
             t0 = time.perf_counter()
             while run.live.in_flight < n:
@@ -476,10 +487,8 @@ def main() -> None:
     parser.add_argument("--prepared", action="store_true", help="devices from a prepared pool (see above)")
     args = parser.parse_args()
     global PREPARED
-    if args.prepared and not args.orchestrator:
-        PREPARED = _prepare_once()
-    elif args.prepared:
-        PREPARED = Path()  # in memory, per run
+    if args.prepared:
+        PREPARED = Path()  # in memory (memory, --orchestrator); the rate steps' pool is made on disk below
     if args.orchestrator:
         _pin(0)
         runs = [orchestrator_only_cpu(args.orchestrator, args.orchestrator_rate) for _ in range(args.cpu_repeat)]
@@ -487,6 +496,8 @@ def main() -> None:
               f"{args.orchestrator_rate:,.0f}/s: "
               f"{sorted(runs)[len(runs) // 2]:.1f} µs CPU per arrival (median of {', '.join(f'{r:.1f}' for r in runs)})")
         return
+    if args.prepared and (args.rates or args.fast_rates or args.cpu):
+        PREPARED = _prepare_once()
     if args.cpu:
         cpu_comparison(args.cpu, args.cpu_rate, args.cpu_repeat)
         return
