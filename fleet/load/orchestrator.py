@@ -428,6 +428,10 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
         for code, n in warned.most_common()
     ]
+    prepared = results.prepared
+    if prepared:  # what [devices].prepared spared the workers, and where a key was made live after all
+        notes.insert(0, f"prepared devices: {prepared.get('prepared', 0)} requests prepared, "
+                        f"{prepared.get('live', 0)} keys made live (no prepared record left for the device)")
     return "\n".join([*lines, arrivals, *_transport_line(results.transport), *notes])
 
 

@@ -280,6 +280,7 @@ class RunResults:
     window_start: float = 0.0  # with ``steady``: arrivals due before this (warm-up) are left out of it
     steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
     transport: dict[str, int] = field(default_factory=dict)  # the transport's counters (CoAP), summed
+    prepared: dict[str, int] = field(default_factory=dict)  # [devices].prepared: requests prepared / keys made live
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -362,6 +363,8 @@ class RunResults:
         self.cpu_seconds += other.cpu_seconds
         for key, value in other.transport.items():
             self.transport[key] = self.transport.get(key, 0) + value
+        for key, value in other.prepared.items():
+            self.prepared[key] = self.prepared.get(key, 0) + value
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -384,6 +387,7 @@ class RunResults:
             "aborted_at_seconds": self.aborted_at,
             "cpu_seconds": self.cpu_seconds,
             "transport": dict(self.transport),
+            "prepared": dict(self.prepared),
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -414,6 +418,7 @@ class RunResults:
             aborted_at=data.get("aborted_at_seconds", 0.0),
             cpu_seconds=data.get("cpu_seconds", 0.0),
             transport=dict(data.get("transport", {})),
+            prepared=dict(data.get("prepared", {})),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)

@@ -123,6 +123,9 @@ class WorkerRun:
             counters = getattr(transport, "counters", None)
             if counters is not None:  # e.g. CoAP retransmissions and losses
                 self.results.transport = counters()
+            pool = self.devices.prepared
+            if pool is not None:
+                self.results.prepared = {"prepared": pool.taken, "live": pool.missed}
         self.results.elapsed = trio.current_time() - self.t0
         self.stopped.set()
         return self.results

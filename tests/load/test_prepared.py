@@ -4,6 +4,7 @@ fleet's real CA accepts; the pool file's integrity and used watermark; ``[device
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,7 @@ max_error_rate = 0.0
     run = _fleet("run", str(profile), "--keys", str(keys), "--report", str(report), "--quiet")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "unused before this run" in run.stderr
+    assert re.search(r"prepared devices: \d+ requests prepared, \d+ keys made live", run.stdout), run.stdout
     ops = json.loads(report.read_text())["results"]["operations"]
     assert all(ops[op]["ok"] == 30 for op in ("ir", "kur", "rr")), ops  # 30 arrivals on 20 devices: 10 came round
     listed = _fleet("keys", "list", "--dir", str(keys))
