@@ -192,18 +192,21 @@ class PreparedStore:
             infos.append(PreparedInfo(path.stem, path, identity, int(meta["count"]), used, size, meta.get("created", "")))
         return infos
 
-    def find(self, identity: Identity, *, unused: bool) -> PreparedInfo | None:
-        """The largest matching pool (unused only, if asked), or None."""
-        fits = [i for i in self.list() if i.identity == identity and i.problem is None and (i.used == 0 or not unused)]
-        return max(fits, key=lambda i: (i.count, i.name)) if fits else None
+    def find(self, identity: Identity, needed: int, *, unused: bool) -> PreparedInfo | None:
+        """The smallest matching pool of at least ``needed`` devices (unused only, if asked), so
+        larger ones stay for larger runs; None when there is none."""
+        fits = [i for i in self.list() if i.identity == identity and i.problem is None and i.count >= needed
+                and (i.used == 0 or not unused)]
+        return min(fits, key=lambda i: (i.count, i.name)) if fits else None
 
     def claim(self, identity: Identity, needed: int, *, reuse: bool) -> PreparedInfo | None:
         """The pool a run takes, its watermark raised to the devices it may issue before the run
-        starts; None when no pool fits (``reuse``: any matching pool; else only an unused one)."""
+        starts; None when no pool fits (``reuse``: any matching pool large enough; else only an
+        unused one)."""
         with self._locked():
-            info = self.find(identity, unused=not reuse)
+            info = self.find(identity, needed, unused=not reuse)
             if info is not None:
-                self.set_used(info.path, min(info.count, needed))
+                self.set_used(info.path, needed)
             return info
 
     def load(self, path: Path, identity: Identity, start: int = 0, count: int | None = None, *,

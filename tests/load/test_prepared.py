@@ -120,6 +120,7 @@ def test_the_store_checks_integrity_and_claims_a_pool_once(tmp_path: Path) -> No
     assert middle.request(5, BodyType.IR) is not None
     assert middle.memory_bytes() < 600 * 3
     # claimed once for an ordinary run; "reuse" takes it again
+    assert store.claim(identity, 11, reuse=False) is None  # too small for that run
     assert store.claim(identity, 6, reuse=False) is not None
     assert store.list()[0].used == 6
     assert store.claim(identity, 6, reuse=False) is None
