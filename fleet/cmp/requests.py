@@ -7,7 +7,7 @@ can reuse the template and POP builders.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import field
 
 from cryptography import x509
@@ -189,15 +189,18 @@ def spki_at(cert_request: bytes, offset: int, length: int) -> bytes:
 
 
 def prepare_cert_request(
-    key: PrivateKey, subject: bytes | None, sans: Sequence[x509.GeneralName] = (), spki: bytes | None = None
+    key: PrivateKey, subject: bytes | None, sans: Sequence[x509.GeneralName] = (), spki: bytes | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
 ) -> PreparedParts:
     """The CertRequest an ir or cr for ``key`` carries (subject DER or None, SANs as
-    ``CertRequest`` writes them) and its signature POP, with ``body_der``'s exact bytes."""
+    ``CertRequest`` writes them) and its signature POP, with ``body_der``'s exact bytes.
+    ``spki`` and ``sign`` (``Signer(key).sign``'s result for the same key) spare a caller that
+    already has them the work."""
     spki = spki if spki is not None else spki_der(key)
     extensions = _extensions_der(sans, (), subject)
     cert_request = fastwire.cert_request_der(subject if subject is not None else NULL_DN, spki, extensions)
     offset = cert_request.index(b"\xa6" + spki[1:])
-    return PreparedParts(cert_request, offset, len(spki), Signer(key).sign(cert_request))
+    return PreparedParts(cert_request, offset, len(spki), (sign or Signer(key).sign)(cert_request))
 
 
 Request = CertRequest | PreparedCertRequest | CsrRequest | RevocationRequest | GeneralRequest

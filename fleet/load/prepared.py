@@ -42,9 +42,11 @@ import struct
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -55,7 +57,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from fleet.cmp import der
 from fleet.cmp.oids import EC_PUBLIC_KEY
-from fleet.cmp.protection import Signer
+from fleet.cmp.protection import Signer, default_hash
 from fleet.cmp.requests import PreparedCertRequest, prepare_cert_request, spki_at, spki_der
 from fleet.errors import FleetError
 from fleet.keytypes import KeySpec, PrivateKey
@@ -76,6 +78,8 @@ class PreparedPoolError(FleetError):
 _RECORD = struct.Struct(">BHHB")  # key_len, spki_offset, spki_length, sig_len
 PREPARED_TYPES = ("ec", "ed25519", "ed448")
 _EC_PUBLIC_KEY_OID = der.oid(EC_PUBLIC_KEY)
+_ECDSA: dict[str, ec.ECDSA] = {}  # by curve name
+_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _SEC1_LAYOUT: dict[str, tuple[int, bytes, int]] = {}  # curve: SEC 1 length, SPKI prefix, public key TLV length
 
 
@@ -171,7 +175,13 @@ class PreparedKey:
 def make_record(key: PrivateKey, subject: bytes | None, sans: Sequence[x509.GeneralName]) -> bytes:
     """One device's record (see the module docstring)."""
     raw, spki = key_bytes(key)
-    parts = prepare_cert_request(key, subject, sans, spki)
+    sign = None
+    if isinstance(key, ec.EllipticCurvePrivateKey):  # Signer's choice of hash, kept per curve
+        ecdsa = _ECDSA.get(key.curve.name)
+        if ecdsa is None:
+            ecdsa = _ECDSA[key.curve.name] = ec.ECDSA(_HASHES[default_hash(key) or "sha256"]())
+        sign = partial(key.sign, signature_algorithm=ecdsa)
+    parts = prepare_cert_request(key, subject, sans, spki, sign)
     head = _RECORD.pack(len(raw), parts.spki_offset, parts.spki_length, len(parts.signature))
     return head + raw + parts.signature + parts.cert_request
 
