@@ -219,3 +219,20 @@ def test_a_helper_process_prepares_the_devices_that_come_round_again() -> None:
         refill.close()
         process.terminate()
         process.join(5)
+
+
+def test_eddsa_devices_are_prepared_too() -> None:
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    devices = replace(DEVICES, key_types=((KeySpec.parse("ed25519"), 1.0),))
+    pool = PreparedPool.from_records(KeySpec.parse("ed25519"), prepare_range(devices, 0, 2))
+    taken = pool.request(1, BodyType.CR)
+    assert taken is not None
+    request, key = taken
+    loaded = key.load()
+    assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+    assert loaded.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == request.spki
+    loaded.public_key().verify(request.signature, request.cert_request)  # raises if wrong
+    assert der.parse(body_der(request)).tag == 0xA2  # cr
