@@ -33,7 +33,11 @@
    CertRequest construction), the CMP client and the drive loop (``run_transaction``),
    recording. Process CPU per arrival, median of ``--cpu-repeat``.
 
-Usage: python bench/fleet_scale.py [--devices 50000] [--rates 250,500,750,1000,1500,2000]
+``--prepared``: the devices' keys, CertRequests and POPs come from a prepared pool made before
+the steps (``[devices] prepared = "reuse"``: one pool of 50,000 devices serves every step, whose
+arrivals never wrap round within a step); in ``--orchestrator`` the pool is built in memory.
+
+Usage: python bench/fleet_scale.py [--prepared] [--devices 50000] [--rates 250,500,750,1000,1500,2000]
                                    [--fast-rates 1000,1500,2000,2500,3000] [--step 6]
                                    [--cpu 6000 [--cpu-rate 1500] [--cpu-repeat 3]] [--orchestrator 20000]
        (--devices 0 skips the memory test; --rates '' or --fast-rates '' skips a rate test;
@@ -107,15 +111,26 @@ def memory_per_device(n: int) -> tuple[float, float]:
         where="bench",
     )
     pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
-    devices = DeviceFactory(profile.devices, pools, master_secret=b"m", trust=TrustStore())
+    records = None
+    if PREPARED is not None:  # made before the baseline is read: the pool's memory counts
+        from fleet.load.prepared_store import prepare_records
+
+        records = prepare_records(profile.devices, n)
     result: dict[str, float] = {}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(_silent_server)
-            run = WorkerRun(WorkerPlan(profile, f"http://127.0.0.1:{port}/", split(1)[0]), devices)
             gc.collect()
             before = _rss_kib()
+            prepared = None
+            if records is not None:
+                from fleet.load.prepared import PreparedPool
+
+                prepared = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records)
+                records.clear()
+            devices = DeviceFactory(profile.devices, pools, master_secret=b"m", trust=TrustStore(), prepared=prepared)
+            run = WorkerRun(WorkerPlan(profile, f"http://127.0.0.1:{port}/", split(1)[0]), devices)
             nursery.start_soon(run.run)
             t0 = time.perf_counter()
             while run.live.in_flight < n:
@@ -257,6 +272,37 @@ Row = tuple[float, float, float, float, float]
 """(target rate, share of arrivals that succeeded, p99 start lateness, ir p99, worker CPU µs per ir)"""
 
 
+PREPARED: Path | None = None
+"""With ``--prepared``: the key directory holding the prepared pool every step uses."""
+
+
+def _prepare_once() -> Path:
+    """A prepared pool of the steps' 50,000 devices in a temporary key directory (made once)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from fleet.load.prepared_store import PreparedStore
+
+    folder = Path(tempfile.mkdtemp(prefix="fleet-scale-keys-"))
+    atexit.register(shutil.rmtree, folder, True)
+    started = time.perf_counter()
+    PreparedStore(folder).prepare(parse_profile(_profile_data(1.0, 1.0), where="bench").devices, 50_000)
+    print(f"  (50,000 devices prepared in {time.perf_counter() - started:.1f} s on every core)", flush=True)
+    return folder
+
+
+def _profile_data(rate: float, step: float) -> dict[str, object]:
+    devices: dict[str, object] = {"count": 50_000, "key_types": "ec:P-256"}
+    if PREPARED is not None:
+        devices["prepared"] = "reuse"
+    return {
+        "run": {"duration": step, "max_in_flight": 5000, "max_connections": 200, "transaction_timeout": 10},
+        "arrivals": {"shape": "constant", "rate": rate},
+        "devices": devices,
+    }
+
+
 def sustained_rate(
     rates: list[float], step: float, server: str | None = None, master: bytes | None = None,
     responder: KeepingUpResponder | None = None,
@@ -266,17 +312,11 @@ def sustained_rate(
     rows: list[Row] = []
     _pin(0)
     for rate in rates:
-        profile = parse_profile(
-            {
-                "run": {"duration": step, "max_in_flight": 5000, "max_connections": 200, "transaction_timeout": 10},
-                "arrivals": {"shape": "constant", "rate": rate},
-                "devices": {"count": 50_000, "key_types": "ec:P-256"},
-            },
-            where="bench",
-        )
+        profile = parse_profile(_profile_data(rate, step), where="bench")
         server_cpu0 = responder.cpu_seconds() if responder else 0.0
+        options = RunOptions(progress=False, server=server, master_secret=master, keys_dir=PREPARED)
         with open(os.devnull, "w") as quiet:
-            results, _ = run_profile(profile, RunOptions(progress=False, server=server, master_secret=master), out=quiet)
+            results, _ = run_profile(profile, options, out=quiet)
         ir = results.ops.get("ir")
         ok = ir.ok if ir else 0
         lateness = results.lateness.percentile(99) if results.lateness.count else float("nan")
@@ -406,7 +446,15 @@ def orchestrator_only_cpu(n: int, rate: float) -> float:
         try:
             server = _TimedServer(authority.server(secrets=SharedSecrets(master=master)))
             pools = {"ec:P-256": KeyPool(KeySpec.parse("ec:P-256"), (), on_exhausted="generate")}
-            devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore())
+            prepared = None
+            if PREPARED is not None:
+                from fleet.load.prepared import PreparedPool
+                from fleet.load.prepared_store import prepare_records
+
+                prepared = PreparedPool.from_records(KeySpec.parse("ec:P-256"), prepare_records(profile.devices, n))
+            devices = DeviceFactory(profile.devices, pools, master_secret=master, trust=TrustStore(), prepared=prepared)
+            if prepared is not None:
+                devices.prepare_macs(range(n))
             plan = WorkerPlan(profile, "http://127.0.0.1:9/", split(1)[0])
             run = WorkerRun(plan, devices, transport=lambda: InProcessTransport(server))
             tune_gc()
@@ -436,7 +484,11 @@ def main() -> None:
     parser.add_argument("--orchestrator-rate", type=float, default=20_000.0)
     parser.add_argument("--cpu-rate", type=float, default=1500.0)
     parser.add_argument("--cpu-repeat", type=int, default=3)
+    parser.add_argument("--prepared", action="store_true", help="devices from a prepared pool (see above)")
     args = parser.parse_args()
+    global PREPARED
+    if args.prepared:
+        PREPARED = Path()  # in memory (memory, --orchestrator); the rate steps' pool is made on disk below
     if args.orchestrator:
         _pin(0)
         runs = [orchestrator_only_cpu(args.orchestrator, args.orchestrator_rate) for _ in range(args.cpu_repeat)]
@@ -444,6 +496,8 @@ def main() -> None:
               f"{args.orchestrator_rate:,.0f}/s: "
               f"{sorted(runs)[len(runs) // 2]:.1f} µs CPU per arrival (median of {', '.join(f'{r:.1f}' for r in runs)})")
         return
+    if args.prepared and (args.rates or args.fast_rates or args.cpu):
+        PREPARED = _prepare_once()
     if args.cpu:
         cpu_comparison(args.cpu, args.cpu_rate, args.cpu_repeat)
         return

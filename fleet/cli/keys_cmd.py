@@ -1,4 +1,5 @@
-"""``fleet keys``: generate device key pools ahead of a run and list what is cached."""
+"""``fleet keys``: generate device key pools and prepared-device pools ahead of a run, list and
+remove what is cached."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from fleet.keys import ALLOWED_SPECS, KeyPoolStore, KeySpec, ProgressLine
 app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
-    help="Pre-generate device key pairs and cache them on disk (RSA keygen is slow).",
-    short_help="Pre-generate device key pools (RSA keygen is slow).",
-    epilog=examples("fleet keys generate --type rsa:2048 --count 1000", "fleet keys list"),
+    help="Pre-generate device key pairs (RSA keygen is slow) and prepared devices (key, CertRequest "
+    "and POP made before the run) and cache them on disk.",
+    short_help="Pre-generate key pools and prepared-device pools.",
+    epilog=examples("fleet keys generate --type rsa:2048 --count 1000",
+                    "fleet keys prepare profiles/smoke.toml --count 100000", "fleet keys list"),
 )
 
 _DIR_HELP = (
@@ -98,18 +101,101 @@ def generate(
     )
 
 
-@app.command("list", epilog=examples("fleet keys list", "fleet keys list --dir ./keys"))
+@app.command(short_help="Prepare a profile's devices: key, CertRequest and POP.", epilog=examples(
+    "fleet keys prepare profiles/smoke.toml",
+    "fleet keys prepare profiles/steady.toml --count 1000000 --workers 2",
+))
+def prepare(
+    profile: Annotated[Path, typer.Argument(help="The profile whose [devices] to prepare.", show_default=False)],
+    count: Annotated[
+        int | None,
+        typer.Option("--count", "-n", callback=bounded(COUNT),
+                     help="Devices to prepare, from index 0 (default: the profile's device count).",
+                     show_default=False),
+    ] = None,
+    directory: DirOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", callback=bounded(COUNT), help="Worker processes (default: one per CPU core).",
+                     show_default=False),
+    ] = None,
+) -> None:
+    """Make a new prepared-device pool for a profile's [devices] (prepared = true uses it once)."""
+    from fleet.load.prepared import Identity  # the device layer (numpy ...) only for this command
+    from fleet.load.prepared_store import PreparedStore
+    from fleet.load.profiles import load_profile
+
+    devices = load_profile(profile).devices
+    identity = Identity.of(devices)
+    n = count if count is not None else devices.count
+    store = PreparedStore(directory)
+    progress = ProgressLine(n, sys.stderr, label="prepared devices")
+    started = time.monotonic()
+    try:
+        path = store.prepare(devices, n, workers=workers, progress=progress)
+    except KeyboardInterrupt:
+        progress.finish()
+        typer.echo("fleet: interrupted; no pool written", err=True)
+        raise SystemExit(130) from None
+    progress.finish()
+    elapsed = time.monotonic() - started
+    typer.echo(f"prepared {n} devices ({identity.describe()}) in {_duration(elapsed)} "
+               f"({n / max(elapsed, 1e-9):,.0f}/s): {path}")
+
+
+@app.command(short_help="Remove a prepared-device pool by name, or every used one.", epilog=examples(
+    "fleet keys remove 3f2a9c1b0d4e-a1b2c3", "fleet keys remove --used",
+))
+def remove(
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="A pool's name as `fleet keys list` shows it.",
+                                               show_default=False)] = None,
+    used: Annotated[bool, typer.Option("--used", help="Remove every pool a run has used.")] = False,
+    directory: DirOption = None,
+) -> None:
+    """Remove prepared-device pools (key pools are one file per type: delete it to start over)."""
+    from fleet.load.prepared_store import PreparedStore
+
+    store = PreparedStore(directory)
+    chosen = [name] if name else []
+    if used:
+        chosen += [i.name for i in store.list() if i.used and i.name not in chosen]
+    if not chosen:
+        raise typer.BadParameter("name a pool to remove, or give --used", param_hint="'NAME'")
+    for pool in chosen:
+        typer.echo(f"removed {store.remove(pool)}")
+
+
+@app.command("list", short_help="Show the cached key pools and prepared-device pools.",
+             epilog=examples("fleet keys list", "fleet keys list --dir ./keys"))
 def list_pools(directory: DirOption = None) -> None:
-    """Show the cached key pools: type, key count, file size and path."""
+    """Show the cached key pools (type, key count, file size, path) and prepared-device pools."""
     store = KeyPoolStore(directory)
     infos = store.list()
     if not infos:
         typer.echo(f"no key pools in {store.directory}")
+    else:
+        rows = [("TYPE", "COUNT", "SIZE", "PATH")]
+        for info in infos:
+            path = str(info.path) + (f"  (damaged: {info.problem})" if info.problem else "")
+            rows.append((info.spec, str(info.count), _size(info.bytes), path))
+        _table(rows)
+    from fleet.load.prepared_store import PreparedStore
+
+    pools = PreparedStore(directory).list()
+    if not pools:
         return
-    rows = [("TYPE", "COUNT", "SIZE", "PATH")]
-    for info in infos:
-        path = str(info.path) + (f"  (damaged: {info.problem})" if info.problem else "")
-        rows.append((info.spec, str(info.count), _size(info.bytes), path))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for t, c, s, p in rows:
-        typer.echo(f"{t:<{widths[0]}}  {c:>{widths[1]}}  {s:>{widths[2]}}  {p}")
+    typer.echo("")
+    rows = [("PREPARED", "DEVICES", "USED", "SIZE", "DEVICES ARE")]
+    for p in pools:
+        what = p.identity.describe() if p.identity else f"(damaged: {p.problem})"
+        rows.append((p.name, str(p.count), str(p.used), _size(p.bytes), what))
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Columns left-aligned for text, right-aligned for numbers; the last one as it is."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.rjust(w) if cell.isdigit() or cell[:1].isdigit() and i else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths))]
+        typer.echo("  ".join([*cells, row[-1]]))

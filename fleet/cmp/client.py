@@ -86,6 +86,7 @@ from fleet.cmp.protection import (
 from fleet.cmp.requests import (
     CertRequest,
     CsrRequest,
+    PreparedCertRequest,
     Request,
     body_der,
     operation_of,
@@ -279,7 +280,7 @@ class ClientTransaction:
         self._peer_nonce: bytes | None = None
         self._polls = 0
         # RFC 9810 §5.3.4 / RFC 9483 §4.4: -1 where no CertReqMsg carries an id (p10cr, rr, genm).
-        self._cert_req_id = 0 if isinstance(request, CertRequest) else -1
+        self._cert_req_id = 0 if isinstance(request, (CertRequest, PreparedCertRequest)) else -1
         self._central = isinstance(request, CertRequest) and request.central_key_alg is not None
         self._requested_spki = None if self._central else self._spki_of(request)
         self._result: Done | None = None
@@ -684,7 +685,7 @@ class ClientTransaction:
 
     @staticmethod
     def _spki_of(request: Request) -> bytes | None:
-        if isinstance(request, CertRequest):
+        if isinstance(request, (CertRequest, PreparedCertRequest)):
             return request.spki
         if isinstance(request, CsrRequest):
             return request.csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

@@ -7,7 +7,7 @@ can reuse the template and POP builders.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import field
 
 from cryptography import x509
@@ -27,6 +27,7 @@ from fleet.cmp.messages import (
     Popo,
     RevDetails,
     RevReqContent,
+    decode_body,
     directory_name,
     encode_body,
     encode_cert_request,
@@ -139,7 +140,70 @@ class GeneralRequest:
     cert_profile: str | None = None
 
 
-Request = CertRequest | CsrRequest | RevocationRequest | GeneralRequest
+@record
+class PreparedCertRequest:
+    """ir or cr whose CertRequest and POP were made ahead of the transaction (a prepared device).
+
+    Nothing of a CertRequest without controls depends on the transaction: RFC 4211 §4.1's POP
+    signs the CertRequest alone, not the PKIBody kind or the header. So a device's key pair, its
+    SubjectPublicKeyInfo, the encoded CertRequest and its POP signature can be made before a run
+    (``prepare_cert_request``, elsewhere or in another process); the live path only frames them.
+    kur cannot be prepared so: its CertRequest carries the oldCertID control (RFC 9483 §4.1.3),
+    known only once the certificate being updated is.
+    """
+
+    kind: BodyType
+    cert_request: bytes  # the encoded CertRequest (certReqId 0, template, no controls)
+    algorithm: bytes  # the POP signature's AlgorithmIdentifier (DER)
+    signature: bytes  # the POP signature over ``cert_request``
+    spki: bytes  # the new key's SubjectPublicKeyInfo, which the issued certificate must carry
+    subject_der: bytes | None = None  # the explicit subject (DER), for the header's sender
+    implicit_confirm: bool = False
+    cert_profile: str | None = None
+    central_key_alg: None = field(default=None, init=False)  # never: the device made its own key
+
+    def __post_init__(self) -> None:
+        if self.kind not in (BodyType.IR, BodyType.CR):
+            raise ValueError(f"a prepared CertRequest is for ir or cr, not {self.kind.label}")
+
+
+@record
+class PreparedParts:
+    """What ``prepare_cert_request`` makes for one device: the encoded CertRequest, the
+    offset of the SubjectPublicKeyInfo inside it, and the POP signature."""
+
+    cert_request: bytes
+    spki_offset: int
+    spki_length: int
+    signature: bytes
+
+    @property
+    def spki(self) -> bytes:
+        return spki_at(self.cert_request, self.spki_offset, self.spki_length)
+
+
+def spki_at(cert_request: bytes, offset: int, length: int) -> bytes:
+    """The SubjectPublicKeyInfo the template carries at ``offset``: it is written there with the
+    template's [6] tag in place of SEQUENCE (implicit tagging), so the SEQUENCE tag goes back."""
+    return b"\x30" + cert_request[offset + 1 : offset + length]
+
+
+def prepare_cert_request(
+    key: PrivateKey, subject: bytes | None, sans: Sequence[x509.GeneralName] = (), spki: bytes | None = None,
+    sign: Callable[[bytes], bytes] | None = None,
+) -> PreparedParts:
+    """The CertRequest an ir or cr for ``key`` carries (subject DER or None, SANs as
+    ``CertRequest`` writes them) and its signature POP, with ``body_der``'s exact bytes.
+    ``spki`` and ``sign`` (``Signer(key).sign``'s result for the same key) spare a caller that
+    already has them the work."""
+    spki = spki if spki is not None else spki_der(key)
+    extensions = _extensions_der(sans, (), subject)
+    cert_request = fastwire.cert_request_der(subject if subject is not None else NULL_DN, spki, extensions)
+    offset = cert_request.index(b"\xa6" + spki[1:])
+    return PreparedParts(cert_request, offset, len(spki), (sign or Signer(key).sign)(cert_request))
+
+
+Request = CertRequest | PreparedCertRequest | CsrRequest | RevocationRequest | GeneralRequest
 
 # RFC 9483 §6.1 operation path segments.
 _OPERATION_BY_KIND = {
@@ -191,12 +255,18 @@ def template_for(request: CertRequest) -> CertTemplate:
 
 def _template_extensions(request: CertRequest, subject_der: bytes | None) -> bytes | None:
     """The template's Extensions (SANs first, then ``request.extensions``), or None."""
+    return _extensions_der(request.sans, request.extensions, subject_der)
+
+
+def _extensions_der(
+    sans: Sequence[x509.GeneralName], extensions: Sequence[x509.Extension[x509.ExtensionType]], subject_der: bytes | None
+) -> bytes | None:
     exts: list[tuple[str, bool, bytes]] = []
-    if request.sans:
-        san = x509.SubjectAlternativeName(list(request.sans))
+    if sans:
+        san = x509.SubjectAlternativeName(list(sans))
         # RFC 5280 §4.2.1.6: the SAN extension is critical when the subject is empty.
         exts.append((oids.SUBJECT_ALT_NAME, subject_der is None or subject_der == NULL_DN, san.public_bytes()))
-    for ext in request.extensions:
+    for ext in extensions:
         exts.append((ext.oid.dotted_string, ext.critical, ext.value.public_bytes()))
     return extensions_der(exts) if exts else None
 
@@ -235,7 +305,9 @@ def revocation_details(request: RevocationRequest) -> RevDetails:
 def body_der(request: Request) -> bytes:
     """The request's encoded PKIBody: ``messages.encode_body(request.kind, build_body(request))``,
     written by ``fastwire`` for the usual signature-POP CertRequest (no intermediate records: the
-    client encodes one per device)."""
+    client encodes one per device) and for a prepared one (framing only)."""
+    if isinstance(request, PreparedCertRequest):
+        return fastwire.signed_cert_req_body(request.kind, request.cert_request, request.algorithm, request.signature)
     if (not isinstance(request, CertRequest) or request.pop != "signature" or request.old_cert is not None
             or request.new_key is None or request.spki is None):
         return encode_body(request.kind, build_body(request))
@@ -247,6 +319,8 @@ def body_der(request: Request) -> bytes:
 
 
 def build_body(request: Request) -> Body:
+    if isinstance(request, PreparedCertRequest):
+        return decode_body(request.kind, der.parse(body_der(request)).unwrap())  # records only for tests
     if isinstance(request, CertRequest):
         return CertReqMessages((build_cert_req_msg(request),))
     if isinstance(request, CsrRequest):

@@ -31,11 +31,19 @@ from fleet.cmp.protection import (
     default_hash,
     parse_reference,
 )
-from fleet.cmp.requests import CertRequest, CsrRequest, GeneralRequest, Request, RevocationRequest
+from fleet.cmp.requests import (
+    CertRequest,
+    CsrRequest,
+    GeneralRequest,
+    PreparedCertRequest,
+    Request,
+    RevocationRequest,
+)
 from fleet.cmp.shared_secrets import DeviceSecrets
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
+from fleet.load.prepared import PreparedKey, PreparedPool
 from fleet.load.profiles import DevicePopulation
 from fleet.names import NameSyntaxError, parse_name, parse_san
 
@@ -158,7 +166,7 @@ _LENGTHS = {"2.5.4.6": (2, 2), "1.3.6.1.4.1.311.60.2.1.3": (2, 2), "2.5.4.3": (1
 class DeviceCredentials:
     """What a device holds once enrolled."""
 
-    key: PrivateKey
+    key: PrivateKey | PreparedKey  # a prepared key becomes a key object when first signed with
     cert: bytes
 
 
@@ -248,8 +256,11 @@ class DeviceFactory:
         vendor: VendorCa | None = None,
         genm: tuple[str, ...] = ("caCerts",),
         seed: int = 1,
+        prepared: PreparedPool | None = None,
     ) -> None:
+        """``prepared``: ir and cr of the devices it holds take their CertRequest and POP from it."""
         self.spec = spec
+        self.prepared = prepared
         self.pools = pools
         self.master_secret = master_secret
         self.trust = trust
@@ -327,6 +338,8 @@ class DeviceFactory:
             return {"index": index}
         return {name: _FIELD_MAKERS[name](index) for name in self._field_names}
 
+    template_fields = _fields  # public: a prepared pool fills the templates once per device
+
     def subject(self, index: int, fields: dict[str, object] | None = None) -> x509.Name:
         return self._subject.format(self._fields(index) if fields is None else fields)
 
@@ -382,6 +395,20 @@ class DeviceFactory:
         assert self._mac_template is not None
         return self._mac_template.with_secret(secret, reference, sender)
 
+    PREPARED_MACS = 60_000  # below the process's derived-key and HMAC-pad caches (65,536 each)
+
+    def prepare_macs(self, indices: range) -> int:
+        """Derive the MAC keys of devices ``indices`` now, before the run (at most
+        ``PREPARED_MACS``): a device's key depends on its secret and the worker's salt only, not
+        on the transaction, and the process keeps derived keys, so its first message then only
+        MACs. Returns how many were derived. MAC devices only; the others have nothing to derive."""
+        if self.master_secret is None or self.spec.auth != "mac":
+            return 0
+        chosen = indices[: self.PREPARED_MACS]
+        for index in chosen:
+            self.mac(index).protect(b"")
+        return len(chosen)
+
     def _new_mac(self, secret: bytes, reference: bytes, sender: bytes | None = None) -> MacProtector:
         return MacProtector(
             secret, reference=reference, iterations=self.spec.pbm_iterations, salt=self._salt, sender_name=sender
@@ -419,7 +446,9 @@ class DeviceFactory:
 
     # -- requests -----------------------------------------------------------------------------
 
-    def request(self, op: str, index: int) -> tuple[MacProtector | SignatureProtector, Request, PrivateKey | None]:
+    def request(
+        self, op: str, index: int
+    ) -> tuple[MacProtector | SignatureProtector, Request, PrivateKey | PreparedKey | None]:
         """(protector, request, new key or None) for one operation of device ``index``; the
         transaction runs with ``client_config`` and that protector."""
         state = self.states.get(index)
@@ -440,6 +469,11 @@ class DeviceFactory:
                 central_key_alg=central,
             )
             return self._signed(state), request, key
+        kind = BodyType.CR if op == "cr" else BodyType.IR
+        prepared = self._prepared(op, kind, index)
+        if prepared is not None:
+            request, prepared_key = prepared
+            return self._protector(kind, state, index), request, prepared_key
         key, central = _split(self.new_key())
         fields = self._fields(index)
         sans = self.sans(index, fields)
@@ -450,21 +484,32 @@ class DeviceFactory:
                 csr_builder = csr_builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
             csr = csr_builder.sign(key, _csr_hash(key))
             return self.mac(index), CsrRequest(csr, spec.implicit_confirm, spec.cert_profile), key
-        kind = BodyType.CR if op == "cr" else BodyType.IR
-        if kind is BodyType.CR and state is not None:
-            protector = self._signed(state)
-        elif spec.auth == "vendor" and self.vendor is not None:
-            protector = self._vendor_signed(index)
-        else:
-            protector = self.mac(index)
         request = CertRequest(
             kind, key, self.subject_der(index, fields), sans, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile,
             central_key_alg=central,
         )
-        return protector, request, key
+        return self._protector(kind, state, index), request, key
+
+    def _prepared(self, op: str, kind: BodyType, index: int) -> tuple[PreparedCertRequest, PreparedKey] | None:
+        """Device ``index``'s prepared ir or cr, when the pool has one for it still unused."""
+        if self.prepared is None or op not in ("ir", "cr"):
+            return None
+        spec = self.spec
+        return self.prepared.request(index, kind, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile)
+
+    def _protector(self, kind: BodyType, state: DeviceCredentials | None, index: int) -> MacProtector | SignatureProtector:
+        """An ir's or cr's protection: a cr of an enrolled device signs with its certificate's key,
+        a vendor device with its IDevID, the others MAC with their secret."""
+        if kind is BodyType.CR and state is not None:
+            return self._signed(state)
+        if self.spec.auth == "vendor" and self.vendor is not None:
+            return self._vendor_signed(index)
+        return self.mac(index)
 
     def _signed(self, state: DeviceCredentials) -> SignatureProtector:
         cert = load_cert(state.cert)
+        if isinstance(state.key, PreparedKey):  # made into a key object once, when first needed
+            state.key = state.key.load()
         return SignatureProtector(state.key, cert, self._chain_of(cert))
 
     def _chain_of(self, cert: x509.Certificate) -> tuple[x509.Certificate, ...]:
@@ -504,7 +549,7 @@ class DeviceFactory:
 
     # -- results ------------------------------------------------------------------------------
 
-    def enrolled(self, index: int, key: PrivateKey, cert: bytes, chain: tuple[bytes, ...] = ()) -> None:
+    def enrolled(self, index: int, key: PrivateKey | PreparedKey, cert: bytes, chain: tuple[bytes, ...] = ()) -> None:
         """Device ``index`` now holds ``cert``; ``chain`` is the response's other extraCerts,
         whose CA certificates are kept once for the whole fleet (see ``_chain_of``)."""
         self.states[index] = DeviceCredentials(key, cert)

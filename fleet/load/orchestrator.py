@@ -35,7 +35,10 @@ from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.embedded_ra import EmbeddedRa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
+from fleet.load.prepared import Identity
+from fleet.load.prepared_store import PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
+from fleet.load.refill import Refill, start_helper
 from fleet.load.results import RunResults
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
@@ -121,6 +124,22 @@ def load_pools(profile: Profile, keys_dir: Path | None, needs: dict[str, int], s
     return pools
 
 
+def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> tuple[Path | None, int]:
+    """[devices].prepared: claim a matching pool (or prepare one now) before the run; its path
+    and how many devices it holds."""
+    spec = profile.devices
+    if not spec.prepared:
+        return None, 0
+    one_process = profile.workers == 1 and options.shard is None
+    # one process takes devices 0, 1, 2 ... in turn; workers and shards take slices of all of them
+    needed = min(spec.count, expected_arrivals(profile)) if one_process else spec.count
+    store = PreparedStore(options.keys_dir)
+    info = ensure_prepared(store, spec, needed, reuse=spec.prepared == "reuse", out=out)
+    print(f"fleet: prepared devices from {info.path} ({info.count} devices, "
+          f"{'used' if info.used else 'unused'} before this run)", file=out)
+    return info.path, info.count
+
+
 # -- one worker ----------------------------------------------------------------------------------
 
 
@@ -146,6 +165,8 @@ class WorkerSetup:
     tls: TlsClient | None = None  # each worker process builds its own context from it
     announce_port: int | None = None  # [announcements]: this worker's listener (0: any free port)
     revoker_pem: tuple[bytes, bytes] | None = None  # [announcements]: the revoking PKI entity (PEM)
+    prepared: Path | None = None  # [devices].prepared: the pool file this run claimed
+    refill: Refill | None = None  # its helper process's end, when devices come round again
 
     @property
     def segment_index(self) -> int:
@@ -168,10 +189,20 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
         vendor = VendorCa(load_pem_private_key(setup.vendor_key_pem, None))  # type: ignore[arg-type]
     pools = load_pools(setup.profile, setup.keys_dir, setup.needs, segment)
     trust = TrustStore(anchors)  # the devices' own: a believed ckuann adds to it
+    prepared = None
+    if setup.prepared is not None:  # this worker's devices only
+        spec = setup.profile.devices
+        shard = segment.range(spec.count)
+        prepared = PreparedStore(setup.keys_dir).load(setup.prepared, Identity.of(spec), shard.start, len(shard),
+                                                      reuse=spec.prepared == "reuse")
     devices = DeviceFactory(
         setup.profile.devices, pools, master_secret=setup.master_secret, trust=trust,
         mode=setup.mode, vendor=vendor, genm=setup.profile.genm, seed=setup.profile.seed + setup.segment_index,
+        prepared=prepared,
     )
+    if prepared is not None:  # the MAC keys of the prepared devices, too: derived before the run
+        devices.prepare_macs(range(prepared.start, prepared.start + len(prepared)))
+        prepared.refill = setup.refill
     metrics = None
     if setup.metrics_port is not None:
         metrics = FleetMetrics.serve(setup.metrics_port + setup.worker, worker=str(setup.segment_index))
@@ -190,6 +221,25 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if metrics is not None:
         metrics.attach(run)  # scrape-time gauges read the run
     return run
+
+
+def _refills(profile: Profile, setups: list[WorkerSetup], pool_count: int, stack: ExitStack) -> None:
+    """``prepared = true``: a helper process per worker whose arrivals are expected to outnumber
+    its prepared devices, preparing the devices that come round again; started here, in the
+    parent, because worker processes (daemons) cannot have children of their own."""
+    spec = profile.devices
+    if spec.prepared is not True or not {"ir", "cr"} & set(profile.flow):  # "reuse" needs none
+        return
+    arrivals = expected_arrivals(profile)
+    for setup in setups:
+        segment = split(setup.segments)[setup.segment_index]
+        shard = segment.range(spec.count)
+        in_pool = max(0, min(shard.stop, pool_count) - shard.start)
+        if not shard or arrivals * float(segment.end - segment.start) <= in_pool:
+            continue
+        process, setup.refill = start_helper(spec, shard, in_pool)
+        stack.callback(process.join, 5)
+        stack.callback(process.terminate)
 
 
 def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
@@ -396,6 +446,10 @@ def summary_table(profile: Profile, results: RunResults) -> str:
         f"warnings (accepted, see docs/strictness.md): {code} {n}: {WARNINGS.get(code, code)}"
         for code, n in warned.most_common()
     ]
+    prepared = results.prepared
+    if prepared:  # what [devices].prepared spared the workers, and where a key was made live after all
+        notes.insert(0, f"prepared devices: {prepared.get('prepared', 0)} requests prepared, "
+                        f"{prepared.get('live', 0)} keys made live (no prepared record left for the device)")
     return "\n".join([*lines, arrivals, *_transport_line(results.transport), *_announcement_line(results), *notes])
 
 
@@ -470,6 +524,7 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
     if options.server is not None and not options.keep_going and not is_coap(options.server):
         reachable(options.server, min(10.0, profile.transaction_timeout), options.proxy, options.tls)  # before RSA keygen
     needs = prepare_keys(profile, options.keys_dir, out)
+    prepared, pool_count = prepare_devices(profile, options, out)
     with ExitStack() as stack:
         trusted_pem = [p.read_bytes() for p in options.trusted]
         for p in options.trusted:
@@ -534,9 +589,12 @@ def run_profile(profile: Profile, options: RunOptions, out: TextIO = sys.stderr)
                 options.warmup, ra_pem, options.tls,
                 announce_port=None if pushed is None else pushed.ports[w],
                 revoker_pem=None if pushed is None else pushed.revoker_pem,
+                prepared=prepared,
             )
             for w in range(workers)
         ]
+        if prepared is not None:
+            _refills(profile, setups, pool_count, stack)
         progress = ProgressPrinter(profile, out, options.progress)
         if workers == 1:
             results = _run_in_process(setups[0], progress, profile, options)

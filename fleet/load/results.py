@@ -321,6 +321,7 @@ class RunResults:
     steady: RunResults | None = None  # the same measures over the arrivals due from ``window_start`` on
     transport: dict[str, int] = field(default_factory=dict)  # the transport's counters (CoAP), summed
     announcements: AnnouncementStats | None = None  # [announcements]: what the devices were pushed
+    prepared: dict[str, int] = field(default_factory=dict)  # [devices].prepared: requests prepared / keys made live
 
     def op(self, name: str) -> OpStats:
         stats = self.ops.get(name)
@@ -407,6 +408,8 @@ class RunResults:
             if self.announcements is None:
                 self.announcements = AnnouncementStats()
             self.announcements.merge(other.announcements)
+        for key, value in other.prepared.items():
+            self.prepared[key] = self.prepared.get(key, 0) + value
 
     def to_dict(self) -> dict[str, Any]:
         seconds = max(1, int(np.ceil(self.elapsed)))
@@ -431,6 +434,7 @@ class RunResults:
             "aborted_at_seconds": self.aborted_at,
             "cpu_seconds": self.cpu_seconds,
             "transport": dict(self.transport),
+            "prepared": dict(self.prepared),
             "lateness": self.lateness.to_dict(),
             "lateness_seconds": _quantiles(self.lateness),
             "operations": {name: s.to_dict() for name, s in sorted(self.ops.items())},
@@ -461,6 +465,7 @@ class RunResults:
             aborted_at=data.get("aborted_at_seconds", 0.0),
             cpu_seconds=data.get("cpu_seconds", 0.0),
             transport=dict(data.get("transport", {})),
+            prepared=dict(data.get("prepared", {})),
         )
         for name, op in data["operations"].items():
             results.ops[name] = OpStats.from_dict(op)

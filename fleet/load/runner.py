@@ -153,6 +153,9 @@ class WorkerRun:
             counters = getattr(transport, "counters", None)
             if counters is not None:  # e.g. CoAP retransmissions and losses
                 self.results.transport = counters()
+            pool = self.devices.prepared
+            if pool is not None:
+                self.results.prepared = {"prepared": pool.taken, "live": pool.missed}
         self.results.elapsed = elapsed
         self.stopped.set()
         return self.results
