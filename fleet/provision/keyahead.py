@@ -24,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
@@ -133,7 +134,13 @@ class KeyAhead:
         executor = self._executor
         while executor is not None and self._plan and self._outstanding < self._depth:
             spec = self._plan.popleft()
-            self._pending.setdefault(spec, deque()).append(executor.submit(_generate, str(spec)))
+            try:
+                future = executor.submit(_generate, str(spec))
+            except (BrokenProcessPool, RuntimeError):  # a worker died, or shut down: on the spot from now on
+                self._executor = None
+                self._plan.clear()
+                return
+            self._pending.setdefault(spec, deque()).append(future)
             self._outstanding += 1
 
     def take(self, spec: KeySpec) -> PrivateKey:

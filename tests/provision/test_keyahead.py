@@ -132,3 +132,16 @@ def test_a_kill_leaves_no_key_of_a_device_that_had_not_started_and_resume_comple
         assert os.path.getsize(out / "summary.json") > 0
     finally:
         ca.stop()
+
+
+def test_a_dead_worker_makes_the_devices_make_their_own_keys() -> None:
+    with KeyAhead([P256] * 6, depth=2, workers=1) as ahead:
+        assert isinstance(ahead.take(P256), ec.EllipticCurvePrivateKey)
+        executor = ahead._executor
+        assert executor is not None
+        for process in list(executor._processes.values()):  # kill the worker under the pool
+            process.kill()
+            process.join(10)
+        keys = [ahead.take(P256) for _ in range(5)]
+        assert all(isinstance(k, ec.EllipticCurvePrivateKey) for k in keys)
+        assert ahead.statistics().made_on_the_spot >= 1
