@@ -274,9 +274,9 @@ class Provisioner:
         cancellation (Ctrl-C) the journal keeps every step that completed."""
         self._started = trio.current_time()
         queue = list(reversed(self.devices))
-        plan = planned_key_types(self.devices, self.journal, token=self.options.token is not None)
-        if self.options.key_ahead and plan:
-            self.key_ahead = KeyAhead(plan, self.options.key_ahead).start()
+        if self.options.key_ahead:
+            plan = planned_key_types(self.devices, self.journal, token=self.options.token is not None)
+            self.key_ahead = KeyAhead(plan, self.options.key_ahead).start() if plan else None
         try:
             async with self._transport_factory() as transport:
                 self._transport = transport
