@@ -136,7 +136,7 @@ class KeyAhead:
             spec = self._plan.popleft()
             try:
                 future = executor.submit(_generate, str(spec))
-            except (BrokenProcessPool, RuntimeError):  # a worker died, or shut down: on the spot from now on
+            except (BrokenProcessPool, RuntimeError, OSError):  # a worker died, shut down or cannot start: on the spot
                 self._executor = None
                 self._plan.clear()
                 return
