@@ -21,6 +21,12 @@ So ``cmp - client`` is the CA's certConf, ``svc - cmp`` the service layer above 
 the CA's whole work per enrollment without HTTP. Pass the same N to each; the per-enrollment
 figure is the difference of two N divided by their difference, as for ``serve``.
 
+``drive N PORT ROOT`` counts the whole CA process, HTTP included: it builds N enrollments as
+above and sends them, 50 at a time, to a ``fleet ca serve --secret pass:bench-secret --ref
+bench`` on PORT (its root certificate in ROOT) that runs under callgrind; SIGTERM to the server
+after it, then its count (bench/README.md has the steps). The server's timers (tick, flusher)
+run on its wall clock, so these counts move by a few percent from run to run: repeat them.
+
 Usage: python bench/ca_ir_count.py make 1000 irs.pkl
        PYTHONHASHSEED=0 valgrind --tool=callgrind python bench/ca_ir_count.py serve 500 irs.pkl
        PYTHONHASHSEED=0 valgrind --tool=callgrind python bench/ca_ir_count.py svc 500 -
@@ -125,9 +131,44 @@ def enroll(n: int, mode: str) -> None:
     print(f"{mode}: {n} enrollments, certificates {counts}")
 
 
+def drive(n: int, port: int, root_pem: Path) -> None:
+    """N enrollments (built first) sent to a CA on ``port``, 50 transactions at a time."""
+    import trio
+
+    from fleet.cmp.client import Send
+    from fleet.http.client import CmpHttpClient
+
+    trust = TrustStore([x509.load_pem_x509_certificate(root_pem.read_bytes())])
+    protector = MacProtector(SECRET, reference=b"bench", salt=b"fixed-salt-16byt")
+    started = []
+    for i in range(n):
+        tx = ClientTransaction(ClientConfig(protector=protector, trust=trust), CertRequest(
+            BodyType.IR, ec.generate_private_key(ec.SECP256R1()),
+            subject=x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, f"bench-{i}")])))
+        started.append((tx, tx.start()))
+
+    async def run() -> None:
+        async with CmpHttpClient(f"http://127.0.0.1:{port}/.well-known/cmp", max_connections=50,
+                                 request_timeout=600) as client:
+
+            async def lane(first: int) -> None:
+                for tx, event in started[first::50]:
+                    while isinstance(event, Send):
+                        event = tx.receive((await client.post(event.data)).body)
+
+            async with trio.open_nursery() as nursery:
+                for first in range(50):
+                    nursery.start_soon(lane, first)
+
+    trio.run(run)
+    print(f"drive: {n} enrollments")
+
+
 if __name__ == "__main__":
     command, count = sys.argv[1], int(sys.argv[2])
-    if command == "make":
+    if command == "drive":
+        drive(count, int(sys.argv[3]), Path(sys.argv[4]))
+    elif command == "make":
         make(count, Path(sys.argv[3]))
     elif command == "serve":
         serve(count, Path(sys.argv[3]))
