@@ -50,6 +50,11 @@ def _alive(pid: int) -> bool:
 
 def test_planned_keys_are_taken_in_order_and_a_key_not_planned_is_made_on_the_spot() -> None:
     with KeyAhead([P256, ED25519, RSA2048, P256], depth=2, workers=1) as ahead:
+        first = ahead._pending[P256][0]
+        deadline = time.monotonic() + 60
+        while not (first.running() or first.done()):  # handed to the worker: taken, not cancelled
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         assert isinstance(ahead.take(P256), ec.EllipticCurvePrivateKey)
         assert isinstance(ahead.take(ED25519), ed25519.Ed25519PrivateKey)
         key = ahead.take(RSA2048)
