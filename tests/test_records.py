@@ -67,3 +67,30 @@ def test_post_init_and_init_false_fields() -> None:
     f, p = fast(21), plain(21)
     assert (f.double, f.tag) == (p.double, p.tag) == (42, "t")
     assert f == fast(21) and repr(f) == repr(p)
+
+
+@record
+class Point:
+    a: int
+    b: int = 0
+
+
+def test_the_borrowed_class_never_shows_and_subclasses_replace_and_pickle_work() -> None:
+    import pickle
+
+    fast = Point
+    thing = fast(1, 2)
+    assert type(thing) is fast and isinstance(thing, fast)
+    assert dataclasses.replace(thing, b=3) == fast(1, 3)
+    assert pickle.loads(pickle.dumps(thing)) == thing
+
+    class Sub(fast):  # type: ignore[misc, valid-type]  # another layout: takes the descriptor path
+        pass
+
+    sub = Sub(4, 5)
+    assert type(sub) is Sub and (sub.a, sub.b) == (4, 5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sub.a = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        fast("only a", "b", "and c")  # the class is never left borrowed by a failed call
+    assert type(fast(1)) is fast

@@ -15,7 +15,7 @@ from typing import Annotated
 import trio
 import typer
 
-from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
+from fleet.bounds import COUNT, NON_NEGATIVE, NON_NEGATIVE_INT, PORT, POSITIVE
 from fleet.cli.usage import (
     Pkcs11Module,
     Pkcs11Pin,
@@ -73,6 +73,7 @@ def provision(
     backoff: Annotated[float, typer.Option("--backoff", callback=bounded(NON_NEGATIVE), help="First retry waits up to this many seconds (doubling, jittered).")] = 0.5,
     backoff_max: Annotated[float, typer.Option("--backoff-max", callback=bounded(NON_NEGATIVE), help="Longest wait between retries.")] = 30.0,
     key_pass: Annotated[str | None, typer.Option("--key-pass", metavar="SECRET", help="Encrypt device keys (and PKCS#12): pass:, env: or file:.")] = None,
+    key_ahead: Annotated[int, typer.Option("--key-ahead", metavar="N", callback=bounded(NON_NEGATIVE_INT), help="Make the next N devices' keys ahead in worker processes (in memory; written when the device starts).")] = 0,
     p12: Annotated[bool, typer.Option("--p12", help="Also write device.p12 (key, certificate, chain).")] = False,
     trusted: Annotated[list[Path] | None, typer.Option("--trusted", metavar="PEM", help="CA root(s) that sign responses (needed for IDevID devices).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="lcmpp (RFC 9483) or 3gpp (TS 33.310).")] = "lcmpp",
@@ -171,7 +172,7 @@ def provision(
         server=server, out=out, concurrency=concurrency, rate=rate, timeout=timeout,
         max_attempts=max_attempts, backoff_base=backoff, backoff_max=backoff_max, key_pass=password,
         p12=p12, trusted=anchors, mode=mode, progress=_progress_printer() if progress else None, seed=seed,
-        observer=metrics, proxy=proxy, token=token, ssl_context=ssl_context,
+        observer=metrics, proxy=proxy, token=token, ssl_context=ssl_context, key_ahead=key_ahead,
     )
     with Journal.open(jpath, server=server) as jr:
         runner = Provisioner(devices, jr, options)

@@ -28,6 +28,7 @@ from fleet.cmp import der
 from fleet.cmp.backend import Rejected
 from fleet.cmp.der import DerError
 from fleet.cmp.messages import CertReqMsg, FailInfo
+from fleet.cmp.protection import key_is
 from fleet.cmp.server_auth import check_pop
 
 __all__ = ["Proof", "cannot_sign", "check_private_key_pop", "prove"]
@@ -70,7 +71,8 @@ def prove(
 
 
 def cannot_sign(public_key: object) -> bool:
-    return isinstance(public_key, (x25519.X25519PublicKey, x448.X448PublicKey))
+    kind = type(public_key)
+    return key_is(kind, x25519.X25519PublicKey) or key_is(kind, x448.X448PublicKey)
 
 
 def check_private_key_pop(

@@ -444,6 +444,14 @@ def _parse_pss(params: der.Tlv | None) -> str:
     return hash_name
 
 
+@lru_cache(maxsize=256)
+def key_is(kind: type, abstract: type) -> bool:
+    """``isinstance(key, abstract)`` asked of ``type(key)``, cached by class: cryptography's key
+    classes are ABCs, whose ``isinstance`` goes through ``ABCMeta.__instancecheck__`` (dear next
+    to a cache hit) on checks the CA makes for every request's key."""
+    return issubclass(kind, abstract)
+
+
 def verify_signature(alg_der: bytes, public_key: PublicKeyTypes, data: bytes, signature: bytes) -> str:
     """Verify ``signature`` over ``data``; returns the hash name used (None-safe label for EdDSA).
 
@@ -467,7 +475,7 @@ def verify_signature(alg_der: bytes, public_key: PublicKeyTypes, data: bytes, si
         kind: str | None
         hash_name: str | None
         kind, hash_name = _SIG_HASH.get(dotted, (None, None))  # hash_name is a str for ecdsa and rsa
-        if kind == "ecdsa" and isinstance(public_key, ec.EllipticCurvePublicKey):
+        if kind == "ecdsa" and key_is(type(public_key), ec.EllipticCurvePublicKey):
             public_key.verify(signature, data, _ECDSA[hash_name])  # type: ignore[index]
         elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), _HASH_OBJ[hash_name]())  # type: ignore[index]

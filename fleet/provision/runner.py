@@ -83,6 +83,7 @@ from fleet.provision.journal import (
     OrphanFate,
     updated,
 )
+from fleet.provision.keyahead import KeyAhead, planned_key_types
 from fleet.provision.manifest import DeviceSpec
 from fleet.provision.outputs import OutputError
 from fleet.transport import CmpTransport, TransportError, TransportFactory
@@ -114,6 +115,7 @@ class ProvisionOptions:
     proxy: str | None = None  # None: from the environment (fleet.http.proxy)
     token: Token | None = None  # new device keys live in this PKCS#11 token, labelled by device id
     ssl_context: ssl.SSLContext | None = None  # --tls-*: server verification, client certificate
+    key_ahead: int = 0  # keys made ahead in worker processes (fleet.provision.keyahead); 0: on the spot
 
 
 @dataclass(frozen=True)
@@ -261,6 +263,7 @@ class Provisioner:
         self._in_flight = 0
         self._transport: CmpTransport | None = None
         self._started = 0.0
+        self.key_ahead: KeyAhead | None = None
 
     def _client(self) -> AbstractAsyncContextManager[CmpTransport]:
         return open_client(self.options.server, max_connections=max(1, self.options.concurrency),
@@ -274,6 +277,9 @@ class Provisioner:
         cancellation (Ctrl-C) the journal keeps every step that completed."""
         self._started = trio.current_time()
         queue = list(reversed(self.devices))
+        if self.options.key_ahead:
+            plan = planned_key_types(self.devices, self.journal, token=self.options.token is not None)
+            self.key_ahead = KeyAhead(plan, self.options.key_ahead).start() if plan else None
         try:
             async with self._transport_factory() as transport:
                 self._transport = transport
@@ -294,6 +300,8 @@ class Provisioner:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.writer.close)
+                if self.key_ahead is not None:  # the keys not taken are dropped, never written
+                    await trio.to_thread.run_sync(self.key_ahead.close)
             self.stats.elapsed = trio.current_time() - self._started
             self.stats.commits = self.writer.commits
             if self.options.progress is not None:
@@ -441,7 +449,7 @@ class Provisioner:
             return token.key_or_new(dev.id, token_key_spec(dev.key_type))
         key = outputs.load_key(self.options.out, dev.id, self.options.key_pass)
         if key is None:
-            key = dev.key_type.generate()
+            key = self.key_ahead.take(dev.key_type) if self.key_ahead is not None else dev.key_type.generate()
             outputs.store_key(self.options.out, dev.id, key, self.options.key_pass)
         return key
 

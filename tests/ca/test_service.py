@@ -306,3 +306,31 @@ def test_route_cache_gives_the_same_answers_and_skips_long_targets() -> None:
     before = _route_cached.cache_info().currsize
     assert route("/.well-known/cmp/p/" + "q" * 300) == ("cmp", "q" * 300)
     assert _route_cached.cache_info().currsize == before  # long targets are not cached
+
+
+async def test_the_quiet_cmp_path_answers_as_the_general_one(tmp_path: Path) -> None:
+    """``_cmp_now`` (knobs off, nothing awaited) against ``_respond`` for the same requests: the
+    same status, content type, CMP answer kind and counters; None where ``_respond`` must decide."""
+    authority = Authority.open(tmp_path / "ca")
+    service = CaService(authority, secrets=SharedSecrets({REF: SECRET}))
+    cmp_type = [(b"content-type", b"application/pkixcmp")]
+    irs = [
+        ClientTransaction(ClientConfig(protector=MacProtector(SECRET, reference=REF)),
+                          CertRequest(BodyType.IR, ec.generate_private_key(ec.SECP256R1()), name(f"q{i}"))).start().data
+        for i in range(2)
+    ]
+    cases = [
+        ("POST", "/.well-known/cmp", cmp_type, irs),
+        ("POST", "/.well-known/cmp/p/3gpp/initialization", cmp_type, [b"\x30\x01\x00", b"\x30\x01\x00"]),
+        ("POST", "/pkix/", [(b"content-type", b"text/plain")], [b"x", b"x"]),
+    ]
+    for method, path, headers, (first, second) in cases:
+        fast = service._cmp_now(HttpRequest(method, path, headers, first, "p"))
+        slow = await service._respond(HttpRequest(method, path, headers, second, "p"))
+        assert fast is not None
+        assert (fast.status, fast.content_type) == (slow.status, slow.content_type), path
+    assert service.outcomes == {("ir", "accepted", ""): 2, ("malformed", "error", "badDataFormat"): 2}
+    assert service.http == {"415": 2}
+    for method, path in (("GET", "/pkix/"), ("POST", "/crl/issuing.crl"), ("POST", "/nowhere"), ("GET", "/ocsp/x")):
+        assert service._cmp_now(HttpRequest(method, path, cmp_type, b"", "p")) is None
+    authority.close()

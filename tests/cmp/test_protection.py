@@ -133,3 +133,21 @@ def test_iteration_caps_per_algorithm_and_an_explicit_cap_for_both() -> None:
     with pytest.raises(IterationCountRefused, match="PBMAC1 iteration count 1000000 is outside 1..500000"):
         parse_mac_params(pbmac1.encode(), max_iterations=500_000)
     assert parse_mac_params(pbm.encode(), max_iterations=DEFAULT_MAX_PBM_ITERATIONS * 2) == pbm
+
+
+def test_key_is_answers_as_isinstance_for_every_key_class() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed448, ed25519, x448
+
+    from fleet.cmp.pop import cannot_sign
+    from fleet.cmp.protection import key_is
+
+    keys = [ec.generate_private_key(ec.SECP256R1()).public_key(),
+            rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key(),
+            ed25519.Ed25519PrivateKey.generate().public_key(), ed448.Ed448PrivateKey.generate().public_key(),
+            x25519.X25519PrivateKey.generate().public_key(), x448.X448PrivateKey.generate().public_key(), object()]
+    abstracts = [ec.EllipticCurvePublicKey, rsa.RSAPublicKey, ed25519.Ed25519PublicKey, ed448.Ed448PublicKey,
+                 x25519.X25519PublicKey, x448.X448PublicKey]
+    for key in keys:
+        for abstract in abstracts:
+            assert key_is(type(key), abstract) == isinstance(key, abstract), (type(key), abstract)
+        assert cannot_sign(key) == isinstance(key, (x25519.X25519PublicKey, x448.X448PublicKey))
