@@ -121,18 +121,20 @@ def prepare(
     ] = None,
 ) -> None:
     """Make a new prepared-device pool for a profile's [devices] (prepared = true uses it once)."""
-    from fleet.load.prepared import Identity  # the device layer (numpy ...) only for this command
+    # the device layer (numpy ...) only for this command
+    from fleet.load.prepared import Identity, flow_has_kur
     from fleet.load.prepared_store import PreparedStore
     from fleet.load.profiles import load_profile
 
-    devices = load_profile(profile).devices
-    identity = Identity.of(devices)
+    loaded = load_profile(profile)
+    devices, kur = loaded.devices, flow_has_kur(loaded.flow)  # a flow with kur: a kur key per device too
+    identity = Identity.of(devices, kur=kur)
     n = count if count is not None else devices.count
     store = PreparedStore(directory)
     progress = ProgressLine(n, sys.stderr, label="prepared devices")
     started = time.monotonic()
     try:
-        path = store.prepare(devices, n, workers=workers, progress=progress)
+        path = store.prepare(devices, n, workers=workers, progress=progress, kur=kur)
     except KeyboardInterrupt:
         progress.finish()
         typer.echo("fleet: interrupted; no pool written", err=True)

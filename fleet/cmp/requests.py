@@ -59,6 +59,9 @@ class CertRequest:
     cert_profile: str | None = None
     pop: str = "signature"  # "signature-pss" (RSASSA-PSS by an RSA key), "raVerified" / "none" (for tests of servers)
     central_key_alg: bytes | None = None  # central key generation: see above
+    # ``new_key``'s SubjectPublicKeyInfo when the caller has it already (a prepared kur key): not
+    # encoded again. It must be that key's; the CA checks the POP against it.
+    new_spki: bytes | None = field(default=None, repr=False, compare=False)
 
     # Encoded once, at creation: the template, the header's sender and the check of the issued
     # certificate all need them (functools.cached_property takes a lock on every read in 3.11).
@@ -80,7 +83,7 @@ class CertRequest:
         elif self.new_key is None:
             raise ValueError("a CertRequest needs new_key unless it asks for central key generation")
         else:
-            object.__setattr__(self, "spki", spki_der(self.new_key))
+            object.__setattr__(self, "spki", self.new_spki if self.new_spki is not None else spki_der(self.new_key))
         subject = self.subject
         if isinstance(subject, bytes):
             try:
@@ -149,7 +152,8 @@ class PreparedCertRequest:
     SubjectPublicKeyInfo, the encoded CertRequest and its POP signature can be made before a run
     (``prepare_cert_request``, elsewhere or in another process); the live path only frames them.
     kur cannot be prepared so: its CertRequest carries the oldCertID control (RFC 9483 §4.1.3),
-    known only once the certificate being updated is.
+    known only once the certificate being updated is; only its new key and SPKI can be made ahead
+    (``CertRequest.new_spki``).
     """
 
     kind: BodyType

@@ -43,7 +43,7 @@ from fleet.cmp.shared_secrets import DeviceSecrets
 from fleet.cmp.trust import TrustStore, cert_der, load_cert, signer_chain
 from fleet.errors import FleetError
 from fleet.keys import KeyPool
-from fleet.load.prepared import PreparedKey, PreparedPool
+from fleet.load.prepared import PreparedKey, PreparedKurKey, PreparedPool
 from fleet.load.profiles import DevicePopulation
 from fleet.names import NameSyntaxError, parse_name, parse_san
 
@@ -168,6 +168,7 @@ class DeviceCredentials:
 
     key: PrivateKey | PreparedKey  # a prepared key becomes a key object when first signed with
     cert: bytes
+    kur: PreparedKurKey | None = None  # the new key its next kur takes, prepared with its ir's record
 
 
 class VendorCa:
@@ -463,10 +464,14 @@ class DeviceFactory:
             cert = load_cert(state.cert)
             if op == "rr":
                 return self._signed(state), RevocationRequest.for_certificate(cert, 1), None
-            key, central = _split(self.new_key())
+            prepared_kur = self.prepared.kur_key(state) if self.prepared is not None and self.prepared.kur else None
+            if prepared_kur is not None:  # the key and its SPKI made ahead; the CertRequest and POP now
+                key, central, new_spki = prepared_kur.load(), None, prepared_kur.spki
+            else:
+                (key, central), new_spki = _split(self.new_key()), None
             request = CertRequest(
                 BodyType.KUR, key, old_cert=cert, implicit_confirm=spec.implicit_confirm, cert_profile=spec.cert_profile,
-                central_key_alg=central,
+                central_key_alg=central, new_spki=new_spki,
             )
             return self._signed(state), request, key
         kind = BodyType.CR if op == "cr" else BodyType.IR
@@ -552,7 +557,10 @@ class DeviceFactory:
     def enrolled(self, index: int, key: PrivateKey | PreparedKey, cert: bytes, chain: tuple[bytes, ...] = ()) -> None:
         """Device ``index`` now holds ``cert``; ``chain`` is the response's other extraCerts,
         whose CA certificates are kept once for the whole fleet (see ``_chain_of``)."""
-        self.states[index] = DeviceCredentials(key, cert)
+        kur = None
+        if isinstance(key, PreparedKey):  # the record's kur key moves to the device, for its next kur
+            kur, key.kur = key.kur, None
+        self.states[index] = DeviceCredentials(key, cert, kur)
         known = self._ca_certs
         for der_bytes in chain:
             if der_bytes not in known and len(known) < 64:

@@ -35,7 +35,7 @@ from fleet.load.embedded_ca import EmbeddedCa
 from fleet.load.embedded_ra import EmbeddedRa
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import FleetMetrics
-from fleet.load.prepared import Identity
+from fleet.load.prepared import Identity, flow_has_kur
 from fleet.load.prepared_store import PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
 from fleet.load.refill import Refill, start_helper
@@ -134,7 +134,8 @@ def prepare_devices(profile: Profile, options: RunOptions, out: TextIO) -> tuple
     # one process takes devices 0, 1, 2 ... in turn; workers and shards take slices of all of them
     needed = min(spec.count, expected_arrivals(profile)) if one_process else spec.count
     store = PreparedStore(options.keys_dir)
-    info = ensure_prepared(store, spec, needed, reuse=spec.prepared == "reuse", out=out)
+    info = ensure_prepared(store, spec, needed, reuse=spec.prepared == "reuse", out=out,
+                           kur=flow_has_kur(profile.flow))
     print(f"fleet: prepared devices from {info.path} ({info.count} devices, "
           f"{'used' if info.used else 'unused'} before this run)", file=out)
     return info.path, info.count
@@ -193,7 +194,8 @@ def _build_run(setup: WorkerSetup) -> WorkerRun:
     if setup.prepared is not None:  # this worker's devices only
         spec = setup.profile.devices
         shard = segment.range(spec.count)
-        prepared = PreparedStore(setup.keys_dir).load(setup.prepared, Identity.of(spec), shard.start, len(shard),
+        identity = Identity.of(spec, kur=flow_has_kur(setup.profile.flow))
+        prepared = PreparedStore(setup.keys_dir).load(setup.prepared, identity, shard.start, len(shard),
                                                       reuse=spec.prepared == "reuse")
     devices = DeviceFactory(
         setup.profile.devices, pools, master_secret=setup.master_secret, trust=trust,
@@ -237,7 +239,7 @@ def _refills(profile: Profile, setups: list[WorkerSetup], pool_count: int, stack
         in_pool = max(0, min(shard.stop, pool_count) - shard.start)
         if not shard or arrivals * float(segment.end - segment.start) <= in_pool:
             continue
-        process, setup.refill = start_helper(spec, shard, in_pool)
+        process, setup.refill = start_helper(spec, shard, in_pool, kur=flow_has_kur(profile.flow))
         stack.callback(process.join, 5)
         stack.callback(process.terminate)
 
@@ -449,7 +451,9 @@ def summary_table(profile: Profile, results: RunResults) -> str:
     prepared = results.prepared
     if prepared:  # what [devices].prepared spared the workers, and where a key was made live after all
         notes.insert(0, f"prepared devices: {prepared.get('prepared', 0)} requests prepared, "
-                        f"{prepared.get('live', 0)} keys made live (no prepared record left for the device)")
+                        f"{prepared.get('live', 0)} keys made live (no prepared record left for the device)"
+                        + (f"; kur: {prepared.get('kur_prepared', 0)} new keys prepared, "
+                           f"{prepared.get('kur_live', 0)} made live" if "kur_prepared" in prepared else ""))
     return "\n".join([*lines, arrivals, *_transport_line(results.transport), *_announcement_line(results), *notes])
 
 

@@ -22,7 +22,7 @@ import zlib
 from array import array
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -35,7 +35,9 @@ from fleet.load.device import DeviceFactory
 from fleet.load.prepared import Identity, PreparedPool, PreparedPoolError, make_record
 from fleet.load.profiles import DevicePopulation
 
-_MAGIC = b"FLEETPD\x01"
+_MAGIC = b"FLEETPD"  # then the format version byte
+_VERSION = 1  # records without a kur key
+_KUR_VERSION = 2  # records with one (the profile's flow has a kur)
 _SUFFIX = ".prep"
 _HEAD = struct.Struct(">8sQII")  # magic, used, used_crc, meta_len
 _DIGEST_LEN = 32
@@ -63,13 +65,16 @@ def _crc(used: int) -> int:
     return zlib.crc32(struct.pack(">Q", used))
 
 
-def _read_head(data: bytes | mmap.mmap, path: Path) -> tuple[int, dict, int]:  # type: ignore[type-arg]
-    """(used watermark, meta, offset of the digest) from a pool file's start."""
+def _read_head(data: bytes | mmap.mmap, path: Path) -> tuple[int, Identity, dict, int]:  # type: ignore[type-arg]
+    """(used watermark, identity, meta, offset of the digest) from a pool file's start."""
     if len(data) < _HEAD.size:
         raise PreparedPoolError(f"prepared pool {path} is truncated (no header)")
     magic, used, used_crc, meta_len = _HEAD.unpack_from(data)
-    if magic != _MAGIC:
+    if magic[:7] != _MAGIC:
         raise PreparedPoolError(f"{path} is not a fleet prepared pool (bad magic)")
+    if magic[7] not in (_VERSION, _KUR_VERSION):
+        raise PreparedPoolError(f"prepared pool {path} has format version {magic[7]}, this fleet reads "
+                                f"{_VERSION} and {_KUR_VERSION}; remove it and prepare again")
     if _crc(used) != used_crc:
         raise PreparedPoolError(f"prepared pool {path}: its used watermark is damaged; remove the pool")
     end = _HEAD.size + meta_len
@@ -77,11 +82,11 @@ def _read_head(data: bytes | mmap.mmap, path: Path) -> tuple[int, dict, int]:  #
         raise PreparedPoolError(f"prepared pool {path} is truncated (short header)")
     try:
         meta = json.loads(bytes(data[_HEAD.size : end]))
-        Identity(meta["key_type"], meta["subject"], tuple(meta["sans"]))
+        identity = Identity(meta["key_type"], meta["subject"], tuple(meta["sans"]), magic[7] == _KUR_VERSION)
         int(meta["count"])
     except (ValueError, KeyError, TypeError):
         raise PreparedPoolError(f"prepared pool {path}: its description is damaged") from None
-    return used, meta, end
+    return used, identity, meta, end
 
 
 class PreparedStore:
@@ -122,6 +127,7 @@ class PreparedStore:
         meta = json.dumps({
             "key_type": identity.key_type, "subject": identity.subject, "sans": list(identity.sans),
             "count": len(records), "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **({"kur": True} if identity.kur else {}),
         }).encode()
         offsets = array("Q", [0])
         total = 0
@@ -137,27 +143,28 @@ class PreparedStore:
         digest.update(offset_bytes)
         for r in records:
             digest.update(r)
-        head = _HEAD.pack(_MAGIC, 0, _crc(0), len(meta))
+        version = _KUR_VERSION if identity.kur else _VERSION
+        head = _HEAD.pack(_MAGIC + bytes([version]), 0, _crc(0), len(meta))
         path = self.directory / f"{identity.tag}-{secrets.token_hex(3)}{_SUFFIX}"
         atomic_write(path, (head, meta, digest.digest(), offset_bytes, b"".join(records)), mode=0o600)
         return path
 
     def prepare(
         self, devices: DevicePopulation, count: int, *, workers: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[int], None] | None = None, kur: bool = False,
     ) -> Path:
         """Prepare ``count`` devices (0..count-1) in ``workers`` processes (default: every core)
-        and write them as a new pool."""
-        identity = Identity.of(devices)
+        and write them as a new pool (``kur``: each with a kur key too)."""
+        identity = Identity.of(devices, kur=kur)
         if count < 1:
             raise PreparedPoolError("a prepared pool needs at least one device")
-        records = prepare_records(devices, count, workers=workers, progress=progress)
+        records = prepare_records(devices, count, workers=workers, progress=progress, kur=kur)
         return self.write(identity, records)
 
     def set_used(self, path: Path, used: int) -> None:
         """Raise the pool's watermark to ``used`` (never lower it), durably."""
         with open(path, "r+b") as f:
-            old, _, _ = _read_head(f.read(_HEAD.size + 65536), path)
+            old, _, _, _ = _read_head(f.read(_HEAD.size + 65536), path)
             if used <= old:
                 return
             f.seek(8)
@@ -184,11 +191,10 @@ class PreparedStore:
             size = path.stat().st_size
             try:
                 with open(path, "rb") as f:
-                    used, meta, _ = _read_head(f.read(_HEAD.size + 65536), path)
+                    used, identity, meta, _ = _read_head(f.read(_HEAD.size + 65536), path)
             except (PreparedPoolError, OSError) as exc:
                 infos.append(PreparedInfo(path.stem, path, None, 0, 0, size, problem=str(exc)))
                 continue
-            identity = Identity(meta["key_type"], meta["subject"], tuple(meta["sans"]))
             infos.append(PreparedInfo(path.stem, path, identity, int(meta["count"]), used, size, meta.get("created", "")))
         return infos
 
@@ -224,8 +230,11 @@ class PreparedStore:
     @staticmethod
     def _load(data: mmap.mmap, path: Path, identity: Identity, start: int, count: int | None,
               reuse: bool) -> PreparedPool:
-        _, meta, at = _read_head(data, path)
-        found = Identity(meta["key_type"], meta["subject"], tuple(meta["sans"]))
+        _, found, meta, at = _read_head(data, path)
+        if found != identity and replace(found, kur=identity.kur) == identity:
+            has = "holds kur keys" if found.kur else "holds no kur keys (a pool of format version 1)"
+            raise PreparedPoolError(f"prepared pool {path} {has}, this run's flow "
+                                    f"{'has' if identity.kur else 'has no'} kur; prepare a new one")
         if found != identity:
             raise PreparedPoolError(f"prepared pool {path} is for {found.describe()}, not {identity.describe()}")
         n = int(meta["count"])
@@ -249,11 +258,11 @@ class PreparedStore:
         lo, hi = offsets[lo_i], offsets[hi_i]
         blob = data[records_at + lo : records_at + hi]
         sliced = array("Q", (o - lo for o in offsets[lo_i : hi_i + 1])) if lo else offsets[lo_i : hi_i + 1]
-        return PreparedPool(KeySpec.parse(identity.key_type), blob, sliced, lo_i, reuse=reuse)
+        return PreparedPool(KeySpec.parse(identity.key_type), blob, sliced, lo_i, reuse=reuse, kur=identity.kur)
 
 
-def record_maker(devices: DevicePopulation) -> Callable[[int], bytes]:
-    """A function making device ``index``'s record (a new key each call)."""
+def record_maker(devices: DevicePopulation, *, kur: bool = False) -> Callable[[int], bytes]:
+    """A function making device ``index``'s record (new keys each call; ``kur``: a kur key too)."""
     spec = devices.key_types[0][0]
     factory = DeviceFactory(devices, {str(spec): KeyPool(spec, (), on_exhausted="generate")},
                             master_secret=None, trust=TrustStore())
@@ -263,14 +272,14 @@ def record_maker(devices: DevicePopulation) -> Callable[[int], bytes]:
         fields = factory.template_fields(index)
         subject = factory.subject_der(index, fields)
         return make_record(generate(), subject if isinstance(subject, bytes) else subject.public_bytes(),
-                           factory.sans(index, fields))
+                           factory.sans(index, fields), generate() if kur else None)
 
     return make
 
 
-def prepare_range(devices: DevicePopulation, start: int, stop: int) -> list[bytes]:
+def prepare_range(devices: DevicePopulation, start: int, stop: int, kur: bool = False) -> list[bytes]:
     """Records of devices ``start..stop-1`` (runs in a helper process)."""
-    make = record_maker(devices)
+    make = record_maker(devices, kur=kur)
     return [make(index) for index in range(start, stop)]
 
 
@@ -283,12 +292,12 @@ _SECONDS_PER_DEVICE = 60e-6  # a rough figure for chunking and the progress line
 
 def prepare_records(
     devices: DevicePopulation, count: int, *, workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, kur: bool = False,
 ) -> list[bytes]:
     """Records of devices 0..count-1, in ``workers`` processes (default: every core), in order."""
     n_workers = workers or os.cpu_count() or 1
     if n_workers == 1 or count * _SECONDS_PER_DEVICE < 0.5:
-        records = prepare_range(devices, 0, count)
+        records = prepare_range(devices, 0, count, kur)
         if progress is not None:
             progress(count)
         return records
@@ -298,7 +307,7 @@ def prepare_records(
     ctx = multiprocessing.get_context("spawn")  # the caller may be threaded
     done = 0
     with ProcessPoolExecutor(max_workers=min(n_workers, len(bounds)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures: dict[Future[list[bytes]], int] = {pool.submit(prepare_range, devices, a, b): a for a, b in bounds}
+        futures: dict[Future[list[bytes]], int] = {pool.submit(prepare_range, devices, a, b, kur): a for a, b in bounds}
         pending = set(futures)
         try:
             while pending:
@@ -316,16 +325,17 @@ def prepare_records(
 
 def ensure_prepared(
     store: PreparedStore, devices: DevicePopulation, needed: int, *, reuse: bool, out: TextIO | None = None,
+    kur: bool = False,
 ) -> PreparedInfo:
     """The pool a run uses: a matching one from the store (claimed), else one prepared now for
-    ``needed`` devices with a progress line on stderr, then claimed."""
-    identity = Identity.of(devices)
+    ``needed`` devices with a progress line on stderr, then claimed (``kur``: records with kur keys)."""
+    identity = Identity.of(devices, kur=kur)
     info = store.claim(identity, needed, reuse=reuse)
     if info is not None:
         return info
     line = ProgressLine(needed, label="prepared devices") if needed * _SECONDS_PER_DEVICE >= PROGRESS_AFTER_SECONDS else None
     started = time.monotonic()
-    store.prepare(devices, needed, progress=line)
+    store.prepare(devices, needed, progress=line, kur=kur)
     if line is not None:
         line.finish()
     if out is not None:

@@ -28,10 +28,10 @@ _INDEX = struct.Struct(">QI")  # device index, record length
 
 
 def _helper(devices: DevicePopulation, start: int, size: int, first: int, ahead: int, conn: Connection,
-            used: Any) -> None:
+            used: Any, kur: bool = False) -> None:
     """The helper process: records for arrivals ``first``, ``first + 1``, ... of a shard."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when to stop
-    make = record_maker(devices)
+    make = record_maker(devices, kur=kur)
     arrival = first
     sent = 0
     try:
@@ -50,13 +50,15 @@ def _helper(devices: DevicePopulation, start: int, size: int, first: int, ahead:
         pass
 
 
-def start_helper(devices: DevicePopulation, shard: range, first: int, *, ahead: int = 4096) -> tuple[Any, Refill]:
+def start_helper(devices: DevicePopulation, shard: range, first: int, *, ahead: int = 4096,
+                 kur: bool = False) -> tuple[Any, Refill]:
     """(the helper process, the worker's end of it). The worker's end may be handed to a worker
-    process as it starts (a worker process, being a daemon, cannot start the helper itself)."""
+    process as it starts (a worker process, being a daemon, cannot start the helper itself).
+    ``kur``: the records carry kur keys, as the pool's do."""
     ctx = multiprocessing.get_context("spawn")  # the worker runs trio: no fork
     conn, child = ctx.Pipe(duplex=False)
     used = ctx.Value("q", 0, lock=False)
-    process = ctx.Process(target=_helper, args=(devices, shard.start, len(shard), first, ahead, child, used), daemon=True)
+    process = ctx.Process(target=_helper, args=(devices, shard.start, len(shard), first, ahead, child, used, kur), daemon=True)
     process.start()
     child.close()
     return process, Refill(conn, used)

@@ -156,6 +156,8 @@ class WorkerRun:
             pool = self.devices.prepared
             if pool is not None:
                 self.results.prepared = {"prepared": pool.taken, "live": pool.missed}
+                if pool.kur:
+                    self.results.prepared |= {"kur_prepared": pool.kur_taken, "kur_live": pool.kur_missed}
         self.results.elapsed = elapsed
         self.stopped.set()
         return self.results
