@@ -236,3 +236,96 @@ def test_eddsa_devices_are_prepared_too() -> None:
     assert loaded.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == request.spki
     loaded.public_key().verify(request.signature, request.cert_request)  # raises if wrong
     assert der.parse(body_der(request)).tag == 0xA2  # cr
+
+
+def test_a_prepared_device_updates_to_the_kur_key_of_its_record(tmp_path: Path) -> None:
+    ca = InProcessCa(tmp_path / "ca")
+    try:
+        records = prepare_range(DEVICES, 0, 2, kur=True)
+        pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records, kur=True)
+        devices = _factory(pool, ca)
+        taken = PreparedPool.from_records(pool.spec, records[1:], 1, kur=True).request(1, BodyType.IR)  # a look at it
+        assert taken is not None and taken[1].kur is not None
+        kur_spki = taken[1].kur.spki
+        assert kur_spki != taken[0].spki and "PRIVATE" not in repr(taken[1].kur)
+
+        async def main() -> None:
+            await _enroll(ca, devices, 1)
+            request = await _enroll(ca, devices, 1, "kur")  # the CertRequest and POP made now, with oldCertID
+            assert isinstance(request, CertRequest) and request.spki == kur_spki
+            cert = load_cert(devices.states[1].cert)
+            assert cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == kur_spki
+            again = await _enroll(ca, devices, 1, "kur")  # its prepared kur key is spent: a live one
+            assert isinstance(again, CertRequest) and again.spki not in (kur_spki, request.spki)
+
+        trio.run(main)
+        assert (pool.kur_taken, pool.kur_missed) == (1, 1)
+    finally:
+        ca.close()
+
+
+def test_pools_of_either_format_load_only_for_their_flow(tmp_path: Path) -> None:
+    store = PreparedStore(tmp_path)
+    plain, with_kur = Identity.of(DEVICES), Identity.of(DEVICES, kur=True)
+    old = store.write(plain, prepare_range(DEVICES, 0, 2))  # format version 1, as before kur keys
+    assert old.read_bytes()[:8] == b"FLEETPD\x01"
+    assert store.load(old, plain).request(0, BodyType.IR) is not None
+    with pytest.raises(PreparedPoolError, match=r"holds no kur keys \(a pool of format version 1\), this run's flow has kur"):
+        store.load(old, with_kur)
+    assert store.claim(with_kur, 2, reuse=True) is None  # never taken for a flow with kur
+    new = store.write(with_kur, prepare_range(DEVICES, 0, 2, kur=True))
+    assert new.read_bytes()[:8] == b"FLEETPD\x02" and new.name != old.name
+    with pytest.raises(PreparedPoolError, match="holds kur keys, this run's flow has no kur"):
+        store.load(new, plain)
+    taken = store.load(new, with_kur).request(1, BodyType.IR)
+    assert taken is not None and taken[1].kur is not None
+    data = bytearray(new.read_bytes())
+    data[7] = 9
+    new.write_bytes(bytes(data))
+    with pytest.raises(PreparedPoolError, match="has format version 9, this fleet reads 1 and 2; remove it"):
+        store.load(new, with_kur)
+
+
+def test_fleet_run_ir_kur_takes_the_prepared_kur_keys(tmp_path: Path) -> None:
+    import sqlite3
+
+    from cryptography.x509 import load_der_x509_certificate
+
+    profile = tmp_path / "p.toml"
+    profile.write_text("""
+[run]
+duration = 1
+flow = ["ir", "kur"]
+[arrivals]
+shape = "constant"
+rate = 6
+[devices]
+count = 8
+key_types = "ec:P-256"
+subject = "/CN=kurprep-{index}"
+prepared = true
+[slo]
+max_error_rate = 0.0
+""")
+    keys, ca_dir, report = tmp_path / "keys", tmp_path / "ca", tmp_path / "run.json"
+    run = _fleet("run", str(profile), "--keys", str(keys), "--ca-dir", str(ca_dir), "--report", str(report), "--quiet")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert re.search(r"kur: \d+ new keys prepared, 0 made live", run.stdout), run.stdout
+    results = json.loads(report.read_text())["results"]
+    kurs = results["operations"]["kur"]["ok"]
+    assert kurs >= 1 and results["prepared"]["kur_prepared"] == kurs and results["prepared"]["kur_live"] == 0
+    [info] = PreparedStore(keys).list()
+    assert info.identity is not None and info.identity.kur
+    pool = PreparedStore(keys).load(info.path, info.identity)
+    prepared = {}  # ir SPKI -> kur SPKI, per device, from the pool itself
+    for i in range(len(pool)):
+        taken = pool.request(i, BodyType.IR)
+        assert taken is not None and taken[1].kur is not None
+        prepared[taken[0].spki] = taken[1].kur.spki
+    with sqlite3.connect(ca_dir / "certs.sqlite") as db:
+        certs = {serial: load_der_x509_certificate(blob) for serial, blob in db.execute("SELECT serial, der FROM certificates")}
+        replaced = list(db.execute("SELECT serial, by_serial FROM replaced_certificates"))
+    assert len(replaced) == kurs
+    spki = {s: c.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) for s, c in certs.items()}
+    for old, new in replaced:
+        assert spki[new] == prepared[spki[old]] and spki[new] != spki[old]  # the kur certified its record's kur key
