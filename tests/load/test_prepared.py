@@ -21,7 +21,7 @@ from fleet.cmp.client import ClientTransaction
 from fleet.cmp.errors import RequestRejected
 from fleet.cmp.messages import BodyType
 from fleet.cmp.protection import pbm_key
-from fleet.cmp.requests import CertRequest, PreparedCertRequest, body_der, build_body
+from fleet.cmp.requests import CertRequest, PreparedCertRequest, body_der, build_body, spki_der
 from fleet.cmp.trust import TrustStore, load_cert
 from fleet.exchange import run_transaction
 from fleet.keys import KeyPool, KeySpec
@@ -196,13 +196,14 @@ max_error_rate = 0.0
     assert missing.returncode == 1 and missing.stderr.startswith("fleet: error: no prepared pool 'nope'")
 
 
-def test_a_helper_process_prepares_the_devices_that_come_round_again() -> None:
+@pytest.mark.parametrize("kur", [False, True])
+def test_a_helper_process_prepares_the_devices_that_come_round_again(kur: bool) -> None:
     from fleet.load.refill import start_helper
 
-    records = prepare_range(DEVICES, 0, 3)
-    pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records)
+    records = prepare_range(DEVICES, 0, 3, kur)
+    pool = PreparedPool.from_records(KeySpec.parse("ec:P-256"), records, kur=kur)
     first = {pool.request(i, BodyType.IR)[0].spki for i in range(3)}  # type: ignore[index]
-    process, refill = start_helper(DEVICES, range(3), 3, ahead=128)  # arrival 3 is device 0 again
+    process, refill = start_helper(DEVICES, range(3), 3, ahead=128, kur=kur)  # arrival 3 is device 0 again
     pool.refill = refill
     try:
         again = None
@@ -212,6 +213,10 @@ def test_a_helper_process_prepares_the_devices_that_come_round_again() -> None:
                 break
             trio.run(trio.sleep, 0.05)
         assert again is not None and again[0].spki not in first  # a new key for the same device
+        kur_key = again[1].kur
+        assert (kur_key is not None) == kur
+        if kur_key is not None:  # a new kur key too, matching its SPKI
+            assert kur_key.spki not in first and kur_key.spki == spki_der(kur_key.load())
         assert der.parse(again[0].cert_request).raw == again[0].cert_request
         second = [pool.request(i, BodyType.IR) for i in (1, 2, 0)]
         assert all(s is not None for s in second) and refill.received >= 4
