@@ -46,8 +46,6 @@ from fleet.cmp.messages import BodyType, InfoTypeAndValue
 from fleet.cmp.rootupdate import RootUpdateError, check_root_update
 from fleet.cmp.trust import TrustStore
 
-NOW = datetime.now(UTC)
-
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(Encoding.DER)
@@ -65,7 +63,7 @@ def test_links_verify_and_a_strict_client_refuses_each_broken_one(tmp_path: Path
     old = CaHierarchy.load_or_create(tmp_path / "ca").root
     update = prepare(tmp_path / "ca", switch_at=time.time() + 3600)
     assert not update.switched and _consistent(tmp_path / "ca") == old  # not due: the old root serves
-    new = check_root_update(old, _der(update.new_with_new), _der(update.new_with_old), _der(update.old_with_new), at=NOW)
+    new = check_root_update(old, _der(update.new_with_new), _der(update.new_with_old), _der(update.old_with_new), at=datetime.now(UTC))
     assert new == update.new_with_new and new.subject == old.subject
     update.issuing.verify_directly_issued_by(new)
     other = CaHierarchy.load_or_create(tmp_path / "other").root  # another CA, same name
@@ -84,7 +82,7 @@ def test_links_verify_and_a_strict_client_refuses_each_broken_one(tmp_path: Path
         ((old, nwo, nwo, own), "newWithNew is not a self-signed CA certificate"),
     ):
         with pytest.raises(RootUpdateError, match=words):
-            check_root_update(*args, at=NOW)  # type: ignore[arg-type]
+            check_root_update(*args, at=datetime.now(UTC))  # type: ignore[arg-type]
     with pytest.raises(RolloverError, match="already pending"):
         prepare(tmp_path / "ca")
     with pytest.raises(RolloverError, match="holds no CA"):
