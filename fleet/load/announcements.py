@@ -22,7 +22,6 @@ and the way back), and one per revocation awaiting its rann.
 from __future__ import annotations
 
 import random
-import socket
 import time
 from dataclasses import dataclass, replace
 from functools import partial
@@ -47,6 +46,7 @@ from fleet.errors import FleetError
 from fleet.files import atomic_write
 from fleet.http.server import HttpRequest, HttpResponse, serve_http
 from fleet.load.announce_config import AnnouncementLoad
+from fleet.load.child import free_port
 from fleet.load.device import reference_names
 from fleet.load.profiles import Profile
 from fleet.load.results import AnnouncementStats, RunResults
@@ -205,12 +205,6 @@ class DeviceAnnouncements:
 # -- the run's setup (orchestrator) ----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class PushSetup:
     """Where each worker listens, the revoking entity, and how the embedded CA is told."""
@@ -274,7 +268,7 @@ def announcement_setup(profile: Profile, shard: Shard | None, *, external: bool)
     if config is None:
         return None
     workers = profile.workers
-    ports = [config.listen_port(w) or _free_port() for w in range(workers)]
+    ports = [config.listen_port(w) or free_port() for w in range(workers)]
     revoker_pem = revoker_root = None
     if config.revoke_fraction:
         if config.cert is not None and config.key is not None:

@@ -23,16 +23,11 @@ from typing import Self
 
 from fleet.ca.config import CaConfig
 from fleet.errors import FleetError
+from fleet.load.child import free_port, last_log_line, stop_child
 
 
 class EmbeddedCaError(FleetError):
     """The embedded CA could not be started."""
-
-
-def _free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EmbeddedCa:
@@ -98,9 +93,9 @@ class EmbeddedCa:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.port = _free_port()
+        self.port = free_port()
         if self.coap:
-            self.coap_port = _free_port(socket.SOCK_DGRAM)
+            self.coap_port = free_port(socket.SOCK_DGRAM)
         config = self.ca_config().to_json().encode()
         cores = os.cpu_count() or 1
 
@@ -123,7 +118,7 @@ class EmbeddedCa:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise EmbeddedCaError(f"embedded CA exited at start: {self._last_log_line()}")
+                raise EmbeddedCaError(f"embedded CA exited at start: {last_log_line(self._log_path)}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
@@ -136,24 +131,11 @@ class EmbeddedCa:
                 return
             time.sleep(0.02)
         self.stop()
-        raise EmbeddedCaError(f"embedded CA did not listen within {self.startup_timeout:g} s: {self._last_log_line()}")
-
-    def _last_log_line(self) -> str:
-        try:
-            lines = self._log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        return lines[-1] if lines else "no output"
+        raise EmbeddedCaError(f"embedded CA did not listen within {self.startup_timeout:g} s: {last_log_line(self._log_path)}")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_child(proc)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

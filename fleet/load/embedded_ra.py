@@ -19,7 +19,7 @@ from typing import Self
 
 from fleet.errors import FleetError
 from fleet.files import atomic_write
-from fleet.load.embedded_ca import _free_port
+from fleet.load.child import free_port, last_log_line, stop_child
 
 __all__ = ["EmbeddedRa", "EmbeddedRaError"]
 
@@ -105,7 +105,7 @@ class EmbeddedRa:
         atomic_write(folder / "trusted.pem", self.trusted_pem)
         if self.vendor_pem is not None:
             atomic_write(folder / "vendor-root.pem", self.vendor_pem)
-        self.port = _free_port()
+        self.port = free_port()
         self._log_path = folder / "ra.log"
         with open(self._log_path, "wb") as log:
             self._proc = subprocess.Popen(self.command(folder), stdout=log, stderr=subprocess.STDOUT,
@@ -113,32 +113,19 @@ class EmbeddedRa:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                line = self._last_log_line()
+                line = last_log_line(self._log_path)
                 self.stop()
                 raise EmbeddedRaError(f"embedded RA exited at start: {line}")
             if "fleet RA listening on" in self._log_path.read_text(errors="replace"):
                 return
             time.sleep(0.05)
-        line = self._last_log_line()
+        line = last_log_line(self._log_path)
         self.stop()
         raise EmbeddedRaError(f"embedded RA did not listen within {self.startup_timeout:g} s: {line}")
 
-    def _last_log_line(self) -> str:
-        try:
-            lines = self._log_path.read_text(errors="replace").strip().splitlines() if self._log_path else []
-        except OSError:
-            return "no log"
-        return lines[-1] if lines else "no output"
-
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_child(proc)
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
