@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from fleet_processes import start_fleet
 
 from fleet.ca.announcer import Announcer, load_routes
 from fleet.ca.authority import Authority
@@ -33,6 +33,7 @@ from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
+from fleet.load.child import free_port
 from fleet.transport import TransportError
 
 
@@ -183,33 +184,9 @@ def test_template_is_checked() -> None:
 # Real processes
 
 
-def _start(args: list[str], cwd: Path, marker: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli.main", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline()
-            if marker in line:
-                return proc, int(line.rsplit("(port ", 1)[1].split(")")[0])
-            if not line:
-                break
-    proc.kill()
-    raise AssertionError(f"{args[:2]} did not start")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_ca_pushes_rann_to_fleet_cmp_listen_on_rr(tmp_path: Path) -> None:
-    listen_port = _free_port()
-    ca, port = _start(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo",
+    listen_port = free_port()
+    ca, port = start_fleet(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo",
                        "--announce-url", f"http://127.0.0.1:{listen_port}/{{reference}}"], tmp_path, "listening on")
     listener = None
     try:
@@ -220,7 +197,7 @@ def test_ca_pushes_rann_to_fleet_cmp_listen_on_rr(tmp_path: Path) -> None:
                                  "--chainout", "chain.pem"],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
         assert enroll.returncode == 0, enroll.stderr
-        listener, _ = _start(["cmp", "listen", "--port", str(listen_port), "--trusted", "ca/root-ca.pem",
+        listener, _ = start_fleet(["cmp", "listen", "--port", str(listen_port), "--trusted", "ca/root-ca.pem",
                               "--cert", "d.pem", "--count", "1"], tmp_path, "listening for announcements")
         revoke = subprocess.run([*fleet, "rr", "--server", server, "--cert", "d.pem", "--key", "d.key", "--trusted",
                                  "ca/root-ca.pem", "--untrusted", "chain.pem", "--oldcert", "d.pem"],

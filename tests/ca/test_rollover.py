@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from cryptography.x509.oid import NameOID
+from fleet_processes import start_fleet
 from pyasn1.codec.der import decoder, encoder
 from pyasn1_alt_modules import rfc9480
 
@@ -45,6 +45,7 @@ from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType, InfoTypeAndValue
 from fleet.cmp.rootupdate import RootUpdateError, check_root_update
 from fleet.cmp.trust import TrustStore
+from fleet.load.child import free_port
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -229,30 +230,6 @@ def test_a_broken_pointer_is_one_line(tmp_path: Path) -> None:
 # Real processes
 
 
-def _start(args: list[str], cwd: Path, marker: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli.main", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline()
-            if marker in line:
-                return proc, int(line.rsplit("(port ", 1)[1].split(")")[0])
-            if not line:
-                break
-    proc.kill()
-    raise AssertionError(f"{args[:2]} did not start")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
 
@@ -263,8 +240,8 @@ def _openssl_knows_root_updates() -> bool:
 
 
 def test_rollover_reaches_a_listening_device_genm_and_openssl(tmp_path: Path) -> None:
-    listen_port = _free_port()
-    ca, port = _start(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo",
+    listen_port = free_port()
+    ca, port = start_fleet(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo",
                        "--announce-url", f"http://127.0.0.1:{listen_port}/{{reference}}"], tmp_path, "listening on")
     listener = None
     fleet = [sys.executable, "-m", "fleet.cli.main"]
@@ -274,7 +251,7 @@ def test_rollover_reaches_a_listening_device_genm_and_openssl(tmp_path: Path) ->
         enroll = _run([*fleet, "cmp", "ir", "--server", server, "--ref", "dev-1", "--secret", "pass:demo",
                        "--subject", "/CN=dev-1", "--newkey", "d.key", "--certout", "d.pem"], tmp_path)
         assert enroll.returncode == 0, enroll.stderr
-        listener, _ = _start(["cmp", "listen", "--port", str(listen_port), "--trusted", "old-root.pem",
+        listener, _ = start_fleet(["cmp", "listen", "--port", str(listen_port), "--trusted", "old-root.pem",
                               "--trusted-out", "new-root.pem", "--count", "1"], tmp_path, "listening for announcements")
         rolled = _run([*fleet, "ca", "rollover", "--dir", "ca"], tmp_path)
         assert rolled.returncode == 0 and "switched at" in rolled.stdout, rolled.stderr
@@ -329,7 +306,7 @@ def test_rollover_reaches_a_listening_device_genm_and_openssl(tmp_path: Path) ->
                     reason="openssl cmp before 3.2 has no rootCaCert infotype nor -oldwithold/-newwithnew "
                            "(this machine's 3.0 sends neither); 3.0's part is in the test above")
 def test_openssl_genm_root_ca_cert_checks_the_links(tmp_path: Path) -> None:
-    ca, port = _start(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo"], tmp_path, "listening on")
+    ca, port = start_fleet(["ca", "serve", "--dir", "ca", "--port", "0", "--secret", "pass:demo"], tmp_path, "listening on")
     try:
         shutil.copy(tmp_path / "ca" / "root-ca.pem", tmp_path / "old-root.pem")
         assert _run([sys.executable, "-m", "fleet.cli.main", "ca", "rollover", "--dir", "ca"], tmp_path).returncode == 0
