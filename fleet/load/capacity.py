@@ -285,10 +285,14 @@ def answer(steps: Sequence[StepAssessment], search: CapacitySearch) -> CapacityA
                           search.stop_reason)
 
 
+KNEE_MIN_RISE = 0.010  # seconds of p99 rise below which a doubling is jitter, not a bend
+
+
 def _knee(steps: Sequence[StepAssessment]) -> tuple[float | None, str]:
     """The last offered rate before the latency/throughput curve bends: before the first step
-    whose first-operation p99 is over twice the lowest step's, whose achieved rate falls under
-    98 % of the offered, or that fails."""
+    whose first-operation p99 is over twice the lowest step's (and at least ``KNEE_MIN_RISE``
+    above it, so loopback jitter of a few ms on a fast CA is not a bend), whose achieved rate
+    falls under 98 % of the offered, or that fails."""
     if not steps:
         return None, "no steps"
     base = next((s for s in steps if s.p99 and next(iter(s.p99.values())) is not None), None)
@@ -297,7 +301,7 @@ def _knee(steps: Sequence[StepAssessment]) -> tuple[float | None, str]:
     for s in steps:
         p99 = next(iter(s.p99.values()), None) if s.p99 else None
         bent = (not s.passed or s.achieved_rate < 0.98 * s.rate
-                or (base_p99 is not None and p99 is not None and p99 > 2 * base_p99))
+                or (base_p99 is not None and p99 is not None and p99 > max(2 * base_p99, base_p99 + KNEE_MIN_RISE)))
         if bent:
             if knee is None:
                 return None, f"bent already at the lowest rate tried ({s.rate:g}/s)"

@@ -142,3 +142,14 @@ def test_answer_names_capacity_interval_knee_and_first_break() -> None:
     assert "failInfo: systemUnavail 9" in found.first_break["why"]
     line = found.line()
     assert "capacity 150/s" in line and "[150, 200)" in line and "knee at 100/s" in line
+
+
+def test_a_few_ms_of_jitter_on_a_fast_ca_is_not_a_knee() -> None:
+    # Seen against a CA capped at 1,000/s by its token bucket: p99 3 -> 8 -> 11 ms is doubling but
+    # not a bend; the curve bends where the CA starts refusing.
+    search = CapacitySearch(250, 2000)
+    steps = [_assessed(250, True, 0.003), _assessed(500, True, 0.008), _assessed(1000, True, 0.011),
+             _assessed(2000, False, 0.024, achieved=1000)]
+    for s in steps:
+        search.record(s.rate, s.passed)
+    assert answer(steps, search).knee == 1000
