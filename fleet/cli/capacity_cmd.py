@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,15 +12,26 @@ import typer
 
 from fleet.bounds import COUNT, NON_NEGATIVE, PORT, POSITIVE
 from fleet.capacity_report import render_capacity_html
-from fleet.cli.usage import bounded, examples
+from fleet.cli.usage import (
+    ProxyOpt,
+    TlsCert,
+    TlsKey,
+    TlsKeyPass,
+    TlsTrusted,
+    bounded,
+    examples,
+    tls_client,
+)
 from fleet.files import check_output_path, write_output
 from fleet.load.capacity import SearchError
 from fleet.load.capacity_run import CapacityOptions, run_capacity
+from fleet.load.capacity_shards import PROXY_ENV
 from fleet.load.capacity_shards import follow as follow_search
 from fleet.load.orchestrator import RunOptions
 from fleet.load.profiles import Profile, load_profile
 from fleet.load.shards import ShardError, parse_shard, shard_from_env
 from fleet.secrets import read_secret
+from fleet.tls import TlsClient
 
 EPILOG = examples(
     "fleet capacity profiles/ramp-to-break.toml --report capacity.json",
@@ -27,6 +39,10 @@ EPILOG = examples(
     "    --require 1500 --server http://ca.example:8080/.well-known/cmp \\\n"
     "    --master-secret env:FLEET_MASTER --html capacity.html",
     "fleet capacity profiles/steady.toml --shards 3 --max-rate 3000",
+    "fleet capacity profiles/steady.toml --max-rate 2000 \\\n"
+    "    --server https://ca.example/.well-known/cmp \\\n"
+    "    --tls-trusted ca-tls-root.pem --tls-cert client.pem \\\n"
+    "    --tls-key client.key --master-secret env:FLEET_MASTER",
 )
 
 
@@ -54,13 +70,20 @@ def capacity(
     follow: Annotated[bool, typer.Option("--follow", help="Be a follower: play this shard of every step the leader in --shard-dir plans, until the search ends.")] = False,
     shard: Annotated[str | None, typer.Option("--shard", metavar="I/N", help="--follow: play shard I of N.")] = None,
     lead: Annotated[float, typer.Option("--lead", callback=bounded(POSITIVE), help="With --shards: seconds from writing a step's plan to its common start (raise it on a slow shared volume).")] = 2.0,
+    proxy: ProxyOpt = None,
+    tls_trusted: TlsTrusted = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_key_pass: TlsKeyPass = None,
 ) -> None:
     """Find the highest arrival rate the CA sustains under the profile's SLO: coarse steps up,
     then bisection; each step measured after a warm-up and checked for a steady state. Prints
     each step, then the capacity with its interval, the knee and the first SLO to break."""
     loaded = load_profile(profile)
+    tls = tls_client(tls_trusted, tls_cert, tls_key, tls_key_pass)
     if follow or shard is not None:
-        _follow(ctx, follow, profile, loaded, shard_dir, shard, shards, server, trusted, master_secret, keys, metrics_port)
+        _follow(ctx, follow, profile, loaded, shard_dir, shard, shards, server, trusted, master_secret, keys, metrics_port,
+                proxy, tls)
         return
     if shard_dir is not None and shards is None:
         raise typer.BadParameter("--shard-dir needs --shards N (or --follow)", ctx=ctx, param_hint="'--shard-dir'")
@@ -75,7 +98,8 @@ def capacity(
         min_rate=min_rate, max_rate=top, step_duration=step_duration, warmup=warmup, cool_down=cool_down,
         tolerance=tolerance, max_steps=max_steps, require=require, server=server, trusted=list(trusted or []),
         master_secret=read_secret(master_secret) if master_secret else None, keys_dir=keys, ca_dir=ca_dir,
-        metrics_port=metrics_port, shards=shards, shard_dir=shard_dir, lead=lead, profile_path=profile,
+        metrics_port=metrics_port, shards=shards, shard_dir=shard_dir, lead=lead, profile_path=profile, proxy=proxy,
+        tls=tls,
     )
     try:
         doc, found = run_capacity(loaded, options)
@@ -100,7 +124,7 @@ def capacity(
 
 def _follow(ctx: typer.Context, follow: bool, path: Path, loaded: Profile, shard_dir: Path | None, shard: str | None,
             shards: int | None, server: str | None, trusted: list[Path] | None, master_secret: str | None,
-            keys: Path | None, metrics_port: int | None) -> None:
+            keys: Path | None, metrics_port: int | None, proxy: str | None, tls: TlsClient | None) -> None:
     """``--follow``: play this shard of each step the leader plans in ``shard_dir``."""
     if not follow:
         raise typer.BadParameter("--shard is for followers: add --follow", ctx=ctx, param_hint="'--shard'")
@@ -124,8 +148,10 @@ def _follow(ctx: typer.Context, follow: bool, path: Path, loaded: Profile, shard
     if loaded.devices.auth == "mac" and master is None:
         raise typer.BadParameter("MAC devices need --master-secret (per-device secrets are derived from it)", ctx=ctx,
                                  param_hint="'--master-secret'")
+    if proxy is None:  # a local follower is handed its leader's --proxy here (a URL may hold a password)
+        proxy = os.environ.get(PROXY_ENV)
     options = RunOptions(server=server, trusted=list(trusted or []), master_secret=master, keys_dir=keys,
-                         progress=False, metrics_port=metrics_port)
+                         progress=False, metrics_port=metrics_port, proxy=proxy, tls=tls)
     follow_search(path, loaded, shard_dir, found, options)
 
 

@@ -28,6 +28,7 @@ from fleet.load.orchestrator import RunOptions, prepare_keys, report_dict, run_p
 from fleet.load.profiles import Profile
 from fleet.load.schedule import Closed
 from fleet.load.verdict import slo_dict
+from fleet.tls import TlsClient
 
 __all__ = ["CapacityError", "CapacityOptions", "run_capacity", "step_profile"]
 
@@ -57,6 +58,8 @@ class CapacityOptions:
     shard_dir: Path | None = None  # with shards: the directory external followers share (None: local ones)
     lead: float = 2.0  # with shards: seconds from a step's plan to its common start
     profile_path: Path | None = None  # with shards: the profile file the followers load
+    proxy: str | None = None  # --proxy; None: from the environment
+    tls: TlsClient | None = None  # --tls-*: server verification, client certificate
 
     @property
     def warmup_seconds(self) -> float:
@@ -94,7 +97,7 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
         elif profile.devices.auth == "mac" and master is None:
             raise CapacityError("MAC devices need --master-secret (per-device secrets are derived from it)")
         run_options = RunOptions(server=url, trusted=trusted, master_secret=master, keys_dir=options.keys_dir,
-                                 progress=False, warmup=warmup)
+                                 progress=False, warmup=warmup, proxy=options.proxy, tls=options.tls)
         sharded = None
         if options.shards:
             if options.profile_path is None:
@@ -104,7 +107,7 @@ def run_capacity(profile: Profile, options: CapacityOptions, out: TextIO = sys.s
                 prepare_keys(step_profile(profile, *top), options.keys_dir, log)
             sharded = stack.enter_context(ShardedSteps(
                 options.profile_path, options.shards, url, directory=options.shard_dir, master_secret=master,
-                trusted=trusted, keys_dir=options.keys_dir, lead=options.lead,
+                trusted=trusted, keys_dir=options.keys_dir, lead=options.lead, proxy=options.proxy, tls=options.tls,
                 transaction_timeout=profile.transaction_timeout, top=top, log=log))
         while (rate := search.next_rate()) is not None:
             if steps:

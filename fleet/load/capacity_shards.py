@@ -35,6 +35,7 @@ from fleet.load.orchestrator import RunOptions, prepare_keys, report_dict, run_p
 from fleet.load.profiles import Profile
 from fleet.load.results import RunResults
 from fleet.load.shards import MergeError, Shard, merge_reports
+from fleet.tls import TlsClient
 
 __all__ = ["FollowError", "ShardDir", "ShardedSteps", "follow", "profile_digest"]
 
@@ -42,6 +43,8 @@ POLL = 0.1  # seconds between looks at the directory
 READY_TIMEOUT = 600.0  # followers to join (pods pull an image and start)
 IDLE_TIMEOUT = 900.0  # a follower gives up when the leader writes nothing for this long
 MASTER_ENV = "FLEET_CAPACITY_MASTER"  # the master secret, handed to local followers
+PROXY_ENV = "FLEET_CAPACITY_PROXY"  # the leader's --proxy, handed to local followers
+TLS_KEY_PASS_ENV = "FLEET_CAPACITY_TLS_KEY_PASS"  # the passphrase of --tls-key, handed to local followers
 LEADER_ENV = "FLEET_CAPACITY_LEADER"  # a local follower's leader (its parent): it stops when the leader is gone
 
 
@@ -109,7 +112,7 @@ class ShardedSteps:
     def __init__(self, profile_path: Path, shards: int, url: str, *, directory: Path | None = None,
                  master_secret: bytes | None = None, trusted: list[Path] | None = None, keys_dir: Path | None = None,
                  lead: float = 2.0, transaction_timeout: float = 10.0, top: tuple[float, float] = (0.0, 0.0),
-                 log: TextIO = sys.stderr) -> None:
+                 proxy: str | None = None, tls: TlsClient | None = None, log: TextIO = sys.stderr) -> None:
         self.profile_path = profile_path
         self.shards = shards
         self.url = url
@@ -122,6 +125,8 @@ class ShardedSteps:
         self.master_secret = master_secret
         self.trusted = list(trusted or [])
         self.keys_dir = keys_dir
+        self.proxy = proxy
+        self.tls = tls
         self.lead = lead
         self.transaction_timeout = transaction_timeout
         self.top = top  # the search's highest rate and its step's seconds: the key pools followers fill first
@@ -173,6 +178,9 @@ class ShardedSteps:
             args += ["--trusted", str(path)]
         if self.keys_dir is not None:
             args += ["--keys", str(self.keys_dir)]
+        if self.proxy is not None:
+            env[PROXY_ENV] = self.proxy
+        args += self._tls_args(env)
         for i in range(self.shards):
             with open(self.dir.path / f"follower-{i}.log", "wb") as logfile:
                 self.procs.append(subprocess.Popen(
@@ -180,6 +188,22 @@ class ShardedSteps:
                      "--shard-dir", str(self.dir.path), "--shard", f"{i}/{self.shards}", *args],
                     stdin=subprocess.DEVNULL, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                 ))
+
+    def _tls_args(self, env: dict[str, str]) -> list[str]:
+        """The leader's --tls-* for its local followers; the key's passphrase goes by ``env``."""
+        if self.tls is None:
+            return []
+        args: list[str] = []
+        for flag, path in (("--tls-trusted", self.tls.trusted), ("--tls-cert", self.tls.cert), ("--tls-key", self.tls.key)):
+            if path is not None:
+                args += [flag, str(path)]
+        if self.tls.key_pass is not None:
+            try:
+                env[TLS_KEY_PASS_ENV] = self.tls.key_pass.decode("utf-8")
+            except UnicodeDecodeError:
+                raise FollowError("--shards: local followers take a --tls-key-pass that is UTF-8 text") from None
+            args += ["--tls-key-pass", f"env:{TLS_KEY_PASS_ENV}"]
+        return args
 
     def _check_followers(self) -> None:
         for i, p in enumerate(self.procs):

@@ -228,6 +228,26 @@ def test_run_and_provision_present_the_client_certificate(ca: Ca, pki: Pki, tmp_
     assert (tmp_path / "out" / "st-1" / "cert.pem").exists()
 
 
+def test_capacity_and_its_local_shards_present_the_client_certificate(ca: Ca, pki: Pki, tmp_path: Path) -> None:
+    """fleet capacity hands its --tls-* (the key's passphrase by environment, never on a command
+    line) to the followers that play each step; without a client certificate it stops in one line."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(Path("profiles/smoke.toml").read_text())
+    search = ("capacity", str(profile), "--server", url(ca), "--master-secret", "pass:demo", "--min-rate", "20",
+              "--max-rate", "20", "--step-duration", "3", "--warmup", "1", "--require", "20")
+    refused = fleet(*search, "--tls-trusted", str(pki.server), timeout=120)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "requires a client certificate" in one_error_line(refused.stderr)
+    report = tmp_path / "capacity.json"
+    found = fleet(*search, "--shards", "2", "--report", str(report), "--tls-trusted", str(pki.server), "--tls-cert",
+                  str(pki.client), "--tls-key", pki.f("station-locked.key"), "--tls-key-pass", "pass:station-pw",
+                  timeout=180)
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert found.stdout.strip().splitlines()[-1] == "required 20/s: MET"
+    step = json.loads(report.read_text())["steps"][0]
+    assert step["assessment"]["passed"] and "station-pw" not in report.read_text()
+
+
 def test_an_ra_between_mutual_tls_on_both_legs(ca: Ca, pki: Pki, tmp_path: Path) -> None:
     """fleet ra serve requires device client certificates (--tls-client-ca) and shows its own to
     the CA (--upstream-tls-cert, an encrypted key): a MAC-protected ir passes through both legs."""
