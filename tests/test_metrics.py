@@ -23,6 +23,7 @@ from fleet.cmp.server import Outcome, ServerStatistics
 from fleet.http.server import HttpServerStats
 from fleet.load.capacity import StepAssessment
 from fleet.load.capacity_metrics import CapacityMetrics
+from fleet.load.child import free_port
 from fleet.load.histogram import LatencyHistogram
 from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets
 from fleet.prometheus import LABEL_LIMIT, MetricsError
@@ -157,7 +158,7 @@ def test_fleet_histogram_converts_to_prometheus_buckets() -> None:
 
 
 def test_serve_and_wait_for_the_final_scrape() -> None:
-    m = FleetMetrics.serve(_free_port(), worker="0", host="127.0.0.1")
+    m = FleetMetrics.serve(free_port(), worker="0", host="127.0.0.1")
     try:
         url = f"http://127.0.0.1:{m.server.server_port}/metrics"
         assert not m.finish(timeout=5)  # never scraped: no wait
@@ -184,14 +185,6 @@ def test_serve_and_wait_for_the_final_scrape() -> None:
             FleetMetrics.serve(m.server.server_port, host="127.0.0.1")
     finally:
         m.close()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- dashboards -----------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 import yaml
 from cli_helpers import MASTER, running_ca
 
+from fleet.load.child import free_port
 from fleet.load.k8s import K8sManifestError, ManifestOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,12 +117,6 @@ def test_bad_manifest_options_are_refused() -> None:
     assert search.returncode == 2 and "--max-rate is for --capacity" in search.stderr and "Traceback" not in search.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_jobs_commands_run_locally_as_shards_and_merge(tmp_path: Path) -> None:
     """The Indexed Job's container args and the merge Job's command, with the pod's paths mapped
     to local ones, against a real ``fleet ca serve`` on loopback."""
@@ -138,7 +132,7 @@ def test_the_jobs_commands_run_locally_as_shards_and_merge(tmp_path: Path) -> No
                     .replace("/reports", str(reports)).replace("$(JOB_COMPLETION_INDEX)", str(index))
                     for a in shard_job["spec"]["template"]["spec"]["containers"][0]["args"]]
             # Each pod has its own address; here the shards share one: a port each, on loopback.
-            args[args.index("--metrics-port") + 1] = str(_free_port())
+            args[args.index("--metrics-port") + 1] = str(free_port())
             args[args.index("--metrics-host") + 1] = "127.0.0.1"
             env = {**_env(), "JOB_COMPLETION_INDEX": str(index), "FLEET_SHARDS": "2", "FLEET_MASTER": MASTER}
             procs.append(subprocess.Popen([sys.executable, "-m", "fleet.cli.main", *args], cwd=ROOT, env=env,
@@ -199,7 +193,7 @@ def test_capacity_manifest_is_valid_and_its_commands_search_in_shards(tmp_path: 
             container = job["spec"]["template"]["spec"]["containers"][0]
             args = [a.replace("/profile/profile.toml", str(tmp_path / "profile.toml")).replace("/shared", str(shared))
                     for a in container["args"]]
-            args[args.index("--metrics-port") + 1] = str(_free_port())  # one address here: a port each
+            args[args.index("--metrics-port") + 1] = str(free_port())  # one address here: a port each
             if "--lead" in args:
                 args[args.index("--lead") + 1] = "2"  # a local directory shows files at once
             env = {**_env(), "FLEET_MASTER": MASTER, "FLEET_SHARDS": "2", "FLEET_METRICS_HOST": "127.0.0.1"}
