@@ -12,6 +12,7 @@ client's turnaround); ``--shards N`` has ``fleet capacity`` play each step in N 
 
     python bench/capacity_search.py [--latency 0.2] [--max-transactions 200] [--step 10] [--shards 2]
     python bench/capacity_search.py --issue-rate 1000 --shards 2
+    python bench/capacity_search.py --max-connections 1000
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ name = "bench-capacity"
 duration = 10
 flow = ["ir"]
 max_in_flight = 5000
-transaction_timeout = 10
+transaction_timeout = 10{connections}
 [arrivals]
 shape = "constant"
 rate = 1000
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--max-rate", type=float, default=2000.0)
     parser.add_argument("--issue-rate", type=float, default=None, help="cap the CA by its issue rate instead")
     parser.add_argument("--shards", type=int, default=1, help="processes playing each step")
+    parser.add_argument("--max-connections", type=int, default=None,
+                        help="[run] max_connections, each worker's HTTP connections (default: the profile's default)")
     args = parser.parse_args()
     if args.issue_rate:
         nominal = args.issue_rate
@@ -68,7 +71,8 @@ def main() -> None:
         how = f"max_transactions {args.max_transactions} / latency {args.latency:g} s"
     with tempfile.TemporaryDirectory(prefix="fleet-bench-capacity-") as tmp:
         profile = Path(tmp) / "profile.toml"
-        profile.write_text(PROFILE.format(knobs=knobs, p99=max(1.0, 10 * args.latency)))
+        connections = f"\nmax_connections = {args.max_connections}" if args.max_connections else ""
+        profile.write_text(PROFILE.format(knobs=knobs, p99=max(1.0, 10 * args.latency), connections=connections))
         report = Path(tmp) / "capacity.json"
         began = time.monotonic()
         proc = subprocess.run(

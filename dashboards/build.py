@@ -162,6 +162,11 @@ def fleet_run() -> Any:
             *quantiles("fleet_arrival_lateness_seconds", "", W, (0.5, 0.99)),
             target(f"sum(rate(fleet_arrivals_late_total{{{W}}}[{RI}]))", "late (>10 ms) per s", "C"),
         ], unit="s", desc="How late arrivals started after their intended time: a late load generator, not a slow CA."),
+        panel("Client HTTP connections: requests queued for one", [
+            target(f"sum by (worker) (rate(fleet_http_pool_waits_total{{{W}}}[{RI}]))", "worker {{worker}} queued per s", "A"),
+            target(f"sum by (worker) (rate(fleet_http_pool_wait_seconds_total{{{W}}}[{RI}]))", "worker {{worker}} waiting (mean)", "B"),
+        ], desc="Requests that found all of a worker's max_connections busy, and how many waited at a time on average. "
+                "Above zero under load: the client, not the CA, limits the rate; raise [run] max_connections or workers."),
         panel("Key pool: keys left", [target(f"sum by (key_type, worker) (fleet_key_pool_keys{{{W}}})", "{{key_type}} worker {{worker}}")]),
         panel("Key pool: keys generated or reused after it ran dry", [
             target(f"sum by (key_type) (rate(fleet_key_pool_generated_total{{{W}}}[{RI}]))", "{{key_type}} generated", "A"),

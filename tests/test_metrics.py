@@ -14,18 +14,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.ca.metrics import CaMetrics
 from fleet.ca.service import CaStatistics
 from fleet.cmp.server import Outcome, ServerStatistics
+from fleet.http.client import CmpHttpClient
 from fleet.http.server import HttpServerStats
 from fleet.load.capacity import StepAssessment
 from fleet.load.capacity_metrics import CapacityMetrics
 from fleet.load.child import free_port
 from fleet.load.histogram import LatencyHistogram
-from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets
+from fleet.load.metrics import LATENCY_BUCKETS, FleetMetrics, histogram_buckets, transport_metrics
 from fleet.prometheus import LABEL_LIMIT, MetricsError
 from fleet.ra.metrics import RaMetrics
 
@@ -228,10 +229,22 @@ def test_capacity_metrics_mark_each_step() -> None:
     assert all(f"{{{{{label}}}}}" in annotation["titleFormat"] for label in ("step", "rate", "outcome"))
 
 
+def _transport_exposition() -> bytes:
+    """What a worker's collector adds for its transport: the HTTP client's pool counters."""
+    registry = CollectorRegistry()
+
+    class Transport:
+        def collect(self) -> object:
+            return transport_metrics("0", CmpHttpClient("http://127.0.0.1:9/").counters())
+
+    registry.register(Transport())  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
 def _exposed_names() -> set[str]:
     names = set()
     for text in (_fed_fleet().exposition(), FleetMetrics("0").exposition(), _fed_ca().exposition(), CaMetrics().exposition(),
-                 _fed_capacity().exposition(), _fed_ra().exposition()):
+                 _fed_capacity().exposition(), _fed_ra().exposition(), _transport_exposition()):
         for f in text_string_to_metric_families(text.decode()):
             suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(f.type, ("",))
             names |= {f.name + s for s in suffixes}

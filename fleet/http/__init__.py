@@ -3,6 +3,7 @@
 from fleet.http.client import (
     CMP_CONTENT_TYPE,
     CMP_OPERATIONS,
+    POOL_COUNTERS,
     CmpHttpClient,
     CmpHttpResponse,
     PoolStatistics,
@@ -25,6 +26,7 @@ from fleet.http.server import Handler, HttpRequest, HttpResponse, HttpServerStat
 __all__ = [
     "CMP_CONTENT_TYPE",
     "CMP_OPERATIONS",
+    "POOL_COUNTERS",
     "CmpHttpClient",
     "CmpHttpResponse",
     "ConnectError",

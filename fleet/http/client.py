@@ -100,12 +100,20 @@ class CmpHttpResponse:
 
 @dataclass(frozen=True, slots=True)
 class PoolStatistics:
-    """Point-in-time state of a client's connection pool, for metrics and tests."""
+    """Point-in-time state of a client's connection pool, for metrics and tests; ``requests``,
+    ``waited`` and ``wait_seconds`` count since the client was made."""
 
     open_connections: int
     idle_connections: int
     tasks_waiting: int
     max_connections: int
+    requests: int = 0
+    waited: int = 0  # requests that found every connection busy and queued for one
+    wait_seconds: float = 0.0  # their time in that queue, summed
+
+
+#: What ``CmpHttpClient.counters()`` reports: a load run sums them over workers and shards.
+POOL_COUNTERS = ("requests", "pool_waits", "pool_wait_us", "max_connections")
 
 
 @functools.cache
@@ -252,6 +260,9 @@ class CmpHttpClient:
         self._idle: deque[_Conn] = deque()
         self._slots = trio.Semaphore(max_connections)  # FIFO: trio's ParkingLot hands off in order
         self._open = 0
+        self._requests = 0
+        self._waited = 0
+        self._wait_time = 0.0
         self._closed = False
         self._request_cache: dict[tuple[bytes, int], bytes] = {}
 
@@ -264,7 +275,16 @@ class CmpHttpClient:
             idle_connections=len(self._idle),
             tasks_waiting=self._slots.statistics().tasks_waiting,
             max_connections=self.max_connections,
+            requests=self._requests,
+            waited=self._waited,
+            wait_seconds=self._wait_time,
         )
+
+    def counters(self) -> dict[str, int]:
+        """``POOL_COUNTERS``: requests, how many queued for a free connection and for how long
+        in all (µs), and the pool's size; a client whose requests queue is itself a limit."""
+        return {"requests": self._requests, "pool_waits": self._waited, "pool_wait_us": round(self._wait_time * 1e6),
+                "max_connections": self.max_connections}
 
     async def __aenter__(self) -> Self:
         return self
@@ -317,20 +337,26 @@ class CmpHttpClient:
         if timeout is None:
             timeout = self.request_timeout
         slots = self._slots
+        self._requests += 1
         try:
             # Fast path without a scheduler round trip; the semaphore only has a free slot when
             # nobody is queued (release hands slots to waiters directly), so FIFO order holds.
             slots.acquire_nowait()
         except trio.WouldBlock:
-            if deadline is None:
-                await slots.acquire()
-            else:
-                with trio.move_on_at(deadline) as scope:
+            self._waited += 1
+            queued = trio.current_time()
+            try:
+                if deadline is None:
                     await slots.acquire()
-                if scope.cancelled_caught:  # not acquired: trio's acquire is cancel-safe
-                    raise ReadTimeout(
-                        self.url, f"no free connection to {self._where()} before the deadline"
-                    )
+                else:
+                    with trio.move_on_at(deadline) as scope:
+                        await slots.acquire()
+                    if scope.cancelled_caught:  # not acquired: trio's acquire is cancel-safe
+                        raise ReadTimeout(
+                            self.url, f"no free connection to {self._where()} before the deadline"
+                        )
+            finally:
+                self._wait_time += trio.current_time() - queued
         try:
             if self._closed:
                 raise trio.ClosedResourceError("CmpHttpClient was closed while waiting")

@@ -22,7 +22,13 @@ from typing import Any
 
 from fleet.errors import FleetError
 from fleet.load.profiles import Profile, Slo
-from fleet.load.results import SECOND_BUCKETS, RunResults
+from fleet.load.results import (
+    CLIENT_LIMIT_SHARE,
+    SECOND_BUCKETS,
+    RunResults,
+    pool_note,
+    pool_wait_share,
+)
 from fleet.load.schedule import Constant, Poisson
 from fleet.load.verdict import slo_verdict
 
@@ -58,6 +64,7 @@ class StepAssessment:
     fail_info: dict[str, int]  # PKIFailureInfo name -> count
     aborted: str = ""
     broken: bool = False  # clearly broken: no point going higher
+    client_limit: str = ""  # the client itself was a limit (its HTTP connections all busy): what showed it
 
     @property
     def reasons(self) -> list[str]:
@@ -75,6 +82,7 @@ class StepAssessment:
             "checks": [{"ok": ok, "text": text} for ok, text in self.checks], "reasons": self.reasons,
             "achieved_rate": self.achieved_rate, "p99_seconds": self.p99, "errors": self.errors,
             "fail_info": self.fail_info, "aborted": self.aborted, "broken": self.broken,
+            "client_limit": self.client_limit,
         }
 
 
@@ -158,8 +166,10 @@ def assess_step(rate: float, slo: Slo, flow: Sequence[str], duration: float, war
     achieved = ok_first / window
     # Clearly broken: most operations fail, or under half the offered rate gets through.
     broken = bool(results.aborted) or error_rate > 0.5 or achieved < 0.5 * rate
+    # Requests that queued for one of the client's own connections: what failed may be the client.
+    client_limit = pool_note(results.transport) if pool_wait_share(results.transport) > CLIENT_LIMIT_SHARE else ""
     return StepAssessment(rate, passed, verdict.checks, is_steady, note, achieved, p99, errors, fail_info,
-                          results.aborted, broken and not passed)
+                          results.aborted, broken and not passed, client_limit)
 
 
 # -- the search -----------------------------------------------------------------------------------------
@@ -278,8 +288,11 @@ def answer(steps: Sequence[StepAssessment], search: CapacitySearch) -> CapacityA
         why = "; ".join(low.reasons) or "failed"
         if kinds:
             why += f" (errors: {kinds}" + (f"; failInfo: {fail}" if fail else "") + ")"
+        if low.client_limit:
+            why += (f"; but the client was a limit too: {low.client_limit} (raise [run] max_connections or "
+                    "workers, or --shards: the CA may sustain more)")
         first_break = {"rate": low.rate, "why": why, "reasons": low.reasons, "errors": low.errors,
-                       "fail_info": low.fail_info}
+                       "fail_info": low.fail_info, "client_limit": low.client_limit}
     knee, note = _knee(ordered)
     return CapacityAnswer(search.highest_pass, (search.highest_pass, search.lowest_fail), knee, note, first_break,
                           search.stop_reason)

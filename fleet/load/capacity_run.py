@@ -161,4 +161,6 @@ def _step_line(n: int, phase: str, a: StepAssessment) -> str:
     p99 = next(iter(a.p99.items()), None)
     lat = f"{p99[0]} p99 {p99[1] * 1e3:.0f} ms" if p99 and p99[1] is not None else "no successes"
     state = "held" if a.passed else "FAILED: " + "; ".join(a.reasons)
+    if a.client_limit:
+        state += f" (client-limited: {a.client_limit})"
     return f"step {n} ({phase}): {a.rate:g}/s offered, {a.achieved_rate:.1f}/s achieved, {lat}: {state}"

@@ -46,6 +46,7 @@ __all__ = [
     "LATE_THRESHOLD",
     "FleetMetrics",
     "histogram_buckets",
+    "transport_metrics",
 ]
 
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -178,14 +179,34 @@ class _RunCollector(Collector):
         yield from (elapsed, start, finished, in_flight, planned, target, due, started, dropped, late,
                     lateness, pool, pool_taken, pool_reused, pool_generated)
         counters = getattr(getattr(run, "transport", None), "counters", None)
-        if counters is not None:  # CoAP: what the (lossy) link cost, by a fixed set of events
-            coap = CounterMetricFamily(
-                "fleet_coap_datagrams", "CoAP client events: requests sent, retransmissions, datagrams "
-                "lost to the link knob (out/in), separate responses, exchanges given up.",
-                labels=["worker", "event"])
-            for event, count in counters().items():
-                coap.add_metric([w, event], float(count))
-            yield coap
+        if counters is not None:
+            yield from transport_metrics(w, counters())
+
+
+def transport_metrics(w: str, counts: dict[str, int]) -> Iterator[Metric]:
+    """The transport's counters: HTTP's connection pool (is the client itself a limit?), or
+    CoAP's events (what the lossy link cost), by a fixed set of events."""
+    if "pool_waits" in counts:
+        waits = CounterMetricFamily(
+            "fleet_http_pool_waits", "HTTP requests that found all of the worker's max_connections busy and queued.",
+            labels=["worker"])
+        waits.add_metric([w], float(counts["pool_waits"]))
+        waited = CounterMetricFamily(
+            "fleet_http_pool_wait_seconds", "Time HTTP requests spent queued for a free connection, summed.",
+            labels=["worker"])
+        waited.add_metric([w], counts["pool_wait_us"] / 1e6)
+        size = GaugeMetricFamily("fleet_http_max_connections", "The worker's HTTP connection pool size.",
+                                 labels=["worker"])
+        size.add_metric([w], float(counts["max_connections"]))
+        yield from (waits, waited, size)
+        return
+    coap = CounterMetricFamily(
+        "fleet_coap_datagrams", "CoAP client events: requests sent, retransmissions, datagrams "
+        "lost to the link knob (out/in), separate responses, exchanges given up.",
+        labels=["worker", "event"])
+    for event, count in counts.items():
+        coap.add_metric([w, event], float(count))
+    yield coap
 
 
 class FleetMetrics(Endpoint):

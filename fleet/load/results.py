@@ -294,6 +294,24 @@ def _finite_or_none(values: npt.NDArray[np.float64], seconds: int) -> list[float
     return out + [None] * (seconds - len(out))
 
 
+CLIENT_LIMIT_SHARE = 0.01  # more requests than this queued for an HTTP connection: the client was a limit
+
+
+def pool_wait_share(transport: dict[str, int]) -> float:
+    """The share of HTTP requests that queued for a free connection (0 for CoAP or no requests)."""
+    requests = transport.get("requests", 0)
+    return transport.get("pool_waits", 0) / requests if requests else 0.0
+
+
+def pool_note(transport: dict[str, int]) -> str:
+    """What the HTTP pool counters (summed over workers and shards) say, in one phrase."""
+    waits = transport.get("pool_waits", 0)
+    mean_ms = transport.get("pool_wait_us", 0) / waits / 1e3 if waits else 0.0
+    return (f"{waits} of {transport.get('requests', 0)} requests ({pool_wait_share(transport):.1%}) queued "
+            f"{mean_ms:.0f} ms on average for one of the client's {transport.get('max_connections', 0)} HTTP "
+            "connections")
+
+
 @dataclass
 class RunResults:
     """Everything one worker (or the merge of all) measured."""

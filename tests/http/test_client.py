@@ -172,6 +172,10 @@ async def test_pool_never_exceeds_max_connections() -> None:
     assert stats.connections_total <= 5
     assert peak <= 5
     assert waiting_seen > 0
+    pool = client.statistics()
+    assert pool.requests == 200 and 0 < pool.waited < 200 and pool.wait_seconds > 0
+    assert client.counters() == {"requests": 200, "pool_waits": pool.waited,
+                                 "pool_wait_us": round(pool.wait_seconds * 1e6), "max_connections": 5}
 
 
 async def test_waiting_tasks_are_served_in_fifo_order() -> None:

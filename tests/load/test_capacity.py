@@ -122,6 +122,30 @@ def test_assess_step_uses_the_steady_window_only() -> None:
     assert not failed.passed and failed.reasons[0].startswith("errors 5.0")
     assert failed.fail_info == {"systemUnavail": 40} and failed.errors == {"error_message": 40}
     assert not failed.broken  # failing, but not clearly broken: the search goes on around it
+    assert not failed.client_limit and not held.client_limit
+
+
+def test_a_step_whose_requests_queued_for_the_clients_connections_names_the_client() -> None:
+    """Seen against a CA holding each answer 0.2 s: one worker's 200 connections carry at most
+    500 ir + certConf pairs a second, the certConfs queue behind new irs, transactions live
+    longer at the CA and it answers systemUnavail. The CA is blamed unless the client says so."""
+    slo = Slo(p99_seconds={"ir": 2.0}, max_error_rate=0.01, min_rate_ratio=0.95)
+    results = _step(100, 10, lambda s: 0.4, lambda s: 100, fail_every=20)
+    results.transport = {"requests": 2000, "pool_waits": 300, "pool_wait_us": 300 * 150_000, "max_connections": 200}
+    failed = assess_step(100, slo, ["ir"], 10, 2, results)
+    assert failed.client_limit == ("300 of 2000 requests (15.0%) queued 150 ms on average for one of the client's "
+                                   "200 HTTP connections")
+    assert failed.to_dict()["client_limit"] == failed.client_limit
+    search = CapacitySearch(50, 100)
+    held = _assessed(50, True, 0.4)
+    for s in (held, failed):
+        search.record(s.rate, s.passed)
+    found = answer([held, failed], search)
+    assert found.first_break is not None and found.first_break["client_limit"] == failed.client_limit
+    assert "but the client was a limit too: 300 of 2000 requests" in found.line()
+    assert "raise [run] max_connections or workers, or --shards: the CA may sustain more" in found.line()
+    results.transport["pool_waits"] = 20  # 1%: a few requests queue now and then
+    assert not assess_step(100, slo, ["ir"], 10, 2, results).client_limit
 
 
 def _assessed(rate: float, passed: bool, p99: float, achieved: float | None = None, **kw: object) -> StepAssessment:

@@ -36,6 +36,8 @@ def test_smoke_profile_passes_and_reports(tmp_path: Path) -> None:
     assert ir["failed"] == 0
     assert data["verdict"]["passed"] is True
     assert sum(data["results"]["per_second"]["ir"]["completed"]) == 80
+    assert data["results"]["transport"] == {"requests": 160, "pool_waits": 0, "pool_wait_us": 0, "max_connections": 200}
+    assert "http: " not in proc.stdout  # no request waited for a connection: nothing to say
     assert 0 < ir["latency_seconds"]["p50"] < 1.0
     assert "secret" not in report.read_text().lower()
 
@@ -80,6 +82,29 @@ p99_seconds = { ir = 0.000001 }
     proc = _fleet("run", str(profile), "--quiet")
     assert proc.returncode == 1
     assert proc.stdout.strip().splitlines()[-1].startswith("FAIL: ir p99")
+
+
+def test_a_client_short_of_connections_says_so_under_the_table(tmp_path: Path) -> None:
+    """Two connections, each answer held 0.1 s: an ir + certConf pair holds one for 0.2 s, so
+    the pool carries 10 pairs a second and the 20 offered queue for it. The summary says the
+    client, not the CA, was the limit, and how to lift it."""
+    profile = _profile(tmp_path, """
+[run]
+duration = 2
+max_connections = 2
+[arrivals]
+shape = "constant"
+rate = 20
+[ca]
+latency = "fixed:0.1"
+""")
+    report = tmp_path / "run.json"
+    proc = _fleet("run", str(profile), "--report", str(report), "--quiet")
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("http: "))
+    assert re.fullmatch(r"http: \d+ of 80 requests \(\d+\.\d%\) queued \d+ ms on average for one of the client's 2 "
+                        r"HTTP connections; raise \[run\] max_connections \(or workers\)", line), line
+    transport = json.loads(report.read_text())["results"]["transport"]
+    assert transport["requests"] == 80 and transport["pool_waits"] > 20 and transport["pool_wait_us"] > 0
 
 
 def test_errors_are_counted_not_fatal(tmp_path: Path) -> None:
