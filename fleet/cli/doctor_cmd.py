@@ -119,7 +119,7 @@ def _check_fd_limit(report: Report, profile: Path | None, max_in_flight: int | N
     wanted = max_in_flight
     if wanted is None and profile is not None:
         loaded = load_profile(profile)
-        wanted = min(loaded.max_in_flight, loaded.max_connections)  # one connection per transaction at most
+        wanted = min(loaded.max_in_flight, loaded.connections)  # one connection per transaction at most
     wanted = wanted or 1000
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= wanted + _FD_RESERVE:

@@ -500,13 +500,14 @@ def cap_connections(profile: Profile, out: TextIO) -> Profile:
     """Keep the connection pool inside the process's open-file limit (20,000 here, not raisable),
     and say so when it binds rather than failing with EMFILE mid-run."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    allowed = max(1, soft - 256) if soft != resource.RLIM_INFINITY else profile.max_connections
-    if profile.max_connections > allowed:
-        print(
-            f"fleet: max_connections {profile.max_connections} capped at {allowed} by the open-file "
-            f"limit ({soft}); devices beyond that share pooled connections",
-            file=out,
-        )
+    allowed = max(1, soft - 256) if soft != resource.RLIM_INFINITY else profile.connections
+    if profile.connections > allowed:
+        if profile.max_connections is not None:  # asked for: say it is not granted
+            print(
+                f"fleet: max_connections {profile.max_connections} capped at {allowed} by the open-file "
+                f"limit ({soft}); devices beyond that share pooled connections",
+                file=out,
+            )
         return profile.with_overrides(max_connections=allowed)
     return profile
 

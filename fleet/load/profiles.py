@@ -114,7 +114,7 @@ class Profile:
     pause_before: Mapping[str, float] = field(default_factory=dict)  # e.g. kur: wait before renewing
     genm: tuple[str, ...] = ("caCerts",)
     max_in_flight: int = 1000
-    max_connections: int = 200
+    max_connections: int | None = None  # HTTP connections per worker; None: one per transaction in flight
     transaction_timeout: float = 30.0
     workers: int = 1
     seed: int = 1
@@ -126,6 +126,12 @@ class Profile:
     description: str = ""
     ra: RaLoad | None = None  # [ra]: requests wrapped in RA-signed nested batches
     announcements: AnnouncementLoad | None = None  # [announcements]: pushed to the devices, acted on
+
+    @property
+    def connections(self) -> int:
+        """Each worker's HTTP connection pool: ``max_connections``, else one per transaction in
+        flight (a smaller pool would queue requests in the client and blame the CA)."""
+        return self.max_connections or self.max_in_flight
 
     def with_overrides(self, **changes: Any) -> Profile:
         """Command-line flags win over profile values; ``None`` means "not given". Numbers obey
@@ -409,7 +415,7 @@ def parse_profile(data: Mapping[str, Any], *, where: str, path: Path | None = No
         pause_before={k: float(v) for k, v in pauses.items()},
         genm=run.strings("genm", ("caCerts",), GENM_INFOTYPES),
         max_in_flight=run.integer("max_in_flight", 1000),
-        max_connections=run.integer("max_connections", 200),
+        max_connections=run.integer("max_connections", 1) if "max_connections" in run.data else None,
         transaction_timeout=run.number("transaction_timeout", 30.0, strict=True),
         workers=run.integer("workers", 1),
         seed=run.integer("seed", 1, minimum=0),

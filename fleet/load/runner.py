@@ -122,7 +122,7 @@ class WorkerRun:
     def _client(self) -> AbstractAsyncContextManager[CmpTransport]:
         profile = self.profile
         coap = replace(profile.coap, seed=profile.seed * 1009 + self.plan.worker)  # own loss draws
-        return open_client(self.plan.url, max_connections=profile.max_connections,
+        return open_client(self.plan.url, max_connections=profile.connections,
                            timeout=profile.transaction_timeout, coap=coap, proxy=self.plan.proxy,
                            ssl_context=self.plan.tls.context() if self.plan.tls is not None else None)
 

@@ -36,7 +36,8 @@ def test_smoke_profile_passes_and_reports(tmp_path: Path) -> None:
     assert ir["failed"] == 0
     assert data["verdict"]["passed"] is True
     assert sum(data["results"]["per_second"]["ir"]["completed"]) == 80
-    assert data["results"]["transport"] == {"requests": 160, "pool_waits": 0, "pool_wait_us": 0, "max_connections": 200}
+    assert data["results"]["transport"] == {"requests": 160, "pool_waits": 0, "pool_wait_us": 0,
+                                           "max_connections": 200}  # one per transaction in flight: smoke's max_in_flight
     assert "http: " not in proc.stdout  # no request waited for a connection: nothing to say
     assert 0 < ir["latency_seconds"]["p50"] < 1.0
     assert "secret" not in report.read_text().lower()

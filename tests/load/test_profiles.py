@@ -109,6 +109,17 @@ def test_devices_sets_a_closed_models_loop_count() -> None:
         p.with_flags(rate=10)
 
 
+def test_the_connection_pool_defaults_to_one_per_transaction_in_flight() -> None:
+    """A pool smaller than max_in_flight queues requests in the client: a bound nobody asked for."""
+    p = parse_profile({"run": {"max_in_flight": 3000}}, where="t.toml")
+    assert p.max_connections is None and p.connections == 3000
+    assert p.with_flags(max_in_flight=50).connections == 50
+    q = parse_profile({"run": {"max_in_flight": 3000, "max_connections": 64}}, where="t.toml")
+    assert q.connections == 64
+    with pytest.raises(ProfileError, match=r"\[run\]\.max_connections: must be an integer >= 1, got 0"):
+        parse_profile({"run": {"max_connections": 0}}, where="t.toml")
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
