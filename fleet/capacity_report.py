@@ -131,6 +131,8 @@ def render_capacity_html(doc: dict[str, Any]) -> str:
            f"<h1>{_e(title)}</h1>", f'<p class="verdict {"pass" if ok else "fail"}">{_e(head)}</p><ul>']
     if knee is not None:
         out.append(f"<li>knee at {_e(fmt_rate(knee))}: {_e(found.get('knee_note', ''))}</li>")
+    if found.get("caveat"):
+        out.append(f"<li>{_e(found['caveat'])}</li>")
     if found.get("first_break"):
         fb = found["first_break"]
         out.append(f"<li>first to break at {_e(fmt_rate(fb['rate']))}: {_e(fb.get('why', ''))}</li>")
@@ -173,6 +175,8 @@ def render_capacity_html(doc: dict[str, Any]) -> str:
         p50, p99 = _p(stats, "p50"), _p(stats, "p99")
         errors = ", ".join(f"{k} {v}" for k, v in sorted((a.get("errors") or {}).items(), key=lambda kv: -kv[1]))
         outcome = "held" if a.get("passed") else "; ".join(a.get("reasons") or ["failed"])
+        if a.get("client_limit"):
+            outcome += f" (client-limited: {a['client_limit']})"
         out.append(f"<tr><td>{n}</td><td>{_e(fmt_rate(rate))}</td><td>{_e(fmt_rate(float(a.get('achieved_rate') or 0)))}</td>"
                    f"<td>{_e(fmt_seconds(p50) if p50 is not None else '–')}</td>"
                    f"<td>{_e(fmt_seconds(p99) if p99 is not None else '–')}</td><td>{_e(errors or '–')}</td>"

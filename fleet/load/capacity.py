@@ -255,10 +255,12 @@ class CapacityAnswer:
     knee_note: str
     first_break: dict[str, Any] | None  # the lowest failing step: rate, reasons, errors, failInfo
     stop_reason: str
+    caveat: str = ""  # the step that set the capacity was client-limited: the CA may sustain more
 
     def to_dict(self) -> dict[str, Any]:
         return {"capacity": self.capacity, "interval": list(self.interval), "knee": self.knee,
-                "knee_note": self.knee_note, "first_break": self.first_break, "stop_reason": self.stop_reason}
+                "knee_note": self.knee_note, "first_break": self.first_break, "stop_reason": self.stop_reason,
+                "caveat": self.caveat}
 
     def line(self) -> str:
         low, high = self.interval
@@ -269,6 +271,8 @@ class CapacityAnswer:
         else:
             cap = f"capacity {self.capacity:g}/s (the limit lies in [{low:g}, {high:g}) /s)"
         out = [cap]
+        if self.caveat:
+            out.append(self.caveat)
         if self.knee is not None:
             out.append(f"knee at {self.knee:g}/s")
         if self.first_break:
@@ -294,8 +298,11 @@ def answer(steps: Sequence[StepAssessment], search: CapacitySearch) -> CapacityA
         first_break = {"rate": low.rate, "why": why, "reasons": low.reasons, "errors": low.errors,
                        "fail_info": low.fail_info, "client_limit": low.client_limit}
     knee, note = _knee(ordered)
+    held = next((s for s in ordered if s.passed and s.rate == search.highest_pass), None)
+    caveat = (f"a lower bound: the client was a limit at {held.rate:g}/s: {held.client_limit}"
+              if held is not None and held.client_limit else "")
     return CapacityAnswer(search.highest_pass, (search.highest_pass, search.lowest_fail), knee, note, first_break,
-                          search.stop_reason)
+                          search.stop_reason, caveat)
 
 
 KNEE_MIN_RISE = 0.010  # seconds of p99 rise below which a doubling is jitter, not a bend

@@ -3,6 +3,8 @@ steady-state detection over synthetic per-second results, and the answer's parts
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fleet.load.capacity import (
@@ -144,6 +146,12 @@ def test_a_step_whose_requests_queued_for_the_clients_connections_names_the_clie
     assert found.first_break is not None and found.first_break["client_limit"] == failed.client_limit
     assert "but the client was a limit too: 300 of 2000 requests" in found.line()
     assert "raise [run] max_connections or workers, or --shards: the CA may sustain more" in found.line()
+    assert not found.caveat  # the step that held had no queue
+    queued = replace(held, client_limit="90 of 1000 requests (9.0%) queued")
+    limited = answer([queued, failed], search)
+    assert limited.caveat == "a lower bound: the client was a limit at 50/s: 90 of 1000 requests (9.0%) queued"
+    assert limited.line().startswith("capacity 50/s (the limit lies in [50, 100) /s); a lower bound: ")
+    assert limited.to_dict()["caveat"] == limited.caveat
     results.transport["pool_waits"] = 20  # 1%: a few requests queue now and then
     assert not assess_step(100, slo, ["ir"], 10, 2, results).client_limit
 
