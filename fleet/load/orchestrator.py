@@ -256,7 +256,7 @@ def _ra_transport(setup: WorkerSetup, trust: TrustStore) -> TransportFactory:
     signer = SignatureProtector(load_pem_private_key(setup.ra_pem[1], None), certs[0], certs[1:])  # type: ignore[arg-type]
 
     def http() -> CmpHttpClient:
-        return CmpHttpClient(setup.url, max_connections=profile.max_connections,
+        return CmpHttpClient(setup.url, max_connections=profile.connections,
                              request_timeout=profile.transaction_timeout, proxy=setup.proxy,
                              ssl_context=setup.tls.context() if setup.tls is not None else None)
 
