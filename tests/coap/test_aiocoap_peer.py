@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
 import socket
@@ -157,7 +158,17 @@ class AiocoapServer:
         cmp = _CmpResource(ca)
         site = resource.Site()
         site.add_resource([".well-known", "cmp"], cmp)
-        context = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port))
+        for attempt in range(5):  # the free port may be taken between its probe and this bind
+            try:
+                context = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", self.port))
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or attempt == 4:
+                    self.result["error"] = exc
+                    self.ready.set()
+                    ca.close()
+                    return
+                self.port = free_udp_port()
         self.result["root"] = ca.root()
         self.result["mac"] = ca.mac_config
         self.ready.set()
@@ -170,6 +181,7 @@ class AiocoapServer:
     def __enter__(self) -> Self:
         self.thread.start()
         assert self.ready.wait(30), "aiocoap server did not start"
+        assert "error" not in self.result, f"aiocoap server did not start: {self.result['error']}"
         return self
 
     def __exit__(self, *exc: object) -> None:
