@@ -124,7 +124,7 @@ def test_profile_with_a_san_typo_is_refused_at_load_time(tmp_path: Path) -> None
 def _fleet(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     if not main_module.app.registered_groups:
         main_module._register()
-    monkeypatch.setattr(main_module, "_register", lambda: None)
+    monkeypatch.setattr(main_module, "_register", lambda *_: None)
     monkeypatch.setattr(sys, "argv", ["fleet", *args])
     try:
         main()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sys
+from collections.abc import Callable, Sequence
 from typing import Annotated
 
 import typer
@@ -50,46 +52,84 @@ def _root(
     """Play a population of CMP devices against a certificate authority."""
 
 
-_registered = False
+_registered: set[str] = set()
 
 
-def _register() -> None:
-    """Attach the command groups (once); each module owns one group and knows nothing of the others."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    from fleet.cli import (
-        ca_cmd,
-        capacity_cmd,
-        cmp_cmd,
-        doctor_cmd,
-        k8s_cmd,
-        keys_cmd,
-        listen_cmd,
-        provision_cmd,
-        ra_cmd,
-        report_cmd,
-        run_cmd,
-    )
+def _register(only: str | None = None) -> None:
+    """Attach the command groups (each once): only ``only``'s when the command line names one,
+    so a command starts without importing the others, else all (help, completion, a typo).
+    Each module owns one group and knows nothing of the others."""
+    for name, attach in _COMMANDS.items():
+        if (only is None or name == only) and name not in _registered:
+            _registered.add(name)
+            attach()
+
+
+def _run() -> None:
+    from fleet.cli import run_cmd
 
     app.command("run", short_help="Run a load profile against a CA (the embedded one by default).",
                 epilog=run_cmd.EPILOG)(run_cmd.run)
+
+
+def _capacity() -> None:
+    from fleet.cli import capacity_cmd
+
     app.command("capacity", short_help="Find the highest rate the CA sustains under the profile's SLO.",
                 epilog=capacity_cmd.EPILOG)(capacity_cmd.capacity)
+
+
+def _report() -> None:
+    from fleet.cli import report_cmd
+
     app.command("report", short_help="Render a fleet run --report JSON as an HTML page, or merge shard reports.",
                 epilog=report_cmd.EPILOG, context_settings=report_cmd.CONTEXT)(report_cmd.report)
+
+
+def _cmp() -> None:
+    from fleet.cli import cmp_cmd, listen_cmd
+
     cmp_cmd.app.command("listen", short_help="Receive announcements a CA pushes; one JSON line each.",
                         epilog=listen_cmd.EPILOG)(listen_cmd.listen)
     app.add_typer(cmp_cmd.app, name="cmp")
-    app.add_typer(ca_cmd.app, name="ca")
-    app.add_typer(ra_cmd.app, name="ra")
-    app.add_typer(keys_cmd.app, name="keys")
-    app.add_typer(k8s_cmd.app, name="k8s")
+
+
+def _group(name: str, module: str) -> Callable[[], None]:
+    def attach() -> None:
+        app.add_typer(importlib.import_module(f"fleet.cli.{module}").app, name=name)
+
+    return attach
+
+
+def _provision() -> None:
+    from fleet.cli import provision_cmd
+
     app.command("provision", short_help="Provision devices from a manifest; rerun to resume.",
                 epilog=provision_cmd.EPILOG)(provision_cmd.provision)
+
+
+def _doctor() -> None:
+    from fleet.cli import doctor_cmd
+
     app.command("doctor", short_help="Check a CA and this machine before a run; say what to fix.",
                 epilog=doctor_cmd.EPILOG)(doctor_cmd.doctor)
+
+
+# In the order the help lists them.
+_COMMANDS: dict[str, Callable[[], None]] = {
+    "run": _run, "capacity": _capacity, "report": _report, "cmp": _cmp, "ca": _group("ca", "ca_cmd"),
+    "ra": _group("ra", "ra_cmd"), "keys": _group("keys", "keys_cmd"), "k8s": _group("k8s", "k8s_cmd"),
+    "provision": _provision, "doctor": _doctor,
+}
+
+
+def _named_command(args: Sequence[str]) -> str | None:
+    """The command the arguments name (``fleet ca serve ...``: ca), or None: ``--help``, shell
+    completion, no command, or one that does not exist (its error lists them all)."""
+    if os.environ.get("_FLEET_COMPLETE"):
+        return None
+    first = next((a for a in args if not a.startswith("-")), None)
+    return first if first in _COMMANDS else None
 
 
 def _click_exceptions() -> tuple[type[Exception], type[BaseException]]:
@@ -107,7 +147,7 @@ def _click_exceptions() -> tuple[type[Exception], type[BaseException]]:
 
 def main() -> None:
     """Entry point: run the app, turning every ``FleetError`` into one line and exit status 1."""
-    _register()
+    _register(_named_command(sys.argv[1:]))
     click_error, click_abort = _click_exceptions()
     try:
         rv = app(standalone_mode=False, prog_name="fleet")

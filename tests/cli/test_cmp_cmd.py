@@ -28,7 +28,7 @@ def fleet_inprocess(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixtu
     if not main_module.app.registered_groups:
         main_module._register()
     # main() registers the command groups on every call; once is enough in one process.
-    monkeypatch.setattr(main_module, "_register", lambda: None)
+    monkeypatch.setattr(main_module, "_register", lambda *_: None)
     monkeypatch.setattr(sys, "argv", ["fleet", "cmp", *args])
     try:
         main()

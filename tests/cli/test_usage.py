@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.metadata
 import shlex
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -225,3 +227,19 @@ def test_boolean_options_are_plain_flags() -> None:
     assert "  --abort-on-fail         Stop" in text
     result = fleet("run", "profiles/smoke.toml", "--abort-on-fail", "yes")
     assert result.returncode == 2 and "unexpected extra argument" in result.stderr.lower()
+
+
+LOADED = ("import sys\nfrom fleet.cli import main as m\nsys.argv = ['fleet', *sys.argv[1:]]\ntry:\n    m.main()\n"
+          "except SystemExit:\n    pass\nprint(' '.join(sorted(k for k in sys.modules if k.startswith('fleet.cli.'))))")
+
+
+@pytest.mark.parametrize(("args", "loaded", "not_loaded"), [
+    (["report", "--help"], {"fleet.cli.report_cmd"}, {"fleet.cli.ca_cmd", "fleet.cli.capacity_cmd", "fleet.cli.cmp_cmd"}),
+    (["ca", "serve", "--help"], {"fleet.cli.ca_cmd"}, {"fleet.cli.run_cmd", "fleet.cli.provision_cmd"}),
+    (["--help"], {"fleet.cli.ca_cmd", "fleet.cli.run_cmd", "fleet.cli.k8s_cmd", "fleet.cli.listen_cmd"}, set()),
+    (["rn"], {"fleet.cli.run_cmd", "fleet.cli.doctor_cmd"}, set()),  # a typo: every name, to suggest one
+])
+def test_a_command_starts_without_importing_the_others(args: list[str], loaded: set[str], not_loaded: set[str]) -> None:
+    out = subprocess.run([sys.executable, "-c", LOADED, *args], capture_output=True, text=True, timeout=60, check=True)
+    modules = set(out.stdout.strip().splitlines()[-1].split())
+    assert loaded <= modules and not modules & not_loaded, modules
