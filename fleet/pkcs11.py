@@ -246,7 +246,7 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
         self, data: bytes | bytearray | memoryview,
         signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
     ) -> bytes:
-        algorithm = signature_algorithm.algorithm  # type: ignore[attr-defined]
+        algorithm = signature_algorithm.algorithm
         if isinstance(algorithm, Prehashed):
             digest = bytes(data)  # python-pkcs11 reads a non-bytes argument as an iterable of parts
         else:

@@ -164,7 +164,7 @@ class PwriKeyCache:
         return kek
 
 
-def _keep(cache: dict, key: object, value: object, entries: int) -> None:  # type: ignore[type-arg]
+def _keep(cache: dict, key: object, value: object, entries: int) -> None:
     if entries <= 0:
         return
     while len(cache) >= entries:

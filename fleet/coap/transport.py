@@ -169,7 +169,7 @@ class CoapTransport:
             raise CoapError(self.url, f"cannot reach {self.host}: {exc.strerror}", kind="connect") from None
         self._sock = sock
         self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()  # type: ignore[attr-defined]
+        self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._reader)
         return self
 
