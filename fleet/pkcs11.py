@@ -242,10 +242,13 @@ class TokenEcKey(ec.EllipticCurvePrivateKey):
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
-        algorithm = signature_algorithm.algorithm  # type: ignore[attr-defined]
+    def sign(
+        self, data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
+        algorithm = signature_algorithm.algorithm
         if isinstance(algorithm, Prehashed):
-            digest = data
+            digest = bytes(data)  # python-pkcs11 reads a non-bytes argument as an iterable of parts
         else:
             h = hashes.Hash(algorithm)
             h.update(data)

@@ -77,7 +77,7 @@ def _mutable_twin(cls: type) -> type | None:
     if cls.__bases__ != (object,):
         return None
     twin = type(f"_{cls.__name__}Fields", (), {"__slots__": cls.__slots__})  # type: ignore[attr-defined]
-    probe = object.__new__(cls)
+    probe: object = object.__new__(cls)
     try:
         object.__setattr__(probe, "__class__", twin)
         probe.__class__ = cls

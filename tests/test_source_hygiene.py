@@ -1,5 +1,6 @@
 """Comments and docstrings neither quote measured figures nor point outside the repository;
-each class name in fleet/ means one thing; CI lints with a pinned ruff before the tests.
+each class name in fleet/ means one thing; CI lints with a pinned ruff, then type-checks with a
+pinned mypy, before the tests.
 
 Measured costs rot with the machine: they live in bench/README.md beside the command that
 measures them, and code says why in words. A path outside the repository (a sibling checkout's
@@ -16,6 +17,7 @@ import re
 import subprocess
 import sys
 import tokenize
+import tomllib
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,6 +106,18 @@ def test_ci_runs_a_pinned_ruff_before_the_tests() -> None:
     install = next(i for i, line in enumerate(script) if "pip install" in line and "ruff==" in line)
     lint = script.index("python3 -m ruff check fleet tests bench")
     assert install < lint < script.index("python3 -m pytest -q")
+
+
+def test_ci_type_checks_fleet_with_a_pinned_mypy_after_the_lint() -> None:
+    """CI runs mypy on fleet/ ([tool.mypy] in pyproject.toml) between the lint and the tests,
+    with the mypy version the tree was made clean with (pinned in the test extra)."""
+    script = (ROOT / ".ci" / "run").read_text().splitlines()
+    lint = script.index("python3 -m ruff check fleet tests bench")
+    assert lint < script.index("python3 -m mypy fleet") < script.index("python3 -m pytest -q")
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    test_extra = pyproject["project"]["optional-dependencies"]["test"]
+    assert any(r.startswith("mypy==") for r in test_extra)
+    assert pyproject["tool"]["mypy"]["warn_unused_ignores"] is True
 
 
 def test_ruff_finds_nothing() -> None:

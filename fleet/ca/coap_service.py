@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass
+from typing import cast
 
 import trio
 
@@ -145,8 +146,8 @@ async def _timers(
 
 async def _send(sock: trio.socket.SocketType, out: list[tuple[bytes, object]]) -> None:
     for datagram, peer in out:
-        try:
-            await sock.sendto(datagram, peer)
+        try:  # every peer is an address sock.recvfrom returned (the CoAP layer keeps it opaque)
+            await sock.sendto(datagram, cast("tuple[object, ...]", peer))
         except OSError as exc:  # a peer gone away must not stop the others
             log.debug("CoAP send to %s failed: %s", peer, exc)
 

@@ -530,7 +530,7 @@ def _key_identifier(cert: x509.Certificate) -> bytes:
     """A certificate's key identifier: its SKI extension, else computed from its key."""
     ski = subject_key_id(cert)
     if ski is None:
-        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
     return ski
 
 

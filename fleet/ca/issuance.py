@@ -116,12 +116,12 @@ class _LazyIssuedCert(IssuedCert):
     (the CMP exchange never needs it), the signature hash is known."""
 
     @cached_property
-    def cert(self) -> x509.Certificate:  # type: ignore[override]
+    def cert(self) -> x509.Certificate:
         return x509.load_der_x509_certificate(self.der)
 
     @property
     def signature_hash(self) -> str | None:
-        return self._signature_hash  # type: ignore[attr-defined,no-any-return]
+        return self._signature_hash  # type: ignore[attr-defined]
 
 
 def _lazy_issued(values: dict[str, object]) -> IssuedCert:

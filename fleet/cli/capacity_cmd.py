@@ -29,7 +29,7 @@ from fleet.load.capacity_shards import PROXY_ENV
 from fleet.load.capacity_shards import follow as follow_search
 from fleet.load.orchestrator import RunOptions
 from fleet.load.profiles import Profile, load_profile
-from fleet.load.shards import ShardError, parse_shard, shard_from_env
+from fleet.load.shards import Shard, ShardError, parse_shard, shard_from_env
 from fleet.secrets import read_secret
 from fleet.tls import TlsClient
 
@@ -132,6 +132,7 @@ def _follow(ctx: typer.Context, follow: bool, path: Path, loaded: Profile, shard
         raise typer.BadParameter("--follow needs --shard-dir DIR (shared with the leader)", ctx=ctx, param_hint="'--shard-dir'")
     if server is None:
         raise typer.BadParameter("--follow needs --server URL (the CA the leader searches)", ctx=ctx, param_hint="'--server'")
+    found: Shard | None
     try:
         if shard is not None:
             found = parse_shard(shard)

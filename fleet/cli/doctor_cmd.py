@@ -43,7 +43,7 @@ from fleet.cmp.protection import MacProtector
 from fleet.cmp.requests import GeneralRequest
 from fleet.errors import FleetError
 from fleet.exchange import run_transaction
-from fleet.http.client import CmpHttpClient
+from fleet.http.client import CmpHttpClient, CmpHttpResponse
 from fleet.load.profiles import load_profile
 from fleet.transport import TransportError
 
@@ -246,7 +246,9 @@ class _Recording:
         self.inner = inner
         self.record = record
 
-    async def post(self, data: bytes, /, *, path: str | None = None, deadline: float | None = None) -> object:
+    async def post(
+        self, data: bytes, /, *, path: str | None = None, deadline: float | None = None
+    ) -> CmpHttpResponse:
         response = await self.inner.post(data, path=path, deadline=deadline)
         self.record(response.body)
         return response

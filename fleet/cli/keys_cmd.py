@@ -176,7 +176,7 @@ def list_pools(directory: DirOption = None) -> None:
     if not infos:
         typer.echo(f"no key pools in {store.directory}")
     else:
-        rows = [("TYPE", "COUNT", "SIZE", "PATH")]
+        rows: list[tuple[str, ...]] = [("TYPE", "COUNT", "SIZE", "PATH")]
         for info in infos:
             path = str(info.path) + (f"  (damaged: {info.problem})" if info.problem else "")
             rows.append((info.spec, str(info.count), _size(info.bytes), path))

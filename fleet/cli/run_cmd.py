@@ -146,6 +146,7 @@ def _shard_options(ctx: typer.Context, shard: str | None, shards: int | None,
                    start_at: str | None) -> tuple[Shard | None, float | None]:
     """--shard, --shards (+ JOB_COMPLETION_INDEX) and --start-at, each refused as a usage error."""
     hint = "'--shard'"
+    found: Shard | None
     try:
         if shard is not None:
             found = parse_shard(shard)

@@ -58,7 +58,7 @@ ID_ENVELOPED_DATA = "1.2.840.113549.1.7.3"
 ID_ALG_PWRI_KEK = "1.2.840.113549.1.9.16.3.9"
 RSAES_OAEP = "1.2.840.113549.1.1.7"
 DH_SINGLE_PASS_STDDH_SHA256KDF = "1.3.132.1.11.1"
-_KARI_KDF_HASH = {
+_KARI_KDF_HASH: dict[str, type[hashes.HashAlgorithm]] = {
     "1.3.133.16.840.63.0.2": hashes.SHA1,  # dhSinglePass-stdDH-sha1kdf-scheme
     "1.3.132.1.11.0": hashes.SHA224,
     DH_SINGLE_PASS_STDDH_SHA256KDF: hashes.SHA256,
@@ -73,10 +73,14 @@ _PRF_BY_OID = {
     oids.HMAC_WITH_SHA1: "sha1", oids.HMAC_WITH_SHA224: "sha224", oids.HMAC_WITH_SHA256: "sha256",
     oids.HMAC_WITH_SHA384: "sha384", oids.HMAC_WITH_SHA512: "sha512",
 }
-_PRF_HASH = {"sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256,
-             "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-_HASH_BY_OID = {oids.SHA1: hashes.SHA1, oids.SHA224: hashes.SHA224, oids.SHA256: hashes.SHA256,
-                oids.SHA384: hashes.SHA384, oids.SHA512: hashes.SHA512}
+_PRF_HASH: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1, "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+_HASH_BY_OID: dict[str, type[hashes.HashAlgorithm]] = {
+    oids.SHA1: hashes.SHA1, oids.SHA224: hashes.SHA224, oids.SHA256: hashes.SHA256,
+    oids.SHA384: hashes.SHA384, oids.SHA512: hashes.SHA512,
+}
 
 MAX_ENVELOPE_BYTES = 64 * 1024  # a key package with its KGA chain needs a few KiB
 DEFAULT_PWRI_ITERATIONS = 2048  # what openssl cms writes; the secret is a device's random MAC key
@@ -160,7 +164,7 @@ class PwriKeyCache:
         return kek
 
 
-def _keep(cache: dict, key: object, value: object, entries: int) -> None:  # type: ignore[type-arg]
+def _keep(cache: dict, key: object, value: object, entries: int) -> None:
     if entries <= 0:
         return
     while len(cache) >= entries:
@@ -546,7 +550,8 @@ def _open_ktri(info: der.Tlv, key: rsa.RSAPrivateKey, cert: x509.Certificate) ->
     if alg_oid == oids.RSA_ENCRYPTION:
         pad = asym_padding.PKCS1v15()
     elif alg_oid == RSAES_OAEP:
-        hash_cls, mgf_cls = hashes.SHA1, hashes.SHA1
+        hash_cls: type[hashes.HashAlgorithm] = hashes.SHA1
+        mgf_cls: type[hashes.HashAlgorithm] = hashes.SHA1
         for p in params.children() if params is not None else ():
             if p.tag == 0xA0:
                 hash_cls = _HASH_BY_OID.get(_algorithm(p.unwrap())[0], None) or _unsupported("OAEP hash")

@@ -252,7 +252,7 @@ def _verify_signed_data(data: bytes) -> tuple[str, bytes, x509.Certificate, list
     if sig_alg.children()[0].as_oid() == oids.RSA_ENCRYPTION:  # what OpenSSL writes for RSA signers
         alg = der.algorithm_identifier(_RSA_SIG_BY_DIGEST.get(digest_name, oids.RSA_SHA256), der.NULL_DER)
     try:
-        verify_signature(alg, public, signed, signature)  # type: ignore[arg-type]
+        verify_signature(alg, public, signed, signature)
     except ProtectionError as exc:
         raise KgaSignatureInvalid(f"the KGA's signature over the key package does not verify: {exc}") from None
     return e_type, e_content, signer_cert, certs

@@ -148,6 +148,8 @@ def recipient_for(protector: Protector) -> Recipient:
 class KeyGenerator(Protocol):
     """The KGA behind the server role: a key of a requested type, and its delivery."""
 
+    chain: tuple[bytes, ...]  # the certificates above the KGA's, in its signed key packages (DER)
+
     def generate(self, spki: bytes | None) -> PrivateKey:
         """A new key of the type the template's publicKey asks for (raises ``Rejected``)."""
         ...

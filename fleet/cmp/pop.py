@@ -71,7 +71,7 @@ def prove(
 
 
 def cannot_sign(public_key: object) -> bool:
-    kind = type(public_key)
+    kind: type = type(public_key)
     return key_is(kind, x25519.X25519PublicKey) or key_is(kind, x448.X448PublicKey)
 
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from dataclasses import field
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -476,7 +476,9 @@ def verify_signature(alg_der: bytes, public_key: PublicKeyTypes, data: bytes, si
         hash_name: str | None
         kind, hash_name = _SIG_HASH.get(dotted, (None, None))  # hash_name is a str for ecdsa and rsa
         if kind == "ecdsa" and key_is(type(public_key), ec.EllipticCurvePublicKey):
-            public_key.verify(signature, data, _ECDSA[hash_name])  # type: ignore[index]
+            # key_is stands in for isinstance (cached by class), so mypy cannot narrow from it
+            ec_key = cast(ec.EllipticCurvePublicKey, public_key)
+            ec_key.verify(signature, data, _ECDSA[hash_name])  # type: ignore[index]
         elif kind == "rsa" and isinstance(public_key, rsa.RSAPublicKey):
             public_key.verify(signature, data, padding.PKCS1v15(), _HASH_OBJ[hash_name]())  # type: ignore[index]
         elif kind == "ed25519" and isinstance(public_key, ed25519.Ed25519PublicKey) or kind == "ed448" and isinstance(public_key, ed448.Ed448PublicKey):

@@ -180,9 +180,10 @@ class CoapServer:
             return self._follow_up(msg, peer, now, key, block2), None
         payload = msg.payload
         if block1 is not None:
-            out, payload = self._block1(msg, peer, now, key, block1)
-            if payload is None:
+            out, assembled = self._block1(msg, peer, now, key, block1)
+            if assembled is None:
                 return out, None
+            payload = assembled
         elif len(payload) > self.limits.max_body:
             return self._too_large(msg, peer, now), None
         fmt = msg.option(Opt.CONTENT_FORMAT)

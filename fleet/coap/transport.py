@@ -169,7 +169,7 @@ class CoapTransport:
             raise CoapError(self.url, f"cannot reach {self.host}: {exc.strerror}", kind="connect") from None
         self._sock = sock
         self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()  # type: ignore[attr-defined]
+        self._nursery = await self._nursery_cm.__aenter__()
         self._nursery.start_soon(self._reader)
         return self
 
@@ -212,6 +212,7 @@ class CoapTransport:
                 if wake is None and deadline is None:  # a separate response, no caller deadline:
                     wake = trio.current_time() + endpoint.timing.exchange_lifetime  # not forever
                 limit = wake if deadline is None else deadline if wake is None else min(wake, deadline)
+                assert limit is not None  # wake is set just above when there is no deadline
                 with trio.move_on_at(limit):
                     await event.wait()
                 if event.is_set():

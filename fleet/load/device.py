@@ -175,6 +175,9 @@ class VendorCa:
     """A manufacturer CA that issues IDevID certificates to virtual devices on demand
     (TS 33.310 §9.2: base stations ship with a vendor key and certificate)."""
 
+    cert: x509.Certificate  # declared: __init__ reads an issuer's before its own is set
+    _aki: x509.AuthorityKeyIdentifier
+
     def __init__(
         self, key: ec.EllipticCurvePrivateKey | None = None, name: str = "fleet vendor root", *,
         issuer: VendorCa | None = None, path_length: int | None = 0,
@@ -454,6 +457,8 @@ class DeviceFactory:
         transaction runs with ``client_config`` and that protector."""
         state = self.states.get(index)
         spec = self.spec
+        key: PrivateKey | None  # None: a central key (the KGA makes it)
+        request: Request
         if op == "genm":
             items = tuple(self._genm_item(name) for name in self.genm)
             protector: MacProtector | SignatureProtector = self._signed(state) if state else self.mac(index)

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -428,7 +428,7 @@ def summary_table(profile: Profile, results: RunResults) -> str:
     elapsed = max(results.elapsed, 1e-9)
     for op in [o for o in dict.fromkeys((*profile.flow, *EXTRA_OPS)) if o in results.ops]:
         s = results.ops[op]
-        q = s.latency.percentiles((50, 90, 99)) if s.latency.count else []
+        q: Iterable[float] = s.latency.percentiles((50, 90, 99)) if s.latency.count else []
         errors = ", ".join(f"{k} {v}" for k, v in s.errors.most_common(3))
         if s.fail_info:
             errors += " [" + ", ".join(f"{k} {v}" for k, v in s.fail_info.most_common(3)) + "]"

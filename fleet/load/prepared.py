@@ -88,7 +88,9 @@ _KUR_RECORD = struct.Struct(">BHHBBB")  # the same, then kur_key_len, kur_spki_l
 PREPARED_TYPES = ("ec", "ed25519", "ed448")
 _EC_PUBLIC_KEY_OID = der.oid(EC_PUBLIC_KEY)
 _ECDSA: dict[str, ec.ECDSA] = {}  # by curve name
-_HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512,
+}
 _SEC1_LAYOUT: dict[str, tuple[int, bytes, int]] = {}  # curve: SEC 1 length, SPKI prefix, public key TLV length
 
 

@@ -65,7 +65,7 @@ def _crc(used: int) -> int:
     return zlib.crc32(struct.pack(">Q", used))
 
 
-def _read_head(data: bytes | mmap.mmap, path: Path) -> tuple[int, Identity, dict, int]:  # type: ignore[type-arg]
+def _read_head(data: bytes | mmap.mmap, path: Path) -> tuple[int, Identity, dict, int]:
     """(used watermark, identity, meta, offset of the digest) from a pool file's start."""
     if len(data) < _HEAD.size:
         raise PreparedPoolError(f"prepared pool {path} is truncated (no header)")

@@ -160,15 +160,18 @@ def merge_reports(reports: Sequence[tuple[Path | str, dict[str, Any]]]) -> tuple
 
 
 def _check_shards(shards: list[tuple[Path | str, Any]]) -> None:
-    counts = set()
+    counts: set[int] = set()
     starts = set()
     seen: dict[int, Path | str] = {}
     for name, shard in shards:
         if not isinstance(shard, dict):
             raise MergeError(f"{name} is not a shard report, the others are")
-        counts.add(shard.get("count"))
+        index, count = shard.get("index"), shard.get("count")
+        if not isinstance(index, int) or not isinstance(count, int):  # not int(None) further on
+            raise MergeError(f"{name}: its shard lacks a whole-number index or count"
+                             f" (index {index!r}, count {count!r})")
+        counts.add(count)
         starts.add(shard.get("start_at"))
-        index = shard.get("index")
         if index in seen:
             raise MergeError(f"{name} and {seen[index]} are both shard {index}")
         seen[index] = name

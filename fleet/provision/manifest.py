@@ -366,7 +366,7 @@ def _device(
     )
 
 
-def _header(row: dict[str, str], auth: MacAuth | CertAuth | None, bad) -> dict[str, object]:  # type: ignore[no-untyped-def]
+def _header(row: dict[str, str], auth: MacAuth | CertAuth | None, bad) -> dict[str, object]:
     """The row's header columns, checked: sender (MAC only: a signed request names its
     certificate's subject), recipient, message_time, max_iterations."""
     out: dict[str, object] = {}
@@ -392,7 +392,7 @@ def _header(row: dict[str, str], auth: MacAuth | CertAuth | None, bad) -> dict[s
     return out
 
 
-def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAuth | CertAuth | None:  # type: ignore[no-untyped-def]
+def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAuth | CertAuth | None:
     has_mac = "secret" in row
     has_cert = "cert" in row or "key" in row
     if has_mac and has_cert:
@@ -448,16 +448,16 @@ def _auth(row: dict[str, str], base: Path, bad, cache, device_id: str) -> MacAut
     return CertAuth(cert, key, chain, pool)
 
 
-def _load_key(row: dict[str, str], name: str, password: bytes | None, base: Path, bad, cache) -> PrivateKey | None:  # type: ignore[no-untyped-def]
+def _load_key(row: dict[str, str], name: str, password: bytes | None, base: Path, bad, cache) -> PrivateKey | None:
     try:
-        return _cached(cache, (name, row[name], password and hashlib.sha256(password).hexdigest() or ""),  # type: ignore[no-any-return]
+        return _cached(cache, (name, row[name], password and hashlib.sha256(password).hexdigest() or ""),
                        lambda: load_private_key(_path(base, row[name]), password))
     except FleetError as exc:
         bad(name, str(exc))
         return None
 
 
-def _cached(cache: dict[tuple[str, ...], object], key: tuple[str, ...], make):  # type: ignore[no-untyped-def]
+def _cached(cache: dict[tuple[str, ...], object], key: tuple[str, ...], make):
     """Manifests often share one vendor chain or key file; read each once."""
     if key not in cache:
         cache[key] = make()
@@ -472,7 +472,7 @@ def _path(base: Path, text: str) -> Path:
 def _spki(public_key: object) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined, no-any-return]
+    return public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[attr-defined]
 
 
 def _fingerprint(row: dict[str, str]) -> str:

@@ -721,7 +721,7 @@ class Provisioner:
     # -- building transactions --------------------------------------------------------------
 
     def _config(self, dev: DeviceSpec) -> ClientConfig:
-        return ClientConfig(dev.protector(self.options.trusted), TrustStore(list(self.options.trusted)),  # type: ignore[arg-type]
+        return ClientConfig(dev.protector(self.options.trusted), TrustStore(list(self.options.trusted)),
                             mode=self.options.mode, **dev.header_fields())  # type: ignore[arg-type]
 
     @staticmethod

@@ -202,7 +202,7 @@ class Relay:
         try:
             if msg.body_type is BodyType.NESTED:
                 raise Refuse(FailInfo.badRequest, "this RA takes end-entity requests, not nested messages")
-            auth, _ = self._checks.authenticate(msg, now, self._live)  # type: ignore[arg-type]
+            auth, _ = self._checks.authenticate(msg, now, self._live)
             self._checks.check_header(msg.header, now, first=msg.body_type in NEW_REQUESTS)
             tid = msg.header.transaction_id or b""
             known = self._live.get(tid)

@@ -59,7 +59,7 @@ def build_relay(config: RaConfig) -> Relay:
     vendor = _certs((config.vendor_trust,), "--vendor-trust") if config.vendor_trust else []
     upstream = _certs(config.upstream_trusted, "--upstream-trusted")
     return Relay(
-        SignatureProtector(key, cert, chain[1:]),  # type: ignore[arg-type]
+        SignatureProtector(key, cert, chain[1:]),
         policy=RelayPolicy(mode=config.ra_mode, max_time_skew=config.max_time_skew or None,
                            max_iterations=config.max_iterations),
         secrets=secrets,

@@ -6,8 +6,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fleet.load.results import RunResults
 from fleet.load.segments import split
-from fleet.load.shards import Shard, ShardError, parse_shard, parse_start_at, shard_from_env
+from fleet.load.shards import (
+    MergeError,
+    Shard,
+    ShardError,
+    merge_reports,
+    parse_shard,
+    parse_start_at,
+    shard_from_env,
+)
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 5])
@@ -51,3 +60,19 @@ def test_parse_start_at() -> None:
                        ("1799999990", "passed 10 s ago"), ("nan", "finite")):
         with pytest.raises(ShardError, match=words):
             parse_start_at(bad, now)
+
+
+
+def test_merge_refuses_a_shard_without_index_or_count() -> None:
+    """A hand-edited or foreign report whose shard lacks its count (or index) is a MergeError, not
+    int(None)'s TypeError out of ``fleet report merge``."""
+    base = {"fleet_report": 1, "profile": "p", "flow": ["ir"], "duration_seconds": 1.0,
+            "closed_model": False, "server": "x", "results": RunResults().to_dict(),
+            "slo": {"p99_seconds": {}, "max_error_rate": None, "min_rate_ratio": None}}
+    for shard in ({"index": 0, "start_at": 1.0}, {"index": 0, "count": "two", "start_at": 1.0},
+                  {"count": 1, "start_at": 1.0}):
+        with pytest.raises(MergeError, match="whole-number index or count"):
+            merge_reports([("a.json", {**base, "shard": shard})])
+    whole = {**base, "shard": {"index": 0, "count": 1, "start_at": 1.0}}
+    doc, _ = merge_reports([("a.json", whole)])
+    assert doc["merged_from"] == ["a.json"]

@@ -227,6 +227,35 @@ def test_fleet_cmp_ir_and_kur_with_token_keys(hsm: SoftHsm, tmp_path: Path) -> N
         ca.stop()
 
 
+
+_SIGN_PREHASHED = """
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from fleet.pkcs11 import Token
+module, label, pin = sys.argv[1:]
+with Token(Path(module), label, "pass:" + pin) as token:
+    key = token.key_or_new("prehashed", "ec:P-256")
+    h = hashes.Hash(hashes.SHA256())
+    h.update(b"fleet")
+    digest = h.finalize()
+    for data in (digest, bytearray(digest), memoryview(digest)):
+        signature = key.sign(data, ec.ECDSA(Prehashed(hashes.SHA256())))
+        key.public_key().verify(signature, b"fleet", ec.ECDSA(hashes.SHA256()))
+print("ok")
+"""
+
+
+def test_token_ec_key_signs_a_prehashed_digest_given_as_any_buffer(hsm: SoftHsm) -> None:
+    """EllipticCurvePrivateKey.sign takes bytes, bytearray or memoryview; a prehashed digest that
+    is not bytes must reach the token as the digest, not as python-pkcs11's iterable of parts."""
+    done = subprocess.run([sys.executable, "-c", _SIGN_PREHASHED, str(MODULE), hsm.label, PIN],
+                          env=hsm.env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 def test_rsa_token_keys_sign_with_pss(hsm: SoftHsm, tmp_path: Path) -> None:
     """--newkey-type rsa:2048 makes an RSA key in the token; with --pss its POP (ir, kur) and the
     kur's protection (--key, the first token key) are RSASSA-PSS, signed in the token, and the

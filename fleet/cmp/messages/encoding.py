@@ -147,8 +147,12 @@ def _cert_seq(certs: tuple[bytes, ...]) -> bytes:
 
 def encode_cert_response(r: CertResponse) -> bytes:
     parts = [der.integer(r.cert_req_id), encode_status_info(r.status)]
-    if r.certificate is not None or r.encrypted_cert is not None:
-        ckp = der.explicit(0, r.certificate) if r.certificate is not None else der.explicit(1, r.encrypted_cert)
+    ckp = b""  # CertifiedKeyPair: the certificate, or the encrypted one
+    if r.certificate is not None:
+        ckp = der.explicit(0, r.certificate)
+    elif r.encrypted_cert is not None:
+        ckp = der.explicit(1, r.encrypted_cert)
+    if ckp:
         if r.private_key is not None:
             ckp += der.explicit(0, r.private_key)
         parts.append(der.sequence(ckp))
