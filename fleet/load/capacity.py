@@ -22,13 +22,7 @@ from typing import Any
 
 from fleet.errors import FleetError
 from fleet.load.profiles import Profile, Slo
-from fleet.load.results import (
-    CLIENT_LIMIT_SHARE,
-    SECOND_BUCKETS,
-    RunResults,
-    pool_note,
-    pool_wait_share,
-)
+from fleet.load.results import SECOND_BUCKETS, RunResults, client_limit
 from fleet.load.schedule import Constant, Poisson
 from fleet.load.verdict import slo_verdict
 
@@ -167,9 +161,8 @@ def assess_step(rate: float, slo: Slo, flow: Sequence[str], duration: float, war
     # Clearly broken: most operations fail, or under half the offered rate gets through.
     broken = bool(results.aborted) or error_rate > 0.5 or achieved < 0.5 * rate
     # Requests that queued for one of the client's own connections: what failed may be the client.
-    client_limit = pool_note(results.transport) if pool_wait_share(results.transport) > CLIENT_LIMIT_SHARE else ""
     return StepAssessment(rate, passed, verdict.checks, is_steady, note, achieved, p99, errors, fail_info,
-                          results.aborted, broken and not passed, client_limit)
+                          results.aborted, broken and not passed, client_limit(results.transport))
 
 
 # -- the search -----------------------------------------------------------------------------------------

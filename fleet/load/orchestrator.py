@@ -39,7 +39,7 @@ from fleet.load.prepared import Identity, flow_has_kur
 from fleet.load.prepared_store import PreparedStore, ensure_prepared
 from fleet.load.profiles import Profile
 from fleet.load.refill import Refill, start_helper
-from fleet.load.results import CLIENT_LIMIT_SHARE, RunResults, pool_note, pool_wait_share
+from fleet.load.results import RunResults, client_limit
 from fleet.load.runner import WorkerPlan, WorkerRun
 from fleet.load.schedule import Closed
 from fleet.load.segments import Segment, split
@@ -475,9 +475,8 @@ def _transport_line(counters: dict[str, int]) -> list[str]:
     """The transport's counters under the table: HTTP's when requests queued for a connection
     (the client, not the CA, was then a limit), CoAP's for what a lossy link cost."""
     if "pool_waits" in counters:
-        if pool_wait_share(counters) <= CLIENT_LIMIT_SHARE:
-            return []
-        return [f"http: {pool_note(counters)}; raise [run] max_connections (or workers)"]
+        note = client_limit(counters)
+        return [f"http: {note}; raise [run] max_connections (or workers)"] if note else []
     if not counters:
         return []
     line = (

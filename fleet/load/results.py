@@ -303,6 +303,12 @@ def pool_wait_share(transport: dict[str, int]) -> float:
     return transport.get("pool_waits", 0) / requests if requests else 0.0
 
 
+def client_limit(transport: dict[str, int]) -> str:
+    """``pool_note`` when more than ``CLIENT_LIMIT_SHARE`` of the requests queued for a connection
+    (the client itself was a limit), else ""."""
+    return pool_note(transport) if pool_wait_share(transport) > CLIENT_LIMIT_SHARE else ""
+
+
 def pool_note(transport: dict[str, int]) -> str:
     """What the HTTP pool counters (summed over workers and shards) say, in one phrase."""
     waits = transport.get("pool_waits", 0)
