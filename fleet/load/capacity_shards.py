@@ -100,6 +100,15 @@ class ShardDir:
                 old.unlink(missing_ok=True)
 
 
+def _by_env(env: dict[str, str], var: str, secret: bytes, flag: str, what: str) -> list[str]:
+    """``flag env:var`` for a local follower, with ``secret`` put in its ``env``: never on a command line."""
+    try:
+        env[var] = secret.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FollowError(f"--shards: local followers take {what} that is UTF-8 text") from None
+    return [flag, f"env:{var}"]
+
+
 # -- the leader ------------------------------------------------------------------------------------
 
 
@@ -169,11 +178,7 @@ class ShardedSteps:
         env[LEADER_ENV] = str(os.getpid())
         args = ["--server", self.url]
         if self.master_secret is not None:
-            try:
-                env[MASTER_ENV] = self.master_secret.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FollowError("--shards: local followers take a master secret that is UTF-8 text") from None
-            args += ["--master-secret", f"env:{MASTER_ENV}"]
+            args += _by_env(env, MASTER_ENV, self.master_secret, "--master-secret", "a master secret")
         for path in self.trusted:
             args += ["--trusted", str(path)]
         if self.keys_dir is not None:
@@ -198,11 +203,7 @@ class ShardedSteps:
             if path is not None:
                 args += [flag, str(path)]
         if self.tls.key_pass is not None:
-            try:
-                env[TLS_KEY_PASS_ENV] = self.tls.key_pass.decode("utf-8")
-            except UnicodeDecodeError:
-                raise FollowError("--shards: local followers take a --tls-key-pass that is UTF-8 text") from None
-            args += ["--tls-key-pass", f"env:{TLS_KEY_PASS_ENV}"]
+            args += _by_env(env, TLS_KEY_PASS_ENV, self.tls.key_pass, "--tls-key-pass", "a --tls-key-pass")
         return args
 
     def _check_followers(self) -> None:
