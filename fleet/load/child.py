@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 __all__ = ["free_port", "last_log_line", "stop_child"]
 
@@ -26,7 +27,7 @@ def last_log_line(path: Path | None) -> str:
     return lines[-1] if lines else "no output"
 
 
-def stop_child(proc: subprocess.Popen[bytes] | None) -> None:
+def stop_child(proc: subprocess.Popen[Any] | None) -> None:
     """SIGTERM, then SIGKILL after 10 s: the child is gone when this returns."""
     if proc is not None and proc.poll() is None:
         proc.terminate()

@@ -33,7 +33,7 @@ from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType
 from fleet.cmp.trust import TrustStore
 from fleet.errors import FleetError
-from fleet.load.child import free_port
+from fleet.load.child import free_port, stop_child
 from fleet.transport import TransportError
 
 
@@ -209,9 +209,4 @@ def test_ca_pushes_rann_to_fleet_cmp_listen_on_rr(tmp_path: Path) -> None:
         assert line["accepted"] and line["body"] == "rann" and line["action"] == "re-enroll", line
     finally:
         for proc in (listener, ca):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_child(proc)

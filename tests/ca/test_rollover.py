@@ -45,7 +45,7 @@ from fleet.cmp.backend import IssueRequest
 from fleet.cmp.messages import BodyType, InfoTypeAndValue
 from fleet.cmp.rootupdate import RootUpdateError, check_root_update
 from fleet.cmp.trust import TrustStore
-from fleet.load.child import free_port
+from fleet.load.child import free_port, stop_child
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -294,12 +294,7 @@ def test_rollover_reaches_a_listening_device_genm_and_openssl(tmp_path: Path) ->
         assert info.returncode == 0 and "received GENP" in info.stdout + info.stderr, info.stderr
     finally:
         for proc in (listener, ca):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_child(proc)
 
 
 @pytest.mark.skipif(not _openssl_knows_root_updates(),

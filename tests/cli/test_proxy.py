@@ -20,6 +20,7 @@ from test_cmp_tls import MASTER as TLS_MASTER
 from test_cmp_tls import tls_ca  # noqa: F401 - fixture
 
 from fleet.http.proxy import bypassed, choose_proxy
+from fleet.load.child import stop_child
 
 TINYPROXY = shutil.which("tinyproxy")
 needs_tinyproxy = pytest.mark.skipif(TINYPROXY is None, reason="tinyproxy not installed (apt-get install tinyproxy)")
@@ -65,12 +66,7 @@ def tinyproxy(folder: Path, *, auth: tuple[str, str] | None = None) -> Iterator[
     try:
         yield Tinyproxy(f"http://127.0.0.1:{port}", log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_child(proc)
 
 
 def clean_env(**values: str) -> dict[str, str]:
