@@ -3,7 +3,6 @@
 from fleet.http.client import (
     CMP_CONTENT_TYPE,
     CMP_OPERATIONS,
-    POOL_COUNTERS,
     CmpHttpClient,
     CmpHttpResponse,
     PoolStatistics,
@@ -26,7 +25,6 @@ from fleet.http.server import Handler, HttpRequest, HttpResponse, HttpServerStat
 __all__ = [
     "CMP_CONTENT_TYPE",
     "CMP_OPERATIONS",
-    "POOL_COUNTERS",
     "CmpHttpClient",
     "CmpHttpResponse",
     "ConnectError",

@@ -112,10 +112,6 @@ class PoolStatistics:
     wait_seconds: float = 0.0  # their time in that queue, summed
 
 
-#: What ``CmpHttpClient.counters()`` reports: a load run sums them over workers and shards.
-POOL_COUNTERS = ("requests", "pool_waits", "pool_wait_us", "max_connections")
-
-
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """The verifying client context for https URLs without one; made once (loading the
@@ -281,10 +277,11 @@ class CmpHttpClient:
         )
 
     def counters(self) -> dict[str, int]:
-        """``POOL_COUNTERS``: requests, how many queued for a free connection and for how long
-        in all (µs), and the pool's size; a client whose requests queue is itself a limit."""
-        return {"requests": self._requests, "pool_waits": self._waited, "pool_wait_us": round(self._wait_time * 1e6),
-                "max_connections": self.max_connections}
+        """``statistics()`` as a load run's integer counters, summed over workers and shards:
+        requests, how many queued for a free connection and for how long in all (µs), the pool's size."""
+        s = self.statistics()
+        return {"requests": s.requests, "pool_waits": s.waited, "pool_wait_us": round(s.wait_seconds * 1e6),
+                "max_connections": s.max_connections}
 
     async def __aenter__(self) -> Self:
         return self
